@@ -1,0 +1,5 @@
+import sys
+
+from optwatch.cli import main
+
+sys.exit(main())

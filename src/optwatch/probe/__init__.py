@@ -1,0 +1,1 @@
+"""Runs inside the training process; the only part of optwatch that imports torch."""

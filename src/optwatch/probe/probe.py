@@ -1,0 +1,371 @@
+"""The probe: global hooks that turn a training loop into step records, at no host-device sync.
+
+Zero-code mode (``optwatch run``) installs it before the user's script runs:
+- a wrapper around ``torch.autograd.backward`` keeps the scalar loss, detached, on its device;
+- the global optimizer step hooks mark step boundaries (a step is an optimizer step of the primary
+  optimizer; with no optimizer at all, a ``backward()`` on a scalar is a step);
+- a wrapper around the DataLoader iterator measures data wait and batch size.
+Device values are packed and read back once per publish interval (see ``readback``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from optwatch import protocol
+from optwatch.probe.options import ENV_OPTIONS, ENV_RUN_DIR, ENV_RUN_ID, ProbeOptions  # noqa: F401
+from optwatch.probe.readback import DeviceBatch
+from optwatch.wire import runtime
+from optwatch.wire.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+
+
+def _batch_len(batch: Any, depth: int = 0) -> int | None:
+    """Samples in a DataLoader batch: the leading dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    if depth < 2:
+        if isinstance(batch, (list, tuple)) and batch:
+            return _batch_len(batch[0], depth + 1)
+        if isinstance(batch, dict) and batch:
+            return _batch_len(next(iter(batch.values())), depth + 1)
+    return None
+
+
+class Probe:
+    """Everything optwatch does inside one training process (one rank)."""
+
+    def __init__(self, run_dir: Path, run_id: str, options: ProbeOptions, rank: int = 0, world_size: int = 1):
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.options = options
+        self.rank = rank
+        self.world_size = world_size
+        self.publisher = Publisher(run_dir)
+        self.step = 0
+        self.batch_size: int | None = None
+        self.model: torch.nn.Module | None = None
+        self._primary_optimizer: torch.optim.Optimizer | None = None
+        self._optimizers_seen = 0
+        self._losses: list[torch.Tensor] = []
+        self._in_step = False
+        self._step_start: float | None = None
+        self._data_wait_s = 0.0
+        self._samples = 0
+        self._pending: list[dict[str, Any]] = []
+        self._last_flush = time.perf_counter()
+        self._boundary_callbacks: list[Callable[[Probe], None]] = []
+        self._undo: list[Callable[[], None]] = []
+        self._closed = False
+        self._device_announced = False
+        self._sampler: threading.Thread | None = None
+        self._stop_sampler = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> Probe:
+        self.publisher.start()
+        info = runtime.JobInfo(
+            run_id=self.run_id,
+            pid=os.getpid(),
+            script=self.options.script,
+            argv=self.options.argv,
+            run_dir=str(self.run_dir),
+            start_time=time.time(),
+            ranks=self.world_size,
+            endpoints=self.publisher.endpoints,
+        )
+        info.save()
+        self.publisher.submit_records([self._hello()])
+        self._install_hooks()
+        self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)
+        self._sampler.start()
+        atexit.register(self.close)
+        return self
+
+    def close(self, exit_code: int | None = None) -> None:
+        """Flush everything still pending and close the sockets. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for undo in reversed(self._undo):
+            undo()
+        self._stop_sampler.set()
+        self._flush()
+        self.publisher.submit_records(
+            [
+                protocol.make_record(
+                    protocol.END,
+                    self.rank,
+                    steps=self.step,
+                    dropped=self.publisher.dropped,
+                    exit_code=exit_code,
+                )
+            ]
+        )
+        self.publisher.close()
+        for name in ("pub.sock", "ctl.sock", runtime.INFO_FILE):
+            try:
+                (self.run_dir / name).unlink()
+            except OSError:
+                pass
+
+    def _hello(self) -> dict[str, Any]:
+        return protocol.make_record(
+            protocol.HELLO,
+            self.rank,
+            run_id=self.run_id,
+            script=self.options.script,
+            argv=self.options.argv,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            world_size=self.world_size,
+            torch=torch.__version__,
+            python=sys.version.split()[0],
+            batch_size=self.batch_size,
+            device=None,
+            device_name=None,
+        )
+
+    # --- the explicit API -----------------------------------------------------------------------
+    def attach(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        batch_size: int | None = None,
+    ) -> Probe:
+        if model is not None:
+            self.model = model
+        if optimizer is not None:
+            self._primary_optimizer = optimizer
+        if batch_size is not None:
+            if batch_size <= 0:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+            self.batch_size = batch_size
+        return self
+
+    def log(self, **metrics: float) -> None:
+        """Publish named values (eval accuracy, perplexity...) tagged with the current step."""
+        values = {}
+        for name, value in metrics.items():
+            values[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
+        record = protocol.make_record("metric", self.rank, step=self.step, values=values)
+        self._pending.append(record)
+
+    def on_step_boundary(self, callback: Callable[[Probe], None]) -> None:
+        """Run ``callback(probe)`` on the training thread after every step (controls use this)."""
+        self._boundary_callbacks.append(callback)
+
+    # --- hooks ----------------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        probe = self
+        original_backward = torch.autograd.backward
+
+        def backward(tensors, *args, **kwargs):
+            if isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad:
+                probe._on_backward(tensors)
+            result = original_backward(tensors, *args, **kwargs)
+            if probe._optimizers_seen == 0 and probe._primary_optimizer is None and probe._losses:
+                probe._finish_step()
+            return result
+
+        torch.autograd.backward = backward
+        self._undo.append(lambda: setattr(torch.autograd, "backward", original_backward))
+
+        original_init = torch.optim.Optimizer.__init__
+
+        def optimizer_init(optimizer, *args, **kwargs):
+            probe._optimizers_seen += 1
+            original_init(optimizer, *args, **kwargs)
+
+        torch.optim.Optimizer.__init__ = optimizer_init
+        self._undo.append(lambda: setattr(torch.optim.Optimizer, "__init__", original_init))
+
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        pre = register_optimizer_step_pre_hook(self._pre_step)
+        post = register_optimizer_step_post_hook(self._post_step)
+        self._undo.extend([pre.remove, post.remove])
+
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+        original_next = _BaseDataLoaderIter.__next__
+
+        def next_batch(iterator):
+            started = time.perf_counter()
+            batch = original_next(iterator)
+            probe._on_batch(started, time.perf_counter(), batch)
+            return batch
+
+        _BaseDataLoaderIter.__next__ = next_batch
+        self._undo.append(lambda: setattr(_BaseDataLoaderIter, "__next__", original_next))
+
+    def _on_batch(self, started: float, finished: float, batch: Any) -> None:
+        if self._step_start is None:
+            self._step_start = started
+        self._data_wait_s += finished - started
+        size = _batch_len(batch)
+        if size:
+            self._samples += size
+
+    def _on_backward(self, loss: torch.Tensor) -> None:
+        if self._step_start is None:
+            self._step_start = time.perf_counter()
+        # Inside a closure-driven step (LBFGS) only the first evaluation is the step's loss.
+        if self._in_step and self._losses:
+            return
+        self._losses.append(loss.detach())
+
+    def _is_primary(self, optimizer: torch.optim.Optimizer) -> bool:
+        if self._primary_optimizer is None:
+            self._primary_optimizer = optimizer
+        return optimizer is self._primary_optimizer
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        if self._is_primary(optimizer):
+            self._in_step = True
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        if self._is_primary(optimizer):
+            self._in_step = False
+            self._finish_step()
+
+    # --- per step ---------------------------------------------------------------------------------
+    def _parameters(self) -> list[torch.Tensor]:
+        if self._primary_optimizer is not None:
+            return [p for group in self._primary_optimizer.param_groups for p in group["params"]]
+        if self.model is not None:
+            return list(self.model.parameters())
+        return []
+
+    def _grad_norm(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+        grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+        if not grads:
+            return None
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for grad in grads:
+            by_device.setdefault(grad.device, []).append(grad)
+        device_norms = []
+        for device_grads in by_device.values():
+            norms = torch._foreach_norm(device_grads)
+            device_norms.append(torch.linalg.vector_norm(torch.stack(norms).float()))
+        if len(device_norms) == 1:
+            return device_norms[0]
+        first = device_norms[0].device
+        return torch.linalg.vector_norm(torch.stack([n.to(first, non_blocking=True) for n in device_norms]))
+
+    def _learning_rate(self) -> float | torch.Tensor | None:
+        if self._primary_optimizer is None or not self._primary_optimizer.param_groups:
+            return None
+        lr = self._primary_optimizer.param_groups[0].get("lr")
+        if isinstance(lr, torch.Tensor):
+            return lr.detach() if lr.device.type != "cpu" else float(lr)
+        return float(lr) if lr is not None else None
+
+    def _finish_step(self) -> None:
+        now = time.perf_counter()
+        params = self._parameters()
+        if not self._device_announced and params:
+            self._announce_device(params[0].device)
+        loss: torch.Tensor | None
+        if not self._losses:
+            loss = None
+        elif len(self._losses) == 1:
+            loss = self._losses[0]
+        else:
+            loss = torch.stack([t.reshape(()).float() for t in self._losses]).mean()
+        step_time = now - self._step_start if self._step_start is not None else None
+        samples = self._samples or self.batch_size
+        record = protocol.make_record(
+            protocol.STEP,
+            self.rank,
+            step=self.step,
+            loss=loss,
+            grad_norm=self._grad_norm(params),
+            lr=self._learning_rate(),
+            step_time_s=step_time,
+            data_wait_s=self._data_wait_s,
+            samples=samples,
+            samples_per_s=(samples / step_time) if samples and step_time else None,
+        )
+        self._pending.append(record)
+        self._losses = []
+        self._data_wait_s = 0.0
+        self._samples = 0
+        self._step_start = now
+        self.step += 1
+        for callback in self._boundary_callbacks:
+            callback(self)
+        if now - self._last_flush >= self.options.publish_interval_s:
+            self._flush(now)
+
+    def _flush(self, now: float | None = None) -> None:
+        self._last_flush = now if now is not None else time.perf_counter()
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.publisher.submit(DeviceBatch(pending))
+
+    def _announce_device(self, device: torch.device) -> None:
+        self._device_announced = True
+        hello = self._hello()
+        hello["device"] = str(device)
+        if device.type == "cuda":
+            hello["device_name"] = torch.cuda.get_device_name(device)
+            hello["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+        else:
+            import platform
+
+            hello["device_name"] = platform.processor() or platform.machine()
+        self.publisher.submit_records([hello])
+
+    # --- background sampling ------------------------------------------------------------------------
+    def _sample_loop(self) -> None:
+        from optwatch.probe.sampler import sample_system
+
+        while not self._stop_sampler.wait(self.options.system_interval_s):
+            try:
+                record = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system())
+                record["dropped"] = self.publisher.dropped
+                self.publisher.submit_records([record])
+            except Exception:
+                log.exception("optwatch: system sampling failed; it stops, training goes on")
+                return
+
+
+_current: Probe | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> Probe | None:
+    return _current
+
+
+def start_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
+    """The process's probe, started on first use from the environment `optwatch run` prepared."""
+    global _current
+    with _current_lock:
+        if _current is not None:
+            return _current
+        options = ProbeOptions.from_env()
+        run_id = os.environ.get(ENV_RUN_ID) or runtime.new_run_id(options.script)
+        run_dir_env = os.environ.get(ENV_RUN_DIR)
+        run_dir = runtime.ensure_private_dir(Path(run_dir_env)) if run_dir_env else runtime.make_run_dir(run_id)
+        if rank is None:
+            rank = int(os.environ.get("RANK", "0"))
+        if world_size is None:
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        _current = Probe(run_dir, run_id, options, rank=rank, world_size=world_size).start()
+        return _current

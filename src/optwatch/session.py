@@ -1,0 +1,93 @@
+"""A viewer's connection to one job: the feed, the store, the record file and the script's output.
+
+The headless viewer calls ``pump`` in its loop; the dashboard calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from optwatch import protocol
+from optwatch.store import RecordWriter, Store
+from optwatch.supervisor import LogTail, TrainingProcess
+from optwatch.wire.subscriber import Feed
+
+
+@dataclass
+class Output:
+    """What the script printed since the last pump, per stream, as raw bytes."""
+
+    chunks: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class ViewerSession:
+    def __init__(
+        self,
+        feed: Feed,
+        store: Store | None = None,
+        writer: RecordWriter | None = None,
+        process: TrainingProcess | None = None,
+        tails: list[LogTail] | None = None,
+    ):
+        self.feed = feed
+        self.store = store or Store()
+        self.writer = writer
+        self.process = process
+        self.tails = tails if tails is not None else (process.tails if process else [])
+        self._partial: dict[str, bytes] = {}
+        self._exit_seen_at: float | None = None
+
+    @classmethod
+    def for_process(cls, process: TrainingProcess, writer: RecordWriter | None = None) -> ViewerSession:
+        return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process)
+
+    def pump(self, timeout_s: float = 0.1) -> tuple[list[dict[str, Any]], Output]:
+        records = self.feed.poll(timeout_s)
+        output = Output()
+        for tail in self.tails:
+            data = tail.read()
+            if data:
+                output.chunks.append((tail.stream, data))
+                records.extend(self._log_records(tail.stream, data))
+        if records:
+            self.store.ingest(records)
+            if self.writer is not None:
+                self.writer.write(records)
+        return records, output
+
+    def _log_records(self, stream: str, data: bytes) -> list[dict[str, Any]]:
+        text = self._partial.pop(stream, b"") + data
+        *lines, rest = text.split(b"\n")
+        if rest:
+            self._partial[stream] = rest
+        return [
+            protocol.make_record(protocol.LOG, -1, stream=stream, line=line.decode("utf-8", "replace").rstrip("\r"))
+            for line in lines
+        ]
+
+    def flush_partial_lines(self) -> None:
+        records = [
+            protocol.make_record(protocol.LOG, -1, stream=stream, line=rest.decode("utf-8", "replace"))
+            for stream, rest in self._partial.items()
+        ]
+        self._partial.clear()
+        if records:
+            self.store.ingest(records)
+            if self.writer is not None:
+                self.writer.write(records)
+
+    def done(self, linger_s: float = 3.0) -> bool:
+        """The process exited and everything it published has arrived (or ``linger_s`` passed)."""
+        if self.process is None or self.process.poll() is None:
+            return False
+        if self._exit_seen_at is None:
+            self._exit_seen_at = time.monotonic()
+        return self.store.finished() or time.monotonic() - self._exit_seen_at > linger_s
+
+    def close(self) -> None:
+        self.flush_partial_lines()
+        self.feed.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,139 @@
+"""The viewer's memory of a run: bounded ring buffers per rank and per kind, plus record files.
+
+No torch and no textual: the headless viewer, the dashboard and the tests all read this.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optwatch import protocol
+
+STEP_CAPACITY = 5000
+LOG_CAPACITY = 2000
+RARE_CAPACITY = 500
+SYSTEM_CAPACITY = 600
+EMA_ALPHA = 0.1
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass
+class RankState:
+    """What one rank has told us, newest last."""
+
+    rank: int
+    hello: dict[str, Any] = field(default_factory=dict)
+    steps: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=STEP_CAPACITY))
+    loss_ema: collections.deque[float | None] = field(default_factory=lambda: collections.deque(maxlen=STEP_CAPACITY))
+    system: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=SYSTEM_CAPACITY))
+    end: dict[str, Any] | None = None
+    _ema: float | None = None
+
+    @property
+    def last_step(self) -> dict[str, Any] | None:
+        return self.steps[-1] if self.steps else None
+
+    @property
+    def last_system(self) -> dict[str, Any] | None:
+        return self.system[-1] if self.system else None
+
+    def add_step(self, record: dict[str, Any]) -> None:
+        loss = record.get("loss")
+        if finite(loss):
+            self._ema = loss if self._ema is None else self._ema + EMA_ALPHA * (loss - self._ema)
+        self.steps.append(record)
+        self.loss_ema.append(self._ema)
+
+
+class Store:
+    """Thread-safe: a feed thread ingests while the UI thread reads under ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.ranks: dict[int, RankState] = {}
+        self.logs: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_CAPACITY)
+        self.rare: dict[str, collections.deque[dict[str, Any]]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=RARE_CAPACITY)
+        )
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.version = 0
+        self.records_seen = 0
+
+    def rank(self, rank: int) -> RankState:
+        state = self.ranks.get(rank)
+        if state is None:
+            state = self.ranks[rank] = RankState(rank)
+        return state
+
+    def ingest(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        with self.lock:
+            for record in records:
+                self._ingest_one(record)
+            self.records_seen += len(records)
+            self.version += 1
+
+    def _ingest_one(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind")
+        rank = record.get("rank", 0)
+        if kind == protocol.STEP:
+            self.rank(rank).add_step(record)
+        elif kind == protocol.SYSTEM:
+            self.rank(rank).system.append(record)
+        elif kind == protocol.LOG:
+            self.logs.append(record)
+        elif kind == protocol.HELLO:
+            self.rank(rank).hello = record
+        elif kind == protocol.END:
+            self.rank(rank).end = record
+        else:
+            self.rare[str(kind)].append(record)
+            self.latest[str(kind)] = record
+
+    # --- questions the views ask ------------------------------------------------------------------
+    @property
+    def primary(self) -> RankState | None:
+        if not self.ranks:
+            return None
+        return self.ranks.get(0) or self.ranks[min(self.ranks)]
+
+    def finished(self) -> bool:
+        return bool(self.ranks) and all(state.end is not None for state in self.ranks.values())
+
+
+class RecordWriter:
+    """Appends records as JSON lines to a file only the user can read."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            raise FileNotFoundError(f"cannot record to {self.path}: directory {self.path.parent} does not exist")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self.written = 0
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self._file.write(protocol.record_to_json_line(record))
+        self.written += len(records)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Records from a JSONL file written by ``--record``; a bad line raises ProtocolError naming it."""
+    with open(path, encoding="utf-8") as handle:
+        yield from protocol.read_record_file(handle, source=str(path))

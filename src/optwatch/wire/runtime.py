@@ -1,0 +1,147 @@
+"""Where jobs leave their sockets and metadata: a per-user directory that only its owner can enter.
+
+Layout::
+
+    $OPTWATCH_RUNTIME_DIR (default $XDG_RUNTIME_DIR/optwatch or /tmp/optwatch-$UID), mode 0700
+      <run_id>/              mode 0700, one per job
+        info.json            mode 0600: run id, pid, script, ranks, endpoints, start time
+        pub.sock, ctl.sock   mode 0600: telemetry (PUB) and requests (ROUTER)
+        token                mode 0600: only when the job listens on TCP
+        stdout.log, stderr.log   the script's output when started by `optwatch run`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INFO_FILE = "info.json"
+
+
+class RuntimeDirError(RuntimeError):
+    """The runtime directory is missing, foreign or too open to be trusted."""
+
+
+def runtime_root() -> Path:
+    configured = os.environ.get("OPTWATCH_RUNTIME_DIR")
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "optwatch"
+    return Path(f"/tmp/optwatch-{os.getuid()}")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` with mode 0700, or check that an existing one is ours and private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise RuntimeDirError(f"{path} is not a directory")
+    if info.st_uid != os.getuid():
+        raise RuntimeDirError(f"{path} belongs to uid {info.st_uid}, not to you; refusing to use it")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 so no reader ever sees a half-written or world-readable file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def new_run_id(script: str) -> str:
+    stem = Path(script).stem or "run"
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:24]
+    return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def make_run_dir(run_id: str) -> Path:
+    root = ensure_private_dir(runtime_root())
+    return ensure_private_dir(root / run_id)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass
+class JobInfo:
+    """What `optwatch ls` shows and what a viewer needs to connect."""
+
+    run_id: str
+    pid: int
+    script: str
+    run_dir: str
+    start_time: float
+    ranks: int = 1
+    endpoints: dict[str, str] = field(default_factory=dict)
+    token_file: str | None = None
+    argv: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobInfo:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def save(self) -> None:
+        write_private_file(Path(self.run_dir) / INFO_FILE, json.dumps(self.to_json(), indent=1))
+
+    def token(self) -> str | None:
+        if not self.token_file:
+            return None
+        try:
+            return Path(self.token_file).read_text().strip()
+        except OSError:
+            return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def list_jobs(clean: bool = True) -> list[JobInfo]:
+    """Live jobs of this user, oldest first; leftovers of dead jobs are removed when ``clean``."""
+    root = runtime_root()
+    if not root.is_dir():
+        return []
+    jobs = []
+    for run_dir in sorted(root.iterdir()):
+        info_path = run_dir / INFO_FILE
+        try:
+            job = JobInfo.from_json(json.loads(info_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            # A job that is still starting has a directory but no info yet; leave young ones alone.
+            if clean and run_dir.is_dir() and time.time() - run_dir.stat().st_mtime > 60:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            continue
+        if pid_alive(job.pid):
+            jobs.append(job)
+        elif clean:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return sorted(jobs, key=lambda j: j.start_time)

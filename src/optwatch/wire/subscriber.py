@@ -1,0 +1,131 @@
+"""The viewer's side of the wire: history first, then live records, with gaps filled and repeats dropped."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from optwatch import protocol
+
+
+class RequestError(RuntimeError):
+    """The job refused a request or did not answer in time."""
+
+
+class Feed:
+    """Records of one job, in order per rank, each at most once.
+
+    A subscriber that joins late, or that ZeroMQ dropped messages for, sees a gap in a rank's ``seq``;
+    the feed then asks the job for its history and fills in what the job still remembers.
+    """
+
+    def __init__(self, pub_endpoint: str, ctl_endpoint: str, context: zmq.Context | None = None):
+        self._context = context or zmq.Context.instance()
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.RCVHWM, 10000)
+        self._sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.connect(pub_endpoint)
+        self._ctl_endpoint = ctl_endpoint
+        self._ctl: zmq.Socket | None = None
+        self.last_seq: dict[int, int] = {}
+        self.gaps_filled = 0
+        self.lost = 0
+        self.errors: list[str] = []
+        self._need_history = True
+        self._last_history_try = 0.0
+
+    def close(self) -> None:
+        self._sub.close(linger=0)
+        if self._ctl is not None:
+            self._ctl.close(linger=0)
+
+    # --- requests -------------------------------------------------------------------------------
+    def _control_socket(self) -> zmq.Socket:
+        if self._ctl is None:
+            self._ctl = self._context.socket(zmq.DEALER)
+            self._ctl.setsockopt(zmq.LINGER, 0)
+            self._ctl.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
+            self._ctl.connect(self._ctl_endpoint)
+        return self._ctl
+
+    def request(self, op: str, timeout_s: float = 3.0, **fields: Any) -> dict[str, Any]:
+        socket = self._control_socket()
+        socket.send_multipart([b"", protocol.encode_request({"op": op, **fields})])
+        if not socket.poll(int(timeout_s * 1000)):
+            # The reply may still come later and would be taken for the next one: start afresh.
+            socket.close(linger=0)
+            self._ctl = None
+            raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
+        reply = protocol.decode_request(socket.recv_multipart()[-1])
+        if not reply.get("ok"):
+            raise RequestError(str(reply.get("error", "refused")))
+        return reply
+
+    # --- records --------------------------------------------------------------------------------
+    def _accept(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop repeats; note gaps (they trigger a history request)."""
+        fresh = []
+        for record in records:
+            rank, seq = record.get("rank", 0), record.get("seq")
+            if seq is None:
+                fresh.append(record)
+                continue
+            last = self.last_seq.get(rank, -1)
+            if seq <= last:
+                continue
+            if seq > last + 1:
+                self._need_history = True
+            self.last_seq[rank] = seq
+            fresh.append(record)
+        return fresh
+
+    def _history(self) -> list[dict[str, Any]]:
+        self._last_history_try = time.monotonic()
+        try:
+            reply = self.request("history", timeout_s=2.0)
+        except RequestError:
+            return []
+        self._need_history = False
+        before = dict(self.last_seq)
+        self.last_seq = {}
+        records = []
+        for record in reply.get("records", []):
+            protocol.check_record(record)
+            rank, seq = record.get("rank", 0), record.get("seq", -1)
+            if seq > before.get(rank, -1):
+                records.append(record)
+            self.last_seq[rank] = max(seq, self.last_seq.get(rank, -1))
+        for rank, seq in before.items():
+            self.last_seq[rank] = max(seq, self.last_seq.get(rank, -1))
+        if before:
+            self.gaps_filled += 1
+        return records
+
+    def poll(self, timeout_s: float = 0.1, max_messages: int = 256) -> list[dict[str, Any]]:
+        """Records that arrived since the last call (waits up to ``timeout_s`` for the first)."""
+        records: list[dict[str, Any]] = []
+        if self._need_history and time.monotonic() - self._last_history_try > 1.0:
+            records.extend(self._history())
+        if not self._sub.poll(int(timeout_s * 1000)):
+            return records
+        for _ in range(max_messages):
+            try:
+                payload = self._sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                batch = protocol.decode_batch(payload)
+            except protocol.ProtocolError as exc:
+                self.errors.append(str(exc))
+                continue
+            if self._need_history and not self.last_seq:
+                # First live data before any history: fetch history now so order is kept.
+                records.extend(self._history())
+            records.extend(self._accept(batch))
+        if self._need_history and time.monotonic() - self._last_history_try > 1.0:
+            records.extend(self._history())
+        return records
