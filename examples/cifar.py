@@ -140,7 +140,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     train_set, test_set, source = cifar_datasets(args.data)
-    loader_options = dict(num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    loader_options = dict(
+        num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0
+    )
     train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, **loader_options)
     test_loader = DataLoader(test_set, batch_size=256, **loader_options)
 

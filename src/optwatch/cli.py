@@ -96,14 +96,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         from optwatch.app.app import OptwatchApp
 
         app = OptwatchApp(session)
-        app.run()
-        if process.poll() is None and not app.detached:
-            process.stop()
+        detached = False
+        try:
+            app.run()
+            detached = app.detached
+        finally:
+            if not detached:
+                process.stop()
+        if detached:
+            print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
+            return 0
         return process.exit_code() or 0
     finally:
-        if process.poll() is None and not getattr(session, "detached", False):
-            process.stop()
-        process.cleanup()
+        session.close()
+        if process.poll() is not None:
+            process.cleanup()
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -80,5 +80,4 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        session.close()
     return process.exit_code() if process is not None else 0

@@ -68,6 +68,7 @@ class Store:
         self.latest: dict[str, dict[str, Any]] = {}
         self.version = 0
         self.records_seen = 0
+        self.logs_total = 0
 
     def rank(self, rank: int) -> RankState:
         state = self.ranks.get(rank)
@@ -93,6 +94,7 @@ class Store:
             self.rank(rank).system.append(record)
         elif kind == protocol.LOG:
             self.logs.append(record)
+            self.logs_total += 1
         elif kind == protocol.HELLO:
             self.rank(rank).hello = record
         elif kind == protocol.END:
@@ -107,6 +109,12 @@ class Store:
         if not self.ranks:
             return None
         return self.ranks.get(0) or self.ranks[min(self.ranks)]
+
+    def new_logs(self, seen: int) -> tuple[list[dict[str, Any]], int]:
+        """Log records after the first ``seen`` ever ingested (as many as the ring still holds)."""
+        with self.lock:
+            fresh = min(self.logs_total - seen, len(self.logs))
+            return (list(self.logs)[len(self.logs) - fresh :] if fresh > 0 else []), self.logs_total
 
     def finished(self) -> bool:
         return bool(self.ranks) and all(state.end is not None for state in self.ranks.values())

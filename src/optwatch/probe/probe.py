@@ -33,7 +33,6 @@ from optwatch.wire.publisher import Publisher
 log = logging.getLogger(__name__)
 
 
-
 def _batch_len(batch: Any, depth: int = 0) -> int | None:
     """Samples in a DataLoader batch: the leading dimension of its first tensor."""
     if isinstance(batch, torch.Tensor):
@@ -117,7 +116,8 @@ class Probe:
             ]
         )
         self.publisher.close()
-        for name in ("pub.sock", "ctl.sock", runtime.INFO_FILE):
+        # info.json stays: its dead pid tells `optwatch ls` to clean the directory up.
+        for name in ("pub.sock", "ctl.sock"):
             try:
                 (self.run_dir / name).unlink()
             except OSError:

@@ -67,9 +67,18 @@ def new_run_id(script: str) -> str:
     return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+# Unix socket paths are limited to 107 bytes on Linux; leave room for the socket file names.
+MAX_RUN_DIR_LEN = 96
+
+
 def make_run_dir(run_id: str) -> Path:
     root = ensure_private_dir(runtime_root())
-    return ensure_private_dir(root / run_id)
+    run_dir = root / run_id
+    if len(str(run_dir)) > MAX_RUN_DIR_LEN:
+        raise RuntimeDirError(
+            f"{run_dir} is too long for a Unix socket path; set OPTWATCH_RUNTIME_DIR to a shorter directory"
+        )
+    return ensure_private_dir(run_dir)
 
 
 def new_token() -> str:

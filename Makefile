@@ -1,0 +1,30 @@
+# `make demo` sets everything up and runs the dashboard on the example; `make test` sets up and runs the tests.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint screenshots bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $@
+
+demo: setup
+	$(BIN)/optwatch examples/cifar.py
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests examples benchmarks scripts
+	$(BIN)/ruff format --check src tests examples benchmarks scripts
+
+screenshots: setup
+	$(BIN)/python scripts/screenshots.py
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

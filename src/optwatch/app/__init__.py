@@ -1,0 +1,1 @@
+"""The Textual dashboard. It reads the store and never imports torch."""

@@ -1,0 +1,32 @@
+"""Number formatting shared by the widgets."""
+
+from __future__ import annotations
+
+from optwatch.store import finite
+
+
+def number(value: object, spec: str = ".4g") -> str:
+    return format(value, spec) if finite(value) else ("NaN/Inf" if isinstance(value, float) else "–")
+
+
+def nbytes(value: object) -> str:
+    if not finite(value):
+        return "–"
+    size = float(value)  # type: ignore[arg-type]
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def seconds(value: object) -> str:
+    if not finite(value):
+        return "–"
+    value = float(value)  # type: ignore[arg-type]
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if finite(v))
+    return values[len(values) // 2] if values else None

@@ -1,0 +1,25 @@
+"""The top line: which run, where, and whether it is still going."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+
+class RunHeader(Static):
+    run_name: reactive[str] = reactive("connecting…")
+    """Run id and script."""
+    device: reactive[str] = reactive("")
+    """Where the model lives, e.g. ``cuda:0 (NVIDIA H200)``."""
+    status: reactive[str] = reactive("waiting for the first step")
+    """running / finished (exit 0) / crashed (exit 1) / stopping…"""
+
+    def render(self) -> Text:
+        style = {"running": "bold green", "stopping…": "bold yellow"}.get(self.status, "bold")
+        if self.status.startswith(("crashed", "stopped", "disconnected")):
+            style = "bold red"
+        text = Text.assemble(("● ", style), (self.status, style), "  ", (self.run_name, "cyan"))
+        if self.device:
+            text.append(f"  {self.device}", "dim")
+        return text

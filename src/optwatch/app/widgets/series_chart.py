@@ -1,0 +1,60 @@
+"""A line chart of one or more series against the step, drawn with plotext."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from textual_plotext import PlotextPlot
+
+MAX_POINTS = 400
+
+
+def thin(xs: Sequence[float], ys: Sequence[float | None], limit: int = MAX_POINTS) -> tuple[list[float], list[float]]:
+    """At most ``limit`` finite points, evenly picked, always keeping the newest."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float)) and math.isfinite(y)]
+    if len(pairs) > limit:
+        stride = len(pairs) / limit
+        pairs = [pairs[int(i * stride)] for i in range(limit - 1)] + [pairs[-1]]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class SeriesChart(PlotextPlot):
+    def __init__(self, title: str, *, log_y: bool = False, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.title = title
+        self.log_y = log_y
+        self.series: list[tuple[str, list[float], list[float], str]] = []
+
+    def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float | None], str]]) -> None:
+        """``series``: (label, steps, values, colour); non-finite values are left out of the picture."""
+        self.series = []
+        for label, xs, ys, colour in series:
+            thin_xs, thin_ys = thin(xs, ys)
+            if self.log_y:
+                kept = [(x, y) for x, y in zip(thin_xs, thin_ys) if y > 0]
+                thin_xs, thin_ys = [k[0] for k in kept], [k[1] for k in kept]
+            self.series.append((label, thin_xs, thin_ys, colour))
+        self.refresh()
+
+    def render(self):
+        plt = self.plt
+        plt.clear_figure()
+        plt.title(self.title)
+        if self.log_y:
+            plt.yscale("log")
+        drawn = False
+        low, high = float("inf"), float("-inf")
+        for label, xs, ys, colour in self.series:
+            if xs:
+                plt.plot(xs, ys, label=label, color=colour, marker="braille")
+                low, high = min(low, *ys), max(high, *ys)
+                drawn = True
+        if drawn and not self.log_y and high > low:
+            # Headroom above the data so the legend never hides the first points.
+            plt.ylim(low, high + 0.25 * (high - low))
+        if not drawn:
+            plt.text("waiting for data", 0.5, 0.5, alignment="center")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+        return super().render()

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "tests" / "scripts"
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(monkeypatch):
+    """Each test gets its own private runtime directory (short: Unix socket paths are limited)."""
+    path = Path(tempfile.mkdtemp(prefix="ow-"))
+    monkeypatch.setenv("OPTWATCH_RUNTIME_DIR", str(path / "rt"))
+    yield path / "rt"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def optwatch(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the real `optwatch` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "optwatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=dict(os.environ),
+        **kwargs,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    from optwatch.store import read_records
+
+    return list(read_records(path))
+
+
+def steps_of(records: list[dict], rank: int | None = None) -> list[dict]:
+    return [r for r in records if r["kind"] == "step" and (rank is None or r["rank"] == rank)]
+
+
+def dump(records: list[dict]) -> str:
+    return "\n".join(json.dumps(r) for r in records[-20:])

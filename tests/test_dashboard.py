@@ -1,0 +1,120 @@
+"""The dashboard, driven by Textual's pilot and fed by a real training process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+import pytest
+
+from conftest import SCRIPTS
+from optwatch.app.app import OptwatchApp
+from optwatch.app.widgets.confirm_quit import ConfirmQuit
+from optwatch.app.widgets.log_pane import LogPane
+from optwatch.app.widgets.run_header import RunHeader
+from optwatch.app.widgets.series_chart import SeriesChart
+from optwatch.app.widgets.stats_panel import StatsPanel
+from optwatch.probe.options import ProbeOptions
+from optwatch.session import ViewerSession
+from optwatch.store import Store
+from optwatch.supervisor import TrainingProcess
+
+
+async def wait_for(pilot, predicate, timeout_s: float = 30.0) -> None:
+    for _ in range(int(timeout_s / 0.1)):
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def training():
+    script = str(SCRIPTS / "plain_train.py")
+    args = ["--steps", "100000", "--sleep", "0.05"]
+    process = TrainingProcess(script, args, ProbeOptions(script=script, argv=args).to_env())
+    process.start()
+    yield process
+    process.stop(grace_s=2)
+    process.cleanup()
+
+
+async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
+    app = OptwatchApp(ViewerSession.for_process(training))
+    async with app.run_test(size=(80, 24)) as pilot:
+        store = app.store
+        await wait_for(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 8)
+        await wait_for(pilot, lambda: app.query_one(StatsPanel).rows.get("Step") not in (None, "waiting…"))
+        await wait_for(pilot, lambda: app.query_one("#overview-log", LogPane).lines)
+        with store.lock:  # freeze what the store holds, then render it
+            app.render_views()
+            last = store.primary.last_step
+            rows = dict(app.query_one(StatsPanel).rows)
+            steps = [r["step"] for r in store.primary.steps]
+            losses = [r["loss"] for r in store.primary.steps]
+        assert rows["Step"] == str(last["step"])
+        assert rows["Loss"].startswith(format(last["loss"], ".4g"))
+        assert rows["LR"] == "0.05"
+        assert rows["Grad norm"] == format(last["grad_norm"], ".3g")
+        chart = app.query_one("#loss-chart", SeriesChart)
+        label, xs, ys, _ = chart.series[0]
+        assert label == "loss" and xs == steps and ys == losses
+        assert app.query_one(RunHeader).status == "running"
+        assert "plain_train.py" in app.query_one(RunHeader).run_name
+        # The script's own output reaches the log pane.
+        log_text = "\n".join(strip.text for strip in app.query_one("#overview-log", LogPane).lines)
+        assert "step 0 loss" in log_text
+
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("n")  # going back leaves the run alone
+        assert not isinstance(app.screen, ConfirmQuit) and training.poll() is None
+        await pilot.press("q", "y")
+        await wait_for(pilot, lambda: training.poll() is not None, timeout_s=20)
+    assert training.poll() is not None
+    assert not psutil.pid_exists(training.pid) or psutil.Process(training.pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_detach_leaves_the_run_going(training):
+    app = OptwatchApp(ViewerSession.for_process(training))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.store.primary is not None and app.store.primary.steps)
+        await pilot.press("q", "d")
+        await pilot.pause(0.2)
+    assert app.detached and training.poll() is None
+    await asyncio.sleep(0.5)
+    assert training.poll() is None
+
+
+async def test_replay_of_records_fills_the_views():
+    store = Store()
+    records = [
+        {"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r1", "script": "s.py", "device": "cpu"},
+        *[
+            {
+                "v": 1,
+                "kind": "step",
+                "rank": 0,
+                "seq": i + 1,
+                "time": float(i),
+                "step": i,
+                "loss": 2.0 / (i + 1),
+                "grad_norm": 1.0,
+                "lr": 0.1,
+                "step_time_s": 0.2,
+                "samples_per_s": 640.0,
+            }
+            for i in range(30)
+        ],
+    ]
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        assert app.query_one(StatsPanel).rows["Step"] == "29"
+        assert app.query_one(StatsPanel).rows["Throughput"] == "640 samples/s"
+        assert app.query_one(RunHeader).status == "replay"
+        await pilot.press("2")
+        assert app.query_one("TabbedContent").active == "log"
+        await pilot.press("q")
+    assert app.return_code in (0, None)

@@ -1,0 +1,167 @@
+"""The probe on real (tiny) CPU training loops, in this process: what a step is, and what it records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.probe import Probe
+from optwatch.wire import runtime
+
+
+@pytest.fixture
+def probe():
+    run_dir = runtime.make_run_dir("probe-test")
+    probe = Probe(run_dir, "probe-test", ProbeOptions(script="test", publish_interval_s=0.0)).start()
+    yield probe
+    probe.close()
+
+
+def recorded(probe: Probe, kind: str = "step") -> list[dict]:
+    probe.close()
+    return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def test_step_records_match_the_loop(probe):
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    losses, norms = [], []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item())
+        optimizer.step()
+        losses.append(loss.item())
+    steps = recorded(probe)
+    assert [s["step"] for s in steps] == [0, 1, 2, 3, 4]
+    assert [s["loss"] for s in steps] == losses
+    assert [s["grad_norm"] for s in steps] == pytest.approx(norms, rel=1e-5)
+    assert all(s["lr"] == 0.1 for s in steps)
+
+
+def test_lbfgs_closure_is_one_step_with_the_first_loss(probe):
+    model = tiny_model()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    returned = [optimizer.step(closure).item() for _ in range(3)]
+    steps = recorded(probe)
+    assert [s["step"] for s in steps] == [0, 1, 2]
+    assert [s["loss"] for s in steps] == returned
+
+
+def test_several_param_groups_report_the_first_groups_lr(probe):
+    model = tiny_model()
+    optimizer = torch.optim.Adam(
+        [{"params": model[0].parameters(), "lr": 1e-3}, {"params": model[2].parameters(), "lr": 1e-2}]
+    )
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    steps = recorded(probe)
+    assert len(steps) == 3 and all(s["lr"] == 1e-3 for s in steps)
+    all_grads = [p.grad for p in model.parameters()]
+    assert steps[-1]["grad_norm"] == pytest.approx(torch.nn.utils.get_total_norm(all_grads).item(), rel=1e-5)
+
+
+def test_without_an_optimizer_each_backward_is_a_step(probe):
+    weight = torch.randn(3, requires_grad=True)
+    losses = []
+    for _ in range(4):
+        loss = (weight**2).sum()
+        loss.backward()
+        with torch.no_grad():
+            weight -= 0.1 * weight.grad
+            weight.grad = None
+        losses.append(loss.item())
+    steps = recorded(probe)
+    assert [s["loss"] for s in steps] == losses
+
+
+def test_gradient_accumulation_is_one_step_with_the_mean_loss(probe):
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    micro = []
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1))
+        loss.backward()
+        micro.append(loss.item())
+    optimizer.step()
+    steps = recorded(probe)
+    assert len(steps) == 1
+    assert steps[0]["loss"] == pytest.approx(sum(micro) / 3, rel=1e-6)
+
+
+def test_dataloader_batches_give_samples_per_second_and_data_wait(probe):
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    for x, y in torch.utils.data.DataLoader(data, batch_size=16):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    steps = recorded(probe)
+    assert [s["samples"] for s in steps] == [16, 16, 16, 16]
+    assert all(s["samples_per_s"] > 0 and s["data_wait_s"] >= 0 for s in steps)
+
+
+def test_explicit_batch_size_and_metrics(probe):
+    probe.attach(batch_size=32)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(torch.randn(32, 4)), torch.randn(32, 1)).backward()
+    optimizer.step()
+    probe.log(val_acc=0.5)
+    [step] = recorded(probe)
+    assert step["samples"] == 32
+    metrics = [r for r in probe.publisher.history.snapshot() if r["kind"] == "metric"]
+    assert metrics[0]["values"] == {"val_acc": 0.5} and metrics[0]["step"] == 1
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        probe.attach(batch_size=0)
+
+
+def test_hooks_are_removed_on_close(probe):
+    backward = torch.autograd.backward
+    probe.close()
+    assert torch.autograd.backward is not backward
+    assert torch.autograd.backward.__module__ == "torch.autograd"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_steps_make_no_host_device_sync(probe):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 1, device="cuda")
+    for _ in range(3):  # warm-up outside the checked region (allocator, cuBLAS handles)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(50):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    steps = recorded(probe)
+    assert len(steps) == 53 and all(isinstance(s["loss"], float) for s in steps)

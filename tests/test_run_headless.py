@@ -1,0 +1,68 @@
+"""`optwatch run --headless`: the CLI end to end on real training runs."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+
+from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl, steps_of
+
+
+def test_cifar_example_records_40_falling_finite_steps(tmp_path):
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(EXAMPLES / "cifar.py"), "--steps", "40")
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    steps = steps_of(records)
+    assert [s["step"] for s in steps] == list(range(40))
+    for step in steps:
+        assert math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])
+        assert step["rank"] == 0 and step["lr"] == 0.05 and step["step_time_s"] > 0
+        assert step["samples_per_s"] > 0 and isinstance(step["time"], float)
+    first, last = steps[:10], steps[-10:]
+    assert sum(s["loss"] for s in last) < 0.97 * sum(s["loss"] for s in first)
+    # The script's own output passes through unchanged; optwatch's summary goes to stderr.
+    assert "cifar: 40 steps in" in result.stdout
+    assert "optwatch: final step 39" in result.stderr
+    assert stat.S_IMODE(os.stat(record).st_mode) == 0o600
+
+
+def test_plain_script_losses_equal_the_scripts_own(tmp_path):
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "plain_train.py"), "--steps", "25")
+    assert result.returncode == 0, result.stderr
+    printed = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step ")]
+    recorded = [s["loss"] for s in steps_of(read_jsonl(record))]
+    assert len(printed) == 25
+    assert recorded == printed  # bit-exact: the probe reads the very tensor the script printed
+
+
+def test_exit_code_and_output_of_the_script_are_kept(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('about to fail')\nprint('oops', file=sys.stderr)\nsys.exit(3)\n")
+    result = optwatch("run", "--headless", str(script))
+    assert result.returncode == 3
+    assert result.stdout == "about to fail\n"
+    assert "oops" in result.stderr
+
+
+def test_log_lines_are_recorded(tmp_path):
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "plain_train.py"), "--steps", "3")
+    assert result.returncode == 0
+    logs = [r for r in read_jsonl(record) if r["kind"] == "log"]
+    assert [r["line"] for r in logs if r["stream"] == "stdout"][:1] == [result.stdout.splitlines()[0]]
+
+
+def test_bad_input_gets_a_clear_message(tmp_path):
+    missing = optwatch("run", "--headless", "no/such/script.py")
+    assert missing.returncode == 2 and "no such script: no/such/script.py" in missing.stderr
+    bad_flag = optwatch("run", "--summary-every", "banana", str(SCRIPTS / "plain_train.py"))
+    assert bad_flag.returncode == 2 and "expected a number, got 'banana'" in bad_flag.stderr
+    unwritable = optwatch("run", "--headless", "--record", "/no/such/dir/r.jsonl", str(SCRIPTS / "plain_train.py"))
+    assert unwritable.returncode == 2 and "cannot record to /no/such/dir/r.jsonl" in unwritable.stderr
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('{"v": 1, "kind": "step", "rank": 0}\nthis is not json\n')
+    replay = optwatch("replay", "--headless", str(garbage))
+    assert replay.returncode == 2 and f"{garbage}:2" in replay.stderr
