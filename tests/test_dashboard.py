@@ -114,7 +114,40 @@ async def test_replay_of_records_fills_the_views():
         assert app.query_one(StatsPanel).rows["Step"] == "29"
         assert app.query_one(StatsPanel).rows["Throughput"] == "640 samples/s"
         assert app.query_one(RunHeader).status == "replay"
-        await pilot.press("2")
+        await pilot.press("l")
         assert app.query_one("TabbedContent").active == "log"
         await pilot.press("q")
     assert app.return_code in (0, None)
+
+
+async def test_findings_bar_shows_the_latest_verdict_and_alerts():
+    store = Store()
+    store.ingest(
+        [
+            {"v": 1, "kind": "step", "rank": 0, "seq": 0, "time": 0.0, "step": 0, "loss": 1.0},
+            {
+                "v": 1,
+                "kind": "alert",
+                "rank": 0,
+                "seq": 1,
+                "time": 0.0,
+                "step": 7,
+                "type": "exploding",
+                "message": "grad norm 40x its median",
+            },
+            {
+                "v": 1,
+                "kind": "verdict",
+                "rank": 0,
+                "seq": 2,
+                "time": 0.0,
+                "bottleneck": "input",
+                "message": "62% of each step waits for data",
+            },
+        ]
+    )
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        lines = app.query_one("#findings").lines
+    assert lines == ["input-bound: 62% of each step waits for data", "exploding @ step 7: grad norm 40x its median"]

@@ -37,6 +37,8 @@ class RankState:
     loss_ema: collections.deque[float | None] = field(default_factory=lambda: collections.deque(maxlen=STEP_CAPACITY))
     system: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=SYSTEM_CAPACITY))
     end: dict[str, Any] | None = None
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The newest record of each other kind from this rank (layers, hotspots, verdict...)."""
     _ema: float | None = None
 
     @property
@@ -102,6 +104,8 @@ class Store:
         else:
             self.rare[str(kind)].append(record)
             self.latest[str(kind)] = record
+            if rank >= 0:
+                self.rank(rank).latest[str(kind)] = record
 
     # --- questions the views ask ------------------------------------------------------------------
     @property

@@ -10,7 +10,9 @@ from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from optwatch.app.messages import RunExited
+from optwatch.app.views import extra_views
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
+from optwatch.app.widgets.findings_bar import FindingsBar
 from optwatch.app.widgets.log_pane import LogPane
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
@@ -29,8 +31,8 @@ class OptwatchApp(App[None]):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
-        Binding("1", "show_tab('overview')", "Overview"),
-        Binding("2", "show_tab('log')", "Log"),
+        Binding("o", "show_tab('overview')", "Overview"),
+        Binding("l", "show_tab('log')", "Log"),
     ]
 
     def __init__(self, session: ViewerSession | None = None, store: Store | None = None, mode: str = "run"):
@@ -41,6 +43,9 @@ class OptwatchApp(App[None]):
         self.detached = False
         self.exit_code: int | None = None
         self._rendered_version = -1
+        self.views = extra_views()
+        for view in self.views:
+            self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title)
 
     @classmethod
     def for_store(cls, store: Store) -> OptwatchApp:
@@ -60,7 +65,11 @@ class OptwatchApp(App[None]):
                     with Vertical(id="charts"):
                         yield SeriesChart("Loss", id="loss-chart")
                         yield SeriesChart("Grad norm", log_y=True, id="grad-chart")
+                yield FindingsBar(id="findings")
                 yield LogPane(id="overview-log", max_lines=200)
+            for view in self.views:
+                with TabPane(view.title, id=view.tab_id):
+                    yield view.make()
             with TabPane("Log", id="log"):
                 yield LogPane(id="full-log")
         yield Footer()
@@ -129,12 +138,19 @@ class OptwatchApp(App[None]):
                 [("loss", steps, losses, "cyan"), ("ema", steps, ema, "orange")]
             )
             self.query_one("#grad-chart", SeriesChart).set_series([("global", steps, grad_norms, "green")])
+            self.query_one(FindingsBar).show(store)
             for pane in self.query(LogPane):
                 pane.follow(store)
+            active = self.query_one(TabbedContent).active
+            for view in self.views:
+                if view.tab_id == active:
+                    self.query_one(f"#{view.tab_id}", TabPane).children[0].show(store)
 
     # --- actions ------------------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self._rendered_version = -1  # the new tab has not been drawn with the current data
+        self.render_views()
 
     def action_request_quit(self) -> None:
         process = self.session.process if self.session else None

@@ -71,6 +71,9 @@ class Probe:
         self._undo: list[Callable[[], None]] = []
         self._closed = False
         self._device_announced = False
+        from optwatch.probe.plugins import enabled
+
+        self.plugins = enabled(options)
         self._sampler: threading.Thread | None = None
         self._stop_sampler = threading.Event()
 
@@ -90,6 +93,8 @@ class Probe:
         info.save()
         self.publisher.submit_records([self._hello()])
         self._install_hooks()
+        for plugin in self.plugins:
+            plugin.install(self)
         self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)
         self._sampler.start()
         atexit.register(self.close)
@@ -102,6 +107,11 @@ class Probe:
         self._closed = True
         for undo in reversed(self._undo):
             undo()
+        for plugin in self.plugins:
+            try:
+                plugin.close(self)
+            except Exception:
+                log.exception("optwatch: plugin %s failed to close", plugin.name)
         self._stop_sampler.set()
         self._flush()
         self.publisher.submit_records(
@@ -162,7 +172,10 @@ class Probe:
         values = {}
         for name, value in metrics.items():
             values[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
-        record = protocol.make_record("metric", self.rank, step=self.step, values=values)
+        self.emit(protocol.make_record("metric", self.rank, step=self.step, values=values))
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Queue a record from the training thread; its tensor values are read back with the next batch."""
         self._pending.append(record)
 
     def on_step_boundary(self, callback: Callable[[Probe], None]) -> None:
@@ -175,9 +188,15 @@ class Probe:
         original_backward = torch.autograd.backward
 
         def backward(tensors, *args, **kwargs):
-            if isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad:
+            is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
+            if is_loss:
                 probe._on_backward(tensors)
+                for plugin in probe.plugins:
+                    plugin.on_backward_start(probe, tensors)
             result = original_backward(tensors, *args, **kwargs)
+            if is_loss:
+                for plugin in probe.plugins:
+                    plugin.on_backward_end(probe, tensors)
             if probe._optimizers_seen == 0 and probe._primary_optimizer is None and probe._losses:
                 probe._finish_step()
             return result
@@ -237,6 +256,8 @@ class Probe:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = True
+            for plugin in self.plugins:
+                plugin.before_optimizer_step(self, optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
@@ -301,6 +322,8 @@ class Probe:
             samples=samples,
             samples_per_s=(samples / step_time) if samples and step_time else None,
         )
+        for plugin in self.plugins:
+            plugin.after_step(self, record)
         self._pending.append(record)
         self._losses = []
         self._data_wait_s = 0.0
@@ -335,14 +358,28 @@ class Probe:
     def _sample_loop(self) -> None:
         from optwatch.probe.sampler import sample_system
 
+        failed: set[str] = set()
         while not self._stop_sampler.wait(self.options.system_interval_s):
+            records = []
             try:
                 record = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system())
                 record["dropped"] = self.publisher.dropped
-                self.publisher.submit_records([record])
+                records.append(record)
             except Exception:
-                log.exception("optwatch: system sampling failed; it stops, training goes on")
-                return
+                if "system" not in failed:
+                    log.exception("optwatch: system sampling failed; training goes on")
+                    failed.add("system")
+            for plugin in self.plugins:
+                if plugin.name in failed:
+                    continue
+                try:
+                    records.extend(plugin.sample(self))
+                except Exception:
+                    # Logged once and switched off: a broken collector must not spam or stop the others.
+                    log.exception("optwatch: %s sampling failed; it is switched off", plugin.name)
+                    failed.add(plugin.name)
+            if records:
+                self.publisher.submit_records(records)
 
 
 _current: Probe | None = None

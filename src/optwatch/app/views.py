@@ -1,0 +1,23 @@
+"""The dashboard's tabs beyond Overview and Log. Each capability adds its view here.
+
+A view is a widget with ``show(store)``; the app calls it at each refresh while its tab is visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from textual.widget import Widget
+
+
+@dataclass(frozen=True)
+class View:
+    tab_id: str
+    title: str
+    key: str
+    make: Callable[[], Widget]
+
+
+def extra_views() -> list[View]:
+    return []

@@ -1,0 +1,39 @@
+"""What needs attention: the latest verdict and the newest alerts, in a few lines above the log."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from optwatch.store import Store
+
+MAX_ALERTS = 3
+
+
+class FindingsBar(Static):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.lines: list[str] = []
+        """The plain text on screen, for tests."""
+
+    def show(self, store: Store) -> None:
+        with store.lock:
+            verdict = store.latest.get("verdict")
+            alerts = list(store.rare.get("alert", ()))[-MAX_ALERTS:]
+        text = Text()
+        lines = []
+        if verdict:
+            line = f"{verdict.get('bottleneck', '?')}-bound: {verdict.get('message', '')}"
+            text.append("▶ ", "bold")
+            text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
+            lines.append(line)
+        for alert in reversed(alerts):
+            rank = alert.get("rank")
+            where = f" rank {rank}" if isinstance(rank, int) and rank > 0 else ""
+            line = f"{alert.get('type', 'alert')} @ step {alert.get('step', '?')}{where}: {alert.get('message', '')}"
+            text.append("⚠ ", "bold red")
+            text.append(line + "\n", "red")
+            lines.append(line)
+        self.lines = lines
+        self.display = bool(lines)
+        self.update(text)

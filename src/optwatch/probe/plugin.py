@@ -1,0 +1,43 @@
+"""How a capability plugs into the probe: a ProbePlugin subclass, listed in ``probe.plugins.enabled``.
+
+Every callback runs on the training thread except ``sample`` (the sampler thread). Callbacks must be
+cheap on steps where they have nothing to do, must not sync with the device, and may leave device
+tensors in the records they touch: the probe reads them back in batches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from optwatch.probe.probe import Probe
+
+
+class ProbePlugin:
+    """Base class: override what you need."""
+
+    name = "plugin"
+
+    def install(self, probe: Probe) -> None:
+        """Called once when the probe starts (install hooks here)."""
+
+    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
+        """Before ``backward()`` on the step's scalar loss."""
+
+    def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
+        """After ``backward()`` returned."""
+
+    def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+        """In the primary optimizer's step pre-hook: gradients are final (unscaled under GradScaler.step)."""
+
+    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        """At the step boundary, with the step record still open: add fields, or ``probe.emit`` records."""
+
+    def sample(self, probe: Probe) -> list[dict[str, Any]]:
+        """On the sampler thread, a few times a second: return ready records (no device tensors)."""
+        return []
+
+    def close(self, probe: Probe) -> None:
+        """When the probe closes: remove hooks, flush what is left."""

@@ -1,0 +1,11 @@
+"""The probe's plugins, in the order their callbacks run. Each capability adds its plugin here."""
+
+from __future__ import annotations
+
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.plugin import ProbePlugin
+
+
+def enabled(options: ProbeOptions) -> list[ProbePlugin]:
+    plugins: list[ProbePlugin] = []
+    return plugins
