@@ -165,3 +165,15 @@ def test_cuda_steps_make_no_host_device_sync(probe):
         torch.cuda.set_sync_debug_mode("default")
     steps = recorded(probe)
     assert len(steps) == 53 and all(isinstance(s["loss"], float) for s in steps)
+
+
+def test_zero_code_finds_the_model_and_names_its_parameters(probe):
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(torch.randn(2, 4)), torch.randn(2, 1)).backward()
+    optimizer.step()
+    assert probe.find_model() is model
+    names = probe.parameter_names()
+    assert sorted(names.values()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert names[id(model[0].weight)] == "0.weight"

@@ -71,6 +71,8 @@ class Probe:
         self._undo: list[Callable[[], None]] = []
         self._closed = False
         self._device_announced = False
+        self._model_searched = False
+        self._param_names: dict[int, str] | None = None
         from optwatch.probe.plugins import enabled
 
         self.plugins = enabled(options)
@@ -159,6 +161,7 @@ class Probe:
     ) -> Probe:
         if model is not None:
             self.model = model
+            self._param_names = None
         if optimizer is not None:
             self._primary_optimizer = optimizer
         if batch_size is not None:
@@ -263,6 +266,37 @@ class Probe:
         if self._is_primary(optimizer):
             self._in_step = False
             self._finish_step()
+
+    # --- the model -----------------------------------------------------------------------------------
+    def find_model(self) -> torch.nn.Module | None:
+        """The model being trained: the one given to ``watch``, else found once from the optimizer.
+
+        Zero-code mode never sees the model, so at the first step it looks among live modules for the
+        largest one whose parameters the primary optimizer trains. Cached; None when there is none.
+        """
+        if self.model is not None or self._model_searched or self._primary_optimizer is None:
+            return self.model
+        self._model_searched = True
+        import gc
+
+        trained = {id(p) for group in self._primary_optimizer.param_groups for p in group["params"]}
+        best, best_count = None, 0
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.nn.Module):
+                params = [id(p) for p in obj.parameters()]
+                if params and len(params) > best_count and all(p in trained for p in params):
+                    best, best_count = obj, len(params)
+        self.model = best
+        return best
+
+    def parameter_names(self) -> dict[int, str]:
+        """``id(parameter) -> qualified name`` for the model's parameters (empty without a model)."""
+        if self._param_names is None:
+            model = self.find_model()
+            if model is None:
+                return {}
+            self._param_names = {id(p): name for name, p in model.named_parameters()}
+        return self._param_names
 
     # --- per step ---------------------------------------------------------------------------------
     def _parameters(self) -> list[torch.Tensor]:
