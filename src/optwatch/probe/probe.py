@@ -282,7 +282,7 @@ class Probe:
         trained = {id(p) for group in self._primary_optimizer.param_groups for p in group["params"]}
         best, best_count = None, 0
         for obj in gc.get_objects():
-            if isinstance(obj, torch.nn.Module):
+            if issubclass(type(obj), torch.nn.Module):  # type(): isinstance trips lazy deprecated objects
                 params = [id(p) for p in obj.parameters()]
                 if params and len(params) > best_count and all(p in trained for p in params):
                     best, best_count = obj, len(params)
