@@ -21,6 +21,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optwatch",
@@ -35,8 +45,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
     )
+    run.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="also accept viewers over TCP (token required; port 0 picks a free one; the stream uses PORT+1)",
+    )
+    run.add_argument(
+        "--nproc-per-node", metavar="N", type=_positive_int, help="run N ranks with torchrun (DDP) under one dashboard"
+    )
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
+
+    attach = commands.add_parser("attach", help="watch a running job (all its ranks), with its recent history")
+    attach.add_argument("target", nargs="?", metavar="RUN", help="run id (or a unique prefix), or HOST:PORT")
+    attach.add_argument("--token", help="the job's token, for HOST:PORT (shown by `optwatch ls` on its machine)")
+    attach.add_argument("--headless", action="store_true", help="no dashboard: print summaries")
+    attach.add_argument("--record", metavar="PATH", help="write every record as a JSON line to PATH")
+    attach.add_argument("--duration", metavar="S", type=_positive_float, help="stop after S seconds (exit 0)")
+    attach.add_argument(
+        "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
+    )
 
     ls = commands.add_parser("ls", help="list running jobs of this user on this machine")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
@@ -56,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "ls": cmd_ls, "replay": cmd_replay}[args.command]
+    handler = {"run": cmd_run, "attach": cmd_attach, "ls": cmd_ls, "replay": cmd_replay}[args.command]
     try:
         return handler(args)
     except UsageError as exc:
@@ -68,24 +96,46 @@ class UsageError(Exception):
     """A problem with what the user asked for, reported in one line."""
 
 
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _open_writer(path: str | None):
+    from optwatch.store import RecordWriter
+
+    if not path:
+        return None
+    try:
+        return RecordWriter(path)
+    except OSError as exc:
+        raise UsageError(f"cannot record to {path}: {exc}") from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from optwatch.probe.options import ProbeOptions
+    from optwatch.probe.options import ENV_OPTIONS, ProbeOptions
+    from optwatch.wire.publisher import tcp_endpoints
 
     if not os.path.isfile(args.script):
         raise UsageError(f"no such script: {args.script}")
-    options = ProbeOptions(script=args.script, argv=args.args)
+    if args.listen:
+        try:
+            tcp_endpoints(args.listen)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    options = ProbeOptions(script=args.script, argv=args.args, listen=args.listen)
+
+    if under_torchrun():
+        # A torchrun worker: instrument this process and run the script here; no dashboard.
+        from optwatch.probe.launch import run_script
+
+        os.environ.setdefault(ENV_OPTIONS, options.to_env())
+        return run_script(args.script, args.args)
 
     from optwatch.session import ViewerSession
-    from optwatch.store import RecordWriter
     from optwatch.supervisor import TrainingProcess
 
-    writer = None
-    if args.record:
-        try:
-            writer = RecordWriter(args.record)
-        except OSError as exc:
-            raise UsageError(f"cannot record to {args.record}: {exc}") from exc
-    process = TrainingProcess(args.script, args.args, options.to_env())
+    writer = _open_writer(args.record)
+    process = TrainingProcess(args.script, args.args, options.to_env(), nproc_per_node=args.nproc_per_node)
     process.start()
     session = ViewerSession.for_process(process, writer=writer)
     try:
@@ -113,20 +163,113 @@ def cmd_run(args: argparse.Namespace) -> int:
             process.cleanup()
 
 
+def resolve_job(target: str | None):
+    """The job a user means by RUN (an id or unique prefix), or the only job when RUN is omitted."""
+    from optwatch.wire import runtime
+
+    jobs = runtime.list_jobs()
+    if target is None:
+        if len(jobs) == 1:
+            return jobs[0]
+        if not jobs:
+            raise UsageError("no running optwatch jobs here (start one with `optwatch run`)")
+        listing = ", ".join(job.run_id for job in jobs)
+        raise UsageError(f"{len(jobs)} jobs are running; say which: {listing}")
+    matches = [job for job in jobs if job.run_id == target] or [job for job in jobs if job.run_id.startswith(target)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"no running job matches {target!r} (see `optwatch ls`)")
+    raise UsageError(f"{target!r} matches several jobs: {', '.join(job.run_id for job in matches)}")
+
+
+def is_tcp_target(target: str | None) -> bool:
+    return bool(target) and target.rpartition(":")[2].isdigit() and ":" in target
+
+
+def connect(target: str | None, token: str | None):
+    """A Feed to the job, checked to answer (and to accept our token) before anything is shown."""
+    from optwatch.wire.publisher import tcp_endpoints
+    from optwatch.wire.subscriber import AuthenticationError, Feed, RequestError
+
+    job = None
+    if is_tcp_target(target):
+        if not token:
+            raise UsageError("attaching over TCP needs --token (shown by `optwatch ls` on the job's machine)")
+        try:
+            host, port = tcp_endpoints(target)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        address = f"[{host}]" if ":" in host else host
+        feed = Feed(f"tcp://{address}:{port + 1}", f"tcp://{address}:{port}", token=token)
+    else:
+        job = resolve_job(target)
+        feed = Feed(job.endpoints["pub"], job.endpoints["ctl"])
+    try:
+        feed.request("endpoints", timeout_s=5.0)
+    except AuthenticationError as exc:
+        feed.close()
+        raise Refused(str(exc)) from exc
+    except RequestError as exc:
+        feed.close()
+        raise Refused(f"the job at {target or job.run_id} does not answer ({exc})") from exc
+    return feed, job
+
+
+class Refused(Exception):
+    """The job is there but would not talk to us."""
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optwatch.session import ViewerSession
+    from optwatch.supervisor import LogTail
+
+    try:
+        feed, job = connect(args.target, args.token)
+    except Refused as exc:
+        print(f"optwatch: refused: {exc}", file=sys.stderr)
+        return 1
+    tails = []
+    if job is not None:  # a local job started by `optwatch run`: its recent output too
+        tails = [LogTail(Path(job.run_dir) / f"{name}.log", name, tail_bytes=16384) for name in ("stdout", "stderr")]
+    session = ViewerSession(feed, writer=_open_writer(args.record), tails=tails)
+    try:
+        if args.headless:
+            from optwatch.headless import run_headless
+
+            return run_headless(session, summary_every_s=args.summary_every, duration_s=args.duration)
+        from optwatch.app.app import OptwatchApp
+
+        OptwatchApp(session, mode="attach").run()
+        return 0
+    finally:
+        session.close()
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from optwatch.wire import runtime
 
     jobs = runtime.list_jobs()
     if args.json:
-        print(json.dumps([job.to_json() for job in jobs], indent=1))
+        listing = []
+        for job in jobs:
+            entry = job.to_json()
+            entry["token"] = job.token()
+            listing.append(entry)
+        print(json.dumps(listing, indent=1))
         return 0
     if not jobs:
         print("no running optwatch jobs")
         return 0
-    print(f"{'RUN':<36} {'PID':>7} {'RANKS':>5} {'STARTED':<19} SCRIPT")
+    print(f"{'RUN':<34} {'PID':>7} {'RANKS':>5} {'STARTED':<19} {'ENDPOINT':<22} SCRIPT")
     for job in jobs:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time))
-        print(f"{job.run_id:<36} {job.pid:>7} {job.ranks:>5} {started:<19} {job.script}")
+        endpoint = job.endpoints.get("tcp", "local").removeprefix("tcp://")
+        print(f"{job.run_id:<34} {job.pid:>7} {job.ranks:>5} {started:<19} {endpoint:<22} {job.script}")
+        if job.token():
+            print(f"{'':<34} token: {job.token()}")
     return 0
 
 

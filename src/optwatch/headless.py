@@ -40,8 +40,20 @@ def summary_line(store: Store) -> str | None:
         return "optwatch: " + " | ".join(parts)
 
 
-def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: TextIO | None = None) -> int:
-    """Follow the run until it exits; returns the script's exit code."""
+def _write_output(output) -> None:
+    for stream, data in output.chunks:
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        target.buffer.write(data)
+        target.flush()
+
+
+def run_headless(
+    session: ViewerSession,
+    summary_every_s: float = 5.0,
+    stderr: TextIO | None = None,
+    duration_s: float | None = None,
+) -> int:
+    """Follow the run until it exits (or for ``duration_s``); returns the script's exit code (0 when attached)."""
     stderr = stderr or sys.stderr
     process = session.process
     interrupts = 0
@@ -49,19 +61,18 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
     def forward(signum, frame):
         nonlocal interrupts
         interrupts += 1
-        if process is not None:
-            # First Ctrl-C asks the script to stop cleanly; a second one insists.
-            process.send(signal.SIGINT if interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM)
+        if process is None:
+            raise KeyboardInterrupt  # an attached viewer just leaves; the job goes on
+        # First Ctrl-C asks the script to stop cleanly; a second one insists.
+        process.send(signal.SIGINT if interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    next_summary = time.monotonic() + summary_every_s
+    started = time.monotonic()
+    next_summary = started + summary_every_s
     try:
         while True:
             _, output = session.pump(0.1)
-            for stream, data in output.chunks:
-                target = sys.stdout if stream == "stdout" else sys.stderr
-                target.buffer.write(data)
-                target.flush()
+            _write_output(output)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)
@@ -69,15 +80,19 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
                     print(line, file=stderr, flush=True)
             if session.done():
                 break
-        # The script may have written its last lines after its last telemetry.
-        _, output = session.pump(0.0)
-        for stream, data in output.chunks:
-            (sys.stdout if stream == "stdout" else sys.stderr).buffer.write(data)
-        sys.stdout.flush()
-        line = summary_line(session.store)
-        if line:
-            print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
+            if duration_s is not None and time.monotonic() - started >= duration_s:
+                break
+            if process is None and duration_s is None and session.store.finished():
+                break
+    except KeyboardInterrupt:
+        pass  # an attached viewer was asked to leave
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    # The script may have written its last lines after its last telemetry.
+    _, output = session.pump(0.0)
+    _write_output(output)
+    line = summary_line(session.store)
+    if line:
+        print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
     return process.exit_code() if process is not None else 0

@@ -22,9 +22,10 @@ STOP_GRACE_S = 10.0
 class LogTail:
     """New bytes of a file that another process appends to."""
 
-    def __init__(self, path: Path, stream: str):
+    def __init__(self, path: Path, stream: str, tail_bytes: int | None = None):
         self.path = path
         self.stream = stream
+        self._tail_bytes = tail_bytes
         self._handle = None
 
     def read(self) -> bytes:
@@ -33,6 +34,12 @@ class LogTail:
                 self._handle = open(self.path, "rb")
             except FileNotFoundError:
                 return b""
+            if self._tail_bytes is not None:
+                # Joining late: start at a line boundary near the end, not at the top of a long log.
+                size = self._handle.seek(0, os.SEEK_END)
+                self._handle.seek(max(0, size - self._tail_bytes))
+                if size > self._tail_bytes:
+                    self._handle.readline()
         return self._handle.read()
 
     def close(self) -> None:
@@ -43,8 +50,16 @@ class LogTail:
 class TrainingProcess:
     """The instrumented training process started by `optwatch run`."""
 
-    def __init__(self, script: str, args: list[str], probe_options_env: str, run_id: str | None = None):
+    def __init__(
+        self,
+        script: str,
+        args: list[str],
+        probe_options_env: str,
+        run_id: str | None = None,
+        nproc_per_node: int | None = None,
+    ):
         self.script = script
+        self.nproc_per_node = nproc_per_node
         self.args = args
         self.run_id = run_id or runtime.new_run_id(script)
         self.run_dir = runtime.make_run_dir(self.run_id)
@@ -76,8 +91,24 @@ class TrainingProcess:
         out = os.open(self.run_dir / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         err = os.open(self.run_dir / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            if self.nproc_per_node:
+                # torchrun starts the ranks; each runs `optwatch run` in-process and finds rank 0's hub
+                # through the run directory given in the environment.
+                command = [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={self.nproc_per_node}",
+                    "-m",
+                    "optwatch",
+                    "run",
+                    self.script,
+                ]
+            else:
+                command = [sys.executable, "-m", "optwatch.probe.launch", self.script]
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "optwatch.probe.launch", self.script, *self.args],
+                [*command, *self.args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

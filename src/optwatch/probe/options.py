@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 ENV_RUN_DIR = "OPTWATCH_RUN_DIR"
 ENV_RUN_ID = "OPTWATCH_RUN_ID"
 ENV_OPTIONS = "OPTWATCH_OPTIONS"
+ENV_HUB = "OPTWATCH_HUB"  # HOST:PORT of rank 0's --listen address, for ranks on other nodes
+ENV_TOKEN = "OPTWATCH_TOKEN"  # a token to use instead of a random one (multi-node jobs share it)
 
 
 @dataclass
@@ -23,6 +25,7 @@ class ProbeOptions:
     system_interval_s: float = 0.5
     script: str = ""
     argv: list[str] = field(default_factory=list)
+    listen: str | None = None  # HOST:PORT for a token-protected TCP endpoint (rank 0)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -25,10 +25,10 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from optwatch import protocol
-from optwatch.probe.options import ENV_OPTIONS, ENV_RUN_DIR, ENV_RUN_ID, ProbeOptions  # noqa: F401
+from optwatch.probe.options import ENV_HUB, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
 from optwatch.probe.readback import DeviceBatch
 from optwatch.wire import runtime
-from optwatch.wire.publisher import Publisher
+from optwatch.wire.publisher import Publisher, tcp_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,23 @@ class Probe:
         self.options = options
         self.rank = rank
         self.world_size = world_size
-        self.publisher = Publisher(run_dir)
+        self.token: str | None = None
+        hub_endpoint = None
+        if options.listen:
+            self.token = os.environ.get(ENV_TOKEN) or runtime.new_token()
+        hub = os.environ.get(ENV_HUB)
+        if hub and rank != 0:
+            host, port = tcp_endpoints(hub)
+            hub_endpoint = f"tcp://{host}:{port + 2}"
+            self.token = os.environ.get(ENV_TOKEN)
+        self.publisher = Publisher(
+            run_dir,
+            rank=rank,
+            world_size=world_size,
+            listen=options.listen if rank == 0 else None,
+            token=self.token,
+            hub_endpoint=hub_endpoint,
+        )
         self.step = 0
         self.batch_size: int | None = None
         self.model: torch.nn.Module | None = None
@@ -65,6 +81,7 @@ class Probe:
         self._step_start: float | None = None
         self._data_wait_s = 0.0
         self._samples = 0
+        self._backward_started: float | None = None
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.perf_counter()
         self._boundary_callbacks: list[Callable[[Probe], None]] = []
@@ -82,18 +99,28 @@ class Probe:
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Probe:
         self.publisher.start()
-        info = runtime.JobInfo(
-            run_id=self.run_id,
-            pid=os.getpid(),
-            script=self.options.script,
-            argv=self.options.argv,
-            run_dir=str(self.run_dir),
-            start_time=time.time(),
-            ranks=self.world_size,
-            endpoints=self.publisher.endpoints,
-        )
-        info.save()
+        if self.rank == 0:  # one job, one entry in `optwatch ls`: the hub's
+            token_file = None
+            if self.token:
+                token_file = str(self.run_dir / "token")
+                runtime.write_private_file(Path(token_file), self.token + "\n")
+            runtime.JobInfo(
+                run_id=self.run_id,
+                pid=os.getpid(),
+                script=self.options.script,
+                argv=self.options.argv,
+                run_dir=str(self.run_dir),
+                start_time=time.time(),
+                ranks=self.world_size,
+                endpoints=self.publisher.endpoints,
+                token_file=token_file,
+            ).save()
         self.publisher.submit_records([self._hello()])
+        if self.rank == 0 and self.world_size > 1:
+            from optwatch.diagnose.straggler import StragglerWatch
+
+            watch = StragglerWatch()
+            self.publisher.on_tick(lambda publisher: watch.check(list(publisher.history.steps)))
         self._install_hooks()
         for plugin in self.plugins:
             plugin.install(self)
@@ -129,7 +156,7 @@ class Probe:
         )
         self.publisher.close()
         # info.json stays: its dead pid tells `optwatch ls` to clean the directory up.
-        for name in ("pub.sock", "ctl.sock"):
+        for name in ("pub.sock", "ctl.sock", "hub.sock"):
             try:
                 (self.run_dir / name).unlink()
             except OSError:
@@ -244,8 +271,11 @@ class Probe:
             self._samples += size
 
     def _on_backward(self, loss: torch.Tensor) -> None:
+        now = time.perf_counter()
         if self._step_start is None:
-            self._step_start = time.perf_counter()
+            self._step_start = now
+        if self._backward_started is None:
+            self._backward_started = now
         # Inside a closure-driven step (LBFGS) only the first evaluation is the step's loss.
         if self._in_step and self._losses:
             return
@@ -355,6 +385,11 @@ class Probe:
             data_wait_s=self._data_wait_s,
             samples=samples,
             samples_per_s=(samples / step_time) if samples and step_time else None,
+            # Time until this rank reached backward(), where DDP's gradient all-reduce waits for the
+            # slowest rank: the straggler is the rank for which this is longest.
+            to_backward_s=(self._backward_started - self._step_start)
+            if self._backward_started is not None and self._step_start is not None
+            else None,
         )
         for plugin in self.plugins:
             plugin.after_step(self, record)
@@ -362,6 +397,7 @@ class Probe:
         self._losses = []
         self._data_wait_s = 0.0
         self._samples = 0
+        self._backward_started = None
         self._step_start = now
         self.step += 1
         for callback in self._boundary_callbacks:
@@ -416,6 +452,24 @@ class Probe:
                 self.publisher.submit_records(records)
 
 
+def torchrun_run_id(script: str) -> str | None:
+    """The run id every local rank of one torchrun launch agrees on, or None outside torchrun.
+
+    The ranks of a node share their parent (the elastic agent) and the rendezvous settings, so the id
+    is derived from them; rank 0 binds its sockets under it and the others find them there.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return None
+    import hashlib
+
+    key = (
+        ":".join(os.environ.get(name, "") for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+        + f":{os.getppid()}"
+    )
+    stem = runtime.new_run_id(script).rsplit("-", 3)[0]
+    return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
 _current: Probe | None = None
 _current_lock = threading.Lock()
 
@@ -431,7 +485,7 @@ def start_probe(rank: int | None = None, world_size: int | None = None) -> Probe
         if _current is not None:
             return _current
         options = ProbeOptions.from_env()
-        run_id = os.environ.get(ENV_RUN_ID) or runtime.new_run_id(options.script)
+        run_id = os.environ.get(ENV_RUN_ID) or torchrun_run_id(options.script) or runtime.new_run_id(options.script)
         run_dir_env = os.environ.get(ENV_RUN_DIR)
         run_dir = runtime.ensure_private_dir(Path(run_dir_env)) if run_dir_env else runtime.make_run_dir(run_id)
         if rank is None:

@@ -8,10 +8,20 @@ from typing import Any
 import zmq
 
 from optwatch import protocol
+from optwatch.wire.publisher import PLAIN_USER, TOPIC_RECORDS
 
 
 class RequestError(RuntimeError):
     """The job refused a request or did not answer in time."""
+
+
+class AuthenticationError(RequestError):
+    """The job refused our token."""
+
+
+def seq_key(record: dict[str, Any]) -> int:
+    """Whose sequence a record's ``seq`` belongs to: the rank that produced it."""
+    return record.get("origin", record.get("rank", 0))
 
 
 class Feed:
@@ -21,13 +31,21 @@ class Feed:
     the feed then asks the job for its history and fills in what the job still remembers.
     """
 
-    def __init__(self, pub_endpoint: str, ctl_endpoint: str, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        pub_endpoint: str,
+        ctl_endpoint: str,
+        token: str | None = None,
+        context: zmq.Context | None = None,
+    ):
         self._context = context or zmq.Context.instance()
+        self._token = token
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.RCVHWM, 10000)
         self._sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC_RECORDS)
+        self._authenticate(self._sub)
         self._sub.connect(pub_endpoint)
         self._ctl_endpoint = ctl_endpoint
         self._ctl: zmq.Socket | None = None
@@ -38,10 +56,21 @@ class Feed:
         self._need_history = True
         self._last_history_try = 0.0
 
+    def _close_control(self) -> None:
+        if self._ctl is not None:
+            self._ctl.disable_monitor()
+            self._monitor.close(linger=0)
+            self._ctl.close(linger=0)
+            self._ctl = None
+
     def close(self) -> None:
         self._sub.close(linger=0)
-        if self._ctl is not None:
-            self._ctl.close(linger=0)
+        self._close_control()
+
+    def _authenticate(self, socket: zmq.Socket) -> None:
+        if self._token is not None:
+            socket.plain_username = PLAIN_USER
+            socket.plain_password = self._token.encode()
 
     # --- requests -------------------------------------------------------------------------------
     def _control_socket(self) -> zmq.Socket:
@@ -49,16 +78,28 @@ class Feed:
             self._ctl = self._context.socket(zmq.DEALER)
             self._ctl.setsockopt(zmq.LINGER, 0)
             self._ctl.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
+            self._authenticate(self._ctl)
+            self._monitor = self._ctl.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             self._ctl.connect(self._ctl_endpoint)
         return self._ctl
 
     def request(self, op: str, timeout_s: float = 3.0, **fields: Any) -> dict[str, Any]:
         socket = self._control_socket()
         socket.send_multipart([b"", protocol.encode_request({"op": op, **fields})])
-        if not socket.poll(int(timeout_s * 1000)):
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        answered = refused = False
+        while not (answered or refused) and time.monotonic() < deadline:
+            ready = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
+            answered = socket in ready
+            refused = self._monitor in ready and not answered
+        if not answered:
             # The reply may still come later and would be taken for the next one: start afresh.
-            socket.close(linger=0)
-            self._ctl = None
+            self._close_control()
+            if refused:
+                raise AuthenticationError("the job refused the token (wrong or missing --token)")
             raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
         reply = protocol.decode_request(socket.recv_multipart()[-1])
         if not reply.get("ok"):
@@ -70,10 +111,12 @@ class Feed:
         """Drop repeats; note gaps (they trigger a history request)."""
         fresh = []
         for record in records:
-            rank, seq = record.get("rank", 0), record.get("seq")
+            rank, seq = seq_key(record), record.get("seq")
             if seq is None:
                 fresh.append(record)
                 continue
+            if seq == 0 and record.get("kind") == protocol.HELLO:
+                self.last_seq.pop(rank, None)  # the job (or this rank) started afresh: an elastic restart
             last = self.last_seq.get(rank, -1)
             if seq <= last:
                 continue
@@ -95,7 +138,7 @@ class Feed:
         records = []
         for record in reply.get("records", []):
             protocol.check_record(record)
-            rank, seq = record.get("rank", 0), record.get("seq", -1)
+            rank, seq = seq_key(record), record.get("seq", -1)
             if seq > before.get(rank, -1):
                 records.append(record)
             self.last_seq[rank] = max(seq, self.last_seq.get(rank, -1))
@@ -114,7 +157,7 @@ class Feed:
             return records
         for _ in range(max_messages):
             try:
-                payload = self._sub.recv(zmq.NOBLOCK)
+                payload = self._sub.recv_multipart(zmq.NOBLOCK)[-1]
             except zmq.Again:
                 break
             try:
