@@ -120,6 +120,23 @@ class Store:
             fresh = min(self.logs_total - seen, len(self.logs))
             return (list(self.logs)[len(self.logs) - fresh :] if fresh > 0 else []), self.logs_total
 
+    def loss_across_ranks(self, limit: int = 2000) -> tuple[list[int], list[float], list[float], list[float]]:
+        """Per step: (steps, mean, min, max) of the loss over the ranks that reported that step."""
+        with self.lock:
+            by_step: dict[int, list[float]] = {}
+            for state in self.ranks.values():
+                for record in list(state.steps)[-limit:]:
+                    loss = record.get("loss")
+                    if finite(loss):
+                        by_step.setdefault(record["step"], []).append(loss)
+        steps = sorted(by_step)[-limit:]
+        return (
+            steps,
+            [sum(by_step[s]) / len(by_step[s]) for s in steps],
+            [min(by_step[s]) for s in steps],
+            [max(by_step[s]) for s in steps],
+        )
+
     def finished(self) -> bool:
         return bool(self.ranks) and all(state.end is not None for state in self.ranks.values())
 

@@ -123,6 +123,18 @@ class OptwatchApp(App[None]):
             grad_norms = [r.get("grad_norm") for r in state.steps]
             ema = list(state.loss_ema)
             hello = state.hello
+            several_ranks = len(store.ranks) > 1
+            ends = [s.end for s in store.ranks.values()]
+        if several_ranks:
+            # As torchtitan logs it: the mean over ranks, with the spread.
+            rank_steps, mean, low, high = store.loss_across_ranks()
+            loss_series = [
+                ("mean", rank_steps, mean, "cyan"),
+                ("min", rank_steps, low, "gray"),
+                ("max", rank_steps, high, "gray"),
+            ]
+        else:
+            loss_series = [("loss", steps, losses, "cyan"), ("ema", steps, ema, "orange")]
         with self.batch_update():
             header = self.query_one(RunHeader)
             if hello:
@@ -132,11 +144,12 @@ class OptwatchApp(App[None]):
                     name = hello.get("device_name")
                     header.device = f"{device} ({name})" if name else device
             if header.status.startswith("waiting") and steps:
-                header.status = "running"
+                header.status = "attached" if self.mode == "attach" else "running"
+            if self.mode == "attach" and ends and all(ends):
+                codes = {end.get("exit_code") for end in ends}
+                header.status = f"finished (exit {codes.pop()})" if len(codes) == 1 else "finished"
             self.query_one(StatsPanel).show(store)
-            self.query_one("#loss-chart", SeriesChart).set_series(
-                [("loss", steps, losses, "cyan"), ("ema", steps, ema, "orange")]
-            )
+            self.query_one("#loss-chart", SeriesChart).set_series(loss_series)
             self.query_one("#grad-chart", SeriesChart).set_series([("global", steps, grad_norms, "green")])
             self.query_one(FindingsBar).show(store)
             for pane in self.query(LogPane):

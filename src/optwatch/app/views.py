@@ -20,4 +20,8 @@ class View:
 
 
 def extra_views() -> list[View]:
-    return []
+    from optwatch.app.widgets.ranks_table import RanksTable
+
+    return [
+        View("ranks", "Ranks", "r", RanksTable),
+    ]

@@ -1,0 +1,64 @@
+"""Ranks side by side: who is slow, who waits, who is short of memory."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from optwatch.app import format as fmt
+from optwatch.store import Store
+
+COLUMNS = ("Rank", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "CPU", "Memory", "")
+STRAGGLER_RECENT_STEPS = 200
+
+
+class RanksTable(DataTable):
+    def __init__(self) -> None:
+        super().__init__(id="ranks-table", cursor_type="row", zebra_stripes=True)
+        self.rows_shown: dict[int, tuple[str, ...]] = {}
+        """The cells on screen per rank, for tests."""
+
+    def on_mount(self) -> None:
+        self.add_columns(*COLUMNS)
+
+    def show(self, store: Store) -> None:
+        with store.lock:
+            alert = next(
+                (a for a in reversed(store.rare.get("alert", ())) if a.get("type") == "straggler"),
+                None,
+            )
+            rows = {}
+            newest_step = max((s.last_step["step"] for s in store.ranks.values() if s.last_step), default=0)
+            for rank, state in sorted(store.ranks.items()):
+                last = state.last_step
+                if last is None:
+                    continue
+                recent = list(state.steps)[-20:]
+                step_time = fmt.median([r.get("step_time_s") for r in recent])
+                to_backward = fmt.median([r.get("to_backward_s") for r in recent])
+                wait = sum(r.get("data_wait_s") or 0.0 for r in recent)
+                total = sum(r.get("step_time_s") or 0.0 for r in recent)
+                system = state.last_system or {}
+                memory = system.get("mem_allocated_bytes", system.get("rss_bytes"))
+                straggler = (
+                    alert is not None
+                    and alert.get("rank") == rank
+                    and newest_step - (alert.get("step") or 0) < STRAGGLER_RECENT_STEPS
+                )
+                rows[rank] = (
+                    str(rank),
+                    str(last["step"]),
+                    fmt.seconds(step_time),
+                    fmt.seconds(to_backward),
+                    f"{100 * wait / total:.0f}%" if total > 0 else "–",
+                    fmt.number(fmt.median([r.get("samples_per_s") for r in recent]), ".0f"),
+                    fmt.number(last.get("loss")),
+                    f"{system['cpu_percent']:.0f}%" if system.get("cpu_percent") is not None else "–",
+                    fmt.nbytes(memory),
+                    "◀ straggler" if straggler else "",
+                )
+        if rows == self.rows_shown:
+            return
+        self.rows_shown = rows
+        self.clear()
+        for rank, cells in rows.items():
+            self.add_row(*cells, key=str(rank))

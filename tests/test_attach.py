@@ -1,0 +1,165 @@
+"""Attach to running jobs: DDP across ranks, TCP with a token, history, reconnection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, read_jsonl, steps_of
+from optwatch.store import Store
+
+
+def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
+def live_jobs() -> list[dict]:
+    return json.loads(optwatch("ls", "--json").stdout)
+
+
+def start(*command: str) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_ddp_job_is_listed_attached_across_ranks_and_names_the_straggler(tmp_path):
+    job = start(
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "optwatch", "run", str(EXAMPLES / "ddp.py"), "--steps", "400", "--slow-rank", "1",
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        assert listed["ranks"] == 2 and listed["script"].endswith("ddp.py")
+        assert {"run_id", "pid", "script", "ranks", "endpoints"} <= set(listed)
+        # A viewer that is killed with -9 mid-run changes nothing for the job.
+        doomed = start(sys.executable, "-m", "optwatch", "attach", listed["run_id"], "--headless")
+        time.sleep(3)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        record = tmp_path / "attach.jsonl"
+        attached = optwatch(
+            "attach", listed["run_id"][:8], "--headless", "--record", str(record), "--duration", "6", timeout=60
+        )
+        assert attached.returncode == 0, attached.stderr
+        records = read_jsonl(record)
+        for rank in (0, 1):
+            steps = steps_of(records, rank)
+            assert steps and steps[0]["step"] == 0, f"rank {rank}: history from the start of the run"
+            assert [s["step"] for s in steps] == list(range(len(steps))), "no gaps, no repeats"
+        stragglers = [r for r in records if r["kind"] == "alert" and r["type"] == "straggler"]
+        assert stragglers and {r["rank"] for r in stragglers} == {1}, stragglers
+        assert "rank 1 reaches backward last" in stragglers[0]["message"]
+    finally:
+        out, err = job.communicate(timeout=120)
+    assert job.returncode == 0, err[-2000:]
+    assert live_jobs() == []
+
+
+def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_dir):
+    job = start(
+        sys.executable, "-m", "optwatch", "run", "--headless", "--listen", "127.0.0.1:0",
+        str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.02",
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        endpoint = listed["endpoints"]["tcp"].removeprefix("tcp://")
+        token = listed["token"]
+        assert token and len(token) >= 24
+        assert token in optwatch("ls").stdout
+
+        wrong = optwatch("attach", endpoint, "--token", "not-the-token", "--headless", "--duration", "1")
+        assert wrong.returncode == 1 and "refused" in wrong.stderr and "token" in wrong.stderr
+        assert "step" not in wrong.stdout
+        missing = optwatch("attach", endpoint, "--headless", "--duration", "1")
+        assert missing.returncode == 2 and "needs --token" in missing.stderr
+
+        record = tmp_path / "tcp.jsonl"
+        right = optwatch("attach", endpoint, "--token", token, "--headless", "--duration", "2", "--record", str(record))
+        assert right.returncode == 0, right.stderr
+        assert len(steps_of(read_jsonl(record))) > 10
+
+        run_dir = Path(listed["run_dir"])
+        for path in [runtime_dir, run_dir, *run_dir.iterdir()]:
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+        assert stat.S_IMODE((run_dir / "token").stat().st_mode) == 0o600
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=60)
+
+
+def test_attach_without_jobs_or_with_an_unknown_run_says_so():
+    none = optwatch("attach", "--headless")
+    assert none.returncode == 2 and "no running optwatch jobs" in none.stderr
+    unknown = optwatch("attach", "nosuchrun", "--headless")
+    assert unknown.returncode == 2 and "no running job matches 'nosuchrun'" in unknown.stderr
+
+
+def test_a_viewer_picks_the_job_up_again_after_a_restart(runtime_dir):
+    """An elastic restart brings the job back on the same endpoint; the viewer carries on by itself."""
+    from optwatch.session import ViewerSession
+    from optwatch.wire import runtime
+    from optwatch.wire.subscriber import Feed
+
+    run_dir = runtime.make_run_dir("elastic")
+    env = dict(os.environ, OPTWATCH_RUN_DIR=str(run_dir), OPTWATCH_RUN_ID="elastic")
+    launch = [sys.executable, "-m", "optwatch.probe.launch", str(SCRIPTS / "plain_train.py"), "--sleep", "0.02"]
+    session = ViewerSession(Feed(f"ipc://{run_dir}/pub.sock", f"ipc://{run_dir}/ctl.sock"))
+    try:
+        for attempt, steps in enumerate((30, 20)):
+            job = subprocess.Popen([*launch, "--steps", str(steps)], env=env, stdout=subprocess.DEVNULL)
+
+            def ended(attempt=attempt):
+                session.pump(0.1)
+                state = session.store.primary
+                return state is not None and state.end is not None and state.end.get("steps") == (30, 20)[attempt]
+
+            wait_for(ended, timeout_s=60, interval_s=0)
+            assert job.wait(30) == 0
+            if attempt == 0:
+                session.store.rank(0).end = None  # the job comes back: wait for its second end
+        steps = [r["step"] for r in session.store.primary.steps]
+        assert steps == list(range(30)) + list(range(20))
+    finally:
+        session.close()
+
+
+async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.ranks_table import RanksTable
+
+    store = Store()
+    records = []
+    for rank, to_backward in ((0, 0.01), (1, 0.09)):
+        records += [
+            {"v": 1, "kind": "step", "rank": rank, "seq": i, "time": 0.0, "step": i, "loss": 1.0 + rank,
+             "step_time_s": 0.1, "to_backward_s": to_backward, "data_wait_s": to_backward * 0.9}
+            for i in range(30)
+        ]  # fmt: skip
+    records.append(
+        {"v": 1, "kind": "alert", "rank": 1, "origin": 0, "seq": 99, "time": 0.0, "type": "straggler", "step": 29,
+         "message": "rank 1 reaches backward last"}
+    )  # fmt: skip
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("r")
+        await pilot.pause(0.3)
+        rows = app.query_one(RanksTable).rows_shown
+    assert rows[0][1] == "29" and rows[1][1] == "29"
+    assert rows[0][3] == "10 ms" and rows[1][3] == "90 ms"
+    assert rows[1][-1] == "◀ straggler" and rows[0][-1] == ""
+    assert store.loss_across_ranks()[1][-1] == 1.5
