@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--nproc-per-node", metavar="N", type=_positive_int, help="run N ranks with torchrun (DDP) under one dashboard"
     )
+    run.add_argument(
+        "--control",
+        metavar="COMMAND@STEP",
+        action="append",
+        default=[],
+        help="apply COMMAND so it is in effect for step STEP (repeatable), e.g. lr=0.001@20, amp=on@30",
+    )
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
 
@@ -65,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument(
         "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
     )
+
+    ctl = commands.add_parser("ctl", help="steer a running job: lr=V, lr*=F, lr[G]=V, amp=on|off, ...")
+    ctl.add_argument("target", metavar="RUN", help="run id (or a unique prefix), or HOST:PORT")
+    ctl.add_argument("commands", nargs="+", metavar="COMMAND")
+    ctl.add_argument("--token", help="the job's token, for HOST:PORT")
+    ctl.add_argument("--no-wait", action="store_true", help="do not wait for the job to apply the commands")
+    ctl.add_argument("--timeout", metavar="S", type=_positive_float, default=15.0, help="how long to wait (s)")
 
     ls = commands.add_parser("ls", help="list running jobs of this user on this machine")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
@@ -84,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "attach": cmd_attach, "ls": cmd_ls, "replay": cmd_replay}[args.command]
+    handler = {"run": cmd_run, "attach": cmd_attach, "ctl": cmd_ctl, "ls": cmd_ls, "replay": cmd_replay}[args.command]
     try:
         return handler(args)
     except UsageError as exc:
@@ -122,7 +136,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             tcp_endpoints(args.listen)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    options = ProbeOptions(script=args.script, argv=args.args, listen=args.listen)
+    from optwatch import controls
+
+    for scheduled in args.control:
+        try:
+            command, step = controls.parse_scheduled(scheduled)
+        except controls.CommandError as exc:
+            raise UsageError(str(exc)) from exc
+        try:
+            controls.parse(command)
+        except controls.CommandError as exc:
+            # Not fatal: it is refused at its step, with an event record, like any bad command.
+            print(f"optwatch: warning: --control {scheduled} will be refused: {exc}", file=sys.stderr)
+    options = ProbeOptions(script=args.script, argv=args.args, listen=args.listen, controls=args.control)
 
     if under_torchrun():
         # A torchrun worker: instrument this process and run the script here; no dashboard.
@@ -246,6 +272,52 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return 0
     finally:
         session.close()
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """Send commands; wait until the job says at which step each is in effect (or why it refused)."""
+    from optwatch import protocol
+    from optwatch.wire.subscriber import RequestError
+
+    try:
+        feed, _ = connect(args.target, args.token)
+    except Refused as exc:
+        print(f"optwatch: refused: {exc}", file=sys.stderr)
+        return 1
+    failed = False
+    waiting: dict[str, str] = {}
+    try:
+        for text in args.commands:
+            try:
+                reply = feed.request("control", command=text, source="ctl")
+            except RequestError as exc:
+                print(f"{text}: rejected: {exc}")
+                failed = True
+                continue
+            waiting[reply["id"]] = text
+        deadline = time.monotonic() + (0 if args.no_wait else args.timeout)
+        while waiting and time.monotonic() < deadline:
+            for record in feed.poll(0.2):
+                if record.get("kind") != protocol.EVENT or record.get("id") not in waiting:
+                    continue
+                if record.get("rank", 0) != 0:
+                    continue
+                text = waiting.pop(record["id"])
+                reason = f" ({record['reason']})" if record.get("reason") else ""
+                if record.get("status") == "accepted":
+                    print(f"{text}: accepted, in effect from step {record.get('effective_step')}{reason}")
+                else:
+                    print(f"{text}: rejected: {record.get('reason')}")
+                    failed = True
+        for text in waiting.values():
+            print(
+                f"{text}: queued; the job has not reached a step boundary yet"
+                if args.no_wait
+                else f"{text}: queued, not applied within {args.timeout:.0f}s (is the job between steps?)"
+            )
+    finally:
+        feed.close()
+    return 1 if failed else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -40,6 +40,30 @@ def summary_line(store: Store) -> str | None:
         return "optwatch: " + " | ".join(parts)
 
 
+def notable_line(record: dict, last_verdict: list[str | None]) -> str | None:
+    """A line for stderr about a record a person should see as it happens (events, alerts, verdicts...)."""
+    kind = record.get("kind")
+    rank = record.get("rank", 0)
+    on_rank = f" [rank {rank}]" if isinstance(rank, int) and rank > 0 else ""
+    if kind == "event" and rank == 0:
+        reason = f" ({record['reason']})" if record.get("reason") else ""
+        if record.get("status") == "accepted":
+            step = record.get("effective_step")
+            return f"optwatch: {record.get('command')} accepted, in effect from step {step}{reason}"
+        return f"optwatch: {record.get('command')} rejected: {record.get('reason')}"
+    if kind == "alert":
+        return f"optwatch: ALERT {record.get('type')} @ step {record.get('step')}{on_rank}: {record.get('message')}"
+    if kind == "verdict" and rank == 0:
+        if record.get("bottleneck") == last_verdict[0]:
+            return None
+        last_verdict[0] = record.get("bottleneck")
+        return f"optwatch: verdict {record.get('bottleneck')}-bound: {record.get('message')}"
+    if kind == "hotspots" and rank == 0:
+        trace = f" (trace: {record['trace']})" if record.get("trace") else ""
+        return f"optwatch: hot spots {record.get('digest', '')}{trace}"
+    return None
+
+
 def _write_output(output) -> None:
     for stream, data in output.chunks:
         target = sys.stdout if stream == "stdout" else sys.stderr
@@ -69,10 +93,15 @@ def run_headless(
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     next_summary = started + summary_every_s
+    last_verdict: list[str | None] = [None]
     try:
         while True:
-            _, output = session.pump(0.1)
+            records, output = session.pump(0.1)
             _write_output(output)
+            for record in records:
+                line = notable_line(record, last_verdict)
+                if line:
+                    print(line, file=stderr, flush=True)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)

@@ -26,6 +26,7 @@ class ProbeOptions:
     script: str = ""
     argv: list[str] = field(default_factory=list)
     listen: str | None = None  # HOST:PORT for a token-protected TCP endpoint (rank 0)
+    controls: list[str] = field(default_factory=list)  # COMMAND@STEP, applied at that step
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

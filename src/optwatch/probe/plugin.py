@@ -23,8 +23,10 @@ class ProbePlugin:
     def install(self, probe: Probe) -> None:
         """Called once when the probe starts (install hooks here)."""
 
-    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
-        """Before ``backward()`` on the step's scalar loss."""
+    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> torch.Tensor | None:
+        """Before ``backward()`` on the step's scalar loss; may return the tensor to differentiate
+        instead (loss scaling), else None."""
+        return None
 
     def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
         """After ``backward()`` returned."""

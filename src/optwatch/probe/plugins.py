@@ -7,5 +7,7 @@ from optwatch.probe.plugin import ProbePlugin
 
 
 def enabled(options: ProbeOptions) -> list[ProbePlugin]:
-    plugins: list[ProbePlugin] = []
+    from optwatch.probe.controls import ControlPlugin
+
+    plugins: list[ProbePlugin] = [ControlPlugin(options.controls)]
     return plugins

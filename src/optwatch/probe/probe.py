@@ -93,6 +93,7 @@ class Probe:
         from optwatch.probe.plugins import enabled
 
         self.plugins = enabled(options)
+        self._broken_plugins: set[str] = set()
         self._sampler: threading.Thread | None = None
         self._stop_sampler = threading.Event()
 
@@ -122,8 +123,7 @@ class Probe:
             watch = StragglerWatch()
             self.publisher.on_tick(lambda publisher: watch.check(list(publisher.history.steps)))
         self._install_hooks()
-        for plugin in self.plugins:
-            plugin.install(self)
+        self._call_plugins("install")
         self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)
         self._sampler.start()
         atexit.register(self.close)
@@ -136,11 +136,7 @@ class Probe:
         self._closed = True
         for undo in reversed(self._undo):
             undo()
-        for plugin in self.plugins:
-            try:
-                plugin.close(self)
-            except Exception:
-                log.exception("optwatch: plugin %s failed to close", plugin.name)
+        self._call_plugins("close")
         self._stop_sampler.set()
         self._flush()
         self.publisher.submit_records(
@@ -208,6 +204,20 @@ class Probe:
         """Queue a record from the training thread; its tensor values are read back with the next batch."""
         self._pending.append(record)
 
+    def _call_plugins(self, method: str, *args: Any) -> list[Any]:
+        """Run one callback of every plugin. A plugin that raises is switched off and logged once:
+        optwatch must never break the training. (KeyboardInterrupt, a requested stop, goes through.)"""
+        results = []
+        for plugin in self.plugins:
+            if plugin.name in self._broken_plugins:
+                continue
+            try:
+                results.append(getattr(plugin, method)(self, *args))
+            except Exception:
+                self._broken_plugins.add(plugin.name)
+                log.exception("optwatch: %s failed in %s and is switched off; training goes on", plugin.name, method)
+        return results
+
     def on_step_boundary(self, callback: Callable[[Probe], None]) -> None:
         """Run ``callback(probe)`` on the training thread after every step (controls use this)."""
         self._boundary_callbacks.append(callback)
@@ -221,12 +231,12 @@ class Probe:
             is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
             if is_loss:
                 probe._on_backward(tensors)
-                for plugin in probe.plugins:
-                    plugin.on_backward_start(probe, tensors)
+                for replacement in probe._call_plugins("on_backward_start", tensors):
+                    if replacement is not None:
+                        tensors = replacement
             result = original_backward(tensors, *args, **kwargs)
             if is_loss:
-                for plugin in probe.plugins:
-                    plugin.on_backward_end(probe, tensors)
+                probe._call_plugins("on_backward_end", tensors)
             if probe._optimizers_seen == 0 and probe._primary_optimizer is None and probe._losses:
                 probe._finish_step()
             return result
@@ -289,8 +299,7 @@ class Probe:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = True
-            for plugin in self.plugins:
-                plugin.before_optimizer_step(self, optimizer)
+            self._call_plugins("before_optimizer_step", optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
@@ -391,8 +400,7 @@ class Probe:
             if self._backward_started is not None and self._step_start is not None
             else None,
         )
-        for plugin in self.plugins:
-            plugin.after_step(self, record)
+        self._call_plugins("after_step", record)
         self._pending.append(record)
         self._losses = []
         self._data_wait_s = 0.0
@@ -401,9 +409,18 @@ class Probe:
         self._step_start = now
         self.step += 1
         for callback in self._boundary_callbacks:
-            callback(self)
+            try:
+                callback(self)
+            except Exception:
+                log.exception("optwatch: a step-boundary callback failed; training goes on")
+        if self._boundary_callbacks:
+            self._step_start = time.perf_counter()  # a pause is not part of the next step
         if now - self._last_flush >= self.options.publish_interval_s:
             self._flush(now)
+
+    def flush(self) -> None:
+        """Hand what is pending to the publisher now (controls use this so acknowledgements are prompt)."""
+        self._flush()
 
     def _flush(self, now: float | None = None) -> None:
         self._last_flush = now if now is not None else time.perf_counter()

@@ -1,0 +1,349 @@
+"""Controls applied inside the training process, at step boundaries, the same step on every rank.
+
+Requests arrive on rank 0's publisher thread (from the dashboard or `optwatch ctl`) and scheduled ones
+come from ``--control COMMAND@STEP``. The training thread applies them at the next step boundary; with
+several ranks, rank 0 picks a step a little ahead and tells the others over the side channel, so all
+replicas change at the same step. Every outcome is an ``event`` record.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import statistics
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from optwatch import controls, protocol
+from optwatch.probe.plugin import ProbePlugin
+
+if TYPE_CHECKING:
+    from optwatch.probe.probe import Probe
+
+log = logging.getLogger(__name__)
+
+# Under DDP, rank 0 schedules a live command this far ahead so every rank hears of it in time.
+AGREEMENT_HORIZON_S = 0.25
+MIN_AHEAD_STEPS = 2
+MAX_AHEAD_STEPS = 200
+
+
+@dataclass(order=True)
+class Scheduled:
+    step: int
+    order: int
+    text: str = field(compare=False)
+    id: str = field(compare=False)
+    source: str = field(compare=False)
+
+
+class Amp:
+    """Autocast around forward and loss: entered at a step boundary, left when backward() starts.
+
+    bf16 where the device supports it (CPU, Ampere and newer GPUs): nothing else is needed. Elsewhere
+    fp16, with dynamic loss scaling done here like torch.amp.GradScaler (which needs one sync per step
+    to decide whether to skip an overflowing step, as GradScaler does).
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.device_type = "cpu"
+        self.dtype: torch.dtype | None = None
+        self._context: torch.autocast | None = None
+        self.scale: torch.Tensor | None = None
+        self._growth_tracker: torch.Tensor | None = None
+
+    @staticmethod
+    def choose_dtype(device: torch.device) -> torch.dtype:
+        if device.type == "cpu":
+            return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        raise controls.CommandError(f"AMP is not supported on {device.type} by optwatch")
+
+    def turn_on(self, device: torch.device) -> None:
+        self.dtype = self.choose_dtype(device)
+        self.device_type = device.type
+        self.enabled = True
+        if self.dtype == torch.float16 and self.scale is None:
+            # Kept across off/on toggles so the scale does not restart from scratch.
+            self.scale = torch.full((), 2.0**16, device=device)
+            self._growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.enter()
+
+    def turn_off(self) -> None:
+        self.enabled = False
+        self.leave()
+
+    def enter(self) -> None:
+        if self.enabled and self._context is None:
+            self._context = torch.autocast(self.device_type, dtype=self.dtype)
+            self._context.__enter__()
+
+    def leave(self) -> None:
+        if self._context is not None:
+            context, self._context = self._context, None
+            context.__exit__(None, None, None)
+
+    @property
+    def scaling(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+    def unscale_or_skip(self, optimizer: torch.optim.Optimizer) -> None:
+        """fp16 only: unscale gradients; on overflow drop them so the optimizer skips this step."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or self.scale is None:
+            return
+        found_inf = torch.zeros((), device=self.scale.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.scale.reciprocal())
+        overflow = bool(found_inf.item())  # the one sync fp16 scaling needs, as in GradScaler.step
+        torch._amp_update_scale_(self.scale, self._growth_tracker, found_inf, 2.0, 0.5, 2000)
+        if overflow:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+
+
+class ControlPlugin(ProbePlugin):
+    name = "controls"
+
+    def __init__(self, scheduled: list[str]):
+        self.amp = Amp()
+        self.paused = False
+        self._order = itertools.count()
+        self._ids = itertools.count(1)
+        self._schedule: list[Scheduled] = []
+        self._requests: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=256)
+        self._step_times: collections.deque[float] = collections.deque(maxlen=20)
+        self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._undo_scheduler_hook = None
+        for text in scheduled:
+            command, step = controls.parse_scheduled(text)
+            self._add(step, command, f"s{next(self._ids)}", "schedule")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def install(self, probe: Probe) -> None:
+        self.probe = probe
+        if probe.rank == 0:
+            probe.publisher.on_request("control", self._request)
+        probe.on_step_boundary(self._boundary)
+        self._watch_schedulers()
+        self._apply_due(probe, stage="start")
+
+    def close(self, probe: Probe) -> None:
+        self.amp.leave()
+        if self._undo_scheduler_hook is not None:
+            self._undo_scheduler_hook()
+
+    def _watch_schedulers(self) -> None:
+        """Remember LR schedulers as they are made, so a manual LR change can carry the schedule along."""
+        from torch.optim.lr_scheduler import LRScheduler
+
+        original_init = LRScheduler.__init__
+        schedulers = self._schedulers
+
+        def init(scheduler, *args, **kwargs):
+            original_init(scheduler, *args, **kwargs)
+            schedulers.add(scheduler)
+
+        LRScheduler.__init__ = init
+
+        def undo():
+            LRScheduler.__init__ = original_init
+
+        self._undo_scheduler_hook = undo
+
+    # --- requests (publisher thread) -----------------------------------------------------------------
+    def _request(self, request: dict[str, Any]) -> dict[str, Any]:
+        text = str(request.get("command", ""))
+        request_id = f"c{next(self._ids)}"
+        source = str(request.get("source", "ctl"))
+        try:
+            controls.parse(text)
+        except controls.CommandError as exc:
+            self.probe.publisher.submit_records([self._event(text, "rejected", str(exc), None, request_id, source)])
+            return {"ok": False, "error": str(exc), "id": request_id}
+        self._requests.append((text, request_id, source))
+        return {"ok": True, "id": request_id, "status": "queued"}
+
+    # --- the training thread ----------------------------------------------------------------------
+    def _add(self, step: int, text: str, command_id: str, source: str) -> None:
+        self._schedule.append(Scheduled(step, next(self._order), text, command_id, source))
+        self._schedule.sort()
+
+    def _ahead(self) -> int:
+        """Steps of margin for a live command under DDP: enough for the side channel to reach every rank."""
+        if self.paused or not self._step_times:
+            return 0 if self.paused else MIN_AHEAD_STEPS
+        step_time = max(statistics.median(self._step_times), 1e-4)
+        return min(MAX_AHEAD_STEPS, max(MIN_AHEAD_STEPS, math.ceil(AGREEMENT_HORIZON_S / step_time)))
+
+    def _take_new_commands(self, probe: Probe) -> None:
+        while self._requests:  # rank 0: decide the step, tell the other ranks
+            text, command_id, source = self._requests.popleft()
+            step = probe.step + (self._ahead() if probe.world_size > 1 else 0)
+            if probe.world_size > 1:
+                probe.publisher.broadcast_control({"command": text, "id": command_id, "step": step, "source": source})
+            self._add(step, text, command_id, source)
+        inbox = probe.publisher.control_inbox
+        while inbox:  # other ranks: rank 0's decisions
+            decision = inbox.popleft()
+            self._add(int(decision["step"]), str(decision["command"]), str(decision["id"]), str(decision["source"]))
+
+    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        record["amp"] = self.amp.enabled
+        record["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        if isinstance(record.get("step_time_s"), float):
+            self._step_times.append(record["step_time_s"])
+
+    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> torch.Tensor | None:
+        self.amp.leave()  # backward runs outside autocast, as recommended
+        if self.amp.scaling and self.amp.scale is not None:
+            return loss * self.amp.scale.to(loss.dtype)
+        return None
+
+    def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+        self._apply_due(probe, stage="optimizer")  # LR commands for step 0 wait for the optimizer
+        if self.amp.scaling:
+            self.amp.unscale_or_skip(optimizer)
+
+    def _boundary(self, probe: Probe) -> None:
+        self._apply_due(probe, stage="boundary")
+        while self.paused:
+            probe.flush()
+            time.sleep(0.05)
+            self._apply_due(probe, stage="boundary")
+        self.amp.enter()
+
+    @staticmethod
+    def _ready(name: str | None, stage: str) -> bool:
+        """Whether a command due now can be applied at this point of the step.
+
+        LR changes need the optimizer (before the first step it may not exist: they wait for its first
+        step() call, which then uses the new value). AMP needs the model's device: before the first
+        step that is only certain on a machine without CUDA; otherwise it waits for the first boundary.
+        """
+        if stage == "boundary" or name is None:
+            return True
+        if name == "lr":
+            return stage == "optimizer"
+        if name == "amp":
+            return stage == "start" and not torch.cuda.is_available()
+        return stage == "start"
+
+    def _apply_due(self, probe: Probe, stage: str) -> None:
+        if stage != "optimizer":  # live commands start at a boundary, so the whole step sees them
+            self._take_new_commands(probe)
+        while self._schedule and self._schedule[0].step <= probe.step:
+            command = controls.parse_or_none(self._schedule[0].text)
+            if not self._ready(command.name if command else None, stage):
+                return  # commands apply in order: the rest waits too
+            self._apply(probe, self._schedule.pop(0))
+
+    def _apply(self, probe: Probe, due: Scheduled) -> None:
+        late = due.step < probe.step
+        try:
+            command = controls.parse(due.text)
+            detail = self._execute(probe, command)
+        except controls.CommandError as exc:
+            probe.emit(self._event(due.text, "rejected", str(exc), None, due.id, due.source))
+            probe.flush()
+            return
+        if late:
+            detail = f"{detail}; late: meant for step {due.step}".strip("; ")
+        probe.emit(self._event(due.text, "accepted", detail, probe.step, due.id, due.source))
+        probe.flush()
+        if command.name == "stop":
+            raise KeyboardInterrupt(f"optwatch: stopped by request at step {probe.step}")
+
+    def _event(self, text, status, reason, effective_step, command_id, source) -> dict[str, Any]:
+        return protocol.make_record(
+            protocol.EVENT,
+            self.probe.rank,
+            command=text,
+            status=status,
+            reason=reason,
+            effective_step=effective_step,
+            id=command_id,
+            source=source,
+        )
+
+    def _execute(self, probe: Probe, command: controls.Command) -> str:
+        if command.name == "lr":
+            return self._set_lr(probe, command)
+        if command.name == "amp":
+            if command.value:
+                device = self._device(probe)
+                self.amp.turn_on(device)
+                return f"autocast {str(self.amp.dtype).removeprefix('torch.')} on {device.type}"
+            self.amp.turn_off()
+            return "autocast off"
+        if command.name == "cudnn_benchmark":
+            torch.backends.cudnn.benchmark = bool(command.value)
+            return ""
+        if command.name == "pause":
+            self.paused = True
+            return "paused at the step boundary"
+        if command.name == "resume":
+            if not self.paused:
+                raise controls.CommandError("the run is not paused")
+            self.paused = False
+            return ""
+        if command.name == "profile":
+            for plugin in probe.plugins:
+                request_window = getattr(plugin, "request_window", None)
+                if request_window is not None:
+                    request_window(int(command.value))
+                    return f"profiling the next {command.value} steps"
+            raise controls.CommandError("the profiler is not available in this optwatch")
+        if command.name == "stop":
+            return "stopping (KeyboardInterrupt at the step boundary)"
+        raise controls.CommandError(f"unknown command {command.raw!r}")
+
+    def _device(self, probe: Probe) -> torch.device:
+        params = probe._parameters()
+        if params:
+            return params[0].device
+        model = probe.find_model()
+        if model is not None:
+            first = next(model.parameters(), None)
+            if first is not None:
+                return first.device
+        return torch.device("cpu")
+
+    def _set_lr(self, probe: Probe, command: controls.Command) -> str:
+        optimizer = probe._primary_optimizer
+        if optimizer is None:
+            raise controls.CommandError("no optimizer has stepped yet")
+        groups = optimizer.param_groups
+        if command.group is not None and command.group >= len(groups):
+            raise controls.CommandError(
+                f"the optimizer has {len(groups)} param group(s) (0-{len(groups) - 1}), not {command.group}"
+            )
+        indices = [command.group] if command.group is not None else range(len(groups))
+        changes = []
+        for index in indices:
+            group = groups[index]
+            old = float(group["lr"])
+            new = old * float(command.value) if command.scale else float(command.value)
+            factor = new / old if old > 0 else None
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(new)
+            else:
+                group["lr"] = new
+            if factor is not None:
+                # The schedule continues from the new level: its base values scale with the change.
+                for key in ("initial_lr", "max_lr", "min_lr"):
+                    if isinstance(group.get(key), (int, float)):
+                        group[key] = group[key] * factor
+                for scheduler in list(self._schedulers):
+                    if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
+                        scheduler.base_lrs[index] *= factor
+            changes.append(f"group {index}: {old:.3g} -> {new:.3g}")
+        return "; ".join(changes)

@@ -1,0 +1,38 @@
+"""A plain script that prints, each step, what the controls are supposed to change, as seen from inside."""
+
+import argparse
+
+import torch
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--steps", type=int, default=40)
+parser.add_argument("--sleep", type=float, default=0.0)
+args = parser.parse_args()
+
+
+class Probe(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        self.autocast = torch.is_autocast_enabled("cpu") and str(torch.get_autocast_dtype("cpu"))
+        self.cudnn = torch.backends.cudnn.benchmark
+        return self.linear(x)
+
+
+torch.manual_seed(0)
+model = Probe()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(16, 8), torch.randn(16, 1)
+for step in range(args.steps):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x).float(), y)
+    loss.backward()
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    print(f"step={step} lr={lr!r} cudnn={model.cudnn} autocast={model.autocast}", flush=True)
+    if args.sleep:
+        import time
+
+        time.sleep(args.sleep)

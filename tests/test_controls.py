@@ -1,0 +1,149 @@
+"""Live controls end to end: scheduled, from `optwatch ctl`, under DDP, and from the dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, read_jsonl, steps_of
+
+
+def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
+def live_jobs() -> list[dict]:
+    return json.loads(optwatch("ls", "--json").stdout)
+
+
+def inside(stdout: str) -> dict[int, dict[str, str]]:
+    """What the script saw inside each step: {step: {"lr": ..., "cudnn": ..., "autocast": ...}}."""
+    seen = {}
+    for line in stdout.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S+)", line))
+        if "step" in fields:
+            seen[int(fields.pop("step"))] = fields
+    return seen
+
+
+def test_scheduled_controls_take_effect_exactly_at_their_steps(tmp_path):
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record),
+        "--control", "lr=0.001@20", "--control", "cudnn_benchmark=on@25", "--control", "amp=on@30",
+        "--control", "lr=banana@33", "--control", "amp=maybe@34", "--control", "lr[3]=0.1@35",
+        str(SCRIPTS / "control_probe.py"), "--steps", "40",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    seen = inside(result.stdout)
+    assert [seen[s]["lr"] for s in (18, 19, 20, 21)] == ["0.01", "0.01", "0.001", "0.001"]
+    assert [seen[s]["cudnn"] for s in (24, 25)] == ["False", "True"]
+    assert [seen[s]["autocast"] for s in (29, 30, 39)] == ["False", "torch.bfloat16", "torch.bfloat16"]
+    # The bad ones changed nothing.
+    assert {seen[s]["lr"] for s in range(20, 40)} == {"0.001"}
+
+    records = read_jsonl(record)
+    events = {r["command"]: r for r in records if r["kind"] == "event"}
+    assert events["lr=0.001"]["status"] == "accepted" and events["lr=0.001"]["effective_step"] == 20
+    assert events["cudnn_benchmark=on"]["effective_step"] == 25
+    assert events["amp=on"]["effective_step"] == 30
+    assert events["lr=banana"]["status"] == "rejected" and "must be a number" in events["lr=banana"]["reason"]
+    assert events["amp=maybe"]["status"] == "rejected" and "on or off" in events["amp=maybe"]["reason"]
+    assert "1 param group" in events["lr[3]=0.1"]["reason"]
+    steps = {s["step"]: s for s in steps_of(records)}
+    assert (steps[19]["lr"], steps[20]["lr"]) == (0.01, 0.001)
+    assert (steps[24]["cudnn_benchmark"], steps[25]["cudnn_benchmark"]) == (False, True)
+    assert (steps[29]["amp"], steps[30]["amp"]) == (False, True)
+    assert "lr=banana rejected: lr must be a number" in result.stderr
+    assert "warning: --control lr=banana@33 will be refused" in result.stderr
+
+
+def test_a_malformed_control_flag_is_a_usage_error():
+    result = optwatch("run", "--headless", "--control", "lr=0.1", str(SCRIPTS / "plain_train.py"))
+    assert result.returncode == 2 and "COMMAND@STEP" in result.stderr
+
+
+def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
+    record = tmp_path / "r.jsonl"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--record", str(record),
+         str(SCRIPTS / "control_probe.py"), "--steps", "100000", "--sleep", "0.02"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        run = listed["run_id"]
+        wait_for(lambda: record.exists() and len(steps_of(read_jsonl(record))) >= 5)
+        result = optwatch("ctl", run, "lr*=0.5", "cudnn_benchmark=on")
+        assert result.returncode == 0, result.stdout + result.stderr
+        lr_line, cudnn_line = result.stdout.splitlines()
+        assert lr_line.startswith("lr*=0.5: accepted, in effect from step ") and "0.01 -> 0.005" in lr_line
+        lr_step = int(lr_line.split("from step ")[1].split()[0])
+
+        for bad, reason in (("lr=-1", "positive"), ("lr=banana", "must be a number"), ("amp=maybe", "on or off"),
+                            ("jump", "unknown command")):  # fmt: skip
+            refused = optwatch("ctl", run, bad)
+            assert refused.returncode == 1 and f"{bad}: rejected:" in refused.stdout and reason in refused.stdout
+
+        assert optwatch("ctl", run, "pause").returncode == 0
+        paused_at = max(s["step"] for s in steps_of(read_jsonl(record)))
+        time.sleep(1.0)
+        assert max(s["step"] for s in steps_of(read_jsonl(record))) <= paused_at + 1
+        resumed = optwatch("ctl", run, "resume")
+        assert resumed.returncode == 0, resumed.stdout
+        assert optwatch("ctl", run, "resume").stdout.strip().endswith("rejected: the run is not paused")
+        assert optwatch("ctl", run, "stop").returncode == 0
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130  # a clean stop is a KeyboardInterrupt at a step boundary
+    seen = inside(out)
+    assert seen[lr_step - 1]["lr"] == "0.01" and seen[lr_step]["lr"] == "0.005"
+    steps = {s["step"]: s for s in steps_of(read_jsonl(record))}
+    assert steps[lr_step]["lr"] == 0.005 and steps[lr_step - 1]["lr"] == 0.01
+
+
+@pytest.mark.slow
+def test_under_ddp_a_command_lands_on_every_rank_at_the_same_step(tmp_path):
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "optwatch", "run", str(EXAMPLES / "ddp.py"), "--steps", "100000", "--step-sleep", "0.01"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    record = tmp_path / "r.jsonl"
+    try:
+        [listed] = wait_for(live_jobs)
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "optwatch", "attach", listed["run_id"], "--headless", "--record", str(record)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(3)
+        result = optwatch("ctl", listed["run_id"], "lr=0.005")
+        assert result.returncode == 0, result.stdout + result.stderr
+        effective = int(result.stdout.split("from step ")[1].split()[0])
+        time.sleep(2)
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(30)
+        optwatch("ctl", listed["run_id"], "stop")
+    finally:
+        job.communicate(timeout=120)
+    records = read_jsonl(record)
+    events = [r for r in records if r["kind"] == "event" and r["command"] == "lr=0.005"]
+    assert sorted(r["rank"] for r in events) == [0, 1]
+    assert {r["effective_step"] for r in events} == {effective}
+    for rank in (0, 1):
+        lrs = {s["step"]: s["lr"] for s in steps_of(records, rank)}
+        assert lrs[effective - 1] == 0.01 and lrs[effective] == 0.005, rank
