@@ -151,3 +151,60 @@ async def test_findings_bar_shows_the_latest_verdict_and_alerts():
         await pilot.pause(0.2)
         lines = app.query_one("#findings").lines
     assert lines == ["input-bound: 62% of each step waits for data", "exploding @ step 7: grad norm 40x its median"]
+
+
+@pytest.fixture
+def steerable():
+    script = str(SCRIPTS / "control_probe.py")
+    args = ["--steps", "100000", "--sleep", "0.03"]
+    process = TrainingProcess(script, args, ProbeOptions(script=script, argv=args).to_env())
+    process.start()
+    yield process
+    process.stop(grace_s=2)
+    process.cleanup()
+
+
+async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowledged(steerable):
+    from optwatch.app.widgets.command_input import CommandInput
+    from optwatch.app.widgets.controls_panel import ControlsPanel
+    from optwatch.app.widgets.findings_bar import FindingsBar
+
+    app = OptwatchApp(ViewerSession.for_process(steerable))
+    async with app.run_test(size=(100, 30)) as pilot:
+        store = app.store
+        await wait_for(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 5)
+
+        await pilot.press("colon")
+        assert isinstance(app.screen, CommandInput)
+        await pilot.press(*"lr=banana")
+        await pilot.press("enter")  # refused by the validator: nothing is sent, the reason is shown
+        assert isinstance(app.screen, CommandInput)
+        assert "must be a number" in str(app.screen.query_one("#command-error").render())
+        await pilot.press(*["backspace"] * 6, *"0.002", "enter")
+        assert not isinstance(app.screen, CommandInput)
+
+        def acknowledged():
+            return any(e.get("command") == "lr=0.002" for e in store.rare.get("event", ()))
+
+        await wait_for(pilot, acknowledged)
+        app.render_views()
+        [event] = [e for e in store.rare["event"] if e["command"] == "lr=0.002"]
+        assert event["status"] == "accepted" and event["source"] == "dashboard"
+        step = event["effective_step"]
+        assert f"lr=0.002 in effect from step {step}" in app.query_one(FindingsBar).lines[0]
+        assert step in app.query_one("#loss-chart", SeriesChart).markers
+
+        # The training process itself saw the new learning rate from that step on.
+        await wait_for(pilot, lambda: any(f"step={step} lr=0.002" in r["line"] for r in store.logs))
+        assert any(f"step={step - 1} lr=0.01" in r["line"] for r in store.logs)
+
+        await pilot.press("a")  # AMP on, through the same path
+        await wait_for(pilot, lambda: any(e.get("command") == "amp=on" for e in store.rare.get("event", ())))
+        await wait_for(pilot, lambda: store.primary.last_step.get("amp") is True)
+
+        await pilot.press("c")
+        await wait_for(pilot, lambda: len(store.primary.steps) > event["effective_step"] + 5)
+        app.render_views()
+        assert set(app.query_one(ControlsPanel).impact_rows) >= {"Step time p50", "Loss mean"}
+        await pilot.press("q", "y")
+        await wait_for(pilot, lambda: steerable.poll() is not None, timeout_s=20)

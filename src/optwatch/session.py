@@ -5,6 +5,7 @@ The headless viewer calls ``pump`` in its loop; the dashboard calls it from a wo
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.store import RecordWriter, Store
 from optwatch.supervisor import LogTail, TrainingProcess
-from optwatch.wire.subscriber import Feed
+from optwatch.wire.subscriber import Feed, RequestError
 
 
 @dataclass
@@ -38,12 +39,29 @@ class ViewerSession:
         self.tails = tails if tails is not None else (process.tails if process else [])
         self._partial: dict[str, bytes] = {}
         self._exit_seen_at: float | None = None
+        # Commands go through the thread that owns the sockets (ZeroMQ sockets are single-threaded).
+        self._outbox: collections.deque[str] = collections.deque(maxlen=64)
+        self.answers: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=64)
+
+    def send_command(self, text: str) -> None:
+        """Queue a control command (any thread); its answer appears in ``answers`` after a pump."""
+        self._outbox.append(text)
+
+    def _send_queued_commands(self) -> None:
+        while self._outbox:
+            text = self._outbox.popleft()
+            try:
+                reply = self.feed.request("control", command=text, source="dashboard")
+            except RequestError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            self.answers.append((text, reply))
 
     @classmethod
     def for_process(cls, process: TrainingProcess, writer: RecordWriter | None = None) -> ViewerSession:
         return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process)
 
     def pump(self, timeout_s: float = 0.1) -> tuple[list[dict[str, Any]], Output]:
+        self._send_queued_commands()
         records = self.feed.poll(timeout_s)
         output = Output()
         for tail in self.tails:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from optwatch.app.messages import RunExited
+from optwatch.app.messages import CommandAnswered, RunExited
 from optwatch.app.views import extra_views
+from optwatch.app.widgets.command_input import CommandInput
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.findings_bar import FindingsBar
 from optwatch.app.widgets.log_pane import LogPane
@@ -33,6 +34,10 @@ class OptwatchApp(App[None]):
         Binding("q", "request_quit", "Quit"),
         Binding("o", "show_tab('overview')", "Overview"),
         Binding("l", "show_tab('log')", "Log"),
+        Binding("a", "toggle('amp')", "AMP"),
+        Binding("b", "toggle('cudnn_benchmark')", "cudnn.bench"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("colon", "command", "Command"),
     ]
 
     def __init__(self, session: ViewerSession | None = None, store: Store | None = None, mode: str = "run"):
@@ -91,6 +96,8 @@ class OptwatchApp(App[None]):
         assert session is not None
         while not worker.is_cancelled:
             session.pump(0.1)
+            while session.answers:
+                self.post_message(CommandAnswered(*session.answers.popleft()))
             if session.done():
                 self.post_message(RunExited(session.process.exit_code() if session.process else None))
                 return
@@ -149,7 +156,13 @@ class OptwatchApp(App[None]):
                 codes = {end.get("exit_code") for end in ends}
                 header.status = f"finished (exit {codes.pop()})" if len(codes) == 1 else "finished"
             self.query_one(StatsPanel).show(store)
-            self.query_one("#loss-chart", SeriesChart).set_series(loss_series)
+            loss_chart = self.query_one("#loss-chart", SeriesChart)
+            loss_chart.markers = [
+                e["effective_step"]
+                for e in store.rare.get("event", ())
+                if e.get("status") == "accepted" and e.get("rank", 0) == 0 and e.get("effective_step") is not None
+            ]
+            loss_chart.set_series(loss_series)
             self.query_one("#grad-chart", SeriesChart).set_series([("global", steps, grad_norms, "green")])
             self.query_one(FindingsBar).show(store)
             for pane in self.query(LogPane):
@@ -158,6 +171,63 @@ class OptwatchApp(App[None]):
             for view in self.views:
                 if view.tab_id == active:
                     self.query_one(f"#{view.tab_id}", TabPane).children[0].show(store)
+
+    # --- steering -----------------------------------------------------------------------------------
+    def send_command(self, text: str) -> None:
+        if self.session is None:
+            self.notify("a replay cannot be steered", severity="warning")
+            return
+        self.session.send_command(text)
+        self.notify(f"sent {text}; it applies at the next step boundary", timeout=3)
+
+    def on_command_answered(self, message: CommandAnswered) -> None:
+        if not message.reply.get("ok"):
+            self.notify(f"{message.command} rejected: {message.reply.get('error')}", severity="error", timeout=8)
+
+    def _current(self, field: str) -> bool:
+        with self.store.lock:
+            state = self.store.primary
+            last = state.last_step if state else None
+            return bool(last and last.get(field))
+
+    def _paused(self) -> bool:
+        with self.store.lock:
+            for event in reversed(self.store.rare.get("event", ())):
+                if event.get("status") == "accepted" and event.get("command") in ("pause", "resume"):
+                    return event["command"] == "pause"
+        return False
+
+    def action_toggle(self, field: str) -> None:
+        self.send_command(f"{field}={'off' if self._current(field) else 'on'}")
+
+    def action_toggle_pause(self) -> None:
+        self.send_command("resume" if self._paused() else "pause")
+
+    def action_command(self, initial: str = "") -> None:
+        def sent(text: str | None) -> None:
+            if text:
+                self.send_command(text)
+
+        self.push_screen(CommandInput(initial), sent)
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        if self.session is None:
+            return
+        yield SystemCommand("Set learning rate…", "lr=V for every param group", lambda: self.action_command("lr="))
+        yield SystemCommand("Scale learning rate…", "lr*=F", lambda: self.action_command("lr*="))
+        yield SystemCommand("Set one group's learning rate…", "lr[G]=V", lambda: self.action_command("lr[0]="))
+        for field, title in (("amp", "AMP"), ("cudnn_benchmark", "cudnn.benchmark")):
+            for state in ("on", "off"):
+                command = f"{field}={state}"
+                yield SystemCommand(f"{title} {state}", command, lambda c=command: self.send_command(c))
+        yield SystemCommand("Pause training", "pause at the next step boundary", lambda: self.send_command("pause"))
+        yield SystemCommand("Resume training", "resume", lambda: self.send_command("resume"))
+        yield SystemCommand("Profile 5 steps", "profile=5", lambda: self.send_command("profile=5"))
+        yield SystemCommand(
+            "Stop training cleanly", "stop at the next step boundary", lambda: self.send_command("stop")
+        )
+        yield SystemCommand("Any command…", "type a command", self.action_command)
 
     # --- actions ------------------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:

@@ -18,3 +18,12 @@ class RunExited(Message):
     def __init__(self, exit_code: int | None) -> None:
         super().__init__()
         self.exit_code = exit_code
+
+
+class CommandAnswered(Message):
+    """The job's immediate answer to a command sent from the dashboard (queued, or refused and why)."""
+
+    def __init__(self, command: str, reply: dict) -> None:
+        super().__init__()
+        self.command = command
+        self.reply = reply

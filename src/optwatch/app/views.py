@@ -20,8 +20,10 @@ class View:
 
 
 def extra_views() -> list[View]:
+    from optwatch.app.widgets.controls_panel import ControlsPanel
     from optwatch.app.widgets.ranks_table import RanksTable
 
     return [
         View("ranks", "Ranks", "r", RanksTable),
+        View("controls", "Controls", "c", ControlsPanel),
     ]

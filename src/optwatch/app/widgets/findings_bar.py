@@ -20,6 +20,7 @@ class FindingsBar(Static):
         with store.lock:
             verdict = store.latest.get("verdict")
             alerts = list(store.rare.get("alert", ()))[-MAX_ALERTS:]
+            event = next((e for e in reversed(store.rare.get("event", ())) if e.get("rank", 0) == 0), None)
         text = Text()
         lines = []
         if verdict:
@@ -33,6 +34,17 @@ class FindingsBar(Static):
             line = f"{alert.get('type', 'alert')} @ step {alert.get('step', '?')}{where}: {alert.get('message', '')}"
             text.append("⚠ ", "bold red")
             text.append(line + "\n", "red")
+            lines.append(line)
+        if event:
+            if event.get("status") == "accepted":
+                detail = f" ({event['reason']})" if event.get("reason") else ""
+                line = f"{event.get('command')} in effect from step {event.get('effective_step')}{detail}"
+                text.append("✓ ", "bold green")
+                text.append(line + "\n", "green")
+            else:
+                line = f"{event.get('command')} rejected: {event.get('reason')}"
+                text.append("✗ ", "bold red")
+                text.append(line + "\n", "red")
             lines.append(line)
         self.lines = lines
         self.display = bool(lines)

@@ -25,6 +25,8 @@ class SeriesChart(PlotextPlot):
         self.title = title
         self.log_y = log_y
         self.series: list[tuple[str, list[float], list[float], str]] = []
+        self.markers: list[int] = []
+        """Steps at which a control took effect: drawn as vertical lines."""
 
     def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float | None], str]]) -> None:
         """``series``: (label, steps, values, colour); non-finite values are left out of the picture."""
@@ -50,6 +52,11 @@ class SeriesChart(PlotextPlot):
                 plt.plot(xs, ys, label=label, color=colour, marker="braille")
                 low, high = min(low, *ys), max(high, *ys)
                 drawn = True
+        if drawn:
+            first = min(xs[0] for _, xs, _, _ in self.series if xs)
+            for step in self.markers:
+                if step >= first:
+                    plt.vline(step, "magenta")
         if drawn and not self.log_y and high > low:
             # Headroom above the data so the legend never hides the first points.
             plt.ylim(low, high + 0.25 * (high - low))
