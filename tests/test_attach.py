@@ -163,3 +163,15 @@ async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
     assert rows[0][3] == "10 ms" and rows[1][3] == "90 ms"
     assert rows[1][-1] == "◀ straggler" and rows[0][-1] == ""
     assert store.loss_across_ranks()[1][-1] == 1.5
+
+
+def test_run_with_nproc_per_node_watches_every_rank(tmp_path):
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--nproc-per-node", "2", "--record", str(record), str(EXAMPLES / "ddp.py"), "--steps", "30"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = read_jsonl(record)
+    for rank in (0, 1):
+        assert [s["step"] for s in steps_of(records, rank)] == list(range(30))
+    assert "2 ranks" in result.stderr
