@@ -47,7 +47,7 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
         await wait_for(pilot, lambda: app.query_one(StatsPanel).rows.get("Step") not in (None, "waiting…"))
         await wait_for(pilot, lambda: app.query_one("#overview-log", LogPane).lines)
         with store.lock:  # freeze what the store holds, then render it
-            app.render_views()
+            app.render_views(force_charts=True)
             last = store.primary.last_step
             rows = dict(app.query_one(StatsPanel).rows)
             steps = [r["step"] for r in store.primary.steps]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -9,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from optwatch.app.messages import CommandAnswered, RunExited
+from optwatch.app.messages import CommandAnswered, FeedUpdated, RunExited
 from optwatch.app.views import extra_views
 from optwatch.app.widgets.command_input import CommandInput
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
@@ -21,7 +23,11 @@ from optwatch.app.widgets.stats_panel import StatsPanel
 from optwatch.session import ViewerSession
 from optwatch.store import Store
 
-REFRESH_S = 0.25  # 4 Hz: smooth enough to watch, cheap enough for a slow SSH link
+# Redraws follow the data, throttled: figures at most 10 times a second (so what is on screen is never
+# much older than what the job published), charts at most twice a second (plotext is the costly part).
+MIN_REDRAW_S = 0.1
+CHART_REDRAW_S = 0.5
+IDLE_REDRAW_S = 1.0
 
 
 class OptwatchApp(App[None]):
@@ -48,6 +54,10 @@ class OptwatchApp(App[None]):
         self.detached = False
         self.exit_code: int | None = None
         self._rendered_version = -1
+        self._last_redraw = 0.0
+        self._last_chart_redraw = 0.0
+        self._charts_version = -1
+        self._redraw_pending = False
         self.views = extra_views()
         for view in self.views:
             self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title)
@@ -85,7 +95,7 @@ class OptwatchApp(App[None]):
             header.status = "replay"
         if self.session is not None:
             self.follow_feed()
-        self.set_interval(REFRESH_S, self.render_views)
+        self.set_interval(IDLE_REDRAW_S, self.render_views)
         self.render_views()
 
     # --- feed ---------------------------------------------------------------------------------------
@@ -95,15 +105,30 @@ class OptwatchApp(App[None]):
         session = self.session
         assert session is not None
         while not worker.is_cancelled:
-            session.pump(0.1)
+            records, _ = session.pump(0.1)
+            if records:
+                self.post_message(FeedUpdated())
             while session.answers:
                 self.post_message(CommandAnswered(*session.answers.popleft()))
             if session.done():
                 self.post_message(RunExited(session.process.exit_code() if session.process else None))
                 return
 
+    def on_feed_updated(self, message: FeedUpdated) -> None:
+        wait = MIN_REDRAW_S - (time.monotonic() - self._last_redraw)
+        if wait <= 0:
+            self.render_views()
+        elif not self._redraw_pending:
+            self._redraw_pending = True
+            self.set_timer(wait, self._pending_redraw)
+
+    def _pending_redraw(self) -> None:
+        self._redraw_pending = False
+        self.render_views()
+
     def on_run_exited(self, message: RunExited) -> None:
         self.exit_code = message.exit_code
+        self._rendered_version = -1  # draw the final state in full
         header = self.query_one(RunHeader)
         if header.status == "stopping…" or (
             self.session and self.session.process and self.session.process.stop_requested
@@ -116,32 +141,23 @@ class OptwatchApp(App[None]):
         self.render_views()
 
     # --- rendering ----------------------------------------------------------------------------------
-    def render_views(self) -> None:
+    def render_views(self, force_charts: bool = False) -> None:
         store = self.store
-        if store.version == self._rendered_version:
+        now = time.monotonic()
+        charts_due = force_charts or (
+            store.version != self._charts_version and now - self._last_chart_redraw >= CHART_REDRAW_S
+        )
+        if store.version == self._rendered_version and not charts_due:
             return
         self._rendered_version = store.version
+        self._last_redraw = now
         with store.lock:
             state = store.primary
             if state is None:
                 return
-            steps = [r["step"] for r in state.steps]
-            losses = [r.get("loss") for r in state.steps]
-            grad_norms = [r.get("grad_norm") for r in state.steps]
-            ema = list(state.loss_ema)
             hello = state.hello
-            several_ranks = len(store.ranks) > 1
+            has_steps = bool(state.steps)
             ends = [s.end for s in store.ranks.values()]
-        if several_ranks:
-            # As torchtitan logs it: the mean over ranks, with the spread.
-            rank_steps, mean, low, high = store.loss_across_ranks()
-            loss_series = [
-                ("mean", rank_steps, mean, "cyan"),
-                ("min", rank_steps, low, "gray"),
-                ("max", rank_steps, high, "gray"),
-            ]
-        else:
-            loss_series = [("loss", steps, losses, "cyan"), ("ema", steps, ema, "orange")]
         with self.batch_update():
             header = self.query_one(RunHeader)
             if hello:
@@ -150,20 +166,16 @@ class OptwatchApp(App[None]):
                 if device:
                     name = hello.get("device_name")
                     header.device = f"{device} ({name})" if name else device
-            if header.status.startswith("waiting") and steps:
+            if header.status.startswith("waiting") and has_steps:
                 header.status = "attached" if self.mode == "attach" else "running"
             if self.mode == "attach" and ends and all(ends):
                 codes = {end.get("exit_code") for end in ends}
                 header.status = f"finished (exit {codes.pop()})" if len(codes) == 1 else "finished"
             self.query_one(StatsPanel).show(store)
-            loss_chart = self.query_one("#loss-chart", SeriesChart)
-            loss_chart.markers = [
-                e["effective_step"]
-                for e in store.rare.get("event", ())
-                if e.get("status") == "accepted" and e.get("rank", 0) == 0 and e.get("effective_step") is not None
-            ]
-            loss_chart.set_series(loss_series)
-            self.query_one("#grad-chart", SeriesChart).set_series([("global", steps, grad_norms, "green")])
+            if charts_due:
+                self._last_chart_redraw = now
+                self._charts_version = store.version
+                self._draw_charts()
             self.query_one(FindingsBar).show(store)
             for pane in self.query(LogPane):
                 pane.follow(store)
@@ -171,6 +183,33 @@ class OptwatchApp(App[None]):
             for view in self.views:
                 if view.tab_id == active:
                     self.query_one(f"#{view.tab_id}", TabPane).children[0].show(store)
+
+    def _draw_charts(self) -> None:
+        store = self.store
+        with store.lock:
+            state = store.primary
+            steps = [r["step"] for r in state.steps]
+            grad_norms = [r.get("grad_norm") for r in state.steps]
+            if len(store.ranks) > 1:
+                # As torchtitan logs it: the mean over ranks, with the spread.
+                rank_steps, mean, low, high = store.loss_across_ranks()
+                loss_series = [
+                    ("mean", rank_steps, mean, "cyan"),
+                    ("min", rank_steps, low, "gray"),
+                    ("max", rank_steps, high, "gray"),
+                ]
+            else:
+                losses = [r.get("loss") for r in state.steps]
+                loss_series = [("loss", steps, losses, "cyan"), ("ema", steps, list(state.loss_ema), "orange")]
+            markers = [
+                e["effective_step"]
+                for e in store.rare.get("event", ())
+                if e.get("status") == "accepted" and e.get("rank", 0) == 0 and e.get("effective_step") is not None
+            ]
+        loss_chart = self.query_one("#loss-chart", SeriesChart)
+        loss_chart.markers = markers
+        loss_chart.set_series(loss_series)
+        self.query_one("#grad-chart", SeriesChart).set_series([("global", steps, grad_norms, "green")])
 
     # --- steering -----------------------------------------------------------------------------------
     def send_command(self, text: str) -> None:
@@ -233,7 +272,7 @@ class OptwatchApp(App[None]):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         self._rendered_version = -1  # the new tab has not been drawn with the current data
-        self.render_views()
+        self.render_views(force_charts=True)
 
     def action_request_quit(self) -> None:
         process = self.session.process if self.session else None

@@ -1,0 +1,180 @@
+"""optwatch's cost on training: the same loop bare, at default settings, and with every diagnostic on.
+
+Runs the modes interleaved (A/B/C, A/B/C, ...) in one process so machine drift cancels, and prints the
+median step time, throughput and the ratio to bare for each, with the spread over rounds. On CUDA it
+also runs the instrumented steps under ``torch.cuda.set_sync_debug_mode("error")``: any host-device
+sync caused by optwatch raises, so "0 syncs" is checked, not assumed.
+
+    python benchmarks/overhead.py                      # both workloads, CPU here
+    python benchmarks/overhead.py --workload cifar --rounds 7 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+from cifar import SmallResNet  # noqa: E402
+
+from optwatch.probe.options import ProbeOptions  # noqa: E402
+from optwatch.probe.probe import Probe  # noqa: E402
+from optwatch.wire import runtime  # noqa: E402
+
+# Settings per mode. "all" turns on every diagnostic optwatch has, at its most frequent cadence.
+MODES: dict[str, dict | None] = {
+    "bare": None,
+    "default": {},
+    "all": {"system_interval_s": 0.25},
+}
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, vocab: int = 1000, dim: int = 128, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens)))
+
+
+def workload(name: str, device: torch.device):
+    """(model, optimizer, step function) at a fixed seed, with data already in memory."""
+    torch.manual_seed(0)
+    if name == "cifar":
+        model = SmallResNet().to(device)
+        images = torch.randn(128, 3, 32, 32, device=device)
+        labels = torch.randint(0, 10, (128,), device=device)
+
+        def loss_fn():
+            return F.cross_entropy(model(images), labels)
+
+    else:
+        model = TinyTransformer().to(device)
+        tokens = torch.randint(0, 1000, (16, 64), device=device)
+
+        def loss_fn():
+            logits = model(tokens[:, :-1])
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return model, optimizer, step
+
+
+def timed_steps(step, steps: int, device: torch.device) -> list[float]:
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the benchmark's own sync, outside optwatch, to time honestly
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: torch.device) -> list[float]:
+    model, optimizer, step = workload(workload_name, device)
+    timed_steps(step, warmup, device)
+    settings = MODES[mode]
+    if settings is None:
+        return timed_steps(step, steps, device)
+    run_dir = runtime.make_run_dir(f"bench-{mode}-{os.getpid()}")
+    probe = Probe(run_dir, run_dir.name, ProbeOptions(script="bench", **settings)).start()
+    probe.attach(model=model, optimizer=optimizer)
+    try:
+        timed_steps(step, warmup, device)  # the probe's own first-step work (model lookup) is not steady state
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            return timed_steps_without_sync(step, steps, device)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        probe.close()
+
+
+def timed_steps_without_sync(step, steps: int, device: torch.device) -> list[float]:
+    if device.type != "cuda":
+        return timed_steps(step, steps, device)
+    # Under sync-debug "error" we cannot synchronize per step; time the whole run with events instead.
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(steps):
+        start.record()
+        step()
+        end.record()
+        torch.cuda.set_sync_debug_mode("default")
+        end.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        times.append(start.elapsed_time(end) / 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=("cifar", "transformer", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per mode per round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("OPTWATCH_RUNTIME_DIR", tempfile.mkdtemp(prefix="owb-"))
+    device = torch.device(args.device)
+    names = ("cifar", "transformer") if args.workload == "both" else (args.workload,)
+    results = {}
+    print(f"optwatch overhead: {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"device {device}, {args.rounds} rounds x {args.steps} steps, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    for name in names:
+        medians: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(args.rounds):
+            for mode in MODES:
+                medians[mode].append(statistics.median(run_mode(mode, name, args.steps, args.warmup, device)))
+        bare = medians["bare"]
+        print(f"\n{name}: median step time over rounds, ratio to bare (min..max over rounds)")
+        results[name] = {}
+        for mode, values in medians.items():
+            ratios = [v / b for v, b in zip(values, bare)]
+            median_time = statistics.median(values)
+            results[name][mode] = {
+                "median_step_s": median_time,
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+            }
+            print(
+                f"  {mode:<8} {median_time * 1000:8.2f} ms/step  ratio {statistics.median(ratios):.4f} "
+                f"({min(ratios):.4f}..{max(ratios):.4f})  overhead {100 * (statistics.median(ratios) - 1):+.2f}%"
+            )
+    if device.type == "cuda":
+        print("\nhost-device syncs caused by optwatch: 0 (every instrumented step ran under sync debug mode 'error')")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
