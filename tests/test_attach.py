@@ -31,6 +31,18 @@ def live_jobs() -> list[dict]:
     return json.loads(optwatch("ls", "--json").stdout)
 
 
+def wait_for_steps(job: dict, count: int) -> None:
+    """Until the job has made ``count`` steps (a loaded machine can take a while to import torch)."""
+    from optwatch.wire.subscriber import Feed
+
+    feed = Feed(job["endpoints"]["pub"], job["endpoints"]["ctl"])
+    seen: list[dict] = []
+    try:
+        wait_for(lambda: seen.extend(feed.poll(0.2)) or len(steps_of(seen)) >= count, timeout_s=90, interval_s=0)
+    finally:
+        feed.close()
+
+
 def start(*command: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -76,6 +88,7 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
     )  # fmt: skip
     try:
         [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 3)
         endpoint = listed["endpoints"]["tcp"].removeprefix("tcp://")
         token = listed["token"]
         assert token and len(token) >= 24
