@@ -57,6 +57,7 @@ def test_ddp_job_is_listed_attached_across_ranks_and_names_the_straggler(tmp_pat
         [listed] = wait_for(live_jobs)
         assert listed["ranks"] == 2 and listed["script"].endswith("ddp.py")
         assert {"run_id", "pid", "script", "ranks", "endpoints"} <= set(listed)
+        wait_for_steps(listed, 20)
         # A viewer that is killed with -9 mid-run changes nothing for the job.
         doomed = start(sys.executable, "-m", "optwatch", "attach", listed["run_id"], "--headless")
         time.sleep(3)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, read_jsonl, steps_of
+from test_attach import wait_for_steps
 
 
 def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
@@ -126,6 +127,7 @@ def test_under_ddp_a_command_lands_on_every_rank_at_the_same_step(tmp_path):
     record = tmp_path / "r.jsonl"
     try:
         [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 5)
         watcher = subprocess.Popen(
             [sys.executable, "-m", "optwatch", "attach", listed["run_id"], "--headless", "--record", str(record)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
