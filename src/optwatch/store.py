@@ -71,6 +71,8 @@ class Store:
         self.version = 0
         self.records_seen = 0
         self.logs_total = 0
+        # Loss over ranks per step, kept as records arrive: [sum, count, min, max], oldest steps evicted.
+        self._loss_by_step: dict[int, list[float]] = {}
 
     def rank(self, rank: int) -> RankState:
         state = self.ranks.get(rank)
@@ -92,6 +94,7 @@ class Store:
         rank = record.get("rank", 0)
         if kind == protocol.STEP:
             self.rank(rank).add_step(record)
+            self._add_loss(record.get("step"), record.get("loss"))
         elif kind == protocol.SYSTEM:
             self.rank(rank).system.append(record)
         elif kind == protocol.LOG:
@@ -120,21 +123,30 @@ class Store:
             fresh = min(self.logs_total - seen, len(self.logs))
             return (list(self.logs)[len(self.logs) - fresh :] if fresh > 0 else []), self.logs_total
 
+    def _add_loss(self, step: Any, loss: Any) -> None:
+        if not isinstance(step, int) or not finite(loss):
+            return
+        entry = self._loss_by_step.get(step)
+        if entry is None:
+            self._loss_by_step[step] = [loss, 1, loss, loss]
+            if len(self._loss_by_step) > STEP_CAPACITY:
+                del self._loss_by_step[next(iter(self._loss_by_step))]  # the first step to arrive
+        else:
+            entry[0] += loss
+            entry[1] += 1
+            entry[2] = min(entry[2], loss)
+            entry[3] = max(entry[3], loss)
+
     def loss_across_ranks(self, limit: int = 2000) -> tuple[list[int], list[float], list[float], list[float]]:
         """Per step: (steps, mean, min, max) of the loss over the ranks that reported that step."""
         with self.lock:
-            by_step: dict[int, list[float]] = {}
-            for state in self.ranks.values():
-                for record in list(state.steps)[-limit:]:
-                    loss = record.get("loss")
-                    if finite(loss):
-                        by_step.setdefault(record["step"], []).append(loss)
-        steps = sorted(by_step)[-limit:]
+            steps = sorted(self._loss_by_step)[-limit:]
+            entries = [self._loss_by_step[s] for s in steps]
         return (
             steps,
-            [sum(by_step[s]) / len(by_step[s]) for s in steps],
-            [min(by_step[s]) for s in steps],
-            [max(by_step[s]) for s in steps],
+            [entry[0] / entry[1] for entry in entries],
+            [entry[2] for entry in entries],
+            [entry[3] for entry in entries],
         )
 
     def finished(self) -> bool:

@@ -121,7 +121,7 @@ class Probe:
             from optwatch.diagnose.straggler import StragglerWatch
 
             watch = StragglerWatch()
-            self.publisher.on_tick(lambda publisher: watch.check(list(publisher.history.steps)))
+            self.publisher.on_tick(lambda publisher: watch.check(publisher.history.steps))
         self._install_hooks()
         self._call_plugins("install")
         self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)

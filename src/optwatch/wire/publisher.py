@@ -32,6 +32,7 @@ PLAIN_USER = b"optwatch"
 _RARE_HISTORY = 500
 _STEP_HISTORY = 4000
 _LOG_HISTORY = 500
+_LAYERS_HISTORY = 200
 
 
 class PendingItem(Protocol):
@@ -56,32 +57,50 @@ class ReadyRecords:
 
 
 class History:
-    """Bounded recent history per kind, replayed to viewers that attach mid-run."""
+    """Bounded recent history per rank and per kind, replayed to viewers that attach mid-run."""
 
     def __init__(self, steps: int = _STEP_HISTORY, rare: int = _RARE_HISTORY, logs: int = _LOG_HISTORY):
         self.hello: dict[int, dict[str, Any]] = {}
-        self.steps: collections.deque[dict[str, Any]] = collections.deque(maxlen=steps)
+        self._step_capacity = steps
+        self.steps_by_rank: dict[int, collections.deque[dict[str, Any]]] = {}
+        # Per-layer records are large: a viewer that attaches needs the recent picture, not all of it.
+        self.layers_by_rank: dict[int, collections.deque[dict[str, Any]]] = {}
         self.logs: collections.deque[dict[str, Any]] = collections.deque(maxlen=logs)
         self.rare: collections.deque[dict[str, Any]] = collections.deque(maxlen=rare)
         self.latest: dict[tuple[str, int], dict[str, Any]] = {}
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record["kind"]
+        rank = record.get("rank", 0)
         if kind == protocol.HELLO:
-            self.hello[record.get("rank", 0)] = record
-        elif kind in (protocol.STEP, protocol.LAYERS):
-            self.steps.append(record)
+            self.hello[rank] = record
+        elif kind == protocol.STEP:
+            ring = self.steps_by_rank.get(rank)
+            if ring is None:
+                ring = self.steps_by_rank[rank] = collections.deque(maxlen=self._step_capacity)
+            ring.append(record)
+        elif kind == protocol.LAYERS:
+            ring = self.layers_by_rank.get(rank)
+            if ring is None:
+                ring = self.layers_by_rank[rank] = collections.deque(maxlen=_LAYERS_HISTORY)
+            ring.append(record)
         elif kind == protocol.LOG:
             self.logs.append(record)
         elif kind in (protocol.SYSTEM, protocol.HOTSPOTS):
             # Only the newest matters to a viewer that attaches; older ones are in the record file.
-            self.latest[(kind, record.get("rank", 0))] = record
+            self.latest[(kind, rank)] = record
         else:
             self.rare.append(record)
 
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """Recent step records of every rank."""
+        return [record for ring in self.steps_by_rank.values() for record in ring]
+
     def snapshot(self) -> list[dict[str, Any]]:
         records = [*self.hello.values(), *self.rare, *self.logs, *self.latest.values(), *self.steps]
-        return sorted(records, key=lambda r: (r.get("rank", 0), r.get("seq", 0)))
+        records += [record for ring in self.layers_by_rank.values() for record in ring]
+        return sorted(records, key=lambda r: (r.get("origin", r.get("rank", 0)), r.get("seq", 0)))
 
 
 RequestHandler = Callable[[dict[str, Any]], dict[str, Any]]

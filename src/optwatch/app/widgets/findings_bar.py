@@ -46,6 +46,8 @@ class FindingsBar(Static):
                 text.append("✗ ", "bold red")
                 text.append(line + "\n", "red")
             lines.append(line)
+        if lines == self.lines and self.display == bool(lines):
+            return  # nothing new: no repaint, no relayout
         self.lines = lines
         self.display = bool(lines)
         self.update(text)

@@ -27,6 +27,8 @@ class SeriesChart(PlotextPlot):
         self.series: list[tuple[str, list[float], list[float], str]] = []
         self.markers: list[int] = []
         """Steps at which a control took effect: drawn as vertical lines."""
+        self._version = 0
+        self._cache: tuple[tuple, object] | None = None
 
     def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float | None], str]]) -> None:
         """``series``: (label, steps, values, colour); non-finite values are left out of the picture."""
@@ -37,9 +39,20 @@ class SeriesChart(PlotextPlot):
                 kept = [(x, y) for x, y in zip(thin_xs, thin_ys) if y > 0]
                 thin_xs, thin_ys = [k[0] for k in kept], [k[1] for k in kept]
             self.series.append((label, thin_xs, thin_ys, colour))
+        self._version += 1
         self.refresh()
 
     def render(self):
+        # Textual repaints a widget for many reasons (a sibling's layout, a tab switch); plotext is
+        # costly, so a picture is only rebuilt when the data, the size or the theme changed.
+        key = (self._version, tuple(self.markers), self.size.width, self.size.height, self.app.theme)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        picture = self._draw()
+        self._cache = (key, picture)
+        return picture
+
+    def _draw(self):
         plt = self.plt
         plt.clear_figure()
         plt.title(self.title)

@@ -44,7 +44,7 @@ class StatsPanel(Static):
             self.rows[label] = Text.from_markup(value).plain
             rows(label, value)
 
-        self.rows = {}
+        previous, self.rows = self.rows, {}
         table.add_row = add_row  # type: ignore[method-assign]
         table.add_row("Step", f"[bold]{last['step']}[/]")
         table.add_row("Loss", f"[bold]{fmt.number(last.get('loss'))}[/]  ema {fmt.number(ema)}")
@@ -66,4 +66,5 @@ class StatsPanel(Static):
                 table.add_row(name[:10], f"{fmt.number(value)} @{metric.get('step')}")
         if hello.get("world_size", 1) > 1:
             table.add_row("Ranks", str(len(store.ranks)))
-        self.update(table)
+        if self.rows != previous:
+            self.update(table)
