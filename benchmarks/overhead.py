@@ -147,8 +147,11 @@ def main() -> None:
     device = torch.device(args.device)
     names = ("cifar", "transformer") if args.workload == "both" else (args.workload,)
     results = {}
-    print(f"optwatch overhead: {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"device {device}, {args.rounds} rounds x {args.steps} steps, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print(
+        f"optwatch overhead: {machine}, torch {torch.__version__}, device {device}, "
+        f"{args.rounds} rounds x {args.steps} steps, {time.strftime('%Y-%m-%d')}"
+    )
     for name in names:
         medians: dict[str, list[float]] = {mode: [] for mode in MODES}
         for _ in range(args.rounds):
