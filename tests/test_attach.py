@@ -190,3 +190,54 @@ def test_run_with_nproc_per_node_watches_every_rank(tmp_path):
     for rank in (0, 1):
         assert [s["step"] for s in steps_of(records, rank)] == list(range(30))
     assert "2 ranks" in result.stderr
+
+
+def free_port_triple() -> int:
+    """A port P with P+1 and P+2 free too (request, stream, rank push)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port > 65530:
+            continue
+        try:
+            sockets = []
+            for offset in (1, 2):
+                extra = socket.socket()
+                sockets.append(extra)
+                extra.bind(("127.0.0.1", port + offset))
+            return port
+        except OSError:
+            continue
+        finally:
+            for extra in sockets:
+                extra.close()
+    raise RuntimeError("no free port triple")
+
+
+@pytest.mark.slow
+def test_ranks_on_other_nodes_reach_the_hub_over_tcp_with_the_token(tmp_path):
+    """The multi-node path, on one machine: rank 1 pushes to rank 0 over TCP (OPTWATCH_HUB), not a local socket."""
+    port = free_port_triple()
+    env = dict(os.environ, OPTWATCH_HUB=f"127.0.0.1:{port}", OPTWATCH_TOKEN="a-shared-token-for-this-test")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "optwatch", "run", "--listen", f"127.0.0.1:{port}", str(EXAMPLES / "ddp.py"), "--steps", "40",
+         "--step-sleep", "0.05"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    record = tmp_path / "r.jsonl"
+    try:
+        [listed] = wait_for(live_jobs)
+        assert listed["endpoints"]["tcp"] == f"tcp://127.0.0.1:{port}"
+        attached = optwatch("attach", f"127.0.0.1:{port}", "--token", "a-shared-token-for-this-test",
+                            "--headless", "--record", str(record), timeout=120)  # fmt: skip
+        assert attached.returncode == 0, attached.stderr
+    finally:
+        job.communicate(timeout=120)
+    assert job.returncode == 0
+    records = read_jsonl(record)
+    for rank in (0, 1):
+        assert [s["step"] for s in steps_of(records, rank)] == list(range(40))

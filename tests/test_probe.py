@@ -177,3 +177,30 @@ def test_zero_code_finds_the_model_and_names_its_parameters(probe):
     names = probe.parameter_names()
     assert sorted(names.values()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
     assert names[id(model[0].weight)] == "0.weight"
+
+
+@pytest.mark.parametrize("make_scheduler", ["lambda", "step"])
+def test_a_manual_lr_change_moves_the_schedule_with_it(make_scheduler):
+    """lr=V under a scheduler: the schedule continues from the new level instead of snapping back."""
+    run_dir = runtime.make_run_dir(f"sched-{make_scheduler}")
+    probe = Probe(run_dir, run_dir.name, ProbeOptions(script="t", publish_interval_s=0.0, controls=["lr=0.01@4"]))
+    probe.start()
+    try:
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        if make_scheduler == "lambda":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5**epoch)
+        else:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        used = []  # the lr each update really uses (the optimizer's own pre-hooks run after optwatch's)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+        for _ in range(8):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1)).backward()
+            optimizer.step()
+            scheduler.step()
+    finally:
+        probe.close()
+    # Steps 0-3 follow 0.1 * 0.5^k; at step 4 the lr is set to 0.01; after it, the schedule halves from there.
+    assert used[:4] == pytest.approx([0.1, 0.05, 0.025, 0.0125])
+    assert used[4:] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])

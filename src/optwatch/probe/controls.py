@@ -122,6 +122,9 @@ class ControlPlugin(ProbePlugin):
         self._requests: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=256)
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # (step, {group index: lr}) set at a boundary, re-asserted in that step's optimizer pre-hook in
+        # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
+        self._lr_pin: tuple[int, dict[int, float]] | None = None
         self._undo_scheduler_hook = None
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
@@ -210,6 +213,12 @@ class ControlPlugin(ProbePlugin):
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         self._apply_due(probe, stage="optimizer")  # LR commands for step 0 wait for the optimizer
+        if self._lr_pin is not None:
+            step, pinned = self._lr_pin
+            self._lr_pin = None
+            if step == probe.step:
+                for index, value in pinned.items():
+                    self._rescale_group(optimizer, index, value)
         if self.amp.scaling:
             self.amp.unscale_or_skip(optimizer)
 
@@ -328,22 +337,31 @@ class ControlPlugin(ProbePlugin):
             )
         indices = [command.group] if command.group is not None else range(len(groups))
         changes = []
+        pinned = {}
         for index in indices:
-            group = groups[index]
-            old = float(group["lr"])
+            old = float(groups[index]["lr"])
             new = old * float(command.value) if command.scale else float(command.value)
-            factor = new / old if old > 0 else None
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(new)
-            else:
-                group["lr"] = new
-            if factor is not None:
-                # The schedule continues from the new level: its base values scale with the change.
-                for key in ("initial_lr", "max_lr", "min_lr"):
-                    if isinstance(group.get(key), (int, float)):
-                        group[key] = group[key] * factor
-                for scheduler in list(self._schedulers):
-                    if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
-                        scheduler.base_lrs[index] *= factor
+            self._rescale_group(optimizer, index, new)
+            pinned[index] = new
             changes.append(f"group {index}: {old:.3g} -> {new:.3g}")
+        self._lr_pin = (probe.step, pinned)
         return "; ".join(changes)
+
+    def _rescale_group(self, optimizer: torch.optim.Optimizer, index: int, new: float) -> None:
+        """Set a group's lr; its schedule continues from the new level (base values scale by new/old)."""
+        group = optimizer.param_groups[index]
+        old = float(group["lr"])
+        if old == new:
+            return
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(new)
+        else:
+            group["lr"] = new
+        if old > 0:
+            factor = new / old
+            for key in ("initial_lr", "max_lr", "min_lr"):
+                if isinstance(group.get(key), (int, float)):
+                    group[key] = group[key] * factor
+            for scheduler in list(self._schedulers):
+                if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
+                    scheduler.base_lrs[index] *= factor
