@@ -265,6 +265,8 @@ class Probe:
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
+            for plugin in self.plugins:
+                plugin.after_optimizer_step(self, optimizer)
             self._finish_step()
 
     # --- the model -----------------------------------------------------------------------------------

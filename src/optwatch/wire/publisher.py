@@ -68,7 +68,7 @@ class History:
             self.steps.append(record)
         elif kind == protocol.LOG:
             self.logs.append(record)
-        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS):
+        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT):
             # Only the newest matters to a viewer that attaches; older ones are in the record file.
             self.latest[(kind, record.get("rank", 0))] = record
         else:
@@ -80,6 +80,7 @@ class History:
 
 
 RequestHandler = Callable[[dict[str, Any]], dict[str, Any]]
+RecordObserver = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 class Publisher:
@@ -103,6 +104,7 @@ class Publisher:
         self._interval_s = interval_s
         self._sndhwm = sndhwm
         self._handlers: dict[str, RequestHandler] = {"history": self._history_request}
+        self._observers: list[RecordObserver] = []
         self._extra_binds: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -119,6 +121,15 @@ class Publisher:
 
     def submit_records(self, records: list[dict[str, Any]]) -> None:
         self.submit(ReadyRecords(records))
+
+    def add_observer(self, observer: RecordObserver) -> None:
+        """Pass every batch of ready records through ``observer`` before it is published.
+
+        It runs on the publisher thread, sees records in order with their device values read back,
+        and returns the batch to publish: the same records, completed or with records added.
+        One that raises is logged and switched off.
+        """
+        self._observers.append(observer)
 
     def on_request(self, op: str, handler: RequestHandler) -> None:
         """Register a handler for a request ``op``; it runs on the publisher thread and must be quick."""
@@ -197,6 +208,7 @@ class Publisher:
             except Exception:  # a bad item must not stop telemetry for the rest of the run
                 log.exception("optwatch: dropping an item that failed to materialise")
                 continue
+            records = self._observe(records)
             for record in records:
                 if "seq" not in record:  # records relayed from other ranks keep their own
                     record["seq"] = self._next_seq
@@ -209,6 +221,15 @@ class Publisher:
                 self.published += len(batch)
             except zmq.Again:
                 self.dropped += len(batch)
+
+    def _observe(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for observer in list(self._observers):
+            try:
+                records = observer(records)
+            except Exception:
+                log.exception("optwatch: a record observer failed; it is switched off")
+                self._observers.remove(observer)
+        return records
 
     def _answer(self, ctl: zmq.Socket) -> None:
         try:
