@@ -1,31 +1,41 @@
-"""Host and allocator figures sampled on the probe's background thread (never the training thread)."""
+"""System telemetry sampled on the probe's background thread (never the training thread).
+
+The collectors do the measuring; this module adds what only torch knows (allocator counters, the
+current device, intra-op threads) and assembles the fields of a ``system`` record.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import psutil
 import torch
 
-_process = psutil.Process(os.getpid())
+from optwatch.collectors import allocator
+from optwatch.collectors.host import HostCollector
+from optwatch.collectors.nvml import GpuCollector
+
+_host = HostCollector()
+_gpus = GpuCollector()
+_device_facts: dict[int, tuple[int, str | None]] = {}
+
+
+def _total_and_uuid(device: int) -> tuple[int, str | None]:
+    if device not in _device_facts:
+        properties = torch.cuda.get_device_properties(device)
+        uuid = getattr(properties, "uuid", None)
+        _device_facts[device] = (properties.total_memory, str(uuid) if uuid is not None else None)
+    return _device_facts[device]
 
 
 def sample_system() -> dict[str, Any]:
-    with _process.oneshot():
-        sample: dict[str, Any] = {
-            "cpu_percent": _process.cpu_percent(None),
-            "rss_bytes": _process.memory_info().rss,
-        }
-    memory = psutil.virtual_memory()
-    sample["host_mem_used_bytes"] = memory.total - memory.available
-    sample["host_mem_total_bytes"] = memory.total
+    sample = _host.sample()
+    sample["torch_threads"] = torch.get_num_threads()
+    current_uuid = None
     # Only read allocator counters if the script already initialised CUDA: they are host-side
     # counters (no sync), and initialising CUDA from here would cost the user a context.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():
         device = torch.cuda.current_device()
-        sample["mem_allocated_bytes"] = torch.cuda.memory_allocated(device)
-        sample["mem_reserved_bytes"] = torch.cuda.memory_reserved(device)
-        sample["mem_peak_bytes"] = torch.cuda.max_memory_allocated(device)
-        sample["mem_total_bytes"] = torch.cuda.get_device_properties(device).total_memory
+        total, current_uuid = _total_and_uuid(device)
+        sample.update(allocator.summarise(torch.cuda.memory_stats(device), total, device))
+    sample.update(_gpus.sample(current_uuid=current_uuid))
     return sample
