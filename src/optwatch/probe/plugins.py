@@ -7,5 +7,8 @@ from optwatch.probe.plugin import ProbePlugin
 
 
 def enabled(options: ProbeOptions) -> list[ProbePlugin]:
+    from optwatch.probe.telemetry import TelemetryPlugin
+
     plugins: list[ProbePlugin] = []
+    plugins.append(TelemetryPlugin())
     return plugins
