@@ -40,6 +40,33 @@ def summary_line(store: Store) -> str | None:
         return "optwatch: " + " | ".join(parts)
 
 
+def verdict_lines(verdict: dict) -> list[str]:
+    """The verdict and its suggestions, e.g. ``optwatch: input-bound (steps 2-40): 62% of ...``."""
+    window = verdict.get("window") or ["?", "?"]
+    who = f"optwatch: rank {verdict['rank']}" if verdict.get("rank") else "optwatch:"
+    final = "final " if verdict.get("final") else ""
+    head = (
+        f"{who} {final}verdict {verdict.get('bottleneck', '?')}-bound (steps {window[0]}-{window[-1]}): "
+        f"{verdict.get('message', '')}"
+    )
+    return [head, *(f"optwatch:   try: {tip}" for tip in verdict.get("suggestions", []))]
+
+
+def changed_verdicts(store: Store, shown: dict[int, str], final: bool = False) -> list[dict]:
+    """Each rank's latest verdict if its bottleneck differs from the one in ``shown`` (updated),
+    or with ``final``, each rank's final verdict."""
+    fresh = []
+    with store.lock:
+        for rank, state in sorted(store.ranks.items()):
+            verdict = state.latest.get("verdict")
+            if verdict is None or bool(verdict.get("final")) != final:
+                continue
+            if final or shown.get(rank) != verdict.get("bottleneck"):
+                shown[rank] = verdict.get("bottleneck")
+                fresh.append(verdict)
+    return fresh
+
+
 def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: TextIO | None = None) -> int:
     """Follow the run until it exits; returns the script's exit code."""
     stderr = stderr or sys.stderr
@@ -55,6 +82,7 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     next_summary = time.monotonic() + summary_every_s
+    shown_verdicts: dict[int, str] = {}
     try:
         while True:
             _, output = session.pump(0.1)
@@ -62,6 +90,9 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
                 target = sys.stdout if stream == "stdout" else sys.stderr
                 target.buffer.write(data)
                 target.flush()
+            # A verdict is printed when it changes; the final one always is, after the script's output.
+            for verdict in changed_verdicts(session.store, shown_verdicts):
+                print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)
@@ -77,6 +108,8 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
         line = summary_line(session.store)
         if line:
             print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
+        for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
+            print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
