@@ -20,4 +20,8 @@ class View:
 
 
 def extra_views() -> list[View]:
-    return []
+    from optwatch.app.widgets.system_view import SystemView
+
+    views: list[View] = []
+    views.append(View("system", "System", "s", SystemView))
+    return views
