@@ -22,7 +22,7 @@ model = nn.Sequential(
     nn.Linear(64, 10),
 )
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-images, labels = torch.randn(16, 3, 48, 48), torch.randint(10, (16,))
+images, labels = torch.randn(16, 3, 32, 32), torch.randint(10, (16,))
 for _ in range(args.steps):
     loss = nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad()
