@@ -73,6 +73,28 @@ def test_nvml_reports_the_gpu_this_process_trains_on():
     assert gpu["process_mem_bytes"] is None or gpu["process_mem_bytes"] >= block.numel()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_system_sample_reads_the_allocator_of_the_training_device():
+    from optwatch.probe.sampler import sample_system
+
+    index = torch.cuda.device_count() - 1  # not the sampler thread's current device when there are several
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device=f"cuda:{index}")
+    sample = sample_system(block.device)
+    assert sample["mem_device"] == index and sample["mem_allocated_bytes"] >= block.numel()
+    assert sample["mem_headroom_bytes"] == sample["mem_total_bytes"] - sample["mem_reserved_bytes"]
+    assert sample["mem_alloc_retries"] == 0 and sample["mem_ooms"] == 0
+    assert sum(gpu["current"] for gpu in sample["gpus"]) == 1
+
+
+def test_before_the_first_step_or_on_the_cpu_there_are_no_allocator_fields():
+    from optwatch.probe.sampler import sample_system
+
+    for device in (None, torch.device("cpu")):
+        sample = sample_system(device)
+        assert "mem_allocated_bytes" not in sample and sample["torch_threads"] == torch.get_num_threads()
+
+
 def test_host_sees_the_process_and_each_dataloader_worker():
     class Busy(torch.utils.data.Dataset):
         def __len__(self):

@@ -89,7 +89,8 @@ def _mean(values: Sequence[Any]) -> float | None:
 
 def _increase(systems: Sequence[dict[str, Any]], key: str) -> int | None:
     counts = [s[key] for s in systems if finite(s.get(key))]
-    return int(counts[-1] - counts[0]) if counts else None
+    # Never negative: torch.cuda.reset_accumulated_memory_stats() sets the counters back to 0.
+    return max(0, int(counts[-1] - counts[0])) if counts else None
 
 
 def current_gpu(system: dict[str, Any]) -> dict[str, Any] | None:

@@ -71,6 +71,8 @@ class Probe:
         self._undo: list[Callable[[], None]] = []
         self._closed = False
         self._device_announced = False
+        self.device: torch.device | None = None
+        """Where the trained parameters live, known from the first step on."""
         self._model_searched = False
         self._param_names: dict[int, str] | None = None
         from optwatch.probe.plugins import enabled
@@ -379,6 +381,7 @@ class Probe:
 
     def _announce_device(self, device: torch.device) -> None:
         self._device_announced = True
+        self.device = device
         hello = self._hello()
         hello["device"] = str(device)
         if device.type == "cuda":
@@ -398,7 +401,7 @@ class Probe:
         while not self._stop_sampler.wait(self.options.system_interval_s):
             records = []
             try:
-                record = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system())
+                record = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system(self.device))
                 record["dropped"] = self.publisher.dropped
                 records.append(record)
             except Exception:

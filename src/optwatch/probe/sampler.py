@@ -27,15 +27,16 @@ def _total_and_uuid(device: int) -> tuple[int, str | None]:
     return _device_facts[device]
 
 
-def sample_system() -> dict[str, Any]:
+def sample_system(device: torch.device | None = None) -> dict[str, Any]:
+    """The fields of a ``system`` record; ``device`` is where the model trains (None until known)."""
     sample = _host.sample()
     sample["torch_threads"] = torch.get_num_threads()
     current_uuid = None
-    # Only read allocator counters if the script already initialised CUDA: they are host-side
-    # counters (no sync), and initialising CUDA from here would cost the user a context.
-    if torch.cuda.is_initialized():
-        device = torch.cuda.current_device()
-        total, current_uuid = _total_and_uuid(device)
-        sample.update(allocator.summarise(torch.cuda.memory_stats(device), total, device))
+    # The allocator counters are host-side (no sync). CUDA is initialised by then (the parameters
+    # live there); the index must come from ``device``: the current device is per thread.
+    if device is not None and device.type == "cuda" and torch.cuda.is_initialized():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total, current_uuid = _total_and_uuid(index)
+        sample.update(allocator.summarise(torch.cuda.memory_stats(index), total, index))
     sample.update(_gpus.sample(current_uuid=current_uuid))
     return sample
