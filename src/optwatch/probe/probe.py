@@ -70,7 +70,6 @@ class Probe:
         self._boundary_callbacks: list[Callable[[Probe], None]] = []
         self._undo: list[Callable[[], None]] = []
         self._closed = False
-        self._device_announced = False
         self.device: torch.device | None = None
         """Where the trained parameters live, known from the first step on."""
         self._model_searched = False
@@ -337,7 +336,7 @@ class Probe:
     def _finish_step(self) -> None:
         now = time.perf_counter()
         params = self._parameters()
-        if not self._device_announced and params:
+        if self.device is None and params:
             self._announce_device(params[0].device)
         loss: torch.Tensor | None
         if not self._losses:
@@ -380,7 +379,6 @@ class Probe:
             self.publisher.submit(DeviceBatch(pending))
 
     def _announce_device(self, device: torch.device) -> None:
-        self._device_announced = True
         self.device = device
         hello = self._hello()
         hello["device"] = str(device)

@@ -20,7 +20,7 @@ class AllocatorPanel(TextPanel):
     def show(self, systems: list[dict[str, Any]]) -> None:
         last = systems[-1] if systems else {}
         if "mem_allocated_bytes" not in last:
-            self.set_lines([Text("no CUDA allocator", "bold"), Text("(CUDA not initialised: CPU training)", "dim")])
+            self.set_lines([Text("no CUDA allocator", "bold"), Text("(CPU training, or no step yet)", "dim")])
             return
         self.border_title = f"Allocator cuda:{last.get('mem_device', '?')}"
         total = last.get("mem_total_bytes")
