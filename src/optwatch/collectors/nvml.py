@@ -36,6 +36,11 @@ _THROTTLE_REASONS = {
 }
 
 
+def _text(value: Any) -> Any:
+    """Older nvidia-ml-py releases return names and UUIDs as bytes."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _normalise_uuid(uuid: str) -> str:
     uuid = uuid.strip().lower()
     return uuid[4:] if uuid.startswith("gpu-") else uuid
@@ -83,15 +88,15 @@ class GpuCollector:
 
     def _uuid_of(self, index: int) -> str | None:
         handle = self._query("device handle", self._nvml.nvmlDeviceGetHandleByIndex, index)
-        return self._query("uuid", self._nvml.nvmlDeviceGetUUID, handle) if handle is not None else None
+        return _text(self._query("uuid", self._nvml.nvmlDeviceGetUUID, handle)) if handle is not None else None
 
     def _static_info(self, handle: Any) -> dict[str, Any]:
         nvml = self._nvml
         memory = self._query("memory", nvml.nvmlDeviceGetMemoryInfo, handle)
         limit_mw = self._query("power limit", nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
         return {
-            "name": self._query("name", nvml.nvmlDeviceGetName, handle),
-            "uuid": self._query("uuid", nvml.nvmlDeviceGetUUID, handle),
+            "name": _text(self._query("name", nvml.nvmlDeviceGetName, handle)),
+            "uuid": _text(self._query("uuid", nvml.nvmlDeviceGetUUID, handle)),
             "mem_total_bytes": memory.total if memory is not None else None,
             "power_limit_w": limit_mw / 1000 if limit_mw is not None else None,
             "sm_clock_max_mhz": self._query("max clock", nvml.nvmlDeviceGetMaxClockInfo, handle, nvml.NVML_CLOCK_SM),
