@@ -1,7 +1,7 @@
 """System telemetry sampled on the probe's background thread (never the training thread).
 
-The collectors do the measuring; this module adds what only torch knows (allocator counters, the
-current device, intra-op threads) and assembles the fields of a ``system`` record.
+The collectors do the measuring; this module adds what only torch knows (the training device's
+allocator counters and UUID, intra-op threads) and assembles the fields of a ``system`` record.
 """
 
 from __future__ import annotations
