@@ -40,8 +40,9 @@ def summary_line(store: Store) -> str | None:
         return "optwatch: " + " | ".join(parts)
 
 
-def notable_line(record: dict, last_verdict: list[str | None]) -> str | None:
-    """A line for stderr about a record a person should see as it happens (events, alerts, verdicts...)."""
+def notable_line(record: dict) -> str | None:
+    """A line for stderr about a record a person should see as it happens (events, alerts, hot spots).
+    Verdicts are printed when they change, by ``changed_verdicts``."""
     kind = record.get("kind")
     rank = record.get("rank", 0)
     on_rank = f" [rank {rank}]" if isinstance(rank, int) and rank > 0 else ""
@@ -53,15 +54,37 @@ def notable_line(record: dict, last_verdict: list[str | None]) -> str | None:
         return f"optwatch: {record.get('command')} rejected: {record.get('reason')}"
     if kind == "alert":
         return f"optwatch: ALERT {record.get('type')} @ step {record.get('step')}{on_rank}: {record.get('message')}"
-    if kind == "verdict" and rank == 0:
-        if record.get("bottleneck") == last_verdict[0]:
-            return None
-        last_verdict[0] = record.get("bottleneck")
-        return f"optwatch: verdict {record.get('bottleneck')}-bound: {record.get('message')}"
     if kind == "hotspots" and rank == 0:
         trace = f" (trace: {record['trace']})" if record.get("trace") else ""
         return f"optwatch: hot spots {record.get('digest', '')}{trace}"
     return None
+
+
+def verdict_lines(verdict: dict) -> list[str]:
+    """The verdict and its suggestions, e.g. ``optwatch: input-bound (steps 2-40): 62% of ...``."""
+    window = verdict.get("window") or ["?", "?"]
+    who = f"optwatch: rank {verdict['rank']}" if verdict.get("rank") else "optwatch:"
+    final = "final " if verdict.get("final") else ""
+    head = (
+        f"{who} {final}verdict {verdict.get('bottleneck', '?')}-bound (steps {window[0]}-{window[-1]}): "
+        f"{verdict.get('message', '')}"
+    )
+    return [head, *(f"optwatch:   try: {tip}" for tip in verdict.get("suggestions", []))]
+
+
+def changed_verdicts(store: Store, shown: dict[int, str], final: bool = False) -> list[dict]:
+    """Each rank's latest verdict if its bottleneck differs from the one in ``shown`` (updated),
+    or with ``final``, each rank's final verdict."""
+    fresh = []
+    with store.lock:
+        for rank, state in sorted(store.ranks.items()):
+            verdict = state.latest.get("verdict")
+            if verdict is None or bool(verdict.get("final")) != final:
+                continue
+            if final or shown.get(rank) != verdict.get("bottleneck"):
+                shown[rank] = verdict.get("bottleneck")
+                fresh.append(verdict)
+    return fresh
 
 
 def _write_output(output) -> None:
@@ -93,15 +116,18 @@ def run_headless(
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     next_summary = started + summary_every_s
-    last_verdict: list[str | None] = [None]
+    shown_verdicts: dict[int, str] = {}
     try:
         while True:
             records, output = session.pump(0.1)
             _write_output(output)
             for record in records:
-                line = notable_line(record, last_verdict)
+                line = notable_line(record)
                 if line:
                     print(line, file=stderr, flush=True)
+            # A verdict is printed when it changes; the final one always is, after the script's output.
+            for verdict in changed_verdicts(session.store, shown_verdicts):
+                print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)
@@ -124,4 +150,6 @@ def run_headless(
     line = summary_line(session.store)
     if line:
         print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
+    for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
+        print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
     return process.exit_code() if process is not None else 0

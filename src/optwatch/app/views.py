@@ -22,8 +22,10 @@ class View:
 def extra_views() -> list[View]:
     from optwatch.app.widgets.controls_panel import ControlsPanel
     from optwatch.app.widgets.ranks_table import RanksTable
+    from optwatch.app.widgets.system_view import SystemView
 
     return [
+        View("system", "System", "s", SystemView),
         View("ranks", "Ranks", "r", RanksTable),
         View("controls", "Controls", "c", ControlsPanel),
     ]

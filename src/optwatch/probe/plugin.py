@@ -34,6 +34,9 @@ class ProbePlugin:
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         """In the primary optimizer's step pre-hook: gradients are final (unscaled under GradScaler.step)."""
 
+    def after_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+        """In the primary optimizer's step post-hook, before the probe's own step bookkeeping."""
+
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
         """At the step boundary, with the step record still open: add fields, or ``probe.emit`` records."""
 

@@ -8,6 +8,7 @@ from optwatch.probe.plugin import ProbePlugin
 
 def enabled(options: ProbeOptions) -> list[ProbePlugin]:
     from optwatch.probe.controls import ControlPlugin
+    from optwatch.probe.telemetry import TelemetryPlugin
 
-    plugins: list[ProbePlugin] = [ControlPlugin(options.controls)]
+    plugins: list[ProbePlugin] = [ControlPlugin(options.controls), TelemetryPlugin()]
     return plugins

@@ -87,7 +87,8 @@ class Probe:
         self._boundary_callbacks: list[Callable[[Probe], None]] = []
         self._undo: list[Callable[[], None]] = []
         self._closed = False
-        self._device_announced = False
+        self.device: torch.device | None = None
+        """Where the trained parameters live, known from the first step on."""
         self._model_searched = False
         self._param_names: dict[int, str] | None = None
         from optwatch.probe.plugins import enabled
@@ -304,6 +305,8 @@ class Probe:
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
+            for plugin in self.plugins:
+                plugin.after_optimizer_step(self, optimizer)
             self._finish_step()
 
     # --- the model -----------------------------------------------------------------------------------
@@ -372,7 +375,7 @@ class Probe:
     def _finish_step(self) -> None:
         now = time.perf_counter()
         params = self._parameters()
-        if not self._device_announced and params:
+        if self.device is None and params:
             self._announce_device(params[0].device)
         loss: torch.Tensor | None
         if not self._losses:
@@ -429,7 +432,7 @@ class Probe:
             self.publisher.submit(DeviceBatch(pending))
 
     def _announce_device(self, device: torch.device) -> None:
-        self._device_announced = True
+        self.device = device
         hello = self._hello()
         hello["device"] = str(device)
         if device.type == "cuda":
@@ -449,7 +452,7 @@ class Probe:
         while not self._stop_sampler.wait(self.options.system_interval_s):
             records = []
             try:
-                record = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system())
+                record = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system(self.device))
                 record["dropped"] = self.publisher.dropped
                 records.append(record)
             except Exception:

@@ -86,7 +86,7 @@ class History:
             ring.append(record)
         elif kind == protocol.LOG:
             self.logs.append(record)
-        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS):
+        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT):
             # Only the newest matters to a viewer that attaches; older ones are in the record file.
             self.latest[(kind, rank)] = record
         else:
@@ -104,6 +104,7 @@ class History:
 
 
 RequestHandler = Callable[[dict[str, Any]], dict[str, Any]]
+RecordObserver = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 def tcp_endpoints(listen: str) -> tuple[str, int]:
@@ -172,6 +173,8 @@ class Publisher:
             "history": self._history_request,
             "endpoints": lambda request: {"ok": True, "endpoints": self.endpoints},
         }
+        self._observers: list[RecordObserver] = []
+        self._ended_ranks: set[int] = set()
         self._extra_binds: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -188,6 +191,15 @@ class Publisher:
 
     def submit_records(self, records: list[dict[str, Any]]) -> None:
         self.submit(ReadyRecords(records))
+
+    def add_observer(self, observer: RecordObserver) -> None:
+        """Pass every batch of ready records through ``observer`` before it is published.
+
+        It runs on the publisher thread, sees records in order with their device values read back,
+        and returns the batch to publish: the same records, completed or with records added.
+        One that raises is logged and switched off.
+        """
+        self._observers.append(observer)
 
     def on_request(self, op: str, handler: RequestHandler) -> None:
         """Register a handler for a request ``op``; it runs on the publisher thread and must be quick."""
@@ -259,6 +271,8 @@ class Publisher:
                     next_tick = time.monotonic() + 1.0
                     self._tick()
             self._drain(wait_s=5.0)
+            if self.is_hub and self.world_size > 1:
+                self._await_other_ranks(poller, wait_s=5.0)
             if self._tick_callbacks:
                 self._tick()
         finally:
@@ -357,6 +371,17 @@ class Publisher:
                 except protocol.ProtocolError:
                     log.warning("optwatch: ignoring a malformed control message from the hub")
 
+    def _await_other_ranks(self, poller: zmq.Poller, wait_s: float) -> None:
+        """Hub, closing: the other ranks finish at about the same time; keep relaying until each has
+        sent its end record (bounded), so their last steps are not lost with the hub."""
+        deadline = time.monotonic() + wait_s
+        while len(self._ended_ranks) < self.world_size - 1 and time.monotonic() < deadline:
+            ready = dict(poller.poll(50))
+            for name in ("pull", "tcp_pull"):
+                socket = self._sockets.get(name)
+                if socket is not None and socket in ready:
+                    self._service(name, socket)
+
     def _relay(self, payload: bytes) -> None:
         """Hub: another rank's records; keep them for late viewers and pass them on."""
         try:
@@ -366,6 +391,8 @@ class Publisher:
             return
         for record in records:
             self.history.add(record)
+            if record.get("kind") == protocol.END:
+                self._ended_ranks.add(record.get("rank"))
         self._publish(records)
 
     def _publish(self, records: list[dict[str, Any]]) -> None:
@@ -425,6 +452,7 @@ class Publisher:
             except Exception:  # a bad item must not stop telemetry for the rest of the run
                 log.exception("optwatch: dropping an item that failed to materialise")
                 continue
+            records = self._observe(records)
             for record in records:
                 self._stamp(record)
                 if self.is_hub:
@@ -432,6 +460,15 @@ class Publisher:
             batch.extend(records)
         if batch:
             self._publish(batch)
+
+    def _observe(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for observer in list(self._observers):
+            try:
+                records = observer(records)
+            except Exception:
+                log.exception("optwatch: a record observer failed; it is switched off")
+                self._observers.remove(observer)
+        return records
 
     def _answer(self, ctl: zmq.Socket, frames: list[bytes]) -> None:
         identity, payload = frames[0], frames[-1]

@@ -1,0 +1,46 @@
+"""The System tab: the verdict on top, the step phases under it, then GPU, allocator, host and workers."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Grid, VerticalScroll
+
+from optwatch.app.widgets.allocator_panel import AllocatorPanel
+from optwatch.app.widgets.gpu_panel import GpuPanel
+from optwatch.app.widgets.host_panel import HostPanel
+from optwatch.app.widgets.phase_chart import PhaseChart
+from optwatch.app.widgets.verdict_panel import VerdictPanel
+from optwatch.app.widgets.workers_panel import WorkersPanel
+from optwatch.store import Store
+
+PHASE_STEPS = 120
+SYSTEM_SAMPLES = 60
+
+
+class SystemView(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield VerdictPanel(id="verdict")
+        yield PhaseChart(id="phase-chart")
+        with Grid(id="system-panels"):
+            yield GpuPanel(id="gpu-panel")
+            yield AllocatorPanel(id="allocator-panel")
+            yield HostPanel(id="host-panel")
+            yield WorkersPanel(id="workers-panel")
+
+    def show(self, store: Store) -> None:
+        with store.lock:
+            state = store.primary
+            if state is None:
+                return
+            steps = list(state.steps)[-PHASE_STEPS:]
+            systems = list(state.system)[-SYSTEM_SAMPLES:]
+            verdict = state.latest.get("verdict")
+        evidence = (verdict or {}).get("evidence") or {}
+        loader = {key: evidence[key] for key in ("num_workers", "pin_memory") if key in evidence}
+        with self.app.batch_update():
+            self.query_one(VerdictPanel).show(verdict)
+            self.query_one(PhaseChart).set_steps(steps)
+            self.query_one(GpuPanel).show(systems)
+            self.query_one(AllocatorPanel).show(systems)
+            self.query_one(HostPanel).show(systems)
+            self.query_one(WorkersPanel).show(systems, loader)

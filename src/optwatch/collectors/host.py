@@ -1,0 +1,82 @@
+"""The host through psutil: the training process, its DataLoader workers, the machine's CPU and RAM.
+
+CPU percentages are measured between two calls (psutil's ``cpu_percent(None)``), so the collector
+keeps its process objects from one sample to the next; a worker's first sample has no CPU figure yet.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psutil
+
+# Child processes that are not DataLoader workers (torch.compile's compile pool).
+_NOT_WORKERS = ("compile_worker",)
+
+
+class HostCollector:
+    """Samples one process (the training process by default) and its worker children."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self._process = psutil.Process(pid if pid is not None else os.getpid())
+        self._workers: dict[int, psutil.Process] = {}
+        self._ignored: set[int] = set()
+        self._process.cpu_percent(None)
+        psutil.cpu_percent(None)
+
+    def sample(self) -> dict[str, Any]:
+        with self._process.oneshot():
+            cpu_percent = self._process.cpu_percent(None)
+            rss = self._process.memory_info().rss
+            threads = self._process.num_threads()
+        memory = psutil.virtual_memory()
+        return {
+            "cpu_percent": cpu_percent,
+            "rss_bytes": rss,
+            "threads": threads,
+            "host_cpu_percent": psutil.cpu_percent(None),
+            "cpu_count": self._usable_cpus(),
+            "load_avg": list(os.getloadavg()),
+            "host_mem_used_bytes": memory.total - memory.available,
+            "host_mem_total_bytes": memory.total,
+            "workers": self._sample_workers(),
+        }
+
+    def _usable_cpus(self) -> int | None:
+        try:
+            return len(self._process.cpu_affinity())  # what a cpuset or taskset leaves us
+        except (AttributeError, psutil.Error):
+            return psutil.cpu_count()
+
+    def _sample_workers(self) -> list[dict[str, Any]]:
+        try:
+            children = self._process.children(recursive=False)
+        except psutil.Error:
+            return []
+        alive = {child.pid for child in children}
+        for pid in [pid for pid in self._workers if pid not in alive]:
+            del self._workers[pid]
+        self._ignored &= alive
+        workers = []
+        for child in children:
+            if child.pid in self._ignored:
+                continue
+            known = self._workers.get(child.pid)
+            try:
+                if known is None:
+                    if any(marker in " ".join(child.cmdline()) for marker in _NOT_WORKERS):
+                        self._ignored.add(child.pid)
+                        continue
+                    self._workers[child.pid] = child
+                    child.cpu_percent(None)  # starts the measurement; the next sample has a figure
+                    cpu_percent = None
+                else:
+                    cpu_percent = known.cpu_percent(None)
+                rss = child.memory_info().rss
+            except psutil.Error:  # it exited between the listing and the question
+                self._workers.pop(child.pid, None)
+                continue
+            workers.append({"pid": child.pid, "cpu_percent": cpu_percent, "rss_bytes": rss})
+        return workers

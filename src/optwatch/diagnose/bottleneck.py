@@ -1,0 +1,365 @@
+"""The bottleneck verdict: which one thing limits the recent steps, the numbers behind it, what to try.
+
+``summarise`` turns a window of ``step`` and ``system`` records into a ``Window`` of figures;
+``classify`` applies the rules below, in this order, and the first that fires is the verdict:
+
+1. ``input``    data wait >= 30% of step time: the loop waits for the DataLoader.
+2. ``memory``   allocator retries or OOMs in the window, peak allocation >= 97% of the device,
+                or host RAM >= 95% used.
+3. on a GPU, with NVML utilisation (else the share of the step covered by device phases):
+   ``compute``  utilisation >= 80%.
+   ``sync``     utilisation < 60%, the host spends < half as long launching forward, backward and
+                optimizer as the device spends running them, and >= 25% of the step is outside
+                them: the host idles the device while it waits on it (``.item()``, ``.cpu()``...).
+   ``host``     utilisation < 60% otherwise: the device follows the host's Python, launch by launch.
+   on the CPU:
+   ``compute``  forward + backward + optimizer >= 60% of step time.
+   ``host``     >= 40% of step time outside data, forward, backward and optimizer.
+4. ``balanced`` none of the above: no single cause dominates.
+
+Suggestions are standard PyTorch practice and name the optwatch control that tests them, if any.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optwatch.diagnose.phases import MEASURED, other_seconds
+from optwatch.store import finite
+
+INPUT_SHARE = 0.30
+NEAR_OOM_SHARE = 0.97
+HOST_RAM_SHARE = 0.95
+GPU_BUSY_PERCENT = 80.0
+GPU_IDLE_PERCENT = 60.0
+SYNC_LAUNCH_RATIO = 0.5
+SYNC_OTHER_SHARE = 0.25
+CPU_MODEL_SHARE = 0.60
+CPU_OTHER_SHARE = 0.40
+WORKERS_BUSY_PERCENT = 80.0
+FRAGMENTATION_SHARE = 0.10
+
+BOTTLENECKS = ("input", "compute", "host", "sync", "memory", "balanced")
+
+
+@dataclass
+class Window:
+    """The figures of a window of steps that the rules look at (None: not measured)."""
+
+    first_step: int
+    last_step: int
+    steps: int
+    duration_s: float
+    device: str  # "cuda", "cpu", ...
+    step_time_s: float | None = None
+    shares: dict[str, float | None] = field(default_factory=dict)  # phase -> share of total step time
+    launch_ratio: float | None = None  # CUDA: host time in fwd+bwd+opt / device time in them
+    gpu_util_percent: float | None = None
+    device_busy_share: float | None = None  # CUDA: device fwd+bwd+opt / step time
+    alloc_retries: int | None = None
+    ooms: int | None = None
+    peak_mem_share: float | None = None
+    fragmentation_bytes: int | None = None
+    mem_total_bytes: int | None = None
+    host_mem_share: float | None = None
+    cpu_percent: float | None = None
+    cpu_count: int | None = None
+    torch_threads: int | None = None
+    workers: int | None = None
+    workers_cpu_percent: float | None = None
+    loader: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_share(self) -> float | None:
+        """Forward + backward + optimizer, or everything but data wait when forward is unknown."""
+        shares = self.shares
+        if shares.get("forward_s") is None:
+            data = shares.get("data_wait_s")
+            return None if data is None else max(0.0, 1.0 - data)
+        return sum(shares.get(key) or 0.0 for key in ("forward_s", "backward_s", "optimizer_s"))
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    values = [v for v in values if finite(v)]
+    return statistics.fmean(values) if values else None
+
+
+def _increase(systems: Sequence[dict[str, Any]], key: str) -> int | None:
+    counts = [s[key] for s in systems if finite(s.get(key))]
+    # Never negative: torch.cuda.reset_accumulated_memory_stats() sets the counters back to 0.
+    return max(0, int(counts[-1] - counts[0])) if counts else None
+
+
+def current_gpu(system: dict[str, Any]) -> dict[str, Any] | None:
+    """The GPU this rank trains on: the one torch names, else the one holding its memory, else the only one."""
+    gpus = system.get("gpus") or []
+    for gpu in gpus:
+        if gpu.get("current"):
+            return gpu
+    for gpu in gpus:
+        if gpu.get("process_mem_bytes"):
+            return gpu
+    return gpus[0] if len(gpus) == 1 else None
+
+
+def summarise(
+    steps: Sequence[dict[str, Any]],
+    systems: Sequence[dict[str, Any]],
+    device: str = "cpu",
+    loader: dict[str, Any] | None = None,
+) -> Window | None:
+    """The figures of ``steps`` (newest last) and the ``systems`` sampled meanwhile; None without steps."""
+    timed = [s for s in steps if finite(s.get("step_time_s"))]
+    if not timed:
+        return None
+    total = sum(s["step_time_s"] for s in timed)
+    shares: dict[str, float | None] = {}
+    for key in MEASURED:
+        known = [s[key] for s in timed if finite(s.get(key))]
+        shares[key] = sum(known) / total if total > 0 and len(known) == len(timed) else None
+    others = [s.get("other_s") if finite(s.get("other_s")) else other_seconds(s) for s in timed]
+    shares["other_s"] = sum(others) / total if total > 0 else None
+    window = Window(
+        first_step=timed[0].get("step", 0),
+        last_step=timed[-1].get("step", 0),
+        steps=len(timed),
+        duration_s=max(timed[-1].get("time", 0.0) - timed[0].get("time", 0.0), 0.0) + timed[0]["step_time_s"],
+        device=device.split(":")[0],
+        step_time_s=statistics.median(s["step_time_s"] for s in timed),
+        shares=shares,
+        loader=dict(loader or {}),
+    )
+    if window.device == "cuda":
+        device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in timed)
+        host_time = [s.get("host_phases_s") for s in timed]
+        if device_time > 0 and all(finite(h) for h in host_time):
+            window.launch_ratio = sum(host_time) / device_time
+        window.device_busy_share = device_time / total if total > 0 else None
+    if systems:
+        _summarise_systems(window, systems)
+    return window
+
+
+def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> None:
+    last = systems[-1]
+    gpus = [current_gpu(s) for s in systems]
+    window.gpu_util_percent = _mean([g.get("util_percent") for g in gpus if g])
+    window.alloc_retries = _increase(systems, "mem_alloc_retries")
+    window.ooms = _increase(systems, "mem_ooms")
+    total = last.get("mem_total_bytes")
+    peak = max((s["mem_allocated_bytes"] for s in systems if finite(s.get("mem_allocated_bytes"))), default=None)
+    if finite(total) and total > 0 and peak is not None:
+        window.peak_mem_share = peak / total
+        window.mem_total_bytes = total
+    window.fragmentation_bytes = last.get("mem_fragmentation_bytes")
+    if finite(last.get("host_mem_total_bytes")) and last["host_mem_total_bytes"] > 0:
+        window.host_mem_share = last.get("host_mem_used_bytes", 0) / last["host_mem_total_bytes"]
+    window.cpu_percent = _mean([s.get("cpu_percent") for s in systems])
+    window.cpu_count = last.get("cpu_count")
+    window.torch_threads = last.get("torch_threads")
+    # Workers come and go (a new iterator each epoch, shutdown at the end): count the most seen at once.
+    counts = [len(s["workers"]) for s in systems if s.get("workers") is not None]
+    if counts:
+        window.workers = max(counts)
+        window.workers_cpu_percent = _mean([w.get("cpu_percent") for s in systems for w in (s.get("workers") or [])])
+
+
+# --- the rules ----------------------------------------------------------------------------------------
+def classify(window: Window) -> dict[str, Any]:
+    """``bottleneck``, one-line ``message``, ``evidence`` (numbers) and ``suggestions`` for a window."""
+    device_rule = _gpu if window.device == "cuda" else _cpu
+    bottleneck, message, suggestions = _input(window) or _memory(window) or device_rule(window)
+    return {"bottleneck": bottleneck, "message": message, "evidence": evidence(window), "suggestions": suggestions}
+
+
+def _pct(share: float | None) -> str:
+    return f"{100 * share:.0f}%" if share is not None else "?"
+
+
+def _gib(value: float | None) -> str:
+    return f"{value / 2**30:.1f} GiB" if finite(value) else "?"
+
+
+def _input(w: Window) -> tuple[str, str, list[str]] | None:
+    data = w.shares.get("data_wait_s")
+    if data is None or data < INPUT_SHARE:
+        return None
+    num_workers = w.loader.get("num_workers", w.workers)
+    cores = w.cpu_count or 0
+    busy = w.workers_cpu_percent
+    message = f"{_pct(data)} of step time waits for the next batch"
+    if w.workers:
+        workers = f"{w.workers} worker{'s' if w.workers > 1 else ''}"
+        message += f"; {workers} at {busy:.0f}% CPU each" if busy is not None else f"; {workers}"
+    suggestions = []
+    if not num_workers:
+        suggestions.append(
+            "Load batches in parallel: DataLoader(num_workers=N, persistent_workers=True); "
+            f"num_workers is 0, so every batch is loaded on the training thread ({cores} cores here)"
+        )
+    elif busy is not None and busy < WORKERS_BUSY_PERCENT:
+        suggestions.append(
+            f"The {num_workers} workers are mostly idle while the loop waits: __getitem__ waits on I/O "
+            "(disk, network, a lock); raise num_workers to overlap more of it, or cache the data locally"
+        )
+    elif cores and num_workers < cores - 1:
+        suggestions.append(f"Raise DataLoader num_workers ({num_workers} now, {cores} cores here)")
+    else:
+        suggestions.append(
+            "The workers are CPU-bound on every core: make __getitem__ cheaper "
+            "(decode once and cache, lighter augmentation, or augment on the GPU)"
+        )
+    if w.device == "cuda" and not w.loader.get("pin_memory"):
+        suggestions.append(
+            "DataLoader(pin_memory=True) with .to(device, non_blocking=True) overlaps the copy to the GPU"
+        )
+    else:
+        suggestions.append("A larger prefetch_factor smooths out uneven batch times")
+    return "input", message, suggestions
+
+
+def _memory(w: Window) -> tuple[str, str, list[str]] | None:
+    frag = w.fragmentation_bytes
+    fragmented = finite(frag) and w.mem_total_bytes and frag > FRAGMENTATION_SHARE * w.mem_total_bytes
+    second = (
+        f"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True cuts fragmentation ({_gib(frag)} reserved but unused)"
+        if fragmented
+        else "Free what the step no longer needs: zero_grad(set_to_none=True), no lists of live tensors"
+    )
+    first = (
+        "Need less activation memory: mixed precision (control: amp=on), activation checkpointing or a smaller batch"
+    )
+    if w.ooms:
+        return "memory", f"{w.ooms} out-of-memory errors in the last {w.duration_s:.0f} s", [first, second]
+    if w.alloc_retries:
+        message = (
+            f"{w.alloc_retries} allocator retries in the last {w.duration_s:.0f} s: "
+            "each frees the cache and stalls the GPU"
+        )
+        return "memory", message, [first, second]
+    if w.peak_mem_share is not None and w.peak_mem_share >= NEAR_OOM_SHARE:
+        return "memory", f"allocations peak at {_pct(w.peak_mem_share)} of device memory: close to OOM", [first, second]
+    if w.host_mem_share is not None and w.host_mem_share >= HOST_RAM_SHARE:
+        return (
+            "memory",
+            f"host RAM {_pct(w.host_mem_share)} used: the machine is close to swapping",
+            [
+                "Fewer DataLoader workers or a smaller prefetch_factor: each worker holds its own batches",
+                "Keep the dataset in numpy arrays or memory-mapped files, not Python objects copied into every worker",
+            ],
+        )
+    return None
+
+
+_AMP = "Mixed precision (torch.autocast, bf16/fp16) runs matmuls and convs on tensor cores (control: amp=on)"
+_CUDNN = "Fixed input shapes? torch.backends.cudnn.benchmark=True picks the fastest convs (control: cudnn_benchmark=on)"
+
+
+def _gpu(w: Window) -> tuple[str, str, list[str]]:
+    util = w.gpu_util_percent
+    busy = util if util is not None else (100 * w.device_busy_share if w.device_busy_share is not None else None)
+    source = "busy" if util is not None else "covered by device work (no NVML utilisation)"
+    data, other = w.shares.get("data_wait_s"), w.shares.get("other_s")
+    if busy is None:
+        return _balanced(w)
+    if busy >= GPU_BUSY_PERCENT:
+        return "compute", f"GPU {busy:.0f}% {source}; data wait {_pct(data)}", [_AMP, _CUDNN]
+    if busy < GPU_IDLE_PERCENT:
+        launches_fast = w.launch_ratio is not None and w.launch_ratio < SYNC_LAUNCH_RATIO
+        if launches_fast and other is not None and other >= SYNC_OTHER_SHARE:
+            return (
+                "sync",
+                f"GPU only {busy:.0f}% {source}: {_pct(other)} of each step is outside the model's work, "
+                "likely waiting on host-device syncs",
+                [
+                    "Read values back every N steps, not every step: no per-step .item(), .cpu() or print(tensor); "
+                    "keep running sums on the device",
+                    "Find the syncs with torch.cuda.set_sync_debug_mode('warn'); avoid data-dependent shapes "
+                    "(nonzero, boolean masks) in the loop",
+                ],
+            )
+        return (
+            "host",
+            f"GPU only {busy:.0f}% {source} while the host launches the work kernel by kernel",
+            [
+                "A larger batch amortises the per-step Python and launch overhead",
+                "Cut launch overhead: torch.compile (or CUDA graphs) and a fused optimizer (fused=True)",
+            ],
+        )
+    return _balanced(w)
+
+
+def _cpu(w: Window) -> tuple[str, str, list[str]]:
+    model, other = w.model_share, w.shares.get("other_s")
+    forward_known = w.shares.get("forward_s") is not None
+    if model is not None and model >= CPU_MODEL_SHARE:
+        threads = f"{w.torch_threads} threads" if w.torch_threads else "torch threads ?"
+        cores = f"{w.cpu_count} cores" if w.cpu_count else "cores ?"
+        second = (
+            f"torch uses {threads} on {cores}: torch.set_num_threads(physical cores), "
+            "and keep DataLoader workers off those cores"
+            if w.torch_threads and w.cpu_count and w.torch_threads < w.cpu_count
+            else "bf16 autocast speeds up CPUs with AVX-512/AMX (control: amp=on); a larger batch vectorises better"
+        )
+        return (
+            "compute",
+            f"forward+backward+optimizer take {_pct(model)} of each step on the CPU ({threads}, {cores})",
+            ["The model's math keeps the CPU busy: training on a CUDA GPU is the big step up", second],
+        )
+    if forward_known and other is not None and other >= CPU_OTHER_SHARE:
+        return (
+            "host",
+            f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer",
+            [
+                "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps",
+                "Look for Python work on tensors in the loop: .tolist(), numpy conversions, printing",
+            ],
+        )
+    return _balanced(w)
+
+
+def _balanced(w: Window) -> tuple[str, str, list[str]]:
+    parts = [f"data {_pct(w.shares.get('data_wait_s'))}", f"model {_pct(w.model_share)}"]
+    if w.shares.get("forward_s") is not None:
+        parts.append(f"other {_pct(w.shares.get('other_s'))}")
+    if w.gpu_util_percent is not None:
+        parts.append(f"GPU {w.gpu_util_percent:.0f}% busy")
+    suggestion = (
+        "No single bottleneck: speed now comes from the model's own cost, e.g. mixed precision (control: amp=on) "
+        "or a larger batch"
+    )
+    return "balanced", " · ".join(parts), [suggestion]
+
+
+def evidence(w: Window) -> dict[str, Any]:
+    """The numbers behind a verdict, rounded for reading; measurements that are missing are left out."""
+    figures: dict[str, Any] = {
+        "device": w.device,
+        "steps": w.steps,
+        "window_s": round(w.duration_s, 2),
+        "step_time_s": w.step_time_s,
+        "data_wait_share": w.shares.get("data_wait_s"),
+        "forward_share": w.shares.get("forward_s"),
+        "backward_share": w.shares.get("backward_s"),
+        "optimizer_share": w.shares.get("optimizer_s"),
+        "other_share": w.shares.get("other_s"),
+        "gpu_util_percent": w.gpu_util_percent,
+        "device_busy_share": w.device_busy_share,
+        "launch_ratio": w.launch_ratio,
+        "alloc_retries": w.alloc_retries,
+        "ooms": w.ooms,
+        "peak_mem_share": w.peak_mem_share,
+        "fragmentation_bytes": w.fragmentation_bytes,
+        "host_mem_share": w.host_mem_share,
+        "cpu_percent": w.cpu_percent,
+        "cpu_count": w.cpu_count,
+        "torch_threads": w.torch_threads,
+        "workers": w.workers,
+        "workers_cpu_percent": w.workers_cpu_percent,
+        "num_workers": w.loader.get("num_workers"),
+        "pin_memory": w.loader.get("pin_memory"),
+    }
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items() if v is not None}

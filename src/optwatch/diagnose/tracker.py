@@ -1,0 +1,103 @@
+"""Verdicts over a sliding window, every few seconds and at the end of the run.
+
+A ``VerdictTracker`` sees a rank's records in order, once their device values are in (the probe runs
+it as a publisher observer, on the publisher thread, so nothing here touches the training thread).
+It completes each step record with ``other_s`` and adds a ``verdict`` record every ``interval_s``
+while steps come in, and a final one just before the rank's ``end`` record.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+from optwatch import protocol
+from optwatch.diagnose.bottleneck import classify, summarise
+from optwatch.diagnose.phases import other_seconds
+
+INTERVAL_S = 5.0
+WINDOW_S = 10.0
+WARMUP_STEPS = 2  # the first steps pay for lazy initialisation, autotuning and compilation
+MIN_STEPS = 3
+
+
+def recent(records: collections.deque[dict[str, Any]], window_s: float, at_least: int = 0) -> list[dict[str, Any]]:
+    """The records of the last ``window_s`` seconds before the newest (and never fewer than ``at_least``)."""
+    if not records:
+        return []
+    cutoff = records[-1].get("time", 0.0) - window_s
+    picked: list[dict[str, Any]] = []
+    for record in reversed(records):
+        if record.get("time", 0.0) < cutoff and len(picked) >= at_least:
+            break
+        picked.append(record)
+    picked.reverse()
+    return picked
+
+
+class VerdictTracker:
+    def __init__(
+        self,
+        rank: int,
+        interval_s: float = INTERVAL_S,
+        window_s: float = WINDOW_S,
+        loader: Callable[[], dict[str, Any]] = dict,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rank = rank
+        self.interval_s = interval_s
+        self.window_s = window_s
+        self.device = "cpu"
+        self._loader = loader
+        self._clock = clock
+        self._steps: collections.deque[dict[str, Any]] = collections.deque(maxlen=5000)
+        self._systems: collections.deque[dict[str, Any]] = collections.deque(maxlen=240)
+        self._fresh_steps = 0
+        self._last_verdict = clock()
+
+    def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for record in records:
+            if record.get("rank") == self.rank:
+                kind = record.get("kind")
+                if kind == protocol.STEP:
+                    if "other_s" not in record and "forward_s" in record:
+                        record["other_s"] = other_seconds(record)
+                    if record.get("step", 0) >= WARMUP_STEPS:
+                        self._steps.append(record)
+                        self._fresh_steps += 1
+                elif kind == protocol.SYSTEM:
+                    self._systems.append(record)
+                elif kind == protocol.HELLO and record.get("device"):
+                    self.device = str(record["device"])
+                elif kind == protocol.END:
+                    out.extend(self.verdict(final=True))
+            out.append(record)
+        if self._fresh_steps and self._clock() - self._last_verdict >= self.interval_s:
+            out.extend(self.verdict())
+        return out
+
+    def verdict(self, final: bool = False) -> list[dict[str, Any]]:
+        """A verdict record on the recent window, as a list: empty while there are too few steps."""
+        self._last_verdict = self._clock()
+        self._fresh_steps = 0
+        steps = recent(self._steps, self.window_s, at_least=MIN_STEPS)
+        if len(steps) < MIN_STEPS:
+            return []
+        start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
+        systems = [s for s in self._systems if s.get("time", 0.0) >= start] or list(self._systems)[-1:]
+        window = summarise(steps, systems, self.device, self._loader())
+        if window is None:
+            return []
+        return [
+            protocol.make_record(
+                protocol.VERDICT,
+                self.rank,
+                step=window.last_step,
+                window=[window.first_step, window.last_step],
+                final=final,
+                **classify(window),
+            )
+        ]

@@ -1,0 +1,146 @@
+"""Step phases and the bottleneck verdict, as a probe plugin.
+
+Phases: forward (hooks on the trained model's root module, grad-enabled calls only, so evaluation
+under ``no_grad`` falls into "other"), backward (the probe's backward wrapper) and optimizer (the
+primary optimizer's step hooks); data wait is the probe's own. On the CPU each phase is host wall
+time. On CUDA each boundary also records a CUDA event on the current stream, and the phase is the
+device-timeline time between its events, read on the publisher thread once they completed
+(``readback.DeviceTime``): never a synchronisation. ``host_phases_s`` keeps the host's time inside
+the three phases, which tells launch-bound from sync-bound loops.
+
+The verdict runs on the publisher thread (``diagnose.tracker``), where it sees every record in order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from optwatch.diagnose.tracker import VerdictTracker
+from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.readback import DeviceTime
+
+if TYPE_CHECKING:
+    from optwatch.probe.probe import Probe
+
+TIMED = ("forward_s", "backward_s", "optimizer_s")
+
+
+class TelemetryPlugin(ProbePlugin):
+    name = "telemetry"
+
+    def __init__(self) -> None:
+        self.loader: dict[str, Any] = {}
+        """Settings of the DataLoader the training iterates (replaced whole, read by the publisher thread)."""
+        self._cuda: torch.device | None = None
+        self._model: torch.nn.Module | None = None
+        self._hooks: list[Any] = []
+        self._undo: list[Any] = []
+        self._depth = 0
+        self._reset()
+
+    def install(self, probe: Probe) -> None:
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+        plugin = self
+        original_init = _BaseDataLoaderIter.__init__
+
+        def iterator_init(iterator, loader, *args, **kwargs):
+            original_init(iterator, loader, *args, **kwargs)
+            if torch.is_grad_enabled():  # evaluation loaders usually run under no_grad
+                plugin.loader = {
+                    "num_workers": loader.num_workers,
+                    "pin_memory": bool(loader.pin_memory),
+                    "batch_size": loader.batch_size,
+                    "prefetch_factor": loader.prefetch_factor,
+                    "persistent_workers": loader.persistent_workers,
+                }
+
+        _BaseDataLoaderIter.__init__ = iterator_init
+        self._undo.append(lambda: setattr(_BaseDataLoaderIter, "__init__", original_init))
+        probe.publisher.add_observer(VerdictTracker(probe.rank, loader=lambda: plugin.loader))
+
+    def close(self, probe: Probe) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        self._unhook()
+
+    # --- phase boundaries (training thread) -------------------------------------------------------
+    def _reset(self) -> None:
+        self._host = dict.fromkeys(TIMED, 0.0)
+        self._device = {phase: DeviceTime() for phase in TIMED} if self._cuda is not None else None
+        self._open: dict[str, tuple[float, Any]] = {}
+        self._measured = {"forward_s": self._model is not None, "backward_s": False, "optimizer_s": False}
+
+    def _event(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self._cuda))
+        return event
+
+    def _begin(self, phase: str) -> None:
+        self._open[phase] = (time.perf_counter(), self._event() if self._device is not None else None)
+
+    def _end(self, phase: str) -> None:
+        opened = self._open.pop(phase, None)
+        if opened is None:
+            return
+        started, start_event = opened
+        self._host[phase] += time.perf_counter() - started
+        self._measured[phase] = True
+        if start_event is not None and self._device is not None:
+            self._device[phase].add(start_event, self._event())
+
+    def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        self._depth += 1
+        if self._depth == 1 and torch.is_grad_enabled():
+            self._begin("forward_s")
+
+    def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._end("forward_s")
+
+    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
+        if self._cuda is None and loss.device.type == "cuda":
+            self._cuda = loss.device
+            self._device = {phase: DeviceTime() for phase in TIMED}
+        self._begin("backward_s")
+
+    def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
+        self._end("backward_s")
+
+    def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+        self._begin("optimizer_s")
+
+    def after_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+        self._end("optimizer_s")
+
+    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        for phase in TIMED:
+            if not self._measured[phase]:
+                record[phase] = None
+            elif self._device is not None:
+                record[phase] = self._device[phase] if self._device[phase].spans else 0.0
+            else:
+                record[phase] = self._host[phase]
+        if self._device is not None:
+            record["host_phases_s"] = sum(self._host.values())
+        model = probe.find_model()
+        if model is not self._model:
+            self._unhook()
+            if model is not None:
+                self._hooks = [
+                    model.register_forward_pre_hook(self._forward_pre),
+                    model.register_forward_hook(self._forward_post, always_call=True),
+                ]
+            self._model = model
+        self._reset()
+
+    def _unhook(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._depth = 0

@@ -1,0 +1,195 @@
+"""The bottleneck rules and the verdict tracker, on records built by hand (pure functions, no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from optwatch.diagnose.bottleneck import classify, summarise
+from optwatch.diagnose.phases import other_seconds
+from optwatch.diagnose.tracker import VerdictTracker
+
+
+def make_steps(n: int = 20, step_time: float = 0.1, start: int = 2, **phases: float) -> list[dict]:
+    """Steps of ``step_time`` seconds split into ``phases`` (seconds each); "other" is what is left."""
+    steps = []
+    for i in range(n):
+        step = {"v": 1, "kind": "step", "rank": 0, "time": 100.0 + i * step_time, "step": start + i}
+        step.update(step_time_s=step_time, **phases)
+        step["other_s"] = other_seconds(step)
+        steps.append(step)
+    return steps
+
+
+def make_systems(n: int = 4, **fields) -> list[dict]:
+    base = {"cpu_percent": 100.0, "cpu_count": 8, "torch_threads": 8, "host_mem_used_bytes": 4e9}
+    base["host_mem_total_bytes"] = 32e9
+    return [{"v": 1, "kind": "system", "rank": 0, "time": 100.0 + i * 0.5, **base, **fields} for i in range(n)]
+
+
+def gpu(util: float, **fields) -> dict:
+    return {"index": 0, "current": True, "util_percent": util, **fields}
+
+
+def verdict(steps, systems=(), device="cpu", loader=None) -> dict:
+    return classify(summarise(steps, list(systems), device, loader))
+
+
+CPU_COMPUTE = dict(data_wait_s=0.002, forward_s=0.03, backward_s=0.06, optimizer_s=0.005)
+
+
+def test_waiting_for_data_is_input_bound_with_worker_advice():
+    steps = make_steps(data_wait_s=0.06, forward_s=0.01, backward_s=0.02, optimizer_s=0.005)
+    result = verdict(steps, make_systems(workers=[]), loader={"num_workers": 0})
+    assert result["bottleneck"] == "input"
+    assert result["message"].startswith("60% of step time waits for the next batch")
+    assert result["evidence"]["data_wait_share"] == pytest.approx(0.6)
+    assert "num_workers=N" in result["suggestions"][0] and "8 cores" in result["suggestions"][0]
+    assert 1 <= len(result["suggestions"]) <= 2
+
+
+@pytest.mark.parametrize(
+    ("workers_cpu", "loader", "device", "expected"),
+    [
+        (10.0, {"num_workers": 4, "pin_memory": True}, "cpu", "mostly idle"),  # I/O-bound __getitem__
+        (99.0, {"num_workers": 2, "pin_memory": True}, "cpu", "Raise DataLoader num_workers (2 now, 8 cores"),
+        (99.0, {"num_workers": 8, "pin_memory": True}, "cpu", "CPU-bound on every core"),
+    ],
+)
+def test_input_advice_follows_what_the_workers_do(workers_cpu, loader, device, expected):
+    workers = [{"pid": 10 + i, "cpu_percent": workers_cpu} for i in range(loader["num_workers"])]
+    steps = make_steps(data_wait_s=0.05, forward_s=0.02, backward_s=0.02, optimizer_s=0.005)
+    result = verdict(steps, make_systems(workers=workers), device, loader)
+    assert result["bottleneck"] == "input"
+    assert expected in result["suggestions"][0]
+    assert result["evidence"]["workers"] == loader["num_workers"]
+
+
+def test_input_on_cuda_without_pinned_memory_suggests_pin_memory():
+    steps = make_steps(data_wait_s=0.05, forward_s=0.02, backward_s=0.02, optimizer_s=0.005, host_phases_s=0.01)
+    result = verdict(steps, make_systems(gpus=[gpu(30)]), "cuda:0", {"num_workers": 2, "pin_memory": False})
+    assert "pin_memory=True" in result["suggestions"][1] and "non_blocking=True" in result["suggestions"][1]
+
+
+def test_model_math_on_the_cpu_is_compute_bound():
+    result = verdict(make_steps(**CPU_COMPUTE), make_systems(torch_threads=4))
+    assert result["bottleneck"] == "compute"
+    assert "95% of each step on the CPU" in result["message"]
+    assert "torch.set_num_threads" in result["suggestions"][1]  # 4 threads on 8 cores
+
+
+def test_time_outside_the_phases_on_the_cpu_is_host_bound():
+    steps = make_steps(data_wait_s=0.002, forward_s=0.02, backward_s=0.02, optimizer_s=0.005)
+    result = verdict(steps, make_systems())
+    assert result["bottleneck"] == "host"
+    assert result["evidence"]["other_share"] == pytest.approx(0.53)
+
+
+def test_no_dominant_cause_is_balanced():
+    steps = make_steps(data_wait_s=0.02, forward_s=0.02, backward_s=0.03, optimizer_s=0.005)
+    result = verdict(steps, make_systems())
+    assert result["bottleneck"] == "balanced"
+    assert result["message"] == "data 20% · model 55% · other 25%"
+
+
+def test_a_busy_gpu_is_compute_bound_and_names_the_controls():
+    steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.06, optimizer_s=0.005, host_phases_s=0.02)
+    result = verdict(steps, make_systems(gpus=[gpu(96)]), "cuda:0")
+    assert result["bottleneck"] == "compute"
+    assert result["message"] == "GPU 96% busy; data wait 2%"
+    assert any("amp=on" in tip for tip in result["suggestions"])
+    assert any("cudnn_benchmark=on" in tip for tip in result["suggestions"])
+
+
+def test_an_idle_gpu_that_follows_the_host_is_host_bound():
+    # The device spends about as long in each phase as the host takes to launch it.
+    steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.05, optimizer_s=0.01, host_phases_s=0.085)
+    result = verdict(steps, make_systems(gpus=[gpu(35)]), "cuda:0")
+    assert result["bottleneck"] == "host"
+    assert "torch.compile" in result["suggestions"][1]
+
+
+def test_an_idle_gpu_while_the_host_waits_outside_the_phases_is_sync_bound():
+    steps = make_steps(data_wait_s=0.002, forward_s=0.015, backward_s=0.03, optimizer_s=0.005, host_phases_s=0.005)
+    result = verdict(steps, make_systems(gpus=[gpu(40)]), "cuda:0")
+    assert result["bottleneck"] == "sync"
+    assert result["evidence"]["launch_ratio"] == pytest.approx(0.1)
+    assert ".item()" in result["suggestions"][0] and "set_sync_debug_mode" in result["suggestions"][1]
+
+
+def test_without_nvml_the_device_phases_stand_in_for_utilisation():
+    steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.055, optimizer_s=0.01, host_phases_s=0.01)
+    result = verdict(steps, make_systems(gpu_status="no NVIDIA GPU (...)", gpus=[]), "cuda:0")
+    assert result["bottleneck"] == "compute"
+    assert "no NVML utilisation" in result["message"]
+    assert "gpu_util_percent" not in result["evidence"] and result["evidence"]["device_busy_share"] == 0.95
+
+
+def test_allocator_retries_in_the_window_are_memory_bound():
+    systems = make_systems(gpus=[gpu(90)], mem_total_bytes=80e9, mem_allocated_bytes=60e9)
+    for i, system in enumerate(systems):
+        system.update(mem_alloc_retries=3 + 2 * i, mem_ooms=0, mem_fragmentation_bytes=12e9)
+    steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.06, optimizer_s=0.005, host_phases_s=0.02)
+    result = verdict(steps, systems, "cuda:0")
+    assert result["bottleneck"] == "memory"
+    assert result["message"].startswith("6 allocator retries in the last 2 s")  # 3 before the window do not count
+    assert "amp=on" in result["suggestions"][0] and "expandable_segments" in result["suggestions"][1]
+
+
+def test_full_host_ram_is_memory_bound():
+    result = verdict(make_steps(**CPU_COMPUTE), make_systems(host_mem_used_bytes=31.5e9))
+    assert result["bottleneck"] == "memory" and "host RAM 98% used" in result["message"]
+
+
+def test_evidence_leaves_out_what_was_not_measured():
+    evidence = verdict(make_steps(**CPU_COMPUTE))["evidence"]
+    assert evidence["device"] == "cpu" and evidence["steps"] == 20
+    assert "gpu_util_percent" not in evidence and "alloc_retries" not in evidence
+    assert all(isinstance(v, (int, float, str, bool)) for v in evidence.values())
+
+
+# --- the tracker ----------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tracker_emits_every_interval_and_a_final_verdict_before_end():
+    clock = FakeClock()
+    tracker = VerdictTracker(rank=0, interval_s=5.0, loader=lambda: {"num_workers": 0}, clock=clock)
+    steps = make_steps(30, start=0, data_wait_s=0.08, forward_s=0.005, backward_s=0.005, optimizer_s=0.001)
+    for step in steps:
+        del step["other_s"]  # the tracker completes it
+    assert [r["kind"] for r in tracker(steps[:10])] == ["step"] * 10  # not yet time
+    clock.now = 5.0
+    out = tracker(steps[10:20])
+    [first] = [r for r in out if r["kind"] == "verdict"]
+    assert first["bottleneck"] == "input" and first["final"] is False
+    assert first["window"] == [2, 19]  # warm-up steps 0 and 1 are left out
+    assert all("other_s" in r for r in out if r["kind"] == "step")
+    clock.now = 6.0
+    assert not [r for r in tracker(steps[20:]) if r["kind"] == "verdict"]  # next one due at 10 s
+    end = {"v": 1, "kind": "end", "rank": 0, "time": 200.0}
+    final = tracker([end])
+    assert [r["kind"] for r in final] == ["verdict", "end"]
+    assert final[0]["final"] is True and final[0]["window"] == [2, 29]
+    assert final[0]["evidence"]["num_workers"] == 0
+
+
+def test_tracker_ignores_other_ranks_and_needs_a_few_steps():
+    clock = FakeClock()
+    tracker = VerdictTracker(rank=1, interval_s=1.0, clock=clock)
+    clock.now = 10.0
+    assert [r["kind"] for r in tracker(make_steps(10, **CPU_COMPUTE))] == ["step"] * 10  # rank 0's
+    assert tracker.verdict() == []
+    assert tracker([{"v": 1, "kind": "end", "rank": 1, "time": 1.0}])[0]["kind"] == "end"
+
+
+def test_tracker_takes_the_device_from_hello():
+    tracker = VerdictTracker(rank=0, interval_s=1e9)
+    hello = {"v": 1, "kind": "hello", "rank": 0, "time": 0.0, "device": "cuda:1"}
+    tracker([hello, *make_steps(10, forward_s=0.09, host_phases_s=0.01)])
+    [result] = tracker.verdict()
+    assert result["evidence"]["device"] == "cuda"
