@@ -187,7 +187,7 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
             return any(e.get("command") == "lr=0.002" for e in store.rare.get("event", ()))
 
         await wait_for(pilot, acknowledged)
-        app.render_views()
+        app.render_views(force_charts=True)
         [event] = [e for e in store.rare["event"] if e["command"] == "lr=0.002"]
         assert event["status"] == "accepted" and event["source"] == "dashboard"
         step = event["effective_step"]
