@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.profiler import ProfilerPlugin
 
 
 def enabled(options: ProbeOptions) -> list[ProbePlugin]:
     plugins: list[ProbePlugin] = []
+    plugins.append(ProfilerPlugin(options))  # always on for `p`; idle, it costs one comparison per step
     return plugins

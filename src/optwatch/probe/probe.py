@@ -11,6 +11,7 @@ Device values are packed and read back once per publish interval (see ``readback
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -259,13 +260,22 @@ class Probe:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = True
-            for plugin in self.plugins:
-                plugin.before_optimizer_step(self, optimizer)
+            with self._own_work():
+                for plugin in self.plugins:
+                    plugin.before_optimizer_step(self, optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
-            self._finish_step()
+            with self._own_work():
+                self._finish_step()
+
+    @staticmethod
+    def _own_work() -> contextlib.AbstractContextManager[Any]:
+        """While a profiler records, optwatch's own work at step boundaries shows as an ``optwatch`` scope."""
+        if torch.autograd.profiler._is_profiler_enabled:
+            return torch.autograd.profiler.record_function("optwatch")
+        return contextlib.nullcontext()
 
     # --- the model -----------------------------------------------------------------------------------
     def find_model(self) -> torch.nn.Module | None:

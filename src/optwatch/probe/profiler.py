@@ -1,0 +1,378 @@
+"""Profiler windows on demand: ``torch.profiler`` over a few steps, summarised off the training thread.
+
+A window is planned by ``--profile-at START:COUNT``, ``--profile-every N[:COUNT]`` or a request
+(the dashboard's ``p``, or ``ProfilerPlugin.request_window`` for the control channel). At a step
+boundary the profiler is prepared (the next step is its warm-up), at the following one it starts
+recording (with module scopes), and COUNT steps later it stops. A background thread then summarises
+the window (``hotspots.summarise``), writes the trace and publishes a ``hotspots`` record.
+
+With no window planned, ``after_step`` is one comparison: no profiler object exists and no hook is
+installed. The only work on the training thread is starting and stopping the profiler; on CUDA,
+stopping waits once for the window's GPU work (torch's profiler needs it finished to time it).
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from optwatch import protocol
+from optwatch.probe.hotspots import MODULE_SCOPE, summarise
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.plugin import ProbePlugin
+from optwatch.wire import runtime
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from optwatch.probe.probe import Probe
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_STEPS = 5
+MAX_WINDOW_STEPS = 50
+MAX_DUTY_CYCLE = 0.1  # --profile-every: at most this share of steps is profiled (warm-up step included)
+KEEP_TRACES = 5  # per rank and run
+TRACE_DIR_ENV = "OPTWATCH_TRACE_DIR"
+DEFAULT_TRACE_DIR = "optwatch-traces"
+FINISH_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    first: int
+    """First recorded step; the step before it is the warm-up."""
+    steps: int
+    reason: str = "request"
+    """``request`` (dashboard or control channel), ``cli`` (--profile-at) or ``periodic`` (--profile-every)."""
+
+    @property
+    def last(self) -> int:
+        return self.first + self.steps - 1
+
+
+def trace_root() -> Path:
+    """``$OPTWATCH_TRACE_DIR``, else ``./optwatch-traces`` (resolved once, so a later chdir changes nothing)."""
+    return Path(os.environ.get(TRACE_DIR_ENV) or DEFAULT_TRACE_DIR).absolute()
+
+
+class TraceStore:
+    """Gzipped Chrome/Perfetto traces in ``<root>/<run_id>/``, private to the user, the last few kept."""
+
+    def __init__(self, root: Path, run_id: str, rank: int, keep: int = KEEP_TRACES):
+        self.root = root
+        self.directory = root / run_id
+        self.rank = rank
+        self.keep = keep
+
+    def write(self, export: Callable[[str], None], first: int, last: int) -> Path:
+        # The root may be shared (OPTWATCH_TRACE_DIR=/scratch): create it private but never chmod it.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        runtime.ensure_private_dir(self.directory)
+        final = self.directory / f"rank{self.rank}-steps{first}-{last}.pt.trace.json.gz"
+        raw = self.directory / f".{final.name}.{os.getpid()}.json"
+        partial = self.directory / f".{final.name}.{os.getpid()}.partial"
+        try:
+            export(str(raw))
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(raw, "rb") as source, os.fdopen(fd, "wb") as sink:
+                with gzip.GzipFile(filename=final.name[:-3], mode="wb", fileobj=sink, compresslevel=6) as packed:
+                    shutil.copyfileobj(source, packed, 1 << 20)
+            os.replace(partial, final)  # a reader never sees half a file
+        finally:
+            for leftover in (raw, partial):
+                leftover.unlink(missing_ok=True)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        traces = sorted(
+            self.directory.glob(f"rank{self.rank}-steps*.pt.trace.json.gz"), key=lambda path: path.stat().st_mtime
+        )
+        for old in traces[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+
+class ModuleScopes:
+    """A ``record_function`` scope around every module's forward, for one window only.
+
+    The model's modules are named by their qualified name (the model itself by its class), any other
+    module by its class. A fresh instance per window, so a scope left open by an exception in one
+    window never unbalances the next.
+    """
+
+    def __init__(self, model: torch.nn.Module | None):
+        self._names: dict[int, str] = {}
+        # A compiled model would recompile for hooks; it gets no scopes (ops keep their DataLoader and
+        # optimizer attribution).
+        self._enabled = not hasattr(model, "_orig_mod")
+        if model is not None and self._enabled:
+            root = type(model).__name__
+            self._names = {id(module): name or root for name, module in model.named_modules()}
+        self._local = threading.local()
+        self._handles: list[Any] = []
+
+    def install(self) -> ModuleScopes:
+        if self._enabled:
+            from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+            self._handles = [
+                register_module_forward_pre_hook(self._enter),
+                register_module_forward_hook(self._exit, always_call=True),
+            ]
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _stack(self) -> list[Any]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def _enter(self, module: torch.nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
+        name = self._names.get(id(module)) or type(module).__name__
+        scope = torch.autograd.profiler.record_function(MODULE_SCOPE + name)
+        scope.__enter__()
+        self._stack().append(scope)
+
+    def _exit(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
+        stack = self._stack()
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+
+class ProfilerPlugin(ProbePlugin):
+    """Plans, runs and publishes profiler windows; ``request_window`` is safe from any thread."""
+
+    name = "profiler"
+
+    def __init__(self, options: ProbeOptions):
+        self._plans: list[Window] = sorted(Window(first, steps, "cli") for first, steps in options.profile_at)
+        self._period: int | None = None
+        if options.profile_every:
+            self._period, steps = options.profile_every
+            self._plans = sorted([*self._plans, Window(self._period, steps, "periodic")])
+        self._due = self._next_due()
+        self._requests: collections.deque[tuple[int, str]] = collections.deque()
+        self._lock = threading.Lock()
+        self._probe: Probe | None = None
+        self._traces: TraceStore | None = None
+        self._window: Window | None = None
+        """The window being warmed up or recorded (training thread writes, others only read)."""
+        self._profile: Any = None
+        self._recording = False
+        self._wall_s = 0.0
+        self._scopes: ModuleScopes | None = None
+        self._device_used = False
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    # --- the trigger, for the dashboard and the control channel -------------------------------------
+    def request_window(self, steps: int = DEFAULT_WINDOW_STEPS, reason: str = "request") -> dict[str, Any]:
+        """Profile ``steps`` steps from the next boundary but one; returns a reply for the asker."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_WINDOW_STEPS:
+            return {"ok": False, "error": f"steps must be a whole number from 1 to {MAX_WINDOW_STEPS}, got {steps!r}"}
+        if self._closed:
+            return {"ok": False, "error": "the run is ending"}
+        window = self._window
+        if window is not None:
+            return {"ok": False, "error": f"already profiling steps {window.first}-{window.last}"}
+        with self._lock:
+            if self._requests:
+                return {"ok": False, "error": "a profiler window is already requested"}
+            self._requests.append((steps, reason))
+        # The next boundary prepares the profiler, the step after it is the warm-up.
+        first = (self._probe.step if self._probe is not None else 0) + 2
+        return {
+            "ok": True,
+            "steps": [first, first + steps - 1],
+            "message": f"profiling about steps {first}-{first + steps - 1}",
+        }
+
+    def _on_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.request_window(request.get("steps", DEFAULT_WINDOW_STEPS))
+
+    # --- plugin callbacks ----------------------------------------------------------------------------
+    def install(self, probe: Probe) -> None:
+        self._probe = probe
+        self._traces = TraceStore(trace_root(), probe.run_id, probe.rank)
+        probe.publisher.on_request("profile", self._on_request)
+        if self._due is not None and self._due <= 0:
+            self._guarded(probe, 0, None)  # --profile-at 0:N or 1:N starts before the first step
+
+    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        next_step = record["step"] + 1
+        if self._window is None and not self._requests and (self._due is None or next_step < self._due):
+            return
+        self._guarded(probe, next_step, record.get("step_time_s"))
+
+    def close(self, probe: Probe) -> None:
+        self._closed = True
+        window = self._window
+        if window is not None:
+            if self._recording:
+                # The run ended inside the window: publish what was recorded.
+                last = max(window.first, min(window.last, probe.step - 1))
+                self._finish(probe, window, last, partial=last < window.last)
+            else:
+                self._window = self._profile = None  # only warmed up: nothing to show
+        worker = self._worker
+        if worker is not None:
+            worker.join(FINISH_TIMEOUT_S)
+            if worker.is_alive():
+                log.warning("optwatch: the profiler summary took over %.0f s and is dropped", FINISH_TIMEOUT_S)
+
+    # --- the window, on the training thread -------------------------------------------------------------
+    def _guarded(self, probe: Probe, next_step: int, step_time: float | None) -> None:
+        try:
+            self._advance(probe, next_step, step_time)
+        except Exception as exc:  # a profiler failure must never stop the training
+            log.exception("optwatch: profiler window failed; training goes on")
+            self._abandon(probe, f"{type(exc).__name__}: {exc}")
+
+    def _advance(self, probe: Probe, next_step: int, step_time: float | None) -> None:
+        window = self._window
+        if window is not None:
+            if self._recording:
+                self._wall_s += step_time or 0.0
+                if next_step > window.last:
+                    self._finish(probe, window, window.last)
+            elif next_step >= window.first:
+                self._record(probe, window)
+            return
+        if self._requests:
+            with self._lock:
+                steps, reason = self._requests.popleft()
+            self._plans = sorted([*self._plans, Window(next_step + 1, steps, reason)])
+        if self._worker is not None and self._worker.is_alive():
+            self._due = next_step + 1  # one window at a time: the last one is still being summarised
+            return
+        plan = self._plans[0] if self._plans and self._plans[0].first - 1 <= next_step else None
+        if plan is None:
+            self._due = self._next_due()
+            return
+        self._plans.pop(0)
+        if plan.reason == "periodic" and self._period:
+            self._plans = sorted(
+                [*self._plans, Window(max(plan.first, next_step) + self._period, plan.steps, "periodic")]
+            )
+        if plan.first < next_step:  # late (a previous window was still being summarised): keep a warm-up step
+            plan = Window(next_step + 1, plan.steps, plan.reason)
+        self._due = self._next_due()
+        self._window = plan
+        self._profile = self._new_profile()
+        self._profile.prepare_trace()
+        if plan.first <= next_step:
+            self._record(probe, plan)
+
+    def _record(self, probe: Probe, window: Window) -> None:
+        self._profile.start_trace()
+        self._recording = True
+        self._wall_s = 0.0
+        self._scopes = ModuleScopes(probe.find_model()).install()
+        probe.publisher.submit_records(
+            [
+                protocol.make_record(
+                    protocol.HOTSPOTS,
+                    probe.rank,
+                    status="profiling",
+                    steps=[window.first, window.last],
+                    reason=window.reason,
+                )
+            ]
+        )
+
+    def _finish(self, probe: Probe, window: Window, last: int, partial: bool = False) -> None:
+        if self._scopes is not None:
+            self._scopes.remove()
+            self._scopes = None
+        profile, self._profile = self._profile, None
+        self._window = None
+        self._recording = False
+        profile.stop_trace()
+        summary = {
+            "status": "done",
+            "steps": [window.first, last],
+            "reason": window.reason,
+            "wall_s": round(self._wall_s, 6) if self._wall_s > 0 else None,
+            "partial": partial,
+        }
+        self._worker = threading.Thread(
+            target=self._publish, args=(probe, profile, summary), name="optwatch-profiler", daemon=True
+        )
+        self._worker.start()
+
+    def _abandon(self, probe: Probe, error: str) -> None:
+        window = self._window
+        if self._scopes is not None:
+            self._scopes.remove()
+            self._scopes = None
+        if self._recording and self._profile is not None:
+            try:
+                self._profile.stop_trace()
+            except Exception:
+                pass
+        self._window = self._profile = None
+        self._recording = False
+        steps = [window.first, window.last] if window is not None else None
+        probe.publisher.submit_records(
+            [protocol.make_record(protocol.HOTSPOTS, probe.rank, status="failed", steps=steps, error=error)]
+        )
+
+    def _new_profile(self) -> Any:
+        from torch.profiler import ProfilerActivity, profile, supported_activities
+
+        # Kineto logs every start and stop on stderr, which is the script's; the user can set it back.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+        activities = [ProfilerActivity.CPU]
+        # CUDA only when the script uses it: asking otherwise would create a CUDA context.
+        self._device_used = (
+            torch.cuda.is_available()
+            and torch.cuda.is_initialized()
+            and ProfilerActivity.CUDA in supported_activities()
+        )
+        if self._device_used:
+            activities.append(ProfilerActivity.CUDA)
+        return profile(activities=activities, record_shapes=True)
+
+    def _next_due(self) -> int | None:
+        """The boundary at which the earliest plan is prepared."""
+        return self._plans[0].first - 1 if self._plans else None
+
+    # --- the summary, on a background thread ------------------------------------------------------------
+    def _publish(self, probe: Probe, profile: Any, summary: dict[str, Any]) -> None:
+        try:
+            summary.update(summarise(profile.events(), wall_s=summary["wall_s"], device_used=self._device_used))
+        except Exception as exc:
+            log.exception("optwatch: could not summarise the profiler window")
+            summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        try:
+            assert self._traces is not None
+            first, last = summary["steps"]
+            summary["trace"] = str(self._traces.write(profile.export_chrome_trace, first, last))
+        except Exception as exc:
+            log.exception("optwatch: could not write the profiler trace")
+            summary.update(trace=None, trace_error=f"{type(exc).__name__}: {exc}")
+        probe.publisher.submit_records([protocol.make_record(protocol.HOTSPOTS, probe.rank, **summary)])
+
+
+def profiler_of(probe: Probe) -> ProfilerPlugin | None:
+    """The probe's profiler plugin, for callers such as the control channel."""
+    return next((plugin for plugin in probe.plugins if isinstance(plugin, ProfilerPlugin)), None)
