@@ -21,7 +21,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _checked(parse):
+    """An argparse type from a parser that raises ValueError with a message for the user."""
+
+    def check(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    check.__name__ = parse.__name__
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from optwatch.probe.options import parse_profile_at, parse_profile_every
+
     parser = argparse.ArgumentParser(
         prog="optwatch",
         description="Live diagnostics for PyTorch training, in the terminal.",
@@ -34,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="PATH", help="write every record as a JSON line to PATH")
     run.add_argument(
         "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
+    )
+    run.add_argument(
+        "--profile-at",
+        metavar="START:COUNT",
+        type=_checked(parse_profile_at),
+        action="append",
+        default=[],
+        help="profile steps START..START+COUNT-1 (COUNT defaults to 5; may be repeated)",
+    )
+    run.add_argument(
+        "--profile-every",
+        metavar="N[:COUNT]",
+        type=_checked(parse_profile_every),
+        help="profile COUNT steps (default 3) every N steps, at most 10%% of the steps",
     )
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
@@ -73,7 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.script):
         raise UsageError(f"no such script: {args.script}")
-    options = ProbeOptions(script=args.script, argv=args.args)
+    options = ProbeOptions(
+        script=args.script, argv=args.args, profile_at=args.profile_at, profile_every=args.profile_every
+    )
 
     from optwatch.session import ViewerSession
     from optwatch.store import RecordWriter

@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
+from optwatch import protocol
 from optwatch.session import ViewerSession
 from optwatch.store import Store, finite
 
@@ -40,6 +41,22 @@ def summary_line(store: Store) -> str | None:
         return "optwatch: " + " | ".join(parts)
 
 
+def hotspots_line(record: dict[str, Any]) -> str | None:
+    """What a ``hotspots`` record says, in one line for stderr."""
+    steps = record.get("steps") or []
+    where = f"steps {steps[0]}-{steps[1]}" if len(steps) == 2 else "a window"
+    where += f" rank {record['rank']}" if record.get("rank", 0) > 0 else ""
+    status = record.get("status")
+    if status == "profiling":
+        return f"optwatch: profiling {where}…"
+    if status == "failed":
+        return f"optwatch: profiling {where} failed: {record.get('error', 'unknown error')}"
+    if status == "done":
+        trace = record.get("trace")
+        return f"optwatch: hot spots, {where}: {record.get('digest', '')}" + (f" (trace {trace})" if trace else "")
+    return None
+
+
 def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: TextIO | None = None) -> int:
     """Follow the run until it exits; returns the script's exit code."""
     stderr = stderr or sys.stderr
@@ -57,11 +74,15 @@ def run_headless(session: ViewerSession, summary_every_s: float = 5.0, stderr: T
     next_summary = time.monotonic() + summary_every_s
     try:
         while True:
-            _, output = session.pump(0.1)
+            records, output = session.pump(0.1)
             for stream, data in output.chunks:
                 target = sys.stdout if stream == "stdout" else sys.stderr
                 target.buffer.write(data)
                 target.flush()
+            for record in records:
+                line = hotspots_line(record) if record.get("kind") == protocol.HOTSPOTS else None
+                if line:
+                    print(line, file=stderr, flush=True)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)
