@@ -20,4 +20,8 @@ class View:
 
 
 def extra_views() -> list[View]:
-    return []
+    from optwatch.app.widgets.hotspots_view import HotspotsView
+
+    views: list[View] = []
+    views.append(View("hotspots", "Hot spots", "h", lambda: HotspotsView(id="hotspots-view")))
+    return views

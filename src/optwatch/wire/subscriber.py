@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ class Feed:
         self._sub.connect(pub_endpoint)
         self._ctl_endpoint = ctl_endpoint
         self._ctl: zmq.Socket | None = None
+        self._request_lock = threading.Lock()  # zmq sockets are not thread-safe
         self.last_seq: dict[int, int] = {}
         self.gaps_filled = 0
         self.lost = 0
@@ -53,14 +55,16 @@ class Feed:
         return self._ctl
 
     def request(self, op: str, timeout_s: float = 3.0, **fields: Any) -> dict[str, Any]:
-        socket = self._control_socket()
-        socket.send_multipart([b"", protocol.encode_request({"op": op, **fields})])
-        if not socket.poll(int(timeout_s * 1000)):
-            # The reply may still come later and would be taken for the next one: start afresh.
-            socket.close(linger=0)
-            self._ctl = None
-            raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
-        reply = protocol.decode_request(socket.recv_multipart()[-1])
+        """Ask the job; safe from any thread (the feed's history requests and the UI's share the socket)."""
+        with self._request_lock:
+            socket = self._control_socket()
+            socket.send_multipart([b"", protocol.encode_request({"op": op, **fields})])
+            if not socket.poll(int(timeout_s * 1000)):
+                # The reply may still come later and would be taken for the next one: start afresh.
+                socket.close(linger=0)
+                self._ctl = None
+                raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
+            reply = protocol.decode_request(socket.recv_multipart()[-1])
         if not reply.get("ok"):
             raise RequestError(str(reply.get("error", "refused")))
         return reply
