@@ -37,6 +37,8 @@ SYNC_CALLS = frozenset(
 # Reading a device scalar on the host: a sync whenever the tensor lives on the device.
 SCALAR_READS = frozenset({"aten::item", "aten::_local_scalar_dense"})
 
+_SCOPE_NAMES = (MODULE_SCOPE, DATALOADER_SCOPE, OPTIMIZER_SCOPE, OPTWATCH_SCOPE, "ProfilerStep#")
+
 TOP_OPS = 25
 SHAPES_FOR_TOP = 10
 SHAPES_EACH = 3
@@ -112,6 +114,18 @@ def _is_cpu(event: Any) -> bool:
     return getattr(event.device_type, "name", str(event.device_type)).upper().endswith("CPU")
 
 
+def _annotation(event: Any) -> bool:
+    """A ``record_function`` scope rather than an op (torch before 2.2 does not say: go by the name)."""
+    flag = getattr(event, "is_user_annotation", None)
+    return event.name.startswith(_SCOPE_NAMES) if flag is None else bool(flag)
+
+
+def _self_device_us(event: Any) -> float:
+    # `self_device_time_total` since torch 2.3, `self_cuda_time_total` before.
+    value = getattr(event, "self_device_time_total", None)
+    return float(value if value is not None else getattr(event, "self_cuda_time_total", 0.0))
+
+
 def _elapsed_us(event: Any) -> float:
     return float(event.time_range.end - event.time_range.start)
 
@@ -140,7 +154,7 @@ def _labels(cpu_events: list[Any], open_scopes: list[Any]) -> dict[int, str | No
         if name.startswith(BACKWARD_NODE):
             context[id(event)] = ("backward", (event.fwd_thread, event.sequence_nr))
             continue
-        if event.is_user_annotation:
+        if _annotation(event):
             label = scope_label(name)
             if label is not None:
                 context[id(event)] = ("scope", label)
@@ -156,7 +170,7 @@ def _labels(cpu_events: list[Any], open_scopes: list[Any]) -> dict[int, str | No
     creator: dict[tuple[Any, int], str] = {}
     for event in cpu_events:
         kind, value = context[id(event)]
-        if kind == "scope" and value is not None and event.sequence_nr >= 0 and not event.is_user_annotation:
+        if kind == "scope" and value is not None and event.sequence_nr >= 0 and not _annotation(event):
             creator[(event.thread, event.sequence_nr)] = value
     return {key: (value if kind == "scope" else creator.get(value)) for key, (kind, value) in context.items()}
 
@@ -174,10 +188,10 @@ def summarise(
             if not event.is_async:
                 if event.name != "[memory]":
                     cpu_events.append(event)
-            elif event.is_user_annotation and scope_label(event.name) is not None:
+            elif _annotation(event) and scope_label(event.name) is not None:
                 open_scopes.append(event)
-        elif not event.is_user_annotation:
-            device_events.append(event)
+        elif not _annotation(event) and not event.name.startswith(_SCOPE_NAMES):
+            device_events.append(event)  # kernels, copies, memsets: not the scopes mirrored on the GPU
     labels = _labels(cpu_events, open_scopes)
 
     rows: dict[str, _Row] = defaultdict(_Row)
@@ -190,7 +204,7 @@ def summarise(
             continue  # their self time is Python glue (and our own hooks), not work
         row = rows[name]
         self_cpu = float(event.self_cpu_time_total)
-        self_device = float(event.self_device_time_total) if device_used else 0.0
+        self_device = _self_device_us(event) if device_used else 0.0
         label = labels.get(id(event))
         row.cpu_us += self_cpu
         row.device_us += self_device
@@ -211,7 +225,7 @@ def summarise(
             culprit_calls["sync"] += 1
             parent = event.cpu_parent
             while parent is not None:  # the ops that asked for the sync (aten::item, aten::nonzero...)
-                if not parent.is_user_annotation and not parent.name.startswith(BACKWARD_NODE):
+                if not _annotation(parent) and not parent.name.startswith(BACKWARD_NODE):
                     sync_flagged.add(parent.name)
                 parent = parent.cpu_parent
     # DataLoader and optimizer time in wall time (inclusive), counted at their outermost scope only.

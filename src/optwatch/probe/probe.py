@@ -11,7 +11,6 @@ Device values are packed and read back once per publish interval (see ``readback
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import socket
@@ -260,22 +259,25 @@ class Probe:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = True
-            with self._own_work():
-                for plugin in self.plugins:
-                    plugin.before_optimizer_step(self, optimizer)
+            self._as_own_work(self._plugins_before_step, optimizer)
+
+    def _plugins_before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for plugin in self.plugins:
+            plugin.before_optimizer_step(self, optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
-            with self._own_work():
-                self._finish_step()
+            self._as_own_work(self._finish_step)
 
     @staticmethod
-    def _own_work() -> contextlib.AbstractContextManager[Any]:
-        """While a profiler records, optwatch's own work at step boundaries shows as an ``optwatch`` scope."""
+    def _as_own_work(work: Callable[..., None], *args: Any) -> None:
+        """Run ``work``; while a profiler records, in an ``optwatch`` scope, so profiles show what optwatch costs."""
         if torch.autograd.profiler._is_profiler_enabled:
-            return torch.autograd.profiler.record_function("optwatch")
-        return contextlib.nullcontext()
+            with torch.autograd.profiler.record_function("optwatch"):
+                work(*args)
+        else:
+            work(*args)
 
     # --- the model -----------------------------------------------------------------------------------
     def find_model(self) -> torch.nn.Module | None:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,20 +28,15 @@ import torch
 
 from optwatch import protocol
 from optwatch.probe.hotspots import MODULE_SCOPE, summarise
-from optwatch.probe.options import ProbeOptions
+from optwatch.probe.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
 from optwatch.probe.plugin import ProbePlugin
 from optwatch.wire import runtime
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from optwatch.probe.probe import Probe
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW_STEPS = 5
-MAX_WINDOW_STEPS = 50
-MAX_DUTY_CYCLE = 0.1  # --profile-every: at most this share of steps is profiled (warm-up step included)
 KEEP_TRACES = 5  # per rank and run
 TRACE_DIR_ENV = "OPTWATCH_TRACE_DIR"
 DEFAULT_TRACE_DIR = "optwatch-traces"
@@ -102,6 +98,17 @@ class TraceStore:
             old.unlink(missing_ok=True)
 
 
+def _compiling_check() -> Callable[[], bool]:
+    """``torch.compiler.is_compiling`` where this torch has it (2.3+), else dynamo's, else never."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if check is None:
+        try:
+            from torch._dynamo import is_compiling as check
+        except ImportError:
+            return lambda: False
+    return check
+
+
 class ModuleScopes:
     """A ``record_function`` scope around every module's forward, for one window only.
 
@@ -120,6 +127,7 @@ class ModuleScopes:
             self._names = {id(module): name or root for name, module in model.named_modules()}
         self._local = threading.local()
         self._handles: list[Any] = []
+        self._compiling = _compiling_check()
 
     def install(self) -> ModuleScopes:
         if self._enabled:
@@ -143,7 +151,7 @@ class ModuleScopes:
         return stack
 
     def _enter(self, module: torch.nn.Module, args: Any) -> None:
-        if torch.compiler.is_compiling():
+        if self._compiling():
             return
         name = self._names.get(id(module)) or type(module).__name__
         scope = torch.autograd.profiler.record_function(MODULE_SCOPE + name)
@@ -151,7 +159,7 @@ class ModuleScopes:
         self._stack().append(scope)
 
     def _exit(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if torch.compiler.is_compiling():
+        if self._compiling():
             return
         stack = self._stack()
         if stack:
@@ -185,10 +193,10 @@ class ProfilerPlugin(ProbePlugin):
         self._closed = False
 
     # --- the trigger, for the dashboard and the control channel -------------------------------------
-    def request_window(self, steps: int = DEFAULT_WINDOW_STEPS, reason: str = "request") -> dict[str, Any]:
+    def request_window(self, steps: int = DEFAULT_PROFILE_STEPS, reason: str = "request") -> dict[str, Any]:
         """Profile ``steps`` steps from the next boundary but one; returns a reply for the asker."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_WINDOW_STEPS:
-            return {"ok": False, "error": f"steps must be a whole number from 1 to {MAX_WINDOW_STEPS}, got {steps!r}"}
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_PROFILE_STEPS:
+            return {"ok": False, "error": f"steps must be a whole number from 1 to {MAX_PROFILE_STEPS}, got {steps!r}"}
         if self._closed:
             return {"ok": False, "error": "the run is ending"}
         window = self._window
@@ -207,7 +215,7 @@ class ProfilerPlugin(ProbePlugin):
         }
 
     def _on_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.request_window(request.get("steps", DEFAULT_WINDOW_STEPS))
+        return self.request_window(request.get("steps", DEFAULT_PROFILE_STEPS))
 
     # --- plugin callbacks ----------------------------------------------------------------------------
     def install(self, probe: Probe) -> None:
