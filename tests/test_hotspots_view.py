@@ -56,7 +56,6 @@ async def test_p_profiles_the_live_run_and_the_table_shows_it(training, tmp_path
         # Sorted by self CPU time, most expensive first; `t` sorts by calls instead.
         first_cpu = next(op for op in done["ops"] if op["name"] == names[0])
         assert first_cpu["self_cpu_s"] == max(op["self_cpu_s"] for op in done["ops"])
-        app.query_one("#hotspots-table").focus()
         await pilot.press("t")
         calls = [int(row[5]) for row in view.rows]
         assert calls == sorted(calls, reverse=True) and "sorted by calls" in view.state_text
@@ -123,7 +122,6 @@ async def test_a_recorded_window_reads_at_80x24_and_sorts_by_self_time():
         assert view.state_text.startswith("steps 10-14 · 200.0 ms/step · sorted by self GPU time")
         assert view.culprits_text == "sync 30% of the step (5 calls)"
         assert view.trace_text == "trace: /home/me/optwatch-traces/run/rank0-steps10-14.pt.trace.json.gz"
-        app.query_one("#hotspots-table").focus()
         await pilot.press("t")  # self GPU -> calls
         await pilot.press("t")  # calls -> self CPU
         assert view.rows[0][0] == "cudaStreamSynchronize" and view.rows[0][4] == "sync"

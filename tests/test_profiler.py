@@ -150,7 +150,7 @@ def test_request_profiles_the_next_steps_with_modules_forward_and_backward():
     train(model, optimizer, 3)
     reply = profiler_of(probe).request_window(4)
     assert reply == {"ok": True, "steps": [5, 8], "message": "profiling about steps 5-8"}
-    train(model, optimizer, 10)
+    train(model, optimizer, 10, item=True)
     probe.close()
     [profiling] = hotspots(published, "profiling")
     [done] = hotspots(published)
@@ -162,9 +162,13 @@ def test_request_profiles_the_next_steps_with_modules_forward_and_backward():
     relu_ops = [op for name, op in ops.items() if name in ("aten::relu", "aten::clamp_min", "aten::threshold_backward")]
     assert all(op["module"] == "1" for op in relu_ops)
     assert "optimizer" in ops["Optimizer.step#SGD.step"]["flags"]
+    culprits = {culprit["flag"]: culprit for culprit in done["culprits"]}
+    assert culprits["optimizer"]["calls"] == 4
     # optwatch's own work at the step boundary (the gradient norm) is labelled as such.
-    assert ops["aten::_foreach_norm"]["module"] == "optwatch" and "optwatch" in ops["aten::_foreach_norm"]["flags"]
-    assert all("sync" not in op["flags"] for op in done["ops"])  # .item() on the CPU waits for nothing
+    assert culprits["optwatch"]["calls"] >= 3
+    assert all("optwatch" in op["flags"] for op in done["ops"] if op["module"] == "optwatch")
+    # On the CPU, .item() waits for nothing: no sync flag, no sync culprit.
+    assert "sync" not in culprits and all("sync" not in op["flags"] for op in done["ops"])
     assert os.path.exists(done["trace"])
 
 
@@ -181,7 +185,11 @@ def test_requests_are_checked_and_one_window_runs_at_a_time():
     train(model, optimizer, 3)
     assert plugin.request_window(2)["ok"] is True
     assert plugin.request_window(2) == {"ok": False, "error": "a profiler window is already requested"}
-    train(model, optimizer, 8)
+    # The requested window waits for the first one's summary (slow on a busy machine), then runs.
+    for _ in range(1000):
+        train(model, optimizer, 1, sleep_s=0.01)
+        if len(hotspots(published)) == 2:
+            break
     probe.close()
     assert plugin.request_window(2) == {"ok": False, "error": "the run is ending"}
     windows = [r["steps"] for r in hotspots(published)]
@@ -200,11 +208,12 @@ def test_run_ending_inside_a_window_publishes_what_it_recorded():
 def test_periodic_windows_repeat():
     probe, published = start_probe(profile_every=[8, 2])
     model = tiny_model()
-    # Slow enough steps that a summary is done before the next window is due.
+    # Slow enough steps that a summary is usually done before the next window is due; a window
+    # that falls due while the previous one is still being summarised starts later.
     train(model, torch.optim.SGD(model.parameters(), lr=0.01), 34, sleep_s=0.03)
     probe.close()
     windows = [r["steps"] for r in hotspots(published)]
-    assert len(windows) >= 3 and windows[0] == [8, 9]
+    assert len(windows) >= 2 and windows[0] == [8, 9]
     assert all(b[0] - a[0] >= 8 and b[1] - b[0] == 1 for a, b in zip(windows, windows[1:]))
 
 

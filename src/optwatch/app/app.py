@@ -18,12 +18,12 @@ from optwatch.app.widgets.log_pane import LogPane
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
+from optwatch.probe.options import DEFAULT_PROFILE_STEPS
 from optwatch.session import ViewerSession
 from optwatch.store import Store
 from optwatch.wire.subscriber import RequestError
 
 REFRESH_S = 0.25  # 4 Hz: smooth enough to watch, cheap enough for a slow SSH link
-PROFILE_STEPS = 5  # steps in a profiler window asked for with `p`
 
 
 class OptwatchApp(App[None]):
@@ -179,9 +179,12 @@ class OptwatchApp(App[None]):
         if self.session is None or self.mode == "replay":
             self.notify("a replay cannot be profiled", severity="warning")
             return
+        if self.session.process is not None and self.session.process.poll() is not None:
+            self.notify("the run has ended: nothing left to profile", severity="warning")
+            return
         if view is not None:
-            view.note(f"asking the run to profile the next {PROFILE_STEPS} steps…", self.store)
-        self.request_profile(PROFILE_STEPS)
+            view.note(f"asking the run to profile the next {DEFAULT_PROFILE_STEPS} steps…", self.store)
+        self.request_profile(DEFAULT_PROFILE_STEPS)
 
     @work(thread=True, exclusive=True, group="profile", name="profile")
     def request_profile(self, steps: int) -> None:

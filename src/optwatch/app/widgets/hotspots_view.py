@@ -11,6 +11,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from optwatch.probe.options import DEFAULT_PROFILE_STEPS
 from optwatch.store import Store, finite
 
 # Sort keys, in the order `t` cycles through them; the record's own `sort_by` comes first.
@@ -99,6 +100,10 @@ class HotspotsView(Vertical):
         yield DataTable(id="hotspots-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="hotspots-trace")
 
+    def on_show(self) -> None:
+        # The tab's keys (t sorts) work at once, without tabbing into the table first.
+        self.query_one("#hotspots-table", DataTable).focus()
+
     # --- what the app tells it --------------------------------------------------------------------------
     def note(self, text: str | None, store: Store | None = None) -> None:
         """A line about a request in flight; it gives way to the next hotspots record the run sends."""
@@ -161,7 +166,7 @@ class HotspotsView(Vertical):
             parts.append(f"sorted by {SORT_LABELS.get(sort_by, sort_by)} (t)")
             text = " · ".join(parts) + " · p profiles again"
         else:
-            text, style = "no profile yet: p profiles the next 5 steps", "dim"
+            text, style = f"no profile yet: p profiles the next {DEFAULT_PROFILE_STEPS} steps", "dim"
         self.state_text = text
         self.query_one("#hotspots-state", Static).update(Text(text, style=style))
 
