@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,9 +15,11 @@ import torch
 
 from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl
 from optwatch.headless import hotspots_line
+from optwatch.probe.hotspots import summarise
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
-from optwatch.probe.profiler import TraceStore, profiler_of
+from optwatch.probe.profiler import profiler_of
+from optwatch.probe.traces import TraceStore
 from optwatch.wire import runtime
 
 
@@ -219,15 +223,72 @@ def test_periodic_windows_repeat():
 
 def test_only_the_last_traces_are_kept(tmp_path):
     store = TraceStore(tmp_path / "root", "run-1", rank=0, keep=2)
-
-    def export(path: str) -> None:
-        with open(path, "w") as handle:
-            json.dump({"traceEvents": []}, handle)
-
-    paths = [store.write(export, first, first + 1) for first in (0, 10, 20)]
+    paths = []
+    for first in (0, 10, 20):
+        raw = store.raw_path(first, first + 1)
+        raw.write_text(json.dumps({"traceEvents": []}))
+        paths.append(store.pack(raw, first, first + 1))
     assert sorted(p.name for p in (tmp_path / "root" / "run-1").iterdir()) == sorted(p.name for p in paths[1:])
     with gzip.open(paths[-1], "rt") as handle:
         assert json.load(handle) == {"traceEvents": []}
+    assert stat.S_IMODE(paths[-1].stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "root" / "run-1").stat().st_mode) == 0o700
+
+
+def test_helper_failure_falls_back_to_summarising_in_process(monkeypatch, caplog):
+    from optwatch.probe import profiler
+
+    monkeypatch.setattr(profiler.sys, "executable", "/no/such/python")
+    probe, published = start_probe(profile_at=[[1, 2]])
+    model = tiny_model()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.01), 5)
+    probe.close()
+    [done] = hotspots(published)
+    assert done["steps"] == [1, 2] and done["ops"] and os.path.exists(done["trace"])
+    assert "summarising in the training process" in caplog.text
+
+
+def cuda_like_trace() -> dict:
+    """A window as torch exports it on CUDA: a pageable input copy, a matmul, and an .item() that syncs."""
+
+    def host(name, ts, dur, cat="cpu_op", **args):
+        return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": 1, "ts": ts, "dur": dur, "args": args}
+
+    def device(name, ts, dur, external, cat="kernel"):
+        args = {"External id": external, "device": 0, "stream": 7}
+        return {"ph": "X", "cat": cat, "name": name, "pid": 0, "tid": 7, "ts": ts, "dur": dur, "args": args}
+
+    return {
+        "traceEvents": [
+            host("aten::copy_", 0, 50, **{"External id": 1, "Input Dims": [[512, 256], [512, 256], []]}),
+            host("cudaMemcpyAsync", 5, 40, cat="cuda_runtime", **{"External id": 1}),
+            host("module: 0", 60, 100, cat="user_annotation", **{"External id": 2}),
+            host("aten::addmm", 61, 90, **{"External id": 3, "Sequence number": 7}),
+            host("cudaLaunchKernel", 70, 10, cat="cuda_runtime", **{"External id": 3}),
+            host("aten::item", 200, 300, **{"External id": 4}),
+            host("aten::_local_scalar_dense", 201, 298, **{"External id": 5}),
+            host("cudaStreamSynchronize", 210, 280, cat="cuda_runtime", **{"External id": 5}),
+            device("Memcpy HtoD (Pageable -> Device)", 10, 100, 1, cat="gpu_memcpy"),
+            device("sm90_xmma_gemm", 120, 400, 3),
+            device("Memcpy DtoH (Device -> Pageable)", 520, 5, 5, cat="gpu_memcpy"),
+        ]
+    }
+
+
+def test_summary_of_a_cuda_trace_flags_syncs_and_pageable_copies():
+    summary = summarise(cuda_like_trace(), wall_s=0.000600, device_used=True)
+    assert summary["sort_by"] == "self_device_s"  # the device was busy for most of the window
+    ops = {op["name"]: op for op in summary["ops"]}
+    assert [op["name"] for op in summary["ops"]][:2] == ["aten::addmm", "aten::copy_"]
+    assert ops["aten::addmm"]["self_device_s"] == 0.0004 and ops["aten::addmm"]["module"] == "0"
+    assert ops["aten::addmm"]["self_cpu_s"] == pytest.approx(0.000080)  # 90 us minus the 10 us launch
+    assert ops["aten::copy_"]["flags"] == ["pageable-h2d"] and ops["aten::copy_"]["shapes"][0][0] == [512, 256]
+    for name in ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize"):
+        assert "sync" in ops[name]["flags"], name
+    culprits = {culprit["flag"]: culprit for culprit in summary["culprits"]}
+    assert culprits["sync"] == {"flag": "sync", "s": 0.00028, "calls": 1, "pct_of_wall": 46.67}
+    assert culprits["pageable-h2d"]["s"] == 0.0001 and summary["device_total_s"] == 0.000505
+    assert summary["digest"] == "matmul 79%, data copy 20%"
 
 
 def test_headless_lines_for_hotspots_records():
@@ -255,3 +316,10 @@ def test_item_every_step_on_cuda_is_flagged_as_a_sync(tmp_path):
     assert any(op["self_device_s"] for op in done["ops"])
     # The pageable input copies are flagged too (the script copies from unpinned memory each step).
     assert any("pageable-h2d" in op["flags"] for op in done["ops"]) and "pageable-h2d" in culprits
+
+
+def test_the_summary_helper_stays_light():
+    """The helper process imports neither torch nor textual, so it starts in a blink."""
+    code = "import sys, optwatch.probe.traces; print([m for m in ('torch', 'textual') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,19 +1,21 @@
-"""One profiler window summarised: the top ops, the modules they ran in, known culprits and a digest.
+"""One profiler window summarised from its Chrome trace: top ops, their modules, culprits, a digest.
 
-Runs on the profiler's background thread, never on the training thread. It reads the events of
-``torch.profiler.profile.events()`` (``FunctionEvent``: name, self times, parent, shapes, kernels), so
-its numbers are those of ``key_averages()``; times in the record are seconds.
+Torch-free and pure: it reads the trace ``torch.profiler`` exports (the JSON Perfetto opens), so it
+runs in a helper process (see ``traces``) and never competes with the training thread for the GIL.
+Its figures are those of ``key_averages()``: an op's self time is its duration minus its children's
+on the same thread; its self device time is the duration of the kernels, copies and memsets it
+launched itself (linked by the trace's ``External id``). Times in the result are seconds.
 
-Module attribution: while a window records, every module's forward runs inside a
+Where an op ran: while a window records, every module's forward runs inside a
 ``record_function("module: <qualified name>")`` scope, and the innermost scope around an op names it
-(the DataLoader's and the optimizer's own scopes count too). A backward op runs under the autograd
-node whose sequence number is that of the forward op that created it, which gives its module.
+(the DataLoader's and the optimizer's own scopes, optwatch's, and the script's own scopes count too).
+A backward op runs under the autograd node that the forward op with the same sequence number created,
+which gives its module.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +38,9 @@ SYNC_CALLS = frozenset(
 )
 # Reading a device scalar on the host: a sync whenever the tensor lives on the device.
 SCALAR_READS = frozenset({"aten::item", "aten::_local_scalar_dense"})
-
-_SCOPE_NAMES = (MODULE_SCOPE, DATALOADER_SCOPE, OPTIMIZER_SCOPE, OPTWATCH_SCOPE, "ProfilerStep#")
+# Trace categories: what runs on a host thread, and what runs on the device.
+HOST_CATEGORIES = frozenset({"cpu_op", "user_annotation", "cuda_runtime", "cuda_driver", "xpu_runtime"})
+DEVICE_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
 
 TOP_OPS = 25
 SHAPES_FOR_TOP = 10
@@ -45,6 +48,7 @@ SHAPES_EACH = 3
 TOP_MODULES = 8
 DIGEST_OPS = 3
 DIGEST_MIN_PCT = 3.0
+_NESTING_SLACK_US = 0.01  # trace times are rounded to the nanosecond
 
 # Names a person reads faster than the dispatcher's.
 _FRIENDLY = {
@@ -97,7 +101,7 @@ def scope_label(name: str) -> str | None:
         return f"{kind.lower()} ({owner.split('.')[0]})" if owner else kind.lower()
     if name.startswith("ProfilerStep#"):
         return None
-    return name  # the script's own record_function scopes
+    return name  # the script's own record_function scopes, and optwatch's
 
 
 def digest(ops: list[dict[str, Any]]) -> str:
@@ -107,27 +111,110 @@ def digest(ops: list[dict[str, Any]]) -> str:
         shares[friendly_name(op["name"])] += op["pct"]
     top = sorted(shares.items(), key=lambda item: -item[1])
     parts = [f"{name} {pct:.0f}%" for name, pct in top[:DIGEST_OPS] if pct >= DIGEST_MIN_PCT]
-    return ", ".join(parts) if parts else "no op above 3%"
+    return ", ".join(parts) if parts else f"no op above {DIGEST_MIN_PCT:.0f}%"
 
 
-def _is_cpu(event: Any) -> bool:
-    return getattr(event.device_type, "name", str(event.device_type)).upper().endswith("CPU")
+@dataclass(eq=False)
+class _Event:
+    """A host event of the trace, placed in its thread's call tree."""
+
+    name: str
+    category: str
+    thread: tuple[Any, Any]
+    start: float
+    end: float
+    args: dict[str, Any]
+    parent: _Event | None = None
+    children_us: float = 0.0
+    device_us: float = 0.0
+    device_names: list[str] = field(default_factory=list)
+
+    @property
+    def elapsed_us(self) -> float:
+        return self.end - self.start
+
+    @property
+    def self_us(self) -> float:
+        return max(0.0, self.elapsed_us - self.children_us)
+
+    @property
+    def is_scope(self) -> bool:
+        return self.category == "user_annotation"
 
 
-def _annotation(event: Any) -> bool:
-    """A ``record_function`` scope rather than an op (torch before 2.2 does not say: go by the name)."""
-    flag = getattr(event, "is_user_annotation", None)
-    return event.name.startswith(_SCOPE_NAMES) if flag is None else bool(flag)
+def _host_events(trace_events: list[dict[str, Any]]) -> list[_Event]:
+    """Host events as call trees, one per thread, parents first."""
+    events = [
+        _Event(
+            name=str(raw.get("name", "")),
+            category=raw["cat"],
+            thread=(raw.get("pid"), raw.get("tid")),
+            start=float(raw["ts"]),
+            end=float(raw["ts"]) + float(raw.get("dur", 0.0)),
+            args=raw.get("args") or {},
+        )
+        for raw in trace_events
+        if raw.get("ph") == "X" and raw.get("cat") in HOST_CATEGORIES
+    ]
+    # A scope still open when the profiler stopped (it stops inside the optimizer's step) runs to the
+    # end of the trace, profiler shutdown included: end it with the last op.
+    last_op_end = max((e.end for e in events if not e.is_scope), default=None)
+    if last_op_end is not None:
+        for event in events:
+            if event.is_scope and event.end > last_op_end:
+                event.end = max(event.start, last_op_end)
+    events.sort(key=lambda e: (e.start, -e.end))
+    stacks: dict[tuple[Any, Any], list[_Event]] = defaultdict(list)
+    for event in events:
+        stack = stacks[event.thread]
+        while stack and stack[-1].end + _NESTING_SLACK_US < event.end:
+            stack.pop()
+        if stack:
+            event.parent = stack[-1]
+            stack[-1].children_us += event.elapsed_us
+        stack.append(event)
+    return events
 
 
-def _self_device_us(event: Any) -> float:
-    # `self_device_time_total` since torch 2.3, `self_cuda_time_total` before.
-    value = getattr(event, "self_device_time_total", None)
-    return float(value if value is not None else getattr(event, "self_cuda_time_total", 0.0))
+def _labels(events: list[_Event]) -> dict[int, str | None]:
+    """``id(event) -> where it ran`` (a module's qualified name, DataLoader, optimizer.step (SGD)...)."""
+    context: dict[int, tuple[str, Any]] = {}
+    for event in events:  # parents come first
+        if event.name.startswith(BACKWARD_NODE):
+            context[id(event)] = ("backward", event.args.get("Sequence number"))
+        elif event.is_scope and scope_label(event.name) is not None:
+            context[id(event)] = ("scope", scope_label(event.name))
+        elif event.parent is not None:
+            context[id(event)] = context[id(event.parent)]
+        else:
+            context[id(event)] = ("scope", None)
+    # The forward op that created autograd node N is the last op that saw sequence number N. Numbers
+    # are per thread and the trace does not map the backward's thread ids to the forward's: a number
+    # seen on several threads is left unattributed.
+    creators: dict[int, dict[Any, str]] = defaultdict(dict)
+    for event in events:
+        kind, label = context[id(event)]
+        number = event.args.get("Sequence number")
+        if kind == "scope" and label is not None and not event.is_scope and isinstance(number, int) and number >= 0:
+            creators[number][event.thread] = label
+    resolved: dict[int, str | None] = {}
+    for event in events:
+        kind, value = context[id(event)]
+        if kind == "scope":
+            resolved[id(event)] = value
+        else:
+            by_thread = creators.get(value, {}) if isinstance(value, int) else {}
+            resolved[id(event)] = next(iter(by_thread.values())) if len(by_thread) == 1 else None
+    return resolved
 
 
-def _elapsed_us(event: Any) -> float:
-    return float(event.time_range.end - event.time_range.start)
+def _inside(event: _Event, prefix: str) -> bool:
+    parent = event.parent
+    while parent is not None:
+        if parent.name.startswith(prefix):
+            return True
+        parent = parent.parent
+    return False
 
 
 @dataclass
@@ -141,116 +228,75 @@ class _Row:
     shapes: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
 
 
-def _labels(cpu_events: list[Any], open_scopes: list[Any]) -> dict[int, str | None]:
-    """``id(event) -> module label`` for every CPU event (events come parents first, by start time).
-
-    ``open_scopes`` are scopes the window ended inside of (the profiler stops at a step boundary,
-    inside ``Optimizer.step``): torch leaves them out of the tree, so their ops are matched by time.
-    """
-    unclosed = [(scope.thread, scope.time_range, scope_label(scope.name)) for scope in open_scopes]
-    context: dict[int, tuple[str, Any]] = {}
-    for event in cpu_events:
-        name = event.name
-        if name.startswith(BACKWARD_NODE):
-            context[id(event)] = ("backward", (event.fwd_thread, event.sequence_nr))
-            continue
-        if _annotation(event):
-            label = scope_label(name)
-            if label is not None:
-                context[id(event)] = ("scope", label)
-                continue
-        parent = event.cpu_parent
-        if parent is not None:
-            context[id(event)] = context.get(id(parent), ("scope", None))
-            continue
-        span = event.time_range
-        around = [label for thread, r, label in unclosed if thread == event.thread and r.start <= span.start <= r.end]
-        context[id(event)] = ("scope", around[-1] if around else None)
-    # The forward op that created autograd node N is the last op that saw sequence number N on its thread.
-    creator: dict[tuple[Any, int], str] = {}
-    for event in cpu_events:
-        kind, value = context[id(event)]
-        if kind == "scope" and value is not None and event.sequence_nr >= 0 and not _annotation(event):
-            creator[(event.thread, event.sequence_nr)] = value
-    return {key: (value if kind == "scope" else creator.get(value)) for key, (kind, value) in context.items()}
-
-
-def summarise(
-    events: Iterable[Any],
-    *,
-    wall_s: float | None,
-    device_used: bool,
-) -> dict[str, Any]:
-    """The fields of a ``hotspots`` record (all but the step range, trace path and status)."""
-    cpu_events, open_scopes, device_events = [], [], []
-    for event in events:
-        if _is_cpu(event):
-            if not event.is_async:
-                if event.name != "[memory]":
-                    cpu_events.append(event)
-            elif _annotation(event) and scope_label(event.name) is not None:
-                open_scopes.append(event)
-        elif not _annotation(event) and not event.name.startswith(_SCOPE_NAMES):
-            device_events.append(event)  # kernels, copies, memsets: not the scopes mirrored on the GPU
-    labels = _labels(cpu_events, open_scopes)
+def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool) -> dict[str, Any]:
+    """The fields of a ``hotspots`` record (all but the status, step range and trace path)."""
+    trace_events = trace.get("traceEvents") or []
+    events = _host_events(trace_events)
+    labels = _labels(events)
+    device_events = (
+        [raw for raw in trace_events if raw.get("ph") == "X" and raw.get("cat") in DEVICE_CATEGORIES]
+        if device_used
+        else []
+    )
+    # Device work belongs to the host op that launched it.
+    launched_by = {e.args["External id"]: e for e in events if e.category != "cuda_runtime" and "External id" in e.args}
+    for raw in device_events:
+        owner = launched_by.get((raw.get("args") or {}).get("External id"))
+        if owner is not None:
+            owner.device_us += float(raw.get("dur", 0.0))
+            owner.device_names.append(str(raw.get("name", "")))
 
     rows: dict[str, _Row] = defaultdict(_Row)
-    sync_flagged: set[str] = set()
+    sync_callers: set[str] = set()
     culprit_us: dict[str, float] = defaultdict(float)
     culprit_calls: dict[str, int] = defaultdict(int)
-    for event in cpu_events:
+    for event in events:
         name = event.name
         if name.startswith(MODULE_SCOPE) or name.startswith("ProfilerStep#"):
-            continue  # their self time is Python glue (and our own hooks), not work
+            continue  # their self time is Python glue (and optwatch's hooks), not work
         row = rows[name]
-        self_cpu = float(event.self_cpu_time_total)
-        self_device = _self_device_us(event) if device_used else 0.0
-        label = labels.get(id(event))
-        row.cpu_us += self_cpu
-        row.device_us += self_device
+        label = labels[id(event)]
+        row.cpu_us += event.self_us
+        row.device_us += event.device_us
         row.calls += 1
-        row.by_module_cpu[label] += self_cpu
-        row.by_module_device[label] += self_device
-        shapes = event.input_shapes
+        row.by_module_cpu[label] += event.self_us
+        row.by_module_device[label] += event.device_us
+        shapes = event.args.get("Input Dims")
         if shapes:
             key = repr(shapes)
             spent, _ = row.shapes.get(key, (0.0, shapes))
-            row.shapes[key] = (spent + self_cpu + self_device, shapes)
-        if device_used:
-            for kernel in getattr(event, "kernels", ()):
-                if "Pageable" in kernel.name and "HtoD" in kernel.name:
-                    row.flags.add("pageable-h2d")
+            row.shapes[key] = (spent + event.self_us + event.device_us, shapes)
+        if any("Pageable" in kernel and "HtoD" in kernel for kernel in event.device_names):
+            row.flags.add("pageable-h2d")
         if name in SYNC_CALLS:
-            culprit_us["sync"] += _elapsed_us(event)
+            culprit_us["sync"] += event.elapsed_us
             culprit_calls["sync"] += 1
-            parent = event.cpu_parent
-            while parent is not None:  # the ops that asked for the sync (aten::item, aten::nonzero...)
-                if not _annotation(parent) and not parent.name.startswith(BACKWARD_NODE):
-                    sync_flagged.add(parent.name)
-                parent = parent.cpu_parent
-    # DataLoader and optimizer time in wall time (inclusive), counted at their outermost scope only.
-    for event in [*cpu_events, *open_scopes]:
+            parent = event.parent
+            while parent is not None:  # the ops that asked for it: aten::item, aten::nonzero...
+                if not parent.is_scope and not parent.name.startswith(BACKWARD_NODE):
+                    sync_callers.add(parent.name)
+                parent = parent.parent
         for flag, prefix in (
             ("dataloader", DATALOADER_SCOPE),
             ("optimizer", OPTIMIZER_STEP_SCOPE),
             ("optwatch", OPTWATCH_SCOPE),
         ):
-            if event.name.startswith(prefix) and not _inside(event, prefix):
-                culprit_us[flag] += _elapsed_us(event)
+            if name.startswith(prefix) and event.is_scope and not _inside(event, prefix):
+                culprit_us[flag] += event.elapsed_us
                 culprit_calls[flag] += 1
     if device_used and "sync" not in culprit_us:
         # Without the CUDA runtime's events, the scalar reads themselves are the waits.
-        for event in cpu_events:
+        for event in events:
             if event.name == "aten::_local_scalar_dense":
-                culprit_us["sync"] += _elapsed_us(event)
+                culprit_us["sync"] += event.elapsed_us
                 culprit_calls["sync"] += 1
-    for event in device_events:
-        if "Pageable" in event.name and "HtoD" in event.name:
-            culprit_us["pageable-h2d"] += _elapsed_us(event)
+    for raw in device_events:
+        if "Pageable" in raw.get("name", "") and "HtoD" in raw.get("name", ""):
+            culprit_us["pageable-h2d"] += float(raw.get("dur", 0.0))
             culprit_calls["pageable-h2d"] += 1
 
     cpu_total = sum(row.cpu_us for row in rows.values())
-    device_total = sum(_elapsed_us(event) for event in device_events) if device_used else 0.0
+    device_total = sum(float(raw.get("dur", 0.0)) for raw in device_events)
     wall_us = wall_s * 1e6 if wall_s else None
     by_device = device_total > 0 and (wall_us is None or device_total >= 0.5 * wall_us)
     total = device_total if by_device else cpu_total
@@ -259,18 +305,18 @@ def summarise(
         return row.device_us if by_device else row.cpu_us
 
     ranked = sorted(rows.items(), key=lambda item: (-metric(item[1]), -item[1].cpu_us, item[0]))
-    ops = []
     modules: dict[str, float] = defaultdict(float)
     for row in rows.values():
         for label, spent in (row.by_module_device if by_device else row.by_module_cpu).items():
             if label is not None:
                 modules[label] += spent
+    ops = []
     for index, (name, row) in enumerate(ranked[:TOP_OPS]):
         by_module = row.by_module_device if by_device and row.device_us > 0 else row.by_module_cpu
         placed = {label: spent for label, spent in by_module.items() if label is not None and spent > 0}
         module = max(placed, key=placed.__getitem__) if placed else None
         flags = set(row.flags)
-        if name in SYNC_CALLS or name in sync_flagged or (device_used and name in SCALAR_READS):
+        if name in SYNC_CALLS or name in sync_callers or (device_used and name in SCALAR_READS):
             flags.add("sync")
         if name.startswith(DATALOADER_SCOPE) or module == "DataLoader":
             flags.add("dataloader")
@@ -278,10 +324,7 @@ def summarise(
             flags.add("optimizer")
         if name == OPTWATCH_SCOPE or module == OPTWATCH_SCOPE:
             flags.add("optwatch")
-        shapes = []
-        if index < SHAPES_FOR_TOP:
-            heaviest = sorted(row.shapes.values(), key=lambda pair: -pair[0])[:SHAPES_EACH]
-            shapes = [recorded for _, recorded in heaviest]
+        heaviest = sorted(row.shapes.values(), key=lambda pair: -pair[0])[:SHAPES_EACH]
         ops.append(
             {
                 "name": name,
@@ -289,40 +332,33 @@ def summarise(
                 "self_device_s": round(row.device_us / 1e6, 6) if device_used else None,
                 "calls": row.calls,
                 "pct": round(100.0 * metric(row) / total, 2) if total > 0 else 0.0,
-                "shapes": shapes,
+                "shapes": [shapes for _, shapes in heaviest] if index < SHAPES_FOR_TOP else [],
                 "module": module,
                 "flags": sorted(flags),
             }
         )
-    module_rows = [
-        {"name": label, "pct": round(100.0 * spent / total, 2) if total > 0 else 0.0, "self_s": round(spent / 1e6, 6)}
-        for label, spent in sorted(modules.items(), key=lambda item: -item[1])[:TOP_MODULES]
-    ]
-    culprits = [
-        {
-            "flag": flag,
-            "s": round(spent / 1e6, 6),
-            "calls": culprit_calls[flag],
-            "pct_of_wall": round(100.0 * spent / wall_us, 2) if wall_us else None,
-        }
-        for flag, spent in sorted(culprit_us.items(), key=lambda item: -item[1])
-    ]
     return {
         "sort_by": "self_device_s" if by_device else "self_cpu_s",
         "ops": ops,
-        "modules": module_rows,
-        "culprits": culprits,
+        "modules": [
+            {
+                "name": label,
+                "pct": round(100.0 * spent / total, 2) if total > 0 else 0.0,
+                "self_s": round(spent / 1e6, 6),
+            }
+            for label, spent in sorted(modules.items(), key=lambda item: -item[1])[:TOP_MODULES]
+        ],
+        "culprits": [
+            {
+                "flag": flag,
+                "s": round(spent / 1e6, 6),
+                "calls": culprit_calls[flag],
+                "pct_of_wall": round(100.0 * spent / wall_us, 2) if wall_us else None,
+            }
+            for flag, spent in sorted(culprit_us.items(), key=lambda item: -item[1])
+        ],
         "digest": digest(ops),
         "self_cpu_total_s": round(cpu_total / 1e6, 6),
         "device_total_s": round(device_total / 1e6, 6) if device_used else None,
-        "events": len(cpu_events) + len(device_events),
+        "events": len(events) + len(device_events),
     }
-
-
-def _inside(event: Any, prefix: str) -> bool:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith(prefix):
-            return True
-        parent = parent.cpu_parent
-    return False

@@ -3,21 +3,24 @@
 A window is planned by ``--profile-at START:COUNT``, ``--profile-every N[:COUNT]`` or a request
 (the dashboard's ``p``, or ``ProfilerPlugin.request_window`` for the control channel). At a step
 boundary the profiler is prepared (the next step is its warm-up), at the following one it starts
-recording (with module scopes), and COUNT steps later it stops. A background thread then summarises
-the window (``hotspots.summarise``), writes the trace and publishes a ``hotspots`` record.
+recording (with module scopes), and COUNT steps later it stops. A background thread exports the
+trace and waits for a helper process (``traces``) that summarises it, so the parsing never holds the
+GIL the training thread needs; then it publishes a ``hotspots`` record.
 
-With no window planned, ``after_step`` is one comparison: no profiler object exists and no hook is
-installed. The only work on the training thread is starting and stopping the profiler; on CUDA,
-stopping waits once for the window's GPU work (torch's profiler needs it finished to time it).
+With no window planned, ``after_step`` checks two attributes and compares two integers: no profiler
+object exists and no hook is installed. The only work on the training thread is starting and
+stopping the profiler; on CUDA, stopping waits once for the window's GPU work (torch's profiler needs
+it finished to time it).
 """
 
 from __future__ import annotations
 
 import collections
-import gzip
+import json
 import logging
 import os
-import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,21 +29,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+import optwatch
 from optwatch import protocol
-from optwatch.probe.hotspots import MODULE_SCOPE, summarise
+from optwatch.probe.hotspots import MODULE_SCOPE
 from optwatch.probe.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
 from optwatch.probe.plugin import ProbePlugin
-from optwatch.wire import runtime
+from optwatch.probe.traces import TraceStore, summarise_window, trace_root
 
 if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
 
 log = logging.getLogger(__name__)
 
-KEEP_TRACES = 5  # per rank and run
-TRACE_DIR_ENV = "OPTWATCH_TRACE_DIR"
-DEFAULT_TRACE_DIR = "optwatch-traces"
-FINISH_TIMEOUT_S = 60.0
+FINISH_TIMEOUT_S = 60.0  # at exit, how long the last window's summary may still take
+HELPER_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True, order=True)
@@ -54,48 +56,6 @@ class Window:
     @property
     def last(self) -> int:
         return self.first + self.steps - 1
-
-
-def trace_root() -> Path:
-    """``$OPTWATCH_TRACE_DIR``, else ``./optwatch-traces`` (resolved once, so a later chdir changes nothing)."""
-    return Path(os.environ.get(TRACE_DIR_ENV) or DEFAULT_TRACE_DIR).absolute()
-
-
-class TraceStore:
-    """Gzipped Chrome/Perfetto traces in ``<root>/<run_id>/``, private to the user, the last few kept."""
-
-    def __init__(self, root: Path, run_id: str, rank: int, keep: int = KEEP_TRACES):
-        self.root = root
-        self.directory = root / run_id
-        self.rank = rank
-        self.keep = keep
-
-    def write(self, export: Callable[[str], None], first: int, last: int) -> Path:
-        # The root may be shared (OPTWATCH_TRACE_DIR=/scratch): create it private but never chmod it.
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        runtime.ensure_private_dir(self.directory)
-        final = self.directory / f"rank{self.rank}-steps{first}-{last}.pt.trace.json.gz"
-        raw = self.directory / f".{final.name}.{os.getpid()}.json"
-        partial = self.directory / f".{final.name}.{os.getpid()}.partial"
-        try:
-            export(str(raw))
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(raw, "rb") as source, os.fdopen(fd, "wb") as sink:
-                with gzip.GzipFile(filename=final.name[:-3], mode="wb", fileobj=sink, compresslevel=6) as packed:
-                    shutil.copyfileobj(source, packed, 1 << 20)
-            os.replace(partial, final)  # a reader never sees half a file
-        finally:
-            for leftover in (raw, partial):
-                leftover.unlink(missing_ok=True)
-        self._prune()
-        return final
-
-    def _prune(self) -> None:
-        traces = sorted(
-            self.directory.glob(f"rank{self.rank}-steps*.pt.trace.json.gz"), key=lambda path: path.stat().st_mtime
-        )
-        for old in traces[: -self.keep]:
-            old.unlink(missing_ok=True)
 
 
 def _compiling_check() -> Callable[[], bool]:
@@ -366,19 +326,53 @@ class ProfilerPlugin(ProbePlugin):
 
     # --- the summary, on a background thread ------------------------------------------------------------
     def _publish(self, probe: Probe, profile: Any, summary: dict[str, Any]) -> None:
+        assert self._traces is not None
+        first, last = summary["steps"]
+        raw: Path | None = None
         try:
-            summary.update(summarise(profile.events(), wall_s=summary["wall_s"], device_used=self._device_used))
+            raw = self._traces.raw_path(first, last)
+            profile.export_chrome_trace(str(raw))
+            del profile  # the profiler's events can be large; the trace file has them now
+            job = {
+                "raw": str(raw),
+                "root": str(self._traces.root),
+                "run_id": probe.run_id,
+                "rank": probe.rank,
+                "first": first,
+                "last": last,
+                "wall_s": summary["wall_s"],
+                "device_used": self._device_used,
+            }
+            summary.update(_summarise(job))
         except Exception as exc:
             log.exception("optwatch: could not summarise the profiler window")
             summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        try:
-            assert self._traces is not None
-            first, last = summary["steps"]
-            summary["trace"] = str(self._traces.write(profile.export_chrome_trace, first, last))
-        except Exception as exc:
-            log.exception("optwatch: could not write the profiler trace")
-            summary.update(trace=None, trace_error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if raw is not None:
+                raw.unlink(missing_ok=True)
         probe.publisher.submit_records([protocol.make_record(protocol.HOTSPOTS, probe.rank, **summary)])
+
+
+def _summarise(job: dict[str, Any]) -> dict[str, Any]:
+    """Summarise a window in a helper process (no GIL shared with training); here if that fails."""
+    env = dict(os.environ)
+    package_root = str(Path(optwatch.__file__).resolve().parent.parent)  # the helper imports this optwatch
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "optwatch.probe.traces", json.dumps(job)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HELPER_TIMEOUT_S,
+        )
+        if done.returncode == 0:
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    log.warning("optwatch: the trace summary helper failed (%s); summarising in the training process", reason)
+    return summarise_window(job)
 
 
 def profiler_of(probe: Probe) -> ProfilerPlugin | None:
