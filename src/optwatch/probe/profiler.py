@@ -332,7 +332,6 @@ class ProfilerPlugin(ProbePlugin):
         try:
             raw = self._traces.raw_path(first, last)
             profile.export_chrome_trace(str(raw))
-            del profile  # the profiler's events can be large; the trace file has them now
             job = {
                 "raw": str(raw),
                 "root": str(self._traces.root),
