@@ -31,7 +31,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _checked(parse):
+    """An argparse type from a parser that raises ValueError with a message for the user."""
+
+    def check(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    check.__name__ = parse.__name__
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from optwatch.probe.options import parse_profile_at, parse_profile_every
+
     parser = argparse.ArgumentParser(
         prog="optwatch",
         description="Live diagnostics for PyTorch training, in the terminal.",
@@ -59,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="apply COMMAND so it is in effect for step STEP (repeatable), e.g. lr=0.001@20, amp=on@30",
+    )
+    run.add_argument(
+        "--profile-at",
+        metavar="START:COUNT",
+        type=_checked(parse_profile_at),
+        action="append",
+        default=[],
+        help="profile steps START..START+COUNT-1 (COUNT defaults to 5; may be repeated)",
+    )
+    run.add_argument(
+        "--profile-every",
+        metavar="N[:COUNT]",
+        type=_checked(parse_profile_every),
+        help="profile COUNT steps (default 3) every N steps, at most 10%% of the steps",
     )
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
@@ -148,7 +177,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         except controls.CommandError as exc:
             # Not fatal: it is refused at its step, with an event record, like any bad command.
             print(f"optwatch: warning: --control {scheduled} will be refused: {exc}", file=sys.stderr)
-    options = ProbeOptions(script=args.script, argv=args.args, listen=args.listen, controls=args.control)
+    options = ProbeOptions(
+        script=args.script,
+        argv=args.args,
+        listen=args.listen,
+        controls=args.control,
+        profile_at=args.profile_at,
+        profile_every=args.profile_every,
+    )
 
     if under_torchrun():
         # A torchrun worker: instrument this process and run the script here; no dashboard.

@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 
-MAX_PROFILE_STEPS = 1000
+from optwatch.probe.options import MAX_PROFILE_STEPS  # one limit, however a window is asked for
 
 _LR = re.compile(r"^lr(?:\[(?P<group>[^\]]*)\])?(?P<op>\*?=)(?P<value>.*)$")
 

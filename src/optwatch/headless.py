@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from optwatch.session import ViewerSession
 from optwatch.store import Store, finite
@@ -54,9 +54,24 @@ def notable_line(record: dict) -> str | None:
         return f"optwatch: {record.get('command')} rejected: {record.get('reason')}"
     if kind == "alert":
         return f"optwatch: ALERT {record.get('type')} @ step {record.get('step')}{on_rank}: {record.get('message')}"
-    if kind == "hotspots" and rank == 0:
-        trace = f" (trace: {record['trace']})" if record.get("trace") else ""
-        return f"optwatch: hot spots {record.get('digest', '')}{trace}"
+    if kind == "hotspots":
+        return hotspots_line(record)
+    return None
+
+
+def hotspots_line(record: dict[str, Any]) -> str | None:
+    """What a ``hotspots`` record says, in one line for stderr."""
+    steps = record.get("steps") or []
+    where = f"steps {steps[0]}-{steps[1]}" if len(steps) == 2 else "a window"
+    where += f" rank {record['rank']}" if record.get("rank", 0) > 0 else ""
+    status = record.get("status")
+    if status == "profiling":
+        return f"optwatch: profiling {where}…"
+    if status == "failed":
+        return f"optwatch: profiling {where} failed: {record.get('error', 'unknown error')}"
+    if status == "done":
+        trace = record.get("trace")
+        return f"optwatch: hot spots, {where}: {record.get('digest', '')}" + (f" (trace {trace})" if trace else "")
     return None
 
 

@@ -16,12 +16,15 @@ from optwatch.app.views import extra_views
 from optwatch.app.widgets.command_input import CommandInput
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.findings_bar import FindingsBar
+from optwatch.app.widgets.hotspots_view import HotspotsView
 from optwatch.app.widgets.log_pane import LogPane
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
+from optwatch.probe.options import DEFAULT_PROFILE_STEPS
 from optwatch.session import ViewerSession
 from optwatch.store import Store
+from optwatch.wire.subscriber import RequestError
 
 # Redraws follow the data, throttled: figures at most 10 times a second (so what is on screen is never
 # much older than what the job published), charts at most twice a second (plotext is the costly part).
@@ -44,6 +47,7 @@ class OptwatchApp(App[None]):
         Binding("b", "toggle('cudnn_benchmark')", "cudnn.bench"),
         Binding("space", "toggle_pause", "Pause"),
         Binding("colon", "command", "Command"),
+        Binding("p", "profile", "Profile"),
     ]
 
     def __init__(self, session: ViewerSession | None = None, store: Store | None = None, mode: str = "run"):
@@ -288,6 +292,41 @@ class OptwatchApp(App[None]):
         elif choice == "detach":
             self.detached = True
             self.exit()
+
+    def action_profile(self) -> None:
+        """Ask the run for a profiler window over the next few steps; the Hot spots tab shows how it goes."""
+        view = next(iter(self.query(HotspotsView)), None)
+        if view is not None:
+            self.action_show_tab("hotspots")
+        if self.session is None or self.mode == "replay":
+            self.notify("a replay cannot be profiled", severity="warning")
+            return
+        if self.session.process is not None and self.session.process.poll() is not None:
+            self.notify("the run has ended: nothing left to profile", severity="warning")
+            return
+        if view is not None:
+            view.note(f"asking the run to profile the next {DEFAULT_PROFILE_STEPS} steps…", self.store)
+        self.request_profile(DEFAULT_PROFILE_STEPS)
+
+    @work(thread=True, exclusive=True, group="profile", name="profile")
+    def request_profile(self, steps: int) -> None:
+        assert self.session is not None
+        try:
+            reply = self.session.feed.request("profile", steps=steps)
+        except RequestError as exc:
+            self.post_message(HotspotsView.ProfileReply(None, str(exc)))
+            return
+        self.post_message(HotspotsView.ProfileReply(reply, None))
+
+    def on_hotspots_view_profile_reply(self, message: HotspotsView.ProfileReply) -> None:
+        view = next(iter(self.query(HotspotsView)), None)
+        if message.error is not None:
+            self.notify(f"profiling: {message.error}", severity="warning")
+            text = f"not profiling: {message.error}"
+        else:
+            text = f"{(message.reply or {}).get('message', 'profiling soon')}…"
+        if view is not None:
+            view.note(text, self.store)
 
     @work(thread=True, exclusive=True, group="stop", name="stop")
     def stop_run(self) -> None:

@@ -308,8 +308,10 @@ class ControlPlugin(ProbePlugin):
             for plugin in probe.plugins:
                 request_window = getattr(plugin, "request_window", None)
                 if request_window is not None:
-                    request_window(int(command.value))
-                    return f"profiling the next {command.value} steps"
+                    reply = request_window(int(command.value), reason="control")
+                    if not reply.get("ok"):
+                        raise controls.CommandError(str(reply.get("error")))
+                    return str(reply.get("message", ""))
             raise controls.CommandError("the profiler is not available in this optwatch")
         if command.name == "stop":
             return "stopping (KeyboardInterrupt at the step boundary)"

@@ -16,6 +16,48 @@ ENV_OPTIONS = "OPTWATCH_OPTIONS"
 ENV_HUB = "OPTWATCH_HUB"  # HOST:PORT of rank 0's --listen address, for ranks on other nodes
 ENV_TOKEN = "OPTWATCH_TOKEN"  # a token to use instead of a random one (multi-node jobs share it)
 
+DEFAULT_PROFILE_STEPS = 5  # a window from --profile-at START or the dashboard's `p`
+PERIODIC_PROFILE_STEPS = 3  # a window from --profile-every N
+MAX_PROFILE_STEPS = 50
+MAX_PROFILE_DUTY = 0.1  # --profile-every profiles at most this share of the steps, warm-up step included
+
+
+def _whole(text: str, what: str, spec: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected {spec}, got {what!r}") from None
+
+
+def parse_profile_at(text: str) -> list[int]:
+    """``START[:COUNT]`` -> ``[start, count]``; ValueError with a message for the user."""
+    spec = "START:COUNT such as 10:5"
+    start_text, _, count_text = text.partition(":")
+    start = _whole(start_text, text, spec)
+    count = _whole(count_text, text, spec) if count_text else DEFAULT_PROFILE_STEPS
+    if start < 0:
+        raise ValueError(f"START is a step number (the first step is 0), got {start}")
+    if not 1 <= count <= MAX_PROFILE_STEPS:
+        raise ValueError(f"COUNT must be from 1 to {MAX_PROFILE_STEPS} steps, got {count}")
+    return [start, count]
+
+
+def parse_profile_every(text: str) -> list[int]:
+    """``N[:COUNT]`` -> ``[period, count]``, refusing a duty cycle above ``MAX_PROFILE_DUTY``."""
+    spec = "N or N:COUNT such as 500:3"
+    period_text, _, count_text = text.partition(":")
+    period = _whole(period_text, text, spec)
+    count = _whole(count_text, text, spec) if count_text else PERIODIC_PROFILE_STEPS
+    if not 1 <= count <= MAX_PROFILE_STEPS:
+        raise ValueError(f"COUNT must be from 1 to {MAX_PROFILE_STEPS} steps, got {count}")
+    least = round((count + 1) / MAX_PROFILE_DUTY)
+    if period < least:
+        raise ValueError(
+            f"every {period} steps is too often for {count}-step windows (plus a warm-up step): "
+            f"optwatch profiles at most {MAX_PROFILE_DUTY:.0%} of the steps, so N must be at least {least}"
+        )
+    return [period, count]
+
 
 @dataclass
 class ProbeOptions:
@@ -27,6 +69,10 @@ class ProbeOptions:
     argv: list[str] = field(default_factory=list)
     listen: str | None = None  # HOST:PORT for a token-protected TCP endpoint (rank 0)
     controls: list[str] = field(default_factory=list)  # COMMAND@STEP, applied at that step
+    profile_at: list[list[int]] = field(default_factory=list)
+    """Profiler windows ``[first_step, steps]`` asked for with ``--profile-at``."""
+    profile_every: list[int] | None = None
+    """``[period, steps]``: a profiler window every ``period`` steps (``--profile-every``)."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.profiler import ProfilerPlugin
 
 
 def enabled(options: ProbeOptions) -> list[ProbePlugin]:
@@ -11,4 +12,5 @@ def enabled(options: ProbeOptions) -> list[ProbePlugin]:
     from optwatch.probe.telemetry import TelemetryPlugin
 
     plugins: list[ProbePlugin] = [ControlPlugin(options.controls), TelemetryPlugin()]
+    plugins.append(ProfilerPlugin(options))  # always on for `p`; idle, it costs one comparison per step
     return plugins

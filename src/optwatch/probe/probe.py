@@ -300,14 +300,25 @@ class Probe:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = True
-            self._call_plugins("before_optimizer_step", optimizer)
+            self._as_own_work(self._call_plugins, "before_optimizer_step", optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
-            for plugin in self.plugins:
-                plugin.after_optimizer_step(self, optimizer)
-            self._finish_step()
+            self._as_own_work(self._after_optimizer_step, optimizer)
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._call_plugins("after_optimizer_step", optimizer)
+        self._finish_step()
+
+    @staticmethod
+    def _as_own_work(work: Callable[..., Any], *args: Any) -> None:
+        """Run ``work``; while a profiler records, in an ``optwatch`` scope, so profiles show what optwatch costs."""
+        if torch.autograd.profiler._is_profiler_enabled:
+            with torch.autograd.profiler.record_function("optwatch"):
+                work(*args)
+        else:
+            work(*args)
 
     # --- the model -----------------------------------------------------------------------------------
     def find_model(self) -> torch.nn.Module | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -49,6 +50,7 @@ class Feed:
         self._sub.connect(pub_endpoint)
         self._ctl_endpoint = ctl_endpoint
         self._ctl: zmq.Socket | None = None
+        self._request_lock = threading.Lock()  # zmq sockets are not thread-safe
         self.last_seq: dict[int, int] = {}
         self.gaps_filled = 0
         self.lost = 0
@@ -84,24 +86,26 @@ class Feed:
         return self._ctl
 
     def request(self, op: str, timeout_s: float = 3.0, **fields: Any) -> dict[str, Any]:
-        socket = self._control_socket()
-        socket.send_multipart([b"", protocol.encode_request({"op": op, **fields})])
-        poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        deadline = time.monotonic() + timeout_s
-        answered = refused = False
-        while not (answered or refused) and time.monotonic() < deadline:
-            ready = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
-            answered = socket in ready
-            refused = self._monitor in ready and not answered
-        if not answered:
-            # The reply may still come later and would be taken for the next one: start afresh.
-            self._close_control()
-            if refused:
-                raise AuthenticationError("the job refused the token (wrong or missing --token)")
-            raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
-        reply = protocol.decode_request(socket.recv_multipart()[-1])
+        """Ask the job. The socket is the pump thread's; the lock makes any other caller wait its turn."""
+        with self._request_lock:
+            socket = self._control_socket()
+            socket.send_multipart([b"", protocol.encode_request({"op": op, **fields})])
+            poller = zmq.Poller()
+            poller.register(socket, zmq.POLLIN)
+            poller.register(self._monitor, zmq.POLLIN)
+            deadline = time.monotonic() + timeout_s
+            answered = refused = False
+            while not (answered or refused) and time.monotonic() < deadline:
+                ready = dict(poller.poll(max(1, int((deadline - time.monotonic()) * 1000))))
+                answered = socket in ready
+                refused = self._monitor in ready and not answered
+            if not answered:
+                # The reply may still come later and would be taken for the next one: start afresh.
+                self._close_control()
+                if refused:
+                    raise AuthenticationError("the job refused the token (wrong or missing --token)")
+                raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
+            reply = protocol.decode_request(socket.recv_multipart()[-1])
         if not reply.get("ok"):
             raise RequestError(str(reply.get("error", "refused")))
         return reply

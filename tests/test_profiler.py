@@ -1,0 +1,325 @@
+"""Profiler windows: planned from the command line or requested, summarised into `hotspots` records."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl
+from optwatch.headless import hotspots_line
+from optwatch.probe.hotspots import summarise
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.probe import Probe
+from optwatch.probe.profiler import profiler_of
+from optwatch.probe.traces import TraceStore
+from optwatch.wire import runtime
+
+
+@pytest.fixture(autouse=True)
+def trace_dir(tmp_path, monkeypatch):
+    """Traces of these tests go to a temporary directory, not ./optwatch-traces of the checkout."""
+    path = tmp_path / "traces"
+    monkeypatch.setenv("OPTWATCH_TRACE_DIR", str(path))
+    return path
+
+
+def start_probe(**options) -> tuple[Probe, list[dict]]:
+    """A probe in this process, and every record its plugins hand to the publisher."""
+    probe = Probe(runtime.make_run_dir("prof-test"), "prof-test", ProbeOptions(script="t", **options))
+    published: list[dict] = []
+    submit = probe.publisher.submit_records
+
+    def spy(records):
+        published.extend(records)
+        submit(records)
+
+    probe.publisher.submit_records = spy  # type: ignore[method-assign]
+    return probe.start(), published
+
+
+def hotspots(published: list[dict], status: str = "done") -> list[dict]:
+    return [r for r in published if r["kind"] == "hotspots" and r.get("status") == status]
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+
+def train(model, optimizer, steps: int, sleep_s: float = 0.0, item: bool = False) -> None:
+    x, y = torch.randn(64, 32, device=next(model.parameters()).device), None
+    y = torch.randn(64, 1, device=x.device)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if item:
+            loss.item()
+        if sleep_s:
+            time.sleep(sleep_s)
+
+
+def test_cli_window_on_the_cifar_example_finds_the_convolutions_and_writes_a_trace(tmp_path, trace_dir):
+    record = tmp_path / "r.jsonl"
+    cifar = str(EXAMPLES / "cifar.py")
+    result = optwatch("run", "--headless", "--record", str(record), "--profile-at", "10:5", cifar, "--steps", "30")
+    assert result.returncode == 0, result.stderr
+    records = [r for r in read_jsonl(record) if r["kind"] == "hotspots"]
+    assert [r["status"] for r in records] == ["profiling", "done"], records
+    done = records[-1]
+    assert done["steps"] == [10, 14] and done["reason"] == "cli" and done["sort_by"] == "self_cpu_s"
+    ops = done["ops"]
+    assert any("convolution" in op["name"] for op in ops[:3]), [op["name"] for op in ops[:5]]
+    assert [op["self_cpu_s"] for op in ops] == sorted((op["self_cpu_s"] for op in ops), reverse=True)
+    assert 0 < sum(op["pct"] for op in ops) <= 100.01 and all(op["self_device_s"] is None for op in ops)
+    # Forward and backward convolutions are placed in the model's convolution modules.
+    conv_modules = {"stem.0"} | {f"layer{i}.{name}" for i in (1, 2, 3) for name in ("conv1", "conv2", "shortcut.0")}
+    for op in ops:
+        if op["name"] in ("aten::convolution_backward", "aten::mkldnn_convolution"):
+            assert op["module"] in conv_modules, op
+            assert op["calls"] == 5 * 10 and op["shapes"] and op["shapes"][0][0][0] == 128
+    dataloader = next(op for op in ops if op["name"].startswith("enumerate(DataLoader)"))
+    assert dataloader["flags"] == ["dataloader"] and dataloader["calls"] == 5
+    culprits = {c["flag"]: c for c in done["culprits"]}
+    assert culprits["dataloader"]["calls"] == 5 and culprits["optimizer"]["calls"] == 5
+    assert "convolution" in done["digest"]
+    assert done["modules"][0]["name"] in conv_modules
+    # The trace: gzipped Chrome/Perfetto JSON, private, with the module scopes in it.
+    trace = done["trace"]
+    assert trace.startswith(str(trace_dir)) and trace.endswith("rank0-steps10-14.pt.trace.json.gz")
+    with gzip.open(trace, "rt") as handle:
+        events = json.load(handle)["traceEvents"]
+    assert any(event.get("name") == "module: layer1.conv1" for event in events)
+    assert stat.S_IMODE(os.stat(trace).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(trace)).st_mode) == 0o700
+    assert f"optwatch: hot spots, steps 10-14: {done['digest']} (trace {trace})" in result.stderr
+    assert "USDT" not in result.stderr  # kineto's own chatter stays out of the script's stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--profile-at", "ten:5", "expected START:COUNT such as 10:5, got 'ten:5'"),
+        ("--profile-at", "10:0", "COUNT must be from 1 to 50 steps, got 0"),
+        ("--profile-at", "-3:5", "START is a step number (the first step is 0), got -3"),
+        (
+            "--profile-every",
+            "20",
+            "every 20 steps is too often for 3-step windows (plus a warm-up step): "
+            "optwatch profiles at most 10% of the steps, so N must be at least 40",
+        ),
+        ("--profile-every", "500:x", "expected N or N:COUNT such as 500:3, got '500:x'"),
+    ],
+)
+def test_bad_profiler_flags_are_refused_clearly(flag, value, message):
+    result = optwatch("run", "--headless", f"{flag}={value}", str(SCRIPTS / "plain_train.py"))
+    assert result.returncode == 2
+    assert f"argument {flag}: {message}" in result.stderr
+
+
+def test_idle_profiler_costs_nothing_and_writes_nothing(trace_dir):
+    probe, published = start_probe()
+    from torch.nn.modules import module
+
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    original_step = optimizer.step
+
+    def step(*args, **kwargs):
+        seen.append((torch.autograd.profiler._is_profiler_enabled, len(module._global_forward_pre_hooks)))
+        return original_step(*args, **kwargs)
+
+    optimizer.step = step
+    train(model, optimizer, 20)
+    probe.close()
+    assert seen == [(False, 0)] * 20
+    assert hotspots(published, "profiling") == [] and hotspots(published) == []
+    assert not trace_dir.exists()
+
+
+def test_request_profiles_the_next_steps_with_modules_forward_and_backward():
+    probe, published = start_probe()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train(model, optimizer, 3)
+    reply = profiler_of(probe).request_window(4)
+    assert reply == {"ok": True, "steps": [5, 8], "message": "profiling about steps 5-8"}
+    train(model, optimizer, 10, item=True)
+    probe.close()
+    [profiling] = hotspots(published, "profiling")
+    [done] = hotspots(published)
+    assert profiling["steps"] == done["steps"] == [5, 8] and done["reason"] == "request"
+    ops = {op["name"]: op for op in done["ops"]}
+    assert ops["aten::addmm"]["calls"] == 2 * 4 and ops["aten::addmm"]["module"] in ("0", "2")
+    assert ops["aten::addmm"]["shapes"][0][:2] in ([[64], [64, 32]], [[1], [64, 64]])
+    assert ops["aten::mm"]["module"] in ("0", "2")  # backward matmuls, placed through the autograd graph
+    relu_ops = [op for name, op in ops.items() if name in ("aten::relu", "aten::clamp_min", "aten::threshold_backward")]
+    assert all(op["module"] == "1" for op in relu_ops)
+    assert "optimizer" in ops["Optimizer.step#SGD.step"]["flags"]
+    culprits = {culprit["flag"]: culprit for culprit in done["culprits"]}
+    assert culprits["optimizer"]["calls"] == 4
+    # optwatch's own work at the step boundary (the gradient norm) is labelled as such.
+    assert culprits["optwatch"]["calls"] >= 3
+    assert all("optwatch" in op["flags"] for op in done["ops"] if op["module"] == "optwatch")
+    # On the CPU, .item() waits for nothing: no sync flag, no sync culprit.
+    assert "sync" not in culprits and all("sync" not in op["flags"] for op in done["ops"])
+    assert os.path.exists(done["trace"])
+
+
+def test_requests_are_checked_and_one_window_runs_at_a_time():
+    probe, published = start_probe(profile_at=[[2, 3]])
+    plugin = profiler_of(probe)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for bad in (0, 51, "5", True):
+        reply = plugin.request_window(bad)
+        assert reply["ok"] is False and "steps must be a whole number from 1 to 50" in reply["error"]
+    train(model, optimizer, 3)  # steps 0-2: step 1 warms up, 2 is recorded
+    assert plugin.request_window(2) == {"ok": False, "error": "already profiling steps 2-4"}
+    train(model, optimizer, 3)
+    assert plugin.request_window(2)["ok"] is True
+    assert plugin.request_window(2) == {"ok": False, "error": "a profiler window is already requested"}
+    # The requested window waits for the first one's summary (slow on a busy machine), then runs.
+    for _ in range(1000):
+        train(model, optimizer, 1, sleep_s=0.01)
+        if len(hotspots(published)) == 2:
+            break
+    probe.close()
+    assert plugin.request_window(2) == {"ok": False, "error": "the run is ending"}
+    windows = [r["steps"] for r in hotspots(published)]
+    assert windows[0] == [2, 4] and len(windows) == 2 and windows[1][0] > 4
+
+
+def test_run_ending_inside_a_window_publishes_what_it_recorded():
+    probe, published = start_probe(profile_at=[[4, 10]])
+    model = tiny_model()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.01), 7)
+    probe.close()
+    [done] = hotspots(published)
+    assert done["steps"] == [4, 6] and done["partial"] is True and done["ops"]
+
+
+def test_periodic_windows_repeat():
+    probe, published = start_probe(profile_every=[8, 2])
+    model = tiny_model()
+    # Slow enough steps that a summary is usually done before the next window is due; a window
+    # that falls due while the previous one is still being summarised starts later.
+    train(model, torch.optim.SGD(model.parameters(), lr=0.01), 34, sleep_s=0.03)
+    probe.close()
+    windows = [r["steps"] for r in hotspots(published)]
+    assert len(windows) >= 2 and windows[0] == [8, 9]
+    assert all(b[0] - a[0] >= 8 and b[1] - b[0] == 1 for a, b in zip(windows, windows[1:]))
+
+
+def test_only_the_last_traces_are_kept(tmp_path):
+    store = TraceStore(tmp_path / "root", "run-1", rank=0, keep=2)
+    paths = []
+    for first in (0, 10, 20):
+        raw = store.raw_path(first, first + 1)
+        raw.write_text(json.dumps({"traceEvents": []}))
+        paths.append(store.pack(raw, first, first + 1))
+    assert sorted(p.name for p in (tmp_path / "root" / "run-1").iterdir()) == sorted(p.name for p in paths[1:])
+    with gzip.open(paths[-1], "rt") as handle:
+        assert json.load(handle) == {"traceEvents": []}
+    assert stat.S_IMODE(paths[-1].stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "root" / "run-1").stat().st_mode) == 0o700
+
+
+def test_helper_failure_falls_back_to_summarising_in_process(monkeypatch, caplog):
+    from optwatch.probe import profiler
+
+    monkeypatch.setattr(profiler.sys, "executable", "/no/such/python")
+    probe, published = start_probe(profile_at=[[1, 2]])
+    model = tiny_model()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.01), 5)
+    probe.close()
+    [done] = hotspots(published)
+    assert done["steps"] == [1, 2] and done["ops"] and os.path.exists(done["trace"])
+    assert "summarising in the training process" in caplog.text
+
+
+def cuda_like_trace() -> dict:
+    """A window as torch exports it on CUDA: a pageable input copy, a matmul, and an .item() that syncs."""
+
+    def host(name, ts, dur, cat="cpu_op", **args):
+        return {"ph": "X", "cat": cat, "name": name, "pid": 1, "tid": 1, "ts": ts, "dur": dur, "args": args}
+
+    def device(name, ts, dur, external, cat="kernel"):
+        args = {"External id": external, "device": 0, "stream": 7}
+        return {"ph": "X", "cat": cat, "name": name, "pid": 0, "tid": 7, "ts": ts, "dur": dur, "args": args}
+
+    return {
+        "traceEvents": [
+            host("aten::copy_", 0, 50, **{"External id": 1, "Input Dims": [[512, 256], [512, 256], []]}),
+            host("cudaMemcpyAsync", 5, 40, cat="cuda_runtime", **{"External id": 1}),
+            host("module: 0", 60, 100, cat="user_annotation", **{"External id": 2}),
+            host("aten::addmm", 61, 90, **{"External id": 3, "Sequence number": 7}),
+            host("cudaLaunchKernel", 70, 10, cat="cuda_runtime", **{"External id": 3}),
+            host("aten::item", 200, 300, **{"External id": 4}),
+            host("aten::_local_scalar_dense", 201, 298, **{"External id": 5}),
+            host("cudaStreamSynchronize", 210, 280, cat="cuda_runtime", **{"External id": 5}),
+            device("Memcpy HtoD (Pageable -> Device)", 10, 100, 1, cat="gpu_memcpy"),
+            device("sm90_xmma_gemm", 120, 400, 3),
+            device("Memcpy DtoH (Device -> Pageable)", 520, 5, 5, cat="gpu_memcpy"),
+        ]
+    }
+
+
+def test_summary_of_a_cuda_trace_flags_syncs_and_pageable_copies():
+    summary = summarise(cuda_like_trace(), wall_s=0.000600, device_used=True)
+    assert summary["sort_by"] == "self_device_s"  # the device was busy for most of the window
+    ops = {op["name"]: op for op in summary["ops"]}
+    assert [op["name"] for op in summary["ops"]][:2] == ["aten::addmm", "aten::copy_"]
+    assert ops["aten::addmm"]["self_device_s"] == 0.0004 and ops["aten::addmm"]["module"] == "0"
+    assert ops["aten::addmm"]["self_cpu_s"] == pytest.approx(0.000080)  # 90 us minus the 10 us launch
+    assert ops["aten::copy_"]["flags"] == ["pageable-h2d"] and ops["aten::copy_"]["shapes"][0][0] == [512, 256]
+    for name in ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize"):
+        assert "sync" in ops[name]["flags"], name
+    culprits = {culprit["flag"]: culprit for culprit in summary["culprits"]}
+    assert culprits["sync"] == {"flag": "sync", "s": 0.00028, "calls": 1, "pct_of_wall": 46.67}
+    assert culprits["pageable-h2d"]["s"] == 0.0001 and summary["device_total_s"] == 0.000505
+    assert summary["digest"] == "matmul 79%, data copy 20%"
+
+
+def test_headless_lines_for_hotspots_records():
+    base = {"v": 1, "kind": "hotspots", "rank": 0, "steps": [10, 14]}
+    assert hotspots_line({**base, "status": "profiling"}) == "optwatch: profiling steps 10-14…"
+    done = {**base, "status": "done", "digest": "convolution backward 41%", "trace": "/t/x.json.gz"}
+    assert hotspots_line(done) == "optwatch: hot spots, steps 10-14: convolution backward 41% (trace /t/x.json.gz)"
+    failed = {**base, "status": "failed", "error": "boom"}
+    assert hotspots_line(failed) == "optwatch: profiling steps 10-14 failed: boom"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_item_every_step_on_cuda_is_flagged_as_a_sync(tmp_path):
+    record = tmp_path / "r.jsonl"
+    script = SCRIPTS / "item_every_step.py"
+    result = optwatch("run", "--headless", "--record", str(record), "--profile-at", "5:3", str(script), "--steps", "12")
+    assert result.returncode == 0, result.stderr
+    [done] = [r for r in read_jsonl(record) if r["kind"] == "hotspots" and r["status"] == "done"]
+    assert done["device_total_s"] is not None and done["device_total_s"] > 0
+    synced = {op["name"] for op in done["ops"] if "sync" in op["flags"]}
+    assert synced & {"aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize"}, done["ops"]
+    culprits = {c["flag"]: c for c in done["culprits"]}
+    assert culprits["sync"]["calls"] >= 3
+    assert any(op["self_device_s"] for op in done["ops"])
+    # The pageable input copies are flagged too (the script copies from unpinned memory each step).
+    assert any("pageable-h2d" in op["flags"] for op in done["ops"]) and "pageable-h2d" in culprits
+
+
+def test_the_summary_helper_stays_light():
+    """The helper process imports neither torch nor textual, so it starts in a blink."""
+    code = "import sys, optwatch.probe.traces; print([m for m in ('torch', 'textual') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
