@@ -168,6 +168,10 @@ async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
         {"v": 1, "kind": "alert", "rank": 1, "origin": 0, "seq": 99, "time": 0.0, "type": "straggler", "step": 29,
          "message": "rank 1 reaches backward last"}
     )  # fmt: skip
+    records.append(
+        {"v": 1, "kind": "system", "rank": 1, "seq": 98, "time": 0.0, "cpu_percent": 50.0, "rss_bytes": 2**30,
+         "gpus": [{"index": 0, "current": False, "util_percent": 99}, {"index": 1, "current": True, "util_percent": 37}]}
+    )  # fmt: skip
     store.ingest(records)
     app = OptwatchApp.for_store(store)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -177,6 +181,7 @@ async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
     assert rows[0][1] == "29" and rows[1][1] == "29"
     assert rows[0][3] == "10 ms" and rows[1][3] == "90 ms"
     assert rows[1][-1] == "◀ straggler" and rows[0][-1] == ""
+    assert rows[1][7] == "37%" and rows[0][7] == "–"  # rank 1's own GPU, from NVML
     assert store.loss_across_ranks()[1][-1] == 1.5
 
 

@@ -7,7 +7,16 @@ from textual.widgets import DataTable
 from optwatch.app import format as fmt
 from optwatch.store import Store
 
-COLUMNS = ("Rank", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "CPU", "Memory", "")
+COLUMNS = ("Rank", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "GPU", "CPU", "Memory", "")
+
+
+def gpu_util(system: dict) -> str:
+    """This rank's GPU utilisation from NVML (the device its tensors live on), or a dash."""
+    current = next((gpu for gpu in system.get("gpus") or () if gpu.get("current")), None)
+    value = current.get("util_percent") if current else None
+    return f"{value:.0f}%" if isinstance(value, (int, float)) else "–"
+
+
 STRAGGLER_RECENT_STEPS = 200
 
 
@@ -52,6 +61,7 @@ class RanksTable(DataTable):
                     f"{100 * wait / total:.0f}%" if total > 0 else "–",
                     fmt.number(fmt.median([r.get("samples_per_s") for r in recent]), ".0f"),
                     fmt.number(last.get("loss")),
+                    gpu_util(system),
                     f"{system['cpu_percent']:.0f}%" if system.get("cpu_percent") is not None else "–",
                     fmt.nbytes(memory),
                     "◀ straggler" if straggler else "",
