@@ -170,7 +170,8 @@ async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
     )  # fmt: skip
     records.append(
         {"v": 1, "kind": "system", "rank": 1, "seq": 98, "time": 0.0, "cpu_percent": 50.0, "rss_bytes": 2**30,
-         "gpus": [{"index": 0, "current": False, "util_percent": 99}, {"index": 1, "current": True, "util_percent": 37}]}
+         "gpus": [{"index": 0, "current": False, "util_percent": 99},
+                  {"index": 1, "current": True, "util_percent": 37}]}
     )  # fmt: skip
     store.ingest(records)
     app = OptwatchApp.for_store(store)
