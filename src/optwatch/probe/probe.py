@@ -3,7 +3,8 @@
 Zero-code mode (``optwatch run``) installs it before the user's script runs:
 - a wrapper around ``torch.autograd.backward`` keeps the scalar loss, detached, on its device;
 - the global optimizer step hooks mark step boundaries (a step is an optimizer step of the primary
-  optimizer; with no optimizer at all, a ``backward()`` on a scalar is a step);
+  optimizer, or one that a GradScaler skipped for inf/NaN gradients, marked ``amp_overflow``; with no
+  optimizer at all, a ``backward()`` on a scalar is a step);
 - a wrapper around the DataLoader iterator measures data wait and batch size.
 Device values are packed and read back once per publish interval (see ``readback``).
 """
@@ -23,6 +24,11 @@ from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+try:
+    from torch.amp import GradScaler
+except ImportError:  # torch < 2.3
+    from torch.cuda.amp import GradScaler
 
 from optwatch import protocol
 from optwatch.probe.options import ENV_HUB, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
@@ -78,6 +84,7 @@ class Probe:
         self._optimizers_seen = 0
         self._losses: list[torch.Tensor] = []
         self._in_step = False
+        self._stepped = False
         self._step_start: float | None = None
         self._data_wait_s = 0.0
         self._samples = 0
@@ -256,6 +263,20 @@ class Probe:
 
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+        original_scaler_step = GradScaler.step
+
+        def scaler_step(scaler, optimizer, *args, **kwargs):
+            # A GradScaler skips optimizer.step() when it finds inf/NaN gradients; that iteration is a step too.
+            probe._stepped = False
+            result = original_scaler_step(scaler, optimizer, *args, **kwargs)
+            if not probe._stepped and scaler.is_enabled() and probe._is_primary(optimizer):
+                scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
+                probe._finish_step(amp_overflow=True, amp_scale=scale)
+            return result
+
+        GradScaler.step = scaler_step
+        self._undo.append(lambda: setattr(GradScaler, "step", original_scaler_step))
+
         pre = register_optimizer_step_pre_hook(self._pre_step)
         post = register_optimizer_step_post_hook(self._post_step)
         self._undo.extend([pre.remove, post.remove])
@@ -300,6 +321,7 @@ class Probe:
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = True
+            self._stepped = True
             self._as_own_work(self._call_plugins, "before_optimizer_step", optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
@@ -333,12 +355,14 @@ class Probe:
         import gc
 
         trained = {id(p) for group in self._primary_optimizer.param_groups for p in group["params"]}
-        best, best_count = None, 0
+        best, best_size = None, (0, 0)
         for obj in gc.get_objects():
             if issubclass(type(obj), torch.nn.Module):  # type(): isinstance trips lazy deprecated objects
                 params = [id(p) for p in obj.parameters()]
-                if params and len(params) > best_count and all(p in trained for p in params):
-                    best, best_count = obj, len(params)
+                # On a tie in parameters, the module with more submodules: a wrapper over its only child.
+                size = (len(params), sum(1 for _ in obj.modules())) if params else (0, 0)
+                if size > best_size and all(p in trained for p in params):
+                    best, best_size = obj, size
         self.model = best
         return best
 
@@ -383,7 +407,7 @@ class Probe:
             return lr.detach() if lr.device.type != "cpu" else float(lr)
         return float(lr) if lr is not None else None
 
-    def _finish_step(self) -> None:
+    def _finish_step(self, **extra: Any) -> None:
         now = time.perf_counter()
         params = self._parameters()
         if self.device is None and params:
@@ -413,6 +437,7 @@ class Probe:
             to_backward_s=(self._backward_started - self._step_start)
             if self._backward_started is not None and self._step_start is not None
             else None,
+            **extra,
         )
         self._call_plugins("after_step", record)
         self._pending.append(record)
