@@ -1,0 +1,588 @@
+"""Gradient health: per-module statistics, and the rules behind the `vanishing`, `exploding`, `nonfinite`
+and `amp_overflow` alerts.
+
+The probe feeds one ``StepInput`` per optimizer step, in step order, from one thread; ``observe`` returns
+the alerts that step starts. Every alert fires once per episode: an episode ends only after
+``recover_steps`` healthy observations in a row (with a laxer bar for "healthy" than for "alert"), so a
+signal hovering around a threshold never repeats its alert. Pure Python: no torch, no textual.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+VANISHING = "vanishing"
+EXPLODING = "exploding"
+NONFINITE = "nonfinite"
+AMP_OVERFLOW = "amp_overflow"
+ALERT_TYPES = (VANISHING, EXPLODING, NONFINITE, AMP_OVERFLOW)
+
+# 1.4826 * MAD estimates the standard deviation of normally distributed values.
+_MAD_TO_SIGMA = 1.4826
+_MAX_NAMED = 6  # layers spelled out in a message; the alert's `layers` field has them all
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a rule fires. Every field can be changed with ``optwatch run --grad-threshold NAME=VALUE``."""
+
+    window: int = field(
+        default=20,
+        metadata={"help": "measured steps in a median window; also the history a baseline needs first"},
+    )
+    baseline_window: int = field(
+        default=50, metadata={"help": "observations in an exploding baseline (median and MAD)"}
+    )
+    vanishing_ratio: float = field(
+        default=1e-4,
+        metadata={"help": "a layer vanishes below this fraction of the largest later layer's RMS gradient"},
+    )
+    vanishing_floor: float = field(default=1e-9, metadata={"help": "... or below this absolute RMS gradient"})
+    exploding_factor: float = field(
+        default=10.0, metadata={"help": "a norm this many times its baseline median is exploding"}
+    )
+    exploding_mads: float = field(
+        default=6.0, metadata={"help": "... and must also sit this many robust deviations (MAD) above it"}
+    )
+    exploding_growth: float = field(
+        default=100.0,
+        metadata={"help": "a global norm whose window median grew this much, steadily, is exploding"},
+    )
+    update_ratio_limit: float = field(
+        default=0.1,
+        metadata={"help": "an update ratio above this, and exploding_factor times its baseline, is exploding"},
+    )
+    recover_steps: int = field(default=20, metadata={"help": "healthy observations in a row that end an episode"})
+    amp_skip_limit: int = field(
+        default=20, metadata={"help": "GradScaler-skipped steps in a row that make an overflow a broken run"}
+    )
+
+    def with_overrides(self, overrides: Mapping[str, float]) -> Thresholds:
+        """A copy with ``overrides`` applied; ValueError with a one-line reason for a bad name or value."""
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for name, value in overrides.items():
+            parse_override(f"{name}={value}")  # a known name
+            if known[name].type == "int":
+                if float(value) != int(value) or int(value) < 1:
+                    raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+                changes[name] = int(value)
+            else:
+                if not math.isfinite(float(value)) or float(value) < 0:
+                    raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+                changes[name] = float(value)
+        result = replace(self, **changes)
+        if result.window < 2:
+            raise ValueError(f"window must be at least 2, got {result.window}")
+        if result.baseline_window < result.window:
+            raise ValueError(f"baseline_window ({result.baseline_window}) must be at least window ({result.window})")
+        if not 0 < result.vanishing_ratio < 1:
+            raise ValueError(f"vanishing_ratio must be between 0 and 1, got {result.vanishing_ratio}")
+        for name in ("exploding_factor", "exploding_growth"):
+            if getattr(result, name) <= 1:
+                raise ValueError(f"{name} must be greater than 1, got {getattr(result, name)}")
+        return result
+
+    @staticmethod
+    def describe() -> list[tuple[str, Any, str]]:
+        """(name, default, help) of every threshold, for the CLI and the docs."""
+        return [(f.name, f.default, f.metadata["help"]) for f in fields(Thresholds)]
+
+
+def parse_override(text: str) -> tuple[str, float]:
+    """``"exploding_factor=20"`` -> ``("exploding_factor", 20.0)``; ValueError with the reason otherwise.
+    Values are checked together by ``Thresholds.with_overrides``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    name = name.strip()
+    known = [f.name for f in fields(Thresholds)]
+    if name not in known:
+        raise ValueError(f"unknown gradient threshold {name!r} (known: {', '.join(known)})")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+
+
+# --- per-layer numbers ------------------------------------------------------------------------------
+
+
+def module_of(param_name: str) -> str:
+    """The module that owns a parameter: ``"layer1.conv1.weight"`` -> ``"layer1.conv1"``."""
+    module, _, _ = param_name.rpartition(".")
+    return module or "(model)"
+
+
+@dataclass(frozen=True)
+class ModuleStats:
+    """One module's parameters taken together (norms combine as the root of the summed squares)."""
+
+    name: str
+    params: tuple[str, ...]
+    numel: int
+    grad_norm: float
+    weight_norm: float
+    update_norm: float | None
+    zero_frac: float
+
+    @property
+    def update_ratio(self) -> float | None:
+        """||Δw|| / ||w|| of the last optimizer step (w before the step); None when not measured."""
+        if self.update_norm is None or not self.weight_norm > 0:
+            return None
+        return self.update_norm / self.weight_norm
+
+    @property
+    def grad_rms(self) -> float:
+        """Root mean square of the non-zero gradient entries: comparable across layers of any size."""
+        nonzero = self.numel * (1.0 - self.zero_frac)
+        if not _finite(self.grad_norm) or nonzero < 0.5:
+            return self.grad_norm if not _finite(self.grad_norm) else 0.0
+        return self.grad_norm / math.sqrt(nonzero)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-parameter numbers of one measured step (the fields of a ``layers`` record), in model order."""
+
+    names: Sequence[str]
+    numel: Sequence[int]
+    grad_norm: Sequence[float]
+    weight_norm: Sequence[float]
+    update_norm: Sequence[float | None]
+    zero_frac: Sequence[float]
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LayerStats:
+        names = record.get("names") or []
+        count = len(names)
+
+        def column(key: str, default: Any) -> list[Any]:
+            values = record.get(key)
+            return list(values) if isinstance(values, list) and len(values) == count else [default] * count
+
+        return cls(
+            names=list(names),
+            numel=column("numel", 1),
+            grad_norm=column("grad_norm", math.nan),
+            weight_norm=column("weight_norm", math.nan),
+            update_norm=column("update_norm", None),
+            zero_frac=column("zero_frac", 0.0),
+        )
+
+    def modules(self) -> list[ModuleStats]:
+        grouped: dict[str, list[int]] = {}
+        for index, name in enumerate(self.names):
+            grouped.setdefault(module_of(name), []).append(index)
+        result = []
+        for module, indices in grouped.items():
+            numel = sum(self.numel[i] for i in indices)
+            updates = [self.update_norm[i] for i in indices]
+            zeros = sum(self.zero_frac[i] * self.numel[i] for i in indices)
+            result.append(
+                ModuleStats(
+                    name=module,
+                    params=tuple(self.names[i] for i in indices),
+                    numel=numel,
+                    grad_norm=_root_sum_squares(self.grad_norm[i] for i in indices),
+                    weight_norm=_root_sum_squares(self.weight_norm[i] for i in indices),
+                    update_norm=None if any(u is None for u in updates) else _root_sum_squares(updates),
+                    zero_frac=zeros / numel if numel else 0.0,
+                )
+            )
+        return result
+
+
+def _root_sum_squares(values: Any) -> float:
+    total = 0.0
+    for value in values:
+        total += value * value  # a NaN or inf stays NaN or inf, as it should
+    return math.sqrt(total) if total >= 0 else total
+
+
+# --- episodes ---------------------------------------------------------------------------------------
+
+
+class Episode:
+    """Fires once when trouble starts; over after ``recover`` healthy observations in a row."""
+
+    def __init__(self, recover: int):
+        self.recover = recover
+        self.active = False
+        self._healthy = 0
+
+    def update(self, troubled: bool) -> bool:
+        """Feed one observation; True only when it starts a new episode."""
+        if troubled:
+            self._healthy = 0
+            if not self.active:
+                self.active = True
+                return True
+            return False
+        if self.active:
+            self._healthy += 1
+            if self._healthy >= self.recover:
+                self.active = False
+        return False
+
+    def end(self) -> None:
+        self.active = False
+        self._healthy = 0
+
+
+class _Baseline:
+    """A signal's recent values; its median and MAD are refreshed every few additions (cheap for many layers)."""
+
+    _REFRESH = 5
+
+    def __init__(self, size: int):
+        self.values: collections.deque[float] = collections.deque(maxlen=size)
+        self._stale = 0
+        self._median: float | None = None
+        self._mad = 0.0
+
+    def add(self, value: float | None) -> None:
+        if _finite(value) and value > 0:
+            self.values.append(value)
+            self._stale += 1
+
+    def stats(self, min_count: int) -> tuple[float, float] | None:
+        if len(self.values) < min_count:
+            return None
+        if self._median is None or self._stale >= self._REFRESH:
+            self._median = statistics.median(self.values)
+            self._mad = statistics.median(abs(v - self._median) for v in self.values)
+            self._stale = 0
+        return self._median, self._mad
+
+    def clear(self) -> None:
+        self.values.clear()
+        self._median = None
+
+
+# --- the rules --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepInput:
+    """What one optimizer step told us. ``layers`` only on measured steps (``--grad-every``)."""
+
+    step: int
+    loss: float | None = None
+    grad_norm: float | None = None
+    """Global gradient norm, after AMP unscaling (and after clipping, if the script clips)."""
+    grad_norm_preclip: float | None = None
+    """What ``clip_grad_norm_`` measured before clipping, when the script clips."""
+    amp_overflow: bool = False
+    """GradScaler found inf/NaN gradients and skipped ``optimizer.step()``."""
+    amp_scale: float | None = None
+    layers: LayerStats | None = None
+    forward: Sequence[tuple[str, float]] = ()
+    """(module, sum of its output) for each checked forward output of the step, in call order."""
+
+
+def _names(names: Sequence[str]) -> str:
+    """``'0', '2', … (+3)``: layer names quoted, since many are bare numbers (``nn.Sequential``)."""
+    shown = ", ".join(f"'{name}'" for name in names[:_MAX_NAMED])
+    return shown + (f", … (+{len(names) - _MAX_NAMED})" if len(names) > _MAX_NAMED else "")
+
+
+def _alert(kind: str, step: int, severity: str, message: str, layers: Sequence[str], **details: Any) -> dict:
+    return {"type": kind, "step": step, "severity": severity, "message": message, "layers": list(layers), **details}
+
+
+class AmpOverflowRule:
+    """A step that GradScaler skipped because of inf/NaN gradients, with a finite loss: routine, not broken."""
+
+    def __init__(self, t: Thresholds):
+        self.episode = Episode(t.recover_steps)
+        self.limit = t.amp_skip_limit
+        self.in_a_row = 0
+        self.total = 0
+
+    @property
+    def stuck(self) -> bool:
+        """So many skips in a row that the scaler cannot find any scale that works."""
+        return self.in_a_row >= self.limit
+
+    def observe(self, s: StepInput) -> dict | None:
+        benign = s.amp_overflow and _finite(s.loss)
+        if s.amp_overflow:
+            self.in_a_row += 1
+            self.total += 1
+        else:
+            self.in_a_row = 0
+        if not self.episode.update(benign):
+            return None
+        scale = f" at loss scale {s.amp_scale:g}" if _finite(s.amp_scale) else ""
+        return _alert(
+            AMP_OVERFLOW,
+            s.step,
+            "info",
+            f"GradScaler found inf/NaN gradients{scale} and skipped this step; it lowers the scale and carries "
+            "on: an AMP overflow, not a broken run",
+            [],
+            scale=s.amp_scale,
+        )
+
+
+class NonFiniteRule:
+    """The loss or a gradient is NaN/Inf, or a module's output turned non-finite."""
+
+    def __init__(self, t: Thresholds):
+        self.episode = Episode(t.recover_steps)
+        self.layers: list[str] = []
+        self._finite_before: set[str] = set()
+        """Modules whose output has been finite at least once (a module that always emits -inf, e.g. a
+        mask, is by design and never the culprit unless nothing else is)."""
+
+    def observe(self, s: StepInput, amp_stuck: bool = False) -> dict | None:
+        loss_bad = s.loss is not None and not _finite(s.loss)
+        params = []
+        if s.layers is not None:
+            params = [n for n, g in zip(s.layers.names, s.layers.grad_norm) if not _finite(g)]
+        grads_bad = bool(params) or (s.grad_norm is not None and not _finite(s.grad_norm))
+        outputs = [name for name, value in s.forward if not _finite(value)]
+        turned = [name for name in outputs if name in self._finite_before]
+        self._finite_before.update(name for name, value in s.forward if _finite(value))
+        broken = loss_bad or (grads_bad and not s.amp_overflow) or bool(turned) or amp_stuck
+        if not self.episode.update(broken):
+            if not self.episode.active:
+                self.layers = []
+            return None
+        culprit = turned[0] if turned else (outputs[0] if outputs and (loss_bad or grads_bad) else None)
+        parts = []
+        if loss_bad:
+            parts.append(f"loss is {s.loss}")
+        if culprit is not None:
+            parts.append(f"first non-finite output: module '{culprit}'")
+        if params:
+            plural = "s" if len(params) > 1 else ""
+            parts.append(f"non-finite gradients in {len(params)} parameter{plural}: {_names(params)}")
+        elif grads_bad and not s.amp_overflow:
+            parts.append(f"global gradient norm is {s.grad_norm}")
+        if amp_stuck:
+            scale = f" (loss scale now {s.amp_scale:g})" if _finite(s.amp_scale) else ""
+            parts.append(f"GradScaler skipped every step for a while{scale}: no scale makes the gradients finite")
+        elif s.amp_overflow:
+            parts.append("GradScaler skipped the step")
+        if not loss_bad and culprit is not None and not grads_bad:
+            parts.append("the loss is still finite")
+        modules = ([culprit] if culprit else []) + [m for m in dict.fromkeys(map(module_of, params)) if m != culprit]
+        self.layers = modules
+        return _alert(NONFINITE, s.step, "error", "; ".join(parts), modules, module=culprit, params=params, loss=s.loss)
+
+
+@dataclass
+class _Rise:
+    name: str
+    what: str
+    value: float
+    median: float
+
+    @property
+    def level(self) -> float:
+        return self.value / self.median
+
+
+class ExplodingRule:
+    """A norm far above its own robust baseline, an update ratio that jumped, or steady growth by orders of
+    magnitude. Baselines learn only outside episodes, so an explosion never becomes the new normal; an
+    episode that outlasts a whole baseline window is taken as a new regime and the baselines start over."""
+
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.episode = Episode(t.recover_steps)
+        self.layers: list[str] = []
+        self._global = _Baseline(t.baseline_window)
+        self._rms: dict[str, _Baseline] = {}
+        self._ratio: dict[str, _Baseline] = {}
+        self._block: list[float] = []
+        self._block_medians: collections.deque[float] = collections.deque(maxlen=10)
+        self._episode_length = 0
+
+    def _rise(self, baseline: _Baseline, value: float | None, name: str, what: str, bar: float) -> _Rise | None:
+        """The rise of ``value`` over ``baseline`` when it clears ``bar`` (factor, and MAD outside episodes)."""
+        if value is None or math.isnan(value):
+            return None
+        stats = baseline.stats(self.t.window)
+        if stats is None:
+            return None
+        median, mad = stats
+        far_out = value > median + self.t.exploding_mads * _MAD_TO_SIGMA * mad
+        if value > bar * median and (self.episode.active or far_out):
+            return _Rise(name, what, value, median)
+        return None
+
+    def observe(self, s: StepInput) -> dict | None:
+        t = self.t
+        # With the episode running, "still exploding" has a lower bar than "starts exploding" (hysteresis).
+        bar = t.exploding_factor if not self.episode.active else math.sqrt(t.exploding_factor)
+        # Clipping caps the norm the optimizer sees; what explodes is the norm before it.
+        global_norm = s.grad_norm_preclip if s.grad_norm_preclip is not None else s.grad_norm
+        what = "gradient norm before clipping" if s.grad_norm_preclip is not None else "gradient norm"
+        if s.amp_overflow or (not _finite(global_norm) and not _finite(s.loss)):
+            global_norm = None  # the scaler's business, or the non-finite rule's
+        global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar)
+        modules = s.layers.modules() if s.layers is not None and not s.amp_overflow else []
+        found: list[_Rise | None] = []
+        for m in modules:
+            rms = self._rms.setdefault(m.name, _Baseline(t.baseline_window))
+            ratio = self._ratio.setdefault(m.name, _Baseline(t.baseline_window))
+            found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar))
+            if m.update_ratio is not None and (self.episode.active or m.update_ratio > t.update_ratio_limit):
+                found.append(self._rise(ratio, m.update_ratio, m.name, "update ratio", bar))
+        rises = [r for r in found if r is not None]
+        growth = self._growth(global_norm) if not self.episode.active else None
+        troubled = bool(global_rise or rises or growth)
+        started = self.episode.update(troubled)
+        if self.episode.active:
+            self._episode_length += 1
+            if self._episode_length > t.baseline_window:
+                self._start_over()
+        else:
+            self._episode_length = 0
+            self.layers = []
+            self._global.add(global_norm)
+            for m in modules:
+                self._rms[m.name].add(m.grad_rms)
+                self._ratio[m.name].add(m.update_ratio)
+        if not started:
+            return None
+        rises.sort(key=lambda r: r.level, reverse=True)
+        layers = list(dict.fromkeys(r.name for r in rises))
+        self.layers = layers
+        if global_rise:
+            lead = (
+                f"global {what} {global_rise.value:.3g} is {global_rise.level:.0f}× its median "
+                f"{global_rise.median:.3g} (last {len(self._global.values)} steps)"
+            )
+        elif growth:
+            lead = (
+                f"global {what} grew {growth[1] / growth[0]:.0f}× steadily "
+                f"(window median {growth[0]:.3g} → {growth[1]:.3g})"
+            )
+        else:
+            top = rises.pop(0)
+            what = "updates jumped: update ratio" if top.what == "update ratio" else top.what
+            lead = f"{what} {top.value:.3g} in '{top.name}', {top.level:.0f}× its median {top.median:.3g}"
+        detail = ", ".join(f"'{r.name}' {r.what} {r.value:.3g} ({r.level:.0f}×)" for r in rises[:3])
+        message = lead + (f"; also {detail}" if detail else "")
+        value = global_rise.value if global_rise else (growth[1] if growth else top.value)
+        baseline = global_rise.median if global_rise else (growth[0] if growth else top.median)
+        return _alert(EXPLODING, s.step, "error", message, layers, value=value, baseline=baseline)
+
+    def _growth(self, value: float | None) -> tuple[float, float] | None:
+        """(old, new) window medians when the global norm grew steadily by ``exploding_growth``."""
+        if not _finite(value):
+            return None
+        self._block.append(value)
+        if len(self._block) < self.t.window:
+            return None
+        self._block_medians.append(statistics.median(self._block))
+        self._block = []
+        recent = list(self._block_medians)[-3:]
+        lowest = min(self._block_medians)
+        if len(recent) == 3 and recent[0] < recent[1] < recent[2] and recent[2] >= self.t.exploding_growth * lowest:
+            return lowest, recent[2]
+        return None
+
+    def _start_over(self) -> None:
+        self.episode.end()
+        self._episode_length = 0
+        self._global.clear()
+        for baseline in (*self._rms.values(), *self._ratio.values()):
+            baseline.clear()
+        self._block_medians.clear()
+        self._block = []
+
+
+class VanishingRule:
+    """Layers whose RMS gradient stays orders of magnitude below a later layer's (or below a floor), judged
+    on medians over a window, after a warm-up window (layers initialised at zero need a few steps)."""
+
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.episode = Episode(t.recover_steps)
+        self.layers: list[str] = []
+        self._history: dict[str, collections.deque[float]] = {}
+        self._measured = 0
+
+    def observe(self, s: StepInput) -> dict | None:
+        if s.layers is None or s.amp_overflow:
+            return None
+        t = self.t
+        modules = s.layers.modules()
+        for m in modules:
+            if _finite(m.grad_rms):  # all zero counts: gradients that underflowed vanished completely
+                self._history.setdefault(m.name, collections.deque(maxlen=t.window)).append(m.grad_rms)
+        self._measured += 1
+        if self._measured < 2 * t.window:
+            return None
+        ready = [m.name for m in modules if len(self._history.get(m.name, ())) >= t.window]
+        medians = {name: statistics.median(self._history[name]) for name in ready}
+        # Hysteresis: once an episode runs, a layer counts as recovered only well clear of the bar.
+        slack = 1.0 if not self.episode.active else 10.0
+        vanishing, later_max, reference = [], 0.0, {}
+        for name in reversed(ready):
+            reference[name] = later_max
+            later_max = max(later_max, medians[name])
+        for name in ready:
+            median = medians[name]
+            if median < slack * t.vanishing_floor or median < slack * t.vanishing_ratio * reference[name]:
+                vanishing.append(name)
+        started = self.episode.update(bool(vanishing))
+        if not self.episode.active:
+            self.layers = []
+            return None
+        if not started:
+            return None
+        self.layers = vanishing
+        top = max(ready, key=lambda n: medians[n])
+        low = min(medians[n] for n in vanishing)
+        high = max(medians[n] for n in vanishing)
+        span = f"{low:.1g}…{high:.1g}" if high > low else f"{low:.1g}"
+        message = (
+            f"gradients vanish in {len(vanishing)} of {len(ready)} layers ({_names(vanishing)}): RMS gradient "
+            f"{span}, under {t.vanishing_ratio:g}× a later layer's or {t.vanishing_floor:g} "
+            f"(largest: '{top}' {medians[top]:.2g}; medians over {t.window} steps)"
+        )
+        return _alert(VANISHING, s.step, "warning", message, vanishing, largest=top)
+
+
+class GradientDiagnosis:
+    """All gradient rules together; feed it every step, in order, from one thread."""
+
+    def __init__(self, thresholds: Thresholds | None = None):
+        t = thresholds or Thresholds()
+        self.thresholds = t
+        self.amp = AmpOverflowRule(t)
+        self.nonfinite = NonFiniteRule(t)
+        self.exploding = ExplodingRule(t)
+        self.vanishing = VanishingRule(t)
+
+    def observe(self, s: StepInput) -> list[dict]:
+        amp = self.amp.observe(s)
+        exploding = self.exploding.observe(s)
+        nonfinite = self.nonfinite.observe(s, amp_stuck=self.amp.stuck)
+        vanishing = self.vanishing.observe(s)
+        return [a for a in (amp, exploding, nonfinite, vanishing) if a is not None]
+
+    def alerting(self) -> dict[str, str]:
+        """Module -> alert type, for the layers of the episodes still running."""
+        flagged: dict[str, str] = {}
+        for rule, kind in ((self.vanishing, VANISHING), (self.exploding, EXPLODING), (self.nonfinite, NONFINITE)):
+            if rule.episode.active:
+                for name in rule.layers:
+                    flagged.setdefault(name, kind)
+        return flagged

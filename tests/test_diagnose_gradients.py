@@ -1,0 +1,170 @@
+"""The gradient rules on their own: synthetic numbers in, alerts out (no torch, no process)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from optwatch.diagnose.gradients import (
+    Episode,
+    GradientDiagnosis,
+    LayerStats,
+    StepInput,
+    Thresholds,
+    module_of,
+    parse_override,
+)
+
+
+def layers(rms: list[float], update_ratio: float | None = 1e-3, numel: int = 100) -> LayerStats:
+    """One weight tensor per layer ``l0 .. lN`` with these RMS gradients and unit weight norms."""
+    return LayerStats(
+        names=[f"l{i}.weight" for i in range(len(rms))],
+        numel=[numel] * len(rms),
+        grad_norm=[r * math.sqrt(numel) for r in rms],
+        weight_norm=[1.0] * len(rms),
+        update_norm=[update_ratio] * len(rms),
+        zero_frac=[0.0] * len(rms),
+    )
+
+
+def feed(diagnosis: GradientDiagnosis, steps: list[StepInput]) -> list[dict]:
+    alerts = []
+    for step in steps:
+        alerts += diagnosis.observe(step)
+    return alerts
+
+
+def test_overrides_are_checked_with_one_line_reasons():
+    t = Thresholds().with_overrides({"exploding_factor": 20, "window": 10})
+    assert t.exploding_factor == 20.0 and t.window == 10 and isinstance(t.window, int)
+    assert parse_override(" vanishing_ratio=1e-5") == ("vanishing_ratio", 1e-5)
+    for overrides, reason in [
+        ({"banana": 1}, "unknown gradient threshold 'banana'"),
+        ({"window": 2.5}, "window must be a positive whole number"),
+        ({"window": 80}, "baseline_window (50) must be at least window (80)"),
+        ({"vanishing_ratio": 3}, "vanishing_ratio must be between 0 and 1"),
+        ({"exploding_factor": 0.5}, "exploding_factor must be greater than 1"),
+    ]:
+        with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            Thresholds().with_overrides(overrides)
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        parse_override("exploding_factor")
+    with pytest.raises(ValueError, match="expected a number"):
+        parse_override("window=lots")
+
+
+def test_parameters_combine_into_modules():
+    stats = LayerStats(
+        names=["enc.weight", "enc.bias", "head.weight", "scale"],
+        numel=[300, 100, 50, 1],
+        grad_norm=[3.0, 4.0, 1.0, 2.0],
+        weight_norm=[6.0, 8.0, 2.0, 1.0],
+        update_norm=[0.06, 0.08, None, 0.5],
+        zero_frac=[0.5, 0.0, 0.0, 0.0],
+    )
+    enc, head, root = stats.modules()
+    assert (enc.name, head.name, root.name) == ("enc", "head", "(model)")
+    assert enc.params == ("enc.weight", "enc.bias") and enc.numel == 400
+    assert enc.grad_norm == pytest.approx(5.0) and enc.weight_norm == pytest.approx(10.0)
+    assert enc.update_ratio == pytest.approx(0.01)
+    assert enc.zero_frac == pytest.approx(150 / 400)
+    assert enc.grad_rms == pytest.approx(5.0 / math.sqrt(250))  # over the non-zero entries only
+    assert head.update_ratio is None  # not measured this step
+    assert module_of("a.b.c.weight") == "a.b.c"
+
+
+def test_an_episode_fires_once_and_ends_after_enough_healthy_observations():
+    episode = Episode(recover=3)
+    fired = [episode.update(bad) for bad in [False, True, True, False, True, False, False, False, True]]
+    assert fired == [False, True, False, False, False, False, False, False, True]
+
+
+def test_exploding_fires_once_on_a_spike_and_again_after_recovery():
+    rng = random.Random(0)
+    diagnosis = GradientDiagnosis()
+    norms = [1.0 + 0.1 * rng.random() for _ in range(60)] + [80.0, 90.0, 85.0] + [1.0] * 25 + [70.0]
+    alerts = feed(diagnosis, [StepInput(step=i, loss=1.0, grad_norm=g) for i, g in enumerate(norms)])
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 60), ("exploding", 88)]
+    assert "global gradient norm 80 is" in alerts[0]["message"] and alerts[0]["baseline"] == pytest.approx(1.05, 0.1)
+
+
+def test_slow_drift_and_noise_are_not_exploding():
+    rng = random.Random(1)
+    diagnosis = GradientDiagnosis()
+    # Triples over 300 steps, with heavy-tailed noise: what healthy runs do.
+    steps = [StepInput(step=i, loss=1.0, grad_norm=(1 + 2 * i / 300) * math.exp(rng.gauss(0, 0.4))) for i in range(300)]
+    assert feed(diagnosis, steps) == []
+
+
+def test_steady_growth_by_orders_of_magnitude_is_exploding():
+    diagnosis = GradientDiagnosis()
+    # x1.06 per step: never 10x its recent median, but 1000x over 120 steps.
+    alerts = feed(diagnosis, [StepInput(step=i, loss=1.0, grad_norm=1.06**i) for i in range(160)])
+    assert [a["type"] for a in alerts] == ["exploding"]
+    assert "grew" in alerts[0]["message"] and alerts[0]["step"] < 140
+
+
+def test_an_update_ratio_that_jumps_is_exploding_at_that_step():
+    diagnosis = GradientDiagnosis()
+    steps = [StepInput(step=i, loss=1.0, grad_norm=1.0, layers=layers([1e-2] * 4)) for i in range(40)]
+    jumped = layers([1e-2] * 4, update_ratio=0.5)
+    steps.append(StepInput(step=40, loss=1.0, grad_norm=1.0, layers=jumped))
+    [alert] = feed(diagnosis, steps)
+    assert alert["type"] == "exploding" and alert["step"] == 40
+    assert alert["message"].startswith("updates jumped: update ratio 0.5 in 'l0', 500× its median 0.001")
+    assert alert["layers"] == ["l0", "l1", "l2", "l3"]
+    assert diagnosis.alerting() == {f"l{i}": "exploding" for i in range(4)}
+
+
+def test_vanishing_names_the_early_layers_after_a_warm_up():
+    diagnosis = GradientDiagnosis()
+    profile = [1e-12, 1e-10, 1e-8, 1e-3, 1e-2, 3e-2]
+    alerts = feed(diagnosis, [StepInput(step=i, loss=1.0, layers=layers(profile)) for i in range(60)])
+    [alert] = alerts
+    assert alert["type"] == "vanishing" and alert["step"] == 39  # 2 windows of 20
+    assert alert["layers"] == ["l0", "l1", "l2"]
+    assert "3 of 6 layers ('l0', 'l1', 'l2')" in alert["message"]
+
+
+def test_layers_a_few_orders_apart_are_healthy_and_all_zero_layers_count_as_vanished():
+    diagnosis = GradientDiagnosis()
+    healthy = [1e-4, 1e-3, 3e-3, 1e-2, 5e-2]  # a CNN: early convs ~100x below the head
+    assert feed(diagnosis, [StepInput(step=i, loss=1.0, layers=layers(healthy)) for i in range(100)]) == []
+    diagnosis = GradientDiagnosis()
+    underflowed = [0.0, 0.0, 1e-3, 1e-2]
+    [alert] = feed(diagnosis, [StepInput(step=i, loss=1.0, layers=layers(underflowed)) for i in range(60)])
+    assert alert["layers"] == ["l0", "l1"]
+
+
+def test_nonfinite_names_the_module_that_turned_and_the_parameters():
+    diagnosis = GradientDiagnosis()
+    ok = [("mask", -math.inf), ("enc", 3.0), ("spike", 2.0), ("head", 1.0)]
+    broken = [("mask", -math.inf), ("enc", 3.0), ("spike", math.inf), ("head", math.nan)]
+    steps = [StepInput(step=i, loss=1.0, grad_norm=1.0, forward=ok) for i in range(5)]
+    bad_grads = LayerStats(["enc.weight", "head.weight"], [4, 4], [1.0, math.nan], [1.0, 1.0], [None, None], [0, 0])
+    steps.append(StepInput(step=5, loss=math.inf, grad_norm=math.nan, forward=broken, layers=bad_grads))
+    steps += [StepInput(step=i, loss=math.nan, grad_norm=math.nan, forward=broken) for i in range(6, 9)]
+    [alert] = feed(diagnosis, steps)
+    assert alert["type"] == "nonfinite" and alert["step"] == 5
+    assert alert["module"] == "spike" and alert["params"] == ["head.weight"]
+    assert alert["layers"] == ["spike", "head"]
+    assert alert["message"] == (
+        "loss is inf; first non-finite output: module 'spike'; non-finite gradients in 1 parameter: 'head.weight'"
+    )
+
+
+def test_amp_overflow_is_not_a_broken_run_until_the_scaler_gives_up():
+    diagnosis = GradientDiagnosis(Thresholds(amp_skip_limit=5, recover_steps=3))
+    steps = [StepInput(step=i, loss=1.0, grad_norm=1.0) for i in range(3)]
+    steps += [StepInput(step=3, loss=1.0, grad_norm=math.inf, amp_overflow=True, amp_scale=65536.0)]
+    steps += [StepInput(step=i, loss=1.0, grad_norm=1.0) for i in range(4, 10)]
+    steps += [
+        StepInput(step=i, loss=1.0, grad_norm=math.nan, amp_overflow=True, amp_scale=2.0**-i) for i in range(10, 16)
+    ]
+    alerts = feed(diagnosis, steps)
+    assert [(a["type"], a["step"]) for a in alerts] == [("amp_overflow", 3), ("amp_overflow", 10), ("nonfinite", 14)]
+    assert "at loss scale 65536" in alerts[0]["message"] and "not a broken run" in alerts[0]["message"]
+    assert "GradScaler skipped every step" in alerts[2]["message"]
