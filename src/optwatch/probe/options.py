@@ -73,6 +73,14 @@ class ProbeOptions:
     """Profiler windows ``[first_step, steps]`` asked for with ``--profile-at``."""
     profile_every: list[int] | None = None
     """``[period, steps]``: a profiler window every ``period`` steps (``--profile-every``)."""
+    grad_every: int = 1
+    """Gradient statistics every N optimizer steps; 0 turns gradient diagnostics off."""
+    grad_update_mb: float = 256.0
+    """Memory for the weight snapshot behind update ratios (MiB); 0: no update ratios."""
+    grad_thresholds: dict[str, float] = field(default_factory=dict)
+    """Overrides of ``optwatch.diagnose.gradients.Thresholds``."""
+    forward_check: bool = True
+    """Check each module's forward output for NaN/Inf, to name where a non-finite value was born."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -13,4 +13,8 @@ def enabled(options: ProbeOptions) -> list[ProbePlugin]:
 
     plugins: list[ProbePlugin] = [ControlPlugin(options.controls), TelemetryPlugin()]
     plugins.append(ProfilerPlugin(options))  # always on for `p`; idle, it costs one comparison per step
+    if options.grad_every > 0:
+        from optwatch.probe.grads import GradientPlugin
+
+        plugins.append(GradientPlugin(options))
     return plugins

@@ -1,0 +1,436 @@
+"""Gradient statistics at the step boundary, and the job-side diagnosis that turns them into alerts.
+
+Training thread, per measured step (``--grad-every N``), all with fused multi-tensor ops and no host sync:
+- before ``optimizer.step()``: per-parameter gradient norm, weight norm and count of non-zero gradient
+  entries (``torch._foreach_norm`` with ord 2 and 0), and a copy of the weights (``_foreach_copy_``);
+- after it: ``_foreach_sub_`` turns the copy into the update, whose norms give ||Δw||. All values are
+  stacked into one device vector, sent in a ``layers`` record, read back with the step batch.
+The copy costs one extra set of weights in memory. Above ``--grad-update-mb`` the parameters are split
+into chunks that fit and one chunk is copied per measured step, in turn, so each layer's update ratio is
+refreshed every few measured steps instead (a tensor larger than the budget gets none).
+
+``torch.nn.utils.clip_grad_norm_`` is wrapped to keep the norm it returns (computed anyway): with
+clipping, the norm before clipping is what can explode, so the step record gets ``grad_norm_preclip``.
+
+Every step, a global forward hook adds up each module's output (one reduction, no sync) so that when
+something turns NaN/Inf the first module whose output did is known for that very step. Activations that
+cannot turn finite values into non-finite ones (ReLU, dropout, pooling...) are not checked.
+
+Publisher thread (a publisher observer): the host values of each step go through ``GradientDiagnosis``
+in step order; the alerts it returns are published right after that batch. Values travel from the
+training thread to the observer in fields named ``_...``, which the observer removes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from optwatch import protocol
+from optwatch.diagnose.gradients import GradientDiagnosis, LayerStats, StepInput, Thresholds, module_of
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.plugin import ProbePlugin
+
+if TYPE_CHECKING:
+    from optwatch.probe.probe import Probe
+
+log = logging.getLogger(__name__)
+
+# Modules that map finite inputs (and parameters) to finite outputs: checking them would repeat their
+# input's check. Normalisations divide by sqrt(var + eps) and run in float32 under autocast.
+_FINITE_PRESERVING = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softsign,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+# Batch norms in training fold their input's mean into a running mean: it turns non-finite exactly when
+# the input has a NaN/Inf (while it was finite before), so it checks the module before them for free.
+_RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# A step that never reaches the optimizer must not grow the list without bound.
+_MAX_FORWARD_CHECKS = 4096
+
+
+def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[int]]:
+    groups: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(tensor.device, []).append(index)
+    return groups
+
+
+def _norms(
+    tensors: list[torch.Tensor], order: int, device: torch.device, by_device: dict[torch.device, list[int]] | None
+) -> list[torch.Tensor]:
+    """Float32 norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``.
+    ``by_device``: the tensors' indices per device when they are on several (model parallel), else None."""
+    if by_device is None:
+        return list(torch._foreach_norm(tensors, order, dtype=torch.float32))
+    result: list[Any] = [None] * len(tensors)
+    for indices in by_device.values():
+        norms = torch._foreach_norm([tensors[i] for i in indices], order, dtype=torch.float32)
+        for index, norm in zip(indices, norms):
+            result[index] = norm.to(device, non_blocking=True)
+    return result
+
+
+class _Layout:
+    """The parameters measured (those with a dense gradient, in model order) and their update chunks."""
+
+    def __init__(self, params: list[torch.Tensor], names: list[str], budget_bytes: float):
+        self.params = params
+        self.names = names
+        self.numel = [p.numel() for p in params]
+        self.device = params[0].device
+        groups = _by_device(params)
+        self.by_device = groups if len(groups) > 1 else None
+        self.chunks = self._split(budget_bytes)
+        self._turn = 0
+        self._snapshots: list[torch.Tensor] | None = None
+
+    def matches(self, params: list[torch.Tensor]) -> bool:
+        return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+
+    def _split(self, budget_bytes: float) -> list[list[int]]:
+        """Chunks of parameter indices that each fit the budget, keeping a module's tensors together."""
+        modules: dict[str, list[int]] = {}
+        for index, name in enumerate(self.names):
+            modules.setdefault(module_of(name), []).append(index)
+        size = [p.numel() * p.element_size() for p in self.params]
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        used = 0.0
+        for indices in modules.values():
+            group = sum(size[i] for i in indices)
+            pieces = [indices] if group <= budget_bytes else [[i] for i in indices if size[i] <= budget_bytes]
+            for piece in pieces:
+                piece_size = sum(size[i] for i in piece)
+                if current and used + piece_size > budget_bytes:
+                    chunks.append(current)
+                    current, used = [], 0.0
+                current = current + piece
+                used += piece_size
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def next_chunk(self) -> list[int] | None:
+        if not self.chunks:
+            return None
+        chunk = self.chunks[self._turn % len(self.chunks)]
+        self._turn += 1
+        return chunk
+
+    def snapshots(self, chunk: list[int]) -> list[torch.Tensor]:
+        """Buffers for the chunk's weights: kept when one chunk covers everything, else made each time."""
+        if len(self.chunks) == 1:
+            if self._snapshots is None:
+                self._snapshots = [torch.empty_like(self.params[i]) for i in chunk]
+            return self._snapshots
+        return [torch.empty_like(self.params[i]) for i in chunk]
+
+
+@dataclass
+class _Measured:
+    """What ``before_optimizer_step`` measured, waiting for the update."""
+
+    step: int
+    layout: _Layout
+    values: list[torch.Tensor]
+    chunk: list[int] | None
+    snapshots: list[torch.Tensor] | None
+
+
+class GradientPlugin(ProbePlugin):
+    name = "grads"
+
+    def __init__(self, options: ProbeOptions):
+        self.every = options.grad_every
+        self.budget_bytes = options.grad_update_mb * 2**20
+        self.forward_check = options.forward_check
+        self.diagnosis: GradientDiagnosis | None = GradientDiagnosis(
+            Thresholds().with_overrides(options.grad_thresholds)
+        )
+        # Training thread only.
+        self._order_key: tuple[int, ...] | None = None
+        self._ordered: list[torch.Tensor] = []
+        self._layout: _Layout | None = None
+        self._measured: _Measured | None = None
+        self._checks: list[tuple[nn.Module, torch.Tensor]] = []
+        self._last_output: torch.Tensor | None = None
+        self._unchecked: tuple[int, torch.Tensor] | None = None
+        self._preserving: dict[type, bool] = {}
+        self._module_names: dict[int, str] = {}
+        self._names_model: nn.Module | None = None
+        self._sequence_key: tuple[int, ...] | None = None
+        self._sequence_names: tuple[str, ...] = ()
+        self._hook: Any = None
+        self._clipped: list[torch.Tensor] = []
+        self._undo: list[Any] = []
+        # Publisher thread only.
+        self._layers_record: dict[str, Any] | None = None
+        self._rank = 0
+
+    # --- training thread -----------------------------------------------------------------------------
+    def install(self, probe: Probe) -> None:
+        self._rank = probe.rank
+        probe.publisher.add_observer(self._observe)
+        if self.forward_check:
+            self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
+        import torch.nn.utils
+        import torch.nn.utils.clip_grad
+
+        original = torch.nn.utils.clip_grad.clip_grad_norm_
+        clipped = self._clipped
+
+        @functools.wraps(original)
+        def clip_grad_norm_(*args: Any, **kwargs: Any) -> torch.Tensor:
+            total = original(*args, **kwargs)
+            norm_type = kwargs.get("norm_type", args[2] if len(args) > 2 else 2.0)
+            if isinstance(total, torch.Tensor) and float(norm_type) == 2.0:
+                clipped.append(total.detach())
+            return total
+
+        for module in (torch.nn.utils, torch.nn.utils.clip_grad):
+            module.clip_grad_norm_ = clip_grad_norm_
+            self._undo.append((module, original))
+
+    def close(self, probe: Probe) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        for module, original in self._undo:
+            module.clip_grad_norm_ = original
+        self._undo = []
+
+    def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return
+        if not isinstance(output, torch.Tensor):
+            output = output[0] if isinstance(output, (tuple, list)) and output else None
+            if not isinstance(output, torch.Tensor):
+                return
+        if not output.is_floating_point() or len(self._checks) >= _MAX_FORWARD_CHECKS:
+            return
+        preserving = self._preserving.get(type(module))
+        if preserving is None:
+            preserving = self._preserving[type(module)] = isinstance(module, _FINITE_PRESERVING)
+        fed = bool(args) and args[0] is self._last_output
+        self._settle(module if preserving and fed else None)
+        if self._last_output is not None and (output is self._last_output or (preserving and fed)):
+            # The tensor just checked, handed on (a container, an in-place op) or through a module that keeps
+            # finite values finite: its check stands for this output too.
+            self._last_output = output
+            self._checks.append((module, self._checks[-1][1]))
+        elif not preserving:
+            # Summed when the next module shows up, unless that is a batch norm that checks it for free.
+            self._last_output = output
+            self._checks.append((module, output))
+            self._unchecked = (len(self._checks) - 1, output)
+
+    def _settle(self, consumer: nn.Module | None = None) -> None:
+        """Replace the last output waiting for its check by a device scalar that is finite iff it is."""
+        if self._unchecked is None:
+            return
+        index, output = self._unchecked
+        self._unchecked = None
+        if isinstance(consumer, _RUNNING_STATS) and consumer.training and consumer.running_mean is not None:
+            check = consumer.running_mean.sum(dtype=torch.float32)
+        else:
+            check = output.detach().sum(dtype=torch.float32)
+        self._checks[index] = (self._checks[index][0], check)
+
+    def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+        if probe.step % self.every:
+            return
+        params = [p for p in self._in_model_order(probe, optimizer) if p.grad is not None and not p.grad.is_sparse]
+        if not params:
+            return
+        layout = self._layout
+        if layout is None or not layout.matches(params):
+            names = probe.parameter_names()
+            labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
+            layout = self._layout = _Layout(params, labels, self.budget_bytes)
+        with torch.no_grad():
+            grads = [p.grad for p in params]
+            values = [
+                *_norms(grads, 2, layout.device, layout.by_device),
+                *_norms(params, 2, layout.device, layout.by_device),
+                *_norms(grads, 0, layout.device, layout.by_device),
+            ]
+            chunk = layout.next_chunk()
+            snapshots = None
+            if chunk:
+                snapshots = layout.snapshots(chunk)
+                torch._foreach_copy_(snapshots, [params[i] for i in chunk])
+        self._measured = _Measured(probe.step, layout, values, chunk, snapshots)
+
+    def _in_model_order(self, probe: Probe, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The optimizer's parameters in the model's order (param groups may split and reorder them)."""
+        flat = [p for group in optimizer.param_groups for p in group["params"]]
+        key = tuple(map(id, flat))
+        if key != self._order_key:
+            position = {pid: i for i, pid in enumerate(probe.parameter_names())}
+            self._ordered = sorted(flat, key=lambda p: position.get(id(p), len(position)))
+            self._order_key = key
+        return self._ordered
+
+    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        self._attach_checks(probe, record)
+        if self._clipped:
+            norms = [t.float().reshape(()) for t in self._clipped]
+            record["grad_norm_preclip"] = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))
+            self._clipped.clear()
+        measured, self._measured = self._measured, None
+        if measured is None or measured.step != record["step"] or record.get("amp_overflow"):
+            return
+        layout, chunk = measured.layout, measured.chunk
+        with torch.no_grad():
+            values = measured.values
+            if chunk and measured.snapshots is not None:
+                torch._foreach_sub_(measured.snapshots, [layout.params[i] for i in chunk])
+                groups = _by_device(measured.snapshots) if layout.by_device else None
+                values = values + _norms(measured.snapshots, 2, layout.device, groups)
+            vector = torch.stack(values)
+        n = len(layout.params)
+        probe.emit(
+            protocol.make_record(
+                protocol.LAYERS,
+                probe.rank,
+                step=record["step"],
+                names=layout.names,
+                numel=layout.numel,
+                grad_norm=vector[:n],
+                weight_norm=vector[n : 2 * n],
+                _nonzero=vector[2 * n : 3 * n],
+                _update=vector[3 * n :] if chunk else None,
+                _update_at=chunk,
+            )
+        )
+
+    def _attach_checks(self, probe: Probe, record: dict[str, Any]) -> None:
+        """The step's forward checks ride on the step record (private fields, removed on readback)."""
+        self._settle()
+        checks, self._checks = self._checks, []
+        self._last_output = None
+        if not checks:
+            return
+        modules = [module for module, _ in checks]
+        model = probe.find_model()
+        key = (id(model), *map(id, modules))
+        if key != self._sequence_key:
+            names = self._names_of(model)
+            self._sequence_names = tuple(names.get(id(m)) or type(m).__name__ for m in modules)
+            self._sequence_key = key
+        record["_forward_modules"] = self._sequence_names
+        record["_forward_sums"] = torch.stack([total for _, total in checks])
+
+    def _names_of(self, model: nn.Module | None) -> dict[int, str]:
+        if model is not self._names_model:
+            self._names_model = model
+            self._module_names = {}
+            if model is not None:
+                self._module_names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+        return self._module_names
+
+    # --- publisher thread ----------------------------------------------------------------------------
+    def _observe(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Finish this rank's ``layers`` records, take the private fields off, diagnose each step."""
+        alerts: list[dict[str, Any]] = []
+        for record in records:
+            kind = record.get("kind")
+            if kind == protocol.LAYERS and "_nonzero" in record:
+                _finish_layers(record)
+                self._layers_record = record
+            elif kind == protocol.STEP and record.get("rank") == self._rank:
+                forward = list(zip(record.pop("_forward_modules", ()), record.pop("_forward_sums", None) or []))
+                layers, self._layers_record = self._layers_record, None
+                if layers is not None and layers.get("step") != record.get("step"):
+                    layers = None
+                if self.diagnosis is None:
+                    continue
+                try:
+                    alerts += self._diagnose(record, layers, forward)
+                except Exception:
+                    # Switched off, once; the statistics and the step records still go out.
+                    log.exception("optwatch: gradient diagnosis failed and is switched off; training goes on")
+                    self.diagnosis = None
+        return records + alerts if alerts else records
+
+    def _diagnose(
+        self, record: dict[str, Any], layers: dict[str, Any] | None, forward: list[tuple[str, float]]
+    ) -> list[dict[str, Any]]:
+        assert self.diagnosis is not None
+        observation = StepInput(
+            step=record.get("step", -1),
+            loss=record.get("loss"),
+            grad_norm=record.get("grad_norm"),
+            grad_norm_preclip=record.get("grad_norm_preclip"),
+            amp_overflow=bool(record.get("amp_overflow")),
+            amp_scale=record.get("amp_scale"),
+            layers=LayerStats.from_record(layers) if layers is not None else None,
+            forward=forward,
+        )
+        alerts = [protocol.make_record(protocol.ALERT, self._rank, **a) for a in self.diagnosis.observe(observation)]
+        if layers is not None:
+            layers["alerting"] = self.diagnosis.alerting()
+        return alerts
+
+
+def _finish_layers(record: dict[str, Any]) -> None:
+    """Raw readback -> the published ``layers`` fields (see docs/gradients.md)."""
+    numel = record["numel"]
+    nonzero = record.pop("_nonzero")
+    record["zero_frac"] = [1.0 - nz / n if n else 0.0 for nz, n in zip(nonzero, numel)]
+    update = record.pop("_update")
+    at = record.pop("_update_at")
+    update_norm: list[float | None] = [None] * len(numel)
+    if update is not None and at:
+        for index, value in zip(at, update):
+            update_norm[index] = value
+    record["update_norm"] = update_norm
+    record["update_ratio"] = [
+        u / w if u is not None and isinstance(w, float) and w > 0 else None
+        for u, w in zip(update_norm, record["weight_norm"])
+    ]

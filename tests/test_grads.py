@@ -1,0 +1,286 @@
+"""Gradient statistics measured by the probe on real (tiny) CPU training loops, in this process."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from optwatch.diagnose.gradients import GradientDiagnosis
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.probe import Probe
+from optwatch.wire import runtime
+
+
+def start(**options) -> Probe:
+    run_dir = runtime.make_run_dir("grads-test")
+    return Probe(run_dir, "grads-test", ProbeOptions(script="test", publish_interval_s=0.0, **options)).start()
+
+
+@pytest.fixture
+def probe():
+    probe = start()
+    yield probe
+    probe.close()
+
+
+def recorded(probe: Probe, kind: str) -> list[dict]:
+    probe.close()
+    return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def test_layer_records_hold_the_exact_norms_updates_and_zero_fractions(probe):
+    model = mlp()
+    # Param groups in another order than the model's: records still list layers in model order.
+    optimizer = torch.optim.Adam(
+        [{"params": model[4].parameters()}, {"params": [*model[0].parameters(), *model[2].parameters()]}], lr=0.01
+    )
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    expected = []
+    for _ in range(4):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        params = list(model.parameters())
+        before = [p.detach().clone() for p in params]
+        grads = [p.grad.clone() for p in params]
+        optimizer.step()
+        expected.append(
+            {
+                "grad_norm": [g.norm().item() for g in grads],
+                "weight_norm": [b.norm().item() for b in before],
+                "update_norm": [(p.detach() - b).norm().item() for p, b in zip(params, before)],
+                "zero_frac": [(g == 0).float().mean().item() for g in grads],
+            }
+        )
+    records = recorded(probe, "layers")
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    for record, want in zip(records, expected):
+        assert record["names"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+        assert record["numel"] == [32, 8, 64, 8, 8, 1]
+        for key, values in want.items():
+            assert record[key] == pytest.approx(values, rel=1e-5, abs=1e-9), key
+        ratios = [u / w for u, w in zip(want["update_norm"], want["weight_norm"])]
+        assert record["update_ratio"] == pytest.approx(ratios, rel=1e-5)
+        assert not any(key.startswith("_") for key in record)
+    assert any(0 < z < 1 for r in records for z in r["zero_frac"])  # ReLU leaves dead units with zero gradient
+
+
+def test_grad_every_and_a_small_update_budget_take_turns():
+    probe = start(grad_every=2, grad_update_mb=(64 * 4 + 8 * 4) / 2**20)  # room for layer "2" alone
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    for _ in range(8):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    records = recorded(probe, "layers")
+    assert [r["step"] for r in records] == [0, 2, 4, 6]
+    measured = [[u is not None for u in r["update_norm"]] for r in records]
+    # Chunks of whole modules that fit 288 bytes: "0" (160 B), "2" (288 B), "4" (36 B), in turn.
+    assert measured == [
+        [True, True, False, False, False, False],
+        [False, False, True, True, False, False],
+        [False, False, False, False, True, True],
+        [True, True, False, False, False, False],
+    ]
+    for record in records:
+        lr_update = [0.1 * g for g in record["grad_norm"]]  # plain SGD: ||Δw|| = lr ||g||
+        for update, want in zip(record["update_norm"], lr_update):
+            assert update is None or update == pytest.approx(want, rel=1e-5)
+
+
+def test_gradscaler_skipped_steps_are_amp_overflows_not_broken_runs(probe):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    poisoned = {3, 4}  # an fp16 overflow, stood in for by an inf planted in one gradient
+    for step in range(8):
+        optimizer.zero_grad()
+        scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
+        if step in poisoned:
+            model[2].weight.grad[0, 0] = math.inf
+        scaler.step(optimizer)
+        scaler.update()
+    steps = recorded(probe, "step")
+    alerts = [r for r in probe.publisher.history.snapshot() if r["kind"] == "alert"]
+    assert [s["step"] for s in steps] == list(range(8))
+    assert [s.get("amp_overflow", False) for s in steps] == [s in poisoned for s in range(8)]
+    assert [s.get("amp_scale") for s in steps if s.get("amp_overflow")] == [1024.0, 512.0]
+    assert [(a["type"], a["step"]) for a in alerts] == [("amp_overflow", 3)]
+    assert all(math.isfinite(s["loss"]) for s in steps)
+    layer_steps = [r["step"] for r in probe.publisher.history.snapshot() if r["kind"] == "layers"]
+    assert layer_steps == [0, 1, 2, 5, 6, 7]  # skipped steps changed no weights: nothing to measure
+
+
+class Spike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x):
+        return x * math.inf if self.armed else x
+
+
+@pytest.mark.parametrize("forward_check", [True, False])
+def test_the_module_that_emits_inf_is_named_at_that_step(forward_check):
+    probe = start(forward_check=forward_check)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    for step in range(12):
+        model[3].armed = step == 7
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():  # evaluation forwards are not checked and change nothing
+        model(x)
+    alerts = recorded(probe, "alert")
+    [alert] = [a for a in alerts if a["type"] == "nonfinite"]
+    assert alert["step"] == 7 and set(alert["params"]) >= {"0.weight", "2.weight"}
+    if forward_check:
+        assert alert["module"] == "3" and "first non-finite output: module '3'" in alert["message"]
+    else:
+        assert alert["module"] is None
+    steps = [r for r in probe.publisher.history.snapshot() if r["kind"] == "step"]
+    assert not any(key.startswith("_") for s in steps for key in s)
+
+
+class SpikyConv(nn.Conv2d):
+    """A convolution whose output overflows at one chosen step (as fp16 can)."""
+
+    armed = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * math.inf if self.armed else out
+
+
+def test_a_convolution_checked_through_the_batch_norm_after_it_is_named():
+    probe = start()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), SpikyConv(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 2),
+    )  # fmt: skip
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))
+    for step in range(10):
+        model[3].armed = step == 6
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    alerts = recorded(probe, "alert")
+    assert [(a["type"], a["step"], a["module"]) for a in alerts] == [("nonfinite", 6, "3")]
+
+
+class Wrapper(nn.Module):
+    """A model whose parameters all belong to its one child (a common shape: a backbone in a shell)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) / 0.0  # a NaN born in the wrapper's own code, not in a submodule
+
+
+def test_the_wrapper_is_the_model_and_is_named_for_what_its_own_code_does(probe):
+    inner = nn.Linear(4, 1)  # made before the wrapper: the first of the two a heap walk meets
+    model = Wrapper(inner)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.mse_loss(model(torch.randn(2, 4)), torch.randn(2, 1)).backward()
+    optimizer.step()
+    assert probe.find_model() is model
+    [alert] = recorded(probe, "alert")
+    assert alert["module"] == "Wrapper" and alert["step"] == 0  # the root, by its class name
+
+
+def test_grads_off_records_steps_only():
+    probe = start(grad_every=0)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.mse_loss(model(torch.randn(2, 4)), torch.randn(2, 1)).backward()
+    optimizer.step()
+    assert recorded(probe, "layers") == [] and len(recorded(probe, "step")) == 1
+
+
+def test_a_failing_diagnosis_costs_neither_statistics_nor_privacy(monkeypatch, caplog):
+    def broken(self, step):
+        raise RuntimeError("diagnosis bug")
+
+    monkeypatch.setattr(GradientDiagnosis, "observe", broken)
+    probe = start()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1)).backward()
+        optimizer.step()
+    records = recorded(probe, "step") + recorded(probe, "layers")
+    assert len(records) == 6 and not any(key.startswith("_") for r in records for key in r)
+    assert all("zero_frac" in r for r in records if r["kind"] == "layers")
+    assert caplog.text.count("gradient diagnosis failed and is switched off") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gradient_statistics_make_no_host_device_sync(probe):
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, 1)).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda")
+    x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 1, device="cuda")
+
+    def step():
+        optimizer.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # GradScaler syncs by itself (found_inf.item()): keep it out of the check
+        scaler.update()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(30):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    layers = recorded(probe, "layers")
+    steps = recorded(probe, "step")
+    assert len(steps) == 33 and [r["step"] for r in layers] == [s["step"] for s in steps if not s.get("amp_overflow")]
+    assert all(math.isfinite(g) for r in layers[-30:] for g in r["grad_norm"] + r["update_norm"])
+
+
+def test_with_clipping_the_norm_before_clipping_is_what_explodes(probe):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    returned = []
+    for step in range(50):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        (loss * (1000.0 if step == 45 else 1.0)).backward()  # a gradient spike that clipping hides
+        returned.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1).item())
+        optimizer.step()
+    wrapped = torch.nn.utils.clip_grad_norm_
+    steps = recorded(probe, "step")
+    assert torch.nn.utils.clip_grad_norm_ is not wrapped  # unwrapped on close
+    assert [s["grad_norm_preclip"] for s in steps] == pytest.approx(returned, rel=1e-6)
+    assert max(s["grad_norm"] for s in steps) <= 0.1 + 1e-6
+    alerts = [r for r in probe.publisher.history.snapshot() if r["kind"] == "alert"]
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 45)]
+    assert alerts[0]["message"].startswith("global gradient norm before clipping")
