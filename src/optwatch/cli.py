@@ -44,7 +44,28 @@ def _checked(parse):
     return check
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text!r}")
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more MiB, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from optwatch.diagnose.gradients import parse_override
     from optwatch.probe.options import parse_profile_at, parse_profile_every
 
     parser = argparse.ArgumentParser(
@@ -88,6 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N[:COUNT]",
         type=_checked(parse_profile_every),
         help="profile COUNT steps (default 3) every N steps, at most 10%% of the steps",
+    )
+    grads = run.add_argument_group("gradient diagnostics (docs/gradients.md)")
+    grads.add_argument(
+        "--grad-every", metavar="N", type=_count, default=1, help="gradient statistics every N steps (0: off)"
+    )
+    grads.add_argument(
+        "--grad-threshold",
+        metavar="NAME=VALUE",
+        type=_checked(parse_override),
+        action="append",
+        default=[],
+        help="change an alert threshold, e.g. exploding_factor=20 (repeatable)",
+    )
+    grads.add_argument(
+        "--grad-update-mb",
+        metavar="MB",
+        type=_megabytes,
+        default=256.0,
+        help="memory for the weight copy behind update ratios (0: no update ratios)",
+    )
+    grads.add_argument(
+        "--no-forward-check",
+        dest="forward_check",
+        action="store_false",
+        help="do not check module outputs for NaN/Inf (faster; non-finite alerts then name no module)",
     )
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
@@ -177,6 +223,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except controls.CommandError as exc:
             # Not fatal: it is refused at its step, with an event record, like any bad command.
             print(f"optwatch: warning: --control {scheduled} will be refused: {exc}", file=sys.stderr)
+    from optwatch.diagnose.gradients import Thresholds
+
+    try:
+        Thresholds().with_overrides(dict(args.grad_threshold))
+    except ValueError as exc:
+        raise UsageError(f"--grad-threshold: {exc}") from None
     options = ProbeOptions(
         script=args.script,
         argv=args.args,
@@ -184,6 +236,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         controls=args.control,
         profile_at=args.profile_at,
         profile_every=args.profile_every,
+        grad_every=args.grad_every,
+        grad_update_mb=args.grad_update_mb,
+        grad_thresholds=dict(args.grad_threshold),
+        forward_check=args.forward_check,
     )
 
     if under_torchrun():
@@ -393,8 +449,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except protocol.ProtocolError as exc:
         raise UsageError(f"not an optwatch record file: {exc}") from exc
     if args.headless:
-        from optwatch.headless import summary_line
+        from optwatch.headless import notable_line, summary_line
 
+        for alert in store.rare.get(protocol.ALERT, ()):
+            print(notable_line(alert))
         print(summary_line(store) or "no steps in this record")
         return 0
     from optwatch.app.app import OptwatchApp

@@ -1,0 +1,79 @@
+"""Gradient alerts end to end: `optwatch run --headless --record` on runs that go wrong in known ways."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl, steps_of
+from optwatch.diagnose.gradients import LayerStats
+
+SCENARIOS = str(SCRIPTS / "grad_scenarios.py")
+
+
+def run_scenario(tmp_path, scenario: str, *args: str) -> tuple[list[dict], list[dict], str]:
+    record = tmp_path / f"{scenario}.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), SCENARIOS, "--scenario", scenario, *args)
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    return records, [r for r in records if r["kind"] == "alert"], result.stderr
+
+
+def test_a_30_layer_sigmoid_mlp_vanishes_in_its_early_layers(tmp_path):
+    records, alerts, stderr = run_scenario(tmp_path, "vanishing", "--steps", "100")
+    [alert] = alerts
+    assert alert["type"] == "vanishing" and alert["step"] < 100
+    linears = [str(2 * i) for i in range(30)]  # nn.Sequential names: Linear, Sigmoid, Linear, ...
+    named = alert["layers"]
+    assert len(named) >= 3 and named == linears[: len(named)] and linears[-1] not in named
+    assert f"ALERT vanishing @ step {alert['step']}: gradients vanish in" in stderr
+    # The layer records carry the verdict, so the dashboard can highlight the same layers.
+    layers = [r for r in records if r["kind"] == "layers"]
+    assert len(layers) == 100 and set(layers[-1]["alerting"]) == set(named)
+
+
+def test_a_learning_rate_raised_far_too_high_explodes_before_the_loss_breaks(tmp_path):
+    records, alerts, stderr = run_scenario(tmp_path, "lr-jump", "--steps", "90", "--at", "60")
+    first_nonfinite = min(s["step"] for s in steps_of(records) if not math.isfinite(s["loss"]))
+    exploding = [a for a in alerts if a["type"] == "exploding"]
+    assert all(a["step"] >= 60 for a in alerts), alerts  # nothing before the change
+    assert len(exploding) == 1 and 60 <= exploding[0]["step"] <= first_nonfinite
+    assert [a["step"] for a in alerts if a["type"] == "nonfinite"] == [first_nonfinite]
+    assert f"ALERT exploding @ step {exploding[0]['step']}" in stderr
+
+
+def test_a_module_that_emits_inf_is_named_at_that_very_step(tmp_path):
+    records, alerts, stderr = run_scenario(tmp_path, "inf-module", "--steps", "70", "--at", "60")
+    [alert] = alerts
+    assert alert["type"] == "nonfinite" and alert["step"] == 60 and alert["module"] == "3"
+    assert "ALERT nonfinite @ step 60: first non-finite output: module '3'" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~45 s on an idle 2-core machine; much longer when the cores are shared
+def test_the_cifar_example_raises_no_alert_in_200_steps(tmp_path):
+    record = tmp_path / "cifar.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), str(EXAMPLES / "cifar.py"), "--steps", "200", timeout=840
+    )
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    assert [r for r in records if r["kind"] == "alert"] == []
+    layers = [r for r in records if r["kind"] == "layers"]
+    assert [r["step"] for r in layers] == list(range(200))
+    # A healthy run, seen in the numbers too: every layer's update ratio within 1e-5..1e-1 (per tensor, a
+    # bias that starts at zero can have larger ones; per layer, the weight dominates).
+    ratios = [m.update_ratio for r in layers for m in LayerStats.from_record(r).modules()]
+    assert len(ratios) == 200 * 21 and all(1e-5 < u < 0.1 for u in ratios), (min(ratios), max(ratios))
+    assert "ALERT" not in result.stderr
+
+
+def test_bad_gradient_flags_get_clear_messages():
+    script = str(SCRIPTS / "plain_train.py")
+    every = optwatch("run", "--grad-every", "-2", script)
+    assert every.returncode == 2 and "--grad-every: expected 0 or more, got '-2'" in every.stderr
+    unknown = optwatch("run", "--grad-threshold", "explode=3", script)
+    assert unknown.returncode == 2 and "unknown gradient threshold 'explode' (known: window," in unknown.stderr
+    clash = optwatch("run", "--headless", "--grad-threshold", "window=80", script)
+    assert clash.returncode == 2 and "baseline_window (50) must be at least window (80)" in clash.stderr
