@@ -73,6 +73,12 @@ class SeriesChart(PlotextPlot):
         if drawn and not self.log_y and high > low:
             # Headroom above the data so the legend never hides the first points.
             plt.ylim(low, high + 0.25 * (high - low))
+        if drawn and self.log_y and high >= 100 * low:
+            # Over orders of magnitude plotext labels ticks with every digit: label decades instead.
+            first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+            stride = max(1, math.ceil((last - first) / 5))
+            decades = range(first, last + 1, stride)
+            plt.yticks([10.0**k for k in decades], [f"1e{k}" for k in decades])
         if not drawn:
             plt.text("waiting for data", 0.5, 0.5, alignment="center")
             plt.xlim(0, 1)
