@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 
+from conftest import ROOT
 from optwatch.diagnose.gradients import (
     Episode,
     GradientDiagnosis,
@@ -168,3 +170,10 @@ def test_amp_overflow_is_not_a_broken_run_until_the_scaler_gives_up():
     assert [(a["type"], a["step"]) for a in alerts] == [("amp_overflow", 3), ("amp_overflow", 10), ("nonfinite", 14)]
     assert "at loss scale 65536" in alerts[0]["message"] and "not a broken run" in alerts[0]["message"]
     assert "GradScaler skipped every step" in alerts[2]["message"]
+
+
+def test_the_docs_list_every_threshold_with_its_default():
+    text = (ROOT / "docs" / "gradients.md").read_text()
+    for name, default, _ in Thresholds.describe():
+        match = re.search(rf"^\| `{name}` \| ([^|]+) \|", text, re.MULTILINE)
+        assert match and float(match.group(1)) == default, name
