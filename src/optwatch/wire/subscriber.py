@@ -52,6 +52,7 @@ class Feed:
         self._ctl: zmq.Socket | None = None
         self._request_lock = threading.Lock()  # zmq sockets are not thread-safe
         self.last_seq: dict[int, int] = {}
+        self._pids: dict[int, Any] = {}
         self.gaps_filled = 0
         self.lost = 0
         self.errors: list[str] = []
@@ -119,8 +120,13 @@ class Feed:
             if seq is None:
                 fresh.append(record)
                 continue
-            if seq == 0 and record.get("kind") == protocol.HELLO:
-                self.last_seq.pop(rank, None)  # the job (or this rank) started afresh: an elastic restart
+            if record.get("kind") == protocol.HELLO:
+                # The job (or this rank) started afresh, an elastic restart: its sequence starts over. Its
+                # first hello (seq 0) is easily lost while this subscriber reconnects; a new pid tells too.
+                pid = record.get("pid")
+                if seq == 0 or (rank in self._pids and pid != self._pids[rank]):
+                    self.last_seq.pop(rank, None)
+                self._pids[rank] = pid
             last = self.last_seq.get(rank, -1)
             if seq <= last:
                 continue
