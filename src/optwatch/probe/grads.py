@@ -23,6 +23,7 @@ training thread to the observer in fields named ``_...``, which the observer rem
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -275,10 +276,13 @@ class GradientPlugin(ProbePlugin):
             return
         index, output = self._unchecked
         self._unchecked = None
-        if isinstance(consumer, _RUNNING_STATS) and consumer.training and consumer.running_mean is not None:
-            check = consumer.running_mean.sum(dtype=torch.float32)
-        else:
-            check = output.detach().sum(dtype=torch.float32)
+        # In a profile, the check is optwatch's cost, not the module's.
+        profiling = torch.autograd.profiler._is_profiler_enabled
+        with torch.autograd.profiler.record_function("optwatch") if profiling else contextlib.nullcontext():
+            if isinstance(consumer, _RUNNING_STATS) and consumer.training and consumer.running_mean is not None:
+                check = consumer.running_mean.sum(dtype=torch.float32)
+            else:
+                check = output.detach().sum(dtype=torch.float32)
         self._checks[index] = (self._checks[index][0], check)
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:

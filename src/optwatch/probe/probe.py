@@ -271,7 +271,7 @@ class Probe:
             result = original_scaler_step(scaler, optimizer, *args, **kwargs)
             if not probe._stepped and scaler.is_enabled() and probe._is_primary(optimizer):
                 scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
-                probe._finish_step(amp_overflow=True, amp_scale=scale)
+                probe._as_own_work(lambda: probe._finish_step(amp_overflow=True, amp_scale=scale))
             return result
 
         GradScaler.step = scaler_step
