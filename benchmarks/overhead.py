@@ -38,7 +38,7 @@ from optwatch.wire import runtime  # noqa: E402
 MODES: dict[str, dict | None] = {
     "bare": None,
     "default": {},
-    "all": {"system_interval_s": 0.25},
+    "all": {"system_interval_s": 0.25, "grad_every": 1, "forward_check": True},
 }
 
 

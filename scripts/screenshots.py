@@ -17,7 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "screenshots"
-SIZES = {"dashboard-80x24.svg": (80, 24), "dashboard-140x45.svg": (140, 45)}
+# (file, terminal size, key pressed first: which tab)
+SHOTS = [
+    ("dashboard-80x24.svg", (80, 24), None),
+    ("dashboard-140x45.svg", (140, 45), None),
+    ("gradients-140x45.svg", (140, 45), "g"),
+    ("system-140x45.svg", (140, 45), "s"),
+    ("hotspots-140x45.svg", (140, 45), "h"),
+]
 
 
 def record_run(steps: int, path: Path) -> None:
@@ -42,12 +49,16 @@ async def shoot(record: Path) -> None:
     from optwatch.app.app import OptwatchApp
     from optwatch.store import Store, read_records
 
-    for name, size in SIZES.items():
+    for name, size, key in SHOTS:
         store = Store()
         store.ingest(list(read_records(record)))
         app = OptwatchApp.for_store(store)
         async with app.run_test(size=size) as pilot:
+            if key:
+                await pilot.press(key)
             await pilot.pause(0.5)
+            app.render_views(force_charts=True)
+            await pilot.pause(0.3)
             app.save_screenshot(filename=name, path=str(OUT))
         print(f"wrote {OUT / name}")
 
