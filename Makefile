@@ -25,6 +25,8 @@ screenshots: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/dashboard_load.py
+	$(BIN)/python benchmarks/profiler_idle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
