@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,22 @@ def optwatch(*args: str, timeout: float = 120, **kwargs) -> subprocess.Completed
         env=dict(os.environ),
         **kwargs,
     )
+
+
+def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
+def live_jobs() -> list[dict]:
+    """What `optwatch ls --json` lists."""
+    return json.loads(optwatch("ls", "--json").stdout)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -11,22 +10,8 @@ import time
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, read_jsonl, steps_of
+from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for
 from test_attach import wait_for_steps
-
-
-def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError("condition not met in time")
-
-
-def live_jobs() -> list[dict]:
-    return json.loads(optwatch("ls", "--json").stdout)
 
 
 def inside(stdout: str) -> dict[int, dict[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -11,22 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, SCRIPTS, optwatch
+from conftest import ROOT, SCRIPTS, live_jobs, wait_for
 from optwatch.wire.runtime import pid_alive
-
-
-def wait_for(predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
-def live_jobs() -> list[dict]:
-    return json.loads(optwatch("ls", "--json").stdout)
 
 
 def test_killing_the_viewer_does_not_touch_the_training(runtime_dir):
