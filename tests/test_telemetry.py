@@ -158,7 +158,9 @@ def test_a_dataset_that_sleeps_is_input_bound(slow_data_run):
     assert final["window"][0] >= 2 and final["window"][1] == 39
     assert "optwatch: final verdict input-bound (steps" in result.stderr
     assert "optwatch:   try: " in result.stderr
-    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert "Traceback" not in result.stderr
+    # No warning from optwatch's own code (torch may warn about its own environment, e.g. without numpy).
+    assert not [line for line in result.stderr.splitlines() if "Warning" in line and "/optwatch/" in line]
     # The final verdict comes before the rank's end record, so every viewer has it.
     kinds = [r["kind"] for r in records if r["kind"] in ("verdict", "end")]
     assert kinds[-2:] == ["verdict", "end"]
