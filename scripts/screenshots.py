@@ -36,6 +36,8 @@ def record_run(steps: int, path: Path) -> None:
         "--headless",
         "--record",
         str(path),
+        "--profile-at",  # so the Hot spots tab has a window to show
+        "40:5",
         str(ROOT / "examples" / "cifar.py"),
         "--steps",
         str(steps),
