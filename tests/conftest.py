@@ -54,6 +54,25 @@ def live_jobs() -> list[dict]:
     return json.loads(optwatch("ls", "--json").stdout)
 
 
+async def wait_for_ui(pilot, predicate, timeout_s: float = 30.0) -> None:
+    """In a pilot test: let the app run until ``predicate()`` holds, or fail after ``timeout_s``."""
+    for _ in range(int(timeout_s / 0.1)):
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def start_training(script: str, *args: str):
+    """A real instrumented training process, as `optwatch run` starts it."""
+    from optwatch.probe.options import ProbeOptions
+    from optwatch.supervisor import TrainingProcess
+
+    process = TrainingProcess(script, list(args), ProbeOptions(script=script, argv=list(args)).to_env())
+    process.start()
+    return process
+
+
 def read_jsonl(path: Path) -> list[dict]:
     from optwatch.store import read_records
 

@@ -7,33 +7,20 @@ import asyncio
 import psutil
 import pytest
 
-from conftest import SCRIPTS
+from conftest import SCRIPTS, start_training, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.log_pane import LogPane
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
-from optwatch.probe.options import ProbeOptions
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.supervisor import TrainingProcess
-
-
-async def wait_for(pilot, predicate, timeout_s: float = 30.0) -> None:
-    for _ in range(int(timeout_s / 0.1)):
-        if predicate():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
 def training():
-    script = str(SCRIPTS / "plain_train.py")
-    args = ["--steps", "100000", "--sleep", "0.05"]
-    process = TrainingProcess(script, args, ProbeOptions(script=script, argv=args).to_env())
-    process.start()
+    process = start_training(str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.05")
     yield process
     process.stop(grace_s=2)
     process.cleanup()
@@ -43,9 +30,9 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
     app = OptwatchApp(ViewerSession.for_process(training))
     async with app.run_test(size=(80, 24)) as pilot:
         store = app.store
-        await wait_for(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 8)
-        await wait_for(pilot, lambda: app.query_one(StatsPanel).rows.get("Step") not in (None, "waiting…"))
-        await wait_for(pilot, lambda: app.query_one("#overview-log", LogPane).lines)
+        await wait_for_ui(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 8)
+        await wait_for_ui(pilot, lambda: app.query_one(StatsPanel).rows.get("Step") not in (None, "waiting…"))
+        await wait_for_ui(pilot, lambda: app.query_one("#overview-log", LogPane).lines)
         with store.lock:  # freeze what the store holds, then render it
             app.render_views(force_charts=True)
             last = store.primary.last_step
@@ -70,7 +57,7 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
         await pilot.press("n")  # going back leaves the run alone
         assert not isinstance(app.screen, ConfirmQuit) and training.poll() is None
         await pilot.press("q", "y")
-        await wait_for(pilot, lambda: training.poll() is not None, timeout_s=20)
+        await wait_for_ui(pilot, lambda: training.poll() is not None, timeout_s=20)
     assert training.poll() is not None
     assert not psutil.pid_exists(training.pid) or psutil.Process(training.pid).status() == psutil.STATUS_ZOMBIE
 
@@ -78,7 +65,7 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
 async def test_detach_leaves_the_run_going(training):
     app = OptwatchApp(ViewerSession.for_process(training))
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.store.primary is not None and app.store.primary.steps)
+        await wait_for_ui(pilot, lambda: app.store.primary is not None and app.store.primary.steps)
         await pilot.press("q", "d")
         await pilot.pause(0.2)
     assert app.detached and training.poll() is None
@@ -155,10 +142,7 @@ async def test_findings_bar_shows_the_latest_verdict_and_alerts():
 
 @pytest.fixture
 def steerable():
-    script = str(SCRIPTS / "control_probe.py")
-    args = ["--steps", "100000", "--sleep", "0.03"]
-    process = TrainingProcess(script, args, ProbeOptions(script=script, argv=args).to_env())
-    process.start()
+    process = start_training(str(SCRIPTS / "control_probe.py"), "--steps", "100000", "--sleep", "0.03")
     yield process
     process.stop(grace_s=2)
     process.cleanup()
@@ -172,7 +156,7 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
     app = OptwatchApp(ViewerSession.for_process(steerable))
     async with app.run_test(size=(100, 30)) as pilot:
         store = app.store
-        await wait_for(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 5)
+        await wait_for_ui(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 5)
 
         await pilot.press("colon")
         assert isinstance(app.screen, CommandInput)
@@ -186,7 +170,7 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
         def acknowledged():
             return any(e.get("command") == "lr=0.002" for e in store.rare.get("event", ()))
 
-        await wait_for(pilot, acknowledged)
+        await wait_for_ui(pilot, acknowledged)
         app.render_views(force_charts=True)
         [event] = [e for e in store.rare["event"] if e["command"] == "lr=0.002"]
         assert event["status"] == "accepted" and event["source"] == "dashboard"
@@ -195,16 +179,16 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
         assert step in app.query_one("#loss-chart", SeriesChart).markers
 
         # The training process itself saw the new learning rate from that step on.
-        await wait_for(pilot, lambda: any(f"step={step} lr=0.002" in r["line"] for r in store.logs))
+        await wait_for_ui(pilot, lambda: any(f"step={step} lr=0.002" in r["line"] for r in store.logs))
         assert any(f"step={step - 1} lr=0.01" in r["line"] for r in store.logs)
 
         await pilot.press("a")  # AMP on, through the same path
-        await wait_for(pilot, lambda: any(e.get("command") == "amp=on" for e in store.rare.get("event", ())))
-        await wait_for(pilot, lambda: store.primary.last_step.get("amp") is True)
+        await wait_for_ui(pilot, lambda: any(e.get("command") == "amp=on" for e in store.rare.get("event", ())))
+        await wait_for_ui(pilot, lambda: store.primary.last_step.get("amp") is True)
 
         await pilot.press("c")
-        await wait_for(pilot, lambda: len(store.primary.steps) > event["effective_step"] + 5)
+        await wait_for_ui(pilot, lambda: len(store.primary.steps) > event["effective_step"] + 5)
         app.render_views()
         assert set(app.query_one(ControlsPanel).impact_rows) >= {"Step time p50", "Loss mean"}
         await pilot.press("q", "y")
-        await wait_for(pilot, lambda: steerable.poll() is not None, timeout_s=20)
+        await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)

@@ -6,30 +6,17 @@ import os
 
 import pytest
 
-from conftest import SCRIPTS
+from conftest import SCRIPTS, start_training, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.hotspots_view import HotspotsView
-from optwatch.probe.options import ProbeOptions
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.supervisor import TrainingProcess
-
-
-async def wait_for(pilot, predicate, timeout_s: float = 60.0) -> None:
-    for _ in range(int(timeout_s / 0.1)):
-        if predicate():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
 def training(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTWATCH_TRACE_DIR", str(tmp_path / "traces"))
-    script = str(SCRIPTS / "plain_train.py")
-    args = ["--steps", "100000", "--sleep", "0.05"]
-    process = TrainingProcess(script, args, ProbeOptions(script=script, argv=args).to_env())
-    process.start()
+    process = start_training(str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.05")
     yield process
     process.stop(grace_s=2)
     process.cleanup()
@@ -38,11 +25,13 @@ def training(tmp_path, monkeypatch):
 async def test_p_profiles_the_live_run_and_the_table_shows_it(training, tmp_path):
     app = OptwatchApp(ViewerSession.for_process(training))
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.store.primary is not None and len(app.store.primary.steps) >= 3)
+        await wait_for_ui(
+            pilot, lambda: app.store.primary is not None and len(app.store.primary.steps) >= 3, timeout_s=60
+        )
         view = app.query_one(HotspotsView)
         await pilot.press("p")
         assert app.query_one("TabbedContent").active == "hotspots"
-        await wait_for(pilot, lambda: view.rows)
+        await wait_for_ui(pilot, lambda: view.rows, timeout_s=60)
         done = app.store.latest["hotspots"]
         assert done["status"] == "done" and done["steps"][1] - done["steps"][0] == 4
         names = [row[0] for row in view.rows]
@@ -60,7 +49,7 @@ async def test_p_profiles_the_live_run_and_the_table_shows_it(training, tmp_path
         calls = [int(row[5]) for row in view.rows]
         assert calls == sorted(calls, reverse=True) and "sorted by calls" in view.state_text
         await pilot.press("q", "y")
-        await wait_for(pilot, lambda: training.poll() is not None, timeout_s=20)
+        await wait_for_ui(pilot, lambda: training.poll() is not None, timeout_s=20)
 
 
 def recorded_window() -> dict:

@@ -338,17 +338,25 @@ class Refused(Exception):
     """The job is there but would not talk to us."""
 
 
+def connect_or_say_why(args: argparse.Namespace):
+    """``connect`` for a command: (feed, job), or None after telling the user why the job refused."""
+    try:
+        return connect(args.target, args.token)
+    except Refused as exc:
+        print(f"optwatch: refused: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from optwatch.session import ViewerSession
     from optwatch.supervisor import LogTail
 
-    try:
-        feed, job = connect(args.target, args.token)
-    except Refused as exc:
-        print(f"optwatch: refused: {exc}", file=sys.stderr)
+    connection = connect_or_say_why(args)
+    if connection is None:
         return 1
+    feed, job = connection
     tails = []
     if job is not None:  # a local job started by `optwatch run`: its recent output too
         tails = [LogTail(Path(job.run_dir) / f"{name}.log", name, tail_bytes=16384) for name in ("stdout", "stderr")]
@@ -371,11 +379,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from optwatch import protocol
     from optwatch.wire.subscriber import RequestError
 
-    try:
-        feed, _ = connect(args.target, args.token)
-    except Refused as exc:
-        print(f"optwatch: refused: {exc}", file=sys.stderr)
+    connection = connect_or_say_why(args)
+    if connection is None:
         return 1
+    feed, _ = connection
     failed = False
     waiting: dict[str, str] = {}
     try:

@@ -29,7 +29,6 @@ HOTSPOTS = "hotspots"
 EVENT = "event"
 SYSTEM = "system"
 LAYERS = "layers"
-KNOWN_KINDS = frozenset({HELLO, STEP, LOG, END, ALERT, VERDICT, HOTSPOTS, EVENT, SYSTEM, LAYERS})
 
 # Largest wire message a viewer accepts; anything bigger is a bug or an attack, not telemetry.
 MAX_WIRE_BYTES = 16 * 1024 * 1024

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from optwatch.wire import runtime
@@ -172,12 +171,3 @@ class TrainingProcess:
         for tail in self.tails:
             tail.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()

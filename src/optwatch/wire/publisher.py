@@ -175,7 +175,6 @@ class Publisher:
         }
         self._observers: list[RecordObserver] = []
         self._ended_ranks: set[int] = set()
-        self._extra_binds: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="optwatch-publisher", daemon=True)

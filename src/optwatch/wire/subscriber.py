@@ -54,7 +54,6 @@ class Feed:
         self.last_seq: dict[int, int] = {}
         self._pids: dict[int, Any] = {}
         self.gaps_filled = 0
-        self.lost = 0
         self.errors: list[str] = []
         self._need_history = True
         self._last_history_try = 0.0
