@@ -107,6 +107,22 @@ async def test_replay_of_records_fills_the_views():
     assert app.return_code in (0, None)
 
 
+async def test_feed_messages_arriving_while_the_app_tears_down_do_not_crash_it():
+    """The feed worker posts from its own thread: RunExited can land after the widgets are gone (seen in CI)."""
+    from optwatch.app.messages import FeedUpdated, RunExited
+
+    store = Store()
+    store.ingest([{"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r1", "device": "cpu"}])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.screen.remove_children()
+        app.post_message(FeedUpdated())
+        app.post_message(RunExited(0))
+        await pilot.pause(0.2)
+        assert app.exit_code == 0
+    assert app.return_code in (0, None)
+
+
 async def test_findings_bar_shows_the_latest_verdict_and_alerts():
     store = Store()
     store.ingest(

@@ -133,7 +133,9 @@ class OptwatchApp(App[None]):
     def on_run_exited(self, message: RunExited) -> None:
         self.exit_code = message.exit_code
         self._rendered_version = -1  # draw the final state in full
-        header = self.query_one(RunHeader)
+        header = self._header()
+        if header is None:
+            return
         if header.status == "stopping…" or (
             self.session and self.session.process and self.session.process.stop_requested
         ):
@@ -145,6 +147,14 @@ class OptwatchApp(App[None]):
         self.render_views()
 
     # --- rendering ----------------------------------------------------------------------------------
+    def _header(self) -> RunHeader | None:
+        """The header, or None once the app has begun tearing its widgets down.
+
+        The feed worker posts from its own thread, so a RunExited or FeedUpdated can arrive after the
+        widgets are gone; drawing then would raise NoMatches in the middle of a clean exit.
+        """
+        return next(iter(self.query(RunHeader)), None)
+
     def render_views(self, force_charts: bool = False) -> None:
         store = self.store
         now = time.monotonic()
@@ -162,8 +172,10 @@ class OptwatchApp(App[None]):
             hello = state.hello
             has_steps = bool(state.steps)
             ends = [s.end for s in store.ranks.values()]
+        header = self._header()
+        if header is None:
+            return
         with self.batch_update():
-            header = self.query_one(RunHeader)
             if hello:
                 header.run_name = f"{hello.get('run_id', '')}  {hello.get('script', '')}"
                 device = hello.get("device")
