@@ -6,6 +6,7 @@ The headless viewer calls ``pump`` in its loop; the dashboard calls it from a wo
 from __future__ import annotations
 
 import collections
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,18 @@ class Output:
     chunks: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+# A viewer keeps tens of thousands of small records alive for minutes and allocates thousands more a
+# second: with Python's default thresholds (700, 10, 10) the collector rescans them all several times
+# a second, about a sixth of the dashboard's CPU under a fast job. Records hold no reference cycles;
+# reference counting frees them, so the cycle collector can run far less often.
+VIEWER_GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc_for_a_viewer() -> None:
+    if gc.get_threshold()[0] < VIEWER_GC_THRESHOLDS[0]:
+        gc.set_threshold(*VIEWER_GC_THRESHOLDS)
+
+
 class ViewerSession:
     def __init__(
         self,
@@ -32,6 +45,7 @@ class ViewerSession:
         process: TrainingProcess | None = None,
         tails: list[LogTail] | None = None,
     ):
+        tune_gc_for_a_viewer()
         self.feed = feed
         self.store = store or Store()
         self.writer = writer

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
@@ -27,10 +29,27 @@ from optwatch.store import Store
 from optwatch.wire.subscriber import RequestError
 
 # Redraws follow the data, throttled: figures at most 10 times a second (so what is on screen is never
-# much older than what the job published), charts at most twice a second (plotext is the costly part).
+# much older than what the job published), charts at most once a second and, since plotext takes tens
+# of milliseconds a picture, never more often than keeps their drawing under CHART_CPU_SHARE of a core.
 MIN_REDRAW_S = 0.1
-CHART_REDRAW_S = 0.5
+CHART_REDRAW_S = 1.0
+CHART_CPU_SHARE = 0.025
 IDLE_REDRAW_S = 1.0
+
+
+@dataclass
+class Panes:
+    """The widgets a redraw touches, found once: a DOM query costs about a millisecond, ten times a second."""
+
+    header: RunHeader
+    stats: StatsPanel
+    findings: FindingsBar
+    logs: list[LogPane]
+    tabs: TabbedContent
+    loss_chart: SeriesChart
+    grad_chart: SeriesChart
+    views: dict[str, Widget]
+    """Each extra view's widget, by its tab id."""
 
 
 class OptwatchApp(App[None]):
@@ -62,6 +81,7 @@ class OptwatchApp(App[None]):
         self._last_chart_redraw = 0.0
         self._charts_version = -1
         self._redraw_pending = False
+        self._panes: Panes | None = None
         self.views = extra_views()
         for view in self.views:
             self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title)
@@ -80,7 +100,8 @@ class OptwatchApp(App[None]):
         with TabbedContent(initial="overview"):
             with TabPane("Overview", id="overview"):
                 with Horizontal(id="overview-top"):
-                    yield StatsPanel(id="stats")
+                    with Vertical(id="stats-column"):
+                        yield StatsPanel(id="stats")
                     with Vertical(id="charts"):
                         yield SeriesChart("Loss", id="loss-chart")
                         yield SeriesChart("Grad norm", log_y=True, id="grad-chart")
@@ -94,9 +115,18 @@ class OptwatchApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        header = self.query_one(RunHeader)
+        self._panes = Panes(
+            header=self.query_one(RunHeader),
+            stats=self.query_one(StatsPanel),
+            findings=self.query_one(FindingsBar),
+            logs=list(self.query(LogPane)),
+            tabs=self.query_one(TabbedContent),
+            loss_chart=self.query_one("#loss-chart", SeriesChart),
+            grad_chart=self.query_one("#grad-chart", SeriesChart),
+            views={view.tab_id: self.query_one(f"#{view.tab_id}", TabPane).children[0] for view in self.views},
+        )
         if self.mode == "replay":
-            header.status = "replay"
+            self._panes.header.status = "replay"
         if self.session is not None:
             self.follow_feed()
         self.set_interval(IDLE_REDRAW_S, self.render_views)
@@ -133,9 +163,10 @@ class OptwatchApp(App[None]):
     def on_run_exited(self, message: RunExited) -> None:
         self.exit_code = message.exit_code
         self._rendered_version = -1  # draw the final state in full
-        header = self._header()
-        if header is None:
+        panes = self._live_panes()
+        if panes is None:
             return
+        header = panes.header
         if header.status == "stopping…" or (
             self.session and self.session.process and self.session.process.stop_requested
         ):
@@ -147,19 +178,20 @@ class OptwatchApp(App[None]):
         self.render_views()
 
     # --- rendering ----------------------------------------------------------------------------------
-    def _header(self) -> RunHeader | None:
-        """The header, or None once the app has begun tearing its widgets down.
+    def _live_panes(self) -> Panes | None:
+        """The widgets, or None before they are mounted and once the app has begun tearing them down.
 
         The feed worker posts from its own thread, so a RunExited or FeedUpdated can arrive after the
-        widgets are gone; drawing then would raise NoMatches in the middle of a clean exit.
+        widgets are gone; drawing then would fail in the middle of a clean exit.
         """
-        return next(iter(self.query(RunHeader)), None)
+        panes = self._panes
+        return panes if panes is not None and panes.header.is_attached else None
 
     def render_views(self, force_charts: bool = False) -> None:
         store = self.store
         now = time.monotonic()
         charts_due = force_charts or (
-            store.version != self._charts_version and now - self._last_chart_redraw >= CHART_REDRAW_S
+            store.version != self._charts_version and now - self._last_chart_redraw >= self._chart_interval()
         )
         if store.version == self._rendered_version and not charts_due:
             return
@@ -172,9 +204,10 @@ class OptwatchApp(App[None]):
             hello = state.hello
             has_steps = bool(state.steps)
             ends = [s.end for s in store.ranks.values()]
-        header = self._header()
-        if header is None:
+        panes = self._live_panes()
+        if panes is None:
             return
+        header = panes.header
         with self.batch_update():
             if hello:
                 header.run_name = f"{hello.get('run_id', '')}  {hello.get('script', '')}"
@@ -187,20 +220,25 @@ class OptwatchApp(App[None]):
             if self.mode == "attach" and ends and all(ends):
                 codes = {end.get("exit_code") for end in ends}
                 header.status = f"finished (exit {codes.pop()})" if len(codes) == 1 else "finished"
-            self.query_one(StatsPanel).show(store)
+            panes.stats.show(store)
             if charts_due:
                 self._last_chart_redraw = now
                 self._charts_version = store.version
-                self._draw_charts()
-            self.query_one(FindingsBar).show(store)
-            for pane in self.query(LogPane):
+                self._draw_charts(panes)
+            panes.findings.show(store)
+            for pane in panes.logs:
                 pane.follow(store)
-            active = self.query_one(TabbedContent).active
-            for view in self.views:
-                if view.tab_id == active:
-                    self.query_one(f"#{view.tab_id}", TabPane).children[0].show(store)
+            view = panes.views.get(panes.tabs.active)
+            if view is not None:
+                view.show(store)
 
-    def _draw_charts(self) -> None:
+    def _chart_interval(self) -> float:
+        panes = self._panes
+        charts = (panes.loss_chart, panes.grad_chart) if panes else ()
+        cost = sum(chart.draw_cost_s for chart in charts if chart.display)
+        return max(CHART_REDRAW_S, cost / CHART_CPU_SHARE)
+
+    def _draw_charts(self, panes: Panes) -> None:
         store = self.store
         with store.lock:
             state = store.primary
@@ -222,10 +260,9 @@ class OptwatchApp(App[None]):
                 for e in store.rare.get("event", ())
                 if e.get("status") == "accepted" and e.get("rank", 0) == 0 and e.get("effective_step") is not None
             ]
-        loss_chart = self.query_one("#loss-chart", SeriesChart)
-        loss_chart.markers = markers
-        loss_chart.set_series(loss_series)
-        self.query_one("#grad-chart", SeriesChart).set_series([("global", steps, grad_norms, "green")])
+        panes.loss_chart.markers = markers
+        panes.loss_chart.set_series(loss_series)
+        panes.grad_chart.set_series([("global", steps, grad_norms, "green")])
 
     # --- steering -----------------------------------------------------------------------------------
     def send_command(self, text: str) -> None:

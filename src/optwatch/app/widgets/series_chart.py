@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
 
-MAX_POINTS = 400
+FALLBACK_WIDTH = 100
 
 
-def thin(xs: Sequence[float], ys: Sequence[float | None], limit: int = MAX_POINTS) -> tuple[list[float], list[float]]:
-    """At most ``limit`` finite points, evenly picked, always keeping the newest."""
+def envelope(xs: Sequence[float], ys: Sequence[float | None], buckets: int) -> tuple[list[float], list[float]]:
+    """The finite points, thinned to the lowest and highest of each of ``buckets`` runs, in step order.
+
+    A braille chart has two dots per column: more points than that only cost plotext time (it draws
+    every segment), while keeping each run's extremes keeps the spikes a person looks for.
+    """
     pairs = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float)) and math.isfinite(y)]
-    if len(pairs) > limit:
-        stride = len(pairs) / limit
-        pairs = [pairs[int(i * stride)] for i in range(limit - 1)] + [pairs[-1]]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    if len(pairs) <= 2 * buckets:
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    size = len(pairs) / buckets
+    kept: list[tuple[float, float]] = []
+    for bucket in range(buckets):
+        run = pairs[int(bucket * size) : int((bucket + 1) * size)]
+        if run:
+            low = min(run, key=lambda p: p[1])
+            high = max(run, key=lambda p: p[1])
+            kept.extend(sorted({low, high}))
+    if kept[-1] != pairs[-1]:
+        kept.append(pairs[-1])  # the newest value is always on screen
+    return [p[0] for p in kept], [p[1] for p in kept]
 
 
 class SeriesChart(PlotextPlot):
@@ -29,12 +43,15 @@ class SeriesChart(PlotextPlot):
         """Steps at which a control took effect: drawn as vertical lines."""
         self._version = 0
         self._cache: tuple[tuple, object] | None = None
+        self.draw_cost_s = 0.0
+        """How long plotext took to build the last picture: the dashboard spaces chart redraws by it."""
 
     def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float | None], str]]) -> None:
         """``series``: (label, steps, values, colour); non-finite values are left out of the picture."""
         self.series = []
+        columns = self.size.width or FALLBACK_WIDTH
         for label, xs, ys, colour in series:
-            thin_xs, thin_ys = thin(xs, ys)
+            thin_xs, thin_ys = envelope(xs, ys, buckets=columns)
             if self.log_y:
                 kept = [(x, y) for x, y in zip(thin_xs, thin_ys) if y > 0]
                 thin_xs, thin_ys = [k[0] for k in kept], [k[1] for k in kept]
@@ -48,7 +65,9 @@ class SeriesChart(PlotextPlot):
         key = (self._version, tuple(self.markers), self.size.width, self.size.height, self.app.theme)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
+        started = time.perf_counter()
         picture = self._draw()
+        self.draw_cost_s = time.perf_counter() - started
         self._cache = (key, picture)
         return picture
 

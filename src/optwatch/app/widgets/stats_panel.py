@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -17,16 +16,11 @@ class StatsPanel(Static):
         """What is on screen, by label (markup stripped), for tests and screen readers alike."""
 
     def show(self, store: Store) -> None:
-        table = Table.grid(padding=(0, 1))
-        table.add_column(style="dim", no_wrap=True)
-        table.add_column(no_wrap=True)
         with store.lock:
             state = store.primary
             last = state.last_step if state else None
             if last is None:
-                self.rows = {"Step": "waiting…"}
-                table.add_row("Step", "waiting…")
-                self.update(table)
+                self._draw({"Step": "waiting…"})
                 return
             recent = list(state.steps)[-20:]
             ema = state.loss_ema[-1] if state.loss_ema else None
@@ -38,33 +32,43 @@ class StatsPanel(Static):
             metric = store.latest.get("metric")
             hello = state.hello
 
-        rows = table.add_row
-
-        def add_row(label: str, value: str) -> None:
-            self.rows[label] = Text.from_markup(value).plain
-            rows(label, value)
-
-        previous, self.rows = self.rows, {}
-        table.add_row = add_row  # type: ignore[method-assign]
-        table.add_row("Step", f"[bold]{last['step']}[/]")
-        table.add_row("Loss", f"[bold]{fmt.number(last.get('loss'))}[/]  ema {fmt.number(ema)}")
-        table.add_row("Step time", f"{fmt.seconds(step_time)} p50")
-        table.add_row("Throughput", f"{fmt.number(rate, '.0f')} samples/s" if rate else "–")
-        table.add_row("Data wait", f"{100 * wait / total:.0f}%" if total > 0 else "–")
-        table.add_row("Grad norm", fmt.number(last.get("grad_norm"), ".3g"))
-        table.add_row("LR", fmt.number(last.get("lr"), ".3g"))
+        rows: dict[str, str] = {}
+        rows["Step"] = f"[bold]{last['step']}[/]"
+        rows["Loss"] = f"[bold]{fmt.number(last.get('loss'))}[/]  ema {fmt.number(ema)}"
+        rows["Step time"] = f"{fmt.seconds(step_time)} p50"
+        rows["Throughput"] = f"{fmt.number(rate, '.0f')} samples/s" if rate else "–"
+        rows["Data wait"] = f"{100 * wait / total:.0f}%" if total > 0 else "–"
+        rows["Grad norm"] = fmt.number(last.get("grad_norm"), ".3g")
+        rows["LR"] = fmt.number(last.get("lr"), ".3g")
         if "mem_allocated_bytes" in system:
-            table.add_row(
-                "GPU mem",
-                f"{fmt.nbytes(system['mem_allocated_bytes'])} / {fmt.nbytes(system.get('mem_total_bytes'))}",
-            )
-        table.add_row("Host RSS", fmt.nbytes(system.get("rss_bytes")))
+            allocated, total_mem = system["mem_allocated_bytes"], system.get("mem_total_bytes")
+            rows["GPU mem"] = f"{fmt.nbytes(allocated)} / {fmt.nbytes(total_mem)}"
+        rows["Host RSS"] = fmt.nbytes(system.get("rss_bytes"))
         if system.get("cpu_percent") is not None:
-            table.add_row("CPU", f"{system['cpu_percent']:.0f}%")
+            rows["CPU"] = f"{system['cpu_percent']:.0f}%"
         if metric:
             for name, value in list(metric.get("values", {}).items())[:3]:
-                table.add_row(name[:10], f"{fmt.number(value)} @{metric.get('step')}")
+                rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
         if hello.get("world_size", 1) > 1:
-            table.add_row("Ranks", str(len(store.ranks)))
-        if self.rows != previous:
-            self.update(table)
+            rows["Ranks"] = str(len(store.ranks))
+        self._draw(rows)
+
+    def _draw(self, rows: dict[str, str]) -> None:
+        """``rows``: label -> value markup. Repaints only when something on screen changes."""
+        plain = {label: Text.from_markup(value).plain for label, value in rows.items()}
+        if plain == self.rows:
+            return
+        # The panel is as tall as its rows: only a row coming or going changes the screen's layout.
+        relayout = len(plain) != len(self.rows)
+        self.rows = plain
+        # Two aligned columns as plain Text: a rich Table re-measures every cell on each repaint.
+        width = max(len(label) for label in rows)
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for label, value in rows.items():
+            text.append(f"{label:<{width}} ", "dim")
+            text.append_text(Text.from_markup(value))
+            text.append("\n")
+        text.rstrip()
+        # Without a relayout of the whole screen, which under a fast run (10 redraws a second) was the
+        # dashboard's largest cost after the charts.
+        self.update(text, layout=relayout)
