@@ -64,11 +64,14 @@ def batches(data: str, batch_size: int):
         yield batch
 
 
-def run_round(grad_every: int, steps: int, data: str, batch_size: int, seed: int) -> dict:
+def run_round(grad_every: int, steps: int, data: str, batch_size: int, seed: int, grad_budget: float) -> dict:
     torch.manual_seed(seed)
     model = SmallResNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    options = ProbeOptions(script="grad_overhead", grad_every=grad_every)
+    # The steady state: the first 100 steps at full cadence are a transient these short rounds never leave.
+    options = ProbeOptions(
+        script="grad_overhead", grad_every=grad_every, grad_budget=grad_budget, grad_full_cadence_steps=0
+    )
     probe = Probe(runtime.make_run_dir(f"bench-{seed}"), f"bench-{seed}", options)
     clocks = {"forward checks": Clock(), "before step": Clock(), "after step": Clock(), "diagnosis": Clock()}
     for plugin in probe.plugins:  # wrapped before start(), which installs the forward hook
@@ -110,6 +113,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--grad-every", type=int, default=1)
+    parser.add_argument(
+        "--grad-budget", type=float, default=0.5, help="percent of the step the statistics may take (0: every step)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--data", choices=("fixed", "example"), default="fixed", help="one batch, or the example's")
     args = parser.parse_args()
@@ -123,7 +129,10 @@ def main() -> None:
     clocks: dict[str, list[float]] = {}
     for index in range(args.rounds):
         first, second = (args.grad_every, 0) if index % 2 == 0 else (0, args.grad_every)
-        results = {every: run_round(every, args.steps, args.data, args.batch_size, index) for every in (first, second)}
+        results = {
+            every: run_round(every, args.steps, args.data, args.batch_size, index, args.grad_budget / 100)
+            for every in (first, second)
+        }
         on += results[args.grad_every]["times"]
         off += results[0]["times"]
         cpu_off += results[0]["cpu_times"]

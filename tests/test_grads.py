@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -15,8 +16,10 @@ from optwatch.wire import runtime
 
 
 def start(**options) -> Probe:
+    """A probe measuring every step: these tests check the statistics, the cost governor has its own."""
     run_dir = runtime.make_run_dir("grads-test")
-    return Probe(run_dir, "grads-test", ProbeOptions(script="test", publish_interval_s=0.0, **options)).start()
+    options = {"publish_interval_s": 0.0, "grad_budget": 0.0, **options}
+    return Probe(run_dir, "grads-test", ProbeOptions(script="test", **options)).start()
 
 
 @pytest.fixture
@@ -64,6 +67,8 @@ def test_layer_records_hold_the_exact_norms_updates_and_zero_fractions(probe):
     for record, want in zip(records, expected):
         assert record["names"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
         assert record["numel"] == [32, 8, 64, 8, 8, 1]
+        # Zero counts are refreshed every 10 measured steps (they cost as much as the other norms together).
+        want = {**want, "zero_frac": expected[0]["zero_frac"]}
         for key, values in want.items():
             assert record[key] == pytest.approx(values, rel=1e-5, abs=1e-9), key
         ratios = [u / w for u, w in zip(want["update_norm"], want["weight_norm"])]
@@ -203,6 +208,51 @@ def test_the_wrapper_is_the_model_and_is_named_for_what_its_own_code_does(probe)
     assert probe.find_model() is model
     [alert] = recorded(probe, "alert")
     assert alert["module"] == "Wrapper" and alert["step"] == 0  # the root, by its class name
+
+
+def test_statistics_that_cost_too_much_thin_out_and_come_back_to_every_step_after_a_nan():
+    """A tiny MLP: the statistics cost far more than the budget of its sub-millisecond step."""
+    from optwatch.probe.grads import GradientPlugin
+
+    probe = start(grad_budget=0.005)
+    [plugin] = [p for p in probe.plugins if isinstance(p, GradientPlugin)]
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+
+    train(160)
+    assert plugin.share is not None and plugin.share > 0.005
+    assert plugin.stride == 4  # thinned as far as it goes
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")  # from here every loss is NaN
+    train(1)
+    deadline = time.monotonic() + 10
+    while plugin.stride != 1 and time.monotonic() < deadline:  # the publisher thread diagnoses it
+        time.sleep(0.01)
+    train(20)
+    steps = [r["step"] for r in recorded(probe, "layers")]
+    assert steps[:100] == list(range(100))  # the first 100 steps at the asked cadence, whatever they cost
+    thinned = [b - a for a, b in zip(steps[99:], steps[100:]) if b < 160]
+    assert thinned and max(thinned) == 4
+    assert steps[-15:] == list(range(166, 181))  # soon after the NaN: every step again
+
+
+def test_a_zero_budget_measures_every_step():
+    probe = start(grad_budget=0.0)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(130):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1)).backward()
+        optimizer.step()
+    layers = recorded(probe, "layers")
+    assert [r["step"] for r in layers] == list(range(130)) and {r["every"] for r in layers} == {1}
 
 
 def test_grads_off_records_steps_only():

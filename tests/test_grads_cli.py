@@ -61,11 +61,15 @@ def test_the_cifar_example_raises_no_alert_in_200_steps(tmp_path):
     records = read_jsonl(record)
     assert [r for r in records if r["kind"] == "alert"] == []
     layers = [r for r in records if r["kind"] == "layers"]
-    assert [r["step"] for r in layers] == list(range(200))
+    steps = [r["step"] for r in layers]
+    assert steps[:100] == list(range(100))  # the first 100 steps at the asked cadence
+    # Then the cost governor may thin them, never beyond every 4th step (the statistics cost ~1% of a CPU step).
+    assert max(b - a for a, b in zip(steps, steps[1:])) <= 4 and steps[-1] >= 196
+    assert {r["every"] for r in layers} <= {1, 2, 3, 4}
     # A healthy run, seen in the numbers too: every layer's update ratio within 1e-5..1e-1 (per tensor, a
     # bias that starts at zero can have larger ones; per layer, the weight dominates).
     ratios = [m.update_ratio for r in layers for m in LayerStats.from_record(r).modules()]
-    assert len(ratios) == 200 * 21 and all(1e-5 < u < 0.1 for u in ratios), (min(ratios), max(ratios))
+    assert len(ratios) == len(layers) * 21 and all(1e-5 < u < 0.1 for u in ratios), (min(ratios), max(ratios))
     assert "ALERT" not in result.stderr
 
 
@@ -73,6 +77,8 @@ def test_bad_gradient_flags_get_clear_messages():
     script = str(SCRIPTS / "plain_train.py")
     every = optwatch("run", "--grad-every", "-2", script)
     assert every.returncode == 2 and "--grad-every: expected 0 or more, got '-2'" in every.stderr
+    budget = optwatch("run", "--grad-budget", "lots", script)
+    assert budget.returncode == 2 and "--grad-budget: expected a percentage such as 0.5, got 'lots'" in budget.stderr
     unknown = optwatch("run", "--grad-threshold", "explode=3", script)
     assert unknown.returncode == 2 and "unknown gradient threshold 'explode' (known: window," in unknown.stderr
     clash = optwatch("run", "--headless", "--grad-threshold", "window=80", script)

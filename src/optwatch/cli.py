@@ -64,6 +64,16 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 0.5, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from optwatch.diagnose.gradients import parse_override
     from optwatch.probe.options import parse_profile_at, parse_profile_every
@@ -112,7 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grads = run.add_argument_group("gradient diagnostics (docs/gradients.md)")
     grads.add_argument(
-        "--grad-every", metavar="N", type=_count, default=1, help="gradient statistics every N steps (0: off)"
+        "--grad-every",
+        metavar="N",
+        type=_count,
+        default=1,
+        help="gradient statistics and forward checks every N steps (0: off)",
+    )
+    grads.add_argument(
+        "--grad-budget",
+        metavar="PERCENT",
+        type=_percent,
+        default=0.5,
+        help="most of the step time they may take before thinning to every 2nd, 3rd... step (0: never thin)",
     )
     grads.add_argument(
         "--grad-threshold",
@@ -237,6 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile_at=args.profile_at,
         profile_every=args.profile_every,
         grad_every=args.grad_every,
+        grad_budget=args.grad_budget / 100,
         grad_update_mb=args.grad_update_mb,
         grad_thresholds=dict(args.grad_threshold),
         forward_check=args.forward_check,

@@ -5,6 +5,8 @@ Training thread, per measured step (``--grad-every N``), all with fused multi-te
   entries (``torch._foreach_norm`` with ord 2 and 0), and a copy of the weights (``_foreach_copy_``);
 - after it: ``_foreach_sub_`` turns the copy into the update, whose norms give ||Δw||. All values are
   stacked into one device vector, sent in a ``layers`` record, read back with the step batch.
+A cost governor thins the measured steps (to at most every 4th, after the first 100) while they take
+more than ``--grad-budget`` of the step time; see ``GradientPlugin.__init__`` and docs/gradients.md.
 The copy costs one extra set of weights in memory. Above ``--grad-update-mb`` the parameters are split
 into chunks that fit and one chunk is copied per measured step, in turn, so each layer's update ratio is
 refreshed every few measured steps instead (a tensor larger than the budget gets none).
@@ -26,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +37,14 @@ import torch
 from torch import nn
 
 from optwatch import protocol
-from optwatch.diagnose.gradients import GradientDiagnosis, LayerStats, StepInput, Thresholds, module_of
+from optwatch.diagnose.gradients import (
+    NONFINITE,
+    GradientDiagnosis,
+    LayerStats,
+    StepInput,
+    Thresholds,
+    module_of,
+)
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.plugin import ProbePlugin
 
@@ -92,6 +103,14 @@ _FINITE_PRESERVING = (
 _RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # A step that never reaches the optimizer must not grow the list without bound.
 _MAX_FORWARD_CHECKS = 4096
+# The cost governor thins measured steps to at most one in this many (times ``--grad-every``), so that
+# vanishing and exploding layers are still seen within a few windows on the smallest models.
+_MAX_THINNING = 4
+# Counting exactly-zero gradient entries (ord-0 norms: no fused kernel) costs as much as the other norms
+# together; dead units come and go slowly, so the counts are refreshed every this many measured steps.
+_ZERO_COUNT_EVERY = 10
+# Smoothing of the measured share of the step time (a measured step's own work / its step time).
+_SHARE_SMOOTHING = 0.3
 
 
 def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[int]]:
@@ -188,6 +207,24 @@ class GradientPlugin(ProbePlugin):
 
     def __init__(self, options: ProbeOptions):
         self.every = options.grad_every
+        self.budget = options.grad_budget
+        # The first steps are measured at the asked cadence whatever they cost: the diagnosis builds its
+        # baselines there (two windows and more), and early training is where layers vanish or blow up.
+        self.full_cadence_steps = options.grad_full_cadence_steps
+        # The cost governor (training thread). Statistics are measured every ``stride`` steps, a multiple
+        # of ``every`` widened while a measured step's statistics take more than ``budget`` of its step
+        # time: on a GPU they are a few kernel launches and the stride stays ``every``; on a CPU the norms
+        # are real compute on the training thread. Forward checks are not thinned: they must catch the
+        # very step a module first outputs NaN/Inf.
+        self.stride = self.every
+        self.share: float | None = None
+        """Smoothed share of a measured step's time that went to measuring it."""
+        self._measuring = True  # the current step (decided at the previous step boundary)
+        self._cost_s = 0.0
+        self._settling_in = True  # the first measured step builds layouts: not a fair sample of the cost
+        self._pinned = False  # set by the publisher thread after a non-finite value: every step again
+        self._nonzero: list[torch.Tensor] | None = None
+        self._zero_count_turn = 0
         self.budget_bytes = options.grad_update_mb * 2**20
         self.forward_check = options.forward_check
         self.diagnosis: GradientDiagnosis | None = GradientDiagnosis(
@@ -286,8 +323,13 @@ class GradientPlugin(ProbePlugin):
         self._checks[index] = (self._checks[index][0], check)
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
-        if probe.step % self.every:
+        if not self._measuring:
             return
+        started = time.perf_counter()
+        self._measure_before(probe, optimizer)
+        self._cost_s += time.perf_counter() - started
+
+    def _measure_before(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         params = [p for p in self._in_model_order(probe, optimizer) if p.grad is not None and not p.grad.is_sparse]
         if not params:
             return
@@ -296,13 +338,16 @@ class GradientPlugin(ProbePlugin):
             names = probe.parameter_names()
             labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
             layout = self._layout = _Layout(params, labels, self.budget_bytes)
+            self._settling_in = True
         with torch.no_grad():
             grads = [p.grad for p in params]
-            values = [
-                *_norms(grads, 2, layout.device, layout.by_device),
-                *_norms(params, 2, layout.device, layout.by_device),
-                *_norms(grads, 0, layout.device, layout.by_device),
-            ]
+            grad_norms = _norms(grads, 2, layout.device, layout.by_device)
+            if self._nonzero is None or self._settling_in or self._zero_count_turn % _ZERO_COUNT_EVERY == 0:
+                self._nonzero = _norms(grads, 0, layout.device, layout.by_device)
+            self._zero_count_turn += 1
+            values = [*grad_norms, *_norms(params, 2, layout.device, layout.by_device), *self._nonzero]
+            # The step record's global norm, from these per-tensor norms instead of a second pass.
+            probe.measured_grad_norm = torch.linalg.vector_norm(torch.stack(grad_norms))
             chunk = layout.next_chunk()
             snapshots = None
             if chunk:
@@ -321,6 +366,32 @@ class GradientPlugin(ProbePlugin):
         return self._ordered
 
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        measured = self._measuring
+        started = time.perf_counter()
+        self._measure_after(probe, record)
+        if measured:
+            self._cost_s += time.perf_counter() - started
+            self._govern(record.get("step_time_s"), record["step"])
+        self._cost_s = 0.0
+        if self._pinned:
+            self.stride = self.every
+        self._measuring = (probe.step + 1) % self.stride == 0
+
+    def _govern(self, step_time_s: float | None, step: int) -> None:
+        """Widen or narrow the stride from what this measured step's own work cost."""
+        if self._settling_in or not step_time_s or step_time_s <= 0:
+            self._settling_in = False
+            return
+        share = self._cost_s / step_time_s
+        self.share = share if self.share is None else self.share + _SHARE_SMOOTHING * (share - self.share)
+        if self.budget <= 0 or self._pinned or step < self.full_cadence_steps:
+            return
+        thinning = max(1, math.ceil(self.share / self.budget))
+        # At most doubling at a time: one slow measurement must not silence the statistics for long.
+        thinning = min(thinning, 2 * (self.stride // self.every), _MAX_THINNING)
+        self.stride = self.every * thinning
+
+    def _measure_after(self, probe: Probe, record: dict[str, Any]) -> None:
         self._attach_checks(probe, record)
         if self._clipped:
             norms = [t.float().reshape(()) for t in self._clipped]
@@ -350,6 +421,7 @@ class GradientPlugin(ProbePlugin):
                 _nonzero=vector[2 * n : 3 * n],
                 _update=vector[3 * n :] if chunk else None,
                 _update_at=chunk,
+                every=self.stride,
             )
         )
 
@@ -395,7 +467,10 @@ class GradientPlugin(ProbePlugin):
                 if self.diagnosis is None:
                     continue
                 try:
-                    alerts += self._diagnose(record, layers, forward)
+                    found = self._diagnose(record, layers, forward)
+                    if any(alert.get("type") == NONFINITE for alert in found):
+                        self._pinned = True  # the next non-finite value's origin must not fall between samples
+                    alerts += found
                 except Exception:
                     # Switched off, once; the statistics and the step records still go out.
                     log.exception("optwatch: gradient diagnosis failed and is switched off; training goes on")

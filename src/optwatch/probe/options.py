@@ -74,7 +74,14 @@ class ProbeOptions:
     profile_every: list[int] | None = None
     """``[period, steps]``: a profiler window every ``period`` steps (``--profile-every``)."""
     grad_every: int = 1
-    """Gradient statistics every N optimizer steps; 0 turns gradient diagnostics off."""
+    """Gradient statistics (and forward checks) every N optimizer steps; 0 turns gradient diagnostics off."""
+    grad_budget: float = 0.005
+    """Largest share of the step time that gradient statistics and forward checks may take: above it they
+    thin themselves to every 2nd, 3rd... measured step (back to every step after a non-finite value).
+    0: never thin."""
+    grad_full_cadence_steps: int = 100
+    """Steps measured at ``grad_every`` whatever they cost, before the budget applies (the diagnosis
+    builds its baselines there). Benchmarks lower it to measure the steady state in fewer steps."""
     grad_update_mb: float = 256.0
     """Memory for the weight snapshot behind update ratios (MiB); 0: no update ratios."""
     grad_thresholds: dict[str, float] = field(default_factory=dict)

@@ -83,6 +83,8 @@ class Probe:
         self._primary_optimizer: torch.optim.Optimizer | None = None
         self._optimizers_seen = 0
         self._losses: list[torch.Tensor] = []
+        self.measured_grad_norm: torch.Tensor | None = None
+        """This step's global gradient norm when a plugin already measured it (on the device)."""
         self._in_step = False
         self._stepped = False
         self._step_start: float | None = None
@@ -426,7 +428,7 @@ class Probe:
             self.rank,
             step=self.step,
             loss=loss,
-            grad_norm=self._grad_norm(params),
+            grad_norm=self.measured_grad_norm if self.measured_grad_norm is not None else self._grad_norm(params),
             lr=self._learning_rate(),
             step_time_s=step_time,
             data_wait_s=self._data_wait_s,
@@ -439,6 +441,7 @@ class Probe:
             else None,
             **extra,
         )
+        self.measured_grad_norm = None
         self._call_plugins("after_step", record)
         self._pending.append(record)
         self._losses = []
