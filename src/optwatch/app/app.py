@@ -29,8 +29,9 @@ from optwatch.store import Store
 from optwatch.wire.subscriber import RequestError
 
 # Redraws follow the data, throttled: figures at most ~7 times a second (what is on screen stays within
-# a quarter second of what the job published, at a tenth of a core under a fast 8-rank job), charts at most once a second and, since plotext takes tens
-# of milliseconds a picture, never more often than keeps their drawing under CHART_CPU_SHARE of a core.
+# a quarter second of what the job published, at a tenth of a core under a fast 8-rank job); charts at
+# most once a second and, since plotext takes tens of milliseconds a picture, never more often than
+# keeps their drawing under CHART_CPU_SHARE of a core.
 MIN_REDRAW_S = 0.15
 CHART_REDRAW_S = 1.0
 CHART_CPU_SHARE = 0.025
