@@ -40,7 +40,7 @@ IDLE_REDRAW_S = 1.0
 
 @dataclass
 class Panes:
-    """The widgets a redraw touches, found once: a DOM query costs about a millisecond, ten times a second."""
+    """The widgets a redraw touches, found once: a DOM query costs about a millisecond, several times a second."""
 
     header: RunHeader
     stats: StatsPanel

@@ -14,7 +14,7 @@ from optwatch.app.widgets.layer_table import LayerTable
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.store import Store
 
-CHART_REDRAW_S = 0.5  # plotext is costly; the app may call ``show`` ten times a second
+CHART_REDRAW_S = 0.5  # plotext is costly; the app may call ``show`` several times a second
 
 
 class GradientsView(Vertical):
