@@ -55,7 +55,8 @@ class StatsPanel(Static):
 
     def _draw(self, rows: dict[str, str]) -> None:
         """``rows``: label -> value markup. Repaints only when something on screen changes."""
-        plain = {label: Text.from_markup(value).plain for label, value in rows.items()}
+        values = {label: Text.from_markup(value) for label, value in rows.items()}
+        plain = {label: value.plain for label, value in values.items()}
         if plain == self.rows:
             return
         # The panel is as tall as its rows: only a row coming or going changes the screen's layout.
@@ -64,11 +65,11 @@ class StatsPanel(Static):
         # Two aligned columns as plain Text: a rich Table re-measures every cell on each repaint.
         width = max(len(label) for label in rows)
         text = Text(no_wrap=True, overflow="ellipsis")
-        for label, value in rows.items():
+        for label, value in values.items():
             text.append(f"{label:<{width}} ", "dim")
-            text.append_text(Text.from_markup(value))
+            text.append_text(value)
             text.append("\n")
         text.rstrip()
-        # Without a relayout of the whole screen, which under a fast run (10 redraws a second) was the
+        # Without a relayout of the whole screen, which under a fast run (several redraws a second) was the
         # dashboard's largest cost after the charts.
         self.update(text, layout=relayout)
