@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+import optwatch.probe.controls
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
+
+CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture
@@ -204,3 +209,40 @@ def test_a_manual_lr_change_moves_the_schedule_with_it(make_scheduler):
     # Steps 0-3 follow 0.1 * 0.5^k; at step 4 the lr is set to 0.01; after it, the schedule halves from there.
     assert used[:4] == pytest.approx([0.1, 0.05, 0.025, 0.0125])
     assert used[4:] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])],
+)
+def test_amp_without_bf16_trains_in_fp16_and_skips_overflowing_steps(monkeypatch, device):
+    """amp=on where bf16 is missing (a T4, a V100): fp16 autocast with loss scaling; an overflow skips the
+    step and is reported as such."""
+    monkeypatch.setattr(optwatch.probe.controls, "bf16_supported", lambda device: False)  # the device's capability
+    run_dir = runtime.make_run_dir("fp16")
+    options = ProbeOptions(script="test", publish_interval_s=0.0, controls=["amp=on@5"])
+    probe = Probe(run_dir, "fp16", options).start()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 64, device=device), torch.randn(64, 1, device=device)
+    dtypes, weights = [], []
+    try:
+        for step in range(40):
+            optimizer.zero_grad()
+            inputs = x * 1000 if step == 20 else x  # gradients beyond fp16's range at a 65536 loss scale
+            output = model(inputs)
+            dtypes.append(output.dtype)
+            torch.nn.functional.mse_loss(output.float(), y).backward()
+            optimizer.step()
+            weights.append(model[2].weight.detach().clone())
+    finally:
+        probe.close()
+    steps = recorded(probe)
+    assert dtypes[:5] == [torch.float32] * 5 and set(dtypes[5:]) == {torch.float16}
+    assert [s["amp"] for s in steps] == [False] * 5 + [True] * 35
+    assert [s["step"] for s in steps if s.get("amp_overflow")] == [20]
+    assert steps[20]["amp_scale"] == 2.0**16
+    assert torch.equal(weights[19], weights[20]) and not torch.equal(weights[20], weights[21])
+    assert all(math.isfinite(s["loss"]) for s in steps if s["step"] != 20)
+    assert steps[-1]["loss"] < steps[5]["loss"]  # it trains in fp16

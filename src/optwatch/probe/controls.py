@@ -43,6 +43,11 @@ class Scheduled:
     source: str = field(compare=False)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether autocast can use bf16 here: CPUs and Ampere or newer GPUs (V100s and T4s cannot)."""
+    return device.type == "cpu" or torch.cuda.is_bf16_supported()
+
+
 class Amp:
     """Autocast around forward and loss: entered at a step boundary, left when backward() starts.
 
@@ -61,11 +66,9 @@ class Amp:
 
     @staticmethod
     def choose_dtype(device: torch.device) -> torch.dtype:
-        if device.type == "cpu":
-            return torch.bfloat16
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        raise controls.CommandError(f"AMP is not supported on {device.type} by optwatch")
+        if device.type not in ("cpu", "cuda"):
+            raise controls.CommandError(f"AMP is not supported on {device.type} by optwatch")
+        return torch.bfloat16 if bf16_supported(device) else torch.float16
 
     def turn_on(self, device: torch.device) -> None:
         self.dtype = self.choose_dtype(device)
@@ -95,19 +98,23 @@ class Amp:
     def scaling(self) -> bool:
         return self.enabled and self.dtype == torch.float16
 
-    def unscale_or_skip(self, optimizer: torch.optim.Optimizer) -> None:
-        """fp16 only: unscale gradients; on overflow drop them so the optimizer skips this step."""
+    def unscale_or_skip(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """fp16 only: unscale gradients; on overflow drop them so the optimizer skips this step and
+        return the scale that overflowed (the step is then reported like a GradScaler skip)."""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads or self.scale is None:
-            return
+            return None
         found_inf = torch.zeros((), device=self.scale.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.scale.reciprocal())
         overflow = bool(found_inf.item())  # the one sync fp16 scaling needs, as in GradScaler.step
+        used_scale = self.scale.detach().clone() if overflow else None
         torch._amp_update_scale_(self.scale, self._growth_tracker, found_inf, 2.0, 0.5, 2000)
-        if overflow:
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    param.grad = None
+        if used_scale is None:
+            return None
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+        return used_scale
 
 
 class ControlPlugin(ProbePlugin):
@@ -125,6 +132,7 @@ class ControlPlugin(ProbePlugin):
         # (step, {group index: lr}) set at a boundary, re-asserted in that step's optimizer pre-hook in
         # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
         self._lr_pin: tuple[int, dict[int, float]] | None = None
+        self._overflowed: tuple[int, torch.Tensor] | None = None  # (step, loss scale) of an fp16 skip
         self._undo_scheduler_hook = None
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
@@ -201,6 +209,9 @@ class ControlPlugin(ProbePlugin):
 
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
         record["amp"] = self.amp.enabled
+        if self._overflowed is not None and self._overflowed[0] == record["step"]:
+            record.update(amp_overflow=True, amp_scale=self._overflowed[1])
+        self._overflowed = None
         record["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
         if isinstance(record.get("step_time_s"), float):
             self._step_times.append(record["step_time_s"])
@@ -220,7 +231,9 @@ class ControlPlugin(ProbePlugin):
                 for index, value in pinned.items():
                     self._rescale_group(optimizer, index, value)
         if self.amp.scaling:
-            self.amp.unscale_or_skip(optimizer)
+            skipped_at_scale = self.amp.unscale_or_skip(optimizer)
+            if skipped_at_scale is not None:
+                self._overflowed = (probe.step, skipped_at_scale)
 
     def _boundary(self, probe: Probe) -> None:
         self._apply_due(probe, stage="boundary")
