@@ -78,6 +78,7 @@ def run_round(grad_every: int, steps: int, data: str, batch_size: int, seed: int
         if not isinstance(plugin, GradientPlugin):
             continue
         plugin._check_output = clocks["forward checks"].wrap(plugin._check_output)
+        plugin.on_backward_start = clocks["forward checks"].wrap(plugin.on_backward_start)
         plugin.before_optimizer_step = clocks["before step"].wrap(plugin.before_optimizer_step)
         plugin.after_step = clocks["after step"].wrap(plugin.after_step)
         plugin._observe = clocks["diagnosis"].wrap(plugin._observe)

@@ -7,6 +7,7 @@ sync caused by optwatch raises, so "0 syncs" is checked, not assumed.
 
     python benchmarks/overhead.py                      # tiny (optwatch's own cost), cifar, transformer
     python benchmarks/overhead.py --workload cifar --rounds 7 --steps 40
+    python benchmarks/overhead.py --workload cifar --modes default,no-forward-check,no-gradients
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from optwatch.probe.options import ProbeOptions  # noqa: E402
 from optwatch.probe.probe import Probe  # noqa: E402
 from optwatch.wire import runtime  # noqa: E402
 
-# Settings per mode. "all" turns on every diagnostic optwatch has, at its most frequent cadence.
+# Settings per mode. "all" turns on every diagnostic optwatch has, at its most frequent cadence; the
+# last two take one diagnostic off the default, to attribute its cost (--modes).
 MODES: dict[str, dict | None] = {
     "bare": None,
     "default": {},
     "all": {"system_interval_s": 0.25, "grad_every": 1, "grad_budget": 0.0, "forward_check": True},
+    "no-forward-check": {"forward_check": False},
+    "no-gradients": {"grad_every": 0},
 }
 
 
@@ -153,7 +157,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--modes", default="bare,default,all", help=f"comma-separated, from {', '.join(MODES)}")
     args = parser.parse_args()
+    modes = ["bare", *(m for m in args.modes.split(",") if m and m != "bare")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     os.environ.setdefault("OPTWATCH_RUNTIME_DIR", tempfile.mkdtemp(prefix="owb-"))
     device = torch.device(args.device)
     names = ("tiny", "cifar", "transformer") if args.workload == "all" else (args.workload,)
@@ -164,9 +173,9 @@ def main() -> None:
         f"{args.rounds} rounds x {args.steps} steps, {time.strftime('%Y-%m-%d')}"
     )
     for name in names:
-        medians: dict[str, list[float]] = {mode: [] for mode in MODES}
+        medians: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
-            for mode in MODES:
+            for mode in modes:
                 medians[mode].append(statistics.median(run_mode(mode, name, args.steps, args.warmup, device)))
         bare = medians["bare"]
         print(f"\n{name}: median step time over rounds, ratio to bare (min..max over rounds)")

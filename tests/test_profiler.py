@@ -315,7 +315,9 @@ def test_item_every_step_on_cuda_is_flagged_as_a_sync(tmp_path):
     assert culprits["sync"]["calls"] >= 3
     assert any(op["self_device_s"] for op in done["ops"])
     # The pageable input copies are flagged too (the script copies from unpinned memory each step).
-    assert any("pageable-h2d" in op["flags"] for op in done["ops"]) and "pageable-h2d" in culprits
+    flagged = [(op["name"], op["flags"]) for op in done["ops"]]
+    assert any("pageable-h2d" in flags for _, flags in flagged), flagged
+    assert "pageable-h2d" in culprits, done["culprits"]
 
 
 def test_the_summary_helper_stays_light():

@@ -10,6 +10,7 @@ signal hovering around a threshold never repeats its alert. Pure Python: no torc
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -181,6 +182,11 @@ class LayerStats:
         )
 
     def modules(self) -> list[ModuleStats]:
+        return self._modules
+
+    @functools.cached_property
+    def _modules(self) -> list[ModuleStats]:
+        """Computed once per step: every rule asks for them."""
         grouped: dict[str, list[int]] = {}
         for index, name in enumerate(self.names):
             grouped.setdefault(module_of(name), []).append(index)

@@ -14,9 +14,12 @@ refreshed every few measured steps instead (a tensor larger than the budget gets
 ``torch.nn.utils.clip_grad_norm_`` is wrapped to keep the norm it returns (computed anyway): with
 clipping, the norm before clipping is what can explode, so the step record gets ``grad_norm_preclip``.
 
-Every step, a global forward hook adds up each module's output (one reduction, no sync) so that when
-something turns NaN/Inf the first module whose output did is known for that very step. Activations that
-cannot turn finite values into non-finite ones (ReLU, dropout, pooling...) are not checked.
+Every step, a global forward hook collects each module's output; on a GPU, when backward starts (or
+every ``_CHECK_BATCH`` outputs), one fused ``_foreach_norm`` of order 1 over them gives a device vector
+that is finite exactly where the outputs are (no sync, a couple of kernel launches); on a CPU each output
+is summed when the next module shows up, while it is still in cache. So when something turns NaN/Inf,
+the first module whose output did is known for that very step. Activations that cannot turn finite
+values into non-finite ones (ReLU, dropout, pooling...) are not checked.
 
 Publisher thread (a publisher observer): the host values of each step go through ``GradientDiagnosis``
 in step order; the alerts it returns are published right after that batch. Values travel from the
@@ -103,6 +106,9 @@ _FINITE_PRESERVING = (
 _RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # A step that never reaches the optimizer must not grow the list without bound.
 _MAX_FORWARD_CHECKS = 4096
+# Outputs waiting for their check are normed together once this many are held: one fused launch for
+# many, while an output the model itself has let go of is not kept alive for long.
+_CHECK_BATCH = 32
 # The cost governor thins measured steps to at most one in this many (times ``--grad-every``), so that
 # vanishing and exploding layers are still seen within a few windows on the smallest models.
 _MAX_THINNING = 4
@@ -235,9 +241,12 @@ class GradientPlugin(ProbePlugin):
         self._ordered: list[torch.Tensor] = []
         self._layout: _Layout | None = None
         self._measured: _Measured | None = None
-        self._checks: list[tuple[nn.Module, torch.Tensor]] = []
+        # Forward checks of the current step: (module, index of the tensor that checks its output).
+        self._checks: list[tuple[nn.Module, int]] = []
+        self._to_check: list[torch.Tensor] = []  # waiting for their norms
+        self._checked: list[torch.Tensor] = []  # taken so far this step: sums (CPU) or vectors of norms
+        self._check_count = 0
         self._last_output: torch.Tensor | None = None
-        self._unchecked: tuple[int, torch.Tensor] | None = None
         self._preserving: dict[type, bool] = {}
         self._module_names: dict[int, str] = {}
         self._names_model: nn.Module | None = None
@@ -295,32 +304,51 @@ class GradientPlugin(ProbePlugin):
         if preserving is None:
             preserving = self._preserving[type(module)] = isinstance(module, _FINITE_PRESERVING)
         fed = bool(args) and args[0] is self._last_output
-        self._settle(module if preserving and fed else None)
         if self._last_output is not None and (output is self._last_output or (preserving and fed)):
             # The tensor just checked, handed on (a container, an in-place op) or through a module that keeps
             # finite values finite: its check stands for this output too.
+            if preserving and isinstance(module, _RUNNING_STATS) and self._to_check:
+                self._check_through_running_mean(module)
             self._last_output = output
             self._checks.append((module, self._checks[-1][1]))
         elif not preserving:
-            # Summed when the next module shows up, unless that is a batch norm that checks it for free.
+            if self._to_check and self._to_check[-1].device.type == "cpu":
+                self._take_norms()  # on a CPU, while the previous output is still in cache
             self._last_output = output
-            self._checks.append((module, output))
-            self._unchecked = (len(self._checks) - 1, output)
+            self._checks.append((module, self._check_count))
+            self._to_check.append(output.detach())
+            self._check_count += 1
+            if len(self._to_check) >= _CHECK_BATCH:
+                self._take_norms()
 
-    def _settle(self, consumer: nn.Module | None = None) -> None:
-        """Replace the last output waiting for its check by a device scalar that is finite iff it is."""
-        if self._unchecked is None:
+    def _check_through_running_mean(self, norm: nn.Module) -> None:
+        """A batch norm in training folds its input's mean into its running mean, which turns non-finite
+        exactly when the input has a NaN/Inf: that small vector checks the (large) input instead."""
+        if (
+            norm.training
+            and isinstance(norm.running_mean, torch.Tensor)
+            and self._checks[-1][1] == self._check_count - 1
+        ):
+            self._to_check[-1] = norm.running_mean
+
+    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
+        self._take_norms()
+
+    def _take_norms(self) -> None:
+        """A value per output waiting for its check, finite iff the output is: L1 norms, or sums on a CPU."""
+        if not self._to_check:
             return
-        index, output = self._unchecked
-        self._unchecked = None
+        tensors, self._to_check = self._to_check, []
         # In a profile, the check is optwatch's cost, not the module's.
         profiling = torch.autograd.profiler._is_profiler_enabled
         with torch.autograd.profiler.record_function("optwatch") if profiling else contextlib.nullcontext():
-            if isinstance(consumer, _RUNNING_STATS) and consumer.training and consumer.running_mean is not None:
-                check = consumer.running_mean.sum(dtype=torch.float32)
+            groups = _by_device(tensors)
+            device = tensors[0].device
+            if len(groups) == 1 and device.type == "cpu":
+                self._checked.extend(tensor.sum(dtype=torch.float32) for tensor in tensors)  # a CPU sums fastest
             else:
-                check = output.detach().sum(dtype=torch.float32)
-        self._checks[index] = (self._checks[index][0], check)
+                norms = _norms(tensors, 1, device, groups if len(groups) > 1 else None)  # fused on a GPU
+                self._checked.append(torch.stack(norms))
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         if not self._measuring:
@@ -427,8 +455,10 @@ class GradientPlugin(ProbePlugin):
 
     def _attach_checks(self, probe: Probe, record: dict[str, Any]) -> None:
         """The step's forward checks ride on the step record (private fields, removed on readback)."""
-        self._settle()
+        self._take_norms()
         checks, self._checks = self._checks, []
+        checked, self._checked = self._checked, []
+        self._check_count = 0
         self._last_output = None
         if not checks:
             return
@@ -440,7 +470,11 @@ class GradientPlugin(ProbePlugin):
             self._sequence_names = tuple(names.get(id(m)) or type(m).__name__ for m in modules)
             self._sequence_key = key
         record["_forward_modules"] = self._sequence_names
-        record["_forward_sums"] = torch.stack([total for _, total in checks])
+        record["_forward_index"] = [index for _, index in checks]  # which checks stand for others varies
+        if all(value.dim() == 0 for value in checked):  # sums on a CPU
+            record["_forward_norms"] = torch.stack(checked)
+        else:
+            record["_forward_norms"] = torch.cat([value.reshape(-1) for value in checked])
 
     def _names_of(self, model: nn.Module | None) -> dict[int, str]:
         if model is not self._names_model:
@@ -460,7 +494,9 @@ class GradientPlugin(ProbePlugin):
                 _finish_layers(record)
                 self._layers_record = record
             elif kind == protocol.STEP and record.get("rank") == self._rank:
-                forward = list(zip(record.pop("_forward_modules", ()), record.pop("_forward_sums", None) or []))
+                modules, index = record.pop("_forward_modules", ()), record.pop("_forward_index", ())
+                norms = record.pop("_forward_norms", None) or []
+                forward = [(name, norms[i]) for name, i in zip(modules, index)]
                 layers, self._layers_record = self._layers_record, None
                 if layers is not None and layers.get("step") != record.get("step"):
                     layers = None

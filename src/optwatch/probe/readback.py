@@ -10,6 +10,7 @@ A value may also be a ``DeviceTime``: CUDA event pairs whose elapsed time is rea
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import torch
@@ -24,11 +25,25 @@ class DeviceTime:
     """Seconds on a device's timeline between pairs of CUDA events, summed; read once all have completed.
 
     The training thread only records events; the publisher thread asks ``ready()`` (a non-blocking
-    query) and then reads ``seconds()``, so measuring device time never waits for the device.
+    query) and then reads ``seconds()``, so measuring device time never waits for the device. Read
+    events go back to a pool the training thread takes its next ones from (creating events per step
+    costs more than recording them).
     """
+
+    pool: collections.deque[Any] = collections.deque(maxlen=256)
 
     def __init__(self) -> None:
         self.spans: list[tuple[Any, Any]] = []
+
+    @classmethod
+    def recorded_event(cls, stream: Any) -> Any:
+        """A timing event recorded on ``stream`` now (training thread)."""
+        try:
+            event = cls.pool.pop()
+        except IndexError:
+            event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
 
     def add(self, start: Any, end: Any) -> None:
         self.spans.append((start, end))
@@ -37,45 +52,59 @@ class DeviceTime:
         return all(end.query() for _, end in self.spans)
 
     def seconds(self) -> float:
-        return sum(start.elapsed_time(end) for start, end in self.spans) / 1000.0
+        seconds = sum(start.elapsed_time(end) for start, end in self.spans) / 1000.0
+        for start, end in self.spans:
+            self.pool.extend((start, end))
+        self.spans = []
+        return seconds
 
 
 class DeviceBatch:
-    """Records whose tensor-valued fields are on their way to the host."""
+    """Records whose tensor-valued fields are on their way to the host.
+
+    On the training thread, the values of a CUDA device are packed into one tensor per dtype (a few
+    launches per batch, not per value) and copied to the host without waiting; CPU values are final
+    already and are packed on the publisher thread.
+    """
 
     def __init__(self, records: list[dict[str, Any]]):
         self._records = records
-        # (record, key, numel, is_scalar) in the order the values were packed, per device
-        self._slots: dict[torch.device, list[tuple[dict[str, Any], str, int, bool]]] = {}
+        # Per device and dtype: the values, and where each goes (record, key, numel, is_scalar), in order.
+        values: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        self._slots: dict[tuple[torch.device, torch.dtype], list[tuple[dict[str, Any], str, int, bool]]] = {}
         self._times: list[tuple[dict[str, Any], str, DeviceTime]] = []
-        parts: dict[torch.device, list[torch.Tensor]] = {}
         for record in records:
             for key, value in record.items():
                 if isinstance(value, DeviceTime):
                     self._times.append((record, key, value))
                 elif isinstance(value, torch.Tensor):
                     flat = value.detach().reshape(-1)
-                    self._slots.setdefault(flat.device, []).append((record, key, flat.numel(), value.dim() == 0))
-                    parts.setdefault(flat.device, []).append(flat.to(_readback_dtype(flat.device)))
-        self._host: dict[torch.device, torch.Tensor] = {}
+                    group = (flat.device, flat.dtype)
+                    values.setdefault(group, []).append(flat)
+                    self._slots.setdefault(group, []).append((record, key, flat.numel(), value.dim() == 0))
+        self._host: dict[tuple[torch.device, torch.dtype], Any] = {}
         self._events: list[Any] = []
-        for device, tensors in parts.items():
-            packed = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-            if device.type == "cuda":
-                self._host[device] = packed.to("cpu", non_blocking=True)
-                event = torch.cuda.Event()
-                event.record(torch.cuda.current_stream(device))
-                self._events.append(event)
-            else:
+        for group, tensors in values.items():
+            device = group[0]
+            if device.type != "cuda":
                 # CPU values are final already; other accelerators are copied on the publisher thread.
-                self._host[device] = packed
+                self._host[group] = tensors
+                continue
+            packed = (torch.cat(tensors) if len(tensors) > 1 else tensors[0]).to(_readback_dtype(device))
+            self._host[group] = packed.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self._events.append(event)
 
     def ready(self) -> bool:
         return all(event.query() for event in self._events) and all(time.ready() for _, _, time in self._times)
 
     def records(self) -> list[dict[str, Any]]:
-        for device, slots in self._slots.items():
-            values = self._host[device].cpu().tolist()
+        for group, slots in self._slots.items():
+            host = self._host[group]
+            if isinstance(host, list):
+                host = torch.cat(host) if len(host) > 1 else host[0]
+            values = host.cpu().to(_readback_dtype(group[0])).tolist()
             offset = 0
             for record, key, numel, is_scalar in slots:
                 chunk = values[offset : offset + numel]

@@ -76,9 +76,7 @@ class TelemetryPlugin(ProbePlugin):
         self._measured = {"forward_s": self._model is not None, "backward_s": False, "optimizer_s": False}
 
     def _event(self) -> Any:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(torch.cuda.current_stream(self._cuda))
-        return event
+        return DeviceTime.recorded_event(torch.cuda.current_stream(self._cuda))
 
     def _begin(self, phase: str) -> None:
         self._open[phase] = (time.perf_counter(), self._event() if self._device is not None else None)

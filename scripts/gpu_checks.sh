@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, in one go: the gpu-marked tests, the cifar example end to end under
+# optwatch (AMP and cudnn.benchmark toggled mid-run, a profiler window), and the overhead benchmark with
+# its host-device sync count. Logs and the run's record go to $OUT (default /tmp/optwatch-gpu).
+#
+#     bash scripts/gpu_checks.sh            # on a machine with CUDA, from the repository root
+#     FULL_SUITE=1 bash scripts/gpu_checks.sh   # and then the whole test suite there
+set -u
+out=${OUT:-/tmp/optwatch-gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+python=${PYTHON:-python3}
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    "$python" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+    nproc
+} 2>&1 | tee "$out/machine.txt"
+
+echo "== gpu-marked tests"
+"$python" -m pytest -m gpu -v -p no:cacheprovider 2>&1 | tee "$out/gpu-tests.log" | tail -25
+
+echo "== cifar under optwatch on CUDA"
+"$python" -m optwatch run --headless --record "$out/cifar.jsonl" --profile-at 100:5 \
+    --control amp=on@150 --control cudnn_benchmark=on@250 --control amp=off@350 \
+    examples/cifar.py --steps 400 --workers 4 2>&1 | tee "$out/cifar.log" | tail -25
+
+echo "== overhead benchmark on CUDA"
+"$python" benchmarks/overhead.py --rounds "${ROUNDS:-5}" --steps "${STEPS:-50}" --json "$out/overhead.json" 2>&1 |
+    tee "$out/overhead.log"
+
+if [ -n "${FULL_SUITE:-}" ]; then
+    echo "== the whole suite on the GPU machine"
+    "$python" -m pytest -q -p no:cacheprovider -x --timeout 300 2>&1 | tee "$out/suite.log" | tail -30
+fi
