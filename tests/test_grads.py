@@ -14,6 +14,8 @@ from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
 
+CUDA = torch.cuda.is_available()
+
 
 def start(**options) -> Probe:
     """A probe measuring every step: these tests check the statistics, the cost governor has its own."""
@@ -135,13 +137,21 @@ class Spike(nn.Module):
         return x * math.inf if self.armed else x
 
 
-@pytest.mark.parametrize("forward_check", [True, False])
-def test_the_module_that_emits_inf_is_named_at_that_step(forward_check):
+@pytest.mark.parametrize(
+    "forward_check, device",
+    [
+        (True, "cpu"),
+        (False, "cpu"),
+        pytest.param(True, "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
+    ],
+)
+def test_the_module_that_emits_inf_is_named_at_that_step(forward_check, device):
+    """On a GPU the outputs are checked by one fused norm when backward starts; on a CPU, one by one."""
     probe = start(forward_check=forward_check)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    x, y = torch.randn(32, 4, device=device), torch.randn(32, 1, device=device)
     for step in range(12):
         model[3].armed = step == 7
         optimizer.zero_grad()
@@ -158,6 +168,25 @@ def test_the_module_that_emits_inf_is_named_at_that_step(forward_check):
         assert alert["module"] is None
     steps = [r for r in probe.publisher.history.snapshot() if r["kind"] == "step"]
     assert not any(key.startswith("_") for s in steps for key in s)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_on_a_gpu_a_model_deeper_than_one_batch_of_checks_still_names_the_module():
+    probe = start()
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(8, 8) for _ in range(40)]
+    layers.insert(37, Spike())  # past the first batch of 32 outputs checked together
+    model = nn.Sequential(nn.Linear(4, 8), *layers, nn.Linear(8, 1)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 4, device="cuda"), torch.randn(32, 1, device="cuda")
+    for step in range(10):
+        model[38].armed = step == 6
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    alerts = recorded(probe, "alert")
+    assert [(a["type"], a["step"], a["module"]) for a in alerts if a["type"] == "nonfinite"] == [("nonfinite", 6, "38")]
 
 
 class SpikyConv(nn.Conv2d):

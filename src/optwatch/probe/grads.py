@@ -312,14 +312,23 @@ class GradientPlugin(ProbePlugin):
             self._last_output = output
             self._checks.append((module, self._checks[-1][1]))
         elif not preserving:
-            if self._to_check and self._to_check[-1].device.type == "cpu":
-                self._take_norms()  # on a CPU, while the previous output is still in cache
+            if self._to_check and self._to_check[-1].is_cpu:
+                self._sum_on_cpu()  # the previous output, while it is still in cache
             self._last_output = output
             self._checks.append((module, self._check_count))
             self._to_check.append(output.detach())
             self._check_count += 1
             if len(self._to_check) >= _CHECK_BATCH:
                 self._take_norms()
+
+    def _sum_on_cpu(self) -> None:
+        """On a CPU each output is summed on its own (a sum reads fastest there), finite iff it is."""
+        tensor = self._to_check.pop()
+        if torch.autograd.profiler._is_profiler_enabled:  # in a profile, the check is optwatch's cost
+            with torch.autograd.profiler.record_function("optwatch"):
+                self._checked.append(tensor.sum(dtype=torch.float32))
+        else:
+            self._checked.append(tensor.sum(dtype=torch.float32))
 
     def _check_through_running_mean(self, norm: nn.Module) -> None:
         """A batch norm in training folds its input's mean into its running mean, which turns non-finite
@@ -335,7 +344,10 @@ class GradientPlugin(ProbePlugin):
         self._take_norms()
 
     def _take_norms(self) -> None:
-        """A value per output waiting for its check, finite iff the output is: L1 norms, or sums on a CPU."""
+        """The outputs waiting for their check, in one go: a vector finite exactly where they are."""
+        if len(self._to_check) == 1 and self._to_check[0].is_cpu:
+            self._sum_on_cpu()
+            return
         if not self._to_check:
             return
         tensors, self._to_check = self._to_check, []
@@ -343,12 +355,9 @@ class GradientPlugin(ProbePlugin):
         profiling = torch.autograd.profiler._is_profiler_enabled
         with torch.autograd.profiler.record_function("optwatch") if profiling else contextlib.nullcontext():
             groups = _by_device(tensors)
-            device = tensors[0].device
-            if len(groups) == 1 and device.type == "cpu":
-                self._checked.extend(tensor.sum(dtype=torch.float32) for tensor in tensors)  # a CPU sums fastest
-            else:
-                norms = _norms(tensors, 1, device, groups if len(groups) > 1 else None)  # fused on a GPU
-                self._checked.append(torch.stack(norms))
+            # L1 norms (no squares to overflow), fused on a GPU; per device when the model spans several.
+            norms = _norms(tensors, 1, tensors[0].device, groups if len(groups) > 1 else None)
+            self._checked.append(torch.stack(norms))
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         if not self._measuring:
