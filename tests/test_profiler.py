@@ -314,10 +314,12 @@ def test_item_every_step_on_cuda_is_flagged_as_a_sync(tmp_path):
     culprits = {c["flag"]: c for c in done["culprits"]}
     assert culprits["sync"]["calls"] >= 3
     assert any(op["self_device_s"] for op in done["ops"])
-    # The pageable input copies are flagged too (the script copies from unpinned memory each step).
-    flagged = [(op["name"], op["flags"]) for op in done["ops"]]
-    assert any("pageable-h2d" in flags for _, flags in flagged), flagged
-    assert "pageable-h2d" in culprits, done["culprits"]
+    # The pageable input copies are a culprit too (the script copies inputs and targets from unpinned
+    # memory each step). Ranked by host time (this loop is host-bound), the copy op itself may fall out
+    # of the top ops; where it is listed, it carries the flag.
+    assert culprits["pageable-h2d"]["calls"] >= 6, done["culprits"]
+    copies = [op for op in done["ops"] if op["name"] == "aten::copy_" and op["self_device_s"]]
+    assert all("pageable-h2d" in op["flags"] for op in copies), copies
 
 
 def test_the_summary_helper_stays_light():
