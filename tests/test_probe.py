@@ -246,3 +246,24 @@ def test_amp_without_bf16_trains_in_fp16_and_skips_overflowing_steps(monkeypatch
     assert torch.equal(weights[19], weights[20]) and not torch.equal(weights[20], weights[21])
     assert all(math.isfinite(s["loss"]) for s in steps if s["step"] != 20)
     assert steps[-1]["loss"] < steps[5]["loss"]  # it trains in fp16
+
+
+def test_a_closed_probe_lets_go_of_the_model():
+    """In a notebook or a loop of runs, each closed probe must not keep its model (and memory) alive."""
+    import gc
+    import weakref
+
+    run_dir = runtime.make_run_dir("gone")
+    probe = Probe(run_dir, "gone", ProbeOptions(script="test", publish_interval_s=0.0)).start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1)).backward()
+        optimizer.step()
+    assert probe.find_model() is model
+    probe.close()
+    model_ref, probe_ref = weakref.ref(model), weakref.ref(probe)
+    del model, optimizer, probe
+    gc.collect()
+    assert probe_ref() is None and model_ref() is None

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,7 @@ class Probe:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)  # else the exit handler keeps this probe, and the model, alive
         for undo in reversed(self._undo):
             undo()
         self._call_plugins("close")
@@ -234,10 +236,15 @@ class Probe:
 
     # --- hooks ----------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        probe = self
+        # The wrappers hold the probe weakly: torch keeps references to what it saw patched in (caches of
+        # overridable functions), which must not keep a closed probe and its model alive.
+        live = weakref.ref(self)
         original_backward = torch.autograd.backward
 
         def backward(tensors, *args, **kwargs):
+            probe = live()
+            if probe is None or probe._closed:
+                return original_backward(tensors, *args, **kwargs)
             is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
             if is_loss:
                 probe._on_backward(tensors)
@@ -257,7 +264,9 @@ class Probe:
         original_init = torch.optim.Optimizer.__init__
 
         def optimizer_init(optimizer, *args, **kwargs):
-            probe._optimizers_seen += 1
+            probe = live()
+            if probe is not None:
+                probe._optimizers_seen += 1
             original_init(optimizer, *args, **kwargs)
 
         torch.optim.Optimizer.__init__ = optimizer_init
@@ -269,6 +278,9 @@ class Probe:
 
         def scaler_step(scaler, optimizer, *args, **kwargs):
             # A GradScaler skips optimizer.step() when it finds inf/NaN gradients; that iteration is a step too.
+            probe = live()
+            if probe is None or probe._closed:
+                return original_scaler_step(scaler, optimizer, *args, **kwargs)
             probe._stepped = False
             result = original_scaler_step(scaler, optimizer, *args, **kwargs)
             if not probe._stepped and scaler.is_enabled() and probe._is_primary(optimizer):
@@ -290,7 +302,9 @@ class Probe:
         def next_batch(iterator):
             started = time.perf_counter()
             batch = original_next(iterator)
-            probe._on_batch(started, time.perf_counter(), batch)
+            probe = live()
+            if probe is not None:
+                probe._on_batch(started, time.perf_counter(), batch)
             return batch
 
         _BaseDataLoaderIter.__next__ = next_batch
