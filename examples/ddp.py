@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds of pretend work per step")
     args = parser.parse_args()
 
-    use_cuda = torch.cuda.is_available() and os.environ.get("LOCAL_RANK") is not None
+    # NCCL needs a GPU per rank: with fewer GPUs than ranks on this node (two ranks, one GPU), gloo on CPU.
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    use_cuda = os.environ.get("LOCAL_RANK") is not None and torch.cuda.device_count() >= ranks_here
     dist.init_process_group("nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}") if use_cuda else torch.device("cpu")
