@@ -119,6 +119,13 @@ _ZERO_COUNT_EVERY = 10
 _SHARE_SMOOTHING = 0.3
 
 
+def _as_optwatch_work() -> contextlib.AbstractContextManager:
+    """In a profile, a forward check is optwatch's cost, not the module's: a range named so (else nothing)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.autograd.profiler.record_function("optwatch")
+    return contextlib.nullcontext()
+
+
 def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[int]]:
     groups: dict[torch.device, list[int]] = {}
     for index, tensor in enumerate(tensors):
@@ -324,10 +331,7 @@ class GradientPlugin(ProbePlugin):
     def _sum_on_cpu(self) -> None:
         """On a CPU each output is summed on its own (a sum reads fastest there), finite iff it is."""
         tensor = self._to_check.pop()
-        if torch.autograd.profiler._is_profiler_enabled:  # in a profile, the check is optwatch's cost
-            with torch.autograd.profiler.record_function("optwatch"):
-                self._checked.append(tensor.sum(dtype=torch.float32))
-        else:
+        with _as_optwatch_work():
             self._checked.append(tensor.sum(dtype=torch.float32))
 
     def _check_through_running_mean(self, norm: nn.Module) -> None:
@@ -351,9 +355,7 @@ class GradientPlugin(ProbePlugin):
         if not self._to_check:
             return
         tensors, self._to_check = self._to_check, []
-        # In a profile, the check is optwatch's cost, not the module's.
-        profiling = torch.autograd.profiler._is_profiler_enabled
-        with torch.autograd.profiler.record_function("optwatch") if profiling else contextlib.nullcontext():
+        with _as_optwatch_work():
             groups = _by_device(tensors)
             # L1 norms (no squares to overflow), fused on a GPU; per device when the model spans several.
             norms = _norms(tensors, 1, tensors[0].device, groups if len(groups) > 1 else None)
