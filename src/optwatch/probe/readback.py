@@ -1,9 +1,10 @@
 """Device values read back in batches, never with a host-device sync on the training thread.
 
 Records are built on the training thread with 0-d or 1-d tensors as values. At each publish interval
-they are packed into one flat tensor per device and copied to pinned host memory with
-``non_blocking=True``; a CUDA event marks completion. The publisher thread polls the event and only
-then touches the values, so neither thread ever waits for the device.
+a CUDA device's values are packed into one flat tensor per dtype and copied to pinned host memory with
+``non_blocking=True``; a CUDA event marks completion (CPU values are packed on the publisher thread).
+The publisher thread polls the event and only then touches the values, so neither thread ever waits
+for the device.
 
 A value may also be a ``DeviceTime``: CUDA event pairs whose elapsed time is read once they completed.
 """
