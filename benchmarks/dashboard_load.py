@@ -59,7 +59,7 @@ def generate(run_id: str, ranks: int, rate: float, layers: int, seconds: float, 
             records.append(protocol.make_record(
                 protocol.LAYERS, rank, seq=seq[rank] + 1, step=step, names=names, numel=numel,
                 grad_norm=[random.random() for _ in names], weight_norm=[1.0] * layers,
-                update_ratio=[1e-3] * layers, zero_fraction=[0.0] * layers,
+                update_norm=[1e-3] * layers, update_ratio=[1e-3] * layers, zero_frac=[0.0] * layers, every=1,
             ))  # fmt: skip
             seq[rank] += 2
         made += len(records)

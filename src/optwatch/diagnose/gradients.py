@@ -9,6 +9,7 @@ signal hovering around a threshold never repeats its alert. Pure Python: no torc
 
 from __future__ import annotations
 
+import array
 import collections
 import functools
 import math
@@ -170,7 +171,10 @@ class LayerStats:
 
         def column(key: str, default: Any) -> list[Any]:
             values = record.get(key)
-            return list(values) if isinstance(values, list) and len(values) == count else [default] * count
+            # Lists from a record file or the probe; arrays from the wire (see protocol: packed columns).
+            if isinstance(values, (list, tuple, array.array)) and len(values) == count:
+                return list(values)
+            return [default] * count
 
         return cls(
             names=list(names),
