@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +63,19 @@ async def wait_for_ui(pilot, predicate, timeout_s: float = 30.0) -> None:
             return
         await pilot.pause(0.1)
     raise AssertionError("condition not met in time")
+
+
+def screen_lines(app) -> dict[int, str]:
+    """What the terminal shows, line by line: the text of the app's own screenshot (SVG), pieces in order.
+
+    Cells left blank between pieces are not in the screenshot's text, so pieces are joined by a space.
+    """
+    pieces: dict[int, list[str]] = {}
+    for line, text in re.findall(
+        r'clip-path="url\(#terminal-\d+-line-(\d+)\)">([^<]*)</text>', app.export_screenshot()
+    ):
+        pieces.setdefault(int(line), []).append(html.unescape(text).replace("\xa0", " "))
+    return {line: " ".join(texts) for line, texts in pieces.items()}
 
 
 def start_training(script: str, *args: str):

@@ -7,7 +7,7 @@ import asyncio
 import psutil
 import pytest
 
-from conftest import SCRIPTS, start_training, wait_for_ui
+from conftest import SCRIPTS, screen_lines, start_training, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.log_pane import LogPane
@@ -105,6 +105,34 @@ async def test_replay_of_records_fills_the_views():
         assert app.query_one("TabbedContent").active == "log"
         await pilot.press("q")
     assert app.return_code in (0, None)
+
+
+async def test_the_figures_on_screen_follow_a_live_run():
+    def steps(first: int, count: int, loss: float) -> list[dict]:
+        return [
+            {"v": 1, "kind": "step", "rank": 0, "seq": i + 1, "time": float(i), "step": i, "loss": loss,
+             "grad_norm": 1.0, "lr": 0.1, "step_time_s": 0.2, "samples_per_s": 640.0}
+            for i in range(first, first + count)
+        ]  # fmt: skip
+
+    def figure(lines: dict[int, str], label: str) -> str:
+        return next(" ".join(text.split()) for text in lines.values() if text.lstrip().startswith(label))
+
+    store = Store()
+    store.ingest(steps(0, 30, loss=2.5))
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        lines = screen_lines(app)
+        assert figure(lines, "Step").startswith("Step 29 ") and figure(lines, "Loss").startswith("Loss 2.5 ema")
+        # Only the figures that changed are repainted: what did not change must stay on screen.
+        store.ingest(steps(30, 5, loss=1.25))
+        app.render_views()
+        await pilot.pause(0.3)
+        lines = screen_lines(app)
+        assert figure(lines, "Step").startswith("Step 34 ") and figure(lines, "Loss").startswith("Loss 1.25 ema")
+        assert figure(lines, "Throughput").startswith("Throughput 640 samples/s")
+        assert figure(lines, "LR").startswith("LR 0.1 ")
 
 
 async def test_feed_messages_arriving_while_the_app_tears_down_do_not_crash_it():

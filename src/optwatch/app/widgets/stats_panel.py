@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import Static
+from textual.content import Content
+from textual.geometry import Region, Size
+from textual.strip import Strip
+from textual.widget import Widget
 
 from optwatch.app import format as fmt
 from optwatch.store import Store
 
 
-class StatsPanel(Static):
+class StatsPanel(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.rows: dict[str, str] = {}
         """What is on screen, by label (markup stripped), for tests and screen readers alike."""
+        self._lines: list[Content] = []
+        self._strips: dict[int, Strip] = {}
 
     def show(self, store: Store) -> None:
         with store.lock:
@@ -54,22 +58,38 @@ class StatsPanel(Static):
         self._draw(rows)
 
     def _draw(self, rows: dict[str, str]) -> None:
-        """``rows``: label -> value markup. Repaints only when something on screen changes."""
-        values = {label: Text.from_markup(value) for label, value in rows.items()}
+        """``rows``: label -> value markup. Repaints only the lines whose text changed."""
+        values = {label: Content.from_markup(value) for label, value in rows.items()}
         plain = {label: value.plain for label, value in values.items()}
         if plain == self.rows:
             return
+        width = max(len(label) for label in rows)
+        lines = [Content.assemble((f"{label:<{width}} ", "dim"), value) for label, value in values.items()]
+        changed = [y for y, line in enumerate(lines) if y >= len(self._lines) or line.plain != self._lines[y].plain]
         # The panel is as tall as its rows: only a row coming or going changes the screen's layout.
         relayout = len(plain) != len(self.rows)
-        self.rows = plain
-        # Two aligned columns as plain Text: a rich Table re-measures every cell on each repaint.
-        width = max(len(label) for label in rows)
-        text = Text(no_wrap=True, overflow="ellipsis")
-        for label, value in values.items():
-            text.append(f"{label:<{width}} ", "dim")
-            text.append_text(value)
-            text.append("\n")
-        text.rstrip()
-        # Without a relayout of the whole screen, which under a fast run (several redraws a second) was the
-        # dashboard's largest cost after the charts.
-        self.update(text, layout=relayout)
+        self.rows, self._lines = plain, lines
+        self._strips.clear()
+        if relayout:
+            self.refresh(layout=True)
+        else:
+            self.refresh(*(Region(0, y, self.size.width, 1) for y in changed))
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()  # a new theme: the lines are made again in its colours
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._lines)
+
+    def render_line(self, y: int) -> Strip:
+        # A line at a time, each made once per change: a fast run changes a few figures several times a
+        # second, and repainting the whole panel as text (a Static) cost a millisecond and a half each time.
+        width = self.size.width
+        if y >= len(self._lines):
+            return Strip.blank(width, self.rich_style)
+        strip = self._strips.get(y)
+        if strip is None or strip.cell_length != width:
+            segments = self._lines[y].truncate(width, ellipsis=True).render_segments(self.visual_style)
+            strip = self._strips[y] = Strip(segments).crop_extend(0, width, self.rich_style)
+        return strip
