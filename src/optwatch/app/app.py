@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -82,6 +83,9 @@ class OptwatchApp(App[None]):
         self._last_chart_redraw = 0.0
         self._charts_version = -1
         self._redraw_pending = False
+        # Set by the feed thread when it posts FeedUpdated, cleared by the UI thread when it takes it: one
+        # message waiting stands for every batch that arrives meanwhile (each post wakes the event loop).
+        self._feed_update_queued = threading.Event()
         self._panes: Panes | None = None
         self.views = extra_views()
         for view in self.views:
@@ -141,7 +145,8 @@ class OptwatchApp(App[None]):
         assert session is not None
         while not worker.is_cancelled:
             records, _ = session.pump(0.1)
-            if records:
+            if records and not self._feed_update_queued.is_set():
+                self._feed_update_queued.set()
                 self.post_message(FeedUpdated())
             while session.answers:
                 self.post_message(CommandAnswered(*session.answers.popleft()))
@@ -150,6 +155,8 @@ class OptwatchApp(App[None]):
                 return
 
     def on_feed_updated(self, message: FeedUpdated) -> None:
+        # Cleared before the store is read, so records ingested from now on post a message of their own.
+        self._feed_update_queued.clear()
         wait = MIN_REDRAW_S - (time.monotonic() - self._last_redraw)
         if wait <= 0:
             self.render_views()
