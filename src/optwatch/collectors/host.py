@@ -50,9 +50,34 @@ class HostCollector:
         except (AttributeError, psutil.Error):
             return psutil.cpu_count()
 
+    def _children(self) -> list[psutil.Process]:
+        """The process's children, from the kernel's list of them where it keeps one (Linux).
+
+        psutil finds children by reading every process's /proc entry: ~2 ms a sample here, and tens of
+        milliseconds on a server running thousands of processes, twice a second in the training process.
+        """
+        pids: set[int] = set()
+        try:
+            for task in os.scandir(f"/proc/{self._process.pid}/task"):
+                with open(f"{task.path}/children") as listing:
+                    pids.update(int(pid) for pid in listing.read().split())
+        except (OSError, ValueError):  # not Linux, or a kernel without the list
+            return self._process.children(recursive=False)
+        children = []
+        for pid in pids:
+            known = self._workers.get(pid)
+            if known is not None:
+                children.append(known)
+                continue
+            try:
+                children.append(psutil.Process(pid))
+            except psutil.Error:
+                continue  # exited since
+        return children
+
     def _sample_workers(self) -> list[dict[str, Any]]:
         try:
-            children = self._process.children(recursive=False)
+            children = self._children()
         except psutil.Error:
             return []
         alive = {child.pid for child in children}
