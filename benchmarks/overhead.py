@@ -8,7 +8,7 @@ sync caused by optwatch raises, so "0 syncs" is checked, not assumed.
     python benchmarks/overhead.py                      # tiny (optwatch's own cost), cifar, transformer
     python benchmarks/overhead.py --workload cifar --rounds 7 --steps 40
     python benchmarks/overhead.py --workload cifar --modes default,no-forward-check,no-gradients
-    python benchmarks/overhead.py --workload cifar --threads 1 --clock thread-cpu   # steady on a busy CPU
+    python benchmarks/overhead.py --workload cifar --threads 1 --clock thread-cpu   # CPU time, not wall
 """
 
 from __future__ import annotations
@@ -99,8 +99,9 @@ def workload(name: str, device: torch.device):
 
 # What a step's time is read from (--clock). "thread-cpu" is the training thread's CPU time: with
 # --threads 1 all of torch's work runs on that thread, so it is the step's work plus optwatch's work on
-# the training thread, without the time a shared machine takes the core away (the noise that hides 1%
-# in wall-clock A/B on a busy 2-core VM). optwatch's background threads are then counted apart.
+# the training thread, without the time other processes take the core away. (On the shared 2-core VM
+# of RESULTS.md it was no steadier than wall time: neighbours still slow the caches and memory.)
+# optwatch's background threads are counted apart either way.
 CLOCKS = {"wall": time.perf_counter, "thread-cpu": time.thread_time}
 clock = time.perf_counter
 background_cpu: dict[str, list[float]] = {}
