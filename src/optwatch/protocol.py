@@ -49,8 +49,10 @@ class ProtocolError(ValueError):
 _FLOATS, _INTS, _NAMES = 1, 2, 3  # msgpack extension type codes
 _PACKED_MIN = 8  # shorter lists are cheaper as they are
 _NAME_SEPARATOR = "\n"
-_names_seen: dict[bytes, tuple[str, ...]] = {}  # a job sends the same names with every record
-_NAMES_SEEN_MAX = 64
+# A job sends the same names with every record: each block is decoded once. Bounded, whatever a peer sends.
+_names_seen: dict[bytes, tuple[str, ...]] = {}
+_NAMES_SEEN_MAX = 16
+_NAMES_SEEN_MAX_BYTES = 1 << 20
 
 
 def _packed_column(values: Any) -> Any:
@@ -68,12 +70,16 @@ def _packed_column(values: Any) -> Any:
         if text.count(_NAME_SEPARATOR) != len(values) - 1:
             return values  # a name with the separator in it
         return msgpack.ExtType(_NAMES, text.encode())
-    for typecode in ("q", "d"):
-        try:
-            return _packed_array(array.array(typecode, values))
-        except (TypeError, OverflowError):
-            continue
-    return values
+    try:
+        return _packed_array(array.array("q", values))
+    except OverflowError:
+        return values  # integers past 64 bits stay exact in a list
+    except TypeError:
+        pass  # not all integers
+    try:
+        return _packed_array(array.array("d", values))
+    except (TypeError, OverflowError):
+        return values
 
 
 def _packed_array(column: array.array) -> msgpack.ExtType:
@@ -101,9 +107,10 @@ def _unpack_column(code: int, data: bytes) -> Any:
         names = _names_seen.get(data)
         if names is None:
             names = tuple(data.decode().split(_NAME_SEPARATOR))
-            if len(_names_seen) >= _NAMES_SEEN_MAX:
-                _names_seen.clear()
-            _names_seen[data] = names
+            if len(data) <= _NAMES_SEEN_MAX_BYTES:
+                if len(_names_seen) >= _NAMES_SEEN_MAX:
+                    _names_seen.clear()
+                _names_seen[data] = names
         return names
     if code not in (_FLOATS, _INTS) or len(data) % 8:
         raise ProtocolError(f"malformed packed column (type {code}, {len(data)} bytes)")
