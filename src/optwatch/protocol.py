@@ -62,6 +62,8 @@ def _packed_column(values: Any) -> Any:
     """
     if not isinstance(values, (list, tuple)) or len(values) < _PACKED_MIN:
         return values
+    if type(values[0]) is bool:
+        return values  # flags stay flags
     if type(values[0]) is str:
         try:
             text = _NAME_SEPARATOR.join(values)
