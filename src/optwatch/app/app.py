@@ -35,7 +35,7 @@ from optwatch.wire.subscriber import RequestError
 # keeps their drawing under CHART_CPU_SHARE of a core.
 MIN_REDRAW_S = 0.15
 CHART_REDRAW_S = 1.0
-CHART_CPU_SHARE = 0.025
+CHART_CPU_SHARE = 0.02
 IDLE_REDRAW_S = 1.0
 
 
