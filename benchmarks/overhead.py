@@ -59,6 +59,10 @@ class TinyTransformer(nn.Module):
         return self.head(self.encoder(self.embed(tokens)))
 
 
+# Samples per step of each workload, for the throughput figures (the transformer's are 16 sequences of 63 tokens).
+BATCH = {"tiny": 8, "cifar": 128, "transformer": 16}
+
+
 def workload(name: str, device: torch.device):
     """(model, optimizer, step function) at a fixed seed, with data already in memory."""
     torch.manual_seed(0)
@@ -204,20 +208,25 @@ def main() -> None:
             for mode in modes:
                 medians[mode].append(statistics.median(run_mode(mode, name, args.steps, args.warmup, device)))
         bare = medians["bare"]
-        print(f"\n{name}: median step time over rounds, ratio to bare (min..max over rounds)")
+        print(f"\n{name}: median step time and throughput over rounds, ratio to bare (min..max over rounds)")
         results[name] = {}
         for mode, values in medians.items():
             ratios = [v / b for v, b in zip(values, bare)]
             median_time = statistics.median(values)
+            throughput = [BATCH[name] / v for v in values]
             results[name][mode] = {
                 "median_step_s": median_time,
+                "samples_per_s": statistics.median(throughput),
+                "samples_per_s_min": min(throughput),
+                "samples_per_s_max": max(throughput),
                 "ratio": statistics.median(ratios),
                 "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
             }
             added_us = (median_time - statistics.median(bare)) * 1e6
             print(
-                f"  {mode:<8} {median_time * 1000:8.3f} ms/step  ratio {statistics.median(ratios):.4f} "
+                f"  {mode:<8} {median_time * 1000:8.3f} ms/step  {statistics.median(throughput):9.1f} samples/s "
+                f"({min(throughput):.1f}..{max(throughput):.1f})  ratio {statistics.median(ratios):.4f} "
                 f"({min(ratios):.4f}..{max(ratios):.4f})  overhead {100 * (statistics.median(ratios) - 1):+.2f}% "
                 f"({added_us:+.0f} us/step)"
             )
