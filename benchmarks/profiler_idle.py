@@ -10,7 +10,7 @@ backward and optimizer step, the probe's hooks included. Two CPU workloads:
 - `cnn`: the example's small ResNet at width 16, batch 16 (tens of milliseconds per step).
 
 It also times, alone, the idle plugin's `after_step` (its whole per-step cost) and what stays in both
-arms: the probe's check at each step boundary whether a profiler is recording (`Probe._as_own_work`).
+arms: the probe's check at each step boundary whether a profiler is recording (`as_optwatch_work()`).
 
     python benchmarks/profiler_idle.py [--rounds 3] [--blocks 10]
 
@@ -115,14 +115,18 @@ def idle_after_step_s() -> float:
 
 
 def own_work_s() -> float:
-    """Seconds per step boundary that ``Probe._as_own_work`` adds outside a window (in both arms)."""
-    from optwatch.probe.probe import Probe
+    """Seconds per step boundary that ``as_optwatch_work()`` adds outside a window (in both arms)."""
+    from optwatch.probe.plugin import as_optwatch_work
 
     def work() -> None:
         pass
 
+    def wrapped_work() -> None:
+        with as_optwatch_work():
+            work()
+
     runs = 200_000
-    wrapped = min(timeit.repeat(lambda: Probe._as_own_work(work), number=runs, repeat=5))
+    wrapped = min(timeit.repeat(wrapped_work, number=runs, repeat=5))
     bare = min(timeit.repeat(lambda: work(), number=runs, repeat=5))
     return (wrapped - bare) / runs
 
@@ -177,7 +181,7 @@ def main() -> None:
             f"| {' '.join(f'{ratio:.3f}' for ratio in round_ratios[name])} |"
         )
     print(f"\nThe idle plugin's `after_step`: {idle_after_step_s() * 1e9:.0f} ns per step.")
-    print(f"`Probe._as_own_work` outside a window: {own_work_s() * 1e9:.0f} ns per step boundary (in both arms).")
+    print(f"`as_optwatch_work()` outside a window: {own_work_s() * 1e9:.0f} ns per step boundary (in both arms).")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ training thread to the observer in fields named ``_...``, which the observer rem
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -49,7 +48,7 @@ from optwatch.diagnose.gradients import (
     module_of,
 )
 from optwatch.probe.options import ProbeOptions
-from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.plugin import ProbePlugin, as_optwatch_work
 
 if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
@@ -117,13 +116,6 @@ _MAX_THINNING = 4
 _ZERO_COUNT_EVERY = 10
 # Smoothing of the measured share of the step time (a measured step's own work / its step time).
 _SHARE_SMOOTHING = 0.3
-
-
-def _as_optwatch_work() -> contextlib.AbstractContextManager:
-    """In a profile, a forward check is optwatch's cost, not the module's: a range named so (else nothing)."""
-    if torch.autograd.profiler._is_profiler_enabled:
-        return torch.autograd.profiler.record_function("optwatch")
-    return contextlib.nullcontext()
 
 
 def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[int]]:
@@ -331,7 +323,7 @@ class GradientPlugin(ProbePlugin):
     def _sum_on_cpu(self) -> None:
         """On a CPU each output is summed on its own (a sum reads fastest there), finite iff it is."""
         tensor = self._to_check.pop()
-        with _as_optwatch_work():
+        with as_optwatch_work():  # in a profile, optwatch's cost, not the module's
             self._checked.append(tensor.sum(dtype=torch.float32))
 
     def _check_through_running_mean(self, norm: nn.Module) -> None:
@@ -355,7 +347,7 @@ class GradientPlugin(ProbePlugin):
         if not self._to_check:
             return
         tensors, self._to_check = self._to_check, []
-        with _as_optwatch_work():
+        with as_optwatch_work():
             groups = _by_device(tensors)
             # L1 norms (no squares to overflow), fused on a GPU; per device when the model spans several.
             norms = _norms(tensors, 1, tensors[0].device, groups if len(groups) > 1 else None)

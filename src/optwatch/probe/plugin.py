@@ -7,12 +7,24 @@ tensors in the records they touch: the probe reads them back in batches.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
+if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
+
+
+_NOTHING = contextlib.nullcontext()  # reusable: one for every call outside a profile
+
+
+def as_optwatch_work() -> contextlib.AbstractContextManager:
+    """While a profiler records, an ``optwatch`` range around what follows, so that profiles show what
+    optwatch costs apart from the model's own work; otherwise nothing."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.autograd.profiler.record_function("optwatch")
+    return _NOTHING
 
 
 class ProbePlugin:

@@ -33,6 +33,7 @@ except ImportError:  # torch < 2.3
 
 from optwatch import protocol
 from optwatch.probe.options import ENV_HUB, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
+from optwatch.probe.plugin import as_optwatch_work
 from optwatch.probe.readback import DeviceBatch
 from optwatch.wire import runtime
 from optwatch.wire.publisher import Publisher, tcp_endpoints
@@ -285,7 +286,8 @@ class Probe:
             result = original_scaler_step(scaler, optimizer, *args, **kwargs)
             if not probe._stepped and scaler.is_enabled() and probe._is_primary(optimizer):
                 scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
-                probe._as_own_work(lambda: probe._finish_step(amp_overflow=True, amp_scale=scale))
+                with as_optwatch_work():
+                    probe._finish_step(amp_overflow=True, amp_scale=scale)
             return result
 
         GradScaler.step = scaler_step
@@ -338,25 +340,18 @@ class Probe:
         if self._is_primary(optimizer):
             self._in_step = True
             self._stepped = True
-            self._as_own_work(self._call_plugins, "before_optimizer_step", optimizer)
+            with as_optwatch_work():
+                self._call_plugins("before_optimizer_step", optimizer)
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
-            self._as_own_work(self._after_optimizer_step, optimizer)
+            with as_optwatch_work():
+                self._after_optimizer_step(optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self._call_plugins("after_optimizer_step", optimizer)
         self._finish_step()
-
-    @staticmethod
-    def _as_own_work(work: Callable[..., Any], *args: Any) -> None:
-        """Run ``work``; while a profiler records, in an ``optwatch`` scope, so profiles show what optwatch costs."""
-        if torch.autograd.profiler._is_profiler_enabled:
-            with torch.autograd.profiler.record_function("optwatch"):
-                work(*args)
-        else:
-            work(*args)
 
     # --- the model -----------------------------------------------------------------------------------
     def find_model(self) -> torch.nn.Module | None:
