@@ -474,10 +474,8 @@ class GradientPlugin(ProbePlugin):
             self._sequence_key = key
         record["_forward_modules"] = self._sequence_names
         record["_forward_index"] = [index for _, index in checks]  # which checks stand for others varies
-        if all(value.dim() == 0 for value in checked):  # sums on a CPU
-            record["_forward_norms"] = torch.stack(checked)
-        else:
-            record["_forward_norms"] = torch.cat([value.reshape(-1) for value in checked])
+        # Sums (CPU, one value each) and vectors of norms (GPU), in the order of the checks' indices.
+        record["_forward_norms"] = torch.cat([value.reshape(-1) for value in checked])
 
     def _names_of(self, model: nn.Module | None) -> dict[int, str]:
         if model is not self._names_model:
