@@ -36,6 +36,17 @@ def recorded(probe: Probe, kind: str) -> list[dict]:
     return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
 
 
+def train(model, optimizer, x, y, steps: int, loss_fn=nn.functional.mse_loss, spike=None) -> None:
+    """``steps`` optimizer steps on one batch. ``spike``: (module, step): that module's ``armed`` flag is
+    set at that step alone (the test modules below output inf while armed)."""
+    for step in range(steps):
+        if spike is not None:
+            spike[0].armed = step == spike[1]
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -83,11 +94,7 @@ def test_grad_every_and_a_small_update_budget_take_turns():
     probe = start(grad_every=2, grad_update_mb=(64 * 4 + 8 * 4) / 2**20)  # room for layer "2" alone
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(32, 4), torch.randn(32, 1)
-    for _ in range(8):
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, torch.randn(32, 4), torch.randn(32, 1), steps=8)
     records = recorded(probe, "layers")
     assert [r["step"] for r in records] == [0, 2, 4, 6]
     measured = [[u is not None for u in r["update_norm"]] for r in records]
@@ -152,11 +159,7 @@ def test_the_module_that_emits_inf_is_named_at_that_step(forward_check, device):
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(32, 4, device=device), torch.randn(32, 1, device=device)
-    for step in range(12):
-        model[3].armed = step == 7
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, x, y, steps=12, spike=(model[3], 7))
     with torch.no_grad():  # evaluation forwards are not checked and change nothing
         model(x)
     alerts = recorded(probe, "alert")
@@ -180,11 +183,7 @@ def test_on_a_gpu_a_model_deeper_than_one_batch_of_checks_still_names_the_module
     model = nn.Sequential(nn.Linear(4, 8), *layers, nn.Linear(8, 1)).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 4, device="cuda"), torch.randn(32, 1, device="cuda")
-    for step in range(10):
-        model[38].armed = step == 6
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, x, y, steps=10, spike=(model[38], 6))
     alerts = recorded(probe, "alert")
     assert [(a["type"], a["step"], a["module"]) for a in alerts if a["type"] == "nonfinite"] == [("nonfinite", 6, "38")]
 
@@ -208,11 +207,7 @@ def test_a_convolution_checked_through_the_batch_norm_after_it_is_named():
     )  # fmt: skip
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))
-    for step in range(10):
-        model[3].armed = step == 6
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, x, y, steps=10, loss_fn=nn.functional.cross_entropy, spike=(model[3], 6))
     alerts = recorded(probe, "alert")
     assert [(a["type"], a["step"], a["module"]) for a in alerts] == [("nonfinite", 6, "3")]
 
@@ -248,23 +243,16 @@ def test_statistics_that_cost_too_much_thin_out_and_come_back_to_every_step_afte
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
-
-    def train(steps: int) -> None:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
-
-    train(160)
+    train(model, optimizer, x, y, steps=160)
     assert plugin.share is not None and plugin.share > 0.005
     assert plugin.stride == 4  # thinned as far as it goes
     with torch.no_grad():
         model[2].weight[0, 0] = float("nan")  # from here every loss is NaN
-    train(1)
+    train(model, optimizer, x, y, steps=1)
     deadline = time.monotonic() + 10
     while plugin.stride != 1 and time.monotonic() < deadline:  # the publisher thread diagnoses it
         time.sleep(0.01)
-    train(20)
+    train(model, optimizer, x, y, steps=20)
     steps = [r["step"] for r in recorded(probe, "layers")]
     assert steps[:100] == list(range(100))  # the first 100 steps at the asked cadence, whatever they cost
     thinned = [b - a for a, b in zip(steps[99:], steps[100:]) if b < 160]
@@ -332,10 +320,7 @@ def test_cuda_gradient_statistics_make_no_host_device_sync(probe):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(30):
-            optimizer.zero_grad()
-            nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
+        train(model, optimizer, x, y, steps=30)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     layers = recorded(probe, "layers")
