@@ -78,6 +78,20 @@ def screen_lines(app) -> dict[int, str]:
     return {line: " ".join(texts) for line, texts in pieces.items()}
 
 
+def train(model, optimizer, x, y, steps: int, loss_fn=None, spike=None) -> None:
+    """``steps`` optimizer steps on one batch (mean squared error unless ``loss_fn``). ``spike``:
+    (module, step): that module's ``armed`` flag is set at that step alone (test modules output inf then)."""
+    import torch
+
+    loss_fn = loss_fn or torch.nn.functional.mse_loss
+    for step in range(steps):
+        if spike is not None:
+            spike[0].armed = step == spike[1]
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+
 def start_training(script: str, *args: str):
     """A real instrumented training process, as `optwatch run` starts it."""
     from optwatch.probe.options import ProbeOptions

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train
 from optwatch.app.app import OptwatchApp
 from optwatch.app.layer_history import LayerHistory
 from optwatch.app.widgets.grad_alerts import GradAlerts
@@ -31,11 +32,7 @@ def vanishing_run() -> list[dict]:
         for layer in model[:-1:2]:
             layer.weight.mul_(0.05)  # tiny weights: each sigmoid layer passes back 1/80 of its gradient
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(64, 8), torch.randn(64, 1)
-    for _ in range(50):
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, torch.randn(64, 8), torch.randn(64, 1), steps=50)
     probe.close()
     return probe.publisher.history.snapshot()
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train
 from optwatch.diagnose.gradients import GradientDiagnosis
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
@@ -34,17 +35,6 @@ def probe():
 def recorded(probe: Probe, kind: str) -> list[dict]:
     probe.close()
     return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
-
-
-def train(model, optimizer, x, y, steps: int, loss_fn=nn.functional.mse_loss, spike=None) -> None:
-    """``steps`` optimizer steps on one batch. ``spike``: (module, step): that module's ``armed`` flag is
-    set at that step alone (the test modules below output inf while armed)."""
-    for step in range(steps):
-        if spike is not None:
-            spike[0].armed = step == spike[1]
-        optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimizer.step()
 
 
 def mlp() -> nn.Module:
