@@ -38,7 +38,8 @@ from optwatch.wire import runtime  # noqa: E402
 RUNTIME_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaEventRecord", "cudaMemcpyAsync", "cudaStreamWaitEvent")
 
 
-def counts(step, steps: int, device: torch.device) -> collections.Counter:
+def counts(step, steps: int, device: torch.device) -> tuple[collections.Counter, collections.Counter]:
+    """Per-kind totals (aten ops, runtime calls, optwatch ranges) and per-operator counts over ``steps``."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
@@ -46,14 +47,16 @@ def counts(step, steps: int, device: torch.device) -> collections.Counter:
         if device.type == "cuda":
             torch.cuda.synchronize()
     counter: collections.Counter = collections.Counter()
+    operators: collections.Counter = collections.Counter()
     for event in prof.events():
         if event.name.startswith("aten::"):
             counter["aten ops"] += 1
+            operators[event.name] += 1
         if event.name in RUNTIME_CALLS or event.name.startswith("cudaLaunch"):
             counter[event.name] += 1
         if event.name.startswith("optwatch"):
             counter["optwatch ranges"] += 1
-    return counter
+    return counter, operators
 
 
 def thread_cpu(step, steps: int, device: torch.device) -> dict[str, float]:
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("default", "all"), default="default")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--top", type=int, default=20, help="optwatch functions listed by own time")
+    parser.add_argument("--ops", type=int, default=12, help="operators listed by how many optwatch adds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     os.environ.setdefault("OPTWATCH_RUNTIME_DIR", tempfile.mkdtemp(prefix="owb-"))
@@ -87,7 +91,7 @@ def main() -> None:
     _, _, bare_step = workload(args.workload, device)
     for _ in range(10):
         bare_step()
-    bare = counts(bare_step, args.steps, device)
+    bare, bare_ops = counts(bare_step, args.steps, device)
 
     model, optimizer, step = workload(args.workload, device)
     run_dir = runtime.make_run_dir(f"work-{os.getpid()}")
@@ -97,7 +101,7 @@ def main() -> None:
     try:
         for _ in range(10):
             step()
-        instrumented = counts(step, args.steps, device)
+        instrumented, instrumented_ops = counts(step, args.steps, device)
         threads = thread_cpu(step, args.steps, device)
         profiler = cProfile.Profile()
         profiler.enable()
@@ -111,6 +115,12 @@ def main() -> None:
     for name in sorted(set(bare) | set(instrumented)):
         b, i = bare[name] / args.steps, instrumented[name] / args.steps
         print(f"  {name:<24} {b:8.1f} {i:8.1f} {i - b:+8.1f}")
+
+    added = {name: (instrumented_ops[name] - bare_ops[name]) / args.steps for name in instrumented_ops | bare_ops}
+    print("\noperators optwatch adds per step (nested ones counted too: a norm calls others)")
+    for name, count in sorted(added.items(), key=lambda item: -abs(item[1]))[: args.ops]:
+        if count:
+            print(f"  {name:<32} {count:+8.1f}")
 
     print("\nCPU per step by thread, under optwatch (psutil; 10 ms clock ticks, so read over many steps)")
     for name, seconds in sorted(threads.items(), key=lambda item: -item[1]):
