@@ -267,3 +267,33 @@ def test_a_closed_probe_lets_go_of_the_model():
     del model, optimizer, probe
     gc.collect()
     assert probe_ref() is None and model_ref() is None
+
+
+def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
+    from optwatch.probe.plugin import ProbePlugin
+
+    class Faulty(ProbePlugin):
+        name = "faulty"
+        calls = 0
+
+        def after_step(self, probe, record):
+            Faulty.calls += 1
+            record["faulty"] = True
+            if Faulty.calls == 3:
+                raise RuntimeError("boom")
+
+    probe = Probe(runtime.make_run_dir("faulty"), "faulty", ProbeOptions(script="t", publish_interval_s=0.0))
+    probe.plugins.insert(0, Faulty())  # before the others: they must still run at that step
+    probe.start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for _ in range(6):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    steps = recorded(probe)
+    assert [s["step"] for s in steps] == list(range(6))
+    assert Faulty.calls == 3 and [bool(s.get("faulty")) for s in steps] == [True] * 3 + [False] * 3
+    assert all("forward_s" in s and "amp" in s for s in steps)  # the other plugins carried on
+    assert caplog.text.count("faulty failed in after_step and is switched off; training goes on") == 1

@@ -33,7 +33,7 @@ except ImportError:  # torch < 2.3
 
 from optwatch import protocol
 from optwatch.probe.options import ENV_HUB, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
-from optwatch.probe.plugin import as_optwatch_work
+from optwatch.probe.plugin import ProbePlugin, as_optwatch_work
 from optwatch.probe.readback import DeviceBatch
 from optwatch.wire import runtime
 from optwatch.wire.publisher import Publisher, tcp_endpoints
@@ -106,6 +106,8 @@ class Probe:
 
         self.plugins = enabled(options)
         self._broken_plugins: set[str] = set()
+        self._callbacks: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
+        """Per callback name, the working plugins that implement it (the base class's are no-ops)."""
         self._sampler: threading.Thread | None = None
         self._stop_sampler = threading.Event()
 
@@ -218,17 +220,26 @@ class Probe:
         self._pending.append(record)
 
     def _call_plugins(self, method: str, *args: Any) -> list[Any]:
-        """Run one callback of every plugin. A plugin that raises is switched off and logged once:
-        optwatch must never break the training. (KeyboardInterrupt, a requested stop, goes through.)"""
+        """Run one callback of every plugin that implements it. A plugin that raises is switched off and
+        logged once: optwatch must never break the training. (KeyboardInterrupt, a requested stop, goes
+        through.)"""
+        callbacks = self._callbacks.get(method)
+        if callbacks is None:
+            # Made once per callback: several run at every step, and most plugins leave most of them out.
+            callbacks = self._callbacks[method] = [
+                (plugin.name, getattr(plugin, method))
+                for plugin in self.plugins
+                if plugin.name not in self._broken_plugins
+                and getattr(type(plugin), method, None) is not getattr(ProbePlugin, method, None)
+            ]
         results = []
-        for plugin in self.plugins:
-            if plugin.name in self._broken_plugins:
-                continue
+        for name, callback in callbacks:
             try:
-                results.append(getattr(plugin, method)(self, *args))
+                results.append(callback(self, *args))
             except Exception:
-                self._broken_plugins.add(plugin.name)
-                log.exception("optwatch: %s failed in %s and is switched off; training goes on", plugin.name, method)
+                self._broken_plugins.add(name)
+                self._callbacks.clear()
+                log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, method)
         return results
 
     def on_step_boundary(self, callback: Callable[[Probe], None]) -> None:
