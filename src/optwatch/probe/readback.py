@@ -60,39 +60,70 @@ class DeviceTime:
         return seconds
 
 
+def _pack(scalars: list[torch.Tensor], vectors: list[torch.Tensor]) -> torch.Tensor:
+    """One flat tensor: the 0-d values (stacked in one call), then the others flattened."""
+    parts = [torch.stack(scalars)] if scalars else []
+    parts += [v if v.dim() == 1 else v.reshape(-1) for v in vectors]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+class _Group:
+    """The values of one device and dtype, scalars apart (stacked in one call), and where each goes."""
+
+    def __init__(self) -> None:
+        self.scalars: list[torch.Tensor] = []
+        self.vectors: list[torch.Tensor] = []
+        self.scalar_slots: list[tuple[dict[str, Any], str, int, bool]] = []
+        self.vector_slots: list[tuple[dict[str, Any], str, int, bool]] = []
+
+    def add(self, record: dict[str, Any], key: str, value: torch.Tensor) -> None:
+        if value.dim() == 0:
+            self.scalars.append(value)
+            self.scalar_slots.append((record, key, 1, True))
+        else:
+            self.vectors.append(value)
+            self.vector_slots.append((record, key, value.numel(), False))
+
+    def pack(self) -> torch.Tensor:
+        with torch.no_grad():  # values are read, never differentiated
+            return _pack(self.scalars, self.vectors)
+
+    def slots(self) -> list[tuple[dict[str, Any], str, int, bool]]:
+        """Where each value goes (record, key, numel, is_scalar), in the order ``pack`` lays them out."""
+        return self.scalar_slots + self.vector_slots
+
+
 class DeviceBatch:
     """Records whose tensor-valued fields are on their way to the host.
 
-    On the training thread, the values of a CUDA device are packed into one tensor per dtype (a few
-    launches per batch, not per value) and copied to the host without waiting; CPU values are final
-    already and are packed on the publisher thread.
+    On the training thread each value is only filed by device and dtype; then a CUDA device's values are
+    packed into one tensor per dtype (a few launches per batch, not per value) and copied to the host
+    without waiting. CPU values are final already and are packed on the publisher thread.
     """
 
     def __init__(self, records: list[dict[str, Any]]):
         self._records = records
-        # Per device and dtype: the values, and where each goes (record, key, numel, is_scalar), in order.
-        values: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        self._slots: dict[tuple[torch.device, torch.dtype], list[tuple[dict[str, Any], str, int, bool]]] = {}
+        groups: dict[tuple[torch.device, torch.dtype], _Group] = {}
         self._times: list[tuple[dict[str, Any], str, DeviceTime]] = []
         for record in records:
             for key, value in record.items():
                 if isinstance(value, DeviceTime):
                     self._times.append((record, key, value))
                 elif isinstance(value, torch.Tensor):
-                    flat = value.detach().reshape(-1)
-                    group = (flat.device, flat.dtype)
-                    values.setdefault(group, []).append(flat)
-                    self._slots.setdefault(group, []).append((record, key, flat.numel(), value.dim() == 0))
+                    group = groups.get((value.device, value.dtype))
+                    if group is None:
+                        group = groups[(value.device, value.dtype)] = _Group()
+                    group.add(record, key, value)
+        self._slots = {key: group.slots() for key, group in groups.items()}
         self._host: dict[tuple[torch.device, torch.dtype], Any] = {}
         self._events: list[Any] = []
-        for group, tensors in values.items():
-            device = group[0]
+        for (device, dtype), group in groups.items():
             if device.type != "cuda":
                 # CPU values are final already; other accelerators are copied on the publisher thread.
-                self._host[group] = tensors
+                self._host[(device, dtype)] = group
                 continue
-            packed = (torch.cat(tensors) if len(tensors) > 1 else tensors[0]).to(_readback_dtype(device))
-            self._host[group] = packed.to("cpu", non_blocking=True)
+            packed = group.pack().to(_readback_dtype(device))
+            self._host[(device, dtype)] = packed.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(device))
             self._events.append(event)
@@ -103,8 +134,8 @@ class DeviceBatch:
     def records(self) -> list[dict[str, Any]]:
         for group, slots in self._slots.items():
             host = self._host[group]
-            if isinstance(host, list):
-                host = torch.cat(host) if len(host) > 1 else host[0]
+            if isinstance(host, _Group):
+                host = host.pack()
             values = host.cpu().to(_readback_dtype(group[0])).tolist()
             offset = 0
             for record, key, numel, is_scalar in slots:
