@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import train
 from optwatch.diagnose.gradients import GradientDiagnosis
+from optwatch.probe import grads
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
@@ -176,6 +177,46 @@ def test_on_a_gpu_a_model_deeper_than_one_batch_of_checks_still_names_the_module
     train(model, optimizer, x, y, steps=10, spike=(model[38], 6))
     alerts = recorded(probe, "alert")
     assert [(a["type"], a["step"], a["module"]) for a in alerts if a["type"] == "nonfinite"] == [("nonfinite", 6, "38")]
+
+
+class Branchy(nn.Module):
+    """A model that starts calling one of its modules only from some step on (a curriculum, a new head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.late = Spike()
+        self.head = nn.Linear(8, 1)
+        self.use_late = False
+
+    def forward(self, x):
+        hidden = self.body(x)
+        return self.head(self.late(hidden) if self.use_late else hidden)
+
+
+def test_checked_modules_carry_their_own_hooks_and_one_called_later_is_found_at_the_next_discovery(monkeypatch):
+    """No global hook between discovery steps (it would slow every module call); the modules that need a
+    check carry their own, those that cannot make a NaN (ReLU) none."""
+    monkeypatch.setattr(grads, "_DISCOVER_EVERY", 5)
+    global_hooks = nn.modules.module._global_forward_hooks
+    probe = start()
+    torch.manual_seed(0)
+    model = Branchy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    for step in range(10):
+        model.use_late = step >= 2  # first called after the first discovery step, before the second (5)
+        model.late.armed = step == 7
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        if step in (0, 2):
+            assert not global_hooks and model.body[0]._forward_hooks and model.head._forward_hooks
+            assert not model.body[1]._forward_hooks and not model.late._forward_hooks
+    assert model.late._forward_hooks
+    alerts = recorded(probe, "alert")
+    assert [(a["type"], a["step"], a["module"]) for a in alerts] == [("nonfinite", 7, "late")]
+    assert not global_hooks and not model.body[0]._forward_hooks and not model.late._forward_hooks
 
 
 class SpikyConv(nn.Conv2d):

@@ -3,8 +3,9 @@
 Training thread, per measured step (``--grad-every N``), all with fused multi-tensor ops and no host sync:
 - before ``optimizer.step()``: per-parameter gradient norm, weight norm and count of non-zero gradient
   entries (``torch._foreach_norm`` with ord 2 and 0), and a copy of the weights (``_foreach_copy_``);
-- after it: ``_foreach_sub_`` turns the copy into the update, whose norms give ||Δw||. All values are
-  stacked into one device vector, sent in a ``layers`` record, read back with the step batch.
+- after it: ``_foreach_sub_`` turns the copy into the update, whose norms give ||Δw||. Each kind of
+  value is one device vector (on CUDA the fused norm's own output buffer: see ``probe.vectors``), sent in
+  a ``layers`` record and read back with the step batch.
 A cost governor thins the measured steps (to at most every 4th, after the first 100) while they take
 more than ``--grad-budget`` of the step time; see ``GradientPlugin.__init__`` and docs/gradients.md.
 The copy costs one extra set of weights in memory. Above ``--grad-update-mb`` the parameters are split
@@ -14,12 +15,14 @@ refreshed every few measured steps instead (a tensor larger than the budget gets
 ``torch.nn.utils.clip_grad_norm_`` is wrapped to keep the norm it returns (computed anyway): with
 clipping, the norm before clipping is what can explode, so the step record gets ``grad_norm_preclip``.
 
-Every step, a global forward hook collects each module's output; on a GPU, when backward starts (or
-every ``_CHECK_BATCH`` outputs), one fused ``_foreach_norm`` of order 1 over them gives a device vector
-that is finite exactly where the outputs are (no sync, a couple of kernel launches); on a CPU each output
-is summed when the next module shows up, while it is still in cache. So when something turns NaN/Inf,
-the first module whose output did is known for that very step. Activations that cannot turn finite
-values into non-finite ones (ReLU, dropout, pooling...) are not checked.
+Every step, forward hooks collect each module's output; on a GPU, when backward starts (or every
+``_CHECK_BATCH`` outputs), one fused ``_foreach_norm`` of order 1 over them gives a device vector that is
+finite exactly where the outputs are (no sync, a couple of kernel launches); on a CPU each output is
+summed when the next module shows up, while it is still in cache. So when something turns NaN/Inf, the
+first module whose output did is known for that very step. Activations that cannot turn finite values
+into non-finite ones (ReLU, dropout, pooling...) and plain ``nn.Sequential`` containers are not checked.
+The hooks are the checked modules' own: a global hook finds them on discovery steps (the first, then
+every ``_DISCOVER_EVERY``), as a global hook on every step would slow every module call.
 
 Publisher thread (a publisher observer): the host values of each step go through ``GradientDiagnosis``
 in step order; the alerts it returns are published right after that batch. Values travel from the
@@ -32,6 +35,7 @@ import functools
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +53,7 @@ from optwatch.diagnose.gradients import (
 )
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.plugin import ProbePlugin, as_optwatch_work
+from optwatch.probe.vectors import as_vector
 
 if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
@@ -103,6 +108,13 @@ _FINITE_PRESERVING = (
 # Batch norms in training fold their input's mean into a running mean: it turns non-finite exactly when
 # the input has a NaN/Inf (while it was finite before), so it checks the module before them for free.
 _RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# Containers whose output is always one of their children's.
+_CONTAINERS = (nn.Sequential,)
+# A global forward hook sends every module call through torch's slow path (several microseconds each,
+# hooks or not); a module's own hook slows that module only. So the global hook runs on discovery steps
+# alone (the first step, then every this many) to find the modules whose outputs need checking, and
+# those get hooks of their own. A module first called between discovery steps is checked from the next.
+_DISCOVER_EVERY = 1000
 # A step that never reaches the optimizer must not grow the list without bound.
 _MAX_FORWARD_CHECKS = 4096
 # Outputs waiting for their check are normed together once this many are held: one fused launch for
@@ -202,7 +214,9 @@ class _Measured:
 
     step: int
     layout: _Layout
-    values: list[torch.Tensor]
+    grad_norms: torch.Tensor
+    weight_norms: torch.Tensor
+    nonzero: torch.Tensor
     chunk: list[int] | None
     snapshots: list[torch.Tensor] | None
 
@@ -228,7 +242,7 @@ class GradientPlugin(ProbePlugin):
         self._cost_s = 0.0
         self._settling_in = True  # the first measured step builds layouts: not a fair sample of the cost
         self._pinned = False  # set by the publisher thread after a non-finite value: every step again
-        self._nonzero: list[torch.Tensor] | None = None
+        self._nonzero: torch.Tensor | None = None
         self._zero_count_turn = 0
         self.budget_bytes = options.grad_update_mb * 2**20
         self.forward_check = options.forward_check
@@ -247,11 +261,15 @@ class GradientPlugin(ProbePlugin):
         self._check_count = 0
         self._last_output: torch.Tensor | None = None
         self._preserving: dict[type, bool] = {}
+        self._kinds: dict[type, str] = {}  # per module type: "check", "running stats" or "skip"
+        self._hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._module_hooks: list[Any] = []
+        self._discovered: list[nn.Module] = []  # found this discovery step, hooked at its end
         self._module_names: dict[int, str] = {}
         self._names_model: nn.Module | None = None
         self._sequence_key: tuple[int, ...] | None = None
         self._sequence_names: tuple[str, ...] = ()
-        self._hook: Any = None
+        self._hook: Any = None  # the global hook, on discovery steps
         self._clipped: list[torch.Tensor] = []
         self._undo: list[Any] = []
         # Publisher thread only.
@@ -263,7 +281,7 @@ class GradientPlugin(ProbePlugin):
         self._rank = probe.rank
         probe.publisher.add_observer(self._observe)
         if self.forward_check:
-            self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
+            self._hook = nn.modules.module.register_module_forward_hook(self._discover)
         import torch.nn.utils
         import torch.nn.utils.clip_grad
 
@@ -286,9 +304,45 @@ class GradientPlugin(ProbePlugin):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        for handle in self._module_hooks:
+            handle.remove()
+        self._module_hooks = []
+        self._discovered = []
         for module, original in self._undo:
             module.clip_grad_norm_ = original
         self._undo = []
+
+    def _discover(self, module: nn.Module, args: Any, output: Any) -> None:
+        """The global hook of a discovery step: checks what has no hook of its own yet, and finds it."""
+        if module in self._hooked or not torch.is_grad_enabled():
+            return
+        kind = self._kinds.get(type(module))
+        if kind is None:
+            if isinstance(module, _RUNNING_STATS):
+                kind = "running stats"
+            elif isinstance(module, _FINITE_PRESERVING + _CONTAINERS):
+                kind = "skip"
+            else:
+                kind = "check"
+            self._kinds[type(module)] = kind
+        # A batch norm is worth a hook on a CPU only, where its running mean is cheaper to sum than its input.
+        if kind == "check" or (kind == "running stats" and isinstance(output, torch.Tensor) and output.is_cpu):
+            self._discovered.append(module)
+            self._check_output(module, args, output)
+
+    def _switch_discovery(self, step: int) -> None:
+        """At a step's end: hook what the discovery step found; turn the global hook on for the next one."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+            for module in self._discovered:
+                if module not in self._hooked:
+                    self._hooked.add(module)
+                    self._module_hooks.append(module.register_forward_hook(self._check_output))
+            self._discovered = []
+            self._module_hooks = [h for h in self._module_hooks if h.hooks_dict_ref() is not None]
+        if (step + 1) % _DISCOVER_EVERY == 0:
+            self._hook = nn.modules.module.register_module_forward_hook(self._discover)
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
@@ -351,7 +405,7 @@ class GradientPlugin(ProbePlugin):
             groups = _by_device(tensors)
             # L1 norms (no squares to overflow), fused on a GPU; per device when the model spans several.
             norms = _norms(tensors, 1, tensors[0].device, groups if len(groups) > 1 else None)
-            self._checked.append(torch.stack(norms))
+            self._checked.append(as_vector(norms))
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         if not self._measuring:
@@ -372,19 +426,19 @@ class GradientPlugin(ProbePlugin):
             self._settling_in = True
         with torch.no_grad():
             grads = [p.grad for p in params]
-            grad_norms = _norms(grads, 2, layout.device, layout.by_device)
+            grad_norms = as_vector(_norms(grads, 2, layout.device, layout.by_device))
             if self._nonzero is None or self._settling_in or self._zero_count_turn % _ZERO_COUNT_EVERY == 0:
-                self._nonzero = _norms(grads, 0, layout.device, layout.by_device)
+                self._nonzero = as_vector(_norms(grads, 0, layout.device, layout.by_device))
             self._zero_count_turn += 1
-            values = [*grad_norms, *_norms(params, 2, layout.device, layout.by_device), *self._nonzero]
+            weight_norms = as_vector(_norms(params, 2, layout.device, layout.by_device))
             # The step record's global norm, from these per-tensor norms instead of a second pass.
-            probe.measured_grad_norm = torch.linalg.vector_norm(torch.stack(grad_norms))
+            probe.measured_grad_norm = torch.linalg.vector_norm(grad_norms)
             chunk = layout.next_chunk()
             snapshots = None
             if chunk:
                 snapshots = layout.snapshots(chunk)
                 torch._foreach_copy_(snapshots, [params[i] for i in chunk])
-        self._measured = _Measured(probe.step, layout, values, chunk, snapshots)
+        self._measured = _Measured(probe.step, layout, grad_norms, weight_norms, self._nonzero, chunk, snapshots)
 
     def _in_model_order(self, probe: Probe, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
         """The optimizer's parameters in the model's order (param groups may split and reorder them)."""
@@ -404,6 +458,8 @@ class GradientPlugin(ProbePlugin):
             self._cost_s += time.perf_counter() - started
             self._govern(record.get("step_time_s"), record["step"])
         self._cost_s = 0.0
+        if self.forward_check:
+            self._switch_discovery(probe.step)
         if self._pinned:
             self.stride = self.every
         self._measuring = (probe.step + 1) % self.stride == 0
@@ -432,14 +488,13 @@ class GradientPlugin(ProbePlugin):
         if measured is None or measured.step != record["step"] or record.get("amp_overflow"):
             return
         layout, chunk = measured.layout, measured.chunk
-        with torch.no_grad():
-            values = measured.values
-            if chunk and measured.snapshots is not None:
+        update = None
+        if chunk and measured.snapshots is not None:
+            with torch.no_grad():
                 torch._foreach_sub_(measured.snapshots, [layout.params[i] for i in chunk])
                 groups = _by_device(measured.snapshots) if layout.by_device else None
-                values = values + _norms(measured.snapshots, 2, layout.device, groups)
-            vector = torch.stack(values)
-        n = len(layout.params)
+                update = as_vector(_norms(measured.snapshots, 2, layout.device, groups))
+        # Each vector travels as it is: readback packs a batch's values together anyway.
         probe.emit(
             protocol.make_record(
                 protocol.LAYERS,
@@ -447,10 +502,10 @@ class GradientPlugin(ProbePlugin):
                 step=record["step"],
                 names=layout.names,
                 numel=layout.numel,
-                grad_norm=vector[:n],
-                weight_norm=vector[n : 2 * n],
-                _nonzero=vector[2 * n : 3 * n],
-                _update=vector[3 * n :] if chunk else None,
+                grad_norm=measured.grad_norms,
+                weight_norm=measured.weight_norms,
+                _nonzero=measured.nonzero,
+                _update=update,
                 _update_at=chunk,
                 every=self.stride,
             )
@@ -474,8 +529,12 @@ class GradientPlugin(ProbePlugin):
             self._sequence_key = key
         record["_forward_modules"] = self._sequence_names
         record["_forward_index"] = [index for _, index in checks]  # which checks stand for others varies
-        # Sums (CPU, one value each) and vectors of norms (GPU), in the order of the checks' indices.
-        record["_forward_norms"] = torch.cat([value.reshape(-1) for value in checked])
+        # Sums (CPU, one value each) or vectors of norms (GPU), in the order of the checks' indices: one
+        # stack for the sums, as reshaping each for a concatenation is one more operator call per check.
+        if all(value.dim() == 0 for value in checked):
+            record["_forward_norms"] = torch.stack(checked)
+        else:
+            record["_forward_norms"] = torch.cat([value.reshape(-1) for value in checked])
 
     def _names_of(self, model: nn.Module | None) -> dict[int, str]:
         if model is not self._names_model:

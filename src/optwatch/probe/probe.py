@@ -35,6 +35,7 @@ from optwatch import protocol
 from optwatch.probe.options import ENV_HUB, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
 from optwatch.probe.plugin import ProbePlugin, as_optwatch_work
 from optwatch.probe.readback import DeviceBatch
+from optwatch.probe.vectors import as_vector
 from optwatch.wire import runtime
 from optwatch.wire.publisher import Publisher, tcp_endpoints
 
@@ -414,8 +415,8 @@ class Probe:
             by_device.setdefault(grad.device, []).append(grad)
         device_norms = []
         for device_grads in by_device.values():
-            norms = torch._foreach_norm(device_grads)
-            device_norms.append(torch.linalg.vector_norm(torch.stack(norms).float()))
+            norms = torch._foreach_norm(device_grads, 2, dtype=torch.float32)
+            device_norms.append(torch.linalg.vector_norm(as_vector(norms)))
         if len(device_norms) == 1:
             return device_norms[0]
         first = device_norms[0].device
