@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import optwatch.probe.controls
+from conftest import train
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
@@ -74,11 +75,7 @@ def test_several_param_groups_report_the_first_groups_lr(probe):
     optimizer = torch.optim.Adam(
         [{"params": model[0].parameters(), "lr": 1e-3}, {"params": model[2].parameters(), "lr": 1e-2}]
     )
-    x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(3):
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=3)
     steps = recorded(probe)
     assert len(steps) == 3 and all(s["lr"] == 1e-3 for s in steps)
     all_grads = [p.grad for p in model.parameters()]
@@ -287,11 +284,7 @@ def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
     probe.start()
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(6):
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=6)
     steps = recorded(probe)
     assert [s["step"] for s in steps] == list(range(6))
     assert Faulty.calls == 3 and [bool(s.get("faulty")) for s in steps] == [True] * 3 + [False] * 3
