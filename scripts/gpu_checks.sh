@@ -29,6 +29,9 @@ echo "== overhead benchmark on CUDA"
 "$python" benchmarks/overhead.py --rounds "${ROUNDS:-5}" --steps "${STEPS:-50}" --json "$out/overhead.json" 2>&1 |
     tee "$out/overhead.log"
 
+echo "== what optwatch adds per step on CUDA (operators, launches, Python)"
+"$python" benchmarks/step_work.py --workload cifar --device cuda --ops 20 --top 20 2>&1 | tee "$out/step_work.log"
+
 if [ -n "${FULL_SUITE:-}" ]; then
     echo "== the whole suite on the GPU machine"
     "$python" -m pytest -q -p no:cacheprovider -x --timeout 300 2>&1 | tee "$out/suite.log" | tail -30
