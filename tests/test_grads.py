@@ -379,3 +379,24 @@ def test_with_clipping_the_norm_before_clipping_is_what_explodes(probe):
     alerts = [r for r in probe.publisher.history.snapshot() if r["kind"] == "alert"]
     assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 45)]
     assert alerts[0]["message"].startswith("global gradient norm before clipping")
+
+
+def test_a_float64_model_gets_its_statistics_and_checks_in_float64(caplog):
+    """A norm may widen a dtype but not narrow it: float64 training must neither break nor lose a plugin."""
+    probe = start()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1)).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    train(model, optimizer, x, y, steps=2)
+    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    train(model, optimizer, x, y, steps=6, spike=(model[3], 4))
+    records = probe.publisher.history
+    probe.close()
+    steps = [r for r in records.snapshot() if r["kind"] == "step"]
+    layers = [r for r in records.snapshot() if r["kind"] == "layers"]
+    assert len(steps) == 8 and steps[1]["grad_norm"] == pytest.approx(expected, rel=1e-9)
+    assert len(layers) == 8 and layers[1]["grad_norm"][0] > 0
+    alerts = [(a["type"], a["step"], a["module"]) for a in records.snapshot() if a["kind"] == "alert"]
+    assert alerts == [("nonfinite", 6, "3")]
+    assert "switched off" not in caplog.text

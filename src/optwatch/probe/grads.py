@@ -140,13 +140,15 @@ def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[int]]:
 def _norms(
     tensors: list[torch.Tensor], order: int, device: torch.device, by_device: dict[torch.device, list[int]] | None
 ) -> list[torch.Tensor]:
-    """Float32 norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``.
+    """Norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``: float32 (half
+    precision would overflow), float64 for float64 tensors (a norm may widen a dtype, never narrow it).
     ``by_device``: the tensors' indices per device when they are on several (model parallel), else None."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     if by_device is None:
-        return list(torch._foreach_norm(tensors, order, dtype=torch.float32))
+        return list(torch._foreach_norm(tensors, order, dtype=dtype))
     result: list[Any] = [None] * len(tensors)
     for indices in by_device.values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], order, dtype=torch.float32)
+        norms = torch._foreach_norm([tensors[i] for i in indices], order, dtype=dtype)
         for index, norm in zip(indices, norms):
             result[index] = norm.to(device, non_blocking=True)
     return result

@@ -415,8 +415,8 @@ class Probe:
             by_device.setdefault(grad.device, []).append(grad)
         device_norms = []
         for device_grads in by_device.values():
-            norms = torch._foreach_norm(device_grads, 2, dtype=torch.float32)
-            device_norms.append(torch.linalg.vector_norm(as_vector(norms)))
+            norms = torch._foreach_norm(device_grads)  # in the gradients' dtype: a norm may not narrow it
+            device_norms.append(torch.linalg.vector_norm(as_vector(norms).float()))
         if len(device_norms) == 1:
             return device_norms[0]
         first = device_norms[0].device
