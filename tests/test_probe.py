@@ -290,3 +290,35 @@ def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
     assert Faulty.calls == 3 and [bool(s.get("faulty")) for s in steps] == [True] * 3 + [False] * 3
     assert all("forward_s" in s and "amp" in s for s in steps)  # the other plugins carried on
     assert caplog.text.count("faulty failed in after_step and is switched off; training goes on") == 1
+
+
+class SparseBag(torch.nn.Module):
+    """A sparse embedding, a frozen layer and a trained head: gradients of every kind in one optimizer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4, sparse=True)
+        self.frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, tokens):
+        return self.head(self.frozen(self.embed(tokens).mean(1)))
+
+
+@pytest.mark.parametrize("grad_every", [0, 1])  # the probe's own norm, and the gradient statistics'
+def test_the_global_norm_covers_the_dense_gradients_there_are(grad_every):
+    """Frozen parameters (no gradient) and sparse gradients are left out of the step's global norm."""
+    options = ProbeOptions(script="test", publish_interval_s=0.0, grad_every=grad_every)
+    probe = Probe(runtime.make_run_dir("probe-test"), "probe-test", options).start()
+    torch.manual_seed(0)
+    model = SparseBag()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # the frozen layer's parameters included
+    tokens, y = torch.randint(0, 10, (8, 3)), torch.randn(8, 1)
+    norms = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(tokens), y).backward()
+        norms.append(torch.nn.utils.get_total_norm([model.head.weight.grad, model.head.bias.grad]).item())
+        optimizer.step()
+    steps = recorded(probe)
+    assert [s["grad_norm"] for s in steps] == pytest.approx(norms, rel=1e-6)

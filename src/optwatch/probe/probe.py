@@ -84,6 +84,8 @@ class Probe:
         self.batch_size: int | None = None
         self.model: torch.nn.Module | None = None
         self._primary_optimizer: torch.optim.Optimizer | None = None
+        self._params: list[torch.Tensor] = []
+        self._params_key: tuple[tuple[int, int], ...] | None = None
         self._optimizers_seen = 0
         self._losses: list[torch.Tensor] = []
         self.measured_grad_norm: torch.Tensor | None = None
@@ -400,14 +402,28 @@ class Probe:
 
     # --- per step ---------------------------------------------------------------------------------
     def _parameters(self) -> list[torch.Tensor]:
+        """The primary optimizer's parameters (else the model's): the list is kept while its param groups'
+        lists are the same, as walking hundreds of parameters at every step shows on a host-bound loop."""
         if self._primary_optimizer is not None:
-            return [p for group in self._primary_optimizer.param_groups for p in group["params"]]
+            groups = self._primary_optimizer.param_groups
+            key = tuple((id(group["params"]), len(group["params"])) for group in groups)
+            if key != self._params_key:
+                self._params = [p for group in groups for p in group["params"]]
+                self._params_key = key
+            return self._params
         if self.model is not None:
             return list(self.model.parameters())
         return []
 
     def _grad_norm(self, params: list[torch.Tensor]) -> torch.Tensor | None:
-        grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+        grads = [p.grad for p in params]
+        try:
+            # The usual case in one call: every gradient there, dense, on one device. In the gradients'
+            # dtype: a norm may widen a dtype, never narrow it.
+            return torch.linalg.vector_norm(as_vector(torch._foreach_norm(grads)).float())
+        except (TypeError, RuntimeError):  # a missing (frozen) or sparse gradient, several devices
+            pass
+        grads = [g for g in grads if g is not None and not g.is_sparse]
         if not grads:
             return None
         by_device: dict[torch.device, list[torch.Tensor]] = {}
@@ -415,7 +431,7 @@ class Probe:
             by_device.setdefault(grad.device, []).append(grad)
         device_norms = []
         for device_grads in by_device.values():
-            norms = torch._foreach_norm(device_grads)  # in the gradients' dtype: a norm may not narrow it
+            norms = torch._foreach_norm(device_grads)
             device_norms.append(torch.linalg.vector_norm(as_vector(norms).float()))
         if len(device_norms) == 1:
             return device_norms[0]
