@@ -385,12 +385,11 @@ class GradientPlugin(ProbePlugin):
     def _check_through_running_mean(self, norm: nn.Module) -> None:
         """A batch norm in training folds its input's mean into its running mean, which turns non-finite
         exactly when the input has a NaN/Inf: that small vector checks the (large) input instead."""
-        if (
-            norm.training
-            and isinstance(norm.running_mean, torch.Tensor)
-            and self._checks[-1][1] == self._check_count - 1
-        ):
-            self._to_check[-1] = norm.running_mean
+        # From _buffers: reading the attribute goes through nn.Module.__getattr__, which costs an
+        # AttributeError first, at every batch norm of every step.
+        running_mean = norm._buffers.get("running_mean")
+        if norm.training and isinstance(running_mean, torch.Tensor) and self._checks[-1][1] == self._check_count - 1:
+            self._to_check[-1] = running_mean
 
     def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
         self._take_norms()
