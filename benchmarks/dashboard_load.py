@@ -150,7 +150,10 @@ def store_memory_over_a_million_steps(ranks: int = 8) -> list[tuple[int, float]]
 
 
 def training_memory_over_a_million_steps() -> list[tuple[int, float]]:
-    """A probe-instrumented loop of 1,000,000 tiny steps with nobody attached: RSS along the way."""
+    """A probe-instrumented loop of 1,000,000 tiny steps with nobody attached: RSS along the way.
+
+    The model is a module, so the forward check's hooks and their discovery steps (1,000 of them) run too.
+    """
     code = r"""
 import os, sys, psutil, torch
 from optwatch.probe.options import ProbeOptions
@@ -158,12 +161,13 @@ from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
 run_dir = runtime.make_run_dir(f"mem-{os.getpid()}")
 probe = Probe(run_dir, run_dir.name, ProbeOptions(script="mem")).start()
-weight = torch.nn.Parameter(torch.ones(4))
-optimizer = torch.optim.SGD([weight], lr=1e-6)
+model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+inputs = torch.ones(2, 4)
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
 marks = []
 for step in range(1, 1_000_001):
     optimizer.zero_grad()
-    (weight * weight).sum().backward()
+    model(inputs).square().mean().backward()
     optimizer.step()
     if step in (100_000, 250_000, 500_000, 750_000, 1_000_000):
         marks.append((step, psutil.Process().memory_info().rss / 2**20))
