@@ -11,7 +11,6 @@ from torch import nn
 
 from conftest import train
 from optwatch.diagnose.gradients import GradientDiagnosis
-from optwatch.probe import grads
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
@@ -177,46 +176,6 @@ def test_on_a_gpu_a_model_deeper_than_one_batch_of_checks_still_names_the_module
     train(model, optimizer, x, y, steps=10, spike=(model[38], 6))
     alerts = recorded(probe, "alert")
     assert [(a["type"], a["step"], a["module"]) for a in alerts if a["type"] == "nonfinite"] == [("nonfinite", 6, "38")]
-
-
-class Branchy(nn.Module):
-    """A model that starts calling one of its modules only from some step on (a curriculum, a new head)."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
-        self.late = Spike()
-        self.head = nn.Linear(8, 1)
-        self.use_late = False
-
-    def forward(self, x):
-        hidden = self.body(x)
-        return self.head(self.late(hidden) if self.use_late else hidden)
-
-
-def test_checked_modules_carry_their_own_hooks_and_one_called_later_is_found_at_the_next_discovery(monkeypatch):
-    """No global hook between discovery steps (it would slow every module call); the modules that need a
-    check carry their own, those that cannot make a NaN (ReLU) none."""
-    monkeypatch.setattr(grads, "_DISCOVER_EVERY", 5)
-    global_hooks = nn.modules.module._global_forward_hooks
-    probe = start()
-    torch.manual_seed(0)
-    model = Branchy()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(32, 4), torch.randn(32, 1)
-    for step in range(10):
-        model.use_late = step >= 2  # first called after the first discovery step, before the second (5)
-        model.late.armed = step == 7
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
-        if step in (0, 2):
-            assert not global_hooks and model.body[0]._forward_hooks and model.head._forward_hooks
-            assert not model.body[1]._forward_hooks and not model.late._forward_hooks
-    assert model.late._forward_hooks
-    alerts = recorded(probe, "alert")
-    assert [(a["type"], a["step"], a["module"]) for a in alerts] == [("nonfinite", 7, "late")]
-    assert not global_hooks and not model.body[0]._forward_hooks and not model.late._forward_hooks
 
 
 class SpikyConv(nn.Conv2d):
@@ -400,3 +359,25 @@ def test_a_float64_model_gets_its_statistics_and_checks_in_float64(caplog):
     alerts = [(a["type"], a["step"], a["module"]) for a in records.snapshot() if a["kind"] == "alert"]
     assert alerts == [("nonfinite", 6, "3")]
     assert "switched off" not in caplog.text
+
+
+def test_a_model_trained_under_optwatch_can_still_be_copied_and_saved_whole(tmp_path):
+    """EMA and "best so far" copies (copy.deepcopy), SWA's AveragedModel and torch.save(model) must keep
+    working mid-run: optwatch leaves nothing of its own in the model's modules."""
+    import copy
+
+    probe = start()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=3)
+    best = copy.deepcopy(model)
+    averaged = torch.optim.swa_utils.AveragedModel(model)
+    torch.save(model, tmp_path / "model.pt")
+    [live] = [p for p in probe.plugins if p.name == "telemetry"]
+    probe.close()
+    x = torch.randn(2, 4)
+    assert torch.equal(best(x), model(x)) and averaged.n_averaged.item() == 0
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=False)(x), model(x))
+    hooks = [*best._forward_hooks.values(), *best._forward_pre_hooks.values()]
+    assert all(getattr(hook, "__self__", None) is not live for hook in hooks)  # copies keep nothing live
+    assert not any(m._forward_hooks for m in model.modules())  # and close() took optwatch's hooks away

@@ -15,14 +15,14 @@ refreshed every few measured steps instead (a tensor larger than the budget gets
 ``torch.nn.utils.clip_grad_norm_`` is wrapped to keep the norm it returns (computed anyway): with
 clipping, the norm before clipping is what can explode, so the step record gets ``grad_norm_preclip``.
 
-Every step, forward hooks collect each module's output; on a GPU, when backward starts (or every
-``_CHECK_BATCH`` outputs), one fused ``_foreach_norm`` of order 1 over them gives a device vector that is
-finite exactly where the outputs are (no sync, a couple of kernel launches); on a CPU each output is
-summed when the next module shows up, while it is still in cache. So when something turns NaN/Inf, the
-first module whose output did is known for that very step. Activations that cannot turn finite values
-into non-finite ones (ReLU, dropout, pooling...) and plain ``nn.Sequential`` containers are not checked.
-The hooks are the checked modules' own: a global hook finds them on discovery steps (the first, then
-every ``_DISCOVER_EVERY``), as a global hook on every step would slow every module call.
+Every step, a global forward hook collects each module's output; on a GPU, when backward starts (or
+every ``_CHECK_BATCH`` outputs), one fused ``_foreach_norm`` of order 1 over them gives a device vector
+that is finite exactly where the outputs are (no sync, a couple of kernel launches); on a CPU each output
+is summed when the next module shows up, while it is still in cache. So when something turns NaN/Inf,
+the first module whose output did is known for that very step. Activations that cannot turn finite
+values into non-finite ones (ReLU, dropout, pooling...) are not checked. The hook is global, not each
+module's own: hooks of their own would be part of the model (``copy.deepcopy`` and ``torch.save`` of it
+would carry optwatch along, and fail), and re-finding modules would make ``torch.compile`` recompile.
 
 Publisher thread (a publisher observer): the host values of each step go through ``GradientDiagnosis``
 in step order; the alerts it returns are published right after that batch. Values travel from the
@@ -35,7 +35,6 @@ import functools
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,13 +107,6 @@ _FINITE_PRESERVING = (
 # Batch norms in training fold their input's mean into a running mean: it turns non-finite exactly when
 # the input has a NaN/Inf (while it was finite before), so it checks the module before them for free.
 _RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-# Containers whose output is always one of their children's.
-_CONTAINERS = (nn.Sequential,)
-# A global forward hook sends every module call through torch's slow path (several microseconds each,
-# hooks or not); a module's own hook slows that module only. So the global hook runs on discovery steps
-# alone (the first step, then every this many) to find the modules whose outputs need checking, and
-# those get hooks of their own. A module first called between discovery steps is checked from the next.
-_DISCOVER_EVERY = 1000
 # A step that never reaches the optimizer must not grow the list without bound.
 _MAX_FORWARD_CHECKS = 4096
 # Outputs waiting for their check are normed together once this many are held: one fused launch for
@@ -263,15 +255,11 @@ class GradientPlugin(ProbePlugin):
         self._check_count = 0
         self._last_output: torch.Tensor | None = None
         self._preserving: dict[type, bool] = {}
-        self._kinds: dict[type, str] = {}  # per module type: "check", "running stats" or "skip"
-        self._hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-        self._module_hooks: list[Any] = []
-        self._discovered: list[nn.Module] = []  # found this discovery step, hooked at its end
         self._module_names: dict[int, str] = {}
         self._names_model: nn.Module | None = None
         self._sequence_key: tuple[int, ...] | None = None
         self._sequence_names: tuple[str, ...] = ()
-        self._hook: Any = None  # the global hook, on discovery steps
+        self._hook: Any = None
         self._clipped: list[torch.Tensor] = []
         self._undo: list[Any] = []
         # Publisher thread only.
@@ -283,7 +271,7 @@ class GradientPlugin(ProbePlugin):
         self._rank = probe.rank
         probe.publisher.add_observer(self._observe)
         if self.forward_check:
-            self._hook = nn.modules.module.register_module_forward_hook(self._discover)
+            self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
         import torch.nn.utils
         import torch.nn.utils.clip_grad
 
@@ -306,45 +294,9 @@ class GradientPlugin(ProbePlugin):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        for handle in self._module_hooks:
-            handle.remove()
-        self._module_hooks = []
-        self._discovered = []
         for module, original in self._undo:
             module.clip_grad_norm_ = original
         self._undo = []
-
-    def _discover(self, module: nn.Module, args: Any, output: Any) -> None:
-        """The global hook of a discovery step: checks what has no hook of its own yet, and finds it."""
-        if module in self._hooked or not torch.is_grad_enabled():
-            return
-        kind = self._kinds.get(type(module))
-        if kind is None:
-            if isinstance(module, _RUNNING_STATS):
-                kind = "running stats"
-            elif isinstance(module, _FINITE_PRESERVING + _CONTAINERS):
-                kind = "skip"
-            else:
-                kind = "check"
-            self._kinds[type(module)] = kind
-        # A batch norm is worth a hook on a CPU only, where its running mean is cheaper to sum than its input.
-        if kind == "check" or (kind == "running stats" and isinstance(output, torch.Tensor) and output.is_cpu):
-            self._discovered.append(module)
-            self._check_output(module, args, output)
-
-    def _switch_discovery(self, step: int) -> None:
-        """At a step's end: hook what the discovery step found; turn the global hook on for the next one."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-            for module in self._discovered:
-                if module not in self._hooked:
-                    self._hooked.add(module)
-                    self._module_hooks.append(module.register_forward_hook(self._check_output))
-            self._discovered = []
-            self._module_hooks = [h for h in self._module_hooks if h.hooks_dict_ref() is not None]
-        if (step + 1) % _DISCOVER_EVERY == 0:
-            self._hook = nn.modules.module.register_module_forward_hook(self._discover)
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
@@ -459,8 +411,6 @@ class GradientPlugin(ProbePlugin):
             self._cost_s += time.perf_counter() - started
             self._govern(record.get("step_time_s"), record["step"])
         self._cost_s = 0.0
-        if self.forward_check:
-            self._switch_discovery(probe.step)
         if self._pinned:
             self.stride = self.every
         self._measuring = (probe.step + 1) % self.stride == 0

@@ -41,6 +41,11 @@ class TelemetryPlugin(ProbePlugin):
         self._depth = 0
         self._reset()
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        # The phase hooks sit in the model's own hook tables, so copy.deepcopy(model) and torch.save(model)
+        # take this plugin along: they get a fresh one, attached to nothing (the live one holds lambdas).
+        return (TelemetryPlugin, ())
+
     def install(self, probe: Probe) -> None:
         from torch.utils.data.dataloader import _BaseDataLoaderIter
 
