@@ -152,7 +152,7 @@ def store_memory_over_a_million_steps(ranks: int = 8) -> list[tuple[int, float]]
 def training_memory_over_a_million_steps() -> list[tuple[int, float]]:
     """A probe-instrumented loop of 1,000,000 tiny steps with nobody attached: RSS along the way.
 
-    The model is a module, so the forward check's hooks and their discovery steps (1,000 of them) run too.
+    The model is made of modules, so the forward check and the gradient statistics run too.
     """
     code = r"""
 import os, sys, psutil, torch
