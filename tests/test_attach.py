@@ -101,6 +101,18 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
         job.communicate(timeout=60)
 
 
+def test_every_new_token_can_be_typed_after_token():
+    """A token starting with "-" made `optwatch attach HOST:PORT --token <it>` fail as a missing value (one
+    URL-safe token in 64 did)."""
+    from optwatch.cli import build_parser
+    from optwatch.wire.runtime import new_token
+
+    tokens = [new_token() for _ in range(2000)]
+    assert len(set(tokens)) == 2000 and all(len(t) >= 32 and not t.startswith("-") for t in tokens)
+    for token in tokens[:50]:
+        assert build_parser().parse_args(["attach", "127.0.0.1:1", "--token", token]).token == token
+
+
 def test_attach_without_jobs_or_with_an_unknown_run_says_so():
     none = optwatch("attach", "--headless")
     assert none.returncode == 2 and "no running optwatch jobs" in none.stderr

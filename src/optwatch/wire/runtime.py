@@ -82,7 +82,9 @@ def make_run_dir(run_id: str) -> Path:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    # Hex, not URL-safe base64: one of those in 64 starts with "-", and `optwatch attach --token -x...`
+    # then reads as a missing value.
+    return secrets.token_hex(24)
 
 
 @dataclass
