@@ -62,11 +62,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from overhead import MODES, workload
-
-    from optwatch.probe.options import ProbeOptions
-    from optwatch.probe.probe import Probe
-    from optwatch.wire import runtime
+    from overhead import MODES, instrument, workload
 
     helper = ctypes.CDLL(os.environ[ENV_HELPER])
     torch.set_num_threads(1)  # all of torch's work on the training thread, where it is counted
@@ -76,14 +72,10 @@ def measure(args: argparse.Namespace) -> None:
             model, optimizer, step = workload(args.workload, torch.device("cpu"))
             probe = None
             if MODES[mode] is not None:
-                run_dir = runtime.make_run_dir(f"host-work-{os.getpid()}")
                 # No hand-over to the publisher during the counted steps: natively it comes once per
                 # publish interval (every ~70 steps of the cifar model on an H200), but under valgrind's
                 # slowdown it would come at every step and be counted as per-step work.
-                settings = {"grad_full_cadence_steps": 0, "publish_interval_s": 3600.0, **MODES[mode]}
-                options = ProbeOptions(script="bench", **settings)
-                probe = Probe(run_dir, run_dir.name, options).start()
-                probe.attach(model=model, optimizer=optimizer)
+                probe = instrument(model, optimizer, {"publish_interval_s": 3600.0, **MODES[mode]})
             for _ in range(WARMUP_STEPS if not instrumenting else 0):
                 step()
             if not instrumenting:

@@ -128,18 +128,25 @@ def timed_steps(step, steps: int, device: torch.device) -> list[float]:
     return times
 
 
+def instrument(model: nn.Module, optimizer: torch.optim.Optimizer, settings: dict) -> Probe:
+    """A started probe in this process, watching ``model``, with ``settings`` (one of ``MODES``, plus any
+    the caller adds) over the benchmarks' common ones."""
+    run_dir = runtime.make_run_dir(f"bench-{os.getpid()}")
+    # The steady state: the gradient statistics' first 100 steps at full cadence (before their cost
+    # governor applies) are a transient a benchmark's short rounds would otherwise never leave.
+    options = ProbeOptions(script="bench", **{"grad_full_cadence_steps": 0, **settings})
+    probe = Probe(run_dir, run_dir.name, options).start()
+    probe.attach(model=model, optimizer=optimizer)
+    return probe
+
+
 def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: torch.device) -> list[float]:
     model, optimizer, step = workload(workload_name, device)
     timed_steps(step, warmup, device)
     settings = MODES[mode]
     if settings is None:
         return timed_steps(step, steps, device)
-    run_dir = runtime.make_run_dir(f"bench-{mode}-{os.getpid()}")
-    # The steady state: the gradient statistics' first 100 steps at full cadence (before their cost
-    # governor applies) are a transient this benchmark's short rounds would otherwise never leave.
-    options = ProbeOptions(script="bench", **{"grad_full_cadence_steps": 0, **settings})
-    probe = Probe(run_dir, run_dir.name, options).start()
-    probe.attach(model=model, optimizer=optimizer)
+    probe = instrument(model, optimizer, settings)
     try:
         timed_steps(step, warmup, device)  # the probe's own first-step work (model lookup) is not steady state
         if device.type == "cuda":

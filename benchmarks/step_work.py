@@ -28,11 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import MODES, workload  # noqa: E402
-
-from optwatch.probe.options import ProbeOptions  # noqa: E402
-from optwatch.probe.probe import Probe  # noqa: E402
-from optwatch.wire import runtime  # noqa: E402
+from overhead import MODES, instrument, workload  # noqa: E402
 
 # CUDA runtime calls worth counting on the host side, by the profiler's names.
 RUNTIME_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaEventRecord", "cudaMemcpyAsync", "cudaStreamWaitEvent")
@@ -94,10 +90,7 @@ def main() -> None:
     bare, bare_ops = counts(bare_step, args.steps, device)
 
     model, optimizer, step = workload(args.workload, device)
-    run_dir = runtime.make_run_dir(f"work-{os.getpid()}")
-    options = ProbeOptions(script="bench", **{"grad_full_cadence_steps": 0, **MODES[args.mode]})
-    probe = Probe(run_dir, run_dir.name, options).start()
-    probe.attach(model=model, optimizer=optimizer)
+    probe = instrument(model, optimizer, MODES[args.mode])
     try:
         for _ in range(10):
             step()
