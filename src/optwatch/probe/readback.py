@@ -60,37 +60,39 @@ class DeviceTime:
         return seconds
 
 
-def _pack(scalars: list[torch.Tensor], vectors: list[torch.Tensor]) -> torch.Tensor:
-    """One flat tensor: the 0-d values (stacked in one call), then the others flattened."""
-    parts = [torch.stack(scalars)] if scalars else []
-    parts += [v if v.dim() == 1 else v.reshape(-1) for v in vectors]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
 class _Group:
-    """The values of one device and dtype, scalars apart (stacked in one call), and where each goes."""
+    """The values of one device and dtype, and where each goes: 0-d values apart, stacked in one call."""
 
     def __init__(self) -> None:
         self.scalars: list[torch.Tensor] = []
         self.vectors: list[torch.Tensor] = []
-        self.scalar_slots: list[tuple[dict[str, Any], str, int, bool]] = []
-        self.vector_slots: list[tuple[dict[str, Any], str, int, bool]] = []
+        self.scalar_slots: list[tuple[dict[str, Any], str]] = []
+        self.vector_slots: list[tuple[dict[str, Any], str]] = []
 
     def add(self, record: dict[str, Any], key: str, value: torch.Tensor) -> None:
         if value.dim() == 0:
             self.scalars.append(value)
-            self.scalar_slots.append((record, key, 1, True))
+            self.scalar_slots.append((record, key))
         else:
             self.vectors.append(value)
-            self.vector_slots.append((record, key, value.numel(), False))
+            self.vector_slots.append((record, key))
 
     def pack(self) -> torch.Tensor:
+        """One flat tensor: the 0-d values, then the others flattened, in the order ``fill`` reads them."""
         with torch.no_grad():  # values are read, never differentiated
-            return _pack(self.scalars, self.vectors)
+            parts = [torch.stack(self.scalars)] if self.scalars else []
+            parts += [v if v.dim() == 1 else v.reshape(-1) for v in self.vectors]
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def slots(self) -> list[tuple[dict[str, Any], str, int, bool]]:
-        """Where each value goes (record, key, numel, is_scalar), in the order ``pack`` lays them out."""
-        return self.scalar_slots + self.vector_slots
+    def fill(self, values: list[float]) -> None:
+        """Put the host values of ``pack``'s tensor into their records."""
+        for (record, key), value in zip(self.scalar_slots, values):
+            record[key] = value
+        offset = len(self.scalars)
+        for (record, key), vector in zip(self.vector_slots, self.vectors):
+            numel = vector.numel()
+            record[key] = values[offset : offset + numel]
+            offset += numel
 
 
 class DeviceBatch:
@@ -103,45 +105,38 @@ class DeviceBatch:
 
     def __init__(self, records: list[dict[str, Any]]):
         self._records = records
-        groups: dict[tuple[torch.device, torch.dtype], _Group] = {}
+        self._groups: dict[tuple[torch.device, torch.dtype], _Group] = {}
         self._times: list[tuple[dict[str, Any], str, DeviceTime]] = []
         for record in records:
             for key, value in record.items():
                 if isinstance(value, DeviceTime):
                     self._times.append((record, key, value))
                 elif isinstance(value, torch.Tensor):
-                    group = groups.get((value.device, value.dtype))
+                    group = self._groups.get((value.device, value.dtype))
                     if group is None:
-                        group = groups[(value.device, value.dtype)] = _Group()
+                        group = self._groups[(value.device, value.dtype)] = _Group()
                     group.add(record, key, value)
-        self._slots = {key: group.slots() for key, group in groups.items()}
-        self._host: dict[tuple[torch.device, torch.dtype], Any] = {}
+        # CUDA values on their way to the host; CPU values are final already, and other accelerators'
+        # are copied on the publisher thread.
+        self._copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._events: list[Any] = []
-        for (device, dtype), group in groups.items():
-            if device.type != "cuda":
-                # CPU values are final already; other accelerators are copied on the publisher thread.
-                self._host[(device, dtype)] = group
-                continue
-            packed = group.pack().to(_readback_dtype(device))
-            self._host[(device, dtype)] = packed.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(device))
-            self._events.append(event)
+        for (device, dtype), group in self._groups.items():
+            if device.type == "cuda":
+                packed = group.pack().to(_readback_dtype(device))
+                self._copies[(device, dtype)] = packed.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
+                self._events.append(event)
 
     def ready(self) -> bool:
         return all(event.query() for event in self._events) and all(time.ready() for _, _, time in self._times)
 
     def records(self) -> list[dict[str, Any]]:
-        for group, slots in self._slots.items():
-            host = self._host[group]
-            if isinstance(host, _Group):
-                host = host.pack()
-            values = host.cpu().to(_readback_dtype(group[0])).tolist()
-            offset = 0
-            for record, key, numel, is_scalar in slots:
-                chunk = values[offset : offset + numel]
-                record[key] = chunk[0] if is_scalar else chunk
-                offset += numel
+        for (device, dtype), group in self._groups.items():
+            host = self._copies.get((device, dtype))
+            if host is None:
+                host = group.pack()
+            group.fill(host.cpu().to(_readback_dtype(device)).tolist())
         for record, key, time in self._times:
             record[key] = time.seconds()
         return self._records
