@@ -54,6 +54,12 @@ def _batch_len(batch: Any, depth: int = 0) -> int | None:
     return None
 
 
+def _global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads`` together, in float32; the per-tensor norms in the gradients' own dtype (a
+    norm may widen a dtype, never narrow it)."""
+    return torch.linalg.vector_norm(as_vector(torch._foreach_norm(grads)).float())
+
+
 class Probe:
     """Everything optwatch does inside one training process (one rank)."""
 
@@ -418,23 +424,16 @@ class Probe:
     def _grad_norm(self, params: list[torch.Tensor]) -> torch.Tensor | None:
         grads = [p.grad for p in params]
         try:
-            # The usual case in one call: every gradient there, dense, on one device. In the gradients'
-            # dtype: a norm may widen a dtype, never narrow it.
-            return torch.linalg.vector_norm(as_vector(torch._foreach_norm(grads)).float())
+            return _global_norm(grads)  # the usual case in one call: every gradient there, dense, on one device
         except (TypeError, RuntimeError):  # a missing (frozen) or sparse gradient, several devices
             pass
-        grads = [g for g in grads if g is not None and not g.is_sparse]
-        if not grads:
-            return None
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for grad in grads:
-            by_device.setdefault(grad.device, []).append(grad)
-        device_norms = []
-        for device_grads in by_device.values():
-            norms = torch._foreach_norm(device_grads)
-            device_norms.append(torch.linalg.vector_norm(as_vector(norms).float()))
-        if len(device_norms) == 1:
-            return device_norms[0]
+            if grad is not None and not grad.is_sparse:
+                by_device.setdefault(grad.device, []).append(grad)
+        device_norms = [_global_norm(device_grads) for device_grads in by_device.values()]
+        if len(device_norms) <= 1:
+            return device_norms[0] if device_norms else None
         first = device_norms[0].device
         return torch.linalg.vector_norm(torch.stack([n.to(first, non_blocking=True) for n in device_norms]))
 
