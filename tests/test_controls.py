@@ -100,6 +100,9 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
     assert seen[lr_step - 1]["lr"] == "0.01" and seen[lr_step]["lr"] == "0.005"
     steps = {s["step"]: s for s in steps_of(read_jsonl(record))}
     assert steps[lr_step]["lr"] == 0.005 and steps[lr_step - 1]["lr"] == 0.01
+    # The second the run was held at the boundary is no part of any step's time, nor of optwatch's cost.
+    around_pause = [steps[n] for n in range(paused_at, paused_at + 3) if n in steps]
+    assert around_pause and all(s["step_time_s"] < 0.5 and s["optwatch_s"] < 0.1 for s in around_pause)
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 import optwatch.probe.controls
 from conftest import train
 from optwatch.probe.options import ProbeOptions
+from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
 
@@ -267,7 +270,6 @@ def test_a_closed_probe_lets_go_of_the_model():
 
 
 def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
-    from optwatch.probe.plugin import ProbePlugin
 
     class Faulty(ProbePlugin):
         name = "faulty"
@@ -322,3 +324,47 @@ def test_the_global_norm_covers_the_dense_gradients_there_are(grad_every):
         optimizer.step()
     steps = recorded(probe)
     assert [s["grad_norm"] for s in steps] == pytest.approx(norms, rel=1e-6)
+
+
+class Costly(ProbePlugin):
+    """Stands for optwatch work of a known cost: before the optimizer step, and at the step boundary."""
+
+    name = "costly"
+
+    def before_optimizer_step(self, probe, optimizer):
+        time.sleep(0.01)
+
+    def after_step(self, probe, record):
+        time.sleep(0.02)
+
+
+def test_optwatchs_own_time_is_in_each_step_record_and_in_the_step_time():
+    probe = Probe(runtime.make_run_dir("costly"), "costly", ProbeOptions(script="t", publish_interval_s=0.0))
+    probe.plugins.append(Costly())
+    probe.start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=6)
+    steps = recorded(probe)[1:]  # step 0 began at its backward(), after its forward
+    assert len(steps) == 5
+    for step in steps:
+        # 10 ms in the step, and the previous boundary's 20 ms: optwatch's, and part of the step's time,
+        # as the training pays for it.
+        assert 0.03 <= step["optwatch_s"] < step["step_time_s"]
+        assert step["optwatch_s"] > 0.9 * step["step_time_s"] - 0.01  # the model's own work is a few ms at most
+
+
+def test_the_forward_checks_time_is_counted_as_optwatchs():
+    """Checking a 16M-value activation (a sum on the CPU) is optwatch's time; without the check it is not."""
+
+    def own_time(forward_check: bool) -> float:
+        options = ProbeOptions(script="t", publish_interval_s=0.0, forward_check=forward_check)
+        probe = Probe(runtime.make_run_dir("own"), "own", options).start()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Linear(4096, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        train(model, optimizer, torch.randn(4096, 8), torch.randn(4096, 1), steps=6)
+        return statistics.median(s["optwatch_s"] for s in recorded(probe)[1:])
+
+    checked, unchecked = own_time(True), own_time(False)
+    assert checked > 2 * unchecked and checked - unchecked > 0.001, (checked, unchecked)

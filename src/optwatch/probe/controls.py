@@ -235,13 +235,19 @@ class ControlPlugin(ProbePlugin):
             if skipped_at_scale is not None:
                 self._overflowed = (probe.step, skipped_at_scale)
 
-    def _boundary(self, probe: Probe) -> None:
+    def _boundary(self, probe: Probe) -> float:
+        """Apply what is due; while paused, hold the run here. Returns the seconds it was held."""
         self._apply_due(probe, stage="boundary")
-        while self.paused:
-            probe.flush()
-            time.sleep(0.05)
-            self._apply_due(probe, stage="boundary")
+        held = 0.0
+        if self.paused:
+            paused_at = time.perf_counter()
+            while self.paused:
+                probe.flush()
+                time.sleep(0.05)
+                self._apply_due(probe, stage="boundary")
+            held = time.perf_counter() - paused_at
         self.amp.enter()
+        return held
 
     @staticmethod
     def _ready(name: str | None, stage: str) -> bool:

@@ -269,6 +269,7 @@ class GradientPlugin(ProbePlugin):
     # --- training thread -----------------------------------------------------------------------------
     def install(self, probe: Probe) -> None:
         self._rank = probe.rank
+        self._probe = probe
         probe.publisher.add_observer(self._observe)
         if self.forward_check:
             self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
@@ -301,6 +302,13 @@ class GradientPlugin(ProbePlugin):
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
             return
+        started = time.perf_counter()
+        try:
+            self._check(module, args, output)
+        finally:
+            self._probe.own_s += time.perf_counter() - started  # optwatch's cost, shown with each step
+
+    def _check(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
             output = output[0] if isinstance(output, (tuple, list)) and output else None
             if not isinstance(output, torch.Tensor):

@@ -96,6 +96,9 @@ class Probe:
         self._losses: list[torch.Tensor] = []
         self.measured_grad_norm: torch.Tensor | None = None
         """This step's global gradient norm when a plugin already measured it (on the device)."""
+        self.own_s = 0.0
+        """Seconds optwatch's own code has run on the training thread so far in this step (hooks add to
+        it): the step record's ``optwatch_s``, so that what optwatch costs the run is on screen too."""
         self._in_step = False
         self._stepped = False
         self._step_start: float | None = None
@@ -104,7 +107,7 @@ class Probe:
         self._backward_started: float | None = None
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.perf_counter()
-        self._boundary_callbacks: list[Callable[[Probe], None]] = []
+        self._boundary_callbacks: list[Callable[[Probe], float | None]] = []
         self._undo: list[Callable[[], None]] = []
         self._closed = False
         self.device: torch.device | None = None
@@ -251,8 +254,9 @@ class Probe:
                 log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, method)
         return results
 
-    def on_step_boundary(self, callback: Callable[[Probe], None]) -> None:
-        """Run ``callback(probe)`` on the training thread after every step (controls use this)."""
+    def on_step_boundary(self, callback: Callable[[Probe], float | None]) -> None:
+        """Run ``callback(probe)`` on the training thread after every step (controls use this). It returns
+        the seconds it held the run (a pause), which are no part of the next step's time."""
         self._boundary_callbacks.append(callback)
 
     # --- hooks ----------------------------------------------------------------------------------
@@ -268,13 +272,17 @@ class Probe:
                 return original_backward(tensors, *args, **kwargs)
             is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
             if is_loss:
-                probe._on_backward(tensors)
+                started = time.perf_counter()
+                probe._on_backward(tensors, started)
                 for replacement in probe._call_plugins("on_backward_start", tensors):
                     if replacement is not None:
                         tensors = replacement
+                probe.own_s += time.perf_counter() - started
             result = original_backward(tensors, *args, **kwargs)
             if is_loss:
+                started = time.perf_counter()
                 probe._call_plugins("on_backward_end", tensors)
+                probe.own_s += time.perf_counter() - started
             if probe._optimizers_seen == 0 and probe._primary_optimizer is None and probe._losses:
                 probe._finish_step()
             return result
@@ -326,7 +334,9 @@ class Probe:
             batch = original_next(iterator)
             probe = live()
             if probe is not None:
-                probe._on_batch(started, time.perf_counter(), batch)
+                finished = time.perf_counter()
+                probe._on_batch(started, finished, batch)
+                probe.own_s += time.perf_counter() - finished
             return batch
 
         _BaseDataLoaderIter.__next__ = next_batch
@@ -340,8 +350,7 @@ class Probe:
         if size:
             self._samples += size
 
-    def _on_backward(self, loss: torch.Tensor) -> None:
-        now = time.perf_counter()
+    def _on_backward(self, loss: torch.Tensor, now: float) -> None:
         if self._step_start is None:
             self._step_start = now
         if self._backward_started is None:
@@ -358,10 +367,12 @@ class Probe:
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
+            started = time.perf_counter()
             self._in_step = True
             self._stepped = True
             with as_optwatch_work():
                 self._call_plugins("before_optimizer_step", optimizer)
+            self.own_s += time.perf_counter() - started
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
@@ -370,7 +381,9 @@ class Probe:
                 self._after_optimizer_step(optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        started = time.perf_counter()
         self._call_plugins("after_optimizer_step", optimizer)
+        self.own_s += time.perf_counter() - started
         self._finish_step()
 
     # --- the model -----------------------------------------------------------------------------------
@@ -475,6 +488,7 @@ class Probe:
             to_backward_s=(self._backward_started - self._step_start)
             if self._backward_started is not None and self._step_start is not None
             else None,
+            optwatch_s=self.own_s,
             **extra,
         )
         self.measured_grad_norm = None
@@ -484,17 +498,19 @@ class Probe:
         self._data_wait_s = 0.0
         self._samples = 0
         self._backward_started = None
-        self._step_start = now
         self.step += 1
+        held = 0.0
         for callback in self._boundary_callbacks:
             try:
-                callback(self)
+                held += callback(self) or 0.0
             except Exception:
                 log.exception("optwatch: a step-boundary callback failed; training goes on")
-        if self._boundary_callbacks:
-            self._step_start = time.perf_counter()  # a pause is not part of the next step
         if now - self._last_flush >= self.options.publish_interval_s:
             self._flush(now)
+        # From here on it is the next step, which pays for this boundary's work (the record, the plugins,
+        # the hand-over) as the training does: its time and optwatch's count from now. A pause does not.
+        self._step_start = now + held
+        self.own_s = time.perf_counter() - self._step_start
 
     def flush(self) -> None:
         """Hand what is pending to the publisher now (controls use this so acknowledgements are prompt)."""

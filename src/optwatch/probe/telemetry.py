@@ -35,6 +35,7 @@ class TelemetryPlugin(ProbePlugin):
         self.loader: dict[str, Any] = {}
         """Settings of the DataLoader the training iterates (replaced whole, read by the publisher thread)."""
         self._cuda: torch.device | None = None
+        self._probe: Probe | None = None
         self._model: torch.nn.Module | None = None
         self._hooks: list[Any] = []
         self._undo: list[Any] = []
@@ -49,6 +50,7 @@ class TelemetryPlugin(ProbePlugin):
     def install(self, probe: Probe) -> None:
         from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+        self._probe = probe
         plugin = self
         original_init = _BaseDataLoaderIter.__init__
 
@@ -83,8 +85,9 @@ class TelemetryPlugin(ProbePlugin):
     def _event(self) -> Any:
         return DeviceTime.recorded_event(torch.cuda.current_stream(self._cuda))
 
-    def _begin(self, phase: str) -> None:
-        self._open[phase] = (time.perf_counter(), self._event() if self._device is not None else None)
+    def _begin(self, phase: str, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        self._open[phase] = (now, self._event() if self._device is not None else None)
 
     def _end(self, phase: str) -> None:
         opened = self._open.pop(phase, None)
@@ -97,14 +100,23 @@ class TelemetryPlugin(ProbePlugin):
             self._device[phase].add(start_event, self._event())
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        started = time.perf_counter()
         self._depth += 1
         if self._depth == 1 and torch.is_grad_enabled():
-            self._begin("forward_s")
+            self._begin("forward_s", started)
+        self._charge(started)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        started = time.perf_counter()
         self._depth -= 1
         if self._depth == 0:
             self._end("forward_s")
+        self._charge(started)
+
+    def _charge(self, started: float) -> None:
+        """The root hooks' own time is optwatch's cost (a copy of the model has no probe to charge)."""
+        if self._probe is not None:
+            self._probe.own_s += time.perf_counter() - started
 
     def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
         if self._cuda is None and loss.device.type == "cuda":
