@@ -108,6 +108,23 @@ def test_an_idle_gpu_that_follows_the_host_is_host_bound():
     assert "torch.compile" in result["suggestions"][1]
 
 
+@pytest.mark.parametrize(("own", "said"), [(0.002, False), (0.012, True)])
+def test_a_host_bound_verdict_says_what_optwatch_itself_takes(own, said):
+    """optwatch's own Python is host work too: on a host-bound step a notable share of it is named, with
+    the switches that trim it; a small share is left out of the advice."""
+    steps = make_steps(
+        data_wait_s=0.002, forward_s=0.03, backward_s=0.05, optimizer_s=0.01, host_phases_s=0.085, optwatch_s=own
+    )
+    result = verdict(steps, make_systems(gpus=[gpu(35)]), "cuda:0")
+    assert result["bottleneck"] == "host"
+    assert result["evidence"]["optwatch_share"] == pytest.approx(own / 0.1)
+    assert ("optwatch's own hooks: 12% of the step" in result["message"]) is said
+    advice = [tip for tip in result["suggestions"] if "--no-forward-check" in tip]
+    assert advice == (["optwatch itself takes 12% of each step here: `optwatch run --no-forward-check` "
+                       "(the NaN check on every module call) and --grad-every N (the per-layer statistics) trim it"]
+                      if said else [])  # fmt: skip
+
+
 def test_an_idle_gpu_while_the_host_waits_outside_the_phases_is_sync_bound():
     steps = make_steps(data_wait_s=0.002, forward_s=0.015, backward_s=0.03, optimizer_s=0.005, host_phases_s=0.005)
     result = verdict(steps, make_systems(gpus=[gpu(40)]), "cuda:0")

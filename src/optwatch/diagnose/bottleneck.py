@@ -41,6 +41,7 @@ CPU_MODEL_SHARE = 0.60
 CPU_OTHER_SHARE = 0.40
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
+OPTWATCH_NOTABLE_SHARE = 0.05  # optwatch's own share of a host-bound step worth saying with the verdict
 
 BOTTLENECKS = ("input", "compute", "host", "sync", "memory", "balanced")
 
@@ -57,6 +58,7 @@ class Window:
     step_time_s: float | None = None
     shares: dict[str, float | None] = field(default_factory=dict)  # phase -> share of total step time
     launch_ratio: float | None = None  # CUDA: host time in fwd+bwd+opt / device time in them
+    optwatch_share: float | None = None  # optwatch's own time on the training thread / step time
     gpu_util_percent: float | None = None
     device_busy_share: float | None = None  # CUDA: device fwd+bwd+opt / step time
     alloc_retries: int | None = None
@@ -132,6 +134,9 @@ def summarise(
         shares=shares,
         loader=dict(loader or {}),
     )
+    own = [s.get("optwatch_s") for s in timed]
+    if total > 0 and all(finite(o) for o in own):
+        window.optwatch_share = sum(own) / total
     if window.device == "cuda":
         device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in timed)
         host_time = [s.get("host_phases_s") for s in timed]
@@ -283,10 +288,11 @@ def _gpu(w: Window) -> tuple[str, str, list[str]]:
             )
         return (
             "host",
-            f"GPU only {busy:.0f}% {source} while the host launches the work kernel by kernel",
+            f"GPU only {busy:.0f}% {source} while the host launches the work kernel by kernel" + _own_part(w),
             [
                 "A larger batch amortises the per-step Python and launch overhead",
                 "Cut launch overhead: torch.compile (or CUDA graphs) and a fused optimizer (fused=True)",
+                *_own_suggestion(w),
             ],
         )
     return _balanced(w)
@@ -312,13 +318,32 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
     if forward_known and other is not None and other >= CPU_OTHER_SHARE:
         return (
             "host",
-            f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer",
+            f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer" + _own_part(w),
             [
                 "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps",
                 "Look for Python work on tensors in the loop: .tolist(), numpy conversions, printing",
+                *_own_suggestion(w),
             ],
         )
     return _balanced(w)
+
+
+def _own_notable(w: Window) -> bool:
+    return w.optwatch_share is not None and w.optwatch_share >= OPTWATCH_NOTABLE_SHARE
+
+
+def _own_part(w: Window) -> str:
+    """On a host-bound step optwatch's own Python is part of the host's work: say how much."""
+    return f" (optwatch's own hooks: {_pct(w.optwatch_share)} of the step)" if _own_notable(w) else ""
+
+
+def _own_suggestion(w: Window) -> list[str]:
+    if not _own_notable(w):
+        return []
+    return [
+        f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: `optwatch run --no-forward-check` "
+        "(the NaN check on every module call) and --grad-every N (the per-layer statistics) trim it"
+    ]
 
 
 def _balanced(w: Window) -> tuple[str, str, list[str]]:
@@ -349,6 +374,7 @@ def evidence(w: Window) -> dict[str, Any]:
         "gpu_util_percent": w.gpu_util_percent,
         "device_busy_share": w.device_busy_share,
         "launch_ratio": w.launch_ratio,
+        "optwatch_share": w.optwatch_share,
         "alloc_retries": w.alloc_retries,
         "ooms": w.ooms,
         "peak_mem_share": w.peak_mem_share,
