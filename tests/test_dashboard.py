@@ -15,7 +15,7 @@ from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
 from optwatch.session import ViewerSession
-from optwatch.store import Store
+from optwatch.store import Store, share_of_step_time
 
 
 @pytest.fixture
@@ -39,7 +39,9 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
             rows = dict(app.query_one(StatsPanel).rows)
             steps = [r["step"] for r in store.primary.steps]
             losses = [r["loss"] for r in store.primary.steps]
+            own_share = share_of_step_time(list(store.primary.steps)[-20:], "optwatch_s")
         assert rows["Step"] == str(last["step"])
+        assert own_share is not None and 0 < own_share < 0.5 and rows["optwatch"].endswith(f", {100 * own_share:.1f}%")
         assert rows["Loss"].startswith(format(last["loss"], ".4g"))
         assert rows["LR"] == "0.05"
         assert rows["Grad norm"] == format(last["grad_norm"], ".3g")
@@ -90,6 +92,7 @@ async def test_replay_of_records_fills_the_views():
                 "lr": 0.1,
                 "step_time_s": 0.2,
                 "samples_per_s": 640.0,
+                "optwatch_s": 0.004 if i % 2 else 0.002,
             }
             for i in range(30)
         ],
@@ -100,6 +103,7 @@ async def test_replay_of_records_fills_the_views():
         await pilot.pause(0.3)
         assert app.query_one(StatsPanel).rows["Step"] == "29"
         assert app.query_one(StatsPanel).rows["Throughput"] == "640 samples/s"
+        assert app.query_one(StatsPanel).rows["optwatch"] == "4.0 ms/step, 1.5%"  # median; share of the time
         assert app.query_one(RunHeader).status == "replay"
         await pilot.press("l")
         assert app.query_one("TabbedContent").active == "log"

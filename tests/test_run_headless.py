@@ -7,6 +7,7 @@ import os
 import stat
 
 from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl, steps_of
+from optwatch.store import share_of_step_time
 
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
@@ -25,6 +26,10 @@ def test_cifar_example_records_40_falling_finite_steps(tmp_path):
     # The script's own output passes through unchanged; optwatch's summary goes to stderr.
     assert "cifar: 40 steps in" in result.stdout
     assert "optwatch: final step 39" in result.stderr
+    # What optwatch cost the run, per step and in the summary: part of each step, never all of it.
+    assert all(0 < s["optwatch_s"] < s["step_time_s"] for s in steps)
+    final = next(line for line in result.stderr.splitlines() if line.startswith("optwatch: final step 39"))
+    assert f"optwatch {100 * share_of_step_time(steps[-20:], 'optwatch_s'):.1f}%" in final
     assert stat.S_IMODE(os.stat(record).st_mode) == 0o600
 
 

@@ -8,7 +8,7 @@ import time
 from typing import Any, TextIO
 
 from optwatch.session import ViewerSession
-from optwatch.store import Store, finite
+from optwatch.store import Store, finite, share_of_step_time
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -26,6 +26,7 @@ def summary_line(store: Store) -> str | None:
         times = sorted(r["step_time_s"] for r in recent if finite(r.get("step_time_s")))
         median_time = times[len(times) // 2] if times else None
         rates = [r["samples_per_s"] for r in recent if finite(r.get("samples_per_s"))]
+        own_share = share_of_step_time(recent, "optwatch_s")
         ema = state.loss_ema[-1] if state.loss_ema else None
         parts = [
             f"step {last['step']}",
@@ -35,6 +36,8 @@ def summary_line(store: Store) -> str | None:
         if rates:
             parts.append(f"{sum(rates) / len(rates):.0f} samples/s")
         parts += [f"grad {_fmt(last.get('grad_norm'), '.3g')}", f"lr {_fmt(last.get('lr'), '.3g')}"]
+        if own_share is not None:
+            parts.append(f"optwatch {100 * own_share:.1f}%")
         if len(store.ranks) > 1:
             parts.append(f"{len(store.ranks)} ranks")
         return "optwatch: " + " | ".join(parts)

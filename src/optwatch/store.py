@@ -9,7 +9,7 @@ import collections
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,13 @@ EMA_ALPHA = 0.1
 
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def share_of_step_time(steps: Iterable[dict[str, Any]], key: str) -> float | None:
+    """``key``'s seconds over the step time, summed over the ``steps`` that have both; None if none do."""
+    pairs = [(s[key], s["step_time_s"]) for s in steps if finite(s.get(key)) and finite(s.get("step_time_s"))]
+    total = sum(time for _, time in pairs)
+    return sum(part for part, _ in pairs) / total if total > 0 else None
 
 
 @dataclass

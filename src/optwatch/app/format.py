@@ -27,6 +27,14 @@ def seconds(value: object) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def milliseconds(value: object) -> str:
+    """Short durations to a few digits: ``0.21 ms``, ``1.8 ms``, ``42 ms``."""
+    if not finite(value):
+        return "–"
+    ms = float(value) * 1000  # type: ignore[arg-type]
+    return f"{ms:.2f} ms" if ms < 1 else f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
 def median(values: list[float]) -> float | None:
     values = sorted(v for v in values if finite(v))
     return values[len(values) // 2] if values else None

@@ -8,7 +8,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from optwatch.app import format as fmt
-from optwatch.store import Store
+from optwatch.store import Store, share_of_step_time
 
 
 class StatsPanel(Widget):
@@ -32,6 +32,8 @@ class StatsPanel(Widget):
             rate = fmt.median([r.get("samples_per_s") for r in recent])
             wait = sum(r.get("data_wait_s") or 0.0 for r in recent)
             total = sum(r.get("step_time_s") or 0.0 for r in recent)
+            own = fmt.median([r.get("optwatch_s") for r in recent])
+            own_share = share_of_step_time(recent, "optwatch_s")
             system = state.last_system or {}
             metric = store.latest.get("metric")
             hello = state.hello
@@ -42,6 +44,8 @@ class StatsPanel(Widget):
         rows["Step time"] = f"{fmt.seconds(step_time)} p50"
         rows["Throughput"] = f"{fmt.number(rate, '.0f')} samples/s" if rate else "–"
         rows["Data wait"] = f"{100 * wait / total:.0f}%" if total > 0 else "–"
+        if own_share is not None:  # what optwatch itself costs the run, on its training thread
+            rows["optwatch"] = f"{fmt.milliseconds(own)}/step, {100 * own_share:.1f}%"
         rows["Grad norm"] = fmt.number(last.get("grad_norm"), ".3g")
         rows["LR"] = fmt.number(last.get("lr"), ".3g")
         if "mem_allocated_bytes" in system:
