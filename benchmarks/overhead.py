@@ -115,6 +115,9 @@ CLOCKS = {"wall": time.perf_counter, "thread-cpu": time.thread_time}
 clock = time.perf_counter
 background_cpu: dict[str, list[float]] = {}
 """Per mode: CPU seconds per step spent in this process outside the training thread (optwatch's threads)."""
+reported_own: dict[str, list[float]] = {}
+"""Per mode: the mean ``optwatch_s`` of the timed steps' records, per round: optwatch's own figure of its
+cost on the training thread, which the dashboard shows, to set against the measured difference."""
 
 
 def timed_steps(step, steps: int, device: torch.device) -> list[float]:
@@ -151,17 +154,25 @@ def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: tor
         timed_steps(step, warmup, device)  # the probe's own first-step work (model lookup) is not steady state
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode("error")
+        first_timed = probe.step
         try:
             process_started, thread_started = time.process_time(), time.thread_time()
             times = timed_steps_without_sync(step, steps, device)
             other = (time.process_time() - process_started) - (time.thread_time() - thread_started)
             background_cpu.setdefault(mode, []).append(other / steps)
-            return times
         finally:
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
     finally:
         probe.close()
+    own = [
+        r["optwatch_s"]
+        for r in probe.publisher.history.snapshot()
+        if r["kind"] == "step" and r["step"] >= first_timed and r.get("optwatch_s") is not None
+    ]
+    if own:
+        reported_own.setdefault(mode, []).append(statistics.fmean(own))
+    return times
 
 
 def timed_steps_without_sync(step, steps: int, device: torch.device) -> list[float]:
@@ -215,6 +226,7 @@ def main() -> None:
     )
     for name in names:
         background_cpu.clear()
+        reported_own.clear()
         medians: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
             for mode in modes:
@@ -245,6 +257,13 @@ def main() -> None:
             if mode in background_cpu:
                 results[name][mode]["background_cpu_s_per_step"] = statistics.median(background_cpu[mode])
                 print(f"  {'':<8} other threads: {statistics.median(background_cpu[mode]) * 1e6:.0f} us CPU per step")
+            if mode in reported_own:
+                own = statistics.median(reported_own[mode])
+                results[name][mode]["reported_optwatch_s_per_step"] = own
+                print(
+                    f"  {'':<8} optwatch's own figure (optwatch_s in its step records): {own * 1e6:.0f} us/step, "
+                    f"{100 * own / median_time:.1f}% of the step"
+                )
     if device.type == "cuda":
         print("\nhost-device syncs caused by optwatch: 0 (every instrumented step ran under sync debug mode 'error')")
     if args.json:
