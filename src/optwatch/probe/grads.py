@@ -304,37 +304,35 @@ class GradientPlugin(ProbePlugin):
             return
         started = time.perf_counter()
         try:
-            self._check(module, args, output)
-        finally:
-            self._probe.own_s += time.perf_counter() - started  # optwatch's cost, shown with each step
-
-    def _check(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor):
-            output = output[0] if isinstance(output, (tuple, list)) and output else None
             if not isinstance(output, torch.Tensor):
+                output = output[0] if isinstance(output, (tuple, list)) and output else None
+                if not isinstance(output, torch.Tensor):
+                    return
+            if not output.is_floating_point() or len(self._checks) >= _MAX_FORWARD_CHECKS:
                 return
-        if not output.is_floating_point() or len(self._checks) >= _MAX_FORWARD_CHECKS:
-            return
-        preserving = self._preserving.get(type(module))
-        if preserving is None:
-            preserving = self._preserving[type(module)] = isinstance(module, _FINITE_PRESERVING)
-        fed = bool(args) and args[0] is self._last_output
-        if self._last_output is not None and (output is self._last_output or (preserving and fed)):
-            # The tensor just checked, handed on (a container, an in-place op) or through a module that keeps
-            # finite values finite: its check stands for this output too.
-            if preserving and isinstance(module, _RUNNING_STATS) and self._to_check:
-                self._check_through_running_mean(module)
-            self._last_output = output
-            self._checks.append((module, self._checks[-1][1]))
-        elif not preserving:
-            if self._to_check and self._to_check[-1].is_cpu:
-                self._sum_on_cpu()  # the previous output, while it is still in cache
-            self._last_output = output
-            self._checks.append((module, self._check_count))
-            self._to_check.append(output.detach())
-            self._check_count += 1
-            if len(self._to_check) >= _CHECK_BATCH:
-                self._take_norms()
+            preserving = self._preserving.get(type(module))
+            if preserving is None:
+                preserving = self._preserving[type(module)] = isinstance(module, _FINITE_PRESERVING)
+            fed = bool(args) and args[0] is self._last_output
+            if self._last_output is not None and (output is self._last_output or (preserving and fed)):
+                # The tensor just checked, handed on (a container, an in-place op) or through a module that keeps
+                # finite values finite: its check stands for this output too.
+                if preserving and isinstance(module, _RUNNING_STATS) and self._to_check:
+                    self._check_through_running_mean(module)
+                self._last_output = output
+                self._checks.append((module, self._checks[-1][1]))
+            elif not preserving:
+                if self._to_check and self._to_check[-1].is_cpu:
+                    self._sum_on_cpu()  # the previous output, while it is still in cache
+                self._last_output = output
+                self._checks.append((module, self._check_count))
+                self._to_check.append(output.detach())
+                self._check_count += 1
+                if len(self._to_check) >= _CHECK_BATCH:
+                    self._take_norms()
+        finally:
+            # optwatch's cost, shown with each step (inline: a call more per module call would show too)
+            self._probe.own_s += time.perf_counter() - started
 
     def _sum_on_cpu(self) -> None:
         """On a CPU each output is summed on its own (a sum reads fastest there), finite iff it is."""
