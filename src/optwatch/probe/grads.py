@@ -302,7 +302,10 @@ class GradientPlugin(ProbePlugin):
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
             return
-        started = time.perf_counter()
+        # Traced by torch.compile, the check goes into the graph but the timing cannot (perf_counter would
+        # break the graph at every module); is_compiling() is a constant to the tracer.
+        compiling = torch.compiler.is_compiling()
+        started = 0.0 if compiling else time.perf_counter()
         try:
             if not isinstance(output, torch.Tensor):
                 output = output[0] if isinstance(output, (tuple, list)) and output else None
@@ -332,7 +335,8 @@ class GradientPlugin(ProbePlugin):
                     self._take_norms()
         finally:
             # optwatch's cost, shown with each step (inline: a call more per module call would show too)
-            self._probe.own_s += time.perf_counter() - started
+            if not compiling:
+                self._probe.own_s += time.perf_counter() - started
 
     def _sum_on_cpu(self) -> None:
         """On a CPU each output is summed on its own (a sum reads fastest there), finite iff it is."""

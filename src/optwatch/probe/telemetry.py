@@ -100,22 +100,27 @@ class TelemetryPlugin(ProbePlugin):
             self._device[phase].add(start_event, self._event())
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        started = time.perf_counter()
+        started = self._started()
         self._depth += 1
         if self._depth == 1 and torch.is_grad_enabled():
             self._begin("forward_s", started)
         self._charge(started)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        started = time.perf_counter()
+        started = self._started()
         self._depth -= 1
         if self._depth == 0:
             self._end("forward_s")
         self._charge(started)
 
-    def _charge(self, started: float) -> None:
+    @staticmethod
+    def _started() -> float | None:
+        # Not while torch.compile traces the root module's hooks: no more graph breaks than the phase's own.
+        return None if torch.compiler.is_compiling() else time.perf_counter()
+
+    def _charge(self, started: float | None) -> None:
         """The root hooks' own time is optwatch's cost (a copy of the model has no probe to charge)."""
-        if self._probe is not None:
+        if started is not None and self._probe is not None:
             self._probe.own_s += time.perf_counter() - started
 
     def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
