@@ -294,6 +294,41 @@ def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
     assert caplog.text.count("faulty failed in after_step and is switched off; training goes on") == 1
 
 
+def test_a_plugin_switched_off_takes_its_hooks_away_at_once():
+    """Left in place, a broken plugin's hooks would go on running at every module call."""
+    from torch.nn.modules import module as nn_module
+
+    class Hooked(ProbePlugin):
+        name = "hooked"
+        calls = 0
+
+        def install(self, probe):
+            self.handle = nn_module.register_module_forward_hook(self.count)
+
+        def count(self, module, args, output):
+            Hooked.calls += 1
+
+        def after_step(self, probe, record):
+            raise RuntimeError("boom")
+
+        def close(self, probe):
+            self.handle.remove()
+
+    hooks_before = len(nn_module._global_forward_hooks)
+    probe = Probe(runtime.make_run_dir("hooked"), "hooked", ProbeOptions(script="t", publish_interval_s=0.0))
+    probe.plugins.append(Hooked())
+    probe.start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=1)
+    calls = Hooked.calls
+    assert calls > 0 and len(nn_module._global_forward_hooks) == hooks_before + 1  # the forward check's is left
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=3)
+    assert Hooked.calls == calls
+    probe.close()
+    assert len(nn_module._global_forward_hooks) == hooks_before
+
+
 class SparseBag(torch.nn.Module):
     """A sparse embedding, a frozen layer and a trained head: gradients of every kind in one optimizer."""
 
@@ -368,3 +403,62 @@ def test_the_forward_checks_time_is_counted_as_optwatchs():
 
     checked, unchecked = own_time(True), own_time(False)
     assert checked > 2 * unchecked and checked - unchecked > 0.001, (checked, unchecked)
+
+
+def test_forwards_before_the_first_step_are_not_charged_to_it():
+    """A sanity check of the loss before training (grad enabled, big activations): not step 0's time."""
+    probe = Probe(runtime.make_run_dir("own"), "own", ProbeOptions(script="t", publish_interval_s=0.0)).start()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Linear(4096, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4096, 8), torch.randn(4096, 1)
+    for _ in range(10):
+        torch.nn.functional.mse_loss(model(x), y).item()
+    train(model, optimizer, x, y, steps=3)
+    steps = recorded(probe)
+    timed = [(s["optwatch_s"], s["step_time_s"]) for s in steps]
+    assert all(0 < own < step_time for own, step_time in timed), timed
+
+
+def test_a_step_after_a_caught_stop_is_timed_from_the_boundary():
+    """`stop` raises KeyboardInterrupt at the boundary; a loop that catches it and trains on gets steps
+    that still tile time: the next one does not count the stopped step again."""
+    options = ProbeOptions(script="t", publish_interval_s=0.0, controls=["stop@3"])
+    probe = Probe(runtime.make_run_dir("stop"), "stop", options).start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    stopped = 0
+    for _ in range(6):
+        time.sleep(0.1)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        try:
+            optimizer.step()
+        except KeyboardInterrupt:
+            stopped += 1
+    steps = recorded(probe)
+    assert stopped == 1 and [s["step"] for s in steps] == list(range(6))
+    assert all(s["step_time_s"] < 0.17 and s["optwatch_s"] < 0.05 for s in steps[1:]), [
+        (s["step"], s["step_time_s"]) for s in steps
+    ]
+
+
+def test_a_compiled_model_trains_under_optwatch_without_graph_breaks():
+    """The forward check runs inside torch.compile's graph; its timing must not split the graph."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    probe = Probe(runtime.make_run_dir("compiled"), "compiled", ProbeOptions(script="t", publish_interval_s=0.0))
+    probe.start()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Linear(16, 16), torch.nn.Tanh())])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    compiled = torch.compile(model, backend="eager")
+    train(compiled, optimizer, torch.randn(32, 16), torch.randn(32, 16), steps=4)
+    steps = recorded(probe)
+    torch._dynamo.reset()
+    assert dict(counters["graph_break"]) == {}
+    assert [s["step"] for s in steps] == [0, 1, 2, 3] and all(s["optwatch_s"] >= 0 for s in steps)

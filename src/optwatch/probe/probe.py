@@ -252,7 +252,19 @@ class Probe:
                 self._broken_plugins.add(name)
                 self._callbacks.clear()
                 log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, method)
+                if method != "close":
+                    self._close_broken(name)
         return results
+
+    def _close_broken(self, name: str) -> None:
+        """A switched-off plugin takes its hooks away now: left in place they would go on running (and
+        costing) at every module call, and keep the probe alive after ``close``."""
+        for plugin in self.plugins:
+            if plugin.name == name:
+                try:
+                    plugin.close(self)
+                except Exception:
+                    log.exception("optwatch: %s failed to close; its hooks may stay", name)
 
     def on_step_boundary(self, callback: Callable[[Probe], float | None]) -> None:
         """Run ``callback(probe)`` on the training thread after every step (controls use this). It returns
@@ -344,15 +356,21 @@ class Probe:
 
     def _on_batch(self, started: float, finished: float, batch: Any) -> None:
         if self._step_start is None:
-            self._step_start = started
+            self._begin_first_step(started)
         self._data_wait_s += finished - started
         size = _batch_len(batch)
         if size:
             self._samples += size
 
+    def _begin_first_step(self, now: float) -> None:
+        """The first step begins at its first batch, or else at its backward(): what optwatch did before
+        (checks of forwards before the training, say) is no part of it."""
+        self._step_start = now
+        self.own_s = 0.0
+
     def _on_backward(self, loss: torch.Tensor, now: float) -> None:
         if self._step_start is None:
-            self._step_start = now
+            self._begin_first_step(now)
         if self._backward_started is None:
             self._backward_started = now
         # Inside a closure-driven step (LBFGS) only the first evaluation is the step's loss.
@@ -500,17 +518,20 @@ class Probe:
         self._backward_started = None
         self.step += 1
         held = 0.0
-        for callback in self._boundary_callbacks:
-            try:
-                held += callback(self) or 0.0
-            except Exception:
-                log.exception("optwatch: a step-boundary callback failed; training goes on")
-        if now - self._last_flush >= self.options.publish_interval_s:
-            self._flush(now)
-        # From here on it is the next step, which pays for this boundary's work (the record, the plugins,
-        # the hand-over) as the training does: its time and optwatch's count from now. A pause does not.
-        self._step_start = now + held
-        self.own_s = time.perf_counter() - self._step_start
+        try:
+            for callback in self._boundary_callbacks:
+                try:
+                    held += callback(self) or 0.0
+                except Exception:
+                    log.exception("optwatch: a step-boundary callback failed; training goes on")
+            if now - self._last_flush >= self.options.publish_interval_s:
+                self._flush(now)
+        finally:  # also after a KeyboardInterrupt (`stop`, Ctrl-C), which a loop may catch and train on
+            # From here on it is the next step, which pays for this boundary's work (the record, the
+            # plugins, the hand-over) as the training does: its time and optwatch's count from now. A
+            # pause does not.
+            self._step_start = now + held
+            self.own_s = time.perf_counter() - self._step_start
 
     def flush(self) -> None:
         """Hand what is pending to the publisher now (controls use this so acknowledgements are prompt)."""
