@@ -312,8 +312,13 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
         )
         return (
             "compute",
-            f"forward+backward+optimizer take {_pct(model)} of each step on the CPU ({threads}, {cores})",
-            ["The model's math keeps the CPU busy: training on a CUDA GPU is the big step up", second],
+            f"forward+backward+optimizer take {_pct(model)} of each step on the CPU ({threads}, {cores})"
+            + _own_part(w),
+            [
+                "The model's math keeps the CPU busy: training on a CUDA GPU is the big step up",
+                second,
+                *_own_suggestion(w),
+            ],
         )
     if forward_known and other is not None and other >= CPU_OTHER_SHARE:
         return (
@@ -333,8 +338,8 @@ def _own_notable(w: Window) -> bool:
 
 
 def _own_part(w: Window) -> str:
-    """On a host-bound step optwatch's own Python is part of the host's work: say how much."""
-    return f" (optwatch's own hooks: {_pct(w.optwatch_share)} of the step)" if _own_notable(w) else ""
+    """optwatch's own Python is host work too, spread over the phases: say how much of the step it takes."""
+    return f"; optwatch itself takes {_pct(w.optwatch_share)} of each step" if _own_notable(w) else ""
 
 
 def _own_suggestion(w: Window) -> list[str]:
