@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import pytest
@@ -132,6 +133,44 @@ class Spike(nn.Module):
 
     def forward(self, x):
         return x * math.inf if self.armed else x
+
+
+def test_forwards_on_other_threads_leave_the_training_threads_check_alone(caplog):
+    """A thread running forwards with gradients on (an actor, a background evaluation) while the model
+    trains: its outputs are not mixed into the training's sequence of checks, and the origin of an inf
+    is still named at its step (interleaved, they made the diagnosis fail and switch itself off)."""
+    probe = start()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    other, z = nn.Sequential(nn.Linear(8, 64), nn.Linear(64, 8)), torch.randn(16, 8)
+    stop = threading.Event()
+
+    def actor():
+        while not stop.is_set():
+            other(z)
+
+    threads = [threading.Thread(target=actor) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for step in range(10):
+            time.sleep(0.005)  # let the actors run between the steps as well
+            model[3].armed = step == 6
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    alerts = recorded(probe, "alert")
+    [alert] = [a for a in alerts if a["type"] == "nonfinite"]
+    assert alert["step"] == 6 and alert["module"] == "3"
+    assert "failed" not in caplog.text
+    layers = [r for r in probe.publisher.history.snapshot() if r["kind"] == "layers"]
+    assert len(layers) == 10 and not any(key.startswith("_") for r in layers for key in r)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -300,7 +301,9 @@ class GradientPlugin(ProbePlugin):
         self._undo = []
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not torch.is_grad_enabled():
+        # The training thread's forwards only: the check's state is one sequence of outputs, and other
+        # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
+        if not torch.is_grad_enabled() or threading.get_ident() != self._probe.training_thread:
             return
         # Traced by torch.compile, the check goes into the graph but the timing cannot (perf_counter would
         # break the graph at every module); is_compiling() is a constant to the tracer.
@@ -517,13 +520,13 @@ class GradientPlugin(ProbePlugin):
             elif kind == protocol.STEP and record.get("rank") == self._rank:
                 modules, index = record.pop("_forward_modules", ()), record.pop("_forward_index", ())
                 norms = record.pop("_forward_norms", None) or []
-                forward = [(name, norms[i]) for name, i in zip(modules, index)]
                 layers, self._layers_record = self._layers_record, None
                 if layers is not None and layers.get("step") != record.get("step"):
                     layers = None
                 if self.diagnosis is None:
                     continue
                 try:
+                    forward = [(name, norms[i]) for name, i in zip(modules, index)]
                     found = self._diagnose(record, layers, forward)
                     if any(alert.get("type") == NONFINITE for alert in found):
                         self._pinned = True  # the next non-finite value's origin must not fall between samples

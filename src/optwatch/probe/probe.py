@@ -96,6 +96,8 @@ class Probe:
         self._losses: list[torch.Tensor] = []
         self.measured_grad_norm: torch.Tensor | None = None
         """This step's global gradient norm when a plugin already measured it (on the device)."""
+        self.training_thread = threading.get_ident()
+        """The thread that trains: the one that started the probe, then the one calling ``backward()``."""
         self.own_s = 0.0
         """Seconds optwatch's own code has run on the training thread so far in this step (hooks add to
         it): the step record's ``optwatch_s``, so that what optwatch costs the run is on screen too."""
@@ -369,6 +371,7 @@ class Probe:
         self.own_s = 0.0
 
     def _on_backward(self, loss: torch.Tensor, now: float) -> None:
+        self.training_thread = threading.get_ident()
         if self._step_start is None:
             self._begin_first_step(now)
         if self._backward_started is None:
