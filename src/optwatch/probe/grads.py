@@ -301,13 +301,15 @@ class GradientPlugin(ProbePlugin):
         self._undo = []
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not torch.is_grad_enabled():
+            return
+        # Traced by torch.compile, the check goes into the graph but the timing and the thread cannot (they
+        # would break the graph at every module); is_compiling() is a constant to the tracer.
+        compiling = torch.compiler.is_compiling()
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
-        if not torch.is_grad_enabled() or threading.get_ident() != self._probe.training_thread:
+        if not compiling and threading.get_ident() != self._probe.training_thread:
             return
-        # Traced by torch.compile, the check goes into the graph but the timing cannot (perf_counter would
-        # break the graph at every module); is_compiling() is a constant to the tracer.
-        compiling = torch.compiler.is_compiling()
         started = 0.0 if compiling else time.perf_counter()
         try:
             if not isinstance(output, torch.Tensor):
