@@ -34,9 +34,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
+import warnings
 from dataclasses import dataclass
+from threading import get_ident as _thread_id
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,7 +53,7 @@ from optwatch.diagnose.gradients import (
     module_of,
 )
 from optwatch.probe.options import ProbeOptions
-from optwatch.probe.plugin import ProbePlugin, as_optwatch_work
+from optwatch.probe.plugin import ProbePlugin, as_optwatch_work, being_traced
 from optwatch.probe.vectors import as_vector
 
 if TYPE_CHECKING:
@@ -274,6 +275,10 @@ class GradientPlugin(ProbePlugin):
         probe.publisher.add_observer(self._observe)
         if self.forward_check:
             self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
+            # torch.compile(model) warns, at every call site, that global hooks also fire for the compiled
+            # wrapper: the check takes that extra call as the same output handed on, so the warning would
+            # only be optwatch's noise in the user's log.
+            warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
         import torch.nn.utils
         import torch.nn.utils.clip_grad
 
@@ -304,11 +309,11 @@ class GradientPlugin(ProbePlugin):
         if not torch.is_grad_enabled():
             return
         # Traced by torch.compile, the check goes into the graph but the timing and the thread cannot (they
-        # would break the graph at every module); is_compiling() is a constant to the tracer.
-        compiling = torch.compiler.is_compiling()
+        # would break the graph at every module).
+        compiling = being_traced()
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
-        if not compiling and threading.get_ident() != self._probe.training_thread:
+        if not compiling and _thread_id() != self._probe.training_thread:
             return
         started = 0.0 if compiling else time.perf_counter()
         try:

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
 
 
+try:
+    # True only while torch.compile traces the code (a constant to its tracer): hooks it traces into the
+    # graph must not time themselves or look at threads there, each such call would split the graph.
+    from torch.compiler import is_dynamo_compiling as being_traced
+except ImportError:  # torch < 2.3
+    from torch._dynamo import is_compiling as being_traced  # noqa: F401 (used by the plugins)
+
 _NOTHING = contextlib.nullcontext()  # reusable: one for every call outside a profile
 
 

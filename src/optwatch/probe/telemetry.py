@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from optwatch.diagnose.tracker import VerdictTracker
-from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.plugin import ProbePlugin, being_traced
 from optwatch.probe.readback import DeviceTime
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class TelemetryPlugin(ProbePlugin):
     @staticmethod
     def _started() -> float | None:
         # Not while torch.compile traces the root module's hooks: no more graph breaks than the phase's own.
-        return None if torch.compiler.is_compiling() else time.perf_counter()
+        return None if being_traced() else time.perf_counter()
 
     def _charge(self, started: float | None) -> None:
         """The root hooks' own time is optwatch's cost (a copy of the model has no probe to charge)."""
