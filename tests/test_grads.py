@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import threading
 import time
@@ -171,6 +172,41 @@ def test_forwards_on_other_threads_leave_the_training_threads_check_alone(caplog
     assert "failed" not in caplog.text
     layers = [r for r in probe.publisher.history.snapshot() if r["kind"] == "layers"]
     assert len(layers) == 10 and not any(key.startswith("_") for r in layers for key in r)
+
+
+def spiky_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1))
+
+
+def test_training_on_a_thread_of_its_own_has_its_first_steps_checked():
+    """The probe starts on the main thread (as `optwatch run` starts it); the training runs on another,
+    and a module emits inf at step 0: the origin is named at that step."""
+    probe = start()
+    model = spiky_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    worker = threading.Thread(target=train, args=(model, optimizer, x, y, 3), kwargs={"spike": (model[3], 0)})
+    worker.start()
+    worker.join()
+    [alert] = [a for a in recorded(probe, "alert") if a["type"] == "nonfinite"]
+    assert (alert["step"], alert["module"]) == (0, "3")
+
+
+def test_steps_run_by_a_thread_pool_are_all_checked():
+    """Each step on whichever worker of a pool is free: every step's forward is checked."""
+    probe = start()
+    model = spiky_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(time.sleep, [0.05] * 4))  # a pool whose workers have all run
+        for step in range(12):
+            pool.submit(train, model, optimizer, x, y, 1, spike=(model[3], 0) if step == 9 else None).result()
+    steps = recorded(probe, "step")
+    [alert] = [a for a in probe.publisher.history.snapshot() if a["kind"] == "alert" and a["type"] == "nonfinite"]
+    assert (alert["step"], alert["module"]) == (9, "3")
+    assert [s["step"] for s in steps] == list(range(12))
 
 
 @pytest.mark.parametrize(

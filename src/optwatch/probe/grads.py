@@ -313,8 +313,12 @@ class GradientPlugin(ProbePlugin):
         compiling = being_traced()
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
-        if not compiling and _thread_id() != self._probe.training_thread:
-            return
+        if not compiling:
+            thread, training = _thread_id(), self._probe.training_thread
+            if thread != training:
+                if training is not None:
+                    return
+                self._probe.training_thread = thread  # the first forward with gradients: the training's
         started = 0.0 if compiling else time.perf_counter()
         try:
             if not isinstance(output, torch.Tensor):

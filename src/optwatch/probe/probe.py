@@ -96,8 +96,9 @@ class Probe:
         self._losses: list[torch.Tensor] = []
         self.measured_grad_norm: torch.Tensor | None = None
         """This step's global gradient norm when a plugin already measured it (on the device)."""
-        self.training_thread = threading.get_ident()
-        """The thread that trains: the one that started the probe, then the one calling ``backward()``."""
+        self.training_thread: int | None = None
+        """The thread that trains: the first to run a forward with gradients, then the one entering the
+        trained model's forward (phase timing sees it) or calling ``backward()``, each step anew."""
         self.own_s = 0.0
         """Seconds optwatch's own code has run on the training thread so far in this step (hooks add to
         it): the step record's ``optwatch_s``, so that what optwatch costs the run is on screen too."""

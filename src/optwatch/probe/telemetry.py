@@ -14,6 +14,7 @@ The verdict runs on the publisher thread (``diagnose.tracker``), where it sees e
 from __future__ import annotations
 
 import time
+from threading import get_ident as _thread_id
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -104,6 +105,8 @@ class TelemetryPlugin(ProbePlugin):
         self._depth += 1
         if self._depth == 1 and torch.is_grad_enabled():
             self._begin("forward_s", started)
+            if started is not None and self._probe is not None:
+                self._probe.training_thread = _thread_id()  # the step's forward starts on this thread
         self._charge(started)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
