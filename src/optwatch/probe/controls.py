@@ -134,6 +134,7 @@ class ControlPlugin(ProbePlugin):
         self._lr_pin: tuple[int, dict[int, float]] | None = None
         self._overflowed: tuple[int, torch.Tensor] | None = None  # (step, loss scale) of an fp16 skip
         self._undo_scheduler_hook = None
+        self._closed = False
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
             self._add(step, command, f"s{next(self._ids)}", "schedule")
@@ -148,9 +149,14 @@ class ControlPlugin(ProbePlugin):
         self._apply_due(probe, stage="start")
 
     def close(self, probe: Probe) -> None:
+        # Also when switched off mid-run for a bug: autocast that optwatch turned on, it turns off, as
+        # nothing of optwatch would leave it at backward() or scale the loss any more.
+        self._closed = True
+        self.amp.turn_off()
         self.amp.leave()
         if self._undo_scheduler_hook is not None:
             self._undo_scheduler_hook()
+            self._undo_scheduler_hook = None
 
     def _watch_schedulers(self) -> None:
         """Remember LR schedulers as they are made, so a manual LR change can carry the schedule along."""
@@ -237,6 +243,8 @@ class ControlPlugin(ProbePlugin):
 
     def _boundary(self, probe: Probe) -> float:
         """Apply what is due; while paused, hold the run here. Returns the seconds it was held."""
+        if self._closed:
+            return 0.0
         self._apply_due(probe, stage="boundary")
         held = 0.0
         if self.paused:
