@@ -59,6 +59,9 @@ from optwatch.probe.vectors import as_vector
 if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
 
+_jit_tracing = torch._C._get_tracing_state  # not None while torch.jit.trace records
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
 log = logging.getLogger(__name__)
 
 # Modules that map finite inputs (and parameters) to finite outputs: checking them would repeat their
@@ -262,6 +265,7 @@ class GradientPlugin(ProbePlugin):
         self._sequence_key: tuple[int, ...] | None = None
         self._sequence_names: tuple[str, ...] = ()
         self._hook: Any = None
+        self._warning_filter: Any = None
         self._clipped: list[torch.Tensor] = []
         self._undo: list[Any] = []
         # Publisher thread only.
@@ -279,6 +283,7 @@ class GradientPlugin(ProbePlugin):
             # wrapper: the check takes that extra call as the same output handed on, so the warning would
             # only be optwatch's noise in the user's log.
             warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
+            self._warning_filter = warnings.filters[0]  # taken away with the hook
         import torch.nn.utils
         import torch.nn.utils.clip_grad
 
@@ -301,30 +306,36 @@ class GradientPlugin(ProbePlugin):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._warning_filter is not None:
+            if self._warning_filter in warnings.filters:
+                warnings.filters.remove(self._warning_filter)
+                getattr(warnings, "_filters_mutated", lambda: None)()  # as filterwarnings itself does
+            self._warning_filter = None
         for module, original in self._undo:
             module.clip_grad_norm_ = original
         self._undo = []
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not torch.is_grad_enabled():
+        # Not inside a torch.compile graph: it would guard on the check's own state (recompiling at every
+        # micro-batch) and its timing would split the graph. The compiled module's output, returned to
+        # eager code, is checked as a whole. Nor while torch.jit.trace records a graph.
+        if not torch.is_grad_enabled() or being_traced() or _jit_tracing():
             return
-        # Traced by torch.compile, the check goes into the graph but the timing and the thread cannot (they
-        # would break the graph at every module).
-        compiling = being_traced()
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
-        if not compiling:
-            thread, training = _thread_id(), self._probe.training_thread
-            if thread != training:
-                if training is not None:
-                    return
-                self._probe.training_thread = thread  # the first forward with gradients: the training's
-        started = 0.0 if compiling else time.perf_counter()
+        thread, training = _thread_id(), self._probe.training_thread
+        if thread != training:
+            if training is not None:
+                return
+            self._probe.training_thread = thread  # the first forward with gradients: the training's
+        started = time.perf_counter()
         try:
-            if not isinstance(output, torch.Tensor):
+            if type(output) is not torch.Tensor:
                 output = output[0] if isinstance(output, (tuple, list)) and output else None
-                if not isinstance(output, torch.Tensor):
-                    return
+            # Plain tensors only: not a subclass (fake tensors of torch.export, DTensor...), nor one that
+            # torch.func (vmap, grad) wraps, which must not outlive its transform in optwatch's lists.
+            if type(output) is not torch.Tensor or _functorch_wrapped(output):
+                return
             if not output.is_floating_point() or len(self._checks) >= _MAX_FORWARD_CHECKS:
                 return
             preserving = self._preserving.get(type(module))
@@ -349,8 +360,7 @@ class GradientPlugin(ProbePlugin):
                     self._take_norms()
         finally:
             # optwatch's cost, shown with each step (inline: a call more per module call would show too)
-            if not compiling:
-                self._probe.own_s += time.perf_counter() - started
+            self._probe.own_s += time.perf_counter() - started
 
     def _sum_on_cpu(self) -> None:
         """On a CPU each output is summed on its own (a sum reads fastest there), finite iff it is."""
@@ -538,6 +548,9 @@ class GradientPlugin(ProbePlugin):
                     continue
                 try:
                     forward = [(name, norms[i]) for name, i in zip(modules, index)]
+                except (IndexError, TypeError):
+                    forward = []  # a step whose checks did not line up: without them, the rest is diagnosed
+                try:
                     found = self._diagnose(record, layers, forward)
                     if any(alert.get("type") == NONFINITE for alert in found):
                         self._pinned = True  # the next non-finite value's origin must not fall between samples

@@ -81,7 +81,10 @@ class TelemetryPlugin(ProbePlugin):
         self._host = dict.fromkeys(TIMED, 0.0)
         self._device = {phase: DeviceTime() for phase in TIMED} if self._cuda is not None else None
         self._open: dict[str, tuple[float, Any]] = {}
-        self._measured = {"forward_s": self._model is not None, "backward_s": False, "optimizer_s": False}
+        # A model compiled in place (model.compile()) traces its root's hooks into its graph, where timing
+        # cannot go (perf_counter splits the graph; with fullgraph=True it raises): its forward is not
+        # timed, and shows as unknown rather than as zero.
+        self._measured = {"forward_s": bool(self._hooks), "backward_s": False, "optimizer_s": False}
 
     def _event(self) -> Any:
         return DeviceTime.recorded_event(torch.cuda.current_stream(self._cuda))
@@ -101,29 +104,28 @@ class TelemetryPlugin(ProbePlugin):
             self._device[phase].add(start_event, self._event())
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        started = self._started()
+        if being_traced():  # compiled in place after the hooks were set: see _reset
+            return
+        started = time.perf_counter()
         self._depth += 1
         if self._depth == 1 and torch.is_grad_enabled():
             self._begin("forward_s", started)
-            if started is not None and self._probe is not None:
+            if self._probe is not None:
                 self._probe.training_thread = _thread_id()  # the step's forward starts on this thread
         self._charge(started)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        started = self._started()
+        if being_traced():
+            return
+        started = time.perf_counter()
         self._depth -= 1
         if self._depth == 0:
             self._end("forward_s")
         self._charge(started)
 
-    @staticmethod
-    def _started() -> float | None:
-        # Not while torch.compile traces the root module's hooks: no more graph breaks than the phase's own.
-        return None if being_traced() else time.perf_counter()
-
-    def _charge(self, started: float | None) -> None:
+    def _charge(self, started: float) -> None:
         """The root hooks' own time is optwatch's cost (a copy of the model has no probe to charge)."""
-        if started is not None and self._probe is not None:
+        if self._probe is not None:
             self._probe.own_s += time.perf_counter() - started
 
     def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> None:
@@ -152,9 +154,10 @@ class TelemetryPlugin(ProbePlugin):
         if self._device is not None:
             record["host_phases_s"] = sum(self._host.values())
         model = probe.find_model()
-        if model is not self._model:
+        compiled = getattr(model, "_compiled_call_impl", None) is not None
+        if model is not self._model or (compiled and self._hooks):
             self._unhook()
-            if model is not None:
+            if model is not None and not compiled:
                 self._hooks = [
                     model.register_forward_pre_hook(self._forward_pre),
                     model.register_forward_hook(self._forward_post, always_call=True),

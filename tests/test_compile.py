@@ -1,0 +1,137 @@
+"""optwatch next to torch's graph tools: torch.compile (wrapper and in place), torch.export, torch.jit.trace
+and torch.func run as they do without it, and optwatch's probe keeps working."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch._dynamo.utils import counters
+
+from conftest import train
+from optwatch.probe.options import ProbeOptions
+from optwatch.probe.probe import Probe
+from optwatch.wire import runtime
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def start() -> Probe:
+    return Probe(runtime.make_run_dir("compile"), "compile", ProbeOptions(script="t", publish_interval_s=0.0)).start()
+
+
+def recorded(probe: Probe, kind: str = "step") -> list[dict]:
+    probe.close()
+    return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(16, 16), nn.Tanh())])
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(32, 16), torch.randn(32, 16)
+
+
+def test_a_compiled_model_trains_under_optwatch_without_graph_breaks(recwarn):
+    """Nothing of optwatch goes into the compiled graph, so it is not split; torch's warning about global
+    hooks (which optwatch's check handles) is not passed on to the user, and is taken away at close."""
+    filters = len(warnings.filters)
+    probe = start()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train(torch.compile(model, backend="eager"), optimizer, *data(), steps=4)
+    steps = recorded(probe)
+    assert dict(counters["graph_break"]) == {}
+    assert not [w for w in recwarn if "global hooks" in str(w.message)]
+    assert [s["step"] for s in steps] == [0, 1, 2, 3] and all(s["optwatch_s"] >= 0 for s in steps)
+    assert len(warnings.filters) == filters
+
+
+def test_gradient_accumulation_does_not_recompile_a_compiled_model():
+    """A compiled module called several times a step: optwatch's state must not become a guard."""
+
+    def graphs(with_probe: bool) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        probe = start() if with_probe else None
+        model = mlp()
+        compiled = torch.compile(model, backend="eager")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = data()
+        for _ in range(3):
+            optimizer.zero_grad()
+            for _ in range(4):
+                nn.functional.mse_loss(compiled(x), y).backward()
+            optimizer.step()
+        if probe is not None:
+            probe.close()
+        return counters["stats"]["unique_graphs"]
+
+    assert graphs(with_probe=True) == graphs(with_probe=False)
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_a_model_compiled_in_place_trains_whole(fullgraph):
+    """model.compile() traces the root module's hooks too: the phase timing stays out of that graph (with
+    fullgraph=True it raised at step 1), and the forward time is unknown rather than zero."""
+    probe = start()
+    model = mlp()
+    model.compile(backend="eager", fullgraph=fullgraph)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train(model, optimizer, *data(), steps=4)
+    steps = recorded(probe)
+    assert dict(counters["graph_break"]) == {}
+    assert [s["step"] for s in steps] == [0, 1, 2, 3] and all(s["forward_s"] is None for s in steps)
+
+
+def test_export_and_jit_trace_mid_run_see_only_the_model():
+    """Exporting or tracing the model while the probe runs: the graph holds the model's operators only,
+    the training goes on, and the publisher thread lives on."""
+    probe = start()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = data()
+    train(model, optimizer, x, y, steps=2)
+    exported = torch.export.export(model, (x,))
+    assert not [node for node in exported.graph.nodes if "sum" in str(node.target) or "detach" in str(node.target)]
+    traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), model(x))
+    train(model, optimizer, x, y, steps=3)
+    time.sleep(0.3)
+    assert any(thread.name == "optwatch-publisher" for thread in threading.enumerate())
+    steps = recorded(probe)
+    assert [s["step"] for s in steps] == [0, 1, 2, 3, 4]
+
+
+def test_per_sample_gradients_with_torch_func_mid_run():
+    """vmap(grad(...)) over the model (Opacus-style per-sample gradients): optwatch keeps none of its
+    wrapped tensors, so the next ordinary step runs."""
+    from torch.func import functional_call, grad, vmap
+
+    probe = start()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = data()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss_of_one(p, xi, yi):
+        return nn.functional.mse_loss(functional_call(model, p, (xi[None],)), yi[None])
+
+    train(model, optimizer, x, y, steps=2)
+    per_sample = vmap(grad(loss_of_one), in_dims=(None, 0, 0))(params, x, y)
+    assert per_sample["0.weight"].shape == (32, 16, 16)
+    train(model, optimizer, x, y, steps=2)
+    assert [s["step"] for s in recorded(probe)] == [0, 1, 2, 3]
