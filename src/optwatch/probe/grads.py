@@ -318,8 +318,8 @@ class GradientPlugin(ProbePlugin):
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         # Not inside a torch.compile graph: it would guard on the check's own state (recompiling at every
         # micro-batch) and its timing would split the graph. The compiled module's output, returned to
-        # eager code, is checked as a whole. Nor while torch.jit.trace records a graph.
-        if not torch.is_grad_enabled() or being_traced() or _jit_tracing():
+        # eager code, is checked as a whole.
+        if not torch.is_grad_enabled() or being_traced():
             return
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
@@ -332,9 +332,7 @@ class GradientPlugin(ProbePlugin):
         try:
             if type(output) is not torch.Tensor:
                 output = output[0] if isinstance(output, (tuple, list)) and output else None
-            # Plain tensors only: not a subclass (fake tensors of torch.export, DTensor...), nor one that
-            # torch.func (vmap, grad) wraps, which must not outlive its transform in optwatch's lists.
-            if type(output) is not torch.Tensor or _functorch_wrapped(output):
+            if type(output) is not torch.Tensor:  # plain tensors only: not fake ones (torch.export), DTensor...
                 return
             if not output.is_floating_point() or len(self._checks) >= _MAX_FORWARD_CHECKS:
                 return
@@ -350,6 +348,10 @@ class GradientPlugin(ProbePlugin):
                 self._last_output = output
                 self._checks.append((module, self._checks[-1][1]))
             elif not preserving:
+                # Kept and reduced: not a tensor that torch.func (vmap, grad) wraps, which must not outlive
+                # its transform, nor while torch.jit.trace records (the reduction would join its graph).
+                if _functorch_wrapped(output) or _jit_tracing() is not None:
+                    return
                 if self._to_check and self._to_check[-1].is_cpu:
                     self._sum_on_cpu()  # the previous output, while it is still in cache
                 self._last_output = output
