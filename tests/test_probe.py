@@ -19,10 +19,19 @@ from optwatch.wire import runtime
 CUDA = torch.cuda.is_available()
 
 
+def start(*plugins: ProbePlugin, first: bool = False, **options) -> Probe:
+    """A started probe publishing at every step, with ``options`` and ``plugins`` of a test's own, run after
+    the others (before them with ``first``)."""
+    probe = Probe(
+        runtime.make_run_dir("probe-test"), "probe-test", ProbeOptions(script="test", publish_interval_s=0.0, **options)
+    )
+    probe.plugins = [*plugins, *probe.plugins] if first else [*probe.plugins, *plugins]
+    return probe.start()
+
+
 @pytest.fixture
 def probe():
-    run_dir = runtime.make_run_dir("probe-test")
-    probe = Probe(run_dir, "probe-test", ProbeOptions(script="test", publish_interval_s=0.0)).start()
+    probe = start()
     yield probe
     probe.close()
 
@@ -281,9 +290,7 @@ def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
             if Faulty.calls == 3:
                 raise RuntimeError("boom")
 
-    probe = Probe(runtime.make_run_dir("faulty"), "faulty", ProbeOptions(script="t", publish_interval_s=0.0))
-    probe.plugins.insert(0, Faulty())  # before the others: they must still run at that step
-    probe.start()
+    probe = start(Faulty(), first=True)  # before the others: they must still run at that step
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=6)
@@ -315,9 +322,7 @@ def test_a_plugin_switched_off_takes_its_hooks_away_at_once():
             self.handle.remove()
 
     hooks_before = len(nn_module._global_forward_hooks)
-    probe = Probe(runtime.make_run_dir("hooked"), "hooked", ProbeOptions(script="t", publish_interval_s=0.0))
-    probe.plugins.append(Hooked())
-    probe.start()
+    probe = start(Hooked())
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=1)
@@ -345,8 +350,7 @@ class SparseBag(torch.nn.Module):
 @pytest.mark.parametrize("grad_every", [0, 1])  # the probe's own norm, and the gradient statistics'
 def test_the_global_norm_covers_the_dense_gradients_there_are(grad_every):
     """Frozen parameters (no gradient) and sparse gradients are left out of the step's global norm."""
-    options = ProbeOptions(script="test", publish_interval_s=0.0, grad_every=grad_every)
-    probe = Probe(runtime.make_run_dir("probe-test"), "probe-test", options).start()
+    probe = start(grad_every=grad_every)
     torch.manual_seed(0)
     model = SparseBag()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # the frozen layer's parameters included
@@ -374,9 +378,7 @@ class Costly(ProbePlugin):
 
 
 def test_optwatchs_own_time_is_in_each_step_record_and_in_the_step_time():
-    probe = Probe(runtime.make_run_dir("costly"), "costly", ProbeOptions(script="t", publish_interval_s=0.0))
-    probe.plugins.append(Costly())
-    probe.start()
+    probe = start(Costly())
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=6)
@@ -393,8 +395,7 @@ def test_the_forward_checks_time_is_counted_as_optwatchs():
     """Checking a 16M-value activation (a sum on the CPU) is optwatch's time; without the check it is not."""
 
     def own_time(forward_check: bool) -> float:
-        options = ProbeOptions(script="t", publish_interval_s=0.0, forward_check=forward_check)
-        probe = Probe(runtime.make_run_dir("own"), "own", options).start()
+        probe = start(forward_check=forward_check)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Linear(4096, 1))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -407,7 +408,7 @@ def test_the_forward_checks_time_is_counted_as_optwatchs():
 
 def test_forwards_before_the_first_step_are_not_charged_to_it():
     """A sanity check of the loss before training (grad enabled, big activations): not step 0's time."""
-    probe = Probe(runtime.make_run_dir("own"), "own", ProbeOptions(script="t", publish_interval_s=0.0)).start()
+    probe = start()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Linear(4096, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -423,8 +424,7 @@ def test_forwards_before_the_first_step_are_not_charged_to_it():
 def test_a_step_after_a_caught_stop_is_timed_from_the_boundary():
     """`stop` raises KeyboardInterrupt at the boundary; a loop that catches it and trains on gets steps
     that still tile time: the next one does not count the stopped step again."""
-    options = ProbeOptions(script="t", publish_interval_s=0.0, controls=["stop@3"])
-    probe = Probe(runtime.make_run_dir("stop"), "stop", options).start()
+    probe = start(controls=["stop@3"])
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(16, 4), torch.randn(16, 1)
