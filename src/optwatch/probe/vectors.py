@@ -32,4 +32,15 @@ def as_vector(scalars: Sequence[torch.Tensor]) -> torch.Tensor:
         and last.storage_offset() == base.storage_offset() + len(scalars) - 1
     ):
         return base
+    # Some torch versions hand the buffer's elements out as plain tensors over its storage, not views:
+    # one strided view over that storage is the vector then.
+    if (
+        first.device.type != "cpu"
+        and len(scalars) > 1
+        and first.dim() == 0
+        and last.storage_offset() == first.storage_offset() + len(scalars) - 1
+        and last.dtype == first.dtype
+        and last.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+    ):
+        return first.as_strided((len(scalars),), (1,))
     return torch.stack(list(scalars))
