@@ -22,6 +22,10 @@ def _readback_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+# Types of record values that are never device values (most of a record's), skipped at a glance.
+_PLAIN = frozenset({float, int, str, bool, type(None), list, tuple, dict})
+
+
 class DeviceTime:
     """Seconds on a device's timeline between pairs of CUDA events, summed; read once all have completed.
 
@@ -103,23 +107,19 @@ class DeviceBatch:
     without waiting. CPU values are final already and are packed on the publisher thread.
     """
 
-    def __init__(self, records: list[dict[str, Any]]):
+    def __init__(self, records: list[dict[str, Any]], on_host: bool = False):
+        """``on_host``: the training runs on the CPU, so the values are final already and even filing them
+        is left to the publisher thread (``records``)."""
         self._records = records
         self._groups: dict[tuple[torch.device, torch.dtype], _Group] = {}
         self._times: list[tuple[dict[str, Any], str, DeviceTime]] = []
-        for record in records:
-            for key, value in record.items():
-                if isinstance(value, DeviceTime):
-                    self._times.append((record, key, value))
-                elif isinstance(value, torch.Tensor):
-                    group = self._groups.get((value.device, value.dtype))
-                    if group is None:
-                        group = self._groups[(value.device, value.dtype)] = _Group()
-                    group.add(record, key, value)
-        # CUDA values on their way to the host; CPU values are final already, and other accelerators'
-        # are copied on the publisher thread.
         self._copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._events: list[Any] = []
+        self._filed = not on_host
+        if self._filed:
+            self._file()
+        # CUDA values on their way to the host; CPU values are final already, and other accelerators'
+        # are copied on the publisher thread.
         for (device, dtype), group in self._groups.items():
             if device.type == "cuda":
                 packed = group.pack().to(_readback_dtype(device))
@@ -128,10 +128,29 @@ class DeviceBatch:
                 event.record(torch.cuda.current_stream(device))
                 self._events.append(event)
 
+    def _file(self) -> None:
+        """Each tensor value into its device's and dtype's group, each device time into its list."""
+        plain = _PLAIN
+        for record in self._records:
+            for key, value in record.items():
+                kind = type(value)
+                if kind in plain:
+                    continue
+                if kind is DeviceTime:
+                    self._times.append((record, key, value))
+                elif isinstance(value, torch.Tensor):
+                    group = self._groups.get((value.device, value.dtype))
+                    if group is None:
+                        group = self._groups[(value.device, value.dtype)] = _Group()
+                    group.add(record, key, value)
+
     def ready(self) -> bool:
         return all(event.query() for event in self._events) and all(time.ready() for _, _, time in self._times)
 
     def records(self) -> list[dict[str, Any]]:
+        if not self._filed:
+            self._filed = True
+            self._file()
         for (device, dtype), group in self._groups.items():
             host = self._copies.get((device, dtype))
             if host is None:
