@@ -42,9 +42,10 @@ from optwatch.wire import runtime  # noqa: E402
 MODES: dict[str, dict | None] = {
     "bare": None,
     "default": {},
-    "all": {"system_interval_s": 0.25, "grad_every": 1, "grad_budget": 0.0, "forward_check": True},
+    "all": {"system_interval_s": 0.25, "grad_every": 1, "grad_budget": 0.0, "budget": 0.0, "forward_check": True},
     "no-forward-check": {"forward_check": False},
     "no-gradients": {"grad_every": 0},
+    "every-step": {"budget": 0.0},  # every diagnostic at every step, whatever it costs (before --budget)
 }
 
 
@@ -115,6 +116,8 @@ CLOCKS = {"wall": time.perf_counter, "thread-cpu": time.thread_time}
 clock = time.perf_counter
 background_cpu: dict[str, list[float]] = {}
 """Per mode: CPU seconds per step spent in this process outside the training thread (optwatch's threads)."""
+spacings: dict[str, list[int]] = {}
+"""Per mode: the spacing of detail steps (``--budget``) each round settled at."""
 reported_own: dict[str, list[float]] = {}
 """Per mode: the mean ``optwatch_s`` of the timed steps' records, per round: optwatch's own figure of its
 cost on the training thread, which the dashboard shows, to set against the measured difference."""
@@ -152,6 +155,7 @@ def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: tor
     probe = instrument(model, optimizer, settings)
     try:
         timed_steps(step, warmup, device)  # the probe's own first-step work (model lookup) is not steady state
+        spacings.setdefault(mode, []).append(settle(probe, step, device))
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode("error")
         first_timed = probe.step
@@ -173,6 +177,19 @@ def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: tor
     if own:
         reported_own.setdefault(mode, []).append(statistics.fmean(own))
     return times
+
+
+def settle(probe: Probe, step, device: torch.device, quiet_steps: int = 64, most_steps: int = 600) -> int:
+    """Train until the budget's spacing of detail steps (``--budget``) has not changed for ``quiet_steps``:
+    the steady state a long run spends its time in, not the climb to it."""
+    spacing, unchanged = probe.detail_every, 0
+    for _ in range(most_steps):
+        if unchanged >= quiet_steps:
+            break
+        timed_steps(step, 1, device)
+        unchanged = unchanged + 1 if probe.detail_every == spacing else 0
+        spacing = probe.detail_every
+    return spacing
 
 
 def timed_steps_without_sync(step, steps: int, device: torch.device) -> list[float]:
@@ -227,6 +244,7 @@ def main() -> None:
     for name in names:
         background_cpu.clear()
         reported_own.clear()
+        spacings.clear()
         medians: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(args.rounds):
             for mode in modes:
@@ -264,6 +282,9 @@ def main() -> None:
                     f"  {'':<8} optwatch's own figure (optwatch_s in its step records): {own * 1e6:.0f} us/step, "
                     f"{100 * own / median_time:.1f}% of the step"
                 )
+            if mode in spacings:
+                results[name][mode]["detail_every"] = spacings[mode]
+                print(f"  {'':<8} detail steps (--budget): every {', '.join(map(str, spacings[mode]))} steps by round")
     if device.type == "cuda":
         print("\nhost-device syncs caused by optwatch: 0 (every instrumented step ran under sync debug mode 'error')")
     if args.json:

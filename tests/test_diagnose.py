@@ -141,6 +141,23 @@ def test_without_nvml_the_device_phases_stand_in_for_utilisation():
     assert "gpu_util_percent" not in result["evidence"] and result["evidence"]["device_busy_share"] == 0.95
 
 
+def test_on_a_gpu_the_phases_come_from_the_detail_steps_alone():
+    """Between detail steps (--budget) a GPU's phases are not timed: those steps count for the step time
+    and the data wait, and the phase shares come from the steps that were timed, not from zeros."""
+    timed = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.055, optimizer_s=0.01, host_phases_s=0.01)
+    steps = []
+    for step in timed:
+        if step["step"] % 4:
+            step.update(detailed=False, forward_s=None, backward_s=None, optimizer_s=None, other_s=None)
+            del step["host_phases_s"]
+        steps.append(step)
+    window = summarise(steps, [], "cuda:0")
+    assert window.steps == len(steps) and window.shares["data_wait_s"] == pytest.approx(0.02)
+    assert window.shares["backward_s"] == pytest.approx(0.55) and window.device_busy_share == pytest.approx(0.95)
+    assert window.launch_ratio == pytest.approx(0.01 / 0.095)
+    assert verdict(steps, make_systems(gpus=[gpu(95)]), "cuda:0")["bottleneck"] == "compute"
+
+
 def test_allocator_retries_in_the_window_are_memory_bound():
     systems = make_systems(gpus=[gpu(90)], mem_total_bytes=80e9, mem_allocated_bytes=60e9)
     for i, system in enumerate(systems):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import math
 import threading
 import time
@@ -21,9 +22,9 @@ CUDA = torch.cuda.is_available()
 
 
 def start(**options) -> Probe:
-    """A probe measuring every step: these tests check the statistics, the cost governor has its own."""
+    """A probe measuring every step: these tests check the statistics, the cost governors have their own."""
     run_dir = runtime.make_run_dir("grads-test")
-    options = {"publish_interval_s": 0.0, "grad_budget": 0.0, **options}
+    options = {"publish_interval_s": 0.0, "grad_budget": 0.0, "budget": 0.0, **options}
     return Probe(run_dir, "grads-test", ProbeOptions(script="test", **options)).start()
 
 
@@ -326,7 +327,7 @@ def test_statistics_that_cost_too_much_thin_out_and_come_back_to_every_step_afte
 
 
 def test_a_zero_budget_measures_every_step():
-    probe = start(grad_budget=0.0)
+    probe = start(grad_budget=0.0, budget=0.0)
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for _ in range(130):
@@ -456,3 +457,49 @@ def test_a_model_trained_under_optwatch_can_still_be_copied_and_saved_whole(tmp_
     hooks = [*best._forward_hooks.values(), *best._forward_pre_hooks.values()]
     assert all(getattr(hook, "__self__", None) is not live for hook in hooks)  # copies keep nothing live
     assert not any(m._forward_hooks for m in model.modules())  # and close() took optwatch's hooks away
+
+
+def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_brings_every_step_back():
+    """A tiny MLP, whose sub-millisecond step optwatch's checks would slow by far more than 1%: after the
+    first steps, the forward check, gradient norms and statistics run on every Nth step only (records
+    say which); a NaN loss at a step between two checks says no check ran there, and from then on every
+    step is checked, so that the next one is named at its very step."""
+    probe = start(budget=0.01, grad_full_cadence_steps=20)
+    model = spiky_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    train(model, optimizer, x, y, steps=300)
+    assert probe.detail_every > 1 and not probe.detail_pinned
+    light = next(step for step in range(probe.step, probe.step + 200) if step % probe.detail_every)
+    healthy = copy.deepcopy(model.state_dict())
+    train(model, optimizer, x, y, steps=light - probe.step + 1, spike=(model[3], light - probe.step))
+    model.load_state_dict(healthy)  # the inf gradients made the weights NaN (0 * inf): a transient, then
+    model[3].armed = False
+    deadline = time.monotonic() + 10
+    while not probe.detail_pinned and time.monotonic() < deadline:  # the publisher thread diagnoses it
+        time.sleep(0.01)
+    assert probe.detail_pinned
+    train(model, optimizer, x, y, steps=1)  # the step in flight when the pin came
+    again = probe.step + 30  # past the first episode (20 healthy steps end it)
+    train(model, optimizer, x, y, steps=31, spike=(model[3], 30))
+    records = recorded(probe, "step")
+    steps = {r["step"]: r for r in records}
+    layers = {r["step"] for r in probe.publisher.history.snapshot() if r["kind"] == "layers"}
+    # The first 20 steps in full; then spaced: only detail steps carry the global norm and statistics.
+    assert all(steps[s]["detailed"] and steps[s]["grad_norm"] is not None for s in range(20))
+    spaced = [r for r in records if 40 <= r["step"] < light]
+    assert any(not r["detailed"] for r in spaced) and any(r["detailed"] for r in spaced)
+    for r in spaced:
+        assert r["detailed"] == (r["step"] % r["detail_every"] == 0)
+        assert (r["grad_norm"] is not None) == r["detailed"] == (r["step"] in layers)
+    # (A detail step's boundary work, its statistics' update norms, is paid in the step after it.)
+    between = [r for r in spaced if not r["detailed"] and not steps[r["step"] - 1]["detailed"]]
+    light_share = sum(r["optwatch_s"] for r in between) / sum(r["step_time_s"] for r in between)
+    detail_share = sum(r["optwatch_s"] for r in spaced if r["detailed"]) / sum(
+        r["step_time_s"] for r in spaced if r["detailed"]
+    )
+    assert light_share < detail_share / 2  # what the spacing is for
+    nonfinite = [a for a in probe.publisher.history.snapshot() if a["kind"] == "alert" and a["type"] == "nonfinite"]
+    assert [(a["step"], a["module"]) for a in nonfinite] == [(light, None), (again, "3")]
+    assert "no forward check ran at this step" in nonfinite[0]["message"]
+    assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(again - 25, again + 1))

@@ -79,7 +79,29 @@ def test_bad_gradient_flags_get_clear_messages():
     assert every.returncode == 2 and "--grad-every: expected 0 or more, got '-2'" in every.stderr
     budget = optwatch("run", "--grad-budget", "lots", script)
     assert budget.returncode == 2 and "--grad-budget: expected a percentage such as 0.5, got 'lots'" in budget.stderr
+    share = optwatch("run", "--budget", "101", script)
+    assert share.returncode == 2 and "--budget: expected a percentage from 0 to 100, got '101'" in share.stderr
     unknown = optwatch("run", "--grad-threshold", "explode=3", script)
     assert unknown.returncode == 2 and "unknown gradient threshold 'explode' (known: window," in unknown.stderr
     clash = optwatch("run", "--headless", "--grad-threshold", "window=80", script)
     assert clash.returncode == 2 and "baseline_window (50) must be at least window (80)" in clash.stderr
+
+
+def test_the_budget_spaces_out_the_checks_of_a_tiny_step_and_zero_keeps_every_step(tmp_path):
+    """A sub-millisecond step: from step 100 optwatch's checks run on every Nth step only, and the summary
+    says so; `--budget 0` keeps them on every step."""
+    script = str(SCRIPTS / "plain_train.py")
+    spaced, every = tmp_path / "spaced.jsonl", tmp_path / "every.jsonl"
+    result = optwatch("run", "--headless", "--record", str(spaced), script, "--steps", "400")
+    assert result.returncode == 0, result.stderr
+    steps = steps_of(read_jsonl(spaced))
+    assert all(s["detailed"] for s in steps[:100])
+    late = steps[300:]
+    assert late[-1]["detail_every"] > 1 and not all(s["detailed"] for s in late)
+    assert all((s["grad_norm"] is not None) == s["detailed"] for s in late)
+    final = [line for line in result.stderr.splitlines() if line.startswith("optwatch: final step")]
+    assert final and f"(checks 1/{late[-1]['detail_every']})" in final[0]
+    result = optwatch("run", "--headless", "--budget", "0", "--record", str(every), script, "--steps", "400")
+    assert result.returncode == 0, result.stderr
+    steps = steps_of(read_jsonl(every))
+    assert len(steps) == 400 and all(s["detailed"] and s["grad_norm"] is not None for s in steps)

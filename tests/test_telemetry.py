@@ -139,6 +139,36 @@ def test_cuda_phases_come_from_events_without_a_sync(probe):
         assert step["host_phases_s"] > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_steps_between_detail_steps_are_not_timed_and_the_verdict_reads_the_timed_ones():
+    """A small model's millisecond step: over its 1% budget, optwatch times the phases on the device at
+    detail steps only; the others say so (None), and the bottleneck verdict still gets its shares."""
+    from optwatch.diagnose.bottleneck import summarise
+
+    run_dir = runtime.make_run_dir("telemetry-test")
+    options = ProbeOptions(script="test", publish_interval_s=0.0, grad_full_cadence_steps=10)
+    probe = Probe(run_dir, "telemetry-test", options).start()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 1, device="cuda")
+    for _ in range(300):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    steps = recorded(probe)[20:]
+    timed = [s for s in steps if s["detailed"]]
+    untimed = [s for s in steps if not s["detailed"]]
+    assert timed and untimed
+    for step in timed:
+        assert all(isinstance(step[p], float) for p in PHASES) and step["host_phases_s"] > 0
+    for step in untimed:
+        assert step["forward_s"] is None and step["backward_s"] is None and "host_phases_s" not in step
+        assert isinstance(step["step_time_s"], float) and isinstance(step["loss"], float)
+    window = summarise(steps, [], "cuda:0")
+    assert window.shares["forward_s"] > 0 and window.device_busy_share > 0 and window.launch_ratio > 0
+
+
 # --- real runs under the CLI ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_data_run(tmp_path_factory):

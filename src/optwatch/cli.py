@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_checked(parse_profile_every),
         help="profile COUNT steps (default 3) every N steps, at most 10%% of the steps",
     )
+    run.add_argument(
+        "--budget",
+        metavar="PERCENT",
+        type=_percent,
+        default=1.0,
+        help="share of the step time optwatch may take: above it the forward check, gradient norms and GPU "
+        "phase timing run on every Nth step only (0: every step, whatever it costs)",
+    )
     grads = run.add_argument_group("gradient diagnostics (docs/gradients.md)")
     grads.add_argument(
         "--grad-every",
@@ -258,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile_at=args.profile_at,
         profile_every=args.profile_every,
         grad_every=args.grad_every,
+        budget=args.budget / 100,
         grad_budget=args.grad_budget / 100,
         grad_update_mb=args.grad_update_mb,
         grad_thresholds=dict(args.grad_threshold),

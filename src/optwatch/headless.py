@@ -8,7 +8,7 @@ import time
 from typing import Any, TextIO
 
 from optwatch.session import ViewerSession
-from optwatch.store import Store, finite, share_of_step_time
+from optwatch.store import Store, finite, last_known, share_of_step_time
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -35,9 +35,10 @@ def summary_line(store: Store) -> str | None:
         ]
         if rates:
             parts.append(f"{sum(rates) / len(rates):.0f} samples/s")
-        parts += [f"grad {_fmt(last.get('grad_norm'), '.3g')}", f"lr {_fmt(last.get('lr'), '.3g')}"]
+        parts += [f"grad {_fmt(last_known(recent, 'grad_norm'), '.3g')}", f"lr {_fmt(last.get('lr'), '.3g')}"]
         if own_share is not None:
-            parts.append(f"optwatch {100 * own_share:.1f}%")
+            spacing = last.get("detail_every") or 1
+            parts.append(f"optwatch {100 * own_share:.1f}%" + (f" (checks 1/{spacing})" if spacing > 1 else ""))
         if len(store.ranks) > 1:
             parts.append(f"{len(store.ranks)} ranks")
         return "optwatch: " + " | ".join(parts)

@@ -34,6 +34,15 @@ def share_of_step_time(steps: Iterable[dict[str, Any]], key: str) -> float | Non
     return sum(part for part, _ in pairs) / total if total > 0 else None
 
 
+def last_known(steps: Iterable[dict[str, Any]], key: str) -> Any:
+    """``key`` of the newest of ``steps`` that has it (the gradient norm is measured on detail steps only
+    when optwatch spaces them out), else None."""
+    for step in reversed(list(steps)):
+        if step.get(key) is not None:
+            return step[key]
+    return None
+
+
 @dataclass
 class RankState:
     """What one rank has told us, newest last."""

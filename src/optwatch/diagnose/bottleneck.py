@@ -118,12 +118,17 @@ def summarise(
     if not timed:
         return None
     total = sum(s["step_time_s"] for s in timed)
+    # The model's phases over the detail steps (on a GPU the others are not timed on the device: see the
+    # probe's --budget); the step time, data wait and optwatch's share over every step.
+    phased = [s for s in timed if s.get("detailed", True)] or timed
+    phased_total = sum(s["step_time_s"] for s in phased)
     shares: dict[str, float | None] = {}
     for key in MEASURED:
-        known = [s[key] for s in timed if finite(s.get(key))]
-        shares[key] = sum(known) / total if total > 0 and len(known) == len(timed) else None
-    others = [s.get("other_s") if finite(s.get("other_s")) else other_seconds(s) for s in timed]
-    shares["other_s"] = sum(others) / total if total > 0 else None
+        over, over_total = (timed, total) if key == "data_wait_s" else (phased, phased_total)
+        known = [s[key] for s in over if finite(s.get(key))]
+        shares[key] = sum(known) / over_total if over_total > 0 and len(known) == len(over) else None
+    others = [s.get("other_s") if finite(s.get("other_s")) else other_seconds(s) for s in phased]
+    shares["other_s"] = sum(others) / phased_total if phased_total > 0 else None
     window = Window(
         first_step=timed[0].get("step", 0),
         last_step=timed[-1].get("step", 0),
@@ -138,11 +143,11 @@ def summarise(
     if total > 0 and all(finite(o) for o in own):
         window.optwatch_share = sum(own) / total
     if window.device == "cuda":
-        device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in timed)
-        host_time = [s.get("host_phases_s") for s in timed]
+        device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in phased)
+        host_time = [s.get("host_phases_s") for s in phased]
         if device_time > 0 and all(finite(h) for h in host_time):
             window.launch_ratio = sum(host_time) / device_time
-        window.device_busy_share = device_time / total if total > 0 else None
+        window.device_busy_share = device_time / phased_total if phased_total > 0 else None
     if systems:
         _summarise_systems(window, systems)
     return window

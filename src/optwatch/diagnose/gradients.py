@@ -299,6 +299,8 @@ class StepInput:
     layers: LayerStats | None = None
     forward: Sequence[tuple[str, float]] = ()
     """(module, sum of its output) for each checked forward output of the step, in call order."""
+    forward_skipped: bool = False
+    """The forward check is on but did not run at this step, one between two detail steps (--budget)."""
 
 
 def _names(names: Sequence[str]) -> str:
@@ -388,6 +390,11 @@ class NonFiniteRule:
             parts.append("GradScaler skipped the step")
         if not loss_bad and culprit is not None and not grads_bad:
             parts.append("the loss is still finite")
+        if culprit is None and s.forward_skipped and (loss_bad or grads_bad):
+            parts.append(
+                "no forward check ran at this step (optwatch's --budget spaces them out); every step is "
+                "checked from now on, so a recurrence is named at its very step"
+            )
         modules = ([culprit] if culprit else []) + [m for m in dict.fromkeys(map(module_of, params)) if m != culprit]
         self.layers = modules
         return _alert(NONFINITE, s.step, "error", "; ".join(parts), modules, module=culprit, params=params, loss=s.loss)

@@ -16,6 +16,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.diagnose.bottleneck import classify, summarise
 from optwatch.diagnose.phases import other_seconds
+from optwatch.store import finite
 
 INTERVAL_S = 5.0
 WINDOW_S = 10.0
@@ -64,7 +65,10 @@ class VerdictTracker:
                 kind = record.get("kind")
                 if kind == protocol.STEP:
                     if "other_s" not in record and "forward_s" in record:
-                        record["other_s"] = other_seconds(record)
+                        # Not on a step whose model phases were not timed (a GPU's steps between two
+                        # detail steps): the whole step would look like "other".
+                        timed = record.get("detailed", True) or finite(record.get("backward_s"))
+                        record["other_s"] = other_seconds(record) if timed else None
                     if record.get("step", 0) >= WARMUP_STEPS:
                         self._steps.append(record)
                         self._fresh_steps += 1

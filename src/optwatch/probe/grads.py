@@ -278,7 +278,7 @@ class GradientPlugin(ProbePlugin):
         self._probe = probe
         probe.publisher.add_observer(self._observe)
         if self.forward_check:
-            self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
+            self._set_forward_hook(probe.detailed)
             # torch.compile(model) warns, at every call site, that global hooks also fire for the compiled
             # wrapper: the check takes that extra call as the same output handed on, so the warning would
             # only be optwatch's noise in the user's log.
@@ -302,10 +302,17 @@ class GradientPlugin(ProbePlugin):
             module.clip_grad_norm_ = clip_grad_norm_
             self._undo.append((module, original))
 
-    def close(self, probe: Probe) -> None:
-        if self._hook is not None:
+    def _set_forward_hook(self, on: bool) -> None:
+        """The forward check's global hook, there on detail steps only: while any global hook is set, every
+        module call takes torch's slow path, which costs more than the check itself on a small model."""
+        if on and self._hook is None:
+            self._hook = nn.modules.module.register_module_forward_hook(self._check_output)
+        elif not on and self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+    def close(self, probe: Probe) -> None:
+        self._set_forward_hook(False)
         if self._warning_filter is not None:
             if self._warning_filter in warnings.filters:
                 warnings.filters.remove(self._warning_filter)
@@ -449,7 +456,9 @@ class GradientPlugin(ProbePlugin):
         self._cost_s = 0.0
         if self._pinned:
             self.stride = self.every
-        self._measuring = (probe.step + 1) % self.stride == 0
+        self._measuring = probe.next_detailed and (probe.step + 1) % self.stride == 0
+        if self.forward_check:
+            self._set_forward_hook(probe.next_detailed)
 
     def _govern(self, step_time_s: float | None, step: int) -> None:
         """Widen or narrow the stride from what this measured step's own work cost."""
@@ -466,6 +475,8 @@ class GradientPlugin(ProbePlugin):
         self.stride = self.every * thinning
 
     def _measure_after(self, probe: Probe, record: dict[str, Any]) -> None:
+        if not (self._checks or self._to_check or self._checked or self._clipped or self._measured):
+            return  # a step between two detail steps, with nothing clipped: nothing to add
         self._attach_checks(probe, record)
         if self._clipped:
             norms = [t.float().reshape(()) for t in self._clipped]
@@ -555,7 +566,9 @@ class GradientPlugin(ProbePlugin):
                 try:
                     found = self._diagnose(record, layers, forward)
                     if any(alert.get("type") == NONFINITE for alert in found):
-                        self._pinned = True  # the next non-finite value's origin must not fall between samples
+                        # The next non-finite value's origin must not fall between two detail steps.
+                        self._pinned = True
+                        self._probe.pin_detail()
                     alerts += found
                 except Exception:
                     # Switched off, once; the statistics and the step records still go out.
@@ -576,6 +589,7 @@ class GradientPlugin(ProbePlugin):
             amp_scale=record.get("amp_scale"),
             layers=LayerStats.from_record(layers) if layers is not None else None,
             forward=forward,
+            forward_skipped=self.forward_check and not record.get("detailed", True),
         )
         alerts = [protocol.make_record(protocol.ALERT, self._rank, **a) for a in self.diagnosis.observe(observation)]
         if layers is not None:

@@ -76,12 +76,18 @@ class ProbeOptions:
     grad_every: int = 1
     """Gradient statistics (and forward checks) every N optimizer steps; 0 turns gradient diagnostics off."""
     grad_budget: float = 0.005
-    """Largest share of the step time that gradient statistics and forward checks may take: above it they
-    thin themselves to every 2nd, 3rd... measured step (back to every step after a non-finite value).
+    """Largest share of the step time that the per-layer gradient statistics may take: above it they thin
+    themselves to every 2nd, 3rd, 4th detail step (back to every one after a non-finite value).
     0: never thin."""
     grad_full_cadence_steps: int = 100
-    """Steps measured at ``grad_every`` whatever they cost, before the budget applies (the diagnosis
-    builds its baselines there). Benchmarks lower it to measure the steady state in fewer steps."""
+    """Steps measured at ``grad_every``, and given every diagnostic, whatever they cost, before the budgets
+    apply (the diagnosis builds its baselines there). Benchmarks lower it to measure the steady state in
+    fewer steps."""
+    budget: float = 0.01
+    """Largest share of the step time that the diagnostics optwatch can space out may take on average:
+    the forward check, the gradient norms and statistics, and the device's phase timing run on every
+    step while they cost less, else on every Nth step ("detail steps"; back to every step after a
+    non-finite value). 0: every step, whatever it costs."""
     grad_update_mb: float = 256.0
     """Memory for the weight snapshot behind update ratios (MiB); 0: no update ratios."""
     grad_thresholds: dict[str, float] = field(default_factory=dict)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import socket
 import sys
@@ -40,6 +41,12 @@ from optwatch.wire import runtime
 from optwatch.wire.publisher import Publisher, tcp_endpoints
 
 log = logging.getLogger(__name__)
+
+
+# The detail-step governor (``Probe._plan_detail``): the fewest steps it judges optwatch's share over,
+# and the widest spacing (the dashboard's phase and gradient charts still get a point every so often).
+_DETAIL_WINDOW = 20
+MAX_DETAIL_EVERY = 128
 
 
 def _batch_len(batch: Any, depth: int = 0) -> int | None:
@@ -102,6 +109,19 @@ class Probe:
         self.own_s = 0.0
         """Seconds optwatch's own code has run on the training thread so far in this step (hooks add to
         it): the step record's ``optwatch_s``, so that what optwatch costs the run is on screen too."""
+        self.detailed = True
+        """Whether this step runs the diagnostics that ``ProbeOptions.budget`` spaces out (the forward
+        check, gradient norms and statistics, device phase timing): a "detail step". Decided at the
+        previous step boundary (``next_detailed``), read by the plugins."""
+        self.next_detailed = True
+        self.detail_every = 1
+        """Detail steps are the steps whose number is a multiple of this (1: every step)."""
+        self.detail_pinned = False
+        """Set after a non-finite value (by the publisher thread): every step is a detail step again, so that
+        the next one is caught at the very step it happens."""
+        self._window_own_s = 0.0
+        self._window_time_s = 0.0
+        self._window_steps = 0
         self._in_step = False
         self._stepped = False
         self._step_start: float | None = None
@@ -482,7 +502,7 @@ class Probe:
 
     def _finish_step(self, **extra: Any) -> None:
         now = time.perf_counter()
-        params = self._parameters()
+        params = self._parameters() if self.detailed or self.device is None else []
         if self.device is None and params:
             self._announce_device(params[0].device)
         loss: torch.Tensor | None
@@ -494,12 +514,15 @@ class Probe:
             loss = torch.stack([t.reshape(()).float() for t in self._losses]).mean()
         step_time = now - self._step_start if self._step_start is not None else None
         samples = self._samples or self.batch_size
+        grad_norm = self.measured_grad_norm
+        if grad_norm is None and self.detailed:
+            grad_norm = self._grad_norm(params)
         record = protocol.make_record(
             protocol.STEP,
             self.rank,
             step=self.step,
             loss=loss,
-            grad_norm=self.measured_grad_norm if self.measured_grad_norm is not None else self._grad_norm(params),
+            grad_norm=grad_norm,
             lr=self._learning_rate(),
             step_time_s=step_time,
             data_wait_s=self._data_wait_s,
@@ -511,9 +534,12 @@ class Probe:
             if self._backward_started is not None and self._step_start is not None
             else None,
             optwatch_s=self.own_s,
+            detailed=self.detailed,
+            detail_every=self.detail_every,
             **extra,
         )
         self.measured_grad_norm = None
+        self._plan_detail(step_time)
         self._call_plugins("after_step", record)
         self._pending.append(record)
         self._losses = []
@@ -521,6 +547,7 @@ class Probe:
         self._samples = 0
         self._backward_started = None
         self.step += 1
+        self.detailed = self.next_detailed
         held = 0.0
         try:
             for callback in self._boundary_callbacks:
@@ -537,6 +564,38 @@ class Probe:
             self._step_start = now + held
             self.own_s = time.perf_counter() - self._step_start
 
+    def _plan_detail(self, step_time: float | None) -> None:
+        """Space the detail steps so that optwatch's share of the step time stays within ``options.budget``.
+
+        The share is measured, not modelled: over a window of at least ``_DETAIL_WINDOW`` steps and two
+        spacings, optwatch's own time (``optwatch_s``) against the step time. Above the budget the
+        spacing grows by the factor it is over (at most 8x at a time); under half of the budget, it
+        halves. With share = fixed + detail / spacing, a halving from under half the budget cannot land
+        above it, so the spacing settles instead of swinging.
+        """
+        budget = self.options.budget
+        if self.detail_pinned or budget <= 0 or self.step + 1 < self.options.grad_full_cadence_steps:
+            self.detail_every = 1
+        elif step_time:
+            self._window_own_s += self.own_s
+            self._window_time_s += step_time
+            self._window_steps += 1
+            if self._window_steps >= max(_DETAIL_WINDOW, 2 * self.detail_every):
+                share = self._window_own_s / self._window_time_s
+                if share > budget:
+                    factor = min(math.ceil(share / budget), 8)
+                    self.detail_every = min(factor * self.detail_every, MAX_DETAIL_EVERY)
+                elif share < budget / 2:
+                    self.detail_every = max(self.detail_every // 2, 1)
+                self._window_own_s = self._window_time_s = 0.0
+                self._window_steps = 0
+        self.next_detailed = (self.step + 1) % self.detail_every == 0
+
+    def pin_detail(self) -> None:
+        """Every step a detail step from now on (any thread): after a non-finite value, the next one must
+        not fall between two checks."""
+        self.detail_pinned = True
+
     def flush(self) -> None:
         """Hand what is pending to the publisher now (controls use this so acknowledgements are prompt)."""
         self._flush()
@@ -545,7 +604,8 @@ class Probe:
         self._last_flush = now if now is not None else time.perf_counter()
         if self._pending:
             pending, self._pending = self._pending, []
-            self.publisher.submit(DeviceBatch(pending))
+            on_host = self.device is not None and self.device.type == "cpu"
+            self.publisher.submit(DeviceBatch(pending, on_host=on_host))
 
     def _announce_device(self, device: torch.device) -> None:
         self.device = device

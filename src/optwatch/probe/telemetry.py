@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
 
 TIMED = ("forward_s", "backward_s", "optimizer_s")
+UNTIMED = dict.fromkeys(TIMED)
 
 
 class TelemetryPlugin(ProbePlugin):
@@ -89,6 +90,11 @@ class TelemetryPlugin(ProbePlugin):
     def _event(self) -> Any:
         return DeviceTime.recorded_event(torch.cuda.current_stream(self._cuda))
 
+    def _untimed(self) -> bool:
+        """On a GPU, a step between two detail steps (``ProbeOptions.budget``) is not timed: its phases are
+        device times, and the events behind them cost the host more than the rest of the step record."""
+        return self._device is not None and self._probe is not None and not self._probe.detailed
+
     def _begin(self, phase: str, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         self._open[phase] = (now, self._event() if self._device is not None else None)
@@ -108,7 +114,7 @@ class TelemetryPlugin(ProbePlugin):
             return
         started = time.perf_counter()
         self._depth += 1
-        if self._depth == 1 and torch.is_grad_enabled():
+        if self._depth == 1 and torch.is_grad_enabled() and not self._untimed():
             self._begin("forward_s", started)
             if self._probe is not None:
                 self._probe.training_thread = _thread_id()  # the step's forward starts on this thread
@@ -132,18 +138,23 @@ class TelemetryPlugin(ProbePlugin):
         if self._cuda is None and loss.device.type == "cuda":
             self._cuda = loss.device
             self._device = {phase: DeviceTime() for phase in TIMED}
-        self._begin("backward_s")
+        if not self._untimed():
+            self._begin("backward_s")
 
     def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
         self._end("backward_s")
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
-        self._begin("optimizer_s")
+        if not self._untimed():
+            self._begin("optimizer_s")
 
     def after_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         self._end("optimizer_s")
 
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+        if self._untimed():
+            record.update(UNTIMED)  # and a new or newly compiled model is seen at the next detail step
+            return
         for phase in TIMED:
             if not self._measured[phase]:
                 record[phase] = None
@@ -153,6 +164,7 @@ class TelemetryPlugin(ProbePlugin):
                 record[phase] = self._host[phase]
         if self._device is not None:
             record["host_phases_s"] = sum(self._host.values())
+        self._reset()
         model = probe.find_model()
         compiled = getattr(model, "_compiled_call_impl", None) is not None
         if model is not self._model or (compiled and self._hooks):
@@ -163,7 +175,7 @@ class TelemetryPlugin(ProbePlugin):
                     model.register_forward_hook(self._forward_post, always_call=True),
                 ]
             self._model = model
-        self._reset()
+            self._reset()  # which phases can be timed changed with the hooks
 
     def _unhook(self) -> None:
         for hook in self._hooks:

@@ -8,7 +8,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from optwatch.app import format as fmt
-from optwatch.store import Store, share_of_step_time
+from optwatch.store import Store, last_known, share_of_step_time
 
 
 class StatsPanel(Widget):
@@ -46,7 +46,9 @@ class StatsPanel(Widget):
         rows["Data wait"] = f"{100 * wait / total:.0f}%" if total > 0 else "–"
         if own_share is not None:  # what optwatch itself costs the run, on its training thread
             rows["optwatch"] = f"{fmt.milliseconds(own)}/step, {100 * own_share:.1f}%"
-        rows["Grad norm"] = fmt.number(last.get("grad_norm"), ".3g")
+            if (last.get("detail_every") or 1) > 1:  # its budget spaces out the checks
+                rows["optwatch"] += f", checks 1/{last['detail_every']}"
+        rows["Grad norm"] = fmt.number(last_known(recent, "grad_norm"), ".3g")
         rows["LR"] = fmt.number(last.get("lr"), ".3g")
         if "mem_allocated_bytes" in system:
             allocated, total_mem = system["mem_allocated_bytes"], system.get("mem_total_bytes")
