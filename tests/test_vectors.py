@@ -41,7 +41,7 @@ def test_cpu_foreach_norms_are_stacked():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_foreach_norms_make_a_vector_of_their_values():
     """Where a torch version hands the fused norm's results out as views of one buffer, that buffer is the
-    vector (no stack); torch 2.11's CUDA build gives them separate storage, and they are stacked."""
+    vector (no stack); torch 2.11's CUDA build allocates each apart, and they are stacked."""
     tensors = [torch.randn(64, 64, device="cuda"), torch.randn(64, device="cuda"), torch.randn(3, device="cuda")]
     for order in (1, 2):
         norms = torch._foreach_norm(tensors, order, dtype=torch.float32)
@@ -50,15 +50,3 @@ def test_cuda_foreach_norms_make_a_vector_of_their_values():
             assert vector is norms[0]._base
         assert vector.tolist() == pytest.approx([t.norm(order).item() for t in tensors], rel=1e-5)
 
-
-def test_scalars_over_one_storage_are_viewed_as_a_vector_on_an_accelerator():
-    """Separate 0-d tensors over consecutive elements of one storage (not views of a 1-d base): on an
-    accelerator, one strided view; the values stay what they were."""
-    device = "cuda" if torch.cuda.is_available() else "meta"
-    buffer = torch.arange(5.0, device=device)
-    scalars = [torch.empty(0, device=device).set_(buffer.untyped_storage(), i, ()) for i in range(5)]
-    assert all(s._base is None for s in scalars)
-    vector = as_vector(scalars)
-    assert vector.shape == (5,) and vector._base is scalars[0]  # a view over their storage, not a stack
-    if device == "cuda":
-        assert vector.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -15,10 +15,10 @@ import torch
 def as_vector(scalars: Sequence[torch.Tensor]) -> torch.Tensor:
     """The 0-d tensors ``scalars`` as one 1-d tensor.
 
-    A fused multi-tensor op (CUDA's ``torch._foreach_norm``) returns its N results as the consecutive
-    elements of one buffer of N: that buffer is the vector already, at no operator call. Anything else is
-    stacked. Only the ends are compared: the results of one call are either all views of its buffer, in
-    order, or none are.
+    Where a fused multi-tensor op (CUDA's ``torch._foreach_norm`` in some torch versions) returns its N
+    results as views of one buffer of N, that buffer is the vector already, at no operator call. Anything
+    else is stacked (torch 2.11's CUDA build allocates each result apart). Only the ends are compared: the
+    results of one call are either all views of its buffer, in order, or none are.
     """
     first, last = scalars[0], scalars[-1]
     base = first._base
@@ -32,15 +32,4 @@ def as_vector(scalars: Sequence[torch.Tensor]) -> torch.Tensor:
         and last.storage_offset() == base.storage_offset() + len(scalars) - 1
     ):
         return base
-    # Some torch versions hand the buffer's elements out as plain tensors over its storage, not views:
-    # one strided view over that storage is the vector then.
-    if (
-        first.device.type != "cpu"
-        and len(scalars) > 1
-        and first.dim() == 0
-        and last.storage_offset() == first.storage_offset() + len(scalars) - 1
-        and last.dtype == first.dtype
-        and last.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-    ):
-        return first.as_strided((len(scalars),), (1,))
     return torch.stack(list(scalars))
