@@ -180,11 +180,12 @@ def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: tor
 
 
 def settle(probe: Probe, step, device: torch.device, quiet_steps: int = 64, most_steps: int = 600) -> int:
-    """Train until the budget's spacing of detail steps (``--budget``) has not changed for ``quiet_steps``:
-    the steady state a long run spends its time in, not the climb to it."""
+    """Train until the budget's spacing of detail steps (``--budget``) has not changed for ``quiet_steps``
+    and for a whole window of the governor (two spacings): the steady state a long run spends its time
+    in, not the climb to it."""
     spacing, unchanged = probe.detail_every, 0
     for _ in range(most_steps):
-        if unchanged >= quiet_steps:
+        if unchanged > max(quiet_steps, 2 * spacing):
             break
         timed_steps(step, 1, device)
         unchanged = unchanged + 1 if probe.detail_every == spacing else 0

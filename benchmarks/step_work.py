@@ -28,7 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import MODES, instrument, workload  # noqa: E402
+from overhead import MODES, instrument, settle, workload  # noqa: E402
 
 # CUDA runtime calls worth counting on the host side, by the profiler's names.
 RUNTIME_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaEventRecord", "cudaMemcpyAsync", "cudaStreamWaitEvent")
@@ -94,6 +94,8 @@ def main() -> None:
     try:
         for _ in range(10):
             step()
+        spacing = settle(probe, step, device)
+        print(f"detail steps (--budget): every {spacing} steps, settled before counting")
         instrumented, instrumented_ops = counts(step, args.steps, device)
         threads = thread_cpu(step, args.steps, device)
         profiler = cProfile.Profile()
