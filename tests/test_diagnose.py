@@ -120,8 +120,9 @@ def test_a_host_bound_verdict_says_what_optwatch_itself_takes(own, said):
     assert result["evidence"]["optwatch_share"] == pytest.approx(own / 0.1)
     assert result["message"].endswith("; optwatch itself takes 12% of each step") is said
     advice = [tip for tip in result["suggestions"] if "--no-forward-check" in tip]
-    assert advice == (["optwatch itself takes 12% of each step here: `optwatch run --no-forward-check` "
-                       "(the NaN check on every module call) and --grad-every N (the per-layer statistics) trim it"]
+    assert advice == (["optwatch itself takes 12% of each step here: from step 100 its checks run only as often "
+                       "as `--budget` (default 1%) allows; `--no-forward-check` (the NaN check on module calls) "
+                       "and --grad-every 0 (the per-layer statistics) drop them"]
                       if said else [])  # fmt: skip
 
 

@@ -351,8 +351,9 @@ def _own_suggestion(w: Window) -> list[str]:
     if not _own_notable(w):
         return []
     return [
-        f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: `optwatch run --no-forward-check` "
-        "(the NaN check on every module call) and --grad-every N (the per-layer statistics) trim it"
+        f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: from step 100 its checks run only "
+        "as often as `--budget` (default 1%) allows; `--no-forward-check` (the NaN check on module calls) and "
+        "--grad-every 0 (the per-layer statistics) drop them"
     ]
 
 

@@ -6,8 +6,9 @@ Training thread, per measured step (``--grad-every N``), all with fused multi-te
 - after it: ``_foreach_sub_`` turns the copy into the update, whose norms give ||Δw||. Each kind of
   value is one device vector (on CUDA the fused norm's own output buffer: see ``probe.vectors``), sent in
   a ``layers`` record and read back with the step batch.
-A cost governor thins the measured steps (to at most every 4th, after the first 100) while they take
-more than ``--grad-budget`` of the step time; see ``GradientPlugin.__init__`` and docs/gradients.md.
+They run on detail steps only (see below), and a cost governor thins those (to at most every 4th, after
+the first 100) while they take more than ``--grad-budget`` of the step time; see
+``GradientPlugin.__init__`` and docs/gradients.md.
 The copy costs one extra set of weights in memory. Above ``--grad-update-mb`` the parameters are split
 into chunks that fit and one chunk is copied per measured step, in turn, so each layer's update ratio is
 refreshed every few measured steps instead (a tensor larger than the budget gets none).
@@ -15,7 +16,8 @@ refreshed every few measured steps instead (a tensor larger than the budget gets
 ``torch.nn.utils.clip_grad_norm_`` is wrapped to keep the norm it returns (computed anyway): with
 clipping, the norm before clipping is what can explode, so the step record gets ``grad_norm_preclip``.
 
-Every step, a global forward hook collects each module's output; on a GPU, when backward starts (or
+Every detail step (every step while optwatch is within its ``--budget``: ``Probe._plan_detail``), a
+global forward hook, there on those steps alone, collects each module's output; on a GPU, when backward starts (or
 every ``_CHECK_BATCH`` outputs), one fused ``_foreach_norm`` of order 1 over them gives a device vector
 that is finite exactly where the outputs are (no sync, a couple of kernel launches); on a CPU each output
 is summed when the next module shows up, while it is still in cache. So when something turns NaN/Inf,
@@ -232,8 +234,8 @@ class GradientPlugin(ProbePlugin):
         # The cost governor (training thread). Statistics are measured every ``stride`` steps, a multiple
         # of ``every`` widened while a measured step's statistics take more than ``budget`` of its step
         # time: on a GPU they are a few kernel launches and the stride stays ``every``; on a CPU the norms
-        # are real compute on the training thread. Forward checks are not thinned: they must catch the
-        # very step a module first outputs NaN/Inf.
+        # are real compute on the training thread. Forward checks are not thinned here (the probe's detail
+        # steps space them out, within its --budget).
         self.stride = self.every
         self.share: float | None = None
         """Smoothed share of a measured step's time that went to measuring it."""
