@@ -49,4 +49,3 @@ def test_cuda_foreach_norms_make_a_vector_of_their_values():
         if norms[0]._base is not None:
             assert vector is norms[0]._base
         assert vector.tolist() == pytest.approx([t.norm(order).item() for t in tensors], rel=1e-5)
-
