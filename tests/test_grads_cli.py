@@ -63,9 +63,11 @@ def test_the_cifar_example_raises_no_alert_in_200_steps(tmp_path):
     layers = [r for r in records if r["kind"] == "layers"]
     steps = [r["step"] for r in layers]
     assert steps[:100] == list(range(100))  # the first 100 steps at the asked cadence
-    # Then the cost governor may thin them, never beyond every 4th step (the statistics cost ~1% of a CPU step).
-    assert max(b - a for a, b in zip(steps, steps[1:])) <= 4 and steps[-1] >= 196
-    assert {r["every"] for r in layers} <= {1, 2, 3, 4}
+    # Then the budget may space out the detail steps (every 2nd here: optwatch's checks cost ~1.1% of a CPU
+    # step) and the statistics' own governor thin them to every 2nd..4th of those; each record says its
+    # cadence, and no gap is wider.
+    assert all(b["step"] - a["step"] <= max(a["every"], b["every"]) for a, b in zip(layers, layers[1:]))
+    assert max(r["every"] for r in layers) <= 16 and steps[-1] >= 200 - max(r["every"] for r in layers)
     # A healthy run, seen in the numbers too: every layer's update ratio within 1e-5..1e-1 (per tensor, a
     # bias that starts at zero can have larger ones; per layer, the weight dominates).
     ratios = [m.update_ratio for r in layers for m in LayerStats.from_record(r).modules()]
@@ -92,15 +94,19 @@ def test_the_budget_spaces_out_the_checks_of_a_tiny_step_and_zero_keeps_every_st
     says so; `--budget 0` keeps them on every step."""
     script = str(SCRIPTS / "plain_train.py")
     spaced, every = tmp_path / "spaced.jsonl", tmp_path / "every.jsonl"
-    result = optwatch("run", "--headless", "--record", str(spaced), script, "--steps", "400")
+    # 350 steps: with checks every 32nd step or rarer, the last 20 steps hold none.
+    result = optwatch("run", "--headless", "--record", str(spaced), script, "--steps", "350")
     assert result.returncode == 0, result.stderr
     steps = steps_of(read_jsonl(spaced))
-    assert all(s["detailed"] for s in steps[:100])
+    assert len(steps) == 350 and all(s["detailed"] for s in steps[:100])
     late = steps[300:]
     assert late[-1]["detail_every"] > 1 and not all(s["detailed"] for s in late)
     assert all((s["grad_norm"] is not None) == s["detailed"] for s in late)
     final = [line for line in result.stderr.splitlines() if line.startswith("optwatch: final step")]
     assert final and f"(checks 1/{late[-1]['detail_every']})" in final[0]
+    last_norm = [s["grad_norm"] for s in steps if s["grad_norm"] is not None][-1]
+    assert late[-1]["detail_every"] >= 32 and late[-1]["grad_norm"] is None
+    assert f"| grad {last_norm:.3g} |" in final[0]  # the last norm measured, not "-"
     result = optwatch("run", "--headless", "--budget", "0", "--record", str(every), script, "--steps", "400")
     assert result.returncode == 0, result.stderr
     steps = steps_of(read_jsonl(every))

@@ -35,7 +35,7 @@ def summary_line(store: Store) -> str | None:
         ]
         if rates:
             parts.append(f"{sum(rates) / len(rates):.0f} samples/s")
-        parts += [f"grad {_fmt(last_known(recent, 'grad_norm'), '.3g')}", f"lr {_fmt(last.get('lr'), '.3g')}"]
+        parts += [f"grad {_fmt(last_known(state.steps, 'grad_norm'), '.3g')}", f"lr {_fmt(last.get('lr'), '.3g')}"]
         if own_share is not None:
             spacing = last.get("detail_every") or 1
             parts.append(f"optwatch {100 * own_share:.1f}%" + (f" (checks 1/{spacing})" if spacing > 1 else ""))

@@ -9,7 +9,7 @@ import collections
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ def share_of_step_time(steps: Iterable[dict[str, Any]], key: str) -> float | Non
     return sum(part for part, _ in pairs) / total if total > 0 else None
 
 
-def last_known(steps: Iterable[dict[str, Any]], key: str) -> Any:
+def last_known(steps: Sequence[dict[str, Any]] | collections.deque[dict[str, Any]], key: str) -> Any:
     """``key`` of the newest of ``steps`` that has it (the gradient norm is measured on detail steps only
     when optwatch spaces them out), else None."""
-    for step in reversed(list(steps)):
+    for step in reversed(steps):
         if step.get(key) is not None:
             return step[key]
     return None

@@ -240,6 +240,7 @@ class GradientPlugin(ProbePlugin):
         self.share: float | None = None
         """Smoothed share of a measured step's time that went to measuring it."""
         self._measuring = True  # the current step (decided at the previous step boundary)
+        self._detail_steps = 1  # detail steps so far (step 0 is one): the stride counts these
         self._cost_s = 0.0
         self._settling_in = True  # the first measured step builds layouts: not a fair sample of the cost
         self._pinned = False  # set by the publisher thread after a non-finite value: every step again
@@ -458,7 +459,9 @@ class GradientPlugin(ProbePlugin):
         self._cost_s = 0.0
         if self._pinned:
             self.stride = self.every
-        self._measuring = probe.next_detailed and (probe.step + 1) % self.stride == 0
+        # Measured on every ``stride``-th detail step: with every step a detail step, every stride-th step.
+        self._measuring = probe.next_detailed and self._detail_steps % self.stride == 0
+        self._detail_steps += probe.next_detailed
         if self.forward_check:
             self._set_forward_hook(probe.next_detailed)
 
@@ -507,7 +510,7 @@ class GradientPlugin(ProbePlugin):
                 _nonzero=measured.nonzero,
                 _update=update,
                 _update_at=chunk,
-                every=self.stride,
+                every=self.stride * probe.detail_every,
             )
         )
 

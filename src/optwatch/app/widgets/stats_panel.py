@@ -34,6 +34,7 @@ class StatsPanel(Widget):
             total = sum(r.get("step_time_s") or 0.0 for r in recent)
             own = fmt.median([r.get("optwatch_s") for r in recent])
             own_share = share_of_step_time(recent, "optwatch_s")
+            grad_norm = last_known(state.steps, "grad_norm")  # measured on detail steps only: see --budget
             system = state.last_system or {}
             metric = store.latest.get("metric")
             hello = state.hello
@@ -48,7 +49,7 @@ class StatsPanel(Widget):
             rows["optwatch"] = f"{fmt.milliseconds(own)}/step, {100 * own_share:.1f}%"
             if (last.get("detail_every") or 1) > 1:  # its budget spaces out the checks
                 rows["optwatch"] += f", checks 1/{last['detail_every']}"
-        rows["Grad norm"] = fmt.number(last_known(recent, "grad_norm"), ".3g")
+        rows["Grad norm"] = fmt.number(grad_norm, ".3g")
         rows["LR"] = fmt.number(last.get("lr"), ".3g")
         if "mem_allocated_bytes" in system:
             allocated, total_mem = system["mem_allocated_bytes"], system.get("mem_total_bytes")
