@@ -47,8 +47,8 @@ class StatsPanel(Widget):
         rows["Data wait"] = f"{100 * wait / total:.0f}%" if total > 0 else "–"
         if own_share is not None:  # what optwatch itself costs the run, on its training thread
             rows["optwatch"] = f"{fmt.milliseconds(own)}/step, {100 * own_share:.1f}%"
-            if (last.get("detail_every") or 1) > 1:  # its budget spaces out the checks
-                rows["optwatch"] += f", checks 1/{last['detail_every']}"
+            if (last.get("detail_every") or 1) > 1:  # its --budget spaces out the checks
+                rows["Checks"] = f"1 step in {last['detail_every']}"
         rows["Grad norm"] = fmt.number(grad_norm, ".3g")
         rows["LR"] = fmt.number(last.get("lr"), ".3g")
         if "mem_allocated_bytes" in system:
