@@ -243,7 +243,6 @@ class GradientPlugin(ProbePlugin):
         self._detail_steps = 1  # detail steps so far (step 0 is one): the stride counts these
         self._cost_s = 0.0
         self._settling_in = True  # the first measured step builds layouts: not a fair sample of the cost
-        self._pinned = False  # set by the publisher thread after a non-finite value: every step again
         self._nonzero: torch.Tensor | None = None
         self._zero_count_turn = 0
         self.budget_bytes = options.grad_update_mb * 2**20
@@ -457,7 +456,7 @@ class GradientPlugin(ProbePlugin):
             self._cost_s += time.perf_counter() - started
             self._govern(record.get("step_time_s"), record["step"])
         self._cost_s = 0.0
-        if self._pinned:
+        if probe.detail_pinned:  # after a non-finite value: every step again
             self.stride = self.every
         # Measured on every ``stride``-th detail step: with every step a detail step, every stride-th step.
         self._measuring = probe.next_detailed and self._detail_steps % self.stride == 0
@@ -472,7 +471,7 @@ class GradientPlugin(ProbePlugin):
             return
         share = self._cost_s / step_time_s
         self.share = share if self.share is None else self.share + _SHARE_SMOOTHING * (share - self.share)
-        if self.budget <= 0 or self._pinned or step < self.full_cadence_steps:
+        if self.budget <= 0 or self._probe.detail_pinned or step < self.full_cadence_steps:
             return
         thinning = max(1, math.ceil(self.share / self.budget))
         # At most doubling at a time: one slow measurement must not silence the statistics for long.
@@ -571,8 +570,7 @@ class GradientPlugin(ProbePlugin):
                 try:
                     found = self._diagnose(record, layers, forward)
                     if any(alert.get("type") == NONFINITE for alert in found):
-                        # The next non-finite value's origin must not fall between two detail steps.
-                        self._pinned = True
+                        # The next non-finite value's origin must not fall between two samples.
                         self._probe.pin_detail()
                     alerts += found
                 except Exception:
