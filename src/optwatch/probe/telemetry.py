@@ -164,7 +164,6 @@ class TelemetryPlugin(ProbePlugin):
                 record[phase] = self._host[phase]
         if self._device is not None:
             record["host_phases_s"] = sum(self._host.values())
-        self._reset()
         model = probe.find_model()
         compiled = getattr(model, "_compiled_call_impl", None) is not None
         if model is not self._model or (compiled and self._hooks):
@@ -175,7 +174,7 @@ class TelemetryPlugin(ProbePlugin):
                     model.register_forward_hook(self._forward_post, always_call=True),
                 ]
             self._model = model
-            self._reset()  # which phases can be timed changed with the hooks
+        self._reset()
 
     def _unhook(self) -> None:
         for hook in self._hooks:
