@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import SCRIPTS, optwatch, read_jsonl, steps_of
+from conftest import SCRIPTS, optwatch, read_jsonl, steps_of, train
 from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.wire import runtime
@@ -119,17 +119,11 @@ def test_cuda_phases_come_from_events_without_a_sync(probe):
     model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 1)).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(256, 512, device="cuda"), torch.randn(256, 1, device="cuda")
-    for _ in range(3):
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, x, y, steps=3)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(20):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
+        train(model, optimizer, x, y, steps=20)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     steps = recorded(probe)[2:]
@@ -152,10 +146,7 @@ def test_cuda_steps_between_detail_steps_are_not_timed_and_the_verdict_reads_the
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 1, device="cuda")
-    for _ in range(300):
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
+    train(model, optimizer, x, y, steps=300)
     steps = recorded(probe)[20:]
     timed = [s for s in steps if s["detailed"]]
     untimed = [s for s in steps if not s["detailed"]]
