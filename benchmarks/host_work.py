@@ -12,6 +12,10 @@ one operator per tensor, so the statistics' share reads higher here than on a GP
 
     python benchmarks/host_work.py --workload cifar-host
     python benchmarks/host_work.py --workload tiny --modes default,no-forward-check,no-gradients
+    python benchmarks/host_work.py --workload cifar-host --modes light,every-step   # between detail steps
+
+The ``light`` mode counts only steps between two detail steps (``--budget`` spacing them at every
+128th): the step record every step pays for, which is most of optwatch's cost on a host-bound GPU step.
 
 Needs valgrind and a C compiler with valgrind's headers (``apt-get install valgrind gcc``); the script
 builds a three-line helper library that lets Python switch callgrind's collection on and off, then runs
@@ -83,6 +87,8 @@ def measure(args: argparse.Namespace) -> None:
                 instrumenting = True
             for _ in range(SETTLE_STEPS):
                 step()
+            if probe is not None and mode == "light":
+                skip_to_light_steps(probe, step, args.steps)
             helper.toggle_collect()  # this thread's instructions, from here
             for _ in range(args.steps):
                 step()
@@ -90,6 +96,16 @@ def measure(args: argparse.Namespace) -> None:
             helper.dump(f"{mode}:{round_index}".encode())
             if probe is not None:
                 probe.close()
+
+
+def skip_to_light_steps(probe, step, steps: int) -> None:
+    """Train (counted out) until the budget has spaced the detail steps wider than ``steps`` and the next
+    ``steps`` steps fall between two of them: the ``light`` mode counts those steps alone."""
+    for _ in range(1000):
+        if probe.detail_every > steps + 1 and probe.step % probe.detail_every == 1:
+            return
+        step()
+    sys.exit(f"the light mode's spacing did not pass {steps} steps (it is {probe.detail_every})")
 
 
 def report(out_dir: Path, args: argparse.Namespace) -> None:

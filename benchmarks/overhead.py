@@ -46,6 +46,9 @@ MODES: dict[str, dict | None] = {
     "no-forward-check": {"forward_check": False},
     "no-gradients": {"grad_every": 0},
     "every-step": {"budget": 0.0},  # every diagnostic at every step, whatever it costs (before --budget)
+    # The detail steps at their widest spacing (every 128th): what every other step costs, the per-step
+    # record alone. A budget no run can meet drives the spacing there within ~170 steps.
+    "light": {"budget": 1e-6},
 }
 
 
