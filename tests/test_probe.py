@@ -475,3 +475,53 @@ def test_controls_switched_off_for_a_bug_take_their_autocast_with_them():
         torch.set_autocast_enabled("cpu", False)
     assert dtypes[1] == torch.bfloat16 and dtypes[2:] == [torch.float32] * 2  # on at step 1, off from 2
     assert not left_on
+
+
+PER_STEP = ("on_backward_start", "on_backward_end", "before_optimizer_step", "after_optimizer_step", "after_step")
+
+
+class Recorder(ProbePlugin):
+    """Which per-step callbacks it was given, at which step."""
+
+    def __init__(self, name: str, between_detail_steps: frozenset[str] | None):
+        self.name = name
+        self.between_detail_steps = between_detail_steps
+        self.seen: dict[int, list[str]] = {}
+
+    def _saw(self, probe: Probe, method: str) -> None:
+        self.seen.setdefault(probe.step, []).append(method)
+
+    def on_backward_start(self, probe, loss):
+        self._saw(probe, "on_backward_start")
+
+    def on_backward_end(self, probe, loss):
+        self._saw(probe, "on_backward_end")
+
+    def before_optimizer_step(self, probe, optimizer):
+        self._saw(probe, "before_optimizer_step")
+
+    def after_optimizer_step(self, probe, optimizer):
+        self._saw(probe, "after_optimizer_step")
+
+    def after_step(self, probe, record):
+        self._saw(probe, "after_step")
+
+
+def test_between_detail_steps_a_plugin_gets_only_the_callbacks_it_needs_and_controls_still_apply():
+    """Over its budget optwatch spaces its detail steps; on the steps between, a plugin that asks for the
+    boundary alone gets nothing else (what keeps those steps cheap), one that asks for nothing in
+    particular gets everything, and scheduled LR changes land at their very steps, detail or not."""
+    every, boundary = Recorder("every", None), Recorder("boundary", frozenset({"after_step"}))
+    changes = {step: round(0.001 * (step - 149), 6) for step in range(150, 170)}
+    controls = [f"lr={lr}@{step}" for step, lr in changes.items()]
+    probe = start(every, boundary, budget=0.01, grad_full_cadence_steps=20, controls=controls)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=200)
+    steps = {r["step"]: r for r in recorded(probe)}
+    light = [s for s in range(20, 200) if not steps[s]["detailed"]]
+    assert len(light) > 100 and any(not steps[s]["detailed"] for s in changes)
+    for step in range(200):
+        assert every.seen[step] == list(PER_STEP)
+        assert boundary.seen[step] == (["after_step"] if step in light else list(PER_STEP))
+    assert {s: steps[s]["lr"] for s in changes} == changes

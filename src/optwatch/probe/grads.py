@@ -224,6 +224,9 @@ class _Measured:
 
 class GradientPlugin(ProbePlugin):
     name = "grads"
+    # Between detail steps no forward check runs and nothing is measured: only the boundary (a clipped
+    # norm to report, the next step's hook and measurement to plan).
+    between_detail_steps = frozenset({"after_step"})
 
     def __init__(self, options: ProbeOptions):
         self.every = options.grad_every
@@ -449,13 +452,14 @@ class GradientPlugin(ProbePlugin):
         return self._ordered
 
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
-        measured = self._measuring
-        started = time.perf_counter()
-        self._measure_after(probe, record)
-        if measured:
+        if self._measuring:
+            started = time.perf_counter()
+            self._measure_after(probe, record)
             self._cost_s += time.perf_counter() - started
             self._govern(record.get("step_time_s"), record["step"])
-        self._cost_s = 0.0
+            self._cost_s = 0.0
+        else:
+            self._measure_after(probe, record)
         if probe.detail_pinned:  # after a non-finite value: every step again
             self.stride = self.every
         # Measured on every ``stride``-th detail step: with every step a detail step, every stride-th step.

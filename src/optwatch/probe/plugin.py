@@ -38,6 +38,10 @@ class ProbePlugin:
     """Base class: override what you need."""
 
     name = "plugin"
+    between_detail_steps: frozenset[str] | None = None
+    """The per-step callbacks this plugin needs on the steps between two detail steps (``probe.detailed``
+    false), where the probe calls no others: what it leaves out costs nothing on most steps of a run
+    that ``--budget`` spaces out. None: all of them."""
 
     def install(self, probe: Probe) -> None:
         """Called once when the probe starts (install hooks here)."""

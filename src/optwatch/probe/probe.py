@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 # and the widest spacing (the dashboard's phase and gradient charts still get a point every so often).
 _DETAIL_WINDOW = 20
 MAX_DETAIL_EVERY = 128
+# The callbacks of every step, which a plugin may leave out between detail steps (``between_detail_steps``).
+_PER_STEP = ("on_backward_start", "on_backward_end", "before_optimizer_step", "after_optimizer_step", "after_step")
+_CALLBACKS = ("install", *_PER_STEP, "close")
 
 
 def _batch_len(batch: Any, depth: int = 0) -> int | None:
@@ -139,10 +142,14 @@ class Probe:
         self._param_names: dict[int, str] | None = None
         from optwatch.probe.plugins import enabled
 
-        self.plugins = enabled(options)
         self._broken_plugins: set[str] = set()
         self._callbacks: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
         """Per callback name, the working plugins that implement it (the base class's are no-ops)."""
+        self._light_callbacks: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
+        """The same for the steps between detail steps: those of the plugins that need it there."""
+        self._active_callbacks = self._callbacks
+        """This step's table: one of the two above."""
+        self.plugins = enabled(options)
         self._sampler: threading.Thread | None = None
         self._stop_sampler = threading.Event()
 
@@ -254,26 +261,48 @@ class Probe:
         """Queue a record from the training thread; its tensor values are read back with the next batch."""
         self._pending.append(record)
 
+    @property
+    def plugins(self) -> list[ProbePlugin]:
+        """The plugins, in the order their callbacks run (set before ``start``)."""
+        return self._plugins
+
+    @plugins.setter
+    def plugins(self, plugins: list[ProbePlugin]) -> None:
+        self._plugins = list(plugins)
+        self._tabulate_callbacks()
+
+    def _tabulate_callbacks(self) -> None:
+        """Per callback, the working plugins that implement it, for detail steps and for the steps between
+        (where a plugin gets only the ``between_detail_steps`` it names): made once, as several callbacks
+        run at every step and most plugins leave most of them out."""
+
+        def implementing(method: str, light: bool) -> list[tuple[str, Callable[..., Any]]]:
+            chosen = []
+            for plugin in self.plugins:
+                if plugin.name in self._broken_plugins:
+                    continue
+                if getattr(type(plugin), method, None) is getattr(ProbePlugin, method, None):
+                    continue
+                if light and plugin.between_detail_steps is not None and method not in plugin.between_detail_steps:
+                    continue
+                chosen.append((plugin.name, getattr(plugin, method)))
+            return chosen
+
+        self._callbacks = {method: implementing(method, False) for method in _CALLBACKS}
+        self._light_callbacks = {method: implementing(method, method in _PER_STEP) for method in _CALLBACKS}
+        self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
+
     def _call_plugins(self, method: str, *args: Any) -> list[Any]:
-        """Run one callback of every plugin that implements it. A plugin that raises is switched off and
-        logged once: optwatch must never break the training. (KeyboardInterrupt, a requested stop, goes
-        through.)"""
-        callbacks = self._callbacks.get(method)
-        if callbacks is None:
-            # Made once per callback: several run at every step, and most plugins leave most of them out.
-            callbacks = self._callbacks[method] = [
-                (plugin.name, getattr(plugin, method))
-                for plugin in self.plugins
-                if plugin.name not in self._broken_plugins
-                and getattr(type(plugin), method, None) is not getattr(ProbePlugin, method, None)
-            ]
+        """Run one callback of every plugin that implements it (and, between two detail steps, needs it).
+        A plugin that raises is switched off and logged once: optwatch must never break the training.
+        (KeyboardInterrupt, a requested stop, goes through.)"""
         results = []
-        for name, callback in callbacks:
+        for name, callback in self._active_callbacks[method]:
             try:
                 results.append(callback(self, *args))
             except Exception:
                 self._broken_plugins.add(name)
-                self._callbacks.clear()
+                self._tabulate_callbacks()
                 log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, method)
                 if method != "close":
                     self._close_broken(name)
@@ -314,7 +343,7 @@ class Probe:
                         tensors = replacement
                 probe.own_s += time.perf_counter() - started
             result = original_backward(tensors, *args, **kwargs)
-            if is_loss:
+            if is_loss and probe._active_callbacks["on_backward_end"]:  # none between detail steps
                 started = time.perf_counter()
                 probe._call_plugins("on_backward_end", tensors)
                 probe.own_s += time.perf_counter() - started
@@ -412,20 +441,27 @@ class Probe:
             started = time.perf_counter()
             self._in_step = True
             self._stepped = True
-            with as_optwatch_work():
+            if torch.autograd.profiler._is_profiler_enabled:  # as_optwatch_work's test, without its call
+                with as_optwatch_work():
+                    self._call_plugins("before_optimizer_step", optimizer)
+            else:
                 self._call_plugins("before_optimizer_step", optimizer)
             self.own_s += time.perf_counter() - started
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
-            with as_optwatch_work():
+            if torch.autograd.profiler._is_profiler_enabled:
+                with as_optwatch_work():
+                    self._after_optimizer_step(optimizer)
+            else:
                 self._after_optimizer_step(optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        started = time.perf_counter()
-        self._call_plugins("after_optimizer_step", optimizer)
-        self.own_s += time.perf_counter() - started
+        if self._active_callbacks["after_optimizer_step"]:  # none between detail steps
+            started = time.perf_counter()
+            self._call_plugins("after_optimizer_step", optimizer)
+            self.own_s += time.perf_counter() - started
         self._finish_step()
 
     # --- the model -----------------------------------------------------------------------------------
@@ -517,27 +553,32 @@ class Probe:
         grad_norm = self.measured_grad_norm
         if grad_norm is None and self.detailed:
             grad_norm = self._grad_norm(params)
-        record = protocol.make_record(
-            protocol.STEP,
-            self.rank,
-            step=self.step,
-            loss=loss,
-            grad_norm=grad_norm,
-            lr=self._learning_rate(),
-            step_time_s=step_time,
-            data_wait_s=self._data_wait_s,
-            samples=samples,
-            samples_per_s=(samples / step_time) if samples and step_time else None,
+        # make_record's fields written out: a dict display costs a third of the call with keywords, and
+        # this runs at every step.
+        record = {
+            "v": protocol.PROTOCOL_VERSION,
+            "kind": protocol.STEP,
+            "rank": self.rank,
+            "time": time.time(),
+            "step": self.step,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": self._learning_rate(),
+            "step_time_s": step_time,
+            "data_wait_s": self._data_wait_s,
+            "samples": samples,
+            "samples_per_s": (samples / step_time) if samples and step_time else None,
             # Time until this rank reached backward(), where DDP's gradient all-reduce waits for the
             # slowest rank: the straggler is the rank for which this is longest.
-            to_backward_s=(self._backward_started - self._step_start)
+            "to_backward_s": (self._backward_started - self._step_start)
             if self._backward_started is not None and self._step_start is not None
             else None,
-            optwatch_s=self.own_s,
-            detailed=self.detailed,
-            detail_every=self.detail_every,
-            **extra,
-        )
+            "optwatch_s": self.own_s,
+            "detailed": self.detailed,
+            "detail_every": self.detail_every,
+        }
+        if extra:
+            record.update(extra)
         self.measured_grad_norm = None
         self._plan_detail(step_time)
         self._call_plugins("after_step", record)
@@ -548,6 +589,7 @@ class Probe:
         self._backward_started = None
         self.step += 1
         self.detailed = self.next_detailed
+        self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
         held = 0.0
         try:
             for callback in self._boundary_callbacks:

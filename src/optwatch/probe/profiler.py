@@ -130,6 +130,7 @@ class ProfilerPlugin(ProbePlugin):
     """Plans, runs and publishes profiler windows; ``request_window`` is safe from any thread."""
 
     name = "profiler"
+    between_detail_steps = frozenset({"after_step"})  # a window starts and ends at any step
 
     def __init__(self, options: ProbeOptions):
         self._plans: list[Window] = sorted(Window(first, steps, "cli") for first, steps in options.profile_at)
