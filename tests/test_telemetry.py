@@ -248,3 +248,44 @@ async def test_the_system_tab_shows_a_real_runs_verdict_and_telemetry(slow_data_
     if not torch.cuda.is_available():
         assert gpu[0] == "no NVIDIA GPU"
     assert findings[0].startswith("input-bound: ")
+
+
+class HookCounter(torch.nn.Module):
+    """A model that notes, at each call, how many forward hooks its root carries."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        self.hooks_seen: list[int] = []
+
+    def forward(self, x):
+        self.hooks_seen.append(len(self._forward_pre_hooks) + len(self._forward_hooks))
+        return self.layers(x)
+
+
+def test_steps_between_detail_steps_are_not_timed_and_carry_no_hooks_on_any_device():
+    """A tiny model's sub-millisecond CPU step: over its 1% budget, only detail steps are timed and only
+    their forward passes through the root's phase hooks (a module with hooks takes torch's slower call
+    path); the steps between say their phases are unknown, and the verdict reads the timed ones."""
+    from optwatch.diagnose.bottleneck import summarise
+
+    run_dir = runtime.make_run_dir("telemetry-test")
+    options = ProbeOptions(script="test", publish_interval_s=0.0, grad_full_cadence_steps=10)
+    probe = Probe(run_dir, "telemetry-test", options).start()
+    model = HookCounter()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train(model, optimizer, torch.randn(32, 4), torch.randn(32, 1), steps=300)
+    steps = recorded(probe)
+    assert [s["step"] for s in steps] == list(range(300)) == list(range(len(model.hooks_seen)))
+    timed = [s for s in steps[1:] if s["detailed"]]  # (the hooks go on once step 0 has found the model)
+    untimed = [s for s in steps if not s["detailed"]]
+    assert len(untimed) > 150 and len(timed) > 10
+    for step in timed:
+        assert all(isinstance(step[p], float) for p in PHASES) and step["forward_s"] > 0
+        assert model.hooks_seen[step["step"]] == 2
+    for step in untimed:
+        assert step["forward_s"] is None and step["backward_s"] is None and step["optimizer_s"] is None
+        assert isinstance(step["step_time_s"], float) and isinstance(step["loss"], float)
+        assert model.hooks_seen[step["step"]] == 0
+    window = summarise(steps[20:], [], "cpu")
+    assert window.shares["forward_s"] > 0 and window.shares["backward_s"] > 0

@@ -6,7 +6,8 @@ primary optimizer's step hooks); data wait is the probe's own. On the CPU each p
 time. On CUDA each boundary also records a CUDA event on the current stream, and the phase is the
 device-timeline time between its events, read on the publisher thread once they completed
 (``readback.DeviceTime``): never a synchronisation. ``host_phases_s`` keeps the host's time inside
-the three phases, which tells launch-bound from sync-bound loops.
+the three phases, which tells launch-bound from sync-bound loops. Only detail steps are timed (see
+``ProbeOptions.budget``); the phases of the steps between them are null.
 
 The verdict runs on the publisher thread (``diagnose.tracker``), where it sees every record in order.
 """
@@ -32,6 +33,10 @@ UNTIMED = dict.fromkeys(TIMED)
 
 class TelemetryPlugin(ProbePlugin):
     name = "telemetry"
+    # Only detail steps are timed (``ProbeOptions.budget``), and only they carry the root's hooks: a module
+    # with hooks takes torch's slower call path, and on a GPU the events behind the phases cost the host
+    # more than the rest of the step record. The steps between say their phases are unknown.
+    between_detail_steps = frozenset({"after_step"})
 
     def __init__(self) -> None:
         self.loader: dict[str, Any] = {}
@@ -90,11 +95,6 @@ class TelemetryPlugin(ProbePlugin):
     def _event(self) -> Any:
         return DeviceTime.recorded_event(torch.cuda.current_stream(self._cuda))
 
-    def _untimed(self) -> bool:
-        """On a GPU, a step between two detail steps (``ProbeOptions.budget``) is not timed: its phases are
-        device times, and the events behind them cost the host more than the rest of the step record."""
-        return self._device is not None and self._probe is not None and not self._probe.detailed
-
     def _begin(self, phase: str, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         self._open[phase] = (now, self._event() if self._device is not None else None)
@@ -114,7 +114,7 @@ class TelemetryPlugin(ProbePlugin):
             return
         started = time.perf_counter()
         self._depth += 1
-        if self._depth == 1 and torch.is_grad_enabled() and not self._untimed():
+        if self._depth == 1 and torch.is_grad_enabled():
             self._begin("forward_s", started)
             if self._probe is not None:
                 self._probe.training_thread = _thread_id()  # the step's forward starts on this thread
@@ -138,43 +138,50 @@ class TelemetryPlugin(ProbePlugin):
         if self._cuda is None and loss.device.type == "cuda":
             self._cuda = loss.device
             self._device = {phase: DeviceTime() for phase in TIMED}
-        if not self._untimed():
-            self._begin("backward_s")
+        self._begin("backward_s")
 
     def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
         self._end("backward_s")
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
-        if not self._untimed():
-            self._begin("optimizer_s")
+        self._begin("optimizer_s")
 
     def after_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
         self._end("optimizer_s")
 
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
-        if self._untimed():
-            record.update(UNTIMED)  # and a new or newly compiled model is seen at the next detail step
-            return
-        for phase in TIMED:
-            if not self._measured[phase]:
-                record[phase] = None
-            elif self._device is not None:
-                record[phase] = self._device[phase] if self._device[phase].spans else 0.0
-            else:
-                record[phase] = self._host[phase]
-        if self._device is not None:
-            record["host_phases_s"] = sum(self._host.values())
+        if not probe.detailed:
+            record.update(UNTIMED)
+        else:
+            for phase in TIMED:
+                if not self._measured[phase]:
+                    record[phase] = None
+                elif self._device is not None:
+                    record[phase] = self._device[phase] if self._device[phase].spans else 0.0
+                else:
+                    record[phase] = self._host[phase]
+            if self._device is not None:
+                record["host_phases_s"] = sum(self._host.values())
+        if probe.next_detailed:
+            self._hook_model(probe)
+        elif self._hooks:
+            self._unhook()
+        if probe.detailed or probe.next_detailed:  # a step between detail steps left nothing to clear
+            self._reset()
+
+    def _hook_model(self, probe: Probe) -> None:
+        """The phase hooks on the trained model's root, for the next step: a new model (or one compiled
+        since) is seen here."""
         model = probe.find_model()
         compiled = getattr(model, "_compiled_call_impl", None) is not None
-        if model is not self._model or (compiled and self._hooks):
+        if self._hooks and (model is not self._model or compiled):
             self._unhook()
-            if model is not None and not compiled:
-                self._hooks = [
-                    model.register_forward_pre_hook(self._forward_pre),
-                    model.register_forward_hook(self._forward_post, always_call=True),
-                ]
-            self._model = model
-        self._reset()
+        if model is not None and not compiled and not self._hooks:
+            self._hooks = [
+                model.register_forward_pre_hook(self._forward_pre),
+                model.register_forward_hook(self._forward_post, always_call=True),
+            ]
+        self._model = model
 
     def _unhook(self) -> None:
         for hook in self._hooks:
