@@ -33,6 +33,10 @@ AGREEMENT_HORIZON_S = 0.25
 MIN_AHEAD_STEPS = 2
 MAX_AHEAD_STEPS = 200
 
+# What torch.backends.cudnn.benchmark reads, without its Python property in between: each step record
+# carries the setting (the script may change it too), and the property costs ten times the read.
+_cudnn_benchmark = getattr(torch._C, "_get_cudnn_benchmark", None) or (lambda: bool(torch.backends.cudnn.benchmark))
+
 
 @dataclass(order=True)
 class Scheduled:
@@ -215,28 +219,30 @@ class ControlPlugin(ProbePlugin):
 
     def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
         record["amp"] = self.amp.enabled
-        if self._overflowed is not None and self._overflowed[0] == record["step"]:
-            record.update(amp_overflow=True, amp_scale=self._overflowed[1])
-        self._overflowed = None
-        record["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        if self._overflowed is not None:
+            if self._overflowed[0] == record["step"]:
+                record.update(amp_overflow=True, amp_scale=self._overflowed[1])
+            self._overflowed = None
+        record["cudnn_benchmark"] = _cudnn_benchmark()
         if isinstance(record.get("step_time_s"), float):
             self._step_times.append(record["step_time_s"])
 
     def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> torch.Tensor | None:
         self.amp.leave()  # backward runs outside autocast, as recommended
-        if self.amp.scaling and self.amp.scale is not None:
+        if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
             return loss * self.amp.scale.to(loss.dtype)
         return None
 
     def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
-        self._apply_due(probe, stage="optimizer")  # LR commands for step 0 wait for the optimizer
+        if self._schedule:
+            self._apply_due(probe, stage="optimizer")  # LR commands for step 0 wait for the optimizer
         if self._lr_pin is not None:
             step, pinned = self._lr_pin
             self._lr_pin = None
             if step == probe.step:
                 for index, value in pinned.items():
                     self._rescale_group(optimizer, index, value)
-        if self.amp.scaling:
+        if self.amp.enabled and self.amp.scaling:
             skipped_at_scale = self.amp.unscale_or_skip(optimizer)
             if skipped_at_scale is not None:
                 self._overflowed = (probe.step, skipped_at_scale)
@@ -245,7 +251,8 @@ class ControlPlugin(ProbePlugin):
         """Apply what is due; while paused, hold the run here. Returns the seconds it was held."""
         if self._closed:
             return 0.0
-        self._apply_due(probe, stage="boundary")
+        if self._schedule or self._requests or probe.publisher.control_inbox:  # else _apply_due has nothing to do
+            self._apply_due(probe, stage="boundary")
         held = 0.0
         if self.paused:
             paused_at = time.perf_counter()
