@@ -83,6 +83,31 @@ def test_gradient_accumulation_does_not_recompile_a_compiled_model():
     assert graphs(with_probe=True) == graphs(with_probe=False)
 
 
+def test_hooks_coming_and_going_between_detail_steps_do_not_recompile_a_compiled_model():
+    """Past its budget optwatch takes its hooks (the forward check's global one, the phase hooks on the
+    root) away between detail steps and puts them back on the next. Dynamo keeps one graph for the steps
+    with the hooks and one for those without; it must not guard on anything that changes at each
+    detail step (a new hook's id), or every detail step would recompile, until torch gave up compiling."""
+
+    def graphs(with_probe: bool) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        options = ProbeOptions(script="t", publish_interval_s=0.0, budget=0.01, grad_full_cadence_steps=10)
+        probe = Probe(runtime.make_run_dir("compile"), "compile", options).start() if with_probe else None
+        model = mlp()
+        compiled = torch.compile(model, backend="eager")
+        train(compiled, torch.optim.SGD(model.parameters(), lr=0.01), *data(), steps=200)
+        if probe is not None:
+            spaced = probe.detail_every > 1
+            steps = recorded(probe)
+            assert spaced and [s["step"] for s in steps] == list(range(200))
+            assert {s["detailed"] for s in steps[20:]} == {True, False}
+        return counters["stats"]["unique_graphs"]
+
+    assert graphs(with_probe=True) <= graphs(with_probe=False) + 1
+    assert dict(counters["graph_break"]) == {}
+
+
 @pytest.mark.parametrize("fullgraph", [False, True])
 def test_a_model_compiled_in_place_trains_whole(fullgraph):
     """model.compile() traces the root module's hooks too: the phase timing stays out of that graph (with
