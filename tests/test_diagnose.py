@@ -228,3 +228,23 @@ def test_tracker_takes_the_device_from_hello():
     tracker([hello, *make_steps(10, forward_s=0.09, host_phases_s=0.01)])
     [result] = tracker.verdict()
     assert result["evidence"]["device"] == "cuda"
+
+
+def test_once_the_run_is_past_optwatchs_full_first_steps_the_verdict_leaves_them_out():
+    """optwatch checks every step until its budget applies (step 100 by default), which costs a short
+    host-bound step far more than later: a short run's final verdict judges the steps after that, and
+    before it, the steps there are."""
+    tracker = VerdictTracker(rank=0, interval_s=1e9, settled_from=20)
+    early = make_steps(18, start=2, **CPU_COMPUTE, optwatch_s=0.02)
+    late = make_steps(20, start=20, **CPU_COMPUTE, optwatch_s=0.0005)
+    for i, step in enumerate(late):
+        step["time"] = early[-1]["time"] + (i + 1) * 0.1
+    tracker(early)
+    [before] = tracker.verdict()
+    assert before["window"] == [2, 19] and before["evidence"]["optwatch_share"] == pytest.approx(0.2)
+    assert "optwatch itself takes 20%" in " ".join(before["suggestions"])
+    tracker(late)
+    [final] = tracker([{"v": 1, "kind": "end", "rank": 0, "time": 200.0}])[:1]
+    assert final["final"] and final["window"] == [20, 39]
+    assert final["evidence"]["optwatch_share"] == pytest.approx(0.005)
+    assert "optwatch itself" not in final["message"] + " ".join(final["suggestions"])

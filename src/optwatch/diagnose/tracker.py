@@ -46,8 +46,13 @@ class VerdictTracker:
         window_s: float = WINDOW_S,
         loader: Callable[[], dict[str, Any]] = dict,
         clock: Callable[[], float] = time.monotonic,
+        settled_from: int = 0,
     ):
         self.rank = rank
+        self.settled_from = settled_from
+        """The first step of the steady state: before it optwatch checks every step whatever that costs (its
+        ``--budget`` applies from there). A window that reaches past it judges the steps from it alone, so
+        that a short run's final verdict does not charge the run with optwatch's first, fuller steps."""
         self.interval_s = interval_s
         self.window_s = window_s
         self.device = "cpu"
@@ -88,6 +93,9 @@ class VerdictTracker:
         self._last_verdict = self._clock()
         self._fresh_steps = 0
         steps = recent(self._steps, self.window_s, at_least=MIN_STEPS)
+        settled = [s for s in steps if s.get("step", 0) >= self.settled_from]
+        if len(settled) >= MIN_STEPS:
+            steps = settled
         if len(steps) < MIN_STEPS:
             return []
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)

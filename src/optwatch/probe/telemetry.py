@@ -74,7 +74,10 @@ class TelemetryPlugin(ProbePlugin):
 
         _BaseDataLoaderIter.__init__ = iterator_init
         self._undo.append(lambda: setattr(_BaseDataLoaderIter, "__init__", original_init))
-        probe.publisher.add_observer(VerdictTracker(probe.rank, loader=lambda: plugin.loader))
+        # The verdict judges the steps from where the budget applies (before it every step is checked).
+        settled_from = probe.options.grad_full_cadence_steps if probe.options.budget > 0 else 0
+        tracker = VerdictTracker(probe.rank, loader=lambda: plugin.loader, settled_from=settled_from)
+        probe.publisher.add_observer(tracker)
 
     def close(self, probe: Probe) -> None:
         for undo in reversed(self._undo):
