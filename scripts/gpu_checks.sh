@@ -26,7 +26,7 @@ echo "== cifar under optwatch on CUDA"
     examples/cifar.py --steps 400 --workers 4 2>&1 | tee "$out/cifar.log" | tail -25
 
 echo "== overhead benchmark on CUDA"
-"$python" benchmarks/overhead.py --rounds "${ROUNDS:-5}" --steps "${STEPS:-50}" --modes bare,default,every-step,all --json "$out/overhead.json" 2>&1 |
+"$python" benchmarks/overhead.py --rounds "${ROUNDS:-5}" --steps "${STEPS:-50}" --modes bare,default,light,every-step,all --json "$out/overhead.json" 2>&1 |
     tee "$out/overhead.log"
 
 echo "== what optwatch adds per step on CUDA (operators, launches, Python)"
