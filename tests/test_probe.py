@@ -525,3 +525,28 @@ def test_between_detail_steps_a_plugin_gets_only_the_callbacks_it_needs_and_cont
         assert every.seen[step] == list(PER_STEP)
         assert boundary.seen[step] == (["after_step"] if step in light else list(PER_STEP))
     assert {s: steps[s]["lr"] for s in changes} == changes
+
+
+def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks():
+    """``probe.plugins`` is a list: a plugin appended to it, or a plugin method wrapped on the instance
+    (as benchmarks/grad_overhead.py does), before ``start`` runs at every step like one set with it."""
+    probe = Probe(
+        runtime.make_run_dir("probe-test"), "probe-test", ProbeOptions(script="test", publish_interval_s=0.0)
+    )
+    appended = Recorder("appended", None)
+    probe.plugins.append(appended)
+    [telemetry] = [p for p in probe.plugins if p.name == "telemetry"]
+    wrapped_calls = []
+    unwrapped = telemetry.after_step
+
+    def counting_after_step(probe, record):
+        wrapped_calls.append(record["step"])
+        return unwrapped(probe, record)
+
+    telemetry.after_step = counting_after_step
+    probe.start()
+    model = tiny_model()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.randn(16, 4), torch.randn(16, 1), steps=3)
+    probe.close()
+    assert [appended.seen[step] for step in range(3)] == [list(PER_STEP)] * 3
+    assert wrapped_calls == [0, 1, 2]

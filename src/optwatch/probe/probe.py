@@ -179,6 +179,7 @@ class Probe:
             watch = StragglerWatch()
             self.publisher.on_tick(lambda publisher: watch.check(publisher.history.steps))
         self._install_hooks()
+        self._tabulate_callbacks()  # the list may have been changed in place since it was set
         self._call_plugins("install")
         self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)
         self._sampler.start()
@@ -263,7 +264,8 @@ class Probe:
 
     @property
     def plugins(self) -> list[ProbePlugin]:
-        """The plugins, in the order their callbacks run (set before ``start``)."""
+        """The plugins, in the order their callbacks run (set, appended to or wrapped before ``start``,
+        which tabulates their callbacks again)."""
         return self._plugins
 
     @plugins.setter
