@@ -92,6 +92,20 @@ def test_evaluation_under_no_grad_is_not_forward_time_and_accumulation_adds_up(p
         assert step["other_s"] >= 0.02
 
 
+def test_the_forward_covers_the_models_own_root_hooks(probe):
+    """``forward_s`` is the model's call as the training sees it, the hooks the model has on its root
+    included: optwatch's pre-hook runs before theirs and its post-hook after (its hooks come and go
+    between detail steps, and are placed so again each time they come back)."""
+    model = SleepyModel(forward_sleep=0.0)
+    model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
+    model.register_forward_hook(lambda module, args, output: time.sleep(0.02))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train(model, optimizer, torch.randn(8, 4), torch.randn(8, 1), steps=4)
+    steps = recorded(probe)
+    assert steps[0]["forward_s"] is None  # the model is found at the first step's end
+    assert [s["forward_s"] > 0.04 for s in steps[1:]] == [True] * 3
+
+
 def test_the_training_loaders_settings_are_kept_not_the_evaluation_loaders(probe):
     [telemetry] = [p for p in probe.plugins if p.name == "telemetry"]
     data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 1))

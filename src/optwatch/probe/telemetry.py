@@ -180,8 +180,10 @@ class TelemetryPlugin(ProbePlugin):
         if self._hooks and (model is not self._model or compiled):
             self._unhook()
         if model is not None and not compiled and not self._hooks:
+            # Around the model's own root hooks (first in, last out), so that the forward is its call as
+            # the training sees it however often these hooks come and go.
             self._hooks = [
-                model.register_forward_pre_hook(self._forward_pre),
+                model.register_forward_pre_hook(self._forward_pre, prepend=True),
                 model.register_forward_hook(self._forward_post, always_call=True),
             ]
         self._model = model
