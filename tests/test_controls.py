@@ -106,6 +106,26 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
 
 
 @pytest.mark.slow
+def test_under_ddp_past_the_budgets_start_every_rank_records_every_step_and_a_command_lands_together(tmp_path):
+    """From step 100 each rank spaces its own checks (``--budget``) by what they cost it; nothing of that
+    is collective, so no rank waits on another's detail step, every step is recorded on every rank, and
+    a scheduled command lands at its step on both, between two detail steps."""
+    record = tmp_path / "r.jsonl"
+    # 251: a prime, so no spacing over 1 makes it a detail step.
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--nproc-per-node", "2", "--control", "lr=0.05@251",
+        str(EXAMPLES / "ddp.py"), "--steps", "400",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    for rank in (0, 1):
+        steps = {s["step"]: s for s in steps_of(records, rank)}
+        assert sorted(steps) == list(range(400)), rank
+        assert steps[399]["detail_every"] > 1 and not steps[251]["detailed"], rank
+        assert (steps[250]["lr"], steps[251]["lr"]) == (0.01, 0.05), rank
+
+
+@pytest.mark.slow
 def test_under_ddp_a_command_lands_on_every_rank_at_the_same_step(tmp_path):
     job = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
