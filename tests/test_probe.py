@@ -530,9 +530,7 @@ def test_between_detail_steps_a_plugin_gets_only_the_callbacks_it_needs_and_cont
 def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks():
     """``probe.plugins`` is a list: a plugin appended to it, or a plugin method wrapped on the instance
     (as benchmarks/grad_overhead.py does), before ``start`` runs at every step like one set with it."""
-    probe = Probe(
-        runtime.make_run_dir("probe-test"), "probe-test", ProbeOptions(script="test", publish_interval_s=0.0)
-    )
+    probe = Probe(runtime.make_run_dir("probe-test"), "probe-test", ProbeOptions(script="test", publish_interval_s=0.0))
     appended = Recorder("appended", None)
     probe.plugins.append(appended)
     [telemetry] = [p for p in probe.plugins if p.name == "telemetry"]
