@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.allocator_panel import AllocatorPanel
 from optwatch.app.widgets.gpu_panel import GpuPanel
@@ -164,3 +166,39 @@ async def test_system_tab_before_any_data_and_without_a_gpu_at_80x24():
     assert gpu[:2] == ["no NVIDIA GPU", "(NVML Shared Library Not Found)"]
     assert allocator[0] == "no CUDA allocator"
     assert workers == ["none: batches load on the training thread"]
+
+
+async def test_with_the_checks_spaced_out_the_phases_are_those_of_the_last_timed_steps():
+    """Past step 100 optwatch may time only every 128th step (``--budget``): the chart reaches back to the
+    last timed steps, names them, and says how sparse they are, rather than show the one or two timed
+    steps among the last 120."""
+    store = Store()
+    records: list[dict] = [{"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r", "device": "cpu"}]
+    for i in range(1000):
+        timed = i % 128 == 0
+        phases = {"forward_s": 0.03, "backward_s": 0.05, "optimizer_s": 0.01, "other_s": 0.01} if timed else {}
+        records.append(
+            {
+                "v": 1,
+                "kind": "step",
+                "rank": 0,
+                "seq": len(records),
+                "time": i * 0.1,
+                "step": i,
+                "step_time_s": 0.1,
+                "data_wait_s": 0.0,
+                "detailed": timed,
+                "detail_every": 128,
+                **dict.fromkeys(("forward_s", "backward_s", "optimizer_s", "other_s")),
+                **phases,
+            }
+        )
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("s")
+        await pilot.pause(0.3)
+        chart = app.query_one(PhaseChart)
+        assert chart.labels == list(range(0, 1000, 128))
+        assert chart.border_title.startswith("Phases, 8 steps (timed 1 in 128)")
+        assert chart.shares["bwd"] == pytest.approx(0.5)

@@ -43,6 +43,19 @@ def last_known(steps: Sequence[dict[str, Any]] | collections.deque[dict[str, Any
     return None
 
 
+def newest_with(steps: Sequence[dict[str, Any]] | collections.deque[dict[str, Any]], key: str, count: int) -> list:
+    """The newest ``count`` of ``steps`` with a finite ``key``, oldest first: when optwatch spaces its detail
+    steps out, the timed ones among the last few hundred steps are a handful, so this reaches further back."""
+    found = []
+    for step in reversed(steps):
+        if finite(step.get(key)):
+            found.append(step)
+            if len(found) == count:
+                break
+    found.reverse()
+    return found
+
+
 @dataclass
 class RankState:
     """What one rank has told us, newest last."""

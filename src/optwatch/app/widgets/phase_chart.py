@@ -1,4 +1,5 @@
-"""Where each step's time goes: one stacked column per step (or group of steps), newest on the right.
+"""Where each step's time goes: one stacked column per timed step (or group of them), newest on the right.
+When optwatch spaces its detail steps out (``--budget``), only those are timed, and the title says so.
 
 Drawn with half-block cells (two colours per cell: the lower half in the foreground, the upper half
 in the background), which keeps the stack exact at the 8-12 rows an 80x24 terminal leaves; plotext's
@@ -61,7 +62,9 @@ class PhaseChart(Widget):
             f"[{_rgb(colour)}]■[/] {label}" + (f" {100 * self.shares[label]:.0f}%" if self.shares else "")
             for _, label, colour in PHASES
         )
-        self.border_title = f"Phases, {len(self.columns)} steps  {legend}"
+        every = timed[-1].get("detail_every") if timed else None
+        spaced = f" (timed 1 in {every})" if isinstance(every, int) and every > 1 else ""
+        self.border_title = f"Phases, {len(self.columns)} steps{spaced}  {legend}"
         self.refresh()
 
     def render(self) -> Text:

@@ -11,7 +11,7 @@ from optwatch.app.widgets.host_panel import HostPanel
 from optwatch.app.widgets.phase_chart import PhaseChart
 from optwatch.app.widgets.verdict_panel import VerdictPanel
 from optwatch.app.widgets.workers_panel import WorkersPanel
-from optwatch.store import Store
+from optwatch.store import Store, newest_with
 
 PHASE_STEPS = 120
 SYSTEM_SAMPLES = 60
@@ -32,7 +32,7 @@ class SystemView(VerticalScroll):
             state = store.primary
             if state is None:
                 return
-            steps = list(state.steps)[-PHASE_STEPS:]
+            steps = newest_with(state.steps, "other_s", PHASE_STEPS)  # the timed steps: detail steps
             systems = list(state.system)[-SYSTEM_SAMPLES:]
             verdict = state.latest.get("verdict")
         evidence = (verdict or {}).get("evidence") or {}
