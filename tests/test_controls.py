@@ -56,6 +56,22 @@ def test_scheduled_controls_take_effect_exactly_at_their_steps(tmp_path):
     assert "warning: --control lr=banana@33 will be refused" in result.stderr
 
 
+def test_an_optimizer_whose_lr_is_not_one_number_trains_and_an_lr_command_is_refused(tmp_path):
+    """A learning rate optwatch cannot read as one number (here a pair) is recorded as unknown, and an
+    ``lr`` command is refused with the reason instead of writing a float the optimizer cannot use; the
+    training runs to its end either way (it crashed at the first step boundary)."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr=0.01@3", str(SCRIPTS / "per_axis_lr.py")
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"^step=\d+ loss=", result.stdout, re.M)) == 8
+    records = read_jsonl(record)
+    assert [(s["step"], s["lr"]) for s in steps_of(records)] == [(step, None) for step in range(8)]
+    [event] = [r for r in records if r["kind"] == "event"]
+    assert event["status"] == "rejected" and "learning rate is tuple (0.1, 0.05), not one number" in event["reason"]
+
+
 def test_a_malformed_control_flag_is_a_usage_error():
     result = optwatch("run", "--headless", "--control", "lr=0.1", str(SCRIPTS / "plain_train.py"))
     assert result.returncode == 2 and "COMMAND@STEP" in result.stderr

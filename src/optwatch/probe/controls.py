@@ -372,6 +372,13 @@ class ControlPlugin(ProbePlugin):
                 f"the optimizer has {len(groups)} param group(s) (0-{len(groups) - 1}), not {command.group}"
             )
         indices = [command.group] if command.group is not None else range(len(groups))
+        for index in indices:  # before any change: a command applies to all its groups or to none
+            lr = groups[index].get("lr")
+            if not _one_number(lr):
+                raise controls.CommandError(
+                    f"param group {index}'s learning rate is {type(lr).__name__} {lr!r}, not one number: "
+                    "optwatch leaves it to the optimizer"
+                )
         changes = []
         pinned = {}
         for index in indices:
@@ -401,3 +408,16 @@ class ControlPlugin(ProbePlugin):
             for scheduler in list(self._schedulers):
                 if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
                     scheduler.base_lrs[index] *= factor
+
+
+def _one_number(value: Any) -> bool:
+    """Whether a learning rate is one number optwatch can read and set (a float, or a one-element tensor)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    if isinstance(value, bool) or value is None:
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -534,9 +534,12 @@ class Probe:
         if self._primary_optimizer is None or not self._primary_optimizer.param_groups:
             return None
         lr = self._primary_optimizer.param_groups[0].get("lr")
-        if isinstance(lr, torch.Tensor):
-            return lr.detach() if lr.device.type != "cpu" else float(lr)
-        return float(lr) if lr is not None else None
+        if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
+            return lr.detach() if lr.numel() == 1 else None
+        try:
+            return float(lr) if lr is not None else None
+        except (TypeError, ValueError, RuntimeError):  # not one number: a rate per dimension, a schedule object
+            return None
 
     def _finish_step(self, **extra: Any) -> None:
         now = time.perf_counter()
