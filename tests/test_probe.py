@@ -548,3 +548,85 @@ def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks()
     probe.close()
     assert [appended.seen[step] for step in range(3)] == [list(PER_STEP)] * 3
     assert wrapped_calls == [0, 1, 2]
+
+
+def test_optwatchs_own_hooks_failing_leave_the_training_and_the_step_numbers_alone(caplog):
+    """A bug in optwatch's step accounting, which torch and the DataLoader call directly (simulated: its
+    bookkeeping raises in each of its hooks at chosen steps), is logged once per hook; the training runs
+    every step, and the steps after keep their numbers (a failed boundary still ends its step)."""
+
+    class FaultyProbe(Probe):
+        def _on_batch(self, started, finished, batch):
+            if self.step == 2:
+                raise RuntimeError("boom in the DataLoader hook")
+            super()._on_batch(started, finished, batch)
+
+        def _on_backward(self, loss, now):
+            if self.step == 4:
+                raise RuntimeError("boom in the backward hook")
+            super()._on_backward(loss, now)
+
+        def _learning_rate(self):
+            if self.step in (6, 8):
+                raise RuntimeError("boom in the step record")
+            return super()._learning_rate()
+
+    options = ProbeOptions(script="test", publish_interval_s=0.0)
+    probe = FaultyProbe(runtime.make_run_dir("probe-test"), "probe-test", options).start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
+    losses = []
+    for x, y in torch.utils.data.DataLoader(data, batch_size=4):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    steps = {s["step"]: s for s in recorded(probe)}
+    assert len(losses) == 10 and probe.step == 10
+    assert sorted(steps) == [0, 1, 2, 3, 4, 5, 7, 9]  # the two boundaries that failed left no record
+    assert steps[4]["loss"] is None and [steps[s]["loss"] for s in (3, 5, 9)] == [losses[3], losses[5], losses[9]]
+    for where in ("DataLoader hook", "backward hook", "optimizer step hook"):
+        assert caplog.text.count(f"optwatch: its {where} failed; training goes on") == 1, where
+
+
+def test_a_plugins_own_hook_failing_switches_the_plugin_off_and_takes_its_hooks_away(caplog):
+    """The forward check and the phase timing are hooks torch calls directly, inside the model's forward: a
+    failure there (simulated) must not reach the forward; the plugin is switched off as if a callback had
+    failed, its hooks go, and the training and the other plugins go on."""
+    from torch.nn.modules import module as nn_module
+
+    from optwatch.probe.grads import GradientPlugin
+    from optwatch.probe.telemetry import TelemetryPlugin
+
+    class FaultyCheck(GradientPlugin):
+        def _sum_on_cpu(self):
+            if self._probe.step == 3:
+                raise RuntimeError("boom in the forward check")
+            super()._sum_on_cpu()
+
+    class FaultyTiming(TelemetryPlugin):
+        def _begin(self, phase, now=None):
+            if phase == "forward_s" and self._probe.step == 5:
+                raise RuntimeError("boom in the phase hooks")
+            super()._begin(phase, now)
+
+    hooks_before = len(nn_module._global_forward_hooks)
+    options = ProbeOptions(script="test", publish_interval_s=0.0)
+    probe = Probe(runtime.make_run_dir("probe-test"), "probe-test", options)
+    replace = {"grads": FaultyCheck(options), "telemetry": FaultyTiming()}
+    probe.plugins = [replace.get(p.name, p) for p in probe.plugins]
+    probe.start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=8)
+    hooks_during = len(nn_module._global_forward_hooks)
+    steps = recorded(probe)
+    assert [s["step"] for s in steps] == list(range(8)) and all(s["loss"] is not None for s in steps)
+    assert hooks_during == hooks_before  # the forward check's global hook went at step 3
+    assert not model._forward_pre_hooks and not model._forward_hooks  # the phase hooks went at step 5
+    assert [s["forward_s"] is not None for s in steps[1:5]] == [True] * 4 and "forward_s" not in steps[6]
+    assert all("amp" in s for s in steps)  # the controls carried on
+    assert caplog.text.count("grads failed in its forward check and is switched off; training goes on") == 1
+    assert caplog.text.count("telemetry failed in its phase hooks and is switched off; training goes on") == 1

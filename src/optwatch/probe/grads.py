@@ -372,6 +372,8 @@ class GradientPlugin(ProbePlugin):
                 self._check_count += 1
                 if len(self._to_check) >= _CHECK_BATCH:
                     self._take_norms()
+        except Exception:  # torch calls this hook directly: a failure here must not reach the model's forward
+            self._probe.switch_off(self.name, "its forward check")
         finally:
             # optwatch's cost, shown with each step (inline: a call more per module call would show too)
             self._probe.own_s += time.perf_counter() - started

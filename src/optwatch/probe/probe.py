@@ -143,6 +143,8 @@ class Probe:
         from optwatch.probe.plugins import enabled
 
         self._broken_plugins: set[str] = set()
+        self._failed_hooks: set[str] = set()
+        """optwatch's own hooks that raised (each is logged once)."""
         self._callbacks: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
         """Per callback name, the working plugins that implement it (the base class's are no-ops)."""
         self._light_callbacks: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
@@ -303,12 +305,40 @@ class Probe:
             try:
                 results.append(callback(self, *args))
             except Exception:
-                self._broken_plugins.add(name)
-                self._tabulate_callbacks()
-                log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, method)
-                if method != "close":
-                    self._close_broken(name)
+                self.switch_off(name, method)
         return results
+
+    def switch_off(self, name: str, where: str) -> None:
+        """Switch a plugin off after it raised (call it inside the ``except``, whose traceback is logged):
+        its callbacks stop and its hooks go, and the training goes on. Plugins call it from hooks of
+        their own, which torch runs without the probe in between."""
+        if name in self._broken_plugins:
+            return
+        self._broken_plugins.add(name)
+        self._tabulate_callbacks()
+        log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, where)
+        if where != "close":
+            self._close_broken(name)
+
+    def _hook_failed(self, where: str, ending: int | None = None) -> None:
+        """optwatch's own step accounting raised in one of its hooks (a bug, or a loop it does not expect;
+        call it inside the ``except``): logged once per hook, this step's partial accounts dropped, and the
+        training goes on (a KeyboardInterrupt, a requested stop, is no Exception and goes through).
+        ``ending``: the step whose boundary failed, counted as done so later steps keep their numbers."""
+        if where not in self._failed_hooks:
+            self._failed_hooks.add(where)
+            log.exception("optwatch: its %s failed; training goes on (this step may go unrecorded)", where)
+        if ending is not None and self.step == ending:
+            self.step += 1
+            self.detailed = self.next_detailed
+            self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
+        self._losses = []
+        self._data_wait_s = 0.0
+        self._samples = 0
+        self._backward_started = None
+        self._in_step = False
+        self._step_start = time.perf_counter()
+        self.own_s = 0.0
 
     def _close_broken(self, name: str) -> None:
         """A switched-off plugin takes its hooks away now: left in place they would go on running (and
@@ -339,18 +369,26 @@ class Probe:
             is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
             if is_loss:
                 started = time.perf_counter()
-                probe._on_backward(tensors, started)
-                for replacement in probe._call_plugins("on_backward_start", tensors):
-                    if replacement is not None:
-                        tensors = replacement
+                try:
+                    probe._on_backward(tensors, started)
+                    for replacement in probe._call_plugins("on_backward_start", tensors):
+                        if replacement is not None:
+                            tensors = replacement
+                except Exception:
+                    probe._hook_failed("backward hook")
                 probe.own_s += time.perf_counter() - started
             result = original_backward(tensors, *args, **kwargs)
-            if is_loss and probe._active_callbacks["on_backward_end"]:  # none between detail steps
-                started = time.perf_counter()
-                probe._call_plugins("on_backward_end", tensors)
-                probe.own_s += time.perf_counter() - started
-            if probe._optimizers_seen == 0 and probe._primary_optimizer is None and probe._losses:
-                probe._finish_step()
+            ending = None
+            try:
+                if is_loss and probe._active_callbacks["on_backward_end"]:  # none between detail steps
+                    started = time.perf_counter()
+                    probe._call_plugins("on_backward_end", tensors)
+                    probe.own_s += time.perf_counter() - started
+                if probe._optimizers_seen == 0 and probe._primary_optimizer is None and probe._losses:
+                    ending = probe.step
+                    probe._finish_step()
+            except Exception:
+                probe._hook_failed("backward hook", ending)
             return result
 
         torch.autograd.backward = backward
@@ -378,10 +416,15 @@ class Probe:
                 return original_scaler_step(scaler, optimizer, *args, **kwargs)
             probe._stepped = False
             result = original_scaler_step(scaler, optimizer, *args, **kwargs)
-            if not probe._stepped and scaler.is_enabled() and probe._is_primary(optimizer):
-                scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
-                with as_optwatch_work():
-                    probe._finish_step(amp_overflow=True, amp_scale=scale)
+            ending = None
+            try:
+                if not probe._stepped and scaler.is_enabled() and probe._is_primary(optimizer):
+                    ending = probe.step
+                    scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
+                    with as_optwatch_work():
+                        probe._finish_step(amp_overflow=True, amp_scale=scale)
+            except Exception:
+                probe._hook_failed("GradScaler hook", ending)
             return result
 
         GradScaler.step = scaler_step
@@ -401,7 +444,10 @@ class Probe:
             probe = live()
             if probe is not None:
                 finished = time.perf_counter()
-                probe._on_batch(started, finished, batch)
+                try:
+                    probe._on_batch(started, finished, batch)
+                except Exception:
+                    probe._hook_failed("DataLoader hook")
                 probe.own_s += time.perf_counter() - finished
             return batch
 
@@ -443,21 +489,28 @@ class Probe:
             started = time.perf_counter()
             self._in_step = True
             self._stepped = True
-            if torch.autograd.profiler._is_profiler_enabled:  # as_optwatch_work's test, without its call
-                with as_optwatch_work():
+            try:
+                if torch.autograd.profiler._is_profiler_enabled:  # as_optwatch_work's test, without its call
+                    with as_optwatch_work():
+                        self._call_plugins("before_optimizer_step", optimizer)
+                else:
                     self._call_plugins("before_optimizer_step", optimizer)
-            else:
-                self._call_plugins("before_optimizer_step", optimizer)
+            except Exception:
+                self._hook_failed("optimizer step hook")
             self.own_s += time.perf_counter() - started
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self._is_primary(optimizer):
             self._in_step = False
-            if torch.autograd.profiler._is_profiler_enabled:
-                with as_optwatch_work():
+            ending = self.step
+            try:
+                if torch.autograd.profiler._is_profiler_enabled:
+                    with as_optwatch_work():
+                        self._after_optimizer_step(optimizer)
+                else:
                     self._after_optimizer_step(optimizer)
-            else:
-                self._after_optimizer_step(optimizer)
+            except Exception:
+                self._hook_failed("optimizer step hook", ending)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._active_callbacks["after_optimizer_step"]:  # none between detail steps

@@ -116,21 +116,31 @@ class TelemetryPlugin(ProbePlugin):
         if being_traced():  # compiled in place after the hooks were set: see _reset
             return
         started = time.perf_counter()
-        self._depth += 1
-        if self._depth == 1 and torch.is_grad_enabled():
-            self._begin("forward_s", started)
-            if self._probe is not None:
-                self._probe.training_thread = _thread_id()  # the step's forward starts on this thread
+        try:
+            self._depth += 1
+            if self._depth == 1 and torch.is_grad_enabled():
+                self._begin("forward_s", started)
+                if self._probe is not None:
+                    self._probe.training_thread = _thread_id()  # the step's forward starts on this thread
+        except Exception:  # torch calls the root's hooks directly: a failure must not reach the forward
+            self._failed()
         self._charge(started)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if being_traced():
             return
         started = time.perf_counter()
-        self._depth -= 1
-        if self._depth == 0:
-            self._end("forward_s")
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                self._end("forward_s")
+        except Exception:
+            self._failed()
         self._charge(started)
+
+    def _failed(self) -> None:
+        if self._probe is not None:  # (a copy of the model, with copy.deepcopy, has hooks and no probe)
+            self._probe.switch_off(self.name, "its phase hooks")
 
     def _charge(self, started: float) -> None:
         """The root hooks' own time is optwatch's cost (a copy of the model has no probe to charge)."""
