@@ -6,6 +6,8 @@ import math
 import os
 import stat
 
+import pytest
+
 from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl, steps_of
 from optwatch.store import share_of_step_time
 
@@ -41,6 +43,18 @@ def test_plain_script_losses_equal_the_scripts_own(tmp_path):
     recorded = [s["loss"] for s in steps_of(read_jsonl(record))]
     assert len(printed) == 25
     assert recorded == printed  # bit-exact: the probe reads the very tensor the script printed
+
+
+def test_nested_tensor_batches_train_and_count_their_samples(tmp_path):
+    """Variable-length samples batched with torch.nested have no ``.shape``: reading one crashed the
+    training inside the DataLoader's ``next()``."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "nested_batches.py"))
+    assert result.returncode == 0, result.stderr
+    printed = [float(line.split("loss=")[1]) for line in result.stdout.splitlines() if line.startswith("step=")]
+    steps = steps_of(read_jsonl(record))
+    assert len(printed) == 8 and [s["loss"] for s in steps] == pytest.approx(printed, abs=1e-6)
+    assert [s["samples"] for s in steps] == [4] * 8
 
 
 def test_exit_code_and_output_of_the_script_are_kept(tmp_path):

@@ -55,7 +55,7 @@ _CALLBACKS = ("install", *_PER_STEP, "close")
 def _batch_len(batch: Any, depth: int = 0) -> int | None:
     """Samples in a DataLoader batch: the leading dimension of its first tensor."""
     if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else None
+        return int(batch.size(0)) if batch.dim() else None  # size(0): a nested tensor has no .shape
     if depth < 2:
         if isinstance(batch, (list, tuple)) and batch:
             return _batch_len(batch[0], depth + 1)
