@@ -72,6 +72,17 @@ def test_an_optimizer_whose_lr_is_not_one_number_trains_and_an_lr_command_is_ref
     assert event["status"] == "rejected" and "learning rate is tuple (0.1, 0.05), not one number" in event["reason"]
 
 
+def test_a_scheduler_of_the_scripts_own_that_is_unhashable_trains_and_follows_an_lr_change(tmp_path):
+    """optwatch remembers LR schedulers as they are made (so that ``lr=`` carries the schedule along); one
+    that defines ``__eq__`` and so is unhashable crashed the script at its construction."""
+    result = optwatch("run", "--headless", "--control", "lr=0.05@5", str(SCRIPTS / "unhashable_scheduler.py"))
+    assert result.returncode == 0, result.stderr
+    lrs = [float(line.split("lr=")[1]) for line in result.stdout.splitlines() if line.startswith("step=")]
+    # Each line shows the rate the next step uses: warm-up to 0.1, then 0.05 from step 5 on, with the
+    # schedule's base moved along (else its next step() would put 0.1 back).
+    assert lrs == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+
+
 def test_a_malformed_control_flag_is_a_usage_error():
     result = optwatch("run", "--headless", "--control", "lr=0.1", str(SCRIPTS / "plain_train.py"))
     assert result.returncode == 2 and "COMMAND@STEP" in result.stderr

@@ -132,7 +132,8 @@ class ControlPlugin(ProbePlugin):
         self._schedule: list[Scheduled] = []
         self._requests: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=256)
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
-        self._schedulers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._schedulers: list[weakref.ref[Any]] = []
+        """The LR schedulers made so far, weakly (refs, not a WeakSet: a scheduler class may be unhashable)."""
         # (step, {group index: lr}) set at a boundary, re-asserted in that step's optimizer pre-hook in
         # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
         self._lr_pin: tuple[int, dict[int, float]] | None = None
@@ -171,7 +172,8 @@ class ControlPlugin(ProbePlugin):
 
         def init(scheduler, *args, **kwargs):
             original_init(scheduler, *args, **kwargs)
-            schedulers.add(scheduler)
+            schedulers[:] = [ref for ref in schedulers if ref() is not None]
+            schedulers.append(weakref.ref(scheduler))
 
         LRScheduler.__init__ = init
 
@@ -405,8 +407,8 @@ class ControlPlugin(ProbePlugin):
             for key in ("initial_lr", "max_lr", "min_lr"):
                 if isinstance(group.get(key), (int, float)):
                     group[key] = group[key] * factor
-            for scheduler in list(self._schedulers):
-                if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
+            for scheduler in (ref() for ref in self._schedulers):
+                if scheduler is not None and scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
                     scheduler.base_lrs[index] *= factor
 
 
