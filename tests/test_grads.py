@@ -437,26 +437,30 @@ def test_a_float64_model_gets_its_statistics_and_checks_in_float64(caplog):
     assert "switched off" not in caplog.text
 
 
-def test_a_model_trained_under_optwatch_can_still_be_copied_and_saved_whole(tmp_path):
-    """EMA and "best so far" copies (copy.deepcopy), SWA's AveragedModel and torch.save(model) must keep
-    working mid-run: optwatch leaves nothing of its own in the model's modules."""
+def test_a_model_trained_under_optwatch_can_still_be_copied_saved_and_scripted(tmp_path):
+    """EMA and "best so far" copies (copy.deepcopy), SWA's AveragedModel, torch.save(model) and
+    torch.jit.script must keep working mid-run, and a saved model must not need optwatch to load:
+    optwatch leaves nothing of its own in the model's modules (its hooks are global)."""
     import copy
+    import pickle
 
     probe = start()
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=3)
+    assert probe.detailed  # the phase hooks and the forward check are on for the next step
     best = copy.deepcopy(model)
     averaged = torch.optim.swa_utils.AveragedModel(model)
     torch.save(model, tmp_path / "model.pt")
-    [live] = [p for p in probe.plugins if p.name == "telemetry"]
+    scripted = torch.jit.script(model)
+    pickled = pickle.dumps(model)
     probe.close()
     x = torch.randn(2, 4)
     assert torch.equal(best(x), model(x)) and averaged.n_averaged.item() == 0
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=False)(x), model(x))
-    hooks = [*best._forward_hooks.values(), *best._forward_pre_hooks.values()]
-    assert all(getattr(hook, "__self__", None) is not live for hook in hooks)  # copies keep nothing live
-    assert not any(m._forward_hooks for m in model.modules())  # and close() took optwatch's hooks away
+    assert torch.equal(scripted(x), model(x))
+    assert b"optwatch" not in pickled and b"optwatch" not in (tmp_path / "model.pt").read_bytes()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in [*model.modules(), *best.modules()])
 
 
 def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_brings_every_step_back():

@@ -1,13 +1,13 @@
 """Step phases and the bottleneck verdict, as a probe plugin.
 
-Phases: forward (hooks on the trained model's root module, grad-enabled calls only, so evaluation
-under ``no_grad`` falls into "other"), backward (the probe's backward wrapper) and optimizer (the
-primary optimizer's step hooks); data wait is the probe's own. On the CPU each phase is host wall
-time. On CUDA each boundary also records a CUDA event on the current stream, and the phase is the
-device-timeline time between its events, read on the publisher thread once they completed
-(``readback.DeviceTime``): never a synchronisation. ``host_phases_s`` keeps the host's time inside
-the three phases, which tells launch-bound from sync-bound loops. Only detail steps are timed (see
-``ProbeOptions.budget``); the phases of the steps between them are null.
+Phases: forward (global module hooks that time the trained model's root module alone, grad-enabled
+calls only, so evaluation under ``no_grad`` falls into "other"), backward (the probe's backward
+wrapper) and optimizer (the primary optimizer's step hooks); data wait is the probe's own. On the
+CPU each phase is host wall time. On CUDA each boundary also records a CUDA event on the current
+stream, and the phase is the device-timeline time between its events, read on the publisher thread
+once they completed (``readback.DeviceTime``): never a synchronisation. ``host_phases_s`` keeps the
+host's time inside the three phases, which tells launch-bound from sync-bound loops. Only detail
+steps are timed (see ``ProbeOptions.budget``); the phases of the steps between them are null.
 
 The verdict runs on the publisher thread (``diagnose.tracker``), where it sees every record in order.
 """
@@ -19,6 +19,7 @@ from threading import get_ident as _thread_id
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from optwatch.diagnose.tracker import VerdictTracker
 from optwatch.probe.plugin import ProbePlugin, being_traced
@@ -33,8 +34,8 @@ UNTIMED = dict.fromkeys(TIMED)
 
 class TelemetryPlugin(ProbePlugin):
     name = "telemetry"
-    # Only detail steps are timed (``ProbeOptions.budget``), and only they carry the root's hooks: a module
-    # with hooks takes torch's slower call path, and on a GPU the events behind the phases cost the host
+    # Only detail steps are timed (``ProbeOptions.budget``), and only they carry the phase hooks: with any
+    # hook, module calls take torch's slower call path, and on a GPU the events behind the phases cost the host
     # more than the rest of the step record. The steps between say their phases are unknown.
     between_detail_steps = frozenset({"after_step"})
 
@@ -48,11 +49,6 @@ class TelemetryPlugin(ProbePlugin):
         self._undo: list[Any] = []
         self._depth = 0
         self._reset()
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        # The phase hooks sit in the model's own hook tables, so copy.deepcopy(model) and torch.save(model)
-        # take this plugin along: they get a fresh one, attached to nothing (the live one holds lambdas).
-        return (TelemetryPlugin, ())
 
     def install(self, probe: Probe) -> None:
         from torch.utils.data.dataloader import _BaseDataLoaderIter
@@ -78,6 +74,7 @@ class TelemetryPlugin(ProbePlugin):
         settled_from = probe.options.grad_full_cadence_steps if probe.options.budget > 0 else 0
         tracker = VerdictTracker(probe.rank, loader=lambda: plugin.loader, settled_from=settled_from)
         probe.publisher.add_observer(tracker)
+        self._set_hooks(probe.detailed)
 
     def close(self, probe: Probe) -> None:
         for undo in reversed(self._undo):
@@ -93,7 +90,7 @@ class TelemetryPlugin(ProbePlugin):
         # A model compiled in place (model.compile()) traces its root's hooks into its graph, where timing
         # cannot go (perf_counter splits the graph; with fullgraph=True it raises): its forward is not
         # timed, and shows as unknown rather than as zero.
-        self._measured = {"forward_s": bool(self._hooks), "backward_s": False, "optimizer_s": False}
+        self._measured = {"forward_s": self._model is not None, "backward_s": False, "optimizer_s": False}
 
     def _event(self) -> Any:
         return DeviceTime.recorded_event(torch.cuda.current_stream(self._cuda))
@@ -113,7 +110,7 @@ class TelemetryPlugin(ProbePlugin):
             self._device[phase].add(start_event, self._event())
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        if being_traced():  # compiled in place after the hooks were set: see _reset
+        if being_traced() or module is not self._model:  # compiled in place after the hooks were set: _reset
             return
         started = time.perf_counter()
         try:
@@ -127,7 +124,7 @@ class TelemetryPlugin(ProbePlugin):
         self._charge(started)
 
     def _forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if being_traced():
+        if being_traced() or module is not self._model:
             return
         started = time.perf_counter()
         try:
@@ -139,7 +136,7 @@ class TelemetryPlugin(ProbePlugin):
         self._charge(started)
 
     def _failed(self) -> None:
-        if self._probe is not None:  # (a copy of the model, with copy.deepcopy, has hooks and no probe)
+        if self._probe is not None:
             self._probe.switch_off(self.name, "its phase hooks")
 
     def _charge(self, started: float) -> None:
@@ -177,26 +174,32 @@ class TelemetryPlugin(ProbePlugin):
                 record["host_phases_s"] = sum(self._host.values())
         if probe.next_detailed:
             self._hook_model(probe)
-        elif self._hooks:
-            self._unhook()
+        self._set_hooks(probe.next_detailed)
         if probe.detailed or probe.next_detailed:  # a step between detail steps left nothing to clear
             self._reset()
 
     def _hook_model(self, probe: Probe) -> None:
-        """The phase hooks on the trained model's root, for the next step: a new model (or one compiled
-        since) is seen here."""
+        """The model whose forward the phase hooks time, for the next step: a new model (or one compiled
+        in place since, which is not timed: see ``_reset``) is seen here."""
         model = probe.find_model()
-        compiled = getattr(model, "_compiled_call_impl", None) is not None
-        if self._hooks and (model is not self._model or compiled):
-            self._unhook()
-        if model is not None and not compiled and not self._hooks:
-            # Around the model's own root hooks (first in, last out), so that the forward is its call as
-            # the training sees it however often these hooks come and go.
-            self._hooks = [
-                model.register_forward_pre_hook(self._forward_pre, prepend=True),
-                model.register_forward_hook(self._forward_post, always_call=True),
-            ]
+        if getattr(model, "_compiled_call_impl", None) is not None:
+            model = None
         self._model = model
+
+    def _set_hooks(self, on: bool) -> None:
+        """The phase hooks, there on detail steps only, from the first step on (before the model is known:
+        torch.compile keeps one graph for the steps with optwatch's hooks, one for those without). They are
+        global module hooks that let every module but the model's root pass, not hooks in the model's own
+        tables: those would travel with it into torch.save and pickle files (which then need optwatch to
+        load) and into torch.jit.script, which cannot compile them. torch runs global hooks before a
+        module's own on both sides: the forward includes the model's root pre-hooks, not its post-hooks."""
+        if on and not self._hooks:
+            self._hooks = [
+                register_module_forward_pre_hook(self._forward_pre),
+                register_module_forward_hook(self._forward_post, always_call=True),
+            ]
+        elif not on and self._hooks:
+            self._unhook()
 
     def _unhook(self) -> None:
         for hook in self._hooks:
