@@ -332,3 +332,18 @@ def test_the_summary_helper_stays_light():
     code = "import sys, optwatch.probe.traces; print([m for m in ('torch', 'textual') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_scripts_own_profiler_ending_optwatchs_window_leaves_the_run_as_it_is(tmp_path):
+    """A script that profiles steps 4-5 itself while optwatch's window (steps 4-7) records: the script's
+    profiler ends the one profiling session a process has, and exporting what was left of optwatch's
+    crashed the process (SIGSEGV). optwatch now gives its window up with the reason, and the script runs
+    and profiles as it does alone."""
+    script = str(SCRIPTS / "own_profiler.py")
+    bare = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), "--control", "profile=4@2", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bare.stdout and "addmm calls: 4" in bare.stdout
+    [failed] = [r for r in read_jsonl(record) if r["kind"] == "hotspots" and r["status"] != "profiling"]
+    assert failed["status"] == "failed" and "the script's own torch.profiler" in failed["error"]

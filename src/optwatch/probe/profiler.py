@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 FINISH_TIMEOUT_S = 60.0  # at exit, how long the last window's summary may still take
 HELPER_TIMEOUT_S = 600.0
+_TAKEN_OVER = "the script's own torch.profiler ran during optwatch's window and ended it (one profiler at a time)"
 
 
 @dataclass(frozen=True, order=True)
@@ -196,7 +197,9 @@ class ProfilerPlugin(ProbePlugin):
         self._closed = True
         window = self._window
         if window is not None:
-            if self._recording:
+            if self._recording and not torch.autograd.profiler._is_profiler_enabled:
+                self._abandon(probe, _TAKEN_OVER, stop=False)  # see _advance
+            elif self._recording:
                 # The run ended inside the window: publish what was recorded.
                 last = max(window.first, min(window.last, probe.step - 1))
                 self._finish(probe, window, last, partial=last < window.last)
@@ -220,6 +223,11 @@ class ProfilerPlugin(ProbePlugin):
         window = self._window
         if window is not None:
             if self._recording:
+                if not torch.autograd.profiler._is_profiler_enabled:
+                    # The script's own profiler ran meanwhile and ended the profiling session (there is one
+                    # per process): exporting what is left of ours crashes the process in native code.
+                    self._abandon(probe, _TAKEN_OVER, stop=False)
+                    return
                 self._wall_s += step_time or 0.0
                 if next_step > window.last:
                     self._finish(probe, window, window.last)
@@ -288,12 +296,12 @@ class ProfilerPlugin(ProbePlugin):
         )
         self._worker.start()
 
-    def _abandon(self, probe: Probe, error: str) -> None:
+    def _abandon(self, probe: Probe, error: str, stop: bool = True) -> None:
         window = self._window
         if self._scopes is not None:
             self._scopes.remove()
             self._scopes = None
-        if self._recording and self._profile is not None:
+        if stop and self._recording and self._profile is not None:
             try:
                 self._profile.stop_trace()
             except Exception:
