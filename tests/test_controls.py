@@ -83,6 +83,18 @@ def test_a_scheduler_of_the_scripts_own_that_is_unhashable_trains_and_follows_an
     assert lrs == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
 
 
+def test_amp_covers_every_micro_batch_of_an_accumulated_step():
+    """With gradient accumulation, ``amp=on`` autocasts each micro-batch's forward, not only the first
+    (backward runs outside autocast, as recommended, and autocast comes back after it)."""
+    result = optwatch(
+        "run", "--headless", "--control", "amp=on@2", "--control", "amp=off@4", str(SCRIPTS / "accumulate_amp.py")
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    forwards = [line.split("forwards=")[1] for line in result.stdout.splitlines() if line.startswith("step=")]
+    f32, bf16 = "float32,float32,float32", "bfloat16,bfloat16,bfloat16"
+    assert forwards == [f32, f32, bf16, bf16, f32, f32]
+
+
 def test_a_malformed_control_flag_is_a_usage_error():
     result = optwatch("run", "--headless", "--control", "lr=0.1", str(SCRIPTS / "plain_train.py"))
     assert result.returncode == 2 and "COMMAND@STEP" in result.stderr

@@ -123,6 +123,7 @@ class Amp:
 
 class ControlPlugin(ProbePlugin):
     name = "controls"
+    idle_callbacks = frozenset({"on_backward_end"})  # until AMP is turned on: see _set_idle_callbacks
 
     def __init__(self, scheduled: list[str]):
         self.amp = Amp()
@@ -229,6 +230,18 @@ class ControlPlugin(ProbePlugin):
         if isinstance(record.get("step_time_s"), float):
             self._step_times.append(record["step_time_s"])
 
+    def _set_idle_callbacks(self, probe: Probe) -> None:
+        """``on_backward_end`` only while AMP is on: every step pays for a callback it is given."""
+        idle = frozenset() if self.amp.enabled else frozenset({"on_backward_end"})
+        if idle != self.idle_callbacks:
+            self.idle_callbacks = idle
+            probe.retabulate()
+
+    def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
+        # Back into autocast: what runs before the next optimizer step (the next micro-batch's forward under
+        # gradient accumulation, a GAN's other model) is autocast too, not only the first forward.
+        self.amp.enter()
+
     def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> torch.Tensor | None:
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
@@ -326,8 +339,10 @@ class ControlPlugin(ProbePlugin):
             if command.value:
                 device = self._device(probe)
                 self.amp.turn_on(device)
+                self._set_idle_callbacks(probe)
                 return f"autocast {str(self.amp.dtype).removeprefix('torch.')} on {device.type}"
             self.amp.turn_off()
+            self._set_idle_callbacks(probe)
             return "autocast off"
         if command.name == "cudnn_benchmark":
             torch.backends.cudnn.benchmark = bool(command.value)

@@ -42,6 +42,9 @@ class ProbePlugin:
     """The per-step callbacks this plugin needs on the steps between two detail steps (``probe.detailed``
     false), where the probe calls no others: what it leaves out costs nothing on most steps of a run
     that ``--budget`` spaces out. None: all of them."""
+    idle_callbacks: frozenset[str] = frozenset()
+    """Callbacks this plugin implements but needs at no step for now: left out of every step. A plugin
+    that changes it calls ``probe.retabulate()`` (on the training thread)."""
 
     def install(self, probe: Probe) -> None:
         """Called once when the probe starts (install hooks here)."""

@@ -287,6 +287,8 @@ class Probe:
                     continue
                 if getattr(type(plugin), method, None) is getattr(ProbePlugin, method, None):
                     continue
+                if method in plugin.idle_callbacks:
+                    continue
                 if light and plugin.between_detail_steps is not None and method not in plugin.between_detail_steps:
                     continue
                 chosen.append((plugin.name, getattr(plugin, method)))
@@ -295,6 +297,10 @@ class Probe:
         self._callbacks = {method: implementing(method, False) for method in _CALLBACKS}
         self._light_callbacks = {method: implementing(method, method in _PER_STEP) for method in _CALLBACKS}
         self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
+
+    def retabulate(self) -> None:
+        """Make the callback tables again: a plugin's ``idle_callbacks`` changed."""
+        self._tabulate_callbacks()
 
     def _call_plugins(self, method: str, *args: Any) -> list[Any]:
         """Run one callback of every plugin that implements it (and, between two detail steps, needs it).
