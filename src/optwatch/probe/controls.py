@@ -22,6 +22,7 @@ import torch
 
 from optwatch import controls, protocol
 from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.probe import learning_rate
 
 if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
@@ -391,7 +392,7 @@ class ControlPlugin(ProbePlugin):
         indices = [command.group] if command.group is not None else range(len(groups))
         for index in indices:  # before any change: a command applies to all its groups or to none
             lr = groups[index].get("lr")
-            if not _one_number(lr):
+            if isinstance(lr, bool) or learning_rate(lr) is None:
                 raise controls.CommandError(
                     f"param group {index}'s learning rate is {type(lr).__name__} {lr!r}, not one number: "
                     "optwatch leaves it to the optimizer"
@@ -425,16 +426,3 @@ class ControlPlugin(ProbePlugin):
             for scheduler in (ref() for ref in self._schedulers):
                 if scheduler is not None and scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
                     scheduler.base_lrs[index] *= factor
-
-
-def _one_number(value: Any) -> bool:
-    """Whether a learning rate is one number optwatch can read and set (a float, or a one-element tensor)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1
-    if isinstance(value, bool) or value is None:
-        return False
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True

@@ -64,6 +64,17 @@ def _batch_len(batch: Any, depth: int = 0) -> int | None:
     return None
 
 
+def learning_rate(lr: Any) -> float | torch.Tensor | None:
+    """A param group's ``lr`` as one number (a device tensor stays one, read back later), or None when it
+    is not one: a rate per dimension, a schedule object."""
+    if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
+        return lr.detach() if lr.numel() == 1 else None
+    try:
+        return float(lr) if lr is not None else None
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
 def _global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all ``grads`` together, in float32; the per-tensor norms in the gradients' own dtype (a
     norm may widen a dtype, never narrow it)."""
@@ -181,7 +192,7 @@ class Probe:
             watch = StragglerWatch()
             self.publisher.on_tick(lambda publisher: watch.check(publisher.history.steps))
         self._install_hooks()
-        self._tabulate_callbacks()  # the list may have been changed in place since it was set
+        self.retabulate()  # the list may have been changed in place since it was set
         self._call_plugins("install")
         self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)
         self._sampler.start()
@@ -273,12 +284,13 @@ class Probe:
     @plugins.setter
     def plugins(self, plugins: list[ProbePlugin]) -> None:
         self._plugins = list(plugins)
-        self._tabulate_callbacks()
+        self.retabulate()
 
-    def _tabulate_callbacks(self) -> None:
+    def retabulate(self) -> None:
         """Per callback, the working plugins that implement it, for detail steps and for the steps between
         (where a plugin gets only the ``between_detail_steps`` it names): made once, as several callbacks
-        run at every step and most plugins leave most of them out."""
+        run at every step and most plugins leave most of them out. Made again when the plugins change, one
+        is switched off, or one's ``idle_callbacks`` change."""
 
         def implementing(method: str, light: bool) -> list[tuple[str, Callable[..., Any]]]:
             chosen = []
@@ -297,10 +309,6 @@ class Probe:
         self._callbacks = {method: implementing(method, False) for method in _CALLBACKS}
         self._light_callbacks = {method: implementing(method, method in _PER_STEP) for method in _CALLBACKS}
         self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
-
-    def retabulate(self) -> None:
-        """Make the callback tables again: a plugin's ``idle_callbacks`` changed."""
-        self._tabulate_callbacks()
 
     def _call_plugins(self, method: str, *args: Any) -> list[Any]:
         """Run one callback of every plugin that implements it (and, between two detail steps, needs it).
@@ -321,7 +329,7 @@ class Probe:
         if name in self._broken_plugins:
             return
         self._broken_plugins.add(name)
-        self._tabulate_callbacks()
+        self.retabulate()
         log.exception("optwatch: %s failed in %s and is switched off; training goes on", name, where)
         if where != "close":
             self._close_broken(name)
@@ -334,14 +342,7 @@ class Probe:
         if where not in self._failed_hooks:
             self._failed_hooks.add(where)
             log.exception("optwatch: its %s failed; training goes on (this step may go unrecorded)", where)
-        if ending is not None and self.step == ending:
-            self.step += 1
-            self.detailed = self.next_detailed
-            self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
-        self._losses = []
-        self._data_wait_s = 0.0
-        self._samples = 0
-        self._backward_started = None
+        self._next_step(advance=ending is not None and self.step == ending)
         self._in_step = False
         self._step_start = time.perf_counter()
         self.own_s = 0.0
@@ -592,13 +593,7 @@ class Probe:
     def _learning_rate(self) -> float | torch.Tensor | None:
         if self._primary_optimizer is None or not self._primary_optimizer.param_groups:
             return None
-        lr = self._primary_optimizer.param_groups[0].get("lr")
-        if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
-            return lr.detach() if lr.numel() == 1 else None
-        try:
-            return float(lr) if lr is not None else None
-        except (TypeError, ValueError, RuntimeError):  # not one number: a rate per dimension, a schedule object
-            return None
+        return learning_rate(self._primary_optimizer.param_groups[0].get("lr"))
 
     def _finish_step(self, **extra: Any) -> None:
         now = time.perf_counter()
@@ -647,13 +642,7 @@ class Probe:
         self._plan_detail(step_time)
         self._call_plugins("after_step", record)
         self._pending.append(record)
-        self._losses = []
-        self._data_wait_s = 0.0
-        self._samples = 0
-        self._backward_started = None
-        self.step += 1
-        self.detailed = self.next_detailed
-        self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
+        self._next_step()
         held = 0.0
         try:
             for callback in self._boundary_callbacks:
@@ -669,6 +658,18 @@ class Probe:
             # pause does not.
             self._step_start = now + held
             self.own_s = time.perf_counter() - self._step_start
+
+    def _next_step(self, advance: bool = True) -> None:
+        """The step's accounts cleared and, with ``advance``, the next step begun (its number, whether it is
+        a detail step, and so its callback table)."""
+        self._losses = []
+        self._data_wait_s = 0.0
+        self._samples = 0
+        self._backward_started = None
+        if advance:
+            self.step += 1
+            self.detailed = self.next_detailed
+            self._active_callbacks = self._callbacks if self.detailed else self._light_callbacks
 
     def _plan_detail(self, step_time: float | None) -> None:
         """Space the detail steps so that optwatch's share of the step time stays within ``options.budget``.

@@ -173,12 +173,12 @@ class TelemetryPlugin(ProbePlugin):
             if self._device is not None:
                 record["host_phases_s"] = sum(self._host.values())
         if probe.next_detailed:
-            self._hook_model(probe)
+            self._watch_model(probe)
         self._set_hooks(probe.next_detailed)
         if probe.detailed or probe.next_detailed:  # a step between detail steps left nothing to clear
             self._reset()
 
-    def _hook_model(self, probe: Probe) -> None:
+    def _watch_model(self, probe: Probe) -> None:
         """The model whose forward the phase hooks time, for the next step: a new model (or one compiled
         in place since, which is not timed: see ``_reset``) is seen here."""
         model = probe.find_model()
