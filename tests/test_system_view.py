@@ -14,29 +14,19 @@ from optwatch.app.widgets.workers_panel import WorkersPanel
 from optwatch.store import Store
 
 
+def step(i: int, seq: int, **fields) -> dict:
+    """Step ``i``'s record, 0.1 s a step, with ``fields``."""
+    return {"v": 1, "kind": "step", "rank": 0, "seq": seq, "time": i * 0.1, "step": i, "step_time_s": 0.1, **fields}
+
+
 def gpu_run_records() -> list[dict]:
     """What a CUDA rank sends: steps with device-timeline phases, system samples with two GPUs, a verdict."""
     records: list[dict] = [
         {"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r", "script": "t.py", "device": "cuda:0"}
     ]
     for i in range(50):
-        records.append(
-            {
-                "v": 1,
-                "kind": "step",
-                "rank": 0,
-                "seq": len(records),
-                "time": i * 0.1,
-                "step": i,
-                "step_time_s": 0.1,
-                "data_wait_s": 0.005,
-                "forward_s": 0.03,
-                "backward_s": 0.055,
-                "optimizer_s": 0.008,
-                "other_s": 0.002,
-                "host_phases_s": 0.01,
-            }
-        )
+        phases = {"forward_s": 0.03, "backward_s": 0.055, "optimizer_s": 0.008, "other_s": 0.002}
+        records.append(step(i, len(records), data_wait_s=0.005, **phases, host_phases_s=0.01))
         if i % 5 == 0:
             records.append(
                 {
@@ -177,22 +167,9 @@ async def test_with_the_checks_spaced_out_the_phases_are_those_of_the_last_timed
     for i in range(1000):
         timed = i % 128 == 0
         phases = {"forward_s": 0.03, "backward_s": 0.05, "optimizer_s": 0.01, "other_s": 0.01} if timed else {}
-        records.append(
-            {
-                "v": 1,
-                "kind": "step",
-                "rank": 0,
-                "seq": len(records),
-                "time": i * 0.1,
-                "step": i,
-                "step_time_s": 0.1,
-                "data_wait_s": 0.0,
-                "detailed": timed,
-                "detail_every": 128,
-                **dict.fromkeys(("forward_s", "backward_s", "optimizer_s", "other_s")),
-                **phases,
-            }
-        )
+        unknown = dict.fromkeys(("forward_s", "backward_s", "optimizer_s", "other_s"))
+        fields = {"data_wait_s": 0.0, "detailed": timed, "detail_every": 128, **unknown, **phases}
+        records.append(step(i, len(records), **fields))
     store.ingest(records)
     app = OptwatchApp.for_store(store)
     async with app.run_test(size=(100, 30)) as pilot:
