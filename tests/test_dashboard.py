@@ -240,3 +240,83 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
         assert set(app.query_one(ControlsPanel).impact_rows) >= {"Step time p50", "Loss mean"}
         await pilot.press("q", "y")
         await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)
+
+
+def step_record(step: int, lr: float) -> dict:
+    return {"v": 1, "kind": "step", "rank": 0, "seq": step, "time": float(step), "step": step, "loss": 1.0, "lr": lr}
+
+
+@pytest.mark.parametrize(
+    ("typed", "error"),
+    [
+        ("profile=²", "profile=N takes a number of steps from 1 to 50, got '²'"),  # crashed the app: int('²')
+        ("lr=[/x]", "lr must be a number written like 0.001 or 3e-4, got '[/x]'"),  # shown as text, not markup
+        ("amp=on!", "'!' confirms a big learning-rate change"),
+    ],
+)
+async def test_nothing_typed_as_a_command_takes_the_dashboard_down(typed, error):
+    from optwatch.app.widgets.command_input import CommandInput
+
+    store = Store()
+    store.ingest([step_record(0, lr=0.001)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("colon", *typed, "enter")
+        await pilot.pause(0.1)
+        assert app.is_running and app._exception is None
+        assert isinstance(app.screen, CommandInput)
+        assert error in str(app.screen.query_one("#command-error").render())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CommandInput)
+    assert app.return_code in (0, None)
+
+
+async def test_a_parser_bug_shows_as_an_error_line(monkeypatch):
+    from optwatch import controls
+    from optwatch.app.widgets.command_input import CommandInput
+
+    def broken(text):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(controls, "parse", broken)
+    app = OptwatchApp.for_store(Store())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("colon", *"lr=0.1", "enter")
+        assert app.is_running and isinstance(app.screen, CommandInput)
+        assert "optwatch could not read this command (IndexError: a bug)" in str(
+            app.screen.query_one("#command-error").render()
+        )
+    assert app.return_code in (0, None)
+
+
+async def test_a_big_lr_change_typed_in_the_dashboard_is_sent_on_a_second_enter(steerable):
+    from optwatch.app.widgets.command_input import CommandInput
+
+    app = OptwatchApp(ViewerSession.for_process(steerable))
+    async with app.run_test(size=(100, 30)) as pilot:
+        store = app.store
+        await wait_for_ui(
+            pilot, lambda: store.primary is not None and (store.primary.last_step or {}).get("lr") == 0.01
+        )
+
+        await pilot.press("colon", *"lr=5", "enter")  # 500x the script's 0.01
+        assert isinstance(app.screen, CommandInput)
+        reason = "lr=5 is 500x the current 0.01: send lr=5! to confirm, or press Enter again"
+        assert str(app.screen.query_one("#command-error").render()) == reason
+        await pilot.press("backspace", "6", "enter")  # another value is judged afresh
+        assert isinstance(app.screen, CommandInput)
+        assert "lr=6 is 600x" in str(app.screen.query_one("#command-error").render())
+        await pilot.pause(0.5)
+        assert not any(e.get("command", "").startswith("lr=") for e in store.rare.get("event", ()))
+
+        await pilot.press("enter")
+        assert not isinstance(app.screen, CommandInput)
+
+        def accepted():
+            return any(e.get("command") == "lr=6!" and e["status"] == "accepted" for e in store.rare.get("event", ()))
+
+        await wait_for_ui(pilot, accepted)
+        # The training process itself saw the new learning rate.
+        await wait_for_ui(pilot, lambda: any("lr=6.0 " in r["line"] for r in store.logs))
+        await pilot.press("q", "y")
+        await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)

@@ -308,7 +308,14 @@ class OptwatchApp(App[None]):
             if text:
                 self.send_command(text)
 
-        self.push_screen(CommandInput(initial), sent)
+        self.push_screen(CommandInput(initial, current_lr=self._last_lr()), sent)
+
+    def _last_lr(self) -> float | None:
+        """Param group 0's learning rate in the last step record, when it is one number."""
+        with self.store.lock:
+            state = self.store.primary
+            lr = state.last_step.get("lr") if state and state.last_step else None
+        return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
