@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import SCRIPTS, optwatch
 from optwatch.controls import CommandError, big_change, parse, parse_scheduled
 
 
@@ -54,7 +55,7 @@ def test_valid_commands(text, name, value, group, scale):
         ("amp=on!", "'!' confirms a big learning-rate change; send 'amp=on' without it"),
         ("pause!", "send 'pause' without it"),
         ("!", "empty command"),
-        ("x" * 10_000, "a command is at most 200 characters, this one has 10000"),
+        pytest.param("x" * 10_000, "a command is at most 200 characters, this one has 10000", id="10000 chars"),
         ("lr[x]=0.1", "G must be a param group index"),
         ("amp=maybe", "amp takes on or off, got 'maybe'"),
         ("profile=0", "profile=N takes a number of steps"),
@@ -78,7 +79,11 @@ def test_scheduled_form():
             parse_scheduled(bad)
 
 
-@pytest.mark.parametrize("text", ["", "lr=0.1@" + "9" * 5000, "\x00" * 50, "lr=" + "1" * 190, "lr=1e99999", "@@@"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "lr=0.1@" + "9" * 5000, "\x00" * 50, "lr=" + "1" * 190, "lr=1e99999", "@@@", "lr=\u200b1", None],
+    ids=["empty", "5000-digit step", "NULs", "190 digits", "huge exponent", "@@@", "zero-width space", "None"],
+)
 def test_no_input_raises_anything_but_a_command_error(text):
     for reader in (parse, parse_scheduled):
         try:
@@ -116,3 +121,29 @@ def test_a_trailing_bang_confirms_an_lr_change():
 )
 def test_big_change(text, current_lr, reason):
     assert big_change(parse(text), current_lr) == reason
+
+
+@pytest.mark.parametrize(
+    "control",
+    ["lr=0.1@²", "lr=0.1@٣", "lr=0.1@" + "9" * 5000, "lr=0.1@" + "9" * 14],
+    ids=["superscript", "arabic-indic", "5000 digits", "past 10**12"],
+)
+def test_a_control_flag_that_cannot_be_read_is_a_one_line_usage_error(control):
+    result = optwatch("run", "--headless", "--control", control, str(SCRIPTS / "plain_train.py"))
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("optwatch: --control") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0"])
+def test_summary_every_must_be_a_positive_number(seconds):
+    result = optwatch("run", "--headless", "--summary-every", seconds, str(SCRIPTS / "plain_train.py"))
+    assert result.returncode == 2 and f"expected a positive number, got '{seconds}'" in result.stderr
+
+
+def test_a_well_formed_control_with_a_bad_command_is_warned_about_and_the_run_goes_on():
+    result = optwatch("run", "--headless", "--control", "profile=²@3", str(SCRIPTS / "plain_train.py"), "--steps", "5")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    warning = "optwatch: warning: --control profile=²@3 will be refused: profile=N takes a number of steps from 1 to 50"
+    assert warning in result.stderr
+    assert "step 4 loss" in result.stdout
