@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 
 import psutil
 import pytest
 
-from conftest import SCRIPTS, screen_lines, start_training, wait_for_ui
+from conftest import SCRIPTS, live_jobs, screen_lines, start_training, wait_for, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.log_pane import LogPane
@@ -320,3 +323,35 @@ async def test_a_big_lr_change_typed_in_the_dashboard_is_sent_on_a_second_enter(
         await wait_for_ui(pilot, lambda: any("lr=6.0 " in r["line"] for r in store.logs))
         await pilot.press("q", "y")
         await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)
+
+
+@pytest.mark.parametrize("when", ["mounting", "drawing a step"])
+def test_when_the_dashboard_fails_the_run_goes_on(monkeypatch, capsys, when):
+    """A bug in the dashboard ends the dashboard, not the training: the run is left going, attachable.
+    (A failure while mounting also left the feed worker running, and `optwatch run` hung.)"""
+    from textual.app import App
+
+    from optwatch import cli
+
+    draw = OptwatchApp.render_views
+
+    def broken_render(self, force_charts=False):
+        if when == "mounting" or (self.store.primary is not None and self.store.primary.last_step is not None):
+            raise RuntimeError(f"a bug while {when}")
+        draw(self, force_charts)
+
+    monkeypatch.setattr(OptwatchApp, "render_views", broken_render)
+    monkeypatch.setattr(OptwatchApp, "run", lambda self: App.run(self, headless=True, size=(80, 24)))
+    code = cli.main(["run", str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.05"])
+    stderr = capsys.readouterr().err
+    said = re.search(
+        r"^optwatch: the dashboard failed; the run (\S+) goes on \(pid (\d+)\): optwatch attach \1$", stderr, re.M
+    )
+    assert code == 1 and said and f"a bug while {when}" in stderr, stderr
+    run_id, pid = said[1], int(said[2])
+    try:
+        wait_for(lambda: [job["run_id"] for job in live_jobs()] == [run_id])
+        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+        psutil.Process(pid).wait(10)

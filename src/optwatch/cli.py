@@ -300,13 +300,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         from optwatch.app.app import OptwatchApp
 
         app = OptwatchApp(session)
-        detached = False
+        detached = failed = False
         try:
             app.run()
             detached = app.detached
+            # A bug of the dashboard's own is no reason to end the training: it goes on, attachable.
+            failed = (bool(app.return_code) or app._exception is not None) and process.poll() is None
         finally:
-            if not detached:
+            if not (detached or failed):
                 process.stop()
+        if failed:
+            print(
+                f"optwatch: the dashboard failed; the run {process.run_id} goes on (pid {process.pid}): "
+                f"optwatch attach {process.run_id}",
+                file=sys.stderr,
+            )
+            return 1
         if detached:
             print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
             return 0

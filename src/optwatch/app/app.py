@@ -143,7 +143,8 @@ class OptwatchApp(App[None]):
         worker = get_current_worker()
         session = self.session
         assert session is not None
-        while not worker.is_cancelled:
+        # An app that fails while mounting ends without cancelling its workers: its return code says so.
+        while not worker.is_cancelled and self.return_code is None:
             records, _ = session.pump(0.1)
             if records and not self._feed_update_queued.is_set():
                 self._feed_update_queued.set()
