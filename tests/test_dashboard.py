@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 
 import psutil
 import pytest
 
-from conftest import SCRIPTS, screen_lines, start_training, wait_for_ui
+from conftest import SCRIPTS, live_jobs, screen_lines, start_training, wait_for, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.log_pane import LogPane
@@ -240,3 +243,115 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
         assert set(app.query_one(ControlsPanel).impact_rows) >= {"Step time p50", "Loss mean"}
         await pilot.press("q", "y")
         await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)
+
+
+def step_record(step: int, lr: float) -> dict:
+    return {"v": 1, "kind": "step", "rank": 0, "seq": step, "time": float(step), "step": step, "loss": 1.0, "lr": lr}
+
+
+@pytest.mark.parametrize(
+    ("typed", "error"),
+    [
+        ("profile=²", "profile=N takes a number of steps from 1 to 50, got '²'"),  # crashed the app: int('²')
+        ("lr=[/x]", "lr must be a number written like 0.001 or 3e-4, got '[/x]'"),  # shown as text, not markup
+        ("amp=on!", "'!' confirms a big learning-rate change"),
+    ],
+)
+async def test_nothing_typed_as_a_command_takes_the_dashboard_down(typed, error):
+    from optwatch.app.widgets.command_input import CommandInput
+
+    store = Store()
+    store.ingest([step_record(0, lr=0.001)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("colon", *typed, "enter")
+        await pilot.pause(0.1)
+        assert app.is_running and app._exception is None
+        assert isinstance(app.screen, CommandInput)
+        assert error in str(app.screen.query_one("#command-error").render())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CommandInput)
+    assert app.return_code in (0, None)
+
+
+async def test_a_parser_bug_shows_as_an_error_line(monkeypatch):
+    from optwatch import controls
+    from optwatch.app.widgets.command_input import CommandInput
+
+    def broken(text):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(controls, "parse", broken)
+    app = OptwatchApp.for_store(Store())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("colon", *"lr=0.1", "enter")
+        assert app.is_running and isinstance(app.screen, CommandInput)
+        assert "optwatch could not read this command (IndexError: a bug)" in str(
+            app.screen.query_one("#command-error").render()
+        )
+    assert app.return_code in (0, None)
+
+
+async def test_a_big_lr_change_typed_in_the_dashboard_is_sent_on_a_second_enter(steerable):
+    from optwatch.app.widgets.command_input import CommandInput
+
+    app = OptwatchApp(ViewerSession.for_process(steerable))
+    async with app.run_test(size=(100, 30)) as pilot:
+        store = app.store
+        await wait_for_ui(
+            pilot, lambda: store.primary is not None and (store.primary.last_step or {}).get("lr") == 0.01
+        )
+
+        await pilot.press("colon", *"lr=5", "enter")  # 500x the script's 0.01
+        assert isinstance(app.screen, CommandInput)
+        reason = "lr=5 is 500x the current 0.01: send lr=5! to confirm, or press Enter again"
+        assert str(app.screen.query_one("#command-error").render()) == reason
+        await pilot.press("backspace", "6", "enter")  # another value is judged afresh
+        assert isinstance(app.screen, CommandInput)
+        assert "lr=6 is 600x" in str(app.screen.query_one("#command-error").render())
+        await pilot.pause(0.5)
+        assert not any(e.get("command", "").startswith("lr=") for e in store.rare.get("event", ()))
+
+        await pilot.press("enter")
+        assert not isinstance(app.screen, CommandInput)
+
+        def accepted():
+            return any(e.get("command") == "lr=6!" and e["status"] == "accepted" for e in store.rare.get("event", ()))
+
+        await wait_for_ui(pilot, accepted)
+        # The training process itself saw the new learning rate.
+        await wait_for_ui(pilot, lambda: any("lr=6.0 " in r["line"] for r in store.logs))
+        await pilot.press("q", "y")
+        await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)
+
+
+@pytest.mark.parametrize("when", ["mounting", "drawing a step"])
+def test_when_the_dashboard_fails_the_run_goes_on(monkeypatch, capsys, when):
+    """A bug in the dashboard ends the dashboard, not the training: the run is left going, attachable.
+    (A failure while mounting also left the feed worker running, and `optwatch run` hung.)"""
+    from textual.app import App
+
+    from optwatch import cli
+
+    draw = OptwatchApp.render_views
+
+    def broken_render(self, force_charts=False):
+        if when == "mounting" or (self.store.primary is not None and self.store.primary.last_step is not None):
+            raise RuntimeError(f"a bug while {when}")
+        draw(self, force_charts)
+
+    monkeypatch.setattr(OptwatchApp, "render_views", broken_render)
+    monkeypatch.setattr(OptwatchApp, "run", lambda self: App.run(self, headless=True, size=(80, 24)))
+    code = cli.main(["run", str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.05"])
+    stderr = capsys.readouterr().err
+    said = re.search(
+        r"^optwatch: the dashboard failed; the run (\S+) goes on \(pid (\d+)\): optwatch attach \1$", stderr, re.M
+    )
+    assert code == 1 and said and f"a bug while {when}" in stderr, stderr
+    run_id, pid = said[1], int(said[2])
+    try:
+        wait_for(lambda: [job["run_id"] for job in live_jobs()] == [run_id])
+        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+        psutil.Process(pid).wait(10)

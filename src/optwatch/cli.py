@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
@@ -247,11 +248,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             command, step = controls.parse_scheduled(scheduled)
         except controls.CommandError as exc:
             raise UsageError(str(exc)) from exc
+        except Exception as exc:  # a bug in the parser: a usage error still, not a traceback
+            raise UsageError(f"--control {scheduled[:80]!r} cannot be read: {type(exc).__name__}") from None
         try:
             controls.parse(command)
         except controls.CommandError as exc:
             # Not fatal: it is refused at its step, with an event record, like any bad command.
             print(f"optwatch: warning: --control {scheduled} will be refused: {exc}", file=sys.stderr)
+        except Exception as exc:
+            raise UsageError(f"--control {scheduled[:80]!r} cannot be read: {type(exc).__name__}") from None
     from optwatch.diagnose.gradients import Thresholds
 
     try:
@@ -295,13 +300,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         from optwatch.app.app import OptwatchApp
 
         app = OptwatchApp(session)
-        detached = False
+        detached = failed = False
         try:
             app.run()
             detached = app.detached
+            # A bug of the dashboard's own is no reason to end the training: it goes on, attachable.
+            failed = (bool(app.return_code) or app._exception is not None) and process.poll() is None
         finally:
-            if not detached:
+            if not (detached or failed):
                 process.stop()
+        if failed:
+            print(
+                f"optwatch: the dashboard failed; the run {process.run_id} goes on (pid {process.pid}): "
+                f"optwatch attach {process.run_id}",
+                file=sys.stderr,
+            )
+            return 1
         if detached:
             print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
             return 0

@@ -143,7 +143,8 @@ class OptwatchApp(App[None]):
         worker = get_current_worker()
         session = self.session
         assert session is not None
-        while not worker.is_cancelled:
+        # An app that fails while mounting ends without cancelling its workers: its return code says so.
+        while not worker.is_cancelled and self.return_code is None:
             records, _ = session.pump(0.1)
             if records and not self._feed_update_queued.is_set():
                 self._feed_update_queued.set()
@@ -308,7 +309,14 @@ class OptwatchApp(App[None]):
             if text:
                 self.send_command(text)
 
-        self.push_screen(CommandInput(initial), sent)
+        self.push_screen(CommandInput(initial, current_lr=self._last_lr()), sent)
+
+    def _last_lr(self) -> float | None:
+        """Param group 0's learning rate in the last step record, when it is one number."""
+        with self.store.lock:
+            state = self.store.primary
+            lr = state.last_step.get("lr") if state and state.last_step else None
+        return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)

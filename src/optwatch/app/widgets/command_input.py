@@ -1,4 +1,9 @@
-"""Type a control command; it is checked as you type and sent only when it parses."""
+"""Type a control command; it is checked as you type and sent only when it parses.
+
+A learning-rate change of more than 100x the run's last known rate is shown with the reason and sent
+only on a second Enter, as the confirmed ``COMMAND!``. Nothing typed here can raise: a failure to read
+a command, whatever its cause, is an error line in the box.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,18 @@ from optwatch import controls
 HELP = "lr=V  lr*=F  lr[G]=V  amp=on|off  cudnn_benchmark=on|off  pause  resume  profile=N  stop"
 
 
+def _unreadable(exc: Exception) -> str:
+    return f"optwatch could not read this command ({type(exc).__name__}: {exc})"
+
+
 class CommandValidator(Validator):
     def validate(self, value: str) -> ValidationResult:
         try:
             controls.parse(value)
         except controls.CommandError as exc:
             return self.failure(str(exc))
+        except Exception as exc:  # a bug in the parser shows here as a line; the dashboard goes on
+            return self.failure(_unreadable(exc))
         return self.success()
 
 
@@ -28,25 +39,49 @@ class CommandInput(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, initial: str = "") -> None:
+    def __init__(self, initial: str = "", current_lr: float | None = None) -> None:
         super().__init__()
         self.initial = initial
+        self.current_lr = current_lr
+        """Param group 0's learning rate in the run's last step record, if known."""
+        self._unconfirmed: str | None = None
+        """A command shown as a big change: a second Enter on the same text sends it confirmed."""
 
     def compose(self) -> ComposeResult:
         with Vertical(id="command-box"):
             yield Static("[b]Command[/b] (applied at the next step boundary)")
             yield Input(value=self.initial, placeholder="lr=0.001", validators=[CommandValidator()], id="command")
-            yield Static("", id="command-error")
+            yield Static("", id="command-error", markup=False)
             yield Static(HELP, id="command-help")
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        error = self.query_one("#command-error", Static)
+        self._unconfirmed = None
         result = event.validation_result
-        error.update("" if result is None or result.is_valid or not event.value else result.failure_descriptions[0])
+        self._show("" if result is None or result.is_valid or not event.value else result.failure_descriptions[0])
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.validation_result is not None and event.validation_result.is_valid:
-            self.dismiss(event.value.strip())
+        if event.validation_result is None or not event.validation_result.is_valid:
+            return
+        text = event.value.strip()
+        if text == self._unconfirmed:
+            self.dismiss(f"{text}!")
+            return
+        try:
+            command = controls.parse(text)
+            # The run reports group 0's rate only; another group's change is judged by the probe alone.
+            known = self.current_lr if command.group in (None, 0) else None
+            reason = controls.big_change(command, known)
+        except Exception as exc:
+            self._show(_unreadable(exc))
+            return
+        if reason is None:
+            self.dismiss(text)
+            return
+        self._unconfirmed = text
+        self._show(f"{reason}, or press Enter again")
+
+    def _show(self, error: str) -> None:
+        self.query_one("#command-error", Static).update(error)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
