@@ -191,6 +191,48 @@ async def test_findings_bar_shows_the_latest_verdict_and_alerts():
     assert lines == ["input-bound: 62% of each step waits for data", "exploding @ step 7: grad norm 40x its median"]
 
 
+def log_lines(first: int, count: int) -> list[dict]:
+    return [
+        {"v": 1, "kind": "log", "rank": 0, "seq": i, "time": 0.0, "stream": "stdout", "line": f"line {i}"}
+        for i in range(first, first + count)
+    ]
+
+
+def pane_text(pane: LogPane) -> list[str]:
+    return [strip.text.rstrip() for strip in pane.lines]
+
+
+async def test_a_hidden_log_pane_holds_no_lines_back_and_shows_the_newest_when_opened():
+    """A RichLog that has never been on screen defers every write until it knows its size: the Log tab,
+    hidden from the start of a long run, once held every line the script printed (issue 19)."""
+    store = Store()
+    store.ingest([{"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r1", "device": "cpu"}])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        full = app.query_one("#full-log", LogPane)
+        overview = app.query_one("#overview-log", LogPane)
+        for first in range(0, 10_000, 1000):  # ten redraws' worth, each within the store's 2000 lines
+            store.ingest(log_lines(first, 1000))
+            app.render_views()
+            await pilot.pause()
+        assert len(full.lines) + len(full._deferred_renders) <= full.max_lines
+        assert pane_text(overview)[-1] == "line 9999" and len(overview.lines) == overview.max_lines
+
+        await pilot.press("l")
+        await wait_for_ui(pilot, lambda: full.lines and pane_text(full)[-1] == "line 9999")
+        assert pane_text(full) == [f"line {i}" for i in range(8000, 10_000)]
+
+        # The Overview, hidden now, takes nothing while the Log tab follows; back on screen, it catches up.
+        store.ingest(log_lines(10_000, 500))
+        app.render_views()
+        await pilot.pause()
+        assert pane_text(full)[-1] == "line 10499"
+        assert pane_text(overview)[-1] == "line 9999" and not overview._deferred_renders
+        await pilot.click("#--content-tab-overview")  # a click: no redraw of the app's follows it
+        await wait_for_ui(pilot, lambda: pane_text(overview)[-1] == "line 10499")
+        assert pane_text(overview) == [f"line {i}" for i in range(10_300, 10_500)]
+
+
 @pytest.fixture
 def steerable():
     process = start_training(str(SCRIPTS / "control_probe.py"), "--steps", "100000", "--sleep", "0.03")
