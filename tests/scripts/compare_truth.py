@@ -1,12 +1,13 @@
 """Not a training script: compares an ``optwatch run --record`` file with the ground truth a script printed.
 
-    python tests/scripts/compare_truth.py RECORD.jsonl STDOUT.txt [--rel 1e-4]
+    python tests/scripts/compare_truth.py RECORD.jsonl STDOUT.txt [--rel 1e-4] [--field loss=loss_d]
 
 The ground truth is the script's ``FRAMEWORK_STEP {json}`` or ``TRUTH {json}`` lines, each with ``step``
 counted as optwatch counts (its first optimizer step is step 0) and any of ``loss``, ``grad_norm``,
-``samples``, ``lr``. A truth line may name what to hold each field against in the record (default: the
-field of the same name), e.g. ``"grad_norm_preclip"`` for a pre-clip norm. Prints one row per step and
-field that disagrees (or is missing on either side), then a count; exits 1 when any does.
+``samples``, ``lr``, each held against the record's field of the same name; ``--field RECORD=TRUTH``
+holds the record's field against another truth key instead (a GAN's ``loss`` against ``loss_d``), and
+``--field grad_norm_preclip=grad_norm`` adds a record field to compare. Prints one row per step and field
+that disagrees (or is missing on either side), then a count; exits 1 when any does.
 """
 
 import argparse
@@ -52,7 +53,8 @@ def differs(expected, actual, rel: float) -> bool:
     return expected != actual
 
 
-def compare(truth: dict[int, dict], records: dict[int, dict], rel: float) -> list[tuple]:
+def compare(truth: dict[int, dict], records: dict[int, dict], rel: float, pairs: dict[str, str]) -> list[tuple]:
+    """``pairs``: record field -> truth key."""
     rows = []
     for step in sorted(set(truth) | set(records)):
         expected, record = truth.get(step), records.get(step)
@@ -62,15 +64,12 @@ def compare(truth: dict[int, dict], records: dict[int, dict], rel: float) -> lis
         if record is None:
             rows.append((step, "(step)", "a truth line", "no step record"))
             continue
-        for field in FIELDS:
-            if field not in expected:
+        for field, key in pairs.items():
+            if key not in expected:
                 continue
-            recorded_as = expected.get(f"{field}_field", field)
-            actual = record.get(recorded_as)
-            if differs(expected[field], actual, rel):
-                rows.append(
-                    (step, field if recorded_as == field else f"{field}->{recorded_as}", expected[field], actual)
-                )
+            actual = record.get(field)
+            if differs(expected[key], actual, rel):
+                rows.append((step, field if key == field else f"{field}/{key}", expected[key], actual))
     return rows
 
 
@@ -79,15 +78,20 @@ def main() -> int:
     parser.add_argument("record")
     parser.add_argument("stdout")
     parser.add_argument("--rel", type=float, default=1e-4, help="relative tolerance")
+    parser.add_argument("--field", action="append", default=[], metavar="RECORD=TRUTH")
     args = parser.parse_args()
+    pairs = {field: field for field in FIELDS}
+    for pair in args.field:
+        field, _, key = pair.partition("=")
+        pairs[field] = key or field
     truth, records = read_truth(args.stdout), read_records(args.record)
-    rows = compare(truth, records, args.rel)
-    print(f"{'step':>5}  {'field':<12} {'truth':>22} {'optwatch':>22}  ratio")
+    rows = compare(truth, records, args.rel, pairs)
+    print(f"{'step':>5}  {'field':<16} {'truth':>22} {'optwatch':>22}  ratio")
     for step, field, expected, actual in rows:
         ratio = ""
         if isinstance(expected, (int, float)) and isinstance(actual, (int, float)) and expected:
             ratio = f"{actual / expected:.4g}"
-        print(f"{step:>5}  {field:<12} {expected!s:>22} {actual!s:>22}  {ratio}")
+        print(f"{step:>5}  {field:<16} {expected!s:>22} {actual!s:>22}  {ratio}")
     print(f"{len(truth)} truth steps, {len(records)} step records, {len(rows)} disagreements")
     return 1 if rows else 0
 
