@@ -79,30 +79,38 @@ def emit(kind: str, payload: dict) -> None:
     print(f"{kind} {json.dumps(payload)}", flush=True)
 
 
+CLIPPING_CALLS = (
+    "accelerator.clip_grad_norm_(",
+    "torch.nn.utils.clip_grad_norm_(",
+    "get_total_norm(",
+    "clip_grads_with_norm_(",
+    "clip_master_grads(",
+    "model.clip_grad_norm_(",
+    "self._clip_grad_norm_dtensor_aware(",
+)
+
+
 def clipping_path() -> dict:
-    """Where the Trainer's clipping goes, read from the installed source (not patched, not traced)."""
-    clip = Trainer._clip_grad_norm
-    dtensor_aware = accelerate.Accelerator._clip_grad_norm_dtensor_aware
-
-    def where(function, needle: str) -> str:
-        lines, first = inspect.getsourcelines(function)
-        hits = [first + i for i, line in enumerate(lines) if needle in line]
-        path = inspect.getsourcefile(function) or "?"
-        short = path.split("site-packages/")[-1]
-        return f"{short}:{','.join(map(str, hits))}"
-
-    return {
-        "trainer": (
-            f"{where(clip, 'self.accelerator.clip_grad_norm_(')} Trainer._clip_grad_norm -> Accelerator.clip_grad_norm_"
-        ),
-        "accelerate": (
-            f"{where(dtensor_aware, 'get_total_norm(')} get_total_norm, "
-            f"{where(dtensor_aware, 'clip_grads_with_norm_(params')} clip_grads_with_norm_ "
-            "(Accelerator._clip_grad_norm_dtensor_aware; torch.nn.utils.clip_grad_norm_ only when "
-            f"torch.distributed is unavailable: {where(dtensor_aware, 'torch.nn.utils.clip_grad_norm_(')})"
-        ),
-        "torch_distributed_available": torch.distributed.is_available(),
-    }
+    """Where the installed Trainer and Accelerator clip, read from their source (nothing patched or traced):
+    for each method on the way, ``file:line call`` of each clipping call it makes."""
+    methods = [
+        getattr(Trainer, "_clip_grad_norm", None) or Trainer._inner_training_loop,
+        accelerate.Accelerator.clip_grad_norm_,
+        getattr(accelerate.Accelerator, "_clip_grad_norm_dtensor_aware", None),
+    ]
+    path = {}
+    for method in filter(None, methods):
+        lines, first = inspect.getsourcelines(method)
+        source = (inspect.getsourcefile(method) or "?").split("site-packages/")[-1]
+        calls = []
+        for offset, line in enumerate(lines):
+            code = line.split("#")[0]
+            if code.lstrip().startswith((">>>", "...")) or "Should be used" in code:
+                continue  # the docstring's example
+            calls += [f"{source}:{first + offset} {call.split('(')[0]}" for call in CLIPPING_CALLS if call in code]
+        path[method.__qualname__] = calls
+    path["torch.distributed.is_available()"] = torch.distributed.is_available()
+    return path
 
 
 class CountingTrainer(Trainer):
