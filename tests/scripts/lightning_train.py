@@ -21,6 +21,7 @@ optimizer step, from that hook:
 validation run (``after_step`` -1: the sanity check, before step 0).
 """
 
+import inspect
 import json
 import logging
 import warnings
@@ -30,6 +31,7 @@ warnings.filterwarnings("ignore")
 import lightning  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
+from lightning.pytorch.plugins.precision import Precision  # noqa: E402
 from torch import nn  # noqa: E402
 
 TRAIN_SAMPLES = 192
@@ -43,6 +45,18 @@ CLIP = 0.5
 
 def emit(kind: str, payload: dict) -> None:
     print(f"{kind} {json.dumps(payload)}", flush=True)
+
+
+def clipping_path() -> list[str]:
+    """Where the installed Lightning clips by norm, read from its source: ``file:line call``."""
+    method = Precision.clip_grad_by_norm
+    lines, first = inspect.getsourcelines(method)
+    source = (inspect.getsourcefile(method) or "?").split("site-packages/")[-1]
+    return [
+        f"{source}:{first + offset} {method.__qualname__} -> {line.strip()}"
+        for offset, line in enumerate(lines)
+        if "torch.nn.utils." in line
+    ]
 
 
 def synthetic(count: int, seed: int) -> torch.utils.data.TensorDataset:
@@ -139,8 +153,7 @@ def main() -> None:
             "val_batches": VAL_SAMPLES // VAL_BATCH,
             "num_sanity_val_steps": trainer.num_sanity_val_steps,
             "gradient_clip_val": CLIP,
-            "clipping": "lightning/pytorch/plugins/precision/precision.py:166 Precision.clip_grad_by_norm -> "
-            "torch.nn.utils.clip_grad_norm_(parameters, clip_val), return value unused",
+            "clipping": clipping_path(),
         },
     )
     trainer.fit(MLP(), train, val)
