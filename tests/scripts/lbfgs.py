@@ -9,7 +9,8 @@ Each step draws one mini-batch from a DataLoader; LBFGS runs the closure up to `
   weights the step started from).
 - ``grad_norm``: the global L2 norm of the gradients of that first evaluation, computed inside the
   closure right after its backward() (no clipping here).
-- ``evaluations``: how many times LBFGS called the closure in that step (backward() calls).
+- ``evaluations``: how many times LBFGS called the closure in that step (backward() calls);
+  ``grad_norm_last``: the gradient norm of the last of them (the gradients left when the step returns).
 """
 
 import argparse
@@ -46,5 +47,6 @@ for step, (x, y) in enumerate(loader):
     returned = optimizer.step(closure)
     first_loss, first_norm = evaluations[0]
     assert first_loss == returned.item()
-    record = {"step": step, "loss": first_loss, "grad_norm": first_norm, "evaluations": len(evaluations)}
-    print(f"TRUTH {json.dumps(record | {'samples': int(x.size(0))})}", flush=True)
+    record = {"step": step, "loss": first_loss, "grad_norm": first_norm, "samples": int(x.size(0))}
+    record |= {"evaluations": len(evaluations), "grad_norm_last": evaluations[-1][1]}
+    print(f"TRUTH {json.dumps(record)}", flush=True)
