@@ -94,10 +94,10 @@ def train(model, optimizer, x, y, steps: int, loss_fn=None, spike=None) -> None:
 
 def start_training(script: str, *args: str):
     """A real instrumented training process, as `optwatch run` starts it."""
-    from optwatch.probe.options import ProbeOptions
+    from optwatch.options import ProbeOptions
     from optwatch.supervisor import TrainingProcess
 
-    process = TrainingProcess(script, list(args), ProbeOptions(script=script, argv=list(args)).to_env())
+    process = TrainingProcess(script, list(args), ProbeOptions(script=script, argv=list(args)))
     process.start()
     return process
 
@@ -114,3 +114,59 @@ def steps_of(records: list[dict], rank: int | None = None) -> list[dict]:
 
 def dump(records: list[dict]) -> str:
     return "\n".join(json.dumps(r) for r in records[-20:])
+
+
+class LocalHub:
+    """A real hub serving a run directory from a thread of the test process, for probes made in it."""
+
+    def __init__(self, run_dir: Path, run_id: str):
+        import threading
+
+        from optwatch.hub.server import Hub
+
+        self.hub = Hub(run_dir, run_id)
+        self.hub.bind()
+        self._thread = threading.Thread(target=self._serve, name="test-hub", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.hub.serve()
+        finally:
+            self.hub.close()
+
+    def records(self, timeout_s: float = 20.0) -> list[dict]:
+        """Everything the hub kept, once every rank that said hello has said its end."""
+        wait_for(lambda: self.hub.history.hello and set(self.hub.history.hello) <= set(self.hub.history.end), timeout_s)
+        return self.hub.history.records()
+
+    def close(self) -> None:
+        self.hub.stop()
+        self._thread.join(5)
+
+
+def new_probe(name: str = "probe-test", *, plugins=None, extra=(), first: bool = False, probe_class=None, **options):
+    """A probe in this process, not started, with a real hub of its own (``probe.test_hub``): ``plugins``
+    instead of the usual ones, or ``extra`` plugins after them (before them with ``first``)."""
+    from optwatch.options import ProbeOptions
+    from optwatch.probe.channel import Channel
+    from optwatch.probe.probe import Probe
+    from optwatch.probe.start import build_plugins
+    from optwatch.wire import runtime
+
+    run_dir = runtime.make_run_dir(name)
+    hub = LocalHub(run_dir, name)
+    options = ProbeOptions(**{"script": "test", "publish_interval_s": 0.0, **options})
+    chosen = list(plugins) if plugins is not None else build_plugins(options)
+    chosen = [*extra, *chosen] if first else [*chosen, *extra]
+    probe = (probe_class or Probe)(run_dir, name, options, Channel(run_dir), chosen)
+    probe.test_hub = hub
+    return probe
+
+
+def records_of(probe, kind: str | None = None) -> list[dict]:
+    """Close ``probe`` and return what its hub received (of ``kind``), as a viewer attaching now would."""
+    probe.close()
+    records = probe.test_hub.records()
+    probe.test_hub.close()
+    return [r for r in records if kind is None or r["kind"] == kind]

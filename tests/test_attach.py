@@ -87,7 +87,7 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
         assert missing.returncode == 2 and "needs --token" in missing.stderr
 
         record = tmp_path / "tcp.jsonl"
-        right = optwatch("attach", endpoint, "--token", token, "--headless", "--duration", "2", "--record", str(record))
+        right = optwatch("attach", endpoint, "--token", token, "--headless", "--duration", "4", "--record", str(record))
         assert right.returncode == 0, right.stderr
         steps = [s["step"] for s in steps_of(read_jsonl(record))]
         assert len(steps) >= 3 and steps == list(range(len(steps)))  # history from step 0, then live

@@ -6,23 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import train
+from conftest import new_probe, records_of, train
 from optwatch.app.app import OptwatchApp
 from optwatch.app.layer_history import LayerHistory
 from optwatch.app.widgets.grad_alerts import GradAlerts
 from optwatch.app.widgets.heat_strip import HeatStrip
 from optwatch.app.widgets.layer_table import LayerTable, log_sparkline
-from optwatch.probe.options import ProbeOptions
-from optwatch.probe.probe import Probe
 from optwatch.store import Store
-from optwatch.wire import runtime
 
 
 @pytest.fixture(scope="module")
 def vanishing_run() -> list[dict]:
     """Records of 50 steps of a 12-layer sigmoid MLP whose early layers barely learn."""
-    probe = Probe(runtime.make_run_dir("view-test"), "view-test", ProbeOptions(script="t", publish_interval_s=0.0))
-    probe.start()
+    probe = new_probe("view-test").start()
     torch.manual_seed(0)
     layers: list[nn.Module] = [nn.Linear(8, 16), nn.Sigmoid()]
     for _ in range(11):
@@ -33,8 +29,7 @@ def vanishing_run() -> list[dict]:
             layer.weight.mul_(0.05)  # tiny weights: each sigmoid layer passes back 1/80 of its gradient
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, optimizer, torch.randn(64, 8), torch.randn(64, 1), steps=50)
-    probe.close()
-    return probe.publisher.history.snapshot()
+    return records_of(probe)
 
 
 def test_layer_history_lines_up_modules_that_come_and_go():

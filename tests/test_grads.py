@@ -12,20 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import train
+from conftest import new_probe, records_of, train
 from optwatch.diagnose.gradients import GradientDiagnosis
-from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
-from optwatch.wire import runtime
 
 CUDA = torch.cuda.is_available()
 
 
 def start(**options) -> Probe:
-    """A probe measuring every step: these tests check the statistics, the cost governors have their own."""
-    run_dir = runtime.make_run_dir("grads-test")
-    options = {"publish_interval_s": 0.0, "grad_budget": 0.0, "budget": 0.0, **options}
-    return Probe(run_dir, "grads-test", ProbeOptions(script="test", **options)).start()
+    """A probe measuring every step: these tests check the statistics, the cost governor has its own."""
+    return new_probe("grads-test", **{"budget": 0.0, **options}).start()
 
 
 @pytest.fixture
@@ -36,8 +32,7 @@ def probe():
 
 
 def recorded(probe: Probe, kind: str) -> list[dict]:
-    probe.close()
-    return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
+    return records_of(probe, kind)
 
 
 def mlp() -> nn.Module:
@@ -73,8 +68,7 @@ def test_layer_records_hold_the_exact_norms_updates_and_zero_fractions(probe):
     for record, want in zip(records, expected):
         assert record["names"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
         assert record["numel"] == [32, 8, 64, 8, 8, 1]
-        # Zero counts are refreshed every 10 measured steps (they cost as much as the other norms together).
-        want = {**want, "zero_frac": expected[0]["zero_frac"]}
+        assert record["updated_at"] == [record["step"]] * 6  # a small model is measured whole at every step
         for key, values in want.items():
             assert record[key] == pytest.approx(values, rel=1e-5, abs=1e-9), key
         ratios = [u / w for u, w in zip(want["update_norm"], want["weight_norm"])]
@@ -90,18 +84,20 @@ def test_grad_every_and_a_small_update_budget_take_turns():
     train(model, optimizer, torch.randn(32, 4), torch.randn(32, 1), steps=8)
     records = recorded(probe, "layers")
     assert [r["step"] for r in records] == [0, 2, 4, 6]
-    measured = [[u is not None for u in r["update_norm"]] for r in records]
-    # Chunks of whole modules that fit 288 bytes: "0" (160 B), "2" (288 B), "4" (36 B), in turn.
-    assert measured == [
-        [True, True, False, False, False, False],
-        [False, False, True, True, False, False],
-        [False, False, False, False, True, True],
-        [True, True, False, False, False, False],
+    # Chunks of whole modules that fit 288 bytes: "0" (160 B), "2" (288 B), "4" (36 B), in turn; a layer
+    # measured at an earlier step shows its newest values, and the step they are from.
+    assert [r["updated_at"] for r in records] == [
+        [0, 0, None, None, None, None],
+        [0, 0, 2, 2, None, None],
+        [0, 0, 2, 2, 4, 4],
+        [6, 6, 2, 2, 4, 4],
     ]
     for record in records:
         lr_update = [0.1 * g for g in record["grad_norm"]]  # plain SGD: ||Δw|| = lr ||g||
-        for update, want in zip(record["update_norm"], lr_update):
-            assert update is None or update == pytest.approx(want, rel=1e-5)
+        for update, want, at in zip(record["update_norm"], lr_update, record["updated_at"]):
+            assert (update is None) == (at is None)
+            if at == record["step"]:
+                assert update == pytest.approx(want, rel=1e-5)
 
 
 def test_gradscaler_skipped_steps_are_amp_overflows_not_broken_runs(probe):
@@ -110,21 +106,25 @@ def test_gradscaler_skipped_steps_are_amp_overflows_not_broken_runs(probe):
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     poisoned = {3, 4}  # an fp16 overflow, stood in for by an inf planted in one gradient
+    losses = []
     for step in range(8):
         optimizer.zero_grad()
-        scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
+        loss = nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss).backward()
+        losses.append(loss.item())
         if step in poisoned:
             model[2].weight.grad[0, 0] = math.inf
         scaler.step(optimizer)
         scaler.update()
-    steps = recorded(probe, "step")
-    alerts = [r for r in probe.publisher.history.snapshot() if r["kind"] == "alert"]
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    alerts = [r for r in records if r["kind"] == "alert"]
     assert [s["step"] for s in steps] == list(range(8))
+    assert [s["loss"] for s in steps] == losses  # the loss the script computed, not the scaled one
     assert [s.get("amp_overflow", False) for s in steps] == [s in poisoned for s in range(8)]
     assert [s.get("amp_scale") for s in steps if s.get("amp_overflow")] == [1024.0, 512.0]
     assert [(a["type"], a["step"]) for a in alerts] == [("amp_overflow", 3)]
-    assert all(math.isfinite(s["loss"]) for s in steps)
-    layer_steps = [r["step"] for r in probe.publisher.history.snapshot() if r["kind"] == "layers"]
+    layer_steps = [r["step"] for r in records if r["kind"] == "layers"]
     assert layer_steps == [0, 1, 2, 5, 6, 7]  # skipped steps changed no weights: nothing to measure
 
 
@@ -141,7 +141,7 @@ def test_forwards_on_other_threads_leave_the_training_threads_check_alone(caplog
     """A thread running forwards with gradients on (an actor, a background evaluation) while the model
     trains: its outputs are not mixed into the training's sequence of checks, and the origin of an inf
     is still named at its step (interleaved, they made the diagnosis fail and switch itself off)."""
-    probe = start()
+    probe = start(forward_check="always")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -167,11 +167,11 @@ def test_forwards_on_other_threads_leave_the_training_threads_check_alone(caplog
         stop.set()
         for thread in threads:
             thread.join()
-    alerts = recorded(probe, "alert")
-    [alert] = [a for a in alerts if a["type"] == "nonfinite"]
+    records = records_of(probe)
+    [alert] = [a for a in records if a["kind"] == "alert" and a["type"] == "nonfinite"]
     assert alert["step"] == 6 and alert["module"] == "3"
     assert "failed" not in caplog.text
-    layers = [r for r in probe.publisher.history.snapshot() if r["kind"] == "layers"]
+    layers = [r for r in records if r["kind"] == "layers"]
     assert len(layers) == 10 and not any(key.startswith("_") for r in layers for key in r)
 
 
@@ -183,7 +183,7 @@ def spiky_mlp() -> nn.Module:
 def test_training_on_a_thread_of_its_own_has_its_first_steps_checked():
     """The probe starts on the main thread (as `optwatch run` starts it); the training runs on another,
     and a module emits inf at step 0: the origin is named at that step."""
-    probe = start()
+    probe = start(forward_check="always")
     model = spiky_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
@@ -196,7 +196,7 @@ def test_training_on_a_thread_of_its_own_has_its_first_steps_checked():
 
 def test_steps_run_by_a_thread_pool_are_all_checked():
     """Each step on whichever worker of a pool is free: every step's forward is checked."""
-    probe = start()
+    probe = start(forward_check="always")
     model = spiky_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
@@ -204,8 +204,9 @@ def test_steps_run_by_a_thread_pool_are_all_checked():
         list(pool.map(time.sleep, [0.05] * 4))  # a pool whose workers have all run
         for step in range(12):
             pool.submit(train, model, optimizer, x, y, 1, spike=(model[3], 0) if step == 9 else None).result()
-    steps = recorded(probe, "step")
-    [alert] = [a for a in probe.publisher.history.snapshot() if a["kind"] == "alert" and a["type"] == "nonfinite"]
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    [alert] = [a for a in records if a["kind"] == "alert" and a["type"] == "nonfinite"]
     assert (alert["step"], alert["module"]) == (9, "3")
     assert [s["step"] for s in steps] == list(range(12))
 
@@ -213,9 +214,9 @@ def test_steps_run_by_a_thread_pool_are_all_checked():
 @pytest.mark.parametrize(
     "forward_check, device",
     [
-        (True, "cpu"),
-        (False, "cpu"),
-        pytest.param(True, "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
+        ("always", "cpu"),
+        ("off", "cpu"),
+        pytest.param("always", "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]),
     ],
 )
 def test_the_module_that_emits_inf_is_named_at_that_step(forward_check, device):
@@ -228,21 +229,46 @@ def test_the_module_that_emits_inf_is_named_at_that_step(forward_check, device):
     train(model, optimizer, x, y, steps=12, spike=(model[3], 7))
     with torch.no_grad():  # evaluation forwards are not checked and change nothing
         model(x)
-    alerts = recorded(probe, "alert")
-    [alert] = [a for a in alerts if a["type"] == "nonfinite"]
+    records = records_of(probe)
+    [alert] = [a for a in records if a["kind"] == "alert" and a["type"] == "nonfinite"]
     assert alert["step"] == 7 and set(alert["params"]) >= {"0.weight", "2.weight"}
-    if forward_check:
+    if forward_check == "always":
         assert alert["module"] == "3" and "first non-finite output: module '3'" in alert["message"]
     else:
         assert alert["module"] is None
-    steps = [r for r in probe.publisher.history.snapshot() if r["kind"] == "step"]
+    steps = [r for r in records if r["kind"] == "step"]
     assert not any(key.startswith("_") for s in steps for key in s)
+
+
+def test_by_default_the_first_inf_arms_the_forward_check_and_the_next_is_named_at_its_step():
+    """The loss and the gradient norm, watched at every step, see the first inf; which module made it is
+    found from then on (a hook on every module call costs too much to keep otherwise), so a recurrence is
+    named at its very step."""
+    probe = start()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    healthy = copy.deepcopy(model.state_dict())
+    train(model, optimizer, x, y, steps=12, spike=(model[3], 7))
+    model.load_state_dict(healthy)  # the inf gradients made the weights NaN (0 * inf): a transient, then
+    # the check is armed off the training thread, once the inf has been read back
+    for _ in range(200):
+        if probe.nonfinite_seen:
+            break
+        time.sleep(0.02)
+    train(model, optimizer, x, y, steps=1)  # the step in flight when it came
+    again = probe.step + 25  # past the first episode (20 healthy steps end it)
+    train(model, optimizer, x, y, steps=30, spike=(model[3], 25))
+    nonfinite = [a for a in recorded(probe, "alert") if a["type"] == "nonfinite"]
+    assert [(a["step"], a["module"]) for a in nonfinite] == [(7, None), (again, "3")]
+    assert "no forward check ran at this step" in nonfinite[0]["message"]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_on_a_gpu_a_model_deeper_than_one_batch_of_checks_still_names_the_module():
-    probe = start()
+    probe = start(forward_check="always")
     torch.manual_seed(0)
     layers: list[nn.Module] = [nn.Linear(8, 8) for _ in range(40)]
     layers.insert(37, Spike())  # past the first batch of 32 outputs checked together
@@ -265,7 +291,7 @@ class SpikyConv(nn.Conv2d):
 
 
 def test_a_convolution_checked_through_the_batch_norm_after_it_is_named():
-    probe = start()
+    probe = start(forward_check="always")
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), SpikyConv(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
@@ -289,7 +315,8 @@ class Wrapper(nn.Module):
         return self.inner(x) / 0.0  # a NaN born in the wrapper's own code, not in a submodule
 
 
-def test_the_wrapper_is_the_model_and_is_named_for_what_its_own_code_does(probe):
+def test_the_wrapper_is_the_model_and_is_named_for_what_its_own_code_does():
+    probe = start(forward_check="always")
     inner = nn.Linear(4, 1)  # made before the wrapper: the first of the two a heap walk meets
     model = Wrapper(inner)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -300,34 +327,8 @@ def test_the_wrapper_is_the_model_and_is_named_for_what_its_own_code_does(probe)
     assert alert["module"] == "Wrapper" and alert["step"] == 0  # the root, by its class name
 
 
-def test_statistics_that_cost_too_much_thin_out_and_come_back_to_every_step_after_a_nan():
-    """A tiny MLP: the statistics cost far more than the budget of its sub-millisecond step."""
-    from optwatch.probe.grads import GradientPlugin
-
-    probe = start(grad_budget=0.005)
-    [plugin] = [p for p in probe.plugins if isinstance(p, GradientPlugin)]
-    model = mlp()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(32, 4), torch.randn(32, 1)
-    train(model, optimizer, x, y, steps=160)
-    assert plugin.share is not None and plugin.share > 0.005
-    assert plugin.stride == 4  # thinned as far as it goes
-    with torch.no_grad():
-        model[2].weight[0, 0] = float("nan")  # from here every loss is NaN
-    train(model, optimizer, x, y, steps=1)
-    deadline = time.monotonic() + 10
-    while plugin.stride != 1 and time.monotonic() < deadline:  # the publisher thread diagnoses it
-        time.sleep(0.01)
-    train(model, optimizer, x, y, steps=20)
-    steps = [r["step"] for r in recorded(probe, "layers")]
-    assert steps[:100] == list(range(100))  # the first 100 steps at the asked cadence, whatever they cost
-    thinned = [b - a for a, b in zip(steps[99:], steps[100:]) if b < 160]
-    assert thinned and max(thinned) == 4
-    assert steps[-15:] == list(range(166, 181))  # soon after the NaN: every step again
-
-
 def test_a_zero_budget_measures_every_step():
-    probe = start(grad_budget=0.0, budget=0.0)
+    probe = start(budget=0.0)
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for _ in range(130):
@@ -344,7 +345,8 @@ def test_grads_off_records_steps_only():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     nn.functional.mse_loss(model(torch.randn(2, 4)), torch.randn(2, 1)).backward()
     optimizer.step()
-    assert recorded(probe, "layers") == [] and len(recorded(probe, "step")) == 1
+    records = records_of(probe)
+    assert [r for r in records if r["kind"] == "layers"] == [] and len([r for r in records if r["kind"] == "step"]) == 1
 
 
 def test_a_failing_diagnosis_costs_neither_statistics_nor_privacy(monkeypatch, caplog):
@@ -359,10 +361,10 @@ def test_a_failing_diagnosis_costs_neither_statistics_nor_privacy(monkeypatch, c
         optimizer.zero_grad()
         nn.functional.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1)).backward()
         optimizer.step()
-    records = recorded(probe, "step") + recorded(probe, "layers")
+    records = [r for r in records_of(probe) if r["kind"] in ("step", "layers")]
     assert len(records) == 6 and not any(key.startswith("_") for r in records for key in r)
     assert all("zero_frac" in r for r in records if r["kind"] == "layers")
-    assert caplog.text.count("gradient diagnosis failed and is switched off") == 1
+    assert caplog.text.count("the gradient diagnosis failed for rank 0 and is switched off") == 1
 
 
 @pytest.mark.gpu
@@ -389,8 +391,9 @@ def test_cuda_gradient_statistics_make_no_host_device_sync(probe):
         train(model, optimizer, x, y, steps=30)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    layers = recorded(probe, "layers")
-    steps = recorded(probe, "step")
+    records = records_of(probe)
+    layers = [r for r in records if r["kind"] == "layers"]
+    steps = [r for r in records if r["kind"] == "step"]
     assert len(steps) == 33 and [r["step"] for r in layers] == [s["step"] for s in steps if not s.get("amp_overflow")]
     assert all(math.isfinite(g) for r in layers[-30:] for g in r["grad_norm"] + r["update_norm"])
 
@@ -407,18 +410,19 @@ def test_with_clipping_the_norm_before_clipping_is_what_explodes(probe):
         returned.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1).item())
         optimizer.step()
     wrapped = torch.nn.utils.clip_grad_norm_
-    steps = recorded(probe, "step")
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
     assert torch.nn.utils.clip_grad_norm_ is not wrapped  # unwrapped on close
-    assert [s["grad_norm_preclip"] for s in steps] == pytest.approx(returned, rel=1e-6)
-    assert max(s["grad_norm"] for s in steps) <= 0.1 + 1e-6
-    alerts = [r for r in probe.publisher.history.snapshot() if r["kind"] == "alert"]
+    assert [s["grad_norm"] for s in steps] == pytest.approx(returned, rel=1e-6)  # before clipping
+    assert {s["clip_max_norm"] for s in steps} == {0.1}
+    alerts = [r for r in records if r["kind"] == "alert"]
     assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 45)]
     assert alerts[0]["message"].startswith("global gradient norm before clipping")
 
 
 def test_a_float64_model_gets_its_statistics_and_checks_in_float64(caplog):
     """A norm may widen a dtype but not narrow it: float64 training must neither break nor lose a plugin."""
-    probe = start()
+    probe = start(forward_check="always")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), Spike(), nn.Linear(8, 1)).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -426,13 +430,12 @@ def test_a_float64_model_gets_its_statistics_and_checks_in_float64(caplog):
     train(model, optimizer, x, y, steps=2)
     expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
     train(model, optimizer, x, y, steps=6, spike=(model[3], 4))
-    records = probe.publisher.history
-    probe.close()
-    steps = [r for r in records.snapshot() if r["kind"] == "step"]
-    layers = [r for r in records.snapshot() if r["kind"] == "layers"]
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    layers = [r for r in records if r["kind"] == "layers"]
     assert len(steps) == 8 and steps[1]["grad_norm"] == pytest.approx(expected, rel=1e-9)
     assert len(layers) == 8 and layers[1]["grad_norm"][0] > 0
-    alerts = [(a["type"], a["step"], a["module"]) for a in records.snapshot() if a["kind"] == "alert"]
+    alerts = [(a["type"], a["step"], a["module"]) for a in records if a["kind"] == "alert"]
     assert alerts == [("nonfinite", 6, "3")]
     assert "switched off" not in caplog.text
 
@@ -454,7 +457,7 @@ def test_a_model_trained_under_optwatch_can_still_be_copied_saved_and_scripted(t
     torch.save(model, tmp_path / "model.pt")
     scripted = torch.jit.script(model)
     pickled = pickle.dumps(model)
-    probe.close()
+    records_of(probe)
     x = torch.randn(2, 4)
     assert torch.equal(best(x), model(x)) and averaged.n_averaged.item() == 0
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=False)(x), model(x))
@@ -465,37 +468,37 @@ def test_a_model_trained_under_optwatch_can_still_be_copied_saved_and_scripted(t
 
 def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_brings_every_step_back():
     """A tiny MLP, whose sub-millisecond step optwatch's checks would slow by far more than 1%: after the
-    first steps, the forward check, gradient norms and statistics run on every Nth step only (records
-    say which); a NaN loss at a step between two checks says no check ran there, and from then on every
-    step is checked, so that the next one is named at its very step."""
+    first steps, the gradient norms and statistics and the phase timing run on every Nth step only (records
+    say which); a NaN loss at a step between two detail steps is caught there (no forward check ran, the
+    alert says), and from then on every step is a detail step with the forward check on, so the next one is
+    named at its very step."""
     probe = start(budget=0.01, grad_full_cadence_steps=20)
     model = spiky_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     train(model, optimizer, x, y, steps=300)
-    assert probe.detail_every > 1 and not probe.detail_pinned
+    assert probe.detail_every > 1 and not probe.governor.pinned
     light = next(step for step in range(probe.step, probe.step + 200) if step % probe.detail_every)
     healthy = copy.deepcopy(model.state_dict())
     train(model, optimizer, x, y, steps=light - probe.step + 1, spike=(model[3], light - probe.step))
     model.load_state_dict(healthy)  # the inf gradients made the weights NaN (0 * inf): a transient, then
     model[3].armed = False
     deadline = time.monotonic() + 10
-    while not probe.detail_pinned and time.monotonic() < deadline:  # the publisher thread diagnoses it
+    while not probe.governor.pinned and time.monotonic() < deadline:  # the channel thread reads it back
         time.sleep(0.01)
-    assert probe.detail_pinned
+    assert probe.governor.pinned
     train(model, optimizer, x, y, steps=1)  # the step in flight when the pin came
     again = probe.step + 30  # past the first episode (20 healthy steps end it)
     train(model, optimizer, x, y, steps=31, spike=(model[3], 30))
-    records = recorded(probe, "step")
-    steps = {r["step"]: r for r in records}
-    layers = {r["step"] for r in probe.publisher.history.snapshot() if r["kind"] == "layers"}
-    # The first 20 steps in full; then spaced: only detail steps carry the global norm and statistics.
+    records = records_of(probe)
+    steps = {r["step"]: r for r in records if r["kind"] == "step"}
+    layers = {r["step"] for r in records if r["kind"] == "layers"}
     assert all(steps[s]["detailed"] and steps[s]["grad_norm"] is not None for s in range(20))
-    spaced = [r for r in records if 40 <= r["step"] < light]
+    spaced = [r for r in steps.values() if 40 <= r["step"] < light]
     assert any(not r["detailed"] for r in spaced) and any(r["detailed"] for r in spaced)
     for r in spaced:
-        assert r["detailed"] == (r["step"] % r["detail_every"] == 0)
-        assert (r["grad_norm"] is not None) == r["detailed"] == (r["step"] in layers)
+        assert r["detailed"] == (r["step"] % r["detail_every"] == 0) == (r["step"] in layers)
+        assert (r["grad_norm"] is not None) == r["detailed"] and r["loss"] is not None
     # (A detail step's boundary work, its statistics' update norms, is paid in the step after it.)
     between = [r for r in spaced if not r["detailed"] and not steps[r["step"] - 1]["detailed"]]
     light_share = sum(r["optwatch_s"] for r in between) / sum(r["step_time_s"] for r in between)
@@ -503,7 +506,7 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
         r["step_time_s"] for r in spaced if r["detailed"]
     )
     assert light_share < detail_share / 2  # what the spacing is for
-    nonfinite = [a for a in probe.publisher.history.snapshot() if a["kind"] == "alert" and a["type"] == "nonfinite"]
+    nonfinite = [a for a in records if a["kind"] == "alert" and a["type"] == "nonfinite"]
     assert [(a["step"], a["module"]) for a in nonfinite] == [(light, None), (again, "3")]
     assert "no forward check ran at this step" in nonfinite[0]["message"]
     assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(again - 25, again + 1))

@@ -10,11 +10,9 @@ import pytest
 import torch
 
 import optwatch.probe.controls
-from conftest import train
-from optwatch.probe.options import ProbeOptions
+from conftest import new_probe, records_of, train
 from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
-from optwatch.wire import runtime
 
 CUDA = torch.cuda.is_available()
 
@@ -22,11 +20,7 @@ CUDA = torch.cuda.is_available()
 def start(*plugins: ProbePlugin, first: bool = False, **options) -> Probe:
     """A started probe publishing at every step, with ``options`` and ``plugins`` of a test's own, run after
     the others (before them with ``first``)."""
-    probe = Probe(
-        runtime.make_run_dir("probe-test"), "probe-test", ProbeOptions(script="test", publish_interval_s=0.0, **options)
-    )
-    probe.plugins = [*plugins, *probe.plugins] if first else [*probe.plugins, *plugins]
-    return probe.start()
+    return new_probe(extra=plugins, first=first, **options).start()
 
 
 @pytest.fixture
@@ -37,8 +31,7 @@ def probe():
 
 
 def recorded(probe: Probe, kind: str = "step") -> list[dict]:
-    probe.close()
-    return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
+    return records_of(probe, kind)
 
 
 def tiny_model() -> torch.nn.Module:
@@ -108,18 +101,20 @@ def test_without_an_optimizer_each_backward_is_a_step(probe):
     assert [s["loss"] for s in steps] == losses
 
 
-def test_gradient_accumulation_is_one_step_with_the_mean_loss(probe):
+def test_gradient_accumulation_is_one_step_with_the_summed_loss(probe):
+    """Scripts divide each micro-batch's loss by the number of micro-batches: the sum of what they
+    backpropagate is the loss of the whole batch, the objective whose gradient the step applies."""
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    micro = []
+    whole = 0.0
     for _ in range(3):
-        loss = torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1))
+        loss = torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1)) / 3
         loss.backward()
-        micro.append(loss.item())
+        whole += loss.item()
     optimizer.step()
     steps = recorded(probe)
     assert len(steps) == 1
-    assert steps[0]["loss"] == pytest.approx(sum(micro) / 3, rel=1e-6)
+    assert steps[0]["loss"] == pytest.approx(whole, rel=1e-6)
 
 
 def test_dataloader_batches_give_samples_per_second_and_data_wait(probe):
@@ -143,9 +138,10 @@ def test_explicit_batch_size_and_metrics(probe):
     torch.nn.functional.mse_loss(model(torch.randn(32, 4)), torch.randn(32, 1)).backward()
     optimizer.step()
     probe.log(val_acc=0.5)
-    [step] = recorded(probe)
+    records = records_of(probe)
+    [step] = [r for r in records if r["kind"] == "step"]
     assert step["samples"] == 32
-    metrics = [r for r in probe.publisher.history.snapshot() if r["kind"] == "metric"]
+    metrics = [r for r in records if r["kind"] == "metric"]
     assert metrics[0]["values"] == {"val_acc": 0.5} and metrics[0]["step"] == 1
     with pytest.raises(ValueError, match="batch_size must be positive"):
         probe.attach(batch_size=0)
@@ -196,9 +192,7 @@ def test_zero_code_finds_the_model_and_names_its_parameters(probe):
 @pytest.mark.parametrize("make_scheduler", ["lambda", "step"])
 def test_a_manual_lr_change_moves_the_schedule_with_it(make_scheduler):
     """lr=V under a scheduler: the schedule continues from the new level instead of snapping back."""
-    run_dir = runtime.make_run_dir(f"sched-{make_scheduler}")
-    probe = Probe(run_dir, run_dir.name, ProbeOptions(script="t", publish_interval_s=0.0, controls=["lr=0.01@4"]))
-    probe.start()
+    probe = new_probe(f"sched-{make_scheduler}", controls=["lr=0.01@4"]).start()
     try:
         model = tiny_model()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -228,9 +222,7 @@ def test_amp_without_bf16_trains_in_fp16_and_skips_overflowing_steps(monkeypatch
     """amp=on where bf16 is missing (a T4, a V100): fp16 autocast with loss scaling; an overflow skips the
     step and is reported as such."""
     monkeypatch.setattr(optwatch.probe.controls, "bf16_supported", lambda device: False)  # the device's capability
-    run_dir = runtime.make_run_dir("fp16")
-    options = ProbeOptions(script="test", publish_interval_s=0.0, controls=["amp=on@5"])
-    probe = Probe(run_dir, "fp16", options).start()
+    probe = new_probe("fp16", controls=["amp=on@5"]).start()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -262,8 +254,7 @@ def test_a_closed_probe_lets_go_of_the_model():
     import gc
     import weakref
 
-    run_dir = runtime.make_run_dir("gone")
-    probe = Probe(run_dir, "gone", ProbeOptions(script="test", publish_interval_s=0.0)).start()
+    probe = new_probe("gone").start()
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(3):
@@ -327,8 +318,7 @@ def test_a_plugin_switched_off_takes_its_hooks_away_at_once():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=1)
     calls = Hooked.calls
-    # The forward check's and the phase timing's are left.
-    assert calls > 0 and len(nn_module._global_forward_hooks) == hooks_before + 2
+    assert calls > 0 and len(nn_module._global_forward_hooks) == hooks_before
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=3)
     assert Hooked.calls == calls
     probe.close()
@@ -395,7 +385,7 @@ def test_optwatchs_own_time_is_in_each_step_record_and_in_the_step_time():
 def test_the_forward_checks_time_is_counted_as_optwatchs():
     """Checking a 16M-value activation (a sum on the CPU) is optwatch's time; without the check it is not."""
 
-    def own_time(forward_check: bool) -> float:
+    def own_time(forward_check: str) -> float:
         probe = start(forward_check=forward_check)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Linear(4096, 1))
@@ -403,7 +393,7 @@ def test_the_forward_checks_time_is_counted_as_optwatchs():
         train(model, optimizer, torch.randn(4096, 8), torch.randn(4096, 1), steps=6)
         return statistics.median(s["optwatch_s"] for s in recorded(probe)[1:])
 
-    checked, unchecked = own_time(True), own_time(False)
+    checked, unchecked = own_time("always"), own_time("off")
     assert checked > 2 * unchecked and checked - unchecked > 0.001, (checked, unchecked)
 
 
@@ -456,9 +446,8 @@ def test_controls_switched_off_for_a_bug_take_their_autocast_with_them():
                 raise RuntimeError("a bug in the controls")
             super().after_step(probe, record)
 
-    options = ProbeOptions(script="t", publish_interval_s=0.0, controls=["amp=on@0"])
-    probe = Probe(runtime.make_run_dir("amp"), "amp", options)
-    probe.plugins = [FailingControls(options.controls) if p.name == "controls" else p for p in probe.plugins]
+    probe = new_probe("amp", controls=["amp=on@0"])
+    probe.plugins = [FailingControls(["amp=on@0"]) if p.name == "controls" else p for p in probe.plugins]
     probe.start()
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -478,7 +467,14 @@ def test_controls_switched_off_for_a_bug_take_their_autocast_with_them():
     assert not left_on
 
 
-PER_STEP = ("on_backward_start", "on_backward_end", "before_optimizer_step", "after_optimizer_step", "after_step")
+PER_STEP = (
+    "on_backward_start",
+    "on_backward_end",
+    "on_gradients",
+    "before_optimizer_step",
+    "after_optimizer_step",
+    "after_step",
+)
 
 
 class Recorder(ProbePlugin):
@@ -503,6 +499,9 @@ class Recorder(ProbePlugin):
 
     def after_optimizer_step(self, probe, optimizer):
         self._saw(probe, "after_optimizer_step")
+
+    def on_gradients(self, probe, optimizer):
+        self._saw(probe, "on_gradients")
 
     def after_step(self, probe, record):
         self._saw(probe, "after_step")
@@ -531,7 +530,7 @@ def test_between_detail_steps_a_plugin_gets_only_the_callbacks_it_needs_and_cont
 def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks():
     """``probe.plugins`` is a list: a plugin appended to it, or a plugin method wrapped on the instance
     (as benchmarks/grad_overhead.py does), before ``start`` runs at every step like one set with it."""
-    probe = Probe(runtime.make_run_dir("probe-test"), "probe-test", ProbeOptions(script="test", publish_interval_s=0.0))
+    probe = new_probe()
     appended = Recorder("appended", None)
     probe.plugins.append(appended)
     [telemetry] = [p for p in probe.plugins if p.name == "telemetry"]
@@ -546,7 +545,7 @@ def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks()
     probe.start()
     model = tiny_model()
     train(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.randn(16, 4), torch.randn(16, 1), steps=3)
-    probe.close()
+    records_of(probe)
     assert [appended.seen[step] for step in range(3)] == [list(PER_STEP)] * 3
     assert wrapped_calls == [0, 1, 2]
 
@@ -557,23 +556,22 @@ def test_optwatchs_own_hooks_failing_leave_the_training_and_the_step_numbers_alo
     every step, and the steps after keep their numbers (a failed boundary still ends its step)."""
 
     class FaultyProbe(Probe):
-        def _on_batch(self, started, finished, batch):
+        def batch_taken(self, iterator, started, finished, batch):
             if self.step == 2:
                 raise RuntimeError("boom in the DataLoader hook")
-            super()._on_batch(started, finished, batch)
+            super().batch_taken(iterator, started, finished, batch)
 
-        def _on_backward(self, loss, now):
+        def backward_starting(self, tensors):
             if self.step == 4:
                 raise RuntimeError("boom in the backward hook")
-            super()._on_backward(loss, now)
+            return super().backward_starting(tensors)
 
-        def _learning_rate(self):
+        def learning_rate(self, optimizer=None):
             if self.step in (6, 8):
                 raise RuntimeError("boom in the step record")
-            return super()._learning_rate()
+            return super().learning_rate(optimizer)
 
-    options = ProbeOptions(script="test", publish_interval_s=0.0)
-    probe = FaultyProbe(runtime.make_run_dir("probe-test"), "probe-test", options).start()
+    probe = new_probe(probe_class=FaultyProbe).start()
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
@@ -588,37 +586,26 @@ def test_optwatchs_own_hooks_failing_leave_the_training_and_the_step_numbers_alo
     assert len(losses) == 10 and probe.step == 10
     assert sorted(steps) == [0, 1, 2, 3, 4, 5, 7, 9]  # the two boundaries that failed left no record
     assert steps[4]["loss"] is None and [steps[s]["loss"] for s in (3, 5, 9)] == [losses[3], losses[5], losses[9]]
-    for where in ("DataLoader hook", "backward hook", "optimizer step hook"):
+    for where in ("DataLoader hook", "backward hook", "step boundary"):
         assert caplog.text.count(f"optwatch: its {where} failed; training goes on") == 1, where
 
 
 def test_a_plugins_own_hook_failing_switches_the_plugin_off_and_takes_its_hooks_away(caplog):
-    """The forward check and the phase timing are hooks torch calls directly, inside the model's forward: a
-    failure there (simulated) must not reach the forward; the plugin is switched off as if a callback had
-    failed, its hooks go, and the training and the other plugins go on."""
+    """The forward check's hook is one torch calls directly, inside the model's forward: a failure there
+    (simulated) must not reach the forward; the plugin is switched off as if a callback had failed, its hook
+    goes, and the training and the other plugins go on."""
     from torch.nn.modules import module as nn_module
 
-    from optwatch.probe.grads import GradientPlugin
-    from optwatch.probe.telemetry import TelemetryPlugin
+    from optwatch.probe.forward_check import ForwardCheckPlugin
 
-    class FaultyCheck(GradientPlugin):
+    class FaultyCheck(ForwardCheckPlugin):
         def _sum_on_cpu(self):
-            if self._probe.step == 3:
+            if self._context.step == 3:
                 raise RuntimeError("boom in the forward check")
             super()._sum_on_cpu()
 
-    class FaultyTiming(TelemetryPlugin):
-        def _begin(self, phase, now=None):
-            if phase == "forward_s" and self._probe.step == 5:
-                raise RuntimeError("boom in the phase hooks")
-            super()._begin(phase, now)
-
     hooks_before = len(nn_module._global_forward_hooks)
-    options = ProbeOptions(script="test", publish_interval_s=0.0)
-    probe = Probe(runtime.make_run_dir("probe-test"), "probe-test", options)
-    replace = {"grads": FaultyCheck(options), "telemetry": FaultyTiming()}
-    probe.plugins = [replace.get(p.name, p) for p in probe.plugins]
-    probe.start()
+    probe = new_probe(forward_check="off", extra=[FaultyCheck(always=True)]).start()
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=8)
@@ -626,8 +613,5 @@ def test_a_plugins_own_hook_failing_switches_the_plugin_off_and_takes_its_hooks_
     steps = recorded(probe)
     assert [s["step"] for s in steps] == list(range(8)) and all(s["loss"] is not None for s in steps)
     assert hooks_during == hooks_before  # the forward check's global hook went at step 3
-    assert not model._forward_pre_hooks and not model._forward_hooks  # the phase hooks went at step 5
-    assert [s["forward_s"] is not None for s in steps[1:5]] == [True] * 4 and "forward_s" not in steps[6]
-    assert all("amp" in s for s in steps)  # the controls carried on
-    assert caplog.text.count("grads failed in its forward check and is switched off; training goes on") == 1
-    assert caplog.text.count("telemetry failed in its phase hooks and is switched off; training goes on") == 1
+    assert all("amp" in s and s["forward_s"] is not None for s in steps[1:])  # the others carried on
+    assert caplog.text.count("forward_check failed in its forward check and is switched off; training goes on") == 1

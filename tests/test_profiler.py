@@ -13,14 +13,12 @@ import time
 import pytest
 import torch
 
-from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl
+from conftest import EXAMPLES, SCRIPTS, new_probe, optwatch, read_jsonl
 from optwatch.headless import hotspots_line
 from optwatch.probe.hotspots import summarise
-from optwatch.probe.options import ProbeOptions
 from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import profiler_of
 from optwatch.probe.traces import TraceStore
-from optwatch.wire import runtime
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +30,16 @@ def trace_dir(tmp_path, monkeypatch):
 
 
 def start_probe(**options) -> tuple[Probe, list[dict]]:
-    """A probe in this process, and every record its plugins hand to the publisher."""
-    probe = Probe(runtime.make_run_dir("prof-test"), "prof-test", ProbeOptions(script="t", **options))
+    """A probe in this process, and every record its plugins hand to the channel."""
+    probe = new_probe("prof-test", **options)
     published: list[dict] = []
-    submit = probe.publisher.submit_records
+    submit = probe.channel.submit_records
 
     def spy(records):
         published.extend(records)
         submit(records)
 
-    probe.publisher.submit_records = spy  # type: ignore[method-assign]
+    probe.channel.submit_records = spy  # type: ignore[method-assign]
     return probe.start(), published
 
 

@@ -11,27 +11,32 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import new_probe, records_of
 from optwatch import protocol
 from optwatch.diagnose.gradients import LayerStats
-from optwatch.probe.options import ProbeOptions
-from optwatch.probe.probe import Probe
-from optwatch.wire import runtime
 
 
 @pytest.fixture(scope="module")
 def layers_record() -> dict:
-    """A ``layers`` record of a real training step: 20 parameters, as the probe publishes it."""
-    probe = Probe(runtime.make_run_dir("wire-test"), "wire-test", ProbeOptions(script="t", publish_interval_s=0.0))
-    probe.start()
-    torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(10)])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(torch.randn(8, 4)).sum().backward()
-        optimizer.step()
-    probe.close()
-    return next(r for r in probe.publisher.history.snapshot() if r["kind"] == protocol.LAYERS)
+    """A ``layers`` record of a real training step: 20 parameters, as the hub publishes it."""
+    import os
+    import tempfile
+
+    saved = os.environ.get("OPTWATCH_RUNTIME_DIR")
+    os.environ["OPTWATCH_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ow-wire-")
+    try:
+        probe = new_probe("wire-test").start()
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(10)])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(8, 4)).sum().backward()
+            optimizer.step()
+        return next(r for r in records_of(probe) if r["kind"] == protocol.LAYERS)
+    finally:
+        if saved is not None:
+            os.environ["OPTWATCH_RUNTIME_DIR"] = saved
 
 
 def same(left, right) -> bool:
@@ -81,10 +86,13 @@ def test_a_relayed_record_and_a_record_file_hold_the_same_values(layers_record):
         assert same(list(value) if isinstance(value, tuple) else value, from_file[key]), key
 
 
-def test_a_history_reply_carries_packed_layers(layers_record):
-    reply = protocol.decode_request(protocol.encode_request({"ok": True, "records": [layers_record]}))
-    assert same(layers_record["grad_norm"], reply["records"][0]["grad_norm"])
-    assert isinstance(reply["records"][0]["grad_norm"], array.array)
+def test_a_history_page_carries_packed_layers(layers_record):
+    """The hub encodes each record once and joins a page of them: the page decodes as a batch would."""
+    page = protocol.join_batch([protocol.encode_record(r) for r in (layers_record, layers_record)])
+    reply = protocol.decode_request(protocol.encode_request({"ok": True, "page": 0, "pages": 1, "batch": page}))
+    records = protocol.decode_batch(reply["batch"])
+    assert len(records) == 2 and same(layers_record["grad_norm"], records[1]["grad_norm"])
+    assert isinstance(records[0]["grad_norm"], array.array)
 
 
 @pytest.mark.parametrize(

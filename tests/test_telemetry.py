@@ -7,25 +7,21 @@ import time
 import pytest
 import torch
 
-from conftest import SCRIPTS, optwatch, read_jsonl, steps_of, train
-from optwatch.probe.options import ProbeOptions
+from conftest import SCRIPTS, new_probe, optwatch, read_jsonl, records_of, steps_of, train
 from optwatch.probe.probe import Probe
-from optwatch.wire import runtime
 
 PHASES = ("data_wait_s", "forward_s", "backward_s", "optimizer_s", "other_s")
 
 
 @pytest.fixture
 def probe():
-    run_dir = runtime.make_run_dir("telemetry-test")
-    probe = Probe(run_dir, "telemetry-test", ProbeOptions(script="test", publish_interval_s=0.0)).start()
+    probe = new_probe("telemetry-test").start()
     yield probe
     probe.close()
 
 
 def recorded(probe: Probe, kind: str = "step") -> list[dict]:
-    probe.close()
-    return [r for r in probe.publisher.history.snapshot() if r["kind"] == kind]
+    return records_of(probe, kind)
 
 
 class SleepyModel(torch.nn.Module):
@@ -65,8 +61,8 @@ def test_a_sleep_in_each_phase_shows_in_that_phase_and_the_phases_add_up(probe):
         time.sleep(0.01)  # the loop's own work: "other"
         if probe.step == 6:
             break
-    steps = recorded(probe)[2:]  # step 0 has no forward hook yet, step 1 pays for finding the model
-    assert len(steps) == 4
+    steps = recorded(probe)[1:]  # step 0 pays for finding the model
+    assert len(steps) == 5
     for step in steps:
         assert step["forward_s"] >= 0.03 and step["backward_s"] >= 0.02 and step["optimizer_s"] >= 0.015
         assert step["data_wait_s"] >= 0.01 and step["other_s"] >= 0.01
@@ -75,57 +71,60 @@ def test_a_sleep_in_each_phase_shows_in_that_phase_and_the_phases_add_up(probe):
         assert sum(step[p] for p in PHASES) == pytest.approx(step["step_time_s"], rel=1e-9)
 
 
-def test_evaluation_under_no_grad_is_not_forward_time_and_accumulation_adds_up(probe):
+def test_what_follows_the_optimizer_step_is_not_forward_time_and_accumulation_adds_up(probe):
+    """The forward is timed from its batch's arrival, so an evaluation after the step (or anything the loop
+    does before taking its next batch) is "other"; each micro-batch's forward counts."""
     model = SleepyModel(forward_sleep=0.02)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
+    batches = iter(torch.utils.data.DataLoader(data, batch_size=4))
     for _ in range(5):
         optimizer.zero_grad()
         for _ in range(2):  # two micro-batches: two forwards, two backwards, one step
+            x, y = next(batches)
             torch.nn.functional.mse_loss(model(x), y).backward()
         optimizer.step()
         with torch.no_grad():
             model(x)  # a quick evaluation: not training forward time
-    steps = recorded(probe)[2:]
+    steps = recorded(probe)[1:]
     for step in steps:
         assert 0.04 <= step["forward_s"] < 0.06 + 0.5 * step["other_s"]
         assert step["other_s"] >= 0.02
 
 
-def test_the_forward_includes_the_models_root_pre_hooks_and_not_its_post_hooks(probe):
-    """``forward_s`` runs from before the model's own root pre-hooks to the end of its forward; its root
-    post-hooks fall in ``other_s``. (optwatch's phase hooks are global module hooks, which torch runs
-    before the model's own on both sides, however often they come and go.)"""
+def test_the_forward_runs_to_backward_and_holds_the_models_own_hooks(probe):
+    """Without a hook of optwatch's on any module, the forward is what runs from the step's start (or its
+    batch) to backward(): the model's own hooks on both sides are in it."""
     model = SleepyModel(forward_sleep=0.0)
     model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
     model.register_forward_hook(lambda module, args, output: time.sleep(0.03))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     train(model, optimizer, torch.randn(8, 4), torch.randn(8, 1), steps=4)
     steps = recorded(probe)
-    assert steps[0]["forward_s"] is None  # the model is found at the first step's end
-    assert [0.02 < s["forward_s"] < 0.045 for s in steps[1:]] == [True] * 3  # (with the post-hook: 0.05)
-    assert [s["other_s"] > 0.03 for s in steps[1:]] == [True] * 3
+    assert steps[0]["forward_s"] is None  # the first step starts at its backward()
+    assert [s["forward_s"] > 0.05 for s in steps[1:]] == [True] * 3
+    assert [s["other_s"] < 0.02 for s in steps[1:]] == [True] * 3
 
 
 def test_the_training_loaders_settings_are_kept_not_the_evaluation_loaders(probe):
-    [telemetry] = [p for p in probe.plugins if p.name == "telemetry"]
     data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 1))
     for _ in torch.utils.data.DataLoader(data, batch_size=4, pin_memory=False):
         pass
     with torch.no_grad():
         for _ in torch.utils.data.DataLoader(data, batch_size=8):
             pass
-    assert telemetry.loader["batch_size"] == 4 and telemetry.loader["num_workers"] == 0
+    assert probe.loader["batch_size"] == 4 and probe.loader["num_workers"] == 0
 
 
-def test_without_an_optimizer_unmeasured_phases_are_none(probe):
+def test_without_an_optimizer_there_is_no_optimizer_phase(probe):
     weight = torch.randn(3, requires_grad=True)
     for _ in range(3):
         (weight**2).sum().backward()
         weight.grad = None
-    for step in recorded(probe):
-        assert step["forward_s"] is None and step["optimizer_s"] is None
-        assert step["backward_s"] >= 0 and step["other_s"] >= 0
+    steps = recorded(probe)
+    for step in steps:
+        assert step["optimizer_s"] is None and step["backward_s"] >= 0 and step["other_s"] >= 0
+    assert all(step["forward_s"] is not None for step in steps[1:])
 
 
 @pytest.mark.gpu
@@ -155,9 +154,7 @@ def test_cuda_steps_between_detail_steps_are_not_timed_and_the_verdict_reads_the
     detail steps only; the others say so (None), and the bottleneck verdict still gets its shares."""
     from optwatch.diagnose.bottleneck import summarise
 
-    run_dir = runtime.make_run_dir("telemetry-test")
-    options = ProbeOptions(script="test", publish_interval_s=0.0, grad_full_cadence_steps=10)
-    probe = Probe(run_dir, "telemetry-test", options).start()
+    probe = new_probe("telemetry-test", grad_full_cadence_steps=10).start()
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 1, device="cuda")
@@ -281,30 +278,27 @@ class HookCounter(torch.nn.Module):
         return self.layers(x)
 
 
-def test_steps_between_detail_steps_are_not_timed_and_carry_no_hooks_on_any_device():
-    """A tiny model's sub-millisecond CPU step: over its 1% budget, only detail steps are timed and only
-    their forward passes through optwatch's hooks (with any hook, module calls take torch's slower
-    path); the steps between say their phases are unknown, and the verdict reads the timed ones. None of
-    the hooks is ever the model's own (it would travel with the model into torch.save files)."""
+def test_steps_between_detail_steps_are_not_timed_and_no_step_carries_a_hook():
+    """A tiny model's sub-millisecond CPU step: over its 1% budget, only detail steps are timed; the steps
+    between say their phases are unknown, and the verdict reads the timed ones. No step's forward passes
+    through a hook of optwatch's (with any hook, every module call takes torch's slower path), and none is
+    ever the model's own (it would travel with the model into torch.save files)."""
     from optwatch.diagnose.bottleneck import summarise
 
-    run_dir = runtime.make_run_dir("telemetry-test")
-    options = ProbeOptions(script="test", publish_interval_s=0.0, grad_full_cadence_steps=10)
-    probe = Probe(run_dir, "telemetry-test", options).start()
+    probe = new_probe("telemetry-test", grad_full_cadence_steps=10).start()
     model = HookCounter()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     train(model, optimizer, torch.randn(32, 4), torch.randn(32, 1), steps=300)
     steps = recorded(probe)
     assert [s["step"] for s in steps] == list(range(300)) == list(range(len(model.hooks_seen)))
-    timed = [s for s in steps[1:] if s["detailed"]]  # (the hooks go on once step 0 has found the model)
+    timed = [s for s in steps[1:] if s["detailed"]]
     untimed = [s for s in steps if not s["detailed"]]
     assert len(untimed) > 150 and len(timed) > 10
     for step in timed:
         assert all(isinstance(step[p], float) for p in PHASES) and step["forward_s"] > 0
-        assert model.hooks_seen[step["step"]] == (3, 0)  # the phases' pre- and post-hook, the forward check
     for step in untimed:
         assert step["forward_s"] is None and step["backward_s"] is None and step["optimizer_s"] is None
         assert isinstance(step["step_time_s"], float) and isinstance(step["loss"], float)
-        assert model.hooks_seen[step["step"]] == (0, 0)
+    assert set(model.hooks_seen) == {(0, 0)}
     window = summarise(steps[20:], [], "cpu")
     assert window.shares["forward_s"] > 0 and window.shares["backward_s"] > 0

@@ -26,6 +26,6 @@ def watch(model: Any = None, optimizer: Any = None, *, batch_size: int | None = 
     already running. In a script started with plain ``python``, it starts the probe so that
     ``optwatch attach`` can watch the run. Calling it twice is harmless.
     """
-    from optwatch.probe.probe import start_probe
+    from optwatch.probe.start import start_probe
 
     return start_probe().attach(model=model, optimizer=optimizer, batch_size=batch_size)

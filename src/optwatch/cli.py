@@ -77,7 +77,7 @@ def _percent(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from optwatch.diagnose.gradients import parse_override
-    from optwatch.probe.options import parse_profile_at, parse_profile_every
+    from optwatch.options import FORWARD_CHECK_MODES, parse_profile_at, parse_profile_every
 
     parser = argparse.ArgumentParser(
         prog="optwatch",
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PERCENT",
         type=_percent,
         default=1.0,
-        help="share of the step time optwatch may take: above it the forward check, gradient norms and GPU "
-        "phase timing run on every Nth step only (0: every step, whatever it costs)",
+        help="share of the step time optwatch may take: above it the per-layer statistics, phase timing and "
+        "forward check run on every Nth step only (0: every step, whatever it costs)",
     )
     grads = run.add_argument_group("gradient diagnostics (docs/gradients.md)")
     grads.add_argument(
@@ -135,14 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_count,
         default=1,
-        help="gradient statistics and forward checks every N steps (0: off)",
-    )
-    grads.add_argument(
-        "--grad-budget",
-        metavar="PERCENT",
-        type=_percent,
-        default=0.5,
-        help="most of the step time they may take before thinning to every 2nd, 3rd... step (0: never thin)",
+        help="per-layer gradient statistics every N detail steps (0: off)",
     )
     grads.add_argument(
         "--grad-threshold",
@@ -160,10 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory for the weight copy behind update ratios (0: no update ratios)",
     )
     grads.add_argument(
+        "--forward-check",
+        choices=FORWARD_CHECK_MODES,
+        default="auto",
+        help="check module outputs for NaN/Inf, to name the module where one is born: from the first non-finite "
+        "loss or gradient norm on (auto, the default), from the first step (always, at the cost of a hook on every "
+        "module call), or never (off)",
+    )
+    grads.add_argument(
         "--no-forward-check",
         dest="forward_check",
-        action="store_false",
-        help="do not check module outputs for NaN/Inf (faster; non-finite alerts then name no module)",
+        action="store_const",
+        const="off",
+        help="the same as --forward-check off",
     )
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
@@ -231,14 +233,14 @@ def _open_writer(path: str | None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from optwatch.probe.options import ENV_OPTIONS, ProbeOptions
-    from optwatch.wire.publisher import tcp_endpoints
+    from optwatch.options import ENV_OPTIONS, ENV_TOKEN, ProbeOptions
+    from optwatch.wire.runtime import tcp_address
 
     if not os.path.isfile(args.script):
         raise UsageError(f"no such script: {args.script}")
     if args.listen:
         try:
-            tcp_endpoints(args.listen)
+            tcp_address(args.listen)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     from optwatch import controls
@@ -272,7 +274,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         profile_every=args.profile_every,
         grad_every=args.grad_every,
         budget=args.budget / 100,
-        grad_budget=args.grad_budget / 100,
         grad_update_mb=args.grad_update_mb,
         grad_thresholds=dict(args.grad_threshold),
         forward_check=args.forward_check,
@@ -285,13 +286,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.setdefault(ENV_OPTIONS, options.to_env())
         return run_script(args.script, args.args)
 
+    from optwatch.hub import HubError
     from optwatch.session import ViewerSession
     from optwatch.supervisor import TrainingProcess
+    from optwatch.wire import runtime
 
     writer = _open_writer(args.record)
-    process = TrainingProcess(args.script, args.args, options.to_env(), nproc_per_node=args.nproc_per_node)
-    process.start()
-    session = ViewerSession.for_process(process, writer=writer)
+    token = (os.environ.get(ENV_TOKEN) or runtime.new_token()) if args.listen else None
+    process = TrainingProcess(args.script, args.args, options, nproc_per_node=args.nproc_per_node, token=token)
+    try:
+        process.start()
+    except HubError as exc:
+        process.cleanup()
+        raise UsageError(f"cannot start the job's hub: {exc}") from exc
+    session = ViewerSession.for_process(process, writer=writer, pass_output=args.headless)
     try:
         if args.headless:
             from optwatch.headless import run_headless
@@ -352,7 +360,7 @@ def is_tcp_target(target: str | None) -> bool:
 
 def connect(target: str | None, token: str | None):
     """A Feed to the job, checked to answer (and to accept our token) before anything is shown."""
-    from optwatch.wire.publisher import tcp_endpoints
+    from optwatch.wire.runtime import tcp_address
     from optwatch.wire.subscriber import AuthenticationError, Feed, RequestError
 
     job = None
@@ -360,7 +368,7 @@ def connect(target: str | None, token: str | None):
         if not token:
             raise UsageError("attaching over TCP needs --token (shown by `optwatch ls` on the job's machine)")
         try:
-            host, port = tcp_endpoints(target)
+            host, port = tcp_address(target)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         address = f"[{host}]" if ":" in host else host
@@ -393,19 +401,14 @@ def connect_or_say_why(args: argparse.Namespace):
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from optwatch.session import ViewerSession
-    from optwatch.supervisor import LogTail
 
     connection = connect_or_say_why(args)
     if connection is None:
         return 1
     feed, job = connection
-    tails = []
-    if job is not None:  # a local job started by `optwatch run`: its recent output too
-        tails = [LogTail(Path(job.run_dir) / f"{name}.log", name, tail_bytes=16384) for name in ("stdout", "stderr")]
-    session = ViewerSession(feed, writer=_open_writer(args.record), tails=tails)
+    session = ViewerSession(feed, writer=_open_writer(args.record))
     try:
         if args.headless:
             from optwatch.headless import run_headless

@@ -6,6 +6,7 @@
     amp=on|off  autocast (bf16 where supported, else fp16 with loss scaling) around forward and loss
     cudnn_benchmark=on|off
     pause | resume | stop
+    pause=S     pause for at most S seconds (a lease: a viewer that paused and went away holds nothing)
     profile=N   a profiler window over the next N steps
 
 A command is applied at a step boundary; ``@N`` (in ``--control``) means "in effect for step N".
@@ -25,11 +26,12 @@ import math
 import re
 from dataclasses import dataclass
 
-from optwatch.probe.options import MAX_PROFILE_STEPS  # one limit, however a window is asked for
+from optwatch.options import MAX_PROFILE_STEPS  # one limit, however a window is asked for
 
 MAX_COMMAND_CHARS = 200
 MAX_STEP = 10**12
 MAX_LR = 1000.0
+MAX_PAUSE_S = 7 * 24 * 3600.0
 BIG_CHANGE = 100.0
 """A learning-rate change by more than this factor, up or down, needs a ``!``."""
 
@@ -119,7 +121,12 @@ def parse(text: str) -> Command:
         return Command("profile", raw, steps)
     if name in ("pause", "resume", "stop") and not sep:
         return Command(name, raw)
-    known = "lr=V, lr*=F, lr[G]=V, amp=on|off, cudnn_benchmark=on|off, pause, resume, profile=N, stop"
+    if name == "pause" and sep:
+        seconds = float(value_text) if _DECIMAL.fullmatch(value_text) else math.nan
+        if not 0 < seconds <= MAX_PAUSE_S:
+            raise CommandError(f"pause=S takes a number of seconds, more than 0 and at most a week, got {value_text!r}")
+        return Command("pause", raw, seconds)
+    known = "lr=V, lr*=F, lr[G]=V, amp=on|off, cudnn_benchmark=on|off, pause, pause=S, resume, profile=N, stop"
     raise CommandError(f"unknown command {raw!r}; known: {known}")
 
 

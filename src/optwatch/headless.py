@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -133,6 +134,47 @@ def run_headless(
         process.send(signal.SIGINT if interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _follow(session, summary_every_s, stderr, duration_s)
+    except BrokenPipeError:
+        return _output_closed(session)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _output_closed(session: ViewerSession) -> int:
+    """Whoever read our output went away (``optwatch run --headless ... | head -3``): as with ``python
+    script.py | head -3``, the run ends; it is stopped cleanly (Ctrl-C) rather than left running unseen.
+    Attached, the viewer just leaves."""
+    _silence(sys.stdout)  # a closed pipe must not fail once more at exit
+    process = session.process
+    if process is None:
+        return 0
+    process.stop()
+    said = f"optwatch: the output pipe closed; stopped {process.run_id} (exit {process.exit_code()})\n"
+    try:
+        sys.stderr.write(said)
+        sys.stderr.flush()
+    except OSError:  # stderr was the closed pipe too: say it where a person looks
+        _silence(sys.stderr)
+        try:
+            with open("/dev/tty", "w") as tty:
+                tty.write(said)
+        except OSError:
+            pass
+    return process.exit_code() or 1
+
+
+def _silence(stream: TextIO) -> None:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, duration_s: float | None) -> int:
+    process = session.process
     started = time.monotonic()
     next_summary = started + summary_every_s
     shown_verdicts: dict[int, str] = {}
@@ -141,6 +183,11 @@ def run_headless(
             records, output = session.pump(0.1)
             _write_output(output)
             for record in records:
+                if record.get("kind") == "log" and not session.tails:
+                    # Attached: the job's output comes as lines from its hub.
+                    stream = sys.stderr if record.get("stream") == "stderr" else sys.stdout
+                    print(record.get("line", ""), file=stream, flush=True)
+                    continue
                 line = notable_line(record)
                 if line:
                     print(line, file=stderr, flush=True)
@@ -160,9 +207,6 @@ def run_headless(
                 break
     except KeyboardInterrupt:
         pass  # an attached viewer was asked to leave
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     # The script may have written its last lines after its last telemetry.
     _, output = session.pump(0.0)
     _write_output(output)

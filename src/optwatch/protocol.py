@@ -40,6 +40,16 @@ LAYERS = "layers"
 # Largest wire message a viewer accepts; anything bigger is a bug or an attack, not telemetry.
 MAX_WIRE_BYTES = 16 * 1024 * 1024
 
+# Framing. The hub's PUB socket carries two topics: records for viewers, and commands (and rank 0's
+# decisions) for the ranks. A rank's PUSH to the hub sends [FRAME_RECORDS, batch] or [FRAME_DECISION, request].
+TOPIC_RECORDS = b"r"
+TOPIC_CONTROL = b"c"
+FRAME_RECORDS = b"r"
+FRAME_DECISION = b"d"
+HUB_ORIGIN = -2
+"""The ``origin`` of records the hub makes itself (alerts, verdicts, the script's output): their ``seq``
+counts in the hub's own sequence."""
+
 
 class ProtocolError(ValueError):
     """A message that does not follow the protocol."""
@@ -136,6 +146,24 @@ def _unpackb(payload: bytes) -> Any:
 
 def encode_batch(records: list[dict[str, Any]]) -> bytes:
     return _packb([_wire_form(record) for record in records])
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One record as an element of a batch: ``join_batch`` makes a batch of such elements without encoding
+    them again."""
+    return _packb(_wire_form(record))
+
+
+def join_batch(encoded: list[bytes]) -> bytes:
+    """The batch (a msgpack array) of records already encoded one by one with ``encode_record``."""
+    count = len(encoded)
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return header + b"".join(encoded)
 
 
 def decode_batch(payload: bytes) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
 """A viewer's connection to one job: the feed, the store, the record file and the script's output.
 
-The headless viewer calls ``pump`` in its loop; the dashboard calls it from a worker thread.
+The headless viewer calls ``pump`` in its loop; the dashboard calls it from a worker thread. The script's
+output reaches the store as ``log`` records from the hub; a headless ``optwatch run`` also passes the raw
+bytes through from the log files (``tails``), byte for byte.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from optwatch import protocol
 from optwatch.store import RecordWriter, Store
-from optwatch.supervisor import LogTail, TrainingProcess
+from optwatch.supervisor import TrainingProcess
+from optwatch.wire.logs import LogTail
 from optwatch.wire.subscriber import Feed, RequestError
 
 
@@ -50,9 +52,9 @@ class ViewerSession:
         self.store = store or Store()
         self.writer = writer
         self.process = process
-        self.tails = tails if tails is not None else (process.tails if process else [])
-        self._partial: dict[str, bytes] = {}
+        self.tails = tails or []
         self._exit_seen_at: float | None = None
+        self._last_records_at = time.monotonic()
         # Commands go through the thread that owns the sockets (ZeroMQ sockets are single-threaded).
         self._outbox: collections.deque[str] = collections.deque(maxlen=64)
         self.answers: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=64)
@@ -71,8 +73,12 @@ class ViewerSession:
             self.answers.append((text, reply))
 
     @classmethod
-    def for_process(cls, process: TrainingProcess, writer: RecordWriter | None = None) -> ViewerSession:
-        return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process)
+    def for_process(
+        cls, process: TrainingProcess, writer: RecordWriter | None = None, pass_output: bool = False
+    ) -> ViewerSession:
+        """A viewer of a job ``optwatch run`` started (``pass_output``: with its raw output, for headless)."""
+        tails = process.output_tails() if pass_output else []
+        return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process, tails=tails)
 
     def pump(self, timeout_s: float = 0.1) -> tuple[list[dict[str, Any]], Output]:
         self._send_queued_commands()
@@ -82,44 +88,28 @@ class ViewerSession:
             data = tail.read()
             if data:
                 output.chunks.append((tail.stream, data))
-                records.extend(self._log_records(tail.stream, data))
         if records:
+            self._last_records_at = time.monotonic()
             self.store.ingest(records)
             if self.writer is not None:
                 self.writer.write(records)
         return records, output
 
-    def _log_records(self, stream: str, data: bytes) -> list[dict[str, Any]]:
-        text = self._partial.pop(stream, b"") + data
-        *lines, rest = text.split(b"\n")
-        if rest:
-            self._partial[stream] = rest
-        return [
-            protocol.make_record(protocol.LOG, -1, stream=stream, line=line.decode("utf-8", "replace").rstrip("\r"))
-            for line in lines
-        ]
-
-    def flush_partial_lines(self) -> None:
-        records = [
-            protocol.make_record(protocol.LOG, -1, stream=stream, line=rest.decode("utf-8", "replace"))
-            for stream, rest in self._partial.items()
-        ]
-        self._partial.clear()
-        if records:
-            self.store.ingest(records)
-            if self.writer is not None:
-                self.writer.write(records)
-
-    def done(self, linger_s: float = 3.0) -> bool:
-        """The process exited and everything it published has arrived (or ``linger_s`` passed)."""
+    def done(self, linger_s: float = 3.0, quiet_s: float = 0.3) -> bool:
+        """The process exited and everything it published has arrived: every rank's end record, and then
+        nothing more for ``quiet_s`` (the script's last lines, which follow it); or ``linger_s`` passed."""
         if self.process is None or self.process.poll() is None:
             return False
+        now = time.monotonic()
         if self._exit_seen_at is None:
-            self._exit_seen_at = time.monotonic()
-        return self.store.finished() or time.monotonic() - self._exit_seen_at > linger_s
+            self._exit_seen_at = now
+        if now - self._exit_seen_at > linger_s:
+            return True
+        return self.store.finished() and now - self._last_records_at >= quiet_s
 
     def close(self) -> None:
-        self.flush_partial_lines()
         self.feed.close()
+        for tail in self.tails:
+            tail.close()
         if self.writer is not None:
             self.writer.close()

@@ -1,8 +1,9 @@
-"""Starts the user's script as an instrumented child process, and stops it cleanly.
+"""Starts the user's script as an instrumented child process beside its hub, and stops it cleanly.
 
-The child runs in its own session and writes its stdout/stderr to files in the run directory, so a
-viewer that crashes, freezes or loses its SSH link neither kills it (no SIGHUP, no broken pipe) nor
-slows it (nobody has to drain a pipe). The viewer tails those files.
+The hub starts first (``optwatch.hub``), so that nothing the training says is missed; then the script, in
+a session of its own, its stdout/stderr taken by the probe into capped log files in the run directory
+(``probe.output``). A viewer that crashes, freezes or loses its SSH link neither kills it (no SIGHUP, no
+broken pipe) nor slows it (nobody has to drain a pipe).
 """
 
 from __future__ import annotations
@@ -11,39 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
+from optwatch import hub
+from optwatch.options import ProbeOptions
 from optwatch.wire import runtime
+from optwatch.wire.logs import LogTail, log_name
 
 STOP_GRACE_S = 10.0
-
-
-class LogTail:
-    """New bytes of a file that another process appends to."""
-
-    def __init__(self, path: Path, stream: str, tail_bytes: int | None = None):
-        self.path = path
-        self.stream = stream
-        self._tail_bytes = tail_bytes
-        self._handle = None
-
-    def read(self) -> bytes:
-        if self._handle is None:
-            try:
-                self._handle = open(self.path, "rb")
-            except FileNotFoundError:
-                return b""
-            if self._tail_bytes is not None:
-                # Joining late: start at a line boundary near the end, not at the top of a long log.
-                size = self._handle.seek(0, os.SEEK_END)
-                self._handle.seek(max(0, size - self._tail_bytes))
-                if size > self._tail_bytes:
-                    self._handle.readline()
-        return self._handle.read()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
 
 
 class TrainingProcess:
@@ -53,19 +28,28 @@ class TrainingProcess:
         self,
         script: str,
         args: list[str],
-        probe_options_env: str,
+        options: ProbeOptions,
         run_id: str | None = None,
         nproc_per_node: int | None = None,
+        token: str | None = None,
     ):
         self.script = script
         self.nproc_per_node = nproc_per_node
         self.args = args
+        self.options = options
+        self.token = token
         self.run_id = run_id or runtime.new_run_id(script)
         self.run_dir = runtime.make_run_dir(self.run_id)
-        self._options_env = probe_options_env
         self.popen: subprocess.Popen[bytes] | None = None
-        self.tails = [LogTail(self.run_dir / "stdout.log", "stdout"), LogTail(self.run_dir / "stderr.log", "stderr")]
+        self.hub: subprocess.Popen[bytes] | None = None
         self.stop_requested = False
+
+    def output_tails(self) -> list[LogTail]:
+        """The script's output as it is written, every rank's, for a viewer that passes it through."""
+        ranks = range(self.nproc_per_node or 1)
+        return [
+            LogTail(self.run_dir / log_name(stream, rank), stream) for rank in ranks for stream in ("stdout", "stderr")
+        ]
 
     @property
     def pub_endpoint(self) -> str:
@@ -76,19 +60,34 @@ class TrainingProcess:
         return f"ipc://{self.run_dir / 'ctl.sock'}"
 
     def start(self) -> None:
-        from optwatch.probe.options import ENV_OPTIONS, ENV_RUN_DIR, ENV_RUN_ID
+        """Start the hub, then the training; raises ``hub.HubError`` when the hub cannot start."""
+        from optwatch.options import ENV_OPTIONS, ENV_PROBE_PID, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN
 
+        self.hub = hub.spawn(
+            self.run_dir,
+            self.run_id,
+            world_size=self.nproc_per_node or 1,
+            listen=self.options.listen,
+            token=self.token,
+            script=self.script,
+            argv=self.args,
+        )
         env = dict(os.environ)
+        env.pop(ENV_PROBE_PID, None)
+        env.pop(ENV_TOKEN, None)
+        self.options.capture_output = True
         env.update(
             {
                 ENV_RUN_DIR: str(self.run_dir),
                 ENV_RUN_ID: self.run_id,
-                ENV_OPTIONS: self._options_env,
+                ENV_OPTIONS: self.options.to_env(),
                 "PYTHONUNBUFFERED": "1",  # the log pane should be live, not block-buffered
             }
         )
-        out = os.open(self.run_dir / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        err = os.open(self.run_dir / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Until the probe takes them over: what the interpreter says before it (a missing module) is kept.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        out = os.open(self.run_dir / "stdout.log", flags, 0o600)
+        err = os.open(self.run_dir / "stderr.log", flags, 0o600)
         try:
             if self.nproc_per_node:
                 # torchrun starts the ranks; each runs `optwatch run` in-process and finds rank 0's hub
@@ -165,9 +164,17 @@ class TrainingProcess:
             return 128 - code  # killed by a signal: the shell's convention
         return code
 
+    def stop_hub(self) -> None:
+        """The job is over and its viewer has what it needs: the hub goes (it would after a short linger)."""
+        if self.hub is not None and self.hub.poll() is None:
+            self.hub.terminate()
+            try:
+                self.hub.wait(5.0)
+            except subprocess.TimeoutExpired:
+                self.hub.kill()
+
     def cleanup(self) -> None:
         import shutil
 
-        for tail in self.tails:
-            tail.close()
+        self.stop_hub()
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -24,10 +24,9 @@ from optwatch.app.widgets.log_pane import LogPane
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
-from optwatch.probe.options import DEFAULT_PROFILE_STEPS
+from optwatch.options import DEFAULT_PROFILE_STEPS
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.wire.subscriber import RequestError
 
 # Redraws follow the data, throttled: figures at most ~7 times a second (what is on screen stays within
 # a quarter second of what the job published, at a tenth of a core under a fast 8-rank job); charts at
@@ -371,27 +370,7 @@ class OptwatchApp(App[None]):
             return
         if view is not None:
             view.note(f"asking the run to profile the next {DEFAULT_PROFILE_STEPS} steps…", self.store)
-        self.request_profile(DEFAULT_PROFILE_STEPS)
-
-    @work(thread=True, exclusive=True, group="profile", name="profile")
-    def request_profile(self, steps: int) -> None:
-        assert self.session is not None
-        try:
-            reply = self.session.feed.request("profile", steps=steps)
-        except RequestError as exc:
-            self.post_message(HotspotsView.ProfileReply(None, str(exc)))
-            return
-        self.post_message(HotspotsView.ProfileReply(reply, None))
-
-    def on_hotspots_view_profile_reply(self, message: HotspotsView.ProfileReply) -> None:
-        view = next(iter(self.query(HotspotsView)), None)
-        if message.error is not None:
-            self.notify(f"profiling: {message.error}", severity="warning")
-            text = f"not profiling: {message.error}"
-        else:
-            text = f"{(message.reply or {}).get('message', 'profiling soon')}…"
-        if view is not None:
-            view.note(text, self.store)
+        self.send_command(f"profile={DEFAULT_PROFILE_STEPS}")
 
     @work(thread=True, exclusive=True, group="stop", name="stop")
     def stop_run(self) -> None:

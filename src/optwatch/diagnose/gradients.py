@@ -136,6 +136,8 @@ class ModuleStats:
     weight_norm: float
     update_norm: float | None
     zero_frac: float
+    fresh: bool = True
+    """Its weight and update norms were measured at this very step (not carried from an earlier one)."""
 
     @property
     def update_ratio(self) -> float | None:
@@ -163,6 +165,9 @@ class LayerStats:
     weight_norm: Sequence[float]
     update_norm: Sequence[float | None]
     zero_frac: Sequence[float]
+    fresh: Sequence[bool] = ()
+    """Per parameter: its weight and update norms are this step's (the probe measures them for a rotating
+    chunk of the parameters at a time; the others carry their newest values). Empty: all are."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> LayerStats:
@@ -173,16 +178,22 @@ class LayerStats:
             values = record.get(key)
             # Lists from a record file or the probe; arrays from the wire (see protocol: packed columns).
             if isinstance(values, (list, tuple, array.array)) and len(values) == count:
-                return list(values)
+                return [default if value is None else value for value in values]
             return [default] * count
 
+        step = record.get("step")
+        measured_at = record.get("updated_at")
+        fresh = [at == step for at in measured_at] if isinstance(measured_at, (list, tuple)) else []
         return cls(
             names=list(names),
             numel=column("numel", 1),
             grad_norm=column("grad_norm", math.nan),
             weight_norm=column("weight_norm", math.nan),
-            update_norm=column("update_norm", None),
+            update_norm=[None if v is None else v for v in record.get("update_norm") or [None] * count]
+            if len(record.get("update_norm") or []) == count
+            else [None] * count,
             zero_frac=column("zero_frac", 0.0),
+            fresh=fresh if len(fresh) == count else [],
         )
 
     def modules(self) -> list[ModuleStats]:
@@ -208,6 +219,7 @@ class LayerStats:
                     weight_norm=_root_sum_squares(self.weight_norm[i] for i in indices),
                     update_norm=None if any(u is None for u in updates) else _root_sum_squares(updates),
                     zero_frac=zeros / numel if numel else 0.0,
+                    fresh=all(self.fresh[i] for i in indices) if self.fresh else True,
                 )
             )
         return result
@@ -290,9 +302,9 @@ class StepInput:
     step: int
     loss: float | None = None
     grad_norm: float | None = None
-    """Global gradient norm, after AMP unscaling (and after clipping, if the script clips)."""
-    grad_norm_preclip: float | None = None
-    """What ``clip_grad_norm_`` measured before clipping, when the script clips."""
+    """Global gradient norm, after AMP unscaling and before clipping, if the script clips."""
+    clip_max_norm: float | None = None
+    """The norm the script clips gradients to, when it clips."""
     amp_overflow: bool = False
     """GradScaler found inf/NaN gradients and skipped ``optimizer.step()``."""
     amp_scale: float | None = None
@@ -445,9 +457,9 @@ class ExplodingRule:
         t = self.t
         # With the episode running, "still exploding" has a lower bar than "starts exploding" (hysteresis).
         bar = t.exploding_factor if not self.episode.active else math.sqrt(t.exploding_factor)
-        # Clipping caps the norm the optimizer sees; what explodes is the norm before it.
-        global_norm = s.grad_norm_preclip if s.grad_norm_preclip is not None else s.grad_norm
-        what = "gradient norm before clipping" if s.grad_norm_preclip is not None else "gradient norm"
+        # Clipping caps the norm the optimizer sees; what explodes is the norm before it, which this is.
+        global_norm = s.grad_norm
+        what = "gradient norm before clipping" if s.clip_max_norm is not None else "gradient norm"
         if s.amp_overflow or (not _finite(global_norm) and not _finite(s.loss)):
             global_norm = None  # the scaler's business, or the non-finite rule's
         global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar)
@@ -457,7 +469,11 @@ class ExplodingRule:
             rms = self._rms.setdefault(m.name, _Baseline(t.baseline_window))
             ratio = self._ratio.setdefault(m.name, _Baseline(t.baseline_window))
             found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar))
-            if m.update_ratio is not None and (self.episode.active or m.update_ratio > t.update_ratio_limit):
+            if (
+                m.fresh
+                and m.update_ratio is not None
+                and (self.episode.active or m.update_ratio > t.update_ratio_limit)
+            ):
                 found.append(self._rise(ratio, m.update_ratio, m.name, "update ratio", bar))
         rises = [r for r in found if r is not None]
         growth = self._growth(global_norm) if not self.episode.active else None
@@ -473,7 +489,8 @@ class ExplodingRule:
             self._global.add(global_norm)
             for m in modules:
                 self._rms[m.name].add(m.grad_rms)
-                self._ratio[m.name].add(m.update_ratio)
+                if m.fresh:  # a value carried from an earlier step is in the baseline already
+                    self._ratio[m.name].add(m.update_ratio)
         if not started:
             return None
         rises.sort(key=lambda r: r.level, reverse=True)

@@ -1,9 +1,9 @@
 """Controls applied inside the training process, at step boundaries, the same step on every rank.
 
-Requests arrive on rank 0's publisher thread (from the dashboard or `optwatch ctl`) and scheduled ones
-come from ``--control COMMAND@STEP``. The training thread applies them at the next step boundary; with
-several ranks, rank 0 picks a step a little ahead and tells the others over the side channel, so all
-replicas change at the same step. Every outcome is an ``event`` record.
+Commands reach rank 0 through the hub (from the dashboard or `optwatch ctl`, checked there first), and
+scheduled ones come from ``--control COMMAND@STEP``. The training thread applies them at the next step
+boundary; with several ranks, rank 0 picks a step a little ahead and tells the others through the hub, so
+all replicas change at the same step. Every outcome is an ``event`` record.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ import logging
 import math
 import statistics
 import time
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from optwatch import controls, protocol
-from optwatch.probe.plugin import ProbePlugin
-from optwatch.probe.probe import learning_rate
-
-if TYPE_CHECKING:
-    from optwatch.probe.probe import Probe
+from optwatch.probe.plugin import ProbeContext, ProbePlugin
 
 log = logging.getLogger(__name__)
 
@@ -122,80 +118,53 @@ class Amp:
         return used_scale
 
 
+@dataclass
+class _HeldRate:
+    """A learning rate set by command, held against the script's own assignments to ``param_group["lr"]``
+    (nanoGPT's ``get_lr``): each value the script assigns is scaled by ``factor``, as a scheduler's base is."""
+
+    factor: float
+    last_set: float
+
+
 class ControlPlugin(ProbePlugin):
     name = "controls"
     idle_callbacks = frozenset({"on_backward_end"})  # until AMP is turned on: see _set_idle_callbacks
 
-    def __init__(self, scheduled: list[str]):
+    def __init__(self, scheduled: list[str], profile: Callable[..., dict[str, Any]] | None = None):
+        """``profile(steps, reason=...)``: asks the profiler for a window (the reply says when, or why not)."""
         self.amp = Amp()
         self.paused = False
+        self.pause_until: float | None = None
+        """With ``pause=SECONDS``: when the pause ends by itself (a lease, ``time.monotonic()``)."""
+        self._profile = profile
         self._order = itertools.count()
         self._ids = itertools.count(1)
         self._schedule: list[Scheduled] = []
-        self._requests: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=256)
+        self._seen_ids: collections.deque[str] = collections.deque(maxlen=1024)
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
-        self._schedulers: list[weakref.ref[Any]] = []
-        """The LR schedulers made so far, weakly (refs, not a WeakSet: a scheduler class may be unhashable)."""
         # (step, {group index: lr}) set at a boundary, re-asserted in that step's optimizer pre-hook in
         # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
         self._lr_pin: tuple[int, dict[int, float]] | None = None
+        self._held_rates: dict[int, _HeldRate] = {}
         self._overflowed: tuple[int, torch.Tensor] | None = None  # (step, loss scale) of an fp16 skip
-        self._undo_scheduler_hook = None
         self._closed = False
+        self.context: ProbeContext | None = None
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
             self._add(step, command, f"s{next(self._ids)}", "schedule")
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def install(self, probe: Probe) -> None:
-        self.probe = probe
-        if probe.rank == 0:
-            probe.publisher.on_request("control", self._request)
-        probe.on_step_boundary(self._boundary)
-        self._watch_schedulers()
-        self._apply_due(probe, stage="start")
+    def install(self, context: ProbeContext) -> None:
+        self.context = context
+        self._apply_due(context, stage="start")
 
-    def close(self, probe: Probe) -> None:
+    def close(self, context: ProbeContext) -> None:
         # Also when switched off mid-run for a bug: autocast that optwatch turned on, it turns off, as
         # nothing of optwatch would leave it at backward() or scale the loss any more.
         self._closed = True
         self.amp.turn_off()
         self.amp.leave()
-        if self._undo_scheduler_hook is not None:
-            self._undo_scheduler_hook()
-            self._undo_scheduler_hook = None
-
-    def _watch_schedulers(self) -> None:
-        """Remember LR schedulers as they are made, so a manual LR change can carry the schedule along."""
-        from torch.optim.lr_scheduler import LRScheduler
-
-        original_init = LRScheduler.__init__
-        schedulers = self._schedulers
-
-        def init(scheduler, *args, **kwargs):
-            original_init(scheduler, *args, **kwargs)
-            schedulers[:] = [ref for ref in schedulers if ref() is not None]
-            schedulers.append(weakref.ref(scheduler))
-
-        LRScheduler.__init__ = init
-
-        def undo():
-            LRScheduler.__init__ = original_init
-
-        self._undo_scheduler_hook = undo
-
-    # --- requests (publisher thread) -----------------------------------------------------------------
-    def _request(self, request: dict[str, Any]) -> dict[str, Any]:
-        text = str(request.get("command", ""))
-        request_id = f"c{next(self._ids)}"
-        source = str(request.get("source", "ctl"))
-        try:
-            controls.parse(text)
-        except controls.CommandError as exc:
-            self.probe.publisher.submit_records([self._event(text, "rejected", str(exc), None, request_id, source)])
-            return {"ok": False, "error": str(exc), "id": request_id}
-        self._requests.append((text, request_id, source))
-        return {"ok": True, "id": request_id, "status": "queued"}
 
     # --- the training thread ----------------------------------------------------------------------
     def _add(self, step: int, text: str, command_id: str, source: str) -> None:
@@ -209,19 +178,27 @@ class ControlPlugin(ProbePlugin):
         step_time = max(statistics.median(self._step_times), 1e-4)
         return min(MAX_AHEAD_STEPS, max(MIN_AHEAD_STEPS, math.ceil(AGREEMENT_HORIZON_S / step_time)))
 
-    def _take_new_commands(self, probe: Probe) -> None:
-        while self._requests:  # rank 0: decide the step, tell the other ranks
-            text, command_id, source = self._requests.popleft()
-            step = probe.step + (self._ahead() if probe.world_size > 1 else 0)
-            if probe.world_size > 1:
-                probe.publisher.broadcast_control({"command": text, "id": command_id, "step": step, "source": source})
+    def _take_new_commands(self, context: ProbeContext) -> None:
+        inbox = context.commands
+        while inbox:
+            message = inbox.popleft()
+            command_id = str(message.get("id", ""))
+            if command_id in self._seen_ids:
+                continue  # the hub sends a command again until rank 0's event answers it
+            self._seen_ids.append(command_id)
+            text, source = str(message.get("command", "")), str(message.get("source", "ctl"))
+            if "step" in message:  # another rank: rank 0's decision
+                step = message["step"]
+                if isinstance(step, int) and not isinstance(step, bool):
+                    self._add(step, text, command_id, source)
+                continue
+            # Rank 0: decide the step; tell the other ranks.
+            step = context.step + (self._ahead() if context.world_size > 1 else 0)
+            if context.world_size > 1:
+                context.send_decision({"command": text, "id": command_id, "step": step, "source": source})
             self._add(step, text, command_id, source)
-        inbox = probe.publisher.control_inbox
-        while inbox:  # other ranks: rank 0's decisions
-            decision = inbox.popleft()
-            self._add(int(decision["step"]), str(decision["command"]), str(decision["id"]), str(decision["source"]))
 
-    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+    def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
         record["amp"] = self.amp.enabled
         if self._overflowed is not None:
             if self._overflowed[0] == record["step"]:
@@ -231,51 +208,60 @@ class ControlPlugin(ProbePlugin):
         if isinstance(record.get("step_time_s"), float):
             self._step_times.append(record["step_time_s"])
 
-    def _set_idle_callbacks(self, probe: Probe) -> None:
+    def _set_idle_callbacks(self, context: ProbeContext) -> None:
         """``on_backward_end`` only while AMP is on: every step pays for a callback it is given."""
         idle = frozenset() if self.amp.enabled else frozenset({"on_backward_end"})
         if idle != self.idle_callbacks:
             self.idle_callbacks = idle
-            probe.retabulate()
+            context.retabulate()
 
-    def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
+    def on_backward_end(self, context: ProbeContext, loss: torch.Tensor) -> None:
         # Back into autocast: what runs before the next optimizer step (the next micro-batch's forward under
         # gradient accumulation, a GAN's other model) is autocast too, not only the first forward.
         self.amp.enter()
 
-    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> torch.Tensor | None:
+    def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
             return loss * self.amp.scale.to(loss.dtype)
         return None
 
-    def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
+    def before_optimizer_step(self, context: ProbeContext, optimizer: torch.optim.Optimizer) -> None:
         if self._schedule:
-            self._apply_due(probe, stage="optimizer")  # LR commands for step 0 wait for the optimizer
+            self._apply_due(context, stage="optimizer")  # LR commands for step 0 wait for the optimizer
         if self._lr_pin is not None:
             step, pinned = self._lr_pin
             self._lr_pin = None
-            if step == probe.step:
+            if step == context.step:
                 for index, value in pinned.items():
-                    self._rescale_group(optimizer, index, value)
+                    self._pin_group(optimizer, index, value)
+        elif self._held_rates:
+            self._hold_rates(optimizer)
         if self.amp.enabled and self.amp.scaling:
             skipped_at_scale = self.amp.unscale_or_skip(optimizer)
             if skipped_at_scale is not None:
-                self._overflowed = (probe.step, skipped_at_scale)
+                self._overflowed = (context.step, skipped_at_scale)
 
-    def _boundary(self, probe: Probe) -> float:
+    def at_boundary(self, context: ProbeContext) -> float:
         """Apply what is due; while paused, hold the run here. Returns the seconds it was held."""
         if self._closed:
             return 0.0
-        if self._schedule or self._requests or probe.publisher.control_inbox:  # else _apply_due has nothing to do
-            self._apply_due(probe, stage="boundary")
+        if self._schedule or context.commands:  # else _apply_due has nothing to do
+            self._apply_due(context, stage="boundary")
         held = 0.0
         if self.paused:
             paused_at = time.perf_counter()
             while self.paused:
-                probe.flush()
+                context.flush()
                 time.sleep(0.05)
-                self._apply_due(probe, stage="boundary")
+                if self.pause_until is not None and time.monotonic() >= self.pause_until:
+                    self.paused = False
+                    self.pause_until = None
+                    context.emit(self._event("resume", "accepted", "the pause's lease ran out", context.step,
+                                             f"l{next(self._ids)}", "lease"))  # fmt: skip
+                    context.flush()
+                    break
+                self._apply_due(context, stage="boundary")
             held = time.perf_counter() - paused_at
         self.amp.enter()
         return held
@@ -296,35 +282,35 @@ class ControlPlugin(ProbePlugin):
             return stage == "start" and not torch.cuda.is_available()
         return stage == "start"
 
-    def _apply_due(self, probe: Probe, stage: str) -> None:
+    def _apply_due(self, context: ProbeContext, stage: str) -> None:
         if stage != "optimizer":  # live commands start at a boundary, so the whole step sees them
-            self._take_new_commands(probe)
-        while self._schedule and self._schedule[0].step <= probe.step:
+            self._take_new_commands(context)
+        while self._schedule and self._schedule[0].step <= context.step:
             command = controls.parse_or_none(self._schedule[0].text)
             if not self._ready(command.name if command else None, stage):
                 return  # commands apply in order: the rest waits too
-            self._apply(probe, self._schedule.pop(0))
+            self._apply(context, self._schedule.pop(0))
 
-    def _apply(self, probe: Probe, due: Scheduled) -> None:
-        late = due.step < probe.step
+    def _apply(self, context: ProbeContext, due: Scheduled) -> None:
+        late = due.step < context.step
         try:
             command = controls.parse(due.text)
-            detail = self._execute(probe, command)
+            detail = self._execute(context, command)
         except controls.CommandError as exc:
-            probe.emit(self._event(due.text, "rejected", str(exc), None, due.id, due.source))
-            probe.flush()
+            context.emit(self._event(due.text, "rejected", str(exc), None, due.id, due.source))
+            context.flush()
             return
         if late:
             detail = f"{detail}; late: meant for step {due.step}".strip("; ")
-        probe.emit(self._event(due.text, "accepted", detail, probe.step, due.id, due.source))
-        probe.flush()
+        context.emit(self._event(due.text, "accepted", detail, context.step, due.id, due.source))
+        context.flush()
         if command.name == "stop":
-            raise KeyboardInterrupt(f"optwatch: stopped by request at step {probe.step}")
+            raise KeyboardInterrupt(f"optwatch: stopped by request at step {context.step}")
 
     def _event(self, text, status, reason, effective_step, command_id, source) -> dict[str, Any]:
         return protocol.make_record(
             protocol.EVENT,
-            self.probe.rank,
+            self.context.rank if self.context is not None else 0,
             command=text,
             status=status,
             reason=reason,
@@ -333,55 +319,59 @@ class ControlPlugin(ProbePlugin):
             source=source,
         )
 
-    def _execute(self, probe: Probe, command: controls.Command) -> str:
+    def _execute(self, context: ProbeContext, command: controls.Command) -> str:
         if command.name == "lr":
-            return self._set_lr(probe, command)
+            return self._set_lr(context, command)
         if command.name == "amp":
             if command.value:
-                device = self._device(probe)
+                device = self._device(context)
                 self.amp.turn_on(device)
-                self._set_idle_callbacks(probe)
+                self._set_idle_callbacks(context)
                 return f"autocast {str(self.amp.dtype).removeprefix('torch.')} on {device.type}"
             self.amp.turn_off()
-            self._set_idle_callbacks(probe)
+            self._set_idle_callbacks(context)
             return "autocast off"
         if command.name == "cudnn_benchmark":
             torch.backends.cudnn.benchmark = bool(command.value)
             return ""
         if command.name == "pause":
             self.paused = True
+            if command.value:
+                self.pause_until = time.monotonic() + float(command.value)
+                return f"paused at the step boundary for at most {float(command.value):g} s"
+            self.pause_until = None
             return "paused at the step boundary"
         if command.name == "resume":
             if not self.paused:
                 raise controls.CommandError("the run is not paused")
             self.paused = False
+            self.pause_until = None
             return ""
         if command.name == "profile":
-            for plugin in probe.plugins:
-                request_window = getattr(plugin, "request_window", None)
-                if request_window is not None:
-                    reply = request_window(int(command.value), reason="control")
-                    if not reply.get("ok"):
-                        raise controls.CommandError(str(reply.get("error")))
-                    return str(reply.get("message", ""))
-            raise controls.CommandError("the profiler is not available in this optwatch")
+            if self._profile is None:
+                raise controls.CommandError("the profiler is not available in this optwatch")
+            reply = self._profile(int(command.value), reason="control")
+            if not reply.get("ok"):
+                raise controls.CommandError(str(reply.get("error")))
+            return str(reply.get("message", ""))
         if command.name == "stop":
             return "stopping (KeyboardInterrupt at the step boundary)"
         raise controls.CommandError(f"unknown command {command.raw!r}")
 
-    def _device(self, probe: Probe) -> torch.device:
-        params = probe._parameters()
+    def _device(self, context: ProbeContext) -> torch.device:
+        params = context.parameters()
         if params:
             return params[0].device
-        model = probe.find_model()
+        model = context.find_model()
         if model is not None:
             first = next(model.parameters(), None)
             if first is not None:
                 return first.device
         return torch.device("cpu")
 
-    def _set_lr(self, probe: Probe, command: controls.Command) -> str:
-        optimizer = probe._primary_optimizer
+    # --- the learning rate ---------------------------------------------------------------------------
+    def _set_lr(self, context: ProbeContext, command: controls.Command) -> str:
+        optimizer = context.primary_optimizer
         if optimizer is None:
             raise controls.CommandError("no optimizer has stepped yet")
         groups = optimizer.param_groups
@@ -390,39 +380,109 @@ class ControlPlugin(ProbePlugin):
                 f"the optimizer has {len(groups)} param group(s) (0-{len(groups) - 1}), not {command.group}"
             )
         indices = [command.group] if command.group is not None else range(len(groups))
-        for index in indices:  # before any change: a command applies to all its groups or to none
+        changes: dict[int, tuple[float, float]] = {}
+        for index in indices:  # every check before any change: a command applies to all its groups or to none
             lr = groups[index].get("lr")
-            if isinstance(lr, bool) or learning_rate(lr) is None:
+            if context.learning_rate(optimizer) is None or _one_number(lr) is None:
                 raise controls.CommandError(
                     f"param group {index}'s learning rate is {type(lr).__name__} {lr!r}, not one number: "
                     "optwatch leaves it to the optimizer"
                 )
-        changes = []
-        pinned = {}
-        for index in indices:
-            old = float(groups[index]["lr"])
+            old = _one_number(lr)
             new = old * float(command.value) if command.scale else float(command.value)
-            self._rescale_group(optimizer, index, new)
-            pinned[index] = new
-            changes.append(f"group {index}: {old:.3g} -> {new:.3g}")
-        self._lr_pin = (probe.step, pinned)
-        return "; ".join(changes)
+            _check_rate(new, groups[index]["params"], command, old)
+            changes[index] = (old, new)
+        scheduled = any(s.optimizer is optimizer for s in _schedulers_of(context))
+        described = []
+        for index, (old, new) in changes.items():
+            self._rescale_group(context, optimizer, index, new)
+            if not scheduled:
+                held = self._held_rates.get(index)
+                factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
+                self._held_rates[index] = _HeldRate(factor=factor, last_set=new)
+            described.append(f"group {index}: {old:.3g} -> {new:.3g}")
+        self._lr_pin = (context.step, {index: new for index, (_, new) in changes.items()})
+        how = (
+            "the scheduler's schedule goes on from the new level"
+            if scheduled
+            else "held until the next lr command: values the script assigns are scaled to match"
+        )
+        return "; ".join(described) + f" ({how})"
 
-    def _rescale_group(self, optimizer: torch.optim.Optimizer, index: int, new: float) -> None:
+    def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
+        """At the command's step: exactly the value asked for, whatever the script or its scheduler did since
+        the boundary; the script's own value now is what later assignments are scaled against."""
+        group = optimizer.param_groups[index]
+        current = _one_number(group["lr"])
+        held = self._held_rates.get(index)
+        if held is not None and current is not None and current != held.last_set and current > 0:
+            held.factor = value / current  # the script assigned its own value meanwhile
+        if held is not None:
+            held.last_set = value
+        self._rescale_group(self.context, optimizer, index, value)
+
+    def _hold_rates(self, optimizer: torch.optim.Optimizer) -> None:
+        """Values the script assigned to ``param_group["lr"]`` since the last step, scaled as the command asked."""
+        for index, held in self._held_rates.items():
+            if index >= len(optimizer.param_groups):
+                continue
+            group = optimizer.param_groups[index]
+            current = _one_number(group["lr"])
+            if current is None or current == held.last_set:
+                continue
+            value = current * held.factor
+            _set_group_lr(group, value)
+            held.last_set = value
+
+    def _rescale_group(self, context: ProbeContext | None, optimizer: torch.optim.Optimizer, index: int, new: float):
         """Set a group's lr; its schedule continues from the new level (base values scale by new/old)."""
         group = optimizer.param_groups[index]
-        old = float(group["lr"])
-        if old == new:
+        old = _one_number(group["lr"])
+        if old is None or old == new:
             return
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(new)
-        else:
-            group["lr"] = new
+        _set_group_lr(group, new)
         if old > 0:
             factor = new / old
             for key in ("initial_lr", "max_lr", "min_lr"):
                 if isinstance(group.get(key), (int, float)):
                     group[key] = group[key] * factor
-            for scheduler in (ref() for ref in self._schedulers):
-                if scheduler is not None and scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
+            for scheduler in _schedulers_of(context):
+                if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
                     scheduler.base_lrs[index] *= factor
+
+
+def _schedulers_of(context: ProbeContext | None) -> list[Any]:
+    return context.schedulers() if context is not None else []
+
+
+def _one_number(lr: Any) -> float | None:
+    if isinstance(lr, bool):
+        return None
+    try:
+        return float(lr)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _set_group_lr(group: dict[str, Any], value: float) -> None:
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+def _check_rate(new: float, params: list[torch.Tensor], command: controls.Command, current: float) -> None:
+    """A learning rate the training can take: finite, within ``MAX_LR``, representable in the parameters'
+    dtypes, and, for a change of more than 100x, confirmed (``lr=V!``)."""
+    if not math.isfinite(new) or new <= 0:
+        raise controls.CommandError(f"the learning rate would be {new:g}: it must be a positive finite number")
+    if new > controls.MAX_LR:
+        raise controls.CommandError(
+            f"the learning rate would be {new:g}: optwatch refuses rates above {controls.MAX_LR:g}"
+        )
+    for dtype in {p.dtype for p in params if p.is_floating_point()}:
+        if new > torch.finfo(dtype).max:
+            raise controls.CommandError(f"the learning rate {new:g} cannot be represented in {dtype}")
+    reason = controls.big_change(command, current)
+    if reason is not None:
+        raise controls.CommandError(reason)

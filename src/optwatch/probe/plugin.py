@@ -1,20 +1,22 @@
-"""How a capability plugs into the probe: a ProbePlugin subclass, listed in ``probe.plugins.enabled``.
+"""The contract between the probe and its plugins: what a plugin may use (``ProbeContext``) and what it may
+implement (``ProbePlugin``).
 
-Every callback runs on the training thread except ``sample`` (the sampler thread). Callbacks must be
-cheap on steps where they have nothing to do, must not sync with the device, and may leave device
-tensors in the records they touch: the probe reads them back in batches.
+Plugins import this module, never the probe itself: ``probe.probe.Probe`` is one implementation of
+``ProbeContext``, and ``probe.start`` builds it with its plugins. Every callback runs on the training thread
+except ``sample`` (the sampler thread). Callbacks must be cheap on steps where they have nothing to do,
+must not sync with the device, and may leave device tensors in the records they touch: the probe reads
+them back in batches, off the training thread.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from optwatch.probe.probe import Probe
-
+from optwatch.options import ProbeOptions
 
 try:
     # True only while torch.compile traces the code (a constant to its tracer): hooks it traces into the
@@ -34,41 +36,148 @@ def as_optwatch_work() -> contextlib.AbstractContextManager:
     return _NOTHING
 
 
+class ProbeContext(Protocol):
+    """What a plugin may see and do; everything else of the probe is its own business."""
+
+    rank: int
+    world_size: int
+    run_id: str
+    options: ProbeOptions
+    step: int
+    """The step now running (its record is made at its end)."""
+    detailed: bool
+    """Whether this step is a detail step: one whose checks the budget does not space out (see governor)."""
+    next_detailed: bool
+    """The same for the next step, known once the current one's record is made (in ``after_step``)."""
+    detail_every: int
+    device: torch.device | None
+    """Where the trained parameters live, known from the first step on."""
+    training_thread: int | None
+    """The thread that trains (the one calling ``backward()``); plugins' hooks ignore forwards of others."""
+    nonfinite_seen: bool
+    """A step's loss or gradient norm has been NaN/Inf (read back off the training thread)."""
+    commands: collections.deque[dict[str, Any]]
+    """Commands and decisions from the hub, in arrival order (any thread appends, the training thread takes)."""
+
+    @property
+    def primary_optimizer(self) -> torch.optim.Optimizer | None: ...
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The primary optimizer's parameters (else the model's), kept while its param groups are the same."""
+        ...
+
+    def parameter_names(self) -> dict[int, str]:
+        """``id(parameter) -> qualified name`` for the model's parameters."""
+        ...
+
+    def find_model(self) -> torch.nn.Module | None:
+        """The model being trained (named by ``watch``, else found once from the primary optimizer)."""
+        ...
+
+    def learning_rate(self, optimizer: torch.optim.Optimizer | None = None) -> float | torch.Tensor | None:
+        """Param group 0's learning rate as one number, or None when it is not one (a rate per dimension)."""
+        ...
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Queue a record from the training thread; its tensor values are read back with the next batch."""
+        ...
+
+    def publish(self, records: list[dict[str, Any]]) -> None:
+        """Hand over records with no device values, from any thread."""
+        ...
+
+    def flush(self) -> None:
+        """Hand what is queued to the hub now (controls use it so that acknowledgements are prompt)."""
+        ...
+
+    def send_decision(self, decision: dict[str, Any]) -> None:
+        """Rank 0: tell every rank at which step a command applies."""
+        ...
+
+    def report_grad_norm(self, norm: torch.Tensor) -> None:
+        """This step's global gradient norm, measured by a plugin (on the device): the probe need not."""
+        ...
+
+    def charge(self, started: float) -> None:
+        """Add the time since ``started`` (``time.perf_counter()``) to optwatch's own cost of this step."""
+        ...
+
+    def pin_detail(self) -> None:
+        """Every step a detail step from now on (after a non-finite value)."""
+        ...
+
+    def switch_off(self, plugin: str, where: str) -> None:
+        """Switch a plugin off after it raised (call it inside the ``except``): its callbacks stop, its
+        ``close`` takes its hooks away, and the training goes on."""
+        ...
+
+    def retabulate(self) -> None:
+        """Read the plugins' callback sets again (after a plugin changed its ``idle_callbacks``)."""
+        ...
+
+
 class ProbePlugin:
-    """Base class: override what you need."""
+    """Base class: override what you need. A callback left as the base class's costs nothing per step."""
 
     name = "plugin"
     between_detail_steps: frozenset[str] | None = None
-    """The per-step callbacks this plugin needs on the steps between two detail steps (``probe.detailed``
-    false), where the probe calls no others: what it leaves out costs nothing on most steps of a run
-    that ``--budget`` spaces out. None: all of them."""
+    """The per-step callbacks this plugin needs on the steps between two detail steps, where the probe calls
+    no others. None: all of them."""
     idle_callbacks: frozenset[str] = frozenset()
     """Callbacks this plugin implements but needs at no step for now: left out of every step. A plugin
-    that changes it calls ``probe.retabulate()`` (on the training thread)."""
+    that changes it calls ``context.retabulate()`` (on the training thread)."""
 
-    def install(self, probe: Probe) -> None:
+    def install(self, context: ProbeContext) -> None:
         """Called once when the probe starts (install hooks here)."""
 
-    def on_backward_start(self, probe: Probe, loss: torch.Tensor) -> torch.Tensor | None:
-        """Before ``backward()`` on the step's scalar loss; may return the tensor to differentiate
-        instead (loss scaling), else None."""
+    def on_batch(self, context: ProbeContext) -> None:
+        """A DataLoader batch has just been handed to the script."""
+
+    def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
+        """Before ``backward()`` on a scalar loss; may return the tensor to differentiate instead (loss
+        scaling), else None."""
         return None
 
-    def on_backward_end(self, probe: Probe, loss: torch.Tensor) -> None:
+    def on_backward_end(self, context: ProbeContext, loss: torch.Tensor) -> None:
         """After ``backward()`` returned."""
 
-    def before_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
-        """In the primary optimizer's step pre-hook: gradients are final (unscaled under GradScaler.step)."""
+    def on_gradients(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> None:
+        """The primary optimizer's gradients of this step are final and not yet clipped: before a clipping
+        function changes them, else in the optimizer's step pre-hook, or, for an optimizer driven by a
+        closure (LBFGS, Lightning), after the closure's first backward. Once per step. ``optimizer`` is None
+        in a loop without one."""
 
-    def after_optimizer_step(self, probe: Probe, optimizer: torch.optim.Optimizer) -> None:
-        """In the primary optimizer's step post-hook, before the probe's own step bookkeeping."""
+    def before_optimizer_step(self, context: ProbeContext, optimizer: torch.optim.Optimizer) -> None:
+        """In the primary optimizer's step pre-hook (unscaled gradients under GradScaler.step)."""
 
-    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
-        """At the step boundary, with the step record still open: add fields, or ``probe.emit`` records."""
+    def after_optimizer_step(self, context: ProbeContext, optimizer: torch.optim.Optimizer) -> None:
+        """In the primary optimizer's step post-hook, before the probe ends the step."""
 
-    def sample(self, probe: Probe) -> list[dict[str, Any]]:
-        """On the sampler thread, a few times a second: return ready records (no device tensors)."""
+    def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
+        """At the step boundary, with the step record still open: add fields, or ``emit`` records."""
+
+    def at_boundary(self, context: ProbeContext) -> float | None:
+        """After the step record, with ``context.step`` already the next step: apply what is due. Returns the
+        seconds it held the run (a pause), which are no part of the next step's time."""
+        return None
+
+    def sample(self, context: ProbeContext, system: dict[str, Any]) -> list[dict[str, Any]]:
+        """On the sampler thread, a few times a second: add fields to the ``system`` record being made, or
+        return ready records (no device tensors)."""
         return []
 
-    def close(self, probe: Probe) -> None:
-        """When the probe closes: remove hooks, flush what is left."""
+    def close(self, context: ProbeContext) -> None:
+        """When the probe closes, or the plugin is switched off: remove hooks, flush what is left."""
+
+
+PER_STEP_CALLBACKS = (
+    "on_batch",
+    "on_backward_start",
+    "on_backward_end",
+    "on_gradients",
+    "before_optimizer_step",
+    "after_optimizer_step",
+    "after_step",
+    "at_boundary",
+)
+CALLBACKS = ("install", *PER_STEP_CALLBACKS, "sample", "close")

@@ -25,19 +25,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 import optwatch
 from optwatch import protocol
+from optwatch.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
 from optwatch.probe.hotspots import MODULE_SCOPE
-from optwatch.probe.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
-from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.plugin import ProbeContext, ProbePlugin
 from optwatch.probe.traces import TraceStore, summarise_window, trace_root
-
-if TYPE_CHECKING:
-    from optwatch.probe.probe import Probe
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +139,7 @@ class ProfilerPlugin(ProbePlugin):
         self._due = self._next_due()
         self._requests: collections.deque[tuple[int, str]] = collections.deque()
         self._lock = threading.Lock()
-        self._probe: Probe | None = None
+        self._probe: ProbeContext | None = None
         self._traces: TraceStore | None = None
         self._window: Window | None = None
         """The window being warmed up or recorded (training thread writes, others only read)."""
@@ -176,24 +173,20 @@ class ProfilerPlugin(ProbePlugin):
             "message": f"profiling about steps {first}-{first + steps - 1}",
         }
 
-    def _on_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.request_window(request.get("steps", DEFAULT_PROFILE_STEPS))
-
     # --- plugin callbacks ----------------------------------------------------------------------------
-    def install(self, probe: Probe) -> None:
+    def install(self, probe: ProbeContext) -> None:
         self._probe = probe
         self._traces = TraceStore(trace_root(), probe.run_id, probe.rank)
-        probe.publisher.on_request("profile", self._on_request)
         if self._due is not None and self._due <= 0:
             self._guarded(probe, 0, None)  # --profile-at 0:N or 1:N starts before the first step
 
-    def after_step(self, probe: Probe, record: dict[str, Any]) -> None:
+    def after_step(self, probe: ProbeContext, record: dict[str, Any]) -> None:
         next_step = record["step"] + 1
         if self._window is None and not self._requests and (self._due is None or next_step < self._due):
             return
         self._guarded(probe, next_step, record.get("step_time_s"))
 
-    def close(self, probe: Probe) -> None:
+    def close(self, probe: ProbeContext) -> None:
         self._closed = True
         window = self._window
         if window is not None:
@@ -212,14 +205,14 @@ class ProfilerPlugin(ProbePlugin):
                 log.warning("optwatch: the profiler summary took over %.0f s and is dropped", FINISH_TIMEOUT_S)
 
     # --- the window, on the training thread -------------------------------------------------------------
-    def _guarded(self, probe: Probe, next_step: int, step_time: float | None) -> None:
+    def _guarded(self, probe: ProbeContext, next_step: int, step_time: float | None) -> None:
         try:
             self._advance(probe, next_step, step_time)
         except Exception as exc:  # a profiler failure must never stop the training
             log.exception("optwatch: profiler window failed; training goes on")
             self._abandon(probe, f"{type(exc).__name__}: {exc}")
 
-    def _advance(self, probe: Probe, next_step: int, step_time: float | None) -> None:
+    def _advance(self, probe: ProbeContext, next_step: int, step_time: float | None) -> None:
         window = self._window
         if window is not None:
             if self._recording:
@@ -259,12 +252,12 @@ class ProfilerPlugin(ProbePlugin):
         if plan.first <= next_step:
             self._record(probe, plan)
 
-    def _record(self, probe: Probe, window: Window) -> None:
+    def _record(self, probe: ProbeContext, window: Window) -> None:
         self._profile.start_trace()
         self._recording = True
         self._wall_s = 0.0
         self._scopes = ModuleScopes(probe.find_model()).install()
-        probe.publisher.submit_records(
+        probe.publish(
             [
                 protocol.make_record(
                     protocol.HOTSPOTS,
@@ -276,7 +269,7 @@ class ProfilerPlugin(ProbePlugin):
             ]
         )
 
-    def _finish(self, probe: Probe, window: Window, last: int, partial: bool = False) -> None:
+    def _finish(self, probe: ProbeContext, window: Window, last: int, partial: bool = False) -> None:
         if self._scopes is not None:
             self._scopes.remove()
             self._scopes = None
@@ -296,7 +289,7 @@ class ProfilerPlugin(ProbePlugin):
         )
         self._worker.start()
 
-    def _abandon(self, probe: Probe, error: str, stop: bool = True) -> None:
+    def _abandon(self, probe: ProbeContext, error: str, stop: bool = True) -> None:
         window = self._window
         if self._scopes is not None:
             self._scopes.remove()
@@ -309,9 +302,7 @@ class ProfilerPlugin(ProbePlugin):
         self._window = self._profile = None
         self._recording = False
         steps = [window.first, window.last] if window is not None else None
-        probe.publisher.submit_records(
-            [protocol.make_record(protocol.HOTSPOTS, probe.rank, status="failed", steps=steps, error=error)]
-        )
+        probe.publish([protocol.make_record(protocol.HOTSPOTS, probe.rank, status="failed", steps=steps, error=error)])
 
     def _new_profile(self) -> Any:
         from torch.profiler import ProfilerActivity, profile, supported_activities
@@ -334,7 +325,7 @@ class ProfilerPlugin(ProbePlugin):
         return self._plans[0].first - 1 if self._plans else None
 
     # --- the summary, on a background thread ------------------------------------------------------------
-    def _publish(self, probe: Probe, profile: Any, summary: dict[str, Any]) -> None:
+    def _publish(self, probe: ProbeContext, profile: Any, summary: dict[str, Any]) -> None:
         assert self._traces is not None
         first, last = summary["steps"]
         raw: Path | None = None
@@ -358,7 +349,7 @@ class ProfilerPlugin(ProbePlugin):
         finally:
             if raw is not None:
                 raw.unlink(missing_ok=True)
-        probe.publisher.submit_records([protocol.make_record(protocol.HOTSPOTS, probe.rank, **summary)])
+        probe.publish([protocol.make_record(protocol.HOTSPOTS, probe.rank, **summary)])
 
 
 def _summarise(job: dict[str, Any]) -> dict[str, Any]:
@@ -383,6 +374,6 @@ def _summarise(job: dict[str, Any]) -> dict[str, Any]:
     return summarise_window(job)
 
 
-def profiler_of(probe: Probe) -> ProfilerPlugin | None:
+def profiler_of(probe: Any) -> ProfilerPlugin | None:
     """The probe's profiler plugin, for callers such as the control channel."""
     return next((plugin for plugin in probe.plugins if isinstance(plugin, ProfilerPlugin)), None)

@@ -130,19 +130,25 @@ class DeviceBatch:
 
     def _file(self) -> None:
         """Each tensor value into its device's and dtype's group, each device time into its list."""
-        plain = _PLAIN
         for record in self._records:
-            for key, value in record.items():
-                kind = type(value)
-                if kind in plain:
-                    continue
-                if kind is DeviceTime:
-                    self._times.append((record, key, value))
-                elif isinstance(value, torch.Tensor):
-                    group = self._groups.get((value.device, value.dtype))
-                    if group is None:
-                        group = self._groups[(value.device, value.dtype)] = _Group()
-                    group.add(record, key, value)
+            self._file_values(record)
+            for value in record.values():
+                if type(value) is dict:  # a map of values (a step's losses per optimizer, ow.log's metrics)
+                    self._file_values(value)
+
+    def _file_values(self, values: dict[str, Any]) -> None:
+        plain = _PLAIN
+        for key, value in values.items():
+            kind = type(value)
+            if kind in plain:
+                continue
+            if kind is DeviceTime:
+                self._times.append((values, key, value))
+            elif isinstance(value, torch.Tensor):
+                group = self._groups.get((value.device, value.dtype))
+                if group is None:
+                    group = self._groups[(value.device, value.dtype)] = _Group()
+                group.add(values, key, value)
 
     def ready(self) -> bool:
         return all(event.query() for event in self._events) and all(time.ready() for _, _, time in self._times)

@@ -33,3 +33,31 @@ def as_vector(scalars: Sequence[torch.Tensor]) -> torch.Tensor:
     ):
         return base
     return torch.stack(list(scalars))
+
+
+def tensors_by_device(tensors: Sequence[torch.Tensor]) -> dict[torch.device, list[int]]:
+    """The indices of ``tensors`` per device."""
+    groups: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(tensor.device, []).append(index)
+    return groups
+
+
+def norms_of(
+    tensors: Sequence[torch.Tensor],
+    order: int,
+    device: torch.device,
+    by_device: dict[torch.device, list[int]] | None = None,
+) -> list[torch.Tensor]:
+    """Norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``: float32 (half
+    precision would overflow), float64 for float64 tensors (a norm may widen a dtype, never narrow it).
+    ``by_device``: the tensors' indices per device when they are on several (model parallel), else None."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    if by_device is None:
+        return list(torch._foreach_norm(list(tensors), order, dtype=dtype))
+    result: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
+    for indices in by_device.values():
+        norms = torch._foreach_norm([tensors[i] for i in indices], order, dtype=dtype)
+        for index, norm in zip(indices, norms):
+            result[index] = norm.to(device, non_blocking=True)
+    return result

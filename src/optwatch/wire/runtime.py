@@ -100,6 +100,9 @@ class JobInfo:
     endpoints: dict[str, str] = field(default_factory=dict)
     token_file: str | None = None
     argv: list[str] = field(default_factory=list)
+    hub_pid: int | None = None
+    paused: dict[str, Any] | None = None
+    """While a pause is in effect: who paused (``by``), since when (``since``), until when (``until``, a lease)."""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,6 +122,27 @@ class JobInfo:
             return Path(self.token_file).read_text().strip()
         except OSError:
             return None
+
+
+def tcp_address(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); raises ValueError with a message a user can act on."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"--listen wants HOST:PORT (e.g. 127.0.0.1:0), got {listen!r}")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"--listen: port must be a number, got {port_text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65533:
+        raise ValueError(f"--listen: port must be 0..65533 (the job uses PORT, PORT+1 and PORT+2), got {port}")
+    return host.strip("[]"), port
+
+
+def read_job_info(run_dir: Path) -> JobInfo | None:
+    """The job's info in ``run_dir``, or None when there is none (yet) or it cannot be read."""
+    try:
+        return JobInfo.from_json(json.loads((run_dir / INFO_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def pid_alive(pid: int) -> bool:

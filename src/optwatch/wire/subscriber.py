@@ -9,7 +9,6 @@ from typing import Any
 import zmq
 
 from optwatch import protocol
-from optwatch.wire.publisher import PLAIN_USER, TOPIC_RECORDS
 
 
 class RequestError(RuntimeError):
@@ -45,7 +44,7 @@ class Feed:
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.RCVHWM, 10000)
         self._sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
-        self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC_RECORDS)
+        self._sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_RECORDS)
         self._authenticate(self._sub)
         self._sub.connect(pub_endpoint)
         self._ctl_endpoint = ctl_endpoint
@@ -71,8 +70,9 @@ class Feed:
 
     def _authenticate(self, socket: zmq.Socket) -> None:
         if self._token is not None:
-            socket.plain_username = PLAIN_USER
-            socket.plain_password = self._token.encode()
+            from optwatch.wire.keys import curve_keys
+
+            curve_keys(self._token).connect_as_client(socket)
 
     # --- requests -------------------------------------------------------------------------------
     def _control_socket(self) -> zmq.Socket:
@@ -81,7 +81,11 @@ class Feed:
             self._ctl.setsockopt(zmq.LINGER, 0)
             self._ctl.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
             self._authenticate(self._ctl)
-            self._monitor = self._ctl.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._monitor = self._ctl.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            )
             self._ctl.connect(self._ctl_endpoint)
         return self._ctl
 
@@ -135,18 +139,31 @@ class Feed:
             fresh.append(record)
         return fresh
 
+    def history(self) -> list[dict[str, Any]]:
+        """Everything the hub keeps, page by page (what a viewer that attaches late sees first)."""
+        records: list[dict[str, Any]] = []
+        page, pages = 0, 1
+        while page < pages:
+            reply = self.request("history", timeout_s=6.0, page=page)
+            batch = reply.get("batch")
+            if not isinstance(batch, bytes):
+                raise RequestError("the hub sent a history page without records")
+            records.extend(protocol.decode_batch(batch))
+            pages = int(reply.get("pages", 1))
+            page += 1
+        return records
+
     def _history(self) -> list[dict[str, Any]]:
         self._last_history_try = time.monotonic()
         try:
-            reply = self.request("history", timeout_s=2.0)
-        except RequestError:
+            history = self.history()
+        except (RequestError, protocol.ProtocolError, ValueError, TypeError):
             return []
         self._need_history = False
         before = dict(self.last_seq)
         self.last_seq = {}
         records = []
-        for record in reply.get("records", []):
-            protocol.check_record(record)
+        for record in history:
             rank, seq = seq_key(record), record.get("seq", -1)
             if seq > before.get(rank, -1):
                 records.append(record)

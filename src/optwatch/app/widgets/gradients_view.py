@@ -49,7 +49,7 @@ class GradientsView(Vertical):
             if chart_due:
                 steps = [r["step"] for r in state.steps]
                 norms = [r.get("grad_norm") for r in state.steps]
-                preclip = [r.get("grad_norm_preclip") for r in state.steps]
+                clip = [r.get("clip_max_norm") for r in state.steps]
         if self.history is None or self.history.rank != rank:
             self.history = LayerHistory(rank=rank)
         changed = self.history.update(records)
@@ -58,8 +58,8 @@ class GradientsView(Vertical):
             if chart_due:
                 self._chart_key, self._chart_drawn = chart_key, now
                 series = [("global", steps, norms, "green")]
-                if any(value is not None for value in preclip):
-                    series.insert(0, ("before clip", steps, preclip, "orange"))
+                if any(value is not None for value in clip):  # the norm is before clipping: where it is cut
+                    series.append(("clipped at", steps, clip, "orange"))
                 self.query_one("#grad-global", SeriesChart).set_series(series)
             if changed:
                 history = self.history

@@ -8,10 +8,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from optwatch.probe.options import DEFAULT_PROFILE_STEPS
+from optwatch.options import DEFAULT_PROFILE_STEPS
 from optwatch.store import Store, finite
 
 # Sort keys, in the order `t` cycles through them; the record's own `sort_by` comes first.
@@ -68,14 +67,6 @@ class HotspotsView(Vertical):
 
     BINDINGS = [Binding("t", "cycle_sort", "Sort")]
 
-    class ProfileReply(Message):
-        """The run answered (or failed to answer) a request for a profiler window."""
-
-        def __init__(self, reply: dict[str, Any] | None, error: str | None) -> None:
-            super().__init__()
-            self.reply = reply
-            self.error = error
-
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.state_text = ""
@@ -89,6 +80,7 @@ class HotspotsView(Vertical):
         """None: the record's own ``sort_by``."""
         self._note: str | None = None
         self._note_after_seq: int | None = None
+        self._note_after_events: int | None = None
         self._shown: tuple[Any, ...] | None = None
         self._record: dict[str, Any] | None = None
         self._store: Store | None = None
@@ -113,6 +105,7 @@ class HotspotsView(Vertical):
             with store.lock:
                 latest = self._latest(store)
                 self._note_after_seq = latest.get("seq", -1) if latest else -1
+                self._note_after_events = len(_profile_events(store))
             self.show(store)
 
     def _latest(self, store: Store) -> dict[str, Any] | None:
@@ -136,6 +129,14 @@ class HotspotsView(Vertical):
             state = store.primary
             last = state.last_step if state is not None else None
             current_step = last.get("step") if last else None
+            answers = _profile_events(store)
+        if self._note_after_events is not None and len(answers) > self._note_after_events:
+            answer = answers[-1]  # the run took the profile command, or said why not
+            self._note_after_events = None
+            if answer.get("status") == "accepted":
+                self._note = f"{answer.get('reason') or 'profiling soon'}…"
+            else:
+                self._note = f"not profiling: {answer.get('reason')}"
         if latest is not None and self._note_after_seq is not None and latest.get("seq", -1) > self._note_after_seq:
             self._note = None  # the run has answered with a record
         self._show_state(latest, done, current_step)
@@ -247,3 +248,12 @@ class HotspotsView(Vertical):
         self._shown = None
         if self._store is not None:
             self.show(self._store)
+
+
+def _profile_events(store: Store) -> list[dict[str, Any]]:
+    """Rank 0's answers to profile commands, oldest first (call with the store locked)."""
+    return [
+        event
+        for event in store.rare.get("event", ())
+        if event.get("rank", 0) == 0 and str(event.get("command", "")).startswith("profile")
+    ]

@@ -1,6 +1,7 @@
 """Settings that travel from `optwatch run` to the training process, as JSON in its environment.
 
-Torch-free, so the CLI can build them without paying for `import torch`.
+Neutral ground: the CLI, the probe, the hub and the dashboard all read these, and none of them pays for
+torch or textual to do so.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from dataclasses import asdict, dataclass, field
 ENV_RUN_DIR = "OPTWATCH_RUN_DIR"
 ENV_RUN_ID = "OPTWATCH_RUN_ID"
 ENV_OPTIONS = "OPTWATCH_OPTIONS"
-ENV_HUB = "OPTWATCH_HUB"  # HOST:PORT of rank 0's --listen address, for ranks on other nodes
-ENV_TOKEN = "OPTWATCH_TOKEN"  # a token to use instead of a random one (multi-node jobs share it)
+ENV_HUB = "OPTWATCH_HUB"  # HOST:PORT of the hub's --listen address, for ranks on other nodes
+ENV_TOKEN = "OPTWATCH_TOKEN"  # a job's token (multi-node jobs share one; viewers read it instead of --token)
+ENV_PROBE_PID = "OPTWATCH_PROBE_PID"
+"""Set by a running probe for the processes its script starts: a Python started by the script that calls
+``optwatch.watch`` is a run of its own, never a second rank 0 of this one."""
+
+FORWARD_CHECK_MODES = ("auto", "always", "off")
 
 DEFAULT_PROFILE_STEPS = 5  # a window from --profile-at START or the dashboard's `p`
 PERIODIC_PROFILE_STEPS = 3  # a window from --profile-every N
@@ -92,8 +98,13 @@ class ProbeOptions:
     """Memory for the weight snapshot behind update ratios (MiB); 0: no update ratios."""
     grad_thresholds: dict[str, float] = field(default_factory=dict)
     """Overrides of ``optwatch.diagnose.gradients.Thresholds``."""
-    forward_check: bool = True
-    """Check each module's forward output for NaN/Inf, to name where a non-finite value was born."""
+    forward_check: str = "auto"
+    """Checking each module's forward output for NaN/Inf, to name where a non-finite value was born: ``auto``
+    from the first non-finite loss or gradient norm on (a check costs a hook on every module call),
+    ``always`` from the first step, ``off`` never."""
+    capture_output: bool = False
+    """The probe takes the script's stdout and stderr into capped log files in the run directory (``optwatch
+    run`` asks for it; a script started with plain ``python`` keeps its terminal)."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -104,4 +115,7 @@ class ProbeOptions:
         if not raw:
             return cls(script=sys.argv[0] if sys.argv else "", argv=list(sys.argv[1:]))
         data = json.loads(raw)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        options = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if options.forward_check not in FORWARD_CHECK_MODES:
+            options.forward_check = "auto"
+        return options

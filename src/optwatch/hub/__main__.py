@@ -1,0 +1,5 @@
+import sys
+
+from optwatch.hub.server import main
+
+sys.exit(main())

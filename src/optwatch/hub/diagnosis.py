@@ -1,0 +1,166 @@
+"""The job's diagnosis, in the hub: records in, alerts and verdicts out, so none of it runs in a training process.
+
+Per rank, in that rank's order: the gradient rules (``diagnose.gradients``) over each step and its
+``layers`` record, and the bottleneck verdict (``diagnose.tracker``). Across ranks, once a second: the
+straggler. A rank's settings for these (alert thresholds, where the steady state starts) come with its
+``hello`` record. Fields that travel from a training process for the diagnosis alone start with ``_`` and
+are taken off here, before anything is published.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from optwatch import protocol
+from optwatch.diagnose.gradients import GradientDiagnosis, LayerStats, StepInput, Thresholds
+from optwatch.diagnose.straggler import StragglerWatch
+from optwatch.diagnose.tracker import VerdictTracker
+
+log = logging.getLogger(__name__)
+
+
+class LayerColumns:
+    """A rank's ``layers`` records completed from what it measured: every step the gradient norm of each
+    parameter, and, for a rotating chunk of them, the weight norm, the update's norm and the count of
+    non-zero gradient entries. Each parameter shows the newest value measured for it (``updated_at`` says
+    at which step), so every column of a published record is complete (see docs/gradients.md)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[float | None, float | None, float | None, int]] = {}
+        """name -> (weight norm, update norm, zero fraction, step they were measured at)."""
+
+    def finish(self, record: dict[str, Any]) -> None:
+        names, numel = record["names"], record["numel"]
+        step = record.get("step", -1)
+        chunk = record.pop("_chunk", None) or []
+        weights = record.pop("_weight", None) or []
+        updates = record.pop("_update", None) or [None] * len(chunk)
+        nonzero = record.pop("_nonzero", None) or [None] * len(chunk)
+        for index, weight, update, nz in zip(chunk, weights, updates, nonzero):
+            if 0 <= index < len(names):
+                count = numel[index]
+                zero = 1.0 - nz / count if isinstance(nz, float) and count else None
+                self._known[names[index]] = (weight, update, zero, step)
+        columns = [self._known.get(name, (None, None, None, None)) for name in names]
+        record["weight_norm"] = [c[0] for c in columns]
+        record["update_norm"] = [c[1] for c in columns]
+        record["zero_frac"] = [c[2] for c in columns]
+        record["updated_at"] = [c[3] for c in columns]
+        record["update_ratio"] = [
+            u / w if isinstance(u, float) and isinstance(w, float) and w > 0 else None for w, u, _, _ in columns
+        ]
+
+
+class RankDiagnosis:
+    """One rank's gradient alerts and verdicts, fed its records in order."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.gradients: GradientDiagnosis | None = None
+        self.verdicts: VerdictTracker | None = None
+        self._layers: dict[str, Any] | None = None
+        self._columns = LayerColumns()
+        self._forward_check = "auto"
+        self.loader: dict[str, Any] = {}
+
+    def configure(self, hello: dict[str, Any]) -> None:
+        settings = hello.get("diagnosis") or {}
+        try:
+            thresholds = Thresholds().with_overrides(settings.get("grad_thresholds") or {})
+        except (ValueError, TypeError):
+            log.warning("optwatch hub: rank %d sent unusable alert thresholds; using the defaults", self.rank)
+            thresholds = Thresholds()
+        self._forward_check = str(settings.get("forward_check", "auto"))
+        if self.gradients is None:
+            self.gradients = GradientDiagnosis(thresholds)
+        if self.verdicts is None:
+            settled = settings.get("settled_from", 0)
+            self.verdicts = VerdictTracker(
+                self.rank, loader=lambda: self.loader, settled_from=settled if isinstance(settled, int) else 0
+            )
+
+    def observe(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``records`` of this rank completed in place, followed by what they set off."""
+        found: list[dict[str, Any]] = []
+        for record in records:
+            kind = record.get("kind")
+            if kind == protocol.HELLO:
+                self.configure(record)
+            elif kind == protocol.LAYERS and "_chunk" in record:
+                self._columns.finish(record)
+                self._layers = record
+            elif kind == protocol.SYSTEM and isinstance(record.get("loader"), dict):
+                self.loader = record["loader"]
+            elif kind == protocol.STEP:
+                found += self._step(record)
+        if self.verdicts is not None:
+            try:
+                return self.verdicts(records + found)
+            except Exception:
+                log.exception("optwatch hub: the verdict failed for rank %d and is switched off", self.rank)
+                self.verdicts = None
+        return records + found
+
+    def _step(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        modules, index = record.pop("_forward_modules", ()), record.pop("_forward_index", ())
+        norms = record.pop("_forward_norms", None) or []
+        layers, self._layers = self._layers, None
+        if layers is not None and layers.get("step") != record.get("step"):
+            layers = None
+        if self.gradients is None:
+            return []
+        try:
+            forward = [(name, norms[i]) for name, i in zip(modules, index)]
+        except (IndexError, TypeError):
+            forward = []  # checks that did not line up: without them, the rest is diagnosed
+        observation = StepInput(
+            step=record.get("step", -1),
+            loss=record.get("loss"),
+            grad_norm=record.get("grad_norm"),
+            clip_max_norm=record.get("clip_max_norm"),
+            amp_overflow=bool(record.get("amp_overflow")),
+            amp_scale=record.get("amp_scale"),
+            layers=LayerStats.from_record(layers) if layers is not None else None,
+            forward=forward,
+            forward_skipped=self._forward_check != "off" and not modules,
+        )
+        try:
+            alerts = [protocol.make_record(protocol.ALERT, self.rank, **a) for a in self.gradients.observe(observation)]
+        except Exception:
+            log.exception("optwatch hub: the gradient diagnosis failed for rank %d and is switched off", self.rank)
+            self.gradients = None
+            return []
+        if layers is not None:
+            layers["alerting"] = self.gradients.alerting()
+        return alerts
+
+
+class JobDiagnosis:
+    """Every rank's diagnosis, and the straggler across them."""
+
+    def __init__(self) -> None:
+        self.ranks: dict[int, RankDiagnosis] = {}
+        self.straggler = StragglerWatch()
+
+    def observe(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_rank: dict[int, list[dict[str, Any]]] = {}
+        for record in records:
+            rank = record.get("rank", 0)
+            by_rank.setdefault(rank if isinstance(rank, int) else 0, []).append(record)
+        out: list[dict[str, Any]] = []
+        for rank, batch in by_rank.items():
+            if rank < 0:
+                out += batch
+                continue
+            diagnosis = self.ranks.get(rank)
+            if diagnosis is None:
+                diagnosis = self.ranks[rank] = RankDiagnosis(rank)
+            out += diagnosis.observe(batch)
+        return out
+
+    def tick(self, steps_by_rank: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Once a second: what only several ranks together tell (the straggler)."""
+        if len(steps_by_rank) < 2:
+            return []
+        return self.straggler.check([record for steps in steps_by_rank.values() for record in steps])

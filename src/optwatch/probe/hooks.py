@@ -1,0 +1,280 @@
+"""Every torch entry point optwatch changes, in one place, each with its undo.
+
+Zero-code mode cannot ask the script where its steps are, so it listens where every training loop passes:
+
+    torch.autograd.backward                       the loss, and the gradients' arrival
+    torch.amp.GradScaler.scale / .step            the unscaled loss; a step the scaler skipped
+    torch.optim.Optimizer.__init__, step hooks    optimizers as they are made; their steps (global hooks)
+    torch.utils.data DataLoader iterators         batches: how long the loop waited, how many samples
+    torch.nn.utils clipping functions             the gradients before they are clipped, and the clip
+    torch.optim.lr_scheduler.LRScheduler          schedulers, so a manual learning rate can move them
+
+Each wrapper calls the original exactly as the script did and returns what it returned; what the probe
+does around it goes through ``HookTarget`` and can never raise into the script (a failure is reported to
+``HookTarget.hook_failed`` and the call goes on). The wrappers hold the target weakly: torch keeps what it
+saw patched in (caches of overridable functions), which must not keep a closed probe and its model alive.
+Global module hooks (the forward check's, the profiler's scopes) use torch's public registration and
+live with the plugins that set them.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+import torch.nn.utils
+import torch.nn.utils.clip_grad
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+try:
+    from torch.amp import GradScaler
+except ImportError:  # torch < 2.3
+    from torch.cuda.amp import GradScaler
+
+
+class HookTarget(Protocol):
+    """What the hooks tell the probe. Methods may raise: the hooks catch it and call ``hook_failed``."""
+
+    def active(self) -> bool:
+        """False once closed, or in a forked child: then every wrapper only calls the original."""
+        ...
+
+    def hook_failed(self, where: str) -> None: ...
+
+    def batch_taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None: ...
+
+    def loader_started(self, loader: Any) -> None: ...
+
+    def backward_starting(self, tensors: Any) -> Any:
+        """Returns the tensors to differentiate (the same ones, or a scaled loss under optwatch's AMP)."""
+        ...
+
+    def backward_ended(self, tensors: Any) -> None: ...
+
+    def loss_scaled(self, scaled: torch.Tensor, loss: torch.Tensor) -> None: ...
+
+    def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def optimizer_step_starting(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None: ...
+
+    def optimizer_step_ended(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def scaler_stepped(self, scaler: Any, optimizer: torch.optim.Optimizer) -> None:
+        """After ``GradScaler.step``, which may have skipped ``optimizer.step()`` for inf/NaN gradients."""
+        ...
+
+    def scaler_step_starting(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def clipping(self, parameters: Any, by_norm: bool) -> None:
+        """Before a clipping function changes gradients (``by_norm``: it measures their norm as it does)."""
+        ...
+
+    def clipped(self, total_norm: Any, max_norm: Any) -> None: ...
+
+    def scheduler_made(self, scheduler: LRScheduler) -> None: ...
+
+
+def _max_norm(args: tuple, kwargs: dict, position: int) -> Any:
+    return kwargs.get("max_norm", args[position] if len(args) > position else None)
+
+
+class TorchHooks:
+    """Installs the wrappers for one target; ``remove`` puts every original back."""
+
+    def __init__(self, target: HookTarget):
+        self._live = weakref.ref(target)
+        self._undo: list[Callable[[], None]] = []
+
+    def _target(self) -> HookTarget | None:
+        target = self._live()
+        return target if target is not None and target.active() else None
+
+    def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        original = getattr(owner, name)
+        setattr(owner, name, make(original))
+        self._undo.append(lambda: setattr(owner, name, original))
+
+    def _tell(self, where: str, method: Callable[..., Any], *args: Any) -> Any:
+        """Call ``method`` (a target's), reporting a failure instead of raising it."""
+        try:
+            return method(*args)
+        except Exception:
+            target = self._live()
+            if target is not None:
+                try:
+                    target.hook_failed(where)
+                except Exception:
+                    pass
+            return None
+
+    def install(self) -> TorchHooks:
+        self._patch(torch.autograd, "backward", self._backward)
+        self._patch(GradScaler, "scale", self._scaler_scale)
+        self._patch(GradScaler, "step", self._scaler_step)
+        self._patch(torch.optim.Optimizer, "__init__", self._optimizer_init)
+        pre = register_optimizer_step_pre_hook(self._pre_step)
+        post = register_optimizer_step_post_hook(self._post_step)
+        self._undo += [pre.remove, post.remove]
+        self._patch(_BaseDataLoaderIter, "__next__", self._next_batch)
+        self._patch(_BaseDataLoaderIter, "__init__", self._iterator_init)
+        for module in (torch.nn.utils, torch.nn.utils.clip_grad):
+            self._patch(module, "clip_grad_norm_", functools.partial(self._clip, norm_position=1, returns_norm=True))
+            self._patch(module, "clip_grad_value_", functools.partial(self._clip, norm_position=None))  # by value
+            if hasattr(module, "clip_grads_with_norm_"):  # torch 2.6+: what accelerate and FSDP2 call
+                self._patch(module, "clip_grads_with_norm_", self._clip_with_norm)
+        self._patch(LRScheduler, "__init__", self._scheduler_init)
+        return self
+
+    def remove(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    # --- the wrappers ---------------------------------------------------------------------------------
+    def _backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def backward(tensors, *args, **kwargs):
+            target = hooks._target()
+            if target is None:
+                return original(tensors, *args, **kwargs)
+            replaced = hooks._tell("backward hook", target.backward_starting, tensors)
+            result = original(replaced if replaced is not None else tensors, *args, **kwargs)
+            hooks._tell("backward hook", target.backward_ended, tensors)
+            return result
+
+        return backward
+
+    def _scaler_scale(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def scale(scaler, outputs):
+            scaled = original(scaler, outputs)
+            target = hooks._target()
+            if target is not None and isinstance(scaled, torch.Tensor) and isinstance(outputs, torch.Tensor):
+                hooks._tell("GradScaler hook", target.loss_scaled, scaled, outputs)
+            return scaled
+
+        return scale
+
+    def _scaler_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def step(scaler, optimizer, *args, **kwargs):
+            target = hooks._target()
+            if target is None:
+                return original(scaler, optimizer, *args, **kwargs)
+            hooks._tell("GradScaler hook", target.scaler_step_starting, optimizer)
+            result = original(scaler, optimizer, *args, **kwargs)
+            hooks._tell("GradScaler hook", target.scaler_stepped, scaler, optimizer)
+            return result
+
+        return step
+
+    def _optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def init(optimizer, *args, **kwargs):
+            original(optimizer, *args, **kwargs)
+            target = hooks._target()
+            if target is not None:
+                hooks._tell("optimizer hook", target.optimizer_made, optimizer)
+
+        return init
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        target = self._target()
+        if target is not None:
+            self._tell("optimizer step hook", target.optimizer_step_starting, optimizer, args, kwargs)
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        target = self._target()
+        if target is not None:
+            self._tell("optimizer step hook", target.optimizer_step_ended, optimizer)
+
+    def _next_batch(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def next_batch(iterator):
+            started = time.perf_counter()
+            batch = original(iterator)
+            target = hooks._target()
+            if target is not None:
+                hooks._tell("DataLoader hook", target.batch_taken, iterator, started, time.perf_counter(), batch)
+            return batch
+
+        return next_batch
+
+    def _iterator_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def iterator_init(iterator, loader, *args, **kwargs):
+            original(iterator, loader, *args, **kwargs)
+            target = hooks._target()
+            if target is not None:
+                hooks._tell("DataLoader hook", target.loader_started, loader)
+
+        return iterator_init
+
+    def _clip(self, original: Callable[..., Any], norm_position: int | None, returns_norm: bool = False):
+        hooks = self
+
+        @functools.wraps(original)
+        def clip(parameters, *args, **kwargs):
+            target = hooks._target()
+            if target is None:
+                return original(parameters, *args, **kwargs)
+            if isinstance(parameters, torch.Tensor):
+                parameters = [parameters]
+            elif not isinstance(parameters, (list, tuple)):
+                parameters = list(parameters)  # a generator is read once: by the probe and the clip alike
+            hooks._tell("clipping hook", target.clipping, parameters, returns_norm)
+            result = original(parameters, *args, **kwargs)
+            if returns_norm and norm_position is not None:
+                norm_type = kwargs.get("norm_type", args[1] if len(args) > 1 else 2.0)
+                if _is_two(norm_type):
+                    hooks._tell("clipping hook", target.clipped, result, _max_norm(args, kwargs, norm_position - 1))
+            return result
+
+        return clip
+
+    def _clip_with_norm(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        @functools.wraps(original)
+        def clip_grads_with_norm_(parameters, max_norm, total_norm, *args, **kwargs):
+            target = hooks._target()
+            if target is None:
+                return original(parameters, max_norm, total_norm, *args, **kwargs)
+            if not isinstance(parameters, (list, tuple, torch.Tensor)):
+                parameters = list(parameters)
+            hooks._tell("clipping hook", target.clipping, parameters, True)
+            result = original(parameters, max_norm, total_norm, *args, **kwargs)
+            hooks._tell("clipping hook", target.clipped, total_norm, max_norm)
+            return result
+
+        return clip_grads_with_norm_
+
+    def _scheduler_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def init(scheduler, *args, **kwargs):
+            original(scheduler, *args, **kwargs)
+            target = hooks._target()
+            if target is not None:
+                hooks._tell("scheduler hook", target.scheduler_made, scheduler)
+
+        return init
+
+
+def _is_two(norm_type: Any) -> bool:
+    try:
+        return float(norm_type) == 2.0
+    except (TypeError, ValueError):
+        return False

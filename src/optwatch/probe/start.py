@@ -1,0 +1,146 @@
+"""The one place where a training process's probe is built: its run, its hub, its plugins.
+
+``start_probe`` reads what ``optwatch run`` left in the environment (the run directory, the options); in a
+script started with plain ``python`` that calls ``optwatch.watch`` it makes a run of its own and starts
+its hub. A Python process that the script starts (and that inherits this environment) is a run of its
+own too, never a second rank 0 of this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from optwatch import hub
+from optwatch.options import ENV_HUB, ENV_PROBE_PID, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
+from optwatch.probe.channel import Channel
+from optwatch.probe.controls import ControlPlugin
+from optwatch.probe.forward_check import ForwardCheckPlugin
+from optwatch.probe.grads import GradientPlugin
+from optwatch.probe.output import OutputKeeper
+from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.probe import Probe
+from optwatch.probe.profiler import ProfilerPlugin
+from optwatch.probe.telemetry import TelemetryPlugin
+from optwatch.wire import runtime
+
+log = logging.getLogger(__name__)
+
+
+def build_plugins(options: ProbeOptions) -> list[ProbePlugin]:
+    """The plugins, in the order their callbacks run."""
+    profiler = ProfilerPlugin(options)  # always there for `p`; idle, it costs one comparison per step
+    plugins: list[ProbePlugin] = [ControlPlugin(options.controls, profile=profiler.request_window), TelemetryPlugin()]
+    if options.forward_check != "off":
+        plugins.append(ForwardCheckPlugin(always=options.forward_check == "always"))
+    plugins.append(profiler)
+    if options.grad_every > 0:
+        plugins.append(GradientPlugin(options))
+    return plugins
+
+
+def torchrun_run_id(script: str) -> str | None:
+    """The run id every local rank of one torchrun launch agrees on, or None outside torchrun.
+
+    The ranks of a node share their parent (the elastic agent) and the rendezvous settings, so the id is
+    derived from them; every rank finds the run directory under it.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return None
+    import hashlib
+
+    key = (
+        ":".join(os.environ.get(name, "") for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+        + f":{os.getppid()}"
+    )
+    stem = runtime.new_run_id(script).rsplit("-", 3)[0]
+    return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _hub_starter(run_dir: Path, run_id: str, options: ProbeOptions, world_size: int, token: str | None):
+    def start(wait: bool = True) -> None:
+        hub.spawn(
+            run_dir,
+            run_id,
+            world_size=world_size,
+            listen=options.listen,
+            token=token,
+            job_pid=os.getpid(),
+            script=options.script,
+            argv=options.argv,
+            wait=wait,
+        )
+
+    return start
+
+
+def _hub_alive(run_dir: Path) -> bool:
+    """Whether the run directory's hub is running (``optwatch run`` starts it before the training)."""
+    info = runtime.read_job_info(run_dir)
+    return info is not None and info.hub_pid is not None and runtime.pid_alive(info.hub_pid)
+
+
+def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
+    # A process the script started inherits this environment: it is a run of its own.
+    ours = os.environ.get(ENV_PROBE_PID) in (None, str(os.getpid()))
+    in_a_run = ours and ENV_RUN_DIR in os.environ
+    if ours:
+        options = ProbeOptions.from_env()
+    else:
+        options = ProbeOptions(script=sys.argv[0] if sys.argv else "", argv=list(sys.argv[1:]))
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    remote = os.environ.get(ENV_HUB) if ours and rank != 0 else None
+    token = os.environ.get(ENV_TOKEN)
+    if in_a_run:
+        run_id = os.environ.get(ENV_RUN_ID) or runtime.new_run_id(options.script)
+        run_dir = runtime.ensure_private_dir(Path(os.environ[ENV_RUN_DIR]))
+        if token is None and (run_dir / "token").exists():
+            token = (run_dir / "token").read_text().strip()
+    else:
+        run_id = torchrun_run_id(options.script) or runtime.new_run_id(options.script)
+        run_dir = runtime.make_run_dir(run_id)
+        if options.listen and token is None:
+            token = runtime.new_token()
+    starter = _hub_starter(run_dir, run_id, options, world_size, token) if rank == 0 and remote is None else None
+    if starter is not None and not _hub_alive(run_dir):
+        starter()  # a plain `python` run (or a job restarted in its run directory): its hub starts with it
+    os.environ[ENV_PROBE_PID] = str(os.getpid())
+    if options.capture_output:
+        OutputKeeper(run_dir, rank).start()
+    channel = Channel(
+        run_dir,
+        rank=rank,
+        remote_hub=runtime.tcp_address(remote) if remote else None,
+        token=token,
+        respawn=(lambda: starter(wait=False)) if starter is not None else None,
+    )
+    plugins = build_plugins(options)
+    return Probe(run_dir, run_id, options, channel, plugins, rank=rank, world_size=world_size)
+
+
+_current: Probe | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> Probe | None:
+    """This process's probe, if it has one (a forked child has none of its own)."""
+    probe = _current
+    return probe if probe is not None and probe.owner_pid == os.getpid() else None
+
+
+def start_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
+    """The process's probe, started on first use from the environment `optwatch run` prepared."""
+    global _current
+    with _current_lock:
+        if current() is not None:
+            return _current  # type: ignore[return-value]
+        probe = make_probe(rank, world_size).start()
+        import atexit
+
+        atexit.register(probe.close)
+        _current = probe
+        return probe
