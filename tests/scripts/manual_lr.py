@@ -4,6 +4,7 @@ random slices of a token tensor, no DataLoader. Plain torch on the CPU, with its
 optwatch import.
 
     TRUTH {"step": S, "loss": ..., "grad_norm": ..., "lr": the lr the step's optimizer.step() used,
+           "script_lr": the lr the script assigned (the same, unless changed from outside),
            "samples": sequences in the step's batch}
 
 ``grad_norm``: the pre-clip norm ``clip_grad_norm_(model.parameters(), 1.0)`` returned, as nanoGPT clips.
@@ -48,6 +49,9 @@ def get_lr(it):
 model = nn.Sequential(nn.Embedding(VOCAB, 32), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, VOCAB))
 optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
 
+used = []  # the lr each update really uses (a step pre-hook of the optimizer's own runs last)
+optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+
 X, Y = get_batch()
 for it in range(args.steps):
     lr = get_lr(it)
@@ -60,5 +64,6 @@ for it in range(args.steps):
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    record = {"step": it, "loss": loss.item(), "grad_norm": float(norm), "lr": lr, "samples": BATCH}
+    record = {"step": it, "loss": loss.item(), "grad_norm": float(norm), "lr": used[-1], "script_lr": lr}
+    record["samples"] = BATCH
     print(f"TRUTH {json.dumps(record)}", flush=True)

@@ -1,0 +1,178 @@
+"""optwatch's numbers on the loops people run, held against what each script computes itself.
+
+Each script under tests/scripts prints its own ground truth per step (``TRUTH {json}`` or, from the
+frameworks' own hooks and logs, ``FRAMEWORK_STEP {json}``), counted from step 0 as optwatch counts; the
+script runs unchanged under ``optwatch run --headless --record`` and every step record is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SCRIPTS, optwatch, read_jsonl, steps_of
+
+
+def truth_of(stdout: str, marker: str = "TRUTH") -> dict[int, dict]:
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith(f"{marker} "):
+            payload = json.loads(line[len(marker) + 1 :])
+            found[int(payload["step"])] = payload
+    return found
+
+
+def run(tmp_path, script: str, *args: str, options: tuple[str, ...] = ()) -> tuple[list[dict], str, str]:
+    record = tmp_path / f"{script}.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), *options, str(SCRIPTS / f"{script}.py"), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_jsonl(record), result.stdout, result.stderr
+
+
+def assert_same(steps: list[dict], truth: dict[int, dict], record_key: str, truth_key: str, rel: float = 1e-5):
+    assert [s["step"] for s in steps] == sorted(truth), "a step is missing"
+    got = [s.get(record_key) for s in steps]
+    want = [truth[s["step"]][truth_key] for s in steps]
+    assert got == pytest.approx(want, rel=rel), record_key
+
+
+def test_a_gan_has_each_optimizers_loss_and_the_primarys_gradient_norm(tmp_path):
+    """DCGAN: D's two backward() calls are D's loss; G's one backward() is G's, in the same step's record."""
+    records, stdout, _ = run(tmp_path, "gan")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss_d")
+    assert_same(steps, truth, "grad_norm", "grad_norm_d")
+    assert_same(steps, truth, "samples", "samples")
+    assert [sorted(s["losses"]) for s in steps] == [["optD", "optG"]] * len(steps)
+    assert [s["losses"]["optG"] for s in steps] == pytest.approx([truth[s["step"]]["loss_g"] for s in steps])
+    assert [s["losses"]["optD"] for s in steps] == [s["loss"] for s in steps]
+
+
+def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):
+    records, stdout, _ = run(tmp_path, "lbfgs")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss", rel=1e-6)
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    assert_same(steps, truth, "samples", "samples")
+    assert any(t["evaluations"] > 1 for t in truth.values())  # the closure ran several times a step
+
+
+def test_accumulation_sums_the_loss_and_the_norm_is_the_one_before_clipping(tmp_path):
+    records, stdout, _ = run(tmp_path, "accumulate")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss")
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    assert_same(steps, truth, "samples", "samples")
+    assert {s["clip_max_norm"] for s in steps} == {0.25}
+    assert all(t["grad_norm"] > t["grad_norm_after_clip"] for t in truth.values())  # the clip bites
+
+
+def test_evaluation_batches_are_no_steps_samples(tmp_path):
+    records, stdout, _ = run(tmp_path, "eval_between")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "samples", "samples")
+    assert_same(steps, truth, "loss", "loss")
+    evaluated = {s["step"] for s in steps if s.get("eval_batches")}
+    assert evaluated == {5, 10, 15}  # the evaluation after step 4 falls in step 5's time, and so on
+    assert {s["eval_batches"] for s in steps if s.get("eval_batches")} == {2}
+
+
+def test_without_an_optimizer_each_step_has_its_own_loss_and_norm_before_clipping(tmp_path):
+    records, stdout, _ = run(tmp_path, "no_optimizer")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss")
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    hellos = [r for r in records if r["kind"] == "hello" and r.get("device")]
+    assert hellos and hellos[-1]["device"] == "cpu"
+
+
+def test_a_scripts_own_learning_rate_schedule_is_recorded_and_an_lr_command_holds_against_it(tmp_path):
+    """nanoGPT assigns its warmup/cosine rate to every param group at each iteration: `lr=V@N` makes step N
+    use V, and the script's later values are scaled by the same factor (the command holds until the next)."""
+    records, stdout, stderr = run(tmp_path, "manual_lr", options=("--control", "lr=0.01@12"))
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "lr", "lr", rel=1e-12)  # the lr each update used, as the script saw it
+    assert all(truth[s]["lr"] == truth[s]["script_lr"] for s in range(12))
+    assert truth[12]["lr"] == pytest.approx(0.01, rel=1e-12)
+    factor = 0.01 / truth[12]["script_lr"]
+    assert [truth[s]["lr"] for s in range(13, 30)] == pytest.approx(
+        [truth[s]["script_lr"] * factor for s in range(13, 30)], rel=1e-12
+    )
+    [event] = [r for r in records if r["kind"] == "event"]
+    assert event["effective_step"] == 12 and "values the script assigns are scaled" in event["reason"]
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6])
+def test_every_step_of_a_short_run_reaches_the_record(tmp_path, steps):
+    """Runs of a few steps lost their records now and then: each is run three times, and every time the
+    record must hold the hello, every step and the end."""
+    for attempt in range(3):
+        records, stdout, _ = run(tmp_path, "short", "--steps", str(steps))
+        truth = truth_of(stdout)
+        kinds = [r["kind"] for r in records]
+        assert "hello" in kinds and kinds.count("end") == 1, (attempt, kinds)
+        assert_same(steps_of(records), truth, "loss", "loss", rel=1e-6)
+        assert_same(steps_of(records), truth, "samples", "samples")
+
+
+def test_a_script_failing_before_its_first_step_returns_at_once_with_its_code(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('starting')\nraise SystemExit(3)\n")
+    import time
+
+    started = time.monotonic()
+    result = optwatch("run", "--headless", str(script))
+    assert result.returncode == 3 and "starting" in result.stdout
+    assert time.monotonic() - started < 8  # import torch alone takes a few seconds on this machine
+
+
+def test_the_script_sees_what_python_gives_it(tmp_path):
+    """`__file__`, `sys.argv`, `sys.path[0]` and `__main__` as with `python script.py`; a warning before the
+    first step printed once and pointing at the script; a traceback that starts at the script."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "helper_module.py").write_text("VALUE = 7\n")
+    script = folder / "look.py"
+    script.write_text(
+        "import os, sys, warnings, json\n"
+        "import helper_module\n"
+        "import torch\n"
+        "warnings.warn('before the first step')\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for _ in range(2):\n"
+        "    opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()\n"
+        "print(json.dumps({'file': __file__, 'argv': sys.argv, 'path0': sys.path[0], 'name': __name__,\n"
+        "                  'listing': sorted(os.listdir(os.path.dirname(__file__))), 'helper': helper_module.VALUE,\n"
+        "                  'main_is_me': sys.modules['__main__'].__dict__.get('opt') is opt}))\n"
+        "raise ValueError('the end')\n"
+    )
+    bare = subprocess.run(
+        [sys.executable, "look.py", "--flag"], cwd=folder, capture_output=True, text=True, env=dict(os.environ)
+    )
+    watched = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "look.py", "--flag"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert bare.returncode == watched.returncode == 1
+    assert json.loads(watched.stdout.splitlines()[-1]) == json.loads(bare.stdout.splitlines()[-1])
+
+    def script_lines(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if not line.startswith("optwatch:")]
+
+    assert script_lines(watched.stderr) == script_lines(bare.stderr)  # the warning once, the same traceback
+    assert script_lines(bare.stderr)[0].startswith(str(script)) and "before the first step" in bare.stderr
+    assert "Traceback (most recent call last):" in watched.stderr and "runpy" not in watched.stderr
