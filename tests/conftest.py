@@ -170,3 +170,10 @@ def records_of(probe, kind: str | None = None) -> list[dict]:
     records = probe.test_hub.records()
     probe.test_hub.close()
     return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def optwatch_share(steps: list[dict]) -> float:
+    """optwatch's share of these steps' time, from their records by hand: its code on the training thread and
+    its threads' CPU time, over the step time."""
+    own = sum(s["optwatch_s"] + s["optwatch_bg_s"] for s in steps)
+    return own / sum(s["step_time_s"] for s in steps)

@@ -10,7 +10,7 @@ import signal
 import psutil
 import pytest
 
-from conftest import SCRIPTS, live_jobs, screen_lines, start_training, wait_for, wait_for_ui
+from conftest import SCRIPTS, live_jobs, optwatch_share, screen_lines, start_training, wait_for, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.log_pane import LogPane
@@ -18,7 +18,7 @@ from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
 from optwatch.session import ViewerSession
-from optwatch.store import Store, share_of_step_time
+from optwatch.store import Store
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
             rows = dict(app.query_one(StatsPanel).rows)
             steps = [r["step"] for r in store.primary.steps]
             losses = [r["loss"] for r in store.primary.steps]
-            own_share = share_of_step_time(list(store.primary.steps)[-20:], "optwatch_s")
+            own_share = optwatch_share(list(store.primary.steps)[-20:])
         assert rows["Step"] == str(last["step"])
         assert own_share is not None and 0 < own_share < 0.5 and rows["optwatch"].endswith(f", {100 * own_share:.1f}%")
         assert rows["Loss"].startswith(format(last["loss"], ".4g"))
@@ -94,6 +94,7 @@ async def test_replay_of_records_fills_the_views():
                 "grad_norm": 1.0,
                 "lr": 0.1,
                 "step_time_s": 0.2,
+                "samples": 128,
                 "samples_per_s": 640.0,
                 "optwatch_s": 0.004 if i % 2 else 0.002,
             }
@@ -106,7 +107,7 @@ async def test_replay_of_records_fills_the_views():
         await pilot.pause(0.3)
         assert app.query_one(StatsPanel).rows["Step"] == "29"
         assert app.query_one(StatsPanel).rows["Throughput"] == "640 samples/s"
-        assert app.query_one(StatsPanel).rows["optwatch"] == "4.0 ms/step, 1.5%"  # median; share of the time
+        assert app.query_one(StatsPanel).rows["optwatch"] == "3.0 ms/step, 1.5%"  # median; share of the time
         assert app.query_one(RunHeader).status == "replay"
         await pilot.press("l")
         assert app.query_one("TabbedContent").active == "log"
@@ -118,7 +119,7 @@ async def test_the_figures_on_screen_follow_a_live_run():
     def steps(first: int, count: int, loss: float) -> list[dict]:
         return [
             {"v": 1, "kind": "step", "rank": 0, "seq": i + 1, "time": float(i), "step": i, "loss": loss,
-             "grad_norm": 1.0, "lr": 0.1, "step_time_s": 0.2, "samples_per_s": 640.0}
+             "grad_norm": 1.0, "lr": 0.1, "step_time_s": 0.2, "samples": 128, "samples_per_s": 640.0}
             for i in range(first, first + count)
         ]  # fmt: skip
 

@@ -121,6 +121,7 @@ def test_every_step_of_a_short_run_reaches_the_record(tmp_path, steps):
         truth = truth_of(stdout)
         kinds = [r["kind"] for r in records]
         assert "hello" in kinds and kinds.count("end") == 1, (attempt, kinds)
+        assert [r for r in records if r["kind"] == "verdict" and r["final"]], "a run of a few steps gets its verdict"
         assert_same(steps_of(records), truth, "loss", "loss", rel=1e-6)
         assert_same(steps_of(records), truth, "samples", "samples")
 

@@ -8,8 +8,7 @@ import stat
 
 import pytest
 
-from conftest import EXAMPLES, SCRIPTS, optwatch, read_jsonl, steps_of
-from optwatch.store import share_of_step_time
+from conftest import EXAMPLES, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_of
 
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
@@ -31,7 +30,7 @@ def test_cifar_example_records_40_falling_finite_steps(tmp_path):
     # What optwatch cost the run, per step and in the summary: part of each step, never all of it.
     assert all(0 < s["optwatch_s"] < s["step_time_s"] for s in steps)
     final = next(line for line in result.stderr.splitlines() if line.startswith("optwatch: final step 39"))
-    assert f"optwatch {100 * share_of_step_time(steps[-20:], 'optwatch_s'):.1f}%" in final
+    assert f"optwatch {100 * optwatch_share(steps[-20:]):.1f}%" in final
     assert stat.S_IMODE(os.stat(record).st_mode) == 0o600
 
 

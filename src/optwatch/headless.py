@@ -8,8 +8,11 @@ import sys
 import time
 from typing import Any, TextIO
 
+from optwatch.diagnose.bottleneck import bound_text
+from optwatch.protocol import finite
 from optwatch.session import ViewerSession
-from optwatch.store import Store, finite, last_known, share_of_step_time
+from optwatch.store import Store
+from optwatch.summary import cost_text
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -17,32 +20,27 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def summary_line(store: Store) -> str | None:
-    """One line about the run for stderr, e.g. ``optwatch: step 120 loss 1.234 (avg 1.30) ...``."""
-    with store.lock:
-        state = store.primary
-        if state is None or state.last_step is None:
-            return None
-        last = state.last_step
-        recent = list(state.steps)[-20:]
-        times = sorted(r["step_time_s"] for r in recent if finite(r.get("step_time_s")))
-        median_time = times[len(times) // 2] if times else None
-        rates = [r["samples_per_s"] for r in recent if finite(r.get("samples_per_s"))]
-        own_share = share_of_step_time(recent, "optwatch_s")
-        ema = state.loss_ema[-1] if state.loss_ema else None
-        parts = [
-            f"step {last['step']}",
-            f"loss {_fmt(last.get('loss'), '.4g')} (ema {_fmt(ema, '.4g')})",
-            f"{_fmt(median_time, '.3f')} s/step",
-        ]
-        if rates:
-            parts.append(f"{sum(rates) / len(rates):.0f} samples/s")
-        parts += [f"grad {_fmt(last_known(state.steps, 'grad_norm'), '.3g')}", f"lr {_fmt(last.get('lr'), '.3g')}"]
-        if own_share is not None:
-            spacing = last.get("detail_every") or 1
-            parts.append(f"optwatch {100 * own_share:.1f}%" + (f" (checks 1/{spacing})" if spacing > 1 else ""))
-        if len(store.ranks) > 1:
-            parts.append(f"{len(store.ranks)} ranks")
-        return "optwatch: " + " | ".join(parts)
+    """One line about the run for stderr, e.g. ``optwatch: step 120 | loss 1.234 (ema 1.30) | ...``."""
+    summary = store.summary()
+    if summary is None:
+        return None
+    recent = summary.recent
+    parts = [f"step {summary.step}", f"loss {_fmt(summary.loss, '.4g')} (ema {_fmt(summary.loss_ema, '.4g')})"]
+    for name, loss in list(summary.losses.items())[:4]:
+        parts.append(f"{name} {loss:.4g}")
+    parts.append(f"{_fmt(recent.step_time_s, '.3f')} s/step")
+    if recent.samples_per_s is not None:
+        parts.append(f"{recent.samples_per_s:.0f} samples/s")
+    grad = f"grad {_fmt(summary.grad_norm, '.3g')}"
+    if summary.clipped_share:
+        grad += f" (clipped at {summary.clip_max_norm:g} in {100 * summary.clipped_share:.0f}% of steps)"
+    parts += [grad, f"lr {_fmt(summary.lr, '.3g')}"]
+    cost = cost_text(summary)
+    if cost:
+        parts.append(cost)
+    if summary.ranks > 1:
+        parts.append(f"{summary.ranks} ranks")
+    return "optwatch: " + " | ".join(parts)
 
 
 def notable_line(record: dict) -> str | None:
@@ -85,10 +83,7 @@ def verdict_lines(verdict: dict) -> list[str]:
     window = verdict.get("window") or ["?", "?"]
     who = f"optwatch: rank {verdict['rank']}" if verdict.get("rank") else "optwatch:"
     final = "final " if verdict.get("final") else ""
-    head = (
-        f"{who} {final}verdict {verdict.get('bottleneck', '?')}-bound (steps {window[0]}-{window[-1]}): "
-        f"{verdict.get('message', '')}"
-    )
+    head = f"{who} {final}verdict {bound_text(verdict)} (steps {window[0]}-{window[-1]}): {verdict.get('message', '')}"
     return [head, *(f"optwatch:   try: {tip}" for tip in verdict.get("suggestions", []))]
 
 

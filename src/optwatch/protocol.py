@@ -36,6 +36,7 @@ HOTSPOTS = "hotspots"
 EVENT = "event"
 SYSTEM = "system"
 LAYERS = "layers"
+HUB = "hub"  # the hub's own figures (its CPU time, its memory), every few seconds
 
 # Largest wire message a viewer accepts; anything bigger is a bug or an attack, not telemetry.
 MAX_WIRE_BYTES = 16 * 1024 * 1024
@@ -53,6 +54,11 @@ counts in the hub's own sequence."""
 
 class ProtocolError(ValueError):
     """A message that does not follow the protocol."""
+
+
+def finite(value: Any) -> bool:
+    """A number a figure can be computed from: not None, NaN, Inf, a bool or a string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- packed columns ----------------------------------------------------------------------------------

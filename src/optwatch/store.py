@@ -6,41 +6,23 @@ No torch and no textual: the headless viewer, the dashboard and the tests all re
 from __future__ import annotations
 
 import collections
-import math
+import itertools
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optwatch import protocol
+from optwatch.protocol import finite
+from optwatch.summary import CostTotals, RunSummary, summarise
 
 STEP_CAPACITY = 5000
 LOG_CAPACITY = 2000
 RARE_CAPACITY = 500
 SYSTEM_CAPACITY = 600
 EMA_ALPHA = 0.1
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def share_of_step_time(steps: Iterable[dict[str, Any]], key: str) -> float | None:
-    """``key``'s seconds over the step time, summed over the ``steps`` that have both; None if none do."""
-    pairs = [(s[key], s["step_time_s"]) for s in steps if finite(s.get(key)) and finite(s.get("step_time_s"))]
-    total = sum(time for _, time in pairs)
-    return sum(part for part, _ in pairs) / total if total > 0 else None
-
-
-def last_known(steps: Sequence[dict[str, Any]] | collections.deque[dict[str, Any]], key: str) -> Any:
-    """``key`` of the newest of ``steps`` that has it (the gradient norm is measured on detail steps only
-    when optwatch spaces them out), else None."""
-    for step in reversed(steps):
-        if step.get(key) is not None:
-            return step[key]
-    return None
 
 
 def newest_with(steps: Sequence[dict[str, Any]] | collections.deque[dict[str, Any]], key: str, count: int) -> list:
@@ -68,6 +50,7 @@ class RankState:
     end: dict[str, Any] | None = None
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The newest record of each other kind from this rank (layers, hotspots, verdict...)."""
+    cost: CostTotals = field(default_factory=CostTotals)
     _ema: float | None = None
 
     @property
@@ -84,6 +67,7 @@ class RankState:
             self._ema = loss if self._ema is None else self._ema + EMA_ALPHA * (loss - self._ema)
         self.steps.append(record)
         self.loss_ema.append(self._ema)
+        self.cost.add(record)
 
 
 class Store:
@@ -97,6 +81,8 @@ class Store:
             lambda: collections.deque(maxlen=RARE_CAPACITY)
         )
         self.latest: dict[str, dict[str, Any]] = {}
+        self.hub_figures: collections.deque[dict[str, Any]] = collections.deque(maxlen=2)
+        """The hub's two newest ``hub`` records (its CPU time between them is its load)."""
         self.version = 0
         self.records_seen = 0
         self.logs_total = 0
@@ -133,6 +119,8 @@ class Store:
             self.rank(rank).hello = record
         elif kind == protocol.END:
             self.rank(rank).end = record
+        elif kind == protocol.HUB:
+            self.hub_figures.append(record)
         else:
             self.rare[str(kind)].append(record)
             self.latest[str(kind)] = record
@@ -177,6 +165,33 @@ class Store:
             [entry[2] for entry in entries],
             [entry[3] for entry in entries],
         )
+
+    def summary(self) -> RunSummary | None:
+        """The run's figures as every view shows them (``optwatch.summary``): the primary rank's."""
+        with self.lock:
+            state = self.primary
+            if state is None or not state.steps:
+                return None
+            # Enough steps for the recent window and for the last measured gradient norm (measured on detail
+            # steps only, at most 128 steps apart), without copying the whole buffer at every redraw.
+            steps = list(itertools.islice(reversed(state.steps), 200))[::-1]
+            return summarise(
+                steps,
+                state.loss_ema[-1] if state.loss_ema else None,
+                state.cost,
+                ranks=len(self.ranks),
+                hub_cpu_share=self._hub_cpu_share(),
+            )
+
+    def _hub_cpu_share(self) -> float | None:
+        if len(self.hub_figures) < 2:
+            return None
+        before, after = self.hub_figures
+        elapsed = after.get("time", 0.0) - before.get("time", 0.0)
+        cpu = after.get("cpu_s"), before.get("cpu_s")
+        if elapsed <= 0 or not all(finite(value) for value in cpu):
+            return None
+        return (cpu[0] - cpu[1]) / elapsed
 
     def finished(self) -> bool:
         return bool(self.ranks) and all(state.end is not None for state in self.ranks.values())

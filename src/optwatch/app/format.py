@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 
 def number(value: object, spec: str = ".4g") -> str:
@@ -33,8 +33,3 @@ def milliseconds(value: object) -> str:
         return "–"
     ms = float(value) * 1000  # type: ignore[arg-type]
     return f"{ms:.2f} ms" if ms < 1 else f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
-
-
-def median(values: list[float]) -> float | None:
-    values = sorted(v for v in values if finite(v))
-    return values[len(values) // 2] if values else None

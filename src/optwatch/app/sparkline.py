@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 _BARS = "▁▂▃▄▅▆▇█"
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optwatch.diagnose.phases import MEASURED, other_seconds
-from optwatch.store import finite
+from optwatch.protocol import finite
+from optwatch.summary import own_seconds
 
 INPUT_SHARE = 0.30
 NEAR_OOM_SHARE = 0.97
@@ -58,7 +59,7 @@ class Window:
     step_time_s: float | None = None
     shares: dict[str, float | None] = field(default_factory=dict)  # phase -> share of total step time
     launch_ratio: float | None = None  # CUDA: host time in fwd+bwd+opt / device time in them
-    optwatch_share: float | None = None  # optwatch's own time on the training thread / step time
+    optwatch_share: float | None = None  # optwatch's own time (its code and its threads) / step time
     gpu_util_percent: float | None = None
     device_busy_share: float | None = None  # CUDA: device fwd+bwd+opt / step time
     alloc_retries: int | None = None
@@ -139,9 +140,8 @@ def summarise(
         shares=shares,
         loader=dict(loader or {}),
     )
-    own = [s.get("optwatch_s") for s in timed]
-    if total > 0 and all(finite(o) for o in own):
-        window.optwatch_share = sum(own) / total
+    if total > 0 and all(finite(s.get("optwatch_s")) for s in timed):
+        window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
     if window.device == "cuda":
         device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in phased)
         host_time = [s.get("host_phases_s") for s in phased]
@@ -208,7 +208,7 @@ def _input(w: Window) -> tuple[str, str, list[str]] | None:
     if not num_workers:
         suggestions.append(
             "Load batches in parallel: DataLoader(num_workers=N, persistent_workers=True); "
-            f"num_workers is 0, so every batch is loaded on the training thread ({cores} cores here)"
+            f"num_workers is 0, so every batch is loaded on the training thread ({_count(cores, 'core')} here)"
         )
     elif busy is not None and busy < WORKERS_BUSY_PERCENT:
         suggestions.append(
@@ -216,7 +216,7 @@ def _input(w: Window) -> tuple[str, str, list[str]] | None:
             "(disk, network, a lock); raise num_workers to overlap more of it, or cache the data locally"
         )
     elif cores and num_workers < cores - 1:
-        suggestions.append(f"Raise DataLoader num_workers ({num_workers} now, {cores} cores here)")
+        suggestions.append(f"Raise DataLoader num_workers ({num_workers} now, {_count(cores, 'core')} here)")
     else:
         suggestions.append(
             "The workers are CPU-bound on every core: make __getitem__ cheaper "
@@ -303,12 +303,16 @@ def _gpu(w: Window) -> tuple[str, str, list[str]]:
     return _balanced(w)
 
 
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")
+
+
 def _cpu(w: Window) -> tuple[str, str, list[str]]:
     model, other = w.model_share, w.shares.get("other_s")
     forward_known = w.shares.get("forward_s") is not None
     if model is not None and model >= CPU_MODEL_SHARE:
-        threads = f"{w.torch_threads} threads" if w.torch_threads else "torch threads ?"
-        cores = f"{w.cpu_count} cores" if w.cpu_count else "cores ?"
+        threads = _count(w.torch_threads, "thread") if w.torch_threads else "torch threads ?"
+        cores = _count(w.cpu_count, "core") if w.cpu_count else "cores ?"
         second = (
             f"torch uses {threads} on {cores}: torch.set_num_threads(physical cores), "
             "and keep DataLoader workers off those cores"
@@ -352,8 +356,7 @@ def _own_suggestion(w: Window) -> list[str]:
         return []
     return [
         f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: from step 100 its checks run only "
-        "as often as `--budget` (default 1%) allows; `--no-forward-check` (the NaN check on module calls) and "
-        "--grad-every 0 (the per-layer statistics) drop them"
+        "as often as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer statistics"
     ]
 
 
@@ -400,3 +403,9 @@ def evidence(w: Window) -> dict[str, Any]:
         "pin_memory": w.loader.get("pin_memory"),
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items() if v is not None}
+
+
+def bound_text(verdict: dict[str, Any]) -> str:
+    """``input-bound``, ``compute-bound``...; a run with no single bottleneck is ``balanced``, not bound."""
+    bottleneck = verdict.get("bottleneck", "?")
+    return "balanced (no single bottleneck)" if bottleneck == "balanced" else f"{bottleneck}-bound"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 # The measured phases of a step record, in the order they happen; "other" is what they leave over.
 MEASURED = ("data_wait_s", "forward_s", "backward_s", "optimizer_s")

@@ -16,7 +16,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.diagnose.bottleneck import classify, summarise
 from optwatch.diagnose.phases import other_seconds
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 INTERVAL_S = 5.0
 WINDOW_S = 10.0
@@ -60,6 +60,7 @@ class VerdictTracker:
         self._clock = clock
         self._steps: collections.deque[dict[str, Any]] = collections.deque(maxlen=5000)
         self._systems: collections.deque[dict[str, Any]] = collections.deque(maxlen=240)
+        self._warmup: list[dict[str, Any]] = []
         self._fresh_steps = 0
         self._last_verdict = clock()
 
@@ -74,9 +75,13 @@ class VerdictTracker:
                         # detail steps): the whole step would look like "other".
                         timed = record.get("detailed", True) or finite(record.get("backward_s"))
                         record["other_s"] = other_seconds(record) if timed else None
-                    if record.get("step", 0) >= WARMUP_STEPS:
+                    if record.get("eval_batches"):
+                        pass  # an evaluation ran in this step's time: it says nothing of the training's
+                    elif record.get("step", 0) >= WARMUP_STEPS:
                         self._steps.append(record)
                         self._fresh_steps += 1
+                    else:
+                        self._warmup.append(record)
                 elif kind == protocol.SYSTEM:
                     self._systems.append(record)
                 elif kind == protocol.HELLO and record.get("device"):
@@ -96,7 +101,9 @@ class VerdictTracker:
         settled = [s for s in steps if s.get("step", 0) >= self.settled_from]
         if len(settled) >= MIN_STEPS:
             steps = settled
-        if len(steps) < MIN_STEPS:
+        if len(steps) < MIN_STEPS and final:
+            steps = [*self._warmup, *steps]  # a run of a few steps: judged on what it has, warm-up included
+        if len(steps) < (1 if final else MIN_STEPS):
             return []
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
         systems = [s for s in self._systems if s.get("time", 0.0) >= start] or list(self._systems)[-1:]

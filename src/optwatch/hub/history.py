@@ -58,7 +58,7 @@ class History:
             ring.append(record)
         elif kind == protocol.LOG:
             self.logs.append(record)
-        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT):
+        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT, protocol.HUB):
             # Only the newest matters to a viewer that attaches; older ones are in the record file.
             self.latest[(kind, rank)] = record
         else:

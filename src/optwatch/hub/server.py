@@ -54,6 +54,7 @@ COMMAND_GIVE_UP_S = 30.0
 LINGER_AFTER_END_S = 5.0
 WAIT_FOR_FIRST_RANK_S = 60.0
 LOG_LINE_MAX = 4096
+FIGURES_EVERY_S = 5.0
 
 
 class _Bucket:
@@ -114,6 +115,7 @@ class Hub:
         self._started = time.monotonic()
         self._last_handshake_report = time.monotonic()
         self._handshakes_reported = 0
+        self._next_figures = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -191,6 +193,17 @@ class Hub:
         )
         self._sockets[f"{name}_monitor"] = monitor
         return socket
+
+    def _figures(self) -> dict[str, Any]:
+        """What the hub itself costs and holds, for viewers (its CPU is off the training's, but on its cores)."""
+        return protocol.make_record(
+            protocol.HUB,
+            protocol.HUB_ORIGIN,
+            cpu_s=time.process_time(),
+            rss_bytes=_rss_bytes(),
+            published=self.published,
+            failed_handshakes=self.failed_handshakes,
+        )
 
     def save_info(self) -> None:
         token_file = None
@@ -490,6 +503,9 @@ class Hub:
             self.take(self.diagnosis.tick(self.history.steps()))
         except Exception:
             log.exception("optwatch hub: the straggler check failed")
+        if now >= self._next_figures:
+            self._next_figures = now + FIGURES_EVERY_S
+            self.take([self._figures()])
         self._resend_commands(now)
         if self.failed_handshakes > self._handshakes_reported and now - self._last_handshake_report >= 10.0:
             log.warning(
@@ -521,6 +537,14 @@ class Hub:
             self._ended_at = now
             self._read_logs()
         return now - self._ended_at >= LINGER_AFTER_END_S
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _z85(key: bytes) -> bytes:

@@ -541,6 +541,7 @@ class Probe:
         before (checks of forwards before the training, a sanity check's validation) is no part of it."""
         self._step_start = now
         self.own_s = 0.0
+        self._last_bg_cpu = self.channel.cpu_s  # what the threads did before the training is no step's
 
     # --- HookTarget: backward ------------------------------------------------------------------------------
     def backward_starting(self, tensors: Any) -> Any:

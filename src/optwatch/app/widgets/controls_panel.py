@@ -51,7 +51,7 @@ class ControlsPanel(Vertical):
         rows = {
             "Step time p50": (fmt.seconds(before.step_time_s), fmt.seconds(after.step_time_s),
                               percent_change(before.step_time_s, after.step_time_s)),
-            "Samples/s p50": (fmt.number(before.samples_per_s, ".0f"), fmt.number(after.samples_per_s, ".0f"),
+            "Samples/s": (fmt.number(before.samples_per_s, ".0f"), fmt.number(after.samples_per_s, ".0f"),
                               percent_change(before.samples_per_s, after.samples_per_s)),
             "Loss mean": (fmt.number(before.loss_mean), fmt.number(after.loss_mean), ""),
             "Loss trend /100 steps": (fmt.number(before.loss_slope_per_100, "+.3g"),

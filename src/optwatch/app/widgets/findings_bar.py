@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from optwatch.diagnose.bottleneck import bound_text
 from optwatch.store import Store
 
 MAX_ALERTS = 3
@@ -24,7 +25,7 @@ class FindingsBar(Static):
         text = Text()
         lines = []
         if verdict:
-            line = f"{verdict.get('bottleneck', '?')}-bound: {verdict.get('message', '')}"
+            line = f"{bound_text(verdict)}: {verdict.get('message', '')}"
             text.append("▶ ", "bold")
             text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
             lines.append(line)

@@ -11,7 +11,8 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from optwatch.options import DEFAULT_PROFILE_STEPS
-from optwatch.store import Store, finite
+from optwatch.protocol import finite
+from optwatch.store import Store
 
 # Sort keys, in the order `t` cycles through them; the record's own `sort_by` comes first.
 SORT_LABELS = {"self_cpu_s": "self CPU time", "self_device_s": "self GPU time", "calls": "calls"}

@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from optwatch.app import format as fmt
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 PHASES = [
     ("data_wait_s", "data", (230, 180, 40)),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 from textual.widgets import DataTable
 
 from optwatch.app import format as fmt
 from optwatch.store import Store
+from optwatch.summary import RECENT_STEPS, median, window
 
 COLUMNS = ("Rank", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "GPU", "CPU", "Memory", "")
 
@@ -41,11 +44,9 @@ class RanksTable(DataTable):
                 last = state.last_step
                 if last is None:
                     continue
-                recent = list(state.steps)[-20:]
-                step_time = fmt.median([r.get("step_time_s") for r in recent])
-                to_backward = fmt.median([r.get("to_backward_s") for r in recent])
-                wait = sum(r.get("data_wait_s") or 0.0 for r in recent)
-                total = sum(r.get("step_time_s") or 0.0 for r in recent)
+                recent = list(itertools.islice(reversed(state.steps), RECENT_STEPS))[::-1]
+                figures = window(recent)
+                to_backward = median(r.get("to_backward_s") for r in recent)
                 system = state.last_system or {}
                 memory = system.get("mem_allocated_bytes", system.get("rss_bytes"))
                 straggler = (
@@ -56,10 +57,10 @@ class RanksTable(DataTable):
                 rows[rank] = (
                     str(rank),
                     str(last["step"]),
-                    fmt.seconds(step_time),
+                    fmt.seconds(figures.step_time_s),
                     fmt.seconds(to_backward),
-                    f"{100 * wait / total:.0f}%" if total > 0 else "–",
-                    fmt.number(fmt.median([r.get("samples_per_s") for r in recent]), ".0f"),
+                    f"{100 * figures.data_wait_share:.0f}%" if figures.data_wait_share is not None else "–",
+                    fmt.number(figures.samples_per_s, ".0f"),
                     fmt.number(last.get("loss")),
                     gpu_util(system),
                     f"{system['cpu_percent']:.0f}%" if system.get("cpu_percent") is not None else "–",

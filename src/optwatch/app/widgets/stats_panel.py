@@ -8,7 +8,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from optwatch.app import format as fmt
-from optwatch.store import Store, last_known, share_of_step_time
+from optwatch.store import Store
 
 
 class StatsPanel(Widget):
@@ -20,37 +20,38 @@ class StatsPanel(Widget):
         self._strips: dict[int, Strip] = {}
 
     def show(self, store: Store) -> None:
+        summary = store.summary()
+        if summary is None:
+            self._draw({"Step": "waiting…"})
+            return
         with store.lock:
             state = store.primary
-            last = state.last_step if state else None
-            if last is None:
-                self._draw({"Step": "waiting…"})
-                return
-            recent = list(state.steps)[-20:]
-            ema = state.loss_ema[-1] if state.loss_ema else None
-            step_time = fmt.median([r.get("step_time_s") for r in recent])
-            rate = fmt.median([r.get("samples_per_s") for r in recent])
-            wait = sum(r.get("data_wait_s") or 0.0 for r in recent)
-            total = sum(r.get("step_time_s") or 0.0 for r in recent)
-            own = fmt.median([r.get("optwatch_s") for r in recent])
-            own_share = share_of_step_time(recent, "optwatch_s")
-            grad_norm = last_known(state.steps, "grad_norm")  # measured on detail steps only: see --budget
-            system = state.last_system or {}
+            system = (state.last_system if state is not None else None) or {}
             metric = store.latest.get("metric")
-            hello = state.hello
-
+        recent = summary.recent
         rows: dict[str, str] = {}
-        rows["Step"] = f"[bold]{last['step']}[/]"
-        rows["Loss"] = f"[bold]{fmt.number(last.get('loss'))}[/]  ema {fmt.number(ema)}"
-        rows["Step time"] = f"{fmt.seconds(step_time)} p50"
-        rows["Throughput"] = f"{fmt.number(rate, '.0f')} samples/s" if rate else "–"
-        rows["Data wait"] = f"{100 * wait / total:.0f}%" if total > 0 else "–"
-        if own_share is not None:  # what optwatch itself costs the run, on its training thread
-            rows["optwatch"] = f"{fmt.milliseconds(own)}/step, {100 * own_share:.1f}%"
-            if (last.get("detail_every") or 1) > 1:  # its --budget spaces out the checks
-                rows["Checks"] = f"1 step in {last['detail_every']}"
-        rows["Grad norm"] = fmt.number(grad_norm, ".3g")
-        rows["LR"] = fmt.number(last.get("lr"), ".3g")
+        rows["Step"] = f"[bold]{summary.step}[/]"
+        rows["Loss"] = f"[bold]{fmt.number(summary.loss)}[/]  ema {fmt.number(summary.loss_ema)}"
+        for name, loss in list(summary.losses.items())[:3]:  # each optimizer's (a GAN's D and G)
+            rows[f" {name[:9]}"] = fmt.number(loss)
+        rows["Step time"] = f"{fmt.seconds(recent.step_time_s)} p50"
+        rows["Throughput"] = f"{fmt.number(recent.samples_per_s, '.0f')} samples/s" if recent.samples_per_s else "–"
+        rows["Data wait"] = f"{100 * recent.data_wait_share:.0f}%" if recent.data_wait_share is not None else "–"
+        cost = summary.cost
+        if cost.recent is not None:  # what optwatch itself costs the run: its code and its threads
+            rows["optwatch"] = f"{fmt.milliseconds(cost.per_step_s)}/step, {100 * cost.recent:.1f}%"
+            if cost.start is not None and summary.step >= 20:
+                rows["  first/run"] = f"{100 * cost.start:.1f}% / " + (
+                    f"{100 * cost.run:.1f}%" if cost.run is not None and summary.step >= 100 else "–"
+                )
+            if cost.checks_every > 1:  # its --budget spaces out the checks
+                rows["Checks"] = f"1 step in {cost.checks_every}"
+            if cost.hub_cpu_share is not None:
+                rows["Hub"] = f"{100 * cost.hub_cpu_share:.1f}% of a core"
+        rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g")
+        if summary.clipped_share is not None:
+            rows["Clipped"] = f"at {summary.clip_max_norm:g}, {100 * summary.clipped_share:.0f}% of steps"
+        rows["LR"] = fmt.number(summary.lr, ".3g")
         if "mem_allocated_bytes" in system:
             allocated, total_mem = system["mem_allocated_bytes"], system.get("mem_total_bytes")
             rows["GPU mem"] = f"{fmt.nbytes(allocated)} / {fmt.nbytes(total_mem)}"
@@ -60,8 +61,8 @@ class StatsPanel(Widget):
         if metric:
             for name, value in list(metric.get("values", {}).items())[:3]:
                 rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
-        if hello.get("world_size", 1) > 1:
-            rows["Ranks"] = str(len(store.ranks))
+        if summary.ranks > 1:
+            rows["Ranks"] = str(summary.ranks)
         self._draw(rows)
 
     def _draw(self, rows: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from optwatch.app import format as fmt
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 STYLES = {
     "input": "bold black on yellow",

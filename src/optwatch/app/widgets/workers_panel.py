@@ -9,7 +9,7 @@ from rich.text import Text
 from optwatch.app import format as fmt
 from optwatch.app.sparkline import sparkline
 from optwatch.app.widgets.text_panel import TextPanel
-from optwatch.store import finite
+from optwatch.protocol import finite
 
 MAX_WORKERS = 6
 HISTORY = 10

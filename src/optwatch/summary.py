@@ -1,0 +1,199 @@
+"""Every figure about a run that more than one view shows, each defined once.
+
+The headless summary line, the Overview's figures, the Controls tab's before/after, the Ranks tab and the
+final line all read these, so they cannot disagree: a step time is the median step time of a window, a
+throughput is the window's samples over its time (a fixed batch and slower steps can only mean fewer
+samples a second), a share is a sum of seconds over the window's time. No torch, no textual.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optwatch.protocol import finite
+
+RECENT_STEPS = 20
+"""The window of the figures that describe the run "now"."""
+START_STEPS = 100
+"""optwatch checks every step of these (its --budget applies after them): its cost there is shown apart."""
+
+
+def median(values: Iterable[Any]) -> float | None:
+    """The median of the finite values, or None when there is none."""
+    chosen = [v for v in values if finite(v)]
+    return statistics.median(chosen) if chosen else None
+
+
+def own_seconds(step: dict[str, Any]) -> float:
+    """What optwatch cost a step: its code on the training thread and its threads' CPU time in the process."""
+    own, background = step.get("optwatch_s"), step.get("optwatch_bg_s")
+    return (own if finite(own) else 0.0) + (background if finite(background) else 0.0)
+
+
+def _slope_per_100(points: list[tuple[int, float]]) -> float | None:
+    if len(points) < 3:
+        return None
+    xs, ys = zip(*points)
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return None
+    return 100 * sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+@dataclass(frozen=True)
+class Window:
+    """Figures over a run of consecutive step records."""
+
+    steps: int
+    step_time_s: float | None
+    """The median step time."""
+    samples_per_s: float | None
+    """The window's samples over its time."""
+    data_wait_share: float | None
+    loss_mean: float | None
+    loss_slope_per_100: float | None
+    """Least-squares slope of the loss per 100 steps: negative when it falls."""
+    optwatch_share: float | None
+    """optwatch's seconds (its code and its threads) over the window's time."""
+    optwatch_s: float | None
+    """optwatch's median seconds per step."""
+
+
+def window(steps: Sequence[dict[str, Any]]) -> Window:
+    timed = [s for s in steps if finite(s.get("step_time_s"))]
+    time_total = sum(s["step_time_s"] for s in timed)
+    counted = [s for s in timed if finite(s.get("samples"))]
+    counted_time = sum(s["step_time_s"] for s in counted)
+    waits = [s for s in timed if finite(s.get("data_wait_s"))]
+    waits_time = sum(s["step_time_s"] for s in waits)
+    losses = [(s["step"], s["loss"]) for s in steps if finite(s.get("loss")) and isinstance(s.get("step"), int)]
+    return Window(
+        steps=len(steps),
+        step_time_s=median(s["step_time_s"] for s in timed),
+        samples_per_s=sum(s["samples"] for s in counted) / counted_time if counted_time > 0 else None,
+        data_wait_share=sum(s["data_wait_s"] for s in waits) / waits_time if waits_time > 0 else None,
+        loss_mean=statistics.fmean(v for _, v in losses) if losses else None,
+        loss_slope_per_100=_slope_per_100(losses),
+        optwatch_share=sum(own_seconds(s) for s in timed) / time_total if time_total > 0 else None,
+        optwatch_s=median(own_seconds(s) for s in timed) if timed else None,
+    )
+
+
+@dataclass
+class CostTotals:
+    """optwatch's seconds and the step time, summed over every step of a rank since the start, and over its
+    first ``START_STEPS`` (kept as records arrive, so the whole run is counted whatever the buffers keep)."""
+
+    own_s: float = 0.0
+    time_s: float = 0.0
+    start_own_s: float = 0.0
+    start_time_s: float = 0.0
+
+    def add(self, step: dict[str, Any]) -> None:
+        step_time = step.get("step_time_s")
+        if not finite(step_time):
+            return
+        own = own_seconds(step)
+        self.own_s += own
+        self.time_s += step_time
+        if isinstance(step.get("step"), int) and step["step"] < START_STEPS:
+            self.start_own_s += own
+            self.start_time_s += step_time
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What optwatch costs this run, as a share of the step time: now, over its first steps, over the run."""
+
+    recent: float | None
+    start: float | None
+    run: float | None
+    per_step_s: float | None
+    checks_every: int
+    hub_cpu_share: float | None = None
+    """The hub's CPU time over wall time (a share of one core), off the training process."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    step: int
+    loss: float | None
+    loss_ema: float | None
+    losses: dict[str, float] = field(default_factory=dict)
+    """Each optimizer's loss at the latest step, when the script has more than one."""
+    recent: Window = field(default_factory=lambda: window([]))
+    grad_norm: float | None = None
+    """The latest gradient norm measured (before clipping)."""
+    clip_max_norm: float | None = None
+    clipped_share: float | None = None
+    """The share of recent measured steps whose gradient norm the script's clipping cut."""
+    lr: float | None = None
+    cost: Cost = field(default_factory=lambda: Cost(None, None, None, None, 1))
+    ranks: int = 1
+
+
+def clipped_share(steps: Sequence[dict[str, Any]]) -> float | None:
+    measured = [s for s in steps if finite(s.get("grad_norm")) and finite(s.get("clip_max_norm"))]
+    if not measured:
+        return None
+    return sum(s["grad_norm"] > s["clip_max_norm"] for s in measured) / len(measured)
+
+
+def summarise(
+    steps: Sequence[dict[str, Any]],
+    loss_ema: float | None,
+    totals: CostTotals,
+    ranks: int = 1,
+    hub_cpu_share: float | None = None,
+) -> RunSummary | None:
+    """The run as its latest steps (one rank's, oldest first) and its cost totals describe it."""
+    if not steps:
+        return None
+    last = steps[-1]
+    recent_steps = list(steps[-RECENT_STEPS:])
+    recent = window(recent_steps)
+    grad_norm = next((s["grad_norm"] for s in reversed(steps) if s.get("grad_norm") is not None), None)
+    clip = next((s["clip_max_norm"] for s in reversed(recent_steps) if finite(s.get("clip_max_norm"))), None)
+    losses = last.get("losses")
+    cost = Cost(
+        recent=recent.optwatch_share,
+        start=totals.start_own_s / totals.start_time_s if totals.start_time_s > 0 else None,
+        run=totals.own_s / totals.time_s if totals.time_s > 0 else None,
+        per_step_s=recent.optwatch_s,
+        checks_every=last.get("detail_every") or 1,
+        hub_cpu_share=hub_cpu_share,
+    )
+    return RunSummary(
+        step=last.get("step", 0),
+        loss=last.get("loss"),
+        loss_ema=loss_ema,
+        losses={k: v for k, v in losses.items() if finite(v)} if isinstance(losses, dict) else {},
+        recent=recent,
+        grad_norm=grad_norm,
+        clip_max_norm=clip,
+        clipped_share=clipped_share(recent_steps) if clip is not None else None,
+        lr=last.get("lr"),
+        cost=cost,
+        ranks=ranks,
+    )
+
+
+def cost_text(summary: RunSummary) -> str:
+    """What optwatch costs, as the headless line and the Overview say it: now, over its first steps (where it
+    checks every step), over the run so far."""
+    cost = summary.cost
+    if cost.recent is None:
+        return ""
+    text = f"optwatch {100 * cost.recent:.1f}%"
+    extra = []
+    if cost.start is not None and summary.step >= 20:
+        extra.append(f"first steps {100 * cost.start:.1f}%")
+    if cost.run is not None and summary.step >= 100:
+        extra.append(f"run {100 * cost.run:.1f}%")
+    if cost.checks_every > 1:
+        extra.append(f"checks 1/{cost.checks_every}")
+    return text + (f" ({', '.join(extra)})" if extra else "")

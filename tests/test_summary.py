@@ -1,0 +1,79 @@
+"""Each figure about a run has one definition (optwatch.summary), and every view shows that one."""
+
+from __future__ import annotations
+
+import pytest
+
+from optwatch.app.app import OptwatchApp
+from optwatch.app.widgets.controls_panel import ControlsPanel
+from optwatch.app.widgets.stats_panel import StatsPanel
+from optwatch.headless import summary_line
+from optwatch.store import Store
+
+
+def step(i: int, step_time: float, *, samples: int = 128, own: float = 0.001, bg: float = 0.0005, **extra) -> dict:
+    return {
+        "v": 1, "kind": "step", "rank": 0, "seq": i + 1, "time": float(i), "step": i, "loss": 1.0 / (i + 1),
+        "grad_norm": 2.0, "lr": 0.01, "step_time_s": step_time, "samples": samples, "data_wait_s": 0.1 * step_time,
+        "samples_per_s": samples / step_time, "optwatch_s": own, "optwatch_bg_s": bg, "detail_every": 1, **extra,
+    }  # fmt: skip
+
+
+def test_slower_steps_of_a_fixed_batch_are_fewer_samples_a_second_before_and_after_a_change():
+    """The Controls tab once showed step time +40% beside samples/s +68% for a fixed batch of 128 (medians of
+    different things, evaluation batches counted): both now come from one window, and agree."""
+    from optwatch.diagnose.impact import compare
+
+    steps = [step(i, 1.29 if i < 50 else 1.80) for i in range(100)]
+    before, after = compare(steps, 50)
+    assert (before.step_time_s, after.step_time_s) == (1.29, 1.80)
+    assert after.samples_per_s / before.samples_per_s == pytest.approx(1.29 / 1.80)
+    assert before.samples_per_s == pytest.approx(128 / 1.29)
+
+
+def test_optwatchs_cost_now_at_the_start_and_over_the_run_come_from_its_records():
+    """Every check runs on the first 100 steps (dearer), then it is spaced: the three figures differ."""
+    store = Store()
+    records = [step(i, 0.01, own=0.002 if i < 100 else 0.0001, bg=0.0) for i in range(300)]
+    store.ingest(records)
+    cost = store.summary().cost
+    assert cost.start == pytest.approx(0.2)
+    assert cost.run == pytest.approx((100 * 0.002 + 200 * 0.0001) / 3.0)
+    assert cost.recent == pytest.approx(0.01)
+
+
+async def test_the_headless_line_and_the_overview_show_the_same_figures():
+    store = Store()
+    store.ingest([step(i, 0.2 + 0.01 * (i % 3)) for i in range(150)])
+    line = summary_line(store)
+    summary = store.summary()
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        rows = app.query_one(StatsPanel).rows
+    assert f"{summary.recent.step_time_s:.3f} s/step" in line and rows["Step time"] == "210 ms p50"
+    assert f"{summary.recent.samples_per_s:.0f} samples/s" in line and rows["Throughput"].startswith(
+        f"{summary.recent.samples_per_s:.0f} samples/s"
+    )
+    share = 100 * summary.cost.recent
+    assert f"optwatch {share:.1f}%" in line and rows["optwatch"].endswith(f"{share:.1f}%")
+    assert f"first steps {100 * summary.cost.start:.1f}%" in line and rows["  first/run"].startswith(
+        f"{100 * summary.cost.start:.1f}%"
+    )
+
+
+async def test_the_controls_tab_compares_with_the_same_window():
+    store = Store()
+    records = [step(i, 0.5 if i < 40 else 0.25) for i in range(80)]
+    records.append(
+        {"v": 1, "kind": "event", "rank": 0, "seq": 200, "time": 40.0, "command": "amp=on", "status": "accepted",
+         "reason": "autocast bfloat16 on cpu", "effective_step": 40, "id": "c1", "source": "dashboard"}
+    )  # fmt: skip
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        rows = app.query_one(ControlsPanel).impact_rows
+    assert rows["Step time p50"] == ("500 ms", "250 ms", "-50%")
+    assert rows["Samples/s"] == ("256", "512", "+100%")
