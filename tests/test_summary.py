@@ -77,3 +77,20 @@ async def test_the_controls_tab_compares_with_the_same_window():
         rows = app.query_one(ControlsPanel).impact_rows
     assert rows["Step time p50"] == ("500 ms", "250 ms", "-50%")
     assert rows["Samples/s"] == ("256", "512", "+100%")
+
+
+async def test_each_optimizers_loss_has_its_own_line_and_figure():
+    """A GAN's two optimizers: the discriminator's loss is the step's, the generator's has a line of its own."""
+    from optwatch.app.widgets.series_chart import SeriesChart
+
+    store = Store()
+    store.ingest([step(i, 0.1, losses={"optD": 1.0 + 0.01 * i, "optG": 2.0 - 0.01 * i}) for i in range(40)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.2)
+        app.render_views(force_charts=True)
+        series = {label: ys for label, _, ys, _ in app.query_one("#loss-chart", SeriesChart).series}
+        rows = app.query_one(StatsPanel).rows
+    assert series["optG"] == pytest.approx([2.0 - 0.01 * i for i in range(40)])
+    assert rows[" optD"] == "1.39" and rows[" optG"] == "1.61"
+    assert "optD 1.39 | optG 1.61" in summary_line(store)

@@ -263,6 +263,12 @@ class OptwatchApp(App[None]):
             else:
                 losses = [r.get("loss") for r in state.steps]
                 loss_series = [("loss", steps, losses, "cyan"), ("ema", steps, list(state.loss_ema), "orange")]
+                # A script with several optimizers (a GAN): each one's loss on a line of its own.
+                last = state.steps[-1] if state.steps else {}
+                others = list(last.get("losses") or {})[1:4]
+                for name, colour in zip(others, ("magenta", "yellow", "green")):
+                    series = [(r.get("losses") or {}).get(name) for r in state.steps]
+                    loss_series.append((name, steps, series, colour))
             markers = [
                 e["effective_step"]
                 for e in store.rare.get("event", ())
