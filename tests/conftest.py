@@ -27,7 +27,7 @@ def runtime_dir(monkeypatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def optwatch(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
+def optwatch(*args: str, timeout: float = 120, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the real `optwatch` command in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "optwatch", *args],
@@ -35,7 +35,7 @@ def optwatch(*args: str, timeout: float = 120, **kwargs) -> subprocess.Completed
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env=dict(os.environ),
+        env=env if env is not None else dict(os.environ),
         **kwargs,
     )
 

@@ -487,9 +487,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time))
         endpoint = job.endpoints.get("tcp", "local").removeprefix("tcp://")
         print(f"{job.run_id:<34} {job.pid:>7} {job.ranks:>5} {started:<19} {endpoint:<22} {job.script}")
+        if job.paused:
+            print(f"{'':<34} {paused_text(job.paused)}")
         if job.token():
             print(f"{'':<34} token: {job.token()}")
     return 0
+
+
+def paused_text(paused: dict) -> str:
+    """``paused by dashboard since 14:02:11 (until 14:12:11)``: who holds a job, since when, for how long."""
+
+    def clock(when: object) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else "?"
+
+    text = f"paused by {paused.get('by') or '?'} since {clock(paused.get('since'))}"
+    if paused.get("until"):
+        text += f" (until {clock(paused['until'])})"
+    else:
+        text += " (until resumed: `optwatch ctl RUN resume`)"
+    return text
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

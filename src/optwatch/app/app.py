@@ -223,8 +223,13 @@ class OptwatchApp(App[None]):
                 if device:
                     name = hello.get("device_name")
                     header.device = f"{device} ({name})" if name else device
-            if header.status.startswith("waiting") and has_steps:
-                header.status = "attached" if self.mode == "attach" else "running"
+            live = "attached" if self.mode == "attach" else "running"
+            if (header.status.startswith("waiting") and has_steps) or header.status.startswith("paused"):
+                header.status = live
+            pause = self._pause_event() if self.mode != "replay" and has_steps else None
+            if pause is not None and header.status == live:
+                since = time.strftime("%H:%M:%S", time.localtime(pause.get("time") or 0))
+                header.status = f"paused by {pause.get('source') or '?'} since {since}"
             if self.mode == "attach" and ends and all(ends):
                 codes = {end.get("exit_code") for end in ends}
                 header.status = f"finished (exit {codes.pop()})" if len(codes) == 1 else "finished"
@@ -296,12 +301,21 @@ class OptwatchApp(App[None]):
             last = state.last_step if state else None
             return bool(last and last.get(field))
 
-    def _paused(self) -> bool:
+    def _pause_event(self) -> dict | None:
+        """The accepted pause in effect (its event), or None when the run is not paused."""
         with self.store.lock:
             for event in reversed(self.store.rare.get("event", ())):
-                if event.get("status") == "accepted" and event.get("command") in ("pause", "resume"):
-                    return event["command"] == "pause"
-        return False
+                command = str(event.get("command", ""))
+                if (
+                    event.get("status") == "accepted"
+                    and event.get("rank", 0) == 0
+                    and command.startswith(("pause", "resume"))
+                ):
+                    return event if command.startswith("pause") else None
+        return None
+
+    def _paused(self) -> bool:
+        return self._pause_event() is not None
 
     def action_toggle(self, field: str) -> None:
         self.send_command(f"{field}={'off' if self._current(field) else 'on'}")

@@ -40,28 +40,23 @@ def spawn(
         sys.executable,
         "-m",
         "optwatch.hub",
-        "--run-dir",
-        str(run_dir),
-        "--run-id",
-        run_id,
-        "--world-size",
-        str(world_size),
-        "--script",
-        script,
-        "--argv",
-        json.dumps(argv or []),
+        f"--run-dir={run_dir}",
+        f"--run-id={run_id}",
+        f"--world-size={world_size}",
+        f"--script={script}",  # one argument each, whatever they start with ("-c" for `python -c`)
+        f"--argv={json.dumps(argv or [])}",
     ]
     if listen:
-        command += ["--listen", listen]
+        command.append(f"--listen={listen}")
     if job_pid is not None:
-        command += ["--job-pid", str(job_pid)]
+        command.append(f"--job-pid={job_pid}")
     env = dict(os.environ)
     env.pop(ENV_TOKEN, None)
     if token:
         env[ENV_TOKEN] = token  # never on the command line, where every local user can read it
     read_end, write_end = os.pipe() if wait else (None, None)
     if write_end is not None:
-        command += ["--ready-fd", str(write_end)]
+        command.append(f"--ready-fd={write_end}")
     log_fd = os.open(run_dir / "hub.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         process = subprocess.Popen(

@@ -539,6 +539,18 @@ class Hub:
         return now - self._ended_at >= LINGER_AFTER_END_S
 
 
+def _raise_file_limit() -> None:
+    """As many descriptors as the hard limit allows: a flood of connections runs the hub, not the training, out."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
+
+
 def _rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
@@ -568,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's Ctrl-C is the job's; the hub stops on SIGTERM
+    _raise_file_limit()
     run_dir = runtime.ensure_private_dir(Path(args.run_dir))
     token = os.environ.pop(ENV_TOKEN, None) or (runtime.new_token() if args.listen else None)
     hub = Hub(

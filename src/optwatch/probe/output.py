@@ -89,6 +89,7 @@ class OutputKeeper:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._owner_pid = os.getpid()
 
     def start(self) -> OutputKeeper:
         import sys
@@ -125,8 +126,12 @@ class OutputKeeper:
                 stream.drain()
 
     def finish(self) -> None:
-        """At exit (after a traceback is printed): what the pipes still hold goes to the files."""
+        """At exit (after a traceback is printed): what the pipes still hold goes to the files. Not in a
+        forked child, which shares the pipes with its parent (and whose copy of the lock may be held)."""
         import sys
+
+        if os.getpid() != self._owner_pid:
+            return
 
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -107,7 +107,12 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
             token = runtime.new_token()
     starter = _hub_starter(run_dir, run_id, options, world_size, token) if rank == 0 and remote is None else None
     if starter is not None and not _hub_alive(run_dir):
-        starter()  # a plain `python` run (or a job restarted in its run directory): its hub starts with it
+        # A plain `python` run (or a job restarted in its run directory): its hub starts with it. Without
+        # one the training goes on unwatched (the channel tries again); it is never the script's error.
+        try:
+            starter()
+        except (hub.HubError, OSError) as exc:
+            log.warning("optwatch: no hub for this run (%s); training goes on, unwatched for now", exc)
     os.environ[ENV_PROBE_PID] = str(os.getpid())
     if options.capture_output:
         OutputKeeper(run_dir, rank).start()

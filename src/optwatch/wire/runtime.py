@@ -62,7 +62,7 @@ def write_private_file(path: Path, text: str) -> None:
 
 
 def new_run_id(script: str) -> str:
-    stem = Path(script).stem or "run"
+    stem = Path(script).stem.lstrip("-") or "run"  # `python -c` names its script "-c"
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:24]
     return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
