@@ -202,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from optwatch.wire.runtime import RuntimeDirError
+
     handler = {"run": cmd_run, "attach": cmd_attach, "ctl": cmd_ctl, "ls": cmd_ls, "replay": cmd_replay}[args.command]
     try:
         return handler(args)
-    except UsageError as exc:
+    except (UsageError, RuntimeDirError) as exc:
         print(f"optwatch: {exc}", file=sys.stderr)
         return 2
 
