@@ -120,6 +120,25 @@ def test_attach_without_jobs_or_with_an_unknown_run_says_so():
     assert unknown.returncode == 2 and "no running job matches 'nosuchrun'" in unknown.stderr
 
 
+def test_an_empty_run_is_a_usage_error_not_the_only_job(tmp_path):
+    """`optwatch ctl "" stop` (a variable that was not set) matched every run id as a prefix, and with one job
+    running it stopped that job."""
+    job = start(sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps",
+                "400", "--sleep", "0.05")  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        for command in (("ctl", "", "stop"), ("ctl", " ", "stop"), ("attach", "", "--headless", "--duration", "1")):
+            result = optwatch(*command)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr.splitlines() == [
+                "optwatch: RUN is empty: give a run id or a unique prefix of one (see `optwatch ls`)"
+            ], command
+        assert job.poll() is None and [j["run_id"] for j in live_jobs()] == [listed["run_id"]]
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=60)
+
+
 def test_a_viewer_picks_the_job_up_again_after_a_restart(runtime_dir):
     """An elastic restart brings the job back on the same endpoint; the viewer carries on by itself."""
     from optwatch.session import ViewerSession

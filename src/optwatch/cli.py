@@ -318,6 +318,9 @@ def resolve_job(target: str | None):
     """The job a user means by RUN (an id or unique prefix), or the only job when RUN is omitted."""
     from optwatch.wire import runtime
 
+    if target is not None and not target.strip():
+        # A prefix that matches every job: `optwatch ctl "$RUN" stop` with RUN unset must not pick one.
+        raise UsageError("RUN is empty: give a run id or a unique prefix of one (see `optwatch ls`)")
     jobs = runtime.list_jobs()
     if target is None:
         if len(jobs) == 1:
