@@ -228,7 +228,7 @@ def _open_writer(path: str | None):
     try:
         return RecordWriter(path)
     except OSError as exc:
-        raise UsageError(f"cannot record to {path}: {exc}") from exc
+        raise UsageError(f"cannot record to {path}: {exc.strerror or exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

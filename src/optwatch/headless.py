@@ -113,6 +113,12 @@ def _write_output(output) -> None:
         target.flush()
 
 
+def _say_if_recording_stopped(session: ViewerSession, stderr: TextIO) -> None:
+    reason = session.recording_stopped()
+    if reason:
+        print(f"optwatch: {reason}", file=stderr, flush=True)
+
+
 def run_headless(
     session: ViewerSession,
     summary_every_s: float = 5.0,
@@ -140,6 +146,7 @@ def run_headless(
         while True:
             records, output = session.pump(0.1)
             _write_output(output)
+            _say_if_recording_stopped(session, stderr)
             for record in records:
                 line = notable_line(record)
                 if line:
@@ -166,6 +173,8 @@ def run_headless(
     # The script may have written its last lines after its last telemetry.
     _, output = session.pump(0.0)
     _write_output(output)
+    session.flush_partial_lines()  # now rather than at close, so that a failure to record them is told too
+    _say_if_recording_stopped(session, stderr)
     line = summary_line(session.store)
     if line:
         print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
