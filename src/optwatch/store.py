@@ -231,7 +231,7 @@ class RecordWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, RecursionError) as exc:  # a full disk; a record JSON cannot hold
             self._stop(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
             return
         self._size += len(data)
@@ -253,5 +253,5 @@ class RecordWriter:
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Records from a JSONL file written by ``--record``; a bad line raises ProtocolError naming it."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         yield from protocol.read_record_file(handle, source=str(path))

@@ -145,8 +145,13 @@ class Feed:
         before = dict(self.last_seq)
         self.last_seq = {}
         records = []
-        for record in reply.get("records", []):
-            protocol.check_record(record)
+        history = reply.get("records")
+        for record in history if isinstance(history, list) else []:
+            try:
+                protocol.validate_record(record)
+            except protocol.ProtocolError as exc:
+                self.errors.append(str(exc))
+                continue
             rank, seq = seq_key(record), record.get("seq", -1)
             if seq > before.get(rank, -1):
                 records.append(record)
