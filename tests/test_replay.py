@@ -187,3 +187,65 @@ def test_validate_record_names_the_field(record, complaint):
         protocol.validate_record(record)
     with pytest.raises(protocol.ProtocolError):
         protocol.decode_batch(protocol.encode_batch([record]) if isinstance(record, dict) else b"\x91\xa4step")
+
+
+def odd_but_valid_records() -> list[dict]:
+    """Records at the edges of what the protocol allows: each passes ``validate_record``."""
+    tiny, huge = 5e-324, 1e308
+    records = [
+        {**HELLO, "world_size": 1, "device": None, "device_name": None},
+        *[
+            step(seq=1 + i, step=i, loss=loss, grad_norm=norm, lr=None, step_time_s=0.1, other_s=0.05,
+                 forward_s=math.nan, data_wait_s=math.inf, samples_per_s=None, detail_every=1)
+            for i, (loss, norm) in enumerate(
+                [(huge, tiny), (-huge, 1e-320), (math.nan, math.inf), (None, None), (0, 0), (2**63 - 1, 1.0)] * 3
+            )
+        ],  # fmt: skip
+        {"v": 1, "kind": "system", "rank": 0, "seq": 30, "step": 5, "cpu_percent": math.nan, "cpu_count": 0,
+         "load_avg": [], "workers": [{"pid": 1, "cpu_percent": None}], "gpu_status": "ok",
+         "gpus": [{"index": 0, "name": "[/gpu]", "util_percent": huge, "mem_total_bytes": -huge, "throttle": ["[/t]"]}],
+         "mem_allocated_bytes": huge, "mem_total_bytes": 0, "mem_device": 0},  # fmt: skip
+        {"v": 1, "kind": "event", "rank": 0, "seq": 31, "command": "[/b]", "status": "rejected",
+         "reason": "unknown command '[/b]'", "effective_step": None, "source": "ctl"},  # fmt: skip
+        {"v": 1, "kind": "event", "rank": 0, "seq": 32, "command": "lr[0]=0.1", "status": "accepted",
+         "effective_step": 3},  # fmt: skip
+        {"v": 1, "kind": "hotspots", "rank": 0, "seq": 33, "status": "done", "steps": [4, 3], "sort_by": "calls",
+         "wall_s": huge, "digest": "[/d]", "trace": None,
+         "ops": [{"name": "[/op]", "module": None, "calls": 0, "pct": math.nan, "flags": ["[/f]"], "shapes": [[None]]}],
+         "culprits": [{"flag": "[/c]", "calls": 1, "s": None, "pct_of_wall": huge}]},  # fmt: skip
+        {"v": 1, "kind": "verdict", "rank": 0, "seq": 34, "bottleneck": "[/v]", "window": [], "final": None,
+         "message": "[/m]", "suggestions": ["[/s]"], "evidence": {"gpu_util_percent": math.nan, "cpu_percent": huge}},
+        {"v": 1, "kind": "alert", "rank": 0, "seq": 35, "type": "vanishing", "step": None, "message": "[/a]"},
+        {"v": 1, "kind": "layers", "rank": 0, "seq": 36, "step": 2, "names": ["[/l].w", "w", "x.y.z"],
+         "numel": [0, 2**63 - 1, 1], "grad_norm": [math.nan, huge, tiny], "weight_norm": [0, -1, math.inf],
+         "zero_frac": [1.0, 0.5, 2.0], "update_norm": [None, 1.0, huge], "alerting": {"[/l]": "[/why]"}},
+        {"v": 1, "kind": "metric", "rank": 0, "seq": 37, "step": 2, "values": {"[/k]": None, "acc": huge}},
+        {"v": 1, "kind": "log", "rank": -1, "stream": "stderr", "line": "[/log]"},
+        {"v": 1, "kind": "end", "rank": 0, "seq": 38, "exit_code": None},
+    ]  # fmt: skip
+    for record in records:
+        protocol.validate_record(record)
+    return records
+
+
+async def test_records_that_pass_validation_never_crash_the_dashboard():
+    from optwatch.app.app import OptwatchApp
+    from optwatch.headless import changed_verdicts, notable_line, summary_line, verdict_lines
+    from optwatch.store import Store
+
+    store = Store()
+    records = odd_but_valid_records()
+    store.ingest(records)
+    for record in records:
+        notable_line(record)
+    summary_line(store)
+    for verdict in changed_verdicts(store, {}):
+        verdict_lines(verdict)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for key in ("o", "g", "t", "t", "s", "h", "t", "r", "c", "l", "o"):
+            await pilot.press(key)
+            app.render_views(force_charts=True)
+            await pilot.pause(0.05)
+        await pilot.press("q")
+    assert app.return_code in (0, None)

@@ -288,7 +288,7 @@ class OptwatchApp(App[None]):
             self.notify(f"{message.command} rejected: {message.reply.get('error')}", severity="error", timeout=8)
 
     def on_recording_stopped(self, message: RecordingStopped) -> None:
-        self.notify(message.reason, severity="warning", timeout=30)
+        self.notify(message.reason, severity="warning", timeout=30, markup=False)  # a path may hold "[...]"
 
     def _current(self, field: str) -> bool:
         with self.store.lock:
