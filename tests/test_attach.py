@@ -84,7 +84,7 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
         assert wrong.returncode == 1 and "refused" in wrong.stderr and "token" in wrong.stderr
         assert "step" not in wrong.stdout
         missing = optwatch("attach", endpoint, "--headless", "--duration", "1")
-        assert missing.returncode == 2 and "needs --token" in missing.stderr
+        assert missing.returncode == 2 and "needs the job's token" in missing.stderr
 
         record = tmp_path / "tcp.jsonl"
         right = optwatch("attach", endpoint, "--token", token, "--headless", "--duration", "4", "--record", str(record))
@@ -99,6 +99,82 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
     finally:
         job.send_signal(signal.SIGINT)
         job.communicate(timeout=60)
+
+
+TOKEN_WARNING = (
+    "optwatch: warning: a token given with --token is visible to other users of this machine (`ps`); "
+    "set OPTWATCH_TOKEN or use --token-file instead"
+)
+
+
+def test_the_token_comes_from_a_file_or_the_environment_and_on_the_command_line_with_a_warning(tmp_path, monkeypatch):
+    """A token on the command line is in every local user's `ps`: attach and ctl read it from OPTWATCH_TOKEN or
+    --token-file, and warn when it is given with --token."""
+    job = start(
+        sys.executable, "-m", "optwatch", "run", "--headless", "--listen", "127.0.0.1:0",
+        str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.02",
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 3)
+        endpoint, token = listed["endpoints"]["tcp"].removeprefix("tcp://"), listed["token"]
+        watch = ("attach", endpoint, "--headless", "--duration", "1")
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+
+        from_file = optwatch(*watch, "--token-file", str(token_file))
+        assert from_file.returncode == 0, from_file.stderr
+        assert "warning" not in from_file.stderr and "optwatch: final step" in from_file.stderr
+        on_the_line = optwatch(*watch, "--token", token)
+        assert on_the_line.returncode == 0 and on_the_line.stderr.splitlines()[0] == TOKEN_WARNING
+        both = optwatch(*watch, "--token", token, "--token-file", str(token_file))
+        assert both.returncode == 2 and "not allowed with argument" in both.stderr
+        unreadable = optwatch(*watch, "--token-file", str(tmp_path / "nothing"))
+        assert unreadable.stderr.splitlines() == [
+            f"optwatch: cannot read --token-file {tmp_path / 'nothing'}: No such file or directory"
+        ]
+        token_file.write_text("\n")
+        empty = optwatch("ctl", endpoint, "lr=0.01", "--token-file", str(token_file))
+        assert empty.returncode == 2 and empty.stderr.splitlines() == [f"optwatch: --token-file {token_file} is empty"]
+
+        monkeypatch.setenv("OPTWATCH_TOKEN", token)
+        from_env = optwatch("ctl", endpoint, "lr=0.01")
+        assert from_env.returncode == 0 and from_env.stdout.startswith("lr=0.01: accepted, in effect from step ")
+        assert from_env.stderr == ""
+        monkeypatch.setenv("OPTWATCH_TOKEN", "not-the-token")
+        wrong = optwatch(*watch)
+        assert wrong.returncode == 1 and "refused" in wrong.stderr
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=60)
+
+
+@pytest.mark.parametrize(("listen", "warned"), [("0.0.0.0:0", True), ("localhost:0", False)])
+def test_listening_beyond_this_machine_is_warned_about_and_works(listen, warned):
+    result = optwatch("run", "--headless", "--listen", listen, str(SCRIPTS / "plain_train.py"), "--steps", "3")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    if warned:
+        assert warnings == [
+            f"optwatch: warning: --listen {listen} is reachable from the network, guarded by the token alone, "
+            "and the token and the records cross it unencrypted; listen on 127.0.0.1 and forward the ports over "
+            "SSH instead (ssh -L PORT:localhost:PORT -L PORT+1:localhost:PORT+1 HOST)"
+        ]
+    else:
+        assert warnings == []
+    assert "step 2 loss" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False),
+     ("192.168.1.20", False), ("*", False)],
+)  # fmt: skip
+def test_which_listen_addresses_stay_on_this_machine(host, loopback):
+    from optwatch.cli import is_loopback
+
+    assert is_loopback(host) is loopback
 
 
 def test_every_new_token_can_be_typed_after_token():
@@ -118,6 +194,25 @@ def test_attach_without_jobs_or_with_an_unknown_run_says_so():
     assert none.returncode == 2 and "no running optwatch jobs" in none.stderr
     unknown = optwatch("attach", "nosuchrun", "--headless")
     assert unknown.returncode == 2 and "no running job matches 'nosuchrun'" in unknown.stderr
+
+
+def test_an_empty_run_is_a_usage_error_not_the_only_job(tmp_path):
+    """`optwatch ctl "" stop` (a variable that was not set) matched every run id as a prefix, and with one job
+    running it stopped that job."""
+    job = start(sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps",
+                "400", "--sleep", "0.05")  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        for command in (("ctl", "", "stop"), ("ctl", " ", "stop"), ("attach", "", "--headless", "--duration", "1")):
+            result = optwatch(*command)
+            assert result.returncode == 2, (command, result.stderr)
+            assert result.stderr.splitlines() == [
+                "optwatch: RUN is empty: give a run id or a unique prefix of one (see `optwatch ls`)"
+            ], command
+        assert job.poll() is None and [j["run_id"] for j in live_jobs()] == [listed["run_id"]]
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=60)
 
 
 def test_a_viewer_picks_the_job_up_again_after_a_restart(runtime_dir):

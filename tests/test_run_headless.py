@@ -81,6 +81,6 @@ def test_bad_input_gets_a_clear_message(tmp_path):
     unwritable = optwatch("run", "--headless", "--record", "/no/such/dir/r.jsonl", str(SCRIPTS / "plain_train.py"))
     assert unwritable.returncode == 2 and "cannot record to /no/such/dir/r.jsonl" in unwritable.stderr
     garbage = tmp_path / "garbage.jsonl"
-    garbage.write_text('{"v": 1, "kind": "step", "rank": 0}\nthis is not json\n')
+    garbage.write_text('{"v": 1, "kind": "step", "rank": 0, "step": 0}\nthis is not json\n')
     replay = optwatch("replay", "--headless", str(garbage))
     assert replay.returncode == 2 and f"{garbage}:2" in replay.stderr

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 SUBCOMMANDS = ("run", "attach", "ls", "ctl", "replay")
 
@@ -73,6 +74,17 @@ def _percent(text: str) -> float:
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
     return value
+
+
+def _token_arguments(command: argparse.ArgumentParser) -> None:
+    given = command.add_mutually_exclusive_group()
+    given.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="read the job's token for HOST:PORT from PATH (else from $OPTWATCH_TOKEN; `optwatch ls` on the "
+        "job's machine shows it)",
+    )
+    given.add_argument("--token", help="the token itself: other users can read it in `ps`; prefer --token-file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     attach = commands.add_parser("attach", help="watch a running job (all its ranks), with its recent history")
     attach.add_argument("target", nargs="?", metavar="RUN", help="run id (or a unique prefix), or HOST:PORT")
-    attach.add_argument("--token", help="the job's token, for HOST:PORT (shown by `optwatch ls` on its machine)")
+    _token_arguments(attach)
     attach.add_argument("--headless", action="store_true", help="no dashboard: print summaries")
     attach.add_argument("--record", metavar="PATH", help="write every record as a JSON line to PATH")
     attach.add_argument("--duration", metavar="S", type=_positive_float, help="stop after S seconds (exit 0)")
@@ -183,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", help="steer a running job: lr=V, lr*=F, lr[G]=V, amp=on|off, ...")
     ctl.add_argument("target", metavar="RUN", help="run id (or a unique prefix), or HOST:PORT")
     ctl.add_argument("commands", nargs="+", metavar="COMMAND")
-    ctl.add_argument("--token", help="the job's token, for HOST:PORT")
+    _token_arguments(ctl)
     ctl.add_argument("--no-wait", action="store_true", help="do not wait for the job to apply the commands")
     ctl.add_argument("--timeout", metavar="S", type=_positive_float, default=15.0, help="how long to wait (s)")
 
@@ -205,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from optwatch.wire.runtime import RuntimeDirError
+
     handler = {"run": cmd_run, "attach": cmd_attach, "ctl": cmd_ctl, "ls": cmd_ls, "replay": cmd_replay}[args.command]
     try:
         return handler(args)
-    except UsageError as exc:
+    except (UsageError, RuntimeDirError) as exc:
         print(f"optwatch: {exc}", file=sys.stderr)
         return 2
 
@@ -229,7 +243,19 @@ def _open_writer(path: str | None):
     try:
         return RecordWriter(path)
     except OSError as exc:
-        raise UsageError(f"cannot record to {path}: {exc}") from exc
+        raise UsageError(f"cannot record to {path}: {exc.strerror or exc}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` stands for is this machine's own (127.0.0.1, ::1, localhost)."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False  # "*", an interface name: ZeroMQ binds them to the network
+    return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -240,9 +266,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"no such script: {args.script}")
     if args.listen:
         try:
-            tcp_address(args.listen)
+            host, port = tcp_address(args.listen)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        if not is_loopback(host) and os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
+            first, second = (port, port + 1) if port else ("PORT", "PORT+1")
+            print(
+                f"optwatch: warning: --listen {args.listen} is reachable from the network, guarded by the token "
+                f"alone (the traffic is encrypted, but anyone there can try); listen on 127.0.0.1 and forward "
+                f"the ports over SSH instead (ssh -L {first}:localhost:{first} -L {second}:localhost:{second} HOST)",
+                file=sys.stderr,
+            )
     from optwatch import controls
 
     for scheduled in args.control:
@@ -338,6 +372,9 @@ def resolve_job(target: str | None):
     """The job a user means by RUN (an id or unique prefix), or the only job when RUN is omitted."""
     from optwatch.wire import runtime
 
+    if target is not None and not target.strip():
+        # A prefix that matches every job: `optwatch ctl "$RUN" stop` with RUN unset must not pick one.
+        raise UsageError("RUN is empty: give a run id or a unique prefix of one (see `optwatch ls`)")
     jobs = runtime.list_jobs()
     if target is None:
         if len(jobs) == 1:
@@ -354,6 +391,28 @@ def resolve_job(target: str | None):
     raise UsageError(f"{target!r} matches several jobs: {', '.join(job.run_id for job in matches)}")
 
 
+def token_of(args: argparse.Namespace) -> str | None:
+    """The token for a TCP target: from --token (with a warning), --token-file or $OPTWATCH_TOKEN."""
+    from optwatch.probe.options import ENV_TOKEN
+
+    if args.token is not None:
+        print(
+            f"optwatch: warning: a token given with --token is visible to other users of this machine (`ps`); "
+            f"set {ENV_TOKEN} or use --token-file instead",
+            file=sys.stderr,
+        )
+        return args.token
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(errors="replace").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise UsageError(f"--token-file {args.token_file} is empty")
+        return token
+    return os.environ.get(ENV_TOKEN) or None
+
+
 def is_tcp_target(target: str | None) -> bool:
     return bool(target) and target.rpartition(":")[2].isdigit() and ":" in target
 
@@ -366,7 +425,10 @@ def connect(target: str | None, token: str | None):
     job = None
     if is_tcp_target(target):
         if not token:
-            raise UsageError("attaching over TCP needs --token (shown by `optwatch ls` on the job's machine)")
+            raise UsageError(
+                "attaching over TCP needs the job's token (shown by `optwatch ls` on its machine): "
+                "set OPTWATCH_TOKEN or give --token-file"
+            )
         try:
             host, port = tcp_address(target)
         except ValueError as exc:
@@ -394,14 +456,13 @@ class Refused(Exception):
 def connect_or_say_why(args: argparse.Namespace):
     """``connect`` for a command: (feed, job), or None after telling the user why the job refused."""
     try:
-        return connect(args.target, args.token)
+        return connect(args.target, token_of(args))
     except Refused as exc:
         print(f"optwatch: refused: {exc}", file=sys.stderr)
         return None
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-
     from optwatch.session import ViewerSession
 
     connection = connect_or_say_why(args)

@@ -109,6 +109,12 @@ def _write_output(output) -> None:
         target.flush()
 
 
+def _say_if_recording_stopped(session: ViewerSession, stderr: TextIO) -> None:
+    reason = session.recording_stopped()
+    if reason:
+        print(f"optwatch: {reason}", file=stderr, flush=True)
+
+
 def run_headless(
     session: ViewerSession,
     summary_every_s: float = 5.0,
@@ -177,6 +183,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
         while True:
             records, output = session.pump(0.1)
             _write_output(output)
+            _say_if_recording_stopped(session, stderr)
             for record in records:
                 if record.get("kind") == "log" and not session.tails:
                     # Attached: the job's output comes as lines from its hub.
@@ -205,6 +212,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     # The script may have written its last lines after its last telemetry.
     _, output = session.pump(0.0)
     _write_output(output)
+    _say_if_recording_stopped(session, stderr)
     line = summary_line(session.store)
     if line:
         print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)

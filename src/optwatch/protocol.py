@@ -18,8 +18,8 @@ import array
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -172,7 +172,9 @@ def join_batch(encoded: list[bytes]) -> bytes:
     return header + b"".join(encoded)
 
 
-def decode_batch(payload: bytes) -> list[dict[str, Any]]:
+def decode_records(payload: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of a batch that follow the protocol, and why each of the others was left out (a batch
+    that is no list of records at all raises ProtocolError)."""
     if len(payload) > MAX_WIRE_BYTES:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds the {MAX_WIRE_BYTES} byte limit")
     try:
@@ -181,8 +183,22 @@ def decode_batch(payload: bytes) -> list[dict[str, Any]]:
         raise ProtocolError(f"undecodable message: {exc}") from exc
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ProtocolError("a message must be a list of records")
+    good, refused = [], []
     for record in records:
-        check_record(record)
+        try:
+            validate_record(record)
+        except ProtocolError as exc:
+            refused.append(str(exc))
+        else:
+            good.append(record)
+    return good, refused
+
+
+def decode_batch(payload: bytes) -> list[dict[str, Any]]:
+    """The records of a batch, every one of which must follow the protocol."""
+    records, refused = decode_records(payload)
+    if refused:
+        raise ProtocolError(refused[0])
     return records
 
 
@@ -246,26 +262,381 @@ def record_to_json_line(record: dict[str, Any]) -> str:
     return json.dumps(_to_json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
 
 
-def record_from_json_line(line: str) -> dict[str, Any]:
-    record = _from_json_safe(json.loads(line))
-    if not isinstance(record, dict):
-        raise ProtocolError("a record line must hold a JSON object")
-    check_record(record)
+def record_from_json_line(line: str | bytes) -> dict[str, Any]:
+    """The record on one line of a record file, validated (``validate_record``); ProtocolError if it is not one."""
+    try:
+        if isinstance(line, bytes):
+            line = line.decode("utf-8")
+        parsed = json.loads(line)
+        if not isinstance(parsed, dict):
+            raise ProtocolError("a record line must hold a JSON object")
+        kind = parsed.get("kind")
+        record = (_FIELDS.get(kind, _ENVELOPE) if isinstance(kind, str) else _ENVELOPE).from_json(parsed)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise ProtocolError("nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON at column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:  # ours, and integers too long to read
+        raise ProtocolError(str(exc) if isinstance(exc, ProtocolError) else f"not JSON: {exc}") from None
+    validate_record(record)
     return record
 
 
-def read_record_file(lines: Iterable[str], source: str = "record") -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file; a bad line raises with its line number so the user can find it."""
-    for number, line in enumerate(lines, start=1):
+# The longest line a record file may have: a `layers` record of a very large model, as JSON text.
+MAX_LINE_BYTES = 4 * MAX_WIRE_BYTES
+
+
+def read_record_file(handle: BinaryIO, source: str = "record") -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file opened in binary; the first bad line raises ProtocolError with its number."""
+    number = 0
+    while line := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise ProtocolError(f"{source}:{number}: a line longer than {MAX_LINE_BYTES} bytes")
         if not line.strip():
             continue
         try:
             yield record_from_json_line(line)
-        except (ValueError, ProtocolError) as exc:
-            raise ProtocolError(f"{source}:{number}: {exc}") from exc
+        except ProtocolError as exc:
+            raise ProtocolError(f"{source}:{number}: {exc}") from None
 
 
 def make_record(kind: str, rank: int, **fields: Any) -> dict[str, Any]:
     import time
 
     return {"v": PROTOCOL_VERSION, "kind": kind, "rank": rank, "time": time.time(), **fields}
+
+
+# --- what viewers read ----------------------------------------------------------------------------
+# Viewers format, compare and add up what records hold: a string where a number belongs, or an object
+# where a list does, would raise inside the dashboard. So every record that comes in, from the wire or
+# from a file, is checked against this table first: per kind, each field a viewer reads and what it may
+# hold. A field may be left out (viewers have defaults) unless it is required; fields not listed are not
+# read, and pass as they are.
+
+# Integers as msgpack and the packed columns carry them; a larger one would overflow float formatting.
+_INT_RANGE = 1 << 63
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -_INT_RANGE <= value < _INT_RANGE
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, float) or _is_int(value)
+
+
+def _kind_of(value: Any) -> str:
+    """What ``value`` is, in the words of JSON (the messages name what a field holds)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "an integer" if _is_int(value) else "an integer out of range"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple, array.array)):
+        return "a list"
+    return type(value).__name__
+
+
+def _plainly(plain: frozenset[type], values: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether all ``values`` are of the ``plain`` types, the quick way (a layer column holds hundreds)."""
+    kinds = set(map(type, values))
+    if not kinds <= plain:
+        return False
+    return int not in kinds or all(-_INT_RANGE <= value < _INT_RANGE for value in values if type(value) is int)
+
+
+# A fault: where inside the value (".name", "[3]"; "" for the value itself), what it must be, what it is.
+_Fault = tuple[str, str, Any]
+
+
+class _Spec:
+    """What a field may hold; this base accepts anything."""
+
+    what = "anything"
+    plain: frozenset[type] = frozenset()
+    """Types every value of which fits (an int also within range): checked first, since they are most values."""
+
+    def fault(self, value: Any) -> _Fault | None:
+        return None
+
+    def from_json(self, value: Any) -> Any:
+        """``value`` as a record file holds it, with numbers written as "NaN", "Infinity"... made numbers again,
+        and only where a number belongs: a log line that reads "NaN" stays text."""
+        return _from_json_safe(value)
+
+
+class _Scalar(_Spec):
+    def __init__(self, what: str, test: Callable[[Any], bool], numeric: bool = False, plain: tuple[type, ...] = ()):
+        self.what, self._test, self._numeric, self.plain = what, test, numeric, frozenset(plain)
+
+    def fault(self, value: Any) -> _Fault | None:
+        return None if self._test(value) else ("", self.what, value)
+
+    def from_json(self, value: Any) -> Any:
+        return _TEXT_TO_NONFINITE.get(value, value) if self._numeric and isinstance(value, str) else value
+
+
+class _Optional(_Spec):
+    def __init__(self, spec: _Spec):
+        self._spec, self.what = spec, f"{spec.what} or null"
+        self.plain = spec.plain | {type(None)} if spec.plain else frozenset()
+
+    def fault(self, value: Any) -> _Fault | None:
+        if value is None:
+            return None
+        fault = self._spec.fault(value)
+        return ("", self.what, value) if fault is not None and not fault[0] else fault
+
+    def from_json(self, value: Any) -> Any:
+        return None if value is None else self._spec.from_json(value)
+
+
+class _List(_Spec):
+    def __init__(self, item: _Spec):
+        self._item, self.what = item, "a list"
+        # Packed columns from the wire (see above) hold numbers by construction.
+        self._packed = {code for code, sample in (("d", 0.0), ("q", 0)) if item.fault(sample) is None}
+
+    def fault(self, value: Any) -> _Fault | None:
+        if isinstance(value, array.array) and value.typecode in self._packed:
+            return None
+        if not isinstance(value, (list, tuple)):
+            return ("", self.what, value)
+        if _plainly(self._item.plain, value):
+            return None
+        for index, item in enumerate(value):
+            fault = self._item.fault(item)
+            if fault is not None:
+                return (f"[{index}]{fault[0]}", fault[1], fault[2])
+        return None
+
+    def from_json(self, value: Any) -> Any:
+        return [self._item.from_json(item) for item in value] if isinstance(value, list) else value
+
+
+class _Map(_Spec):
+    """An object whose keys are names (of metrics, of layers...)."""
+
+    def __init__(self, value: _Spec):
+        self._value, self.what = value, "an object"
+
+    def fault(self, value: Any) -> _Fault | None:
+        if not isinstance(value, dict):
+            return ("", self.what, value)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (f"[{key!r}]", "named by a string", key)
+            fault = self._value.fault(item)
+            if fault is not None:
+                return (f"[{key!r}]{fault[0]}", fault[1], fault[2])
+        return None
+
+    def from_json(self, value: Any) -> Any:
+        return {k: self._value.from_json(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+class _Object(_Spec):
+    """An object with named fields, each optional unless ``required``; other fields pass unread."""
+
+    def __init__(self, fields: dict[str, _Spec], required: tuple[str, ...] = ()):
+        self.fields, self._required, self.what = fields, required, "an object"
+
+    def fault(self, value: Any) -> _Fault | None:
+        if not isinstance(value, dict):
+            return ("", self.what, value)
+        for name in self._required:
+            if name not in value:
+                return (f".{name}", "there", _MISSING)
+        for name, spec in self.fields.items():
+            if name in value:
+                item = value[name]
+                if type(item) in spec.plain and (type(item) is not int or -_INT_RANGE <= item < _INT_RANGE):
+                    continue
+                fault = spec.fault(item)
+                if fault is not None:
+                    return (f".{name}{fault[0]}", fault[1], fault[2])
+        return None
+
+    def from_json(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: (self.fields[k].from_json(v) if k in self.fields else _from_json_safe(v)) for k, v in value.items()}
+
+
+_MISSING = object()  # what a fault names for a required field that is not there
+
+_ANY = _Spec()
+_INT = _Scalar("an integer", _is_int, numeric=True, plain=(int,))
+_NUMBER = _Scalar("a number", _is_number, numeric=True, plain=(int, float))
+_TEXT = _Scalar("a string", lambda value: isinstance(value, str), plain=(str,))
+_FLAG = _Scalar("true or false", lambda value: isinstance(value, bool), plain=(bool,))
+# A number or null: most figures are null when they were not measured.
+_FIGURE = _Optional(_NUMBER)
+_TEXT_OR_NULL = _Optional(_TEXT)
+
+
+def _figures(names: str) -> dict[str, _Spec]:
+    """Fields that each hold a number or null."""
+    return dict.fromkeys(names.split(), _FIGURE)
+
+
+def _choice(*values: str) -> _Spec:
+    return _Scalar(" or ".join(repr(v) for v in values), lambda value: value in values)
+
+
+_TEXTS = _List(_TEXT)
+
+_ENVELOPE_FIELDS: dict[str, _Spec] = {"rank": _INT, "seq": _INT, "origin": _INT}
+
+_GPU = _Object(
+    {
+        "index": _INT,
+        "name": _TEXT_OR_NULL,
+        "current": _Optional(_FLAG),
+        "throttle": _Optional(_TEXTS),
+        **_figures(
+            "util_percent mem_used_bytes mem_total_bytes process_mem_bytes temperature_c power_w power_limit_w "
+            "sm_clock_mhz"
+        ),
+    }
+)
+_WORKER = _Object({"pid": _INT, "cpu_percent": _FIGURE, "rss_bytes": _FIGURE}, required=("pid",))
+_OP = _Object(
+    {
+        "name": _TEXT_OR_NULL,
+        "module": _TEXT_OR_NULL,
+        "flags": _Optional(_TEXTS),
+        "calls": _INT,
+        "pct": _NUMBER,
+        "self_cpu_s": _FIGURE,
+        "self_device_s": _FIGURE,
+        # Per call signature, the input shapes: each a list of dimensions (empty or null for a non-tensor).
+        "shapes": _Optional(_List(_List(_Optional(_List(_ANY))))),
+    }
+)
+_CULPRIT = _Object({"flag": _TEXT, "calls": _INT, "s": _FIGURE, "pct_of_wall": _FIGURE})
+# The verdict's evidence holds many figures; these are the ones formatted as numbers when present.
+_EVIDENCE = _Object(
+    {"gpu_util_percent": _NUMBER, "launch_ratio": _NUMBER, "cpu_percent": _NUMBER, "workers_cpu_percent": _FIGURE}
+)
+
+_KIND_FIELDS: dict[str, dict[str, _Spec]] = {
+    HELLO: {
+        "run_id": _TEXT_OR_NULL,
+        "script": _TEXT_OR_NULL,
+        "pid": _Optional(_INT),
+        "world_size": _INT,
+        "device": _TEXT_OR_NULL,
+        "device_name": _TEXT_OR_NULL,
+    },
+    STEP: {
+        "step": _INT,
+        "detail_every": _Optional(_INT),
+        "amp": _Optional(_FLAG),
+        "cudnn_benchmark": _Optional(_FLAG),
+        "samples": _Optional(_INT),
+        "eval_batches": _Optional(_INT),
+        "losses": _Optional(_Map(_FIGURE)),
+        **_figures(
+            "loss grad_norm lr step_time_s data_wait_s to_backward_s forward_s backward_s optimizer_s other_s "
+            "optwatch_s optwatch_bg_s samples_per_s clip_max_norm eval_wait_s"
+        ),
+    },
+    SYSTEM: {
+        "step": _INT,
+        "load_avg": _Optional(_List(_NUMBER)),
+        "workers": _Optional(_List(_WORKER)),
+        "gpu_status": _TEXT_OR_NULL,
+        "gpus": _Optional(_List(_GPU)),
+        "mem_device": _Optional(_INT),
+        "mem_alloc_retries": _Optional(_INT),
+        "mem_ooms": _Optional(_INT),
+        **_figures(
+            "cpu_percent rss_bytes threads cpu_count host_mem_used_bytes host_mem_total_bytes torch_threads "
+            "mem_allocated_bytes mem_reserved_bytes mem_peak_bytes mem_total_bytes mem_fragmentation_bytes "
+            "mem_headroom_bytes"
+        ),
+    },
+    "metric": {"step": _INT, "values": _Map(_FIGURE)},
+    LOG: {"stream": _TEXT, "line": _TEXT, "from_rank": _Optional(_INT)},
+    HUB: _figures("cpu_s rss_bytes"),
+    END: {"exit_code": _Optional(_INT)},
+    EVENT: {
+        "command": _TEXT,
+        "status": _TEXT,
+        "reason": _TEXT_OR_NULL,
+        "effective_step": _Optional(_INT),
+        "id": _TEXT_OR_NULL,
+        "source": _TEXT_OR_NULL,
+    },
+    ALERT: {
+        "type": _TEXT,
+        "step": _Optional(_INT),
+        "severity": _TEXT_OR_NULL,
+        "message": _TEXT_OR_NULL,
+    },
+    VERDICT: {
+        "bottleneck": _TEXT,
+        "message": _TEXT_OR_NULL,
+        "window": _List(_INT),
+        "final": _Optional(_FLAG),
+        "evidence": _Optional(_EVIDENCE),
+        "suggestions": _TEXTS,
+    },
+    HOTSPOTS: {
+        "status": _TEXT,
+        "steps": _Optional(_List(_INT)),
+        "error": _TEXT_OR_NULL,
+        "digest": _TEXT_OR_NULL,
+        "trace": _TEXT_OR_NULL,
+        "trace_error": _TEXT_OR_NULL,
+        "wall_s": _FIGURE,
+        "device_total_s": _FIGURE,
+        "partial": _Optional(_FLAG),
+        "sort_by": _Optional(_choice("self_cpu_s", "self_device_s", "calls")),
+        "ops": _Optional(_List(_OP)),
+        "culprits": _Optional(_List(_CULPRIT)),
+    },
+    LAYERS: {
+        "step": _INT,
+        "names": _TEXTS,
+        "numel": _List(_NUMBER),
+        "grad_norm": _List(_NUMBER),
+        # Measured a chunk of the parameters at a time: null where a parameter has not been yet.
+        "weight_norm": _List(_FIGURE),
+        "zero_frac": _List(_FIGURE),
+        "update_norm": _List(_FIGURE),
+        "update_ratio": _List(_FIGURE),
+        "updated_at": _List(_Optional(_INT)),
+        "alerting": _Map(_TEXT),
+    },
+}
+_REQUIRED = {STEP: ("step",)}
+_FIELDS: dict[Any, _Object] = {
+    kind: _Object({**_ENVELOPE_FIELDS, **fields}, _REQUIRED.get(kind, ())) for kind, fields in _KIND_FIELDS.items()
+}
+_ENVELOPE = _Object(_ENVELOPE_FIELDS)
+
+
+def validate_record(record: dict[str, Any]) -> None:
+    """Raise ProtocolError, naming the field, unless every field of ``record`` that a viewer reads holds what it
+    may (see the table above); a viewer never holds a record of another shape."""
+    if not isinstance(record, dict):
+        raise ProtocolError(f"a record must be an object, not {_kind_of(record)}")
+    check_record(record)
+    fault = _FIELDS.get(record["kind"], _ENVELOPE).fault(record)
+    if fault is not None:
+        where, expected, value = fault
+        if value is _MISSING:
+            raise ProtocolError(f"{record['kind']} record: field {where[1:]!r} is missing")
+        raise ProtocolError(f"{record['kind']} record: field {where[1:]!r} must be {expected}, not {_kind_of(value)}")

@@ -58,6 +58,7 @@ class ViewerSession:
         # Commands go through the thread that owns the sockets (ZeroMQ sockets are single-threaded).
         self._outbox: collections.deque[str] = collections.deque(maxlen=64)
         self.answers: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=64)
+        self._recording_failure_told = False
 
     def send_command(self, text: str) -> None:
         """Queue a control command (any thread); its answer appears in ``answers`` after a pump."""
@@ -94,6 +95,14 @@ class ViewerSession:
             if self.writer is not None:
                 self.writer.write(records)
         return records, output
+
+    def recording_stopped(self) -> str | None:
+        """Why the record file stopped, the first time this is asked after it did (the viewer says so once);
+        None otherwise. The run and the viewer go on either way."""
+        if self.writer is None or self.writer.failure is None or self._recording_failure_told:
+            return None
+        self._recording_failure_told = True
+        return self.writer.failure
 
     def done(self, linger_s: float = 3.0, quiet_s: float = 0.3) -> bool:
         """The process exited and everything it published has arrived: every rank's end record, and then

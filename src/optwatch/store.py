@@ -6,8 +6,11 @@ No torch and no textual: the headless viewer, the dashboard and the tests all re
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import itertools
 import os
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -198,27 +201,72 @@ class Store:
 
 
 class RecordWriter:
-    """Appends records as JSON lines to a file only the user can read."""
+    """Appends records as JSON lines to a file only the user can read.
+
+    Recording never stops the viewer, let alone the run: the first write that fails (a full disk, an I/O
+    error) ends the recording, cut back to its last whole batch of records, and ``failure`` says why.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
-            raise FileNotFoundError(f"cannot record to {self.path}: directory {self.path.parent} does not exist")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
+            raise FileNotFoundError(errno.ENOENT, f"directory {self.path.parent} does not exist")
+        try:
+            # Not truncated yet: a file we may not make private is refused untouched.
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and self.path.is_symlink():
+                raise OSError(
+                    errno.ELOOP, f"it is a symbolic link (to {os.readlink(self.path)}); give the file itself"
+                ) from None
+            raise
+        try:
+            # A file that was there keeps its mode through O_CREAT: close it to others. A FIFO or a device
+            # (/dev/null) is the user's own plumbing and stays as it is.
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):
+                if info.st_uid != os.getuid():
+                    raise PermissionError(errno.EPERM, f"it belongs to uid {info.st_uid}; give a file of your own")
+                os.fchmod(fd, 0o600)
+                os.ftruncate(fd, 0)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+        self._size = 0
         self.written = 0
+        self.failure: str | None = None
+        """Why recording stopped, in a line for the user (``recording to PATH stopped: ...``); None while it goes on."""
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self._file.write(protocol.record_to_json_line(record))
+        if self._fd is None:
+            return
+        try:
+            data = "".join(protocol.record_to_json_line(record) for record in records).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except (OSError, ValueError, TypeError, RecursionError) as exc:  # a full disk; a record JSON cannot hold
+            self._stop(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+            return
+        self._size += len(data)
         self.written += len(records)
-        self._file.flush()
+
+    def _stop(self, reason: str) -> None:
+        assert self._fd is not None
+        with contextlib.suppress(OSError):  # a pipe or a device has no length
+            os.ftruncate(self._fd, self._size)  # no half line at the end: the file replays up to here
+        self.close()
+        self.failure = f"recording to {self.path} stopped: {reason}; the run goes on"
 
     def close(self) -> None:
-        self._file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):  # the viewer is leaving: nothing to stop, nobody to tell
+                os.close(fd)
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Records from a JSONL file written by ``--record``; a bad line raises ProtocolError naming it."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         yield from protocol.read_record_file(handle, source=str(path))

@@ -14,7 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from optwatch.app.messages import CommandAnswered, FeedUpdated, RunExited
+from optwatch.app.messages import CommandAnswered, FeedUpdated, RecordingStopped, RunExited
 from optwatch.app.views import extra_views
 from optwatch.app.widgets.command_input import CommandInput
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
@@ -148,6 +148,9 @@ class OptwatchApp(App[None]):
             if records and not self._feed_update_queued.is_set():
                 self._feed_update_queued.set()
                 self.post_message(FeedUpdated())
+            stopped = session.recording_stopped()
+            if stopped:
+                self.post_message(RecordingStopped(stopped))
             while session.answers:
                 self.post_message(CommandAnswered(*session.answers.popleft()))
             if session.done():
@@ -294,6 +297,9 @@ class OptwatchApp(App[None]):
     def on_command_answered(self, message: CommandAnswered) -> None:
         if not message.reply.get("ok"):
             self.notify(f"{message.command} rejected: {message.reply.get('error')}", severity="error", timeout=8)
+
+    def on_recording_stopped(self, message: RecordingStopped) -> None:
+        self.notify(message.reason, severity="warning", timeout=30, markup=False)  # a path may hold "[...]"
 
     def _current(self, field: str) -> bool:
         with self.store.lock:

@@ -27,3 +27,11 @@ class CommandAnswered(Message):
         super().__init__()
         self.command = command
         self.reply = reply
+
+
+class RecordingStopped(Message):
+    """Writing the record file failed (a full disk...); the run and the dashboard go on without it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason

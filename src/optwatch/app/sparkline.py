@@ -27,5 +27,6 @@ def sparkline(values: Sequence[object], width: int, low: float | None = 0.0, hig
             out.append(" ")
             continue
         level = (float(value) - bottom) / span if span > 0 else 0.5  # type: ignore[arg-type]
-        out.append(_BARS[min(len(_BARS) - 1, max(0, int(level * (len(_BARS) - 1) + 0.5)))])
+        level = min(1.0, max(0.0, level))  # also when the scale overflows: inf is a full bar, NaN an empty one
+        out.append(_BARS[int(level * (len(_BARS) - 1) + 0.5)])
     return "".join(out)

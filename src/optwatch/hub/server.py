@@ -294,10 +294,12 @@ class Hub:
             self._send_to_ranks(decision)
             return
         try:
-            records = protocol.decode_batch(payload)
+            records, refused = protocol.decode_records(payload)
         except protocol.ProtocolError as exc:
             log.warning("optwatch hub: dropping a malformed batch from a rank: %s", exc)
             return
+        if refused:
+            log.warning("optwatch hub: %d records from a rank left out (%s)", len(refused), refused[0])
         try:
             records = self.diagnosis.observe(records)
         except Exception:

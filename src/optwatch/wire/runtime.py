@@ -8,6 +8,10 @@ Layout::
         pub.sock, ctl.sock   mode 0600: telemetry (PUB) and requests (ROUTER)
         token                mode 0600: only when the job listens on TCP
         stdout.log, stderr.log   the script's output when started by `optwatch run`
+
+Another local user can create /tmp/optwatch-$UID before us, or a link there to a directory of theirs:
+every use of the root or of a run directory checks that it is ours (``check_private_dir``), and a
+listing skips whatever is not, so no job of theirs is ever shown, steered or removed.
 """
 
 from __future__ import annotations
@@ -39,17 +43,53 @@ def runtime_root() -> Path:
     return Path(f"/tmp/optwatch-{os.getuid()}")
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` with mode 0700, or check that an existing one is ours and private."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise RuntimeDirError(f"{path} is not a directory")
-    if info.st_uid != os.getuid():
-        raise RuntimeDirError(f"{path} belongs to uid {info.st_uid}, not to you; refusing to use it")
+# What a user can do about a runtime directory we refuse: the only setting that moves it.
+WAY_OUT = "set OPTWATCH_RUNTIME_DIR to a directory of your own"
+
+
+def _way_out(path: Path) -> str:
+    root = runtime_root()
+    return WAY_OUT if path == root or root in path.parents else "use a directory of your own"
+
+
+def check_private_dir(path: Path) -> Path:
+    """``path`` if it is a directory of ours, not a link, that only we can enter (its group and other
+    permission bits are cleared when it has any); else RuntimeDirError naming the path, the fault and the
+    way out."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot use {path}: {exc.strerror}; {_way_out(path)}") from None
+    if stat.S_ISLNK(info.st_mode):
+        fault = f"is a symbolic link (to {os.readlink(path)})"
+    elif not stat.S_ISDIR(info.st_mode):
+        fault = "is not a directory"
+    elif info.st_uid != os.getuid():
+        fault = f"belongs to uid {info.st_uid}, not to you (uid {os.getuid()})"
+    else:
+        fault = None
+    if fault:
+        raise RuntimeDirError(f"refusing {path}: it {fault}; {_way_out(path)}")
     if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise RuntimeDirError(
+                f"refusing {path}: others may enter it (mode {stat.S_IMODE(info.st_mode):04o}) and it cannot be "
+                f"made private ({exc.strerror}); {_way_out(path)}"
+            ) from None
     return path
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` with mode 0700, or check that an existing one is ours and private (``check_private_dir``)."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass  # checked below, whatever it is
+    except OSError as exc:
+        raise RuntimeDirError(f"cannot create {path}: {exc.strerror}; {_way_out(path)}") from None
+    return check_private_dir(path)
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -160,19 +200,42 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _private_entry(path: Path, directory: bool) -> os.stat_result | None:
+    """``path``'s lstat when it is ours, not a link, of the expected type and closed to others (what a job
+    of ours leaves), else None. Anything else in the runtime directory is skipped, and never removed."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    expected = stat.S_ISDIR(info.st_mode) if directory else stat.S_ISREG(info.st_mode)
+    return info if expected and info.st_uid == os.getuid() and not info.st_mode & 0o077 else None
+
+
 def list_jobs(clean: bool = True) -> list[JobInfo]:
-    """Live jobs of this user, oldest first; leftovers of dead jobs are removed when ``clean``."""
+    """Live jobs of this user, oldest first; leftovers of dead jobs are removed when ``clean``.
+
+    The runtime directory must pass ``check_private_dir`` (else RuntimeDirError); run directories and
+    info files that are not plainly ours are skipped, so a job another user planted is never listed.
+    """
     root = runtime_root()
-    if not root.is_dir():
+    try:
+        root.lstat()
+    except FileNotFoundError:
         return []
+    check_private_dir(root)
     jobs = []
     for run_dir in sorted(root.iterdir()):
+        made = _private_entry(run_dir, directory=True)
+        if made is None:
+            continue
         info_path = run_dir / INFO_FILE
+        if os.path.lexists(info_path) and not _private_entry(info_path, directory=False):
+            continue
         try:
             job = JobInfo.from_json(json.loads(info_path.read_text()))
         except (OSError, ValueError, TypeError):
             # A job that is still starting has a directory but no info yet; leave young ones alone.
-            if clean and run_dir.is_dir() and time.time() - run_dir.stat().st_mtime > 60:
+            if clean and time.time() - made.st_mtime > 60:
                 shutil.rmtree(run_dir, ignore_errors=True)
             continue
         if pid_alive(job.pid):

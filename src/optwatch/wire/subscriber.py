@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any
@@ -53,7 +54,8 @@ class Feed:
         self.last_seq: dict[int, int] = {}
         self._pids: dict[int, Any] = {}
         self.gaps_filled = 0
-        self.errors: list[str] = []
+        self.errors: collections.deque[str] = collections.deque(maxlen=100)
+        """Why records a peer sent were left out, newest last."""
         self._need_history = True
         self._last_history_try = 0.0
 
@@ -148,7 +150,9 @@ class Feed:
             batch = reply.get("batch")
             if not isinstance(batch, bytes):
                 raise RequestError("the hub sent a history page without records")
-            records.extend(protocol.decode_batch(batch))
+            good, refused = protocol.decode_records(batch)
+            records.extend(good)
+            self.errors.extend(refused)
             pages = int(reply.get("pages", 1))
             page += 1
         return records
@@ -163,7 +167,7 @@ class Feed:
         before = dict(self.last_seq)
         self.last_seq = {}
         records = []
-        for record in history:
+        for record in history:  # each validated as its page was decoded
             rank, seq = seq_key(record), record.get("seq", -1)
             if seq > before.get(rank, -1):
                 records.append(record)
@@ -187,7 +191,8 @@ class Feed:
             except zmq.Again:
                 break
             try:
-                batch = protocol.decode_batch(payload)
+                batch, refused = protocol.decode_records(payload)
+                self.errors.extend(refused)
             except protocol.ProtocolError as exc:
                 self.errors.append(str(exc))
                 continue

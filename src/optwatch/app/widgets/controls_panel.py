@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
@@ -37,13 +38,15 @@ class ControlsPanel(Vertical):
             table.clear()
             for event in reversed(events):
                 step = event.get("effective_step")
-                table.add_row(
+                cells = (
                     "–" if step is None else str(step),
                     event.get("command", ""),
                     event.get("status", ""),
                     event.get("reason", "") or "",
-                    event.get("source", ""),
+                    event.get("source", "") or "",
                 )
+                # Text, not markup: a command is what someone typed ("[/b]" is refused, and shown as it is).
+                table.add_row(*(Text(cell) for cell in cells))
         latest = next((e for e in reversed(events) if e.get("status") == "accepted"), None)
         if latest is None or latest.get("effective_step") is None:
             return
@@ -58,7 +61,7 @@ class ControlsPanel(Vertical):
                                       fmt.number(after.loss_slope_per_100, "+.3g"), ""),
         }  # fmt: skip
         self.impact_rows = rows
-        grid = Table(title=f"{latest['command']} @ step {latest['effective_step']}: before vs after", expand=True)
+        grid = Table(title=Text(f"{latest['command']} @ step {latest['effective_step']}: before vs after"), expand=True)
         grid.add_column("")
         grid.add_column(f"{before.steps} steps before", justify="right")
         grid.add_column(f"{after.steps} steps after", justify="right")

@@ -223,8 +223,9 @@ class HotspotsView(Vertical):
             }
             row = [cells[key] for key, _ in columns]
             self.rows.append(row)
+            # Text, not markup: op and module names come from the run ("[/...]" is a name like any other).
             table.add_row(
-                *[Text(cell, style="bold red") if key == "flags" else cell for (key, _), cell in zip(columns, row)]
+                *[Text(cell, style="bold red" if key == "flags" else "") for (key, _), cell in zip(columns, row)]
             )
 
     # --- sorting ----------------------------------------------------------------------------------------

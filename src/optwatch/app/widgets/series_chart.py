@@ -11,15 +11,22 @@ from textual.strip import Strip
 from textual_plotext import PlotextPlot
 
 FALLBACK_WIDTH = 100
+# plotext's arithmetic overflows near the ends of the float range (a loss of 1e308, a norm of 1e-320):
+# magnitudes beyond these bounds are left out of the picture, as NaN and Inf are.
+PLOTTABLE = 1e100
+
+
+def plottable(value: object) -> bool:
+    return isinstance(value, (int, float)) and (value == 0 or 1 / PLOTTABLE <= abs(value) <= PLOTTABLE)
 
 
 def envelope(xs: Sequence[float], ys: Sequence[float | None], buckets: int) -> tuple[list[float], list[float]]:
-    """The finite points, thinned to the lowest and highest of each of ``buckets`` runs, in step order.
+    """The plottable points, thinned to the lowest and highest of each of ``buckets`` runs, in step order.
 
     A braille chart has two dots per column: more points than that only cost plotext time (it draws
     every segment), while keeping each run's extremes keeps the spikes a person looks for.
     """
-    pairs = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float)) and math.isfinite(y)]
+    pairs = [(x, y) for x, y in zip(xs, ys) if plottable(y)]
     if len(pairs) <= 2 * buckets:
         return [p[0] for p in pairs], [p[1] for p in pairs]
     size = len(pairs) / buckets
@@ -51,7 +58,7 @@ class SeriesChart(PlotextPlot):
         self._rebuilt = False
 
     def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float | None], str]]) -> None:
-        """``series``: (label, steps, values, colour); non-finite values are left out of the picture."""
+        """``series``: (label, steps, values, colour); values that are not ``plottable`` are left out of the picture."""
         self.series = []
         columns = self.size.width or FALLBACK_WIDTH
         for label, xs, ys, colour in series:
