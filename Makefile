@@ -14,11 +14,12 @@ demo: setup
 	$(BIN)/optwatch examples/cifar.py
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # two workers: most tests wait on a training process of their own
 
 lint: setup
 	$(BIN)/ruff check src tests examples benchmarks scripts
 	$(BIN)/ruff format --check src tests examples benchmarks scripts
+	$(BIN)/lint-imports
 
 screenshots: setup
 	$(BIN)/python scripts/screenshots.py

@@ -157,8 +157,8 @@ def test_listening_beyond_this_machine_is_warned_about_and_works(listen, warned)
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     if warned:
         assert warnings == [
-            f"optwatch: warning: --listen {listen} is reachable from the network, guarded by the token alone, "
-            "and the token and the records cross it unencrypted; listen on 127.0.0.1 and forward the ports over "
+            f"optwatch: warning: --listen {listen} is reachable from the network, guarded by the token alone "
+            "(the traffic is encrypted, but anyone there can try); listen on 127.0.0.1 and forward the ports over "
             "SSH instead (ssh -L PORT:localhost:PORT -L PORT+1:localhost:PORT+1 HOST)"
         ]
     else:

@@ -84,6 +84,7 @@ def test_import_boundaries():
         "import optwatch, optwatch.cli, optwatch.protocol, optwatch.store": ("textual", "torch"),
         "import optwatch.app.app": ("torch",),
         "import optwatch.probe.probe": ("textual",),
+        "import optwatch.hub.server": ("textual", "torch"),
     }
     for statement, forbidden in checks.items():
         code = f"import sys; {statement}; print([m for m in {forbidden!r} if m in sys.modules])"

@@ -361,6 +361,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if detached:
             print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
             return 0
+        if process.stop_requested:
+            return 0  # stopped as the user asked (q, y): not a failure to report (make would say "Error 130")
         return process.exit_code() or 0
     finally:
         session.close()
@@ -393,7 +395,7 @@ def resolve_job(target: str | None):
 
 def token_of(args: argparse.Namespace) -> str | None:
     """The token for a TCP target: from --token (with a warning), --token-file or $OPTWATCH_TOKEN."""
-    from optwatch.probe.options import ENV_TOKEN
+    from optwatch.options import ENV_TOKEN
 
     if args.token is not None:
         print(

@@ -140,6 +140,8 @@ class TrainingProcess:
         """SIGINT, then SIGTERM after ``grace_s``, then SIGKILL; returns the exit code."""
         if self.popen is None:
             return None
+        if self.popen.poll() is None:
+            self.stop_requested = True
         for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if self.popen.poll() is not None:
                 break

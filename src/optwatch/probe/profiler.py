@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-import optwatch
 from optwatch import protocol
 from optwatch.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
 from optwatch.probe.hotspots import MODULE_SCOPE
@@ -355,7 +354,7 @@ class ProfilerPlugin(ProbePlugin):
 def _summarise(job: dict[str, Any]) -> dict[str, Any]:
     """Summarise a window in a helper process (no GIL shared with training); here if that fails."""
     env = dict(os.environ)
-    package_root = str(Path(optwatch.__file__).resolve().parent.parent)  # the helper imports this optwatch
+    package_root = str(Path(__file__).resolve().parents[2])  # the helper imports this optwatch
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
