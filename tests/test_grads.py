@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import math
+import statistics
 import threading
 import time
 
@@ -65,16 +66,28 @@ def test_layer_records_hold_the_exact_norms_updates_and_zero_fractions(probe):
         )
     records = recorded(probe, "layers")
     assert [r["step"] for r in records] == [0, 1, 2, 3]
+    # The weights are measured a module at a time here (a chunk is an eighth of them, whole modules): each
+    # figure is the one of the step it says (updated_at), and exact.
+    assert [r["updated_at"] for r in records] == [
+        [0, 0, None, None, None, None],
+        [0, 0, 1, 1, None, None],
+        [0, 0, 1, 1, 2, 2],
+        [3, 3, 1, 1, 2, 2],
+    ]
     for record, want in zip(records, expected):
         assert record["names"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
         assert record["numel"] == [32, 8, 64, 8, 8, 1]
-        assert record["updated_at"] == [record["step"]] * 6  # a small model is measured whole at every step
-        for key, values in want.items():
-            assert record[key] == pytest.approx(values, rel=1e-5, abs=1e-9), key
-        ratios = [u / w for u, w in zip(want["update_norm"], want["weight_norm"])]
-        assert record["update_ratio"] == pytest.approx(ratios, rel=1e-5)
+        assert record["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)  # every parameter, every step
+        for key in ("weight_norm", "update_norm", "zero_frac"):
+            for index, at in enumerate(record["updated_at"]):
+                if at is not None:
+                    assert record[key][index] == pytest.approx(expected[at][key][index], rel=1e-5, abs=1e-9), key
+        for index, at in enumerate(record["updated_at"]):
+            if at is not None:
+                ratio = expected[at]["update_norm"][index] / expected[at]["weight_norm"][index]
+                assert record["update_ratio"][index] == pytest.approx(ratio, rel=1e-5)
         assert not any(key.startswith("_") for key in record)
-    assert any(0 < z < 1 for r in records for z in r["zero_frac"])  # ReLU leaves dead units with zero gradient
+    assert any(0 < z < 1 for r in records for z in r["zero_frac"] if z is not None)  # ReLU: dead units
 
 
 def test_grad_every_and_a_small_update_budget_take_turns():
@@ -501,11 +514,10 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
         assert (r["grad_norm"] is not None) == r["detailed"] and r["loss"] is not None
     # (A detail step's boundary work, its statistics' update norms, is paid in the step after it.)
     between = [r for r in spaced if not r["detailed"] and not steps[r["step"] - 1]["detailed"]]
-    light_share = sum(r["optwatch_s"] for r in between) / sum(r["step_time_s"] for r in between)
-    detail_share = sum(r["optwatch_s"] for r in spaced if r["detailed"]) / sum(
-        r["step_time_s"] for r in spaced if r["detailed"]
-    )
-    assert light_share < detail_share / 2  # what the spacing is for
+    # Medians: one light step preempted by a busy machine would weigh on a sum.
+    light_share = statistics.median(r["optwatch_s"] / r["step_time_s"] for r in between)
+    detail_share = statistics.median(r["optwatch_s"] / r["step_time_s"] for r in spaced if r["detailed"])
+    assert light_share < 0.7 * detail_share  # what the spacing is for
     nonfinite = [a for a in records if a["kind"] == "alert" and a["type"] == "nonfinite"]
     assert [(a["step"], a["module"]) for a in nonfinite] == [(light, None), (again, "3")]
     assert "no forward check ran at this step" in nonfinite[0]["message"]

@@ -111,7 +111,6 @@ def test_the_budget_spaces_out_the_checks_of_a_tiny_step_and_zero_keeps_every_st
     says so; `--budget 0` keeps them on every step."""
     script = str(SCRIPTS / "plain_train.py")
     spaced, every = tmp_path / "spaced.jsonl", tmp_path / "every.jsonl"
-    # 350 steps: with checks every 32nd step or rarer, the last 20 steps hold none.
     result = optwatch("run", "--headless", "--record", str(spaced), script, "--steps", "350")
     assert result.returncode == 0, result.stderr
     steps = steps_of(read_jsonl(spaced))
@@ -122,8 +121,9 @@ def test_the_budget_spaces_out_the_checks_of_a_tiny_step_and_zero_keeps_every_st
     final = [line for line in result.stderr.splitlines() if line.startswith("optwatch: final step")]
     assert final and f"checks 1/{late[-1]['detail_every']})" in final[0]
     last_norm = [s["grad_norm"] for s in steps if s["grad_norm"] is not None][-1]
-    assert late[-1]["detail_every"] >= 32 and late[-1]["grad_norm"] is None
-    assert f"| grad {last_norm:.3g} |" in final[0]  # the last norm measured, not "-"
+    # The last norm measured, also when the final step had no check (the spacing depends on this
+    # machine's speed, so which step that is does too).
+    assert f"| grad {last_norm:.3g} |" in final[0]
     result = optwatch("run", "--headless", "--budget", "0", "--record", str(every), script, "--steps", "400")
     assert result.returncode == 0, result.stderr
     steps = steps_of(read_jsonl(every))

@@ -183,7 +183,7 @@ class LayerStats:
 
         step = record.get("step")
         measured_at = record.get("updated_at")
-        fresh = [at == step for at in measured_at] if isinstance(measured_at, (list, tuple)) else []
+        fresh = [at == step for at in measured_at] if isinstance(measured_at, (list, tuple, array.array)) else []
         return cls(
             names=list(names),
             numel=column("numel", 1),

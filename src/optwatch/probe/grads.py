@@ -6,9 +6,10 @@ multi-tensor ops and no host sync:
   global gradient norm, so the record's ``grad_norm`` and the per-layer figures agree;
 - for a chunk of the parameters, in turn: the weight norms, the count of non-zero gradient entries and a
   copy of the weights, which after ``optimizer.step()`` turns into the update (``_foreach_sub_``), whose
-  norms give ||Δw||. A chunk keeps a module's tensors together; a small model is one chunk (measured whole
-  at every step), a large one is cut into ``ROTATION`` chunks so a step reads a fraction of the weights,
-  and each layer's update ratio is refreshed every few steps. The copy takes at most ``--grad-update-mb``.
+  norms give ||Δw||. The parameters are cut into ``ROTATION`` chunks that keep a module's tensors
+  together, so a step handles an eighth of them (on a CPU each tensor costs a few microseconds whatever its
+  size; on a large model each chunk is as much memory traffic), and each layer's weight norm and update
+  ratio are refreshed every ``ROTATION`` measured steps. The copy takes at most ``--grad-update-mb``.
 The values travel in a ``layers`` record (fields the hub completes: ``hub.diagnosis.LayerColumns``) and are
 read back with the step batch; the hub's diagnosis turns them into alerts.
 """
@@ -24,12 +25,10 @@ from optwatch import protocol
 from optwatch.diagnose.gradients import module_of
 from optwatch.options import ProbeOptions
 from optwatch.probe.plugin import ProbeContext, ProbePlugin
-from optwatch.probe.vectors import as_vector, norms_of, tensors_by_device
+from optwatch.probe.vectors import as_vector, norm_dtype, norms_of, tensors_by_device
 
 ROTATION = 8
-"""A model larger than ``WHOLE_BYTES`` has its weights measured in this many chunks, one per measured step."""
-WHOLE_BYTES = 1 << 20
-"""Weights up to this size are measured whole at every measured step."""
+"""The weights are measured in this many chunks, one per measured step."""
 
 
 class _Layout:
@@ -38,14 +37,16 @@ class _Layout:
     def __init__(self, params: list[torch.Tensor], names: list[str], budget_bytes: float):
         self.params = params
         self.names = names
+        self._budget_bytes = budget_bytes
         self.numel = [p.numel() for p in params]
         self.unnamed = all(name.startswith("(unnamed)") for name in names)
         self.device = params[0].device
         groups = tensors_by_device(params)
         self.by_device = groups if len(groups) > 1 else None
+        self.dtype = norm_dtype(params)
         sizes = [p.numel() * p.element_size() for p in params]
         total = sum(sizes)
-        chunk_bytes = min(budget_bytes, max(total / ROTATION, WHOLE_BYTES))
+        chunk_bytes = min(budget_bytes, total / ROTATION)
         self.chunks = self._split(sizes, chunk_bytes)
         self._turn = 0
         # Copies kept between steps while all of them fit the budget; made each time otherwise.
@@ -56,17 +57,19 @@ class _Layout:
         return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
 
     def _split(self, sizes: list[int], chunk_bytes: float) -> list[list[int]]:
-        """Chunks of parameter indices that each fit ``chunk_bytes``, keeping a module's tensors together (a
-        tensor larger than that on its own gets no update ratio)."""
+        """Chunks of parameter indices of about ``chunk_bytes``, keeping a module's tensors together (a module
+        larger than that is a chunk of its own, or its tensors are, up to the copy's budget; a tensor larger
+        than the budget gets no update ratio)."""
         modules: dict[str, list[int]] = {}
         for index, name in enumerate(self.names):
             modules.setdefault(module_of(name), []).append(index)
+        limit = self._budget_bytes
         chunks: list[list[int]] = []
         current: list[int] = []
         used = 0.0
         for indices in modules.values():
             group = sum(sizes[i] for i in indices)
-            pieces = [indices] if group <= chunk_bytes else [[i] for i in indices if sizes[i] <= chunk_bytes]
+            pieces = [indices] if group <= limit else [[i] for i in indices if sizes[i] <= limit]
             for piece in pieces:
                 piece_size = sum(sizes[i] for i in piece)
                 if current and used + piece_size > chunk_bytes:
@@ -134,7 +137,7 @@ class GradientPlugin(ProbePlugin):
             layout = self._layout = _Layout(params, labels, self.budget_bytes)
         with torch.no_grad():
             grads = [p.grad for p in params]
-            grad_norms = as_vector(norms_of(grads, 2, layout.device, layout.by_device))
+            grad_norms = as_vector(norms_of(grads, 2, layout.device, layout.by_device, layout.dtype))
             context.report_grad_norm(torch.linalg.vector_norm(grad_norms))
             measured = _Measured(context.step, layout, grad_norms, [], None, None, None)
             turn_chunk = layout.next_chunk()
@@ -143,8 +146,10 @@ class GradientPlugin(ProbePlugin):
                 weights = [params[i] for i in chunk]
                 groups = tensors_by_device(weights) if layout.by_device else None
                 measured.chunk = chunk
-                measured.weight_norms = as_vector(norms_of(weights, 2, layout.device, groups))
-                measured.nonzero = as_vector(norms_of([grads[i] for i in chunk], 0, layout.device, groups))
+                measured.weight_norms = as_vector(norms_of(weights, 2, layout.device, groups, layout.dtype))
+                measured.nonzero = as_vector(
+                    norms_of([grads[i] for i in chunk], 0, layout.device, groups, layout.dtype)
+                )
                 measured.copies = layout.copies(turn, chunk)
                 torch._foreach_copy_(measured.copies, weights)
         self._measured = measured
@@ -173,7 +178,7 @@ class GradientPlugin(ProbePlugin):
             with torch.no_grad():
                 torch._foreach_sub_(measured.copies, [layout.params[i] for i in measured.chunk])
                 groups = tensors_by_device(measured.copies) if layout.by_device else None
-                update = as_vector(norms_of(measured.copies, 2, layout.device, groups))
+                update = as_vector(norms_of(measured.copies, 2, layout.device, groups, layout.dtype))
         # Each vector travels as it is: readback packs a batch's values together anyway.
         context.emit(
             protocol.make_record(

@@ -188,8 +188,8 @@ class Probe:
         self._backward_started: float | None = None
         self._data_wait_s = 0.0
         self._samples = 0
-        self._training_loaders: weakref.WeakSet[Any] = weakref.WeakSet()
-        """DataLoader iterators a backward() consumed a batch of: the training's."""
+        self._training_loaders: list[weakref.ref[Any]] = []
+        """DataLoader iterators a backward() consumed a batch of: the training's (few: one an epoch)."""
         self._unconsumed: weakref.WeakKeyDictionary[Any, collections.deque[tuple[int | None, float]]] = (
             weakref.WeakKeyDictionary()
         )
@@ -241,7 +241,7 @@ class Probe:
         return self
 
     def active(self) -> bool:
-        return not self._closed and os.getpid() == self.owner_pid
+        return not self._closed  # a forked child's copy is closed by _forked
 
     def _forked(self) -> None:
         """In a child forked from the training process (a DataLoader worker, a script's own fork): this probe
@@ -495,7 +495,7 @@ class Probe:
             queue = self._unconsumed[iterator] = collections.deque(maxlen=4096)
         queue.append((size, started))
         self._latest_iterator = weakref.ref(iterator)
-        if iterator in self._training_loaders:
+        if any(ref() is iterator for ref in self._training_loaders):
             self._data_wait_s += finished - started
         else:
             fetches = self._unknown_fetches.get(id(iterator))
@@ -521,12 +521,18 @@ class Probe:
     def _consume_batch(self) -> None:
         """A backward() consumed a batch: the oldest not yet consumed of a loader that feeds training, or, when
         none has one, of the loader the newest batch came from, which is then known to feed training."""
-        iterator = next((it for it in self._training_loaders if self._unconsumed.get(it)), None)
+        if self._latest_iterator is None:
+            return  # no DataLoader in this loop
+        iterator = next(
+            (it for it in (ref() for ref in self._training_loaders) if it is not None and self._unconsumed.get(it)),
+            None,
+        )
         if iterator is None:
-            iterator = self._latest_iterator() if self._latest_iterator is not None else None
+            iterator = self._latest_iterator()
             if iterator is None or not self._unconsumed.get(iterator):
                 return
-            self._training_loaders.add(iterator)
+            self._training_loaders = [ref for ref in self._training_loaders if ref() is not None]
+            self._training_loaders.append(weakref.ref(iterator))
             fetches = self._unknown_fetches.pop(id(iterator), None)
             if fetches is not None:
                 self._data_wait_s += fetches.wait_s
@@ -800,10 +806,12 @@ class Probe:
             record["losses"] = {self._name_of(self._primary): record["loss"], **self._other_losses}
             self._other_losses.clear()
         self._held = record
-        self._stepped_since_boundary = weakref.WeakSet()
-        # The first record waits for the first optimizers after the primary, whom nobody knows yet.
-        if self._primary_stepped_once:
+        if self._after_primary:
+            self._stepped_since_boundary = weakref.WeakSet()
             self._release_held_when_complete()
+        elif self._primary_stepped_once:
+            self._release_held()  # one optimizer: nobody adds to the record
+        # (The first record waits for the first optimizers after the primary, whom nobody knows yet.)
         self._primary_stepped_once = True
 
     def _release_held_when_complete(self) -> None:

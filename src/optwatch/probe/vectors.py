@@ -43,16 +43,23 @@ def tensors_by_device(tensors: Sequence[torch.Tensor]) -> dict[torch.device, lis
     return groups
 
 
+def norm_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """float32 (half precision would overflow), float64 for float64 tensors (a norm may widen a dtype, never
+    narrow it)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def norms_of(
     tensors: Sequence[torch.Tensor],
     order: int,
     device: torch.device,
     by_device: dict[torch.device, list[int]] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
-    """Norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``: float32 (half
-    precision would overflow), float64 for float64 tensors (a norm may widen a dtype, never narrow it).
-    ``by_device``: the tensors' indices per device when they are on several (model parallel), else None."""
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    """Norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``, in ``dtype`` (by
+    default ``norm_dtype``'s). ``by_device``: the tensors' indices per device when they are on several (model
+    parallel), else None."""
+    dtype = dtype or norm_dtype(tensors)
     if by_device is None:
         return list(torch._foreach_norm(list(tensors), order, dtype=dtype))
     result: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
