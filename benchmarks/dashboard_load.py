@@ -1,7 +1,7 @@
 """The dashboard under load: a job of 8 ranks at 100 steps/s each, with per-layer stats of a 100-layer model.
 
-A generator process plays the job through the real publisher (hub + history, as rank 0 runs it); this
-process runs the real dashboard, headless, attached to it, and reports: the dashboard process's CPU use,
+A generator process plays the job: one channel per rank (the training side's real sender) to a real hub
+process; this process runs the real dashboard, headless, attached to it, and reports: the dashboard process's CPU use,
 publish-to-screen latency p50/p99 (from the moment a step record is made in the job to the first redraw
 of the figures that includes it), dropped messages, and memory. Then it checks that memory stays flat
 over 1,000,000 steps, for the viewer's store and for the training side with nobody attached.
@@ -32,42 +32,45 @@ from optwatch.wire import runtime
 
 
 def generate(run_id: str, ranks: int, rate: float, layers: int, seconds: float, report: Path) -> None:
-    """The job: ``ranks`` ranks at ``rate`` steps/s each, through a real hub publisher."""
-    from optwatch.wire.publisher import Publisher
+    """The job: ``ranks`` ranks at ``rate`` steps/s each, each rank's records through a channel of its own
+    to a real hub process, as the ranks of a job send them."""
+    from optwatch import hub
+    from optwatch.probe.channel import Channel, ReadyRecords
 
     run_dir = runtime.make_run_dir(run_id)
-    publisher = Publisher(run_dir, rank=0, world_size=ranks, queue_size=4096)
-    publisher.start()
-    runtime.JobInfo(run_id, os.getpid(), "load", str(run_dir), time.time(), ranks, publisher.endpoints).save()
+    hub_process = hub.spawn(run_dir, run_id, world_size=ranks, job_pid=os.getpid(), script="load")
+    channels = [Channel(run_dir, rank=rank) for rank in range(ranks)]
+    for channel in channels:
+        channel.start()
     names = [f"blocks.{i}.mlp.weight" for i in range(layers)]
     numel = [4096] * layers
-    seq = [0] * ranks
     made = 0
     started = time.time()
     step = 0
     random.seed(0)
     while time.time() - started < seconds:
-        time.time()
-        records = []
-        for rank in range(ranks):
+        for rank, channel in enumerate(channels):
             loss = 2.0 * math.exp(-step / 3000) + 0.05 * random.random()
-            records.append(protocol.make_record(
-                protocol.STEP, rank, seq=seq[rank], step=step, loss=loss, grad_norm=1.0 + random.random(),
-                lr=0.001, step_time_s=1 / rate, data_wait_s=0.001, to_backward_s=0.004 + 0.001 * rank,
-                samples=64, samples_per_s=64 * rate, amp=False, cudnn_benchmark=False,
-            ))  # fmt: skip
-            records.append(protocol.make_record(
-                protocol.LAYERS, rank, seq=seq[rank] + 1, step=step, names=names, numel=numel,
-                grad_norm=[random.random() for _ in names], weight_norm=[1.0] * layers,
-                update_norm=[1e-3] * layers, update_ratio=[1e-3] * layers, zero_frac=[0.0] * layers, every=1,
-            ))  # fmt: skip
-            seq[rank] += 2
-        made += len(records)
-        publisher.submit_records(records)
+            records = [
+                protocol.make_record(
+                    protocol.STEP, rank, step=step, loss=loss, grad_norm=1.0 + random.random(), lr=0.001,
+                    step_time_s=1 / rate, data_wait_s=0.001, to_backward_s=0.004 + 0.001 * rank, samples=64,
+                    samples_per_s=64 * rate, amp=False, cudnn_benchmark=False,
+                ),
+                protocol.make_record(
+                    protocol.LAYERS, rank, step=step, names=names, numel=numel,
+                    grad_norm=[random.random() for _ in names], weight_norm=[1.0] * layers,
+                    update_norm=[1e-3] * layers, update_ratio=[1e-3] * layers, zero_frac=[0.0] * layers, every=1,
+                ),
+            ]  # fmt: skip
+            channel.submit(ReadyRecords(records))
+            made += len(records)
         step += 1
         time.sleep(max(0.0, started + step / rate - time.time()))
-    publisher.close()
-    report.write_text(json.dumps({"steps": step, "records": made, "job_dropped": publisher.dropped}))
+    for channel in channels:
+        channel.close()
+    hub_process.terminate()
+    report.write_text(json.dumps({"steps": step, "records": made, "job_dropped": sum(c.dropped for c in channels)}))
 
 
 async def watch(run_id: str, seconds: float) -> dict:
@@ -152,18 +155,16 @@ def store_memory_over_a_million_steps(ranks: int = 8) -> list[tuple[int, float]]
 def training_memory_over_a_million_steps() -> list[tuple[int, float]]:
     """A probe-instrumented loop of 1,000,000 tiny steps with nobody attached: RSS along the way.
 
-    The model is made of modules, so the forward check and the gradient statistics run too.
+    The defaults (a budget of 1%), with a hub process beside it that nobody reads.
     """
     code = r"""
-import os, sys, psutil, torch
-from optwatch.probe.options import ProbeOptions
-from optwatch.probe.probe import Probe
-from optwatch.wire import runtime
-run_dir = runtime.make_run_dir(f"mem-{os.getpid()}")
-probe = Probe(run_dir, run_dir.name, ProbeOptions(script="mem")).start()
+import sys, psutil, torch
+sys.path.insert(0, sys.argv[1])
+from harness import instrument
 model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
 inputs = torch.ones(2, 4)
 optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+probe = instrument(model, optimizer, {})
 marks = []
 for step in range(1, 1_000_001):
     optimizer.zero_grad()
@@ -174,7 +175,8 @@ for step in range(1, 1_000_001):
 probe.close()
 print(marks)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    here = str(Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True, check=True)
     return eval(result.stdout.strip().splitlines()[-1])  # our own child's repr of a list of tuples
 
 

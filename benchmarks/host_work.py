@@ -7,11 +7,11 @@ switched on by the training thread itself around the steps, so imports, set-up a
 On a GPU box a host-bound step (the cifar model on a fast GPU) is exactly this host work: kernel
 launches are the training thread's instructions too. What it does not see: cache effects, optwatch's
 background threads (``overhead.py`` reports their CPU time), and the hand-over of values to the
-publisher once per publish interval. On a CPU, per-tensor norms that a GPU fuses into one launch run
+channel once per publish interval. On a CPU, per-tensor norms that a GPU fuses into one launch run
 one operator per tensor, so the statistics' share reads higher here than on a GPU.
 
     python benchmarks/host_work.py --workload cifar-host
-    python benchmarks/host_work.py --workload tiny --modes default,no-forward-check,no-gradients
+    python benchmarks/host_work.py --workload tiny --modes default,forward-check,no-gradients
     python benchmarks/host_work.py --workload cifar-host --modes light,every-step   # between detail steps
 
 The ``light`` mode counts only steps between two detail steps (``--budget`` spacing them at every
@@ -77,7 +77,7 @@ def measure(args: argparse.Namespace) -> None:
             model, optimizer, step = workload(args.workload, torch.device("cpu"))
             probe = None
             if MODES[mode] is not None:
-                # No hand-over to the publisher during the counted steps: natively it comes once per
+                # No hand-over to the channel during the counted steps: natively it comes once per
                 # publish interval (every ~70 steps of the cifar model on an H200), but under valgrind's
                 # slowdown it would come at every step and be counted as per-step work.
                 probe = instrument(model, optimizer, {"publish_interval_s": 3600.0, **MODES[mode]})

@@ -7,7 +7,7 @@ sync caused by optwatch raises, so "0 syncs" is checked, not assumed.
 
     python benchmarks/overhead.py                      # tiny (optwatch's own cost), cifar, transformer
     python benchmarks/overhead.py --workload cifar --rounds 7 --steps 40
-    python benchmarks/overhead.py --workload cifar --modes default,no-forward-check,no-gradients
+    python benchmarks/overhead.py --workload cifar --modes default,forward-check,no-gradients
     python benchmarks/overhead.py --workload cifar --threads 1 --clock thread-cpu   # CPU time, not wall
     python benchmarks/overhead.py --workload cifar-host --threads 1   # a host-bound step on a CPU
 """
@@ -32,18 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 from cifar import SmallResNet  # noqa: E402
-
-from optwatch.probe.options import ProbeOptions  # noqa: E402
-from optwatch.probe.probe import Probe  # noqa: E402
-from optwatch.wire import runtime  # noqa: E402
+from harness import instrument, published  # noqa: E402
 
 # Settings per mode. "all" turns on every diagnostic optwatch has, at its most frequent cadence; the
 # last two take one diagnostic off the default, to attribute its cost (--modes).
 MODES: dict[str, dict | None] = {
     "bare": None,
     "default": {},
-    "all": {"system_interval_s": 0.25, "grad_every": 1, "grad_budget": 0.0, "budget": 0.0, "forward_check": True},
-    "no-forward-check": {"forward_check": False},
+    "all": {"system_interval_s": 0.25, "grad_every": 1, "budget": 0.0, "forward_check": "always"},
+    "forward-check": {"forward_check": "always"},
     "no-gradients": {"grad_every": 0},
     "every-step": {"budget": 0.0},  # every diagnostic at every step, whatever it costs (before --budget)
     # The detail steps at their widest spacing (every 128th): what every other step costs, the per-step
@@ -137,18 +134,6 @@ def timed_steps(step, steps: int, device: torch.device) -> list[float]:
     return times
 
 
-def instrument(model: nn.Module, optimizer: torch.optim.Optimizer, settings: dict) -> Probe:
-    """A started probe in this process, watching ``model``, with ``settings`` (one of ``MODES``, plus any
-    the caller adds) over the benchmarks' common ones."""
-    run_dir = runtime.make_run_dir(f"bench-{os.getpid()}")
-    # The steady state: the gradient statistics' first 100 steps at full cadence (before their cost
-    # governor applies) are a transient a benchmark's short rounds would otherwise never leave.
-    options = ProbeOptions(script="bench", **{"grad_full_cadence_steps": 0, **settings})
-    probe = Probe(run_dir, run_dir.name, options).start()
-    probe.attach(model=model, optimizer=optimizer)
-    return probe
-
-
 def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: torch.device) -> list[float]:
     model, optimizer, step = workload(workload_name, device)
     timed_steps(step, warmup, device)
@@ -171,10 +156,10 @@ def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: tor
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
     finally:
-        probe.close()
+        records = published(probe)
     own = [
         r["optwatch_s"]
-        for r in probe.publisher.history.snapshot()
+        for r in records
         if r["kind"] == "step" and r["step"] >= first_timed and r.get("optwatch_s") is not None
     ]
     if own:
@@ -182,7 +167,7 @@ def run_mode(mode: str, workload_name: str, steps: int, warmup: int, device: tor
     return times
 
 
-def settle(probe: Probe, step, device: torch.device, quiet_steps: int = 64, most_steps: int = 600) -> int:
+def settle(probe, step, device: torch.device, quiet_steps: int = 64, most_steps: int = 600) -> int:
     """Train until the budget's spacing of detail steps (``--budget``) has not changed for ``quiet_steps``
     and for a whole window of the governor (two spacings): the steady state a long run spends its time
     in, not the climb to it."""

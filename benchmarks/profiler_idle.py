@@ -43,14 +43,12 @@ def run_round(blocks: int, first: str) -> dict[str, dict[str, list[float]]]:
 
     sys.path.insert(0, str(ROOT / "examples"))
     from cifar import SmallResNet
+    from harness import instrument
 
-    from optwatch.probe.options import ProbeOptions
-    from optwatch.probe.probe import Probe
     from optwatch.probe.profiler import ProfilerPlugin
-    from optwatch.wire import runtime
 
     torch.set_num_threads(1)  # steadier numbers on a shared machine
-    probe = Probe(runtime.make_run_dir("bench"), "bench", ProbeOptions(script="bench")).start()
+    probe = instrument(None, None, {})
     shipped = list(probe.plugins)
     plugins = {"present": shipped, "absent": [p for p in shipped if not isinstance(p, ProfilerPlugin)]}
     assert len(plugins["present"]) == len(plugins["absent"]) + 1
@@ -105,7 +103,7 @@ def run_round(blocks: int, first: str) -> dict[str, dict[str, list[float]]]:
 
 def idle_after_step_s() -> float:
     """Seconds per step for the idle profiler plugin's ``after_step`` (its whole per-step cost)."""
-    from optwatch.probe.options import ProbeOptions
+    from optwatch.options import ProbeOptions
     from optwatch.probe.profiler import ProfilerPlugin
 
     plugin = ProfilerPlugin(ProbeOptions())
