@@ -119,26 +119,41 @@ class GradientPlugin(ProbePlugin):
         self.budget_bytes = options.grad_update_mb * 2**20
         self._detail_steps = 0
         self._layout: _Layout | None = None
-        self._order_key: tuple[int, ...] | None = None
+        self._order_key: tuple | None = None
         self._ordered: list[torch.Tensor] = []
         self._measured: _Measured | None = None
 
     def on_gradients(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> None:
         if self._detail_steps % self.every:
             return
-        params = [p for p in self._in_model_order(context, optimizer) if p.grad is not None and not p.grad.is_sparse]
+        ordered = self._in_model_order(context, optimizer)
+        grads = [p.grad for p in ordered]  # (each ``.grad`` costs a microsecond: read once)
+        if any([g is None for g in grads]):
+            params = [p for p, g in zip(ordered, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        else:
+            params = ordered  # the same list object step after step: the layout matches at a glance
         if not params:
             return
         layout = self._layout
         names = context.parameter_names()
-        if layout is None or not layout.matches(params) or (layout.unnamed and names):
+        if layout is None or not (layout.params is params or layout.matches(params)) or (layout.unnamed and names):
             # (Before the first optimizer step the model, and so the names, may not be known yet.)
+            if any(g.is_sparse for g in grads):
+                dense = [i for i, g in enumerate(grads) if not g.is_sparse]
+                params, grads = [params[i] for i in dense], [grads[i] for i in dense]
+                if not params:
+                    return
             labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
             layout = self._layout = _Layout(params, labels, self.budget_bytes)
-        with torch.no_grad():
-            grads = [p.grad for p in params]
+        elif layout.params is not params:
+            params = layout.params  # the same parameters: keep the layout's list
+        grad_enabled = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)  # (cheaper than entering ``torch.no_grad()``: this runs every step)
+        try:
             grad_norms = as_vector(norms_of(grads, 2, layout.device, layout.by_device, layout.dtype))
-            context.report_grad_norm(torch.linalg.vector_norm(grad_norms))
+            if not context.clip_measures:
+                context.report_grad_norm(torch.linalg.vector_norm(grad_norms))
             measured = _Measured(context.step, layout, grad_norms, [], None, None, None)
             turn_chunk = layout.next_chunk()
             if turn_chunk is not None:
@@ -146,26 +161,35 @@ class GradientPlugin(ProbePlugin):
                 weights = [params[i] for i in chunk]
                 groups = tensors_by_device(weights) if layout.by_device else None
                 measured.chunk = chunk
-                measured.weight_norms = as_vector(norms_of(weights, 2, layout.device, groups, layout.dtype))
-                measured.nonzero = as_vector(
-                    norms_of([grads[i] for i in chunk], 0, layout.device, groups, layout.dtype)
+                # Weight norms and non-zero counts in one vector: one stack, not two.
+                both = as_vector(
+                    norms_of(weights, 2, layout.device, groups, layout.dtype)
+                    + norms_of([grads[i] for i in chunk], 0, layout.device, groups, layout.dtype)
                 )
+                measured.weight_norms, measured.nonzero = both[: len(chunk)], both[len(chunk) :]
                 measured.copies = layout.copies(turn, chunk)
                 torch._foreach_copy_(measured.copies, weights)
+        finally:
+            torch.set_grad_enabled(grad_enabled)
         self._measured = measured
 
     def _in_model_order(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
         """The optimizer's parameters in the model's order (param groups may split and reorder them)."""
-        flat = (
-            [p for group in optimizer.param_groups for p in group["params"]]
-            if optimizer is not None
-            else context.parameters()
-        )
-        key = tuple(map(id, flat))
-        if key != self._order_key:
-            position = {pid: i for i, pid in enumerate(context.parameter_names())}
-            self._ordered = sorted(flat, key=lambda p: position.get(id(p), len(position)))
-            self._order_key = key
+        if optimizer is not None:
+            # Known at a glance while the param groups' lists are the same (an id per group, not per parameter).
+            groups = tuple((id(group["params"]), len(group["params"])) for group in optimizer.param_groups)
+            if groups == self._order_key:
+                return self._ordered
+            flat = [p for group in optimizer.param_groups for p in group["params"]]
+            key: tuple = groups
+        else:
+            flat = context.parameters()
+            key = tuple(map(id, flat))
+            if key == self._order_key:
+                return self._ordered
+        position = {pid: i for i, pid in enumerate(context.parameter_names())}
+        self._ordered = sorted(flat, key=lambda p: position.get(id(p), len(position)))
+        self._order_key = key
         return self._ordered
 
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
@@ -175,10 +199,14 @@ class GradientPlugin(ProbePlugin):
             return  # nothing measured, or a step the scaler skipped: no weight changed
         layout, update = measured.layout, None
         if measured.copies is not None:
-            with torch.no_grad():
+            grad_enabled = torch.is_grad_enabled()
+            torch.set_grad_enabled(False)
+            try:
                 torch._foreach_sub_(measured.copies, [layout.params[i] for i in measured.chunk])
                 groups = tensors_by_device(measured.copies) if layout.by_device else None
                 update = as_vector(norms_of(measured.copies, 2, layout.device, groups, layout.dtype))
+            finally:
+                torch.set_grad_enabled(grad_enabled)
         # Each vector travels as it is: readback packs a batch's values together anyway.
         context.emit(
             protocol.make_record(

@@ -54,6 +54,9 @@ class ProbeContext(Protocol):
     """Where the trained parameters live, known from the first step on."""
     training_thread: int | None
     """The thread that trains (the one calling ``backward()``); plugins' hooks ignore forwards of others."""
+    clip_measures: bool
+    """In ``on_gradients``: the script's ``clip_grad_norm_`` is about to compute this step's global gradient
+    norm, which the record then takes (the number the script itself gets): no plugin need report one."""
     nonfinite_seen: bool
     """A step's loss or gradient norm has been NaN/Inf (read back off the training thread)."""
     commands: collections.deque[dict[str, Any]]

@@ -151,6 +151,7 @@ class Probe:
         self.device: torch.device | None = None
         self.training_thread: int | None = None
         self.nonfinite_seen = False
+        self.clip_measures = False
         self.governor = DetailGovernor(options.budget, options.grad_full_cadence_steps)
         self.detailed = True
         self.next_detailed = True
@@ -617,6 +618,7 @@ class Probe:
             device = params[0].device if params else (self._losses[-1].device if self._losses else None)
             if device is not None:
                 self._announce_device(device)
+        self.clip_measures = clip_measures
         self._call_in_step("on_gradients", optimizer)
         if self._grad_norm is None and not clip_measures and self.detailed:
             self._grad_norm = global_norm([p.grad for p in self.parameters()])
