@@ -731,7 +731,14 @@ class Probe:
             return None
         if len(losses) == 1:
             return losses[0]
-        return torch.stack([t.reshape(()).float() for t in losses]).sum()
+        total = None  # added one by one: one operator per micro-batch where stacking takes four
+        for loss in losses:
+            if loss.dim():
+                loss = loss.reshape(())
+            if not loss.is_floating_point() or loss.element_size() < 4:
+                loss = loss.float()  # a sum of bfloat16 losses would round at each addition
+            total = loss if total is None else total + loss
+        return total
 
     # --- the step boundary ---------------------------------------------------------------------------------------
     def _finish_step(self, now: float, **extra: Any) -> None:
