@@ -1,4 +1,4 @@
-# `make demo` sets everything up and runs the dashboard on the example; `make test` sets up and runs the tests.
+# `make demo` sets everything up and runs the dashboard on the example; `make test` sets up, lints and runs the tests.
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 demo: setup
 	$(BIN)/optwatch examples/cifar.py
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -n 2  # two workers: most tests wait on a training process of their own
 
 lint: setup
@@ -25,7 +25,8 @@ screenshots: setup
 	$(BIN)/python scripts/screenshots.py
 
 bench: setup
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/wall_clock.py --workload llm
+	$(BIN)/python benchmarks/wall_clock.py --workload cifar
 	$(BIN)/python benchmarks/dashboard_load.py
 	$(BIN)/python benchmarks/profiler_idle.py
 

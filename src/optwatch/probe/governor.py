@@ -1,11 +1,11 @@
 """The one cost governor: how often optwatch's spaced checks run, so that it stays within ``--budget``.
 
-Every check optwatch makes is cheap enough to run at every step on the models it was measured on (the
-README's "What it costs"), but not on every model: a tiny model on a fast GPU has steps of a few hundred
+Every check optwatch makes is cheap enough to run at every step on the models it was measured on
+(docs/cost.md), but not on every model: a tiny model on a fast GPU has steps of a few hundred
 microseconds, where even a few kernel launches show. So the probe measures its own share of the step time
 and, when it is over the budget, runs the checks it can space out (per-layer statistics, the device's
-phase timing, the forward check) on every Nth step only: "detail steps". The loss, the global gradient
-norm and the step's time are recorded at every step whatever the budget.
+phase timing, the forward check) on every Nth step only: "detail steps". The loss, the step's time and a
+clip's gradient norm are recorded at every step whatever the budget.
 """
 
 from __future__ import annotations
