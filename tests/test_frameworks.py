@@ -1,6 +1,7 @@
-"""The real Hugging Face Trainer and PyTorch Lightning under `optwatch run`: optwatch's numbers per step are
-the ones the framework itself logs (its loss, its pre-clip gradient norm) and sees (the samples of its
-training batches), however it accumulates, clips, evaluates and prefetches.
+"""The real Hugging Face Trainer and PyTorch Lightning under `optwatch run`, and started with plain `python`
+with optwatch's callback: optwatch's numbers per step are the ones the framework itself logs (its loss, its
+pre-clip gradient norm) and sees (the samples of its training batches), however it accumulates, clips,
+evaluates and prefetches.
 
 The frameworks come with the ``frameworks`` extra (``scripts/setup.sh`` installs it).
 """
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
-from conftest import SCRIPTS, optwatch, read_jsonl, steps_of
+from conftest import SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for
 from test_right_numbers import assert_same, truth_of
 
 
@@ -48,3 +51,56 @@ def test_lightning_with_a_closure_clipping_and_validation(tmp_path):
     assert_same(steps, truth, "grad_norm", "grad_norm")  # this step's, before gradient_clip_val cuts it
     assert_same(steps, truth, "samples", "samples")  # the sanity check and validation batches are not
     assert {s["clip_max_norm"] for s in steps} == {0.5}
+
+
+def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:
+    """``python SCRIPT --callback`` (no `optwatch run`), watched from another process with `optwatch attach`."""
+    job = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / f"{script}.py"), "--callback"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        [listed] = wait_for(live_jobs, timeout_s=120)
+        assert listed["script"].endswith(f"{script}.py")
+        record = tmp_path / "attached.jsonl"
+        attached = optwatch("attach", listed["run_id"], "--headless", "--record", str(record), timeout=180)
+        assert attached.returncode == 0, attached.stderr[-2000:]
+    finally:
+        stdout, stderr = job.communicate(timeout=180)
+    assert job.returncode == 0, stderr[-3000:]
+    return read_jsonl(record), truth_of(stdout, "FRAMEWORK_STEP"), stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the frameworks extra is not installed")
+def test_a_trainer_run_started_with_python_is_watchable_with_one_callback(tmp_path):
+    records, truth, stdout = watched_with_the_callback(tmp_path, "hf_trainer")
+    steps = steps_of(records)
+    assert len(truth) == 20
+    assert_same(steps, truth, "loss", "loss")  # attached from the start: the history holds every step
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    evaluations = [
+        json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_EVAL ")
+    ]
+    published = [r["values"]["eval_loss"] for r in records if r["kind"] == "metric" and "eval_loss" in r["values"]]
+    assert published == pytest.approx([e["eval_loss"] for e in evaluations], rel=1e-6)
+    # The step's own figures travel in the step record, not again as metrics.
+    assert not any("loss" in r["values"] or "epoch" in r["values"] for r in records if r["kind"] == "metric")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
+def test_a_lightning_run_started_with_python_is_watchable_with_one_callback(tmp_path):
+    records, truth, stdout = watched_with_the_callback(tmp_path, "lightning_train")
+    steps = steps_of(records)
+    assert len(truth) == 24
+    assert_same(steps, truth, "loss", "loss")
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    evaluations = [
+        json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_EVAL ")
+    ]
+    validated = [e["val_loss"] for e in evaluations if not e["sanity"]]
+    published = [r["values"]["val_loss"] for r in records if r["kind"] == "metric" and "val_loss" in r["values"]]
+    # After each validation (the sanity check's is not published), and again at the epoch's end.
+    assert validated and published[: len(validated)] == pytest.approx(validated, rel=1e-6)

@@ -82,6 +82,7 @@ def test_import_boundaries():
     """`import optwatch` stays light; the dashboard never pulls in torch; the probe never textual."""
     checks = {
         "import optwatch, optwatch.cli, optwatch.protocol, optwatch.store": ("textual", "torch"),
+        "import optwatch, optwatch.integrations": ("torch", "lightning", "transformers"),
         "import optwatch.app.app": ("torch",),
         "import optwatch.probe.probe": ("textual",),
         "import optwatch.hub.server": ("textual", "torch"),

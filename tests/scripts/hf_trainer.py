@@ -1,5 +1,6 @@
 """The real Hugging Face Trainer on a tiny GPT-2 (built from a config, no weights), on the CPU: the ground
-truth that ``optwatch run`` is checked against for a Trainer run. No optwatch import.
+truth that ``optwatch run`` is checked against for a Trainer run. No optwatch import, unless ``--callback``
+adds ``optwatch.integrations.transformers.OptwatchCallback`` (for a run started with plain ``python``).
 
 Gradient accumulation 4 (so 4 backward() calls per optimizer step), the default clipping
 (max_grad_norm=1.0), an evaluation every 5 optimizer steps, two epochs over a small synthetic token set.
@@ -27,6 +28,7 @@ Once, first: ``FRAMEWORK_INFO {...}`` (versions, batch sizes, the clipping funct
 import inspect
 import json
 import os
+import sys
 import tempfile
 import warnings
 
@@ -208,8 +210,13 @@ def main() -> None:
             log_level="error",
         )
         callback = GroundTruth()
+        callbacks: list[TrainerCallback] = [callback]
+        if "--callback" in sys.argv:
+            from optwatch.integrations.transformers import OptwatchCallback
+
+            callbacks.append(OptwatchCallback())
         trainer = CountingTrainer(
-            model=model, args=args, train_dataset=train, eval_dataset=evaluation, callbacks=[callback]
+            model=model, args=args, train_dataset=train, eval_dataset=evaluation, callbacks=callbacks
         )
         callback.trainer = trainer
         trainer.train()

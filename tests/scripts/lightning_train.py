@@ -1,5 +1,6 @@
 """PyTorch Lightning (the ``lightning`` package) training a small MLP on synthetic data, on the CPU: the
-ground truth that ``optwatch run`` is checked against for a Lightning run. No optwatch import.
+ground truth that ``optwatch run`` is checked against for a Lightning run. No optwatch import, unless
+``--callback`` adds ``optwatch.integrations.lightning.OptwatchCallback`` (for a run started with plain ``python``).
 
 A validation loop between training steps (val_check_interval=8 batches) after the default sanity check
 (num_sanity_val_steps=2: two validation batches before the first training step), gradient_clip_val=0.5
@@ -24,6 +25,7 @@ validation run (``after_step`` -1: the sanity check, before step 0).
 import inspect
 import json
 import logging
+import sys
 import warnings
 
 warnings.filterwarnings("ignore")
@@ -114,6 +116,7 @@ class MLP(pl.LightningModule):
                 "val_samples": self._val_samples,
             },
         )
+        self.log("val_loss", torch.stack(self._val_losses).sum() / self._val_samples)
         self._val_losses, self._val_samples = [], 0
 
     def configure_optimizers(self):
@@ -128,7 +131,13 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     train = torch.utils.data.DataLoader(synthetic(TRAIN_SAMPLES, 1), batch_size=BATCH, shuffle=True)
     val = torch.utils.data.DataLoader(synthetic(VAL_SAMPLES, 2), batch_size=VAL_BATCH)
+    callbacks = []
+    if "--callback" in sys.argv:
+        from optwatch.integrations.lightning import OptwatchCallback
+
+        callbacks.append(OptwatchCallback())
     trainer = pl.Trainer(
+        callbacks=callbacks,
         accelerator="cpu",
         devices=1,
         max_steps=MAX_STEPS,

@@ -1,0 +1,51 @@
+"""``OptwatchCallback`` for PyTorch Lightning: ``Trainer(..., callbacks=[OptwatchCallback()])``.
+
+The probe watches the first optimizer of ``configure_optimizers`` (the one Lightning's
+``LightningOptimizer`` wraps); under automatic optimization a step's loss is its closure's first
+evaluation, what ``training_step`` returned. What the module logs with ``self.log`` (``trainer.callback_metrics``:
+validation loss, accuracy...) is published as ``metric`` records after each validation and each training
+epoch: each value once, when Lightning has a new one (told by the object, never by reading the device).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from optwatch.integrations import numbers_of
+
+
+class OptwatchCallback(Callback):
+    def __init__(self) -> None:
+        self.probe: Any = None
+        self._published: dict[str, Any] = {}
+        """name -> the value last published (kept, so that its identity means something): callback_metrics
+        keeps a value until it is logged again."""
+
+    def on_train_start(self, trainer, pl_module):
+        import optwatch
+
+        optimizers = getattr(trainer, "optimizers", None) or [None]
+        inner = getattr(optimizers[0], "optimizer", optimizers[0])
+        loader = getattr(trainer, "train_dataloader", None)
+        batch_size = getattr(loader, "batch_size", None)
+        self.probe = optwatch.watch(pl_module, inner, batch_size=batch_size if isinstance(batch_size, int) else None)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._publish(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._publish(trainer)
+
+    def _publish(self, trainer: Any) -> None:
+        if self.probe is None:
+            return
+        fresh = {
+            name: value for name, value in trainer.callback_metrics.items() if self._published.get(name) is not value
+        }
+        self._published.update(fresh)
+        numbers = numbers_of(fresh)
+        if numbers:
+            self.probe.log(**numbers)
