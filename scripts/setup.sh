@@ -22,6 +22,7 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     # that one instead of downloading the newest build with gigabytes of CUDA libraries.
     "$venv/bin/python" -m pip install "torch==2.13.0" || "$venv/bin/python" -m pip install torch
 fi
-# The test extra, and the real training frameworks the tests run (they keep the torch installed above).
-"$venv/bin/python" -m pip install -e ".[test,frameworks]"
+# The test extra, the real training frameworks the tests run (they keep the torch installed above), and
+# TensorBoard for `optwatch export --tensorboard`.
+"$venv/bin/python" -m pip install -e ".[test,frameworks,tensorboard]"
 "$venv/bin/python" -c 'import torch, optwatch; print(f"setup: optwatch {optwatch.__version__} with torch {torch.__version__}")'
