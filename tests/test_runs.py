@@ -159,3 +159,31 @@ def test_per_layer_records_are_thinned_as_the_run_grows(tmp_path):
     assert kept[:LAYERS_KEPT_AT_FULL_RATE] == list(range(LAYERS_KEPT_AT_FULL_RATE))
     assert len(kept) < 3 * LAYERS_KEPT_AT_FULL_RATE  # logarithmic in the run's length, not linear
     assert json.loads((tmp_path / "layers" / runs.SUMMARY_NAME).read_text())["status"] == "finished"
+
+
+async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, monkeypatch):
+    from conftest import wait_for_ui
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.run_picker import RunPicker
+    from optwatch.app.widgets.series_chart import SeriesChart
+    from optwatch.runs_cli import load
+
+    root, env, printed = two_runs
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(root))
+    first, second = runs.list_runs(root)
+    store, _ = load(second.run_id)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        chart = app.query_one("#loss-chart", SeriesChart)
+        await pilot.press("B")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
+        assert len(app.screen.entries) == 1  # the run on screen is not offered as its own baseline
+        await pilot.press("down", "enter")
+        await wait_for_ui(pilot, lambda: chart.series and chart.series[0][0] == f"baseline {first.run_id}")
+        _, steps, losses, colour = chart.series[0]
+        assert steps == list(range(25)) and losses == printed["0.05"] and colour == "gray"
+        assert chart.series[1][2] == printed["0.2"]  # the run's own loss, drawn over it
+        await pilot.press("B")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
+        await pilot.press("enter")  # "no baseline"
+        await wait_for_ui(pilot, lambda: not chart.series[0][0].startswith("baseline"))

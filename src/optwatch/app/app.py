@@ -71,6 +71,7 @@ class OptwatchApp(App[None]):
         Binding("colon", "command", "Command"),
         Binding("p", "profile", "Profile"),
         Binding("z", "zoom", "Zoom"),
+        Binding("B", "baseline", "Baseline"),
     ]
 
     def __init__(self, session: ViewerSession | None = None, store: Store | None = None, mode: str = "run"):
@@ -90,6 +91,7 @@ class OptwatchApp(App[None]):
         self._feed_update_queued = threading.Event()
         self._panes: Panes | None = None
         self.zoom = chart_series.ZOOMS[0]
+        self.baseline: chart_series.Baseline | None = None
         self.views = extra_views()
         for view in self.views:
             self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title)
@@ -261,7 +263,7 @@ class OptwatchApp(App[None]):
     def _draw_charts(self, panes: Panes) -> None:
         store = self.store
         with store.lock:
-            losses, loss_title = chart_series.loss_series(store, self.zoom)
+            losses, loss_title = chart_series.loss_series(store, self.zoom, self.baseline)
             grads, grad_title = chart_series.grad_series(store, self.zoom)
             controls, alerts = chart_series.markers(store)
         for chart, series, title in ((panes.loss_chart, losses, loss_title), (panes.grad_chart, grads, grad_title)):
@@ -274,6 +276,50 @@ class OptwatchApp(App[None]):
         """The charts' next zoom: recent steps (following the live edge), the wider window, the whole run."""
         self.zoom = chart_series.next_zoom(self.zoom)
         self.notify(f"charts: {self.zoom.title('steps').removeprefix('steps · ')}", timeout=2)
+        self.render_views(force_charts=True)
+
+    def action_baseline(self) -> None:
+        """Pick a recorded run to draw faintly under the live loss curve (or none)."""
+        from optwatch.app.widgets.run_picker import RunPicker
+        from optwatch.runs import list_runs, runs_root
+
+        with self.store.lock:
+            own = (self.store.primary.hello.get("run_id") if self.store.primary else None) or ""
+        entries = [entry for entry in list_runs() if entry.run_id != own]
+        if not entries:
+            self.notify(f"no other recorded runs in {runs_root()}", severity="warning", markup=False)
+            return
+
+        def chosen(run_id: str | None) -> None:
+            if run_id == "":
+                self.baseline = None
+                self.render_views(force_charts=True)
+            elif run_id:
+                self.load_baseline(next(e for e in entries if e.run_id == run_id).directory)
+
+        self.push_screen(RunPicker(entries, self.baseline.run_id if self.baseline else None), chosen)
+
+    @work(thread=True, exclusive=True, group="baseline", name="baseline")
+    def load_baseline(self, directory) -> None:
+        """Read a past run's loss (a file read: off the UI thread)."""
+        from optwatch.protocol import ProtocolError
+        from optwatch.runhistory import RunHistory
+        from optwatch.runs import read_run_records
+
+        whole = RunHistory()
+        try:
+            for record in read_run_records(directory):
+                if record.get("kind") == "step" and record.get("rank", 0) == 0:
+                    whole.add_step(record)
+        except (OSError, ProtocolError) as exc:
+            self.call_from_thread(self.notify, f"cannot read {directory}: {exc}", severity="error", markup=False)
+            return
+        loss = whole.series.get("loss")
+        steps, means, _, _ = loss.points() if loss else ([], [], [], [])
+        self.call_from_thread(self._show_baseline, chart_series.Baseline(directory.name, steps, means))
+
+    def _show_baseline(self, baseline: chart_series.Baseline) -> None:
+        self.baseline = baseline
         self.render_views(force_charts=True)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

@@ -37,8 +37,31 @@ def next_zoom(zoom: Zoom) -> Zoom:
     return ZOOMS[(ZOOMS.index(zoom) + 1) % len(ZOOMS)]
 
 
-def loss_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
-    """The loss chart's lines and title. Call with ``store.lock`` held."""
+@dataclass(frozen=True)
+class Baseline:
+    """A past run's loss, drawn faintly under the live curves (``B``)."""
+
+    run_id: str
+    steps: list[int]
+    loss: list[float | None]
+
+    def within(self, series: list[Series]) -> list[Series]:
+        """The baseline over the steps the live lines cover, first (so they are drawn over it)."""
+        shown = [xs for _, xs, _, _ in series if xs]
+        if not shown or not self.steps:
+            return series
+        first, last = min(xs[0] for xs in shown), max(xs[-1] for xs in shown)
+        points = [(x, y) for x, y in zip(self.steps, self.loss) if first <= x <= last]
+        return [(f"baseline {self.run_id}", [p[0] for p in points], [p[1] for p in points], "gray"), *series]
+
+
+def loss_series(store: Store, zoom: Zoom, baseline: Baseline | None = None) -> tuple[list[Series], str]:
+    """The loss chart's lines and title, under them the baseline's. Call with ``store.lock`` held."""
+    series, title = _loss_series(store, zoom)
+    return (baseline.within(series) if baseline else series), title
+
+
+def _loss_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
     state = store.primary
     if state is None:
         return [], zoom.title("Loss")
