@@ -876,6 +876,7 @@ def main() -> int:
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="ow-rel-"))  # short: socket paths are limited
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
+    env["OPTWATCH_RUNS_DIR"] = str(workdir / "runs")  # the records runs keep by default, not in the checkout
     env.pop("OPTWATCH_TOKEN", None)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
