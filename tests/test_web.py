@@ -248,3 +248,33 @@ def test_web_flags_are_checked(capsys):
     ):
         assert main(argv) == 2
         assert said in capsys.readouterr().err
+
+
+def test_run_web_serves_the_job_it_starts_and_leaves_it_running_when_stopped():
+    from optwatch.cli import main
+    from optwatch.wire import runtime
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--web", "--port", "0", str(SCRIPTS / "plain_train.py"),
+         "--steps", "100000", "--sleep", "0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 60)
+        announced = server.stdout.readline() if ready else ""
+        [job] = runtime.list_jobs()
+        assert f"the dashboard of {job.run_id} is at http://127.0.0.1:" in announced, announced
+        status, page, _ = status_of(announced.split(" is at ")[1].strip())
+        assert status == 200 and f"optwatch {job.run_id}" in page
+        server.send_signal(signal.SIGINT)  # Ctrl+C: the server stops, the training goes on
+        out, _ = server.communicate(timeout=30)
+        assert server.returncode == 0
+        assert f"left {job.run_id} running" in out
+        assert [j.run_id for j in runtime.list_jobs()] == [job.run_id]
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        for left in runtime.list_jobs():
+            main(["ctl", left.run_id, "stop"])
+        wait_for(lambda: not runtime.list_jobs(), timeout_s=30)

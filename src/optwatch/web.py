@@ -33,7 +33,7 @@ DEFAULT_PORT = 8000
 STOP_TIMEOUT_S = 10.0
 """How long the open pages' dashboards get to quit when the server stops."""
 
-REFUSED = "optwatch: refused: open the URL with its token, as `optwatch attach --web` printed it\n"
+REFUSED = "optwatch: refused: open the URL with its token, as `optwatch ... --web` printed it\n"
 
 
 class DashboardServer(Server):
