@@ -1,18 +1,24 @@
 """Regenerate screenshots/ from a real short run of the example.
 
 Runs `optwatch run --headless --record` on examples/cifar.py, then replays the record into the
-dashboard at fixed terminal sizes and saves SVG screenshots (the README shows them).
+dashboard at fixed terminal sizes and saves SVG screenshots (the README shows them). Then web.png: a live
+run of the example served by `optwatch attach --web`, as headless Chromium shows it (skipped without one).
 
-    python scripts/screenshots.py [--steps 120]
+    python scripts/screenshots.py [--steps 120] [--no-web]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,15 +71,66 @@ async def shoot(record: Path) -> None:
         print(f"wrote {OUT / name}")
 
 
+def shoot_web(steps: int) -> None:
+    """web.png: the live example, once it has made ``steps`` steps, in a browser at 1280x800."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        print("no Chromium and Playwright here (scripts/setup.sh installs them): web.png not redone")
+        return
+    from optwatch.wire.subscriber import Feed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "OPTWATCH_RUNTIME_DIR": str(Path(tmp) / "rt")}
+
+        def start(*args: str, output=subprocess.PIPE) -> subprocess.Popen:
+            command = [sys.executable, "-m", "optwatch", *args]
+            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output, text=True)
+
+        # The example by its path from the root, as the README runs it: the header shows it.
+        job = start("run", "--headless", "examples/cifar.py", "--eval-every", "40", output=subprocess.DEVNULL)
+        server = None
+        try:
+            while not (infos := list((Path(tmp) / "rt").glob("*/info.json"))):
+                time.sleep(0.2)
+            run_dir = infos[0].parent
+            feed = Feed(f"ipc://{run_dir / 'pub.sock'}", f"ipc://{run_dir / 'ctl.sock'}")
+            made = 0
+            while made < steps:
+                made = max([made] + [r["step"] + 1 for r in feed.poll(0.5) if r["kind"] == "step"])
+            feed.close()
+            server = start("attach", "--web", run_dir.name, "--port", "0")
+            url = re.search(r"is at (\S+)", server.stdout.readline()).group(1)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(url)
+                time.sleep(8)  # the dashboard starts, takes the history and draws
+                page.screenshot(path=str(OUT / "web.png"))
+                browser.close()
+            print(f"wrote {OUT / 'web.png'}")
+        finally:
+            for process in (server, job):
+                if process is not None:
+                    process.send_signal(signal.SIGINT)
+                    process.wait(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--no-web", action="store_true", help="leave web.png as it is")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "run.jsonl"
         record_run(args.steps, record)
         asyncio.run(shoot(record))
+    if not args.no_web:
+        shoot_web(args.steps)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,17 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     # that one instead of downloading the newest build with gigabytes of CUDA libraries.
     "$venv/bin/python" -m pip install "torch==2.13.0" || "$venv/bin/python" -m pip install torch
 fi
-# The test extra, the real training frameworks the tests run (they keep the torch installed above), and
-# TensorBoard for `optwatch export --tensorboard`.
-"$venv/bin/python" -m pip install -e ".[test,frameworks,tensorboard]"
+# The test extra, the real training frameworks the tests run (they keep the torch installed above), the web
+# extra (`optwatch attach --web`) and TensorBoard (`optwatch export --tensorboard`).
+"$venv/bin/python" -m pip install -e ".[test,frameworks,web,tensorboard]"
+# A Chromium for tests/test_web.py (skipped without one): Debian's, else the one Playwright downloads.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) ||
+            echo "setup: could not install chromium: tests/test_web.py will be skipped" >&2
+    else
+        "$venv/bin/python" -m playwright install chromium ||
+            echo "setup: no Chromium (as root, apt-get install chromium): tests/test_web.py will be skipped" >&2
+    fi
+fi
 "$venv/bin/python" -c 'import torch, optwatch; print(f"setup: optwatch {optwatch.__version__} with torch {torch.__version__}")'

@@ -90,6 +90,22 @@ def _token_arguments(command: argparse.ArgumentParser) -> None:
     given.add_argument("--token", help="the token itself: other users can read it in `ps`; prefer --token-file")
 
 
+def _web_arguments(command: argparse.ArgumentParser) -> None:
+    web = command.add_argument_group("the dashboard in a browser")
+    web.add_argument(
+        "--web", action="store_true", help="serve the dashboard to a browser, at a URL with a token (Ctrl+C stops it)"
+    )
+    web.add_argument(
+        "--port", metavar="P", type=_count, help="the page's port (default 8000, or a free one if taken; 0: a free one)"
+    )
+    web.add_argument(
+        "--web-host",
+        metavar="HOST",
+        help="serve on HOST instead of 127.0.0.1: anyone who reaches it can try the token, which crosses the network "
+        "in clear (plain HTTP); from another machine forward the port over SSH instead (ssh -L P:localhost:P HOST)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from optwatch.diagnose.gradients import parse_override
     from optwatch.options import FORWARD_CHECK_MODES, parse_profile_at, parse_profile_every
@@ -187,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="off",
         help="the same as --forward-check off",
     )
+    _web_arguments(run)
     run.add_argument("script", metavar="SCRIPT", help="the training script")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
 
@@ -199,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument(
         "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
     )
+    _web_arguments(attach)
 
     ctl = commands.add_parser("ctl", help="steer a running job: lr=V, lr*=F, lr[G]=V, amp=on|off, ...")
     ctl.add_argument("target", metavar="RUN", help="run id (or a unique prefix), or HOST:PORT")
@@ -284,6 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.script):
         raise UsageError(f"no such script: {args.script}")
+    check_web_arguments(args)
     if args.listen:
         try:
             host, port = tcp_address(args.listen)
@@ -354,6 +373,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except HubError as exc:
         process.cleanup()
         raise UsageError(f"cannot start the job's hub: {exc}") from exc
+    if args.web:
+        try:
+            serve_web(args, process.run_id)
+        finally:
+            if process.poll() is None:
+                print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it")
+            else:
+                process.cleanup()
+        return process.exit_code() or 0
     session = ViewerSession.for_process(process, writer=writer, pass_output=args.headless)
     recorded = f"optwatch: the run is recorded in {Path(options.runs_dir) / process.run_id}" if options.runs_dir else ""
     try:
@@ -491,9 +519,59 @@ def connect_or_say_why(args: argparse.Namespace):
         return None
 
 
+def check_web_arguments(args: argparse.Namespace) -> None:
+    if args.web:
+        if args.headless or args.record:
+            raise UsageError(f"--web serves the dashboard: it takes no --{'headless' if args.headless else 'record'}")
+    elif args.port is not None or args.web_host is not None:
+        raise UsageError(f"{'--port' if args.port is not None else '--web-host'} goes with --web")
+
+
+def serve_web(args: argparse.Namespace, target: str, token: str | None = None) -> None:
+    """The dashboard of the job ``target`` in a browser (``--web``), until Ctrl+C."""
+    try:
+        from optwatch import web
+    except ImportError as exc:
+        raise UsageError(f"--web needs textual-serve ({exc.name} is missing): pip install 'optwatch[web]'") from None
+    host = args.web_host or "127.0.0.1"
+    if not is_loopback(host):
+        port = args.port or "P"
+        print(
+            f"optwatch: warning: --web-host {host} serves the dashboard, and control of the run, to anyone who can "
+            f"reach it, guarded by the token alone, and the page is plain HTTP: the token crosses the network in "
+            f"clear. Serve on 127.0.0.1 and forward the port over SSH instead (ssh -L {port}:localhost:{port} HOST)",
+            file=sys.stderr,
+        )
+
+    def announce(url: str) -> None:
+        print(f"optwatch: the dashboard of {target} is at {url}", flush=True)
+        print("optwatch: Ctrl+C stops serving; the run goes on", flush=True)
+
+    try:
+        duration_s = getattr(args, "duration", None)  # attach has --duration, run has not
+        web.serve(target, host=host, port=args.port, token=token, duration_s=duration_s, announce=announce)
+    except OSError as exc:
+        raise UsageError(f"cannot serve on {host}:{args.port}: {exc.strerror or exc}") from None
+
+
+def attach_web(args: argparse.Namespace) -> int:
+    token = token_of(args)
+    try:
+        feed, job = connect(args.target, token)
+    except Refused as exc:
+        print(f"optwatch: refused: {exc}", file=sys.stderr)
+        return 1
+    feed.close()  # each page's dashboard attaches by itself
+    serve_web(args, job.run_id if job else args.target, token)
+    return 0
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     from optwatch.session import ViewerSession
 
+    check_web_arguments(args)
+    if args.web:
+        return attach_web(args)
     connection = connect_or_say_why(args)
     if connection is None:
         return 1
