@@ -35,26 +35,36 @@ from optwatch import protocol
 from optwatch.wire import runtime
 
 
-def generate(run_dir: Path, first_rank: int, ranks: int, rate: float, layers: int, seconds: float,
-             report: Path) -> None:  # fmt: skip
+def generate(run_dir: Path, first_rank: int, ranks: int, world_size: int, rate: float, layers: int,
+             seconds: float, report: Path) -> None:  # fmt: skip
     """Ranks ``first_rank`` .. ``first_rank + ranks - 1`` of the job at ``rate`` steps/s each, each rank's
     records through a channel of its own (the training side's real sender) to the job's hub, as the ranks of
     a job send them. Several of these processes play a large job between them."""
     from optwatch.probe.channel import Channel, ReadyRecords
 
     channels = {rank: Channel(run_dir, rank=rank) for rank in range(first_rank, first_rank + ranks)}
-    for channel in channels.values():
+    for rank, channel in channels.items():
         channel.start()
+        # As a rank says hello: the hub then runs its gradient diagnosis and verdicts on its records.
+        hello = protocol.make_record(
+            protocol.HELLO, rank, run_id=run_dir.name, script="load", argv=[], pid=os.getpid(), host="load",
+            world_size=world_size, diagnosis={},
+        )  # fmt: skip
+        channel.submit(ReadyRecords([hello]))
     names = [f"blocks.{i}.mlp.weight" for i in range(layers)]
     numel = [4096] * layers
+    chunk_size = max(1, layers // 10)  # the weight and update norms of a rotating tenth of the layers per step
     made = 0
     started = time.time()
     cpu_started = time.process_time()
     step = 0
     random.seed(first_rank)
     while time.time() - started < seconds:
+        chunk = [(step * chunk_size + i) % layers for i in range(chunk_size)]
         for rank, channel in channels.items():
             loss = 2.0 * math.exp(-step / 3000) + 0.05 * random.random()
+            # The records as a rank's probe hands them to its channel (the layers record in its wire form:
+            # every layer's gradient norm, the chunk's weight and update norms, which the hub completes).
             records = [
                 protocol.make_record(
                     protocol.STEP, rank, step=step, loss=loss, grad_norm=1.0 + random.random(), lr=0.001,
@@ -63,8 +73,8 @@ def generate(run_dir: Path, first_rank: int, ranks: int, rate: float, layers: in
                 ),
                 protocol.make_record(
                     protocol.LAYERS, rank, step=step, names=names, numel=numel,
-                    grad_norm=[random.random() for _ in names], weight_norm=[1.0] * layers,
-                    update_norm=[1e-3] * layers, update_ratio=[1e-3] * layers, zero_frac=[0.0] * layers, every=1,
+                    grad_norm=[random.random() for _ in names], _chunk=chunk, _weight=[1.0] * chunk_size,
+                    _update=[1e-3] * chunk_size, _nonzero=[4096.0] * chunk_size, every=1,
                 ),
             ]  # fmt: skip
             channel.submit(ReadyRecords(records))
@@ -156,8 +166,11 @@ async def watch(run_id: str, seconds: float, hub_pid: int, tab: str) -> dict:
         rss_end = process.memory_info().rss
         with app.store.lock:
             steps_seen = sum(len(state.steps) for state in app.store.ranks.values())
-            # Steps a rank made before its newest one on screen that never reached the viewer.
-            missing = sum(state.steps[-1]["step"] + 1 - len(state.steps) for state in app.store.ranks.values())
+            distinct = {rank: {r["step"] for r in state.steps} for rank, state in app.store.ranks.items()}
+            # Steps a rank made before its newest one on screen that never reached the viewer, and steps it
+            # holds twice.
+            missing = sum(max(steps) + 1 - len(steps) for steps in distinct.values() if steps)
+            repeated = sum(len(app.store.ranks[rank].steps) - len(steps) for rank, steps in distinct.items())
             ranks_seen = len(app.store.ranks)
         records_seen = app.store.records_seen
     session.close()
@@ -180,6 +193,7 @@ async def watch(run_id: str, seconds: float, hub_pid: int, tab: str) -> dict:
         "steps_in_store": steps_seen,
         "ranks_in_store": ranks_seen,
         "steps_missing_at_viewer": missing,
+        "steps_repeated_at_viewer": repeated,
         "hub_cpu_percent_of_one_core": hub["cpu_percent_of_one_core"],
         "hub_rss_mib": hub["rss_mib"],
     }
@@ -243,11 +257,22 @@ def main() -> None:
     )
     parser.add_argument("--tab", default="", help="a key to press first (r: the Ranks tab); default: the Overview")
     parser.add_argument("--skip-million", action="store_true", help="skip the 1,000,000-step memory checks")
-    parser.add_argument("--generate", nargs=3, metavar=("RUN_DIR", "FIRST_RANK", "REPORT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--generate", nargs=4, metavar=("RUN_DIR", "FIRST_RANK", "WORLD_SIZE", "REPORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.generate:
-        run_dir, first_rank, report = args.generate
-        generate(Path(run_dir), int(first_rank), args.ranks, args.rate, args.layers, args.seconds + 6, Path(report))
+        run_dir, first_rank, world_size, report = args.generate
+        generate(
+            Path(run_dir),
+            int(first_rank),
+            args.ranks,
+            int(world_size),
+            args.rate,
+            args.layers,
+            args.seconds + 6,
+            Path(report),
+        )
         return
 
     from optwatch import hub
@@ -263,7 +288,8 @@ def main() -> None:
         first = index * args.ranks // processes
         count = (index + 1) * args.ranks // processes - first
         generators.append(subprocess.Popen(
-            [sys.executable, __file__, "--generate", str(run_dir), str(first), str(reports / f"{index}.json"),
+            [sys.executable, __file__, "--generate", str(run_dir), str(first), str(args.ranks),
+             str(reports / f"{index}.json"),
              "--ranks", str(count), "--rate", str(args.rate), "--layers", str(args.layers),
              "--seconds", str(args.seconds)],
         ))  # fmt: skip
