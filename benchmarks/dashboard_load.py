@@ -35,13 +35,13 @@ from optwatch import protocol
 from optwatch.wire import runtime
 
 
-def generate(run_dir: Path, first_rank: int, ranks: int, world_size: int, rate: float, layers: int,
-             seconds: float, report: Path) -> None:  # fmt: skip
+def generate(run_dir: Path, first_rank: int, world_size: int, report: Path, args: argparse.Namespace) -> None:
     """Ranks ``first_rank`` .. ``first_rank + ranks - 1`` of the job at ``rate`` steps/s each, each rank's
     records through a channel of its own (the training side's real sender) to the job's hub, as the ranks of
     a job send them. Several of these processes play a large job between them."""
     from optwatch.probe.channel import Channel, ReadyRecords
 
+    ranks, rate, layers, seconds = args.ranks, args.rate, args.layers, args.seconds + 6
     channels = {rank: Channel(run_dir, rank=rank) for rank in range(first_rank, first_rank + ranks)}
     for rank, channel in channels.items():
         channel.start()
@@ -71,12 +71,13 @@ def generate(run_dir: Path, first_rank: int, ranks: int, world_size: int, rate: 
                     step_time_s=1 / rate, data_wait_s=0.001, to_backward_s=0.004 + 0.001 * (rank % 8),
                     samples=64, samples_per_s=64 * rate, amp=False, cudnn_benchmark=False,
                 ),
-                protocol.make_record(
+            ]  # fmt: skip
+            if step % args.layers_every == 0:
+                records.append(protocol.make_record(
                     protocol.LAYERS, rank, step=step, names=names, numel=numel,
                     grad_norm=[random.random() for _ in names], _chunk=chunk, _weight=[1.0] * chunk_size,
-                    _update=[1e-3] * chunk_size, _nonzero=[4096.0] * chunk_size, every=1,
-                ),
-            ]  # fmt: skip
+                    _update=[1e-3] * chunk_size, _nonzero=[4096.0] * chunk_size, every=args.layers_every,
+                ))  # fmt: skip
             channel.submit(ReadyRecords(records))
             made += len(records)
         step += 1
@@ -251,6 +252,9 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--rate", type=float, default=100.0, help="steps per second per rank")
     parser.add_argument("--layers", type=int, default=100)
+    parser.add_argument(
+        "--layers-every", type=int, default=1, help="per-layer records on every Nth step (the probe's detail steps)"
+    )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
         "--processes", type=int, default=1, help="processes that play the ranks (ranks / processes channels each)"
@@ -263,16 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.generate:
         run_dir, first_rank, world_size, report = args.generate
-        generate(
-            Path(run_dir),
-            int(first_rank),
-            args.ranks,
-            int(world_size),
-            args.rate,
-            args.layers,
-            args.seconds + 6,
-            Path(report),
-        )
+        generate(Path(run_dir), int(first_rank), int(world_size), Path(report), args)
         return
 
     from optwatch import hub
@@ -291,11 +286,11 @@ def main() -> None:
             [sys.executable, __file__, "--generate", str(run_dir), str(first), str(args.ranks),
              str(reports / f"{index}.json"),
              "--ranks", str(count), "--rate", str(args.rate), "--layers", str(args.layers),
-             "--seconds", str(args.seconds)],
+             "--layers-every", str(args.layers_every), "--seconds", str(args.seconds)],
         ))  # fmt: skip
     print(f"dashboard under load: {args.ranks} ranks from {processes} process(es) x {args.rate:g} steps/s, "
-          f"{args.layers} layers, {args.seconds:.0f} s, tab {args.tab or 'o'}, {time.strftime('%Y-%m-%d')}, "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+          f"{args.layers} layers every {args.layers_every} step(s), {args.seconds:.0f} s, tab {args.tab or 'o'}, "
+          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs")  # fmt: skip
     figures = asyncio.run(watch(run_id, args.seconds, hub_process.pid, args.tab))
     for generator in generators:
         generator.wait()

@@ -6,8 +6,9 @@ For each number of ranks, in a process of its own (so its memory figure is clean
 - hub: every rank says hello, then sends step records (a real rank's fields) and layers records of a
   100-layer model (the probe's wire form) through the hub's own path (decode, diagnosis, history,
   encode for viewers), timed, for the first steps; then the step rings are filled to the hub's bound
-  (4000 per rank). Reported: RSS per rank, CPU per rank-step of the path, the once-a-second straggler
-  check, and one history snapshot (what a viewer that attaches downloads).
+  (4000 per rank). Reported: RSS per rank, CPU per rank-step of the path (with its layers record, and for a
+  step record alone, as between detail steps), the once-a-second straggler check, and one history
+  snapshot (what a viewer that attaches downloads).
 - viewer: the dashboard's store fed the same records (as the feed hands them over) to its bound (5000
   steps per rank). Reported: RSS per rank.
 
@@ -94,8 +95,14 @@ def hub_side(ranks: int) -> dict:
                 record["seq"] = seq[rank]
             through_the_hub(records)
     cpu_per_rank_step = (time.process_time() - cpu) / (TIMED_STEPS * ranks)
+    cpu = time.process_time()  # the steps between detail steps: a step record alone
+    for step in range(TIMED_STEPS, 2 * TIMED_STEPS):
+        for rank in range(ranks):
+            seq[rank] += 1
+            through_the_hub([{**step_record(rank, step), "seq": seq[rank]}])
+    cpu_per_bare_step = (time.process_time() - cpu) / (TIMED_STEPS * ranks)
     template = [dict(ring[-1]) for ring in history.steps_by_rank.values()]
-    for step in range(TIMED_STEPS, STEP_HISTORY):
+    for step in range(2 * TIMED_STEPS, STEP_HISTORY):
         for record in template:
             history.add({**record, "step": step})
     full = rss_mib()
@@ -111,6 +118,7 @@ def hub_side(ranks: int) -> dict:
         "hub_mib_per_rank": (full - before) / ranks,
         "hub_mib_total": full,
         "hub_cpu_us_per_rank_step": 1e6 * cpu_per_rank_step,
+        "hub_cpu_us_per_step_record": 1e6 * cpu_per_bare_step,
         "straggler_check_s": statistics.median(ticks),
         "history_snapshot_s": snapshot_s,
         "history_snapshot_mib": sum(len(page) for page in pages) / 2**20,

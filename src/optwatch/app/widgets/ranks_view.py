@@ -123,7 +123,11 @@ class RanksView(Vertical):
 
     def action_choose_rank(self) -> None:
         ranks = len(self._store.ranks) if self._store is not None else 0
-        self.app.push_screen(RankPrompt(ranks), lambda rank: rank is not None and self._look_at(rank))
+        self.app.push_screen(RankPrompt(ranks), self._chosen)
+
+    def _chosen(self, rank: int | None) -> None:
+        if rank is not None:
+            self._look_at(rank)
 
     def action_next_order(self) -> None:
         ranks = len(self._store.ranks) if self._store is not None else 0
