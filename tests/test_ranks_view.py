@@ -87,6 +87,7 @@ async def test_256_ranks_read_as_their_spread_with_the_worst_named_and_any_rank_
         await wait_for_ui(pilot, lambda: detail.rank == HUNG)
         assert detail.lines[0].startswith("step 10 (newest of any rank 29)")
         assert HUNG in table.rows_shown and table.row_count == WORST_ROWS + 1
+        assert table.rank_at_cursor() == HUNG
         await pilot.press("escape")
         await wait_for_ui(pilot, lambda: not detail.display)
 

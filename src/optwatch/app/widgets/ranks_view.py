@@ -126,8 +126,12 @@ class RanksView(Vertical):
         self.app.push_screen(RankPrompt(ranks), self._chosen)
 
     def _chosen(self, rank: int | None) -> None:
-        if rank is not None:
-            self._look_at(rank)
+        if rank is None:
+            return
+        self._look_at(rank)
+        table = self.query_one(RanksTable)
+        if rank in table.rows_shown:
+            table.move_cursor(row=list(table.rows_shown).index(rank), animate=False)
 
     def action_next_order(self) -> None:
         ranks = len(self._store.ranks) if self._store is not None else 0
