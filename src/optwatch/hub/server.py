@@ -35,6 +35,7 @@ import zmq
 from optwatch import controls, protocol
 from optwatch.hub.diagnosis import JobDiagnosis
 from optwatch.hub.history import History
+from optwatch.hub.shards import ShardedNorms
 from optwatch.options import ENV_TOKEN
 from optwatch.wire import runtime
 from optwatch.wire.keys import CurveKeys
@@ -96,6 +97,7 @@ class Hub:
         self.argv = argv or []
         self.history = History()
         self.diagnosis = JobDiagnosis()
+        self.shards = ShardedNorms(world_size)
         self.endpoints: dict[str, str] = {}
         self.paused: dict[str, Any] | None = None
         """``{"by": source, "since": unix time}`` while a pause is in effect."""
@@ -301,6 +303,15 @@ class Hub:
         if refused:
             log.warning("optwatch hub: %d records from a rank left out (%s)", len(refused), refused[0])
         try:
+            records = self.shards.take(records, time.monotonic())
+        except Exception:
+            log.exception("optwatch hub: combining the ranks' sharded norms failed on a batch; it goes on as it is")
+        self._diagnose_and_take(records)
+
+    def _diagnose_and_take(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        try:
             records = self.diagnosis.observe(records)
         except Exception:
             log.exception("optwatch hub: the diagnosis failed on a batch; its records go out as they are")
@@ -501,6 +512,7 @@ class Hub:
 
     # --- once a second ------------------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
+        self._diagnose_and_take(self.shards.release(now))  # a sharded step that some rank never completed
         try:
             self.take(self.diagnosis.tick(self.history.steps()))
         except Exception:
