@@ -238,20 +238,19 @@ class GradientPlugin(ProbePlugin):
             finally:
                 torch.set_grad_enabled(grad_enabled)
         # Each vector travels as it is: readback packs a batch's values together anyway.
-        extra = {"_sharded": True} if layout.sharded else {}
-        context.emit(
-            protocol.make_record(
-                protocol.LAYERS,
-                context.rank,
-                step=record["step"],
-                names=layout.names,
-                numel=layout.numel,
-                grad_norm=measured.grad_norms,
-                _chunk=measured.chunk,
-                _weight=measured.weight_norms,
-                _update=update,
-                _nonzero=measured.nonzero,
-                every=self.every * context.detail_every,
-                **extra,
-            )
+        layers = protocol.make_record(
+            protocol.LAYERS,
+            context.rank,
+            step=record["step"],
+            names=layout.names,
+            numel=layout.numel,
+            grad_norm=measured.grad_norms,
+            _chunk=measured.chunk,
+            _weight=measured.weight_norms,
+            _update=update,
+            _nonzero=measured.nonzero,
+            every=self.every * context.detail_every,
         )
+        if layout.sharded:
+            layers["_sharded"] = True  # parts of the whole model's norms, for the hub to add up
+        context.emit(layers)
