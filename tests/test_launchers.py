@@ -172,3 +172,22 @@ def test_the_hub_adds_the_ranks_parts_by_hand():
     # Rank 0 reached step 1 without measuring it (not a detail step there): rank 1's part is no norm.
     late = combiner.take([protocol.make_record("step", 0, step=1, grad_norm=None)], now=0.2)
     assert [o["grad_norm"] for o in late if o["rank"] == 1] == [None]
+
+
+def test_rank_0_alone_starts_the_viewer_and_what_cannot_be_honoured_is_said(capsys):
+    def rank(number: int, node: int = 0) -> launchers.Launch:
+        return launchers.Launch("torchrun", number, 4, number % 2, node, "key")
+
+    assert launchers.viewer_arguments(rank(0), True, "r.jsonl", 2.0, environ={}) == [
+        "--headless", "--summary-every=2.0", f"--record={os.path.abspath('r.jsonl')}",
+    ]  # fmt: skip
+    assert launchers.viewer_arguments(rank(1), True, "r.jsonl", 2.0, environ={}) is None
+    assert capsys.readouterr().err == ""
+    # No dashboard under a launcher: rank 0 says how to watch instead.
+    assert launchers.viewer_arguments(rank(0), False, None, 5.0, environ={}) is None
+    assert "no dashboard: watch them from another terminal with `optwatch attach`" in capsys.readouterr().err
+    # A node without rank 0 and without OPTWATCH_HUB: its first rank says its records have nowhere to go.
+    assert launchers.viewer_arguments(rank(2, node=1), True, None, 5.0, environ={}) is None
+    assert "this node's ranks cannot reach the job's hub" in capsys.readouterr().err
+    assert launchers.viewer_arguments(rank(2, node=1), True, None, 5.0, environ={"OPTWATCH_HUB": "n0:7000"}) is None
+    assert capsys.readouterr().err == ""

@@ -233,44 +233,6 @@ class UsageError(Exception):
     """A problem with what the user asked for, reported in one line."""
 
 
-def _launch_viewer(args: argparse.Namespace, launch) -> list[str] | None:
-    """For a rank of a launch: the arguments of the job's one viewer that rank 0 starts (``optwatch.follow``)
-    for --headless and --record, or None. What a launch cannot honour is refused, or said, never ignored."""
-    from optwatch.options import ENV_HUB, ENV_RUN_DIR
-
-    if args.nproc_per_node:
-        raise UsageError(
-            f"--nproc-per-node: this is already rank {launch.rank} of {launch.world_size} started by "
-            f"{launch.launcher}; drop the option (or run `optwatch run --nproc-per-node N` without {launch.launcher})"
-        )
-    if ENV_RUN_DIR in os.environ:
-        return None  # `optwatch run --nproc-per-node` started this torchrun: its viewer is already there
-    if not launch.on_first_node:
-        if launch.local_rank == 0 and ENV_HUB not in os.environ:
-            print(
-                "optwatch: warning: this node's ranks cannot reach the job's hub, which runs on rank 0's node: "
-                "their records are lost. Start the job with --listen HOST:PORT and give every rank "
-                "OPTWATCH_HUB=HOST:PORT and OPTWATCH_TOKEN (docs/launchers.md)",
-                file=sys.stderr,
-            )
-        return None  # rank 0 prints and records for the whole job
-    if launch.rank != 0:
-        return None
-    if args.record:
-        _open_writer(args.record).close()  # a path it cannot write is refused now, before the training
-    if not (args.headless or args.record):
-        print(
-            f"optwatch: {launch.launcher} runs the ranks here, with no dashboard: watch them from another terminal "
-            f"with `optwatch attach` (or give --headless for summaries here)",
-            file=sys.stderr,
-        )
-        return None
-    viewer = ["--headless", f"--summary-every={args.summary_every}"] if args.headless else []
-    if args.record:
-        viewer.append(f"--record={os.path.abspath(args.record)}")
-    return viewer
-
-
 def _open_writer(path: str | None):
     from optwatch.store import RecordWriter
 
@@ -355,7 +317,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # A rank of a launch (torchrun, srun): instrument this process and run the script here; no dashboard.
         from optwatch.probe.launch import run_as_rank
 
-        viewer = _launch_viewer(args, launch)
+        try:
+            viewer = launchers.viewer_arguments(
+                launch, args.headless, args.record, args.summary_every, nproc_per_node=args.nproc_per_node
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if viewer is not None and args.record:
+            _open_writer(args.record).close()  # a path it cannot write is refused now, before the training
         os.environ.setdefault(ENV_OPTIONS, options.to_env())
         return run_as_rank(launch, args.script, args.args, viewer)
 

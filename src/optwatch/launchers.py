@@ -19,6 +19,7 @@ over TCP (``OPTWATCH_HUB``, see docs/launchers.md).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -86,3 +87,48 @@ def detect(environ: Mapping[str, str] | None = None) -> Launch | None:
         _whole(environ, "SLURM_NODEID", 0),  # type: ignore[arg-type]
         key,
     )
+
+
+def viewer_arguments(
+    launch: Launch,
+    headless: bool,
+    record: str | None,
+    summary_every: float,
+    nproc_per_node: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[str] | None:
+    """For `optwatch run` as a rank of ``launch``: the arguments of the job's one viewer, which rank 0 starts
+    (``optwatch.follow``) for ``--headless`` and ``--record``; None for the other ranks, or without either.
+    What a launch cannot honour is refused (ValueError, with the message) or said, never ignored."""
+    from optwatch.options import ENV_HUB, ENV_RUN_DIR
+
+    environ = os.environ if environ is None else environ
+    if nproc_per_node:
+        raise ValueError(
+            f"--nproc-per-node: this is already rank {launch.rank} of {launch.world_size} started by "
+            f"{launch.launcher}; drop the option (or run `optwatch run --nproc-per-node N` without {launch.launcher})"
+        )
+    if ENV_RUN_DIR in environ:
+        return None  # `optwatch run --nproc-per-node` started this torchrun: its viewer is already there
+    if not launch.on_first_node:
+        if launch.local_rank == 0 and ENV_HUB not in environ:
+            print(
+                "optwatch: warning: this node's ranks cannot reach the job's hub, which runs on rank 0's node: "
+                "their records are lost. Start the job with --listen HOST:PORT and give every rank "
+                "OPTWATCH_HUB=HOST:PORT and OPTWATCH_TOKEN (docs/launchers.md)",
+                file=sys.stderr,
+            )
+        return None
+    if launch.rank != 0:
+        return None  # rank 0 prints and records for the whole job
+    if not (headless or record):
+        print(
+            f"optwatch: {launch.launcher} runs the ranks here, with no dashboard: watch them from another terminal "
+            f"with `optwatch attach` (or give --headless for summaries here)",
+            file=sys.stderr,
+        )
+        return None
+    viewer = ["--headless", f"--summary-every={summary_every}"] if headless else []
+    if record:
+        viewer.append(f"--record={os.path.abspath(record)}")
+    return viewer

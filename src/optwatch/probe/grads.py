@@ -58,10 +58,10 @@ class _Layout:
         self.chunk_scales: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.sharded:
             roots = [math.sqrt(sharding.share(p, world_size)) for p in params]
-            self.scale = torch.tensor(roots, device=self.device, dtype=self.dtype)
+            self.scale = sharding.device_vector(roots, self.device, self.dtype)
             for chunk in self.chunks:
                 weights = [roots[i] for i in chunk]
-                both = torch.tensor(weights + [r * r for r in weights], device=self.device, dtype=self.dtype)
+                both = sharding.device_vector(weights + [r * r for r in weights], self.device, self.dtype)
                 self.chunk_scales.append((both, both[: len(chunk)]))
         self._turn = 0
         # Copies kept between steps while all of them fit the budget; made each time otherwise.

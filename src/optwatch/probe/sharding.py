@@ -79,10 +79,19 @@ def share(tensor: torch.Tensor, world_size: int) -> float:
     return 1.0 / replicas
 
 
+def device_vector(values: list[float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as a vector on ``device``, without the host waiting for the device: a list made into a CUDA
+    tensor directly is a copy from pageable memory, which waits for the stream; from pinned memory it is not."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def scales(tensors: Sequence[torch.Tensor], world_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The square roots of the tensors' shares, as one vector on ``device``: norms of local shards times
     it are the parts the hub adds up."""
-    return torch.tensor([math.sqrt(share(t, world_size)) for t in tensors], device=device, dtype=dtype)
+    return device_vector([math.sqrt(share(t, world_size)) for t in tensors], device, dtype)
 
 
 class NormPart:
