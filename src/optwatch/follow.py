@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"optwatch: cannot record to {args.record}: {exc.strerror or exc}", file=sys.stderr)
             return 2
     feed = Feed(f"ipc://{run_dir / 'pub.sock'}", f"ipc://{run_dir / 'ctl.sock'}")
-    session = ViewerSession(feed, writer=writer)
-    session.process = LaunchedRanks(args.job_pid, args.world_size, session.store, run_dir.name)  # type: ignore[assignment]
+    store = Store()
+    ranks = LaunchedRanks(args.job_pid, args.world_size, store, run_dir.name)
+    session = ViewerSession(feed, store=store, writer=writer, process=ranks)  # type: ignore[arg-type]
     try:
         if args.headless:
             from optwatch.headless import run_headless
