@@ -42,7 +42,7 @@ for step in range(args.steps):
     loss = torch.nn.functional.mse_loss(model(inputs), targets)
     loss.backward()
     grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
-    before = {name: p.full_tensor() for name, p in model.named_parameters()}
+    before = {name: p.full_tensor().clone() for name, p in model.named_parameters()}
     if 0 <= args.clip_from <= step:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.2)
     optimizer.step()
