@@ -65,6 +65,7 @@ def run_once(config: str, loop: list[str], workdir: Path) -> dict:
     record = workdir / f"{config}-{time.monotonic_ns()}.jsonl"
     argv = command(config, loop, record)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
+    env["OPTWATCH_RUNS_DIR"] = str(workdir / "runs")  # the records runs keep by default, not in the checkout
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if config == "dashboard":
         out = run_in_pty(argv, env)

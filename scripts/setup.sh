@@ -22,9 +22,9 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     # that one instead of downloading the newest build with gigabytes of CUDA libraries.
     "$venv/bin/python" -m pip install "torch==2.13.0" || "$venv/bin/python" -m pip install torch
 fi
-# The test extra, the real training frameworks the tests run (they keep the torch installed above), and the
-# web extra (`optwatch attach --web`).
-"$venv/bin/python" -m pip install -e ".[test,frameworks,web]"
+# The test extra, the real training frameworks the tests run (they keep the torch installed above), the web
+# extra (`optwatch attach --web`) and TensorBoard (`optwatch export --tensorboard`).
+"$venv/bin/python" -m pip install -e ".[test,frameworks,web,tensorboard]"
 # A Chromium for tests/test_web.py (skipped without one): Debian's, else the one Playwright downloads.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

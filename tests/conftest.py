@@ -23,6 +23,7 @@ def runtime_dir(monkeypatch):
     """Each test gets its own private runtime directory (short: Unix socket paths are limited)."""
     path = Path(tempfile.mkdtemp(prefix="ow-"))
     monkeypatch.setenv("OPTWATCH_RUNTIME_DIR", str(path / "rt"))
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(path / "runs"))  # records and traces, not in the checkout
     yield path / "rt"
     shutil.rmtree(path, ignore_errors=True)
 

@@ -305,7 +305,7 @@ async def test_nothing_typed_as_a_command_takes_the_dashboard_down(typed, error)
 
     store = Store()
     store.ingest([step_record(0, lr=0.001)])
-    app = OptwatchApp.for_store(store)
+    app = OptwatchApp(store=store)  # a live dashboard's input; a replay has none
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("colon", *typed, "enter")
         await pilot.pause(0.1)
@@ -325,7 +325,7 @@ async def test_a_parser_bug_shows_as_an_error_line(monkeypatch):
         raise IndexError("a bug")
 
     monkeypatch.setattr(controls, "parse", broken)
-    app = OptwatchApp.for_store(Store())
+    app = OptwatchApp(store=Store())
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("colon", *"lr=0.1", "enter")
         assert app.is_running and isinstance(app.screen, CommandInput)

@@ -28,7 +28,8 @@ def lines(*records: dict) -> bytes:
 
 NESTED = ("[" * 100_000 + "]" * 100_000).encode()
 BAD_FILES = {
-    "binary": (gzip.compress(lines(HELLO, step())), 1, "not UTF-8 text (invalid start byte at byte 1)"),
+    "binary": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), 1, "not UTF-8 text (invalid start byte at byte 0)"),
+    "gzip of garbage": (gzip.compress(b"\xff\xfe garbage\n"), 1, "not UTF-8 text (invalid start byte at byte 0)"),
     "utf16": (lines(HELLO, step()).decode().encode("utf-16"), 1, "not UTF-8 text (invalid start byte at byte 0)"),
     "cut short": (lines(HELLO, step())[:-20], 2, "not JSON at column 60: Unterminated string starting at"),
     "deep": (lines(HELLO) + b'{"v": 1, "kind": "step", "step": 0, "x": ' + NESTED + b"}\n", 2, "nested too deeply"),

@@ -1,4 +1,4 @@
-"""The `optwatch` command: run, attach, ls, ctl, replay."""
+"""The `optwatch` command: run, attach, ls, ctl, replay; runs, compare and export in ``runs_cli``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-SUBCOMMANDS = ("run", "attach", "ls", "ctl", "replay")
+from optwatch import runs_cli
+from optwatch.runs import runs_root
+
+SUBCOMMANDS = ("run", "attach", "ls", "ctl", "replay", "runs", "compare", "export")
 
 
 def _positive_float(text: str) -> float:
@@ -118,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--headless", action="store_true", help="no dashboard: pass output through, print summaries")
     run.add_argument("--record", metavar="PATH", help="write every record as a JSON line to PATH")
     run.add_argument(
+        "--no-record",
+        action="store_true",
+        help="keep no record of the run (by default it goes to ./optwatch-runs/RUN_ID/, or $OPTWATCH_RUNS_DIR)",
+    )
+    run.add_argument(
         "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
     )
     run.add_argument(
@@ -220,9 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = commands.add_parser("ls", help="list running jobs of this user on this machine")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
 
-    replay = commands.add_parser("replay", help="open a record file in the dashboard")
-    replay.add_argument("path", metavar="RECORD")
+    replay = commands.add_parser("replay", help="open a recorded run in the dashboard")
+    replay.add_argument(
+        "path", metavar="RUN", help="run id (or a unique prefix, see `optwatch runs`), run directory or record file"
+    )
     replay.add_argument("--headless", action="store_true", help="print the final summary instead")
+    runs_cli.add_commands(commands)
     return parser
 
 
@@ -237,10 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from optwatch.wire.runtime import RuntimeDirError
 
-    handler = {"run": cmd_run, "attach": cmd_attach, "ctl": cmd_ctl, "ls": cmd_ls, "replay": cmd_replay}[args.command]
+    handler = {
+        "run": cmd_run,
+        "attach": cmd_attach,
+        "ctl": cmd_ctl,
+        "ls": cmd_ls,
+        "replay": cmd_replay,
+        "runs": runs_cli.cmd_runs,
+        "compare": runs_cli.cmd_compare,
+        "export": runs_cli.cmd_export,
+    }[args.command]
     try:
         return handler(args)
-    except (UsageError, RuntimeDirError) as exc:
+    except (UsageError, RuntimeDirError, runs_cli.RunError) as exc:
         print(f"optwatch: {exc}", file=sys.stderr)
         return 2
 
@@ -330,6 +350,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         grad_update_mb=args.grad_update_mb,
         grad_thresholds=dict(args.grad_threshold),
         forward_check=args.forward_check,
+        runs_dir=None if args.no_record else str(runs_root()),
     )
 
     if under_torchrun():
@@ -362,9 +383,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 process.cleanup()
         return process.exit_code() or 0
     session = ViewerSession.for_process(process, writer=writer, pass_output=args.headless)
+    recorded = f"optwatch: the run is recorded in {Path(options.runs_dir) / process.run_id}" if options.runs_dir else ""
     try:
         if args.headless:
             from optwatch.headless import run_headless
+
+            if recorded:
+                print(recorded, file=sys.stderr, flush=True)
 
             return run_headless(session, summary_every_s=args.summary_every)
         from optwatch.app.app import OptwatchApp
@@ -379,6 +404,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             if not (detached or failed):
                 process.stop()
+        if recorded:
+            print(f"{recorded} (optwatch replay {process.run_id})", file=sys.stderr)
         if failed:
             print(
                 f"optwatch: the dashboard failed; the run {process.run_id} goes on (pid {process.pid}): "
@@ -651,15 +678,11 @@ def paused_text(paused: dict) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from optwatch import protocol
-    from optwatch.store import Store, read_records
 
-    store = Store()
     try:
-        store.ingest(list(read_records(args.path)))
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.path}: {exc.strerror}") from exc
-    except protocol.ProtocolError as exc:
-        raise UsageError(f"not an optwatch record file: {exc}") from exc
+        store, _ = runs_cli.load(args.path)
+    except runs_cli.RunError as exc:
+        raise UsageError(f"not an optwatch record file: {exc}" if Path(args.path).is_file() else str(exc)) from exc
     if args.headless:
         from optwatch.headless import notable_line, summary_line
 

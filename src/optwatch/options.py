@@ -102,6 +102,9 @@ class ProbeOptions:
     """Checking each module's forward output for NaN/Inf, to name where a non-finite value was born: ``auto``
     from the first non-finite loss or gradient norm on (a check costs a hook on every module call),
     ``always`` from the first step, ``off`` never."""
+    runs_dir: str | None = ""
+    """Where the job's hub records the run (``<runs_dir>/<run_id>/record.jsonl.gz``): "" for the default
+    (``$OPTWATCH_RUNS_DIR``, else ``./optwatch-runs``, see ``optwatch.runs``), None for no record."""
     capture_output: bool = False
     """The probe takes the script's stdout and stderr into capped log files in the run directory (``optwatch
     run`` asks for it; a script started with plain ``python`` keeps its terminal)."""

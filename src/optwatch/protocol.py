@@ -37,6 +37,7 @@ EVENT = "event"
 SYSTEM = "system"
 LAYERS = "layers"
 HUB = "hub"  # the hub's own figures (its CPU time, its memory), every few seconds
+HISTORY = "history"  # a rank's whole run, downsampled (optwatch.runhistory): sent to a viewer that attaches
 
 # Largest wire message a viewer accepts; anything bigger is a bug or an attack, not telemetry.
 MAX_WIRE_BYTES = 16 * 1024 * 1024
@@ -530,7 +531,22 @@ _EVIDENCE = _Object(
     {"gpu_util_percent": _NUMBER, "launch_ratio": _NUMBER, "cpu_percent": _NUMBER, "workers_cpu_percent": _FIGURE}
 )
 
+_SERIES = _Object(
+    {
+        "width": _INT,
+        "count": _List(_INT),
+        "sum": _List(_FIGURE),
+        "min": _List(_FIGURE),
+        "max": _List(_FIGURE),
+        "last": _List(_FIGURE),
+        "bad": _List(_INT),
+        "last_step": _List(_INT),
+    },
+    required=("width", "count", "sum", "min", "max", "last", "bad", "last_step"),
+)
+
 _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
+    HISTORY: {"last_step": _INT, "series": _Map(_SERIES)},
     HELLO: {
         "run_id": _TEXT_OR_NULL,
         "script": _TEXT_OR_NULL,

@@ -19,6 +19,7 @@ from typing import Any
 
 from optwatch import protocol
 from optwatch.protocol import finite
+from optwatch.runhistory import RunHistory
 from optwatch.summary import CostTotals, RunSummary, summarise
 
 STEP_CAPACITY = 5000
@@ -54,6 +55,8 @@ class RankState:
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The newest record of each other kind from this rank (layers, hotspots, verdict...)."""
     cost: CostTotals = field(default_factory=CostTotals)
+    whole: RunHistory = field(default_factory=RunHistory)
+    """The whole run, downsampled (``optwatch.runhistory``): what the charts show zoomed out."""
     _ema: float | None = None
 
     @property
@@ -71,6 +74,7 @@ class RankState:
         self.steps.append(record)
         self.loss_ema.append(self._ema)
         self.cost.add(record)
+        self.whole.add_step(record)
 
 
 class Store:
@@ -90,7 +94,7 @@ class Store:
         self.records_seen = 0
         self.logs_total = 0
         # Loss over ranks per step, kept as records arrive: [sum, count, min, max], oldest steps evicted.
-        self._loss_by_step: dict[int, list[float]] = {}
+        self._loss_by_step: collections.OrderedDict[int, list[float]] = collections.OrderedDict()
 
     def rank(self, rank: int) -> RankState:
         state = self.ranks.get(rank)
@@ -114,7 +118,12 @@ class Store:
             self.rank(rank).add_step(record)
             self._add_loss(record.get("step"), record.get("loss"))
         elif kind == protocol.SYSTEM:
-            self.rank(rank).system.append(record)
+            state = self.rank(rank)
+            state.system.append(record)
+            state.whole.add_system(record)
+        elif kind == protocol.HISTORY:
+            state = self.rank(rank)
+            state.whole.adopt(record, state.steps, state.system)
         elif kind == protocol.LOG:
             self.logs.append(record)
             self.logs_total += 1
@@ -150,7 +159,7 @@ class Store:
         if entry is None:
             self._loss_by_step[step] = [loss, 1, loss, loss]
             if len(self._loss_by_step) > STEP_CAPACITY:
-                del self._loss_by_step[next(iter(self._loss_by_step))]  # the first step to arrive
+                self._loss_by_step.popitem(last=False)  # the first step to arrive
         else:
             entry[0] += loss
             entry[1] += 1

@@ -71,6 +71,7 @@ class TrainingProcess:
             token=self.token,
             script=self.script,
             argv=self.args,
+            runs_dir=self.options.runs_dir,
         )
         env = dict(os.environ)
         env.pop(ENV_PROBE_PID, None)

@@ -7,11 +7,12 @@ import torch
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--lr", type=float, default=0.05)
 args = parser.parse_args()
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
 inputs, targets = torch.randn(64, 8), torch.randn(64, 1)
 for step in range(args.steps):
     optimizer.zero_grad()

@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from optwatch.app import chart_series
 from optwatch.app.messages import CommandAnswered, FeedUpdated, RecordingStopped, RunExited
 from optwatch.app.views import extra_views
 from optwatch.app.widgets.command_input import CommandInput
@@ -36,6 +37,7 @@ MIN_REDRAW_S = 0.15
 CHART_REDRAW_S = 1.0
 CHART_CPU_SHARE = 0.02
 IDLE_REDRAW_S = 1.0
+STEERING_ACTIONS = frozenset({"toggle", "toggle_pause", "command", "profile"})
 
 
 @dataclass
@@ -68,6 +70,8 @@ class OptwatchApp(App[None]):
         Binding("space", "toggle_pause", "Pause"),
         Binding("colon", "command", "Command"),
         Binding("p", "profile", "Profile"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("B", "baseline", "Baseline"),
     ]
 
     def __init__(self, session: ViewerSession | None = None, store: Store | None = None, mode: str = "run"):
@@ -86,6 +90,8 @@ class OptwatchApp(App[None]):
         # message waiting stands for every batch that arrives meanwhile (each post wakes the event loop).
         self._feed_update_queued = threading.Event()
         self._panes: Panes | None = None
+        self.zoom = chart_series.ZOOMS[0]
+        self.baseline: chart_series.Baseline | None = None
         self.views = extra_views()
         for view in self.views:
             self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title)
@@ -257,34 +263,70 @@ class OptwatchApp(App[None]):
     def _draw_charts(self, panes: Panes) -> None:
         store = self.store
         with store.lock:
-            state = store.primary
-            steps = [r["step"] for r in state.steps]
-            grad_norms = [r.get("grad_norm") for r in state.steps]
-            if len(store.ranks) > 1:
-                # As torchtitan logs it: the mean over ranks, with the spread.
-                rank_steps, mean, low, high = store.loss_across_ranks()
-                loss_series = [
-                    ("mean", rank_steps, mean, "cyan"),
-                    ("min", rank_steps, low, "gray"),
-                    ("max", rank_steps, high, "gray"),
-                ]
-            else:
-                losses = [r.get("loss") for r in state.steps]
-                loss_series = [("loss", steps, losses, "cyan"), ("ema", steps, list(state.loss_ema), "orange")]
-                # A script with several optimizers (a GAN): each one's loss on a line of its own.
-                last = state.steps[-1] if state.steps else {}
-                others = list(last.get("losses") or {})[1:4]
-                for name, colour in zip(others, ("magenta", "yellow", "green")):
-                    series = [(r.get("losses") or {}).get(name) for r in state.steps]
-                    loss_series.append((name, steps, series, colour))
-            markers = [
-                e["effective_step"]
-                for e in store.rare.get("event", ())
-                if e.get("status") == "accepted" and e.get("rank", 0) == 0 and e.get("effective_step") is not None
-            ]
-        panes.loss_chart.markers = markers
-        panes.loss_chart.set_series(loss_series)
-        panes.grad_chart.set_series([("global", steps, grad_norms, "green")])
+            losses, loss_title = chart_series.loss_series(store, self.zoom, self.baseline)
+            grads, grad_title = chart_series.grad_series(store, self.zoom)
+            controls, alerts = chart_series.markers(store)
+        for chart, series, title in ((panes.loss_chart, losses, loss_title), (panes.grad_chart, grads, grad_title)):
+            chart.title = title
+            chart.markers = controls
+            chart.alert_markers = alerts
+            chart.set_series(series)
+
+    def action_zoom(self) -> None:
+        """The charts' next zoom: recent steps (following the live edge), the wider window, the whole run."""
+        self.zoom = chart_series.next_zoom(self.zoom)
+        self.notify(f"charts: {self.zoom.title('steps').removeprefix('steps · ')}", timeout=2)
+        self.render_views(force_charts=True)
+
+    def action_baseline(self) -> None:
+        """Pick a recorded run to draw faintly under the live loss curve (or none)."""
+        from optwatch.app.widgets.run_picker import RunPicker
+        from optwatch.runs import list_runs, runs_root
+
+        with self.store.lock:
+            own = (self.store.primary.hello.get("run_id") if self.store.primary else None) or ""
+        entries = [entry for entry in list_runs() if entry.run_id != own]
+        if not entries:
+            self.notify(f"no other recorded runs in {runs_root()}", severity="warning", markup=False)
+            return
+
+        def chosen(run_id: str | None) -> None:
+            if run_id == "":
+                self.baseline = None
+                self.render_views(force_charts=True)
+            elif run_id:
+                self.load_baseline(next(e for e in entries if e.run_id == run_id).directory)
+
+        self.push_screen(RunPicker(entries, self.baseline.run_id if self.baseline else None), chosen)
+
+    @work(thread=True, exclusive=True, group="baseline", name="baseline")
+    def load_baseline(self, directory) -> None:
+        """Read a past run's loss (a file read: off the UI thread)."""
+        from optwatch.protocol import ProtocolError
+        from optwatch.runhistory import RunHistory
+        from optwatch.runs import read_run_records
+
+        whole = RunHistory()
+        try:
+            for record in read_run_records(directory):
+                if record.get("kind") == "step" and record.get("rank", 0) == 0:
+                    whole.add_step(record)
+        except (OSError, ProtocolError) as exc:
+            self.call_from_thread(self.notify, f"cannot read {directory}: {exc}", severity="error", markup=False)
+            return
+        loss = whole.series.get("loss")
+        steps, means, _, _ = loss.points() if loss else ([], [], [], [])
+        self.call_from_thread(self._show_baseline, chart_series.Baseline(directory.name, steps, means))
+
+    def _show_baseline(self, baseline: chart_series.Baseline) -> None:
+        self.baseline = baseline
+        self.render_views(force_charts=True)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A replay cannot be steered: its footer shows only the keys that do something there.
+        if self.mode == "replay" and action in STEERING_ACTIONS:
+            return False
+        return True
 
     # --- steering -----------------------------------------------------------------------------------
     def send_command(self, text: str) -> None:

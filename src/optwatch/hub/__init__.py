@@ -32,10 +32,14 @@ def spawn(
     job_pid: int | None = None,
     script: str = "",
     argv: list[str] | None = None,
+    runs_dir: str | None = "",
     wait: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start a hub for the job in ``run_dir`` in a session of its own (a Ctrl-C or a closed terminal is the
-    job's business, not the hub's); with ``wait``, return once its sockets are bound."""
+    job's business, not the hub's); with ``wait``, return once its sockets are bound. It records the run
+    under ``runs_dir`` ("" for the default, ``optwatch.runs.runs_root()``; None for no record)."""
+    from optwatch.runs import runs_root
+
     command = [
         sys.executable,
         "-m",
@@ -46,6 +50,8 @@ def spawn(
         f"--script={script}",  # one argument each, whatever they start with ("-c" for `python -c`)
         f"--argv={json.dumps(argv or [])}",
     ]
+    if runs_dir is not None:
+        command.append(f"--runs-dir={runs_dir or runs_root()}")
     if listen:
         command.append(f"--listen={listen}")
     if job_pid is not None:

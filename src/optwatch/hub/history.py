@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from optwatch import protocol
+from optwatch.runhistory import RunHistory
 
 RARE_HISTORY = 500
 STEP_HISTORY = 4000
@@ -36,6 +37,8 @@ class History:
         self.first_rare: dict[tuple[str, Any, int], dict[str, Any]] = {}
         """The first record of each rare kind (and alert type) per rank: kept whatever follows."""
         self.latest: dict[tuple[str, int], dict[str, Any]] = {}
+        self.whole: dict[int, RunHistory] = {}
+        """Each rank's whole run, downsampled: sent as a ``history`` record so a late viewer sees its shape."""
         self._snapshot: tuple[float, list[bytes]] | None = None
 
     def add(self, record: dict[str, Any]) -> None:
@@ -51,6 +54,7 @@ class History:
             if ring is None:
                 ring = self.steps_by_rank[rank] = collections.deque(maxlen=self._step_capacity)
             ring.append(record)
+            self._whole(rank).add_step(record)
         elif kind == protocol.LAYERS:
             ring = self.layers_by_rank.get(rank)
             if ring is None:
@@ -59,11 +63,19 @@ class History:
         elif kind == protocol.LOG:
             self.logs.append(record)
         elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT, protocol.HUB):
+            if kind == protocol.SYSTEM:
+                self._whole(rank).add_system(record)
             # Only the newest matters to a viewer that attaches; older ones are in the record file.
             self.latest[(kind, rank)] = record
         else:
             self.rare.append(record)
             self.first_rare.setdefault((kind, record.get("type"), rank), record)
+
+    def _whole(self, rank: int) -> RunHistory:
+        whole = self.whole.get(rank)
+        if whole is None:
+            whole = self.whole[rank] = RunHistory()
+        return whole
 
     def steps(self) -> dict[int, list[dict[str, Any]]]:
         """Recent step records, per rank."""
@@ -76,6 +88,12 @@ class History:
         records += [record for ring in self.steps_by_rank.values() for record in ring]
         records += [record for ring in self.layers_by_rank.values() for record in ring]
         records += self.end.values()
+        # Before the recent steps of its rank: a viewer adopts the whole run, then adds the steps after it.
+        records += [
+            protocol.make_record(protocol.HISTORY, rank, seq=-1, **whole.to_record())
+            for rank, whole in self.whole.items()
+            if whole.last_step >= 0
+        ]
         return sorted(records, key=lambda r: (r.get("origin", r.get("rank", 0)), r.get("seq", 0)))
 
     def pages(self, now: float | None = None) -> list[bytes]:

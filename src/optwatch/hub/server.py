@@ -35,6 +35,7 @@ import zmq
 from optwatch import controls, protocol
 from optwatch.hub.diagnosis import JobDiagnosis
 from optwatch.hub.history import History
+from optwatch.hub.recorder import RunRecorder
 from optwatch.options import ENV_TOKEN
 from optwatch.wire import runtime
 from optwatch.wire.keys import CurveKeys
@@ -116,6 +117,7 @@ class Hub:
         self._last_handshake_report = time.monotonic()
         self._handshakes_reported = 0
         self._next_figures = 0.0
+        self.recorder: RunRecorder | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -227,7 +229,50 @@ class Hub:
         )
         info.save()
 
+    def start_recording(self, runs_dir: Path) -> None:
+        """Record the run in ``runs_dir/<run_id>/``; a directory that cannot be made is said in hub.log, and
+        the hub serves without a record."""
+        try:
+            self.recorder = RunRecorder(
+                runs_dir / self.run_id,
+                {
+                    "run_id": self.run_id,
+                    "script": self.script,
+                    "argv": self.argv,
+                    "cwd": os.getcwd(),
+                    "start": time.time(),
+                    "world_size": self.world_size,
+                    "hub_pid": os.getpid(),
+                },
+            )
+        except OSError as exc:
+            log.warning("optwatch hub: cannot record the run in %s: %s", runs_dir, exc)
+
+    def _end_recording(self) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return
+        codes = [end.get("exit_code") for end in self.history.end.values()]
+        stopped = any(
+            record.get("kind") == protocol.EVENT
+            and record.get("status") == "accepted"
+            and str(record.get("command")) == "stop"
+            for record in self.history.rare
+        )
+        failed = [code for code in codes if isinstance(code, int) and code != 0]
+        ended_all = self.history.hello and set(self.history.hello) <= set(self.history.end)
+        if failed:
+            status, code = f"failed (exit {failed[0]})", failed[0]
+        elif stopped:
+            status, code = "stopped", 0
+        elif ended_all:
+            status, code = "finished", 0
+        else:
+            status, code = "ended", None  # ranks gone without saying so (killed), or the hub was stopped
+        recorder.close(status, code)
+
     def close(self) -> None:
+        self._end_recording()
         for socket in self._sockets.values():
             socket.close(linger=0)
         self._sockets.clear()
@@ -259,6 +304,8 @@ class Hub:
                 if socket in ready:
                     self._service(name, socket)
             now = time.monotonic()
+            if self.recorder is not None:
+                self.recorder.tick(now)
             if now >= next_logs:
                 next_logs = now + 0.1
                 self._read_logs()
@@ -315,6 +362,8 @@ class Hub:
                 self._seq += 1
             self._note(record)
             self.history.add(record)
+        if self.recorder is not None:
+            self.recorder.add(records)
         self._publish(records)
 
     def _note(self, record: dict[str, Any]) -> None:
@@ -579,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", default="")
     parser.add_argument("--argv", default="[]", help="the script's arguments, as a JSON list")
     parser.add_argument("--ready-fd", type=int, help="write one byte there once the sockets are bound")
+    parser.add_argument("--runs-dir", help="record the run in RUNS_DIR/RUN_ID/ (optwatch.runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's Ctrl-C is the job's; the hub stops on SIGTERM
@@ -601,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     except (zmq.ZMQError, OSError, ValueError) as exc:
         print(f"optwatch hub: cannot bind in {run_dir}: {exc}", flush=True)
         return 1
+    if args.runs_dir:
+        hub.start_recording(Path(args.runs_dir))
     if args.ready_fd is not None:
         os.write(args.ready_fd, b"1")
         os.close(args.ready_fd)

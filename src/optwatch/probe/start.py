@@ -71,6 +71,7 @@ def _hub_starter(run_dir: Path, run_id: str, options: ProbeOptions, world_size: 
             job_pid=os.getpid(),
             script=options.script,
             argv=options.argv,
+            runs_dir=options.runs_dir,
             wait=wait,
         )
 

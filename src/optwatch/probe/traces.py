@@ -8,7 +8,7 @@ process, keeps the training thread from waiting for the GIL.
 
 Layout: ``<root>/<run_id>/rank<R>-steps<FIRST>-<LAST>.pt.trace.json.gz``, directories 0700, files
 0600, the last ``KEEP_TRACES`` of each rank kept. ``root`` is ``$OPTWATCH_TRACE_DIR``, else
-``./optwatch-traces``.
+``./optwatch-runs`` (each run's traces beside its record).
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ from optwatch.wire import runtime
 
 KEEP_TRACES = 5
 TRACE_DIR_ENV = "OPTWATCH_TRACE_DIR"
-DEFAULT_TRACE_DIR = "optwatch-traces"
 
 
 def trace_root() -> Path:
-    """``$OPTWATCH_TRACE_DIR``, else ``./optwatch-traces`` (made absolute, so a later chdir changes nothing)."""
-    return Path(os.environ.get(TRACE_DIR_ENV) or DEFAULT_TRACE_DIR).absolute()
+    """``$OPTWATCH_TRACE_DIR``, else the runs directory (``optwatch.runs``): a run's traces lie beside its
+    record (made absolute, so a later chdir changes nothing)."""
+    from optwatch.runs import runs_root
+
+    override = os.environ.get(TRACE_DIR_ENV)
+    return Path(override).absolute() if override else runs_root()
 
 
 class TraceStore:

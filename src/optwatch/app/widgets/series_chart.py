@@ -42,6 +42,31 @@ def envelope(xs: Sequence[float], ys: Sequence[float | None], buckets: int) -> t
     return [p[0] for p in kept], [p[1] for p in kept]
 
 
+def step_ticks(first: float, last: float, most: int) -> list[int]:
+    """Whole steps for the x axis: a round stride (1, 2 or 5 times a power of ten), at most ``most`` ticks."""
+    low, high = math.ceil(first), math.floor(last)
+    if high <= low:
+        return [low]
+    span = high - low
+    stride = 1
+    for power in range(0, 16):
+        for factor in (1, 2, 5):
+            stride = factor * 10**power
+            if span / stride <= most - 1:
+                start = -(-low // stride) * stride
+                return list(range(start, high + 1, stride)) or [low]
+    return [low, high]
+
+
+def step_label(step: int) -> str:
+    """A step as a tick label: 950, 12k, 1.5M; never 295002.0."""
+    if abs(step) < 10_000:
+        return str(step)
+    if abs(step) < 1_000_000:
+        return f"{step / 1000:g}k"
+    return f"{step / 1_000_000:g}M"
+
+
 class SeriesChart(PlotextPlot):
     def __init__(self, title: str, *, log_y: bool = False, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -50,12 +75,16 @@ class SeriesChart(PlotextPlot):
         self.series: list[tuple[str, list[float], list[float], str]] = []
         self.markers: list[int] = []
         """Steps at which a control took effect: drawn as vertical lines."""
+        self.alert_markers: list[int] = []
+        """Steps of alerts (and non-finite values): drawn as vertical lines of their own colour."""
         self._version = 0
         self._cache: tuple[tuple, object] | None = None
         self.draw_cost_s = 0.0
         """How long the last new picture took, plotext and Textual's rendering of it to lines together:
         the dashboard spaces chart redraws by it."""
         self._rebuilt = False
+        self.integer_steps = True
+        """The x axis counts steps (whole-number ticks); False for another axis (minutes)."""
 
     def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float | None], str]]) -> None:
         """``series``: (label, steps, values, colour); values that are not ``plottable`` are left out of the picture."""
@@ -73,7 +102,8 @@ class SeriesChart(PlotextPlot):
     def render(self):
         # Textual repaints a widget for many reasons (a sibling's layout, a tab switch); plotext is
         # costly, so a picture is only rebuilt when the data, the size or the theme changed.
-        key = (self._version, tuple(self.markers), self.size.width, self.size.height, self.app.theme)
+        markers = (tuple(self.markers), tuple(self.alert_markers))
+        key = (self._version, self.title, markers, self.size.width, self.size.height, self.app.theme)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         picture = self._draw()
@@ -105,9 +135,14 @@ class SeriesChart(PlotextPlot):
                 drawn = True
         if drawn:
             first = min(xs[0] for _, xs, _, _ in self.series if xs)
-            for step in self.markers:
-                if step >= first:
-                    plt.vline(step, "magenta")
+            last = max(xs[-1] for _, xs, _, _ in self.series if xs)
+            for steps, colour in ((self.alert_markers, "red"), (self.markers, "magenta")):
+                for step in steps:
+                    if first <= step <= last:
+                        plt.vline(step, colour)
+            if self.integer_steps:
+                ticks = step_ticks(first, last, max(2, (self.size.width or FALLBACK_WIDTH) // 12))
+                plt.xticks(ticks, [step_label(t) for t in ticks])
         if drawn and not self.log_y and high > low:
             # Headroom above the data so the legend never hides the first points.
             plt.ylim(low, high + 0.25 * (high - low))

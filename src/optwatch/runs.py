@@ -1,0 +1,168 @@
+"""Every run's directory: its record (written by the job's hub), its summary and its profiler traces.
+
+``./optwatch-runs/<run_id>/`` by default, ``$OPTWATCH_RUNS_DIR/<run_id>/`` when set; private to the user:
+
+    record.jsonl.gz      every record of the run as JSON lines, gzip (flushed once a second: a crash, a kill -9
+                         or a full disk loses at most the last second); record-2.jsonl.gz... after a hub restart
+    run.json             what `optwatch runs` lists: script, start, steps, last loss, status, size
+    rank0-steps...gz     profiler traces
+
+No torch, no textual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optwatch import protocol
+
+RUNS_DIR_ENV = "OPTWATCH_RUNS_DIR"
+DEFAULT_RUNS_DIR = "optwatch-runs"
+RECORD_NAME = "record.jsonl.gz"
+SUMMARY_NAME = "run.json"
+READ_CHUNK = 1 << 20
+
+
+def runs_root() -> Path:
+    """``$OPTWATCH_RUNS_DIR``, else ``./optwatch-runs`` (absolute, so a later chdir changes nothing)."""
+    return Path(os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR).absolute()
+
+
+def record_parts(directory: Path) -> list[Path]:
+    """A run's record files in the order they were written (a restarted hub starts a new part)."""
+
+    def part(path: Path) -> int:
+        stem = path.name.removesuffix(".jsonl.gz")
+        return int(stem.partition("-")[2] or 1) if stem.partition("-")[2].isdecimal() or stem == "record" else 0
+
+    return sorted((p for p in directory.glob("record*.jsonl.gz") if part(p)), key=part)
+
+
+def next_record_path(directory: Path) -> Path:
+    parts = record_parts(directory)
+    return directory / (RECORD_NAME if not parts else f"record-{len(parts) + 1}.jsonl.gz")
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+def gzip_lines(path: Path) -> Iterator[bytes]:
+    """The whole lines of a gzip file, even one cut short (a job killed mid-write): what it holds up to its
+    last complete line, never an error for the missing end."""
+    inflate = zlib.decompressobj(wbits=31)
+    pending = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            try:
+                data = inflate.decompress(chunk)
+            except zlib.error:
+                break  # garbage after what was flushed: keep what came before
+            lines = (pending + data).split(b"\n")
+            pending = lines.pop()
+            yield from (line + b"\n" for line in lines)
+            if inflate.eof:
+                break
+    # A last line without its newline was being written when the file stopped: left out.
+
+
+def read_run_records(target: Path) -> Iterator[dict[str, Any]]:
+    """Records of a record file (JSON lines, gzip or not) or of a run directory (all its parts, in order)."""
+    paths = record_parts(target) if target.is_dir() else [target]
+    if not paths:
+        raise FileNotFoundError(f"{target} holds no record ({RECORD_NAME})")
+    for path in paths:
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        if gzipped:
+            yield from _checked(gzip_lines(path), str(path))
+        else:
+            with open(path, "rb") as handle:
+                yield from protocol.read_record_file(handle, source=str(path))
+
+
+def _checked(lines: Iterator[bytes], source: str) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines, 1):
+        if len(line) > protocol.MAX_LINE_BYTES:
+            raise protocol.ProtocolError(f"{source}:{number}: a line longer than {protocol.MAX_LINE_BYTES} bytes")
+        if line.strip():
+            try:
+                yield protocol.record_from_json_line(line)
+            except protocol.ProtocolError as exc:
+                raise protocol.ProtocolError(f"{source}:{number}: {exc}") from None
+
+
+# --- listing -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunEntry:
+    run_id: str
+    directory: Path
+    summary: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        """``running``, ``finished``, ``failed (exit N)``, ``stopped`` or ``ended`` (its hub died mid-run)."""
+        status = str(self.summary.get("status") or "?")
+        if status == "running" and not _alive(self.summary.get("hub_pid")):
+            return "ended"
+        return status
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in record_parts(self.directory))
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_runs(root: Path | None = None) -> list[RunEntry]:
+    """The runs under ``root``, oldest first; a directory without a readable run.json is left out."""
+    root = root or runs_root()
+    entries = []
+    for summary_path in root.glob(f"*/{SUMMARY_NAME}"):
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            entries.append(RunEntry(summary_path.parent.name, summary_path.parent, summary))
+    return sorted(entries, key=lambda e: (e.summary.get("start") or 0, e.run_id))
+
+
+def resolve(text: str, root: Path | None = None) -> Path:
+    """A run by path (a record file or a run directory), id, or unique start of an id; ValueError says why not."""
+    path = Path(text)
+    if path.exists():
+        return path
+    root = root or runs_root()
+    exact = root / text
+    if text and "/" not in text and exact.is_dir():
+        return exact
+    matches = [entry.directory for entry in list_runs(root) if entry.run_id.startswith(text)] if text else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ValueError(f"no run or file {text!r} (runs are listed by `optwatch runs`, from {root})")
+    raise ValueError(f"{text!r} names {len(matches)} runs; give more of the id: " + ", ".join(m.name for m in matches))
+
+
+def write_summary(directory: Path, summary: dict[str, Any]) -> None:
+    """run.json, replaced whole (a reader never sees half of it)."""
+    partial = directory / f".{SUMMARY_NAME}.{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({**summary, "updated": time.time()}, handle, indent=1)
+    os.replace(partial, directory / SUMMARY_NAME)

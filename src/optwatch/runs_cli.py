@@ -1,0 +1,164 @@
+"""`optwatch runs`, `optwatch compare` and `optwatch export`: the recorded runs (``optwatch.runs``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from optwatch import protocol, runs
+
+COMMANDS = ("runs", "compare", "export")
+
+
+class RunError(Exception):
+    """A run that cannot be found or read, said in one line."""
+
+
+def add_commands(commands: Any) -> None:
+    listing = commands.add_parser("runs", help="list recorded runs (./optwatch-runs, or $OPTWATCH_RUNS_DIR)")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    listing.add_argument("--dir", metavar="DIR", help="the runs directory (default: as above)")
+
+    compare = commands.add_parser("compare", help="runs side by side: their curves by step and what differs")
+    compare.add_argument("targets", nargs="+", metavar="RUN", help="run ids or prefixes, run directories, records")
+    compare.add_argument("--headless", action="store_true", help="print the table instead of opening the dashboard")
+
+    export = commands.add_parser("export", help="a run's step figures as CSV or TensorBoard scalars")
+    export.add_argument("target", metavar="RUN", help="run id (or a unique prefix), run directory or record file")
+    export.add_argument("--csv", metavar="PATH", help="one row per step and rank (- for standard output)")
+    export.add_argument("--tensorboard", metavar="DIR", help="TensorBoard event files (needs the tensorboard package)")
+
+
+def read(target: str) -> tuple[list[dict[str, Any]], Path]:
+    """A recorded run's records, with the path they came from; RunError says why not."""
+    try:
+        path = runs.resolve(target)
+        return list(runs.read_run_records(path)), path
+    except ValueError as exc:  # ProtocolError is one
+        raise RunError(str(exc)) from None
+    except OSError as exc:
+        raise RunError(f"cannot read {target}: {exc.strerror or exc}") from None
+
+
+def load(target: str):
+    """A recorded run's store, with the path it came from; RunError says why not."""
+    from optwatch.store import Store
+
+    records, path = read(target)
+    store = Store()
+    store.ingest(records)
+    return store, path
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    root = Path(args.dir).absolute() if args.dir else runs.runs_root()
+    entries = runs.list_runs(root)
+    if args.json:
+        print(json.dumps([{**e.summary, "status": e.status, "size_bytes": e.size_bytes} for e in entries], indent=1))
+        return 0
+    if not entries:
+        print(f"no recorded runs in {root}")
+        return 0
+    print(f"{'RUN':<36} {'STARTED':<16} {'STEPS':>8} {'LOSS':>9} {'STATUS':<16} {'SIZE':>8}  SCRIPT")
+    for entry in entries:
+        summary = entry.summary
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.get("start") or 0))
+        loss = summary.get("last_loss")
+        loss_text = f"{loss:.4g}" if isinstance(loss, (int, float)) else "-"
+        print(
+            f"{entry.run_id:<36} {started:<16} {summary.get('steps', 0):>8} {loss_text:>9} {entry.status:<16} "
+            f"{_size(entry.size_bytes):>8}  {summary.get('script', '')}"
+        )
+    return 0
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+# --- compare ---------------------------------------------------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    from optwatch.comparison import compare_runs
+
+    loaded = [load(target) for target in args.targets]
+    comparison = compare_runs([(path.name.removesuffix(".jsonl.gz"), store) for store, path in loaded])
+    if args.headless:
+        print(comparison.table_text())
+        return 0
+    from optwatch.app.compare_app import CompareApp
+
+    CompareApp(comparison).run()
+    return 0
+
+
+# --- export ----------------------------------------------------------------------------------------------
+STEP_COLUMNS = ("loss", "grad_norm", "lr", "step_time_s", "samples_per_s", "data_wait_s", "optwatch_s")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not args.csv and not args.tensorboard:
+        raise RunError("say what to write: --csv PATH and/or --tensorboard DIR")
+    records, _ = read(args.target)
+    steps = [r for r in records if r.get("kind") == protocol.STEP]
+    metrics = [r for r in records if r.get("kind") == "metric"]
+    if args.csv:
+        _write_csv(args.csv, steps)
+    if args.tensorboard:
+        _write_tensorboard(Path(args.tensorboard), steps, metrics)
+    return 0
+
+
+def _write_csv(target: str, steps: list[dict[str, Any]]) -> None:
+    optimizers = sorted({name for s in steps for name in (s.get("losses") or {})})
+    to_stdout = target == "-"
+    handle = sys.stdout if to_stdout else open(target, "w", newline="")
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "step", "time", *STEP_COLUMNS, *(f"loss:{name}" for name in optimizers)])
+        for step in steps:
+            losses = step.get("losses") or {}
+            writer.writerow(
+                [step.get("rank", 0), step["step"], step.get("time"), *(step.get(c) for c in STEP_COLUMNS)]
+                + [losses.get(name) for name in optimizers]
+            )
+        handle.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+    finally:
+        if not to_stdout:
+            handle.close()
+
+
+def _write_tensorboard(directory: Path, steps: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> None:
+    try:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise RunError("--tensorboard needs the tensorboard package: pip install 'optwatch[tensorboard]'") from None
+    by_rank: dict[int, list[dict[str, Any]]] = {}
+    for record in steps:
+        by_rank.setdefault(record.get("rank", 0), []).append(record)
+    for rank, records in sorted(by_rank.items()):
+        writer = EventFileWriter(str(directory if len(by_rank) == 1 else directory / f"rank{rank}"))
+        for record in records:
+            values = [(name, record.get(name)) for name in STEP_COLUMNS]
+            values += [(f"loss/{name}", v) for name, v in (record.get("losses") or {}).items()]
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values if protocol.finite(v)])
+            writer.add_event(Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=summary))
+        for record in metrics if rank == min(by_rank) else ():
+            values = (record.get("values") or {}).items()
+            summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values if protocol.finite(v)])
+            writer.add_event(Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=summary))
+        writer.close()

@@ -1,0 +1,189 @@
+"""Every run recorded by default, listed, replayed by id, compared side by side and exported, checked against
+what the scripts print."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import stat
+import zlib
+
+import pytest
+
+from conftest import SCRIPTS, optwatch, steps_of
+from optwatch import protocol, runs
+
+
+def printed_losses(stdout: str) -> list[float]:
+    """plain_train.py prints ``step N loss X`` each step; short.py a TRUTH line."""
+    losses = []
+    for line in stdout.splitlines():
+        if line.startswith("step ") and " loss " in line:
+            losses.append(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("TRUTH "):
+            losses.append(json.loads(line[6:])["loss"])
+    return losses
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two recorded runs of the same script, lr 0.05 and 0.2, in a runs directory of their own."""
+    root = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(root)}
+    printed = {}
+    for lr in ("0.05", "0.2"):
+        done = optwatch("run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps", "25", "--lr", lr, env=env)
+        assert done.returncode == 0, done.stderr
+        printed[lr] = printed_losses(done.stdout)
+        assert f"the run is recorded in {root}" in done.stderr
+    return root, env, printed
+
+
+def test_a_run_is_recorded_by_default_privately_and_completely(two_runs):
+    root, env, printed = two_runs
+    entries = runs.list_runs(root)
+    assert len(entries) == 2
+    for entry, lr in zip(entries, ("0.05", "0.2")):
+        record = entry.directory / runs.RECORD_NAME
+        assert stat.S_IMODE(entry.directory.stat().st_mode) == 0o700
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600
+        with gzip.open(record, "rt") as handle:  # a complete gzip file, as any tool reads it
+            records = [json.loads(line) for line in handle]
+        losses = [s["loss"] for s in steps_of(records, 0)]
+        assert losses == printed[lr]  # bit for bit what the script printed, every step
+        assert entry.summary["argv"][-1] == lr and entry.status == "finished"
+        assert entry.summary["steps"] == 25 and entry.summary["last_loss"] == printed[lr][-1]
+
+
+def test_runs_lists_them_and_replay_opens_one_by_id(two_runs):
+    root, env, printed = two_runs
+    listing = optwatch("runs", env=env)
+    assert listing.returncode == 0
+    lines = [line for line in listing.stdout.splitlines() if "plain_train" in line]
+    assert len(lines) == 2 and all("finished" in line and " 25 " in line for line in lines)
+    assert f"{printed['0.2'][-1]:.4g}" in lines[1]
+    run_id = runs.list_runs(root)[1].run_id
+    replay = optwatch("replay", run_id[:-2], "--headless", env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert f"loss {printed['0.2'][-1]:.4f}" in replay.stdout
+    unknown = optwatch("replay", "no-such-run", env=env)
+    assert unknown.returncode == 2 and "no run or file 'no-such-run'" in unknown.stderr
+
+
+def test_no_record_keeps_nothing(tmp_path):
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path / "runs")}
+    done = optwatch("run", "--headless", "--no-record", str(SCRIPTS / "short.py"), "--steps", "2", env=env)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "runs").exists() and "recorded" not in done.stderr
+
+
+async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_runs, monkeypatch):
+    from optwatch.app.compare_app import CompareApp
+    from optwatch.app.widgets.series_chart import SeriesChart
+    from optwatch.comparison import compare_runs
+    from optwatch.runs_cli import load
+
+    root, env, printed = two_runs
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(root))
+    loaded = [load(entry.run_id) for entry in runs.list_runs(root)]
+    comparison = compare_runs([(path.name, store) for store, path in loaded])
+    app = CompareApp(comparison)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        chart = app.query_one(SeriesChart)
+        assert [label for label, *_ in chart.series] == comparison.names
+        for (_, steps, losses, _), lr in zip(chart.series, ("0.05", "0.2")):
+            assert steps == list(range(25)) and losses == printed[lr]
+        table = app.query_one("#compare-table")
+        cells = [table.get_row_at(i) for i in range(table.row_count)]
+        rows = {str(row[0]).strip(): [str(c) for c in row[1:]] for row in cells}
+        assert rows["≠ lr (start)"] == ["0.05", "0.2"]
+        assert rows["final loss"] == [f"{printed['0.05'][-1]:.4g}", f"{printed['0.2'][-1]:.4g}"]
+        await pilot.press("w")
+        await pilot.pause(0.2)
+        assert chart.title.startswith("Loss by wall time")
+    headless = optwatch("compare", *(e.run_id for e in runs.list_runs(root)), "--headless", env=env)
+    assert headless.returncode == 0 and "≠ lr (start)" in headless.stdout and "≠ arguments" in headless.stdout
+
+
+def test_export_writes_csv_and_tensorboard_scalars(two_runs, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, env, printed = two_runs
+    run_id = runs.list_runs(root)[0].run_id
+    csv_path, tensorboard = str(tmp_path / "run.csv"), str(tmp_path / "tb")
+    done = optwatch("export", run_id, "--csv", csv_path, "--tensorboard", tensorboard, env=env)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "run.csv").read_text())))
+    assert [float(r["loss"]) for r in rows] == printed["0.05"] and [int(r["step"]) for r in rows] == list(range(25))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = events.Scalars("loss")
+    assert [s.step for s in scalars] == list(range(25))
+    assert [s.value for s in scalars] == pytest.approx(printed["0.05"], rel=1e-6)  # float32 in event files
+    nothing = optwatch("export", run_id, env=env)
+    assert nothing.returncode == 2 and "--csv PATH" in nothing.stderr
+
+
+def test_a_record_cut_short_replays_up_to_its_last_flush(tmp_path):
+    """What a kill -9 or a full disk leaves: a gzip stream without its end, perhaps a line cut in half."""
+    from optwatch.hub.recorder import RunRecorder
+
+    recorder = RunRecorder(tmp_path / "cut", {"run_id": "cut"})
+    step = {"v": 1, "kind": "step", "rank": 0, "time": 1.0}
+    recorder.add([{**step, "step": s, "loss": float(s)} for s in range(50)])
+    recorder.flush()
+    recorder.add([{**step, "step": s, "loss": float(s)} for s in range(50, 60)])  # never flushed: lost
+    path = recorder.path
+    data = path.read_bytes()
+    assert [r["step"] for r in runs.read_run_records(tmp_path / "cut")] == list(range(50))
+    path.write_bytes(data[:-9])  # the last flushed block cut: up to the last whole line, no error
+    kept = [r["step"] for r in runs.read_run_records(path)]
+    assert 0 < len(kept) < 50 and kept == list(range(len(kept)))
+    with pytest.raises(zlib.error):
+        zlib.decompress(data[:-9], wbits=31)  # as a plain reader would fail
+
+
+def test_per_layer_records_are_thinned_as_the_run_grows(tmp_path):
+    from optwatch.hub.recorder import LAYERS_KEPT_AT_FULL_RATE, RunRecorder
+
+    recorder = RunRecorder(tmp_path / "layers", {"run_id": "layers"})
+    layers = {"v": 1, "kind": "layers", "rank": 0, "time": 1.0, "names": ["w"], "numel": [1], "grad_norm": [1.0]}
+    total = 20 * LAYERS_KEPT_AT_FULL_RATE
+    recorder.add([{**layers, "step": s} for s in range(total)])
+    recorder.close("finished", 0)
+    kept = [r["step"] for r in runs.read_run_records(recorder.path) if r["kind"] == protocol.LAYERS]
+    assert kept[:LAYERS_KEPT_AT_FULL_RATE] == list(range(LAYERS_KEPT_AT_FULL_RATE))
+    assert len(kept) < 3 * LAYERS_KEPT_AT_FULL_RATE  # logarithmic in the run's length, not linear
+    assert json.loads((tmp_path / "layers" / runs.SUMMARY_NAME).read_text())["status"] == "finished"
+
+
+async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, monkeypatch):
+    from conftest import wait_for_ui
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.run_picker import RunPicker
+    from optwatch.app.widgets.series_chart import SeriesChart
+    from optwatch.runs_cli import load
+
+    root, env, printed = two_runs
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(root))
+    first, second = runs.list_runs(root)
+    store, _ = load(second.run_id)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        chart = app.query_one("#loss-chart", SeriesChart)
+        await pilot.press("B")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
+        assert len(app.screen.entries) == 1  # the run on screen is not offered as its own baseline
+        await pilot.press("down", "enter")
+        await wait_for_ui(pilot, lambda: chart.series and chart.series[0][0] == f"baseline {first.run_id}")
+        _, steps, losses, colour = chart.series[0]
+        assert steps == list(range(25)) and losses == printed["0.05"] and colour == "gray"
+        assert chart.series[1][2] == printed["0.2"]  # the run's own loss, drawn over it
+        await pilot.press("B")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
+        await pilot.press("enter")  # "no baseline"
+        await wait_for_ui(pilot, lambda: not chart.series[0][0].startswith("baseline"))
