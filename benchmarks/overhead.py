@@ -10,6 +10,7 @@ sync caused by optwatch raises, so "0 syncs" is checked, not assumed.
     python benchmarks/overhead.py --workload cifar --modes default,forward-check,no-gradients
     python benchmarks/overhead.py --workload cifar --threads 1 --clock thread-cpu   # CPU time, not wall
     python benchmarks/overhead.py --workload cifar-host --threads 1   # a host-bound step on a CPU
+    python benchmarks/overhead.py --workload deep --modes default,every-step   # 100 layers' statistics
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class TinyTransformer(nn.Module):
 
 
 # Samples per step of each workload, for the throughput figures (the transformer's are 16 sequences of 63 tokens).
-BATCH = {"tiny": 8, "cifar": 128, "cifar-host": 2, "transformer": 16}
+BATCH = {"tiny": 8, "deep": 16, "cifar": 128, "cifar-host": 2, "transformer": 16}
 
 
 def workload(name: str, device: torch.device):
@@ -72,6 +73,15 @@ def workload(name: str, device: torch.device):
         # A step of a few tens of microseconds: what is measured is optwatch's own per-step cost.
         model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)).to(device)
         inputs, targets = torch.randn(8, 16, device=device), torch.randn(8, 1, device=device)
+
+        def loss_fn():
+            return F.mse_loss(model(inputs), targets)
+
+    elif name == "deep":
+        # 100 parameters, 100 rows of per-layer statistics: what one rank of docs/scale.md publishes.
+        layers = [m for _ in range(100) for m in (nn.Linear(32, 32, bias=False), nn.ReLU())]
+        model = nn.Sequential(*layers).to(device)
+        inputs, targets = torch.randn(16, 32, device=device), torch.randn(16, 32, device=device)
 
         def loss_fn():
             return F.mse_loss(model(inputs), targets)
@@ -200,7 +210,9 @@ def timed_steps_without_sync(step, steps: int, device: torch.device) -> list[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("tiny", "cifar", "cifar-host", "transformer", "all"), default="all")
+    parser.add_argument(
+        "--workload", choices=("tiny", "deep", "cifar", "cifar-host", "transformer", "all"), default="all"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode per round")
     parser.add_argument("--warmup", type=int, default=5)

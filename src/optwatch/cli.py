@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from optwatch import runs_cli
+from optwatch import launchers, runs_cli
 from optwatch.runs import runs_root
 
 SUBCOMMANDS = ("run", "attach", "ls", "ctl", "replay", "runs", "compare", "export")
@@ -269,10 +269,6 @@ class UsageError(Exception):
     """A problem with what the user asked for, reported in one line."""
 
 
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def _open_writer(path: str | None):
     from optwatch.store import RecordWriter
 
@@ -308,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             host, port = tcp_address(args.listen)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-        if not is_loopback(host) and os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
+        launch = launchers.detect()
+        if not is_loopback(host) and (launch is None or launch.rank == 0):  # once per job, not once per rank
             first, second = (port, port + 1) if port else ("PORT", "PORT+1")
             print(
                 f"optwatch: warning: --listen {args.listen} is reachable from the network, guarded by the token "
@@ -353,12 +350,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs_dir=None if args.no_record else str(runs_root()),
     )
 
-    if under_torchrun():
-        # A torchrun worker: instrument this process and run the script here; no dashboard.
-        from optwatch.probe.launch import run_script
+    launch = launchers.detect()
+    if launch is not None:
+        # A rank of a launch (torchrun, srun): instrument this process and run the script here; no dashboard.
+        from optwatch.probe.launch import run_as_rank
 
+        try:
+            viewer = launchers.viewer_arguments(
+                launch, args.headless, args.record, args.summary_every, nproc_per_node=args.nproc_per_node
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if viewer is not None and args.record:
+            _open_writer(args.record).close()  # a path it cannot write is refused now, before the training
         os.environ.setdefault(ENV_OPTIONS, options.to_env())
-        return run_script(args.script, args.args)
+        return run_as_rank(launch, args.script, args.args, viewer)
 
     from optwatch.hub import HubError
     from optwatch.session import ViewerSession

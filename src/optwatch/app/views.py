@@ -23,13 +23,13 @@ def extra_views() -> list[View]:
     from optwatch.app.widgets.controls_panel import ControlsPanel
     from optwatch.app.widgets.gradients_view import GradientsView
     from optwatch.app.widgets.hotspots_view import HotspotsView
-    from optwatch.app.widgets.ranks_table import RanksTable
+    from optwatch.app.widgets.ranks_view import RanksView
     from optwatch.app.widgets.system_view import SystemView
 
     return [
         View("system", "System", "s", SystemView),
         View("gradients", "Gradients", "g", GradientsView),
         View("hotspots", "Hot spots", "h", lambda: HotspotsView(id="hotspots-view")),
-        View("ranks", "Ranks", "r", RanksTable),
+        View("ranks", "Ranks", "r", RanksView),
         View("controls", "Controls", "c", ControlsPanel),
     ]

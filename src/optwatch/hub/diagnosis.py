@@ -14,7 +14,7 @@ from typing import Any
 
 from optwatch import protocol
 from optwatch.diagnose.gradients import GradientDiagnosis, LayerStats, StepInput, Thresholds
-from optwatch.diagnose.straggler import StragglerWatch
+from optwatch.diagnose.straggler import WINDOW_STEPS, StragglerWatch
 from optwatch.diagnose.tracker import VerdictTracker
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,9 @@ class RankDiagnosis:
 
 class JobDiagnosis:
     """Every rank's diagnosis, and the straggler across them."""
+
+    TICK_STEPS = WINDOW_STEPS
+    """The newest steps of each rank that ``tick`` reads."""
 
     def __init__(self) -> None:
         self.ranks: dict[int, RankDiagnosis] = {}

@@ -10,6 +10,7 @@ and never holds more than one copy of it.
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from typing import Any
 
@@ -77,9 +78,11 @@ class History:
             whole = self.whole[rank] = RunHistory()
         return whole
 
-    def steps(self) -> dict[int, list[dict[str, Any]]]:
-        """Recent step records, per rank."""
-        return {rank: list(ring) for rank, ring in self.steps_by_rank.items()}
+    def steps(self, last: int | None = None) -> dict[int, list[dict[str, Any]]]:
+        """Recent step records per rank, oldest first: the ``last`` newest of each (all it keeps by default)."""
+        if last is None:
+            return {rank: list(ring) for rank, ring in self.steps_by_rank.items()}
+        return {rank: list(itertools.islice(reversed(ring), last))[::-1] for rank, ring in self.steps_by_rank.items()}
 
     def records(self) -> list[dict[str, Any]]:
         """Everything kept, each record once, in each sender's order."""

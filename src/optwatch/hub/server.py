@@ -36,6 +36,7 @@ from optwatch import controls, protocol
 from optwatch.hub.diagnosis import JobDiagnosis
 from optwatch.hub.history import History
 from optwatch.hub.recorder import RunRecorder
+from optwatch.hub.shards import ShardedNorms
 from optwatch.options import ENV_TOKEN
 from optwatch.wire import runtime
 from optwatch.wire.keys import CurveKeys
@@ -97,6 +98,7 @@ class Hub:
         self.argv = argv or []
         self.history = History()
         self.diagnosis = JobDiagnosis()
+        self.shards = ShardedNorms(world_size)
         self.endpoints: dict[str, str] = {}
         self.paused: dict[str, Any] | None = None
         """``{"by": source, "since": unix time}`` while a pause is in effect."""
@@ -348,6 +350,15 @@ class Hub:
         if refused:
             log.warning("optwatch hub: %d records from a rank left out (%s)", len(refused), refused[0])
         try:
+            records = self.shards.take(records, time.monotonic())
+        except Exception:
+            log.exception("optwatch hub: combining the ranks' sharded norms failed on a batch; it goes on as it is")
+        self._diagnose_and_take(records)
+
+    def _diagnose_and_take(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        try:
             records = self.diagnosis.observe(records)
         except Exception:
             log.exception("optwatch hub: the diagnosis failed on a batch; its records go out as they are")
@@ -550,8 +561,10 @@ class Hub:
 
     # --- once a second ------------------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
+        self._diagnose_and_take(self.shards.release(now))  # a sharded step that some rank never completed
         try:
-            self.take(self.diagnosis.tick(self.history.steps()))
+            # The straggler reads each rank's newest window only: copying whole rings took seconds at 256 ranks.
+            self.take(self.diagnosis.tick(self.history.steps(last=self.diagnosis.TICK_STEPS)))
         except Exception:
             log.exception("optwatch hub: the straggler check failed")
         if now >= self._next_figures:

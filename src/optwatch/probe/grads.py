@@ -16,6 +16,7 @@ read back with the step batch; the hub's diagnosis turns them into alerts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from optwatch import protocol
 from optwatch.diagnose.gradients import module_of
 from optwatch.options import ProbeOptions
+from optwatch.probe import sharding
 from optwatch.probe.plugin import ProbeContext, ProbePlugin
 from optwatch.probe.vectors import as_vector, norm_dtype, norms_of, tensors_by_device
 
@@ -34,7 +36,7 @@ ROTATION = 8
 class _Layout:
     """The parameters measured (those with a dense gradient, in model order) and their chunks."""
 
-    def __init__(self, params: list[torch.Tensor], names: list[str], budget_bytes: float):
+    def __init__(self, params: list[torch.Tensor], names: list[str], budget_bytes: float, world_size: int = 1):
         self.params = params
         self.names = names
         self._budget_bytes = budget_bytes
@@ -48,6 +50,19 @@ class _Layout:
         total = sum(sizes)
         chunk_bytes = min(budget_bytes, total / ROTATION)
         self.chunks = self._split(sizes, chunk_bytes)
+        self.sharded = sharding.is_sharded(params)
+        """Some parameters are DTensors: every figure is measured on this rank's shards, as its part of the
+        whole model's (``probe.sharding``), scaled by ``scale`` (per parameter) and ``chunk_scales`` (per
+        chunk: the weight norms' and non-zero counts' scales, then the update norms')."""
+        self.scale: torch.Tensor | None = None
+        self.chunk_scales: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.sharded:
+            roots = [math.sqrt(sharding.share(p, world_size)) for p in params]
+            self.scale = sharding.device_vector(roots, self.device, self.dtype)
+            for chunk in self.chunks:
+                weights = [roots[i] for i in chunk]
+                both = sharding.device_vector(weights + [r * r for r in weights], self.device, self.dtype)
+                self.chunk_scales.append((both, both[: len(chunk)]))
         self._turn = 0
         # Copies kept between steps while all of them fit the budget; made each time otherwise.
         self._keep_copies = total <= budget_bytes
@@ -88,10 +103,15 @@ class _Layout:
         self._turn += 1
         return turn, self.chunks[turn]
 
-    def copies(self, turn: int, chunk: list[int]) -> list[torch.Tensor]:
+    def weights(self, chunk: list[int]) -> list[torch.Tensor]:
+        """The chunk's parameters as this rank holds them (its shards, when sharded)."""
+        weights = [self.params[i] for i in chunk]
+        return sharding.local(weights) if self.sharded else weights
+
+    def copies(self, turn: int, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         copies = self._copies.get(turn)
         if copies is None:
-            copies = [torch.empty_like(self.params[i]) for i in chunk]
+            copies = [torch.empty_like(w) for w in weights]
             if self._keep_copies:
                 self._copies[turn] = copies
         return copies
@@ -108,6 +128,7 @@ class _Measured:
     weight_norms: torch.Tensor | None
     nonzero: torch.Tensor | None
     copies: list[torch.Tensor] | None
+    turn: int = 0
 
 
 class GradientPlugin(ProbePlugin):
@@ -145,20 +166,24 @@ class GradientPlugin(ProbePlugin):
                 if not params:
                     return
             labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
-            layout = self._layout = _Layout(params, labels, self.budget_bytes)
+            layout = self._layout = _Layout(params, labels, self.budget_bytes, context.world_size)
         elif layout.params is not params:
             params = layout.params  # the same parameters: keep the layout's list
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(False)  # (cheaper than entering ``torch.no_grad()``: this runs every step)
         try:
+            if layout.sharded:
+                grads = sharding.local(grads)
             grad_norms = as_vector(norms_of(grads, 2, layout.device, layout.by_device, layout.dtype))
+            if layout.scale is not None:
+                grad_norms = grad_norms * layout.scale
             if not context.clip_measures:
-                context.report_grad_norm(torch.linalg.vector_norm(grad_norms))
+                context.report_grad_norm(torch.linalg.vector_norm(grad_norms), part=layout.sharded)
             measured = _Measured(context.step, layout, grad_norms, [], None, None, None)
             turn_chunk = layout.next_chunk()
             if turn_chunk is not None:
                 turn, chunk = turn_chunk
-                weights = [params[i] for i in chunk]
+                weights = layout.weights(chunk)
                 groups = tensors_by_device(weights) if layout.by_device else None
                 measured.chunk = chunk
                 # Weight norms and non-zero counts in one vector: one stack, not two.
@@ -166,8 +191,11 @@ class GradientPlugin(ProbePlugin):
                     norms_of(weights, 2, layout.device, groups, layout.dtype)
                     + norms_of([grads[i] for i in chunk], 0, layout.device, groups, layout.dtype)
                 )
+                if layout.sharded:
+                    both = both * layout.chunk_scales[turn][0]
+                    measured.turn = turn
                 measured.weight_norms, measured.nonzero = both[: len(chunk)], both[len(chunk) :]
-                measured.copies = layout.copies(turn, chunk)
+                measured.copies = layout.copies(turn, weights)
                 torch._foreach_copy_(measured.copies, weights)
         finally:
             torch.set_grad_enabled(grad_enabled)
@@ -202,24 +230,27 @@ class GradientPlugin(ProbePlugin):
             grad_enabled = torch.is_grad_enabled()
             torch.set_grad_enabled(False)
             try:
-                torch._foreach_sub_(measured.copies, [layout.params[i] for i in measured.chunk])
+                torch._foreach_sub_(measured.copies, layout.weights(measured.chunk))
                 groups = tensors_by_device(measured.copies) if layout.by_device else None
                 update = as_vector(norms_of(measured.copies, 2, layout.device, groups, layout.dtype))
+                if layout.sharded:
+                    update = update * layout.chunk_scales[measured.turn][1]
             finally:
                 torch.set_grad_enabled(grad_enabled)
         # Each vector travels as it is: readback packs a batch's values together anyway.
-        context.emit(
-            protocol.make_record(
-                protocol.LAYERS,
-                context.rank,
-                step=record["step"],
-                names=layout.names,
-                numel=layout.numel,
-                grad_norm=measured.grad_norms,
-                _chunk=measured.chunk,
-                _weight=measured.weight_norms,
-                _update=update,
-                _nonzero=measured.nonzero,
-                every=self.every * context.detail_every,
-            )
+        layers = protocol.make_record(
+            protocol.LAYERS,
+            context.rank,
+            step=record["step"],
+            names=layout.names,
+            numel=layout.numel,
+            grad_norm=measured.grad_norms,
+            _chunk=measured.chunk,
+            _weight=measured.weight_norms,
+            _update=update,
+            _nonzero=measured.nonzero,
+            every=self.every * context.detail_every,
         )
+        if layout.sharded:
+            layers["_sharded"] = True  # parts of the whole model's norms, for the hub to add up
+        context.emit(layers)

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import types
+
+from optwatch.launchers import Launch
+
+FOLLOWER_WAIT_S = 10.0
 
 
 def _script_frames(traceback, path: str):
@@ -61,6 +66,39 @@ def run_script(script: str, args: list[str]) -> int:
     finally:
         probe.close(exit_code)
     return exit_code
+
+
+def run_as_rank(launch: Launch, script: str, args: list[str], viewer: list[str] | None = None) -> int:
+    """Run the script as one rank of a launch (torchrun, srun): instrumented, in this process, with no
+    dashboard. Rank 0 starts the job's hub with its probe, then, for ``viewer`` (``--headless``, ``--record``
+    and their settings), the job's one viewer (``optwatch.follow``), which it waits for (a few seconds at
+    most) once the script is done, so that the final summary comes before the launcher returns."""
+    from optwatch.probe.start import start_probe
+
+    probe = start_probe(launch.rank, launch.world_size)
+    follower = None
+    if launch.rank == 0 and viewer is not None:
+        follower = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "optwatch.follow",
+                f"--run-dir={probe.run_dir}",
+                f"--job-pid={os.getpid()}",
+                f"--world-size={launch.world_size}",
+                *viewer,
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C stops the ranks through the launcher; the viewer sees them end
+        )
+    try:
+        return run_script(script, args)
+    finally:
+        if follower is not None:
+            try:
+                follower.wait(FOLLOWER_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass  # it ends by itself once this process is gone
 
 
 def main() -> None:

@@ -97,8 +97,10 @@ class ProbeContext(Protocol):
         """Rank 0: tell every rank at which step a command applies."""
         ...
 
-    def report_grad_norm(self, norm: torch.Tensor) -> None:
-        """This step's global gradient norm, measured by a plugin (on the device): the probe need not."""
+    def report_grad_norm(self, norm: torch.Tensor | None, part: bool = False) -> None:
+        """This step's global gradient norm, measured by a plugin (on the device): the probe need not.
+        ``part``: only this rank's part of it (sharded parameters, ``probe.sharding``); the hub adds the
+        ranks' parts up."""
         ...
 
     def charge(self, started: float) -> None:

@@ -39,6 +39,7 @@ import torch
 
 from optwatch import protocol
 from optwatch.options import ProbeOptions
+from optwatch.probe import sharding
 from optwatch.probe.channel import Channel
 from optwatch.probe.governor import DetailGovernor
 from optwatch.probe.hooks import TorchHooks
@@ -201,6 +202,9 @@ class Probe:
         self._unknown_fetches: dict[int, _Fetches] = {}
         self._gradients_final = False
         self._grad_norm: torch.Tensor | None = None
+        self._grad_part = False
+        """``_grad_norm`` is this rank's part of a sharded model's (``probe.sharding``), for the hub to combine."""
+        self._norm_part = sharding.NormPart()
         self._clip_norm: Any = None
         self._clip_max: Any = None
         self._clip_params: list[torch.Tensor] = []
@@ -345,8 +349,9 @@ class Probe:
     def send_decision(self, decision: dict[str, Any]) -> None:
         self.channel.send_decision(decision)
 
-    def report_grad_norm(self, norm: torch.Tensor) -> None:
+    def report_grad_norm(self, norm: torch.Tensor | None, part: bool = False) -> None:
         self._grad_norm = norm
+        self._grad_part = part
 
     def charge(self, started: float) -> None:
         self.own_s += time.perf_counter() - started
@@ -621,7 +626,12 @@ class Probe:
         self.clip_measures = clip_measures
         self._call_in_step("on_gradients", optimizer)
         if self._grad_norm is None and not clip_measures and self.detailed:
-            self._grad_norm = global_norm([p.grad for p in self.parameters()])
+            params = self.parameters()
+            grads = [p.grad for p in params]
+            if sharding.is_sharded(grads):
+                self.report_grad_norm(self._norm_part(params, self.world_size), part=True)
+            else:
+                self._grad_norm = global_norm(grads)
 
     def clipping(self, parameters: Any, by_norm: bool) -> None:
         started = time.perf_counter()
@@ -633,7 +643,7 @@ class Probe:
 
     def clipped(self, total_norm: Any, max_norm: Any) -> None:
         if isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
-            self._clip_norm = total_norm.detach()
+            self._clip_norm = sharding.replicated_value(total_norm.detach())
         try:
             self._clip_max = float(max_norm)
         except (TypeError, ValueError):
@@ -796,6 +806,8 @@ class Probe:
             "detail_every": self.detail_every,
         }
         self._last_bg_cpu = bg_cpu
+        if self._grad_part and self._grad_norm is not None:
+            record["_sharded"] = True
         if self._clip_max is not None:
             record["clip_max_norm"] = self._clip_max
         if self._unknown_fetches:
@@ -842,6 +854,7 @@ class Probe:
         self._backward_started = None
         self._gradients_final = False
         self._grad_norm = None
+        self._grad_part = False
         self._clip_norm = None
         self._clip_max = None
         self._clip_params = []

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from optwatch import hub
+from optwatch import hub, launchers
 from optwatch.options import ENV_HUB, ENV_PROBE_PID, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
 from optwatch.probe.channel import Channel
 from optwatch.probe.controls import ControlPlugin
@@ -42,22 +42,14 @@ def build_plugins(options: ProbeOptions) -> list[ProbePlugin]:
     return plugins
 
 
-def torchrun_run_id(script: str) -> str | None:
-    """The run id every local rank of one torchrun launch agrees on, or None outside torchrun.
-
-    The ranks of a node share their parent (the elastic agent) and the rendezvous settings, so the id is
-    derived from them; every rank finds the run directory under it.
-    """
-    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+def launch_run_id(script: str, launch: launchers.Launch | None) -> str | None:
+    """The run id every local rank of one launch (torchrun, srun) agrees on, or None outside a launch."""
+    if launch is None:
         return None
     import hashlib
 
-    key = (
-        ":".join(os.environ.get(name, "") for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
-        + f":{os.getppid()}"
-    )
     stem = runtime.new_run_id(script).rsplit("-", 3)[0]
-    return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return f"{stem}-{hashlib.sha1(launch.job_key.encode()).hexdigest()[:10]}"
 
 
 def _hub_starter(run_dir: Path, run_id: str, options: ProbeOptions, world_size: int, token: str | None):
@@ -92,8 +84,11 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
         options = ProbeOptions.from_env()
     else:
         options = ProbeOptions(script=sys.argv[0] if sys.argv else "", argv=list(sys.argv[1:]))
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    launch = launchers.detect()
+    if rank is None:
+        rank = launch.rank if launch is not None else int(os.environ.get("RANK", "0"))
+    if world_size is None:
+        world_size = launch.world_size if launch is not None else int(os.environ.get("WORLD_SIZE", "1"))
     remote = os.environ.get(ENV_HUB) if ours and rank != 0 else None
     token = os.environ.get(ENV_TOKEN)
     if in_a_run:
@@ -102,7 +97,7 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
         if token is None and (run_dir / "token").exists():
             token = (run_dir / "token").read_text().strip()
     else:
-        run_id = torchrun_run_id(options.script) or runtime.new_run_id(options.script)
+        run_id = launch_run_id(options.script, launch) or runtime.new_run_id(options.script)
         run_dir = runtime.make_run_dir(run_id)
         if options.listen and token is None:
             token = runtime.new_token()
