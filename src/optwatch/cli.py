@@ -536,7 +536,7 @@ def check_web_arguments(args: argparse.Namespace) -> None:
 def serve_web(args: argparse.Namespace, target: str, token: str | None = None) -> None:
     """The dashboard of the job ``target`` in a browser (``--web``), until Ctrl+C."""
     try:
-        from optwatch import web
+        from optwatch.web import server as web
     except ImportError as exc:
         raise UsageError(f"--web needs textual-serve ({exc.name} is missing): pip install 'optwatch[web]'") from None
     host = args.web_host or "127.0.0.1"

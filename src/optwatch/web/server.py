@@ -1,6 +1,6 @@
 """The dashboard in a browser: ``optwatch attach --web`` and ``optwatch run --web``.
 
-textual-serve starts one ``optwatch attach`` process per browser tab and streams its screen over a
+textual-serve starts one ``optwatch attach`` process per browser tab (``web.tab``) and streams its screen over a
 websocket, so every tab, key and control works as in a terminal. That process attaches to the job like
 any other viewer: closing the page, or stopping this server, changes nothing for the job.
 
@@ -27,6 +27,7 @@ from aiohttp import web
 from textual_serve.server import Server
 
 from optwatch.options import ENV_TOKEN
+from optwatch.web.tab import ENV_SERVER_PID
 from optwatch.wire.runtime import new_token
 
 DEFAULT_PORT = 8000
@@ -40,7 +41,8 @@ class DashboardServer(Server):
     """textual-serve's server, behind a token, serving ``optwatch attach TARGET`` to each page."""
 
     def __init__(self, target: str, *, host: str, port: int, token: str | None = None):
-        command = shlex.join([sys.executable, "-m", "optwatch", "attach", target])
+        # exec: the tab's process is the server's own child, not a shell's (see web.tab)
+        command = "exec " + shlex.join([sys.executable, "-m", "optwatch.web.tab", target])
         super().__init__(command, host=host, port=port, title=f"optwatch {target}")
         self.web_token = new_token()
         self.job_token = token
@@ -93,8 +95,11 @@ class DashboardServer(Server):
 
     async def run(self, announce: Callable[[str], None], duration_s: float | None = None) -> None:
         """Serve until SIGINT or SIGTERM (or ``duration_s``); ``announce`` gets the URL to open."""
+        # For the dashboards started from here (textual-serve gives them this environment): a token never on
+        # their command line, where every local user could read it.
         if self.job_token:
-            os.environ[ENV_TOKEN] = self.job_token  # for the dashboards started from here: never on a command line
+            os.environ[ENV_TOKEN] = self.job_token
+        os.environ[ENV_SERVER_PID] = str(os.getpid())
         runner = web.AppRunner(await self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
