@@ -1,10 +1,12 @@
 """Regenerate screenshots/ from a real short run of the example.
 
 Runs `optwatch run --headless --record` on examples/cifar.py, then replays the record into the
-dashboard at fixed terminal sizes and saves SVG screenshots (the README shows them). Then web.png: a live
-run of the example served by `optwatch attach --web`, as headless Chromium shows it (skipped without one).
+dashboard at fixed terminal sizes and saves SVG screenshots (the README shows them). Then the whole run and
+runs side by side: two recorded runs of the LLM-shaped benchmark loop (3,000 iterations, two widths), the
+first in whole-run zoom, both in `optwatch compare`. Then web.png: a live run of the example served by
+`optwatch attach --web`, as headless Chromium shows it (skipped without one).
 
-    python scripts/screenshots.py [--steps 120] [--no-web]
+    python scripts/screenshots.py [--steps 120] [--no-web] [--no-runs]
 """
 
 from __future__ import annotations
@@ -71,6 +73,45 @@ async def shoot(record: Path) -> None:
         print(f"wrote {OUT / name}")
 
 
+def shoot_runs(iterations: int) -> None:
+    """whole-run-140x45.svg and compare-140x45.svg, from two runs recorded as every run is (by default)."""
+    from optwatch import runs
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.compare_app import CompareApp
+    from optwatch.comparison import compare_runs
+    from optwatch.runs_cli import load
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["OPTWATCH_RUNS_DIR"] = str(Path(tmp) / "runs")
+        env = {**os.environ, "OPTWATCH_RUNTIME_DIR": str(Path(tmp) / "rt")}
+        for width in ("32", "64"):
+            loop = ["benchmarks/llm_loop.py", "--quiet", "--iters", str(iterations), "--width", width]
+            command = [sys.executable, "-m", "optwatch", "run", "--headless", *loop]
+            subprocess.run(command, check=True, cwd=ROOT, env=env)
+        entries = runs.list_runs()
+
+        async def whole() -> None:
+            store, _ = load(entries[0].run_id)
+            app = OptwatchApp.for_store(store)
+            async with app.run_test(size=(140, 45)) as pilot:
+                await pilot.press("z", "z")  # the whole run from step 0
+                await pilot.pause(0.5)
+                app.render_views(force_charts=True)
+                await pilot.pause(0.3)
+                app.save_screenshot(filename="whole-run-140x45.svg", path=str(OUT))
+
+        async def side_by_side() -> None:
+            loaded = [load(entry.run_id) for entry in entries]
+            app = CompareApp(compare_runs([(path.name, store) for store, path in loaded]))
+            async with app.run_test(size=(140, 45)) as pilot:
+                await pilot.pause(0.8)
+                app.save_screenshot(filename="compare-140x45.svg", path=str(OUT))
+
+        asyncio.run(whole())
+        asyncio.run(side_by_side())
+        print(f"wrote {OUT / 'whole-run-140x45.svg'} and {OUT / 'compare-140x45.svg'}")
+
+
 def shoot_web(steps: int) -> None:
     """web.png: the live example, once it has made ``steps`` steps, in a browser at 1280x800."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -123,12 +164,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--no-web", action="store_true", help="leave web.png as it is")
+    parser.add_argument("--no-runs", action="store_true", help="leave whole-run and compare as they are")
+    parser.add_argument("--iterations", type=int, default=3000, help="iterations of each run for --runs shots")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "run.jsonl"
         record_run(args.steps, record)
         asyncio.run(shoot(record))
+    if not args.no_runs:
+        shoot_runs(args.iterations)
     if not args.no_web:
         shoot_web(args.steps)
 

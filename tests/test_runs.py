@@ -187,3 +187,20 @@ async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, 
         await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
         await pilot.press("enter")  # "no baseline"
         await wait_for_ui(pilot, lambda: not chart.series[0][0].startswith("baseline"))
+
+
+def test_a_hub_started_again_for_a_run_writes_the_next_part_and_keeps_the_start(tmp_path):
+    from optwatch.hub.recorder import RunRecorder
+
+    step = {"v": 1, "kind": "step", "rank": 0, "time": 1.0}
+    first = RunRecorder(tmp_path / "run", {"run_id": "run", "start": 100.0})
+    first.add([{**step, "step": s, "loss": 1.0} for s in range(5)])
+    first.flush()
+    first._write_summary()  # then the hub is killed: no close, no end of stream
+    again = RunRecorder(tmp_path / "run", {"run_id": "run", "start": 200.0})
+    again.add([{**step, "step": s, "loss": 2.0} for s in range(5, 8)])
+    again.close("finished", 0)
+    assert [p.name for p in runs.record_parts(tmp_path / "run")] == ["record.jsonl.gz", "record-2.jsonl.gz"]
+    assert [r["step"] for r in runs.read_run_records(tmp_path / "run")] == list(range(8))
+    summary = json.loads((tmp_path / "run" / runs.SUMMARY_NAME).read_text())
+    assert summary["start"] == 100.0 and summary["steps"] == 8 and summary["status"] == "finished"

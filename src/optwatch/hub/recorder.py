@@ -9,6 +9,7 @@ the job go on) and run.json says why. The training never waits on any of it: thi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -24,6 +25,14 @@ LAYERS_KEPT_AT_FULL_RATE = 500
 COMPRESSION_LEVEL = 6
 
 log = logging.getLogger("optwatch.hub")
+
+
+def _read_summary(directory: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((directory / runs.SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 class RunRecorder:
@@ -42,6 +51,9 @@ class RunRecorder:
         self.failure: str | None = None
         self.written_bytes = 0
         self.summary = {**summary, "status": "running", "steps": 0, "last_loss": None, "record": self.path.name}
+        earlier = _read_summary(directory)
+        if earlier:  # a hub started again for the same run (the last one died): the run began then, not now
+            self.summary.update({k: earlier[k] for k in ("start", "steps", "last_loss") if k in earlier})
         self._last_flush = time.monotonic()
         self._last_summary = 0.0
         self._write_summary()
