@@ -290,6 +290,31 @@ def test_run_with_nproc_per_node_watches_every_rank(tmp_path):
     assert "2 ranks" in result.stderr
 
 
+@pytest.mark.slow
+def test_a_hub_killed_mid_run_leaves_every_rank_training_and_the_viewer_says_so(tmp_path):
+    record = tmp_path / "r.jsonl"
+    job = start(
+        sys.executable, "-m", "optwatch", "run", "--headless", "--nproc-per-node", "2", "--record", str(record),
+        str(EXAMPLES / "ddp.py"), "--steps", "200", "--step-sleep", "0.03",
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 20)
+        os.kill(listed["hub_pid"], signal.SIGKILL)
+        killed_at = time.time()
+    finally:
+        out, err = job.communicate(timeout=180)
+    assert job.returncode == 0, err[-2000:]
+    assert "the job's hub is gone; the training goes on" in err and "the job's hub answers again" in err
+    records = read_jsonl(record)
+    for rank in (0, 1):
+        steps = steps_of(records, rank)
+        assert steps[-1]["step"] == 199, f"rank {rank} trained to the end"
+        assert [s for s in steps if s["time"] > killed_at + 1], f"rank {rank}: steps seen after the kill"
+    ends = [r for r in records if r["kind"] == "end"]
+    assert {r["rank"] for r in ends} == {0, 1} and {r.get("exit_code") for r in ends} <= {0, None}
+
+
 def free_port_triple() -> int:
     """A port P with P+1 and P+2 free too (request, stream, rank push)."""
     import socket

@@ -167,6 +167,20 @@ def _output_closed(session: ViewerSession) -> int:
     return process.exit_code() or 1
 
 
+def _say_hub_silence(store: Store, said: bool, stderr: TextIO) -> bool:
+    """Say once when the job's hub stops answering, and once when it is back; whether it is silent now."""
+    silent = store.hub_silence()
+    if silent is not None and not said:
+        print(
+            "optwatch: the job's hub is gone; the training goes on (rank 0 starts a new hub within seconds)",
+            file=stderr,
+            flush=True,
+        )
+    elif silent is None and said:
+        print("optwatch: the job's hub answers again", file=stderr, flush=True)
+    return silent is not None
+
+
 def _silence(stream: TextIO) -> None:
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
@@ -179,6 +193,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     started = time.monotonic()
     next_summary = started + summary_every_s
     shown_verdicts: dict[int, str] = {}
+    hub_said = False
     try:
         while True:
             records, output = session.pump(0.1)
@@ -196,6 +211,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
             # A verdict is printed when it changes; the final one always is, after the script's output.
             for verdict in changed_verdicts(session.store, shown_verdicts):
                 print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
+            hub_said = _say_hub_silence(session.store, hub_said, stderr)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)

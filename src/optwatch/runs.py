@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from optwatch import protocol
+from optwatch.wire import runtime
 
 RUNS_DIR_ENV = "OPTWATCH_RUNS_DIR"
 DEFAULT_RUNS_DIR = "optwatch-runs"
@@ -107,25 +108,14 @@ class RunEntry:
     def status(self) -> str:
         """``running``, ``finished``, ``failed (exit N)``, ``stopped`` or ``ended`` (its hub died mid-run)."""
         status = str(self.summary.get("status") or "?")
-        if status == "running" and not _alive(self.summary.get("hub_pid")):
+        hub_pid = self.summary.get("hub_pid")
+        if status == "running" and not (isinstance(hub_pid, int) and hub_pid > 0 and runtime.pid_alive(hub_pid)):
             return "ended"
         return status
 
     @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in record_parts(self.directory))
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_runs(root: Path | None = None) -> list[RunEntry]:

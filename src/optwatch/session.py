@@ -84,6 +84,7 @@ class ViewerSession:
     def pump(self, timeout_s: float = 0.1) -> tuple[list[dict[str, Any]], Output]:
         self._send_queued_commands()
         records = self.feed.poll(timeout_s)
+        self.store.hub_gone_since = self.feed.hub_gone_since
         output = Output()
         for tail in self.tails:
             data = tail.read()

@@ -12,6 +12,7 @@ import itertools
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ LOG_CAPACITY = 2000
 RARE_CAPACITY = 500
 SYSTEM_CAPACITY = 600
 EMA_ALPHA = 0.1
+HUB_SILENT_S = 12.0
+"""The hub sends its own figures every 5 s: this long without them, a live viewer says the hub is not answering."""
 
 
 def newest_with(steps: Sequence[dict[str, Any]] | collections.deque[dict[str, Any]], key: str, count: int) -> list:
@@ -90,6 +93,10 @@ class Store:
         self.latest: dict[str, dict[str, Any]] = {}
         self.hub_figures: collections.deque[dict[str, Any]] = collections.deque(maxlen=2)
         """The hub's two newest ``hub`` records (its CPU time between them is its load)."""
+        self.hub_heard_at: float | None = None
+        """When the hub's own figures last came in (this process's clock)."""
+        self.hub_gone_since: float | None = None
+        """When the viewer's connection to the hub dropped (the feed sees it at once); None while it is up."""
         self.version = 0
         self.records_seen = 0
         self.logs_total = 0
@@ -133,6 +140,7 @@ class Store:
             self.rank(rank).end = record
         elif kind == protocol.HUB:
             self.hub_figures.append(record)
+            self.hub_heard_at = time.monotonic()
         else:
             self.rare[str(kind)].append(record)
             self.latest[str(kind)] = record
@@ -204,6 +212,20 @@ class Store:
         if elapsed <= 0 or not all(finite(value) for value in cpu):
             return None
         return (cpu[0] - cpu[1]) / elapsed
+
+    def hub_silence(self, now: float | None = None) -> float | None:
+        """Seconds the hub has been gone (its connection dropped) or silent (past ``HUB_SILENT_S`` without its
+        figures), on a live run that has not ended; else None. Its ranks train on meanwhile: the hub is a
+        process of its own, and rank 0 starts a new one."""
+        if self.finished():
+            return None
+        now = time.monotonic() if now is None else now
+        if self.hub_gone_since is not None:
+            return now - self.hub_gone_since
+        if self.hub_heard_at is None:
+            return None
+        silent = now - self.hub_heard_at
+        return silent if silent > HUB_SILENT_S else None
 
     def finished(self) -> bool:
         return bool(self.ranks) and all(state.end is not None for state in self.ranks.values())

@@ -207,6 +207,7 @@ class OptwatchApp(App[None]):
     def render_views(self, force_charts: bool = False) -> None:
         store = self.store
         now = time.monotonic()
+        self._show_hub_silence(now)
         charts_due = force_charts or (
             store.version != self._charts_version and now - self._last_chart_redraw >= self._chart_interval()
         )
@@ -253,6 +254,18 @@ class OptwatchApp(App[None]):
             view = panes.views.get(panes.tabs.active)
             if view is not None:
                 view.show(store)
+
+    def _show_hub_silence(self, now: float) -> None:
+        """A live job whose hub stopped answering says so in the header (its ranks train on), until it is back."""
+        panes = self._live_panes()
+        if panes is None or self.mode == "replay":
+            return
+        silent = self.store.hub_silence(now)
+        header = panes.header
+        if silent is not None:
+            header.status = f"hub gone for {silent:.0f} s (training goes on)"
+        elif header.status.startswith("hub gone"):
+            header.status = "attached" if self.mode == "attach" else "running"
 
     def _chart_interval(self) -> float:
         panes = self._panes

@@ -47,6 +47,10 @@ class Feed:
         self._sub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_WIRE_BYTES)
         self._sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_RECORDS)
         self._authenticate(self._sub)
+        # The hub's end of the stream coming and going: a hub that dies is seen at once, not by its silence.
+        self._link = self._sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.hub_gone_since: float | None = None
+        """When the stream's connection to the hub dropped (time.monotonic()); None while it is up."""
         self._sub.connect(pub_endpoint)
         self._ctl_endpoint = ctl_endpoint
         self._ctl: zmq.Socket | None = None
@@ -67,6 +71,8 @@ class Feed:
             self._ctl = None
 
     def close(self) -> None:
+        self._sub.disable_monitor()
+        self._link.close(linger=0)
         self._sub.close(linger=0)
         self._close_control()
 
@@ -141,6 +147,18 @@ class Feed:
             fresh.append(record)
         return fresh
 
+    def _follow_link(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._link.poll(0):
+            event = recv_monitor_message(self._link)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self.hub_gone_since = self.hub_gone_since or time.monotonic()
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self.hub_gone_since is not None:
+                    self._need_history = True  # what the ranks sent meanwhile, from the new hub
+                self.hub_gone_since = None
+
     def history(self) -> list[dict[str, Any]]:
         """Everything the hub keeps, page by page (what a viewer that attaches late sees first)."""
         records: list[dict[str, Any]] = []
@@ -184,6 +202,7 @@ class Feed:
     def poll(self, timeout_s: float = 0.1, max_messages: int = 256) -> list[dict[str, Any]]:
         """Records that arrived since the last call (waits up to ``timeout_s`` for the first)."""
         records: list[dict[str, Any]] = []
+        self._follow_link()
         if self._need_history and time.monotonic() - self._last_history_try > 1.0:
             records.extend(self._history())
         if not self._sub.poll(int(timeout_s * 1000)):

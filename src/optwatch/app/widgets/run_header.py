@@ -17,7 +17,7 @@ class RunHeader(Static):
 
     def render(self) -> Text:
         style = {"running": "bold green", "stopping…": "bold yellow"}.get(self.status, "bold")
-        if self.status.startswith(("crashed", "stopped", "disconnected")):
+        if self.status.startswith(("crashed", "stopped", "disconnected", "hub gone")):
             style = "bold red"
         text = Text.assemble(("● ", style), (self.status, style), "  ", (self.run_name, "cyan"))
         if self.device:
