@@ -68,8 +68,8 @@ def train(model, optimizer, steps: int, sleep_s: float = 0.0, item: bool = False
 
 def test_cli_window_on_the_cifar_example_finds_the_convolutions_and_writes_a_trace(tmp_path, trace_dir):
     record = tmp_path / "r.jsonl"
-    cifar = str(EXAMPLES / "cifar.py")
-    result = optwatch("run", "--headless", "--record", str(record), "--profile-at", "10:5", cifar, "--steps", "30")
+    cifar = (str(EXAMPLES / "cifar.py"), "--steps", "16", "--batch-size", "32")
+    result = optwatch("run", "--headless", "--record", str(record), "--profile-at", "10:5", *cifar)
     assert result.returncode == 0, result.stderr
     records = [r for r in read_jsonl(record) if r["kind"] == "hotspots"]
     assert [r["status"] for r in records] == ["profiling", "done"], records
@@ -84,7 +84,7 @@ def test_cli_window_on_the_cifar_example_finds_the_convolutions_and_writes_a_tra
     for op in ops:
         if op["name"] in ("aten::convolution_backward", "aten::mkldnn_convolution"):
             assert op["module"] in conv_modules, op
-            assert op["calls"] == 5 * 10 and op["shapes"] and op["shapes"][0][0][0] == 128
+            assert op["calls"] == 5 * 10 and op["shapes"] and op["shapes"][0][0][0] == 32
     dataloader = next(op for op in ops if op["name"].startswith("enumerate(DataLoader)"))
     assert dataloader["flags"] == ["dataloader"] and dataloader["calls"] == 5
     culprits = {c["flag"]: c for c in done["culprits"]}
