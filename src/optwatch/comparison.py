@@ -89,8 +89,8 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
     lows = [v for v in (loss_series.points()[2] if loss_series else []) if v is not None]
     step_times = [s["step_time_s"] for s in steps if finite(s.get("step_time_s"))]
     rates = [s["samples_per_s"] for s in steps if finite(s.get("samples_per_s"))]
-    lr_series = whole.get("lr")
-    lr_start = lr_series.points()[1][0] if lr_series and lr_series.points()[1] else None
+    lr_means = whole["lr"].points()[1] if "lr" in whole else []
+    lr_start = lr_means[0] if lr_means else None
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     argv = hello.get("argv")
     return {

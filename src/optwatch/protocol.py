@@ -18,7 +18,7 @@ import array
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import msgpack
@@ -291,9 +291,13 @@ MAX_LINE_BYTES = 4 * MAX_WIRE_BYTES
 
 def read_record_file(handle: BinaryIO, source: str = "record") -> Iterator[dict[str, Any]]:
     """Records of a JSONL file opened in binary; the first bad line raises ProtocolError with its number."""
-    number = 0
-    while line := handle.readline(MAX_LINE_BYTES + 1):
-        number += 1
+    return read_record_lines(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), source)
+
+
+def read_record_lines(lines: Iterable[bytes], source: str = "record") -> Iterator[dict[str, Any]]:
+    """Records of JSON lines (a line longer than ``MAX_LINE_BYTES`` is refused, whatever its source gave); the
+    first bad line raises ProtocolError with its number."""
+    for number, line in enumerate(lines, 1):
         if len(line) > MAX_LINE_BYTES:
             raise ProtocolError(f"{source}:{number}: a line longer than {MAX_LINE_BYTES} bytes")
         if not line.strip():

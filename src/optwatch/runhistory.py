@@ -132,6 +132,11 @@ class Series:
                 return i * self.width
         return _NO_STEP
 
+    def newest_step(self) -> int | None:
+        """The newest step any bucket saw."""
+        newest = max(self.last_step, default=-1)
+        return newest if newest >= 0 else None
+
     def nonfinite_steps(self) -> list[int]:
         """The last step of each bucket that holds a NaN or an Inf."""
         return [self.last_step[i] for i, bad in enumerate(self.bad) if bad]
@@ -253,10 +258,10 @@ class RunHistory:
             parsed = Series.from_json(data) if isinstance(data, dict) else None
             if parsed is not None:
                 adopted[str(name)] = parsed
-        if not adopted or min(s.first_step() for s in adopted.values()) >= self.first_step:
+        first_step = min((s.first_step() for s in adopted.values()), default=_NO_STEP)
+        if first_step >= self.first_step:
             return False
-        self.series, self.last_step, self.first_step = adopted, last_step, 0
-        self.first_step = min(s.first_step() for s in adopted.values())
+        self.series, self.last_step, self.first_step = adopted, last_step, first_step
         for step_record in later_steps:
             self.add_step(step_record)  # those up to last_step are in the hub's already, and skipped
         for system_record in later_system:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ DEFAULT_RUNS_DIR = "optwatch-runs"
 RECORD_NAME = "record.jsonl.gz"
 SUMMARY_NAME = "run.json"
 READ_CHUNK = 1 << 20
+_PART = re.compile(r"record(?:-(\d+))?\.jsonl\.gz")
 
 
 def runs_root() -> Path:
@@ -38,12 +40,12 @@ def runs_root() -> Path:
 
 def record_parts(directory: Path) -> list[Path]:
     """A run's record files in the order they were written (a restarted hub starts a new part)."""
-
-    def part(path: Path) -> int:
-        stem = path.name.removesuffix(".jsonl.gz")
-        return int(stem.partition("-")[2] or 1) if stem.partition("-")[2].isdecimal() or stem == "record" else 0
-
-    return sorted((p for p in directory.glob("record*.jsonl.gz") if part(p)), key=part)
+    parts = {}
+    for path in directory.glob("record*.jsonl.gz"):
+        named = _PART.fullmatch(path.name)
+        if named:
+            parts[int(named.group(1) or 1)] = path
+    return [parts[number] for number in sorted(parts)]
 
 
 def next_record_path(directory: Path) -> Path:
@@ -54,7 +56,8 @@ def next_record_path(directory: Path) -> Path:
 # --- reading -------------------------------------------------------------------------------------------------
 def gzip_lines(path: Path) -> Iterator[bytes]:
     """The whole lines of a gzip file, even one cut short (a job killed mid-write): what it holds up to its
-    last complete line, never an error for the missing end."""
+    last complete line, never an error for the missing end. A line past ``protocol.MAX_LINE_BYTES`` is given
+    as it stands, for the reader to refuse."""
     inflate = zlib.decompressobj(wbits=31)
     pending = b""
     with open(path, "rb") as handle:
@@ -66,6 +69,9 @@ def gzip_lines(path: Path) -> Iterator[bytes]:
             lines = (pending + data).split(b"\n")
             pending = lines.pop()
             yield from (line + b"\n" for line in lines)
+            if len(pending) > protocol.MAX_LINE_BYTES:
+                yield pending  # a line with no end in sight: refused as too long, not held in memory
+                return
             if inflate.eof:
                 break
     # A last line without its newline was being written when the file stopped: left out.
@@ -80,21 +86,10 @@ def read_run_records(target: Path) -> Iterator[dict[str, Any]]:
         with open(path, "rb") as handle:
             gzipped = handle.read(2) == b"\x1f\x8b"
         if gzipped:
-            yield from _checked(gzip_lines(path), str(path))
+            yield from protocol.read_record_lines(gzip_lines(path), str(path))
         else:
             with open(path, "rb") as handle:
                 yield from protocol.read_record_file(handle, source=str(path))
-
-
-def _checked(lines: Iterator[bytes], source: str) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(lines, 1):
-        if len(line) > protocol.MAX_LINE_BYTES:
-            raise protocol.ProtocolError(f"{source}:{number}: a line longer than {protocol.MAX_LINE_BYTES} bytes")
-        if line.strip():
-            try:
-                yield protocol.record_from_json_line(line)
-            except protocol.ProtocolError as exc:
-                raise protocol.ProtocolError(f"{source}:{number}: {exc}") from None
 
 
 # --- listing -------------------------------------------------------------------------------------------------

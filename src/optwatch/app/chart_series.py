@@ -111,11 +111,7 @@ def _whole(series: dict, name: str, figure: str, zoom: Zoom, extra_prefix: str |
         for key, colour in zip(others, ("magenta", "yellow", "green")):
             other_steps, other_mean, _, _ = series[key].points()
             lines.append((key.removeprefix(extra_prefix), other_steps, other_mean, colour))
-    return lines, zoom.title(figure, kept.first_step() if steps else None, kept_last(kept))
-
-
-def kept_last(series) -> int | None:
-    return max(series.last_step, default=None) if len(series.last_step) else None
+    return lines, zoom.title(figure, kept.first_step() if steps else None, kept.newest_step())
 
 
 def markers(store: Store) -> tuple[list[int], list[int]]:

@@ -53,18 +53,6 @@ class DeviceTime:
     def add(self, start: Any, end: Any) -> None:
         self.spans.append((start, end))
 
-    def _read_on_host(self) -> list[dict[str, Any]]:
-        """CPU values read in place: ``tolist()`` per value (about 1 µs; a 0-d tensor gives a number)
-        costs a fraction of filing, stacking and copying them for the few values of a record."""
-        self._filed = True
-        plain = _PLAIN
-        for record in self._records:
-            for values in (record, *[v for v in record.values() if type(v) is dict]):
-                for key, value in values.items():
-                    if type(value) not in plain and isinstance(value, torch.Tensor):
-                        values[key] = value.detach().tolist() if value.requires_grad else value.tolist()
-        return self._records
-
     def ready(self) -> bool:
         return all(end.query() for _, end in self.spans)
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from optwatch import protocol
 
@@ -148,8 +149,6 @@ class Feed:
         return fresh
 
     def _follow_link(self) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
         while self._link.poll(0):
             event = recv_monitor_message(self._link)["event"]
             if event == zmq.EVENT_DISCONNECTED:
