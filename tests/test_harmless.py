@@ -215,11 +215,20 @@ def test_oversized_and_garbled_commands_are_refused_at_the_door():
         peer.setsockopt(zmq.LINGER, 0)
         peer.connect(listed["endpoints"]["ctl"])
         replies = []
-        for size in (60_000, 60_000, 900_000, 900_000):
-            peer.send_multipart([b"", protocol.encode_request({"op": "control", "command": "x" * size})])
-        peer.send_multipart([b"", b"\xc1garbage"])
-        while peer.poll(3000):
-            replies.append(protocol.decode_request(peer.recv_multipart()[-1]))
+
+        def send(*requests: bytes) -> None:
+            for request in requests:
+                peer.send_multipart([b"", request])
+            while peer.poll(3000):
+                replies.append(protocol.decode_request(peer.recv_multipart()[-1]))
+
+        def command(size: int) -> bytes:
+            return protocol.encode_request({"op": "control", "command": "x" * size})
+
+        # The over-long commands first, answered; then the oversized ones, which drop the connection unread (a
+        # reply still on its way to the dropped connection would be lost), then garbage on the new one.
+        send(command(60_000), command(60_000))
+        send(command(900_000), command(900_000), b"\xc1garbage")
         hub_after = rss(info["hub_pid"])
         feed_check = optwatch("ctl", listed["run_id"], "lr=0.01", timeout=60)
     finally:
