@@ -23,7 +23,6 @@ Device values stay on the device: the channel reads them back in batches, off th
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
 import socket
@@ -31,7 +30,6 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,67 +38,18 @@ import torch
 from optwatch import protocol
 from optwatch.options import ProbeOptions
 from optwatch.probe import sharding
+from optwatch.probe.batches import BatchAccounts
 from optwatch.probe.channel import Channel
+from optwatch.probe.dispatch import Dispatch
 from optwatch.probe.governor import DetailGovernor
 from optwatch.probe.hooks import TorchHooks
-from optwatch.probe.plugin import CALLBACKS, PER_STEP_CALLBACKS, ProbePlugin, as_optwatch_work
+from optwatch.probe.losses import OptimizerNames, StepLosses, StepRecords
+from optwatch.probe.model import global_norm, largest_module, largest_module_of, learning_rate_of
+from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.readback import DeviceBatch
-from optwatch.probe.vectors import as_vector
+from optwatch.probe.sampler import Sampler
 
 log = logging.getLogger(__name__)
-
-Callbacks = dict[str, list[tuple[str, Callable[..., Any]]]]
-
-
-def batch_size_of(batch: Any, depth: int = 0) -> int | None:
-    """Samples in a DataLoader batch: the leading dimension of its first tensor."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.size(0)) if batch.dim() else None  # size(0): a nested tensor has no .shape
-    if depth < 2:
-        if isinstance(batch, (list, tuple)) and batch:
-            return batch_size_of(batch[0], depth + 1)
-        if isinstance(batch, dict) and batch:
-            return batch_size_of(next(iter(batch.values())), depth + 1)
-        if hasattr(batch, "keys") and hasattr(batch, "values"):  # a Hugging Face BatchEncoding
-            return batch_size_of(next(iter(batch.values()), None), depth + 1)
-    return None
-
-
-def learning_rate_of(lr: Any) -> float | torch.Tensor | None:
-    """A param group's ``lr`` as one number (a device tensor stays one, read back later), or None when it
-    is not one: a rate per dimension, a schedule object."""
-    if isinstance(lr, bool):
-        return None
-    if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
-        return lr.detach() if lr.numel() == 1 else None
-    try:
-        return float(lr) if lr is not None else None
-    except (TypeError, ValueError, RuntimeError):
-        return None
-
-
-def global_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
-    """The 2-norm of all ``grads`` together, in float32 on the first one's device (None without any)."""
-    grads = [g for g in grads if g is not None and not g.is_sparse]
-    if not grads:
-        return None
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for grad in grads:
-        by_device.setdefault(grad.device, []).append(grad)
-    norms = [torch.linalg.vector_norm(as_vector(torch._foreach_norm(group)).float()) for group in by_device.values()]
-    if len(norms) == 1:
-        return norms[0]
-    first = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(first, non_blocking=True) for n in norms]))
-
-
-def _name_in_main(obj: Any) -> str | None:
-    """The name the script's ``__main__`` gives ``obj`` among its globals, if it does."""
-    main = sys.modules.get("__main__")
-    for name, value in list(vars(main).items()) if main is not None else ():
-        if value is obj and not name.startswith("_"):
-            return name
-    return None
 
 
 _live_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
@@ -112,16 +61,6 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
-
-
-class _Fetches:
-    """The batches taken in this step from loaders not yet known to feed training: their count and wait."""
-
-    __slots__ = ("count", "wait_s")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.wait_s = 0.0
 
 
 class Probe:
@@ -163,18 +102,10 @@ class Probe:
         # optimizers
         self._primary: torch.optim.Optimizer | None = None
         self._optimizers_made = 0
-        self._names: weakref.WeakKeyDictionary[torch.optim.Optimizer, str] = weakref.WeakKeyDictionary()
-        self._after_primary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        """Optimizers that step after the primary in an iteration (a GAN's generator): their losses join the
-        record of the primary's step before them."""
-        self._before_primary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        """Optimizers that stepped before the primary's first step: their losses join the next record."""
-        self._primary_stepped_once = False
+        self._name_of = OptimizerNames(self._model_of)
         self._schedulers: list[weakref.ref[Any]] = []
         """The LR schedulers made so far, weakly (refs, not a WeakSet: a scheduler class may be unhashable)."""
-        self._stepped_since_boundary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._stepping: torch.optim.Optimizer | None = None
-        self._closure_loss_taken = False
         self._scaler_stepping: torch.optim.Optimizer | None = None
         self._stepped = False
         self._params: list[torch.Tensor] = []
@@ -183,23 +114,10 @@ class Probe:
         self._model_searched = False
         self._param_names: dict[int, str] | None = None
         # this step's accounts
-        self._losses: list[torch.Tensor] = []
-        self._scaled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._other_losses: dict[str, torch.Tensor] = {}
+        self._losses = StepLosses()
+        self._batches = BatchAccounts()
         self._step_start: float | None = None
         self._backward_started: float | None = None
-        self._data_wait_s = 0.0
-        self._samples = 0
-        self._training_loaders: list[weakref.ref[Any]] = []
-        """DataLoader iterators a backward() consumed a batch of: the training's (few: one an epoch)."""
-        self._unconsumed: weakref.WeakKeyDictionary[Any, collections.deque[tuple[int | None, float]]] = (
-            weakref.WeakKeyDictionary()
-        )
-        """Per iterator, the (size, fetch start) of the batches taken and not yet consumed by a backward(), oldest
-        first: a loop may take them ahead (accelerate's look-ahead, Lightning's prefetch, the Trainer taking
-        every micro-batch of a step first)."""
-        self._latest_iterator: weakref.ref[Any] | None = None
-        self._unknown_fetches: dict[int, _Fetches] = {}
         self._gradients_final = False
         self._grad_norm: torch.Tensor | None = None
         self._grad_part = False
@@ -209,26 +127,21 @@ class Probe:
         self._clip_max: Any = None
         self._clip_params: list[torch.Tensor] = []
         self._no_optimizer_step_due = False
-        self.loader: dict[str, Any] = {}
-        """Settings of the DataLoader the training iterates, for the verdict's advice (replaced whole)."""
         # records
-        self._held: dict[str, Any] | None = None
-        """The newest step record, kept until the optimizers that step after the primary have added their
-        losses to it (or the next step ends)."""
-        self._pending: list[dict[str, Any]] = []
+        self._records = StepRecords(self._name_of)
         self._last_flush = time.perf_counter()
         self._last_bg_cpu = 0.0
         # plugins
-        self._plugins = list(plugins)
-        self._broken: set[str] = set()
+        self._dispatch = Dispatch(self, plugins)
         self._failed_hooks: set[str] = set()
-        self._callbacks: Callbacks = {}
-        self._light_callbacks: Callbacks = {}
-        self._active: Callbacks = {}
-        self.retabulate()
         self._hooks = TorchHooks(self)
-        self._sampler: threading.Thread | None = None
-        self._stop_sampler = threading.Event()
+        self._sampler = Sampler(
+            self,
+            channel,
+            callbacks=lambda: self._dispatch.every["sample"],
+            loader=lambda: self._batches.loader,
+            interval_s=options.system_interval_s,
+        )
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -238,8 +151,7 @@ class Probe:
         self.publish([self._hello()])
         self._hooks.install()
         self.retabulate()  # the list may have been changed in place since it was set
-        self._call("install")
-        self._sampler = threading.Thread(target=self._sample_loop, name="optwatch-sampler", daemon=True)
+        self._dispatch.call("install")
         self._sampler.start()
         _live_probes.add(self)
         atexit.register(self.close)
@@ -260,11 +172,11 @@ class Probe:
         self._closed = True
         atexit.unregister(self.close)  # else the exit handler keeps this probe, and the model, alive
         self._hooks.remove()
-        self._call("close")
-        self._stop_sampler.set()
+        self._dispatch.call("close")
+        self._sampler.stop()
         if self._no_optimizer_step_due:
             self._finish_step(time.perf_counter())
-        self._release_held()
+        self._records.release()
         self._flush()
         self.channel.submit_records(
             [
@@ -326,19 +238,18 @@ class Probe:
     # --- ProbeContext ------------------------------------------------------------------------------------
     @property
     def plugins(self) -> list[ProbePlugin]:
-        return self._plugins
+        return self._dispatch.plugins
 
     @plugins.setter
     def plugins(self, plugins: list[ProbePlugin]) -> None:
-        self._plugins = list(plugins)
-        self.retabulate()
+        self._dispatch.replace(plugins, self.detailed)
 
     @property
     def primary_optimizer(self) -> torch.optim.Optimizer | None:
         return self._primary
 
     def emit(self, record: dict[str, Any]) -> None:
-        self._pending.append(record)
+        self._records.emit(record)
 
     def publish(self, records: list[dict[str, Any]]) -> None:
         self.channel.submit_records(records)
@@ -387,28 +298,8 @@ class Probe:
         if self.model is not None or self._model_searched or self._primary is None:
             return self.model
         self._model_searched = True
-        self.model = self._largest_module_of(self._primary)
+        self.model = largest_module_of(self._primary)
         return self.model
-
-    @staticmethod
-    def _largest_module_of(optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
-        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        return Probe._largest_module(lambda param: id(param) in trained)
-
-    @staticmethod
-    def _largest_module(trained: Callable[[torch.Tensor], bool]) -> torch.nn.Module | None:
-        """The live module with the most parameters, all of them ``trained`` (a walk over every object: once)."""
-        import gc
-
-        best, best_size = None, (0, 0)
-        for obj in gc.get_objects():
-            if issubclass(type(obj), torch.nn.Module):  # type(): isinstance trips lazy deprecated objects
-                params = list(obj.parameters())
-                # On a tie in parameters, the module with more submodules: a wrapper over its only child.
-                size = (len(params), sum(1 for _ in obj.modules())) if params else (0, 0)
-                if size > best_size and all(trained(p) for p in params):
-                    best, best_size = obj, size
-        return best
 
     def schedulers(self) -> list[Any]:
         """The LR schedulers made so far that are still alive."""
@@ -424,61 +315,10 @@ class Probe:
 
     # --- plugins ---------------------------------------------------------------------------------------
     def retabulate(self) -> None:
-        """Per callback, the working plugins that implement it, for detail steps and for the steps between
-        (where a plugin gets only the ``between_detail_steps`` it names): made once, as several callbacks
-        run at every step and most plugins leave most of them out."""
-
-        def implementing(method: str, light: bool) -> list[tuple[str, Callable[..., Any]]]:
-            chosen = []
-            for plugin in self._plugins:
-                if plugin.name in self._broken or method in plugin.idle_callbacks:
-                    continue
-                if getattr(type(plugin), method, None) is getattr(ProbePlugin, method, None):
-                    continue
-                if light and plugin.between_detail_steps is not None and method not in plugin.between_detail_steps:
-                    continue
-                chosen.append((plugin.name, getattr(plugin, method)))
-            return chosen
-
-        self._callbacks = {method: implementing(method, False) for method in CALLBACKS}
-        self._light_callbacks = {method: implementing(method, method in PER_STEP_CALLBACKS) for method in CALLBACKS}
-        self._active = self._callbacks if self.detailed else self._light_callbacks
-
-    def _call(self, method: str, *args: Any) -> list[Any]:
-        """Run one callback of every plugin that implements it. A plugin that raises is switched off and
-        logged once: optwatch must never break the training (a KeyboardInterrupt, a requested stop, goes
-        through)."""
-        results = []
-        for name, callback in self._active[method]:
-            try:
-                results.append(callback(self, *args))
-            except Exception:
-                self.switch_off(name, method)
-        return results
-
-    def _call_in_step(self, method: str, *args: Any) -> list[Any]:
-        """``_call`` from a hook, inside an ``optwatch`` range while a profiler records (the hook charges the
-        time to optwatch's cost)."""
-        if not self._active[method]:
-            return []
-        if torch.autograd.profiler._is_profiler_enabled:
-            with as_optwatch_work():
-                return self._call(method, *args)
-        return self._call(method, *args)
+        self._dispatch.tabulate(self.detailed)
 
     def switch_off(self, plugin: str, where: str) -> None:
-        if plugin in self._broken:
-            return
-        self._broken.add(plugin)
-        self.retabulate()
-        log.exception("optwatch: %s failed in %s and is switched off; training goes on", plugin, where)
-        if where != "close":
-            for candidate in self._plugins:
-                if candidate.name == plugin:
-                    try:
-                        candidate.close(self)
-                    except Exception:
-                        log.exception("optwatch: %s failed to close; its hooks may stay", plugin)
+        self._dispatch.switch_off(plugin, where)
 
     def hook_failed(self, where: str) -> None:
         """optwatch's own accounting raised in one of its hooks (a bug, or a loop it does not expect): logged
@@ -495,58 +335,18 @@ class Probe:
     def batch_taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None:
         if self._no_optimizer_step_due:
             self._finish_step(started)
-        size = batch_size_of(batch)
-        queue = self._unconsumed.get(iterator)
-        if queue is None:
-            queue = self._unconsumed[iterator] = collections.deque(maxlen=4096)
-        queue.append((size, started))
-        self._latest_iterator = weakref.ref(iterator)
-        if any(ref() is iterator for ref in self._training_loaders):
-            self._data_wait_s += finished - started
-        else:
-            fetches = self._unknown_fetches.get(id(iterator))
-            if fetches is None:
-                fetches = self._unknown_fetches[id(iterator)] = _Fetches()
-            fetches.count += 1
-            fetches.wait_s += finished - started
-        if self._active["on_batch"]:
-            self._call_in_step("on_batch")
+        self._batches.taken(iterator, started, finished, batch)
+        if self._dispatch.active["on_batch"]:
+            self._dispatch.call_in_step("on_batch")
         self.own_s += time.perf_counter() - finished
 
     def loader_started(self, loader: Any) -> None:
-        """A DataLoader began an iteration: its settings go with the system records (the verdict's advice)."""
-        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-            self.loader = {
-                "num_workers": loader.num_workers,
-                "pin_memory": bool(loader.pin_memory),
-                "batch_size": loader.batch_size,
-                "prefetch_factor": loader.prefetch_factor,
-                "persistent_workers": loader.persistent_workers,
-            }
+        self._batches.loader_started(loader)
 
-    def _consume_batch(self) -> None:
-        """A backward() consumed a batch: the oldest not yet consumed of a loader that feeds training, or, when
-        none has one, of the loader the newest batch came from, which is then known to feed training."""
-        if self._latest_iterator is None:
-            return  # no DataLoader in this loop
-        iterator = next(
-            (it for it in (ref() for ref in self._training_loaders) if it is not None and self._unconsumed.get(it)),
-            None,
-        )
-        if iterator is None:
-            iterator = self._latest_iterator()
-            if iterator is None or not self._unconsumed.get(iterator):
-                return
-            self._training_loaders = [ref for ref in self._training_loaders if ref() is not None]
-            self._training_loaders.append(weakref.ref(iterator))
-            fetches = self._unknown_fetches.pop(id(iterator), None)
-            if fetches is not None:
-                self._data_wait_s += fetches.wait_s
-        size, started = self._unconsumed[iterator].popleft()
-        if size:
-            self._samples += size
-        if self._step_start is None:
-            self._begin_first_step(started)
+    @property
+    def loader(self) -> dict[str, Any]:
+        """Settings of the DataLoader the training iterates, for the verdict's advice."""
+        return self._batches.loader
 
     def _begin_first_step(self, now: float) -> None:
         """The first step begins at its first consumed batch, or else at its backward(): what optwatch did
@@ -561,43 +361,31 @@ class Probe:
         if self._no_optimizer_step_due:
             self._finish_step(now)
         self.training_thread = threading.get_ident()
-        self._consume_batch()
+        fetched = self._batches.consumed()
         if self._step_start is None:
-            self._begin_first_step(now)
+            self._begin_first_step(fetched if fetched is not None else now)
         is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
         replacement = None
         if is_loss:
             if self._backward_started is None:
                 self._backward_started = now
-            self._take_loss(tensors)
-            for replaced in self._call_in_step("on_backward_start", tensors):
+            self._losses.backpropagated(tensors, in_closure=self._stepping is not None)
+            for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
                 if replaced is not None:
                     replacement = replaced
         self.own_s += time.perf_counter() - now
         return replacement
 
-    def _take_loss(self, tensor: torch.Tensor) -> None:
-        if self._stepping is not None:  # inside an optimizer's step(): a closure's evaluation
-            if self._closure_loss_taken:
-                return  # only the first evaluation is the step's loss
-            self._closure_loss_taken = True
-        scaled = self._scaled.pop(id(tensor), None)
-        if scaled is not None and scaled[0] is tensor:
-            tensor = scaled[1]  # GradScaler.scale(loss): the loss as the script computed it
-        self._losses.append(tensor.detach())
-        self._scaled.clear()
-
     def loss_scaled(self, scaled: torch.Tensor, loss: torch.Tensor) -> None:
-        if scaled.numel() == 1:
-            self._scaled[id(scaled)] = (scaled, loss)
+        self._losses.scaled(scaled, loss)
 
     def backward_ended(self, tensors: Any) -> None:
         if not (isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad):
             return
         started = time.perf_counter()
-        if self._active["on_backward_end"]:
-            self._call_in_step("on_backward_end", tensors)
-        if self._stepping is not None and self._stepping is self._primary and self._closure_loss_taken:
+        if self._dispatch.active["on_backward_end"]:
+            self._dispatch.call_in_step("on_backward_end", tensors)
+        if self._stepping is not None and self._stepping is self._primary and self._losses.closure_loss_taken:
             self._gradients_ready(self._primary)  # a closure's first backward: its gradients are the step's
         elif self._primary is None and self._optimizers_made == 0:
             # No optimizer in this loop: each backward is a step, ended when the next begins (so that a
@@ -617,14 +405,14 @@ class Probe:
         if optimizer is None and self._optimizers_made == 0 and self.model is None and not self._model_searched:
             # No optimizer: the model is the largest module whose parameters all got gradients.
             self._model_searched = True
-            self.model = self._largest_module(lambda param: param.grad is not None)
+            self.model = largest_module(lambda param: param.grad is not None)
         if self.device is None:
             params = self.parameters()
-            device = params[0].device if params else (self._losses[-1].device if self._losses else None)
+            device = params[0].device if params else self._losses.device
             if device is not None:
                 self._announce_device(device)
         self.clip_measures = clip_measures
-        self._call_in_step("on_gradients", optimizer)
+        self._dispatch.call_in_step("on_gradients", optimizer)
         if self._grad_norm is None and not clip_measures and self.detailed:
             params = self.parameters()
             grads = [p.grad for p in params]
@@ -663,13 +451,13 @@ class Probe:
             self._primary = optimizer
         self._stepping = optimizer
         self._stepped = True
-        self._closure_loss_taken = False
+        self._losses.closure_loss_taken = False
         if optimizer is self._primary:
             # (The step hooks get step()'s arguments with the optimizer first.)
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
             if not callable(closure):
                 self._gradients_ready(optimizer)
-            self._call_in_step("before_optimizer_step", optimizer)
+            self._dispatch.call_in_step("before_optimizer_step", optimizer)
         self.own_s += time.perf_counter() - started
 
     def optimizer_step_ended(self, optimizer: torch.optim.Optimizer) -> None:
@@ -677,7 +465,7 @@ class Probe:
         self._stepping = None
         if optimizer is self._primary:
             self._gradients_ready(optimizer)  # a closure that never called backward
-            self._call_in_step("after_optimizer_step", optimizer)
+            self._dispatch.call_in_step("after_optimizer_step", optimizer)
             self.own_s += time.perf_counter() - started
             self._finish_step(time.perf_counter())
         else:
@@ -701,54 +489,10 @@ class Probe:
         self._finish_step(time.perf_counter(), amp_overflow=True, amp_scale=scale)
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
-        """An optimizer other than the primary stepped: it takes the losses backpropagated since the last
-        step of any optimizer, for the record of the primary's step it belongs with."""
-        name = self._name_of(optimizer)
-        loss = self._take_losses()
-        if optimizer not in self._before_primary and optimizer not in self._after_primary:
-            (self._after_primary if self._primary_stepped_once else self._before_primary).add(optimizer)
-        self._stepped_since_boundary.add(optimizer)
-        if optimizer in self._after_primary and self._held is not None:
-            if loss is not None:
-                losses = self._held.setdefault("losses", {self._name_of(self._primary): self._held["loss"]})
-                losses[name] = loss
-            self._release_held_when_complete()
-        elif loss is not None:
-            self._other_losses[name] = loss
+        self._records.other_stepped(optimizer, self._losses.take(), self._primary)
 
-    def _name_of(self, optimizer: torch.optim.Optimizer) -> str:
-        """A readable name for an optimizer: the script's own name for it (``optD``), else for the model it
-        trains (``netD``), else that model's class (``Discriminator``), numbered when two would share one."""
-        name = self._names.get(optimizer)
-        if name is None:
-            model = self.find_model() if optimizer is self._primary else self._largest_module_of(optimizer)
-            base = (
-                _name_in_main(optimizer)
-                or (model is not None and _name_in_main(model))
-                or type(model if model is not None else optimizer).__name__
-            )
-            taken = set(self._names.values())
-            name, number = base, 2
-            while name in taken:
-                name, number = f"{base}{number}", number + 1
-            self._names[optimizer] = name
-        return name
-
-    def _take_losses(self) -> torch.Tensor | None:
-        """The sum of the scalars backpropagated since the previous step of any optimizer (cleared)."""
-        losses, self._losses = self._losses, []
-        if not losses:
-            return None
-        if len(losses) == 1:
-            return losses[0]
-        total = None  # added one by one: one operator per micro-batch where stacking takes four
-        for loss in losses:
-            if loss.dim():
-                loss = loss.reshape(())
-            if not loss.is_floating_point() or loss.element_size() < 4:
-                loss = loss.float()  # a sum of bfloat16 losses would round at each addition
-            total = loss if total is None else total + loss
-        return total
+    def _model_of(self, optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
+        return self.find_model() if optimizer is self._primary else largest_module_of(optimizer)
 
     # --- the step boundary ---------------------------------------------------------------------------------------
     def _finish_step(self, now: float, **extra: Any) -> None:
@@ -762,7 +506,7 @@ class Probe:
         self._advance(ending)
         held_s = 0.0
         try:
-            for seconds in self._call_in_step("at_boundary"):
+            for seconds in self._dispatch.call_in_step("at_boundary"):
                 held_s += seconds or 0.0
             if now - self._last_flush >= self.options.publish_interval_s:
                 self._flush(now)
@@ -775,9 +519,9 @@ class Probe:
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
         self._no_optimizer_step_due = False
         self._gradients_ready(self._primary)
-        loss = self._take_losses()
+        loss = self._losses.take()
         step_time = now - self._step_start if self._step_start is not None else None
-        samples = self._samples or self.batch_size
+        samples = self._batches.samples or self.batch_size
         grad_norm = self._grad_norm if self._grad_norm is not None else self._clip_norm
         bg_cpu = self.channel.cpu_s
         # The step record's fields written out: a dict display costs a third of make_record's call, and this
@@ -792,7 +536,7 @@ class Probe:
             "grad_norm": grad_norm,
             "lr": self.learning_rate(),
             "step_time_s": step_time,
-            "data_wait_s": self._data_wait_s,
+            "data_wait_s": self._batches.data_wait_s,
             "samples": samples,
             "samples_per_s": (samples / step_time) if samples and step_time else None,
             # Time until this rank reached backward(), where DDP's gradient all-reduce waits for the
@@ -810,47 +554,17 @@ class Probe:
             record["_sharded"] = True
         if self._clip_max is not None:
             record["clip_max_norm"] = self._clip_max
-        if self._unknown_fetches:
-            record["eval_batches"] = sum(f.count for f in self._unknown_fetches.values())
-            record["eval_wait_s"] = sum(f.wait_s for f in self._unknown_fetches.values())
+        self._batches.add_eval_batches(record)
         if extra:
             record.update(extra)
         self.detail_every, self.next_detailed = self.governor.plan(self.step, self.own_s, step_time)
-        self._call_in_step("after_step", record)
-        self._hold(record)
+        self._dispatch.call_in_step("after_step", record)
+        self._records.add(record, self._primary)
         self._clear_step()
 
-    def _hold(self, record: dict[str, Any]) -> None:
-        """The new step record waits for the optimizers that step after the primary; the one before goes."""
-        self._release_held()
-        if self._after_primary or self._before_primary:
-            record["losses"] = {self._name_of(self._primary): record["loss"], **self._other_losses}
-            self._other_losses.clear()
-        self._held = record
-        if self._after_primary:
-            self._stepped_since_boundary = weakref.WeakSet()
-            self._release_held_when_complete()
-        elif self._primary_stepped_once:
-            self._release_held()  # one optimizer: nobody adds to the record
-        # (The first record waits for the first optimizers after the primary, whom nobody knows yet.)
-        self._primary_stepped_once = True
-
-    def _release_held_when_complete(self) -> None:
-        if self._held is not None and all(o in self._stepped_since_boundary for o in self._after_primary):
-            if self._after_primary or self._primary_stepped_once:
-                self._release_held()
-
-    def _release_held(self) -> None:
-        if self._held is not None:
-            self._pending.append(self._held)
-            self._held = None
-
     def _clear_step(self) -> None:
-        self._losses = []
-        self._scaled.clear()
-        self._data_wait_s = 0.0
-        self._samples = 0
-        self._unknown_fetches.clear()
+        self._losses.clear()
+        self._batches.clear()
         self._backward_started = None
         self._gradients_final = False
         self._grad_norm = None
@@ -858,19 +572,18 @@ class Probe:
         self._clip_norm = None
         self._clip_max = None
         self._clip_params = []
-        self._closure_loss_taken = False
 
     def _advance(self, ending: int) -> None:
         """The next step begins: its number, whether it is a detail step, and so its callback table."""
         if self.step == ending:
             self.step += 1
         self.detailed = self.next_detailed
-        self._active = self._callbacks if self.detailed else self._light_callbacks
+        self._dispatch.select(self.detailed)
 
     def _flush(self, now: float | None = None) -> None:
         self._last_flush = now if now is not None else time.perf_counter()
-        if self._pending:
-            pending, self._pending = self._pending, []
+        pending = self._records.take_ready()
+        if pending:
             on_host = self.device is not None and self.device.type == "cpu"
             self.channel.submit(DeviceBatch(pending, on_host=on_host))
 
@@ -901,34 +614,3 @@ class Probe:
                         self.nonfinite_seen = True
                         self.pin_detail()
                         return
-
-    def _sample_loop(self) -> None:
-        from optwatch.probe.sampler import sample_system
-
-        failed: set[str] = set()
-        while not self._stop_sampler.wait(self.options.system_interval_s):
-            started = time.thread_time()
-            records = []
-            try:
-                system = protocol.make_record(protocol.SYSTEM, self.rank, step=self.step, **sample_system(self.device))
-                system["dropped"] = self.channel.dropped
-                if self.loader:
-                    system["loader"] = self.loader
-                records.append(system)
-            except Exception:
-                if "system" not in failed:
-                    log.exception("optwatch: system sampling failed; training goes on")
-                    failed.add("system")
-                system = {}
-            for name, callback in self._callbacks["sample"]:
-                if name in failed:
-                    continue
-                try:
-                    records.extend(callback(self, system))
-                except Exception:
-                    # Logged once and switched off: a broken collector must not spam or stop the others.
-                    log.exception("optwatch: %s sampling failed; it is switched off", name)
-                    failed.add(name)
-            if records:
-                self.channel.submit_records(records)
-            self.channel.add_cpu(time.thread_time() - started)

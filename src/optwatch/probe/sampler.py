@@ -1,18 +1,28 @@
 """System telemetry sampled on the probe's background thread (never the training thread).
 
 The collectors do the measuring; this module adds what only torch knows (the training device's
-allocator counters and UUID, intra-op threads) and assembles the fields of a ``system`` record.
+allocator counters and UUID, intra-op threads), assembles the fields of a ``system`` record, and runs the
+thread that makes one every few tenths of a second with what the plugins add to it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from optwatch import protocol
 from optwatch.collectors import allocator
 from optwatch.collectors.host import HostCollector
 from optwatch.collectors.nvml import GpuCollector
+from optwatch.probe.channel import Channel
+from optwatch.probe.plugin import ProbeContext
+
+log = logging.getLogger(__name__)
 
 _host = HostCollector()
 _gpus = GpuCollector()
@@ -40,3 +50,64 @@ def sample_system(device: torch.device | None = None) -> dict[str, Any]:
         sample.update(allocator.summarise(torch.cuda.memory_stats(index), total, index))
     sample.update(_gpus.sample(current_uuid=current_uuid))
     return sample
+
+
+class Sampler:
+    """The probe's sampler thread: every ``interval_s`` a ``system`` record (with the DataLoader's settings,
+    ``loader()``) and what each plugin's ``sample`` callback adds. A collector that fails is logged once and
+    switched off; the others and the training go on. Its CPU time is charged to optwatch's background cost."""
+
+    def __init__(
+        self,
+        context: ProbeContext,
+        channel: Channel,
+        callbacks: Callable[[], list[tuple[str, Callable[..., Any]]]],
+        loader: Callable[[], dict[str, Any]],
+        interval_s: float,
+    ) -> None:
+        self._context = context
+        self._channel = channel
+        self._callbacks = callbacks
+        self._loader = loader
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="optwatch-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        context, channel = self._context, self._channel
+        failed: set[str] = set()
+        while not self._stop.wait(self._interval_s):
+            started = time.thread_time()
+            records = []
+            try:
+                system = protocol.make_record(
+                    protocol.SYSTEM, context.rank, step=context.step, **sample_system(context.device)
+                )
+                system["dropped"] = channel.dropped
+                loader = self._loader()
+                if loader:
+                    system["loader"] = loader
+                records.append(system)
+            except Exception:
+                if "system" not in failed:
+                    log.exception("optwatch: system sampling failed; training goes on")
+                    failed.add("system")
+                system = {}
+            for name, callback in self._callbacks():
+                if name in failed:
+                    continue
+                try:
+                    records.extend(callback(context, system))
+                except Exception:
+                    # Logged once and switched off: a broken collector must not spam or stop the others.
+                    log.exception("optwatch: %s sampling failed; it is switched off", name)
+                    failed.add(name)
+            if records:
+                channel.submit_records(records)
+            channel.add_cpu(time.thread_time() - started)

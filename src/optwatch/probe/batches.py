@@ -1,0 +1,120 @@
+"""A step's batches: the samples a training step consumed and the time it waited for them.
+
+A batch counts for training once a ``backward()`` consumes it; the loaders whose batches no backward consumes
+(an evaluation loader's) are counted apart (``eval_batches``), and their wait is no part of ``data_wait_s``.
+"""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from typing import Any
+
+import torch
+
+
+def batch_size_of(batch: Any, depth: int = 0) -> int | None:
+    """Samples in a DataLoader batch: the leading dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.size(0)) if batch.dim() else None  # size(0): a nested tensor has no .shape
+    if depth < 2:
+        if isinstance(batch, (list, tuple)) and batch:
+            return batch_size_of(batch[0], depth + 1)
+        if isinstance(batch, dict) and batch:
+            return batch_size_of(next(iter(batch.values())), depth + 1)
+        if hasattr(batch, "keys") and hasattr(batch, "values"):  # a Hugging Face BatchEncoding
+            return batch_size_of(next(iter(batch.values()), None), depth + 1)
+    return None
+
+
+class _Fetches:
+    """The batches taken in this step from a loader not yet known to feed training: their count and wait."""
+
+    __slots__ = ("count", "wait_s")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.wait_s = 0.0
+
+
+class BatchAccounts:
+    """The batches of the step now running, and which DataLoader iterators feed the training."""
+
+    def __init__(self) -> None:
+        self.data_wait_s = 0.0
+        self.samples = 0
+        self.loader: dict[str, Any] = {}
+        """Settings of the DataLoader the training iterates, for the verdict's advice (replaced whole)."""
+        self._training_loaders: list[weakref.ref[Any]] = []
+        """DataLoader iterators a backward() consumed a batch of: the training's (few: one an epoch)."""
+        self._unconsumed: weakref.WeakKeyDictionary[Any, collections.deque[tuple[int | None, float]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Per iterator, the (size, fetch start) of the batches taken and not yet consumed by a backward(), oldest
+        first: a loop may take them ahead (accelerate's look-ahead, Lightning's prefetch, the Trainer taking
+        every micro-batch of a step first)."""
+        self._latest_iterator: weakref.ref[Any] | None = None
+        self._unknown_fetches: dict[int, _Fetches] = {}
+
+    def taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None:
+        """The script took ``batch`` from a DataLoader ``iterator``, waiting from ``started`` to ``finished``."""
+        queue = self._unconsumed.get(iterator)
+        if queue is None:
+            queue = self._unconsumed[iterator] = collections.deque(maxlen=4096)
+        queue.append((batch_size_of(batch), started))
+        self._latest_iterator = weakref.ref(iterator)
+        if any(ref() is iterator for ref in self._training_loaders):
+            self.data_wait_s += finished - started
+        else:
+            fetches = self._unknown_fetches.get(id(iterator))
+            if fetches is None:
+                fetches = self._unknown_fetches[id(iterator)] = _Fetches()
+            fetches.count += 1
+            fetches.wait_s += finished - started
+
+    def loader_started(self, loader: Any) -> None:
+        """A DataLoader began an iteration: its settings go with the system records (the verdict's advice)."""
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            self.loader = {
+                "num_workers": loader.num_workers,
+                "pin_memory": bool(loader.pin_memory),
+                "batch_size": loader.batch_size,
+                "prefetch_factor": loader.prefetch_factor,
+                "persistent_workers": loader.persistent_workers,
+            }
+
+    def consumed(self) -> float | None:
+        """A backward() consumed a batch: the oldest not yet consumed of a loader that feeds training, or, when
+        none has one, of the loader the newest batch came from, which is then known to feed training. Returns
+        when that batch's fetch started (None: no DataLoader batch was waiting)."""
+        if self._latest_iterator is None:
+            return None  # no DataLoader in this loop
+        iterator = next(
+            (it for it in (ref() for ref in self._training_loaders) if it is not None and self._unconsumed.get(it)),
+            None,
+        )
+        if iterator is None:
+            iterator = self._latest_iterator()
+            if iterator is None or not self._unconsumed.get(iterator):
+                return None
+            self._training_loaders = [ref for ref in self._training_loaders if ref() is not None]
+            self._training_loaders.append(weakref.ref(iterator))
+            fetches = self._unknown_fetches.pop(id(iterator), None)
+            if fetches is not None:
+                self.data_wait_s += fetches.wait_s
+        size, started = self._unconsumed[iterator].popleft()
+        if size:
+            self.samples += size
+        return started
+
+    def add_eval_batches(self, record: dict[str, Any]) -> None:
+        """The batches of loaders not known to feed training (an evaluation's), if any, into the step record."""
+        if self._unknown_fetches:
+            record["eval_batches"] = sum(f.count for f in self._unknown_fetches.values())
+            record["eval_wait_s"] = sum(f.wait_s for f in self._unknown_fetches.values())
+
+    def clear(self) -> None:
+        """The next step begins with no batch of its own."""
+        self.data_wait_s = 0.0
+        self.samples = 0
+        self._unknown_fetches.clear()

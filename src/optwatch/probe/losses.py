@@ -1,0 +1,171 @@
+"""What each optimizer's step backpropagated: the step's loss, and the losses of the other optimizers.
+
+A step's loss is the sum of the scalars backpropagated since the previous step of any optimizer (what
+gradient accumulation averages into the gradients it applies), unscaled when a GradScaler scaled them; under
+a closure (LBFGS, Lightning) the closure's first evaluation. Every other optimizer that steps gets its loss by
+the same rule, in the ``losses`` map of the primary's step it steps with.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class StepLosses:
+    """The scalars backpropagated since the previous step of any optimizer."""
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+        self._scaled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.closure_loss_taken = False
+        """Inside an optimizer's ``step(closure)``: its first evaluation's loss is taken, the rest are not."""
+
+    def backpropagated(self, tensor: torch.Tensor, in_closure: bool) -> None:
+        """``backward()`` began on the scalar ``tensor``; ``in_closure``: inside an optimizer's step()."""
+        if in_closure:
+            if self.closure_loss_taken:
+                return  # only the first evaluation is the step's loss
+            self.closure_loss_taken = True
+        scaled = self._scaled.pop(id(tensor), None)
+        if scaled is not None and scaled[0] is tensor:
+            tensor = scaled[1]  # GradScaler.scale(loss): the loss as the script computed it
+        self._losses.append(tensor.detach())
+        self._scaled.clear()
+
+    def scaled(self, scaled: torch.Tensor, loss: torch.Tensor) -> None:
+        """GradScaler.scale(loss) gave ``scaled``: a backward on it backpropagates ``loss``."""
+        if scaled.numel() == 1:
+            self._scaled[id(scaled)] = (scaled, loss)
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._losses[-1].device if self._losses else None
+
+    def take(self) -> torch.Tensor | None:
+        """Their sum (None without any), and a new account for the next optimizer's step."""
+        losses, self._losses = self._losses, []
+        if not losses:
+            return None
+        if len(losses) == 1:
+            return losses[0]
+        total = None  # added one by one: one operator per micro-batch where stacking takes four
+        for loss in losses:
+            if loss.dim():
+                loss = loss.reshape(())
+            if not loss.is_floating_point() or loss.element_size() < 4:
+                loss = loss.float()  # a sum of bfloat16 losses would round at each addition
+            total = loss if total is None else total + loss
+        return total
+
+    def clear(self) -> None:
+        self._losses = []
+        self._scaled.clear()
+        self.closure_loss_taken = False
+
+
+def _name_in_main(obj: Any) -> str | None:
+    """The name the script's ``__main__`` gives ``obj`` among its globals, if it does."""
+    main = sys.modules.get("__main__")
+    for name, value in list(vars(main).items()) if main is not None else ():
+        if value is obj and not name.startswith("_"):
+            return name
+    return None
+
+
+class OptimizerNames:
+    """A readable name for each optimizer: the script's own name for it (``optD``), else for the model it
+    trains (``netD``), else that model's class (``Discriminator``), numbered when two would share one."""
+
+    def __init__(self, model_of: Callable[[torch.optim.Optimizer], torch.nn.Module | None]) -> None:
+        self._model_of = model_of
+        self._names: weakref.WeakKeyDictionary[torch.optim.Optimizer, str] = weakref.WeakKeyDictionary()
+
+    def __call__(self, optimizer: torch.optim.Optimizer) -> str:
+        name = self._names.get(optimizer)
+        if name is None:
+            model = self._model_of(optimizer)
+            base = (
+                _name_in_main(optimizer)
+                or (model is not None and _name_in_main(model))
+                or type(model if model is not None else optimizer).__name__
+            )
+            taken = set(self._names.values())
+            name, number = base, 2
+            while name in taken:
+                name, number = f"{base}{number}", number + 1
+            self._names[optimizer] = name
+        return name
+
+
+class StepRecords:
+    """Step records on their way out. With one optimizer each goes as soon as it is made; with others that
+    step after the primary in an iteration (a GAN's generator), the newest waits until they have stepped and
+    added their losses to it (or the next step ends). Those that step before the primary's first step add
+    theirs to the next record."""
+
+    def __init__(self, name_of: Callable[[torch.optim.Optimizer], str]) -> None:
+        self._name_of = name_of
+        self._after_primary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._before_primary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._primary_stepped_once = False
+        self._stepped_since_boundary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._other_losses: dict[str, torch.Tensor] = {}
+        self._held: dict[str, Any] | None = None
+        self._ready: list[dict[str, Any]] = []
+
+    def other_stepped(
+        self, optimizer: torch.optim.Optimizer, loss: torch.Tensor | None, primary: torch.optim.Optimizer | None
+    ) -> None:
+        """An optimizer other than the primary stepped, with the losses backpropagated since the previous step
+        of any optimizer: they go with the record of the primary's step it belongs with."""
+        name = self._name_of(optimizer)
+        if optimizer not in self._before_primary and optimizer not in self._after_primary:
+            (self._after_primary if self._primary_stepped_once else self._before_primary).add(optimizer)
+        self._stepped_since_boundary.add(optimizer)
+        if optimizer in self._after_primary and self._held is not None:
+            if loss is not None:
+                losses = self._held.setdefault("losses", {self._name_of(primary): self._held["loss"]})
+                losses[name] = loss
+            self._release_when_complete()
+        elif loss is not None:
+            self._other_losses[name] = loss
+
+    def add(self, record: dict[str, Any], primary: torch.optim.Optimizer | None) -> None:
+        """The primary's new step record waits for the optimizers that step after it; the one before goes."""
+        self.release()
+        if self._after_primary or self._before_primary:
+            record["losses"] = {self._name_of(primary): record["loss"], **self._other_losses}
+            self._other_losses.clear()
+        self._held = record
+        if self._after_primary:
+            self._stepped_since_boundary = weakref.WeakSet()
+            self._release_when_complete()
+        elif self._primary_stepped_once:
+            self.release()  # one optimizer: nobody adds to the record
+        # (The first record waits for the first optimizers after the primary, whom nobody knows yet.)
+        self._primary_stepped_once = True
+
+    def _release_when_complete(self) -> None:
+        if self._held is not None and all(o in self._stepped_since_boundary for o in self._after_primary):
+            if self._after_primary or self._primary_stepped_once:
+                self.release()
+
+    def emit(self, record: dict[str, Any]) -> None:
+        """Any other record (layers, metrics, events): it goes with the next flush, in order."""
+        self._ready.append(record)
+
+    def release(self) -> None:
+        """The held record goes as it is (the run ends, or the next step's record is made)."""
+        if self._held is not None:
+            self._ready.append(self._held)
+            self._held = None
+
+    def take_ready(self) -> list[dict[str, Any]]:
+        """The records ready to go, oldest first (handed over: the list is new after)."""
+        ready, self._ready = self._ready, []
+        return ready

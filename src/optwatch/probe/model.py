@@ -1,0 +1,59 @@
+"""What the training trains, found from what torch gives the probe: the model, its learning rate, the global
+norm of its gradients."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from optwatch.probe.vectors import as_vector
+
+
+def learning_rate_of(lr: Any) -> float | torch.Tensor | None:
+    """A param group's ``lr`` as one number (a device tensor stays one, read back later), or None when it
+    is not one: a rate per dimension, a schedule object."""
+    if isinstance(lr, bool):
+        return None
+    if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
+        return lr.detach() if lr.numel() == 1 else None
+    try:
+        return float(lr) if lr is not None else None
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def global_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """The 2-norm of all ``grads`` together, in float32 on the first one's device (None without any)."""
+    grads = [g for g in grads if g is not None and not g.is_sparse]
+    if not grads:
+        return None
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for grad in grads:
+        by_device.setdefault(grad.device, []).append(grad)
+    norms = [torch.linalg.vector_norm(as_vector(torch._foreach_norm(group)).float()) for group in by_device.values()]
+    if len(norms) == 1:
+        return norms[0]
+    first = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(first, non_blocking=True) for n in norms]))
+
+
+def largest_module_of(optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
+    """The live module with the most parameters, all of them trained by ``optimizer``."""
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return largest_module(lambda param: id(param) in trained)
+
+
+def largest_module(trained: Callable[[torch.Tensor], bool]) -> torch.nn.Module | None:
+    """The live module with the most parameters, all of them ``trained`` (a walk over every object: once)."""
+    best, best_size = None, (0, 0)
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.nn.Module):  # type(): isinstance trips lazy deprecated objects
+            params = list(obj.parameters())
+            # On a tie in parameters, the module with more submodules: a wrapper over its only child.
+            size = (len(params), sum(1 for _ in obj.modules())) if params else (0, 0)
+            if size > best_size and all(trained(p) for p in params):
+                best, best_size = obj, size
+    return best
