@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "scripts"
 EXAMPLES = ROOT / "examples"
 
+# One intra-op thread for torch here and in every training process a test starts (torchrun's default too):
+# two test workers on two cores, each with a training process of as many threads, would run four or more
+# threads on two cores, and every timing-sensitive test would wait on the others.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def runtime_dir(monkeypatch):

@@ -177,7 +177,9 @@ def test_cuda_steps_between_detail_steps_are_not_timed_and_the_verdict_reads_the
 def slow_data_run(tmp_path_factory):
     record = tmp_path_factory.mktemp("slow") / "r.jsonl"
     script = str(SCRIPTS / "slow_data.py")
-    result = optwatch("run", "--headless", "--record", str(record), script, "--steps", "40", "--workers", "2")
+    result = optwatch(
+        "run", "--headless", "--record", str(record), script, "--steps", "40", "--workers", "2", "--sleep", "0.025"
+    )
     return result, read_jsonl(record)
 
 

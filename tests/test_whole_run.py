@@ -91,7 +91,7 @@ async def test_a_replay_shows_only_the_keys_that_work_there(million_step_store):
 
     app = OptwatchApp.for_store(million_step_store)
     async with app.run_test(size=(160, 40)) as pilot:
-        await pilot.pause(0.2)
+        await wait_for_ui(pilot, lambda: "Quit" in screen_lines(app).get(39, ""))
         footer = screen_lines(app)[39]
         assert "Zoom" in footer and "Quit" in footer
         for steering in ("AMP", "cudnn", "Pause", "Command", "Profile"):
