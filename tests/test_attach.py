@@ -36,7 +36,7 @@ def start(*command: str) -> subprocess.Popen:
 def test_ddp_job_is_listed_attached_across_ranks_and_names_the_straggler(tmp_path):
     job = start(
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "optwatch", "run", str(EXAMPLES / "ddp.py"), "--steps", "400", "--slow-rank", "1",
+        "-m", "optwatch", "run", str(EXAMPLES / "ddp.py"), "--steps", "300", "--slow-rank", "1",
     )  # fmt: skip
     try:
         [listed] = wait_for(live_jobs)

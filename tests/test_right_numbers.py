@@ -112,7 +112,7 @@ def test_a_scripts_own_learning_rate_schedule_is_recorded_and_an_lr_command_hold
     assert event["effective_step"] == 12 and "values the script assigns are scaled" in event["reason"]
 
 
-@pytest.mark.parametrize("steps", [1, 3, 6])
+@pytest.mark.parametrize("steps", [1, 6])
 def test_every_step_of_a_short_run_reaches_the_record(tmp_path, steps):
     """Runs of a few steps lost their records now and then: each is run twice, and every time the record
     must hold the hello, every step and the end."""

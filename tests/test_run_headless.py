@@ -13,7 +13,9 @@ from conftest import EXAMPLES, SCRIPTS, optwatch, optwatch_share, read_jsonl, st
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
     record = tmp_path / "r.jsonl"
-    result = optwatch("run", "--headless", "--record", str(record), str(EXAMPLES / "cifar.py"), "--steps", "40")
+    result = optwatch(
+        "run", "--headless", "--record", str(record), str(EXAMPLES / "cifar.py"), "--steps", "40", "--batch-size", "64"
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     records = read_jsonl(record)
     steps = steps_of(records)
