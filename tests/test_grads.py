@@ -522,3 +522,60 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
     assert [(a["step"], a["module"]) for a in nonfinite] == [(light, None), (again, "3")]
     assert "no forward check ran at this step" in nonfinite[0]["message"]
     assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(again - 25, again + 1))
+
+
+_FOREACH_NORM = torch._foreach_norm
+
+
+class _GradNormCount(torch.overrides.TorchFunctionMode):
+    """Counts ``torch._foreach_norm`` 2-norm calls over exactly the gradients of ``params`` (float32 ones)."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        super().__init__()
+        self.params = params
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is _FOREACH_NORM and (args[1] if len(args) > 1 else (kwargs or {}).get("ord", 2)) == 2:
+            grads = {id(p.grad) for p in self.params if p.grad is not None and p.dtype == torch.float32}
+            self.count += {id(t) for t in args[0]} == grads
+        return func(*args, **(kwargs or {}))
+
+
+def _clipped_run(probe_on: bool, head_dtype: torch.dtype) -> tuple[list[float], list[int]]:
+    """What ``clip_grad_norm_`` returned at each step, and how many times a step computed the norms of the
+    float32 gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    head = nn.Linear(1, 1).to(head_dtype)
+    params = [*model.parameters(), *head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    x, y = torch.randn(32, 4), torch.randn(32, 1, dtype=head_dtype)
+    probe = start() if probe_on else None
+    returned, counts = [], []
+    try:
+        for _ in range(6):
+            optimizer.zero_grad()
+            with _GradNormCount(params) as counted:
+                nn.functional.mse_loss(head(model(x).to(head_dtype)), y).backward()
+                returned.append(torch.nn.utils.clip_grad_norm_(params, 0.5).item())
+                optimizer.step()
+            counts.append(counted.count)
+    finally:
+        if probe is not None:
+            probe.close()
+    return returned, counts
+
+
+def test_the_clip_takes_the_norms_optwatch_measured_and_returns_the_same_bits():
+    """With the script clipping by norm, optwatch's per-layer norms are the clip's: the gradients' norms are
+    computed once per step, not twice, and the clip returns exactly what it returns without optwatch."""
+    bare, bare_counts = _clipped_run(False, torch.float32)
+    watched, watched_counts = _clipped_run(True, torch.float32)
+    assert watched == bare  # bit for bit
+    assert bare_counts == [1] * 6 and watched_counts == [1] * 6
+    # Gradients of two dtypes: optwatch measures all of them in float64, which is not what the clip computes,
+    # so the clip measures its own groups as it always does; its result is the same bits again.
+    bare, bare_counts = _clipped_run(False, torch.float64)
+    watched, watched_counts = _clipped_run(True, torch.float64)
+    assert watched == bare and bare_counts == [1] * 6 and watched_counts == [1] * 6

@@ -46,6 +46,8 @@ class _Layout:
         groups = tensors_by_device(params)
         self.by_device = groups if len(groups) > 1 else None
         self.dtype = norm_dtype(params)
+        self.own_dtype = all(p.dtype == self.dtype for p in params)
+        """Every gradient's norm is in its own dtype: ``torch._foreach_norm(grads, 2)`` is what a clip computes."""
         sizes = [p.numel() * p.element_size() for p in params]
         total = sum(sizes)
         chunk_bytes = min(budget_bytes, total / ROTATION)
@@ -174,7 +176,14 @@ class GradientPlugin(ProbePlugin):
         try:
             if layout.sharded:
                 grads = sharding.local(grads)
-            grad_norms = as_vector(norms_of(grads, 2, layout.device, layout.by_device, layout.dtype))
+            if context.clip_measures and layout.own_dtype and layout.by_device is None and not layout.sharded:
+                # The norms the script's clip_grad_norm_ is about to compute, computed as it would: it takes
+                # them from here instead of computing them a second time.
+                norms = torch._foreach_norm(grads, 2)
+                context.share_grad_norms(grads, norms)
+            else:
+                norms = norms_of(grads, 2, layout.device, layout.by_device, layout.dtype)
+            grad_norms = as_vector(norms)
             if layout.scale is not None:
                 grad_norms = grad_norms * layout.scale
             if not context.clip_measures:

@@ -20,6 +20,7 @@ live with the plugins that set them.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,8 @@ import torch.nn.utils.clip_grad
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from optwatch.probe.plugin import being_traced
 
 try:
     from torch.amp import GradScaler
@@ -71,13 +74,41 @@ class HookTarget(Protocol):
 
     def scaler_step_starting(self, optimizer: torch.optim.Optimizer) -> None: ...
 
-    def clipping(self, parameters: Any, by_norm: bool) -> None:
-        """Before a clipping function changes gradients (``by_norm``: it measures their norm as it does)."""
+    def clipping(self, parameters: Any, by_norm: bool) -> KnownNorms | None:
+        """Before a clipping function changes gradients (``by_norm``: it measures their norm as it does).
+        May return the per-tensor norms of gradients measured just now, which the clip then reuses."""
         ...
 
     def clipped(self, total_norm: Any, max_norm: Any) -> None: ...
 
     def scheduler_made(self, scheduler: LRScheduler) -> None: ...
+
+
+KnownNorms = dict[int, tuple[torch.Tensor, torch.Tensor]]
+"""``id(gradient) -> (gradient, its 2-norm as torch._foreach_norm computed it)``."""
+
+
+def _reusing_norms(known: KnownNorms, call: Callable[[], Any]) -> Any:
+    """``call()`` with ``torch._foreach_norm`` answering from ``known`` when asked for the 2-norms (in the
+    tensors' own dtype) of tensors whose norms it holds, and computing as usual otherwise. A clip's result is
+    the same bits either way; it only skips measuring what the probe just measured."""
+    real = torch._foreach_norm
+    thread = threading.get_ident()
+
+    def foreach_norm(tensors, *args, **kwargs):
+        ord_ = args[0] if args else kwargs.get("ord", 2)
+        dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
+        if dtype is None and threading.get_ident() == thread and _is_two(ord_):
+            found = [known.get(id(tensor)) for tensor in tensors]
+            if all(pair is not None and pair[0] is tensor for pair, tensor in zip(found, tensors)):
+                return [pair[1] for pair in found]
+        return real(tensors, *args, **kwargs)
+
+    torch._foreach_norm = foreach_norm
+    try:
+        return call()
+    finally:
+        torch._foreach_norm = real
 
 
 def _max_norm(args: tuple, kwargs: dict, position: int) -> Any:
@@ -234,8 +265,11 @@ class TorchHooks:
                 parameters = [parameters]
             elif not isinstance(parameters, (list, tuple)):
                 parameters = list(parameters)  # a generator is read once: by the probe and the clip alike
-            hooks._tell("clipping hook", target.clipping, parameters, returns_norm)
-            result = original(parameters, *args, **kwargs)
+            known = hooks._tell("clipping hook", target.clipping, parameters, returns_norm)
+            if known and not being_traced():
+                result = _reusing_norms(known, lambda: original(parameters, *args, **kwargs))
+            else:
+                result = original(parameters, *args, **kwargs)
             if returns_norm and norm_position is not None:
                 norm_type = kwargs.get("norm_type", args[1] if len(args) > 1 else 2.0)
                 if _is_two(norm_type):

@@ -103,6 +103,12 @@ class ProbeContext(Protocol):
         ranks' parts up."""
         ...
 
+    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
+        """In ``on_gradients`` while ``clip_measures``: the 2-norm of each of ``grads``, computed by
+        ``torch._foreach_norm(grads, 2)`` just now. The clip about to run takes these instead of computing the
+        same norms again (they are the very values it would compute), so its result does not change."""
+        ...
+
     def charge(self, started: float) -> None:
         """Add the time since ``started`` (``time.perf_counter()``) to optwatch's own cost of this step."""
         ...

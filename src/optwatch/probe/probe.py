@@ -42,7 +42,7 @@ from optwatch.probe.batches import BatchAccounts
 from optwatch.probe.channel import Channel
 from optwatch.probe.dispatch import Dispatch
 from optwatch.probe.governor import DetailGovernor
-from optwatch.probe.hooks import TorchHooks
+from optwatch.probe.hooks import KnownNorms, TorchHooks
 from optwatch.probe.losses import OptimizerNames, StepLosses, StepRecords
 from optwatch.probe.model import global_norm, largest_module, largest_module_of, learning_rate_of
 from optwatch.probe.plugin import ProbePlugin
@@ -126,6 +126,8 @@ class Probe:
         self._clip_norm: Any = None
         self._clip_max: Any = None
         self._clip_params: list[torch.Tensor] = []
+        self._shared_norms: KnownNorms | None = None
+        """Per-gradient norms a plugin measured for the clip about to run (``share_grad_norms``)."""
         self._no_optimizer_step_due = False
         # records
         self._records = StepRecords(self._name_of)
@@ -263,6 +265,9 @@ class Probe:
     def report_grad_norm(self, norm: torch.Tensor | None, part: bool = False) -> None:
         self._grad_norm = norm
         self._grad_part = part
+
+    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
+        self._shared_norms = {id(grad): (grad, norm) for grad, norm in zip(grads, norms)}
 
     def charge(self, started: float) -> None:
         self.own_s += time.perf_counter() - started
@@ -421,13 +426,16 @@ class Probe:
             else:
                 self._grad_norm = global_norm(grads)
 
-    def clipping(self, parameters: Any, by_norm: bool) -> None:
+    def clipping(self, parameters: Any, by_norm: bool) -> KnownNorms | None:
         started = time.perf_counter()
         params = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
         if params and (self._primary is None or id(params[0]) in self._param_ids or not self._param_ids):
             self._clip_params = params
             self._gradients_ready(self._primary, clip_measures=by_norm)
+        # For this clip only: a second clip in the step sees gradients the first one scaled.
+        shared, self._shared_norms = self._shared_norms, None
         self.own_s += time.perf_counter() - started
+        return shared
 
     def clipped(self, total_norm: Any, max_norm: Any) -> None:
         if isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
@@ -572,6 +580,7 @@ class Probe:
         self._clip_norm = None
         self._clip_max = None
         self._clip_params = []
+        self._shared_norms = None
 
     def _advance(self, ending: int) -> None:
         """The next step begins: its number, whether it is a detail step, and so its callback table."""

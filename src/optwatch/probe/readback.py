@@ -168,8 +168,6 @@ class DeviceBatch:
     def records(self) -> list[dict[str, Any]]:
         if not self._filed:
             return self._read_on_host()
-            self._filed = True
-            self._file()
         for (device, dtype), group in self._groups.items():
             host = self._copies.get((device, dtype))
             if host is None:
