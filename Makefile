@@ -14,7 +14,7 @@ demo: setup
 	$(BIN)/optwatch examples/cifar.py
 
 test: setup lint
-	$(BIN)/python -m pytest -n 2  # two workers: most tests wait on a training process of their own
+	$(BIN)/python -m pytest -n 2 --dist loadgroup  # two workers (most tests wait on a training process of their own); tests that share a module fixture run on one
 
 lint: setup
 	$(BIN)/ruff check src tests examples benchmarks scripts

@@ -42,6 +42,7 @@ def two_runs(tmp_path_factory):
     return root, env, printed
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
 def test_a_run_is_recorded_by_default_privately_and_completely(two_runs):
     root, env, printed = two_runs
     entries = runs.list_runs(root)
@@ -58,6 +59,7 @@ def test_a_run_is_recorded_by_default_privately_and_completely(two_runs):
         assert entry.summary["steps"] == 25 and entry.summary["last_loss"] == printed[lr][-1]
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
 def test_runs_lists_them_and_replay_opens_one_by_id(two_runs):
     root, env, printed = two_runs
     listing = optwatch("runs", env=env)
@@ -80,6 +82,7 @@ def test_no_record_keeps_nothing(tmp_path):
     assert not (tmp_path / "runs").exists() and "recorded" not in done.stderr
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
 async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_runs, monkeypatch):
     from optwatch.app.compare_app import CompareApp
     from optwatch.app.widgets.series_chart import SeriesChart
@@ -109,6 +112,7 @@ async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_ru
     assert headless.returncode == 0 and "≠ lr (start)" in headless.stdout and "≠ arguments" in headless.stdout
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
 def test_export_writes_csv_and_tensorboard_scalars(two_runs, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -161,6 +165,7 @@ def test_per_layer_records_are_thinned_as_the_run_grows(tmp_path):
     assert json.loads((tmp_path / "layers" / runs.SUMMARY_NAME).read_text())["status"] == "finished"
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
 async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, monkeypatch):
     from conftest import wait_for_ui
     from optwatch.app.app import OptwatchApp

@@ -183,6 +183,7 @@ def slow_data_run(tmp_path_factory):
     return result, read_jsonl(record)
 
 
+@pytest.mark.xdist_group("slow_data_run")  # one worker builds the module's slow_data_run
 def test_a_dataset_that_sleeps_is_input_bound(slow_data_run):
     result, records = slow_data_run
     assert result.returncode == 0, result.stderr
@@ -201,6 +202,7 @@ def test_a_dataset_that_sleeps_is_input_bound(slow_data_run):
     assert kinds[-2:] == ["verdict", "end"]
 
 
+@pytest.mark.xdist_group("slow_data_run")  # one worker builds the module's slow_data_run
 def test_system_records_carry_the_workers_and_the_gpu_state(slow_data_run):
     _, records = slow_data_run
     systems = [r for r in records if r["kind"] == "system"]
@@ -213,6 +215,7 @@ def test_system_records_carry_the_workers_and_the_gpu_state(slow_data_run):
             assert "mem_allocated_bytes" not in system
 
 
+@pytest.mark.xdist_group("slow_data_run")  # one worker builds the module's slow_data_run
 def test_phases_of_a_real_run_add_up(slow_data_run):
     _, records = slow_data_run
     steps = steps_of(records)[2:]
@@ -235,6 +238,7 @@ def test_a_heavy_cnn_on_in_memory_tensors_is_compute_bound(tmp_path):
     assert "optwatch: final verdict compute-bound" in result.stderr
 
 
+@pytest.mark.xdist_group("slow_data_run")  # one worker builds the module's slow_data_run
 async def test_the_system_tab_shows_a_real_runs_verdict_and_telemetry(slow_data_run):
     from optwatch.app.app import OptwatchApp
     from optwatch.app.widgets.gpu_panel import GpuPanel

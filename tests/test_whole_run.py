@@ -38,6 +38,7 @@ def million_step_store() -> Store:
     return store
 
 
+@pytest.mark.xdist_group("million_step_store")  # one worker builds the module's million_step_store
 def test_a_million_steps_are_kept_whole_at_bounded_memory(million_step_store):
     state = million_step_store.primary
     loss = state.whole.series["loss"]
@@ -57,6 +58,7 @@ def test_a_million_steps_are_kept_whole_at_bounded_memory(million_step_store):
     assert sum(loss.count) == MILLION - 1 and sum(loss.bad) == 1
 
 
+@pytest.mark.xdist_group("million_step_store")  # one worker builds the module's million_step_store
 async def test_the_overview_zooms_from_recent_steps_to_the_whole_run(million_step_store):
     from optwatch.app.app import OptwatchApp
     from optwatch.app.widgets.series_chart import SeriesChart
@@ -86,6 +88,7 @@ async def test_the_overview_zooms_from_recent_steps_to_the_whole_run(million_ste
         await wait_for_ui(pilot, lambda: chart.title == "Loss · last 1,000 steps")  # back to the live edge
 
 
+@pytest.mark.xdist_group("million_step_store")  # one worker builds the module's million_step_store
 async def test_a_replay_shows_only_the_keys_that_work_there(million_step_store):
     from optwatch.app.app import OptwatchApp
 
