@@ -63,7 +63,7 @@ class TinyTransformer(nn.Module):
 
 
 # Samples per step of each workload, for the throughput figures (the transformer's are 16 sequences of 63 tokens).
-BATCH = {"tiny": 8, "deep": 16, "cifar": 128, "cifar-host": 2, "transformer": 16}
+BATCH = {"tiny": 8, "deep": 16, "cifar": 128, "cifar-host": 2, "transformer": 16, "llm": 8}
 
 
 def workload(name: str, device: torch.device):
@@ -98,6 +98,26 @@ def workload(name: str, device: torch.device):
         def loss_fn():
             return F.cross_entropy(model(images), labels)
 
+    elif name == "llm":
+        # benchmarks/llm_loop.py's small GPT and its step: AdamW over two param groups, two micro-batches
+        # of 4 sequences accumulated, and clip_grad_norm_ (whose gradient norms optwatch's statistics share).
+        from llm_loop import GPT
+
+        model = GPT(256, 16, 2, 32, 4).to(device)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay}], lr=6e-4)
+        micro = [(torch.randint(0, 256, (4, 16), device=device), torch.randint(0, 256, (4, 16), device=device))]
+        micro.append(micro[0])
+
+        def llm_step():
+            for inputs, targets in micro:
+                (model(inputs, targets) / len(micro)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return model, optimizer, llm_step
     else:
         model = TinyTransformer().to(device)
         tokens = torch.randint(0, 1000, (16, 64), device=device)
@@ -211,7 +231,7 @@ def timed_steps_without_sync(step, steps: int, device: torch.device) -> list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workload", choices=("tiny", "deep", "cifar", "cifar-host", "transformer", "all"), default="all"
+        "--workload", choices=("tiny", "deep", "cifar", "cifar-host", "transformer", "llm", "all"), default="all"
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode per round")

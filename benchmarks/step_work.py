@@ -73,8 +73,8 @@ def thread_cpu(step, steps: int, device: torch.device) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("tiny", "cifar", "cifar-host", "transformer"), default="cifar")
-    parser.add_argument("--mode", choices=("default", "all"), default="default")
+    parser.add_argument("--workload", choices=("tiny", "cifar", "cifar-host", "transformer", "llm"), default="cifar")
+    parser.add_argument("--mode", choices=("default", "every-step", "all"), default="default")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--top", type=int, default=20, help="optwatch functions listed by own time")
     parser.add_argument("--ops", type=int, default=12, help="operators listed by how many optwatch adds")

@@ -542,7 +542,7 @@ class _GradNormCount(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _clipped_run(probe_on: bool, head_dtype: torch.dtype) -> tuple[list[float], list[int]]:
+def _clipped_run(probe_on: bool, head_dtype: torch.dtype, reverse: bool = False) -> tuple[list[float], list[int]]:
     """What ``clip_grad_norm_`` returned at each step, and how many times a step computed the norms of the
     float32 gradients."""
     torch.manual_seed(0)
@@ -558,7 +558,8 @@ def _clipped_run(probe_on: bool, head_dtype: torch.dtype) -> tuple[list[float], 
             optimizer.zero_grad()
             with _GradNormCount(params) as counted:
                 nn.functional.mse_loss(head(model(x).to(head_dtype)), y).backward()
-                returned.append(torch.nn.utils.clip_grad_norm_(params, 0.5).item())
+                clipped = params[::-1] if reverse else params  # (the clip's order need not be optwatch's)
+                returned.append(torch.nn.utils.clip_grad_norm_(clipped, 0.5).item())
                 optimizer.step()
             counts.append(counted.count)
     finally:
@@ -574,6 +575,9 @@ def test_the_clip_takes_the_norms_optwatch_measured_and_returns_the_same_bits():
     watched, watched_counts = _clipped_run(True, torch.float32)
     assert watched == bare  # bit for bit
     assert bare_counts == [1] * 6 and watched_counts == [1] * 6
+    bare, bare_counts = _clipped_run(False, torch.float32, reverse=True)
+    watched, watched_counts = _clipped_run(True, torch.float32, reverse=True)
+    assert watched == bare and bare_counts == [1] * 6 and watched_counts == [1] * 6
     # Gradients of two dtypes: optwatch measures all of them in float64, which is not what the clip computes,
     # so the clip measures its own groups as it always does; its result is the same bits again.
     bare, bare_counts = _clipped_run(False, torch.float64)

@@ -84,8 +84,27 @@ class HookTarget(Protocol):
     def scheduler_made(self, scheduler: LRScheduler) -> None: ...
 
 
-KnownNorms = dict[int, tuple[torch.Tensor, torch.Tensor]]
-"""``id(gradient) -> (gradient, its 2-norm as torch._foreach_norm computed it)``."""
+class KnownNorms:
+    """Gradients and their 2-norms as ``torch._foreach_norm(grads, 2)`` computed them."""
+
+    __slots__ = ("grads", "norms", "_by_id")
+
+    def __init__(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
+        self.grads = grads
+        self.norms = norms
+        self._by_id: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def of(self, tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The norms of ``tensors`` if all are known, else None."""
+        grads = self.grads
+        if len(tensors) == len(grads) and all(a is b for a, b in zip(tensors, grads)):
+            return list(self.norms)  # the usual case: the clip's one group, in the same order
+        if self._by_id is None:
+            self._by_id = {id(grad): (grad, norm) for grad, norm in zip(grads, self.norms)}
+        found = [self._by_id.get(id(tensor)) for tensor in tensors]
+        if all(pair is not None and pair[0] is tensor for pair, tensor in zip(found, tensors)):
+            return [pair[1] for pair in found]
+        return None
 
 
 def _reusing_norms(known: KnownNorms, call: Callable[[], Any]) -> Any:
@@ -99,9 +118,9 @@ def _reusing_norms(known: KnownNorms, call: Callable[[], Any]) -> Any:
         ord_ = args[0] if args else kwargs.get("ord", 2)
         dtype = args[1] if len(args) > 1 else kwargs.get("dtype")
         if dtype is None and threading.get_ident() == thread and _is_two(ord_):
-            found = [known.get(id(tensor)) for tensor in tensors]
-            if all(pair is not None and pair[0] is tensor for pair, tensor in zip(found, tensors)):
-                return [pair[1] for pair in found]
+            norms = known.of(tensors)
+            if norms is not None:
+                return norms
         return real(tensors, *args, **kwargs)
 
     torch._foreach_norm = foreach_norm

@@ -267,7 +267,7 @@ class Probe:
         self._grad_part = part
 
     def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
-        self._shared_norms = {id(grad): (grad, norm) for grad, norm in zip(grads, norms)}
+        self._shared_norms = KnownNorms(grads, norms)
 
     def charge(self, started: float) -> None:
         self.own_s += time.perf_counter() - started
