@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import EXAMPLES, SCRIPTS, new_probe, optwatch, read_jsonl
+from optwatch.diagnose.hotspots import summarise
 from optwatch.headless import hotspots_line
-from optwatch.probe.hotspots import summarise
 from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import profiler_of
 from optwatch.probe.traces import TraceStore

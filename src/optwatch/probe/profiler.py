@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from optwatch import protocol
+from optwatch.diagnose.hotspots import MODULE_SCOPE
 from optwatch.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
-from optwatch.probe.hotspots import MODULE_SCOPE
 from optwatch.probe.plugin import ProbeContext, ProbePlugin
 from optwatch.probe.traces import TraceStore, summarise_window, trace_root
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optwatch.probe.hotspots import summarise
+from optwatch.diagnose.hotspots import summarise
 from optwatch.wire import runtime
 
 KEEP_TRACES = 5
