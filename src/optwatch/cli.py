@@ -292,30 +292,29 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from optwatch.options import ENV_OPTIONS, ENV_TOKEN, ProbeOptions
+def _warn_when_listening_beyond_loopback(listen: str) -> None:
     from optwatch.wire.runtime import tcp_address
 
-    if not os.path.isfile(args.script):
-        raise UsageError(f"no such script: {args.script}")
-    check_web_arguments(args)
-    if args.listen:
-        try:
-            host, port = tcp_address(args.listen)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        launch = launchers.detect()
-        if not is_loopback(host) and (launch is None or launch.rank == 0):  # once per job, not once per rank
-            first, second = (port, port + 1) if port else ("PORT", "PORT+1")
-            print(
-                f"optwatch: warning: --listen {args.listen} is reachable from the network, guarded by the token "
-                f"alone (the traffic is encrypted, but anyone there can try); listen on 127.0.0.1 and forward "
-                f"the ports over SSH instead (ssh -L {first}:localhost:{first} -L {second}:localhost:{second} HOST)",
-                file=sys.stderr,
-            )
+    try:
+        host, port = tcp_address(listen)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    launch = launchers.detect()
+    if not is_loopback(host) and (launch is None or launch.rank == 0):  # once per job, not once per rank
+        first, second = (port, port + 1) if port else ("PORT", "PORT+1")
+        print(
+            f"optwatch: warning: --listen {listen} is reachable from the network, guarded by the token "
+            f"alone (the traffic is encrypted, but anyone there can try); listen on 127.0.0.1 and forward "
+            f"the ports over SSH instead (ssh -L {first}:localhost:{first} -L {second}:localhost:{second} HOST)",
+            file=sys.stderr,
+        )
+
+
+def _check_scheduled_controls(scheduled_controls: list[str]) -> None:
+    """A ``--control`` that cannot be read is a usage error; one whose command would be refused, a warning."""
     from optwatch import controls
 
-    for scheduled in args.control:
+    for scheduled in scheduled_controls:
         try:
             command, step = controls.parse_scheduled(scheduled)
         except controls.CommandError as exc:
@@ -329,13 +328,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"optwatch: warning: --control {scheduled} will be refused: {exc}", file=sys.stderr)
         except Exception as exc:
             raise UsageError(f"--control {scheduled[:80]!r} cannot be read: {type(exc).__name__}") from None
+
+
+def _probe_options(args: argparse.Namespace):
     from optwatch.diagnose.gradients import Thresholds
+    from optwatch.options import ProbeOptions
 
     try:
         Thresholds().with_overrides(dict(args.grad_threshold))
     except ValueError as exc:
         raise UsageError(f"--grad-threshold: {exc}") from None
-    options = ProbeOptions(
+    return ProbeOptions(
         script=args.script,
         argv=args.args,
         listen=args.listen,
@@ -349,6 +352,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         forward_check=args.forward_check,
         runs_dir=None if args.no_record else str(runs_root()),
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from optwatch.options import ENV_OPTIONS, ENV_TOKEN
+
+    if not os.path.isfile(args.script):
+        raise UsageError(f"no such script: {args.script}")
+    check_web_arguments(args)
+    if args.listen:
+        _warn_when_listening_beyond_loopback(args.listen)
+    _check_scheduled_controls(args.control)
+    options = _probe_options(args)
 
     launch = launchers.detect()
     if launch is not None:
@@ -396,39 +411,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             if recorded:
                 print(recorded, file=sys.stderr, flush=True)
-
             return run_headless(session, summary_every_s=args.summary_every)
-        from optwatch.app.app import OptwatchApp
-
-        app = OptwatchApp(session)
-        detached = failed = False
-        try:
-            app.run()
-            detached = app.detached
-            # A bug of the dashboard's own is no reason to end the training: it goes on, attachable.
-            failed = (bool(app.return_code) or app._exception is not None) and process.poll() is None
-        finally:
-            if not (detached or failed):
-                process.stop()
-        if recorded:
-            print(f"{recorded} (optwatch replay {process.run_id})", file=sys.stderr)
-        if failed:
-            print(
-                f"optwatch: the dashboard failed; the run {process.run_id} goes on (pid {process.pid}): "
-                f"optwatch attach {process.run_id}",
-                file=sys.stderr,
-            )
-            return 1
-        if detached:
-            print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
-            return 0
-        if process.stop_requested:
-            return 0  # stopped as the user asked (q, y): not a failure to report (make would say "Error 130")
-        return process.exit_code() or 0
+        return _run_dashboard(session, process, recorded)
     finally:
         session.close()
         if process.poll() is not None:
             process.cleanup()
+
+
+def _run_dashboard(session, process, recorded: str) -> int:
+    """The dashboard on the job ``optwatch run`` started: quitting stops the run, detaching leaves it."""
+    from optwatch.app.app import OptwatchApp
+
+    app = OptwatchApp(session)
+    detached = failed = False
+    try:
+        app.run()
+        detached = app.detached
+        # A bug of the dashboard's own is no reason to end the training: it goes on, attachable.
+        failed = (bool(app.return_code) or app._exception is not None) and process.poll() is None
+    finally:
+        if not (detached or failed):
+            process.stop()
+    if recorded:
+        print(f"{recorded} (optwatch replay {process.run_id})", file=sys.stderr)
+    if failed:
+        print(
+            f"optwatch: the dashboard failed; the run {process.run_id} goes on (pid {process.pid}): "
+            f"optwatch attach {process.run_id}",
+            file=sys.stderr,
+        )
+        return 1
+    if detached:
+        print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
+        return 0
+    if process.stop_requested:
+        return 0  # stopped as the user asked (q, y): not a failure to report (make would say "Error 130")
+    return process.exit_code() or 0
 
 
 def resolve_job(target: str | None):
