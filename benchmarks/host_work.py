@@ -140,7 +140,9 @@ def report(out_dir: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("tiny", "cifar", "cifar-host", "transformer", "llm"), default="cifar-host")
+    parser.add_argument(
+        "--workload", choices=("tiny", "cifar", "cifar-host", "transformer", "llm"), default="cifar-host"
+    )
     parser.add_argument("--modes", default="bare,default", help="comma-separated, as in overhead.py")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
