@@ -58,8 +58,12 @@ def wait_for(predicate, timeout_s: float = 60.0, interval_s: float = 0.2):
 
 
 def live_jobs() -> list[dict]:
-    """What `optwatch ls --json` lists."""
-    return json.loads(optwatch("ls", "--json").stdout)
+    """What `optwatch ls --json` lists, computed in this process: tests poll it several times a second while a
+    job starts, and a Python process per poll would take CPU from the very job they wait for. (The command
+    itself is run by the tests of `ls`.)"""
+    from optwatch.cli import jobs_listing
+
+    return json.loads(json.dumps(jobs_listing()))
 
 
 async def wait_for_ui(pilot, predicate, timeout_s: float = 30.0) -> None:

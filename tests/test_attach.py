@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -79,6 +80,8 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
         token = listed["token"]
         assert token and len(token) >= 24
         assert token in optwatch("ls").stdout
+        [printed] = json.loads(optwatch("ls", "--json").stdout)  # the command's own JSON
+        assert printed["run_id"] == listed["run_id"] and printed["token"] == token
 
         wrong = optwatch("attach", endpoint, "--token", "not-the-token", "--headless", "--duration", "1")
         assert wrong.returncode == 1 and "refused" in wrong.stderr and "token" in wrong.stderr

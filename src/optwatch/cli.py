@@ -660,18 +660,25 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def jobs_listing() -> list[dict]:
+    """What `optwatch ls --json` prints: each live job of this user, with its token (the files are the user's)."""
+    from optwatch.wire import runtime
+
+    listing = []
+    for job in runtime.list_jobs():
+        entry = job.to_json()
+        entry["token"] = job.token()
+        listing.append(entry)
+    return listing
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from optwatch.wire import runtime
 
-    jobs = runtime.list_jobs()
     if args.json:
-        listing = []
-        for job in jobs:
-            entry = job.to_json()
-            entry["token"] = job.token()
-            listing.append(entry)
-        print(json.dumps(listing, indent=1))
+        print(json.dumps(jobs_listing(), indent=1))
         return 0
+    jobs = runtime.list_jobs()
     if not jobs:
         print("no running optwatch jobs")
         return 0
