@@ -66,6 +66,18 @@ def live_jobs() -> list[dict]:
     return json.loads(json.dumps(jobs_listing()))
 
 
+def wait_for_steps(job: dict, count: int) -> None:
+    """Until the job has made ``count`` steps (a loaded machine can take a while to import torch)."""
+    from optwatch.wire.subscriber import Feed
+
+    feed = Feed(job["endpoints"]["pub"], job["endpoints"]["ctl"])
+    seen: list[dict] = []
+    try:
+        wait_for(lambda: seen.extend(feed.poll(0.2)) or len(steps_of(seen)) >= count, timeout_s=90, interval_s=0)
+    finally:
+        feed.close()
+
+
 async def wait_for_ui(pilot, predicate, timeout_s: float = 30.0) -> None:
     """In a pilot test: let the app run until ``predicate()`` holds, or fail after ``timeout_s``."""
     for _ in range(int(timeout_s / 0.1)):

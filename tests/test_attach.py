@@ -13,20 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for
+from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
 from optwatch.store import Store
-
-
-def wait_for_steps(job: dict, count: int) -> None:
-    """Until the job has made ``count`` steps (a loaded machine can take a while to import torch)."""
-    from optwatch.wire.subscriber import Feed
-
-    feed = Feed(job["endpoints"]["pub"], job["endpoints"]["ctl"])
-    seen: list[dict] = []
-    try:
-        wait_for(lambda: seen.extend(feed.poll(0.2)) or len(steps_of(seen)) >= count, timeout_s=90, interval_s=0)
-    finally:
-        feed.close()
 
 
 def start(*command: str) -> subprocess.Popen:

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for
-from test_attach import wait_for_steps
+from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
 
 
 def inside(stdout: str) -> dict[int, dict[str, str]]:

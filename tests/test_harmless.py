@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for
+from conftest import ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
 
 
 def start(*args: str, env: dict | None = None, limit_files: int | None = None) -> subprocess.Popen:
@@ -158,7 +158,8 @@ def test_unread_and_looping_history_requests_cost_the_hub_a_bounded_amount_and_t
         [listed] = wait_for(live_jobs)
         info = json.loads(Path(listed["run_dir"], "info.json").read_text())
         training, hub = psutil.Process(info["pid"]), psutil.Process(info["hub_pid"])
-        time.sleep(4)
+        wait_for_steps(listed, 20)  # training, not still importing torch: the rates below compare steps
+        time.sleep(3)
         training_before, hub_before = rss(training.pid), rss(hub.pid)
         flood_started = time.time()
         request = protocol.encode_request({"op": "history", "page": 0})
