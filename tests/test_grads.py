@@ -583,3 +583,47 @@ def test_the_clip_takes_the_norms_optwatch_measured_and_returns_the_same_bits():
     bare, bare_counts = _clipped_run(False, torch.float64)
     watched, watched_counts = _clipped_run(True, torch.float64)
     assert watched == bare and bare_counts == [1] * 6 and watched_counts == [1] * 6
+
+
+class _SlowGradNorms(_GradNormCount):
+    """The 2-norms of all of ``params``'s gradients taking ``seconds`` more, as on a model far larger."""
+
+    def __init__(self, params: list[torch.Tensor], seconds: float):
+        super().__init__(params)
+        self.seconds = seconds
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        counted = self.count
+        result = super().__torch_function__(func, types, args, kwargs)
+        if self.count > counted:
+            time.sleep(self.seconds)
+        return result
+
+
+def test_the_norms_the_clip_takes_from_optwatch_are_the_clips_cost_not_optwatchs():
+    """optwatch measures the gradients' norms and the clip takes them instead of measuring them itself: the
+    step pays for them once, as it does without optwatch, so optwatch's figure for itself leaves them out. A
+    clip by value measures no norms: there optwatch's norms are its own cost, and its figure says so."""
+    slow = 0.03
+    for clip_by_norm in (True, False):
+        probe = start()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = torch.randn(32, 4), torch.randn(32, 1)
+        with _SlowGradNorms(list(model.parameters()), slow):
+            for _ in range(6):
+                optimizer.zero_grad()
+                nn.functional.mse_loss(model(x), y).backward()
+                if clip_by_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+                else:
+                    torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)
+                optimizer.step()
+        steps = [r for r in records_of(probe, "step") if r["step"] >= 2]  # (the first ones set up the layout)
+        assert len(steps) == 4 and all(s["step_time_s"] > slow for s in steps)
+        own = [s["optwatch_s"] for s in steps]
+        if clip_by_norm:
+            assert all(seconds < slow / 2 for seconds in own), own
+        else:
+            assert all(seconds > slow for seconds in own), own

@@ -17,6 +17,7 @@ read back with the step batch; the hub's diagnosis turns them into alerts.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,8 +180,9 @@ class GradientPlugin(ProbePlugin):
             if context.clip_measures and layout.own_dtype and layout.by_device is None and not layout.sharded:
                 # The norms the script's clip_grad_norm_ is about to compute, computed as it would: it takes
                 # them from here instead of computing them a second time.
+                started = time.perf_counter()
                 norms = torch._foreach_norm(grads, 2)
-                context.share_grad_norms(grads, norms)
+                context.share_grad_norms(grads, norms, time.perf_counter() - started)
             else:
                 norms = norms_of(grads, 2, layout.device, layout.by_device, layout.dtype)
             grad_norms = as_vector(norms)

@@ -85,24 +85,29 @@ class HookTarget(Protocol):
 
 
 class KnownNorms:
-    """Gradients and their 2-norms as ``torch._foreach_norm(grads, 2)`` computed them."""
+    """Gradients and their 2-norms as ``torch._foreach_norm(grads, 2)`` computed them, in ``seconds``;
+    ``taken`` once a clip used them instead of computing them itself."""
 
-    __slots__ = ("grads", "norms", "_by_id")
+    __slots__ = ("grads", "norms", "seconds", "taken", "_by_id")
 
-    def __init__(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
+    def __init__(self, grads: list[torch.Tensor], norms: list[torch.Tensor], seconds: float = 0.0) -> None:
         self.grads = grads
         self.norms = norms
+        self.seconds = seconds
+        self.taken = False
         self._by_id: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def of(self, tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """The norms of ``tensors`` if all are known, else None."""
         grads = self.grads
         if len(tensors) == len(grads) and all(a is b for a, b in zip(tensors, grads)):
+            self.taken = True
             return list(self.norms)  # the usual case: the clip's one group, in the same order
         if self._by_id is None:
             self._by_id = {id(grad): (grad, norm) for grad, norm in zip(grads, self.norms)}
         found = [self._by_id.get(id(tensor)) for tensor in tensors]
         if all(pair is not None and pair[0] is tensor for pair, tensor in zip(found, tensors)):
+            self.taken = True
             return [pair[1] for pair in found]
         return None
 

@@ -103,10 +103,11 @@ class ProbeContext(Protocol):
         ranks' parts up."""
         ...
 
-    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
+    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor], seconds: float = 0.0) -> None:
         """In ``on_gradients`` while ``clip_measures``: the 2-norm of each of ``grads``, computed by
-        ``torch._foreach_norm(grads, 2)`` just now. The clip about to run takes these instead of computing the
-        same norms again (they are the very values it would compute), so its result does not change."""
+        ``torch._foreach_norm(grads, 2)`` just now, in ``seconds``. The clip about to run takes these instead of
+        computing the same norms again (they are the very values it would compute), so its result does not
+        change, and those seconds are the clip's, not optwatch's."""
         ...
 
     def charge(self, started: float) -> None:

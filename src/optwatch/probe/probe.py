@@ -128,6 +128,8 @@ class Probe:
         self._clip_params: list[torch.Tensor] = []
         self._shared_norms: KnownNorms | None = None
         """Per-gradient norms a plugin measured for the clip about to run (``share_grad_norms``)."""
+        self._handed_norms: KnownNorms | None = None
+        """Those the clip now running was handed."""
         self._no_optimizer_step_due = False
         # records
         self._records = StepRecords(self._name_of)
@@ -266,8 +268,8 @@ class Probe:
         self._grad_norm = norm
         self._grad_part = part
 
-    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor]) -> None:
-        self._shared_norms = KnownNorms(grads, norms)
+    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor], seconds: float = 0.0) -> None:
+        self._shared_norms = KnownNorms(grads, norms, seconds)
 
     def charge(self, started: float) -> None:
         self.own_s += time.perf_counter() - started
@@ -434,10 +436,14 @@ class Probe:
             self._gradients_ready(self._primary, clip_measures=by_norm)
         # For this clip only: a second clip in the step sees gradients the first one scaled.
         shared, self._shared_norms = self._shared_norms, None
+        self._handed_norms = shared
         self.own_s += time.perf_counter() - started
         return shared
 
     def clipped(self, total_norm: Any, max_norm: Any) -> None:
+        handed, self._handed_norms = self._handed_norms, None
+        if handed is not None and handed.taken:
+            self.own_s -= handed.seconds  # the clip's own work, done for it: it computed no norms
         if isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
             self._clip_norm = sharding.replicated_value(total_norm.detach())
         try:
@@ -581,6 +587,7 @@ class Probe:
         self._clip_max = None
         self._clip_params = []
         self._shared_norms = None
+        self._handed_norms = None
 
     def _advance(self, ending: int) -> None:
         """The next step begins: its number, whether it is a detail step, and so its callback table."""
