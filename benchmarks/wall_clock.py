@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import pty
+import random
 import resource
 import select
 import statistics
@@ -37,12 +38,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from lockstep import run_in_turns, whole_iterations
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "llm": [str(ROOT / "benchmarks" / "llm_loop.py"), "--quiet"],
     "cifar": [str(ROOT / "benchmarks" / "cifar_loop.py")],
 }
 CONFIGS = ("bare", "aa", "default", "every", "dashboard")
+SLICE_S = {"llm": 0.15, "cifar": 0.6}
+"""How long each run of a round has the machine at a time: a few of the loop's iterations (``lockstep``)."""
 FIRST = 100  # optwatch checks every step up to here by design (--budget applies after it)
 WARMUP = 5
 
@@ -77,13 +82,43 @@ def run_once(config: str, loop: list[str], workdir: Path) -> dict:
     # Every process of the run, reaped: `optwatch run`, the training process, the hub.
     everything = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result = {"times": times, "run_wall_s": wall, "all_cpu_s": everything}
-    if record.exists():
-        records = [json.loads(line) for line in record.read_text().splitlines()]
-        result["steps"] = [r for r in records if r["kind"] == "step" and r["rank"] == 0]
-        hubs = [r for r in records if r["kind"] == "hub"]
-        result["hub_cpu_s"] = hubs[-1]["cpu_s"] if hubs else None
-        record.unlink()
+    result.update(_record_figures(record))
     return result
+
+
+def run_round_in_turns(configs: list[str], loop: list[str], workdir: Path, slice_s: float) -> dict[str, dict]:
+    """Every configuration of a round at once, taking turns on the machine (``lockstep.run_in_turns``); each
+    run's iterations are those that ran whole inside one of its slices while all the runs were training."""
+    records = {config: workdir / f"{config}-{time.monotonic_ns()}.jsonl" for config in configs}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
+    env["OPTWATCH_RUNS_DIR"] = str(workdir / "runs")
+    runs = run_in_turns([command(c, loop, records[c]) for c in configs], env, workdir, slice_s)
+    times = {}
+    for config, run in zip(configs, runs):
+        out = run.output.read_text()
+        times[config] = next(json.loads(line[11:]) for line in out.splitlines() if line.startswith("LOOP_TIMES "))
+        run.output.unlink()
+    until = min(t["end_s"][-1] for t in times.values())  # after that, the rest run on a quieter machine
+    results = {}
+    for config, run in zip(configs, runs):
+        kept = whole_iterations(times[config]["end_s"], times[config]["wall_s"], run.slices, until)
+        usage = run.rusage
+        result = {"times": times[config], "kept": kept, "all_cpu_s": usage.ru_utime + usage.ru_stime}
+        result.update(_record_figures(records[config]))
+        results[config] = result
+    return results
+
+
+def _record_figures(record: Path) -> dict:
+    if not record.exists():
+        return {}
+    records = [json.loads(line) for line in record.read_text().splitlines()]
+    record.unlink()
+    hubs = [r for r in records if r["kind"] == "hub"]
+    return {
+        "steps": [r for r in records if r["kind"] == "step" and r["rank"] == 0],
+        "hub_cpu_s": hubs[-1]["cpu_s"] if hubs else None,
+    }
 
 
 def run_in_pty(argv: list[str], env: dict) -> str:
@@ -119,10 +154,69 @@ def run_in_pty(argv: list[str], env: dict) -> str:
 
 
 def phases(result: dict, iters: int) -> dict[str, dict[str, float]]:
+    """The median iteration of each phase, over the iterations measured (``kept``: those that ran whole in
+    one slice, when the round took turns; else all)."""
     wall, cpu = result["times"]["wall_s"], result["times"]["cpu_s"]
+    kept = result.get("kept", range(len(wall)))
     cut = {"first": (WARMUP, FIRST), "steady": (FIRST, iters)}
+    figures = {}
+    for name, (a, b) in cut.items():
+        chosen = [i for i in kept if a <= i < b]
+        figures[name] = {
+            "wall": statistics.median(wall[i] for i in chosen),
+            "cpu": statistics.median(cpu[i] for i in chosen),
+            "n": len(chosen),
+        }
+    return figures
+
+
+def paired_ratios(result: dict, bare: dict, iters: int) -> dict[str, dict[str, list[float]]]:
+    """Per phase, for each of the round's turns: this run's mean measured iteration in its slice of the turn
+    over bare's in its slice of the same turn (a few hundred milliseconds apart). Each ratio compares two
+    moments of the same machine, so what the machine does over seconds cancels out."""
+
+    def by_turn(run: dict, indices: list[int], clock: str) -> dict[int, float]:
+        turns: dict[int, list[float]] = {}
+        for i in indices:
+            turns.setdefault(run["kept"][i], []).append(run["times"][clock][i])
+        return {turn: statistics.fmean(values) for turn, values in turns.items()}
+
+    figures = {}
+    for name, (a, b) in {"first": (WARMUP, FIRST), "steady": (FIRST, iters)}.items():
+        figures[name] = {}
+        for clock, key in (("wall", "wall_s"), ("cpu", "cpu_s")):
+            mine = by_turn(result, [i for i in result["kept"] if a <= i < b], key)
+            theirs = by_turn(bare, list(bare["kept"]), key)
+            ratios = [mine[turn] / theirs[turn] for turn in mine if turn in theirs]
+            figures[name][clock] = ratios
+    return figures
+
+
+def ratios(round_results: dict, config: str, phase: str, clock: str) -> list[float]:
+    """A configuration's cost in a round: a ratio per turn when the round took turns, else the one ratio of
+    its median iteration to bare's."""
+    entry = round_results[config]
+    if "paired" in entry:
+        return entry["paired"][phase][clock]
+    return [entry["phases"][phase][clock] / round_results["bare"]["phases"][phase][clock]]
+
+
+def pooled(per_round: list[list[float]], resamples: int = 2000) -> dict[str, float]:
+    """The median of every round's ratios together, and its 95% interval from a bootstrap over rounds (the
+    rounds are independent; the turns of one round share its processes)."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median([r for chosen in rng.choices(per_round, k=len(per_round)) for r in chosen])
+        for _ in range(resamples)
+    )
+    round_medians = [statistics.median(r) for r in per_round]
     return {
-        name: {"wall": statistics.median(wall[a:b]), "cpu": statistics.median(cpu[a:b])} for name, (a, b) in cut.items()
+        "median": statistics.median([r for values in per_round for r in values]),
+        "low": medians[int(0.025 * resamples)],
+        "high": medians[int(0.975 * resamples) - 1],
+        "min": min(round_medians),
+        "max": max(round_medians),
+        "turns": sum(len(r) for r in per_round),
     }
 
 
@@ -130,6 +224,10 @@ def live_share(result: dict) -> dict[str, float | None]:
     steps = result.get("steps")
     if not steps:
         return {"first": None, "steady": None}
+
+    kept = result.get("kept")
+    if kept is not None:  # a step a stop cut through counts the stop in its time and optwatch's
+        steps = [s for s in steps if s["step"] in kept]
 
     def share(chosen: list[dict]) -> float | None:
         chosen = [s for s in chosen if isinstance(s.get("step_time_s"), float)]
@@ -150,25 +248,38 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=400)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--slice-ms",
+        type=float,
+        help="the runs of a round take turns on the machine in slices this long (0: one after the other); "
+        f"by default {', '.join(f'{w} {1000 * s:.0f}' for w, s in SLICE_S.items())}",
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args()
     configs = args.configs.split(",")
+    slice_s = SLICE_S[args.workload] if args.slice_ms is None else args.slice_ms / 1000
+    if slice_s and "dashboard" in configs:
+        parser.error("the dashboard draws in a terminal of its own: measure it with --slice-ms 0")
     loop = [*WORKLOADS[args.workload], "--iters", str(args.iters), "--device", args.device]
     per_round: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="ow-wall-") as workdir:
         for round_index in range(args.rounds):
             order = configs[round_index % len(configs) :] + configs[: round_index % len(configs)]
+            if slice_s:
+                raw = run_round_in_turns(order, loop, Path(workdir), slice_s)
+            else:
+                raw = {config: run_once(config, loop, Path(workdir)) for config in order}
             results = {}
             for config in order:
-                result = run_once(config, loop, Path(workdir))
+                result = raw[config]
                 results[config] = {"phases": phases(result, args.iters), "live": live_share(result)}
+                if slice_s and config != "bare":
+                    results[config]["paired"] = paired_ratios(result, raw["bare"], args.iters)
                 results[config]["hub_cpu_s"] = result.get("hub_cpu_s")
                 results[config]["all_cpu_s"] = result["all_cpu_s"]
             per_round.append(results)
             line = " ".join(
-                f"{c}={results[c]['phases']['steady']['wall'] / results['bare']['phases']['steady']['wall']:.3f}"
-                for c in configs
-                if c != "bare"
+                f"{c}={statistics.median(ratios(results, c, 'steady', 'wall')):.3f}" for c in configs if c != "bare"
             )
             print(f"round {round_index}: steady wall ratio {line}", flush=True)
     report = summarise(per_round, configs)
@@ -188,12 +299,7 @@ def summarise(per_round: list[dict[str, dict]], configs: list[str]) -> dict:
         entry = {}
         for phase in ("first", "steady"):
             for clock in ("wall", "cpu"):
-                ratios = [r[config]["phases"][phase][clock] / r["bare"]["phases"][phase][clock] for r in per_round]
-                entry[f"{phase}_{clock}"] = {
-                    "median": statistics.median(ratios),
-                    "min": min(ratios),
-                    "max": max(ratios),
-                }
+                entry[f"{phase}_{clock}"] = pooled([ratios(r, config, phase, clock) for r in per_round])
             lives = [r[config]["live"][phase] for r in per_round if r[config]["live"][phase] is not None]
             entry[f"{phase}_live"] = statistics.median(lives) if lives else None
         hub = [r[config]["hub_cpu_s"] for r in per_round if r[config].get("hub_cpu_s") is not None]
@@ -210,13 +316,15 @@ def summarise(per_round: list[dict[str, dict]], configs: list[str]) -> dict:
 def print_report(report: dict) -> None:
     bare = report["bare_ms"]
     print(f"\nbare median iteration: first 100 {bare['first']:.2f} ms, steady {bare['steady']:.2f} ms")
-    print(f"{'config':<10} {'phase':<7} {'wall ratio (min-max)':<24} {'cpu ratio (min-max)':<24} {'live':>7}")
+    print("ratios to bare: the median [its 95% interval] (the rounds' medians, least-most; turns compared)")
+    print(f"{'config':<10} {'phase':<7} {'wall ratio':<38} {'cpu ratio':<24} {'live':>7}")
     for config, entry in report["configs"].items():
         for phase in ("first", "steady"):
             wall, cpu, live = entry[f"{phase}_wall"], entry[f"{phase}_cpu"], entry[f"{phase}_live"]
             print(
-                f"{config:<10} {phase:<7} {wall['median']:.3f} ({wall['min']:.3f}-{wall['max']:.3f})"
-                f"{'':<5} {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}){'':<5} "
+                f"{config:<10} {phase:<7} {wall['median']:.3f} [{wall['low']:.3f}-{wall['high']:.3f}]"
+                f" ({wall['min']:.3f}-{wall['max']:.3f}; {wall['turns']:>4}) "
+                f"{cpu['median']:.3f} [{cpu['low']:.3f}-{cpu['high']:.3f}]{'':<5} "
                 + (f"{100 * live:6.2f}%" if live is not None else "      -")
             )
         hub = f", of which the hub {entry['hub_cpu_s']:.2f} s" if entry.get("hub_cpu_s") is not None else ""
