@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 
 import pytest
 
@@ -78,6 +79,10 @@ def test_log_lines_are_recorded(tmp_path):
 def test_bad_input_gets_a_clear_message(tmp_path):
     missing = optwatch("run", "--headless", "no/such/script.py")
     assert missing.returncode == 2 and "no such script: no/such/script.py" in missing.stderr
+    for interpreter in ("python", sys.executable):
+        typed = optwatch("run", interpreter, "train.py", "--lr", "0.1")
+        assert typed.returncode == 2
+        assert "takes the script, not the interpreter: optwatch run train.py --lr 0.1" in typed.stderr
     bad_flag = optwatch("run", "--summary-every", "banana", str(SCRIPTS / "plain_train.py"))
     assert bad_flag.returncode == 2 and "expected a number, got 'banana'" in bad_flag.stderr
     unwritable = optwatch("run", "--headless", "--record", "/no/such/dir/r.jsonl", str(SCRIPTS / "plain_train.py"))

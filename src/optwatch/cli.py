@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -354,11 +355,24 @@ def _probe_options(args: argparse.Namespace):
     )
 
 
+def _check_script(script: str, args: list[str]) -> None:
+    """A script to run, or the reason there is none, in words (`optwatch run python train.py` is a common
+    first try: the interpreter is optwatch's to start)."""
+    interpreter = os.path.basename(script).startswith("python")
+    if os.path.isfile(script):
+        with open(script, "rb") as source:
+            interpreter = interpreter and source.read(4) == b"\x7fELF"
+        if not interpreter:
+            return
+    if interpreter and args:
+        raise UsageError(f"optwatch run takes the script, not the interpreter: optwatch run {shlex.join(args)}")
+    raise UsageError(f"no such script: {script}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from optwatch.options import ENV_OPTIONS, ENV_TOKEN
 
-    if not os.path.isfile(args.script):
-        raise UsageError(f"no such script: {args.script}")
+    _check_script(args.script, args.args)
     check_web_arguments(args)
     if args.listen:
         _warn_when_listening_beyond_loopback(args.listen)
