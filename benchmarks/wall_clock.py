@@ -1,24 +1,28 @@
 """What optwatch costs a real training loop, on the loop's own clock: bare against `optwatch run`, interleaved.
 
-Each round runs every configuration once, in a rotating order, as separate processes (so each pays for its
-own imports and warm-up, as a user's run does), with the loop's own per-iteration timer:
+Each round runs every configuration once, as separate processes (so each pays for its own imports and
+warm-up, as a user's run does), with the loop's own per-iteration timer:
 
     bare        python LOOP
     aa          python LOOP again: the A/A control, whose ratio to bare shows what this machine can resolve
     default     optwatch run --headless LOOP            (the defaults)
     every       optwatch run --headless --budget 0 LOOP (every check on every step)
-    dashboard   optwatch run LOOP, the dashboard drawing in a pseudo-terminal
+    dashboard   optwatch run LOOP, the dashboard drawing in a pseudo-terminal (only with --slice-ms 0)
 
-Per run and phase (the first 100 iterations, where optwatch checks every step by design, and the steady
-state after them): the median iteration's wall time and the process's CPU time per iteration (the
-training process: optwatch's threads in it included); per round, each configuration's ratio to bare; the
-figure is the median ratio over rounds, with its spread. Beside it: optwatch's own live figure (its step
-records' ``optwatch_s + optwatch_bg_s`` over ``step_time_s``), the hub's CPU, and everything's CPU
-(`optwatch run`, the training process and the hub, from the kernel's accounting of the finished processes).
+The runs of a round take turns on the machine (``lockstep``: slices of a few iterations, a new order each
+turn), and each run's iterations are compared with bare's of the same turn, so that the machine's own
+swings cancel out; with ``--slice-ms 0`` they run one after the other and each run's median iteration is
+compared with bare's. Per phase (the first 100 iterations, where optwatch checks every step by design, and
+the steady state after them): the wall-time and CPU-time ratio to bare, as the median over all rounds'
+turns with a 95% interval from a bootstrap over rounds, and the rounds' own medians. Beside it: optwatch's
+own live figure over the same iterations (its step records' ``optwatch_s + optwatch_bg_s`` over
+``step_time_s``), the hub's CPU, and everything's CPU (`optwatch run`, the training process and the hub,
+from the kernel's accounting of the finished processes).
 
-    python benchmarks/wall_clock.py --workload llm --rounds 8
-    python benchmarks/wall_clock.py --workload cifar --rounds 5 --iters 160
-    python benchmarks/wall_clock.py --workload llm --device cuda --configs bare,aa,default,every
+    python benchmarks/wall_clock.py --workload llm --rounds 10
+    python benchmarks/wall_clock.py --workload cifar --rounds 3 --iters 200
+    python benchmarks/wall_clock.py --workload llm --slice-ms 0 --configs bare,aa,dashboard
+    python benchmarks/wall_clock.py --workload llm --device cuda
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ WORKLOADS = {
     "cifar": [str(ROOT / "benchmarks" / "cifar_loop.py")],
 }
 CONFIGS = ("bare", "aa", "default", "every", "dashboard")
-SLICE_S = {"llm": 0.15, "cifar": 0.6}
+SLICE_S = {"llm": 0.15, "cifar": 1.2}
 """How long each run of a round has the machine at a time: a few of the loop's iterations (``lockstep``)."""
 FIRST = 100  # optwatch checks every step up to here by design (--budget applies after it)
 WARMUP = 5
@@ -162,6 +166,8 @@ def phases(result: dict, iters: int) -> dict[str, dict[str, float]]:
     figures = {}
     for name, (a, b) in cut.items():
         chosen = [i for i in kept if a <= i < b]
+        if not chosen:
+            raise SystemExit(f"no iteration of the {name} phase ran whole inside a slice: give --slice-ms more")
         figures[name] = {
             "wall": statistics.median(wall[i] for i in chosen),
             "cpu": statistics.median(cpu[i] for i in chosen),
@@ -246,7 +252,7 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="llm")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--iters", type=int, default=400)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default="bare,aa,default,every", help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--slice-ms",
