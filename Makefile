@@ -25,8 +25,8 @@ screenshots: setup
 	$(BIN)/python scripts/screenshots.py
 
 bench: setup
-	$(BIN)/python benchmarks/wall_clock.py --workload llm
-	$(BIN)/python benchmarks/wall_clock.py --workload cifar
+	$(BIN)/python benchmarks/wall_clock.py --workload llm --rounds 10
+	$(BIN)/python benchmarks/wall_clock.py --workload cifar --rounds 3 --iters 200
 	$(BIN)/python benchmarks/dashboard_load.py
 	$(BIN)/python benchmarks/profiler_idle.py
 
