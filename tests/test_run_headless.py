@@ -34,6 +34,13 @@ def test_cifar_example_records_40_falling_finite_steps(tmp_path):
     assert all(0 < s["optwatch_s"] < s["step_time_s"] for s in steps)
     final = next(line for line in result.stderr.splitlines() if line.startswith("optwatch: final step 39"))
     assert f"optwatch {100 * optwatch_share(steps[-20:]):.1f}%" in final
+    # Beside it, what the hub (a process of its own, on the same cores) used between two of its reports.
+    hubs = [r for r in records if r["kind"] == "hub"]
+    shares = [
+        f"hub {100 * (b['cpu_s'] - a['cpu_s']) / (b['time'] - a['time']):.0f}% of a core"
+        for a, b in zip(hubs, hubs[1:])
+    ]
+    assert any(share in final for share in shares), (final, shares)
     assert stat.S_IMODE(os.stat(record).st_mode) == 0o600
 
 

@@ -38,6 +38,8 @@ def summary_line(store: Store) -> str | None:
     cost = cost_text(summary)
     if cost:
         parts.append(cost)
+    if summary.cost.hub_cpu_share is not None:  # off the training process, but on its machine's cores
+        parts.append(f"hub {100 * summary.cost.hub_cpu_share:.0f}% of a core")
     if summary.ranks > 1:
         parts.append(f"{summary.ranks} ranks")
     return "optwatch: " + " | ".join(parts)
