@@ -612,7 +612,7 @@ def test_the_norms_the_clip_takes_from_optwatch_are_the_clips_cost_not_optwatchs
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         x, y = torch.randn(32, 4), torch.randn(32, 1)
         with _SlowGradNorms(list(model.parameters()), slow):
-            for _ in range(6):
+            for _ in range(10):
                 optimizer.zero_grad()
                 nn.functional.mse_loss(model(x), y).backward()
                 if clip_by_norm:
@@ -621,9 +621,10 @@ def test_the_norms_the_clip_takes_from_optwatch_are_the_clips_cost_not_optwatchs
                     torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)
                 optimizer.step()
         steps = [r for r in records_of(probe, "step") if r["step"] >= 2]  # (the first ones set up the layout)
-        assert len(steps) == 4 and all(s["step_time_s"] > slow for s in steps)
+        assert len(steps) == 8 and all(s["step_time_s"] > slow for s in steps)
         own = [s["optwatch_s"] for s in steps]
         if clip_by_norm:
-            assert all(seconds < slow / 2 for seconds in own), own
+            # (The median: on a loaded machine a step's own time also holds any preemption that fell in it.)
+            assert statistics.median(own) < slow / 2, own
         else:
-            assert all(seconds > slow for seconds in own), own
+            assert min(own) > slow, own
