@@ -67,17 +67,14 @@ for _ in range(3):
     optimizer.step()
 viewer = psutil.Process().parent()
 hub = next(p for p in viewer.children() if "optwatch.hub" in " ".join(p.cmdline()))
-deadline = time.monotonic() + 10
-while viewer.nice() == os.nice(0) and time.monotonic() < deadline:
-    time.sleep(0.05)
 print("NICENESS " + json.dumps({"training": os.nice(0), "viewer": viewer.nice(), "hub": hub.nice()}))
 """
 
 
-def test_optwatchs_own_processes_give_way_to_the_training_on_a_busy_machine(tmp_path):
-    """The hub and `optwatch run` (the viewer) run at a lower CPU priority than the training, which keeps the
-    one it was started with: on a machine whose cores the training keeps busy, they take what it leaves
-    instead of a core from under the thread that holds the training's GIL."""
+def test_the_hub_gives_way_to_the_training_on_a_busy_machine(tmp_path):
+    """The hub runs at a lower CPU priority than the training, which keeps the one it was started with, as
+    does `optwatch run` (the viewer): on a machine whose cores the training keeps busy, the hub takes what
+    the training leaves instead of a core from under the thread that holds the training's GIL."""
     script = tmp_path / "niceness.py"
     script.write_text(NICENESS_SCRIPT)
     result = optwatch("run", "--headless", str(script))
@@ -85,7 +82,7 @@ def test_optwatchs_own_processes_give_way_to_the_training_on_a_busy_machine(tmp_
     line = next(line for line in result.stdout.splitlines() if line.startswith("NICENESS "))
     niceness = json.loads(line.split(" ", 1)[1])
     ours = os.getpriority(os.PRIO_PROCESS, 0)  # what `python script.py` run from here would get
-    assert niceness == {"training": ours, "viewer": max(ours, 10), "hub": max(ours, 10)}
+    assert niceness == {"training": ours, "viewer": ours, "hub": max(ours, 10)}
 
 
 def test_a_flood_of_idle_connections_costs_the_hub_not_the_trainings_files(tmp_path):

@@ -408,7 +408,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except HubError as exc:
         process.cleanup()
         raise UsageError(f"cannot start the job's hub: {exc}") from exc
-    runtime.step_aside()  # the training, started, keeps the priority it was given; the viewer gives way
     if args.web:
         try:
             serve_web(args, process.run_id)
@@ -608,7 +607,6 @@ def attach_web(args: argparse.Namespace) -> int:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     from optwatch.session import ViewerSession
-    from optwatch.wire import runtime
 
     check_web_arguments(args)
     if args.web:
@@ -617,7 +615,6 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if connection is None:
         return 1
     feed, job = connection
-    runtime.step_aside()  # on the training's machine, the viewer gives way to it
     session = ViewerSession(feed, writer=_open_writer(args.record))
     try:
         if args.headless:

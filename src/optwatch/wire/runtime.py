@@ -186,10 +186,11 @@ def read_job_info(run_dir: Path) -> JobInfo | None:
 
 
 OWN_NICENESS = 10
-"""The CPU priority of optwatch's own processes (the hub, `optwatch run`, a viewer): below the training's, so
-that on a machine whose cores the training keeps busy they take what it leaves, and never a core from under
-a thread that holds the training process's GIL (on the 2-core VM, every check on every step: 1.10 -> 1.08
-of the bare loop's time, 2026-12-05)."""
+"""The CPU priority of the hub: below the training's, so that on a machine whose cores the training keeps
+busy it takes what the training leaves, and never a core from under a thread that holds the training
+process's GIL (on the 2-core VM, every check on every step: 1.10 -> 1.08 of the bare loop's time,
+2026-12-05). The viewers keep theirs: a viewer that falls behind gets its records in large late batches
+(and a `--record` file with them)."""
 
 
 def step_aside() -> None:
