@@ -240,7 +240,8 @@ class ProfilerPlugin(ProbePlugin):
         self._plans.pop(0)
         if plan.reason == "periodic" and self._period:
             self._plans = sorted(
-                [*self._plans, Window(max(plan.first, next_step) + self._period, plan.steps, "periodic")]
+                # A period after the step it really starts at: a late one starts at next_step + 1 (below).
+                [*self._plans, Window(max(plan.first, next_step + 1) + self._period, plan.steps, "periodic")]
             )
         if plan.first < next_step:  # late (a previous window was still being summarised): keep a warm-up step
             plan = Window(next_step + 1, plan.steps, plan.reason)
