@@ -54,37 +54,6 @@ def test_a_learning_rate_that_would_overflow_is_refused_and_the_run_goes_on(tmp_
     assert [line for line in result.stdout.splitlines() if line.startswith("step 11 ")]
 
 
-NICENESS_SCRIPT = """
-import json, os, time
-import psutil
-import torch
-
-model = torch.nn.Linear(4, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-for _ in range(3):
-    optimizer.zero_grad()
-    model(torch.randn(8, 4)).pow(2).mean().backward()
-    optimizer.step()
-viewer = psutil.Process().parent()
-hub = next(p for p in viewer.children() if "optwatch.hub" in " ".join(p.cmdline()))
-print("NICENESS " + json.dumps({"training": os.nice(0), "viewer": viewer.nice(), "hub": hub.nice()}))
-"""
-
-
-def test_the_hub_gives_way_to_the_training_on_a_busy_machine(tmp_path):
-    """The hub runs at a lower CPU priority than the training, which keeps the one it was started with, as
-    does `optwatch run` (the viewer): on a machine whose cores the training keeps busy, the hub takes what
-    the training leaves instead of a core from under the thread that holds the training's GIL."""
-    script = tmp_path / "niceness.py"
-    script.write_text(NICENESS_SCRIPT)
-    result = optwatch("run", "--headless", str(script))
-    assert result.returncode == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if line.startswith("NICENESS "))
-    niceness = json.loads(line.split(" ", 1)[1])
-    ours = os.getpriority(os.PRIO_PROCESS, 0)  # what `python script.py` run from here would get
-    assert niceness == {"training": ours, "viewer": ours, "hub": max(ours, 10)}
-
-
 def test_a_flood_of_idle_connections_costs_the_hub_not_the_trainings_files(tmp_path):
     """1,100 idle TCP connections to a `--listen` port, with every process limited to 256 files: the script
     saves a checkpoint at each step all the same, and the hub drops the connections that never speak."""

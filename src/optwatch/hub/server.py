@@ -646,7 +646,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job's Ctrl-C is the job's; the hub stops on SIGTERM
     _raise_file_limit()
-    runtime.step_aside()  # before its threads start: they inherit it
     run_dir = runtime.ensure_private_dir(Path(args.run_dir))
     token = os.environ.pop(ENV_TOKEN, None) or (runtime.new_token() if args.listen else None)
     hub = Hub(

@@ -185,29 +185,6 @@ def read_job_info(run_dir: Path) -> JobInfo | None:
         return None
 
 
-OWN_NICENESS = 10
-"""The CPU priority of the hub: below the training's, so that on a machine whose cores the training keeps
-busy it takes what the training leaves, and never a core from under a thread that holds the training
-process's GIL (on the 2-core VM, every check on every step: 1.10 -> 1.08 of the bare loop's time,
-2026-12-05). The viewers keep theirs: a viewer that falls behind gets its records in large late batches
-(and a `--record` file with them)."""
-
-
-def step_aside() -> None:
-    """Lower this process's CPU priority to ``OWN_NICENESS`` (each of its threads; unless it is lower
-    already). Processes it starts afterwards inherit it: call it once it has started the training."""
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]  # no /proc: the process as a whole
-    for thread in threads:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, thread) < OWN_NICENESS:
-                os.setpriority(os.PRIO_PROCESS, thread, OWN_NICENESS)
-        except (AttributeError, OSError):
-            pass  # gone, or not allowed: a priority is a courtesy, not a requirement
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
