@@ -238,13 +238,10 @@ class ProfilerPlugin(ProbePlugin):
             self._due = self._next_due()
             return
         self._plans.pop(0)
-        if plan.reason == "periodic" and self._period:
-            self._plans = sorted(
-                # A period after the step it really starts at: a late one starts at next_step + 1 (below).
-                [*self._plans, Window(max(plan.first, next_step + 1) + self._period, plan.steps, "periodic")]
-            )
         if plan.first < next_step:  # late (a previous window was still being summarised): keep a warm-up step
             plan = Window(next_step + 1, plan.steps, plan.reason)
+        if plan.reason == "periodic" and self._period:  # the next a whole period after this one's real start
+            self._plans = sorted([*self._plans, Window(plan.first + self._period, plan.steps, "periodic")])
         self._due = self._next_due()
         self._window = plan
         self._profile = self._new_profile()
