@@ -86,6 +86,19 @@ def test_a_relayed_record_and_a_record_file_hold_the_same_values(layers_record):
         assert same(list(value) if isinstance(value, tuple) else value, from_file[key]), key
 
 
+def test_a_blown_up_layer_and_step_survive_the_record_file(layers_record):
+    """A NaN in a packed column and an infinite loss: the file stays JSON, and reads back as the same floats."""
+    blown = dict(layers_record, grad_norm=[math.nan, math.inf, *layers_record["grad_norm"][2:]])
+    relayed = protocol.decode_batch(protocol.encode_batch([blown]))[0]
+    assert isinstance(relayed["grad_norm"], array.array)
+    line = protocol.record_to_json_line(relayed)
+    assert '"grad_norm":["NaN","Infinity",' in line
+    assert same(protocol.record_from_json_line(line)["grad_norm"], blown["grad_norm"])
+    step = protocol.make_record(protocol.STEP, 0, step=3, loss=-math.inf, grad_norm=2.5)
+    from_file = protocol.record_from_json_line(protocol.record_to_json_line(step))
+    assert from_file["loss"] == -math.inf and from_file["grad_norm"] == 2.5
+
+
 def test_a_history_page_carries_packed_layers(layers_record):
     """The hub encodes each record once and joins a page of them: the page decodes as a batch would."""
     page = protocol.join_batch([protocol.encode_record(r) for r in (layers_record, layers_record)])

@@ -259,8 +259,19 @@ def _from_json_safe(value: Any) -> Any:
     return value
 
 
+def _array_as_list(value: Any) -> Any:
+    if isinstance(value, array.array):  # a packed column of a record the wire decoded
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def record_to_json_line(record: dict[str, Any]) -> str:
-    return json.dumps(_to_json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
+    try:
+        # Most records hold finite floats only: the C encoder alone, without a walk in Python over every value
+        # (the hub and a recording viewer write each record, so this runs at every step).
+        return json.dumps(record, separators=(",", ":"), allow_nan=False, default=_array_as_list) + "\n"
+    except ValueError:  # a non-finite float
+        return json.dumps(_to_json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def record_from_json_line(line: str | bytes) -> dict[str, Any]:
