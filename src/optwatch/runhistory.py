@@ -81,7 +81,15 @@ class Series:
             self._halve()
         index = step // self.width
         grow = index + 1 - len(self.count)
-        if grow > 0:
+        if grow == 1:  # the next bucket: what each step adds while the width is 1, at every step
+            self.count.append(0)
+            self.sum.append(0.0)
+            self.bad.append(0)
+            self.last_step.append(-1)
+            self.min.append(_NONE)
+            self.max.append(_NONE)
+            self.last.append(_NONE)
+        elif grow > 0:
             for field, empty in ((self.count, 0), (self.sum, 0.0), (self.bad, 0), (self.last_step, -1)):
                 field.extend([empty] * grow)
             for field in (self.min, self.max, self.last):
