@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -57,6 +58,9 @@ LINGER_AFTER_END_S = 5.0
 WAIT_FOR_FIRST_RANK_S = 60.0
 LOG_LINE_MAX = 4096
 FIGURES_EVERY_S = 5.0
+LOGS_EVERY_S = 0.25
+"""How often the script's new output is read (and published as ``log`` records)."""
+TICK_EVERY_S = 1.0
 
 
 class _Bucket:
@@ -301,7 +305,10 @@ class Hub:
         next_tick = 0.0
         next_logs = 0.0
         while not self._stop:
-            ready = dict(poller.poll(50))
+            # Asleep until a message comes or the next timed work is due (the logs' read): each wake costs CPU
+            # on the machine the training runs on.
+            wait_ms = max(0, math.ceil(1000 * (min(next_logs, next_tick) - time.monotonic())))
+            ready = dict(poller.poll(wait_ms))
             for name, socket in list(self._sockets.items()):
                 if socket in ready:
                     self._service(name, socket)
@@ -309,10 +316,10 @@ class Hub:
             if self.recorder is not None:
                 self.recorder.tick(now)
             if now >= next_logs:
-                next_logs = now + 0.1
+                next_logs = now + LOGS_EVERY_S
                 self._read_logs()
             if now >= next_tick:
-                next_tick = now + 1.0
+                next_tick = now + TICK_EVERY_S
                 self._tick(now)
 
     def _service(self, name: str, socket: zmq.Socket) -> None:
