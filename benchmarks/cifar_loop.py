@@ -38,9 +38,10 @@ def main() -> None:
     loader = DataLoader(SyntheticCIFAR(size=args.iters * args.batch_size), batch_size=args.batch_size, num_workers=2)
     times: list[float] = []
     cpu: list[float] = []
+    thread: list[float] = []  # the training thread's own CPU: without optwatch's threads
     ends: list[float] = []  # on the monotonic clock the harness's slices are timed on
     wait_for_turns()  # under benchmarks/wall_clock.py's time slicing: the go of the round
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -49,12 +50,13 @@ def main() -> None:
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t1, c1 = time.perf_counter(), time.process_time()
+        t1, c1, h1 = time.perf_counter(), time.process_time(), time.thread_time()
         times.append(t1 - t0)
         cpu.append(c1 - c0)
+        thread.append(h1 - h0)
         ends.append(time.monotonic())
-        t0, c0 = time.perf_counter(), time.process_time()
-    print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "end_s": ends}), flush=True)
+        t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
+    print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "thread_s": thread, "end_s": ends}), flush=True)
 
 
 if __name__ == "__main__":

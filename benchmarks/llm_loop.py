@@ -105,10 +105,11 @@ def main() -> None:
 
     times: list[float] = []
     cpu: list[float] = []
+    thread: list[float] = []  # the training thread's own CPU: without optwatch's threads
     ends: list[float] = []  # on the monotonic clock the harness's slices are timed on
     x, y = batch()
     wait_for_turns()  # under benchmarks/wall_clock.py's time slicing: the go of the round
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
     for it in range(args.iters):
         lr = get_lr(it, warmup=20, decay_iters=args.iters, max_lr=6e-4, min_lr=6e-5)
         for group in optimizer.param_groups:
@@ -122,14 +123,15 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t1, c1 = time.perf_counter(), time.process_time()
+        t1, c1, h1 = time.perf_counter(), time.process_time(), time.thread_time()
         times.append(t1 - t0)
         cpu.append(c1 - c0)
+        thread.append(h1 - h0)
         ends.append(time.monotonic())
         if not args.quiet:
             print(f"iter {it}: loss {loss.item() * args.accumulate:.4f}, time {1000 * (t1 - t0):.2f} ms", flush=True)
-        t0, c0 = time.perf_counter(), time.process_time()
-    print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "end_s": ends}), flush=True)
+        t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
+    print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "thread_s": thread, "end_s": ends}), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ warm-up, as a user's run does), with the loop's own per-iteration timer:
 
     bare        python LOOP
     aa          python LOOP again: the A/A control, whose ratio to bare shows what this machine can resolve
-    default     optwatch run --headless LOOP            (the defaults)
+    default     optwatch run --headless LOOP            (the defaults: the hub keeps the run's record)
     every       optwatch run --headless --budget 0 LOOP (every check on every step)
+    probe       the probe alone in the training process, its hub out of reach: no hub, no viewer
+    probe-every the same, every check on every step: with ``default`` and ``every``, what the hub and the
+                viewer on the machine's other cores add
     dashboard   optwatch run LOOP, the dashboard drawing in a pseudo-terminal (only with --slice-ms 0)
 
 The runs of a round take turns on the machine (``lockstep``: slices of a few iterations, a new order each
@@ -28,6 +31,7 @@ from the kernel's accounting of the finished processes).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -35,6 +39,7 @@ import pty
 import random
 import resource
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,32 +54,41 @@ WORKLOADS = {
     "llm": [str(ROOT / "benchmarks" / "llm_loop.py"), "--quiet"],
     "cifar": [str(ROOT / "benchmarks" / "cifar_loop.py")],
 }
-CONFIGS = ("bare", "aa", "default", "every", "dashboard")
+CONFIGS = ("bare", "aa", "default", "every", "probe", "probe-every", "dashboard")
 SLICE_S = {"llm": 0.15, "cifar": 1.2}
 """How long each run of a round has the machine at a time: a few of the loop's iterations (``lockstep``)."""
 FIRST = 100  # optwatch checks every step up to here by design (--budget applies after it)
 WARMUP = 5
 
 
-def command(config: str, loop: list[str], record: Path) -> list[str]:
+def command(config: str, loop: list[str], runs: Path) -> list[str]:
+    """The run's command line. optwatch's runs keep their record as a user's run does, in their own runs
+    directory ``runs`` (read back after), not with ``--record``, which adds a viewer writing each record."""
     python = [sys.executable]
     if config in ("bare", "aa"):
         return [*python, *loop]
-    ow = [*python, "-m", "optwatch", "run"]
+    ow = ["env", f"OPTWATCH_RUNS_DIR={runs}", *python, "-m", "optwatch", "run"]
     if config == "default":
-        return [*ow, "--headless", "--record", str(record), *loop]
+        return [*ow, "--headless", *loop]
     if config == "every":
-        return [*ow, "--headless", "--budget", "0", "--record", str(record), *loop]
-    if config == "dashboard":
-        return [*ow, "--record", str(record), *loop]
+        return [*ow, "--headless", "--budget", "0", *loop]
+    if config in ("probe", "probe-every"):
+        # A rank whose hub is out of reach (a closed port): the probe's whole work in the training process,
+        # with no hub and no viewer beside it on the machine.
+        alone = ["RANK=1", "WORLD_SIZE=2", "OPTWATCH_HUB=127.0.0.1:9", f"OPTWATCH_TOKEN={'0' * 32}"]
+        if config == "probe-every":
+            alone.append('OPTWATCH_OPTIONS={"budget": 0.0}')
+        return ["env", *alone, *python, "-m", "optwatch.probe.launch", *loop]
+    if config == "dashboard":  # (the pseudo-terminal's reader learns from this record when the run is over)
+        return [*ow, "--record", str(runs / "viewer.jsonl"), *loop]
     raise ValueError(config)
 
 
 def run_once(config: str, loop: list[str], workdir: Path) -> dict:
-    record = workdir / f"{config}-{time.monotonic_ns()}.jsonl"
-    argv = command(config, loop, record)
+    runs = workdir / f"runs-{config}-{time.monotonic_ns()}"
+    runs.mkdir(parents=True)
+    argv = command(config, loop, runs)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
-    env["OPTWATCH_RUNS_DIR"] = str(workdir / "runs")  # the records runs keep by default, not in the checkout
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if config == "dashboard":
         out = run_in_pty(argv, env)
@@ -86,38 +100,42 @@ def run_once(config: str, loop: list[str], workdir: Path) -> dict:
     # Every process of the run, reaped: `optwatch run`, the training process, the hub.
     everything = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result = {"times": times, "run_wall_s": wall, "all_cpu_s": everything}
-    result.update(_record_figures(record))
+    result.update(_record_figures(runs))
     return result
 
 
 def run_round_in_turns(configs: list[str], loop: list[str], workdir: Path, slice_s: float) -> dict[str, dict]:
     """Every configuration of a round at once, taking turns on the machine (``lockstep.run_in_turns``); each
     run's iterations are those that ran whole inside one of its slices while all the runs were training."""
-    records = {config: workdir / f"{config}-{time.monotonic_ns()}.jsonl" for config in configs}
+    runs = {config: workdir / f"runs-{config}-{time.monotonic_ns()}" for config in configs}
+    for directory in runs.values():
+        directory.mkdir(parents=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
-    env["OPTWATCH_RUNS_DIR"] = str(workdir / "runs")
-    runs = run_in_turns([command(c, loop, records[c]) for c in configs], env, workdir, slice_s)
+    turns = run_in_turns([command(c, loop, runs[c]) for c in configs], env, workdir, slice_s)
     times = {}
-    for config, run in zip(configs, runs):
+    for config, run in zip(configs, turns):
         out = run.output.read_text()
         times[config] = next(json.loads(line[11:]) for line in out.splitlines() if line.startswith("LOOP_TIMES "))
         run.output.unlink()
     until = min(t["end_s"][-1] for t in times.values())  # after that, the rest run on a quieter machine
     results = {}
-    for config, run in zip(configs, runs):
+    for config, run in zip(configs, turns):
         kept = whole_iterations(times[config]["end_s"], times[config]["wall_s"], run.slices, until)
         usage = run.rusage
         result = {"times": times[config], "kept": kept, "all_cpu_s": usage.ru_utime + usage.ru_stime}
-        result.update(_record_figures(records[config]))
+        result.update(_record_figures(runs[config]))
         results[config] = result
     return results
 
 
-def _record_figures(record: Path) -> dict:
-    if not record.exists():
+def _record_figures(runs: Path) -> dict:
+    """The step records and the hub's CPU, from the record the run kept in ``runs`` (then removed)."""
+    files = sorted(runs.glob("*/record*.jsonl.gz"))
+    if not files:
         return {}
-    records = [json.loads(line) for line in record.read_text().splitlines()]
-    record.unlink()
+    with gzip.open(files[0], "rt") as lines:
+        records = [json.loads(line) for line in lines]
+    shutil.rmtree(runs)
     hubs = [r for r in records if r["kind"] == "hub"]
     return {
         "steps": [r for r in records if r["kind"] == "step" and r["rank"] == 0],
@@ -157,11 +175,14 @@ def run_in_pty(argv: list[str], env: dict) -> str:
     return "\n".join(r["line"] for r in lines if r["kind"] == "log")
 
 
+CLOCKS = {"wall": "wall_s", "cpu": "cpu_s", "thread": "thread_s"}
+"""The loop's clocks per iteration: wall time, the process's CPU time, the training thread's CPU time."""
+
+
 def phases(result: dict, iters: int) -> dict[str, dict[str, float]]:
     """The median iteration of each phase, over the iterations measured (``kept``: those that ran whole in
     one slice, when the round took turns; else all)."""
-    wall, cpu = result["times"]["wall_s"], result["times"]["cpu_s"]
-    kept = result.get("kept", range(len(wall)))
+    kept = result.get("kept", range(len(result["times"]["wall_s"])))
     cut = {"first": (WARMUP, FIRST), "steady": (FIRST, iters)}
     figures = {}
     for name, (a, b) in cut.items():
@@ -169,10 +190,9 @@ def phases(result: dict, iters: int) -> dict[str, dict[str, float]]:
         if not chosen:
             raise SystemExit(f"no iteration of the {name} phase ran whole inside a slice: give --slice-ms more")
         figures[name] = {
-            "wall": statistics.median(wall[i] for i in chosen),
-            "cpu": statistics.median(cpu[i] for i in chosen),
-            "n": len(chosen),
+            clock: statistics.median(result["times"][key][i] for i in chosen) for clock, key in CLOCKS.items()
         }
+        figures[name]["n"] = len(chosen)
     return figures
 
 
@@ -190,7 +210,7 @@ def paired_ratios(result: dict, bare: dict, iters: int) -> dict[str, dict[str, l
     figures = {}
     for name, (a, b) in {"first": (WARMUP, FIRST), "steady": (FIRST, iters)}.items():
         figures[name] = {}
-        for clock, key in (("wall", "wall_s"), ("cpu", "cpu_s")):
+        for clock, key in CLOCKS.items():
             mine = by_turn(result, [i for i in result["kept"] if a <= i < b], key)
             theirs = by_turn(bare, list(bare["kept"]), key)
             ratios = [mine[turn] / theirs[turn] for turn in mine if turn in theirs]
@@ -304,7 +324,7 @@ def summarise(per_round: list[dict[str, dict]], configs: list[str]) -> dict:
             continue
         entry = {}
         for phase in ("first", "steady"):
-            for clock in ("wall", "cpu"):
+            for clock in CLOCKS:
                 entry[f"{phase}_{clock}"] = pooled([ratios(r, config, phase, clock) for r in per_round])
             lives = [r[config]["live"][phase] for r in per_round if r[config]["live"][phase] is not None]
             entry[f"{phase}_live"] = statistics.median(lives) if lives else None
@@ -323,18 +343,21 @@ def print_report(report: dict) -> None:
     bare = report["bare_ms"]
     print(f"\nbare median iteration: first 100 {bare['first']:.2f} ms, steady {bare['steady']:.2f} ms")
     print("ratios to bare: the median [its 95% interval] (the rounds' medians, least-most; turns compared)")
-    print(f"{'config':<10} {'phase':<7} {'wall ratio':<38} {'cpu ratio':<24} {'live':>7}")
+    print("(cpu: the training process's CPU time; thread: its training thread's alone)")
+    print(f"{'config':<11} {'phase':<7} {'wall ratio':<38} {'cpu ratio':<21} {'thread ratio':<21} {'live':>7}")
     for config, entry in report["configs"].items():
         for phase in ("first", "steady"):
             wall, cpu, live = entry[f"{phase}_wall"], entry[f"{phase}_cpu"], entry[f"{phase}_live"]
+            thread = entry[f"{phase}_thread"]
             print(
-                f"{config:<10} {phase:<7} {wall['median']:.3f} [{wall['low']:.3f}-{wall['high']:.3f}]"
+                f"{config:<11} {phase:<7} {wall['median']:.3f} [{wall['low']:.3f}-{wall['high']:.3f}]"
                 f" ({wall['min']:.3f}-{wall['max']:.3f}; {wall['turns']:>4}) "
-                f"{cpu['median']:.3f} [{cpu['low']:.3f}-{cpu['high']:.3f}]{'':<5} "
+                f"{cpu['median']:.3f} [{cpu['low']:.3f}-{cpu['high']:.3f}]{'':<4} "
+                f"{thread['median']:.3f} [{thread['low']:.3f}-{thread['high']:.3f}]{'':<4} "
                 + (f"{100 * live:6.2f}%" if live is not None else "      -")
             )
         hub = f", of which the hub {entry['hub_cpu_s']:.2f} s" if entry.get("hub_cpu_s") is not None else ""
-        print(f"{config:<10} CPU of every process beyond bare's, per run: {entry['extra_cpu_s']:+.2f} s{hub}")
+        print(f"{config:<11} CPU of every process beyond bare's, per run: {entry['extra_cpu_s']:+.2f} s{hub}")
 
 
 if __name__ == "__main__":
