@@ -156,9 +156,11 @@ def test_unread_and_looping_history_requests_cost_the_hub_a_bounded_amount_and_t
     context = zmq.Context()
     try:
         [listed] = wait_for(live_jobs)
-        info = json.loads(Path(listed["run_dir"], "info.json").read_text())
-        training, hub = psutil.Process(info["pid"]), psutil.Process(info["hub_pid"])
         wait_for_steps(listed, 20)  # training, not still importing torch: the rates below compare steps
+        # (Read once the training said hello: until then the hub names itself as the job.)
+        info = json.loads(Path(listed["run_dir"], "info.json").read_text())
+        assert info["pid"] != info["hub_pid"]
+        training, hub = psutil.Process(info["pid"]), psutil.Process(info["hub_pid"])
         time.sleep(3)
         training_before, hub_before = rss(training.pid), rss(hub.pid)
         flood_started = time.time()
@@ -188,7 +190,7 @@ def test_unread_and_looping_history_requests_cost_the_hub_a_bounded_amount_and_t
         job.terminate()
         job.communicate(timeout=60)
     assert answered >= 6  # served, at its rate limit
-    assert training_after - training_before < 20 * 2**20, (training_before, training_after)
+    assert training_after - training_before < 8 * 2**20, (training_before, training_after)  # 0.0 MiB here
     assert hub_after - hub_before < 200 * 2**20, (hub_before, hub_after)
     steps = steps_of(read_jsonl(record))
 
