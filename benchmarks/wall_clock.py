@@ -84,11 +84,21 @@ def command(config: str, loop: list[str], runs: Path) -> list[str]:
     raise ValueError(config)
 
 
-def run_once(config: str, loop: list[str], workdir: Path) -> dict:
+def new_runs_dir(workdir: Path, config: str) -> Path:
+    """A runs directory of the run's own, so that its record is found after it."""
     runs = workdir / f"runs-{config}-{time.monotonic_ns()}"
     runs.mkdir(parents=True)
+    return runs
+
+
+def run_env(workdir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
+
+
+def run_once(config: str, loop: list[str], workdir: Path) -> dict:
+    runs = new_runs_dir(workdir, config)
     argv = command(config, loop, runs)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
+    env = run_env(workdir)
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if config == "dashboard":
         out = run_in_pty(argv, env)
@@ -107,11 +117,8 @@ def run_once(config: str, loop: list[str], workdir: Path) -> dict:
 def run_round_in_turns(configs: list[str], loop: list[str], workdir: Path, slice_s: float) -> dict[str, dict]:
     """Every configuration of a round at once, taking turns on the machine (``lockstep.run_in_turns``); each
     run's iterations are those that ran whole inside one of its slices while all the runs were training."""
-    runs = {config: workdir / f"runs-{config}-{time.monotonic_ns()}" for config in configs}
-    for directory in runs.values():
-        directory.mkdir(parents=True)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OPTWATCH_RUNTIME_DIR": str(workdir / "rt")}
-    turns = run_in_turns([command(c, loop, runs[c]) for c in configs], env, workdir, slice_s)
+    runs = {config: new_runs_dir(workdir, config) for config in configs}
+    turns = run_in_turns([command(c, loop, runs[c]) for c in configs], run_env(workdir), workdir, slice_s)
     times = {}
     for config, run in zip(configs, turns):
         out = run.output.read_text()
