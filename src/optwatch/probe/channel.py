@@ -188,7 +188,6 @@ class Channel:
             self._error = exc
             self._started.set()
             context.destroy(linger=0)
-            self._close_wake_pipe()
             return
         self._started.set()
         poller = zmq.Poller()
@@ -213,13 +212,10 @@ class Channel:
             push.close()
             bus.close(linger=0)
             context.term()
-            self._close_wake_pipe()
-
-    def _close_wake_pipe(self) -> None:
-        with self._wake_lock:
-            os.close(self._wake_writer)
-            self._wake_writer = -1
-        os.close(self._wake_reader)
+            with self._wake_lock:
+                os.close(self._wake_writer)
+                self._wake_writer = -1
+            os.close(self._wake_reader)
 
     def _drain_wakes(self) -> None:
         try:
