@@ -325,27 +325,3 @@ def test_a_pause_with_a_lease_ends_by_itself_and_the_listing_says_who_paused(tmp
     assert resumed and resumed[0]["reason"] == "the pause's lease ran out"
     step_10 = steps_of(records)[10]
     assert [s["step"] for s in steps_of(records)] == list(range(40)) and step_10["step_time_s"] < 3
-
-
-def test_the_channel_thread_sleeps_until_there_is_something_to_send(tmp_path):
-    """Each wake of a thread of the training process takes the GIL from the training (and costs ~0.15 ms of
-    CPU on a virtual machine): the channel's thread wakes for a flush or a command, not on a timer; what is
-    handed to it still leaves at once."""
-    from optwatch import protocol
-    from optwatch.probe.channel import Channel
-
-    channel = Channel(tmp_path)  # no hub there: the records go nowhere, which changes nothing here
-    delivered: list[float] = []
-    channel.on_ready(lambda records: delivered.append(time.monotonic()))
-    channel.start()
-    try:
-        time.sleep(0.5)
-        woke = channel.wakes
-        time.sleep(2.0)
-        assert channel.wakes - woke <= 4  # a 50 ms timer woke it 40 times
-        handed = time.monotonic()
-        channel.submit_records([protocol.make_record("metric", 0, step=1, values={"acc": 0.5})])
-        wait_for(lambda: delivered, timeout_s=5)
-        assert delivered[0] - handed < 0.5  # not at the next idle wake, a second later
-    finally:
-        channel.close(timeout_s=0.0)

@@ -1,15 +1,10 @@
 """The training process's one line to its hub: a bounded queue, and a thread that owns the two sockets.
 
 The training thread only appends to a bounded deque (O(1), never blocks; when full the oldest item is
-dropped and counted) and, when the channel's thread is not already due to wake, writes a byte to a pipe
-that wakes it. The thread waits for an item's device values without waiting on the device (``readback``),
-numbers the records (``seq``, per rank), encodes them and pushes them to the hub with a non-blocking send:
-while the hub is gone or slow, ZeroMQ keeps a bounded queue and then drops. It also hears the hub's
-commands for this rank, and on rank 0 brings a dead hub back (``respawn``).
-
-It wakes when there is something to do (a flush of the training thread, a sample, a command), not on a
-timer: on a virtual machine each timed wake of a thread costs ~0.15 ms of CPU, and one of this process's
-threads takes the GIL from the training thread each time.
+dropped and counted). The channel's thread waits for an item's device values without waiting on the
+device (``readback``), numbers the records (``seq``, per rank), encodes them and pushes them to the hub
+with a non-blocking send: while the hub is gone or slow, ZeroMQ keeps a bounded queue and then drops. It
+also hears the hub's commands for this rank, and on rank 0 brings a dead hub back (``respawn``).
 
 Its own CPU time is counted (``cpu_s``): each step record carries the share of it that fell in the step,
 so what optwatch costs the training process is on screen whole, not only its code on the training thread.
@@ -19,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +32,6 @@ SEND_QUEUE_MESSAGES = 300
 """Messages ZeroMQ keeps for a hub that is gone or behind (a message is about 50 ms of records): about 15 s,
 after which they are dropped, and what a restarted hub gets first."""
 HUB_CHECK_S = 1.0
-IDLE_WAKE_S = HUB_CHECK_S
-"""With nothing sent and nothing heard, the thread still wakes this often (to look after the hub)."""
 RESPAWN_EVERY_S = 5.0
 
 
@@ -71,12 +63,11 @@ class Channel:
         rank: int = 0,
         remote_hub: tuple[str, int] | None = None,
         token: str | None = None,
-        interval_s: float = 0.02,
+        interval_s: float = 0.05,
         respawn: Callable[[], None] | None = None,
     ):
         """``remote_hub``: (host, port) of a hub on another node (``--listen`` there), else the run directory's.
-        ``respawn``: starts a new hub when the run directory's has died (rank 0). ``interval_s``: how often the
-        thread looks again while the oldest item's device values are still on their way."""
+        ``respawn``: starts a new hub when the run directory's has died (rank 0)."""
         self.run_dir = run_dir
         self.rank = rank
         if remote_hub is not None:
@@ -107,40 +98,18 @@ class Channel:
         self._error: BaseException | None = None
         self._last_hub_check = time.monotonic()
         self._last_respawn = 0.0
-        self._wake_reader, self._wake_writer = os.pipe()  # (not inherited by a script's subprocesses)
-        os.set_blocking(self._wake_reader, False)
-        os.set_blocking(self._wake_writer, False)
-        self._wake_due = False
-        self._wake_lock = threading.Lock()
-        self.wakes = 0
-        """How often the thread has woken (for the test that it sleeps while there is nothing to do)."""
 
     # --- any thread ----------------------------------------------------------------------------------
     def submit(self, item: PendingItem) -> None:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append(item)
-        self._wake()
 
     def submit_records(self, records: list[dict[str, Any]]) -> None:
         self.submit(ReadyRecords(records))
 
     def send_decision(self, decision: dict[str, Any]) -> None:
         self._decisions.append(decision)
-        self._wake()
-
-    def _wake(self) -> None:
-        """Wake the thread, unless a wake is already on its way (one write per wake, a few a second)."""
-        if self._wake_due:
-            return
-        with self._wake_lock:  # never a write to the pipe's number once it is closed (it may be a file's by then)
-            if self._wake_due or self._wake_writer < 0:
-                return
-            self._wake_due = True
-            try:
-                os.write(self._wake_writer, b"\0")
-            except OSError:  # the pipe is full: the thread is due to wake anyway
-                pass
 
     def on_ready(self, observer: Callable[[list[dict[str, Any]]], None]) -> None:
         """Call ``observer`` with each batch of records once their values are on the host (on this thread)."""
@@ -160,8 +129,6 @@ class Channel:
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (waiting for device values up to ``timeout_s``), then close."""
         self._stop.set()
-        self._wake_due = False
-        self._wake()
         self._thread.join(timeout_s + 3)
 
     # --- the thread ------------------------------------------------------------------------------------
@@ -190,19 +157,10 @@ class Channel:
             context.destroy(linger=0)
             return
         self._started.set()
-        poller = zmq.Poller()
-        poller.register(bus, zmq.POLLIN)
-        poller.register(self._wake_reader, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                started = time.thread_time()  # (the wake's own cost counts: it is the thread's CPU)
-                waiting_on_device = bool(self._queue) and not self._queue[0].ready()
-                ready = dict(poller.poll(int(1000 * (self._interval_s if waiting_on_device else IDLE_WAKE_S))))
-                self.wakes += 1
-                if self._wake_reader in ready:
-                    self._wake_due = False  # before the queue is read: an item added from now on wakes it again
-                    self._drain_wakes()
-                if bus in ready:
+                started = time.thread_time()
+                if bus.poll(int(self._interval_s * 1000)):
                     self._hear(bus)
                 self._send(push)
                 self._check_hub()
@@ -212,17 +170,6 @@ class Channel:
             push.close()
             bus.close(linger=0)
             context.term()
-            with self._wake_lock:
-                os.close(self._wake_writer)
-                self._wake_writer = -1
-            os.close(self._wake_reader)
-
-    def _drain_wakes(self) -> None:
-        try:
-            while os.read(self._wake_reader, 4096):
-                pass
-        except OSError:  # (BlockingIOError: nothing more to read)
-            pass
 
     def _hear(self, bus: zmq.Socket) -> None:
         for _ in range(64):
