@@ -117,6 +117,26 @@ def test_gradient_accumulation_is_one_step_with_the_summed_loss(probe):
     assert steps[0]["loss"] == pytest.approx(whole, rel=1e-6)
 
 
+@pytest.mark.parametrize("on_host", [True, False], ids=["read-in-place", "packed-as-for-a-gpu"])
+def test_micro_batch_losses_add_up_where_they_are_read_back_in_double_precision(on_host):
+    """The step's micro-batch losses go out as their parts and are added where they are read (no operator on
+    the training thread): in double precision, so bfloat16 parts do not round at each addition, and the same
+    in a GAN's per-optimizer map. Checked against the sum of the parts' own values."""
+    from optwatch.probe.losses import LossSum
+    from optwatch.probe.readback import DeviceBatch
+
+    parts = [torch.tensor(2.0**-9, dtype=torch.bfloat16)] * 8 + [torch.tensor(1.0), torch.tensor([0.25])]
+    total = LossSum([part if not part.dim() else part.reshape(()) for part in parts])
+    records = [{"kind": "step", "loss": total, "losses": {"netD": total, "netG": torch.tensor(0.5)}}]
+    batch = DeviceBatch(records, on_host=on_host)
+    assert batch.ready()
+    (record,) = batch.records()
+    by_hand = math.fsum(part.item() for part in parts)
+    assert by_hand == 1.25 + 8 * 2.0**-9  # exact; added in bfloat16, each 2**-9 would vanish next to 1.0
+    assert record["loss"] == by_hand
+    assert record["losses"] == {"netD": by_hand, "netG": 0.5}
+
+
 def test_dataloader_batches_give_samples_per_second_and_data_wait(probe):
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

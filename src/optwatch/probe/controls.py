@@ -129,7 +129,8 @@ class _HeldRate:
 
 class ControlPlugin(ProbePlugin):
     name = "controls"
-    idle_callbacks = frozenset({"on_backward_end"})  # until AMP is turned on: see _set_idle_callbacks
+    idle_callbacks = frozenset({"on_backward_start", "on_backward_end", "before_optimizer_step"})
+    """While nothing is due and AMP is off: see ``_set_idle_callbacks``."""
 
     def __init__(self, scheduled: list[str], profile: Callable[..., dict[str, Any]] | None = None):
         """``profile(steps, reason=...)``: asks the profiler for a window (the reply says when, or why not)."""
@@ -153,6 +154,7 @@ class ControlPlugin(ProbePlugin):
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
             self._add(step, command, f"s{next(self._ids)}", "schedule")
+        self.idle_callbacks = self._idle_now()
 
     # --- lifecycle -----------------------------------------------------------------------------
     def install(self, context: ProbeContext) -> None:
@@ -208,9 +210,18 @@ class ControlPlugin(ProbePlugin):
         if isinstance(record.get("step_time_s"), float):
             self._step_times.append(record["step_time_s"])
 
+    def _idle_now(self) -> frozenset[str]:
+        """The callbacks with nothing to do at any step for now: every step pays for a callback it is given.
+        Backward's only while AMP is off; the optimizer step's also while no command waits for it, no
+        learning rate is pinned or held, and no fp16 loss scale is unscaled there."""
+        if self.amp.enabled:
+            return frozenset()
+        if self._schedule or self._lr_pin is not None or self._held_rates:
+            return frozenset({"on_backward_start", "on_backward_end"})
+        return frozenset({"on_backward_start", "on_backward_end", "before_optimizer_step"})
+
     def _set_idle_callbacks(self, context: ProbeContext) -> None:
-        """``on_backward_end`` only while AMP is on: every step pays for a callback it is given."""
-        idle = frozenset() if self.amp.enabled else frozenset({"on_backward_end"})
+        idle = self._idle_now()
         if idle != self.idle_callbacks:
             self.idle_callbacks = idle
             context.retabulate()
@@ -241,6 +252,7 @@ class ControlPlugin(ProbePlugin):
             skipped_at_scale = self.amp.unscale_or_skip(optimizer)
             if skipped_at_scale is not None:
                 self._overflowed = (context.step, skipped_at_scale)
+        self._set_idle_callbacks(context)  # a pin lasts one step
 
     def at_boundary(self, context: ProbeContext) -> float:
         """Apply what is due; while paused, hold the run here. Returns the seconds it was held."""
@@ -263,7 +275,8 @@ class ControlPlugin(ProbePlugin):
                     break
                 self._apply_due(context, stage="boundary")
             held = time.perf_counter() - paused_at
-        self.amp.enter()
+        if self.amp.enabled:
+            self.amp.enter()
         return held
 
     @staticmethod
@@ -283,6 +296,10 @@ class ControlPlugin(ProbePlugin):
         return stage == "start"
 
     def _apply_due(self, context: ProbeContext, stage: str) -> None:
+        self._apply_due_commands(context, stage)
+        self._set_idle_callbacks(context)  # commands came, went, or pinned a learning rate
+
+    def _apply_due_commands(self, context: ProbeContext, stage: str) -> None:
         if stage != "optimizer":  # live commands start at a boundary, so the whole step sees them
             self._take_new_commands(context)
         while self._schedule and self._schedule[0].step <= context.step:

@@ -140,9 +140,11 @@ class ForwardCheckPlugin(ProbePlugin):
             self._attach_checks(context, record)
         if not self.armed and context.nonfinite_seen:
             self.armed = True  # from now on, a non-finite value is named at its very step
-        if self.armed and context.next_detailed:
+        check_next = self.armed and context.next_detailed
+        if check_next:
             self._model = context.find_model()
-        self._set_hook(self.armed and context.next_detailed)
+        if check_next != (self._hook is not None):
+            self._set_hook(check_next)
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         # Not inside a torch.compile graph: it would guard on the check's own state (recompiling at every

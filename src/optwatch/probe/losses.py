@@ -16,6 +16,21 @@ from typing import Any
 import torch
 
 
+class LossSum:
+    """A sum of losses (a step's micro-batches), added up once they are read back (``readback``), in double
+    precision: on the training thread it costs no operator (one per micro-batch, at every step, when it did)."""
+
+    __slots__ = ("parts", "values")
+
+    def __init__(self, parts: list[torch.Tensor]) -> None:
+        self.parts = parts
+        self.values: list[float] = [0.0] * len(parts)
+        """The parts' values, filled in where they are read back."""
+
+    def total(self) -> float:
+        return sum(self.values)
+
+
 class StepLosses:
     """The scalars backpropagated since the previous step of any optimizer."""
 
@@ -46,21 +61,14 @@ class StepLosses:
     def device(self) -> torch.device | None:
         return self._losses[-1].device if self._losses else None
 
-    def take(self) -> torch.Tensor | None:
+    def take(self) -> torch.Tensor | LossSum | None:
         """Their sum (None without any), and a new account for the next optimizer's step."""
         losses, self._losses = self._losses, []
         if not losses:
             return None
         if len(losses) == 1:
             return losses[0]
-        total = None  # added one by one: one operator per micro-batch where stacking takes four
-        for loss in losses:
-            if loss.dim():
-                loss = loss.reshape(())
-            if not loss.is_floating_point() or loss.element_size() < 4:
-                loss = loss.float()  # a sum of bfloat16 losses would round at each addition
-            total = loss if total is None else total + loss
-        return total
+        return LossSum([loss if not loss.dim() else loss.reshape(()) for loss in losses])
 
     def clear(self) -> None:
         self._losses = []
@@ -115,6 +123,8 @@ class StepRecords:
         self._primary_stepped_once = False
         self._stepped_since_boundary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._other_losses: dict[str, torch.Tensor] = {}
+        self._others = False
+        """Another optimizer than the primary has stepped in this run (else each record goes as it is made)."""
         self._held: dict[str, Any] | None = None
         self._ready: list[dict[str, Any]] = []
 
@@ -123,6 +133,7 @@ class StepRecords:
     ) -> None:
         """An optimizer other than the primary stepped, with the losses backpropagated since the previous step
         of any optimizer: they go with the record of the primary's step it belongs with."""
+        self._others = True
         name = self._name_of(optimizer)
         if optimizer not in self._before_primary and optimizer not in self._after_primary:
             (self._after_primary if self._primary_stepped_once else self._before_primary).add(optimizer)
@@ -137,6 +148,16 @@ class StepRecords:
 
     def add(self, record: dict[str, Any], primary: torch.optim.Optimizer | None) -> None:
         """The primary's new step record waits for the optimizers that step after it; the one before goes."""
+        if not self._others:  # one optimizer, the usual case at every step: nobody adds to the record
+            if self._held is not None:
+                self._ready.append(self._held)
+            if self._primary_stepped_once:
+                self._ready.append(record)
+                self._held = None
+            else:
+                self._held = record  # (the first waits for optimizers after the primary, unknown yet)
+                self._primary_stepped_once = True
+            return
         self.release()
         if self._after_primary or self._before_primary:
             record["losses"] = {self._name_of(primary): record["loss"], **self._other_losses}

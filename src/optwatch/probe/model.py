@@ -15,6 +15,8 @@ from optwatch.probe.vectors import as_vector
 def learning_rate_of(lr: Any) -> float | torch.Tensor | None:
     """A param group's ``lr`` as one number (a device tensor stays one, read back later), or None when it
     is not one: a rate per dimension, a schedule object."""
+    if type(lr) is float:
+        return lr  # the usual case, at every step
     if isinstance(lr, bool):
         return None
     if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":

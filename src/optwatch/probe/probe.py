@@ -96,6 +96,9 @@ class Probe:
         self.detailed = True
         self.next_detailed = True
         self.detail_every = 1
+        self.backward_end_needed = True
+        """Whether ``backward_ended`` has anything to do (``HookTarget``): kept up to date here, so that the
+        usual step (an optimizer, no closure, no plugin at the end of backward) pays for no call there."""
         self.own_s = 0.0
         """Seconds optwatch's own code has run on the training thread so far in this step (the step
         record's ``optwatch_s``); its background threads' CPU time is ``optwatch_bg_s``."""
@@ -146,7 +149,8 @@ class Probe:
             loader=lambda: self._batches.loader,
             interval_s=options.system_interval_s,
         )
-        self._closed = False
+        self.closed = False
+        """Once closed, or in a forked child (``_forked``): the hooks only call what they wrap."""
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> Probe:
@@ -161,19 +165,16 @@ class Probe:
         atexit.register(self.close)
         return self
 
-    def active(self) -> bool:
-        return not self._closed  # a forked child's copy is closed by _forked
-
     def _forked(self) -> None:
         """In a child forked from the training process (a DataLoader worker, a script's own fork): this probe
         is the parent's; the child's hooks pass straight through and it never closes the parent's run."""
-        self._closed = True
+        self.closed = True
 
     def close(self, exit_code: int | None = None) -> None:
         """Flush everything still pending and say the rank ended. Safe to call twice; a no-op in a fork."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         atexit.unregister(self.close)  # else the exit handler keeps this probe, and the model, alive
         self._hooks.remove()
         self._dispatch.call("close")
@@ -247,6 +248,7 @@ class Probe:
     @plugins.setter
     def plugins(self, plugins: list[ProbePlugin]) -> None:
         self._dispatch.replace(plugins, self.detailed)
+        self._note_backward_end()
 
     @property
     def primary_optimizer(self) -> torch.optim.Optimizer | None:
@@ -323,6 +325,16 @@ class Probe:
     # --- plugins ---------------------------------------------------------------------------------------
     def retabulate(self) -> None:
         self._dispatch.tabulate(self.detailed)
+        self._note_backward_end()
+
+    def _note_backward_end(self) -> None:
+        """``backward_end_needed`` again, after what it depends on changed: the callback table, the optimizer
+        stepping (a closure's backward ends its gradients), or no optimizer yet (each backward is a step)."""
+        self.backward_end_needed = bool(
+            self._dispatch.active["on_backward_end"]
+            or self._stepping is not None
+            or (self._primary is None and self._optimizers_made == 0)
+        )
 
     def switch_off(self, plugin: str, where: str) -> None:
         self._dispatch.switch_off(plugin, where)
@@ -335,6 +347,7 @@ class Probe:
             log.exception("optwatch: its %s failed; training goes on (this step may go unrecorded)", where)
         self._clear_step()
         self._stepping = None
+        self._note_backward_end()
         self._step_start = time.perf_counter()
         self.own_s = 0.0
 
@@ -377,9 +390,10 @@ class Probe:
             if self._backward_started is None:
                 self._backward_started = now
             self._losses.backpropagated(tensors, in_closure=self._stepping is not None)
-            for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
-                if replaced is not None:
-                    replacement = replaced
+            if self._dispatch.active["on_backward_start"]:
+                for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
+                    if replaced is not None:
+                        replacement = replaced
         self.own_s += time.perf_counter() - now
         return replacement
 
@@ -419,7 +433,8 @@ class Probe:
             if device is not None:
                 self._announce_device(device)
         self.clip_measures = clip_measures
-        self._dispatch.call_in_step("on_gradients", optimizer)
+        if self._dispatch.active["on_gradients"]:
+            self._dispatch.call_in_step("on_gradients", optimizer)
         if self._grad_norm is None and not clip_measures and self.detailed:
             params = self.parameters()
             grads = [p.grad for p in params]
@@ -444,7 +459,10 @@ class Probe:
         handed, self._handed_norms = self._handed_norms, None
         if handed is not None and handed.taken:
             self.own_s -= handed.seconds  # the clip's own work, done for it: it computed no norms
-        if isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
+        if type(total_norm) is torch.Tensor:  # the usual case, at every step: not a DTensor
+            if total_norm.numel() == 1:
+                self._clip_norm = total_norm.detach()
+        elif isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
             self._clip_norm = sharding.replicated_value(total_norm.detach())
         try:
             self._clip_max = float(max_norm)
@@ -454,6 +472,7 @@ class Probe:
     # --- HookTarget: optimizers ----------------------------------------------------------------------------------
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizers_made += 1
+        self._note_backward_end()
 
     def scheduler_made(self, scheduler: Any) -> None:
         self._schedulers = [ref for ref in self._schedulers if ref() is not None]
@@ -464,25 +483,31 @@ class Probe:
         if self._primary is None:
             self._primary = optimizer
         self._stepping = optimizer
+        self.backward_end_needed = True  # a closure may call backward now
         self._stepped = True
         self._losses.closure_loss_taken = False
         if optimizer is self._primary:
             # (The step hooks get step()'s arguments with the optimizer first.)
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-            if not callable(closure):
+            if not callable(closure) and not self._gradients_final:
                 self._gradients_ready(optimizer)
-            self._dispatch.call_in_step("before_optimizer_step", optimizer)
+            if self._dispatch.active["before_optimizer_step"]:
+                self._dispatch.call_in_step("before_optimizer_step", optimizer)
         self.own_s += time.perf_counter() - started
 
     def optimizer_step_ended(self, optimizer: torch.optim.Optimizer) -> None:
         started = time.perf_counter()
         self._stepping = None
         if optimizer is self._primary:
-            self._gradients_ready(optimizer)  # a closure that never called backward
-            self._dispatch.call_in_step("after_optimizer_step", optimizer)
-            self.own_s += time.perf_counter() - started
-            self._finish_step(time.perf_counter())
+            if not self._gradients_final:
+                self._gradients_ready(optimizer)  # a closure that never called backward
+            if self._dispatch.active["after_optimizer_step"]:
+                self._dispatch.call_in_step("after_optimizer_step", optimizer)
+            now = time.perf_counter()
+            self.own_s += now - started
+            self._finish_step(now)  # (which notes what backward's end needs, for the next step)
         else:
+            self._note_backward_end()
             self._other_optimizer_stepped(optimizer)
             self.own_s += time.perf_counter() - started
 
@@ -532,7 +557,8 @@ class Probe:
 
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
         self._no_optimizer_step_due = False
-        self._gradients_ready(self._primary)
+        if not self._gradients_final:
+            self._gradients_ready(self._primary)
         loss = self._losses.take()
         step_time = now - self._step_start if self._step_start is not None else None
         samples = self._batches.samples or self.batch_size
@@ -593,8 +619,10 @@ class Probe:
         """The next step begins: its number, whether it is a detail step, and so its callback table."""
         if self.step == ending:
             self.step += 1
-        self.detailed = self.next_detailed
-        self._dispatch.select(self.detailed)
+        if self.detailed != self.next_detailed:
+            self.detailed = self.next_detailed
+            self._dispatch.select(self.detailed)
+        self._note_backward_end()
 
     def _flush(self, now: float | None = None) -> None:
         self._last_flush = now if now is not None else time.perf_counter()

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from optwatch.probe.losses import LossSum
+
 
 def _readback_dtype(device: torch.device) -> torch.dtype:
     # float64 keeps a float32 loss bit-exact when it comes back; MPS has no float64.
@@ -70,10 +72,10 @@ class _Group:
     def __init__(self) -> None:
         self.scalars: list[torch.Tensor] = []
         self.vectors: list[torch.Tensor] = []
-        self.scalar_slots: list[tuple[dict[str, Any], str]] = []
-        self.vector_slots: list[tuple[dict[str, Any], str]] = []
+        self.scalar_slots: list[tuple[Any, Any]] = []  # (a record or a LossSum's values, key or index)
+        self.vector_slots: list[tuple[Any, Any]] = []
 
-    def add(self, record: dict[str, Any], key: str, value: torch.Tensor) -> None:
+    def add(self, record: Any, key: Any, value: torch.Tensor) -> None:
         if value.dim() == 0:
             self.scalars.append(value)
             self.scalar_slots.append((record, key))
@@ -113,6 +115,7 @@ class DeviceBatch:
         self._records = records
         self._groups: dict[tuple[torch.device, torch.dtype], _Group] = {}
         self._times: list[tuple[dict[str, Any], str, DeviceTime]] = []
+        self._sums: list[tuple[dict[str, Any], str, LossSum]] = []
         self._copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._events: list[Any] = []
         self._filed = not on_host
@@ -144,11 +147,18 @@ class DeviceBatch:
                 continue
             if kind is DeviceTime:
                 self._times.append((values, key, value))
+            elif kind is LossSum:
+                self._sums.append((values, key, value))
+                for index, part in enumerate(value.parts):
+                    self._file_value(value.values, index, part)
             elif isinstance(value, torch.Tensor):
-                group = self._groups.get((value.device, value.dtype))
-                if group is None:
-                    group = self._groups[(value.device, value.dtype)] = _Group()
-                group.add(values, key, value)
+                self._file_value(values, key, value)
+
+    def _file_value(self, values: dict[str, Any] | list[Any], key: str | int, value: torch.Tensor) -> None:
+        group = self._groups.get((value.device, value.dtype))
+        if group is None:
+            group = self._groups[(value.device, value.dtype)] = _Group()
+        group.add(values, key, value)
 
     def _read_on_host(self) -> list[dict[str, Any]]:
         """CPU values read in place: ``tolist()`` per value (about 1 µs; a 0-d tensor gives a number)
@@ -158,7 +168,9 @@ class DeviceBatch:
         for record in self._records:
             for values in (record, *[v for v in record.values() if type(v) is dict]):
                 for key, value in values.items():
-                    if type(value) not in plain and isinstance(value, torch.Tensor):
+                    if type(value) is LossSum:
+                        values[key] = sum(part.item() for part in value.parts)
+                    elif type(value) not in plain and isinstance(value, torch.Tensor):
                         values[key] = value.detach().tolist() if value.requires_grad else value.tolist()
         return self._records
 
@@ -175,4 +187,6 @@ class DeviceBatch:
             group.fill(host.cpu().to(_readback_dtype(device)).tolist())
         for record, key, time in self._times:
             record[key] = time.seconds()
+        for record, key, losses in self._sums:
+            record[key] = losses.total()
         return self._records
