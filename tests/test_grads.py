@@ -524,6 +524,31 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
     assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(again - 25, again + 1))
 
 
+@pytest.mark.parametrize(
+    ("between_s", "detail_s", "settles_at"),
+    [(0.00015, 0.00066, 128), (0.00001, 0.0005, 7)],
+    ids=["the-steps-between-take-the-budget", "room-for-every-7th"],
+)
+def test_past_the_first_steps_the_spacing_is_right_within_two_windows_and_stays(between_s, detail_s, settles_at):
+    """The LLM-shaped loop's costs (benchmarks/llm_loop.py, 15 ms steps: 0.15 ms of optwatch's own between
+    detail steps, 0.66 ms at one), and a 10 ms step with room for every 7th: from step 100 the governor
+    finds the spacing the 1% budget allows within two windows of 20 steps, where doubling spent some 300
+    steps, a third of them detail steps, getting there; then it stays (by hand: 0.01 + 0.49 / 7 = 0.080 ms
+    a step, 0.80% of 10 ms, inside [0.5%, 1%])."""
+    from optwatch.probe.governor import DetailGovernor
+
+    step_s = 0.015 if settles_at == 128 else 0.010
+    governor = DetailGovernor(budget=0.01, settle_steps=100)
+    detailed, spacings = True, []
+    for step in range(1000):
+        every, detailed = governor.plan(step, detail_s if detailed else between_s, step_s, detailed)
+        spacings.append(every)
+    assert spacings[99] > 1  # the first 100 steps measured the detail steps' cost
+    assert all(every == settles_at for every in spacings[140:])
+    details_past_100 = sum(1 for step in range(100, 400) if step % spacings[step - 1] == 0)
+    assert details_past_100 <= 300 // settles_at + 8  # (doubling: 33 in the first case)
+
+
 _FOREACH_NORM = torch._foreach_norm
 
 

@@ -32,29 +32,56 @@ class DetailGovernor:
         self._own_s = 0.0
         self._time_s = 0.0
         self._steps = 0
+        self._detail_own_s = 0.0
+        self._details = 0
 
-    def plan(self, step: int, own_s: float, step_time: float | None) -> tuple[int, bool]:
-        """After step ``step`` took ``step_time`` with ``own_s`` of optwatch's own: (the spacing now, whether
-        the next step is a detail step).
+    def plan(self, step: int, own_s: float, step_time: float | None, detailed: bool = True) -> tuple[int, bool]:
+        """After step ``step`` (a detail step: ``detailed``) took ``step_time`` with ``own_s`` of optwatch's own:
+        (the spacing now, whether the next step is a detail step).
 
-        The share is measured, not modelled: over a window of at least ``DETAIL_WINDOW`` steps and two
-        spacings. Above the budget the spacing grows by the factor it is over (at most 8x at a time); under
-        half of the budget, it halves. With share = fixed + detail / spacing, a halving from under half the
-        budget cannot land above it, so the spacing settles instead of swinging.
+        The share is measured over a window of at least ``DETAIL_WINDOW`` steps and two spacings, in two parts:
+        what a detail step costs and what a step between costs. Above the budget, the spacing jumps to the one
+        that brings the share to three quarters of the budget (share = between + (detail - between) /
+        spacing), or doubles where the parts cannot tell; under half of the budget, it halves, which cannot
+        land above it, so the spacing settles instead of swinging. The window runs through the first steps
+        too (all detail steps), so that the spacing is right a window after them, not several hundred steps
+        later: a ramp by factors spends that long in detail steps the budget has no room for.
         """
-        if self.pinned or self.budget <= 0 or step + 1 < self.settle_steps:
+        if self.pinned or self.budget <= 0:
             self.every = 1
         elif step_time:
             self._own_s += own_s
             self._time_s += step_time
             self._steps += 1
+            if detailed:
+                self._detail_own_s += own_s
+                self._details += 1
+            settling = step + 1 < self.settle_steps
             if self._steps >= max(DETAIL_WINDOW, 2 * self.every):
-                share = self._own_s / self._time_s
-                if share > self.budget:
-                    factor = min(math.ceil(share / self.budget), 8)
-                    self.every = min(factor * self.every, MAX_DETAIL_EVERY)
-                elif share < self.budget / 2:
-                    self.every = max(self.every // 2, 1)
-                self._own_s = self._time_s = 0.0
-                self._steps = 0
+                if not settling:
+                    self._respace()
+                self._own_s = self._time_s = self._detail_own_s = 0.0
+                self._steps = self._details = 0
+            if settling:
+                self.every = 1
         return self.every, (step + 1) % self.every == 0
+
+    def _respace(self) -> None:
+        share = self._own_s / self._time_s
+        if share > self.budget:
+            self.every = min(max(self._spacing_for(0.75 * self.budget), 2 * self.every), MAX_DETAIL_EVERY)
+        elif share < self.budget / 2:
+            self.every = max(self.every // 2, 1)
+
+    def _spacing_for(self, share: float) -> int:
+        """The spacing at which this window's costs come to ``share`` of the step time (0: they cannot tell;
+        with no step between detail steps in the window, those are taken to cost nothing)."""
+        lights = self._steps - self._details
+        if not self._details:
+            return 0
+        detail_s = self._detail_own_s / self._details
+        between_s = (self._own_s - self._detail_own_s) / lights if lights else 0.0
+        room_s = share * self._time_s / self._steps - between_s
+        if room_s <= 0:
+            return MAX_DETAIL_EVERY  # the steps between alone take the share: detail steps as rare as can be
+        return max(math.ceil((detail_s - between_s) / room_s), 1)

@@ -597,7 +597,7 @@ class Probe:
         self._batches.add_eval_batches(record)
         if extra:
             record.update(extra)
-        self.detail_every, self.next_detailed = self.governor.plan(self.step, self.own_s, step_time)
+        self.detail_every, self.next_detailed = self.governor.plan(self.step, self.own_s, step_time, self.detailed)
         self._dispatch.call_in_step("after_step", record)
         self._records.add(record, self._primary)
         self._clear_step()
