@@ -11,6 +11,8 @@ warm-up, as a user's run does), with the loop's own per-iteration timer:
     probe-every the same, every check on every step: with ``default`` and ``every``, what the hub and the
                 viewer on the machine's other cores add
     dashboard   optwatch run LOOP, the dashboard drawing in a pseudo-terminal (only with --slice-ms 0)
+    hooks-only  no optwatch: empty wrappers at its per-step hook points (``null_hooks.py``), the floor that
+                hooking there costs whatever the hooks do
 
 The runs of a round take turns on the machine (``lockstep``: slices of a few iterations, a new order each
 turn), and each run's iterations are compared with bare's of the same turn, so that the machine's own
@@ -54,7 +56,7 @@ WORKLOADS = {
     "llm": [str(ROOT / "benchmarks" / "llm_loop.py"), "--quiet"],
     "cifar": [str(ROOT / "benchmarks" / "cifar_loop.py")],
 }
-CONFIGS = ("bare", "aa", "default", "every", "probe", "probe-every", "dashboard")
+CONFIGS = ("bare", "aa", "default", "every", "probe", "probe-every", "dashboard", "hooks-only")
 SLICE_S = {"llm": 0.15, "cifar": 1.2}
 """How long each run of a round has the machine at a time: a few of the loop's iterations (``lockstep``)."""
 FIRST = 100  # optwatch checks every step up to here by design (--budget applies after it)
@@ -67,6 +69,8 @@ def command(config: str, loop: list[str], runs: Path) -> list[str]:
     python = [sys.executable]
     if config in ("bare", "aa"):
         return [*python, *loop]
+    if config == "hooks-only":
+        return [*python, str(ROOT / "benchmarks" / "null_hooks.py"), *loop]
     ow = ["env", f"OPTWATCH_RUNS_DIR={runs}", *python, "-m", "optwatch", "run"]
     if config == "default":
         return [*ow, "--headless", *loop]
