@@ -275,8 +275,7 @@ class ControlPlugin(ProbePlugin):
                     break
                 self._apply_due(context, stage="boundary")
             held = time.perf_counter() - paused_at
-        if self.amp.enabled:
-            self.amp.enter()
+        self.amp.enter()
         return held
 
     @staticmethod

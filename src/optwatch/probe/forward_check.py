@@ -143,8 +143,7 @@ class ForwardCheckPlugin(ProbePlugin):
         check_next = self.armed and context.next_detailed
         if check_next:
             self._model = context.find_model()
-        if check_next != (self._hook is not None):
-            self._set_hook(check_next)
+        self._set_hook(check_next)
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
         # Not inside a torch.compile graph: it would guard on the check's own state (recompiling at every

@@ -42,8 +42,8 @@ class DetailGovernor:
         The share is measured over a window of at least ``DETAIL_WINDOW`` steps and two spacings, in two parts:
         what a detail step costs and what a step between costs. Above the budget, the spacing jumps to the one
         that brings the share to three quarters of the budget (share = between + (detail - between) /
-        spacing), or doubles where the parts cannot tell; under half of the budget, it halves, which cannot
-        land above it, so the spacing settles instead of swinging. The window runs through the first steps
+        spacing), at least doubling (also where the parts cannot tell); under half of the budget, it halves,
+        which cannot land above it, so the spacing settles instead of swinging. The window runs through the first steps
         too (all detail steps), so that the spacing is right a window after them, not several hundred steps
         later: a ramp by factors spends that long in detail steps the budget has no room for.
         """

@@ -319,7 +319,7 @@ class TorchHooks:
                 result = original(parameters, *args, **kwargs)
             if returns_norm:
                 norm_type = kwargs.get("norm_type", args[1] if len(args) > 1 else 2.0)
-                if norm_type == 2.0 or _is_two(norm_type):
+                if _is_two(norm_type):
                     try:
                         target.clipped(result, kwargs.get("max_norm", args[0] if args else None))
                     except Exception:

@@ -148,22 +148,12 @@ class StepRecords:
 
     def add(self, record: dict[str, Any], primary: torch.optim.Optimizer | None) -> None:
         """The primary's new step record waits for the optimizers that step after it; the one before goes."""
-        if not self._others:  # one optimizer, the usual case at every step: nobody adds to the record
-            if self._held is not None:
-                self._ready.append(self._held)
-            if self._primary_stepped_once:
-                self._ready.append(record)
-                self._held = None
-            else:
-                self._held = record  # (the first waits for optimizers after the primary, unknown yet)
-                self._primary_stepped_once = True
-            return
         self.release()
-        if self._after_primary or self._before_primary:
+        if self._others and (self._after_primary or self._before_primary):
             record["losses"] = {self._name_of(primary): record["loss"], **self._other_losses}
             self._other_losses.clear()
         self._held = record
-        if self._after_primary:
+        if self._others and self._after_primary:
             self._stepped_since_boundary = weakref.WeakSet()
             self._release_when_complete()
         elif self._primary_stepped_once:

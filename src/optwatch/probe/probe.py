@@ -390,10 +390,9 @@ class Probe:
             if self._backward_started is None:
                 self._backward_started = now
             self._losses.backpropagated(tensors, in_closure=self._stepping is not None)
-            if self._dispatch.active["on_backward_start"]:
-                for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
-                    if replaced is not None:
-                        replacement = replaced
+            for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
+                if replaced is not None:
+                    replacement = replaced
         self.own_s += time.perf_counter() - now
         return replacement
 
@@ -433,8 +432,7 @@ class Probe:
             if device is not None:
                 self._announce_device(device)
         self.clip_measures = clip_measures
-        if self._dispatch.active["on_gradients"]:
-            self._dispatch.call_in_step("on_gradients", optimizer)
+        self._dispatch.call_in_step("on_gradients", optimizer)
         if self._grad_norm is None and not clip_measures and self.detailed:
             params = self.parameters()
             grads = [p.grad for p in params]
@@ -459,10 +457,7 @@ class Probe:
         handed, self._handed_norms = self._handed_norms, None
         if handed is not None and handed.taken:
             self.own_s -= handed.seconds  # the clip's own work, done for it: it computed no norms
-        if type(total_norm) is torch.Tensor:  # the usual case, at every step: not a DTensor
-            if total_norm.numel() == 1:
-                self._clip_norm = total_norm.detach()
-        elif isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
+        if isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
             self._clip_norm = sharding.replicated_value(total_norm.detach())
         try:
             self._clip_max = float(max_norm)
@@ -489,20 +484,17 @@ class Probe:
         if optimizer is self._primary:
             # (The step hooks get step()'s arguments with the optimizer first.)
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-            if not callable(closure) and not self._gradients_final:
+            if not callable(closure):
                 self._gradients_ready(optimizer)
-            if self._dispatch.active["before_optimizer_step"]:
-                self._dispatch.call_in_step("before_optimizer_step", optimizer)
+            self._dispatch.call_in_step("before_optimizer_step", optimizer)
         self.own_s += time.perf_counter() - started
 
     def optimizer_step_ended(self, optimizer: torch.optim.Optimizer) -> None:
         started = time.perf_counter()
         self._stepping = None
         if optimizer is self._primary:
-            if not self._gradients_final:
-                self._gradients_ready(optimizer)  # a closure that never called backward
-            if self._dispatch.active["after_optimizer_step"]:
-                self._dispatch.call_in_step("after_optimizer_step", optimizer)
+            self._gradients_ready(optimizer)  # a closure that never called backward
+            self._dispatch.call_in_step("after_optimizer_step", optimizer)
             now = time.perf_counter()
             self.own_s += now - started
             self._finish_step(now)  # (which notes what backward's end needs, for the next step)
@@ -557,8 +549,7 @@ class Probe:
 
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
         self._no_optimizer_step_due = False
-        if not self._gradients_final:
-            self._gradients_ready(self._primary)
+        self._gradients_ready(self._primary)
         loss = self._losses.take()
         step_time = now - self._step_start if self._step_start is not None else None
         samples = self._batches.samples or self.batch_size
@@ -619,9 +610,8 @@ class Probe:
         """The next step begins: its number, whether it is a detail step, and so its callback table."""
         if self.step == ending:
             self.step += 1
-        if self.detailed != self.next_detailed:
-            self.detailed = self.next_detailed
-            self._dispatch.select(self.detailed)
+        self.detailed = self.next_detailed
+        self._dispatch.select(self.detailed)
         self._note_backward_end()
 
     def _flush(self, now: float | None = None) -> None:

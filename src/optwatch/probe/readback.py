@@ -169,7 +169,8 @@ class DeviceBatch:
             for values in (record, *[v for v in record.values() if type(v) is dict]):
                 for key, value in values.items():
                     if type(value) is LossSum:
-                        values[key] = sum(part.item() for part in value.parts)
+                        value.values = [part.item() for part in value.parts]
+                        values[key] = value.total()
                     elif type(value) not in plain and isinstance(value, torch.Tensor):
                         values[key] = value.detach().tolist() if value.requires_grad else value.tolist()
         return self._records
