@@ -547,6 +547,86 @@ def test_between_detail_steps_a_plugin_gets_only_the_callbacks_it_needs_and_cont
     assert {s: steps[s]["lr"] for s in changes} == changes
 
 
+class RecordCounting(Probe):
+    """Counts the step records made at their step's end, on the training thread."""
+
+    made_at_step_end = 0
+
+    def _make_record(self, now, extra):
+        self.made_at_step_end += 1
+        super()._make_record(now, extra)
+
+
+def test_steps_no_plugin_needs_at_their_end_get_their_records_later_with_the_numbers_of_their_own_step():
+    """Between detail steps, a step whose end no plugin needs leaves only its raw values (the cheapest end a
+    step can have); its record is made at the next flush or detail step. Those records say what the script
+    did at each of those steps: its loss and the learning rate it assigned, in order, and the state a
+    plugin keeps (cudnn.benchmark, switched on by a scheduled command at step 60), from the step it holds."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        probe = new_probe(
+            probe_class=RecordCounting,
+            budget=0.01,
+            grad_full_cadence_steps=20,
+            publish_interval_s=3600.0,
+            controls=["cudnn_benchmark=on@60"],
+        ).start()
+        model = tiny_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        x, y = torch.randn(16, 4), torch.randn(16, 1)
+        losses, rates = [], []
+        started = time.time()
+        for step in range(200):
+            rate = 0.01 * (1 + math.cos(math.pi * step / 200))  # assigned each step, as nanoGPT does
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            rates.append(rate)
+        made_at_step_end = probe.made_at_step_end
+        steps = recorded(probe)
+        ended = time.time()
+    finally:
+        torch.backends.cudnn.benchmark = saved
+    light = [s["step"] for s in steps if not s["detailed"]]
+    assert len(light) > 120 and made_at_step_end < 200 - 100  # most records were made later
+    assert [s["step"] for s in steps] == list(range(200))
+    assert [s["loss"] for s in steps] == pytest.approx(losses, rel=1e-6)
+    assert [s["lr"] for s in steps] == rates
+    assert all(s["grad_norm"] is not None and s["clip_max_norm"] == 1.0 for s in steps)
+    times = [s["time"] for s in steps]
+    assert times == sorted(times) and started <= times[0] and times[-1] <= ended
+    assert [s["cudnn_benchmark"] for s in steps] == [False] * 60 + [True] * 140
+    assert all(s["amp"] is False for s in steps)
+    assert all(s["forward_s"] is None for s in steps if s["step"] in light)
+
+
+def test_a_live_command_reaches_a_run_whose_steps_need_no_plugin_at_their_end():
+    """The controls have nothing to do at a step's end while no command is scheduled: a command that comes
+    in (on the channel's thread) still applies at the next boundary, as it does at any step."""
+    probe = start(budget=0.01, grad_full_cadence_steps=20)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for step in range(200):
+        if step == 120:
+            probe.commands.append({"id": "c1", "command": "lr=0.05", "source": "ctl"})
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    [event] = [r for r in records if r["kind"] == "event" and r.get("id") == "c1"]
+    assert event["status"] == "accepted" and event["effective_step"] == 121
+    assert sum(not s["detailed"] for s in steps[20:120]) > 60
+    assert [s["lr"] for s in steps] == [0.1] * 121 + [0.05] * 79
+
+
 def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks():
     """``probe.plugins`` is a list: a plugin appended to it, or a plugin method wrapped on the instance
     (as benchmarks/grad_overhead.py does), before ``start`` runs at every step like one set with it."""

@@ -54,7 +54,8 @@ class BatchAccounts:
         first: a loop may take them ahead (accelerate's look-ahead, Lightning's prefetch, the Trainer taking
         every micro-batch of a step first)."""
         self._latest_iterator: weakref.ref[Any] | None = None
-        self._unknown_fetches: dict[int, _Fetches] = {}
+        self.other_fetches: dict[int, _Fetches] = {}
+        """Per iterator of a loader not known to feed training (an evaluation's), its batches in this step."""
 
     def taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None:
         """The script took ``batch`` from a DataLoader ``iterator``, waiting from ``started`` to ``finished``."""
@@ -66,9 +67,9 @@ class BatchAccounts:
         if any(ref() is iterator for ref in self._training_loaders):
             self.data_wait_s += finished - started
         else:
-            fetches = self._unknown_fetches.get(id(iterator))
+            fetches = self.other_fetches.get(id(iterator))
             if fetches is None:
-                fetches = self._unknown_fetches[id(iterator)] = _Fetches()
+                fetches = self.other_fetches[id(iterator)] = _Fetches()
             fetches.count += 1
             fetches.wait_s += finished - started
 
@@ -99,7 +100,7 @@ class BatchAccounts:
                 return None
             self._training_loaders = [ref for ref in self._training_loaders if ref() is not None]
             self._training_loaders.append(weakref.ref(iterator))
-            fetches = self._unknown_fetches.pop(id(iterator), None)
+            fetches = self.other_fetches.pop(id(iterator), None)
             if fetches is not None:
                 self.data_wait_s += fetches.wait_s
         size, started = self._unconsumed[iterator].popleft()
@@ -109,12 +110,12 @@ class BatchAccounts:
 
     def add_eval_batches(self, record: dict[str, Any]) -> None:
         """The batches of loaders not known to feed training (an evaluation's), if any, into the step record."""
-        if self._unknown_fetches:
-            record["eval_batches"] = sum(f.count for f in self._unknown_fetches.values())
-            record["eval_wait_s"] = sum(f.wait_s for f in self._unknown_fetches.values())
+        if self.other_fetches:
+            record["eval_batches"] = sum(f.count for f in self.other_fetches.values())
+            record["eval_wait_s"] = sum(f.wait_s for f in self.other_fetches.values())
 
     def clear(self) -> None:
         """The next step begins with no batch of its own."""
         self.data_wait_s = 0.0
         self.samples = 0
-        self._unknown_fetches.clear()
+        self.other_fetches.clear()

@@ -12,7 +12,6 @@ import collections
 import itertools
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,8 +128,10 @@ class _HeldRate:
 
 class ControlPlugin(ProbePlugin):
     name = "controls"
-    idle_callbacks = frozenset({"on_backward_start", "on_backward_end", "before_optimizer_step"})
-    """While nothing is due and AMP is off: see ``_set_idle_callbacks``."""
+    idle_callbacks = frozenset(
+        {"on_backward_start", "on_backward_end", "before_optimizer_step", "after_step", "at_boundary"}
+    )
+    """While nothing is due and AMP is off: see ``_idle_now``."""
 
     def __init__(self, scheduled: list[str], profile: Callable[..., dict[str, Any]] | None = None):
         """``profile(steps, reason=...)``: asks the profiler for a window (the reply says when, or why not)."""
@@ -143,7 +144,6 @@ class ControlPlugin(ProbePlugin):
         self._ids = itertools.count(1)
         self._schedule: list[Scheduled] = []
         self._seen_ids: collections.deque[str] = collections.deque(maxlen=1024)
-        self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         # (step, {group index: lr}) set at a boundary, re-asserted in that step's optimizer pre-hook in
         # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
         self._lr_pin: tuple[int, dict[int, float]] | None = None
@@ -151,6 +151,8 @@ class ControlPlugin(ProbePlugin):
         self._overflowed: tuple[int, torch.Tensor] | None = None  # (step, loss scale) of an fp16 skip
         self._closed = False
         self.context: ProbeContext | None = None
+        self._fields: tuple[bool, bool] | None = None
+        """(AMP on, cudnn.benchmark) as the step records carry them (``context.set_step_fields``)."""
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
             self._add(step, command, f"s{next(self._ids)}", "schedule")
@@ -175,9 +177,10 @@ class ControlPlugin(ProbePlugin):
 
     def _ahead(self) -> int:
         """Steps of margin for a live command under DDP: enough for the side channel to reach every rank."""
-        if self.paused or not self._step_times:
+        step_time = self.context.mean_step_s if self.context is not None else None
+        if self.paused or step_time is None:
             return 0 if self.paused else MIN_AHEAD_STEPS
-        step_time = max(statistics.median(self._step_times), 1e-4)
+        step_time = max(step_time, 1e-4)
         return min(MAX_AHEAD_STEPS, max(MIN_AHEAD_STEPS, math.ceil(AGREEMENT_HORIZON_S / step_time)))
 
     def _take_new_commands(self, context: ProbeContext) -> None:
@@ -201,26 +204,38 @@ class ControlPlugin(ProbePlugin):
             self._add(step, text, command_id, source)
 
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
-        record["amp"] = self.amp.enabled
-        if self._overflowed is not None:
+        if self._overflowed is not None:  # (only under AMP)
             if self._overflowed[0] == record["step"]:
                 record.update(amp_overflow=True, amp_scale=self._overflowed[1])
             self._overflowed = None
-        record["cudnn_benchmark"] = _cudnn_benchmark()
-        if isinstance(record.get("step_time_s"), float):
-            self._step_times.append(record["step_time_s"])
+
+    def sample(self, context: ProbeContext, system: dict[str, Any]) -> list[dict[str, Any]]:
+        self._note_fields(context)  # the script may set cudnn.benchmark itself
+        return []
+
+    def _note_fields(self, context: ProbeContext) -> None:
+        fields = (self.amp.enabled, _cudnn_benchmark())
+        if fields != self._fields:
+            self._fields = fields
+            context.set_step_fields(amp=fields[0], cudnn_benchmark=fields[1])
 
     def _idle_now(self) -> frozenset[str]:
-        """The callbacks with nothing to do at any step for now: every step pays for a callback it is given.
-        Backward's only while AMP is off; the optimizer step's also while no command waits for it, no
-        learning rate is pinned or held, and no fp16 loss scale is unscaled there."""
+        """The callbacks with nothing to do at any step for now: every step pays for a callback it is given,
+        and a step's end that no plugin needs costs least of all. While AMP is off: backward's and the step's
+        end (the records' ``amp`` and ``cudnn_benchmark`` are step fields); the boundary's also while no
+        command is scheduled and the run is not paused (live commands wake it: ``at_boundary``); the
+        optimizer step's also while no command waits for it and no learning rate is pinned or held."""
         if self.amp.enabled:
             return frozenset()
-        if self._schedule or self._lr_pin is not None or self._held_rates:
-            return frozenset({"on_backward_start", "on_backward_end"})
-        return frozenset({"on_backward_start", "on_backward_end", "before_optimizer_step"})
+        idle = {"on_backward_start", "on_backward_end", "after_step"}
+        if not self._schedule and not self.paused:
+            idle.add("at_boundary")
+        if not (self._schedule or self._lr_pin is not None or self._held_rates):
+            idle.add("before_optimizer_step")
+        return frozenset(idle)
 
     def _set_idle_callbacks(self, context: ProbeContext) -> None:
+        self._note_fields(context)
         idle = self._idle_now()
         if idle != self.idle_callbacks:
             self.idle_callbacks = idle
@@ -275,6 +290,7 @@ class ControlPlugin(ProbePlugin):
                     break
                 self._apply_due(context, stage="boundary")
             held = time.perf_counter() - paused_at
+            self._set_idle_callbacks(context)  # (a lease that ran out ended the pause)
         self.amp.enter()
         return held
 

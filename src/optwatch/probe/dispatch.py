@@ -44,10 +44,10 @@ class Dispatch:
         self.tabulate(detailed)
 
     def tabulate(self, detailed: bool) -> None:
-        def implementing(method: str, light: bool) -> list[tuple[str, Callable[..., Any]]]:
+        def implementing(method: str, light: bool, idle_too: bool = False) -> list[tuple[str, Callable[..., Any]]]:
             chosen = []
             for plugin in self._plugins:
-                if plugin.name in self._broken or method in plugin.idle_callbacks:
+                if plugin.name in self._broken or (method in plugin.idle_callbacks and not idle_too):
                     continue
                 if getattr(type(plugin), method, None) is getattr(ProbePlugin, method, None):
                     continue
@@ -58,16 +58,33 @@ class Dispatch:
 
         self.every = {method: implementing(method, False) for method in CALLBACKS}
         self._between = {method: implementing(method, method in PER_STEP_CALLBACKS) for method in CALLBACKS}
+        self._boundary_for_commands = implementing("at_boundary", False, idle_too=True)
         self.select(detailed)
 
     def select(self, detailed: bool) -> None:
         """The step now beginning is a detail step, or not."""
         self.active = self.every if detailed else self._between
 
+    def after_step(self, record: dict[str, Any], before_detail: bool) -> None:
+        """``after_step``: from the detail steps' table at a detail step and at the step before one (where a
+        plugin prepares for it), else from the table of the steps between."""
+        table = self.every if before_detail else self._between
+        if table["after_step"]:
+            self._call_in_step(table["after_step"], "after_step", record)
+
+    def at_boundary(self, commands_waiting: bool) -> list[Any]:
+        """``at_boundary``: while commands wait, of every plugin that implements it, idle or not (they come
+        in on another thread: nobody has yet told a plugin that it has something to do)."""
+        callbacks = self._boundary_for_commands if commands_waiting else self.active["at_boundary"]
+        return self._call_in_step(callbacks, "at_boundary") if callbacks else []
+
     def call(self, method: str, *args: Any) -> list[Any]:
         """Run one callback of every plugin that implements it (in the table of the step now running)."""
+        return self._call(self.active[method], method, *args)
+
+    def _call(self, callbacks: list[tuple[str, Callable[..., Any]]], method: str, *args: Any) -> list[Any]:
         results = []
-        for name, callback in self.active[method]:
+        for name, callback in callbacks:
             try:
                 results.append(callback(self._context, *args))
             except Exception:
@@ -77,12 +94,14 @@ class Dispatch:
     def call_in_step(self, method: str, *args: Any) -> list[Any]:
         """``call`` from a hook, inside an ``optwatch`` range while a profiler records (the hook charges the
         time to optwatch's cost)."""
-        if not self.active[method]:
-            return []
+        callbacks = self.active[method]
+        return self._call_in_step(callbacks, method, *args) if callbacks else []
+
+    def _call_in_step(self, callbacks: list[tuple[str, Callable[..., Any]]], method: str, *args: Any) -> list[Any]:
         if torch.autograd.profiler._is_profiler_enabled:
             with as_optwatch_work():
-                return self.call(method, *args)
-        return self.call(method, *args)
+                return self._call(callbacks, method, *args)
+        return self._call(callbacks, method, *args)
 
     def switch_off(self, plugin: str, where: str) -> None:
         """Call it inside the ``except``: the traceback is logged with the plugin's name."""

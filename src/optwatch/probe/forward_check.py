@@ -88,7 +88,7 @@ _CHECK_BATCH = 32
 
 class ForwardCheckPlugin(ProbePlugin):
     name = "forward_check"
-    between_detail_steps = frozenset({"after_step"})
+    between_detail_steps = frozenset()  # its hooks are set and taken away at detail steps
 
     def __init__(self, always: bool = False):
         self.always = always

@@ -10,7 +10,9 @@ clip's gradient norm are recorded at every step whatever the budget.
 
 from __future__ import annotations
 
+import collections
 import math
+import statistics
 
 DETAIL_WINDOW = 20
 """The fewest steps the share is judged over."""
@@ -34,6 +36,7 @@ class DetailGovernor:
         self._steps = 0
         self._detail_own_s = 0.0
         self._details = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=20)
 
     def plan(self, step: int, own_s: float, step_time: float | None, detailed: bool = True) -> tuple[int, bool]:
         """After step ``step`` (a detail step: ``detailed``) took ``step_time`` with ``own_s`` of optwatch's own:
@@ -47,6 +50,8 @@ class DetailGovernor:
         too (all detail steps), so that the spacing is right a window after them, not several hundred steps
         later: a ramp by factors spends that long in detail steps the budget has no room for.
         """
+        if step_time:
+            self._recent.append(step_time)
         if self.pinned or self.budget <= 0:
             self.every = 1
         elif step_time:
@@ -65,6 +70,11 @@ class DetailGovernor:
             if settling:
                 self.every = 1
         return self.every, (step + 1) % self.every == 0
+
+    @property
+    def mean_step_s(self) -> float | None:
+        """The median time of the last 20 steps planned (None before the first)."""
+        return statistics.median(self._recent) if self._recent else None
 
     def _respace(self) -> None:
         share = self._own_s / self._time_s

@@ -123,7 +123,7 @@ class StepRecords:
         self._primary_stepped_once = False
         self._stepped_since_boundary: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._other_losses: dict[str, torch.Tensor] = {}
-        self._others = False
+        self.others = False
         """Another optimizer than the primary has stepped in this run (else each record goes as it is made)."""
         self._held: dict[str, Any] | None = None
         self._ready: list[dict[str, Any]] = []
@@ -133,7 +133,7 @@ class StepRecords:
     ) -> None:
         """An optimizer other than the primary stepped, with the losses backpropagated since the previous step
         of any optimizer: they go with the record of the primary's step it belongs with."""
-        self._others = True
+        self.others = True
         name = self._name_of(optimizer)
         if optimizer not in self._before_primary and optimizer not in self._after_primary:
             (self._after_primary if self._primary_stepped_once else self._before_primary).add(optimizer)
@@ -149,11 +149,11 @@ class StepRecords:
     def add(self, record: dict[str, Any], primary: torch.optim.Optimizer | None) -> None:
         """The primary's new step record waits for the optimizers that step after it; the one before goes."""
         self.release()
-        if self._others and (self._after_primary or self._before_primary):
+        if self.others and (self._after_primary or self._before_primary):
             record["losses"] = {self._name_of(primary): record["loss"], **self._other_losses}
             self._other_losses.clear()
         self._held = record
-        if self._others and self._after_primary:
+        if self.others and self._after_primary:
             self._stepped_since_boundary = weakref.WeakSet()
             self._release_when_complete()
         elif self._primary_stepped_once:

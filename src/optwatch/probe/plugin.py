@@ -118,6 +118,16 @@ class ProbeContext(Protocol):
         """Every step a detail step from now on (after a non-finite value)."""
         ...
 
+    def set_step_fields(self, **fields: Any) -> None:
+        """From the step now running on, every step record carries these fields (a state a plugin keeps, such
+        as whether AMP is on): the steps that need no plugin at their end get them too."""
+        ...
+
+    @property
+    def mean_step_s(self) -> float | None:
+        """The median time of the recent steps (None before the first step's end)."""
+        ...
+
     def switch_off(self, plugin: str, where: str) -> None:
         """Switch a plugin off after it raised (call it inside the ``except``): its callbacks stop, its
         ``close`` takes its hooks away, and the training goes on."""
@@ -134,7 +144,9 @@ class ProbePlugin:
     name = "plugin"
     between_detail_steps: frozenset[str] | None = None
     """The per-step callbacks this plugin needs on the steps between two detail steps, where the probe calls
-    no others. None: all of them."""
+    no others (but ``after_step`` at the step before each detail step, to prepare for it). None: all of them.
+    A step whose end no plugin needs (no ``after_step`` or ``at_boundary`` in the table of the steps between,
+    no command waiting) costs the least: the probe notes its values and makes its record later."""
     idle_callbacks: frozenset[str] = frozenset()
     """Callbacks this plugin implements but needs at no step for now: left out of every step. A plugin
     that changes it calls ``context.retabulate()`` (on the training thread)."""
@@ -166,11 +178,13 @@ class ProbePlugin:
         """In the primary optimizer's step post-hook, before the probe ends the step."""
 
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
-        """At the step boundary, with the step record still open: add fields, or ``emit`` records."""
+        """At the step boundary, with the step record still open: add fields, or ``emit`` records. (A field
+        every record carries, whatever the step, goes through ``context.set_step_fields`` instead.)"""
 
     def at_boundary(self, context: ProbeContext) -> float | None:
         """After the step record, with ``context.step`` already the next step: apply what is due. Returns the
-        seconds it held the run (a pause), which are no part of the next step's time."""
+        seconds it held the run (a pause), which are no part of the next step's time. Called, even when idle,
+        at every boundary where ``context.commands`` holds something."""
         return None
 
     def sample(self, context: ProbeContext, system: dict[str, Any]) -> list[dict[str, Any]]:

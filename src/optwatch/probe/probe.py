@@ -136,8 +136,13 @@ class Probe:
         self._no_optimizer_step_due = False
         # records
         self._records = StepRecords(self._name_of)
+        self._light_steps: list[tuple] = []
+        """Steps between detail steps that no plugin needed at their end: their raw values, made into step
+        records at the next flush or detail step (``_record_light_steps``), in order."""
+        self._step_fields: dict[str, Any] = {}
         self._last_flush = time.perf_counter()
         self._last_bg_cpu = 0.0
+        self._tables_stale = False
         # plugins
         self._dispatch = Dispatch(self, plugins)
         self._failed_hooks: set[str] = set()
@@ -279,6 +284,13 @@ class Probe:
     def pin_detail(self) -> None:
         self.governor.pinned = True
 
+    def set_step_fields(self, **fields: Any) -> None:
+        self._step_fields = {**self._step_fields, **fields}  # a new mapping: steps made so far keep theirs
+
+    @property
+    def mean_step_s(self) -> float | None:
+        return self.governor.mean_step_s
+
     def learning_rate(self, optimizer: torch.optim.Optimizer | None = None) -> float | torch.Tensor | None:
         optimizer = optimizer or self._primary
         if optimizer is None or not optimizer.param_groups:
@@ -324,6 +336,10 @@ class Probe:
 
     # --- plugins ---------------------------------------------------------------------------------------
     def retabulate(self) -> None:
+        if self.training_thread is not None and threading.get_ident() != self.training_thread:
+            self._tables_stale = True  # the training thread reads the tables: it retabulates at its step's end
+            return
+        self._tables_stale = False
         self._dispatch.tabulate(self.detailed)
         self._note_backward_end()
 
@@ -528,6 +544,20 @@ class Probe:
     # --- the step boundary ---------------------------------------------------------------------------------------
     def _finish_step(self, now: float, **extra: Any) -> None:
         ending = self.step
+        if (
+            not self.detailed
+            and (ending + 1) % self.detail_every
+            and not self._dispatch.active["after_step"]
+            and not self._dispatch.active["at_boundary"]
+            and not self.commands
+            and not extra
+            and not self._tables_stale
+            and not self._grad_part
+            and not self._records.others
+            and not self._batches.other_fetches
+        ):
+            self._note_light_step(now)
+            return
         try:
             self._make_record(now, extra)
         except Exception:
@@ -537,7 +567,9 @@ class Probe:
         self._advance(ending)
         held_s = 0.0
         try:
-            for seconds in self._dispatch.call_in_step("at_boundary"):
+            if self._tables_stale:
+                self.retabulate()
+            for seconds in self._dispatch.at_boundary(bool(self.commands)):
                 held_s += seconds or 0.0
             if now - self._last_flush >= self.options.publish_interval_s:
                 self._flush(now)
@@ -547,7 +579,80 @@ class Probe:
             self._step_start = now + held_s
             self.own_s = time.perf_counter() - self._step_start
 
+    def _note_light_step(self, now: float) -> None:
+        """The end of a step between detail steps that no plugin needs: its raw values only, no record yet
+        (what the step's end costs shows as much again in the training's own work: the fewer objects it
+        touches, the less). A next step that must be a detail step, a plugin that wants the step's end, a
+        command waiting, another optimizer's or an evaluation's batches to add: those take ``_make_record``."""
+        self._no_optimizer_step_due = False
+        self._light_steps.append(
+            (
+                self.step,
+                now,
+                self._losses.take(),
+                self._grad_norm if self._grad_norm is not None else self._clip_norm,
+                self._clip_max,
+                self.learning_rate(),
+                now - self._step_start if self._step_start is not None else None,
+                self._batches.data_wait_s,
+                self._batches.samples,
+                self._backward_started,
+                self._step_start,
+                self.own_s,
+                self.detail_every,
+                self._step_fields,
+            )
+        )
+        self._clear_step()
+        self.step += 1
+        self._note_backward_end()
+        if now - self._last_flush >= self.options.publish_interval_s:
+            self._flush(now)
+        self._step_start = now
+        self.own_s = time.perf_counter() - now
+
+    def _record_light_steps(self) -> None:
+        """The step records of the light steps noted since the last, in order, with the governor told of
+        each as it would have been at its end."""
+        light, self._light_steps = self._light_steps, []
+        bg_cpu = self.channel.cpu_s
+        offset = time.time() - time.perf_counter()
+        for index, values in enumerate(light):
+            (step, ended, loss, grad_norm, clip_max, lr, step_time, data_wait_s, samples, backward_started,
+             step_start, own_s, detail_every, fields) = values  # fmt: skip
+            samples = samples or self.batch_size
+            record = {
+                "v": protocol.PROTOCOL_VERSION,
+                "kind": protocol.STEP,
+                "rank": self.rank,
+                "time": ended + offset,
+                "step": step,
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "step_time_s": step_time,
+                "data_wait_s": data_wait_s,
+                "samples": samples,
+                "samples_per_s": (samples / step_time) if samples and step_time else None,
+                "to_backward_s": (backward_started - step_start)
+                if backward_started is not None and step_start is not None
+                else None,
+                "optwatch_s": own_s,
+                # The background threads' time since the last record goes with the last light step.
+                "optwatch_bg_s": bg_cpu - self._last_bg_cpu if index == len(light) - 1 else 0.0,
+                "detailed": False,
+                "detail_every": detail_every,
+                **fields,
+            }
+            if clip_max is not None:
+                record["clip_max_norm"] = clip_max
+            self.detail_every, _ = self.governor.plan(step, own_s, step_time, False)
+            self._records.add(record, self._primary)
+        self._last_bg_cpu = bg_cpu
+
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
+        if self._light_steps:
+            self._record_light_steps()
         self._no_optimizer_step_due = False
         self._gradients_ready(self._primary)
         loss = self._losses.take()
@@ -581,6 +686,8 @@ class Probe:
             "detail_every": self.detail_every,
         }
         self._last_bg_cpu = bg_cpu
+        if self._step_fields:
+            record.update(self._step_fields)
         if self._grad_part and self._grad_norm is not None:
             record["_sharded"] = True
         if self._clip_max is not None:
@@ -589,7 +696,7 @@ class Probe:
         if extra:
             record.update(extra)
         self.detail_every, self.next_detailed = self.governor.plan(self.step, self.own_s, step_time, self.detailed)
-        self._dispatch.call_in_step("after_step", record)
+        self._dispatch.after_step(record, self.detailed or self.next_detailed)
         self._records.add(record, self._primary)
         self._clear_step()
 
@@ -616,6 +723,8 @@ class Probe:
 
     def _flush(self, now: float | None = None) -> None:
         self._last_flush = now if now is not None else time.perf_counter()
+        if self._light_steps:
+            self._record_light_steps()
         pending = self._records.take_ready()
         if pending:
             on_host = self.device is not None and self.device.type == "cpu"

@@ -149,6 +149,7 @@ class ProfilerPlugin(ProbePlugin):
         self._device_used = False
         self._worker: threading.Thread | None = None
         self._closed = False
+        self.idle_callbacks = self._idle_now()
 
     # --- the trigger, for the dashboard and the control channel -------------------------------------
     def request_window(self, steps: int = DEFAULT_PROFILE_STEPS, reason: str = "request") -> dict[str, Any]:
@@ -164,6 +165,7 @@ class ProfilerPlugin(ProbePlugin):
             if self._requests:
                 return {"ok": False, "error": "a profiler window is already requested"}
             self._requests.append((steps, reason))
+        self._note_idle()
         # The next boundary prepares the profiler, the step after it is the warm-up.
         first = (self._probe.step if self._probe is not None else 0) + 2
         return {
@@ -210,6 +212,21 @@ class ProfilerPlugin(ProbePlugin):
         except Exception as exc:  # a profiler failure must never stop the training
             log.exception("optwatch: profiler window failed; training goes on")
             self._abandon(probe, f"{type(exc).__name__}: {exc}")
+        self._note_idle()
+
+    def _idle_now(self) -> frozenset[str]:
+        """The step's end, while no window is planned, requested or running: most steps then need no
+        plugin at their end, which makes them cheapest (``ProbePlugin.between_detail_steps``)."""
+        if self._window is None and not self._requests and self._due is None:
+            return frozenset({"after_step"})
+        return frozenset()
+
+    def _note_idle(self) -> None:
+        idle = self._idle_now()
+        if idle != self.idle_callbacks:
+            self.idle_callbacks = idle
+            if self._probe is not None:
+                self._probe.retabulate()
 
     def _advance(self, probe: ProbeContext, next_step: int, step_time: float | None) -> None:
         window = self._window

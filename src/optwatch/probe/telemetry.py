@@ -33,7 +33,7 @@ UNTIMED = dict.fromkeys(TIMED)
 
 class TelemetryPlugin(ProbePlugin):
     name = "telemetry"
-    between_detail_steps = frozenset({"after_step"})
+    between_detail_steps = frozenset()  # (the step before a detail step gets after_step)
 
     def __init__(self) -> None:
         self._cuda: torch.device | None = None
@@ -96,10 +96,11 @@ class TelemetryPlugin(ProbePlugin):
             self._host["optimizer_s"] -= self._nested_s
             self._optimizer_began = None
 
+    def install(self, context: ProbeContext) -> None:
+        context.set_step_fields(**UNTIMED)  # a step between detail steps is not timed; a detail step says
+
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
-        if not context.detailed:
-            record.update(UNTIMED)
-        else:
+        if context.detailed:
             for phase in TIMED:
                 if not self._measured[phase]:
                     record[phase] = None
