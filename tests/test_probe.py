@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
+import optwatch.probe.channel
 import optwatch.probe.controls
-from conftest import new_probe, records_of, train
+from conftest import new_probe, records_of, train, wait_for
 from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
 
@@ -625,6 +626,26 @@ def test_a_live_command_reaches_a_run_whose_steps_need_no_plugin_at_their_end():
     assert event["status"] == "accepted" and event["effective_step"] == 121
     assert sum(not s["detailed"] for s in steps[20:120]) > 60
     assert [s["lr"] for s in steps] == [0.1] * 121 + [0.05] * 79
+
+
+def test_the_channel_sleeps_while_nothing_is_queued_and_a_record_wakes_it(monkeypatch):
+    """The channel's thread does not poll while nothing is queued (each wake-up takes the GIL from the
+    training thread): a record handed over wakes it, and reaches the hub at once however long it slept; and
+    closing the probe wakes it to send the rest."""
+    monkeypatch.setattr(optwatch.probe.channel, "IDLE_WAIT_S", 60.0)
+    probe = start(system_interval_s=3600.0)
+    history = probe.test_hub.hub.history
+    time.sleep(1.0)  # the hello is out: asleep now
+    for value in (0.25, 0.5):
+        logged = time.perf_counter()
+        probe.log(accuracy=value)
+        probe.flush()
+        wanted = {"accuracy": value}
+        wait_for(lambda wanted=wanted: any(r.get("values") == wanted for r in history.records()), 10, 0.01)
+        assert time.perf_counter() - logged < 1.0
+    closing = time.perf_counter()
+    assert [r["kind"] for r in records_of(probe)][-1] == "end"
+    assert time.perf_counter() - closing < 5.0
 
 
 def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks():

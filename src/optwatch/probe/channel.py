@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +35,9 @@ SEND_QUEUE_MESSAGES = 300
 after which they are dropped, and what a restarted hub gets first."""
 HUB_CHECK_S = 1.0
 RESPAWN_EVERY_S = 5.0
+IDLE_WAIT_S = HUB_CHECK_S
+"""How long the thread sleeps with nothing queued: a submit or a command wakes it at once, and each wake-up
+takes the GIL from the training thread (20 a second cost a third of this thread's CPU time)."""
 
 
 class PendingItem(Protocol):
@@ -92,6 +97,14 @@ class Channel:
         self._decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
         self._observers: list[Callable[[list[dict[str, Any]]], None]] = []
         self._interval_s = interval_s
+        """How soon the thread looks again at an item whose device values are on their way."""
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        # Closed with the channel object, when nobody can write to them any more (never by the thread: a
+        # closed descriptor's number may be another file's by the time a late submit writes to it).
+        weakref.finalize(self, _close_fds, self._wake_read, self._wake_write)
+        self._asleep = False
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="optwatch-channel", daemon=True)
@@ -104,12 +117,16 @@ class Channel:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append(item)
+        if self._asleep:
+            self._wake()
 
     def submit_records(self, records: list[dict[str, Any]]) -> None:
         self.submit(ReadyRecords(records))
 
     def send_decision(self, decision: dict[str, Any]) -> None:
         self._decisions.append(decision)
+        if self._asleep:
+            self._wake()
 
     def on_ready(self, observer: Callable[[list[dict[str, Any]]], None]) -> None:
         """Call ``observer`` with each batch of records once their values are on the host (on this thread)."""
@@ -129,7 +146,15 @@ class Channel:
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (waiting for device values up to ``timeout_s``), then close."""
         self._stop.set()
+        self._wake()
         self._thread.join(timeout_s + 3)
+
+    def _wake(self) -> None:
+        self._asleep = False
+        try:
+            os.write(self._wake_write, b"\0")
+        except OSError:  # full (it is awake anyway) or closed (it has ended)
+            pass
 
     # --- the thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -158,9 +183,18 @@ class Channel:
             return
         self._started.set()
         try:
+            poller = zmq.Poller()
+            poller.register(bus, zmq.POLLIN)
+            poller.register(self._wake_read, zmq.POLLIN)
             while not self._stop.is_set():
                 started = time.thread_time()
-                if bus.poll(int(self._interval_s * 1000)):
+                self._asleep = True  # before looking at the queue: a submit after this wakes it
+                wait_s = self._interval_s if self._queue else IDLE_WAIT_S
+                events = dict(poller.poll(int(wait_s * 1000)))
+                self._asleep = False
+                if self._wake_read in events:
+                    self._drain_wakes()
+                if bus in events:
                     self._hear(bus)
                 self._send(push)
                 self._check_hub()
@@ -170,6 +204,13 @@ class Channel:
             push.close()
             bus.close(linger=0)
             context.term()
+
+    def _drain_wakes(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _hear(self, bus: zmq.Socket) -> None:
         for _ in range(64):
@@ -242,6 +283,14 @@ class Channel:
                 log.warning("optwatch: the hub (pid %d) was gone; a new one is taking over", hub_pid)
             except Exception:
                 log.exception("optwatch: could not start a new hub; the training goes on without viewers")
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 _unsendable_reported: set[str] = set()
