@@ -11,7 +11,7 @@ import torch
 
 import optwatch.probe.channel
 import optwatch.probe.controls
-from conftest import new_probe, records_of, train, wait_for
+from conftest import new_probe, records_of, train
 from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
 
@@ -607,6 +607,33 @@ def test_steps_no_plugin_needs_at_their_end_get_their_records_later_with_the_num
     assert all(s["forward_s"] is None for s in steps if s["step"] in light)
 
 
+def test_cudnn_benchmark_set_by_the_script_itself_shows_in_the_records_from_the_next_sample():
+    """A script that sets ``cudnn.benchmark`` itself (no command): the step records say so from the
+    sampler's next look on (within a sample's interval), as one switch, on steps between detail steps too."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        probe = start(budget=0.01, grad_full_cadence_steps=20, system_interval_s=0.02)
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(16, 4), torch.randn(16, 1)
+        for step in range(200):
+            if step == 100:
+                torch.backends.cudnn.benchmark = True
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            time.sleep(0.002)
+        steps = recorded(probe)
+    finally:
+        torch.backends.cudnn.benchmark = saved
+    flags = [s["cudnn_benchmark"] for s in steps]
+    switch = flags.index(True)
+    assert flags == [False] * switch + [True] * (200 - switch) and switch >= 100
+    assert sum(s["step_time_s"] for s in steps[100:switch]) <= 0.5  # the sampler looks every 20 ms
+    assert any(not s["detailed"] for s in steps[switch:])
+
+
 def test_a_live_command_reaches_a_run_whose_steps_need_no_plugin_at_their_end():
     """The controls have nothing to do at a step's end while no command is scheduled: a command that comes
     in (on the channel's thread) still applies at the next boundary, as it does at any step."""
@@ -628,24 +655,22 @@ def test_a_live_command_reaches_a_run_whose_steps_need_no_plugin_at_their_end():
     assert [s["lr"] for s in steps] == [0.1] * 121 + [0.05] * 79
 
 
-def test_the_channel_sleeps_while_nothing_is_queued_and_a_record_wakes_it(monkeypatch):
-    """The channel's thread does not poll while nothing is queued (each wake-up takes the GIL from the
-    training thread): a record handed over wakes it, and reaches the hub at once however long it slept; and
-    closing the probe wakes it to send the rest."""
+def test_the_training_thread_never_wakes_the_channel_and_closing_wakes_it_at_once(monkeypatch):
+    """The channel's thread takes what the training thread handed over on its own timer, never woken by the
+    hand-over (that would take the GIL from the training thread at the step's end), and sleeps while
+    nothing is on its way; closing the probe wakes it at once to send the rest."""
     monkeypatch.setattr(optwatch.probe.channel, "IDLE_WAIT_S", 60.0)
     probe = start(system_interval_s=3600.0)
     history = probe.test_hub.hub.history
-    time.sleep(1.0)  # the hello is out: asleep now
-    for value in (0.25, 0.5):
-        logged = time.perf_counter()
-        probe.log(accuracy=value)
-        probe.flush()
-        wanted = {"accuracy": value}
-        wait_for(lambda wanted=wanted: any(r.get("values") == wanted for r in history.records()), 10, 0.01)
-        assert time.perf_counter() - logged < 1.0
+    time.sleep(1.0)  # the hello is out, the thread asleep
+    probe.log(accuracy=0.5)
+    probe.flush()
+    time.sleep(1.0)
+    assert not [r for r in history.records() if r["kind"] == "metric"]  # still queued: nobody woke it
     closing = time.perf_counter()
-    assert [r["kind"] for r in records_of(probe)][-1] == "end"
-    assert time.perf_counter() - closing < 5.0
+    records = records_of(probe)
+    assert [r["values"] for r in records if r["kind"] == "metric"] == [{"accuracy": 0.5}]
+    assert records[-1]["kind"] == "end" and time.perf_counter() - closing < 5.0
 
 
 def test_a_plugin_appended_in_place_or_wrapped_before_start_gets_its_callbacks():

@@ -35,9 +35,12 @@ SEND_QUEUE_MESSAGES = 300
 after which they are dropped, and what a restarted hub gets first."""
 HUB_CHECK_S = 1.0
 RESPAWN_EVERY_S = 5.0
-IDLE_WAIT_S = HUB_CHECK_S
-"""How long the thread sleeps with nothing queued: a submit or a command wakes it at once, and each wake-up
-takes the GIL from the training thread (20 a second cost a third of this thread's CPU time)."""
+IDLE_WAIT_S = 0.25
+"""How long the thread sleeps with nothing on its way from the device: about the probe's publish interval.
+Each wake-up takes the GIL from the training thread (every 50 ms, a third of this thread's CPU time went
+to them), and a wake-up at each hand-over would take it right at the step's end, where the training
+thread runs Python: on a busy machine that made a fast loop's steps cost several times as much. A
+command comes in on the bus, which wakes it; a DDP decision and ``close`` wake it too."""
 
 
 class PendingItem(Protocol):
@@ -117,8 +120,6 @@ class Channel:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append(item)
-        if self._asleep:
-            self._wake()
 
     def submit_records(self, records: list[dict[str, Any]]) -> None:
         self.submit(ReadyRecords(records))
