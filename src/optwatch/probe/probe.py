@@ -186,6 +186,8 @@ class Probe:
         self._sampler.stop()
         if self._no_optimizer_step_due:
             self._finish_step(time.perf_counter())
+        if self._light_steps:
+            self._record_light_steps()
         self._records.release()
         self._flush()
         self.channel.submit_records(
