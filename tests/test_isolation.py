@@ -214,3 +214,32 @@ def test_run_dirs_and_info_files_not_plainly_ours_are_skipped_and_kept(runtime_d
         ctl = optwatch("ctl", name, "stop")
         assert ctl.returncode == 2 and f"no running job matches {name!r}" in ctl.stderr, name
     assert tree(runtime_dir) + tree(tmp_path) == before
+
+
+def test_a_run_file_written_by_two_threads_at_once_is_always_whole_and_private(tmp_path):
+    """A process may write one of its run's files from two threads at once (a hub serving its run from a
+    thread, as the tests' does, beside another writer): each write lands whole, none fails, the file stays
+    the owner's alone."""
+    import threading
+
+    from optwatch.wire.runtime import write_private_file
+
+    path = tmp_path / "info.json"
+    failures: list[BaseException] = []
+
+    def write(name: str) -> None:
+        try:
+            for count in range(300):
+                write_private_file(path, json.dumps({"writer": name, "count": count, "pad": "x" * 4000}))
+        except BaseException as exc:  # noqa: BLE001 (any failure is the test's)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert json.loads(path.read_text())["count"] == 299
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["info.json"]

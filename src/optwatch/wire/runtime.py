@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,9 @@ def ensure_private_dir(path: Path) -> Path:
 
 def write_private_file(path: Path, text: str) -> None:
     """Write atomically with mode 0600 so no reader ever sees a half-written or world-readable file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Per process and thread: two writers of one file in a process (a hub thread in the tests' process)
+    # would otherwise move each other's half of it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
