@@ -76,8 +76,12 @@ class Sampler:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop, and wait for a sample under way (a few milliseconds): after this no thread of the sampler
+        holds the probe, which a closed probe must let go of with its model."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
 
     def _loop(self) -> None:
         context, channel = self._context, self._channel
