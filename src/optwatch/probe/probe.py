@@ -587,24 +587,7 @@ class Probe:
         touches, the less). A next step that must be a detail step, a plugin that wants the step's end, a
         command waiting, another optimizer's or an evaluation's batches to add: those take ``_make_record``."""
         self._no_optimizer_step_due = False
-        self._light_steps.append(
-            (
-                self.step,
-                now,
-                self._losses.take(),
-                self._grad_norm if self._grad_norm is not None else self._clip_norm,
-                self._clip_max,
-                self.learning_rate(),
-                now - self._step_start if self._step_start is not None else None,
-                self._batches.data_wait_s,
-                self._batches.samples,
-                self._backward_started,
-                self._step_start,
-                self.own_s,
-                self.detail_every,
-                self._step_fields,
-            )
-        )
+        self._light_steps.append(self._step_values(now))
         self._clear_step()
         self.step += 1
         self._note_backward_end()
@@ -613,42 +596,71 @@ class Probe:
         self._step_start = now
         self.own_s = time.perf_counter() - now
 
+    def _step_values(self, now: float) -> tuple:
+        """The step ending at ``now``, as ``_step_record`` takes it (a tuple: made at every step)."""
+        step_start, backward_started = self._step_start, self._backward_started
+        return (
+            self.step,
+            now,
+            self._losses.take(),
+            self._grad_norm if self._grad_norm is not None else self._clip_norm,
+            self._clip_max,
+            self.learning_rate(),
+            now - step_start if step_start is not None else None,
+            self._batches.data_wait_s,
+            self._batches.samples,
+            # Time until this rank reached backward(), where DDP's gradient all-reduce waits for the
+            # slowest rank: the straggler is the rank for which this is longest.
+            backward_started - step_start if backward_started is not None and step_start is not None else None,
+            self.own_s,
+            self.detail_every,
+            self._step_fields,
+        )
+
+    def _step_record(self, values: tuple, detailed: bool, bg_s: float, wall_offset: float) -> dict[str, Any]:
+        """The step record of ``_step_values``; ``wall_offset``: ``time.time()`` less ``time.perf_counter()``."""
+        (step, ended, loss, grad_norm, clip_max, lr, step_time, data_wait_s, samples, to_backward_s, own_s,
+         detail_every, fields) = values  # fmt: skip
+        samples = samples or self.batch_size
+        # The fields written out: a dict display costs a third of a call that makes one field by field.
+        record = {
+            "v": protocol.PROTOCOL_VERSION,
+            "kind": protocol.STEP,
+            "rank": self.rank,
+            "time": ended + wall_offset,
+            "step": step,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "step_time_s": step_time,
+            "data_wait_s": data_wait_s,
+            "samples": samples,
+            "samples_per_s": (samples / step_time) if samples and step_time else None,
+            "to_backward_s": to_backward_s,
+            "optwatch_s": own_s,
+            "optwatch_bg_s": bg_s,
+            "detailed": detailed,
+            "detail_every": detail_every,
+            **fields,
+        }
+        if clip_max is not None:
+            record["clip_max_norm"] = clip_max
+        return record
+
     def _record_light_steps(self) -> None:
         """The step records of the light steps noted since the last, in order, with the governor told of
         each as it would have been at its end."""
         light, self._light_steps = self._light_steps, []
         bg_cpu = self.channel.cpu_s
         offset = time.time() - time.perf_counter()
+        last = len(light) - 1
         for index, values in enumerate(light):
-            (step, ended, loss, grad_norm, clip_max, lr, step_time, data_wait_s, samples, backward_started,
-             step_start, own_s, detail_every, fields) = values  # fmt: skip
-            samples = samples or self.batch_size
-            record = {
-                "v": protocol.PROTOCOL_VERSION,
-                "kind": protocol.STEP,
-                "rank": self.rank,
-                "time": ended + offset,
-                "step": step,
-                "loss": loss,
-                "grad_norm": grad_norm,
-                "lr": lr,
-                "step_time_s": step_time,
-                "data_wait_s": data_wait_s,
-                "samples": samples,
-                "samples_per_s": (samples / step_time) if samples and step_time else None,
-                "to_backward_s": (backward_started - step_start)
-                if backward_started is not None and step_start is not None
-                else None,
-                "optwatch_s": own_s,
-                # The background threads' time since the last record goes with the last light step.
-                "optwatch_bg_s": bg_cpu - self._last_bg_cpu if index == len(light) - 1 else 0.0,
-                "detailed": False,
-                "detail_every": detail_every,
-                **fields,
-            }
-            if clip_max is not None:
-                record["clip_max_norm"] = clip_max
-            self.detail_every, _ = self.governor.plan(step, own_s, step_time, False)
+            # The background threads' time since the last record goes with the last light step.
+            bg_s = bg_cpu - self._last_bg_cpu if index == last else 0.0
+            record = self._step_record(values, False, bg_s, offset)
+            self.detail_every, _ = self.governor.plan(
+                record["step"], record["optwatch_s"], record["step_time_s"], False
+            )
             self._records.add(record, self._primary)
         self._last_bg_cpu = bg_cpu
 
@@ -657,47 +669,19 @@ class Probe:
             self._record_light_steps()
         self._no_optimizer_step_due = False
         self._gradients_ready(self._primary)
-        loss = self._losses.take()
-        step_time = now - self._step_start if self._step_start is not None else None
-        samples = self._batches.samples or self.batch_size
-        grad_norm = self._grad_norm if self._grad_norm is not None else self._clip_norm
         bg_cpu = self.channel.cpu_s
-        # The step record's fields written out: a dict display costs a third of make_record's call, and this
-        # runs at every step.
-        record = {
-            "v": protocol.PROTOCOL_VERSION,
-            "kind": protocol.STEP,
-            "rank": self.rank,
-            "time": time.time(),
-            "step": self.step,
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "lr": self.learning_rate(),
-            "step_time_s": step_time,
-            "data_wait_s": self._batches.data_wait_s,
-            "samples": samples,
-            "samples_per_s": (samples / step_time) if samples and step_time else None,
-            # Time until this rank reached backward(), where DDP's gradient all-reduce waits for the
-            # slowest rank: the straggler is the rank for which this is longest.
-            "to_backward_s": (self._backward_started - self._step_start)
-            if self._backward_started is not None and self._step_start is not None
-            else None,
-            "optwatch_s": self.own_s,
-            "optwatch_bg_s": bg_cpu - self._last_bg_cpu,
-            "detailed": self.detailed,
-            "detail_every": self.detail_every,
-        }
+        record = self._step_record(
+            self._step_values(now), self.detailed, bg_cpu - self._last_bg_cpu, time.time() - time.perf_counter()
+        )
         self._last_bg_cpu = bg_cpu
-        if self._step_fields:
-            record.update(self._step_fields)
         if self._grad_part and self._grad_norm is not None:
             record["_sharded"] = True
-        if self._clip_max is not None:
-            record["clip_max_norm"] = self._clip_max
         self._batches.add_eval_batches(record)
         if extra:
             record.update(extra)
-        self.detail_every, self.next_detailed = self.governor.plan(self.step, self.own_s, step_time, self.detailed)
+        self.detail_every, self.next_detailed = self.governor.plan(
+            self.step, self.own_s, record["step_time_s"], self.detailed
+        )
         self._dispatch.after_step(record, self.detailed or self.next_detailed)
         self._records.add(record, self._primary)
         self._clear_step()
