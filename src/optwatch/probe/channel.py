@@ -107,7 +107,6 @@ class Channel:
         # Closed with the channel object, when nobody can write to them any more (never by the thread: a
         # closed descriptor's number may be another file's by the time a late submit writes to it).
         weakref.finalize(self, _close_fds, self._wake_read, self._wake_write)
-        self._asleep = False
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="optwatch-channel", daemon=True)
@@ -126,8 +125,7 @@ class Channel:
 
     def send_decision(self, decision: dict[str, Any]) -> None:
         self._decisions.append(decision)
-        if self._asleep:
-            self._wake()
+        self._wake()  # (one command's, now and then: the other ranks wait for it)
 
     def on_ready(self, observer: Callable[[list[dict[str, Any]]], None]) -> None:
         """Call ``observer`` with each batch of records once their values are on the host (on this thread)."""
@@ -151,7 +149,6 @@ class Channel:
         self._thread.join(timeout_s + 3)
 
     def _wake(self) -> None:
-        self._asleep = False
         try:
             os.write(self._wake_write, b"\0")
         except OSError:  # full (it is awake anyway) or closed (it has ended)
@@ -189,10 +186,8 @@ class Channel:
             poller.register(self._wake_read, zmq.POLLIN)
             while not self._stop.is_set():
                 started = time.thread_time()
-                self._asleep = True  # before looking at the queue: a submit after this wakes it
                 wait_s = self._interval_s if self._queue else IDLE_WAIT_S
                 events = dict(poller.poll(int(wait_s * 1000)))
-                self._asleep = False
                 if self._wake_read in events:
                     self._drain_wakes()
                 if bus in events:
