@@ -177,7 +177,7 @@ class ControlPlugin(ProbePlugin):
 
     def _ahead(self) -> int:
         """Steps of margin for a live command under DDP: enough for the side channel to reach every rank."""
-        step_time = self.context.mean_step_s if self.context is not None else None
+        step_time = self.context.median_step_s if self.context is not None else None
         if self.paused or step_time is None:
             return 0 if self.paused else MIN_AHEAD_STEPS
         step_time = max(step_time, 1e-4)

@@ -72,7 +72,7 @@ class DetailGovernor:
         return self.every, (step + 1) % self.every == 0
 
     @property
-    def mean_step_s(self) -> float | None:
+    def median_step_s(self) -> float | None:
         """The median time of the last 20 steps planned (None before the first)."""
         return statistics.median(self._recent) if self._recent else None
 

@@ -124,7 +124,7 @@ class ProbeContext(Protocol):
         ...
 
     @property
-    def mean_step_s(self) -> float | None:
+    def median_step_s(self) -> float | None:
         """The median time of the recent steps (None before the first step's end)."""
         ...
 

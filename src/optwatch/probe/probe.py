@@ -290,8 +290,8 @@ class Probe:
         self._step_fields = {**self._step_fields, **fields}  # a new mapping: steps made so far keep theirs
 
     @property
-    def mean_step_s(self) -> float | None:
-        return self.governor.mean_step_s
+    def median_step_s(self) -> float | None:
+        return self.governor.median_step_s
 
     def learning_rate(self, optimizer: torch.optim.Optimizer | None = None) -> float | torch.Tensor | None:
         optimizer = optimizer or self._primary
