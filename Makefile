@@ -26,7 +26,10 @@ screenshots: setup
 
 bench: setup
 	$(BIN)/python benchmarks/wall_clock.py --workload llm --rounds 10
+	$(BIN)/python benchmarks/wall_clock.py --workload llm --rounds 6 --iters 300 --loop-args "--batch 32"
 	$(BIN)/python benchmarks/wall_clock.py --workload cifar --rounds 3 --iters 200
+	$(BIN)/python benchmarks/toggle_ab.py
+	$(BIN)/python benchmarks/toggle_ab.py --budget 0
 	$(BIN)/python benchmarks/dashboard_load.py
 	$(BIN)/python benchmarks/profiler_idle.py
 

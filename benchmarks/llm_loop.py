@@ -70,7 +70,7 @@ def get_lr(it: int, warmup: int, decay_iters: int, max_lr: float, min_lr: float)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--device", default="cpu")
@@ -81,55 +81,73 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--quiet", action="store_true", help="no per-iteration line")
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(1337)
-    device = torch.device(args.device)
-    vocab = 256
-    model = GPT(vocab, args.context, args.layers, args.width, heads=4).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=6e-4,
-        betas=(0.9, 0.95),
-    )
-    data = torch.randint(0, vocab, (4096,), generator=torch.Generator().manual_seed(0))
+    return parser.parse_args(argv)
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+
+class Training:
+    """The model, the optimizer and the data of the loop; ``iteration(it)`` is one iteration of it."""
+
+    def __init__(self, args: argparse.Namespace):
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(1337)
+        self.args = args
+        self.device = torch.device(args.device)
+        vocab = 256
+        self.model = GPT(vocab, args.context, args.layers, args.width, heads=4).to(self.device)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=6e-4,
+            betas=(0.9, 0.95),
+        )
+        self.data = torch.randint(0, vocab, (4096,), generator=torch.Generator().manual_seed(0))
+        self.x, self.y = self.batch()
+        self.loss: torch.Tensor | None = None
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        args, data = self.args, self.data
         starts = torch.randint(0, len(data) - args.context - 1, (args.batch,))
         x = torch.stack([data[s : s + args.context] for s in starts])
         y = torch.stack([data[s + 1 : s + 1 + args.context] for s in starts])
-        return x.to(device), y.to(device)
+        return x.to(self.device), y.to(self.device)
 
-    times: list[float] = []
-    cpu: list[float] = []
-    thread: list[float] = []  # the training thread's own CPU: without optwatch's threads
-    ends: list[float] = []  # on the monotonic clock the harness's slices are timed on
-    x, y = batch()
-    wait_for_turns()  # under benchmarks/wall_clock.py's time slicing: the go of the round
-    t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
-    for it in range(args.iters):
+    def iteration(self, it: int) -> None:
+        args, model, optimizer = self.args, self.model, self.optimizer
         lr = get_lr(it, warmup=20, decay_iters=args.iters, max_lr=6e-4, min_lr=6e-5)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for _ in range(args.accumulate):
-            loss = model(x, y) / args.accumulate
-            x, y = batch()
-            loss.backward()
+            self.loss = model(self.x, self.y) / args.accumulate
+            self.x, self.y = self.batch()
+            self.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+
+def main() -> None:
+    args = parse_args()
+    training = Training(args)
+    times: list[float] = []
+    cpu: list[float] = []
+    thread: list[float] = []  # the training thread's own CPU: without optwatch's threads
+    ends: list[float] = []  # on the monotonic clock the harness's slices are timed on
+    wait_for_turns()  # under benchmarks/wall_clock.py's time slicing: the go of the round
+    t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
+    for it in range(args.iters):
+        training.iteration(it)
         t1, c1, h1 = time.perf_counter(), time.process_time(), time.thread_time()
         times.append(t1 - t0)
         cpu.append(c1 - c0)
         thread.append(h1 - h0)
         ends.append(time.monotonic())
         if not args.quiet:
-            print(f"iter {it}: loss {loss.item() * args.accumulate:.4f}, time {1000 * (t1 - t0):.2f} ms", flush=True)
+            loss = training.loss.item() * args.accumulate
+            print(f"iter {it}: loss {loss:.4f}, time {1000 * (t1 - t0):.2f} ms", flush=True)
         t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
     print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "thread_s": thread, "end_s": ends}), flush=True)
 

@@ -25,6 +25,7 @@ own live figure over the same iterations (its step records' ``optwatch_s + optwa
 from the kernel's accounting of the finished processes).
 
     python benchmarks/wall_clock.py --workload llm --rounds 10
+    python benchmarks/wall_clock.py --workload llm --loop-args "--batch 32"   (a 7 ms step: 2.7 ms at batch 4)
     python benchmarks/wall_clock.py --workload cifar --rounds 3 --iters 200
     python benchmarks/wall_clock.py --workload llm --slice-ms 0 --configs bare,aa,dashboard
     python benchmarks/wall_clock.py --workload llm --device cuda
@@ -291,13 +292,16 @@ def main() -> None:
         help="the runs of a round take turns on the machine in slices this long (0: one after the other); "
         f"by default {', '.join(f'{w} {1000 * s:.0f}' for w, s in SLICE_S.items())}",
     )
+    parser.add_argument(
+        "--loop-args", default="", help='more arguments of the loop: "--batch 32" (the LLM loop with a 7 ms step)'
+    )
     parser.add_argument("--json", help="also write every figure to this file")
     args = parser.parse_args()
     configs = args.configs.split(",")
     slice_s = SLICE_S[args.workload] if args.slice_ms is None else args.slice_ms / 1000
     if slice_s and "dashboard" in configs:
         parser.error("the dashboard draws in a terminal of its own: measure it with --slice-ms 0")
-    loop = [*WORKLOADS[args.workload], "--iters", str(args.iters), "--device", args.device]
+    loop = [*WORKLOADS[args.workload], "--iters", str(args.iters), "--device", args.device, *args.loop_args.split()]
     per_round: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="ow-wall-") as workdir:
         for round_index in range(args.rounds):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one go: the gpu-marked tests, the cifar example end to end under
-# optwatch (AMP and cudnn.benchmark toggled mid-run, a profiler window), and the overhead benchmark with
-# its host-device sync count. Logs and the run's record go to $OUT (default /tmp/optwatch-gpu).
+# optwatch (AMP and cudnn.benchmark toggled mid-run, a profiler window), the overhead benchmark with
+# its host-device sync count, and what optwatch costs the LLM-shaped loop on CUDA. Logs and the run's record go to $OUT (default /tmp/optwatch-gpu).
 #
 #     bash scripts/gpu_checks.sh            # on a machine with CUDA, from the repository root
 #     FULL_SUITE=1 bash scripts/gpu_checks.sh   # and then the whole test suite there
@@ -28,6 +28,14 @@ echo "== cifar under optwatch on CUDA"
 echo "== overhead benchmark on CUDA"
 "$python" benchmarks/overhead.py --rounds "${ROUNDS:-5}" --steps "${STEPS:-50}" --modes bare,default,light,every-step,all --json "$out/overhead.json" 2>&1 |
     tee "$out/overhead.log"
+
+echo "== the LLM-shaped loop on CUDA: the probe switched on and off in one process (defaults, every check)"
+"$python" benchmarks/toggle_ab.py --loop-args "--device cuda" 2>&1 | tee "$out/toggle_default.log"
+"$python" benchmarks/toggle_ab.py --budget 0 --loop-args "--device cuda" 2>&1 | tee "$out/toggle_every.log"
+
+echo "== the LLM-shaped loop on CUDA: bare against optwatch run, taking turns"
+"$python" benchmarks/wall_clock.py --workload llm --device cuda --rounds "${ROUNDS:-5}" --configs bare,aa,default,every \
+    2>&1 | tee "$out/wall_clock_llm.log" | tail -16
 
 echo "== what optwatch adds per step on CUDA (operators, launches, Python)"
 "$python" benchmarks/step_work.py --workload cifar --device cuda --ops 20 --top 20 2>&1 | tee "$out/step_work.log"
