@@ -524,6 +524,31 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
     assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(again - 25, again + 1))
 
 
+def test_the_budget_weighs_what_optwatchs_threads_cost_as_the_live_figure_does():
+    """The budget holds the share the live figure shows, optwatch's threads included: the same run, once with
+    its threads costing far more than the budget (charged here as the channel's and the sampler's CPU time
+    is), gets its checks spaced out as far as they go; without that it keeps checking every few steps."""
+    from optwatch.probe.governor import MAX_DETAIL_EVERY
+
+    spacings = {}
+    for charged_s in (0.0, 0.005):
+        probe = start(budget=0.5, grad_full_cadence_steps=20)
+        model = mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        x, y = torch.randn(32, 4), torch.randn(32, 1)
+        for _ in range(160):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+            probe.channel.add_cpu(charged_s)
+        spacings[charged_s] = probe.detail_every
+        late = [r for r in records_of(probe, "step") if r["step"] >= 100]
+        threads_s = sum(r["optwatch_bg_s"] for r in late)
+        assert (threads_s > 0.5 * sum(r["step_time_s"] for r in late)) == bool(charged_s)  # by hand
+    assert spacings[0.005] == MAX_DETAIL_EVERY
+    assert spacings[0.0] < MAX_DETAIL_EVERY // 4
+
+
 @pytest.mark.parametrize(
     ("between_s", "detail_s", "settles_at"),
     [(0.00015, 0.00066, 128), (0.00001, 0.0005, 7)],

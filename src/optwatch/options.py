@@ -90,7 +90,8 @@ class ProbeOptions:
     apply (the diagnosis builds its baselines there). Benchmarks lower it to measure the steady state in
     fewer steps."""
     budget: float = 0.01
-    """Largest share of the step time that the diagnostics optwatch can space out may take on average:
+    """Largest share of the step time optwatch may take on average (its code on the training thread and its
+    threads' CPU time, as the live figure counts them), kept by spacing out the diagnostics it can:
     the forward check, the gradient norms and statistics, and the device's phase timing run on every
     step while they cost less, else on every Nth step ("detail steps"; back to every step after a
     non-finite value). 0: every step, whatever it costs."""

@@ -3,7 +3,8 @@
 Every check optwatch makes is cheap enough to run at every step on the models it was measured on
 (docs/cost.md), but not on every model: a tiny model on a fast GPU has steps of a few hundred
 microseconds, where even a few kernel launches show. So the probe measures its own share of the step time
-and, when it is over the budget, runs the checks it can space out (per-layer statistics, the device's
+(what the live figure shows: its code on the training thread and its threads' CPU time) and, when it is
+over the budget, runs the checks it can space out (per-layer statistics, the device's
 phase timing, the forward check) on every Nth step only: "detail steps". The loss, the step's time and a
 clip's gradient norm are recorded at every step whatever the budget.
 """

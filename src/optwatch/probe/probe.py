@@ -659,7 +659,7 @@ class Probe:
             bg_s = bg_cpu - self._last_bg_cpu if index == last else 0.0
             record = self._step_record(values, False, bg_s, offset)
             self.detail_every, _ = self.governor.plan(
-                record["step"], record["optwatch_s"], record["step_time_s"], False
+                record["step"], record["optwatch_s"] + bg_s, record["step_time_s"], False
             )
             self._records.add(record, self._primary)
         self._last_bg_cpu = bg_cpu
@@ -679,8 +679,10 @@ class Probe:
         self._batches.add_eval_batches(record)
         if extra:
             record.update(extra)
+        # What the budget weighs is what the live figure shows: the threads' time too (a detail step's
+        # records are most of what they read back and send).
         self.detail_every, self.next_detailed = self.governor.plan(
-            self.step, self.own_s, record["step_time_s"], self.detailed
+            self.step, self.own_s + record["optwatch_bg_s"], record["step_time_s"], self.detailed
         )
         self._dispatch.after_step(record, self.detailed or self.next_detailed)
         self._records.add(record, self._primary)
