@@ -86,6 +86,20 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
+def test_a_batch_larger_than_the_room_left_keeps_every_record_that_went_out_whole(small_disk):
+    """A fast run hands the recording hundreds of steps at once: when the disk fills in the middle of such a
+    batch, the records written whole before that point stay, and the file replays up to the last of them."""
+    path = small_disk / "r.jsonl"
+    writer = RecordWriter(path)
+    steps = [protocol.make_record(protocol.STEP, 0, step=i, loss=float(i), note="x" * 1000) for i in range(400)]
+    writer.write(steps)  # ~400 KiB, on 256 KiB
+    assert writer.failure == f"recording to {path} stopped: {FULL}; the run goes on"
+    kept = [r["step"] for r in read_jsonl(path)]
+    assert 100 < len(kept) < 400 and kept == list(range(len(kept)))
+    assert writer.written == len(kept)
+    assert path.read_bytes().endswith(b"\n")
+
+
 def test_a_full_disk_stops_the_recording_once_and_the_run_goes_on(small_disk):
     record = small_disk / "r.jsonl"
     script = str(SCRIPTS / "plain_train.py")

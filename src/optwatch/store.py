@@ -235,7 +235,7 @@ class RecordWriter:
     """Appends records as JSON lines to a file only the user can read.
 
     Recording never stops the viewer, let alone the run: the first write that fails (a full disk, an I/O
-    error) ends the recording, cut back to its last whole batch of records, and ``failure`` says why.
+    error) ends the recording, cut back to its last whole record, and ``failure`` says why.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -274,11 +274,18 @@ class RecordWriter:
             return
         try:
             data = "".join(protocol.record_to_json_line(record) for record in records).encode()
-            view = memoryview(data)
+        except (ValueError, TypeError, RecursionError) as exc:  # a record JSON cannot hold
+            self._stop(str(exc))
+            return
+        view = memoryview(data)
+        try:
             while view:
                 view = view[os.write(self._fd, view) :]
-        except (OSError, ValueError, TypeError, RecursionError) as exc:  # a full disk; a record JSON cannot hold
-            self._stop(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+        except OSError as exc:  # a full disk: the records that went out whole stay (a batch can be large)
+            whole = data.rfind(b"\n", 0, len(data) - len(view)) + 1
+            self._size += whole
+            self.written += data.count(b"\n", 0, whole)
+            self._stop(exc.strerror or str(exc))
             return
         self._size += len(data)
         self.written += len(records)
