@@ -592,9 +592,11 @@ class _GradNormCount(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _clipped_run(probe_on: bool, head_dtype: torch.dtype, reverse: bool = False) -> tuple[list[float], list[int]]:
-    """What ``clip_grad_norm_`` returned at each step, and how many times a step computed the norms of the
-    float32 gradients."""
+def _clipped_run(
+    probe_on: bool, head_dtype: torch.dtype, reverse: bool = False, **clip_options
+) -> tuple[list[float], list[int], list[list[torch.Tensor]]]:
+    """What ``clip_grad_norm_`` returned at each step, how many times a step computed the norms of the
+    float32 gradients, and the gradients it left."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     head = nn.Linear(1, 1).to(head_dtype)
@@ -602,37 +604,44 @@ def _clipped_run(probe_on: bool, head_dtype: torch.dtype, reverse: bool = False)
     optimizer = torch.optim.SGD(params, lr=0.01)
     x, y = torch.randn(32, 4), torch.randn(32, 1, dtype=head_dtype)
     probe = start() if probe_on else None
-    returned, counts = [], []
+    returned, counts, grads = [], [], []
     try:
         for _ in range(6):
             optimizer.zero_grad()
             with _GradNormCount(params) as counted:
                 nn.functional.mse_loss(head(model(x).to(head_dtype)), y).backward()
                 clipped = params[::-1] if reverse else params  # (the clip's order need not be optwatch's)
-                returned.append(torch.nn.utils.clip_grad_norm_(clipped, 0.5).item())
+                returned.append(torch.nn.utils.clip_grad_norm_(clipped, 0.5, **clip_options).item())
+                grads.append([p.grad.clone() for p in params])
                 optimizer.step()
             counts.append(counted.count)
     finally:
         if probe is not None:
             probe.close()
-    return returned, counts
+    return returned, counts, grads
 
 
 def test_the_clip_takes_the_norms_optwatch_measured_and_returns_the_same_bits():
     """With the script clipping by norm, optwatch's per-layer norms are the clip's: the gradients' norms are
-    computed once per step, not twice, and the clip returns exactly what it returns without optwatch."""
-    bare, bare_counts = _clipped_run(False, torch.float32)
-    watched, watched_counts = _clipped_run(True, torch.float32)
-    assert watched == bare  # bit for bit
-    assert bare_counts == [1] * 6 and watched_counts == [1] * 6
-    bare, bare_counts = _clipped_run(False, torch.float32, reverse=True)
-    watched, watched_counts = _clipped_run(True, torch.float32, reverse=True)
-    assert watched == bare and bare_counts == [1] * 6 and watched_counts == [1] * 6
+    computed once per step, not twice, and the clip returns exactly what it returns without optwatch and
+    leaves exactly the same gradients, whichever of its arguments the script gives."""
+
+    def same(bare: tuple, watched: tuple, once: bool = True) -> None:
+        assert watched[0] == bare[0]  # the total norm, bit for bit
+        if once:  # the gradients' norms computed once a step, in one fused call, without optwatch and with it
+            assert bare[1] == [1] * 6 and watched[1] == [1] * 6
+        assert all(torch.equal(a, b) for step_a, step_b in zip(bare[2], watched[2]) for a, b in zip(step_a, step_b))
+
+    same(_clipped_run(False, torch.float32), _clipped_run(True, torch.float32))
+    for options in ({"norm_type": 2, "foreach": True}, {"error_if_nonfinite": True}):
+        same(_clipped_run(False, torch.float32, **options), _clipped_run(True, torch.float32, **options))
+    # A clip told not to fuse computes each norm alone, as it would without optwatch (whose own are apart).
+    options = {"foreach": False}
+    same(_clipped_run(False, torch.float32, **options), _clipped_run(True, torch.float32, **options), once=False)
+    same(_clipped_run(False, torch.float32, reverse=True), _clipped_run(True, torch.float32, reverse=True))
     # Gradients of two dtypes: optwatch measures all of them in float64, which is not what the clip computes,
     # so the clip measures its own groups as it always does; its result is the same bits again.
-    bare, bare_counts = _clipped_run(False, torch.float64)
-    watched, watched_counts = _clipped_run(True, torch.float64)
-    assert watched == bare and bare_counts == [1] * 6 and watched_counts == [1] * 6
+    same(_clipped_run(False, torch.float64), _clipped_run(True, torch.float64))
 
 
 class _SlowGradNorms(_GradNormCount):

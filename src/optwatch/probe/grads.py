@@ -182,10 +182,11 @@ class GradientPlugin(ProbePlugin):
                 # them from here instead of computing them a second time.
                 started = time.perf_counter()
                 norms = torch._foreach_norm(grads, 2)
-                context.share_grad_norms(grads, norms, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                grad_norms = as_vector(norms)
+                context.share_grad_norms(grads, norms, seconds, grad_norms)  # (the clip stacks them no more)
             else:
-                norms = norms_of(grads, 2, layout.device, layout.by_device, layout.dtype)
-            grad_norms = as_vector(norms)
+                grad_norms = as_vector(norms_of(grads, 2, layout.device, layout.by_device, layout.dtype))
             if layout.scale is not None:
                 grad_norms = grad_norms * layout.scale
             if not context.clip_measures:

@@ -89,24 +89,37 @@ class HookTarget(Protocol):
 
 
 class KnownNorms:
-    """Gradients and their 2-norms as ``torch._foreach_norm(grads, 2)`` computed them, in ``seconds``;
-    ``taken`` once a clip used them instead of computing them itself."""
+    """Gradients and their 2-norms as ``torch._foreach_norm(grads, 2)`` computed them, in ``seconds``, and
+    where given, the same norms as one vector in that order (``vector``); ``taken`` once a clip used them
+    instead of computing them itself."""
 
-    __slots__ = ("grads", "norms", "seconds", "taken", "_by_id")
+    __slots__ = ("grads", "norms", "seconds", "vector", "taken", "_by_id")
 
-    def __init__(self, grads: list[torch.Tensor], norms: list[torch.Tensor], seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        grads: list[torch.Tensor],
+        norms: list[torch.Tensor],
+        seconds: float = 0.0,
+        vector: torch.Tensor | None = None,
+    ) -> None:
         self.grads = grads
         self.norms = norms
         self.seconds = seconds
+        self.vector = vector
         self.taken = False
         self._by_id: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def are_of(self, tensors: list[torch.Tensor]) -> bool:
+        """Whether these are the norms of exactly ``tensors``, in that order."""
+        grads = self.grads
+        return len(tensors) == len(grads) and all(a is b for a, b in zip(tensors, grads))
+
     def of(self, tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """The norms of ``tensors`` if all are known, else None."""
-        grads = self.grads
-        if len(tensors) == len(grads) and all(a is b for a, b in zip(tensors, grads)):
+        if self.are_of(tensors):
             self.taken = True
             return list(self.norms)  # the usual case: the clip's one group, in the same order
+        grads = self.grads
         if self._by_id is None:
             self._by_id = {id(grad): (grad, norm) for grad, norm in zip(grads, self.norms)}
         found = [self._by_id.get(id(tensor)) for tensor in tensors]
@@ -114,6 +127,43 @@ class KnownNorms:
             self.taken = True
             return [pair[1] for pair in found]
         return None
+
+
+_TORCH_CLIP = torch.nn.utils.clip_grad.clip_grad_norm_
+# What torch's clip_grad_norm_ calls once it has the total norm (where torch has it), taken before any patching.
+_CLIP_WITH_NORM = getattr(torch.nn.utils.clip_grad, "_clip_grads_with_norm_", None)
+_CLIP_ARGUMENTS = ("max_norm", "norm_type", "error_if_nonfinite", "foreach")
+
+
+def _clip_from_known(known: KnownNorms, original: Callable[..., Any], parameters: list, args: tuple, kwargs: dict):
+    """``clip_grad_norm_`` as torch computes it, the total norm of the per-gradient norms and then
+    ``clip_grads_with_norm_``, from the norms and their vector the probe measured just now: the same bits,
+    without stacking the same norms a second time. None where torch's way could differ: a clip function other
+    than torch's own, another norm, ``error_if_nonfinite`` (a check that syncs), per-tensor norms
+    (``foreach=False``), another device than a CPU or a CUDA GPU, or gradients other than those measured or in
+    another order."""
+    vector = known.vector
+    if original is not _TORCH_CLIP or _CLIP_WITH_NORM is None or vector is None or len(args) > 4:
+        return None
+    given = dict(zip(_CLIP_ARGUMENTS, args))
+    if any(key in given or key not in _CLIP_ARGUMENTS for key in kwargs):
+        return None  # (an argument twice: the original call raises, as it should)
+    given.update(kwargs)
+    if (
+        "max_norm" not in given
+        or not _is_two(given.get("norm_type", 2.0))
+        or given.get("error_if_nonfinite")
+        or given.get("foreach") is False
+        or vector.device.type not in ("cpu", "cuda")
+    ):
+        return None
+    if not known.are_of([p.grad for p in parameters if p.grad is not None]):
+        return None
+    with torch.no_grad():
+        total = torch.linalg.vector_norm(vector, 2.0)
+        _CLIP_WITH_NORM(parameters, given["max_norm"], total, given.get("foreach"))
+    known.taken = True
+    return total
 
 
 def _reusing_norms(known: KnownNorms, call: Callable[[], Any]) -> Any:
@@ -314,7 +364,9 @@ class TorchHooks:
                 hooks._failed("clipping hook")
                 known = None
             if known and not being_traced():
-                result = _reusing_norms(known, lambda: original(parameters, *args, **kwargs))
+                result = _clip_from_known(known, original, parameters, args, kwargs) if returns_norm else None
+                if result is None:
+                    result = _reusing_norms(known, lambda: original(parameters, *args, **kwargs))
             else:
                 result = original(parameters, *args, **kwargs)
             if returns_norm:

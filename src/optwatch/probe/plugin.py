@@ -103,11 +103,18 @@ class ProbeContext(Protocol):
         ranks' parts up."""
         ...
 
-    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor], seconds: float = 0.0) -> None:
+    def share_grad_norms(
+        self,
+        grads: list[torch.Tensor],
+        norms: list[torch.Tensor],
+        seconds: float = 0.0,
+        vector: torch.Tensor | None = None,
+    ) -> None:
         """In ``on_gradients`` while ``clip_measures``: the 2-norm of each of ``grads``, computed by
-        ``torch._foreach_norm(grads, 2)`` just now, in ``seconds``. The clip about to run takes these instead of
-        computing the same norms again (they are the very values it would compute), so its result does not
-        change, and those seconds are the clip's, not optwatch's."""
+        ``torch._foreach_norm(grads, 2)`` just now, in ``seconds``, and ``vector``, the same norms as one 1-d
+        tensor in that order where the plugin made one. The clip about to run takes these instead of
+        computing the same norms again (they are the very values it would compute; with ``vector``, its
+        total norm too), so its result does not change, and those seconds are the clip's, not optwatch's."""
         ...
 
     def charge(self, started: float) -> None:

@@ -277,8 +277,14 @@ class Probe:
         self._grad_norm = norm
         self._grad_part = part
 
-    def share_grad_norms(self, grads: list[torch.Tensor], norms: list[torch.Tensor], seconds: float = 0.0) -> None:
-        self._shared_norms = KnownNorms(grads, norms, seconds)
+    def share_grad_norms(
+        self,
+        grads: list[torch.Tensor],
+        norms: list[torch.Tensor],
+        seconds: float = 0.0,
+        vector: torch.Tensor | None = None,
+    ) -> None:
+        self._shared_norms = KnownNorms(grads, norms, seconds, vector)
 
     def charge(self, started: float) -> None:
         self.own_s += time.perf_counter() - started
