@@ -12,6 +12,7 @@ iterations (its step records' ``optwatch_s + optwatch_bg_s`` over ``step_time_s`
     python benchmarks/toggle_ab.py                       # the defaults, past the first steps
     python benchmarks/toggle_ab.py --budget 0            # every check on every step
     python benchmarks/toggle_ab.py --null-hooks          # empty wrappers at the probe's hook points
+    python benchmarks/toggle_ab.py --aa                  # the A/A control: both arms the same, the probe working
 
 The probe's hub is out of reach (a rank whose hub is a closed port): the training process's share alone.
 """
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=400, help="iterations before the first block (the first steps)")
     parser.add_argument("--budget", type=float, default=None, help="the probe's --budget (0: every check)")
     parser.add_argument("--null-hooks", action="store_true", help="empty wrappers instead of the probe")
+    parser.add_argument("--aa", action="store_true", help="the A/A control: the probe works in both arms")
     parser.add_argument("--loop-args", default="", help="arguments of llm_loop.py (--batch 8 ...)")
     args = parser.parse_args()
 
@@ -76,7 +78,7 @@ def main() -> None:
         step_now = lambda: probe.step  # noqa: E731
 
         def switch(on: bool) -> None:
-            probe.closed = not on  # (a batch of records the block made is read back whenever it is due)
+            probe.closed = not on and not args.aa  # (a batch a block made is read back whenever it is due)
 
     iteration = 0
     for _ in range(args.warmup):
@@ -107,6 +109,7 @@ def report(args: argparse.Namespace, ratios: list[float], records: list[dict], o
     ratios = sorted(ratios)
     quarter = len(ratios) // 4
     what = "null hooks" if args.null_hooks else f"probe, budget {args.budget if args.budget is not None else 'default'}"
+    what += ", A/A (the probe working in both arms)" if args.aa else ""
     print(f"{what}: {len(ratios)} rounds of {args.block} iterations on and off")
     print(
         f"  on/off median iteration: {statistics.median(ratios):.4f} "
