@@ -664,11 +664,16 @@ class Probe:
             # The background threads' time since the last record goes with the last light step.
             bg_s = bg_cpu - self._last_bg_cpu if index == last else 0.0
             record = self._step_record(values, False, bg_s, offset)
-            self.detail_every, _ = self.governor.plan(
-                record["step"], record["optwatch_s"] + bg_s, record["step_time_s"], False
-            )
+            self.detail_every, _ = self._plan(record, False)
             self._records.add(record, self._primary)
         self._last_bg_cpu = bg_cpu
+
+    def _plan(self, record: dict[str, Any], detailed: bool) -> tuple[int, bool]:
+        """The governor told of the step ``record`` is of: (the spacing now, whether the next step is a detail
+        step). What the budget weighs is what the live figure shows, the threads' time too (a detail step's
+        records are most of what they read back and send)."""
+        own_s = record["optwatch_s"] + record["optwatch_bg_s"]
+        return self.governor.plan(record["step"], own_s, record["step_time_s"], detailed)
 
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
         if self._light_steps:
@@ -685,11 +690,7 @@ class Probe:
         self._batches.add_eval_batches(record)
         if extra:
             record.update(extra)
-        # What the budget weighs is what the live figure shows: the threads' time too (a detail step's
-        # records are most of what they read back and send).
-        self.detail_every, self.next_detailed = self.governor.plan(
-            self.step, self.own_s + record["optwatch_bg_s"], record["step_time_s"], self.detailed
-        )
+        self.detail_every, self.next_detailed = self._plan(record, self.detailed)
         self._dispatch.after_step(record, self.detailed or self.next_detailed)
         self._records.add(record, self._primary)
         self._clear_step()
