@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,8 @@ def nothing(*args: object) -> None:
     pass
 
 
-def install() -> None:
+def install() -> Callable[[], None]:
+    """Install the empty wrappers; returns what takes them out again."""
     backward_original = torch.autograd.backward
 
     def backward(tensors, *args, **kwargs):
@@ -46,8 +48,16 @@ def install() -> None:
 
     torch.autograd.backward = backward
     torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
-    register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: nothing(optimizer))
-    register_optimizer_step_post_hook(lambda optimizer, args, kwargs: nothing(optimizer))
+    pre = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: nothing(optimizer))
+    post = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: nothing(optimizer))
+
+    def remove() -> None:
+        torch.autograd.backward = backward_original
+        torch.nn.utils.clip_grad_norm_ = clip_original
+        pre.remove()
+        post.remove()
+
+    return remove
 
 
 def main() -> None:

@@ -46,24 +46,20 @@ def main() -> None:
     if args.budget is not None:
         os.environ["OPTWATCH_OPTIONS"] = json.dumps({"budget": args.budget})
     import llm_loop
-    import torch
 
     training = llm_loop.Training(llm_loop.parse_args(args.loop_args.split()))
     records: list[dict] = []
     step_now = lambda: 0  # noqa: E731  (the probe's step count, where there is a probe)
     if args.null_hooks:
         import null_hooks
-        import torch.optim.optimizer as optimizer_module
 
-        saved = (torch.autograd.backward, torch.nn.utils.clip_grad_norm_)
+        installed: list = []  # what takes the wrappers out, while they are in
 
         def switch(on: bool) -> None:
-            if on:
-                null_hooks.install()
-            else:
-                torch.autograd.backward, torch.nn.utils.clip_grad_norm_ = saved
-                optimizer_module._global_optimizer_pre_hooks.clear()
-                optimizer_module._global_optimizer_post_hooks.clear()
+            if on and not installed:
+                installed.append(null_hooks.install())
+            elif not on and installed:
+                installed.pop()()
     else:
         import optwatch
 
