@@ -7,14 +7,12 @@ model, data and DataLoader as ``examples/cifar.py`` (synthetic CIFAR-shaped data
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lockstep import wait_for_turns
+from lockstep import LoopTimes
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
@@ -36,12 +34,8 @@ def main() -> None:
     model = SmallResNet().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     loader = DataLoader(SyntheticCIFAR(size=args.iters * args.batch_size), batch_size=args.batch_size, num_workers=2)
-    times: list[float] = []
-    cpu: list[float] = []
-    thread: list[float] = []  # the training thread's own CPU: without optwatch's threads
-    ends: list[float] = []  # on the monotonic clock the harness's slices are timed on
-    wait_for_turns()  # under benchmarks/wall_clock.py's time slicing: the go of the round
-    t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
+    clock = LoopTimes()
+    clock.start()  # under benchmarks/wall_clock.py's time slicing: the go of the round
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -50,13 +44,9 @@ def main() -> None:
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t1, c1, h1 = time.perf_counter(), time.process_time(), time.thread_time()
-        times.append(t1 - t0)
-        cpu.append(c1 - c0)
-        thread.append(h1 - h0)
-        ends.append(time.monotonic())
-        t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
-    print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "thread_s": thread, "end_s": ends}), flush=True)
+        clock.lap()
+        clock.go()
+    clock.print()
 
 
 if __name__ == "__main__":

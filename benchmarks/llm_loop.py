@@ -12,12 +12,10 @@ every iteration's wall time and the process's CPU time (``benchmarks/wall_clock.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 
 import torch
-from lockstep import wait_for_turns
+from lockstep import LoopTimes
 from torch import nn
 from torch.nn import functional as F
 
@@ -132,24 +130,16 @@ class Training:
 def main() -> None:
     args = parse_args()
     training = Training(args)
-    times: list[float] = []
-    cpu: list[float] = []
-    thread: list[float] = []  # the training thread's own CPU: without optwatch's threads
-    ends: list[float] = []  # on the monotonic clock the harness's slices are timed on
-    wait_for_turns()  # under benchmarks/wall_clock.py's time slicing: the go of the round
-    t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
+    clock = LoopTimes()
+    clock.start()  # under benchmarks/wall_clock.py's time slicing: the go of the round
     for it in range(args.iters):
         training.iteration(it)
-        t1, c1, h1 = time.perf_counter(), time.process_time(), time.thread_time()
-        times.append(t1 - t0)
-        cpu.append(c1 - c0)
-        thread.append(h1 - h0)
-        ends.append(time.monotonic())
+        seconds = clock.lap()
         if not args.quiet:
             loss = training.loss.item() * args.accumulate
-            print(f"iter {it}: loss {loss:.4f}, time {1000 * (t1 - t0):.2f} ms", flush=True)
-        t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
-    print("LOOP_TIMES " + json.dumps({"wall_s": times, "cpu_s": cpu, "thread_s": thread, "end_s": ends}), flush=True)
+            print(f"iter {it}: loss {loss:.4f}, time {1000 * seconds:.2f} ms", flush=True)
+        clock.go()
+    clock.print()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ with it, runs beside its own run's training only, on the other core, as it does 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -41,6 +42,41 @@ def wait_for_turns() -> None:
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.005)
+
+
+class LoopTimes:
+    """A benchmark loop's own clock: each iteration's wall time, the process's and the training thread's CPU
+    time over it (the thread's alone: without optwatch's threads), and its end on the monotonic clock the
+    harness's slices are timed on; printed as one ``LOOP_TIMES {json}`` line (``wall_clock.py`` reads it).
+    ``start`` waits for the harness's go (``wait_for_turns``); ``lap`` ends an iteration; ``go`` starts the
+    next (what the loop does between the two is no iteration's)."""
+
+    def __init__(self) -> None:
+        self.wall_s: list[float] = []
+        self.cpu_s: list[float] = []
+        self.thread_s: list[float] = []
+        self.end_s: list[float] = []
+        self._began = (0.0, 0.0, 0.0)
+
+    def start(self) -> None:
+        wait_for_turns()
+        self.go()
+
+    def go(self) -> None:
+        self._began = (time.perf_counter(), time.process_time(), time.thread_time())
+
+    def lap(self) -> float:
+        """End the iteration now; its wall time."""
+        wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        self.wall_s.append(wall - self._began[0])
+        self.cpu_s.append(cpu - self._began[1])
+        self.thread_s.append(thread - self._began[2])
+        self.end_s.append(time.monotonic())
+        return self.wall_s[-1]
+
+    def print(self) -> None:
+        times = {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "thread_s": self.thread_s, "end_s": self.end_s}
+        print("LOOP_TIMES " + json.dumps(times), flush=True)
 
 
 @dataclass
