@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one go: the gpu-marked tests, the cifar example end to end under
 # optwatch (AMP and cudnn.benchmark toggled mid-run, a profiler window), the overhead benchmark with
-# its host-device sync count, and what optwatch costs the LLM-shaped loop on CUDA. Logs and the run's record go to $OUT (default /tmp/optwatch-gpu).
+# its host-device sync count, and what optwatch costs the LLM-shaped loop on CUDA. Logs and the run's
+# record go to $OUT (default /tmp/optwatch-gpu).
 #
 #     bash scripts/gpu_checks.sh            # on a machine with CUDA, from the repository root
 #     FULL_SUITE=1 bash scripts/gpu_checks.sh   # and then the whole test suite there
