@@ -574,6 +574,22 @@ def test_past_the_first_steps_the_spacing_is_right_within_two_windows_and_stays(
     assert details_past_100 <= 300 // settles_at + 8  # (doubling: 33 in the first case)
 
 
+def test_a_pause_between_steps_buys_no_checks_for_the_steps_around_it():
+    """The 10 ms step with room for every 7th detail step (above), with a 150 ms wait in every 20th step
+    (an evaluation, a checkpoint, a process stopped for a while): the training steps pay for the checks, so
+    the spacing is the one without the waits, 7, not the 4 it settled at when the waits counted as step time
+    (17.5 ms a step on average: room for a detail step every 4 or 5)."""
+    from optwatch.probe.governor import DetailGovernor
+
+    governor = DetailGovernor(budget=0.01, settle_steps=100)
+    detailed, spacings = True, []
+    for step in range(1000):
+        step_s = 0.010 + (0.150 if step % 20 == 19 else 0.0)
+        every, detailed = governor.plan(step, 0.0005 if detailed else 0.00001, step_s, detailed)
+        spacings.append(every)
+    assert all(every == 7 for every in spacings[200:])
+
+
 _FOREACH_NORM = torch._foreach_norm
 
 

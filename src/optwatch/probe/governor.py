@@ -19,6 +19,11 @@ DETAIL_WINDOW = 20
 """The fewest steps the share is judged over."""
 MAX_DETAIL_EVERY = 128
 """The widest spacing: the dashboard's phase and gradient charts still get a point every so often."""
+PAUSE_FACTOR = 2.0
+"""A step longer than this many times the recent median waited for something else (an evaluation, a
+checkpoint, a pause, a process stopped while others run): the budget counts it as this long. Else the wait
+buys checks that the training steps around it pay for: a 7 ms loop stopped for 600 ms after every 20 steps
+looked five times slower to the budget, and its defaults cost what every check does (benchmarks/RESULTS.md)."""
 
 
 class DetailGovernor:
@@ -52,7 +57,10 @@ class DetailGovernor:
         later: a ramp by factors spends that long in detail steps the budget has no room for.
         """
         if step_time:
+            typical = self.median_step_s
             self._recent.append(step_time)
+            if typical:
+                step_time = min(step_time, PAUSE_FACTOR * typical)
         if self.pinned or self.budget <= 0:
             self.every = 1
         elif step_time:
