@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ def wait_for_turns() -> None:
 class LoopTimes:
     """A benchmark loop's own clock: each iteration's wall time, the process's and the training thread's CPU
     time over it (the thread's alone: without optwatch's threads), and its end on the monotonic clock the
-    harness's slices are timed on; printed as one ``LOOP_TIMES {json}`` line (``wall_clock.py`` reads it).
+    harness's slices are timed on; printed as one ``LOOP_TIMES {json}`` line (``wall_clock.py`` reads it),
+    with each of the process's threads' CPU time over the timed iterations (``threads_cpu_s``: optwatch's
+    threads by their names, the training thread as ``MainThread``, threads of C libraries by the system's).
     ``start`` waits for the harness's go (``wait_for_turns``); ``lap`` ends an iteration; ``go`` starts the
     next (what the loop does between the two is no iteration's)."""
 
@@ -60,6 +63,7 @@ class LoopTimes:
 
     def start(self) -> None:
         wait_for_turns()
+        self._threads_before = threads_cpu_s()
         self.go()
 
     def go(self) -> None:
@@ -76,6 +80,8 @@ class LoopTimes:
 
     def print(self) -> None:
         times = {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "thread_s": self.thread_s, "end_s": self.end_s}
+        before = getattr(self, "_threads_before", {})
+        times["threads_cpu_s"] = {name: s - before.get(name, 0.0) for name, s in threads_cpu_s().items()}
         print("LOOP_TIMES " + json.dumps(times), flush=True)
 
 
@@ -193,3 +199,23 @@ def whole_iterations(
                 kept[index] = cursor
             settled = cursor
     return kept
+
+
+def threads_cpu_s() -> dict[str, float]:
+    """The CPU time of each of this process's threads so far, by name: Python's name for a Python thread,
+    the system's (``/proc``) for one a C library started (ZeroMQ's I/O thread); threads of one name summed.
+    Read from each thread's CPU clock (Linux: the clock id of a thread id), at nanosecond resolution."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    seconds: dict[str, float] = {}
+    try:
+        tids = [int(entry) for entry in os.listdir("/proc/self/task")]
+    except OSError:
+        return seconds
+    for tid in tids:
+        try:
+            cpu = time.clock_gettime((~tid << 3) | 6)  # the kernel's per-thread CPU clock (CPUCLOCK_SCHED)
+            name = names.get(tid) or Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended meanwhile
+        seconds[name] = seconds.get(name, 0.0) + cpu
+    return seconds

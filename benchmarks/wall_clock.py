@@ -21,8 +21,9 @@ compared with bare's. Per phase (the first 100 iterations, where optwatch checks
 the steady state after them): the wall-time and CPU-time ratio to bare, as the median over all rounds'
 turns with a 95% interval from a bootstrap over rounds, and the rounds' own medians. Beside it: optwatch's
 own live figure over the same iterations (its step records' ``optwatch_s + optwatch_bg_s`` over
-``step_time_s``), the hub's CPU, and everything's CPU (`optwatch run`, the training process and the hub,
-from the kernel's accounting of the finished processes).
+``step_time_s``), each thread's CPU per iteration (the training thread's, optwatch's, ZeroMQ's: read by the
+loop from the threads' own clocks, not from optwatch), the hub's CPU, and everything's CPU (`optwatch run`,
+the training process and the hub, from the kernel's accounting of the finished processes).
 
     python benchmarks/wall_clock.py --workload llm --rounds 10
     python benchmarks/wall_clock.py --workload llm --loop-args "--batch 32"   (a 7 ms step: 2.7 ms at batch 4)
@@ -317,6 +318,7 @@ def main() -> None:
                 if slice_s and config != "bare":
                     results[config]["paired"] = paired_ratios(result, raw["bare"], args.iters)
                 results[config]["hub_cpu_s"] = result.get("hub_cpu_s")
+                results[config]["threads_ms"] = threads_per_iteration(result["times"])
                 results[config]["all_cpu_s"] = result["all_cpu_s"]
             per_round.append(results)
             line = " ".join(
@@ -346,7 +348,15 @@ def summarise(per_round: list[dict[str, dict]], configs: list[str]) -> dict:
         hub = [r[config]["hub_cpu_s"] for r in per_round if r[config].get("hub_cpu_s") is not None]
         entry["hub_cpu_s"] = statistics.median(hub) if hub else None
         entry["extra_cpu_s"] = statistics.median(r[config]["all_cpu_s"] - r["bare"]["all_cpu_s"] for r in per_round)
+        names = {name for r in per_round for name in r[config]["threads_ms"]}
+        entry["threads_ms"] = {
+            name: statistics.median(r[config]["threads_ms"].get(name, 0.0) for r in per_round) for name in sorted(names)
+        }
         figures["configs"][config] = entry
+    figures["bare_threads_ms"] = {
+        name: statistics.median(r["bare"]["threads_ms"].get(name, 0.0) for r in per_round)
+        for name in sorted({name for r in per_round for name in r["bare"]["threads_ms"]})
+    }
     figures["bare_ms"] = {
         phase: statistics.median(1000 * r["bare"]["phases"][phase]["wall"] for r in per_round)
         for phase in ("first", "steady")
@@ -357,6 +367,7 @@ def summarise(per_round: list[dict[str, dict]], configs: list[str]) -> dict:
 def print_report(report: dict) -> None:
     bare = report["bare_ms"]
     print(f"\nbare median iteration: first 100 {bare['first']:.2f} ms, steady {bare['steady']:.2f} ms")
+    print(f"bare CPU per iteration by thread, ms: {_threads_text(report['bare_threads_ms'])}")
     print("ratios to bare: the median [its 95% interval] (the rounds' medians, least-most; turns compared)")
     print("(cpu: the training process's CPU time; thread: its training thread's alone)")
     print(f"{'config':<11} {'phase':<7} {'wall ratio':<38} {'cpu ratio':<21} {'thread ratio':<21} {'live':>7}")
@@ -373,6 +384,18 @@ def print_report(report: dict) -> None:
             )
         hub = f", of which the hub {entry['hub_cpu_s']:.2f} s" if entry.get("hub_cpu_s") is not None else ""
         print(f"{config:<11} CPU of every process beyond bare's, per run: {entry['extra_cpu_s']:+.2f} s{hub}")
+        print(f"{config:<11} CPU per iteration by thread, ms: {_threads_text(entry['threads_ms'])}")
+
+
+def _threads_text(threads_ms: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.3f}" for name, ms in threads_ms.items() if ms >= 0.0005)
+
+
+def threads_per_iteration(times: dict) -> dict[str, float]:
+    """Each thread's CPU time over the loop's timed iterations, per iteration, in ms (the training thread is
+    ``MainThread``; optwatch's are named ``optwatch-...``; ZeroMQ's ``ZMQbg/...``)."""
+    iterations = len(times["wall_s"]) or 1
+    return {name: 1000 * seconds / iterations for name, seconds in times.get("threads_cpu_s", {}).items()}
 
 
 if __name__ == "__main__":
