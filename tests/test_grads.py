@@ -574,20 +574,39 @@ def test_past_the_first_steps_the_spacing_is_right_within_two_windows_and_stays(
     assert details_past_100 <= 300 // settles_at + 8  # (doubling: 33 in the first case)
 
 
-def test_a_pause_between_steps_buys_no_checks_for_the_steps_around_it():
+@pytest.mark.parametrize("host_paced", [True, False], ids=["cpu", "gpu"])
+def test_a_pause_between_steps_buys_no_checks_for_the_steps_around_it(host_paced):
     """The 10 ms step with room for every 7th detail step (above), with a 150 ms wait in every 20th step
     (an evaluation, a checkpoint, a process stopped for a while): the training steps pay for the checks, so
     the spacing is the one without the waits, 7, not the 4 it settled at when the waits counted as step time
-    (17.5 ms a step on average: room for a detail step every 4 or 5)."""
+    (17.5 ms a step on average: room for a detail step every 4 or 5). On a GPU the long step is the one that
+    waited for the device's queue, whose work is the steps' before it: it counts whole there."""
     from optwatch.probe.governor import DetailGovernor
 
     governor = DetailGovernor(budget=0.01, settle_steps=100)
+    governor.host_paced = host_paced
     detailed, spacings = True, []
     for step in range(1000):
         step_s = 0.010 + (0.150 if step % 20 == 19 else 0.0)
         every, detailed = governor.plan(step, 0.0005 if detailed else 0.00001, step_s, detailed)
         spacings.append(every)
-    assert all(every == 7 for every in spacings[200:])
+    assert all(every == (7 if host_paced else 4) for every in spacings[200:])
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])]
+)
+def test_the_budget_takes_a_long_step_for_a_pause_where_the_host_paces_the_training(device):
+    """Where the model trains tells the governor which kind of step time it is given (the test above)."""
+    probe = start()
+    probe.governor.host_paced = device != "cpu"  # the opposite: the model's device sets it
+    try:
+        model = mlp().to(device)
+        x, y = torch.randn(16, 4, device=device), torch.randn(16, 1, device=device)
+        train(model, torch.optim.SGD(model.parameters(), lr=0.01), x, y, steps=3)
+        assert probe.governor.host_paced is (device == "cpu")
+    finally:
+        probe.close()
 
 
 _FOREACH_NORM = torch._foreach_norm

@@ -23,7 +23,9 @@ PAUSE_FACTOR = 2.0
 """A step longer than this many times the recent median waited for something else (an evaluation, a
 checkpoint, a pause, a process stopped while others run): the budget counts it as this long. Else the wait
 buys checks that the training steps around it pay for: a 7 ms loop stopped for 600 ms after every 20 steps
-looked five times slower to the budget, and its defaults cost what every check does (benchmarks/RESULTS.md)."""
+looked five times slower to the budget, and its defaults cost what every check does (benchmarks/RESULTS.md).
+Only where the host's step time is the step's (``host_paced``): on a GPU the host runs ahead, and the step
+that waits for the device (a ``.item()`` every few steps) pays for the steps queued before it."""
 
 
 class DetailGovernor:
@@ -43,6 +45,8 @@ class DetailGovernor:
         self._detail_own_s = 0.0
         self._details = 0
         self._recent: collections.deque[float] = collections.deque(maxlen=20)
+        self.host_paced = True
+        """The training runs on the host (a CPU device, or none known yet): a long step waited (``PAUSE_FACTOR``)."""
 
     def plan(self, step: int, own_s: float, step_time: float | None, detailed: bool = True) -> tuple[int, bool]:
         """After step ``step`` (a detail step: ``detailed``) took ``step_time`` with ``own_s`` of optwatch's own:
@@ -59,7 +63,7 @@ class DetailGovernor:
         if step_time:
             typical = self.median_step_s
             self._recent.append(step_time)
-            if typical:
+            if typical and self.host_paced:
                 step_time = min(step_time, PAUSE_FACTOR * typical)
         if self.pinned or self.budget <= 0:
             self.every = 1

@@ -727,6 +727,7 @@ class Probe:
 
     def _announce_device(self, device: torch.device) -> None:
         self.device = device
+        self.governor.host_paced = device.type == "cpu"
         hello = self._hello()
         hello["device"] = str(device)
         if device.type == "cuda":
