@@ -11,6 +11,8 @@ warm-up, as a user's run does), with the loop's own per-iteration timer:
     probe-every the same, every check on every step: with ``default`` and ``every``, what the hub and the
                 viewer on the machine's other cores add
     dashboard   optwatch run LOOP, the dashboard drawing in a pseudo-terminal (only with --slice-ms 0)
+    closed      the probe alone, closed as it starts (``closed_probe.py``): what a probe that measures nothing
+                costs the process (threads, imports, wrappers that pass through)
     hooks-only  no optwatch: empty wrappers at its per-step hook points (``null_hooks.py``), the floor that
                 hooking there costs whatever the hooks do
 
@@ -58,7 +60,7 @@ WORKLOADS = {
     "llm": [str(ROOT / "benchmarks" / "llm_loop.py"), "--quiet"],
     "cifar": [str(ROOT / "benchmarks" / "cifar_loop.py")],
 }
-CONFIGS = ("bare", "aa", "default", "every", "probe", "probe-every", "dashboard", "hooks-only")
+CONFIGS = ("bare", "aa", "default", "every", "probe", "probe-every", "closed", "dashboard", "hooks-only")
 SLICE_S = {"llm": 0.15, "cifar": 1.2}
 """How long each run of a round has the machine at a time: a few of the loop's iterations (``lockstep``)."""
 FIRST = 100  # optwatch checks every step up to here by design (--budget applies after it)
@@ -78,12 +80,14 @@ def command(config: str, loop: list[str], runs: Path) -> list[str]:
         return [*ow, "--headless", *loop]
     if config == "every":
         return [*ow, "--headless", "--budget", "0", *loop]
-    if config in ("probe", "probe-every"):
+    if config in ("probe", "probe-every", "closed"):
         # A rank whose hub is out of reach (a closed port): the probe's whole work in the training process,
         # with no hub and no viewer beside it on the machine.
         alone = ["RANK=1", "WORLD_SIZE=2", "OPTWATCH_HUB=127.0.0.1:9", f"OPTWATCH_TOKEN={'0' * 32}"]
         if config == "probe-every":
             alone.append('OPTWATCH_OPTIONS={"budget": 0.0}')
+        if config == "closed":
+            return ["env", *alone, *python, str(ROOT / "benchmarks" / "closed_probe.py"), *loop]
         return ["env", *alone, *python, "-m", "optwatch.probe.launch", *loop]
     if config == "dashboard":  # (the pseudo-terminal's reader learns from this record when the run is over)
         return [*ow, "--record", str(runs / "viewer.jsonl"), *loop]
