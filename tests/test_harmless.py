@@ -107,6 +107,35 @@ def test_a_full_disk_under_the_run_directory_loses_output_not_the_training(tmp_p
     assert [s["step"] for s in steps_of(read_jsonl(record))] == list(range(30))  # 6 MB of output on 1 MiB
 
 
+def test_a_hub_whose_runtime_disk_filled_up_goes_on_serving_when_the_job_says_hello_again(tiny_filesystem, monkeypatch):
+    """The hub rewrites the job's info when the job restarts (a new pid), pauses or resumes; on a full runtime
+    tmpfs that write failed and took the hub's loop down with it, and every viewer with it (a hub thread in
+    a CI run died the same way when its directory was removed under it). Now it is said in hub.log and
+    the hub goes on: the new pid is taken and requests are answered."""
+    from optwatch import protocol
+    from optwatch.hub.server import Hub
+    from optwatch.wire import runtime
+
+    monkeypatch.setenv("OPTWATCH_RUNTIME_DIR", str(tiny_filesystem / "rt"))
+    run_dir = runtime.make_run_dir("full")
+    hub = Hub(run_dir, "full")
+    hub.bind()
+    try:
+        filler = os.open(tiny_filesystem / "filler", os.O_WRONLY | os.O_CREAT)  # the rest of the 1 MiB
+        try:
+            while os.write(filler, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(filler)
+        hub.take([protocol.make_record(protocol.HELLO, 0, pid=os.getpid() + 1)])
+        assert hub.job_pid == os.getpid() + 1
+        assert hub._handle(b"viewer", {"op": "status"})["ok"]
+    finally:
+        hub.close()
+
+
 def test_a_fork_and_a_child_python_that_watches_leave_the_job_steerable(tmp_path):
     """A forked child that leaves through sys.exit, and a child Python that calls optwatch.watch() (it
     inherits the run's environment): the job keeps its sockets and its listing, and takes commands."""

@@ -213,6 +213,14 @@ class Hub:
             failed_handshakes=self.failed_handshakes,
         )
 
+    def _update_info(self) -> None:
+        """``save_info`` while serving: a job info that cannot be rewritten (a full runtime tmpfs, a directory
+        removed under the hub) leaves the listing behind for now; the hub goes on serving the viewers."""
+        try:
+            self.save_info()
+        except OSError as exc:
+            log.warning("optwatch hub: cannot update the job's info in %s: %s", self.run_dir, exc)
+
     def save_info(self) -> None:
         token_file = None
         if self.token:
@@ -394,14 +402,14 @@ class Hub:
                     self.paused = {"by": record.get("source"), "since": record.get("time"), "until": None}
                     if command.value:
                         self.paused["until"] = (record.get("time") or time.time()) + float(command.value)
-                    self.save_info()
+                    self._update_info()
                 elif command.name == "resume" and self.paused is not None:
                     self.paused = None
-                    self.save_info()
+                    self._update_info()
         elif kind == protocol.HELLO and record.get("rank") == 0 and isinstance(record.get("pid"), int):
             if self.job_pid != record["pid"]:
                 self.job_pid = record["pid"]
-                self.save_info()
+                self._update_info()
 
     def _publish(self, records: list[dict[str, Any]]) -> None:
         if not records:
