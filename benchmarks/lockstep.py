@@ -60,6 +60,7 @@ class LoopTimes:
         self.thread_s: list[float] = []
         self.end_s: list[float] = []
         self._began = (0.0, 0.0, 0.0)
+        self._threads_before: dict[str, float] = {}
 
     def start(self) -> None:
         wait_for_turns()
@@ -80,7 +81,7 @@ class LoopTimes:
 
     def print(self) -> None:
         times = {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "thread_s": self.thread_s, "end_s": self.end_s}
-        before = getattr(self, "_threads_before", {})
+        before = self._threads_before
         times["threads_cpu_s"] = {name: s - before.get(name, 0.0) for name, s in threads_cpu_s().items()}
         print("LOOP_TIMES " + json.dumps(times), flush=True)
 

@@ -352,20 +352,20 @@ def summarise(per_round: list[dict[str, dict]], configs: list[str]) -> dict:
         hub = [r[config]["hub_cpu_s"] for r in per_round if r[config].get("hub_cpu_s") is not None]
         entry["hub_cpu_s"] = statistics.median(hub) if hub else None
         entry["extra_cpu_s"] = statistics.median(r[config]["all_cpu_s"] - r["bare"]["all_cpu_s"] for r in per_round)
-        names = {name for r in per_round for name in r[config]["threads_ms"]}
-        entry["threads_ms"] = {
-            name: statistics.median(r[config]["threads_ms"].get(name, 0.0) for r in per_round) for name in sorted(names)
-        }
+        entry["threads_ms"] = median_threads_ms(per_round, config)
         figures["configs"][config] = entry
-    figures["bare_threads_ms"] = {
-        name: statistics.median(r["bare"]["threads_ms"].get(name, 0.0) for r in per_round)
-        for name in sorted({name for r in per_round for name in r["bare"]["threads_ms"]})
-    }
+    figures["bare_threads_ms"] = median_threads_ms(per_round, "bare")
     figures["bare_ms"] = {
         phase: statistics.median(1000 * r["bare"]["phases"][phase]["wall"] for r in per_round)
         for phase in ("first", "steady")
     }
     return figures
+
+
+def median_threads_ms(per_round: list[dict[str, dict]], config: str) -> dict[str, float]:
+    """Each thread's CPU per iteration in ``config``'s runs, the median over rounds (0 in a round without it)."""
+    names = sorted({name for r in per_round for name in r[config]["threads_ms"]})
+    return {name: statistics.median(r[config]["threads_ms"].get(name, 0.0) for r in per_round) for name in names}
 
 
 def print_report(report: dict) -> None:
