@@ -30,7 +30,31 @@ def runtime_dir(monkeypatch):
     monkeypatch.setenv("OPTWATCH_RUNTIME_DIR", str(path / "rt"))
     monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(path / "runs"))  # records and traces, not in the checkout
     yield path / "rt"
+    end_processes_left_by_the_test(str(path / "rt"))
     shutil.rmtree(path, ignore_errors=True)
+
+
+def end_processes_left_by_the_test(runtime: str) -> list[str]:
+    """Kill what a test started and left running (returned: their command lines).
+
+    By design a training outlives its viewer: a test that kills `optwatch run` leaves the training and its
+    hub running, reparented away from the test, for the rest of the suite. Each is known by the test's own
+    runtime directory in its environment."""
+    import psutil
+
+    left = []
+    for process in psutil.process_iter(["pid", "environ", "cmdline"]):
+        if process.info["pid"] == os.getpid() or (process.info["environ"] or {}).get("OPTWATCH_RUNTIME_DIR") != runtime:
+            continue
+        try:
+            process.kill()
+        except psutil.Error:
+            continue
+        left.append(" ".join(process.info["cmdline"] or []))
+    if left and os.environ.get("OPTWATCH_LEAK_LOG"):
+        with open(os.environ["OPTWATCH_LEAK_LOG"], "a") as log:
+            log.write(f"{os.environ.get('PYTEST_CURRENT_TEST')}: {left}\n")
+    return left
 
 
 def optwatch(*args: str, timeout: float = 120, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess[str]:

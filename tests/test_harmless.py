@@ -153,7 +153,7 @@ def test_a_fork_and_a_child_python_that_watches_leave_the_job_steerable(tmp_path
         job.communicate(timeout=60)
 
 
-def test_a_closed_output_pipe_stops_the_job_it_started():
+def test_a_closed_output_pipe_stops_the_job_it_started(runtime_dir):
     """`optwatch run --headless ... | head -3`: as `python script.py | head -3` would, the run ends; nothing
     is left training unseen."""
     shell = subprocess.run(
@@ -164,8 +164,21 @@ def test_a_closed_output_pipe_stops_the_job_it_started():
     lines = shell.stdout.splitlines()
     assert len(lines) == 3 and [line.split(" loss ")[0] for line in lines] == ["step 0", "step 1", "step 2"]
     assert "Traceback" not in shell.stderr
-    wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"]) if "100000" in (p.info["cmdline"] or [])])
+    # This test's training alone (known by its runtime directory): other tests' jobs may run meanwhile.
+    wait_for(lambda: not trainings_started_in(runtime_dir))
     assert live_jobs() == []
+
+
+def trainings_started_in(runtime_dir) -> list[psutil.Process]:
+    """Running processes of ``plain_train.py`` started with this runtime directory."""
+    found = []
+    for process in psutil.process_iter(["environ", "cmdline", "status"]):
+        environ = process.info["environ"] or {}
+        if environ.get("OPTWATCH_RUNTIME_DIR") != str(runtime_dir) or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if any(part.endswith("plain_train.py") for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
 
 
 def rss(pid: int) -> int:

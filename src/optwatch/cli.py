@@ -629,10 +629,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
         session.close()
 
 
+CTL_ANSWER_S = 10.0
+"""How long `optwatch ctl` waits for the hub to take each command (not for the job to apply it: --timeout)."""
+
+
 def cmd_ctl(args: argparse.Namespace) -> int:
     """Send commands; wait until the job says at which step each is in effect (or why it refused)."""
     from optwatch import protocol
-    from optwatch.wire.subscriber import RequestError
+    from optwatch.wire.subscriber import NoAnswer, RequestError
 
     connection = connect_or_say_why(args)
     if connection is None:
@@ -643,7 +647,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     try:
         for text in args.commands:
             try:
-                reply = feed.request("control", command=text, source="ctl")
+                # The hub answers at once; a machine busy with training and more can hold that up for seconds.
+                reply = feed.request("control", timeout_s=CTL_ANSWER_S, command=text, source="ctl")
+            except NoAnswer:
+                print(f"{text}: unknown: the job's hub did not answer within {CTL_ANSWER_S:.0f}s; it may still "
+                      "apply the command (`optwatch attach` shows the job's events)")  # fmt: skip
+                failed = True
+                continue
             except RequestError as exc:
                 print(f"{text}: rejected: {exc}")
                 failed = True

@@ -21,6 +21,10 @@ class AuthenticationError(RequestError):
     """The job refused our token."""
 
 
+class NoAnswer(RequestError):
+    """The job's hub did not answer in time: it may still have taken the request."""
+
+
 def seq_key(record: dict[str, Any]) -> int:
     """Whose sequence a record's ``seq`` belongs to: the rank that produced it."""
     return record.get("origin", record.get("rank", 0))
@@ -117,7 +121,7 @@ class Feed:
                 self._close_control()
                 if refused:
                     raise AuthenticationError("the job refused the token (wrong or missing --token)")
-                raise RequestError(f"no answer to {op!r} within {timeout_s:.0f}s")
+                raise NoAnswer(f"no answer to {op!r} within {timeout_s:.0f}s")
             reply = protocol.decode_request(socket.recv_multipart()[-1])
         if not reply.get("ok"):
             raise RequestError(str(reply.get("error", "refused")))
