@@ -1,7 +1,16 @@
-"""A viewer follows a job that restarts on the same endpoint even when it misses the new job's first hello."""
+"""A viewer sees each record of a job once and in order: when it misses a restarted job's first hello, and
+when its first history request fails while live records come."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+import zmq
+
+from optwatch import protocol
+from optwatch.wire import subscriber
 from optwatch.wire.subscriber import Feed
 
 
@@ -22,3 +31,117 @@ def test_a_new_pid_in_a_hello_starts_the_sequence_over(tmp_path):
         assert feed.last_seq == {0: 6}
     finally:
         feed.close()
+
+
+class HubRefusingHistory:
+    """A hub's two sockets, scripted: it refuses the first ``refuse`` history requests as a busy hub does
+    (the real hub's reply when a viewer's request budget is spent; 0 for ever), serves the rest from a
+    real ``History`` of ``run``, and publishes ``live`` (a tail of ``run``) once the viewer subscribed and
+    its first history request was refused: the live records come before any history."""
+
+    def __init__(self, directory, run: list[dict], live: list[dict], refuse: int):
+        from optwatch.hub.history import History
+
+        self.history = History()
+        for item in run:
+            self.history.add(item)
+        self.live, self.refuse = live, refuse
+        self.context = zmq.Context()
+        self.pub = self.context.socket(zmq.XPUB)
+        self.pub.bind(f"ipc://{directory}/pub.sock")
+        self.ctl = self.context.socket(zmq.ROUTER)
+        self.ctl.bind(f"ipc://{directory}/ctl.sock")
+        self.endpoints = f"ipc://{directory}/pub.sock", f"ipc://{directory}/ctl.sock"
+        self.subscribed = threading.Event()
+        self.history_requests = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pub, zmq.POLLIN)
+        poller.register(self.ctl, zmq.POLLIN)
+        while not self._stop:
+            ready = dict(poller.poll(50))
+            if self.pub in ready and self.pub.recv().startswith(b"\x01"):
+                self.subscribed.set()
+            if self.ctl in ready:
+                identity, _, payload = self.ctl.recv_multipart()
+                request = protocol.decode_request(payload)
+                if request["op"] != "history":
+                    reply = {"ok": True, "endpoints": {}}
+                else:
+                    self.history_requests += 1
+                    if self.refuse == 0 or self.history_requests <= self.refuse:
+                        reply = {"ok": False, "error": "too many history requests; ask again in a second"}
+                    else:
+                        pages = self.history.pages()
+                        reply = {
+                            "ok": True,
+                            "page": request["page"],
+                            "pages": len(pages),
+                            "batch": pages[request["page"]],
+                        }
+                    if self.history_requests == 1:
+                        self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
+                self.ctl.send_multipart([identity, b"", protocol.encode_request(reply)])
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.pub.close(linger=0)
+        self.ctl.close(linger=0)
+        self.context.term()
+
+
+def a_run(steps: int) -> list[dict]:
+    """A run's records as its rank sends them: its hello, then a step each (seq counts both)."""
+    hello = protocol.make_record("hello", 0, seq=0, pid=4242, world_size=1, run_id="r", script="s")
+    return [hello, *(protocol.make_record("step", 0, seq=1 + n, step=n, loss=1.0) for n in range(steps))]
+
+
+def steps_seen(feed: Feed, until: int, timeout_s: float = 15.0) -> list[int]:
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while sum(r["kind"] == "step" for r in seen) < until and time.monotonic() < deadline:
+        seen.extend(feed.poll(0.1))
+    time.sleep(0.3)
+    seen.extend(feed.poll(0.1))  # anything that would come twice
+    return [r["step"] for r in seen if r["kind"] == "step"]
+
+
+@pytest.mark.parametrize("attached", ["late", "at the start"])
+def test_live_records_wait_for_a_first_history_that_failed_and_every_step_comes_once_in_order(tmp_path, attached):
+    """A viewer's first history requests are refused (a busy hub) while live records come: they wait for
+    the history, asked again a quarter second later, and the viewer gets every step once, in order. They
+    used to go on alone, and the history that came next was cut to what followed them: a viewer that
+    attached late lost the run's first 30 steps. One attached at the start, whose live records begin with
+    the job's first hello, must not take that hello, once the history has it, for a restarted job."""
+    run = a_run(40)
+    hub = HubRefusingHistory(tmp_path, run, live=run[31:] if attached == "late" else run, refuse=2)
+    feed = Feed(*hub.endpoints)
+    try:
+        assert hub.subscribed.wait(10)
+        assert steps_seen(feed, until=40) == list(range(40))
+        assert hub.history_requests == 3
+    finally:
+        feed.close()
+        hub.close()
+
+
+def test_live_records_go_on_alone_when_the_history_does_not_come(tmp_path, monkeypatch):
+    """A hub that never serves its history: the live records wait ``FIRST_HISTORY_WAIT_S`` at most, then
+    the viewer shows them (from step 30) rather than nothing."""
+    monkeypatch.setattr(subscriber, "FIRST_HISTORY_WAIT_S", 1.0)
+    run = a_run(40)
+    hub = HubRefusingHistory(tmp_path, run, live=run[31:], refuse=0)
+    feed = Feed(*hub.endpoints)
+    try:
+        assert hub.subscribed.wait(10)
+        started = time.monotonic()
+        assert steps_seen(feed, until=10) == list(range(30, 40))
+        assert 1.0 <= time.monotonic() - started < 5.0
+    finally:
+        feed.close()
+        hub.close()

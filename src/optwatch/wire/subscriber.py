@@ -25,6 +25,14 @@ class NoAnswer(RequestError):
     """The job's hub did not answer in time: it may still have taken the request."""
 
 
+FIRST_HISTORY_WAIT_S = 5.0
+"""How long live records wait for the first history when asking for it failed (a busy or restarting hub):
+the viewer shows the run from its start, in order. After this they go on alone, and the history fills in
+only what comes after them."""
+HISTORY_RETRY_S = 1.0
+"""Between two history requests; a quarter of it while live records wait for the first."""
+
+
 def seq_key(record: dict[str, Any]) -> int:
     """Whose sequence a record's ``seq`` belongs to: the rank that produced it."""
     return record.get("origin", record.get("rank", 0))
@@ -67,6 +75,9 @@ class Feed:
         """Why records a peer sent were left out, newest last."""
         self._need_history = True
         self._last_history_try = 0.0
+        self._held: list[dict[str, Any]] = []
+        """Live records that came before the first history, waiting for it (``FIRST_HISTORY_WAIT_S``)."""
+        self._holding_since: float | None = None
 
     def _close_control(self) -> None:
         if self._ctl is not None:
@@ -139,8 +150,10 @@ class Feed:
             if record.get("kind") == protocol.HELLO:
                 # The job (or this rank) started afresh, an elastic restart: its sequence starts over. Its
                 # first hello (seq 0) is easily lost while this subscriber reconnects; a new pid tells too.
+                # A first hello of a process already known is no restart, only a repeat (the history has it).
                 pid = record.get("pid")
-                if seq == 0 or (rank in self._pids and pid != self._pids[rank]):
+                known = self._pids.get(rank)
+                if (seq == 0 and known is None) or (known is not None and pid != known):
                     self.last_seq.pop(rank, None)
                 self._pids[rank] = pid
             last = self.last_seq.get(rank, -1)
@@ -188,26 +201,49 @@ class Feed:
         before = dict(self.last_seq)
         self.last_seq = {}
         records = []
+        taken: set[tuple[int, int]] = set()  # a record on two pages (the history moved between them) once
         for record in history:  # each validated as its page was decoded
             if record.get("kind") == protocol.HISTORY:
                 records.append(record)  # made for this answer, outside any sender's sequence
                 continue
             rank, seq = seq_key(record), record.get("seq", -1)
-            if seq > before.get(rank, -1):
+            if seq > before.get(rank, -1) and (rank, seq) not in taken:
+                taken.add((rank, seq))
                 records.append(record)
+            if record.get("kind") == protocol.HELLO:
+                self._pids[rank] = record.get("pid")  # the hub keeps each rank's newest hello
             self.last_seq[rank] = max(seq, self.last_seq.get(rank, -1))
         for rank, seq in before.items():
             self.last_seq[rank] = max(seq, self.last_seq.get(rank, -1))
         if before:
             self.gaps_filled += 1
-        return records
+        return records + self._release_held()
+
+    def _release_held(self) -> list[dict[str, Any]]:
+        held, self._held, self._holding_since = self._held, [], None
+        return self._accept(held) if held else []
+
+    def _holding(self) -> bool:
+        """Whether live records wait for the first history: it is due, none came yet, and not for too long."""
+        if not (self._need_history and not self.last_seq):
+            return False
+        now = time.monotonic()
+        if self._holding_since is None:
+            self._holding_since = now
+        return now - self._holding_since < FIRST_HISTORY_WAIT_S
+
+    def _history_due(self) -> bool:
+        retry_s = HISTORY_RETRY_S / 4 if self._held else HISTORY_RETRY_S
+        return self._need_history and time.monotonic() - self._last_history_try > retry_s
 
     def poll(self, timeout_s: float = 0.1, max_messages: int = 256) -> list[dict[str, Any]]:
         """Records that arrived since the last call (waits up to ``timeout_s`` for the first)."""
         records: list[dict[str, Any]] = []
         self._follow_link()
-        if self._need_history and time.monotonic() - self._last_history_try > 1.0:
+        if self._history_due():
             records.extend(self._history())
+        if self._held and not self._holding():
+            records.extend(self._release_held())  # the first history did not come in time: go on without it
         if not self._sub.poll(int(timeout_s * 1000)):
             return records
         for _ in range(max_messages):
@@ -221,10 +257,15 @@ class Feed:
             except protocol.ProtocolError as exc:
                 self.errors.append(str(exc))
                 continue
-            if self._need_history and not self.last_seq:
+            if self._need_history and not self.last_seq and not self._held:
                 # First live data before any history: fetch history now so order is kept.
                 records.extend(self._history())
+            if self._holding():
+                self._held.extend(batch)  # the history failed: these come after it, when it comes
+                continue
+            if self._held:
+                records.extend(self._release_held())
             records.extend(self._accept(batch))
-        if self._need_history and time.monotonic() - self._last_history_try > 1.0:
+        if self._history_due():
             records.extend(self._history())
         return records
