@@ -629,14 +629,10 @@ def cmd_attach(args: argparse.Namespace) -> int:
         session.close()
 
 
-CTL_ANSWER_S = 10.0
-"""How long `optwatch ctl` waits for the hub to take each command (not for the job to apply it: --timeout)."""
-
-
 def cmd_ctl(args: argparse.Namespace) -> int:
     """Send commands; wait until the job says at which step each is in effect (or why it refused)."""
     from optwatch import protocol
-    from optwatch.wire.subscriber import NoAnswer, RequestError
+    from optwatch.wire.subscriber import CONTROL_ANSWER_S, NoAnswer, RequestError
 
     connection = connect_or_say_why(args)
     if connection is None:
@@ -647,10 +643,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     try:
         for text in args.commands:
             try:
-                # The hub answers at once; a machine busy with training and more can hold that up for seconds.
-                reply = feed.request("control", timeout_s=CTL_ANSWER_S, command=text, source="ctl")
+                reply = feed.request("control", timeout_s=CONTROL_ANSWER_S, command=text, source="ctl")
             except NoAnswer:
-                print(f"{text}: unknown: the job's hub did not answer within {CTL_ANSWER_S:.0f}s; it may still "
+                print(f"{text}: unknown: the job's hub did not answer within {CONTROL_ANSWER_S:.0f}s; it may still "
                       "apply the command (`optwatch attach` shows the job's events)")  # fmt: skip
                 failed = True
                 continue

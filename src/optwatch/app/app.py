@@ -350,7 +350,15 @@ class OptwatchApp(App[None]):
         self.notify(f"sent {text}; it applies at the next step boundary", timeout=3)
 
     def on_command_answered(self, message: CommandAnswered) -> None:
-        if not message.reply.get("ok"):
+        if message.reply.get("unknown"):
+            self.notify(
+                f"{message.command}: {message.reply.get('error')} from the job's hub; it may still apply the "
+                "command: the loss chart marks it if it does",
+                severity="warning",
+                timeout=12,
+                markup=False,
+            )
+        elif not message.reply.get("ok"):
             self.notify(f"{message.command} rejected: {message.reply.get('error')}", severity="error", timeout=8)
 
     def on_recording_stopped(self, message: RecordingStopped) -> None:

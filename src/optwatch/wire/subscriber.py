@@ -25,6 +25,11 @@ class NoAnswer(RequestError):
     """The job's hub did not answer in time: it may still have taken the request."""
 
 
+CONTROL_ANSWER_S = 10.0
+"""How long a viewer waits for the hub to take a command (not for the job to apply it). The hub answers at
+once; a machine busy with the training and more can hold that up for seconds."""
+
+
 FIRST_HISTORY_WAIT_S = 5.0
 """How long live records wait for the first history when asking for it failed (a busy or restarting hub):
 the viewer shows the run from its start, in order. After this they go on alone, and the history fills in
