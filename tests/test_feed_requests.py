@@ -59,7 +59,7 @@ def test_the_dashboard_tells_a_command_the_hub_did_not_answer_from_a_rejected_on
     may still apply it), not that it was rejected."""
     from optwatch import session as viewer
 
-    monkeypatch.setattr(viewer, "CONTROL_ANSWER_S", 0.5)
+    monkeypatch.setattr(viewer, "HUB_ANSWER_S", 0.5)
     received: list[str] = []
     context, server = hub_silent_on_control(tmp_path, received, requests=3)  # and the viewer's history request
     session = viewer.ViewerSession(Feed(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/ctl.sock"))
@@ -83,7 +83,7 @@ async def test_the_dashboard_says_a_command_the_hub_did_not_answer_may_still_app
     from optwatch import session as viewer
     from optwatch.app.app import OptwatchApp
 
-    monkeypatch.setattr(viewer, "CONTROL_ANSWER_S", 0.5)
+    monkeypatch.setattr(viewer, "HUB_ANSWER_S", 0.5)
     received: list[str] = []
     context, server = hub_silent_on_control(tmp_path, received, requests=3)
     app = OptwatchApp(viewer.ViewerSession(Feed(f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/ctl.sock")))

@@ -516,7 +516,7 @@ def is_tcp_target(target: str | None) -> bool:
 def connect(target: str | None, token: str | None):
     """A Feed to the job, checked to answer (and to accept our token) before anything is shown."""
     from optwatch.wire.runtime import tcp_address
-    from optwatch.wire.subscriber import AuthenticationError, Feed, RequestError
+    from optwatch.wire.subscriber import HUB_ANSWER_S, AuthenticationError, Feed, RequestError
 
     job = None
     if is_tcp_target(target):
@@ -535,7 +535,7 @@ def connect(target: str | None, token: str | None):
         job = resolve_job(target)
         feed = Feed(job.endpoints["pub"], job.endpoints["ctl"])
     try:
-        feed.request("endpoints", timeout_s=5.0)
+        feed.request("endpoints", timeout_s=HUB_ANSWER_S)
     except AuthenticationError as exc:
         feed.close()
         raise Refused(str(exc)) from exc
@@ -632,7 +632,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 def cmd_ctl(args: argparse.Namespace) -> int:
     """Send commands; wait until the job says at which step each is in effect (or why it refused)."""
     from optwatch import protocol
-    from optwatch.wire.subscriber import CONTROL_ANSWER_S, NoAnswer, RequestError
+    from optwatch.wire.subscriber import HUB_ANSWER_S, NoAnswer, RequestError
 
     connection = connect_or_say_why(args)
     if connection is None:
@@ -643,9 +643,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     try:
         for text in args.commands:
             try:
-                reply = feed.request("control", timeout_s=CONTROL_ANSWER_S, command=text, source="ctl")
+                reply = feed.request("control", timeout_s=HUB_ANSWER_S, command=text, source="ctl")
             except NoAnswer:
-                print(f"{text}: unknown: the job's hub did not answer within {CONTROL_ANSWER_S:.0f}s; it may still "
+                print(f"{text}: unknown: the job's hub did not answer within {HUB_ANSWER_S:.0f}s; it may still "
                       "apply the command (`optwatch attach` shows the job's events)")  # fmt: skip
                 failed = True
                 continue

@@ -16,7 +16,7 @@ from typing import Any
 from optwatch.store import RecordWriter, Store
 from optwatch.supervisor import TrainingProcess
 from optwatch.wire.logs import LogTail
-from optwatch.wire.subscriber import CONTROL_ANSWER_S, Feed, NoAnswer, RequestError
+from optwatch.wire.subscriber import HUB_ANSWER_S, Feed, NoAnswer, RequestError
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ViewerSession:
         while self._outbox:
             text = self._outbox.popleft()
             try:
-                reply = self.feed.request("control", timeout_s=CONTROL_ANSWER_S, command=text, source="dashboard")
+                reply = self.feed.request("control", timeout_s=HUB_ANSWER_S, command=text, source="dashboard")
             except NoAnswer as exc:
                 reply = {"ok": False, "unknown": True, "error": str(exc)}  # the job may still apply it
             except RequestError as exc:

@@ -25,9 +25,9 @@ class NoAnswer(RequestError):
     """The job's hub did not answer in time: it may still have taken the request."""
 
 
-CONTROL_ANSWER_S = 10.0
-"""How long a viewer waits for the hub to take a command (not for the job to apply it). The hub answers at
-once; a machine busy with the training and more can hold that up for seconds."""
+HUB_ANSWER_S = 10.0
+"""How long a viewer waits for the hub's answer to a first request or a command (not for the job to apply
+it). The hub answers at once; a machine busy with the training and more can hold that up for seconds."""
 
 
 FIRST_HISTORY_WAIT_S = 5.0
