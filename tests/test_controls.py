@@ -195,3 +195,21 @@ def test_under_ddp_a_command_lands_on_every_rank_at_the_same_step(tmp_path):
     for rank in (0, 1):
         lrs = {s["step"]: s["lr"] for s in steps_of(records, rank)}
         assert lrs[effective - 1] == 0.01 and lrs[effective] == 0.005, rank
+
+
+def test_a_command_scheduled_past_the_last_step_is_said_to_be_never_applied(tmp_path):
+    """`--control lr=0.001@50` on a 10-step run: the run ends, and the command is a rejected event with the
+    reason in the record and on the headless output, not silently dropped."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr=0.001@50", "--control", "amp=on@3",
+        str(SCRIPTS / "plain_train.py"), "--steps", "10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = {e["command"]: e for e in read_jsonl(record) if e["kind"] == "event"}
+    assert events["amp=on"]["status"] == "accepted" and events["amp=on"]["effective_step"] == 3
+    late = events["lr=0.001"]
+    assert late["status"] == "rejected" and late["effective_step"] is None
+    assert late["reason"] == "never applied: it was due at step 50, and the run was watched to step 9"
+    assert "lr=0.001 rejected: never applied" in result.stdout + result.stderr
+    assert all(s["lr"] == 0.05 for s in steps_of(read_jsonl(record)))

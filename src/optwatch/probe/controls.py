@@ -169,6 +169,12 @@ class ControlPlugin(ProbePlugin):
         self._closed = True
         self.amp.turn_off()
         self.amp.leave()
+        # A command scheduled past the last step (`--control lr=0.001@20` on a 15-step run) is said, not lost.
+        for due in self._schedule:
+            reached = f"the run was watched to step {context.step - 1}" if context.step else "no step was made"
+            reason = f"never applied: it was due at step {due.step}, and {reached}"
+            context.emit(self._event(due.text, "rejected", reason, None, due.id, due.source))
+        self._schedule.clear()
 
     # --- the training thread ----------------------------------------------------------------------
     def _add(self, step: int, text: str, command_id: str, source: str) -> None:
