@@ -120,8 +120,9 @@ def test_a_host_bound_verdict_says_what_optwatch_itself_takes(own, said):
     assert result["evidence"]["optwatch_share"] == pytest.approx(own / 0.1)
     assert result["message"].endswith("; optwatch itself takes 12% of each step") is said
     advice = [tip for tip in result["suggestions"] if "--budget" in tip]
-    assert advice == (["optwatch itself takes 12% of each step here: from step 100 its checks run only as often "
-                       "as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer statistics"]
+    assert advice == (["optwatch itself takes 12% of each step here: after its first 100 steps its checks run "
+                       "only as often as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer "
+                       "statistics"]
                       if said else [])  # fmt: skip
 
 

@@ -569,6 +569,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "world_size": _INT,
         "device": _TEXT_OR_NULL,
         "device_name": _TEXT_OR_NULL,
+        "first_step": _Optional(_INT),
     },
     STEP: {
         "step": _INT,

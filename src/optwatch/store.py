@@ -135,7 +135,11 @@ class Store:
             self.logs.append(record)
             self.logs_total += 1
         elif kind == protocol.HELLO:
-            self.rank(rank).hello = record
+            state = self.rank(rank)
+            state.hello = record
+            first = record.get("first_step")
+            if isinstance(first, int) and not isinstance(first, bool):
+                state.cost.first_step = first
         elif kind == protocol.END:
             self.rank(rank).end = record
         elif kind == protocol.HUB:

@@ -92,6 +92,8 @@ class CostTotals:
     time_s: float = 0.0
     start_own_s: float = 0.0
     start_time_s: float = 0.0
+    first_step: int = 0
+    """The number of the rank's first step (a resumed run's is its global step: the hello says)."""
 
     def add(self, step: dict[str, Any]) -> None:
         step_time = step.get("step_time_s")
@@ -100,7 +102,7 @@ class CostTotals:
         own = own_seconds(step)
         self.own_s += own
         self.time_s += step_time
-        if isinstance(step.get("step"), int) and step["step"] < START_STEPS:
+        if isinstance(step.get("step"), int) and step["step"] < self.first_step + START_STEPS:
             self.start_own_s += own
             self.start_time_s += step_time
 
@@ -134,6 +136,8 @@ class RunSummary:
     lr: float | None = None
     cost: Cost = field(default_factory=lambda: Cost(None, None, None, None, 1))
     ranks: int = 1
+    first_step: int = 0
+    """The number of the run's first step in this process (not 0 in a run resumed from a checkpoint)."""
 
 
 def clipped_share(steps: Sequence[dict[str, Any]]) -> float | None:
@@ -179,6 +183,7 @@ def summarise(
         lr=last.get("lr"),
         cost=cost,
         ranks=ranks,
+        first_step=totals.first_step,
     )
 
 
@@ -190,9 +195,10 @@ def cost_text(summary: RunSummary) -> str:
         return ""
     text = f"optwatch {100 * cost.recent:.1f}%"
     extra = []
-    if cost.start is not None and summary.step >= 20:
+    made = summary.step - summary.first_step
+    if cost.start is not None and made >= 20:
         extra.append(f"first steps {100 * cost.start:.1f}%")
-    if cost.run is not None and summary.step >= 100:
+    if cost.run is not None and made >= 100:
         extra.append(f"run {100 * cost.run:.1f}%")
     if cost.checks_every > 1:
         extra.append(f"checks 1/{cost.checks_every}")

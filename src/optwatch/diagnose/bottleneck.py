@@ -355,8 +355,8 @@ def _own_suggestion(w: Window) -> list[str]:
     if not _own_notable(w):
         return []
     return [
-        f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: from step 100 its checks run only "
-        "as often as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer statistics"
+        f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: after its first 100 steps its checks "
+        "run only as often as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer statistics"
     ]
 
 

@@ -49,6 +49,8 @@ class VerdictTracker:
         settled_from: int = 0,
     ):
         self.rank = rank
+        self.first_step = 0
+        """The number of the rank's first step (a resumed run's is its global step: the hello says)."""
         self.settled_from = settled_from
         """The first step of the steady state: before it optwatch checks every step whatever that costs (its
         ``--budget`` applies from there). A window that reaches past it judges the steps from it alone, so
@@ -77,21 +79,32 @@ class VerdictTracker:
                         record["other_s"] = other_seconds(record) if timed else None
                     if record.get("eval_batches"):
                         pass  # an evaluation ran in this step's time: it says nothing of the training's
-                    elif record.get("step", 0) >= WARMUP_STEPS:
+                    elif record.get("step", 0) >= self.first_step + WARMUP_STEPS:
                         self._steps.append(record)
                         self._fresh_steps += 1
                     else:
                         self._warmup.append(record)
                 elif kind == protocol.SYSTEM:
                     self._systems.append(record)
-                elif kind == protocol.HELLO and record.get("device"):
-                    self.device = str(record["device"])
+                elif kind == protocol.HELLO:
+                    self._hello(record)
                 elif kind == protocol.END:
                     out.extend(self.verdict(final=True))
             out.append(record)
         if self._fresh_steps and self._clock() - self._last_verdict >= self.interval_s:
             out.extend(self.verdict())
         return out
+
+    def _hello(self, record: dict[str, Any]) -> None:
+        """The newest hello of the rank: its device once known, where its steps start and settle."""
+        if record.get("device"):
+            self.device = str(record["device"])
+        first = record.get("first_step")
+        settled = (record.get("diagnosis") or {}).get("settled_from")
+        if isinstance(first, int) and not isinstance(first, bool):
+            self.first_step = first
+        if isinstance(settled, int) and not isinstance(settled, bool):
+            self.settled_from = settled
 
     def verdict(self, final: bool = False) -> list[dict[str, Any]]:
         """A verdict record on the recent window, as a list: empty while there are too few steps."""

@@ -30,7 +30,12 @@ class OptwatchCallback(Callback):
         inner = getattr(optimizers[0], "optimizer", optimizers[0])
         loader = getattr(trainer, "train_dataloader", None)
         batch_size = getattr(loader, "batch_size", None)
-        self.probe = optwatch.watch(pl_module, inner, batch_size=batch_size if isinstance(batch_size, int) else None)
+        self.probe = optwatch.watch(
+            pl_module,
+            inner,
+            batch_size=batch_size if isinstance(batch_size, int) else None,
+            start_step=trainer.global_step,  # resumed from a checkpoint, Lightning goes on from its global step
+        )
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:

@@ -1,9 +1,10 @@
 """``OptwatchCallback`` for the Hugging Face ``Trainer``: ``Trainer(..., callbacks=[OptwatchCallback()])``.
 
 The probe watches the optimizer the Trainer built (the one accelerate wraps), so optwatch's steps are the
-Trainer's optimizer steps (its ``global_step`` minus one) and the step's loss is the sum of the micro-batch
-losses the Trainer logs as ``loss``. What the Trainer logs besides the step's own figures (evaluation
-metrics, ``epoch``, anything a ``compute_metrics`` returns) is published as ``metric`` records.
+Trainer's optimizer steps (the ``step`` it logs minus one, in a resumed run too) and the step's loss is the
+sum of the micro-batch losses the Trainer logs as ``loss``. What the Trainer logs besides the step's own
+figures (evaluation metrics, ``epoch``, anything a ``compute_metrics`` returns) is published as ``metric``
+records.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class OptwatchCallback(TrainerCallback):
 
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        self.probe = optwatch.watch(model, inner, batch_size=samples_per_step)
+        # Resumed from a checkpoint, the Trainer goes on from its global step, and so do optwatch's steps.
+        self.probe = optwatch.watch(model, inner, batch_size=samples_per_step, start_step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.probe is None:

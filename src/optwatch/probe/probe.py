@@ -86,9 +86,14 @@ class Probe:
         self.owner_pid = os.getpid()
         self.commands = channel.commands
         self.step = 0
+        self.first_step = 0
+        """The number of the first step this process makes: a run resumed from a checkpoint goes on from its
+        framework's global step (``start_at``). Whatever it is, the first steps are this process's first."""
         self.batch_size: int | None = None
         self.model: torch.nn.Module | None = None
         self.device: torch.device | None = None
+        self._device_facts: dict[str, Any] = {}
+        """What the hello says of the device, once known (``_announce_device``)."""
         self.training_thread: int | None = None
         self.nonfinite_seen = False
         self.clip_measures = False
@@ -200,6 +205,8 @@ class Probe:
         self.channel.close()
 
     def _hello(self) -> dict[str, Any]:
+        """What this rank is: sent at the start, and again (the newest wins) once it knows its device or the
+        step it starts from."""
         record = protocol.make_record(
             protocol.HELLO,
             self.rank,
@@ -214,13 +221,30 @@ class Probe:
             batch_size=self.batch_size,
             device=None,
             device_name=None,
+            first_step=self.first_step,
         )
+        record.update(self._device_facts)
+        settle = self.options.grad_full_cadence_steps if self.options.budget > 0 else 0
         record["diagnosis"] = {
             "grad_thresholds": self.options.grad_thresholds,
             "forward_check": self.options.forward_check,
-            "settled_from": self.options.grad_full_cadence_steps if self.options.budget > 0 else 0,
+            "settled_from": self.first_step + settle,
         }
         return record
+
+    def start_at(self, step: int) -> None:
+        """Number this process's steps from ``step`` (a run resumed at its framework's global step), so that
+        optwatch's step is the one the framework logs. Only before the first step: once steps are numbered,
+        they stay as they are (said in the log)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"start_step must be a whole number of steps, 0 or more; got {step!r}")
+        if step == self.first_step:
+            return
+        if self.step != self.first_step or self._light_steps or self._step_start is not None:
+            log.warning("optwatch: start_step=%d comes after the first step; the steps keep their numbers", step)
+            return
+        self.step = self.first_step = step
+        self.publish([self._hello()])
 
     # --- the explicit API -------------------------------------------------------------------------------
     def attach(
@@ -228,7 +252,10 @@ class Probe:
         model: torch.nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         batch_size: int | None = None,
+        start_step: int | None = None,
     ) -> Probe:
+        if start_step is not None:
+            self.start_at(start_step)
         if model is not None:
             self.model = model
             self._param_names = None
@@ -554,7 +581,7 @@ class Probe:
         ending = self.step
         if (
             not self.detailed
-            and (ending + 1) % self.detail_every
+            and (ending + 1 - self.first_step) % self.detail_every  # (the governor counts from the first step)
             and not self._dispatch.active["after_step"]
             and not self._dispatch.active["at_boundary"]
             and not self.commands
@@ -673,7 +700,7 @@ class Probe:
         step). What the budget weighs is what the live figure shows, the threads' time too (a detail step's
         records are most of what they read back and send)."""
         own_s = record["optwatch_s"] + record["optwatch_bg_s"]
-        return self.governor.plan(record["step"], own_s, record["step_time_s"], detailed)
+        return self.governor.plan(record["step"] - self.first_step, own_s, record["step_time_s"], detailed)
 
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
         if self._light_steps:
@@ -728,16 +755,16 @@ class Probe:
     def _announce_device(self, device: torch.device) -> None:
         self.device = device
         self.governor.host_paced = device.type == "cpu"
-        hello = self._hello()
-        hello["device"] = str(device)
+        facts: dict[str, Any] = {"device": str(device)}
         if device.type == "cuda":
-            hello["device_name"] = torch.cuda.get_device_name(device)
-            hello["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+            facts["device_name"] = torch.cuda.get_device_name(device)
+            facts["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         else:
             import platform
 
-            hello["device_name"] = platform.processor() or platform.machine()
-        self.publish([hello])
+            facts["device_name"] = platform.processor() or platform.machine()
+        self._device_facts = facts
+        self.publish([self._hello()])
 
     # --- off the training thread ---------------------------------------------------------------------------------
     def _sentinel(self, records: list[dict[str, Any]]) -> None:
