@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SCRIPTS, optwatch, read_jsonl, steps_of
+from conftest import ROOT, SCRIPTS, new_probe, optwatch, read_jsonl, records_of, steps_of, train
 
 
 def framework_steps(output: str) -> dict[int, dict]:
@@ -48,3 +48,28 @@ def test_a_resumed_run_is_numbered_from_the_frameworks_global_step(tmp_path, fra
         assert truth[15]["lr"] == 0.02 and truth[14]["lr"] != 0.02
         [event] = [e for e in records if e["kind"] == "event"]
         assert event["status"] == "accepted" and event["effective_step"] == 15
+
+
+def test_a_resumed_process_checks_every_step_for_its_own_first_steps_then_spaces_them():
+    """Numbered from 5000, the process still checks every step for its first 100 (the alert rules' baselines
+    start again with it), and from there spaces its checks by the budget as a run from step 0 does; a
+    start_step given after the first step leaves the numbers alone."""
+    import torch
+
+    probe = new_probe("resumed", grad_full_cadence_steps=20).start()
+    probe.start_at(5000)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    train(model, optimizer, x, y, steps=3)
+    probe.start_at(7)  # too late: said in the log, nothing changes
+    train(model, optimizer, x, y, steps=117)
+    spaced = probe.detail_every
+    records = records_of(probe)
+    steps = {s["step"]: s for s in steps_of(records)}
+    assert sorted(steps) == list(range(5000, 5120))
+    assert all(steps[n]["detailed"] and steps[n]["detail_every"] == 1 for n in range(5000, 5020))
+    assert spaced > 1 and not all(steps[n]["detailed"] for n in range(5020, 5120))
+    [hello] = [h for h in records if h["kind"] == "hello" and h.get("first_step") == 5000][-1:]
+    assert hello["diagnosis"]["settled_from"] == 5020
