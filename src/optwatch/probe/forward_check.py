@@ -108,6 +108,9 @@ class ForwardCheckPlugin(ProbePlugin):
         self._sequence_key: tuple[int, ...] | None = None
         self._sequence_names: tuple[str, ...] = ()
         self._model: nn.Module | None = None
+        self._in_training_forward = False
+        """Inside the trained model's forward with gradients on: what runs there without them (a reentrant
+        checkpoint's blocks, run again with gradients in the backward pass) is part of the step's forward."""
 
     def install(self, context: ProbeContext) -> None:
         self._context = context
@@ -134,8 +137,10 @@ class ForwardCheckPlugin(ProbePlugin):
         context = self._context
         if context is not None and not being_traced() and module is self._model and torch.is_grad_enabled():
             context.training_thread = _thread_id()  # the step's forward starts on this thread
+            self._in_training_forward = True
 
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
+        self._in_training_forward = False  # (also where the forward raised and never returned)
         if self._checks or self._to_check or self._checked:
             self._attach_checks(context, record)
         if not self.armed and context.nonfinite_seen:
@@ -149,7 +154,10 @@ class ForwardCheckPlugin(ProbePlugin):
         # Not inside a torch.compile graph: it would guard on the check's own state (recompiling at every
         # micro-batch) and its timing would split the graph. The compiled module's output, returned to
         # eager code, is checked as a whole.
-        if not torch.is_grad_enabled() or being_traced():
+        in_training_forward = self._in_training_forward
+        if module is self._model:
+            self._in_training_forward = False  # its forward returns
+        if (not torch.is_grad_enabled() and not in_training_forward) or being_traced():
             return
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.

@@ -195,6 +195,9 @@ class TorchHooks:
     def __init__(self, target: HookTarget):
         self._live = weakref.ref(target)
         self._undo: list[Callable[[], None]] = []
+        self._backwards_running = 0
+        """``torch.autograd.backward`` calls under way: one inside another is autograd's own (a reentrant
+        checkpoint recomputing its block in the backward pass), not the script's."""
 
     def _target(self) -> HookTarget | None:
         target = self._live()
@@ -251,14 +254,18 @@ class TorchHooks:
 
         def backward(tensors, *args, **kwargs):
             target = hooks._live()
-            if target is None or target.closed:
-                return original(tensors, *args, **kwargs)
+            if target is None or target.closed or hooks._backwards_running:
+                return original(tensors, *args, **kwargs)  # (inside a backward: no loss, no step of its own)
             try:
                 replaced = target.backward_starting(tensors)
             except Exception:
                 hooks._failed("backward hook")
                 replaced = None
-            result = original(replaced if replaced is not None else tensors, *args, **kwargs)
+            hooks._backwards_running += 1
+            try:
+                result = original(replaced if replaced is not None else tensors, *args, **kwargs)
+            finally:
+                hooks._backwards_running -= 1
             if target.backward_end_needed:
                 hooks._tell("backward hook", target.backward_ended, tensors)
             return result
