@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -73,6 +74,21 @@ def test_exit_code_and_output_of_the_script_are_kept(tmp_path):
     assert result.returncode == 3
     assert result.stdout == "about to fail\n"
     assert "oops" in result.stderr
+
+
+def test_the_scripts_arguments_reach_it_as_typed_even_when_they_look_like_optwatchs(tmp_path):
+    """Everything after SCRIPT is the script's: prefixes of optwatch's own flags (`--n` of `--no-record` and
+    `--nproc-per-node`, `--grad`, `--h`) and its exact flags alike. argparse's abbreviations used to make
+    `--n 72` an ambiguous optwatch option: a usage error, and no training."""
+    script = tmp_path / "argv.py"
+    script.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    typed = ["--n", "72", "--no", "1", "--grad", "2", "--p", "--h", "--head", "--budget", "3", "-h", "--", "x"]
+    for how in (("run", "--headless"), ("run", "--headless", "--no-record")):
+        result = optwatch(*how, str(script), *typed)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == typed
+    mistyped = optwatch("run", "--head", str(script))  # optwatch's own flags are spelled out in full
+    assert mistyped.returncode == 2 and "unrecognized arguments: --head" in mistyped.stderr
 
 
 def test_log_lines_are_recorded(tmp_path):

@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a training script under optwatch")
+    # No abbreviations: argparse reads every argument, the script's too, before SCRIPT's REMAINDER takes
+    # them, and a script's `--n 72` was taken for an ambiguous prefix of optwatch's own flags.
+    run = commands.add_parser("run", help="run a training script under optwatch", allow_abbrev=False)
     run.add_argument("--headless", action="store_true", help="no dashboard: pass output through, print summaries")
     run.add_argument("--record", metavar="PATH", help="write every record as a JSON line to PATH")
     run.add_argument(
