@@ -72,6 +72,32 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+TWO_RANKS_PRINTING = """
+import os, sys, time
+rank = int(os.environ["RANK"])
+for i in range(20):
+    sys.stdout.write(f"RANK {rank} LINE {i:03d} " + "x" * 80)  # as print writes: its text, then its newline
+    sys.stdout.flush()
+    time.sleep(0.03)
+    sys.stdout.write("\\n")
+    sys.stdout.flush()
+sys.stdout.write(f"RANK {rank} DONE")  # the last line, never ended
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_output_passes_through_headless_in_whole_lines(tmp_path):
+    """Each rank's lines reach the terminal whole, never run into the other rank's: a rank's print is two
+    writes, and the output read between them used to put the other rank's line after this one's text."""
+    script = tmp_path / "printing.py"
+    script.write_text(TWO_RANKS_PRINTING)
+    result = optwatch("run", "--headless", "--no-record", "--nproc-per-node", "2", str(script))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line]
+    expected = [f"RANK {rank} LINE {i:03d} " + "x" * 80 for rank in (0, 1) for i in range(20)]
+    assert sorted(lines) == sorted([*expected, "RANK 0 DONE", "RANK 1 DONE"])
+
+
 def test_srun_tasks_are_one_job_and_the_script_sees_no_rank_variables(tmp_path):
     """Two tasks as srun starts them (SLURM_* and the MASTER_ADDR/PORT a typical script's setup exports,
     no RANK/WORLD_SIZE), each running `optwatch run --record`: one job, both ranks in rank 0's record, the

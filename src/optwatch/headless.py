@@ -228,7 +228,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     except KeyboardInterrupt:
         pass  # an attached viewer was asked to leave
     # The script may have written its last lines after its last telemetry.
-    _, output = session.pump(0.0)
+    _, output = session.pump(0.0, final=True)
     _write_output(output)
     _say_if_recording_stopped(session, stderr)
     line = summary_line(session.store)

@@ -2,7 +2,7 @@
 
 The headless viewer calls ``pump`` in its loop; the dashboard calls it from a worker thread. The script's
 output reaches the store as ``log`` records from the hub; a headless ``optwatch run`` also passes the raw
-bytes through from the log files (``tails``), byte for byte.
+bytes through from the log files (``tails``), byte for byte: with several ranks, whole lines at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ class Output:
 # reference counting frees them, so the cycle collector can run far less often.
 VIEWER_GC_THRESHOLDS = (50_000, 20, 20)
 
+PARTIAL_LINE_WAIT_S = 1.0
+"""With several ranks' output on one terminal, how long a rank's unfinished line waits for its end before it
+goes out as it is (a progress bar redrawn with carriage returns never ends its line)."""
+PARTIAL_LINE_MAX = 64 * 1024
+
 
 def tune_gc_for_a_viewer() -> None:
     if gc.get_threshold()[0] < VIEWER_GC_THRESHOLDS[0]:
@@ -59,6 +64,8 @@ class ViewerSession:
         self._outbox: collections.deque[str] = collections.deque(maxlen=64)
         self.answers: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(maxlen=64)
         self._recording_failure_told = False
+        self._partial_lines: dict[int, tuple[bytes, float]] = {}
+        """Per tail, with several: the bytes after its last newline, and since when they wait."""
 
     def send_command(self, text: str) -> None:
         """Queue a control command (any thread); its answer appears in ``answers`` after a pump."""
@@ -75,6 +82,21 @@ class ViewerSession:
                 reply = {"ok": False, "error": str(exc)}
             self.answers.append((text, reply))
 
+    def _whole_lines(self, index: int, data: bytes, now: float) -> bytes:
+        """Tail ``index``'s output up to its last newline; the rest waits for its end (``PARTIAL_LINE_WAIT_S``).
+        A rank's print comes in pieces (its text, then its newline): passed on as they come, two ranks' lines
+        ran into each other."""
+        held, since = self._partial_lines.pop(index, (b"", now))
+        data = held + data
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if rest:
+            started = since if cut == 0 else now  # an unfinished line from before, or a new one
+            if now - started < PARTIAL_LINE_WAIT_S and len(rest) < PARTIAL_LINE_MAX:
+                self._partial_lines[index] = (rest, started)
+                return data[:cut]
+        return data
+
     @classmethod
     def for_process(
         cls, process: TrainingProcess, writer: RecordWriter | None = None, pass_output: bool = False
@@ -83,13 +105,20 @@ class ViewerSession:
         tails = process.output_tails() if pass_output else []
         return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process, tails=tails)
 
-    def pump(self, timeout_s: float = 0.1) -> tuple[list[dict[str, Any]], Output]:
+    def pump(self, timeout_s: float = 0.1, final: bool = False) -> tuple[list[dict[str, Any]], Output]:
+        """New records (into the store and the record file) and the script's new output (``final``: the last
+        pump, which lets out any unfinished lines too)."""
         self._send_queued_commands()
         records = self.feed.poll(timeout_s)
         self.store.hub_gone_since = self.feed.hub_gone_since
         output = Output()
-        for tail in self.tails:
+        now = time.monotonic()
+        for index, tail in enumerate(self.tails):
             data = tail.read()
+            if len(self.tails) > 1:
+                data = self._whole_lines(index, data, now)
+                if final and index in self._partial_lines:  # a rank's last line, unfinished: ended here
+                    data += self._partial_lines.pop(index)[0] + b"\n"
             if data:
                 output.chunks.append((tail.stream, data))
         if records:
