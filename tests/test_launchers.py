@@ -75,6 +75,7 @@ def free_port() -> int:
 TWO_RANKS_PRINTING = """
 import os, sys, time
 rank = int(os.environ["RANK"])
+time.sleep(1.5 * rank)  # rank 0's unfinished last line has waited its longest when rank 1 prints
 for i in range(20):
     sys.stdout.write(f"RANK {rank} LINE {i:03d} " + "x" * 80)  # as print writes: its text, then its newline
     sys.stdout.flush()
@@ -88,7 +89,9 @@ sys.stdout.write(f"RANK {rank} DONE")  # the last line, never ended
 @pytest.mark.slow
 def test_two_ranks_output_passes_through_headless_in_whole_lines(tmp_path):
     """Each rank's lines reach the terminal whole, never run into the other rank's: a rank's print is two
-    writes, and the output read between them used to put the other rank's line after this one's text."""
+    writes, and the output read between them used to put the other rank's line after this one's text. A line
+    that never ends (rank 0's last, as a progress bar's) goes out after a second, and is ended when another
+    rank's output follows it."""
     script = tmp_path / "printing.py"
     script.write_text(TWO_RANKS_PRINTING)
     result = optwatch("run", "--headless", "--no-record", "--nproc-per-node", "2", str(script))

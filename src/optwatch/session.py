@@ -66,6 +66,8 @@ class ViewerSession:
         self._recording_failure_told = False
         self._partial_lines: dict[int, tuple[bytes, float]] = {}
         """Per tail, with several: the bytes after its last newline, and since when they wait."""
+        self._open_lines: dict[str, int | None] = {}
+        """Per stream, with several tails: the tail whose line was let out unfinished, if any."""
 
     def send_command(self, text: str) -> None:
         """Queue a control command (any thread); its answer appears in ``answers`` after a pump."""
@@ -81,6 +83,24 @@ class ViewerSession:
             except RequestError as exc:
                 reply = {"ok": False, "error": str(exc)}
             self.answers.append((text, reply))
+
+    def _script_output(self, final: bool) -> Output:
+        output = Output()
+        now = time.monotonic()
+        for index, tail in enumerate(self.tails):
+            data = tail.read()
+            if len(self.tails) > 1:
+                data = self._whole_lines(index, data, now)
+                if final and index in self._partial_lines:  # a rank's last line, unfinished: ended here
+                    data += self._partial_lines.pop(index)[0] + b"\n"
+                open_tail = self._open_lines.get(tail.stream)
+                if data and open_tail is not None and open_tail != index:
+                    data = b"\n" + data  # another rank's line, let out unfinished (a progress bar), ends here
+                if data:
+                    self._open_lines[tail.stream] = None if data.endswith(b"\n") else index
+            if data:
+                output.chunks.append((tail.stream, data))
+        return output
 
     def _whole_lines(self, index: int, data: bytes, now: float) -> bytes:
         """Tail ``index``'s output up to its last newline; the rest waits for its end (``PARTIAL_LINE_WAIT_S``).
@@ -111,16 +131,7 @@ class ViewerSession:
         self._send_queued_commands()
         records = self.feed.poll(timeout_s)
         self.store.hub_gone_since = self.feed.hub_gone_since
-        output = Output()
-        now = time.monotonic()
-        for index, tail in enumerate(self.tails):
-            data = tail.read()
-            if len(self.tails) > 1:
-                data = self._whole_lines(index, data, now)
-                if final and index in self._partial_lines:  # a rank's last line, unfinished: ended here
-                    data += self._partial_lines.pop(index)[0] + b"\n"
-            if data:
-                output.chunks.append((tail.stream, data))
+        output = self._script_output(final)
         if records:
             self._last_records_at = time.monotonic()
             self.store.ingest(records)
