@@ -210,24 +210,30 @@ def test_zero_code_finds_the_model_and_names_its_parameters(probe):
     assert names[id(model[0].weight)] == "0.weight"
 
 
-@pytest.mark.parametrize("make_scheduler", ["lambda", "step"])
+@pytest.mark.parametrize("make_scheduler", ["lambda", "step", "plateau"])
 def test_a_manual_lr_change_moves_the_schedule_with_it(make_scheduler):
-    """lr=V under a scheduler: the schedule continues from the new level instead of snapping back."""
+    """lr=V under a scheduler: the schedule continues from the new level instead of snapping back.
+    ReduceLROnPlateau (here on a metric that never improves: it halves the lr at every step) makes itself
+    without LRScheduler's __init__: optwatch did not see it, held the commanded rate against its
+    reductions as against a script's own assignments, and the plateau never cut the lr again."""
     probe = new_probe(f"sched-{make_scheduler}", controls=["lr=0.01@4"]).start()
     try:
         model = tiny_model()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         if make_scheduler == "lambda":
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5**epoch)
-        else:
+        elif make_scheduler == "step":
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        else:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0)
+            scheduler.step(1.0)  # the first metric: the best so far
         used = []  # the lr each update really uses (the optimizer's own pre-hooks run after optwatch's)
         optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
         for _ in range(8):
             optimizer.zero_grad()
             torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1)).backward()
             optimizer.step()
-            scheduler.step()
+            scheduler.step(*([1.0] if make_scheduler == "plateau" else []))
     finally:
         probe.close()
     # Steps 0-3 follow 0.1 * 0.5^k; at step 4 the lr is set to 0.01; after it, the schedule halves from there.

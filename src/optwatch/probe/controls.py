@@ -485,8 +485,10 @@ class ControlPlugin(ProbePlugin):
                 if isinstance(group.get(key), (int, float)):
                     group[key] = group[key] * factor
             for scheduler in _schedulers_of(context):
-                if scheduler.optimizer is optimizer and index < len(scheduler.base_lrs):
-                    scheduler.base_lrs[index] *= factor
+                # (ReduceLROnPlateau has no base: it scales the learning rate it finds, the new one now)
+                base = getattr(scheduler, "base_lrs", None)
+                if scheduler.optimizer is optimizer and base is not None and index < len(base):
+                    base[index] *= factor
 
 
 def _schedulers_of(context: ProbeContext | None) -> list[Any]:

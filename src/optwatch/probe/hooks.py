@@ -8,6 +8,7 @@ Zero-code mode cannot ask the script where its steps are, so it listens where ev
     torch.utils.data DataLoader iterators         batches: how long the loop waited, how many samples
     torch.nn.utils clipping functions             the gradients before they are clipped, and the clip
     torch.optim.lr_scheduler.LRScheduler          schedulers, so a manual learning rate can move them
+      (and ReduceLROnPlateau, made without it)
 
 Each wrapper calls the original exactly as the script did and returns what it returned; what the probe
 does around it goes through ``HookTarget`` and can never raise into the script (a failure is reported to
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.utils
 import torch.nn.utils.clip_grad
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
@@ -241,6 +242,8 @@ class TorchHooks:
             if hasattr(module, "clip_grads_with_norm_"):  # torch 2.6+: what accelerate and FSDP2 call
                 self._patch(module, "clip_grads_with_norm_", self._clip_with_norm)
         self._patch(LRScheduler, "__init__", self._scheduler_init)
+        if "__init__" in vars(ReduceLROnPlateau):  # it makes itself without LRScheduler's __init__
+            self._patch(ReduceLROnPlateau, "__init__", self._scheduler_init)
         return self
 
     def remove(self) -> None:

@@ -521,8 +521,8 @@ class Probe:
         self._note_backward_end()
 
     def scheduler_made(self, scheduler: Any) -> None:
-        self._schedulers = [ref for ref in self._schedulers if ref() is not None]
-        self._schedulers.append(weakref.ref(scheduler))
+        self._schedulers = [ref for ref in self._schedulers if ref() is not None and ref() is not scheduler]
+        self._schedulers.append(weakref.ref(scheduler))  # (once: ReduceLROnPlateau may one day call both)
 
     def optimizer_step_starting(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
