@@ -62,6 +62,23 @@ async def test_the_headless_line_and_the_overview_show_the_same_figures():
     )
 
 
+async def test_a_resumed_run_counts_its_first_steps_from_its_own_first_step():
+    """A process resumed at step 5000 (its hello says so): optwatch's cost over "its first steps" is over
+    steps 5000-5099, and the headless line and the Overview show the first and whole-run figures only once
+    the process is as far into its run as a run from step 0 must be (they showed from its first step)."""
+    hello = {"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "pid": 1, "world_size": 1, "first_step": 5000}
+    early, late = Store(), Store()
+    early.ingest([hello, *(step(5000 + i, 0.01, own=0.002, bg=0.0) for i in range(15))])
+    late.ingest([hello, *(step(5000 + i, 0.01, own=0.002 if i < 100 else 0.0001, bg=0.0) for i in range(300))])
+    assert late.summary().cost.start == pytest.approx(0.2)  # steps 5000-5099 only
+    assert "first steps" not in summary_line(early) and "first steps 20.0%, run 7.3%" in summary_line(late)
+    for store, shown in ((early, None), (late, "20.0% / 7.3%")):
+        app = OptwatchApp.for_store(store)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            assert app.query_one(StatsPanel).rows.get("  first/run") == shown
+
+
 async def test_the_controls_tab_compares_with_the_same_window():
     store = Store()
     records = [step(i, 0.5 if i < 40 else 0.25) for i in range(80)]

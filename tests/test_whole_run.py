@@ -131,6 +131,28 @@ def test_a_viewer_that_attaches_late_sees_the_run_from_step_0(tmp_path):
     assert loss["sum"][0] / loss["count"][0] == pytest.approx(sum(first) / len(first), rel=1e-6)
 
 
+def test_a_run_resumed_far_into_its_steps_is_drawn_as_finely_as_one_from_step_0():
+    """Buckets start at a series' first step: 300 steps resumed at step 100,000 are 300 points from 100,000,
+    as 300 steps from 0 are (buckets from step 0 made them 256 steps wide: two points), in the hub's history
+    record and in a viewer that adopts it alike. A system sample taken before the first step (a resumed run's
+    still says step 0) does not stretch its series back to 0."""
+    from optwatch.runhistory import RunHistory
+
+    for first in (0, 100_000):
+        hub = RunHistory()
+        hub.add_system({"kind": "system", "step": 0, "cpu_percent": 50.0})
+        for n in range(first, first + 300):
+            hub.add_step({"kind": "step", "step": n, "loss": 1.0 / (n - first + 1)})
+            hub.add_system({"kind": "system", "step": n, "cpu_percent": 50.0})
+        viewer = RunHistory()
+        assert viewer.adopt(hub.to_record())
+        for history in (hub, viewer):
+            steps, means, _, _ = history.series["loss"].points()
+            assert steps == list(range(first, first + 300)) and means[0] == 1.0
+            assert history.series["cpu_percent"].points()[0] == list(range(first, first + 300))
+            assert history.series["loss"].first_step() == first
+
+
 def test_history_records_that_lie_are_left_out():
     whole = RunHistory()
     for step in range(100, 200):

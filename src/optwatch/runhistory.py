@@ -1,7 +1,9 @@
 """The shape of a whole run at flat memory: per series, a fixed number of step buckets that merge as it grows.
 
-Bucket ``i`` covers steps ``[i * width, (i + 1) * width)``. When a step falls past the last bucket, neighbours
-merge pairwise and ``width`` doubles, so a series holds at most ``BUCKETS`` buckets at 10^3 or 10^7 steps.
+Bucket ``i`` covers steps ``[origin + i * width, origin + (i + 1) * width)``, from the series' first step (a
+run resumed at step 100,000 is as finely drawn as one from 0). When a step falls past the last bucket,
+neighbours merge pairwise and ``width`` doubles, so a series holds at most ``BUCKETS`` buckets at 10^3 or 10^7
+steps.
 Each bucket keeps the count, sum, lowest, highest and last of its finite values, and how many were not
 finite: a spike or a NaN step stays visible however far the run is zoomed out, and the mean is exact.
 
@@ -46,10 +48,12 @@ class Series:
     bucket saw no step.
     """
 
-    __slots__ = ("width", "count", "sum", "min", "max", "last", "bad", "last_step")
+    __slots__ = ("width", "origin", "count", "sum", "min", "max", "last", "bad", "last_step")
 
-    def __init__(self, width: int = 1) -> None:
+    def __init__(self, width: int = 1, origin: int | None = None) -> None:
         self.width = width
+        self.origin = origin
+        """The step the first bucket starts at: the series' first step (None until it has one)."""
         self.count = array("q")
         self.sum = array("d")
         self.min = array("d")
@@ -59,9 +63,14 @@ class Series:
         self.last_step = array("q")
 
     def add(self, step: int, value: float) -> None:
-        index = step // self.width
+        if self.origin is None:
+            self.origin = step
+        offset = step - self.origin
+        if offset < 0:
+            return  # before the series began (none of a run's steps are: they only go forward)
+        index = offset // self.width
         if index >= len(self.count):
-            index = self._reach(step)
+            index = self._reach(offset)
         self.last[index] = value
         self.last_step[index] = step
         if value - value == 0.0:  # finite: NaN and the infinities give NaN
@@ -75,11 +84,12 @@ class Series:
         else:
             self.bad[index] += 1
 
-    def _reach(self, step: int) -> int:
-        """Open buckets up to ``step``'s, merging first when it lies past the last one; its index."""
-        while step // self.width >= BUCKETS:
+    def _reach(self, offset: int) -> int:
+        """Open buckets up to the one ``offset`` steps from the origin, merging first when it lies past the last
+        one; its index."""
+        while offset // self.width >= BUCKETS:
             self._halve()
-        index = step // self.width
+        index = offset // self.width
         grow = index + 1 - len(self.count)
         if grow == 1:  # the next bucket: what each step adds while the width is 1, at every step
             self.count.append(0)
@@ -118,11 +128,11 @@ class Series:
         means: list[float | None] = []
         lows: list[float | None] = []
         highs: list[float | None] = []
-        half = (self.width - 1) // 2
+        start = (self.origin or 0) + (self.width - 1) // 2
         for i, count in enumerate(self.count):
             if self.last_step[i] < 0:
                 continue
-            steps.append(i * self.width + half)
+            steps.append(start + i * self.width)
             if count:
                 means.append(self.sum[i] / count)
                 lows.append(self.min[i])
@@ -137,7 +147,7 @@ class Series:
         """The start of the first bucket that saw a step (its first step when the width is 1)."""
         for i, step in enumerate(self.last_step):
             if step >= 0:
-                return i * self.width
+                return (self.origin or 0) + i * self.width
         return _NO_STEP
 
     def newest_step(self) -> int | None:
@@ -155,6 +165,7 @@ class Series:
 
         return {
             "width": self.width,
+            "origin": self.origin or 0,
             "count": self.count.tolist(),
             "sum": figures(self.sum),
             "min": figures(self.min),
@@ -167,13 +178,15 @@ class Series:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Series | None:
         """A series from a ``history`` record, or None when its lists disagree (a record that lies)."""
-        width = data.get("width")
+        width, origin = data.get("width"), data.get("origin", 0)
         lists = [data.get(name) for name in _FIELDS]
         if not isinstance(width, int) or width < 1 or not all(isinstance(v, list) for v in lists):
             return None
+        if type(origin) is not int or origin < 0:
+            return None
         if len({len(v) for v in lists}) != 1 or len(lists[0]) > BUCKETS:
             return None
-        series = cls(width)
+        series = cls(width, origin)
         try:
             for name, values in zip(_FIELDS, lists):
                 field = getattr(series, name)
@@ -240,8 +253,8 @@ class RunHistory:
 
     def add_system(self, record: dict[str, Any]) -> None:
         step = record.get("step")
-        if not isinstance(step, int) or step < 0:
-            return
+        if not isinstance(step, int) or step < self.first_step:
+            return  # (also before the first step: a resumed run's samples then still say step 0)
         for name in SYSTEM_SERIES:
             value = record.get(name)
             if value is not None:

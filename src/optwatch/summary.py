@@ -139,6 +139,11 @@ class RunSummary:
     first_step: int = 0
     """The number of the run's first step in this process (not 0 in a run resumed from a checkpoint)."""
 
+    @property
+    def steps_in(self) -> int:
+        """How far the latest step is from the process's first: what "its first steps" count against."""
+        return self.step - self.first_step
+
 
 def clipped_share(steps: Sequence[dict[str, Any]]) -> float | None:
     measured = [s for s in steps if finite(s.get("grad_norm")) and finite(s.get("clip_max_norm"))]
@@ -195,10 +200,9 @@ def cost_text(summary: RunSummary) -> str:
         return ""
     text = f"optwatch {100 * cost.recent:.1f}%"
     extra = []
-    made = summary.step - summary.first_step
-    if cost.start is not None and made >= 20:
+    if cost.start is not None and summary.steps_in >= 20:
         extra.append(f"first steps {100 * cost.start:.1f}%")
-    if cost.run is not None and made >= 100:
+    if cost.run is not None and summary.steps_in >= 100:
         extra.append(f"run {100 * cost.run:.1f}%")
     if cost.checks_every > 1:
         extra.append(f"checks 1/{cost.checks_every}")

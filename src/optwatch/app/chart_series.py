@@ -1,7 +1,7 @@
 """What the Overview's charts draw at each zoom, read from the store: the one place these series are made.
 
 Three zooms, cycled with ``z``: the recent steps at full resolution, following the live edge; the wider
-window the viewer keeps at full resolution; and the whole run from step 0, downsampled (each point a
+window the viewer keeps at full resolution; and the whole run from its first step, downsampled (each point a
 bucket's mean, drawn between its lowest and highest, so a spike never disappears).
 """
 
