@@ -43,19 +43,30 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 def largest_module_of(optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
-    """The live module with the most parameters, all of them trained by ``optimizer``."""
+    """The live module with the most parameters that holds some trained by ``optimizer`` and no trainable
+    ones it leaves out. Frozen ones count in: a model fine-tuned with its backbone frozen, or through LoRA
+    adapters, is the whole model (its parameters named as the script names them), not its largest trained
+    part; a frozen module of its own (a teacher) holds none trained, and a GAN's wrapper holds the other
+    optimizer's."""
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    return largest_module(lambda param: id(param) in trained)
+    return largest_module(lambda param: id(param) in trained, frozen_in=True)
 
 
-def largest_module(trained: Callable[[torch.Tensor], bool]) -> torch.nn.Module | None:
-    """The live module with the most parameters, all of them ``trained`` (a walk over every object: once)."""
+def largest_module(trained: Callable[[torch.Tensor], bool], frozen_in: bool = False) -> torch.nn.Module | None:
+    """The live module with the most parameters, all of them ``trained`` (``frozen_in``: or frozen, with one
+    trained at least). A walk over every object: once."""
     best, best_size = None, (0, 0)
     for obj in gc.get_objects():
         if issubclass(type(obj), torch.nn.Module):  # type(): isinstance trips lazy deprecated objects
             params = list(obj.parameters())
             # On a tie in parameters, the module with more submodules: a wrapper over its only child.
             size = (len(params), sum(1 for _ in obj.modules())) if params else (0, 0)
-            if size > best_size and all(trained(p) for p in params):
+            if size <= best_size:
+                continue
+            if frozen_in:
+                ours = [trained(p) for p in params]
+                if any(ours) and all(mine or not p.requires_grad for mine, p in zip(ours, params)):
+                    best, best_size = obj, size
+            elif all(trained(p) for p in params):
                 best, best_size = obj, size
     return best

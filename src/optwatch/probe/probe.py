@@ -495,7 +495,10 @@ class Probe:
     def clipping(self, parameters: Any, by_norm: bool) -> KnownNorms | None:
         started = time.perf_counter()
         params = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
-        if params and (self._primary is None or id(params[0]) in self._param_ids or not self._param_ids):
+        # Whose clip: told by its first trained parameter (a fine-tuning script clips model.parameters(), whose
+        # first ones are frozen and in no optimizer: taken for another model's clip, the norm came after it).
+        first = next((param for param in params if param.requires_grad), None) if params else None
+        if first is not None and (self._primary is None or id(first) in self._param_ids or not self._param_ids):
             self._clip_params = params
             self._gradients_ready(self._primary, clip_measures=by_norm)
         # For this clip only: a second clip in the step sees gradients the first one scaled.
