@@ -109,6 +109,23 @@ def test_steady_growth_by_orders_of_magnitude_is_exploding():
     assert "grew" in alerts[0]["message"] and alerts[0]["step"] < 140
 
 
+def test_a_layer_growing_from_nothing_beside_the_rest_is_not_exploding_but_one_that_takes_over_is():
+    """LoRA's A gets gradients only as its B grows from zero: its RMS gradient rose 10x its median within 26
+    steps under SGD with momentum, a millionth of the rest's, and was an error alert. A rise counts when the
+    layer weighs in the gradient (``exploding_layer_share``); a layer that jumps to dominate it still fires."""
+
+    def run(tiny: list[float]) -> list[dict]:
+        diagnosis = GradientDiagnosis()
+        return feed(diagnosis, [StepInput(step=i, loss=1.0, grad_norm=0.1, layers=layers([1e-2, r]))
+                                for i, r in enumerate(tiny)])  # fmt: skip
+
+    ramp = [1e-12 * 1.3**i for i in range(40)]  # 1e-12 to 2.8e-8, smoothly: 10x in 9 steps
+    assert run(ramp) == []
+    jump = [1e-3 * (1 + 0.01 * (i % 3)) for i in range(60)] + [1.0]
+    [alert] = run(jump)
+    assert alert["type"] == "exploding" and alert["step"] == 60 and "'l1'" in alert["message"]
+
+
 def test_an_update_ratio_that_jumps_is_exploding_at_that_step():
     diagnosis = GradientDiagnosis()
     steps = [StepInput(step=i, loss=1.0, grad_norm=1.0, layers=layers([1e-2] * 4)) for i in range(40)]

@@ -63,6 +63,13 @@ class Thresholds:
         default=0.1,
         metadata={"help": "an update ratio above this, and exploding_factor times its baseline, is exploding"},
     )
+    exploding_layer_share: float = field(
+        default=0.01,
+        metadata={
+            "help": "a layer's RMS gradient rise counts when its gradient is at least this share of all the "
+            "layers' norm (one growing from nothing beside the rest, as LoRA's adapters do, is not exploding)"
+        },
+    )
     recover_steps: int = field(default=20, metadata={"help": "healthy observations in a row that end an episode"})
     amp_skip_limit: int = field(
         default=20, metadata={"help": "GradScaler-skipped steps in a row that make an overflow a broken run"}
@@ -465,10 +472,14 @@ class ExplodingRule:
         global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar)
         modules = s.layers.modules() if s.layers is not None and not s.amp_overflow else []
         found: list[_Rise | None] = []
+        # What a layer's rise must weigh: a real explosion soon dominates the gradient; a layer at a
+        # millionth of it that grew tenfold (LoRA's A while its B grows from zero) is no alarm.
+        weighty = t.exploding_layer_share * math.sqrt(sum(m.grad_norm**2 for m in modules if _finite(m.grad_norm)))
         for m in modules:
             rms = self._rms.setdefault(m.name, _Baseline(t.baseline_window))
             ratio = self._ratio.setdefault(m.name, _Baseline(t.baseline_window))
-            found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar))
+            if not m.grad_norm < weighty:  # (NaN, an infinity: the non-finite rule's, or counted)
+                found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar))
             if (
                 m.fresh
                 and m.update_ratio is not None
