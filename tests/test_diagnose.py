@@ -222,6 +222,19 @@ def test_tracker_ignores_other_ranks_and_needs_a_few_steps():
     assert tracker([{"v": 1, "kind": "end", "rank": 1, "time": 1.0}])[0]["kind"] == "end"
 
 
+@pytest.mark.parametrize(("settled_from", "told"), [(100, "after its first 100 steps"), (0, "`--budget 0` runs")])
+def test_the_advice_on_optwatchs_own_cost_knows_whether_the_budget_is_off(settled_from, told):
+    """Under ``--budget 0`` (the hello: checks never settle) the advice on optwatch's own share says so; it
+    used to say its checks run only as often as the budget allows, which the user had turned off."""
+    tracker = VerdictTracker(rank=0, interval_s=1e9)
+    hello = {"v": 1, "kind": "hello", "rank": 0, "time": 0.0, "first_step": 0,
+             "diagnosis": {"settled_from": settled_from}}  # fmt: skip
+    tracker([hello, *make_steps(150, **CPU_COMPUTE, optwatch_s=0.02)])
+    [result] = tracker.verdict()
+    [advice] = [tip for tip in result["suggestions"] if "optwatch itself" in tip]
+    assert told in advice
+
+
 def test_tracker_takes_the_device_from_hello():
     tracker = VerdictTracker(rank=0, interval_s=1e9)
     hello = {"v": 1, "kind": "hello", "rank": 0, "time": 0.0, "device": "cuda:1"}

@@ -74,6 +74,8 @@ class Window:
     workers: int | None = None
     workers_cpu_percent: float | None = None
     loader: dict[str, Any] = field(default_factory=dict)
+    every_check: bool = False
+    """optwatch runs every check at every step whatever it costs (``--budget 0``)."""
 
     @property
     def model_share(self) -> float | None:
@@ -354,6 +356,12 @@ def _own_part(w: Window) -> str:
 def _own_suggestion(w: Window) -> list[str]:
     if not _own_notable(w):
         return []
+    if w.every_check:
+        return [
+            f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: `--budget 0` runs every check at "
+            "every step; with the default budget (1%) they run only as often as it allows after the first 100 "
+            "steps; `--grad-every 0` drops the per-layer statistics"
+        ]
     return [
         f"optwatch itself takes {_pct(w.optwatch_share)} of each step here: after its first 100 steps its checks "
         "run only as often as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer statistics"

@@ -51,6 +51,8 @@ class VerdictTracker:
         self.rank = rank
         self.first_step = 0
         """The number of the rank's first step (a resumed run's is its global step: the hello says)."""
+        self.every_check = False
+        """The hello says optwatch checks every step whatever it costs (``--budget 0``: it never settles)."""
         self.settled_from = settled_from
         """The first step of the steady state: before it optwatch checks every step whatever that costs (its
         ``--budget`` applies from there). A window that reaches past it judges the steps from it alone, so
@@ -105,6 +107,7 @@ class VerdictTracker:
             self.first_step = first
         if isinstance(settled, int) and not isinstance(settled, bool):
             self.settled_from = settled
+            self.every_check = settled == self.first_step
 
     def verdict(self, final: bool = False) -> list[dict[str, Any]]:
         """A verdict record on the recent window, as a list: empty while there are too few steps."""
@@ -123,6 +126,7 @@ class VerdictTracker:
         window = summarise(steps, systems, self.device, self._loader())
         if window is None:
             return []
+        window.every_check = self.every_check
         return [
             protocol.make_record(
                 protocol.VERDICT,
