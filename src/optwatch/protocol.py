@@ -325,6 +325,13 @@ def make_record(kind: str, rank: int, **fields: Any) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "kind": kind, "rank": rank, "time": time.time(), **fields}
 
 
+def first_step(hello: dict[str, Any]) -> int:
+    """The number of its first step that a rank's ``hello`` says: not 0 in a run resumed from a checkpoint
+    (and 0 from records made before hellos said it)."""
+    first = hello.get("first_step")
+    return first if _is_int(first) else 0
+
+
 # --- what viewers read ----------------------------------------------------------------------------
 # Viewers format, compare and add up what records hold: a string where a number belongs, or an object
 # where a list does, would raise inside the dashboard. So every record that comes in, from the wire or

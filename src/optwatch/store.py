@@ -137,9 +137,7 @@ class Store:
         elif kind == protocol.HELLO:
             state = self.rank(rank)
             state.hello = record
-            first = record.get("first_step")
-            if isinstance(first, int) and not isinstance(first, bool):
-                state.cost.first_step = first
+            state.cost.first_step = protocol.first_step(record)
         elif kind == protocol.END:
             self.rank(rank).end = record
         elif kind == protocol.HUB:

@@ -19,6 +19,8 @@ RECENT_STEPS = 20
 """The window of the figures that describe the run "now"."""
 START_STEPS = 100
 """optwatch checks every step of these (its --budget applies after them): its cost there is shown apart."""
+START_SHOWN_FROM = 20
+"""Steps into the run from which its first steps' cost is shown (before, it is the recent figure again)."""
 
 
 def median(values: Iterable[Any]) -> float | None:
@@ -144,6 +146,16 @@ class RunSummary:
         """How far the latest step is from the process's first: what "its first steps" count against."""
         return self.step - self.first_step
 
+    @property
+    def start_cost(self) -> float | None:
+        """optwatch's share over its first steps, shown once the run is ``START_SHOWN_FROM`` steps in."""
+        return self.cost.start if self.steps_in >= START_SHOWN_FROM else None
+
+    @property
+    def run_cost(self) -> float | None:
+        """optwatch's share over the run so far, shown once the run is past its first steps."""
+        return self.cost.run if self.steps_in >= START_STEPS else None
+
 
 def clipped_share(steps: Sequence[dict[str, Any]]) -> float | None:
     measured = [s for s in steps if finite(s.get("grad_norm")) and finite(s.get("clip_max_norm"))]
@@ -200,10 +212,10 @@ def cost_text(summary: RunSummary) -> str:
         return ""
     text = f"optwatch {100 * cost.recent:.1f}%"
     extra = []
-    if cost.start is not None and summary.steps_in >= 20:
-        extra.append(f"first steps {100 * cost.start:.1f}%")
-    if cost.run is not None and summary.steps_in >= 100:
-        extra.append(f"run {100 * cost.run:.1f}%")
+    if summary.start_cost is not None:
+        extra.append(f"first steps {100 * summary.start_cost:.1f}%")
+    if summary.run_cost is not None:
+        extra.append(f"run {100 * summary.run_cost:.1f}%")
     if cost.checks_every > 1:
         extra.append(f"checks 1/{cost.checks_every}")
     return text + (f" ({', '.join(extra)})" if extra else "")

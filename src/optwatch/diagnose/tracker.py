@@ -101,10 +101,8 @@ class VerdictTracker:
         """The newest hello of the rank: its device once known, where its steps start and settle."""
         if record.get("device"):
             self.device = str(record["device"])
-        first = record.get("first_step")
+        self.first_step = protocol.first_step(record)
         settled = (record.get("diagnosis") or {}).get("settled_from")
-        if isinstance(first, int) and not isinstance(first, bool):
-            self.first_step = first
         if isinstance(settled, int) and not isinstance(settled, bool):
             self.settled_from = settled
             self.every_check = settled == self.first_step

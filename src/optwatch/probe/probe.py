@@ -240,7 +240,7 @@ class Probe:
             raise ValueError(f"start_step must be a whole number of steps, 0 or more; got {step!r}")
         if step == self.first_step:
             return
-        if self.step != self.first_step or self._light_steps or self._step_start is not None:
+        if self._step_start is not None:  # (set when the first step begins)
             log.warning("optwatch: start_step=%d comes after the first step; the steps keep their numbers", step)
             return
         self.step = self.first_step = step

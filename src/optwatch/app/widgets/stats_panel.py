@@ -40,9 +40,9 @@ class StatsPanel(Widget):
         cost = summary.cost
         if cost.recent is not None:  # what optwatch itself costs the run: its code and its threads
             rows["optwatch"] = f"{fmt.milliseconds(cost.per_step_s)}/step, {100 * cost.recent:.1f}%"
-            if cost.start is not None and summary.steps_in >= 20:
-                rows["  first/run"] = f"{100 * cost.start:.1f}% / " + (
-                    f"{100 * cost.run:.1f}%" if cost.run is not None and summary.steps_in >= 100 else "–"
+            if summary.start_cost is not None:
+                rows["  first/run"] = f"{100 * summary.start_cost:.1f}% / " + (
+                    f"{100 * summary.run_cost:.1f}%" if summary.run_cost is not None else "–"
                 )
             if cost.checks_every > 1:  # its --budget spaces out the checks
                 rows["Checks"] = f"1 step in {cost.checks_every}"
