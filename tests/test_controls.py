@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,8 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
         run = listed["run_id"]
         wait_for(lambda: record.exists() and len(steps_of(read_jsonl(record))) >= 5)
         result = optwatch("ctl", run, "lr*=0.5", "cudnn_benchmark=on")
-        assert result.returncode == 0, result.stdout + result.stderr
+        hub_log = Path(listed["run_dir"], "hub.log")
+        assert result.returncode == 0, result.stdout + result.stderr + hub_log.read_text(errors="replace")
         lr_line, cudnn_line = result.stdout.splitlines()
         assert lr_line.startswith("lr*=0.5: accepted, in effect from step ") and "0.01 -> 0.005" in lr_line
         lr_step = int(lr_line.split("from step ")[1].split()[0])

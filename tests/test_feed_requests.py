@@ -1,4 +1,5 @@
-"""A request the hub leaves unanswered is told apart from one it refuses: the first may still take effect."""
+"""Every request a viewer sends gets its answer, and one the hub leaves unanswered is told apart from one it
+refuses: the first may still take effect."""
 
 from __future__ import annotations
 
@@ -9,6 +10,42 @@ import zmq
 
 from optwatch import protocol
 from optwatch.wire.subscriber import Feed, NoAnswer, RequestError
+
+
+def test_a_viewer_that_asks_several_things_before_reading_gets_every_answer_in_order(tmp_path):
+    """The real hub, in its own process, answers six requests sent back to back before any answer is read,
+    in order (the requests socket's queue holds two: the rest wait in the hub, not dropped as they were),
+    and still answers the same peer's next request."""
+    from optwatch.hub import spawn
+    from optwatch.wire import runtime
+
+    run_dir = runtime.make_run_dir("answers")
+    hub = spawn(run_dir, "answers", runs_dir=None)
+    context = zmq.Context()
+    asker = context.socket(zmq.DEALER)
+    asker.setsockopt(zmq.LINGER, 0)
+    asker.connect(f"ipc://{run_dir}/ctl.sock")
+    try:
+        asked = ["status", "endpoints", "history", "no-such-request", "status", "control"]
+        for op in asked:
+            asker.send_multipart([b"", protocol.encode_request({"op": op})])
+        answers = []
+        while len(answers) < len(asked) and asker.poll(5000):
+            answers.append(protocol.decode_request(asker.recv_multipart()[-1]))
+        told = [
+            "paused" in a and "status" or "endpoints" in a and "endpoints" or "pages" in a and "history"
+            or "unknown request" in a.get("error", "") and "no-such-request"
+            or "needs a command" in a.get("error", "") and "control"
+            for a in answers
+        ]  # fmt: skip
+        assert told == asked
+        asker.send_multipart([b"", protocol.encode_request({"op": "status"})])
+        assert asker.poll(5000) and protocol.decode_request(asker.recv_multipart()[-1])["ok"]
+    finally:
+        asker.close()
+        context.term()
+        hub.kill()
+        hub.wait(10)
 
 
 def hub_silent_on_control(directory, received: list[str], requests: int) -> tuple[zmq.Context, threading.Thread]:

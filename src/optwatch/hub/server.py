@@ -2,10 +2,10 @@
 
 Every rank hands its records to the hub over a local socket (``probe.channel``); the hub completes them
 (``hub.diagnosis``), keeps a bounded history (``hub.history``), publishes them to viewers, answers their
-requests, relays their commands to the ranks, and publishes the script's output from the run directory's
-log files. It runs beside the training processes, started by ``optwatch run`` or by the probe itself; a
-kill -9 of it costs the training nothing (the ranks queue, then drop, until a new hub binds the same
-sockets).
+requests (``hub.replies``), relays their commands to the ranks, and publishes the script's output from the
+run directory's log files. It runs beside the training processes, started by ``optwatch run`` or by the
+probe itself; a kill -9 of it costs the training nothing (the ranks queue, then drop, until a new hub binds
+the same sockets).
 
 Sockets, all in the run directory (mode 0700) unless ``--listen`` adds TCP:
 
@@ -14,9 +14,10 @@ Sockets, all in the run directory (mode 0700) unless ``--listen`` adds TCP:
     ctl.sock  ROUTER  requests from viewers: history (paged), endpoints, control, status
     TCP PORT, PORT+1, PORT+2: the same ROUTER, PUB and PULL, CURVE-encrypted, keys from the job's token
 
-What a peer can make the hub hold is bounded: requests are capped in size, replies have a high-water
-mark of 2 per peer, the history is encoded at most once a second and served in pages at a limited rate
-per peer, and TCP handshakes that do not finish in a few seconds are dropped.
+What a peer can make the hub hold is bounded: requests are capped in size, at most six answers wait
+for a peer that does not read them, for 10 s at most (``hub.replies``), the history is encoded at most once
+a second and served in pages at a limited rate per peer, and TCP handshakes that do not finish in a few
+seconds are dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from optwatch import controls, protocol
 from optwatch.hub.diagnosis import JobDiagnosis
 from optwatch.hub.history import History
 from optwatch.hub.recorder import RunRecorder
+from optwatch.hub.replies import RETRY_EVERY_S, Replies
 from optwatch.hub.shards import ShardedNorms
 from optwatch.options import ENV_TOKEN
 from optwatch.wire import runtime
@@ -114,6 +116,7 @@ class Hub:
         self._context: zmq.Context | None = None
         self._stop = False
         self._history_limit = _Bucket(HISTORY_REQUESTS_PER_S, HISTORY_BURST)
+        self.replies = Replies()
         self._pending_commands: dict[str, tuple[dict[str, Any], float, float]] = {}
         """Commands sent to rank 0 and not yet answered by an event: (message, first sent, last sent)."""
         self._tails: dict[str, LogTail] = {}
@@ -152,8 +155,7 @@ class Hub:
         inbox.bind(f"ipc://{self.run_dir / 'in.sock'}")
         pub = self._socket("pub", zmq.PUB, SNDHWM=1000)
         pub.bind(f"ipc://{self.run_dir / 'pub.sock'}")
-        # Replies wait for a slow asker in a queue of 2: one that never reads pins two pages at most.
-        ctl = self._socket("ctl", zmq.ROUTER, MAXMSGSIZE=MAX_REQUEST_BYTES, SNDHWM=2)
+        ctl = self._socket("ctl", zmq.ROUTER, MAXMSGSIZE=MAX_REQUEST_BYTES, **Replies.socket_options())
         ctl.bind(f"ipc://{self.run_dir / 'ctl.sock'}")
         self.endpoints = {"pub": pub.last_endpoint.decode(), "ctl": ctl.last_endpoint.decode()}
         self.endpoints["in"] = inbox.last_endpoint.decode()
@@ -172,7 +174,9 @@ class Hub:
         address = f"[{host}]" if ":" in host else host
         for attempt in range(50):
             names = ("tcp_ctl", "tcp_pub", "tcp_in")
-            ctl = self._tcp_socket("tcp_ctl", zmq.ROUTER, keys, MAXMSGSIZE=MAX_REQUEST_BYTES, SNDHWM=2)
+            ctl = self._tcp_socket(
+                "tcp_ctl", zmq.ROUTER, keys, MAXMSGSIZE=MAX_REQUEST_BYTES, **Replies.socket_options()
+            )
             pub = self._tcp_socket("tcp_pub", zmq.PUB, keys, SNDHWM=1000)
             inbox = self._tcp_socket("tcp_in", zmq.PULL, keys, MAXMSGSIZE=protocol.MAX_WIRE_BYTES, RCVHWM=1000)
             try:
@@ -316,7 +320,10 @@ class Hub:
             # Asleep until a message comes or the next timed work is due (the logs' read): each wake costs CPU
             # on the machine the training runs on.
             wait_ms = max(0, math.ceil(1000 * (min(next_logs, next_tick) - time.monotonic())))
+            if self.replies.any_waiting:
+                wait_ms = min(wait_ms, math.ceil(1000 * RETRY_EVERY_S))
             ready = dict(poller.poll(wait_ms))
+            self.replies.retry(time.monotonic())  # before new answers, which go behind a peer's waiting ones
             for name, socket in list(self._sockets.items()):
                 if socket in ready:
                     self._service(name, socket)
@@ -469,10 +476,7 @@ class Hub:
         except Exception:
             log.exception("optwatch hub: a request failed")
             reply = {"ok": False, "error": "the hub could not answer this request"}
-        try:
-            socket.send_multipart([identity, b"", protocol.encode_request(reply)], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the asker went away, or does not read its replies: nothing is kept for it
+        self.replies.send(socket, identity, protocol.encode_request(reply), time.monotonic())
 
     def _handle(self, identity: bytes, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
