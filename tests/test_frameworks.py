@@ -54,9 +54,10 @@ def test_lightning_with_a_closure_clipping_and_validation(tmp_path):
 
 
 def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:
-    """``python SCRIPT --callback`` (no `optwatch run`), watched from another process with `optwatch attach`."""
+    """``python SCRIPT --callback --bf16`` (no `optwatch run`; bfloat16 mixed precision, as people train), watched
+    from another process with `optwatch attach`."""
     job = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / f"{script}.py"), "--callback"],
+        [sys.executable, str(SCRIPTS / f"{script}.py"), "--callback", "--bf16"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -74,6 +75,10 @@ def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[i
     return read_jsonl(record), truth_of(stdout, "FRAMEWORK_STEP"), stdout
 
 
+def framework_info(stdout: str) -> dict:
+    return next(json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_INFO "))
+
+
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the frameworks extra is not installed")
 def test_a_trainer_run_started_with_python_is_watchable_with_one_callback(tmp_path):
     records, truth, stdout = watched_with_the_callback(tmp_path, "hf_trainer")
@@ -81,6 +86,7 @@ def test_a_trainer_run_started_with_python_is_watchable_with_one_callback(tmp_pa
     assert len(truth) == 20
     assert_same(steps, truth, "loss", "loss")  # attached from the start: the history holds every step
     assert_same(steps, truth, "grad_norm", "grad_norm")
+    assert framework_info(stdout)["bf16"] and {s.get("precision") for s in steps} == {"bfloat16 autocast"}
     evaluations = [
         json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_EVAL ")
     ]
@@ -97,6 +103,8 @@ def test_a_lightning_run_started_with_python_is_watchable_with_one_callback(tmp_
     assert len(truth) == 24
     assert_same(steps, truth, "loss", "loss")
     assert_same(steps, truth, "grad_norm", "grad_norm")
+    assert framework_info(stdout)["precision"] == "bf16-mixed"
+    assert {s.get("precision") for s in steps} == {"bfloat16 autocast"}
     evaluations = [
         json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_EVAL ")
     ]

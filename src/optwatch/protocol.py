@@ -583,6 +583,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "detail_every": _Optional(_INT),
         "amp": _Optional(_FLAG),
         "cudnn_benchmark": _Optional(_FLAG),
+        "precision": _TEXT_OR_NULL,
         "samples": _Optional(_INT),
         "eval_batches": _Optional(_INT),
         "losses": _Optional(_Map(_FIGURE)),

@@ -135,6 +135,7 @@ class GroundTruth(TrainerCallback):
             "FRAMEWORK_INFO",
             {
                 "framework": "transformers.Trainer",
+                "bf16": args.bf16,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "accelerate": accelerate.__version__,
@@ -192,6 +193,7 @@ def main() -> None:
         args = TrainingArguments(
             output_dir=output_dir,
             use_cpu=True,
+            bf16="--bf16" in sys.argv,  # mixed precision: autocast in bfloat16, as accelerate does it
             seed=0,
             max_steps=MAX_STEPS,
             per_device_train_batch_size=BATCH,

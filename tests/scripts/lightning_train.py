@@ -147,11 +147,13 @@ def main() -> None:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        precision="bf16-mixed" if "--bf16" in sys.argv else "32-true",
     )
     emit(
         "FRAMEWORK_INFO",
         {
             "framework": "lightning.pytorch.Trainer",
+            "precision": trainer.precision,
             "torch": torch.__version__,
             "lightning": lightning.__version__,
             "batch_size": BATCH,

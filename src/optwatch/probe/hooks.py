@@ -9,6 +9,7 @@ Zero-code mode cannot ask the script where its steps are, so it listens where ev
     torch.nn.utils clipping functions             the gradients before they are clipped, and the clip
     torch.optim.lr_scheduler.LRScheduler          schedulers, so a manual learning rate can move them
       (and ReduceLROnPlateau, made without it)
+    torch.autocast.__enter__                      the precision the script trains in (its own autocast)
 
 Each wrapper calls the original exactly as the script did and returns what it returned; what the probe
 does around it goes through ``HookTarget`` and can never raise into the script (a failure is reported to
@@ -42,6 +43,9 @@ try:
     from torch.amp import GradScaler
 except ImportError:  # torch < 2.3
     from torch.cuda.amp import GradScaler
+
+# True while torch.compile or torch.export traces, also in their later passes (is_dynamo_compiling is not).
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 class HookTarget(Protocol):
@@ -87,6 +91,12 @@ class HookTarget(Protocol):
     def clipped(self, total_norm: Any, max_norm: Any) -> None: ...
 
     def scheduler_made(self, scheduler: LRScheduler) -> None: ...
+
+    def autocast_entered(self, device_type: str, dtype: torch.dtype, compiling: bool) -> None:
+        """An enabled autocast was entered with gradients on: a training forward's (an evaluation runs
+        without them). ``compiling``: by torch.compile, which makes it part of the compiled code, where it
+        is never entered again."""
+        ...
 
 
 class KnownNorms:
@@ -244,6 +254,8 @@ class TorchHooks:
         self._patch(LRScheduler, "__init__", self._scheduler_init)
         if "__init__" in vars(ReduceLROnPlateau):  # it makes itself without LRScheduler's __init__
             self._patch(ReduceLROnPlateau, "__init__", self._scheduler_init)
+        # torch.cuda.amp.autocast and accelerate's and Lightning's autocast all enter through this one.
+        self._patch(torch.amp.autocast_mode.autocast, "__enter__", self._autocast_enter)
         return self
 
     def remove(self) -> None:
@@ -417,6 +429,21 @@ class TorchHooks:
                 hooks._tell("scheduler hook", target.scheduler_made, scheduler)
 
         return init
+
+    def _autocast_enter(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def __enter__(autocast):
+            entered = original(autocast)
+            target = hooks._live()
+            if target is not None and not target.closed and autocast._enabled and torch.is_grad_enabled():
+                try:
+                    target.autocast_entered(autocast.device, autocast.fast_dtype, _compiling())
+                except Exception:
+                    hooks._failed("autocast hook")
+            return entered
+
+        return __enter__
 
 
 def _is_two(norm_type: Any) -> bool:

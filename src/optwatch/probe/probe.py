@@ -146,6 +146,15 @@ class Probe:
         records at the next flush or detail step (``_record_light_steps``), in order."""
         self._step_fields: dict[str, Any] = {}
         self._last_flush = time.perf_counter()
+        # the precision trained in (``_note_precision``)
+        self._autocast_entries = 0
+        self._autocast_dtype: torch.dtype | None = None
+        self._weights_dtype: torch.dtype | None = None
+        self._precision_mark = (0, 0)
+        """(autocast entries, step) when the precision was last looked at."""
+        self._under_autocast = False
+        self._compiled_autocast = False
+        """torch.compile compiled an autocast into the training's code (the script's ``with`` inside it)."""
         self._last_bg_cpu = 0.0
         self._tables_stale = False
         # plugins
@@ -155,7 +164,7 @@ class Probe:
         self._sampler = Sampler(
             self,
             channel,
-            callbacks=lambda: self._dispatch.every["sample"],
+            callbacks=lambda: [("precision", self._note_precision), *self._dispatch.every["sample"]],
             loader=lambda: self._batches.loader,
             interval_s=options.system_interval_s,
         )
@@ -527,6 +536,17 @@ class Probe:
         self._schedulers = [ref for ref in self._schedulers if ref() is not None and ref() is not scheduler]
         self._schedulers.append(weakref.ref(scheduler))  # (once: ReduceLROnPlateau may one day call both)
 
+    def autocast_entered(self, device_type: str, dtype: torch.dtype, compiling: bool) -> None:
+        if self.device is not None and device_type != self.device.type:
+            return  # an autocast for another device: not the training's
+        self._autocast_dtype = dtype
+        if compiling:
+            self._compiled_autocast = True  # from now on in the compiled code, never entered again
+        else:
+            self._autocast_entries += 1
+        if not self._under_autocast and self.device is not None:
+            self._set_precision(True)  # at once (its end is seen by the sampler, within a sample)
+
     def optimizer_step_starting(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
         if self._primary is None:
@@ -757,6 +777,9 @@ class Probe:
 
     def _announce_device(self, device: torch.device) -> None:
         self.device = device
+        self._weights_dtype = weights_dtype(self.parameters())
+        self._precision_mark = (self._autocast_entries, self.step)
+        self._set_precision(self._autocast_entries > 0 or self._compiled_autocast)  # the first step's too
         self.governor.host_paced = device.type == "cpu"
         facts: dict[str, Any] = {"device": str(device)}
         if device.type == "cuda":
@@ -770,6 +793,29 @@ class Probe:
         self.publish([self._hello()])
 
     # --- off the training thread ---------------------------------------------------------------------------------
+    def _note_precision(self, context: Probe, system: dict[str, Any]) -> list[dict[str, Any]]:
+        """On the sampler thread: the precision the steps since the last look trained in, as the step field
+        ``precision``: autocast while they enter one (the script's own, or optwatch's ``amp=on``; a training
+        forward's, with gradients on), else the trained weights' dtype."""
+        entries, step = self._autocast_entries, self.step
+        last_entries, last_step = self._precision_mark
+        if step == last_step or self.device is None:
+            return []
+        self._precision_mark = (entries, step)
+        self._set_precision(entries > last_entries or self._compiled_autocast)
+        return []
+
+    def _set_precision(self, under_autocast: bool) -> None:
+        self._under_autocast = under_autocast
+        if under_autocast and self._autocast_dtype is not None:
+            precision = f"{dtype_name(self._autocast_dtype)} autocast"
+        elif self._weights_dtype is not None:
+            precision = dtype_name(self._weights_dtype)
+        else:
+            return
+        if self._step_fields.get("precision") != precision:
+            self.set_step_fields(precision=precision)
+
     def _sentinel(self, records: list[dict[str, Any]]) -> None:
         """On the channel thread, with values read back: a non-finite loss or gradient norm brings every step
         back to being a detail step, and arms the forward check, so the next one is caught at its step."""
@@ -783,3 +829,16 @@ class Probe:
                         self.nonfinite_seen = True
                         self.pin_detail()
                         return
+
+
+def weights_dtype(params: list[torch.Tensor]) -> torch.dtype | None:
+    """The floating dtype that holds most of the trained weights (None: no floating weights)."""
+    sizes: dict[torch.dtype, int] = {}
+    for param in params:
+        if param.is_floating_point():
+            sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
+    return max(sizes, key=sizes.__getitem__) if sizes else None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,51 @@
+"""The precision a run trains in, as the script itself sees it: its own autocast, 16-bit weights, or
+optwatch's ``amp=on``; and advice that does not tell it to turn on what it already uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SCRIPTS, optwatch, read_jsonl, steps_of
+
+
+def run(tmp_path, *args: str, options: tuple[str, ...] = ()) -> tuple[list[dict], dict[int, str]]:
+    """The run's step records, and each step's forward output dtype as the script printed it."""
+    record = tmp_path / "r.jsonl"
+    script = str(SCRIPTS / "own_precision.py")
+    result = optwatch("run", "--headless", "--record", str(record), *options, script, *args)
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split()[:2] for line in result.stdout.splitlines() if line.startswith("step="))
+    forwards = {int(step.removeprefix("step=")): dtype.removeprefix("forward=") for step, dtype in printed.items()}
+    return steps_of(read_jsonl(record)), forwards
+
+
+@pytest.mark.parametrize(
+    "args, precision",
+    [
+        (("--autocast", "bfloat16"), "bfloat16 autocast"),  # nanoGPT's `with ctx:` around forward and loss
+        (("--weights", "bfloat16"), "bfloat16"),  # the model itself in bf16
+        # Compiled in, never entered again: 30 steps of 40 ms span several system samples.
+        (("--autocast", "bfloat16", "--compile", "--sleep", "0.04"), "bfloat16 autocast"),
+        ((), "float32"),
+        (("--eval-every", "5", "--eval-autocast"), "float32"),  # an evaluation's autocast is not the training's
+    ],
+)
+def test_each_step_says_the_precision_the_script_trains_in(tmp_path, args, precision):
+    steps, forwards = run(tmp_path, "--steps", "30", *args)
+    assert len(steps) == 30
+    assert {forwards[s["step"]] for s in steps} == {precision.split()[0]}  # what the script itself saw
+    assert [s["step"] for s in steps if s.get("precision") != precision] == []  # from the first step on
+    assert not any(s.get("amp") for s in steps)  # optwatch's own control stays off
+
+
+def test_amp_turned_on_and_off_mid_run_shows_at_once_and_within_a_second(tmp_path):
+    """`amp=on@10`, `amp=off@50`: the script's forward is bfloat16 from step 10 to 49; the records say so from
+    step 10 on, and float32 again within two system samples (a second, 50 steps of 20 ms here) of step 50:
+    a sample that still saw autocast entered since the one before says autocast."""
+    options = ("--control", "amp=on@10", "--control", "amp=off@50")
+    steps, forwards = run(tmp_path, "--steps", "150", "--sleep", "0.02", options=options)
+    assert [forwards[s] for s in range(150)] == ["float32"] * 10 + ["bfloat16"] * 40 + ["float32"] * 100
+    said = [s.get("precision") for s in steps]
+    assert said[:50] == ["float32"] * 10 + ["bfloat16 autocast"] * 40, said
+    back = said.index("float32", 50)
+    assert back <= 100 and said[back:] == ["float32"] * (150 - back), said
