@@ -100,6 +100,30 @@ def test_a_busy_gpu_is_compute_bound_and_names_the_controls():
     assert any("cudnn_benchmark=on" in tip for tip in result["suggestions"])
 
 
+@pytest.mark.parametrize("precision", ["bfloat16 autocast", "float16 autocast", "bfloat16"])
+def test_advice_leaves_out_what_the_run_already_does(precision):
+    """A run already in a 16-bit precision (its own autocast, or bf16 weights) with cudnn.benchmark on is not
+    told to turn on AMP or cudnn.benchmark: not on a busy GPU, not near OOM, not on a busy CPU."""
+    gpu_steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.06, optimizer_s=0.005, host_phases_s=0.02)
+    for step in gpu_steps:
+        step.update(precision=precision, cudnn_benchmark=True, amp=False)
+    busy = verdict(gpu_steps, make_systems(gpus=[gpu(96)]), "cuda:0")
+    near_oom = verdict(
+        gpu_steps, make_systems(gpus=[gpu(90)], mem_total_bytes=80e9, mem_allocated_bytes=78e9), "cuda:0"
+    )
+    cpu_steps = make_steps(**CPU_COMPUTE)
+    for step in cpu_steps:
+        step.update(precision=precision)
+    cpu = verdict(cpu_steps, make_systems())
+    assert (busy["bottleneck"], near_oom["bottleneck"], cpu["bottleneck"]) == ("compute", "memory", "compute")
+    for result in (busy, near_oom, cpu):
+        said = " ".join(result["suggestions"])
+        assert "amp=on" not in said and "cudnn_benchmark=on" not in said and "mixed precision" not in said.lower()
+        assert result["evidence"]["precision"] == precision
+    assert f"Already in {precision}" in busy["suggestions"][0] and "torch.compile" in busy["suggestions"][0]
+    assert f"Already in {precision}" in cpu["suggestions"][1]
+
+
 def test_an_idle_gpu_that_follows_the_host_is_host_bound():
     # The device spends about as long in each phase as the host takes to launch it.
     steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.05, optimizer_s=0.01, host_phases_s=0.085)

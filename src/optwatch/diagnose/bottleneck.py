@@ -76,6 +76,14 @@ class Window:
     loader: dict[str, Any] = field(default_factory=dict)
     every_check: bool = False
     """optwatch runs every check at every step whatever it costs (``--budget 0``)."""
+    precision: str | None = None
+    """What the steps train in: "bfloat16 autocast", "float32"... (the step records' ``precision``)."""
+    cudnn_benchmark: bool | None = None
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Already in a 16-bit precision (autocast, or 16-bit weights): mixed precision is no advice."""
+        return self.precision is not None and self.precision.startswith(("bfloat16", "float16"))
 
     @property
     def model_share(self) -> float | None:
@@ -141,6 +149,8 @@ def summarise(
         step_time_s=statistics.median(s["step_time_s"] for s in timed),
         shares=shares,
         loader=dict(loader or {}),
+        precision=timed[-1].get("precision"),
+        cudnn_benchmark=timed[-1].get("cudnn_benchmark"),
     )
     if total > 0 and all(finite(s.get("optwatch_s")) for s in timed):
         window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
@@ -241,8 +251,10 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
         if fragmented
         else "Free what the step no longer needs: zero_grad(set_to_none=True), no lists of live tensors"
     )
-    first = (
-        "Need less activation memory: mixed precision (control: amp=on), activation checkpointing or a smaller batch"
+    first = "Need less activation memory: " + (
+        "activation checkpointing or a smaller batch"
+        if w.mixed_precision
+        else "mixed precision (control: amp=on), activation checkpointing or a smaller batch"
     )
     if w.ooms:
         return "memory", f"{w.ooms} out-of-memory errors in the last {w.duration_s:.0f} s", [first, second]
@@ -268,6 +280,20 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
 
 _AMP = "Mixed precision (torch.autocast, bf16/fp16) runs matmuls and convs on tensor cores (control: amp=on)"
 _CUDNN = "Fixed input shapes? torch.backends.cudnn.benchmark=True picks the fastest convs (control: cudnn_benchmark=on)"
+_FUSE = (
+    "torch.compile fuses the elementwise work between the matmuls; fused attention "
+    "(F.scaled_dot_product_attention) and a fused optimizer (fused=True) cut memory traffic"
+)
+
+
+def _compute_suggestions(w: Window) -> list[str]:
+    """What speeds up a busy GPU, less what the run already does."""
+    suggestions = [] if w.mixed_precision else [_AMP]
+    if not w.cudnn_benchmark:
+        suggestions.append(_CUDNN)
+    if w.mixed_precision:
+        suggestions.append(f"Already in {w.precision}: " + _FUSE)
+    return suggestions
 
 
 def _gpu(w: Window) -> tuple[str, str, list[str]]:
@@ -278,7 +304,7 @@ def _gpu(w: Window) -> tuple[str, str, list[str]]:
     if busy is None:
         return _balanced(w)
     if busy >= GPU_BUSY_PERCENT:
-        return "compute", f"GPU {busy:.0f}% {source}; data wait {_pct(data)}", [_AMP, _CUDNN]
+        return "compute", f"GPU {busy:.0f}% {source}; data wait {_pct(data)}", _compute_suggestions(w)
     if busy < GPU_IDLE_PERCENT:
         launches_fast = w.launch_ratio is not None and w.launch_ratio < SYNC_LAUNCH_RATIO
         if launches_fast and other is not None and other >= SYNC_OTHER_SHARE:
@@ -319,6 +345,8 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             f"torch uses {threads} on {cores}: torch.set_num_threads(physical cores), "
             "and keep DataLoader workers off those cores"
             if w.torch_threads and w.cpu_count and w.torch_threads < w.cpu_count
+            else f"Already in {w.precision}: a larger batch vectorises better"
+            if w.mixed_precision
             else "bf16 autocast speeds up CPUs with AVX-512/AMX (control: amp=on); a larger batch vectorises better"
         )
         return (
@@ -374,10 +402,10 @@ def _balanced(w: Window) -> tuple[str, str, list[str]]:
         parts.append(f"other {_pct(w.shares.get('other_s'))}")
     if w.gpu_util_percent is not None:
         parts.append(f"GPU {w.gpu_util_percent:.0f}% busy")
-    suggestion = (
-        "No single bottleneck: speed now comes from the model's own cost, e.g. mixed precision (control: amp=on) "
-        "or a larger batch"
-    )
+    known = "mixed precision (control: amp=on) or a larger batch"
+    if w.mixed_precision:
+        known = "a larger batch or torch.compile"
+    suggestion = f"No single bottleneck: speed now comes from the model's own cost, e.g. {known}"
     return "balanced", " · ".join(parts), [suggestion]
 
 
@@ -409,6 +437,7 @@ def evidence(w: Window) -> dict[str, Any]:
         "workers_cpu_percent": w.workers_cpu_percent,
         "num_workers": w.loader.get("num_workers"),
         "pin_memory": w.loader.get("pin_memory"),
+        "precision": w.precision,
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items() if v is not None}
 
