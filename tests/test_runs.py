@@ -105,6 +105,7 @@ async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_ru
         rows = {str(row[0]).strip(): [str(c) for c in row[1:]] for row in cells}
         assert rows["≠ lr (start)"] == ["0.05", "0.2"]
         assert rows["final loss"] == [f"{printed['0.05'][-1]:.4g}", f"{printed['0.2'][-1]:.4g}"]
+        assert rows["steps"] == ["25", "25"] and rows["precision"] == ["float32", "float32"]
         await pilot.press("w")
         await pilot.pause(0.2)
         assert chart.title.startswith("Loss by wall time")

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from optwatch.protocol import finite
+from optwatch.protocol import finite, first_step
 from optwatch.store import Store
 
 COLOURS = ("cyan", "orange", "magenta", "green", "yellow", "blue")
@@ -94,7 +94,7 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     argv = hello.get("argv")
     return {
-        "steps": (str(last["step"] + 1) if last else "-", False),
+        "steps": (str(last["step"] - first_step(hello) + 1) if last else "-", False),
         "final loss": (_number(losses[-1]) if losses else "-", False),
         "best loss": (_number(min(lows)) if lows else "-", False),
         "step time p50": (f"{statistics.median(step_times) * 1000:.1f} ms" if step_times else "-", False),
@@ -102,7 +102,8 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
         "alerts": (str(alerts), False),
         "lr (start)": (_number(lr_start) if lr_start is not None else "-", True),
         "lr (end)": (_number(last.get("lr")) if finite(last.get("lr")) else "-", True),
-        "AMP": (_flag(first.get("amp"), last.get("amp")), True),
+        "precision": (_setting(_first_with(steps, "precision"), last.get("precision")), True),
+        "AMP (control)": (_flag(first.get("amp"), last.get("amp")), True),
         "cudnn.benchmark": (_flag(first.get("cudnn_benchmark"), last.get("cudnn_benchmark")), True),
         "world size": (str(hello.get("world_size", "-")), True),
         "script": (str(hello.get("script") or "-"), True),
@@ -112,6 +113,15 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
 
 def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+
+
+def _first_with(steps: list[dict[str, Any]], key: str) -> Any:
+    return next((s[key] for s in steps if s.get(key) is not None), None)
+
+
+def _setting(first: Any, last: Any) -> str:
+    first, last = first or "-", last or "-"
+    return str(first) if first == last else f"{first} → {last}"
 
 
 def _flag(first: Any, last: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.content import Content
 from textual.geometry import Region, Size
+from textual.markup import escape
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -27,6 +28,7 @@ class StatsPanel(Widget):
         with store.lock:
             state = store.primary
             system = (state.last_system if state is not None else None) or {}
+            precision = state.last_step.get("precision") if state is not None and state.last_step else None
             metric = store.latest.get("metric")
         recent = summary.recent
         rows: dict[str, str] = {}
@@ -52,6 +54,8 @@ class StatsPanel(Widget):
         if summary.clipped_share is not None:
             rows["Clipped"] = f"at {summary.clip_max_norm:g}, {100 * summary.clipped_share:.0f}% of steps"
         rows["LR"] = fmt.number(summary.lr, ".3g")
+        if precision:
+            rows["Precision"] = escape(str(precision))
         if "mem_allocated_bytes" in system:
             allocated, total_mem = system["mem_allocated_bytes"], system.get("mem_total_bytes")
             rows["GPU mem"] = f"{fmt.nbytes(allocated)} / {fmt.nbytes(total_mem)}"
