@@ -46,7 +46,7 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
         assert rows["Step"] == str(last["step"])
         assert own_share is not None and 0 < own_share < 0.5 and rows["optwatch"].endswith(f", {100 * own_share:.1f}%")
         assert rows["Loss"].startswith(format(last["loss"], ".4g"))
-        assert rows["LR"] == "0.05"
+        assert rows["LR"] == "0.05" and rows["Precision"] == "float32"  # plain_train.py's own float32 model
         assert rows["Grad norm"] == format(last["grad_norm"], ".3g")
         chart = app.query_one("#loss-chart", SeriesChart)
         label, xs, ys, _ = chart.series[0]
