@@ -109,6 +109,25 @@ def test_steady_growth_by_orders_of_magnitude_is_exploding():
     assert "grew" in alerts[0]["message"] and alerts[0]["step"] < 140
 
 
+def sparse_after_settling(after: list[float]) -> list[StepInput]:
+    """Every second step observed up to 144, a norm rising smoothly x1.04 per observation, then one observation
+    every 112 steps (``--budget`` spacing the checks out once the first steps are over) with ``after``'s norms."""
+    dense = [StepInput(step=i, loss=1.0, grad_norm=1.02**i) for i in range(0, 146, 2)]
+    return dense + [StepInput(step=144 + 112 * (k + 1), loss=1.0, grad_norm=g) for k, g in enumerate(after)]
+
+
+def test_a_smooth_rise_over_a_gap_in_the_observations_is_not_exploding():
+    """Over the gap the norm grew x9 from the last observation, 24x its dense baseline's median, then stays
+    there (LoRA's B growing from zero does this): no single observation jumped, so no alert."""
+    level = 1.02**256
+    assert feed(GradientDiagnosis(), sparse_after_settling([level, level * 1.1, level * 0.95, level])) == []
+
+
+def test_an_explosion_within_a_gap_in_the_observations_is_exploding_when_seen():
+    alerts = feed(GradientDiagnosis(), sparse_after_settling([300.0 * 1.02**144, 1e4, 1e5]))
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 256)]
+
+
 def test_a_layer_growing_from_nothing_beside_the_rest_is_not_exploding_but_one_that_takes_over_is():
     """LoRA's A gets gradients only as its B grows from zero: its RMS gradient rose 10x its median within 26
     steps under SGD with momentum, a millionth of the rest's, and was an error alert. A rise counts when the

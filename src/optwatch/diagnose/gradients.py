@@ -26,6 +26,9 @@ ALERT_TYPES = (VANISHING, EXPLODING, NONFINITE, AMP_OVERFLOW)
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed values.
 _MAD_TO_SIGMA = 1.4826
+GAP_SPACINGS = 4
+"""An observation this many times the usual spacing after the last one comes after a long gap: a rise is
+only an explosion if it is one over the last value too (a smooth rise over the gap is not)."""
 _MAX_NAMED = 6  # layers spelled out in a message; the alert's `layers` field has them all
 
 
@@ -270,19 +273,23 @@ class Episode:
 
 
 class _Baseline:
-    """A signal's recent values; its median and MAD are refreshed every few additions (cheap for many layers)."""
+    """A signal's recent values and the steps they were seen at; its median, MAD and usual spacing are
+    refreshed every few additions (cheap for many layers)."""
 
     _REFRESH = 5
 
     def __init__(self, size: int):
         self.values: collections.deque[float] = collections.deque(maxlen=size)
+        self._steps: collections.deque[int] = collections.deque(maxlen=size)
         self._stale = 0
         self._median: float | None = None
         self._mad = 0.0
+        self._spacing = 1.0
 
-    def add(self, value: float | None) -> None:
+    def add(self, value: float | None, step: int) -> None:
         if _finite(value) and value > 0:
             self.values.append(value)
+            self._steps.append(step)
             self._stale += 1
 
     def stats(self, min_count: int) -> tuple[float, float] | None:
@@ -291,11 +298,21 @@ class _Baseline:
         if self._median is None or self._stale >= self._REFRESH:
             self._median = statistics.median(self.values)
             self._mad = statistics.median(abs(v - self._median) for v in self.values)
+            steps = list(self._steps)
+            self._spacing = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0
             self._stale = 0
         return self._median, self._mad
 
+    def long_gap_before(self, step: int) -> float | None:
+        """The last value when ``step`` comes after a gap of many times the values' usual spacing (the
+        checks spaced out by ``--budget``, or a pause in them), else None."""
+        if not self._steps or step - self._steps[-1] <= GAP_SPACINGS * max(self._spacing, 1.0):
+            return None
+        return self.values[-1]
+
     def clear(self) -> None:
         self.values.clear()
+        self._steps.clear()
         self._median = None
 
 
@@ -447,8 +464,11 @@ class ExplodingRule:
         self._block_medians: collections.deque[float] = collections.deque(maxlen=10)
         self._episode_length = 0
 
-    def _rise(self, baseline: _Baseline, value: float | None, name: str, what: str, bar: float) -> _Rise | None:
-        """The rise of ``value`` over ``baseline`` when it clears ``bar`` (factor, and MAD outside episodes)."""
+    def _rise(
+        self, baseline: _Baseline, value: float | None, name: str, what: str, bar: float, step: int
+    ) -> _Rise | None:
+        """The rise of ``value`` over ``baseline`` when it clears ``bar`` (factor, and MAD outside episodes).
+        After a long gap in the observations, it must also clear ``bar`` over the last value before the gap."""
         if value is None or math.isnan(value):
             return None
         stats = baseline.stats(self.t.window)
@@ -456,9 +476,12 @@ class ExplodingRule:
             return None
         median, mad = stats
         far_out = value > median + self.t.exploding_mads * _MAD_TO_SIGMA * mad
-        if value > bar * median and (self.episode.active or far_out):
-            return _Rise(name, what, value, median)
-        return None
+        if not (value > bar * median and (self.episode.active or far_out)):
+            return None
+        last = baseline.long_gap_before(step) if not self.episode.active else None
+        if last is not None and not value > bar * last:
+            return None  # grown over the gap, maybe smoothly (LoRA's B from zero): not an explosion seen
+        return _Rise(name, what, value, median)
 
     def observe(self, s: StepInput) -> dict | None:
         t = self.t
@@ -469,7 +492,7 @@ class ExplodingRule:
         what = "gradient norm before clipping" if s.clip_max_norm is not None else "gradient norm"
         if s.amp_overflow or (not _finite(global_norm) and not _finite(s.loss)):
             global_norm = None  # the scaler's business, or the non-finite rule's
-        global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar)
+        global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar, s.step)
         modules = s.layers.modules() if s.layers is not None and not s.amp_overflow else []
         found: list[_Rise | None] = []
         # What a layer's rise must weigh: a real explosion soon dominates the gradient; a layer at a
@@ -479,13 +502,13 @@ class ExplodingRule:
             rms = self._rms.setdefault(m.name, _Baseline(t.baseline_window))
             ratio = self._ratio.setdefault(m.name, _Baseline(t.baseline_window))
             if not m.grad_norm < weighty:  # (NaN, an infinity: the non-finite rule's, or counted)
-                found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar))
+                found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar, s.step))
             if (
                 m.fresh
                 and m.update_ratio is not None
                 and (self.episode.active or m.update_ratio > t.update_ratio_limit)
             ):
-                found.append(self._rise(ratio, m.update_ratio, m.name, "update ratio", bar))
+                found.append(self._rise(ratio, m.update_ratio, m.name, "update ratio", bar, s.step))
         rises = [r for r in found if r is not None]
         growth = self._growth(global_norm) if not self.episode.active else None
         troubled = bool(global_rise or rises or growth)
@@ -497,11 +520,11 @@ class ExplodingRule:
         else:
             self._episode_length = 0
             self.layers = []
-            self._global.add(global_norm)
+            self._global.add(global_norm, s.step)
             for m in modules:
-                self._rms[m.name].add(m.grad_rms)
+                self._rms[m.name].add(m.grad_rms, s.step)
                 if m.fresh:  # a value carried from an earlier step is in the baseline already
-                    self._ratio[m.name].add(m.update_ratio)
+                    self._ratio[m.name].add(m.update_ratio, s.step)
         if not started:
             return None
         rises.sort(key=lambda r: r.level, reverse=True)
