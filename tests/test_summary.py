@@ -51,7 +51,7 @@ async def test_the_headless_line_and_the_overview_show_the_same_figures():
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.2)
         rows = app.query_one(StatsPanel).rows
-    assert f"{summary.recent.step_time_s:.3f} s/step" in line and rows["Step time"] == "210 ms p50"
+    assert " 210 ms/step " in line and rows["Step time"] == "210 ms p50"
     assert f"{summary.recent.samples_per_s:.0f} samples/s" in line and rows["Throughput"].startswith(
         f"{summary.recent.samples_per_s:.0f} samples/s"
     )
@@ -111,3 +111,11 @@ async def test_each_optimizers_loss_has_its_own_line_and_figure():
     assert series["optG"] == pytest.approx([2.0 - 0.01 * i for i in range(40)])
     assert rows[" optD"] == "1.39" and rows[" optG"] == "1.61"
     assert "optD 1.39 | optG 1.61" in summary_line(store)
+
+
+@pytest.mark.parametrize("step_time, said", [(0.000412, "0.412 ms/step"), (0.0073, "7.3 ms/step"), (2.5, "2.5 s/step")])
+def test_the_headless_line_gives_short_and_long_steps_three_digits(step_time, said):
+    """A PPO update of 0.4 ms read "0.000 s/step"."""
+    store = Store()
+    store.ingest([step(i, step_time, own=step_time / 100, bg=0.0) for i in range(30)])
+    assert f" {said} " in summary_line(store)

@@ -19,6 +19,13 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec) if finite(value) else "-"
 
 
+def _per_step(seconds: float | None) -> str:
+    """``0.412 ms/step``, ``210 ms/step``, ``1.35 s/step``: three digits whatever the step's length."""
+    if not finite(seconds):
+        return "- s/step"
+    return f"{1000 * seconds:.3g} ms/step" if seconds < 1 else f"{seconds:.3g} s/step"
+
+
 def summary_line(store: Store) -> str | None:
     """One line about the run for stderr, e.g. ``optwatch: step 120 | loss 1.234 (ema 1.30) | ...``."""
     summary = store.summary()
@@ -28,7 +35,7 @@ def summary_line(store: Store) -> str | None:
     parts = [f"step {summary.step}", f"loss {_fmt(summary.loss, '.4g')} (ema {_fmt(summary.loss_ema, '.4g')})"]
     for name, loss in list(summary.losses.items())[:4]:
         parts.append(f"{name} {loss:.4g}")
-    parts.append(f"{_fmt(recent.step_time_s, '.3f')} s/step")
+    parts.append(_per_step(recent.step_time_s))
     if recent.samples_per_s is not None:
         parts.append(f"{recent.samples_per_s:.0f} samples/s")
     grad = f"grad {_fmt(summary.grad_norm, '.3g')}"
