@@ -124,6 +124,39 @@ def test_advice_leaves_out_what_the_run_already_does(precision):
     assert f"Already in {precision}" in cpu["suggestions"][1]
 
 
+def rollout_steps(n: int = 64, update_s: float = 0.0005, rollout_s: float = 0.02, device_phases: bool = False):
+    """PPO's shape: 16 minibatch updates per rollout; the rollout's time falls in the first update's step."""
+    steps = make_steps(n, step_time=update_s, data_wait_s=0.0, forward_s=0.0002, backward_s=0.0002, optimizer_s=0.00005)
+    for step in steps[::16]:
+        step["step_time_s"] = update_s + rollout_s
+        step["forward_s"] = 0.0002 + (rollout_s if device_phases else 0.0)
+        step["other_s"] = other_seconds(step)
+    return steps
+
+
+@pytest.mark.parametrize("rollout_in_forward", [False, True])
+def test_long_steps_among_short_ones_are_work_between_steps_whatever_phase_holds_it(rollout_in_forward):
+    """Every 16th step also runs a 20 ms rollout: the verdict says so, with the share of the time it takes
+    (by hand: 4 x 20 ms over 64 x 0.5 ms + 4 x 20 ms), whether or not a detail step timed it as forward."""
+    result = verdict(rollout_steps(device_phases=rollout_in_forward), make_systems())
+    assert result["bottleneck"] == "host"
+    assert result["message"].startswith("1 step in 16 takes 41× the median step (20.5 ms vs 0.5 ms): 71% of the time")
+    assert result["evidence"]["between_share"] == pytest.approx(4 * 0.02 / (64 * 0.0005 + 4 * 0.02), rel=1e-3)
+    assert "profile=17" in result["suggestions"][1]
+
+
+def test_noisy_steps_and_a_gpu_host_catching_up_are_not_work_between_steps():
+    noisy = make_steps(64, step_time=0.01, **{k: v / 10 for k, v in CPU_COMPUTE.items()})
+    for step in noisy[::5]:
+        step["step_time_s"] = 0.04  # 4x: a busy machine's slow steps
+    assert "between" not in verdict(noisy, make_systems())["message"]
+    for i in (3, 11, 14, 29, 31, 50, 52):
+        noisy[i]["step_time_s"] = 0.5  # 50x, at random: other programs took the cores, no work between steps
+    assert "between" not in verdict(noisy, make_systems())["message"]
+    # On a GPU the step that reads a value back waits for the ones queued before it: not extra work.
+    assert "between" not in verdict(rollout_steps(), make_systems(gpus=[gpu(96)]), "cuda:0")["message"]
+
+
 def test_an_idle_gpu_that_follows_the_host_is_host_bound():
     # The device spends about as long in each phase as the host takes to launch it.
     steps = make_steps(data_wait_s=0.002, forward_s=0.03, backward_s=0.05, optimizer_s=0.01, host_phases_s=0.085)

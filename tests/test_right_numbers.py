@@ -177,3 +177,18 @@ def test_the_script_sees_what_python_gives_it(tmp_path):
     assert script_lines(watched.stderr) == script_lines(bare.stderr)  # the warning once, the same traceback
     assert script_lines(bare.stderr)[0].startswith(str(script)) and "before the first step" in bare.stderr
     assert "Traceback (most recent call last):" in watched.stderr and "runpy" not in watched.stderr
+
+
+def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(tmp_path):
+    """A real PPO-shaped loop under `optwatch run`: the final verdict says that 1 step in 16 carries a
+    rollout, and gives its share of the time as the script's own clock does over the same steps."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "rollouts.py"), "--iters", "20")
+    assert result.returncode == 0, result.stderr
+    [final] = [r for r in read_jsonl(record) if r["kind"] == "verdict" and r["final"]]
+    first, last = final["window"]
+    iterations = [json.loads(line[5:]) for line in result.stdout.splitlines() if line.startswith("ITER ")]
+    inside = [i for i in iterations if first <= i["first_step"] and i["first_step"] + i["steps"] - 1 <= last]
+    timed_by_script = sum(i["rollout_s"] for i in inside) / sum(i["rollout_s"] + i["update_s"] for i in inside)
+    assert final["bottleneck"] == "host" and final["message"].startswith("1 step in 16 takes "), final
+    assert final["evidence"]["between_share"] == pytest.approx(timed_by_script, abs=0.08), final["evidence"]

@@ -43,6 +43,10 @@ CPU_OTHER_SHARE = 0.40
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
 OPTWATCH_NOTABLE_SHARE = 0.05  # optwatch's own share of a host-bound step worth saying with the verdict
+LONG_STEP_FACTOR = 5.0
+"""A step whose work (its time less its data wait) is this many times the median's did more than a step."""
+BETWEEN_SHARE = 0.30
+"""Long steps' time beyond the median step that makes work between training steps the verdict."""
 
 BOTTLENECKS = ("input", "compute", "host", "sync", "memory", "balanced")
 
@@ -78,6 +82,16 @@ class Window:
     """optwatch runs every check at every step whatever it costs (``--budget 0``)."""
     precision: str | None = None
     """What the steps train in: "bfloat16 autocast", "float32"... (the step records' ``precision``)."""
+    long_steps: int = 0
+    """Steps whose work took ``LONG_STEP_FACTOR`` × the median step's or more (``_long_steps``)."""
+    long_every: int | None = None
+    """How many steps apart they come (the median gap)."""
+    long_step_s: float | None = None
+    """Their median time less data wait, beside ``typical_step_s``, the median step's."""
+    typical_step_s: float | None = None
+    between_share: float | None = None
+    """Their time beyond a median step, over all the steps' time: work done between training steps (a rollout,
+    an evaluation without a DataLoader, a checkpoint) wherever it falls in the phases. Host-paced steps only."""
     cudnn_benchmark: bool | None = None
 
     @property
@@ -154,6 +168,8 @@ def summarise(
     )
     if total > 0 and all(finite(s.get("optwatch_s")) for s in timed):
         window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
+    if window.device == "cpu":
+        _long_steps(window, timed, total)
     if window.device == "cuda":
         device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in phased)
         host_time = [s.get("host_phases_s") for s in phased]
@@ -163,6 +179,30 @@ def summarise(
     if systems:
         _summarise_systems(window, systems)
     return window
+
+
+def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -> None:
+    """Every step's time, not only the detail steps' phases (which may never fall on the long steps): steps
+    that do much more than the median one, at a regular spacing (a rollout, an evaluation or a checkpoint
+    every N steps; a busy machine's slow steps come at random), and the share of the time that is."""
+    work = [s["step_time_s"] - (s["data_wait_s"] if finite(s.get("data_wait_s")) else 0.0) for s in timed]
+    typical = statistics.median(work)
+    window.typical_step_s = typical
+    candidates = [(s.get("step", 0), w) for s, w in zip(timed, work) if w > LONG_STEP_FACTOR * typical]
+    if len(candidates) < 3 or total <= 0:
+        return
+    half = statistics.median(w for _, w in candidates) / 2
+    long = [(step, w) for step, w in candidates if w >= half]  # not the odd slow step beside them
+    gaps = [b[0] - a[0] for a, b in zip(long, long[1:])]
+    if not gaps:
+        return
+    every = statistics.median(gaps)
+    if sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) < 2 / 3 * len(gaps):
+        return
+    window.long_steps = len(long)
+    window.long_every = round(every)
+    window.long_step_s = statistics.median(w for _, w in long)
+    window.between_share = sum(w - typical for _, w in long) / total
 
 
 def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> None:
@@ -193,7 +233,7 @@ def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> Non
 def classify(window: Window) -> dict[str, Any]:
     """``bottleneck``, one-line ``message``, ``evidence`` (numbers) and ``suggestions`` for a window."""
     device_rule = _gpu if window.device == "cuda" else _cpu
-    bottleneck, message, suggestions = _input(window) or _memory(window) or device_rule(window)
+    bottleneck, message, suggestions = _input(window) or _memory(window) or _between(window) or device_rule(window)
     return {"bottleneck": bottleneck, "message": message, "evidence": evidence(window), "suggestions": suggestions}
 
 
@@ -276,6 +316,32 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
             ],
         )
     return None
+
+
+def _between(w: Window) -> tuple[str, str, list[str]] | None:
+    """Long steps among short ones, on the host: what they do beyond a step is work between training steps."""
+    if w.between_share is None or w.between_share < BETWEEN_SHARE or not w.long_step_s or not w.typical_step_s:
+        return None
+    every = max(1, w.long_every or 1)
+    often = f"1 step in {every}" if every > 1 else f"{w.long_steps} of {w.steps} steps"
+    message = (
+        f"{often} takes {w.long_step_s / w.typical_step_s:.0f}× the median step ({_ms(w.long_step_s)} vs "
+        f"{_ms(w.typical_step_s)}): {_pct(w.between_share)} of the time is work between training steps "
+        "(a rollout, an evaluation, a checkpoint, logging every N steps)"
+    )
+    return (
+        "host",
+        message,
+        [
+            "Do that work less often or off the training's path: parallel or vectorised environments for "
+            "rollouts, evaluation and checkpoints every more steps, asynchronous checkpointing",
+            f"See what a long step runs: profile enough steps to hold one (control: profile={min(every + 1, 64)})",
+        ],
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 _AMP = "Mixed precision (torch.autocast, bf16/fp16) runs matmuls and convs on tensor cores (control: amp=on)"
@@ -438,6 +504,8 @@ def evidence(w: Window) -> dict[str, Any]:
         "num_workers": w.loader.get("num_workers"),
         "pin_memory": w.loader.get("pin_memory"),
         "precision": w.precision,
+        "between_share": w.between_share,
+        "long_steps": w.long_steps or None,
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items() if v is not None}
 
