@@ -357,6 +357,8 @@ def test_a_pause_with_a_lease_ends_by_itself_and_the_listing_says_who_paused(tmp
         [listed] = wait_for(live_jobs)
         listing = wait_for(lambda: "paused by schedule since" in (text := optwatch("ls").stdout) and text)
         assert "(until " in listing
+        [paused] = live_jobs()
+        assert paused["start_time"] == listed["start_time"]  # the listing's start is the job's, not the pause's
         out, err = job.communicate(timeout=120)
     finally:
         if job.poll() is None:

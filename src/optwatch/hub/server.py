@@ -123,6 +123,9 @@ class Hub:
         self._partial: dict[str, bytes] = {}
         self._ended_at: float | None = None
         self._started = time.monotonic()
+        self._started_at = time.time()
+        """When the job started, as `optwatch ls` shows it: this hub's start (the job's, but for a hub started
+        again for a running job), not the time of the latest rewrite of the info (a pause's)."""
         self._last_handshake_report = time.monotonic()
         self._handshakes_reported = 0
         self._next_figures = 0.0
@@ -238,7 +241,7 @@ class Hub:
             script=self.script,
             argv=self.argv,
             run_dir=str(self.run_dir),
-            start_time=time.time(),
+            start_time=self._started_at,
             ranks=self.world_size,
             endpoints={k: v for k, v in self.endpoints.items() if k != "in"},
             token_file=token_file,
