@@ -327,6 +327,9 @@ class Probe:
 
     def pin_detail(self) -> None:
         self.governor.pinned = True
+        # And at once: the step now running ends with a record and a plan (every step), not as a light step
+        # until the next detail step the old spacing planned, up to 128 steps on.
+        self.detail_every = 1
 
     def set_step_fields(self, **fields: Any) -> None:
         self._step_fields = {**self._step_fields, **fields}  # a new mapping: steps made so far keep theirs
