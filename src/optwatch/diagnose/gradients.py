@@ -335,8 +335,9 @@ class StepInput:
     layers: LayerStats | None = None
     forward: Sequence[tuple[str, float]] = ()
     """(module, sum of its output) for each checked forward output of the step, in call order."""
-    forward_skipped: bool = False
-    """The forward check is on but did not run at this step, one between two detail steps (--budget)."""
+    forward_skipped: str | None = None
+    """Why no forward check ran at this step though it is not off: ``"unarmed"``, ``--forward-check auto``
+    before the first non-finite value; ``"spaced"``, a step between two detail steps (``--budget``)."""
 
 
 def _names(names: Sequence[str]) -> str:
@@ -427,9 +428,15 @@ class NonFiniteRule:
         if not loss_bad and culprit is not None and not grads_bad:
             parts.append("the loss is still finite")
         if culprit is None and s.forward_skipped and (loss_bad or grads_bad):
+            why = (
+                "it starts at the first non-finite value, this one (--forward-check auto; `always` names the "
+                "first one too, at a cost)"
+                if s.forward_skipped == "unarmed"
+                else "optwatch's --budget spaces them out"
+            )
             parts.append(
-                "no forward check ran at this step (optwatch's --budget spaces them out); every step is "
-                "checked from now on, so a recurrence is named at its very step"
+                f"no forward check ran at this step: {why}; every step is checked from now on, so a recurrence "
+                "is named at its very step"
             )
         modules = ([culprit] if culprit else []) + [m for m in dict.fromkeys(map(module_of, params)) if m != culprit]
         self.layers = modules

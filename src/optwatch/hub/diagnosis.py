@@ -10,6 +10,7 @@ are taken off here, before anything is published.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from optwatch import protocol
@@ -62,6 +63,8 @@ class RankDiagnosis:
         self._layers: dict[str, Any] | None = None
         self._columns = LayerColumns()
         self._forward_check = "auto"
+        self._nonfinite_seen = False
+        """A step's loss or gradient norm was non-finite: ``--forward-check auto`` is armed from then on."""
         self.loader: dict[str, Any] = {}
 
     def configure(self, hello: dict[str, Any]) -> None:
@@ -102,6 +105,15 @@ class RankDiagnosis:
                 self.verdicts = None
         return records + found
 
+    def _forward_skipped(self, record: dict[str, Any], modules: Any) -> str | None:
+        """Why the step has no forward check though it is not off (``StepInput.forward_skipped``)."""
+        unarmed = self._forward_check == "auto" and not self._nonfinite_seen
+        if any(isinstance(record.get(key), float) and not math.isfinite(record[key]) for key in ("loss", "grad_norm")):
+            self._nonfinite_seen = True  # (the probe arms its check on the same values)
+        if self._forward_check == "off" or modules:
+            return None
+        return "unarmed" if unarmed else "spaced"
+
     def _step(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         modules, index = record.pop("_forward_modules", ()), record.pop("_forward_index", ())
         norms = record.pop("_forward_norms", None) or []
@@ -123,7 +135,7 @@ class RankDiagnosis:
             amp_scale=record.get("amp_scale"),
             layers=LayerStats.from_record(layers) if layers is not None else None,
             forward=forward,
-            forward_skipped=self._forward_check != "off" and not modules,
+            forward_skipped=self._forward_skipped(record, modules),
         )
         try:
             alerts = [protocol.make_record(protocol.ALERT, self.rank, **a) for a in self.gradients.observe(observation)]
