@@ -241,6 +241,36 @@ def test_a_manual_lr_change_moves_the_schedule_with_it(make_scheduler):
     assert used[4:] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
 
 
+@pytest.mark.parametrize("scheduled", [True, False])
+def test_a_scaled_lr_scales_every_step_from_its_own_under_a_per_iteration_schedule(scheduled):
+    """lr*=0.5@4 during a warm-up stepped every iteration, by a scheduler or assigned by the script itself
+    (nanoGPT): from step 4 on each update uses half the schedule's own value. The schedule was scaled twice
+    (0.375x from step 5 here): once at the boundary and again when step 4 was pinned to half of step 3's."""
+    probe = new_probe(f"scaled-{scheduled}", controls=["lr*=0.5@4"]).start()
+
+    def warmup(step: int) -> float:
+        return min(1.0, (step + 1) / 8)
+
+    try:
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup) if scheduled else None
+        used = []
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+        for step in range(12):
+            if not scheduled:
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.1 * warmup(step)
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1)).backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+    finally:
+        probe.close()
+    assert used == pytest.approx([0.1 * warmup(s) * (0.5 if s >= 4 else 1.0) for s in range(12)], rel=1e-12)
+
+
 @pytest.mark.parametrize(
     "device",
     ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])],

@@ -439,7 +439,11 @@ class ControlPlugin(ProbePlugin):
                 factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
                 self._held_rates[index] = _HeldRate(factor=factor, last_set=new)
             described.append(f"group {index}: {old:.3g} -> {new:.3g}")
-        self._lr_pin = (context.step, {index: new for index, (_, new) in changes.items()})
+        if not command.scale:
+            # lr=V: step N uses exactly V, whatever the scheduler or the script set since the boundary. Not
+            # lr*=F, which scales what they set for step N (the schedule's base moved by F just now, or F
+            # held against the script's values): pinned to F x step N-1's value, it was scaled twice.
+            self._lr_pin = (context.step, {index: new for index, (_, new) in changes.items()})
         how = (
             "the scheduler's schedule goes on from the new level"
             if scheduled
