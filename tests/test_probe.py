@@ -271,6 +271,27 @@ def test_a_scaled_lr_scales_every_step_from_its_own_under_a_per_iteration_schedu
     assert used == pytest.approx([0.1 * warmup(s) * (0.5 if s >= 4 else 1.0) for s in range(12)], rel=1e-12)
 
 
+def test_a_groups_own_lr_command_leaves_the_other_groups_held_rates_alone():
+    """A script that assigns its schedule to both groups each iteration: lr*=0.5@2 holds both at half,
+    lr[1]=0.001@6 sets group 1; group 0 stays at half at step 6 too (it got the script's raw rate there)."""
+    probe = new_probe("groups-held", controls=["lr*=0.5@2", "lr[1]=0.001@6"]).start()
+    try:
+        model = tiny_model()
+        optimizer = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters()}], lr=0.1)
+        used = []
+        optimizer.register_step_pre_hook(lambda opt, *_: used.append([g["lr"] for g in opt.param_groups]))
+        for step in range(10):
+            for group in optimizer.param_groups:
+                group["lr"] = 0.01 * (step + 1)
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(torch.randn(4, 4)), torch.randn(4, 1)).backward()
+            optimizer.step()
+    finally:
+        probe.close()
+    assert [lrs[0] for lrs in used] == pytest.approx([0.01 * (s + 1) * (0.5 if s >= 2 else 1) for s in range(10)])
+    assert [lrs[1] for lrs in used][6] == pytest.approx(0.001)
+
+
 @pytest.mark.parametrize(
     "device",
     ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])],

@@ -267,7 +267,7 @@ class ControlPlugin(ProbePlugin):
             if step == context.step:
                 for index, value in pinned.items():
                     self._pin_group(optimizer, index, value)
-        elif self._held_rates:
+        if self._held_rates:  # also beside a pin of another group (lr[1]=V leaves group 0's factor held)
             self._hold_rates(optimizer)
         if self.amp.enabled and self.amp.scaling:
             skipped_at_scale = self.amp.unscale_or_skip(optimizer)
