@@ -153,6 +153,10 @@ def test_noisy_steps_and_a_gpu_host_catching_up_are_not_work_between_steps():
     for i in (3, 11, 14, 29, 31, 50, 52):
         noisy[i]["step_time_s"] = 0.5  # 50x, at random: other programs took the cores, no work between steps
     assert "between" not in verdict(noisy, make_systems())["message"]
+    for first in (5, 25, 45):
+        for i in range(first, first + 8):
+            noisy[i]["step_time_s"] = 0.6  # bursts of slow steps side by side, as a busy machine makes them
+    assert "between" not in verdict(noisy, make_systems())["message"]
     # On a GPU the step that reads a value back waits for the ones queued before it: not extra work.
     assert "between" not in verdict(rollout_steps(), make_systems(gpus=[gpu(96)]), "cuda:0")["message"]
 

@@ -47,6 +47,9 @@ LONG_STEP_FACTOR = 5.0
 """A step whose work (its time less its data wait) is this many times the median's did more than a step."""
 BETWEEN_SHARE = 0.30
 """Long steps' time beyond the median step that makes work between training steps the verdict."""
+MIN_LONG_EVERY = 4
+"""The fewest steps between two long ones for them to be work done every N steps."""
+"""Long steps' time beyond the median step that makes work between training steps the verdict."""
 
 BOTTLENECKS = ("input", "compute", "host", "sync", "memory", "balanced")
 
@@ -197,8 +200,8 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -
     if not gaps:
         return
     every = statistics.median(gaps)
-    if sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) < 2 / 3 * len(gaps):
-        return
+    if every < MIN_LONG_EVERY or sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) < 2 / 3 * len(gaps):
+        return  # (a burst of slow steps, side by side, is a busy machine too)
     window.long_steps = len(long)
     window.long_every = round(every)
     window.long_step_s = statistics.median(w for _, w in long)
@@ -322,10 +325,9 @@ def _between(w: Window) -> tuple[str, str, list[str]] | None:
     """Long steps among short ones, on the host: what they do beyond a step is work between training steps."""
     if w.between_share is None or w.between_share < BETWEEN_SHARE or not w.long_step_s or not w.typical_step_s:
         return None
-    every = max(1, w.long_every or 1)
-    often = f"1 step in {every}" if every > 1 else f"{w.long_steps} of {w.steps} steps"
+    every = w.long_every or MIN_LONG_EVERY
     message = (
-        f"{often} takes {w.long_step_s / w.typical_step_s:.0f}× the median step ({_ms(w.long_step_s)} vs "
+        f"1 step in {every} takes {w.long_step_s / w.typical_step_s:.0f}× the median step ({_ms(w.long_step_s)} vs "
         f"{_ms(w.typical_step_s)}): {_pct(w.between_share)} of the time is work between training steps "
         "(a rollout, an evaluation, a checkpoint, logging every N steps)"
     )
