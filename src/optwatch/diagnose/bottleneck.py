@@ -39,6 +39,8 @@ GPU_IDLE_PERCENT = 60.0
 SYNC_LAUNCH_RATIO = 0.5
 SYNC_OTHER_SHARE = 0.25
 CPU_MODEL_SHARE = 0.60
+CPU_BUSY_PERCENT = 50.0
+"""Below this much of a core, steps whose time is in the model's phases wait there rather than compute."""
 CPU_OTHER_SHARE = 0.40
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
@@ -406,6 +408,19 @@ def _count(number: int, thing: str) -> str:
 def _cpu(w: Window) -> tuple[str, str, list[str]]:
     model, other = w.model_share, w.shares.get("other_s")
     forward_known = w.shares.get("forward_s") is not None
+    idle = w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
+    if model is not None and model >= CPU_MODEL_SHARE and idle:
+        return (
+            "host",
+            f"forward+backward+optimizer take {_pct(model)} of each step, but the process used "
+            f"{w.cpu_percent:.0f}% of a core: the steps wait (a read inside the loop, a sleep, a lock, other "
+            "processes on its cores) more than they compute",
+            [
+                "Find what the loop waits for: data read inside it (np.memmap, files, a remote store) belongs in "
+                "a DataLoader with workers; a sleep or a lock in the step's path holds everything",
+                "Profile a few steps: a wait is time that no operator accounts for (control: profile=5)",
+            ],
+        )
     if model is not None and model >= CPU_MODEL_SHARE:
         threads = _count(w.torch_threads, "thread") if w.torch_threads else "torch threads ?"
         cores = _count(w.cpu_count, "core") if w.cpu_count else "cores ?"
