@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
+from optwatch import runs
 
 
 def inside(stdout: str) -> dict[int, dict[str, str]]:
@@ -136,6 +137,9 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
         if job.poll() is None:
             job.kill()
     assert job.returncode == 130  # a clean stop is a KeyboardInterrupt at a step boundary
+    [end] = [r for r in read_jsonl(record) if r["kind"] == "end"]
+    [entry] = runs.list_runs()
+    assert end["exit_code"] == 130 and entry.status == "stopped"  # not "failed (exit 1)"
     seen = inside(out)
     assert seen[lr_step - 1]["lr"] == "0.01" and seen[lr_step]["lr"] == "0.005"
     steps = {s["step"]: s for s in steps_of(read_jsonl(record))}

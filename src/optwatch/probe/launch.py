@@ -60,6 +60,9 @@ def run_script(script: str, args: list[str]) -> int:
         trimmed = _script_frames(exc.__traceback__, path)
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         sys.exit(1)
+    except KeyboardInterrupt:
+        exit_code = 130  # as the interpreter ends on one: Ctrl-C, or optwatch's `stop` at a step boundary
+        raise
     except BaseException:
         exit_code = 1
         raise
