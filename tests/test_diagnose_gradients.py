@@ -194,6 +194,33 @@ def test_nonfinite_names_the_module_that_turned_and_the_parameters():
     )
 
 
+def test_a_loss_that_jumps_at_a_step_whose_gradients_were_not_measured_is_exploding():
+    """Steps between detail steps carry the loss only; a 15x jump there is named at its step. At a measured
+    step the gradients decide: a loss jump with healthy gradients (an odd batch) is no explosion."""
+    rng = random.Random(2)
+    losses = [1.0 * math.exp(rng.gauss(0, 0.3)) for _ in range(120)]  # heavy-tailed, as real losses are
+    steps = [StepInput(step=i, loss=loss, grad_norm=1.0 if i % 16 == 0 else None) for i, loss in enumerate(losses)]
+    assert feed(GradientDiagnosis(), steps) == []
+    jumped = [*steps, StepInput(step=120, loss=15.0)]
+    alerts = feed(GradientDiagnosis(), jumped)
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 120)]
+    assert alerts[0]["message"].startswith("loss 15 is ") and "gradients were not measured" in alerts[0]["message"]
+    measured = [*steps, StepInput(step=120, loss=15.0, grad_norm=1.1)]
+    assert feed(GradientDiagnosis(), measured) == []
+
+
+@pytest.mark.parametrize(
+    "skipped, why",
+    [("unarmed", "it starts at the first non-finite value, this one (--forward-check auto"),
+     ("spaced", "optwatch's --budget spaces them out")],
+)  # fmt: skip
+def test_a_nonfinite_loss_without_a_forward_check_says_why_there_was_none(skipped, why):
+    diagnosis = GradientDiagnosis()
+    feed(diagnosis, [StepInput(step=i, loss=1.0, grad_norm=1.0) for i in range(30)])
+    [alert] = diagnosis.observe(StepInput(step=30, loss=math.nan, grad_norm=math.nan, forward_skipped=skipped))
+    assert alert["type"] == "nonfinite" and f"no forward check ran at this step: {why}" in alert["message"]
+
+
 def test_amp_overflow_is_not_a_broken_run_until_the_scaler_gives_up():
     diagnosis = GradientDiagnosis(Thresholds(amp_skip_limit=5, recover_steps=3))
     steps = [StepInput(step=i, loss=1.0, grad_norm=1.0) for i in range(3)]

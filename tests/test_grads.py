@@ -527,6 +527,40 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
     assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(pinned_from, again + 1))
 
 
+def test_a_loss_that_jumps_between_detail_steps_is_an_alert_and_brings_them_back():
+    """A learning rate 100,000x too high for one step, at a step between two detail steps (at this budget
+    on a millisecond step the checks run on 1 step in tens): the loss, read every step, jumps 50x at the next step. That
+    step is named (its gradients were not measured: the alert says so), and optwatch looks closer at the
+    steps after it, every one a detail step. No alert came before: the next detail step was too late."""
+    probe = start(budget=0.01, grad_full_cadence_steps=20)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    # (A batch that makes a step about a millisecond: at a tenth of that, on a busy machine, the channel's
+    # thread fell behind the training and dropped records, as it must rather than slow the training.)
+    x, y = torch.randn(4096, 4), torch.randn(4096, 1)
+    train(model, optimizer, x, y, steps=300)
+    assert probe.detail_every > 4
+    spiked = next(step for step in range(probe.step, probe.step + 200) if step % probe.detail_every > 2)
+    train(model, optimizer, x, y, steps=spiked - probe.step)
+    optimizer.param_groups[0]["lr"] = 1000.0
+    train(model, optimizer, x, y, steps=1)
+    optimizer.param_groups[0]["lr"] = 0.01
+    for _ in range(2000):  # the losses are read back on the channel thread, a flush or so later
+        if probe.governor.close_look_until >= 0:
+            break
+        train(model, optimizer, x, y, steps=1)
+    looked_from = probe.step + 1
+    train(model, optimizer, x, y, steps=30)
+    records = records_of(probe)
+    steps = {r["step"]: r for r in records if r["kind"] == "step"}
+    assert steps[spiked + 1]["loss"] > 10 * steps[spiked]["loss"] and not steps[spiked + 1]["detailed"]
+    exploding = [a for a in records if a["kind"] == "alert" and a["type"] == "exploding"]
+    assert [a["step"] for a in exploding] == [spiked + 1], exploding
+    assert "its gradients were not measured at this step" in exploding[0]["message"]
+    assert all(steps[s]["detailed"] and steps[s]["grad_norm"] is not None for s in range(looked_from, probe.step))
+
+
 def test_the_budget_weighs_what_optwatchs_threads_cost_as_the_live_figure_does():
     """The budget holds the share the live figure shows, optwatch's threads included: the same run, once with
     its threads costing far more than the budget (charged here as the channel's and the sampler's CPU time

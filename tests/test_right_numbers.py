@@ -183,7 +183,8 @@ def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(t
     """A real PPO-shaped loop under `optwatch run`: the final verdict says that 1 step in 16 carries a
     rollout, and gives its share of the time as the script's own clock does over the same steps."""
     record = tmp_path / "r.jsonl"
-    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "rollouts.py"), "--iters", "20")
+    script = [str(SCRIPTS / "rollouts.py"), "--iters", "20", "--env-work", "800"]
+    result = optwatch("run", "--headless", "--record", str(record), *script)
     assert result.returncode == 0, result.stderr
     [final] = [r for r in read_jsonl(record) if r["kind"] == "verdict" and r["final"]]
     first, last = final["window"]

@@ -40,7 +40,9 @@ SYNC_LAUNCH_RATIO = 0.5
 SYNC_OTHER_SHARE = 0.25
 CPU_MODEL_SHARE = 0.60
 CPU_BUSY_PERCENT = 50.0
-"""Below this much of a core, steps whose time is in the model's phases wait there rather than compute."""
+"""Below this much of a core, steps whose time is in the model's phases wait there rather than compute..."""
+HOST_BUSY_PERCENT = 75.0
+"""... when the machine's cores are less busy than this (else other programs may be what it waits for)."""
 CPU_OTHER_SHARE = 0.40
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
@@ -78,6 +80,8 @@ class Window:
     mem_total_bytes: int | None = None
     host_mem_share: float | None = None
     cpu_percent: float | None = None
+    host_cpu_percent: float | None = None
+    """The whole machine's CPU use, of all its cores."""
     cpu_count: int | None = None
     torch_threads: int | None = None
     workers: int | None = None
@@ -225,6 +229,7 @@ def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> Non
     if finite(last.get("host_mem_total_bytes")) and last["host_mem_total_bytes"] > 0:
         window.host_mem_share = last.get("host_mem_used_bytes", 0) / last["host_mem_total_bytes"]
     window.cpu_percent = _mean([s.get("cpu_percent") for s in systems])
+    window.host_cpu_percent = _mean([s.get("host_cpu_percent") for s in systems])
     window.cpu_count = last.get("cpu_count")
     window.torch_threads = last.get("torch_threads")
     # Workers come and go (a new iterator each epoch, shutdown at the end): count the most seen at once.
@@ -408,7 +413,10 @@ def _count(number: int, thing: str) -> str:
 def _cpu(w: Window) -> tuple[str, str, list[str]]:
     model, other = w.model_share, w.shares.get("other_s")
     forward_known = w.shares.get("forward_s") is not None
-    idle = w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
+    # The process used little CPU while the machine had some to spare: it waited. (On a machine whose cores
+    # other programs keep busy, a starved process computes when it runs: that is the next rule's.)
+    spare = w.host_cpu_percent is not None and w.host_cpu_percent < HOST_BUSY_PERCENT
+    idle = spare and w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
     if model is not None and model >= CPU_MODEL_SHARE and idle:
         return (
             "host",

@@ -465,6 +465,8 @@ class ExplodingRule:
         self.episode = Episode(t.recover_steps)
         self.layers: list[str] = []
         self._global = _Baseline(t.baseline_window)
+        self._loss = _Baseline(t.baseline_window)
+        """The loss, seen at every step: it stands in for the gradients at a step whose were not measured."""
         self._rms: dict[str, _Baseline] = {}
         self._ratio: dict[str, _Baseline] = {}
         self._block: list[float] = []
@@ -500,6 +502,9 @@ class ExplodingRule:
         if s.amp_overflow or (not _finite(global_norm) and not _finite(s.loss)):
             global_norm = None  # the scaler's business, or the non-finite rule's
         global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar, s.step)
+        # A step between two detail steps (--budget) has no gradient figures: a loss that jumped tells instead.
+        unmeasured = s.grad_norm is None and s.layers is None and not s.amp_overflow
+        loss_rise = self._rise(self._loss, s.loss, "loss", "loss", bar, s.step) if unmeasured else None
         modules = s.layers.modules() if s.layers is not None and not s.amp_overflow else []
         found: list[_Rise | None] = []
         # What a layer's rise must weigh: a real explosion soon dominates the gradient; a layer at a
@@ -518,7 +523,7 @@ class ExplodingRule:
                 found.append(self._rise(ratio, m.update_ratio, m.name, "update ratio", bar, s.step))
         rises = [r for r in found if r is not None]
         growth = self._growth(global_norm) if not self.episode.active else None
-        troubled = bool(global_rise or rises or growth)
+        troubled = bool(global_rise or rises or growth or loss_rise)
         started = self.episode.update(troubled)
         if self.episode.active:
             self._episode_length += 1
@@ -528,6 +533,7 @@ class ExplodingRule:
             self._episode_length = 0
             self.layers = []
             self._global.add(global_norm, s.step)
+            self._loss.add(s.loss, s.step)
             for m in modules:
                 self._rms[m.name].add(m.grad_rms, s.step)
                 if m.fresh:  # a value carried from an earlier step is in the baseline already
@@ -542,6 +548,12 @@ class ExplodingRule:
                 f"global {what} {global_rise.value:.3g} is {global_rise.level:.0f}× its median "
                 f"{global_rise.median:.3g} (last {len(self._global.values)} steps)"
             )
+        elif loss_rise and not rises:
+            lead = (
+                f"loss {loss_rise.value:.3g} is {loss_rise.level:.0f}× its median {loss_rise.median:.3g} (last "
+                f"{len(self._loss.values)} steps); its gradients were not measured at this step (optwatch's "
+                "--budget spaces the checks out): the steps after it are checked"
+            )
         elif growth:
             lead = (
                 f"global {what} grew {growth[1] / growth[0]:.0f}× steadily "
@@ -553,8 +565,9 @@ class ExplodingRule:
             lead = f"{what} {top.value:.3g} in '{top.name}', {top.level:.0f}× its median {top.median:.3g}"
         detail = ", ".join(f"'{r.name}' {r.what} {r.value:.3g} ({r.level:.0f}×)" for r in rises[:3])
         message = lead + (f"; also {detail}" if detail else "")
-        value = global_rise.value if global_rise else (growth[1] if growth else top.value)
-        baseline = global_rise.median if global_rise else (growth[0] if growth else top.median)
+        first = global_rise or (loss_rise if not rises and not growth else None)
+        value = first.value if first else (growth[1] if growth else top.value)
+        baseline = first.median if first else (growth[0] if growth else top.median)
         return _alert(EXPLODING, s.step, "error", message, layers, value=value, baseline=baseline)
 
     def _growth(self, value: float | None) -> tuple[float, float] | None:
@@ -576,6 +589,7 @@ class ExplodingRule:
         self.episode.end()
         self._episode_length = 0
         self._global.clear()
+        self._loss.clear()
         for baseline in (*self._rms.values(), *self._ratio.values()):
             baseline.clear()
         self._block_medians.clear()

@@ -39,6 +39,8 @@ class DetailGovernor:
         self.pinned = False
         """Set after a non-finite value (any thread): every step is a detail step again, so that the next one
         is caught at the very step it happens."""
+        self.close_look_until = -1
+        """Every step up to this one is a detail step (any thread sets it: a loss that jumped, ``look_closer``)."""
         self._own_s = 0.0
         self._time_s = 0.0
         self._steps = 0
@@ -65,7 +67,7 @@ class DetailGovernor:
             self._recent.append(step_time)
             if typical and self.host_paced:
                 step_time = min(step_time, PAUSE_FACTOR * typical)
-        if self.pinned or self.budget <= 0:
+        if self.pinned or self.budget <= 0 or step < self.close_look_until:
             self.every = 1
         elif step_time:
             self._own_s += own_s

@@ -23,9 +23,11 @@ Device values stay on the device: the channel reads them back in batches, off th
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -50,6 +52,11 @@ from optwatch.probe.readback import DeviceBatch
 from optwatch.probe.sampler import Sampler
 
 log = logging.getLogger(__name__)
+
+LOSS_JUMP = 10.0
+"""A loss this many times the recent median (and far outside their spread) makes optwatch look closer."""
+LOOK_CLOSER_STEPS = 100
+"""Steps that are all detail steps after a loss jumped, whatever the budget's spacing."""
 
 
 _live_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
@@ -153,6 +160,8 @@ class Probe:
         self._precision_mark = (0, 0)
         """(autocast entries, step) when the precision was last looked at."""
         self._under_autocast = False
+        self._recent_losses: collections.deque[float] = collections.deque(maxlen=50)
+        """The last losses read back (the channel thread's, for ``_loss_jumped``)."""
         self._compiled_autocast = False
         """torch.compile compiled an autocast into the training's code (the script's ``with`` inside it)."""
         self._last_bg_cpu = 0.0
@@ -821,7 +830,9 @@ class Probe:
 
     def _sentinel(self, records: list[dict[str, Any]]) -> None:
         """On the channel thread, with values read back: a non-finite loss or gradient norm brings every step
-        back to being a detail step, and arms the forward check, so the next one is caught at its step."""
+        back to being a detail step, and arms the forward check, so the next one is caught at its step; a
+        loss that jumped (a learning rate far too high, a bad batch) brings them back for ``LOOK_CLOSER_STEPS``,
+        so that the gradient rules see what follows, whatever the budget's spacing was."""
         if self.nonfinite_seen:
             return
         for record in records:
@@ -832,6 +843,21 @@ class Probe:
                         self.nonfinite_seen = True
                         self.pin_detail()
                         return
+                loss = record.get("loss")
+                if isinstance(loss, float) and self._loss_jumped(loss):
+                    self.governor.close_look_until = self.step - self.first_step + LOOK_CLOSER_STEPS
+                    self.detail_every = 1  # at once, as for a pin
+
+    def _loss_jumped(self, loss: float) -> bool:
+        """``loss`` is ``LOSS_JUMP`` times the recent losses' median and far outside their spread (MAD)."""
+        recent = self._recent_losses
+        jumped = False
+        if len(recent) >= 20:
+            median = statistics.median(recent)
+            spread = statistics.median(abs(value - median) for value in recent)
+            jumped = median > 0 and loss > LOSS_JUMP * median and loss > median + 9 * spread
+        recent.append(loss)
+        return jumped
 
 
 def weights_dtype(params: list[torch.Tensor]) -> torch.dtype | None:
