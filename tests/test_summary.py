@@ -119,3 +119,10 @@ def test_the_headless_line_gives_short_and_long_steps_three_digits(step_time, sa
     store = Store()
     store.ingest([step(i, step_time, own=step_time / 100, bg=0.0) for i in range(30)])
     assert f" {said} " in summary_line(store)
+
+
+def test_the_headless_line_says_a_nan_loss_instead_of_a_dash():
+    """A run whose loss went NaN read "loss - (ema 1.449)": as if nothing were known, beside a stale EMA."""
+    store = Store()
+    store.ingest([step(i, 0.01) for i in range(20)] + [step(20, 0.01, loss=float("nan"))])
+    assert " loss nan (ema of the finite ones " in summary_line(store)

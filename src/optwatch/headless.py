@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -32,7 +33,12 @@ def summary_line(store: Store) -> str | None:
     if summary is None:
         return None
     recent = summary.recent
-    parts = [f"step {summary.step}", f"loss {_fmt(summary.loss, '.4g')} (ema {_fmt(summary.loss_ema, '.4g')})"]
+    loss = summary.loss
+    if isinstance(loss, float) and not math.isfinite(loss):
+        shown = f"loss {loss} (ema of the finite ones {_fmt(summary.loss_ema, '.4g')})"  # a NaN says so
+    else:
+        shown = f"loss {_fmt(loss, '.4g')} (ema {_fmt(summary.loss_ema, '.4g')})"
+    parts = [f"step {summary.step}", shown]
     for name, loss in list(summary.losses.items())[:4]:
         parts.append(f"{name} {loss:.4g}")
     parts.append(_per_step(recent.step_time_s))
