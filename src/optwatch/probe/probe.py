@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import math
 import os
 import socket
 import statistics
@@ -160,8 +161,10 @@ class Probe:
         self._precision_mark = (0, 0)
         """(autocast entries, step) when the precision was last looked at."""
         self._under_autocast = False
-        self._recent_losses: collections.deque[float] = collections.deque(maxlen=50)
+        self._recent_losses: collections.deque[float] = collections.deque(maxlen=48)
         """The last losses read back (the channel thread's, for ``_loss_jumped``)."""
+        self._loss_bar: float | None = None
+        self._losses_seen = 0
         self._compiled_autocast = False
         """torch.compile compiled an autocast into the training's code (the script's ``with`` inside it)."""
         self._last_bg_cpu = 0.0
@@ -849,15 +852,19 @@ class Probe:
                     self.detail_every = 1  # at once, as for a pin
 
     def _loss_jumped(self, loss: float) -> bool:
-        """``loss`` is ``LOSS_JUMP`` times the recent losses' median and far outside their spread (MAD)."""
+        """``loss`` is ``LOSS_JUMP`` times the recent losses' median and far outside their spread (MAD). The
+        median and the spread are refreshed every 16 losses: at thousands of steps a second this runs on a
+        thread that shares the GIL with the training."""
         recent = self._recent_losses
-        jumped = False
-        if len(recent) >= 20:
+        recent.append(loss)
+        self._losses_seen += 1
+        if self._losses_seen % 16 == 0 or self._loss_bar is None:
+            if len(recent) < 20:
+                return False
             median = statistics.median(recent)
             spread = statistics.median(abs(value - median) for value in recent)
-            jumped = median > 0 and loss > LOSS_JUMP * median and loss > median + 9 * spread
-        recent.append(loss)
-        return jumped
+            self._loss_bar = max(LOSS_JUMP * median, median + 9 * spread) if median > 0 else math.inf
+        return loss > self._loss_bar
 
 
 def weights_dtype(params: list[torch.Tensor]) -> torch.dtype | None:
