@@ -123,6 +123,9 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
                             ("jump", "unknown command")):  # fmt: skip
             refused = optwatch("ctl", run, bad)
             assert refused.returncode == 1 and f"{bad}: rejected:" in refused.stdout and reason in refused.stdout
+        # Answers in the order of the commands, though the hub refuses the second before the job the first.
+        both = optwatch("ctl", run, "lr[5]=0.1", "amp=maybe").stdout.splitlines()
+        assert [line.split(":")[0] for line in both] == ["lr[5]=0.1", "amp=maybe"], both
 
         assert optwatch("ctl", run, "pause").returncode == 0
         paused_at = max(s["step"] for s in steps_of(read_jsonl(record)))

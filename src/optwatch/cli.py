@@ -641,21 +641,24 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return 1
     feed, _ = connection
     failed = False
-    waiting: dict[str, str] = {}
+    said: dict[int, str] = {}  # each command's outcome, printed in the order the commands were given
+    waiting: dict[str, int] = {}
     try:
-        for text in args.commands:
+        for index, text in enumerate(args.commands):
             try:
                 reply = feed.request("control", timeout_s=HUB_ANSWER_S, command=text, source="ctl")
             except NoAnswer:
-                print(f"{text}: unknown: the job's hub did not answer within {HUB_ANSWER_S:.0f}s; it may still "
-                      "apply the command (`optwatch attach` shows the job's events)")  # fmt: skip
+                said[index] = (
+                    f"{text}: unknown: the job's hub did not answer within {HUB_ANSWER_S:.0f}s; it may still "
+                    "apply the command (`optwatch attach` shows the job's events)"
+                )
                 failed = True
                 continue
             except RequestError as exc:
-                print(f"{text}: rejected: {exc}")
+                said[index] = f"{text}: rejected: {exc}"
                 failed = True
                 continue
-            waiting[reply["id"]] = text
+            waiting[reply["id"]] = index
         deadline = time.monotonic() + (0 if args.no_wait else args.timeout)
         while waiting and time.monotonic() < deadline:
             for record in feed.poll(0.2):
@@ -663,20 +666,24 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                     continue
                 if record.get("rank", 0) != 0:
                     continue
-                text = waiting.pop(record["id"])
+                index = waiting.pop(record["id"])
+                text = args.commands[index]
                 reason = f" ({record['reason']})" if record.get("reason") else ""
                 if record.get("status") == "accepted":
-                    print(f"{text}: accepted, in effect from step {record.get('effective_step')}{reason}")
+                    said[index] = f"{text}: accepted, in effect from step {record.get('effective_step')}{reason}"
                 else:
-                    print(f"{text}: rejected: {record.get('reason')}")
+                    said[index] = f"{text}: rejected: {record.get('reason')}"
                     failed = True
-        for text in waiting.values():
-            print(
+        for index in waiting.values():
+            text = args.commands[index]
+            said[index] = (
                 f"{text}: queued; the job has not reached a step boundary yet"
                 if args.no_wait
                 else f"{text}: queued, not applied within {args.timeout:.0f}s (is the job between steps?)"
             )
     finally:
+        for index in sorted(said):  # (also those known when a Ctrl-C cut the wait short)
+            print(said[index])
         feed.close()
     return 1 if failed else 0
 
