@@ -38,14 +38,11 @@ def test_each_step_says_the_precision_the_script_trains_in(tmp_path, args, preci
     assert not any(s.get("amp") for s in steps)  # optwatch's own control stays off
 
 
-def test_amp_turned_on_and_off_mid_run_shows_at_once_and_within_a_second(tmp_path):
-    """`amp=on@10`, `amp=off@50`: the script's forward is bfloat16 from step 10 to 49; the records say so from
-    step 10 on, and float32 again within two system samples (a second, 50 steps of 20 ms here) of step 50:
-    a sample that still saw autocast entered since the one before says autocast."""
+def test_amp_turned_on_and_off_mid_run_shows_at_the_very_steps(tmp_path):
+    """`amp=on@10`, `amp=off@50`: the script's forward is bfloat16 from step 10 to 49, and the records say so
+    for exactly those steps (the end of autocast was seen a system sample late, beside `amp: false`)."""
     options = ("--control", "amp=on@10", "--control", "amp=off@50")
-    steps, forwards = run(tmp_path, "--steps", "150", "--sleep", "0.02", options=options)
-    assert [forwards[s] for s in range(150)] == ["float32"] * 10 + ["bfloat16"] * 40 + ["float32"] * 100
-    said = [s.get("precision") for s in steps]
-    assert said[:50] == ["float32"] * 10 + ["bfloat16 autocast"] * 40, said
-    back = said.index("float32", 50)
-    assert back <= 100 and said[back:] == ["float32"] * (150 - back), said
+    steps, forwards = run(tmp_path, "--steps", "80", options=options)
+    assert [forwards[s] for s in range(80)] == ["float32"] * 10 + ["bfloat16"] * 40 + ["float32"] * 30
+    assert [s.get("precision") for s in steps] == ["float32"] * 10 + ["bfloat16 autocast"] * 40 + ["float32"] * 30
+    assert [s["amp"] for s in steps] == [False] * 10 + [True] * 40 + [False] * 30

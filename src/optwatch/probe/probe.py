@@ -154,12 +154,12 @@ class Probe:
         records at the next flush or detail step (``_record_light_steps``), in order."""
         self._step_fields: dict[str, Any] = {}
         self._last_flush = time.perf_counter()
-        # the precision trained in (``_note_precision``)
+        # the precision trained in (``_note_step_precision``)
         self._autocast_entries = 0
         self._autocast_dtype: torch.dtype | None = None
         self._weights_dtype: torch.dtype | None = None
-        self._precision_mark = (0, 0)
-        """(autocast entries, step) when the precision was last looked at."""
+        self._entries_mark = 0
+        """``_autocast_entries`` at the end of the last step (``_note_step_precision``)."""
         self._under_autocast = False
         self._recent_losses: collections.deque[float] = collections.deque(maxlen=48)
         """The last losses read back (the channel thread's, for ``_loss_jumped``)."""
@@ -176,7 +176,7 @@ class Probe:
         self._sampler = Sampler(
             self,
             channel,
-            callbacks=lambda: [("precision", self._note_precision), *self._dispatch.every["sample"]],
+            callbacks=lambda: self._dispatch.every["sample"],
             loader=lambda: self._batches.loader,
             interval_s=options.system_interval_s,
         )
@@ -559,8 +559,6 @@ class Probe:
             self._compiled_autocast = True  # from now on in the compiled code, never entered again
         else:
             self._autocast_entries += 1
-        if not self._under_autocast and self.device is not None:
-            self._set_precision(True)  # at once (its end is seen by the sampler, within a sample)
 
     def optimizer_step_starting(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         started = time.perf_counter()
@@ -617,6 +615,8 @@ class Probe:
     # --- the step boundary ---------------------------------------------------------------------------------------
     def _finish_step(self, now: float, **extra: Any) -> None:
         ending = self.step
+        if self._autocast_entries != self._entries_mark or self._under_autocast:
+            self._note_step_precision()
         if (
             not self.detailed
             and (ending + 1 - self.first_step) % self.detail_every  # (the governor counts from the first step)
@@ -793,7 +793,6 @@ class Probe:
     def _announce_device(self, device: torch.device) -> None:
         self.device = device
         self._weights_dtype = weights_dtype(self.parameters())
-        self._precision_mark = (self._autocast_entries, self.step)
         self._set_precision(self._autocast_entries > 0 or self._compiled_autocast)  # the first step's too
         self.governor.host_paced = device.type == "cpu"
         facts: dict[str, Any] = {"device": str(device)}
@@ -808,17 +807,15 @@ class Probe:
         self.publish([self._hello()])
 
     # --- off the training thread ---------------------------------------------------------------------------------
-    def _note_precision(self, context: Probe, system: dict[str, Any]) -> list[dict[str, Any]]:
-        """On the sampler thread: the precision the steps since the last look trained in, as the step field
-        ``precision``: autocast while they enter one (the script's own, or optwatch's ``amp=on``; a training
-        forward's, with gradients on), else the trained weights' dtype."""
-        entries, step = self._autocast_entries, self.step
-        last_entries, last_step = self._precision_mark
-        if step == last_step or self.device is None:
-            return []
-        self._precision_mark = (entries, step)
-        self._set_precision(entries > last_entries or self._compiled_autocast)
-        return []
+    def _note_step_precision(self) -> None:
+        """At a step's end: it trained under autocast if a training forward entered one since the last step's
+        end (the script's own, or optwatch's ``amp=on`` entered at the boundary), or if one is compiled into
+        its code; the step field ``precision`` changes with the very step that changed."""
+        entered = self._autocast_entries != self._entries_mark
+        self._entries_mark = self._autocast_entries
+        under = entered or self._compiled_autocast
+        if under != self._under_autocast and self.device is not None:
+            self._set_precision(under)
 
     def _set_precision(self, under_autocast: bool) -> None:
         self._under_autocast = under_autocast
