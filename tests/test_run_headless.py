@@ -6,11 +6,12 @@ import json
 import math
 import os
 import stat
+import subprocess
 import sys
 
 import pytest
 
-from conftest import EXAMPLES, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_of
+from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_of
 
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
@@ -74,6 +75,21 @@ def test_exit_code_and_output_of_the_script_are_kept(tmp_path):
     assert result.returncode == 3
     assert result.stdout == "about to fail\n"
     assert "oops" in result.stderr
+
+
+def test_the_scripts_output_passes_through_byte_for_byte(tmp_path):
+    """A progress line redrawn with \r, a last write with no newline: stdout as plain `python` gives it (a
+    newline was added at the end, and a line was held until its newline came, as for several ranks)."""
+    script = tmp_path / "progress.py"
+    script.write_text(
+        "import sys, time\nfor i in range(3):\n    sys.stdout.write(f'\\r{i}/3'); sys.stdout.flush(); time.sleep(0.3)\n"
+        "sys.stdout.write('\\ndone')\n"
+    )
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+    watched = subprocess.run([sys.executable, "-m", "optwatch", "run", "--headless", str(script)],
+                             capture_output=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout == plain.stdout == b"\r0/3\r1/3\r2/3\ndone"
 
 
 def test_the_scripts_arguments_reach_it_as_typed_even_when_they_look_like_optwatchs(tmp_path):

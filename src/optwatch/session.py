@@ -87,9 +87,10 @@ class ViewerSession:
     def _script_output(self, final: bool) -> Output:
         output = Output()
         now = time.monotonic()
+        several_ranks = len(self.tails) > len({tail.stream for tail in self.tails})  # (a tail per rank and stream)
         for index, tail in enumerate(self.tails):
             data = tail.read()
-            if len(self.tails) > 1:
+            if several_ranks:
                 data = self._whole_lines(index, data, now)
                 if final and index in self._partial_lines:  # a rank's last line, unfinished: ended here
                     data += self._partial_lines.pop(index)[0] + b"\n"
