@@ -19,9 +19,10 @@ from conftest import SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_fo
 from test_right_numbers import assert_same, truth_of
 
 
-def run_framework(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:
+def run_framework(tmp_path, script: str, *options: str) -> tuple[list[dict], dict[int, dict], str]:
     record = tmp_path / f"{script}.jsonl"
-    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / f"{script}.py"), timeout=240)
+    script_path = str(SCRIPTS / f"{script}.py")
+    result = optwatch("run", "--headless", "--record", str(record), *options, script_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return read_jsonl(record), truth_of(result.stdout, "FRAMEWORK_STEP"), result.stdout
 
@@ -40,6 +41,19 @@ def test_the_hugging_face_trainer_with_accumulation_clipping_and_evaluation(tmp_
     evaluated = [json.loads(line.split(" ", 1)[1])["after_step"] for line in stdout.splitlines()
                  if line.startswith("FRAMEWORK_EVAL ")]  # fmt: skip
     assert evaluated and {s["step"] for s in steps if s.get("eval_batches")} >= {a + 1 for a in evaluated if a < 19}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the frameworks extra is not installed")
+def test_an_lr_command_moves_the_trainers_own_schedule_and_what_it_logs(tmp_path):
+    """The Trainer makes its scheduler on accelerate's AcceleratedOptimizer, around the optimizer that steps:
+    optwatch did not see that scheduler drive it, so the rate used at step 5 was 0.001 while the Trainer
+    logged its old schedule, and a checkpoint carried that schedule on."""
+    records, truth, _ = run_framework(tmp_path, "hf_trainer", "--control", "lr=0.001@5")
+    steps = steps_of(records)
+    assert truth[5]["lr"] == pytest.approx(0.001, rel=1e-9)  # the Trainer's own log
+    assert_same(steps, truth, "lr", "lr", rel=1e-9)  # every step: what was used is what the Trainer logs
+    [event] = [r for r in records if r["kind"] == "event"]
+    assert "the scheduler's schedule goes on from the new level" in event["reason"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")

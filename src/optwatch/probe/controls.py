@@ -430,7 +430,7 @@ class ControlPlugin(ProbePlugin):
             new = old * float(command.value) if command.scale else float(command.value)
             _check_rate(new, groups[index]["params"], command, old)
             changes[index] = (old, new)
-        scheduled = any(s.optimizer is optimizer for s in _schedulers_of(context))
+        scheduled = any(_drives(s, optimizer) for s in _schedulers_of(context))
         described = []
         for index, (old, new) in changes.items():
             self._rescale_group(context, optimizer, index, new)
@@ -461,7 +461,7 @@ class ControlPlugin(ProbePlugin):
             held.factor = value / current  # the script assigned its own value meanwhile
         if held is not None:
             held.last_set = value
-        self._rescale_group(self.context, optimizer, index, value)
+        self._rescale_group(self.context, optimizer, index, value, in_use=True)
 
     def _hold_rates(self, optimizer: torch.optim.Optimizer) -> None:
         """Values the script assigned to ``param_group["lr"]`` since the last step, scaled as the command asked."""
@@ -476,8 +476,11 @@ class ControlPlugin(ProbePlugin):
             _set_group_lr(group, value)
             held.last_set = value
 
-    def _rescale_group(self, context: ProbeContext | None, optimizer: torch.optim.Optimizer, index: int, new: float):
-        """Set a group's lr; its schedule continues from the new level (base values scale by new/old)."""
+    def _rescale_group(
+        self, context: ProbeContext | None, optimizer: torch.optim.Optimizer, index: int, new: float, in_use=False
+    ):
+        """Set a group's lr; its schedule continues from the new level (base values scale by new/old). ``in_use``:
+        the rate of the step about to update (a pin), which its scheduler then reports as its last."""
         group = optimizer.param_groups[index]
         old = _one_number(group["lr"])
         if old is None or old == new:
@@ -491,8 +494,22 @@ class ControlPlugin(ProbePlugin):
             for scheduler in _schedulers_of(context):
                 # (ReduceLROnPlateau has no base: it scales the learning rate it finds, the new one now)
                 base = getattr(scheduler, "base_lrs", None)
-                if scheduler.optimizer is optimizer and base is not None and index < len(base):
+                if _drives(scheduler, optimizer) and base is not None and index < len(base):
                     base[index] *= factor
+                    last = getattr(scheduler, "_last_lr", None)  # what get_last_lr() reports, and frameworks log
+                    if in_use and isinstance(last, list) and index < len(last):
+                        last[index] = new
+
+
+def _drives(scheduler: Any, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scheduler`` sets ``optimizer``'s rates: the HF Trainer makes its scheduler on accelerate's
+    AcceleratedOptimizer, Lightning's steps may hold a LightningOptimizer, each around the real one."""
+    held = getattr(scheduler, "optimizer", None)
+    for _ in range(3):
+        if held is optimizer:
+            return True
+        held = getattr(held, "optimizer", None) or getattr(held, "_optimizer", None)
+    return False
 
 
 def _schedulers_of(context: ProbeContext | None) -> list[Any]:
