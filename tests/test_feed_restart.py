@@ -145,3 +145,53 @@ def test_live_records_go_on_alone_when_the_history_does_not_come(tmp_path, monke
     finally:
         feed.close()
         hub.close()
+
+
+class HubWithAStaleHistory(HubRefusingHistory):
+    """The same hub, whose first history answer is a second old (the real hub's snapshot, made for another
+    viewer, lives that long): it ends before the live records that come next begin. Later answers are whole."""
+
+    def __init__(self, directory, run: list[dict], live: list[dict], stale: list[dict]):
+        from optwatch.hub.history import History
+
+        super().__init__(directory, run, live, refuse=-1)
+        self.stale = History()
+        for item in stale:
+            self.stale.add(item)
+        self.whole = self.history
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pub, zmq.POLLIN)
+        poller.register(self.ctl, zmq.POLLIN)
+        while not self._stop:
+            ready = dict(poller.poll(50))
+            if self.pub in ready and self.pub.recv().startswith(b"\x01"):
+                self.subscribed.set()
+            if self.ctl in ready:
+                identity, _, payload = self.ctl.recv_multipart()
+                request = protocol.decode_request(payload)
+                reply = {"ok": True, "endpoints": {}}
+                if request["op"] == "history":
+                    self.history_requests += 1
+                    pages = (self.stale if self.history_requests == 1 else self.whole).pages()
+                    reply = {"ok": True, "page": request["page"], "pages": len(pages), "batch": pages[request["page"]]}
+                self.ctl.send_multipart([identity, b"", protocol.encode_request(reply)])
+                if request["op"] == "history" and self.history_requests == 1:
+                    self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
+
+
+def test_live_records_after_a_gap_wait_for_the_history_to_fill_it_and_every_step_comes_in_order(tmp_path):
+    """`optwatch attach` right after `optwatch ctl`: the hub's history answer was the one it made for ctl a
+    moment before, and the live records began a few steps after its end. The history asked again filled
+    that gap, but the records in it were older than the newest seen and were dropped: steps and the
+    command's event went missing on every rank. Now the live records wait for it, and all come in order."""
+    run = a_run(60)
+    hub = HubWithAStaleHistory(tmp_path, run, live=run[46:], stale=run[:40])
+    feed = Feed(*hub.endpoints)
+    try:
+        assert steps_seen(feed, until=60) == list(range(60))
+        assert hub.history_requests >= 2
+    finally:
+        feed.close()
+        hub.close()

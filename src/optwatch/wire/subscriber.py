@@ -35,7 +35,11 @@ FIRST_HISTORY_WAIT_S = 5.0
 the viewer shows the run from its start, in order. After this they go on alone, and the history fills in
 only what comes after them."""
 HISTORY_RETRY_S = 1.0
-"""Between two history requests; a quarter of it while live records wait for the first."""
+"""Between two history requests; a quarter of it while live records wait for the first, or for a gap."""
+GAP_WAIT_S = 3.0
+"""How long live records that came after a gap in a rank's sequence wait for the history to fill it (the
+hub's answer may be up to a second old: ``hub.history.SNAPSHOT_MAX_AGE_S``), so that the viewer gets the
+run in order. After this they go on, and the gap stays."""
 
 
 def seq_key(record: dict[str, Any]) -> int:
@@ -81,8 +85,11 @@ class Feed:
         self._need_history = True
         self._last_history_try = 0.0
         self._held: list[dict[str, Any]] = []
-        """Live records that came before the first history, waiting for it (``FIRST_HISTORY_WAIT_S``)."""
+        """Live records that came before the first history, waiting for it (``FIRST_HISTORY_WAIT_S``), or after
+        a gap, waiting for the history to fill it (``GAP_WAIT_S``)."""
         self._holding_since: float | None = None
+        self._gap_since: float | None = None
+        """When live records first waited for a gap to be filled (None while none waits)."""
 
     def _close_control(self) -> None:
         if self._ctl is not None:
@@ -145,9 +152,10 @@ class Feed:
 
     # --- records --------------------------------------------------------------------------------
     def _accept(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Drop repeats; note gaps (they trigger a history request)."""
+        """Drop repeats; note gaps (they trigger a history request). Records after a gap in a known rank's
+        sequence wait in ``_held`` for the history to fill it (``GAP_WAIT_S``), so they come in order."""
         fresh = []
-        for record in records:
+        for position, record in enumerate(records):
             rank, seq = seq_key(record), record.get("seq")
             if seq is None:
                 fresh.append(record)
@@ -166,8 +174,17 @@ class Feed:
                 continue
             if seq > last + 1:
                 self._need_history = True
+                if rank in self.last_seq:  # (a first record's "gap" is the first history's business)
+                    now = time.monotonic()
+                    self._gap_since = self._gap_since or now
+                    if now - self._gap_since < GAP_WAIT_S:
+                        # The history answer takes everything after ``last``: the gap, then these, in order.
+                        self._held = records[position:] + self._held
+                        return fresh
             self.last_seq[rank] = seq
             fresh.append(record)
+        if not self._held:
+            self._gap_since = None  # all taken in order
         return fresh
 
     def _follow_link(self) -> None:
@@ -229,7 +246,10 @@ class Feed:
         return self._accept(held) if held else []
 
     def _holding(self) -> bool:
-        """Whether live records wait for the first history: it is due, none came yet, and not for too long."""
+        """Whether live records wait for the first history (it is due, none came yet) or for a gap to be
+        filled, and not for too long."""
+        if self._gap_since is not None and self._held:
+            return self._need_history and time.monotonic() - self._gap_since < GAP_WAIT_S
         if not (self._need_history and not self.last_seq):
             return False
         now = time.monotonic()
