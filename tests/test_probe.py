@@ -490,26 +490,33 @@ def test_forwards_before_the_first_step_are_not_charged_to_it():
     assert all(0 < own < step_time for own, step_time in timed), timed
 
 
-def test_a_step_after_a_caught_stop_is_timed_from_the_boundary():
-    """`stop` raises KeyboardInterrupt at the boundary; a loop that catches it and trains on gets steps
-    that still tile time: the next one does not count the stopped step again."""
+def test_stop_comes_at_the_next_steps_backward_with_the_last_step_whole():
+    """`stop@3` is applied at the boundary after step 2. Its KeyboardInterrupt came from inside step 2's
+    optimizer.step(), after the update and before the script's scheduler.step() and its own count: a
+    checkpoint saved by the script's handler had one update more than its step count. It comes at step 3's
+    backward now, with step 2 whole; a loop that catches it and trains on gets steps that still tile time."""
     probe = start(controls=["stop@3"])
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
     x, y = torch.randn(16, 4), torch.randn(16, 1)
-    stopped = 0
+    stopped, updates, counted = [], 0, 0
     for _ in range(6):
         time.sleep(0.1)
-        optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
         try:
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
             optimizer.step()
-        except KeyboardInterrupt:
-            stopped += 1
+            updates += 1
+            scheduler.step()
+            counted += 1
+        except KeyboardInterrupt as stop:
+            stopped.append((updates, counted, scheduler.last_epoch, str(stop)))
     steps = recorded(probe)
-    assert stopped == 1 and [s["step"] for s in steps] == list(range(6))
-    assert all(s["step_time_s"] < 0.17 and s["optwatch_s"] < 0.05 for s in steps[1:]), [
-        (s["step"], s["step_time_s"]) for s in steps
+    assert stopped == [(3, 3, 3, "optwatch: stopped by request before step 3")]
+    assert [s["step"] for s in steps] == list(range(5))  # step 3 spans the stopped iteration and the next
+    assert all(s["step_time_s"] < 0.17 and s["optwatch_s"] < 0.05 for s in steps[1:] if s["step"] != 3), [
+        (s["step"], s["step_time_s"], s["optwatch_s"]) for s in steps
     ]
 
 

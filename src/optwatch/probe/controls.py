@@ -129,7 +129,7 @@ class _HeldRate:
 class ControlPlugin(ProbePlugin):
     name = "controls"
     idle_callbacks = frozenset(
-        {"on_backward_start", "on_backward_end", "before_optimizer_step", "after_step", "at_boundary"}
+        {"on_batch", "on_backward_start", "on_backward_end", "before_optimizer_step", "after_step", "at_boundary"}
     )
     """While nothing is due and AMP is off: see ``_idle_now``."""
 
@@ -152,6 +152,8 @@ class ControlPlugin(ProbePlugin):
         self._closed = False
         self.context: ProbeContext | None = None
         self._fields: tuple[bool, bool] | None = None
+        self._stop_before: int | None = None
+        """A ``stop`` applied at the boundary before this step: raised at its first batch or backward."""
         """(AMP on, cudnn.benchmark) as the step records carry them (``context.set_step_fields``)."""
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
@@ -231,9 +233,9 @@ class ControlPlugin(ProbePlugin):
         end (the records' ``amp`` and ``cudnn_benchmark`` are step fields); the boundary's also while no
         command is scheduled and the run is not paused (live commands wake it: ``at_boundary``); the
         optimizer step's also while no command waits for it and no learning rate is pinned or held."""
-        if self.amp.enabled:
-            return frozenset()
-        idle = {"on_backward_start", "on_backward_end", "after_step"}
+        if self.amp.enabled or self._stop_before is not None:
+            return frozenset({"on_batch"} if self._stop_before is None else ())
+        idle = {"on_batch", "on_backward_start", "on_backward_end", "after_step"}
         if not self._schedule and not self.paused:
             idle.add("at_boundary")
         if not (self._schedule or self._lr_pin is not None or self._held_rates):
@@ -252,7 +254,11 @@ class ControlPlugin(ProbePlugin):
         # gradient accumulation, a GAN's other model) is autocast too, not only the first forward.
         self.amp.enter()
 
+    def on_batch(self, context: ProbeContext) -> None:
+        self._stop_if_asked()
+
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
+        self._stop_if_asked()
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
             return loss * self.amp.scale.to(loss.dtype)
@@ -343,7 +349,18 @@ class ControlPlugin(ProbePlugin):
         context.emit(self._event(due.text, "accepted", detail, context.step, due.id, due.source))
         context.flush()
         if command.name == "stop":
-            raise KeyboardInterrupt(f"optwatch: stopped by request at step {context.step}")
+            # Not here, inside the optimizer's step (its update made, the script's scheduler.step() and its own
+            # step count not yet): at the next step's first batch or backward, the last step whole.
+            self._stop_before = context.step
+            self.paused, self.pause_until = False, None  # a stop ends a pause: the run goes to its next step
+            self._set_idle_callbacks(context)
+
+    def _stop_if_asked(self) -> None:
+        if self._stop_before is not None:
+            step, self._stop_before = self._stop_before, None
+            if self.context is not None:
+                self._set_idle_callbacks(self.context)  # (a script that catches it and trains on)
+            raise KeyboardInterrupt(f"optwatch: stopped by request before step {step}")
 
     def _event(self, text, status, reason, effective_step, command_id, source) -> dict[str, Any]:
         return protocol.make_record(
@@ -393,7 +410,7 @@ class ControlPlugin(ProbePlugin):
                 raise controls.CommandError(str(reply.get("error")))
             return str(reply.get("message", ""))
         if command.name == "stop":
-            return "stopping (KeyboardInterrupt at the step boundary)"
+            return "stopping (a KeyboardInterrupt at the next step's first batch or backward)"
         raise controls.CommandError(f"unknown command {command.raw!r}")
 
     def _device(self, context: ProbeContext) -> torch.device:
