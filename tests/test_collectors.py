@@ -155,3 +155,28 @@ def test_collectors_and_rules_import_neither_torch_nor_textual():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert result.stdout.strip() == "[]"
+
+
+def test_torch_threads_are_the_training_threads_even_when_set_after_a_slow_start(tmp_path):
+    """The HF Trainer's scripts set torch's threads after slow imports: the sampler thread, which had asked
+    before, kept seeing the default (OpenMP fixes a count per thread), and the verdict said "2 threads"
+    and gave the advice for that. The system records now say what the training thread uses."""
+    from conftest import ROOT, read_jsonl
+
+    script = tmp_path / "threads.py"
+    script.write_text(
+        "import time, torch\ntime.sleep(2)\ntorch.set_num_threads(1)\nprint('THREADS', torch.get_num_threads())\n"
+        "model = torch.nn.Linear(256, 256)\nopt = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "x = torch.randn(64, 256)\nstarted = time.time()\nwhile time.time() - started < 2:\n"
+        "    opt.zero_grad(); model(x).pow(2).mean().backward(); opt.step()\n"
+    )
+    record = tmp_path / "r.jsonl"
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}  # (the suite's is 1)
+    done = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--record", str(record), str(script)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "THREADS 1" in done.stdout and os.cpu_count() > 1
+    told = [r["torch_threads"] for r in read_jsonl(record) if r["kind"] == "system" and r.get("step", 0) > 0]
+    assert told and set(told) == {1}, told

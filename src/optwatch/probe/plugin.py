@@ -54,6 +54,8 @@ class ProbeContext(Protocol):
     """Where the trained parameters live, known from the first step on."""
     training_thread: int | None
     """The thread that trains (the one calling ``backward()``); plugins' hooks ignore forwards of others."""
+    torch_threads: int | None
+    """``torch.get_num_threads()`` as the training thread reads it, at its latest recorded step's end."""
     clip_measures: bool
     """In ``on_gradients``: the script's ``clip_grad_norm_`` is about to compute this step's global gradient
     norm, which the record then takes (the number the script itself gets): no plugin need report one."""

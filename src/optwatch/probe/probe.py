@@ -103,6 +103,7 @@ class Probe:
         self._device_facts: dict[str, Any] = {}
         """What the hello says of the device, once known (``_announce_device``)."""
         self.training_thread: int | None = None
+        self.torch_threads: int | None = None
         self.nonfinite_seen = False
         self.clip_measures = False
         self.governor = DetailGovernor(options.budget, options.grad_full_cadence_steps)
@@ -756,6 +757,7 @@ class Probe:
         if extra:
             record.update(extra)
         self.detail_every, self.next_detailed = self._plan(record, self.detailed)
+        self.torch_threads = torch.get_num_threads()  # on this thread: the sampler's own may differ
         self._dispatch.after_step(record, self.detailed or self.next_detailed)
         self._records.add(record, self._primary)
         self._clear_step()

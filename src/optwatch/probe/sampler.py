@@ -37,10 +37,12 @@ def _total_and_uuid(device: int) -> tuple[int, str | None]:
     return _device_facts[device]
 
 
-def sample_system(device: torch.device | None = None) -> dict[str, Any]:
-    """The fields of a ``system`` record; ``device`` is where the model trains (None until known)."""
+def sample_system(device: torch.device | None = None, torch_threads: int | None = None) -> dict[str, Any]:
+    """The fields of a ``system`` record; ``device`` is where the model trains (None until known);
+    ``torch_threads`` as the training thread reads them (this thread's own count can differ: OpenMP keeps
+    one per thread, fixed once a thread has asked, before a script's later ``torch.set_num_threads``)."""
     sample = _host.sample()
-    sample["torch_threads"] = torch.get_num_threads()
+    sample["torch_threads"] = torch_threads if torch_threads is not None else torch.get_num_threads()
     current_uuid = None
     # The allocator counters are host-side (no sync). CUDA is initialised by then (the parameters
     # live there); the index must come from ``device``: the current device is per thread.
@@ -91,7 +93,10 @@ class Sampler:
             records = []
             try:
                 system = protocol.make_record(
-                    protocol.SYSTEM, context.rank, step=context.step, **sample_system(context.device)
+                    protocol.SYSTEM,
+                    context.rank,
+                    step=context.step,
+                    **sample_system(context.device, context.torch_threads),
                 )
                 system["dropped"] = channel.dropped
                 loader = self._loader()
