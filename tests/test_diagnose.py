@@ -83,6 +83,11 @@ def test_model_phases_at_a_quarter_of_a_core_are_waiting_not_compute():
     result = verdict(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=23.0, host_cpu_percent=30.0))
     assert result["bottleneck"] == "host" and "the process used 23% of a core: the steps wait" in result["message"]
     assert "DataLoader" in result["suggestions"][0] and not any("GPU" in tip for tip in result["suggestions"])
+    window = summarise(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=23.0, host_cpu_percent=30.0))
+    window.world_size = 2  # a DDP rank waiting for the straggler at the all-reduce
+    ranked = classify(window)
+    assert "wait (for the other ranks at the gradients' all-reduce" in ranked["message"]
+    assert ranked["suggestions"][0].startswith("Under DDP every rank waits for the slowest")
     # On a machine whose cores other programs keep busy, the starved process still computes when it runs.
     starved = verdict(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=23.0, host_cpu_percent=98.0))
     assert starved["bottleneck"] == "compute"

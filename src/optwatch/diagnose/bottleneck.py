@@ -89,6 +89,7 @@ class Window:
     loader: dict[str, Any] = field(default_factory=dict)
     every_check: bool = False
     """optwatch runs every check at every step whatever it costs (``--budget 0``)."""
+    world_size: int = 1
     precision: str | None = None
     """What the steps train in: "bfloat16 autocast", "float32"... (the step records' ``precision``)."""
     long_steps: int = 0
@@ -421,9 +422,15 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
         return (
             "host",
             f"forward+backward+optimizer take {_pct(model)} of each step, but the process used "
-            f"{w.cpu_percent:.0f}% of a core: the steps wait (a read inside the loop, a sleep, a lock, other "
-            "processes on its cores) more than they compute",
+            f"{w.cpu_percent:.0f}% of a core: the steps wait ("
+            + ("for the other ranks at the gradients' all-reduce, " if w.world_size > 1 else "")
+            + "a read inside the loop, a sleep, a lock) more than they compute",
             [
+                *(
+                    ["Under DDP every rank waits for the slowest at each step: the Ranks tab names the straggler"]
+                    if w.world_size > 1
+                    else []
+                ),
                 "Find what the loop waits for: data read inside it (np.memmap, files, a remote store) belongs in "
                 "a DataLoader with workers; a sleep or a lock in the step's path holds everything",
                 "Profile a few steps: a wait is time that no operator accounts for (control: profile=5)",

@@ -52,6 +52,7 @@ class VerdictTracker:
         self.first_step = 0
         """The number of the rank's first step (a resumed run's is its global step: the hello says)."""
         self.every_check = False
+        self.world_size = 1
         """The hello says optwatch checks every step whatever it costs (``--budget 0``: it never settles)."""
         self.settled_from = settled_from
         """The first step of the steady state: before it optwatch checks every step whatever that costs (its
@@ -102,6 +103,8 @@ class VerdictTracker:
         if record.get("device"):
             self.device = str(record["device"])
         self.first_step = protocol.first_step(record)
+        world_size = record.get("world_size")
+        self.world_size = world_size if isinstance(world_size, int) and world_size > 0 else 1
         settled = (record.get("diagnosis") or {}).get("settled_from")
         if isinstance(settled, int) and not isinstance(settled, bool):
             self.settled_from = settled
@@ -125,6 +128,7 @@ class VerdictTracker:
         if window is None:
             return []
         window.every_check = self.every_check
+        window.world_size = self.world_size
         return [
             protocol.make_record(
                 protocol.VERDICT,
