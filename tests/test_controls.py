@@ -173,6 +173,17 @@ def test_under_ddp_past_the_budgets_start_every_rank_records_every_step_and_a_co
 
 
 @pytest.mark.slow
+def test_a_stop_under_nproc_per_node_exits_130_as_the_ranks_did():
+    """Each rank ends on the stop's KeyboardInterrupt (130); torchrun calls that a failed child and exits 1,
+    which `optwatch run` passed on, with its traceback, though the run was stopped as asked."""
+    result = optwatch(
+        "run", "--headless", "--no-record", "--nproc-per-node", "2", "--control", "stop@15",
+        str(EXAMPLES / "ddp.py"), "--steps", "100000",
+    )  # fmt: skip
+    assert result.returncode == 130, result.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_under_ddp_a_command_lands_on_every_rank_at_the_same_step(tmp_path):
     job = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",

@@ -249,4 +249,18 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
         print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
         print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
-    return process.exit_code() if process is not None else 0
+    if process is None:
+        return 0
+    code = process.exit_code()
+    if code and getattr(process, "nproc_per_node", None) and _every_rank_interrupted(session.store):
+        return INTERRUPTED  # `stop` or Ctrl-C: torchrun says 1 (a rank "failed"); the script's own is 130
+    return code
+
+
+INTERRUPTED = 130
+
+
+def _every_rank_interrupted(store: Store) -> bool:
+    with store.lock:
+        ends = [state.end for state in store.ranks.values() if state.hello is not None]
+    return bool(ends) and all(end is not None and end.get("exit_code") == INTERRUPTED for end in ends)
