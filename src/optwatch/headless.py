@@ -54,7 +54,7 @@ def summary_line(store: Store) -> str | None:
     if summary.cost.hub_cpu_share is not None:  # off the training process, but on its machine's cores
         parts.append(f"hub {100 * summary.cost.hub_cpu_share:.0f}% of a core")
     if summary.ranks > 1:
-        parts.append(f"{summary.ranks} ranks")
+        parts.append(f"{summary.ranks} ranks (the figures are rank 0's)")
     return "optwatch: " + " | ".join(parts)
 
 
