@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import threading
+import time
 
 import pytest
 import zmq
@@ -125,6 +126,7 @@ def test_a_viewer_never_holds_a_record_of_the_wrong_shape_from_the_wire(tmp_path
     """A peer (a job, or anything at its endpoints) sends bad records live and in its history: the feed passes
     on the good ones only, and notes why it dropped the others."""
     from optwatch.protocol import TOPIC_RECORDS
+    from optwatch.wire import subscriber
     from optwatch.wire.subscriber import Feed
 
     history = [HELLO, step(seq=1, loss="high"), step(seq=2, step=1)]
@@ -156,7 +158,10 @@ def test_a_viewer_never_holds_a_record_of_the_wrong_shape_from_the_wire(tmp_path
         return any(r.get("step") == 3 for r in received)
 
     try:
+        started = time.monotonic()
         wait_for(exchange, timeout_s=30, interval_s=0)
+        # The gap a refused record leaves is no history's to fill: the records after it do not wait for one.
+        assert time.monotonic() - started < subscriber.GAP_WAIT_S
         assert [(r["kind"], r.get("step")) for r in received] == [("hello", None), ("step", 1), ("step", 3)]
         assert "step record: field 'loss' must be a number or null, not a string" in feed.errors
         assert "step record: field 'grad_norm' must be a number or null, not a list" in feed.errors

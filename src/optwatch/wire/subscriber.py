@@ -90,6 +90,8 @@ class Feed:
         self._holding_since: float | None = None
         self._gap_since: float | None = None
         """When live records first waited for a gap to be filled (None while none waits)."""
+        self._refused_live = False
+        """A live record was refused (malformed) since the last batch taken: the gap it leaves is no history's."""
 
     def _close_control(self) -> None:
         if self._ctl is not None:
@@ -174,7 +176,7 @@ class Feed:
                 continue
             if seq > last + 1:
                 self._need_history = True
-                if rank in self.last_seq:  # (a first record's "gap" is the first history's business)
+                if rank in self.last_seq and not self._refused_live:  # (a first record's: the first history's)
                     now = time.monotonic()
                     self._gap_since = self._gap_since or now
                     if now - self._gap_since < GAP_WAIT_S:
@@ -185,6 +187,8 @@ class Feed:
             fresh.append(record)
         if not self._held:
             self._gap_since = None  # all taken in order
+            if fresh:
+                self._refused_live = False  # (the gap a refused record left is behind them)
         return fresh
 
     def _follow_link(self) -> None:
@@ -279,8 +283,10 @@ class Feed:
             try:
                 batch, refused = protocol.decode_records(payload)
                 self.errors.extend(refused)
+                self._refused_live = self._refused_live or bool(refused)
             except protocol.ProtocolError as exc:
                 self.errors.append(str(exc))
+                self._refused_live = True
                 continue
             if self._need_history and not self.last_seq and not self._held:
                 # First live data before any history: fetch history now so order is kept.
