@@ -154,7 +154,7 @@ class HubWithAStaleHistory(HubRefusingHistory):
     def __init__(self, directory, run: list[dict], live: list[dict], stale: list[dict]):
         from optwatch.hub.history import History
 
-        super().__init__(directory, run, live, refuse=-1)
+        super().__init__(directory, run, live, refuse=-1)  # (``run``: what later answers hold)
         self.stale = History()
         for item in stale:
             self.stale.add(item)
@@ -192,6 +192,23 @@ def test_live_records_after_a_gap_wait_for_the_history_to_fill_it_and_every_step
     try:
         assert steps_seen(feed, until=60) == list(range(60))
         assert hub.history_requests >= 2
+    finally:
+        feed.close()
+        hub.close()
+
+
+def test_a_gap_that_no_history_holds_lets_the_live_records_go_at_the_next_answer(tmp_path):
+    """Records the rank's channel dropped (its hub gone or far behind) were never the hub's: once an answer
+    reaches past the gap without filling it, the live records after it go on, in order, without waiting
+    out ``GAP_WAIT_S``."""
+    run = a_run(60)
+    dropped = run[40:46]
+    hub = HubWithAStaleHistory(tmp_path, [r for r in run if r not in dropped], live=run[46:], stale=run[:40])
+    feed = Feed(*hub.endpoints)
+    started = time.monotonic()
+    try:
+        assert steps_seen(feed, until=54) == [*range(39), *range(45, 60)]
+        assert time.monotonic() - started < subscriber.GAP_WAIT_S
     finally:
         feed.close()
         hub.close()
