@@ -73,10 +73,10 @@ class HubRefusingHistory:
                     reply = {"ok": True, "endpoints": {}}
                 else:
                     self.history_requests += 1
-                    if self.refuse == 0 or self.history_requests <= self.refuse:
+                    pages = self._pages()
+                    if pages is None:
                         reply = {"ok": False, "error": "too many history requests; ask again in a second"}
                     else:
-                        pages = self.history.pages()
                         reply = {
                             "ok": True,
                             "page": request["page"],
@@ -86,6 +86,12 @@ class HubRefusingHistory:
                     if self.history_requests == 1:
                         self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
                 self.ctl.send_multipart([identity, b"", protocol.encode_request(reply)])
+
+    def _pages(self) -> list[bytes] | None:
+        """The pages of the answer to the history request being served; None to refuse it."""
+        if self.refuse == 0 or self.history_requests <= self.refuse:
+            return None
+        return self.history.pages()
 
     def close(self) -> None:
         self._stop = True
@@ -149,36 +155,19 @@ def test_live_records_go_on_alone_when_the_history_does_not_come(tmp_path, monke
 
 class HubWithAStaleHistory(HubRefusingHistory):
     """The same hub, whose first history answer is a second old (the real hub's snapshot, made for another
-    viewer, lives that long): it ends before the live records that come next begin. Later answers are whole."""
+    viewer, lives that long): it ends before the live records that come next begin. Later answers hold
+    ``run``."""
 
     def __init__(self, directory, run: list[dict], live: list[dict], stale: list[dict]):
         from optwatch.hub.history import History
 
-        super().__init__(directory, run, live, refuse=-1)  # (``run``: what later answers hold)
         self.stale = History()
         for item in stale:
             self.stale.add(item)
-        self.whole = self.history
+        super().__init__(directory, run, live, refuse=-1)
 
-    def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.pub, zmq.POLLIN)
-        poller.register(self.ctl, zmq.POLLIN)
-        while not self._stop:
-            ready = dict(poller.poll(50))
-            if self.pub in ready and self.pub.recv().startswith(b"\x01"):
-                self.subscribed.set()
-            if self.ctl in ready:
-                identity, _, payload = self.ctl.recv_multipart()
-                request = protocol.decode_request(payload)
-                reply = {"ok": True, "endpoints": {}}
-                if request["op"] == "history":
-                    self.history_requests += 1
-                    pages = (self.stale if self.history_requests == 1 else self.whole).pages()
-                    reply = {"ok": True, "page": request["page"], "pages": len(pages), "batch": pages[request["page"]]}
-                self.ctl.send_multipart([identity, b"", protocol.encode_request(reply)])
-                if request["op"] == "history" and self.history_requests == 1:
-                    self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
+    def _pages(self) -> list[bytes]:
+        return (self.stale if self.history_requests == 1 else self.history).pages()
 
 
 def test_live_records_after_a_gap_wait_for_the_history_to_fill_it_and_every_step_comes_in_order(tmp_path):

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from optwatch.diagnose.bottleneck import bound_text
-from optwatch.protocol import finite
+from optwatch.diagnose.bottleneck import bound_text, duration_text
+from optwatch.protocol import INTERRUPTED, finite
 from optwatch.session import ViewerSession
 from optwatch.store import Store
 from optwatch.summary import cost_text
@@ -21,10 +21,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _per_step(seconds: float | None) -> str:
-    """``0.412 ms/step``, ``210 ms/step``, ``1.35 s/step``: three digits whatever the step's length."""
-    if not finite(seconds):
-        return "- s/step"
-    return f"{1000 * seconds:.3g} ms/step" if seconds < 1 else f"{seconds:.3g} s/step"
+    """``0.412 ms/step``, ``210 ms/step``, ``1.35 s/step``."""
+    return f"{duration_text(seconds)}/step" if finite(seconds) else "- s/step"
 
 
 def summary_line(store: Store) -> str | None:
@@ -255,9 +253,6 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     if code and getattr(process, "nproc_per_node", None) and _every_rank_interrupted(session.store):
         return INTERRUPTED  # `stop` or Ctrl-C: torchrun says 1 (a rank "failed"); the script's own is 130
     return code
-
-
-INTERRUPTED = 130
 
 
 def _every_rank_interrupted(store: Store) -> bool:

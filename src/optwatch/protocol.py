@@ -51,6 +51,9 @@ FRAME_DECISION = b"d"
 HUB_ORIGIN = -2
 """The ``origin`` of records the hub makes itself (alerts, verdicts, the script's output): their ``seq``
 counts in the hub's own sequence."""
+INTERRUPTED = 130
+"""An ``end`` record's ``exit_code`` after a KeyboardInterrupt (Ctrl-C, or a ``stop`` command), as the
+interpreter ends on one."""
 
 
 class ProtocolError(ValueError):

@@ -53,7 +53,6 @@ BETWEEN_SHARE = 0.30
 """Long steps' time beyond the median step that makes work between training steps the verdict."""
 MIN_LONG_EVERY = 4
 """The fewest steps between two long ones for them to be work done every N steps."""
-"""Long steps' time beyond the median step that makes work between training steps the verdict."""
 
 BOTTLENECKS = ("input", "compute", "host", "sync", "memory", "balanced")
 
@@ -335,8 +334,9 @@ def _between(w: Window) -> tuple[str, str, list[str]] | None:
         return None
     every = w.long_every or MIN_LONG_EVERY
     message = (
-        f"1 step in {every} takes {w.long_step_s / w.typical_step_s:.0f}× the median step ({_ms(w.long_step_s)} vs "
-        f"{_ms(w.typical_step_s)}): {_pct(w.between_share)} of the time is work between training steps "
+        f"1 step in {every} takes {w.long_step_s / w.typical_step_s:.0f}× the median step "
+        f"({duration_text(w.long_step_s)} vs {duration_text(w.typical_step_s)}): {_pct(w.between_share)} of the "
+        "time is work between training steps "
         "(a rollout, an evaluation, a checkpoint, logging every N steps)"
     )
     return (
@@ -350,7 +350,8 @@ def _between(w: Window) -> tuple[str, str, list[str]] | None:
     )
 
 
-def _ms(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``0.412 ms``, ``210 ms``, ``1.35 s``: three digits whatever the length (the headless line's too)."""
     return f"{1000 * seconds:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 

@@ -52,8 +52,8 @@ class VerdictTracker:
         self.first_step = 0
         """The number of the rank's first step (a resumed run's is its global step: the hello says)."""
         self.every_check = False
-        self.world_size = 1
         """The hello says optwatch checks every step whatever it costs (``--budget 0``: it never settles)."""
+        self.world_size = 1
         self.settled_from = settled_from
         """The first step of the steady state: before it optwatch checks every step whatever that costs (its
         ``--budget`` applies from there). A window that reaches past it judges the steps from it alone, so

@@ -57,8 +57,6 @@ HANDSHAKE_TIMEOUT_MS = 5000
 COMMAND_RESEND_S = 1.0
 COMMAND_GIVE_UP_S = 30.0
 LINGER_AFTER_END_S = 5.0
-INTERRUPTED = 130
-"""A rank's exit code after a KeyboardInterrupt (Ctrl-C, or a `stop` command at a step boundary)."""
 WAIT_FOR_FIRST_RANK_S = 60.0
 LOG_LINE_MAX = 4096
 FIGURES_EVERY_S = 5.0
@@ -282,13 +280,13 @@ class Hub:
             and str(record.get("command")) == "stop"
             for record in self.history.rare
         )
-        interrupted = INTERRUPTED in codes  # Ctrl-C, or a `stop` the script did not catch
-        failed = [code for code in codes if isinstance(code, int) and code not in (0, INTERRUPTED)]
+        interrupted = protocol.INTERRUPTED in codes  # Ctrl-C, or a `stop` the script did not catch
+        failed = [code for code in codes if isinstance(code, int) and code not in (0, protocol.INTERRUPTED)]
         ended_all = self.history.hello and set(self.history.hello) <= set(self.history.end)
         if failed:
             status, code = f"failed (exit {failed[0]})", failed[0]
         elif stopped or interrupted:
-            status, code = "stopped", INTERRUPTED if interrupted else 0
+            status, code = "stopped", protocol.INTERRUPTED if interrupted else 0
         elif ended_all:
             status, code = "finished", 0
         else:

@@ -152,9 +152,9 @@ class ControlPlugin(ProbePlugin):
         self._closed = False
         self.context: ProbeContext | None = None
         self._fields: tuple[bool, bool] | None = None
+        """(AMP on, cudnn.benchmark) as the step records carry them (``context.set_step_fields``)."""
         self._stop_before: int | None = None
         """A ``stop`` applied at the boundary before this step: raised at its first batch or backward."""
-        """(AMP on, cudnn.benchmark) as the step records carry them (``context.set_step_fields``)."""
         for text in scheduled:
             command, step = controls.parse_scheduled(text)
             self._add(step, command, f"s{next(self._ids)}", "schedule")
@@ -233,8 +233,10 @@ class ControlPlugin(ProbePlugin):
         end (the records' ``amp`` and ``cudnn_benchmark`` are step fields); the boundary's also while no
         command is scheduled and the run is not paused (live commands wake it: ``at_boundary``); the
         optimizer step's also while no command waits for it and no learning rate is pinned or held."""
-        if self.amp.enabled or self._stop_before is not None:
-            return frozenset({"on_batch"} if self._stop_before is None else ())
+        if self._stop_before is not None:
+            return frozenset()  # the next step's first batch or backward raises it
+        if self.amp.enabled:
+            return frozenset({"on_batch"})
         idle = {"on_batch", "on_backward_start", "on_backward_end", "after_step"}
         if not self._schedule and not self.paused:
             idle.add("at_boundary")

@@ -40,7 +40,8 @@ class DetailGovernor:
         """Set after a non-finite value (any thread): every step is a detail step again, so that the next one
         is caught at the very step it happens."""
         self.close_look_until = -1
-        """Every step up to this one is a detail step (any thread sets it: a loss that jumped, ``look_closer``)."""
+        """Every step before this one is a detail step (any thread sets it: a loss that jumped, the probe's
+        ``_look_closer``)."""
         self._own_s = 0.0
         self._time_s = 0.0
         self._steps = 0

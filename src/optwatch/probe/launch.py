@@ -12,6 +12,7 @@ import subprocess
 import sys
 import types
 
+from optwatch import protocol
 from optwatch.launchers import Launch
 
 FOLLOWER_WAIT_S = 10.0
@@ -61,7 +62,7 @@ def run_script(script: str, args: list[str]) -> int:
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         sys.exit(1)
     except KeyboardInterrupt:
-        exit_code = 130  # as the interpreter ends on one: Ctrl-C, or optwatch's `stop` at a step boundary
+        exit_code = protocol.INTERRUPTED  # Ctrl-C, or optwatch's `stop`
         raise
     except BaseException:
         exit_code = 1

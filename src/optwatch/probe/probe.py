@@ -158,16 +158,16 @@ class Probe:
         # the precision trained in (``_note_step_precision``)
         self._autocast_entries = 0
         self._autocast_dtype: torch.dtype | None = None
+        self._compiled_autocast = False
+        """torch.compile compiled an autocast into the training's code (the script's ``with`` inside it)."""
         self._weights_dtype: torch.dtype | None = None
         self._entries_mark = 0
         """``_autocast_entries`` at the end of the last step (``_note_step_precision``)."""
         self._under_autocast = False
+        # a loss that jumps (``_loss_jumped``, on the channel thread)
         self._recent_losses: collections.deque[float] = collections.deque(maxlen=48)
-        """The last losses read back (the channel thread's, for ``_loss_jumped``)."""
         self._loss_bar: float | None = None
         self._losses_seen = 0
-        self._compiled_autocast = False
-        """torch.compile compiled an autocast into the training's code (the script's ``with`` inside it)."""
         self._last_bg_cpu = 0.0
         self._tables_stale = False
         # plugins
@@ -340,8 +340,16 @@ class Probe:
 
     def pin_detail(self) -> None:
         self.governor.pinned = True
-        # And at once: the step now running ends with a record and a plan (every step), not as a light step
-        # until the next detail step the old spacing planned, up to 128 steps on.
+        self._detail_at_once()
+
+    def _look_closer(self) -> None:
+        """Every step a detail step for the next ``LOOK_CLOSER_STEPS`` (any thread: a loss that jumped)."""
+        self.governor.close_look_until = self.step - self.first_step + LOOK_CLOSER_STEPS
+        self._detail_at_once()
+
+    def _detail_at_once(self) -> None:
+        # The step now running ends with a record and a plan (every step), not as a light step until the next
+        # detail step the old spacing planned, up to 128 steps on.
         self.detail_every = 1
 
     def set_step_fields(self, **fields: Any) -> None:
@@ -653,6 +661,27 @@ class Probe:
             self._step_start = now + held_s
             self.own_s = time.perf_counter() - self._step_start
 
+    def _note_step_precision(self) -> None:
+        """At a step's end: it trained under autocast if a training forward entered one since the last step's
+        end (the script's own, or optwatch's ``amp=on`` entered at the boundary), or if one is compiled into
+        its code; the step field ``precision`` changes with the very step that changed."""
+        entered = self._autocast_entries != self._entries_mark
+        self._entries_mark = self._autocast_entries
+        under = entered or self._compiled_autocast
+        if under != self._under_autocast and self.device is not None:
+            self._set_precision(under)
+
+    def _set_precision(self, under_autocast: bool) -> None:
+        self._under_autocast = under_autocast
+        if under_autocast and self._autocast_dtype is not None:
+            precision = f"{dtype_name(self._autocast_dtype)} autocast"
+        elif self._weights_dtype is not None:
+            precision = dtype_name(self._weights_dtype)
+        else:
+            return
+        if self._step_fields.get("precision") != precision:
+            self.set_step_fields(precision=precision)
+
     def _note_light_step(self, now: float) -> None:
         """The end of a step between detail steps that no plugin needs: its raw values only, no record yet
         (what the step's end costs shows as much again in the training's own work: the fewer objects it
@@ -809,27 +838,6 @@ class Probe:
         self.publish([self._hello()])
 
     # --- off the training thread ---------------------------------------------------------------------------------
-    def _note_step_precision(self) -> None:
-        """At a step's end: it trained under autocast if a training forward entered one since the last step's
-        end (the script's own, or optwatch's ``amp=on`` entered at the boundary), or if one is compiled into
-        its code; the step field ``precision`` changes with the very step that changed."""
-        entered = self._autocast_entries != self._entries_mark
-        self._entries_mark = self._autocast_entries
-        under = entered or self._compiled_autocast
-        if under != self._under_autocast and self.device is not None:
-            self._set_precision(under)
-
-    def _set_precision(self, under_autocast: bool) -> None:
-        self._under_autocast = under_autocast
-        if under_autocast and self._autocast_dtype is not None:
-            precision = f"{dtype_name(self._autocast_dtype)} autocast"
-        elif self._weights_dtype is not None:
-            precision = dtype_name(self._weights_dtype)
-        else:
-            return
-        if self._step_fields.get("precision") != precision:
-            self.set_step_fields(precision=precision)
-
     def _sentinel(self, records: list[dict[str, Any]]) -> None:
         """On the channel thread, with values read back: a non-finite loss or gradient norm brings every step
         back to being a detail step, and arms the forward check, so the next one is caught at its step; a
@@ -847,8 +855,7 @@ class Probe:
                         return
                 loss = record.get("loss")
                 if isinstance(loss, float) and self._loss_jumped(loss):
-                    self.governor.close_look_until = self.step - self.first_step + LOOK_CLOSER_STEPS
-                    self.detail_every = 1  # at once, as for a pin
+                    self._look_closer()
 
     def _loss_jumped(self, loss: float) -> bool:
         """``loss`` is ``LOSS_JUMP`` times the recent losses' median and far outside their spread (MAD). The
