@@ -118,6 +118,18 @@ class RunRecorder:
         except OSError as exc:  # a full disk: the record says what it can
             log.warning("optwatch hub: cannot write %s: %s", runs.SUMMARY_NAME, exc)
 
+    def mark_ended(self, status: str, exit_code: int | None = None) -> None:
+        """Say how the run ended, with what it recorded so far (the stream stays open for what follows)."""
+        self.flush()
+        self.summary.update(status=status, exit_code=exit_code, ended=time.time())
+        self._write_summary()
+
+    def mark_running(self) -> None:
+        self.summary["status"] = "running"
+        for key in ("exit_code", "ended"):
+            self.summary.pop(key, None)
+        self._write_summary()
+
     def close(self, status: str, exit_code: int | None = None) -> None:
         """End the stream (a complete gzip file) and say how the run ended."""
         if self._fd is not None:
@@ -125,7 +137,8 @@ class RunRecorder:
             if self._fd is not None:
                 self._write(self._deflate.flush(zlib.Z_FINISH))
             self._close_fd()
-        self.summary.update(status=status, exit_code=exit_code, ended=time.time())
+        self.summary.update(status=status, exit_code=exit_code)
+        self.summary.setdefault("ended", time.time())
         self._write_summary()
 
     def _close_fd(self) -> None:

@@ -271,8 +271,11 @@ class Hub:
 
     def _end_recording(self) -> None:
         recorder, self.recorder = self.recorder, None
-        if recorder is None:
-            return
+        if recorder is not None:
+            recorder.close(*self._how_the_run_ended())
+
+    def _how_the_run_ended(self) -> tuple[str, int | None]:
+        """The record's status and exit code, from the ranks' ends and the commands they took."""
         codes = [end.get("exit_code") for end in self.history.end.values()]
         stopped = any(
             record.get("kind") == protocol.EVENT
@@ -284,14 +287,12 @@ class Hub:
         failed = [code for code in codes if isinstance(code, int) and code not in (0, protocol.INTERRUPTED)]
         ended_all = self.history.hello and set(self.history.hello) <= set(self.history.end)
         if failed:
-            status, code = f"failed (exit {failed[0]})", failed[0]
-        elif stopped or interrupted:
-            status, code = "stopped", protocol.INTERRUPTED if interrupted else 0
-        elif ended_all:
-            status, code = "finished", 0
-        else:
-            status, code = "ended", None  # ranks gone without saying so (killed), or the hub was stopped
-        recorder.close(status, code)
+            return f"failed (exit {failed[0]})", failed[0]
+        if stopped or interrupted:
+            return "stopped", protocol.INTERRUPTED if interrupted else 0
+        if ended_all:
+            return "finished", 0
+        return "ended", None  # ranks gone without saying so (killed), or the hub was stopped
 
     def close(self) -> None:
         self._end_recording()
@@ -618,11 +619,16 @@ class Hub:
             for rank, hello in hellos.items()
         )
         if not done:
+            if self._ended_at is not None and self.recorder is not None:
+                self.recorder.mark_running()  # a rank came back in the linger (torchrun restarted the job)
             self._ended_at = None
             return False
         if self._ended_at is None:
             self._ended_at = now
             self._read_logs()
+            if self.recorder is not None:
+                # `optwatch runs` says how the run ended once it has, not after the viewers' linger.
+                self.recorder.mark_ended(*self._how_the_run_ended())
         return now - self._ended_at >= LINGER_AFTER_END_S
 
 
