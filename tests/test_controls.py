@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import subprocess
@@ -10,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
 from optwatch import runs
+from optwatch.wire import runtime
 
 
 def inside(stdout: str) -> dict[int, dict[str, str]]:
@@ -181,6 +185,57 @@ def test_a_stop_under_nproc_per_node_exits_130_as_the_ranks_did():
         str(EXAMPLES / "ddp.py"), "--steps", "100000",
     )  # fmt: skip
     assert result.returncode == 130, result.stderr[-2000:]
+
+
+def _stop_lines(output: str, tag: str) -> list[dict]:
+    return [json.loads(line.split(tag, 1)[1]) for line in output.splitlines() if line.startswith(tag)]
+
+
+@pytest.mark.slow
+def test_a_stop_under_ddp_lets_rank_0_finish_saving_its_checkpoint(tmp_path):
+    """Every rank ends the stop in its own handler; rank 1's is quick, rank 0 writes a checkpoint for 2 s. A
+    rank that exits 130 is a failed worker to torchrun, which then sent SIGTERM to rank 0 mid-save: the
+    checkpoint was never written. Now each rank's stop ends as a finished worker, and the launch says 130."""
+    checkpoint = tmp_path / "last.pt"
+    result = optwatch(
+        "run", "--headless", "--no-record", "--nproc-per-node", "2", "--control", "stop@20",
+        str(SCRIPTS / "ddp_checkpoint.py"), "--out", str(checkpoint),
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output[-3000:]
+    assert sorted((s["rank"], s["step"]) for s in _stop_lines(output, "STOPPED ")) == [(0, 20), (1, 20)]
+    assert _stop_lines(output, "SAVED ") == [{"step": 20}]
+    assert torch.load(checkpoint)["step"] == 20
+    assert "SIGTERM" not in output
+
+
+@pytest.mark.slow
+def test_under_plain_torchrun_a_stop_ends_the_job_whole_and_the_run_is_said_stopped(tmp_path):
+    """The user's own torchrun, no `--nproc-per-node`: torchrun's exit is 0 (it restarts or tears down a job
+    with a failed worker); optwatch's record of the run says it was stopped."""
+    checkpoint = tmp_path / "last.pt"
+    runs_dir = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
+         "-m", "optwatch", "run", "--control", "stop@20",
+         str(SCRIPTS / "ddp_checkpoint.py"), "--out", str(checkpoint)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OPTWATCH_RUNS_DIR": str(runs_dir)},
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    # One start: --max-restarts=1 would have run the script again after a failed worker.
+    assert sorted((s["rank"], s["step"]) for s in _stop_lines(output, "STOPPED ")) == [(0, 20), (1, 20)]
+    assert torch.load(checkpoint)["step"] == 20
+    # Said as soon as the ranks have ended, while the hub lingers for its last viewers.
+    [summary_path] = runs_dir.glob("*/run.json")
+
+    def ended() -> dict | None:
+        summary = json.loads(summary_path.read_text())
+        return summary if summary["status"] != "running" else None
+
+    summary = wait_for(ended)
+    assert (summary["status"], summary["steps"]) == ("stopped", 20), summary
+    assert runtime.pid_alive(summary["hub_pid"])
 
 
 @pytest.mark.slow

@@ -463,7 +463,7 @@ def _run_dashboard(session, process, recorded: str) -> int:
         return 0
     if process.stop_requested:
         return 0  # stopped as the user asked (q, y): not a failure to report (make would say "Error 130")
-    return process.exit_code() or 0
+    return session.exit_code() or 0
 
 
 def resolve_job(target: str | None):

@@ -10,7 +10,7 @@ import time
 from typing import Any, TextIO
 
 from optwatch.diagnose.bottleneck import bound_text, duration_text
-from optwatch.protocol import INTERRUPTED, finite
+from optwatch.protocol import finite
 from optwatch.session import ViewerSession
 from optwatch.store import Store
 from optwatch.summary import cost_text
@@ -249,13 +249,4 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
         print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
     if process is None:
         return 0
-    code = process.exit_code()
-    if code and getattr(process, "nproc_per_node", None) and _every_rank_interrupted(session.store):
-        return INTERRUPTED  # `stop` or Ctrl-C: torchrun says 1 (a rank "failed"); the script's own is 130
-    return code
-
-
-def _every_rank_interrupted(store: Store) -> bool:
-    with store.lock:
-        ends = [state.end for state in store.ranks.values() if state.hello is not None]
-    return bool(ends) and all(end is not None and end.get("exit_code") == INTERRUPTED for end in ends)
+    return session.exit_code() or 0

@@ -54,6 +54,8 @@ counts in the hub's own sequence."""
 INTERRUPTED = 130
 """An ``end`` record's ``exit_code`` after a KeyboardInterrupt (Ctrl-C, or a ``stop`` command), as the
 interpreter ends on one."""
+STOPPED_BY_REQUEST = "optwatch: stopped by request"
+"""How the KeyboardInterrupt of a ``stop`` command begins (the launcher tells it from a Ctrl-C by it)."""
 
 
 class ProtocolError(ValueError):

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from optwatch import protocol
 from optwatch.store import RecordWriter, Store
 from optwatch.supervisor import TrainingProcess
 from optwatch.wire.logs import LogTail
@@ -159,6 +160,22 @@ class ViewerSession:
         if now - self._exit_seen_at > linger_s:
             return True
         return self.store.finished() and now - self._last_records_at >= quiet_s
+
+    def exit_code(self) -> int | None:
+        """The job's exit code once it ended: its process's, but 130 for a launch (``--nproc-per-node``)
+        whose every rank ended on a stop or a Ctrl-C, where torchrun says 1 (a rank "failed") or 0 (after
+        optwatch's ``stop``, which each rank ends as a finished worker: ``probe.launch.run_as_rank``)."""
+        if self.process is None:
+            return None
+        code = self.process.exit_code()
+        if code is not None and getattr(self.process, "nproc_per_node", None) and self._every_rank_interrupted():
+            return protocol.INTERRUPTED
+        return code
+
+    def _every_rank_interrupted(self) -> bool:
+        with self.store.lock:
+            ends = [state.end for state in self.store.ranks.values() if state.hello is not None]
+        return bool(ends) and all(end is not None and end.get("exit_code") == protocol.INTERRUPTED for end in ends)
 
     def close(self) -> None:
         self.feed.close()

@@ -160,7 +160,7 @@ class OptwatchApp(App[None]):
             while session.answers:
                 self.post_message(CommandAnswered(*session.answers.popleft()))
             if session.done():
-                self.post_message(RunExited(session.process.exit_code() if session.process else None))
+                self.post_message(RunExited(session.exit_code()))
                 return
 
     def on_feed_updated(self, message: FeedUpdated) -> None:

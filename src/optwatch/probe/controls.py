@@ -362,7 +362,7 @@ class ControlPlugin(ProbePlugin):
             step, self._stop_before = self._stop_before, None
             if self.context is not None:
                 self._set_idle_callbacks(self.context)  # (a script that catches it and trains on)
-            raise KeyboardInterrupt(f"optwatch: stopped by request before step {step}")
+            raise KeyboardInterrupt(f"{protocol.STOPPED_BY_REQUEST} before step {step}")
 
     def _event(self, text, status, reason, effective_step, command_id, source) -> dict[str, Any]:
         return protocol.make_record(

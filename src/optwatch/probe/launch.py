@@ -41,6 +41,19 @@ def _run_as_main(path: str) -> None:
     exec(code, main.__dict__)
 
 
+def ended_on_a_requested_stop(exc: BaseException) -> bool:
+    """Whether the script ended on optwatch's ``stop``: its KeyboardInterrupt let through, or an exit with
+    the interrupted code raised while handling it (``except KeyboardInterrupt: save(); sys.exit(130)``)."""
+    if isinstance(exc, SystemExit) and exc.code != protocol.INTERRUPTED:
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt) and str(cause).startswith(protocol.STOPPED_BY_REQUEST):
+            return True
+        cause = cause.__context__
+    return False
+
+
 def run_script(script: str, args: list[str]) -> int:
     from optwatch.probe.start import start_probe
 
@@ -97,6 +110,20 @@ def run_as_rank(launch: Launch, script: str, args: list[str], viewer: list[str] 
         )
     try:
         return run_script(script, args)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if launch.launcher != "torchrun" or launch.world_size < 2 or not ended_on_a_requested_stop(exc):
+            raise
+        # torchrun's agent takes a rank's non-zero exit for a failure: it would end the other ranks at once,
+        # in their own handling of the stop (rank 0 saving its checkpoint), or restart the job. Every rank
+        # stops at the same step, so each ends as a finished worker; the hub and the viewers say "stopped".
+        if launch.rank == 0:
+            print(
+                "optwatch: stopped by request: each rank exits 0, so that torchrun lets every rank finish "
+                "its own handling of the stop",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 0
     finally:
         if follower is not None:
             try:
