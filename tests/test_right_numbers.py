@@ -53,6 +53,18 @@ def test_a_gan_has_each_optimizers_loss_and_the_primarys_gradient_norm(tmp_path)
     assert [s["losses"]["optD"] for s in steps] == [s["loss"] for s in steps]
 
 
+def test_an_optimizer_stepping_another_inside_its_step_is_one_optimizer_with_the_loss(tmp_path):
+    """ZeroRedundancyOptimizer steps the AdamW it wraps from its own step(): the inner step had taken the loss
+    as a second optimizer's, and the step's own loss was empty (every step, on every rank)."""
+    records, stdout, _ = run(tmp_path, "zero_optimizer", options=("--budget", "0"))
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss")
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    assert_same(steps, truth, "lr", "lr")
+    assert not any(s.get("losses") for s in steps)
+
+
 def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):
     records, stdout, _ = run(tmp_path, "lbfgs")
     truth = truth_of(stdout)

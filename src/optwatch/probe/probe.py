@@ -123,6 +123,8 @@ class Probe:
         self._schedulers: list[weakref.ref[Any]] = []
         """The LR schedulers made so far, weakly (refs, not a WeakSet: a scheduler class may be unhashable)."""
         self._stepping: torch.optim.Optimizer | None = None
+        self._inner_stepping: torch.optim.Optimizer | None = None
+        """An optimizer stepping inside ``_stepping``'s step (one that another wraps)."""
         self._scaler_stepping: torch.optim.Optimizer | None = None
         self._stepped = False
         self._params: list[torch.Tensor] = []
@@ -570,7 +572,13 @@ class Probe:
             self._autocast_entries += 1
 
     def optimizer_step_starting(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self._stepping is not None and optimizer is not self._stepping:
+            # Stepped inside another's step: the optimizer that ZeroRedundancyOptimizer, Lookahead or SAM wrap
+            # is part of their step, not a second optimizer with a loss of its own.
+            self._inner_stepping = optimizer
+            return
         started = time.perf_counter()
+        self._inner_stepping = None  # (an inner step that raised never ended)
         if self._primary is None:
             self._primary = optimizer
         self._stepping = optimizer
@@ -586,6 +594,9 @@ class Probe:
         self.own_s += time.perf_counter() - started
 
     def optimizer_step_ended(self, optimizer: torch.optim.Optimizer) -> None:
+        if optimizer is self._inner_stepping:
+            self._inner_stepping = None
+            return
         started = time.perf_counter()
         self._stepping = None
         if optimizer is self._primary:
