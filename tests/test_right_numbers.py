@@ -8,6 +8,7 @@ script runs unchanged under ``optwatch run --headless --record`` and every step 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +64,27 @@ def test_an_optimizer_stepping_another_inside_its_step_is_one_optimizer_with_the
     assert_same(steps, truth, "grad_norm", "grad_norm")
     assert_same(steps, truth, "lr", "lr")
     assert not any(s.get("losses") for s in steps)
+
+
+def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path):
+    """A NaN guard and a spike guard skip the optimizer's step and zero the gradients at the next batch: the
+    skipped batch's loss was added to the next step's (a NaN, or 10x), its gradients were that step's
+    per-layer norms, and a clean step got the alert."""
+    records, stdout, stderr = run(tmp_path, "skipped_steps", options=("--budget", "0"))
+    truth = truth_of(stdout)
+    skipped = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("SKIPPED ")]
+    assert {s["why"] for s in skipped} == {"nan", "spike"}
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss")
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    # Each step's layers are its own gradients: together, the norm the script's clip gave.
+    layers = {r["step"]: r for r in records if r["kind"] == "layers"}
+    after_a_skip = {s["before_step"] for s in skipped}
+    assert after_a_skip <= set(layers)
+    for step in after_a_skip:
+        together = math.sqrt(sum(n * n for n in layers[step]["grad_norm"]))
+        assert together == pytest.approx(truth[step]["grad_norm"], rel=1e-4), step
+    assert not [r for r in records if r["kind"] == "alert"], stderr[-2000:]
 
 
 def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):

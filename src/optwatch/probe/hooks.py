@@ -5,6 +5,7 @@ Zero-code mode cannot ask the script where its steps are, so it listens where ev
     torch.autograd.backward                       the loss, and the gradients' arrival
     torch.amp.GradScaler.scale / .step            the unscaled loss; a step the scaler skipped
     torch.optim.Optimizer.__init__, step hooks    optimizers as they are made; their steps (global hooks)
+    Optimizer.zero_grad, nn.Module.zero_grad      gradients thrown away before a step (a step skipped)
     torch.utils.data DataLoader iterators         batches: how long the loop waited, how many samples
     torch.nn.utils clipping functions             the gradients before they are clipped, and the clip
     torch.optim.lr_scheduler.LRScheduler          schedulers, so a manual learning rate can move them
@@ -76,6 +77,10 @@ class HookTarget(Protocol):
     def optimizer_step_starting(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None: ...
 
     def optimizer_step_ended(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def gradients_reset(self, owner: torch.optim.Optimizer | torch.nn.Module) -> None:
+        """``owner.zero_grad()`` is about to run."""
+        ...
 
     def scaler_stepped(self, scaler: Any, optimizer: torch.optim.Optimizer) -> None:
         """After ``GradScaler.step``, which may have skipped ``optimizer.step()`` for inf/NaN gradients."""
@@ -244,6 +249,8 @@ class TorchHooks:
         pre = register_optimizer_step_pre_hook(self._pre_step)
         post = register_optimizer_step_post_hook(self._post_step)
         self._undo += [pre.remove, post.remove]
+        self._patch(torch.optim.Optimizer, "zero_grad", self._zero_grad)
+        self._patch(torch.nn.Module, "zero_grad", self._zero_grad)
         self._patch(_BaseDataLoaderIter, "__next__", self._next_batch)
         self._patch(_BaseDataLoaderIter, "__init__", self._iterator_init)
         for module in (torch.nn.utils, torch.nn.utils.clip_grad):
@@ -339,6 +346,20 @@ class TorchHooks:
                 target.optimizer_step_ended(optimizer)
             except Exception:
                 self._failed("optimizer step hook")
+
+    def _zero_grad(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        def zero_grad(owner, *args, **kwargs):
+            target = hooks._live()
+            if target is not None and not target.closed:
+                try:
+                    target.gradients_reset(owner)
+                except Exception:
+                    hooks._failed("zero_grad hook")
+            return original(owner, *args, **kwargs)
+
+        return zero_grad
 
     def _next_batch(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self

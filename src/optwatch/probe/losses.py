@@ -1,7 +1,8 @@
 """What each optimizer's step backpropagated: the step's loss, and the losses of the other optimizers.
 
 A step's loss is the sum of the scalars backpropagated since the previous step of any optimizer (what
-gradient accumulation averages into the gradients it applies), unscaled when a GradScaler scaled them; under
+gradient accumulation averages into the gradients it applies; a ``zero_grad()`` before the step, a batch
+the script skips, clears them), unscaled when a GradScaler scaled them; under
 a closure (LBFGS, Lightning) the closure's first evaluation. Every other optimizer that steps gets its loss by
 the same rule, in the ``losses`` map of the primary's step it steps with.
 """
@@ -56,6 +57,11 @@ class StepLosses:
         """GradScaler.scale(loss) gave ``scaled``: a backward on it backpropagates ``loss``."""
         if scaled.numel() == 1:
             self._scaled[id(scaled)] = (scaled, loss)
+
+    @property
+    def pending(self) -> bool:
+        """Some were backpropagated since the last ``take``."""
+        return bool(self._losses)
 
     @property
     def device(self) -> torch.device | None:

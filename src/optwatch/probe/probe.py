@@ -610,6 +610,25 @@ class Probe:
             self._other_optimizer_stepped(optimizer)
             self.own_s += time.perf_counter() - started
 
+    def gradients_reset(self, owner: torch.optim.Optimizer | torch.nn.Module) -> None:
+        """The script throws away the gradients of what it backpropagated since the last step (a step it
+        skipped: a NaN or spike guard, ``zero_grad(); continue``): so do the step's loss and measures."""
+        if self._stepping is not None or not (self._losses.pending or self._gradients_final):
+            return  # the usual case (after a step, before a backward); or a closure's, inside the step
+        if self._no_optimizer_step_due:
+            return  # no optimizer: the backward was the step (its update made by hand), ended at the next
+        if self._primary is not None:
+            if isinstance(owner, torch.nn.Module):
+                first = next(owner.parameters(), None)
+                self.parameters()  # (keeps the primary's parameter ids up to date)
+                if first is None or id(first) not in self._param_ids:
+                    return  # another model's gradients (a GAN's other network, a teacher)
+            elif owner is not self._primary:
+                return
+        started = time.perf_counter()
+        self._clear_gradients()
+        self.own_s += time.perf_counter() - started
+
     def scaler_step_starting(self, optimizer: torch.optim.Optimizer) -> None:
         self._stepped = False
 
@@ -803,9 +822,13 @@ class Probe:
         self._clear_step()
 
     def _clear_step(self) -> None:
-        self._losses.clear()
         self._batches.clear()
         self._backward_started = None
+        self._clear_gradients()
+
+    def _clear_gradients(self) -> None:
+        """What the step's backward passes gave: their losses, and the gradients' measures."""
+        self._losses.clear()
         self._gradients_final = False
         self._grad_norm = None
         self._grad_part = False
