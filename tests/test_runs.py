@@ -9,6 +9,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -73,6 +75,21 @@ def test_runs_lists_them_and_replay_opens_one_by_id(two_runs):
     assert f"loss {printed['0.2'][-1]:.4f}" in replay.stdout
     unknown = optwatch("replay", "no-such-run", env=env)
     assert unknown.returncode == 2 and "no run or file 'no-such-run'" in unknown.stderr
+
+
+@pytest.mark.xdist_group("two_runs")
+@pytest.mark.parametrize("command", [["runs"], ["runs", "--json"], ["compare", "--headless"]])
+def test_a_listing_read_only_in_part_ends_quietly(two_runs, command):
+    """`optwatch runs | head -1`: the reader goes; optwatch ends without a BrokenPipeError traceback."""
+    root, env, _ = two_runs
+    if command[0] == "compare":
+        command = [*command, *(entry.run_id for entry in runs.list_runs(root))]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    process.stdout.close()  # gone before the first line
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0 and stderr == b"", stderr.decode()[-2000:]
 
 
 def test_no_record_keeps_nothing(tmp_path):

@@ -262,10 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         "export": runs_cli.cmd_export,
     }[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a reader gone is a quiet end, not at the interpreter's exit
+        return code
     except (UsageError, RuntimeDirError, runs_cli.RunError) as exc:
         print(f"optwatch: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `optwatch runs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 0
 
 
 class UsageError(Exception):
