@@ -272,6 +272,28 @@ def test_under_ddp_a_command_lands_on_every_rank_at_the_same_step(tmp_path):
         assert lrs[effective - 1] == 0.01 and lrs[effective] == 0.005, rank
 
 
+def test_an_lr_command_at_a_warm_ups_zero_is_refused_not_applied_for_one_step(tmp_path):
+    """A warm-up from 0 (the Hugging Face schedules') cannot be scaled from 0: `lr=V@0` was accepted, "the
+    schedule goes on from the new level", and step 1 went back to the schedule. Now it is refused, and a
+    command at a later step scales the schedule as promised."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr=0.01@0", "--control", "lr=0.02@3",
+        str(SCRIPTS / "plain_train.py"), "--steps", "8", "--warmup", "5", "--lr", "0.05",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lr_lines = [line.split() for line in result.stdout.splitlines() if line.startswith("lr ")]
+    used = {int(step): float(value) for _, step, value in lr_lines}
+    events = {e["command"]: e for e in read_jsonl(record) if e["kind"] == "event"}
+    refused = events["lr=0.01"]
+    assert refused["status"] == "rejected" and "learning rate is 0 at this step" in refused["reason"]
+    assert "lr=0.01 rejected" in result.stderr
+    assert used[0] == 0.0 and used[1] == pytest.approx(0.01) and used[2] == pytest.approx(0.02)  # the schedule's own
+    assert events["lr=0.02"]["status"] == "accepted"
+    # From step 3 the schedule goes on at 0.02/0.03 of itself: 0.05 * 4/5 * 2/3 at step 4.
+    assert used[3] == pytest.approx(0.02) and used[4] == pytest.approx(0.05 * 0.8 * 2 / 3)
+
+
 def test_a_command_scheduled_past_the_last_step_is_said_to_be_never_applied(tmp_path):
     """`--control lr=0.001@50` on a 10-step run: the run ends, and the command is a rejected event with the
     reason in the record and on the headless output, not silently dropped."""

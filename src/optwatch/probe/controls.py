@@ -437,6 +437,7 @@ class ControlPlugin(ProbePlugin):
                 f"the optimizer has {len(groups)} param group(s) (0-{len(groups) - 1}), not {command.group}"
             )
         indices = [command.group] if command.group is not None else range(len(groups))
+        scheduled = any(_drives(s, optimizer) for s in _schedulers_of(context))
         changes: dict[int, tuple[float, float]] = {}
         for index in indices:  # every check before any change: a command applies to all its groups or to none
             lr = groups[index].get("lr")
@@ -446,10 +447,16 @@ class ControlPlugin(ProbePlugin):
                     "optwatch leaves it to the optimizer"
                 )
             old = _one_number(lr)
+            if old == 0 and (scheduled or command.scale):
+                # No factor moves a schedule (or a rate) from 0: the next step would be the schedule's again.
+                raise controls.CommandError(
+                    f"param group {index}'s learning rate is 0 at this step (a warm-up's start?): "
+                    + ("0 scaled is 0" if command.scale else "a schedule cannot be scaled from 0")
+                    + "; send it for a later step"
+                )
             new = old * float(command.value) if command.scale else float(command.value)
             _check_rate(new, groups[index]["params"], command, old)
             changes[index] = (old, new)
-        scheduled = any(_drives(s, optimizer) for s in _schedulers_of(context))
         described = []
         for index, (old, new) in changes.items():
             self._rescale_group(context, optimizer, index, new)
@@ -463,11 +470,12 @@ class ControlPlugin(ProbePlugin):
             # lr*=F, which scales what they set for step N (the schedule's base moved by F just now, or F
             # held against the script's values): pinned to F x step N-1's value, it was scaled twice.
             self._lr_pin = (context.step, {index: new for index, (_, new) in changes.items()})
-        how = (
-            "the scheduler's schedule goes on from the new level"
-            if scheduled
-            else "held until the next lr command: values the script assigns are scaled to match"
-        )
+        if scheduled:
+            how = "the scheduler's schedule goes on from the new level"
+        elif any(old == 0 for old, _ in changes.values()):
+            how = "held until the script assigns a rate of its own, which a rate of 0 gives no factor to scale"
+        else:
+            how = "held until the next lr command: values the script assigns are scaled to match"
         return "; ".join(described) + f" ({how})"
 
     def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
