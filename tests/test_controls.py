@@ -294,6 +294,37 @@ def test_an_lr_command_at_a_warm_ups_zero_is_refused_not_applied_for_one_step(tm
     assert used[3] == pytest.approx(0.02) and used[4] == pytest.approx(0.05 * 0.8 * 2 / 3)
 
 
+def test_an_lr_command_to_adafactor_computing_its_own_rate_is_refused(tmp_path):
+    """Adafactor with relative_step=True never reads the group's lr, which its AdafactorSchedule fills in: an
+    lr command was accepted, recorded as applied, and changed nothing (the losses were the same bits)."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr=0.001!@4", "--control", "lr*=2@6",
+        str(SCRIPTS / "adafactor_relative.py"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = {e["command"]: e for e in read_jsonl(record) if e["kind"] == "event"}
+    for command in ("lr=0.001!", "lr*=2"):
+        assert events[command]["status"] == "rejected", events[command]
+        assert "relative_step=True" in events[command]["reason"]
+    bare = subprocess.run([sys.executable, str(SCRIPTS / "adafactor_relative.py")], capture_output=True, text=True)
+    assert result.stdout == bare.stdout  # the training as without optwatch
+
+
+def test_an_lr_command_in_a_gan_says_which_optimizer_it_moved(tmp_path):
+    """Two optimizers: `lr=V` moves the primary's (the first to step, DCGAN's optD) and says so; it read
+    "group 0: ..." as if it were the run's only rate."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr=0.0001@5", str(SCRIPTS / "gan.py"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [event] = [e for e in read_jsonl(record) if e["kind"] == "event"]
+    assert event["status"] == "accepted", event
+    assert event["reason"].startswith("optD group 0: 0.002 -> 0.0001"), event["reason"]
+    assert "the run's other optimizers keep theirs" in event["reason"]
+
+
 def test_a_command_scheduled_past_the_last_step_is_said_to_be_never_applied(tmp_path):
     """`--control lr=0.001@50` on a 10-step run: the run ends, and the command is a rejected event with the
     reason in the record and on the headless output, not silently dropped."""

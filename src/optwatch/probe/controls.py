@@ -446,6 +446,11 @@ class ControlPlugin(ProbePlugin):
                     f"param group {index}'s learning rate is {type(lr).__name__} {lr!r}, not one number: "
                     "optwatch leaves it to the optimizer"
                 )
+            if groups[index].get("relative_step") is True:
+                raise controls.CommandError(
+                    f"param group {index} has relative_step=True: Adafactor computes its own rate at each step "
+                    "and does not read the group's lr (what its AdafactorSchedule reports): optwatch leaves it be"
+                )
             old = _one_number(lr)
             if old == 0 and (scheduled or command.scale):
                 # No factor moves a schedule (or a rate) from 0: the next step would be the schedule's again.
@@ -476,7 +481,9 @@ class ControlPlugin(ProbePlugin):
             how = "held until the script assigns a rate of its own, which a rate of 0 gives no factor to scale"
         else:
             how = "held until the next lr command: values the script assigns are scaled to match"
-        return "; ".join(described) + f" ({how})"
+        others = "; the run's other optimizers keep theirs" if context.primary_name else ""
+        owner = f"{context.primary_name} " if context.primary_name else ""
+        return owner + "; ".join(described) + f" ({how}{others})"
 
     def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
         """At the command's step: exactly the value asked for, whatever the script or its scheduler did since

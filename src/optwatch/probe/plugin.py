@@ -67,6 +67,11 @@ class ProbeContext(Protocol):
     @property
     def primary_optimizer(self) -> torch.optim.Optimizer | None: ...
 
+    @property
+    def primary_name(self) -> str | None:
+        """The primary optimizer's name (``optD``) once another optimizer has stepped too, else None."""
+        ...
+
     def parameters(self) -> list[torch.Tensor]:
         """The primary optimizer's parameters (else the model's), kept while its param groups are the same."""
         ...

@@ -312,6 +312,10 @@ class Probe:
     def primary_optimizer(self) -> torch.optim.Optimizer | None:
         return self._primary
 
+    @property
+    def primary_name(self) -> str | None:
+        return self._name_of(self._primary) if self._primary is not None and self._records.others else None
+
     def emit(self, record: dict[str, Any]) -> None:
         self._records.emit(record)
 
