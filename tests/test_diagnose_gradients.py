@@ -209,6 +209,26 @@ def test_a_loss_that_jumps_at_a_step_whose_gradients_were_not_measured_is_explod
     assert feed(GradientDiagnosis(), measured) == []
 
 
+def test_a_negative_loss_that_dives_is_exploding_once_for_the_whole_dive():
+    """A WGAN critic's loss lives below 0: it never entered the baseline (positive values only), so its dive
+    from -9.5 to -1e4 between detail steps raised nothing until a detail step, and then again at each
+    later one (the loss-only steps between them read as healthy, ending the episode each time)."""
+    rng = random.Random(3)
+    calm = [
+        StepInput(step=i, loss=-9.5 + rng.gauss(0, 1.0), grad_norm=10.0 if i % 128 == 0 else None) for i in range(300)
+    ]
+    assert feed(GradientDiagnosis(), calm) == []
+    # Down by 1.2x a step to -12,000 (steps 300-339), then there with the gradients 50x what they were.
+    dive = [StepInput(step=i, loss=-9.5 * 1.2 ** (i - 299)) for i in range(300, 340)]
+    after = [
+        StepInput(step=i, loss=-12000 + rng.gauss(0, 1000), grad_norm=500.0 if i % 128 == 0 else None)
+        for i in range(340, 1100)
+    ]
+    alerts = feed(GradientDiagnosis(), [*calm, *dive, *after])
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 312)], alerts
+    assert alerts[0]["message"].startswith("loss -102 is 10× its median -10.1")
+
+
 @pytest.mark.parametrize(
     "skipped, why",
     [("unarmed", "it starts at the first non-finite value, this one (--forward-check auto"),

@@ -278,7 +278,9 @@ class _Baseline:
 
     _REFRESH = 5
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, signed: bool = False):
+        self.signed = signed
+        """Values of either sign count (a loss: a WGAN critic's is negative); else positive ones only (norms)."""
         self.values: collections.deque[float] = collections.deque(maxlen=size)
         self._steps: collections.deque[int] = collections.deque(maxlen=size)
         self._stale = 0
@@ -287,7 +289,7 @@ class _Baseline:
         self._spacing = 1.0
 
     def add(self, value: float | None, step: int) -> None:
-        if _finite(value) and value > 0:
+        if _finite(value) and (value > 0 or self.signed):
             self.values.append(value)
             self._steps.append(step)
             self._stale += 1
@@ -452,7 +454,8 @@ class _Rise:
 
     @property
     def level(self) -> float:
-        return self.value / self.median
+        """How many times its median: by magnitude (a loss of -105 against -9.5 is 11x)."""
+        return abs(self.value / self.median) if self.median else math.inf
 
 
 class ExplodingRule:
@@ -465,7 +468,7 @@ class ExplodingRule:
         self.episode = Episode(t.recover_steps)
         self.layers: list[str] = []
         self._global = _Baseline(t.baseline_window)
-        self._loss = _Baseline(t.baseline_window)
+        self._loss = _Baseline(t.baseline_window, signed=True)
         """The loss, seen at every step: it stands in for the gradients at a step whose were not measured."""
         self._rms: dict[str, _Baseline] = {}
         self._ratio: dict[str, _Baseline] = {}
@@ -484,11 +487,18 @@ class ExplodingRule:
         if stats is None:
             return None
         median, mad = stats
-        far_out = value > median + self.t.exploding_mads * _MAD_TO_SIGMA * mad
-        if not (value > bar * median and (self.episode.active or far_out)):
-            return None
+        if baseline.signed:
+            # Away from its median by (bar - 1) times its size, either way (a critic's loss diving to -1e4).
+            departure = abs(value - median)
+            far_out = departure > self.t.exploding_mads * _MAD_TO_SIGMA * mad
+            if not (departure > (bar - 1) * abs(median) and (self.episode.active or far_out)):
+                return None
+        else:
+            far_out = value > median + self.t.exploding_mads * _MAD_TO_SIGMA * mad
+            if not (value > bar * median and (self.episode.active or far_out)):
+                return None
         last = baseline.long_gap_before(step) if not self.episode.active else None
-        if last is not None and not value > bar * last:
+        if last is not None and not abs(value - last) > (bar - 1) * abs(last):
             return None  # grown over the gap, maybe smoothly (LoRA's B from zero): not an explosion seen
         return _Rise(name, what, value, median)
 
@@ -552,7 +562,7 @@ class ExplodingRule:
             lead = (
                 f"loss {loss_rise.value:.3g} is {loss_rise.level:.0f}× its median {loss_rise.median:.3g} (last "
                 f"{len(self._loss.values)} steps); its gradients were not measured at this step (optwatch's "
-                "--budget spaces the checks out): the steps after it are checked"
+                "--budget spaces the checks out): every step is checked from about a publish interval after it"
             )
         elif growth:
             lead = (

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
-import math
 import os
 import socket
 import statistics
@@ -168,7 +167,8 @@ class Probe:
         self._under_autocast = False
         # a loss that jumps (``_loss_jumped``, on the channel thread)
         self._recent_losses: collections.deque[float] = collections.deque(maxlen=48)
-        self._loss_bar: float | None = None
+        self._loss_bar: tuple[float, float] | None = None
+        """The recent losses' median, and how far from it a loss must be to have jumped."""
         self._losses_seen = 0
         self._last_bg_cpu = 0.0
         self._tables_stale = False
@@ -896,9 +896,10 @@ class Probe:
                     self._look_closer()
 
     def _loss_jumped(self, loss: float) -> bool:
-        """``loss`` is ``LOSS_JUMP`` times the recent losses' median and far outside their spread (MAD). The
-        median and the spread are refreshed every 16 losses: at thousands of steps a second this runs on a
-        thread that shares the GIL with the training."""
+        """``loss`` is ``LOSS_JUMP`` times the recent losses' median, by magnitude (away from it by
+        ``LOSS_JUMP - 1`` times its size, either way: a critic's loss diving far below 0), and far outside
+        their spread (MAD). The median and the spread are refreshed every 16 losses: at thousands of steps a
+        second this runs on a thread that shares the GIL with the training."""
         recent = self._recent_losses
         recent.append(loss)
         self._losses_seen += 1
@@ -907,8 +908,9 @@ class Probe:
                 return False
             median = statistics.median(recent)
             spread = statistics.median(abs(value - median) for value in recent)
-            self._loss_bar = max(LOSS_JUMP * median, median + 9 * spread) if median > 0 else math.inf
-        return loss > self._loss_bar
+            self._loss_bar = (median, max((LOSS_JUMP - 1) * abs(median), 9 * spread))
+        median, allowed = self._loss_bar
+        return allowed > 0 and abs(loss - median) > allowed
 
 
 def weights_dtype(params: list[torch.Tensor]) -> torch.dtype | None:
