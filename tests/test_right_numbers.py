@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -85,6 +86,23 @@ def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(t
         together = math.sqrt(sum(n * n for n in layers[step]["grad_norm"]))
         assert together == pytest.approx(truth[step]["grad_norm"], rel=1e-4), step
     assert not [r for r in records if r["kind"] == "alert"], stderr[-2000:]
+
+
+def test_the_loops_own_work_before_the_forward_is_not_the_forward(tmp_path):
+    """With no DataLoader, the forward was timed from the step's start: the loop's own work before it (noise
+    drawn, bookkeeping, an EMA update) was "forward", and a loop spending most of its time there was
+    "compute-bound: train on a GPU". The forward now starts at the step's first module call."""
+    records, stdout, stderr = run(tmp_path, "loop_work")
+    truth = truth_of(stdout)
+    detailed = [s for s in steps_of(records) if s["detailed"] and s["step"] >= 2]
+    forward = statistics.median(s["forward_s"] for s in detailed)
+    script_forward = statistics.median(truth[s["step"]]["forward_s"] for s in detailed)
+    script_work = statistics.median(truth[s["step"]]["work_s"] for s in detailed)
+    assert script_work > 4 * script_forward  # the loop's own work is most of the step
+    assert forward < script_forward + 0.0005, (forward, script_forward, script_work)
+    [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")][-1:]
+    assert verdict["bottleneck"] == "host", verdict["message"]
+    assert "outside data loading, forward, backward and optimizer" in verdict["message"]
 
 
 def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):

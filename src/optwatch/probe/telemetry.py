@@ -3,9 +3,12 @@
 The phases are cut at points the probe sees anyway, so timing them costs a clock read at each (and on a
 GPU an event), not a hook on every module call:
 
-    forward_s    from the last thing before it (the step's start, its batch arriving, the previous
-                 micro-batch's backward ending) to ``backward()``: the forward and the loss, and whatever
-                 else the script does there
+    forward_s    from the first module call after the last thing before it (the step's start, its batch
+                 arriving, the previous micro-batch's backward ending) to ``backward()``: the forward and
+                 the loss (and what the script does between them). What the loop does before its first
+                 module call (batches made in the loop, an EMA update, logging) is ``other_s``. The first
+                 call is seen by a global module pre-hook set at those points of a detail step and removed
+                 by that call: torch's slow path for one module call a phase
     backward_s   ``backward()`` calls
     optimizer_s  the primary optimizer's ``step()`` (less the forward and backward a closure runs inside it)
 
@@ -19,15 +22,19 @@ steps between are null.
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from typing import Any
 
 import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
 
-from optwatch.probe.plugin import ProbeContext, ProbePlugin
+from optwatch.probe.plugin import ProbeContext, ProbePlugin, being_traced
 from optwatch.probe.readback import DeviceTime
 
 TIMED = ("forward_s", "backward_s", "optimizer_s")
+_COMPILE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
 UNTIMED = dict.fromkeys(TIMED)
 
 
@@ -40,6 +47,12 @@ class TelemetryPlugin(ProbePlugin):
         self._reset()
         self._mark: tuple[float, Any] | None = None
         """(host time, CUDA event or None) of the last cut before a forward."""
+        self._forward_began: tuple[float, Any] | None = None
+        """The same, at the first module call after the mark (the forward's start)."""
+        self._awaiting_forward: Any = None
+        """The global module pre-hook's handle while it waits for that call."""
+        self._context: ProbeContext | None = None
+        self._filter: tuple | None = None
 
     def _reset(self) -> None:
         self._host = dict.fromkeys(TIMED, 0.0)
@@ -62,17 +75,53 @@ class TelemetryPlugin(ProbePlugin):
             self._device[phase].add(began[1], ended[1])
         return seconds
 
+    def _set_mark(self, now: tuple[float, Any] | None = None) -> None:
+        """A cut before a forward: the forward starts at the next module call."""
+        self._mark = now or self._now()
+        self._forward_began = None
+        if self._awaiting_forward is None:
+            self._awaiting_forward = register_module_forward_pre_hook(self._forward_starts)
+            # A torch.compile'd module called now warns of global hooks (this one, gone at that call): not
+            # the script's to see. Only while it waits, so the script's own hooks still get the warning.
+            warnings.filterwarnings("ignore", message=_COMPILE_WARNING, category=UserWarning)
+            self._filter = warnings.filters[0]
+
+    def _stop_awaiting(self) -> None:
+        handle, self._awaiting_forward = self._awaiting_forward, None
+        if handle is not None:
+            handle.remove()
+        entry, self._filter = self._filter, None
+        if entry is not None:
+            try:
+                warnings.filters.remove(entry)
+                warnings._filters_mutated()
+            except ValueError:
+                pass  # the script reset the filters meanwhile
+
+    def _forward_starts(self, module: torch.nn.Module, args: Any) -> None:
+        # (Traced by torch.compile, a constant: no clock read, no removal in the graph; a later call outside.)
+        if being_traced() or self._awaiting_forward is None:
+            return
+        training = self._context.training_thread if self._context is not None else None
+        if training is not None and threading.get_ident() != training:
+            return  # another thread's forward (an evaluation or actor thread)
+        self._forward_began = self._now()
+        self._stop_awaiting()  # one module call on torch's slow path, then none
+
     def on_batch(self, context: ProbeContext) -> None:
-        self._mark = self._now()
+        self._set_mark()
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> None:
         if self._cuda is None and loss.device.type == "cuda":
             self._cuda = loss.device
             self._device = {phase: DeviceTime() for phase in TIMED}
-            self._mark = None  # a host-only mark cannot open a device span
+            self._mark = self._forward_began = None  # a host-only mark cannot open a device span
         now = self._now()
-        if self._mark is not None:
-            forward = self._add("forward_s", self._mark, now)
+        began = self._forward_began or self._mark
+        self._stop_awaiting()
+        self._forward_began = None
+        if began is not None:
+            forward = self._add("forward_s", began, now)
             if self._optimizer_began is not None:
                 self._nested_s += forward
         self._backward_began = now
@@ -84,7 +133,7 @@ class TelemetryPlugin(ProbePlugin):
             if self._optimizer_began is not None:
                 self._nested_s += backward
             self._backward_began = None
-        self._mark = now
+        self._set_mark(now)  # (a micro-batch's forward may follow)
 
     def before_optimizer_step(self, context: ProbeContext, optimizer: torch.optim.Optimizer) -> None:
         self._optimizer_began = self._now()
@@ -97,7 +146,11 @@ class TelemetryPlugin(ProbePlugin):
             self._optimizer_began = None
 
     def install(self, context: ProbeContext) -> None:
+        self._context = context
         context.set_step_fields(**UNTIMED)  # a step between detail steps is not timed; a detail step says
+
+    def close(self, context: ProbeContext) -> None:
+        self._stop_awaiting()
 
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
         if context.detailed:
@@ -116,6 +169,7 @@ class TelemetryPlugin(ProbePlugin):
         # The next step starts now; its first forward is timed from here unless a batch arrives first (in
         # a loop without an optimizer, from the end of the last backward, which is where it began).
         if not context.next_detailed:
-            self._mark = None
+            self._mark = self._forward_began = None
+            self._stop_awaiting()
         elif not (lazy and self._mark is not None):
-            self._mark = self._now()
+            self._set_mark()
