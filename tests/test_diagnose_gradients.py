@@ -229,6 +229,18 @@ def test_a_negative_loss_that_dives_is_exploding_once_for_the_whole_dive():
     assert alerts[0]["message"].startswith("loss -102 is 10× its median -10.1")
 
 
+def test_a_loss_that_lives_about_zero_is_weighed_on_its_usual_size_not_its_median():
+    """A policy-gradient loss swings about 0: against a median of nearly 0 any ordinary value is "many times"
+    it. Its spikes of a few times its usual size are no alert; one of 30x is, said against that size."""
+    rng = random.Random(4)
+    swings = [StepInput(step=i, loss=rng.gauss(0, 0.02), grad_norm=1.0 if i % 128 == 0 else None) for i in range(400)]
+    spikes = [StepInput(step=400 + i, loss=0.08 * (-1) ** i) for i in range(40)]
+    assert feed(GradientDiagnosis(), [*swings, *spikes]) == []
+    alerts = feed(GradientDiagnosis(), [*swings, StepInput(step=400, loss=0.4)])
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 400)]
+    assert alerts[0]["message"].startswith("loss 0.4 is ") and "its usual size 0.01" in alerts[0]["message"]
+
+
 @pytest.mark.parametrize(
     "skipped, why",
     [("unarmed", "it starts at the first non-finite value, this one (--forward-check auto"),

@@ -286,6 +286,8 @@ class _Baseline:
         self._stale = 0
         self._median: float | None = None
         self._mad = 0.0
+        self.size = 0.0
+        """Signed: the values' typical magnitude (median of |value|), the scale a departure is weighed on."""
         self._spacing = 1.0
 
     def add(self, value: float | None, step: int) -> None:
@@ -300,6 +302,8 @@ class _Baseline:
         if self._median is None or self._stale >= self._REFRESH:
             self._median = statistics.median(self.values)
             self._mad = statistics.median(abs(v - self._median) for v in self.values)
+            if self.signed:
+                self.size = statistics.median(abs(v) for v in self.values)
             steps = list(self._steps)
             self._spacing = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0
             self._stale = 0
@@ -451,11 +455,21 @@ class _Rise:
     what: str
     value: float
     median: float
+    size: float | None = None
+    """A signed signal's typical magnitude: its level is measured on it (a loss of -105 against -9.5 is 11x)."""
 
     @property
     def level(self) -> float:
-        """How many times its median: by magnitude (a loss of -105 against -9.5 is 11x)."""
-        return abs(self.value / self.median) if self.median else math.inf
+        if self.size is not None:
+            return abs(self.value - self.median) / self.size + 1 if self.size else math.inf
+        return self.value / self.median
+
+    @property
+    def against(self) -> str:
+        """What the level is measured against, in words."""
+        if self.size is not None and abs(self.median) < self.size / 2:
+            return f"its usual size {self.size:.3g}"  # a loss about 0: no multiple of its median means much
+        return f"its median {self.median:.3g}"
 
 
 class ExplodingRule:
@@ -487,20 +501,22 @@ class ExplodingRule:
         if stats is None:
             return None
         median, mad = stats
-        if baseline.signed:
-            # Away from its median by (bar - 1) times its size, either way (a critic's loss diving to -1e4).
+        size = baseline.size if baseline.signed else None
+        if size is not None:
+            # Away from its median by (bar - 1) times its usual size, either way (a critic's loss diving to
+            # -1e4); the size, not the median, for a loss that lives about 0 (a policy loss).
             departure = abs(value - median)
             far_out = departure > self.t.exploding_mads * _MAD_TO_SIGMA * mad
-            if not (departure > (bar - 1) * abs(median) and (self.episode.active or far_out)):
+            if not (departure > (bar - 1) * size and (self.episode.active or far_out)):
                 return None
         else:
             far_out = value > median + self.t.exploding_mads * _MAD_TO_SIGMA * mad
             if not (value > bar * median and (self.episode.active or far_out)):
                 return None
         last = baseline.long_gap_before(step) if not self.episode.active else None
-        if last is not None and not abs(value - last) > (bar - 1) * abs(last):
+        if last is not None and not abs(value - last) > (bar - 1) * max(abs(last), size or 0.0):
             return None  # grown over the gap, maybe smoothly (LoRA's B from zero): not an explosion seen
-        return _Rise(name, what, value, median)
+        return _Rise(name, what, value, median, size)
 
     def observe(self, s: StepInput) -> dict | None:
         t = self.t
@@ -560,7 +576,7 @@ class ExplodingRule:
             )
         elif loss_rise and not rises:
             lead = (
-                f"loss {loss_rise.value:.3g} is {loss_rise.level:.0f}× its median {loss_rise.median:.3g} (last "
+                f"loss {loss_rise.value:.3g} is {loss_rise.level:.0f}× {loss_rise.against} (last "
                 f"{len(self._loss.values)} steps); its gradients were not measured at this step (optwatch's "
                 "--budget spaces the checks out): every step is checked from about a publish interval after it"
             )

@@ -896,10 +896,10 @@ class Probe:
                     self._look_closer()
 
     def _loss_jumped(self, loss: float) -> bool:
-        """``loss`` is ``LOSS_JUMP`` times the recent losses' median, by magnitude (away from it by
-        ``LOSS_JUMP - 1`` times its size, either way: a critic's loss diving far below 0), and far outside
-        their spread (MAD). The median and the spread are refreshed every 16 losses: at thousands of steps a
-        second this runs on a thread that shares the GIL with the training."""
+        """``loss`` is away from the recent losses' median by ``LOSS_JUMP - 1`` times their usual size
+        (median of |loss|), either way (a critic's loss diving far below 0; a positive loss: ``LOSS_JUMP``
+        times the median), and far outside their spread (MAD). The bar is refreshed every 16 losses: at
+        thousands of steps a second this runs on a thread that shares the GIL with the training."""
         recent = self._recent_losses
         recent.append(loss)
         self._losses_seen += 1
@@ -908,7 +908,8 @@ class Probe:
                 return False
             median = statistics.median(recent)
             spread = statistics.median(abs(value - median) for value in recent)
-            self._loss_bar = (median, max((LOSS_JUMP - 1) * abs(median), 9 * spread))
+            size = statistics.median(abs(value) for value in recent)
+            self._loss_bar = (median, max((LOSS_JUMP - 1) * size, 9 * spread))
         median, allowed = self._loss_bar
         return allowed > 0 and abs(loss - median) > allowed
 
