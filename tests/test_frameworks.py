@@ -19,10 +19,12 @@ from conftest import SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_fo
 from test_right_numbers import assert_same, truth_of
 
 
-def run_framework(tmp_path, script: str, *options: str) -> tuple[list[dict], dict[int, dict], str]:
+def run_framework(
+    tmp_path, script: str, *options: str, args: tuple[str, ...] = ()
+) -> tuple[list[dict], dict[int, dict], str]:
     record = tmp_path / f"{script}.jsonl"
     script_path = str(SCRIPTS / f"{script}.py")
-    result = optwatch("run", "--headless", "--record", str(record), *options, script_path, timeout=240)
+    result = optwatch("run", "--headless", "--record", str(record), *options, script_path, *args, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return read_jsonl(record), truth_of(result.stdout, "FRAMEWORK_STEP"), result.stdout
 
@@ -54,6 +56,25 @@ def test_an_lr_command_moves_the_trainers_own_schedule_and_what_it_logs(tmp_path
     assert_same(steps, truth, "lr", "lr", rel=1e-9)  # every step: what was used is what the Trainer logs
     [event] = [r for r in records if r["kind"] == "event"]
     assert "the scheduler's schedule goes on from the new level" in event["reason"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="the frameworks extra is not installed")
+def test_a_trainer_run_that_mostly_evaluates_is_said_so_with_the_share_the_trainer_times(tmp_path):
+    """The verdict left out every step with an evaluation in its time: a Trainer spending most of its time
+    evaluating was "compute-bound: train on a GPU". Now the evaluations' share is named, and it agrees with
+    the Trainer's own eval_runtime over its train_runtime."""
+    records, truth, stdout = run_framework(tmp_path, "hf_trainer", args=("--eval-sequences", "1600"))
+    evaluations = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines()
+                   if line.startswith("FRAMEWORK_EVAL ")]  # fmt: skip
+    [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
+    first, last = verdict["window"]
+    # By the Trainer's clocks over the verdict's steps: its log of each step comes before that step's
+    # evaluation, which optwatch counts in the next step's time.
+    spent = truth[last]["logged_at"] - truth[first - 1]["logged_at"]
+    evaluating = sum(e["eval_runtime"] for e in evaluations if first - 1 <= e["after_step"] < last)
+    assert evaluating / spent > 0.5  # the run mostly evaluates
+    assert verdict["bottleneck"] == "host" and verdict["message"].startswith("evaluation takes "), verdict["message"]
+    assert verdict["evidence"]["evaluation_share"] == pytest.approx(evaluating / spent, abs=0.08)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")

@@ -20,8 +20,9 @@ own training_step:
 - ``samples`` is the number of training sequences the step's micro-batches held (counted in
   ``training_step``); ``samples_expected`` is per_device_train_batch_size x gradient_accumulation_steps.
 
-After each evaluation: ``FRAMEWORK_EVAL {"after_step": S, "global_step": G, "eval_loss": ..., "eval_samples": N}``
-(the evaluation runs after optimizer step S, before step S+1 begins).
+After each evaluation: ``FRAMEWORK_EVAL {"after_step": S, "global_step": G, "eval_loss": ..., "eval_samples": N,
+"eval_runtime": seconds}`` (the evaluation runs after optimizer step S, before step S+1 begins); at the end
+``FRAMEWORK_RUNTIME {"train_runtime": seconds}`` (the Trainer's own clock, evaluations included).
 Once, first: ``FRAMEWORK_INFO {...}`` (versions, batch sizes, the clipping functions).
 """
 
@@ -30,6 +31,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -52,7 +54,8 @@ BATCH = 4
 ACCUMULATION = 4
 SEQ = 16
 TRAIN_SEQUENCES = 160  # 10 optimizer steps an epoch
-EVAL_SEQUENCES = 24
+# ``--eval-sequences N``: a larger evaluation set (an evaluation-bound run).
+EVAL_SEQUENCES = int(sys.argv[sys.argv.index("--eval-sequences") + 1]) if "--eval-sequences" in sys.argv else 24
 EVAL_BATCH = 8
 MAX_STEPS = 20
 EVAL_EVERY = 5
@@ -152,6 +155,8 @@ class GroundTruth(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
+        if "train_runtime" in logs:
+            emit("FRAMEWORK_RUNTIME", {"train_runtime": logs["train_runtime"]})
         if "loss" not in logs or "grad_norm" not in logs:
             return  # the closing summary (train_loss, runtime), or an evaluation's metrics
         samples = self.trainer.step_samples
@@ -166,6 +171,7 @@ class GroundTruth(TrainerCallback):
                 "samples": samples,
                 "samples_expected": args.per_device_train_batch_size * args.gradient_accumulation_steps,
                 "lr": logs.get("learning_rate"),
+                "logged_at": time.perf_counter(),  # before the step's evaluation, if one follows
             },
         )
 
@@ -178,6 +184,7 @@ class GroundTruth(TrainerCallback):
                 "global_step": state.global_step,
                 "eval_loss": metrics.get("eval_loss"),
                 "eval_samples": EVAL_SEQUENCES,
+                "eval_runtime": metrics.get("eval_runtime"),
             },
         )
 

@@ -101,6 +101,12 @@ class Window:
     between_share: float | None = None
     """Their time beyond a median step, over all the steps' time: work done between training steps (a rollout,
     an evaluation without a DataLoader, a checkpoint) wherever it falls in the phases. Host-paced steps only."""
+    evaluations: int = 0
+    """Steps in whose time an evaluation ran (DataLoader batches outside the training's: ``eval_batches``)."""
+    evaluation_step_s: float | None = None
+    """Their median time."""
+    evaluation_share: float | None = None
+    """Their time beyond a median training step, over all the steps' time, any device."""
     cudnn_benchmark: bool | None = None
 
     @property
@@ -147,11 +153,14 @@ def summarise(
     device: str = "cpu",
     loader: dict[str, Any] | None = None,
 ) -> Window | None:
-    """The figures of ``steps`` (newest last) and the ``systems`` sampled meanwhile; None without steps."""
-    timed = [s for s in steps if finite(s.get("step_time_s"))]
+    """The figures of ``steps`` (newest last) and the ``systems`` sampled meanwhile; None without steps. The
+    steps with an evaluation in their time count in the time the window spent, not in the training's phases."""
+    timed = [s for s in steps if finite(s.get("step_time_s")) and not s.get("eval_batches")]
+    evaluated = [s for s in steps if finite(s.get("step_time_s")) and s.get("eval_batches")]
     if not timed:
         return None
     total = sum(s["step_time_s"] for s in timed)
+    whole = total + sum(s["step_time_s"] for s in evaluated)
     # The model's phases over the detail steps (on a GPU the others are not timed on the device: see the
     # probe's --budget); the step time, data wait and optwatch's share over every step.
     phased = [s for s in timed if s.get("detailed", True)] or timed
@@ -178,7 +187,12 @@ def summarise(
     if total > 0 and all(finite(s.get("optwatch_s")) for s in timed):
         window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
     if window.device == "cpu":
-        _long_steps(window, timed, total)
+        _long_steps(window, timed, whole)
+    if evaluated and whole > 0:
+        window.evaluations = len(evaluated)
+        window.evaluation_step_s = statistics.median(s["step_time_s"] for s in evaluated)
+        typical = window.step_time_s
+        window.evaluation_share = sum(max(0.0, s["step_time_s"] - typical) for s in evaluated) / whole
     if window.device == "cuda":
         device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in phased)
         host_time = [s.get("host_phases_s") for s in phased]
@@ -329,7 +343,24 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
 
 
 def _between(w: Window) -> tuple[str, str, list[str]] | None:
-    """Long steps among short ones, on the host: what they do beyond a step is work between training steps."""
+    """Evaluations, or long steps among short ones on the host: what they do beyond a step is work between
+    training steps."""
+    if w.evaluation_share is not None and w.evaluation_share >= BETWEEN_SHARE and w.evaluation_step_s:
+        message = (
+            f"evaluation takes {_pct(w.evaluation_share)} of the time: {_count(w.evaluations, 'evaluation')} in "
+            f"this window, {duration_text(w.evaluation_step_s)} each with its step, against "
+            f"{duration_text(w.step_time_s)} for a training step"
+        )
+        return (
+            "host",
+            message,
+            [
+                "Evaluate less often or on fewer batches (the Trainer's eval_steps, Lightning's "
+                "val_check_interval and limit_val_batches)",
+                "Make each evaluation cheaper: a larger batch, torch.inference_mode(), DataLoader workers for "
+                "the evaluation set",
+            ],
+        )
     if w.between_share is None or w.between_share < BETWEEN_SHARE or not w.long_step_s or not w.typical_step_s:
         return None
     every = w.long_every or MIN_LONG_EVERY
@@ -538,6 +569,7 @@ def evidence(w: Window) -> dict[str, Any]:
         "pin_memory": w.loader.get("pin_memory"),
         "precision": w.precision,
         "between_share": w.between_share,
+        "evaluation_share": w.evaluation_share,
         "long_steps": w.long_steps or None,
     }
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items() if v is not None}

@@ -80,9 +80,8 @@ class VerdictTracker:
                         # detail steps): the whole step would look like "other".
                         timed = record.get("detailed", True) or finite(record.get("backward_s"))
                         record["other_s"] = other_seconds(record) if timed else None
-                    if record.get("eval_batches"):
-                        pass  # an evaluation ran in this step's time: it says nothing of the training's
-                    elif record.get("step", 0) >= self.first_step + WARMUP_STEPS:
+                    if record.get("step", 0) >= self.first_step + WARMUP_STEPS:
+                        # (A step with an evaluation in its time counts in the time, not in the phases.)
                         self._steps.append(record)
                         self._fresh_steps += 1
                     else:
