@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -86,6 +87,23 @@ def test_lightning_with_a_closure_clipping_and_validation(tmp_path):
     assert_same(steps, truth, "grad_norm", "grad_norm")  # this step's, before gradient_clip_val cuts it
     assert_same(steps, truth, "samples", "samples")  # the sanity check and validation batches are not
     assert {s["clip_max_norm"] for s in steps} == {0.5}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
+def test_a_stop_under_lightning_is_stopped_not_failed(tmp_path):
+    """Lightning catches the stop's KeyboardInterrupt, shuts down gracefully and exits 1: the run was
+    recorded "failed (exit 1)" and `optwatch run` exited 1, though it stopped as asked."""
+    record = tmp_path / "r.jsonl"
+    runs_dir = tmp_path / "runs"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "stop@10", str(SCRIPTS / "lightning_train.py"),
+        env={**os.environ, "OPTWATCH_RUNS_DIR": str(runs_dir)}, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 130, result.stderr[-3000:]
+    [end] = [r for r in read_jsonl(record) if r["kind"] == "end"]
+    assert (end["steps"], end["exit_code"]) == (10, 130)
+    [summary] = [json.loads(path.read_text()) for path in runs_dir.glob("*/run.json")]
+    assert summary["status"] == "stopped", summary
 
 
 def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:

@@ -162,13 +162,16 @@ class ViewerSession:
         return self.store.finished() and now - self._last_records_at >= quiet_s
 
     def exit_code(self) -> int | None:
-        """The job's exit code once it ended: its process's, but 130 for a launch (``--nproc-per-node``)
-        whose every rank ended on a stop or a Ctrl-C, where torchrun says 1 (a rank "failed") or 0 (after
-        optwatch's ``stop``, which each rank ends as a finished worker: ``probe.launch.run_as_rank``)."""
+        """The job's exit code once it ended: its process's, but 130 where every rank ended on a stop or a
+        Ctrl-C: a launch (``--nproc-per-node``), where torchrun says 1 (a rank "failed") or 0 (after
+        optwatch's ``stop``, which each rank ends as a finished worker: ``probe.launch.run_as_rank``), and a
+        script whose own handling of the stop exits otherwise (Lightning's graceful shutdown exits 1)."""
         if self.process is None:
             return None
         code = self.process.exit_code()
-        if code is not None and getattr(self.process, "nproc_per_node", None) and self._every_rank_interrupted():
+        if code is None or not self._every_rank_interrupted():
+            return code
+        if code or getattr(self.process, "nproc_per_node", None):
             return protocol.INTERRUPTED
         return code
 

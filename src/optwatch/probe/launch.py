@@ -42,9 +42,10 @@ def _run_as_main(path: str) -> None:
 
 
 def ended_on_a_requested_stop(exc: BaseException) -> bool:
-    """Whether the script ended on optwatch's ``stop``: its KeyboardInterrupt let through, or an exit with
-    the interrupted code raised while handling it (``except KeyboardInterrupt: save(); sys.exit(130)``)."""
-    if isinstance(exc, SystemExit) and exc.code != protocol.INTERRUPTED:
+    """Whether the script ended on optwatch's ``stop``: its KeyboardInterrupt let through, or an exit raised
+    while handling it (``except KeyboardInterrupt: save(); sys.exit(130)``; Lightning's graceful shutdown
+    exits 1)."""
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
         return False
     cause: BaseException | None = exc
     while cause is not None:
@@ -66,6 +67,8 @@ def run_script(script: str, args: list[str]) -> int:
         _run_as_main(path)
     except SystemExit as exc:
         exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exit_code and ended_on_a_requested_stop(exc):
+            exit_code = protocol.INTERRUPTED  # stopped as asked, whatever code the script's handling exits with
         raise
     except Exception as exc:
         exit_code = 1
