@@ -8,6 +8,7 @@ The frameworks come with the ``frameworks`` extra (``scripts/setup.sh`` installs
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -104,6 +105,28 @@ def test_a_stop_under_lightning_is_stopped_not_failed(tmp_path):
     assert (end["steps"], end["exit_code"]) == (10, 130)
     [summary] = [json.loads(path.read_text()) for path in runs_dir.glob("*/run.json")]
     assert summary["status"] == "stopped", summary
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
+def test_a_resumed_lightning_gan_goes_on_at_the_step_lightning_logs(tmp_path):
+    """Manual optimization with two optimizers: Lightning's global_step counts both (two a batch), its loggers
+    count batches. Resumed after 10 batches, the callback started at global_step 20: every step 10 past the
+    one Lightning logged, a gap of 10 in the curve, and `--control ...@N` landing elsewhere."""
+    script = str(SCRIPTS / "lightning_gan.py")
+    checkpoint = tmp_path / "gan.ckpt"
+    first = optwatch("run", "--headless", "--no-record", script, "--callback", "--logs", str(tmp_path / "a"),
+                     "--save", str(checkpoint), timeout=240)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = tmp_path / "resumed.jsonl"
+    resumed = optwatch("run", "--headless", "--record", str(record), script, "--callback",
+                       "--logs", str(tmp_path / "b"), "--resume", str(checkpoint), timeout=240)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with open(tmp_path / "b" / "metrics.csv") as handle:
+        logged = {int(row["step"]): row for row in csv.DictReader(handle) if row.get("d_loss")}
+    assert sorted(logged) == list(range(10, 20))  # Lightning's own count of the resumed batches
+    steps = steps_of(read_jsonl(record))
+    assert [s["step"] for s in steps] == sorted(logged)
+    assert [s["loss"] for s in steps] == pytest.approx([float(logged[s["step"]]["d_loss"]) for s in steps], rel=1e-5)
 
 
 def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:

@@ -34,7 +34,7 @@ class OptwatchCallback(Callback):
             pl_module,
             inner,
             batch_size=batch_size if isinstance(batch_size, int) else None,
-            start_step=trainer.global_step,  # resumed from a checkpoint, Lightning goes on from its global step
+            start_step=_logged_step(trainer),
         )
 
     def on_validation_end(self, trainer, pl_module):
@@ -54,3 +54,12 @@ class OptwatchCallback(Callback):
         numbers = numbers_of(fresh)
         if numbers:
             self.probe.log(**numbers)
+
+
+def _logged_step(trainer: Any) -> int:
+    """The step Lightning's loggers are at (resumed from a checkpoint, it goes on from there): batches that
+    stepped, its ``global_step`` with one optimizer; ``global_step`` counts every optimizer's steps (two a
+    batch in a GAN's manual optimization)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    stepped = getattr(loop, "_batches_that_stepped", None)
+    return stepped if isinstance(stepped, int) else trainer.global_step
