@@ -31,6 +31,28 @@ def test_slower_steps_of_a_fixed_batch_are_fewer_samples_a_second_before_and_aft
     assert before.samples_per_s == pytest.approx(128 / 1.29)
 
 
+async def test_the_median_steps_throughput_agrees_with_its_step_time_and_the_whole_run_is_said_apart():
+    """An evaluation every 10 steps (2 s, in the step after it): the line said "210 ms/step | 480 samples/s"
+    for a batch of 128 (samples over the window's time beside the median step), which agreed with neither
+    the step time nor the run's own end-of-run figure. Now the step's rate goes with the step time, and the
+    final line gives the whole run's (samples over all its time, evaluations included) beside it."""
+    store = Store()
+    records = [step(i, 2.0 + 0.2 if i % 10 == 5 else 0.2) for i in range(100)]
+    store.ingest(records)
+    summary = store.summary()
+    assert summary.recent.step_time_s == pytest.approx(0.2)
+    assert summary.recent.samples_per_s == pytest.approx(128 / 0.2)
+    assert summary.run_samples_per_s == pytest.approx(100 * 128 / (90 * 0.2 + 10 * 2.2))  # by hand: 320
+    line = summary_line(store, final=True)
+    assert "| 640 samples/s (320 over the whole run) |" in line
+    assert "over the whole run" not in summary_line(store)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        rows = app.query_one(StatsPanel).rows
+    assert (rows["Throughput"], rows["  whole run"]) == ("640 samples/s", "320 samples/s")
+
+
 def test_optwatchs_cost_now_at_the_start_and_over_the_run_come_from_its_records():
     """Every check runs on the first 100 steps (dearer), then it is spaced: the three figures differ."""
     store = Store()

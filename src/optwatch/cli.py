@@ -753,7 +753,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         for alert in store.rare.get(protocol.ALERT, ()):
             print(notable_line(alert))
-        print(summary_line(store) or "no steps in this record")
+        print(summary_line(store, final=True) or "no steps in this record")
         return 0
     from optwatch.app.app import OptwatchApp
 

@@ -93,12 +93,16 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
     lr_start = lr_means[0] if lr_means else None
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     argv = hello.get("argv")
+    summary = store.summary()
+    whole_rate = summary.run_samples_per_s if summary is not None else None
     return {
         "steps": (str(last["step"] - first_step(hello) + 1) if last else "-", False),
         "final loss": (_number(losses[-1]) if losses else "-", False),
         "best loss": (_number(min(lows)) if lows else "-", False),
         "step time p50": (f"{statistics.median(step_times) * 1000:.1f} ms" if step_times else "-", False),
         "samples/s p50": (f"{statistics.median(rates):.0f}" if rates else "-", False),
+        # Evaluations, checkpoints and waits between steps included: the median step leaves them out.
+        "samples/s whole run": (f"{whole_rate:.0f}" if whole_rate is not None else "-", False),
         "alerts": (str(alerts), False),
         "lr (start)": (_number(lr_start) if lr_start is not None else "-", True),
         "lr (end)": (_number(last.get("lr")) if finite(last.get("lr")) else "-", True),

@@ -25,8 +25,9 @@ def _per_step(seconds: float | None) -> str:
     return f"{duration_text(seconds)}/step" if finite(seconds) else "- s/step"
 
 
-def summary_line(store: Store) -> str | None:
-    """One line about the run for stderr, e.g. ``optwatch: step 120 | loss 1.234 (ema 1.30) | ...``."""
+def summary_line(store: Store, final: bool = False) -> str | None:
+    """One line about the run for stderr, e.g. ``optwatch: step 120 | loss 1.234 (ema 1.30) | ...``; the
+    ``final`` one also gives the whole run's throughput, beside the median step's."""
     summary = store.summary()
     if summary is None:
         return None
@@ -41,7 +42,10 @@ def summary_line(store: Store) -> str | None:
         parts.append(f"{name} {loss:.4g}")
     parts.append(_per_step(recent.step_time_s))
     if recent.samples_per_s is not None:
-        parts.append(f"{recent.samples_per_s:.0f} samples/s")
+        throughput = f"{recent.samples_per_s:.0f} samples/s"
+        if final and summary.run_samples_per_s is not None:
+            throughput += f" ({summary.run_samples_per_s:.0f} over the whole run)"
+        parts.append(throughput)
     grad = f"grad {_fmt(summary.grad_norm, '.3g')}"
     if summary.clipped_share:
         grad += f" (clipped at {summary.clip_max_norm:g} in {100 * summary.clipped_share:.0f}% of steps)"
@@ -242,7 +246,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     _, output = session.pump(0.0, final=True)
     _write_output(output)
     _say_if_recording_stopped(session, stderr)
-    line = summary_line(session.store)
+    line = summary_line(session.store, final=True)
     if line:
         print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):

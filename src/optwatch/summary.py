@@ -54,7 +54,8 @@ class Window:
     step_time_s: float | None
     """The median step time."""
     samples_per_s: float | None
-    """The window's samples over its time."""
+    """The median step's rate (samples over step time, step by step): what the median step time gives, which
+    a step that also evaluates or saves a checkpoint does not move (the run's own: ``RunSummary``)."""
     data_wait_share: float | None
     loss_mean: float | None
     loss_slope_per_100: float | None
@@ -68,15 +69,14 @@ class Window:
 def window(steps: Sequence[dict[str, Any]]) -> Window:
     timed = [s for s in steps if finite(s.get("step_time_s"))]
     time_total = sum(s["step_time_s"] for s in timed)
-    counted = [s for s in timed if finite(s.get("samples"))]
-    counted_time = sum(s["step_time_s"] for s in counted)
+    rates = [s["samples"] / s["step_time_s"] for s in timed if finite(s.get("samples")) and s["step_time_s"] > 0]
     waits = [s for s in timed if finite(s.get("data_wait_s"))]
     waits_time = sum(s["step_time_s"] for s in waits)
     losses = [(s["step"], s["loss"]) for s in steps if finite(s.get("loss")) and isinstance(s.get("step"), int)]
     return Window(
         steps=len(steps),
         step_time_s=median(s["step_time_s"] for s in timed),
-        samples_per_s=sum(s["samples"] for s in counted) / counted_time if counted_time > 0 else None,
+        samples_per_s=median(rates) if rates else None,
         data_wait_share=sum(s["data_wait_s"] for s in waits) / waits_time if waits_time > 0 else None,
         loss_mean=statistics.fmean(v for _, v in losses) if losses else None,
         loss_slope_per_100=_slope_per_100(losses),
@@ -92,6 +92,9 @@ class CostTotals:
 
     own_s: float = 0.0
     time_s: float = 0.0
+    samples: float = 0.0
+    samples_time_s: float = 0.0
+    """The time of the steps that say how many samples they trained (evaluations between them included)."""
     start_own_s: float = 0.0
     start_time_s: float = 0.0
     first_step: int = 0
@@ -104,6 +107,9 @@ class CostTotals:
         own = own_seconds(step)
         self.own_s += own
         self.time_s += step_time
+        if finite(step.get("samples")):
+            self.samples += step["samples"]
+            self.samples_time_s += step_time
         if isinstance(step.get("step"), int) and step["step"] < self.first_step + START_STEPS:
             self.start_own_s += own
             self.start_time_s += step_time
@@ -140,6 +146,9 @@ class RunSummary:
     ranks: int = 1
     first_step: int = 0
     """The number of the run's first step in this process (not 0 in a run resumed from a checkpoint)."""
+    run_samples_per_s: float | None = None
+    """Samples over the whole run's time, evaluations, checkpoints and every pause between steps included:
+    the figure a script prints at its end."""
 
     @property
     def steps_in(self) -> int:
@@ -201,6 +210,7 @@ def summarise(
         cost=cost,
         ranks=ranks,
         first_step=totals.first_step,
+        run_samples_per_s=totals.samples / totals.samples_time_s if totals.samples_time_s > 0 else None,
     )
 
 

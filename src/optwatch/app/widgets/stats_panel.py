@@ -11,6 +11,9 @@ from textual.widget import Widget
 from optwatch.app import format as fmt
 from optwatch.store import Store
 
+RUN_THROUGHPUT_FROM = 20
+"""Steps into the run before its whole throughput is shown beside the median step's."""
+
 
 class StatsPanel(Widget):
     def __init__(self, *, id: str | None = None) -> None:
@@ -38,6 +41,9 @@ class StatsPanel(Widget):
             rows[f" {name[:9]}"] = fmt.number(loss)
         rows["Step time"] = f"{fmt.seconds(recent.step_time_s)} p50"
         rows["Throughput"] = f"{fmt.number(recent.samples_per_s, '.0f')} samples/s" if recent.samples_per_s else "–"
+        if summary.run_samples_per_s is not None and summary.steps_in >= RUN_THROUGHPUT_FROM:
+            # Evaluations and checkpoints between steps included: the figure a script prints at its end.
+            rows["  whole run"] = f"{fmt.number(summary.run_samples_per_s, '.0f')} samples/s"
         rows["Data wait"] = f"{100 * recent.data_wait_share:.0f}%" if recent.data_wait_share is not None else "–"
         cost = summary.cost
         if cost.recent is not None:  # what optwatch itself costs the run: its code and its threads
@@ -66,7 +72,7 @@ class StatsPanel(Widget):
             for name, value in list(metric.get("values", {}).items())[:3]:
                 rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
         if summary.ranks > 1:
-            rows["Ranks"] = str(summary.ranks)
+            rows["Ranks"] = f"{summary.ranks} (figures: rank 0's)"
         self._draw(rows)
 
     def _draw(self, rows: dict[str, str]) -> None:
