@@ -288,6 +288,21 @@ async def test_a_command_typed_in_the_dashboard_reaches_the_run_and_is_acknowled
         await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=20)
 
 
+async def test_a_stop_typed_in_the_dashboard_ends_the_run_stopped_not_crashed(steerable):
+    """`:stop` ends the run with 130 (the stop's KeyboardInterrupt): the header said "crashed (exit 130)"."""
+    from optwatch.app.widgets.command_input import CommandInput
+
+    app = OptwatchApp(ViewerSession.for_process(steerable))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_ui(pilot, lambda: app.store.primary is not None and len(app.store.primary.steps) >= 5)
+        await pilot.press("colon")
+        assert isinstance(app.screen, CommandInput)
+        await pilot.press(*"stop", "enter")
+        await wait_for_ui(pilot, lambda: steerable.poll() is not None, timeout_s=30)
+        await wait_for_ui(pilot, lambda: app.exit_code is not None, timeout_s=15)
+        assert (app.exit_code, app.query_one(RunHeader).status) == (130, "stopped (exit 130)")
+
+
 def step_record(step: int, lr: float) -> dict:
     return {"v": 1, "kind": "step", "rank": 0, "seq": step, "time": float(step), "step": step, "loss": 1.0, "lr": lr}
 

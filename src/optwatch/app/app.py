@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from optwatch import protocol
 from optwatch.app import chart_series
 from optwatch.app.messages import CommandAnswered, FeedUpdated, RecordingStopped, RunExited
 from optwatch.app.views import extra_views
@@ -184,8 +185,10 @@ class OptwatchApp(App[None]):
         if panes is None:
             return
         header = panes.header
-        if header.status == "stopping…" or (
-            self.session and self.session.process and self.session.process.stop_requested
+        if (
+            header.status == "stopping…"
+            or message.exit_code == protocol.INTERRUPTED  # a `stop` command, or Ctrl-C
+            or (self.session and self.session.process and self.session.process.stop_requested)
         ):
             header.status = f"stopped (exit {message.exit_code})"
         elif message.exit_code == 0:
@@ -242,7 +245,11 @@ class OptwatchApp(App[None]):
                 header.status = f"paused by {pause.get('source') or '?'} since {since}"
             if self.mode == "attach" and ends and all(ends):
                 codes = {end.get("exit_code") for end in ends}
-                header.status = f"finished (exit {codes.pop()})" if len(codes) == 1 else "finished"
+                if len(codes) == 1:
+                    code = codes.pop()
+                    header.status = f"{'stopped' if code == protocol.INTERRUPTED else 'finished'} (exit {code})"
+                else:
+                    header.status = "finished"
             panes.stats.show(store)
             if charts_due:
                 self._last_chart_redraw = now
