@@ -332,6 +332,28 @@ async def test_nothing_typed_as_a_command_takes_the_dashboard_down(typed, error)
     assert app.return_code in (0, None)
 
 
+async def test_the_command_box_says_a_big_change_as_it_is_typed_and_lists_every_form():
+    """controls.md promised the big change said as you type: it showed only on Enter. And the help line's
+    "lr[G]=V" was read as markup, showing "lr=V" twice."""
+    from optwatch.app.widgets.command_input import CommandInput
+
+    store = Store()
+    store.ingest([step_record(0, lr=0.01)])
+    app = OptwatchApp(store=store)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("colon", *"lr=5")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, CommandInput)
+        assert (
+            str(app.screen.query_one("#command-error").render())
+            == "lr=5 is 500x the current 0.01: send lr=5! to confirm"
+        )
+        await pilot.press("backspace", *"0.02")
+        await pilot.pause(0.1)
+        assert str(app.screen.query_one("#command-error").render()) == ""
+        assert "lr=V  lr*=F  lr[G]=V  amp=on|off" in str(app.screen.query_one("#command-help").render())
+
+
 async def test_a_parser_bug_shows_as_an_error_line(monkeypatch):
     from optwatch import controls
     from optwatch.app.widgets.command_input import CommandInput

@@ -1,7 +1,7 @@
 """Type a control command; it is checked as you type and sent only when it parses.
 
-A learning-rate change of more than 100x the run's last known rate is shown with the reason and sent
-only on a second Enter, as the confirmed ``COMMAND!``. Nothing typed here can raise: a failure to read
+A learning-rate change of more than 100x the run's last known rate is said as you type, and sent only on
+a second Enter, as the confirmed ``COMMAND!``. Nothing typed here can raise: a failure to read
 a command, whatever its cause, is an error line in the box.
 """
 
@@ -52,12 +52,22 @@ class CommandInput(ModalScreen[str | None]):
             yield Static("[b]Command[/b] (applied at the next step boundary)")
             yield Input(value=self.initial, placeholder="lr=0.001", validators=[CommandValidator()], id="command")
             yield Static("", id="command-error", markup=False)
-            yield Static(HELP, id="command-help")
+            yield Static(HELP, id="command-help", markup=False)  # (markup would take "[G]" for a tag)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._unconfirmed = None
         result = event.validation_result
+        if result is not None and result.is_valid and event.value.strip():
+            self._show(self._big_change(event.value.strip()) or "")  # a big change, said before Enter
+            return
         self._show("" if result is None or result.is_valid or not event.value else result.failure_descriptions[0])
+
+    def _big_change(self, text: str) -> str | None:
+        """Why ``text`` (a command that parses) needs a confirmation, if it does."""
+        command = controls.parse(text)
+        # The run reports group 0's rate only; another group's change is judged by the probe alone.
+        known = self.current_lr if command.group in (None, 0) else None
+        return controls.big_change(command, known)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.validation_result is None or not event.validation_result.is_valid:
@@ -67,10 +77,7 @@ class CommandInput(ModalScreen[str | None]):
             self.dismiss(f"{text}!")
             return
         try:
-            command = controls.parse(text)
-            # The run reports group 0's rate only; another group's change is judged by the probe alone.
-            known = self.current_lr if command.group in (None, 0) else None
-            reason = controls.big_change(command, known)
+            reason = self._big_change(text)
         except Exception as exc:
             self._show(_unreadable(exc))
             return
