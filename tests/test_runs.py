@@ -92,6 +92,20 @@ def test_a_listing_read_only_in_part_ends_quietly(two_runs, command):
     assert process.returncode == 0 and stderr == b"", stderr.decode()[-2000:]
 
 
+def test_a_run_whose_loss_went_nan_is_listed_with_nan_not_its_last_finite_loss(tmp_path):
+    """`optwatch runs` showed a diverged run's last finite loss (1.3e16) as its loss."""
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    done = optwatch("run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps", "12", "--lr", "1000", env=env)
+    assert done.returncode == 0, done.stderr
+    printed = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert printed[-1] == "step 11 loss nan"  # the script's own last loss
+    [entry] = runs.list_runs(tmp_path)
+    first_nonfinite = next(int(line.split()[1]) for line in printed if line.endswith((" nan", " inf")))
+    assert entry.summary["loss_nonfinite_from"] == first_nonfinite
+    [row] = [line for line in optwatch("runs", env=env).stdout.splitlines() if "plain_train" in line]
+    assert row.split()[4] == "nan", row
+
+
 def test_no_record_keeps_nothing(tmp_path):
     env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path / "runs")}
     done = optwatch("run", "--headless", "--no-record", str(SCRIPTS / "short.py"), "--steps", "2", env=env)

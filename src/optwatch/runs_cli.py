@@ -72,6 +72,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.get("start") or 0))
         loss = summary.get("last_loss")
         loss_text = f"{loss:.4g}" if isinstance(loss, (int, float)) else "-"
+        if isinstance(summary.get("loss_nonfinite_from"), int):
+            loss_text = "nan"  # the latest losses are not finite: the last finite one would hide it
         print(
             f"{entry.run_id:<36} {started:<16} {summary.get('steps', 0):>8} {loss_text:>9} {entry.status:<16} "
             f"{_size(entry.size_bytes):>8}  {summary.get('script', '')}"

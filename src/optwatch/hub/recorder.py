@@ -69,8 +69,12 @@ class RunRecorder:
                 step = record.get("step")
                 if isinstance(step, int):
                     self.summary["steps"] = max(self.summary["steps"], step + 1)
-                if protocol.finite(record.get("loss")):
-                    self.summary["last_loss"] = record["loss"]
+                loss = record.get("loss")
+                if protocol.finite(loss):
+                    self.summary["last_loss"] = loss
+                    self.summary.pop("loss_nonfinite_from", None)
+                elif isinstance(loss, float) and isinstance(step, int):  # NaN or inf: the run diverged
+                    self.summary.setdefault("loss_nonfinite_from", step)
             try:
                 self._pending.append(protocol.record_to_json_line(record).encode())
             except (ValueError, TypeError, RecursionError):
