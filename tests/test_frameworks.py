@@ -129,6 +129,25 @@ def test_a_resumed_lightning_gan_goes_on_at_the_step_lightning_logs(tmp_path):
     assert [s["loss"] for s in steps] == pytest.approx([float(logged[s["step"]]["d_loss"]) for s in steps], rel=1e-5)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
+def test_an_lr_command_under_lightning_is_the_rate_its_own_monitor_logs(tmp_path):
+    """Lightning's LearningRateMonitor reads the rate at the batch's start, before the optimizer's step where
+    the command's rate was set: it logged 0.018 for a step that used 0.05. Now the rate is set when the
+    step's first batch arrives, and from step 8 the schedule goes on from 0.05."""
+    logs = tmp_path / "logs"
+    records, truth, _ = run_framework(
+        tmp_path, "lightning_train", "--control", "lr=0.05@8", args=("--schedule", "--logs", str(logs))
+    )
+    with open(logs / "metrics.csv") as handle:
+        monitored = {int(row["step"]): float(row["lr-Adam"]) for row in csv.DictReader(handle) if row.get("lr-Adam")}
+    steps = steps_of(records)
+    assert truth[8]["lr"] == pytest.approx(0.05)  # what the optimizer used, read in on_before_optimizer_step
+    assert_same(steps, truth, "lr", "lr", rel=1e-9)
+    for step in range(len(truth)):
+        assert monitored[step] == pytest.approx(truth[step]["lr"], rel=1e-9), step
+    assert truth[9]["lr"] == pytest.approx(0.05 * 1.9 / 1.8)  # the schedule, scaled to pass through 0.05
+
+
 def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:
     """``python SCRIPT --callback --bf16`` (no `optwatch run`; bfloat16 mixed precision, as people train), watched
     from another process with `optwatch attach`."""

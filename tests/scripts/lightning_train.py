@@ -20,6 +20,9 @@ optimizer step, from that hook:
 
 ``FRAMEWORK_EVAL {"after_step": S, "sanity": bool, "val_loss": ..., "val_samples": N}`` after each
 validation run (``after_step`` -1: the sanity check, before step 0).
+
+``--schedule --logs DIR``: a per-batch LambdaLR (the rate rises 10% of its base a step) and Lightning's
+LearningRateMonitor, writing what it logs to ``DIR/metrics.csv``.
 """
 
 import inspect
@@ -120,7 +123,12 @@ class MLP(pl.LightningModule):
         self._val_losses, self._val_samples = [], 0
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.01)
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        if "--schedule" not in sys.argv:
+            return optimizer
+        # A rate that rises 10% a step, stepped per batch, as warm-ups are.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 + 0.1 * step)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def main() -> None:
@@ -131,7 +139,14 @@ def main() -> None:
     pl.seed_everything(0, verbose=False)
     train = torch.utils.data.DataLoader(synthetic(TRAIN_SAMPLES, 1), batch_size=BATCH, shuffle=True)
     val = torch.utils.data.DataLoader(synthetic(VAL_SAMPLES, 2), batch_size=VAL_BATCH)
-    callbacks = []
+    callbacks: list = []
+    logger = False
+    if "--schedule" in sys.argv:  # and Lightning's own log of the rate, to --logs DIR
+        from lightning.pytorch.callbacks import LearningRateMonitor
+        from lightning.pytorch.loggers import CSVLogger
+
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        logger = CSVLogger(sys.argv[sys.argv.index("--logs") + 1], name="", version="")
     if "--callback" in sys.argv:
         from optwatch.integrations.lightning import OptwatchCallback
 
@@ -144,7 +159,8 @@ def main() -> None:
         val_check_interval=VAL_EVERY,
         gradient_clip_val=CLIP,
         enable_checkpointing=False,
-        logger=False,
+        logger=logger,
+        log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
         precision="bf16-mixed" if "--bf16" in sys.argv else "32-true",

@@ -236,8 +236,10 @@ class ControlPlugin(ProbePlugin):
         if self._stop_before is not None:
             return frozenset()  # the next step's first batch or backward raises it
         if self.amp.enabled:
-            return frozenset({"on_batch"})
-        idle = {"on_batch", "on_backward_start", "on_backward_end", "after_step"}
+            return frozenset() if self._lr_pin is not None else frozenset({"on_batch"})
+        idle = {"on_backward_start", "on_backward_end", "after_step"}
+        if self._lr_pin is None:
+            idle.add("on_batch")
         if not self._schedule and not self.paused:
             idle.add("at_boundary")
         if not (self._schedule or self._lr_pin is not None or self._held_rates):
@@ -258,6 +260,14 @@ class ControlPlugin(ProbePlugin):
 
     def on_batch(self, context: ProbeContext) -> None:
         self._stop_if_asked()
+        if self._lr_pin is not None and self._lr_pin[0] == context.step:
+            # The step's rate from its first batch on, not from its optimizer step alone: what the script or
+            # its framework reads before the update (Lightning's LearningRateMonitor, a loop's own log) is
+            # the rate used. The optimizer's step sets it again, after any assignment of the script's.
+            optimizer = context.primary_optimizer
+            if optimizer is not None:
+                for index, value in self._lr_pin[1].items():
+                    self._pin_group(optimizer, index, value)
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self._stop_if_asked()
