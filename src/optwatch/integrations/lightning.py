@@ -19,6 +19,8 @@ from optwatch.integrations import numbers_of
 class OptwatchCallback(Callback):
     def __init__(self) -> None:
         self.probe: Any = None
+        self._numbered = False
+        """The run's first step is numbered (``start_at``) at its first batch."""
         self._published: dict[str, Any] = {}
         """name -> the value last published (kept, so that its identity means something): callback_metrics
         keeps a value until it is logged again."""
@@ -30,12 +32,14 @@ class OptwatchCallback(Callback):
         inner = getattr(optimizers[0], "optimizer", optimizers[0])
         loader = getattr(trainer, "train_dataloader", None)
         batch_size = getattr(loader, "batch_size", None)
-        self.probe = optwatch.watch(
-            pl_module,
-            inner,
-            batch_size=batch_size if isinstance(batch_size, int) else None,
-            start_step=_logged_step(trainer),
-        )
+        self.probe = optwatch.watch(pl_module, inner, batch_size=batch_size if isinstance(batch_size, int) else None)
+        self._numbered = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.probe is not None and not self._numbered:
+            # Here, not at on_train_start: a resumed loop settles its count of batches when it starts.
+            self._numbered = True
+            self.probe.start_at(_logged_step(trainer))
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
