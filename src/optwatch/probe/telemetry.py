@@ -8,7 +8,8 @@ GPU an event), not a hook on every module call:
                  the loss (and what the script does between them). What the loop does before its first
                  module call (batches made in the loop, an EMA update, logging) is ``other_s``. The first
                  call is seen by a global module pre-hook set at those points of a detail step and removed
-                 by that call: torch's slow path for one module call a phase
+                 by that call: torch's slow path for one module call a phase. Not for a model wrapped by
+                 ``torch.compile(model)``, which warns of global hooks: its forward is timed from the mark
     backward_s   ``backward()`` calls
     optimizer_s  the primary optimizer's ``step()`` (less the forward and backward a closure runs inside it)
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -34,7 +34,6 @@ from optwatch.probe.plugin import ProbeContext, ProbePlugin, being_traced
 from optwatch.probe.readback import DeviceTime
 
 TIMED = ("forward_s", "backward_s", "optimizer_s")
-_COMPILE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
 UNTIMED = dict.fromkeys(TIMED)
 
 
@@ -52,7 +51,8 @@ class TelemetryPlugin(ProbePlugin):
         self._awaiting_forward: Any = None
         """The global module pre-hook's handle while it waits for that call."""
         self._context: ProbeContext | None = None
-        self._filter: tuple | None = None
+        self._model_seen: torch.nn.Module | None = None
+        self._model_plain = False
 
     def _reset(self) -> None:
         self._host = dict.fromkeys(TIMED, 0.0)
@@ -79,24 +79,22 @@ class TelemetryPlugin(ProbePlugin):
         """A cut before a forward: the forward starts at the next module call."""
         self._mark = now or self._now()
         self._forward_began = None
-        if self._awaiting_forward is None:
+        if self._awaiting_forward is None and self._plain_model():
             self._awaiting_forward = register_module_forward_pre_hook(self._forward_starts)
-            # A torch.compile'd module called now warns of global hooks (this one, gone at that call): not
-            # the script's to see. Only while it waits, so the script's own hooks still get the warning.
-            warnings.filterwarnings("ignore", message=_COMPILE_WARNING, category=UserWarning)
-            self._filter = warnings.filters[0]
+
+    def _plain_model(self) -> bool:
+        """The model is known, and not ``torch.compile(model)``'s wrapper: called with a global hook set, that
+        one warns the script of it. Otherwise the forward is timed from the mark."""
+        model = self._context.find_model() if self._context is not None else None
+        if model is not self._model_seen:
+            self._model_seen = model
+            self._model_plain = model is not None and getattr(model, "_orig_mod", None) is None
+        return self._model_plain
 
     def _stop_awaiting(self) -> None:
         handle, self._awaiting_forward = self._awaiting_forward, None
         if handle is not None:
             handle.remove()
-        entry, self._filter = self._filter, None
-        if entry is not None:
-            try:
-                warnings.filters.remove(entry)
-                warnings._filters_mutated()
-            except ValueError:
-                pass  # the script reset the filters meanwhile
 
     def _forward_starts(self, module: torch.nn.Module, args: Any) -> None:
         # (Traced by torch.compile, a constant: no clock read, no removal in the graph; a later call outside.)
