@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from optwatch.app.widgets.verdict_panel import evidence_parts
 from optwatch.diagnose.bottleneck import classify, summarise
 from optwatch.diagnose.phases import other_seconds
 from optwatch.diagnose.tracker import VerdictTracker
@@ -233,7 +234,13 @@ def test_on_a_gpu_the_phases_come_from_the_detail_steps_alone():
     assert window.steps == len(steps) and window.shares["data_wait_s"] == pytest.approx(0.02)
     assert window.shares["backward_s"] == pytest.approx(0.55) and window.device_busy_share == pytest.approx(0.95)
     assert window.launch_ratio == pytest.approx(0.01 / 0.095)
-    assert verdict(steps, make_systems(gpus=[gpu(95)]), "cuda:0")["bottleneck"] == "compute"
+    judged = verdict(steps, make_systems(gpus=[gpu(95)]), "cuda:0")
+    assert judged["bottleneck"] == "compute"
+    # The shares rest on the timed steps, and the verdict says how many (one in four here): a window past
+    # the first 100 steps may hold one, whose phases then read as the window's.
+    timed_steps = sum(1 for s in steps if s.get("detailed", True))
+    assert judged["evidence"]["timed_steps"] == timed_steps
+    assert f"phases of {timed_steps} timed steps" in evidence_parts(judged["evidence"])
 
 
 def test_allocator_retries_in_the_window_are_memory_bound():

@@ -101,6 +101,9 @@ class Window:
     between_share: float | None = None
     """Their time beyond a median step, over all the steps' time: work done between training steps (a rollout,
     an evaluation without a DataLoader, a checkpoint) wherever it falls in the phases. Host-paced steps only."""
+    timed_steps: int = 0
+    """The steps whose phases were timed (the detail steps: one in tens past the first 100 steps), which the
+    phase shares rest on."""
     evaluations: int = 0
     """Steps in whose time an evaluation ran (DataLoader batches outside the training's: ``eval_batches``)."""
     evaluation_step_s: float | None = None
@@ -173,6 +176,7 @@ def summarise(
     others = [s.get("other_s") if finite(s.get("other_s")) else other_seconds(s) for s in phased]
     shares["other_s"] = sum(others) / phased_total if phased_total > 0 else None
     window = Window(
+        timed_steps=len(phased),
         first_step=timed[0].get("step", 0),
         last_step=timed[-1].get("step", 0),
         steps=len(timed),
@@ -546,6 +550,7 @@ def evidence(w: Window) -> dict[str, Any]:
         "steps": w.steps,
         "window_s": round(w.duration_s, 2),
         "step_time_s": w.step_time_s,
+        "timed_steps": w.timed_steps if w.timed_steps < w.steps else None,  # said when the budget spaced them
         "data_wait_share": w.shares.get("data_wait_s"),
         "forward_share": w.shares.get("forward_s"),
         "backward_share": w.shares.get("backward_s"),

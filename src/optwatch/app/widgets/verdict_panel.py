@@ -40,6 +40,9 @@ def evidence_parts(evidence: dict[str, Any]) -> list[str]:
     if "step_time_s" in evidence:
         parts.append(f"step {fmt.seconds(evidence['step_time_s'])}")
     parts += [f"{label} {_pct(evidence[key])}" for key, label in _SHARES if key in evidence]
+    timed = evidence.get("timed_steps")
+    if isinstance(timed, int) and any(key in evidence for key, _ in _SHARES[1:4]):
+        parts.append(f"phases of {timed} timed step{'' if timed == 1 else 's'}")  # the budget spaced them
     if "gpu_util_percent" in evidence:
         parts.append(f"GPU busy {evidence['gpu_util_percent']:.0f}%")
     elif "device_busy_share" in evidence:
