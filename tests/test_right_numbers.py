@@ -105,6 +105,17 @@ def test_the_loops_own_work_before_the_forward_is_not_the_forward(tmp_path):
     assert "outside data loading, forward, backward and optimizer" in verdict["message"]
 
 
+@pytest.mark.parametrize("layout", ["sequence-first", "packed"])
+def test_the_samples_of_a_sequence_batch_are_its_sequences(tmp_path, layout):
+    """A recurrent layer's default batch is (T, B), and a PackedSequence's data is its tokens: the samples
+    were the padded length (0.6x the sequences) or the tokens (16x), and so was the throughput."""
+    records, stdout, _ = run(tmp_path, "sequence_batches", *(["--packed"] if layout == "packed" else []))
+    steps = steps_of(records)
+    truth = truth_of(stdout)
+    assert_same(steps, truth, "samples", "samples")
+    assert_same(steps, truth, "loss", "loss")
+
+
 def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):
     records, stdout, _ = run(tmp_path, "lbfgs")
     truth = truth_of(stdout)

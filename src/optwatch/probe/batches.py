@@ -11,20 +11,50 @@ import weakref
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
+
+MAX_BATCH_TENSORS = 8
+"""The tensors of a batch its size is read from (a batch is usually two or three)."""
 
 
-def batch_size_of(batch: Any, depth: int = 0) -> int | None:
-    """Samples in a DataLoader batch: the leading dimension of its first tensor."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.size(0)) if batch.dim() else None  # size(0): a nested tensor has no .shape
-    if depth < 2:
-        if isinstance(batch, (list, tuple)) and batch:
-            return batch_size_of(batch[0], depth + 1)
-        if isinstance(batch, dict) and batch:
-            return batch_size_of(next(iter(batch.values())), depth + 1)
-        if hasattr(batch, "keys") and hasattr(batch, "values"):  # a Hugging Face BatchEncoding
-            return batch_size_of(next(iter(batch.values()), None), depth + 1)
-    return None
+def batch_size_of(batch: Any) -> int | None:
+    """Samples in a DataLoader batch: the leading dimension its tensors share; where they do not share one,
+    the one size every tensor has (a sequence-first (T, B) batch with its (B,) lengths: B); a
+    PackedSequence's number of sequences."""
+    tensors = _tensors_in(batch, [], 0)
+    if not tensors:
+        return None
+    first = tensors[0]
+    if isinstance(first, PackedSequence):
+        return int(first.batch_sizes[0]) if len(first.batch_sizes) else None  # (batch_sizes: on the CPU)
+    leading = [int(t.size(0)) for t in tensors if not isinstance(t, PackedSequence) and t.dim()]  # (nested: size)
+    if not leading:
+        return None
+    if len(set(leading)) == 1 or first.is_nested:
+        return leading[0]
+    shared = set(first.shape)
+    for tensor in tensors[1:]:
+        if not isinstance(tensor, PackedSequence) and tensor.dim() and not tensor.is_nested:
+            shared &= set(tensor.shape)
+    return shared.pop() if len(shared) == 1 else leading[0]
+
+
+def _tensors_in(batch: Any, found: list, depth: int) -> list:
+    """The batch's tensors (and packed sequences), in order, two levels down at most, a few of them."""
+    if isinstance(batch, (torch.Tensor, PackedSequence)):
+        found.append(batch)
+    elif depth < 2 and len(found) < MAX_BATCH_TENSORS:
+        if isinstance(batch, (list, tuple)):
+            items: Any = batch
+        elif isinstance(batch, dict) or (hasattr(batch, "keys") and hasattr(batch, "values")):  # BatchEncoding
+            items = batch.values()
+        else:
+            return found
+        for item in items:
+            _tensors_in(item, found, depth + 1)
+            if len(found) >= MAX_BATCH_TENSORS:
+                break
+    return found
 
 
 class _Fetches:
