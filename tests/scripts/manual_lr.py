@@ -5,6 +5,7 @@ optwatch import.
 
     TRUTH {"step": S, "loss": ..., "grad_norm": ..., "lr": the lr the step's optimizer.step() used,
            "script_lr": the lr the script assigned (the same, unless changed from outside),
+           "logged_lr": the param group's lr read after backward() and the clip, before optimizer.step(),
            "samples": sequences in the step's batch}
 
 ``grad_norm``: the pre-clip norm ``clip_grad_norm_(model.parameters(), 1.0)`` returned, as nanoGPT clips.
@@ -62,8 +63,16 @@ for it in range(args.steps):
     X, Y = get_batch()  # the next batch, fetched while (on a GPU) the forward runs, as nanoGPT does
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    logged_lr = optimizer.param_groups[0]["lr"]  # what a loop that logs its rate before the update reads
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    record = {"step": it, "loss": loss.item(), "grad_norm": float(norm), "lr": used[-1], "script_lr": lr}
+    record = {
+        "step": it,
+        "loss": loss.item(),
+        "grad_norm": float(norm),
+        "lr": used[-1],
+        "script_lr": lr,
+        "logged_lr": logged_lr,
+    }
     record["samples"] = BATCH
     print(f"TRUTH {json.dumps(record)}", flush=True)

@@ -237,9 +237,11 @@ class ControlPlugin(ProbePlugin):
             return frozenset()  # the next step's first batch or backward raises it
         if self.amp.enabled:
             return frozenset() if self._lr_pin is not None else frozenset({"on_batch"})
-        idle = {"on_backward_start", "on_backward_end", "after_step"}
+        idle = {"on_backward_end", "after_step"}
         if self._lr_pin is None:
             idle.add("on_batch")
+            if not self._held_rates:
+                idle.add("on_backward_start")
         if not self._schedule and not self.paused:
             idle.add("at_boundary")
         if not (self._schedule or self._lr_pin is not None or self._held_rates):
@@ -260,17 +262,26 @@ class ControlPlugin(ProbePlugin):
 
     def on_batch(self, context: ProbeContext) -> None:
         self._stop_if_asked()
+        if self._lr_pin is not None:
+            self._set_rates_early(context)
+
+    def _set_rates_early(self, context: ProbeContext) -> None:
+        """The step's rate from its first batch (and its backward) on, not from its optimizer step alone:
+        what the script or its framework reads before the update (Lightning's LearningRateMonitor, a loop's
+        own log) is the rate used. The optimizer's step sets it again, after any assignment of the script's."""
+        optimizer = context.primary_optimizer
+        if optimizer is None:
+            return
         if self._lr_pin is not None and self._lr_pin[0] == context.step:
-            # The step's rate from its first batch on, not from its optimizer step alone: what the script or
-            # its framework reads before the update (Lightning's LearningRateMonitor, a loop's own log) is
-            # the rate used. The optimizer's step sets it again, after any assignment of the script's.
-            optimizer = context.primary_optimizer
-            if optimizer is not None:
-                for index, value in self._lr_pin[1].items():
-                    self._pin_group(optimizer, index, value)
+            for index, value in self._lr_pin[1].items():
+                self._pin_group(optimizer, index, value)
+        if self._held_rates:
+            self._hold_rates(optimizer)
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self._stop_if_asked()
+        if self._lr_pin is not None or self._held_rates:
+            self._set_rates_early(context)
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
             return loss * self.amp.scale.to(loss.dtype)
