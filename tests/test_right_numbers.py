@@ -105,6 +105,21 @@ def test_the_loops_own_work_before_the_forward_is_not_the_forward(tmp_path):
     assert "outside data loading, forward, backward and optimizer" in verdict["message"]
 
 
+def test_a_batch_taken_between_the_forward_and_backward_leaves_the_forward_whole(tmp_path):
+    """nanoGPT's order with a DataLoader: the next batch is taken after the forward, before backward(). The
+    batch's arrival moved the forward's start: the forward read 0.06 ms of a 2.6 ms one (its time was
+    "other"), and a fine-tune spending 90% of its step in the forward was "host-bound"."""
+    records, stdout, _ = run(tmp_path, "loop_work", "--prefetch", "--work", "0", "--width", "4096")
+    truth = truth_of(stdout)
+    detailed = [s for s in steps_of(records) if s["detailed"] and s["step"] >= 2]
+    forward = statistics.median(s["forward_s"] for s in detailed)
+    script_forward = statistics.median(truth[s["step"]]["forward_s"] for s in detailed)
+    # What the loop does between the forward and backward() is the forward's (telemetry.md): the fetch too.
+    fetch = statistics.median(truth[s["step"]]["fetch_s"] for s in detailed)
+    assert script_forward > 0.001  # a forward worth the name
+    assert 0.8 * (script_forward + fetch) < forward < script_forward + fetch + 0.0005, (forward, script_forward, fetch)
+
+
 @pytest.mark.parametrize("layout", ["sequence-first", "packed"])
 def test_the_samples_of_a_sequence_batch_are_its_sequences(tmp_path, layout):
     """A recurrent layer's default batch is (T, B), and a PackedSequence's data is its tokens: the samples

@@ -48,6 +48,10 @@ class TelemetryPlugin(ProbePlugin):
         """(host time, CUDA event or None) of the last cut before a forward."""
         self._forward_began: tuple[float, Any] | None = None
         """The same, at the first module call after the mark (the forward's start)."""
+        self._batch_marked = False
+        """The mark is a batch's arrival (the first since the last backward or step)."""
+        self._training_forward = False
+        """The forward that began since the mark has gradients on (not an evaluation's)."""
         self._awaiting_forward: Any = None
         """The global module pre-hook's handle while it waits for that call."""
         self._context: ProbeContext | None = None
@@ -79,16 +83,22 @@ class TelemetryPlugin(ProbePlugin):
         """A cut before a forward: the forward starts at the next module call."""
         self._mark = now or self._now()
         self._forward_began = None
+        self._training_forward = self._batch_marked = False
         if self._awaiting_forward is None and self._plain_model():
             self._awaiting_forward = register_module_forward_pre_hook(self._forward_starts)
 
     def _plain_model(self) -> bool:
-        """The model is known, and not ``torch.compile(model)``'s wrapper: called with a global hook set, that
-        one warns the script of it. Otherwise the forward is timed from the mark."""
+        """The model is known, and not compiled whole: ``torch.compile(model)``'s wrapper warns the script of a
+        global hook, and ``model.compile()`` traces it, where it cannot time. Otherwise the forward is timed
+        from the mark."""
         model = self._context.find_model() if self._context is not None else None
         if model is not self._model_seen:
             self._model_seen = model
-            self._model_plain = model is not None and getattr(model, "_orig_mod", None) is None
+            self._model_plain = (
+                model is not None
+                and getattr(model, "_orig_mod", None) is None  # torch.compile(model)'s wrapper
+                and getattr(model, "_compiled_call_impl", None) is None  # model.compile(): the hook is traced
+            )
         return self._model_plain
 
     def _stop_awaiting(self) -> None:
@@ -104,10 +114,16 @@ class TelemetryPlugin(ProbePlugin):
         if training is not None and threading.get_ident() != training:
             return  # another thread's forward (an evaluation or actor thread)
         self._forward_began = self._now()
+        self._training_forward = torch.is_grad_enabled()
         self._stop_awaiting()  # one module call on torch's slow path, then none
 
     def on_batch(self, context: ProbeContext) -> None:
-        self._set_mark()
+        # Only the first batch since the last backward (or step) starts a forward: one taken after a training
+        # forward began, or after another batch (nanoGPT's prefetch of the next batch before backward(), a
+        # loader's look-ahead), is the next micro-batch's or step's, and the forward under way keeps its start.
+        if not self._batch_marked and not self._training_forward:
+            self._set_mark()  # (after an evaluation's forward without gradients too: the step starts here)
+            self._batch_marked = True
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> None:
         if self._cuda is None and loss.device.type == "cuda":
@@ -118,6 +134,7 @@ class TelemetryPlugin(ProbePlugin):
         began = self._forward_began or self._mark
         self._stop_awaiting()
         self._forward_began = None
+        self._training_forward = self._batch_marked = False
         if began is not None:
             forward = self._add("forward_s", began, now)
             if self._optimizer_began is not None:
@@ -168,6 +185,7 @@ class TelemetryPlugin(ProbePlugin):
         # a loop without an optimizer, from the end of the last backward, which is where it began).
         if not context.next_detailed:
             self._mark = self._forward_began = None
+            self._training_forward = self._batch_marked = False
             self._stop_awaiting()
         elif not (lazy and self._mark is not None):
             self._set_mark()
