@@ -99,6 +99,8 @@ def test_time_outside_the_phases_on_the_cpu_is_host_bound():
     result = verdict(steps, make_systems())
     assert result["bottleneck"] == "host"
     assert result["evidence"]["other_share"] == pytest.approx(0.53)
+    # Outside the phases is where a loop that makes its own batches spends it (telemetry.md): said first.
+    assert result["suggestions"][0].startswith("Batches made in the loop")
 
 
 def test_no_dominant_cause_is_balanced():

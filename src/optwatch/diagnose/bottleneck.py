@@ -498,6 +498,8 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             "host",
             f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer" + _own_part(w),
             [
+                "Batches made in the loop (a get_batch, noise drawn, augmentation) belong in a DataLoader with "
+                "workers, which makes the next ones while the model trains",
                 "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps",
                 "Look for Python work on tensors in the loop: .tolist(), numpy conversions, printing",
                 *_own_suggestion(w),
