@@ -262,26 +262,24 @@ class ControlPlugin(ProbePlugin):
 
     def on_batch(self, context: ProbeContext) -> None:
         self._stop_if_asked()
-        if self._lr_pin is not None:
-            self._set_rates_early(context)
+        if self._lr_pin is not None and context.primary_optimizer is not None:
+            self._set_rates(context.primary_optimizer, context.step)
 
-    def _set_rates_early(self, context: ProbeContext) -> None:
-        """The step's rate from its first batch (and its backward) on, not from its optimizer step alone:
-        what the script or its framework reads before the update (Lightning's LearningRateMonitor, a loop's
-        own log) is the rate used. The optimizer's step sets it again, after any assignment of the script's."""
-        optimizer = context.primary_optimizer
-        if optimizer is None:
-            return
-        if self._lr_pin is not None and self._lr_pin[0] == context.step:
+    def _set_rates(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """The pinned rate of ``step``, and the held factors on what the script assigned. Set from the step's
+        first batch and at each backward, not at its optimizer step alone: what the script or its framework
+        reads before the update (Lightning's LearningRateMonitor, a loop's own log) is the rate used. The
+        optimizer's step sets them again, after any assignment of the script's."""
+        if self._lr_pin is not None and self._lr_pin[0] == step:
             for index, value in self._lr_pin[1].items():
                 self._pin_group(optimizer, index, value)
-        if self._held_rates:
+        if self._held_rates:  # also beside a pin of another group (lr[1]=V leaves group 0's factor held)
             self._hold_rates(optimizer)
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self._stop_if_asked()
-        if self._lr_pin is not None or self._held_rates:
-            self._set_rates_early(context)
+        if (self._lr_pin is not None or self._held_rates) and context.primary_optimizer is not None:
+            self._set_rates(context.primary_optimizer, context.step)
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
             return loss * self.amp.scale.to(loss.dtype)
@@ -290,14 +288,8 @@ class ControlPlugin(ProbePlugin):
     def before_optimizer_step(self, context: ProbeContext, optimizer: torch.optim.Optimizer) -> None:
         if self._schedule:
             self._apply_due(context, stage="optimizer")  # LR commands for step 0 wait for the optimizer
-        if self._lr_pin is not None:
-            step, pinned = self._lr_pin
-            self._lr_pin = None
-            if step == context.step:
-                for index, value in pinned.items():
-                    self._pin_group(optimizer, index, value)
-        if self._held_rates:  # also beside a pin of another group (lr[1]=V leaves group 0's factor held)
-            self._hold_rates(optimizer)
+        self._set_rates(optimizer, context.step)
+        self._lr_pin = None  # a pin lasts one step
         if self.amp.enabled and self.amp.scaling:
             skipped_at_scale = self.amp.unscale_or_skip(optimizer)
             if skipped_at_scale is not None:
