@@ -106,6 +106,12 @@ class TelemetryPlugin(ProbePlugin):
         if handle is not None:
             handle.remove()
 
+    def _forget_forward(self) -> None:
+        """No forward under way, none awaited: a backward began, or the next step is not timed."""
+        self._stop_awaiting()
+        self._forward_began = None
+        self._training_forward = self._batch_marked = False
+
     def _forward_starts(self, module: torch.nn.Module, args: Any) -> None:
         # (Traced by torch.compile, a constant: no clock read, no removal in the graph; a later call outside.)
         if being_traced() or self._awaiting_forward is None:
@@ -132,9 +138,7 @@ class TelemetryPlugin(ProbePlugin):
             self._mark = self._forward_began = None  # a host-only mark cannot open a device span
         now = self._now()
         began = self._forward_began or self._mark
-        self._stop_awaiting()
-        self._forward_began = None
-        self._training_forward = self._batch_marked = False
+        self._forget_forward()
         if began is not None:
             forward = self._add("forward_s", began, now)
             if self._optimizer_began is not None:
@@ -184,8 +188,7 @@ class TelemetryPlugin(ProbePlugin):
         # The next step starts now; its first forward is timed from here unless a batch arrives first (in
         # a loop without an optimizer, from the end of the last backward, which is where it began).
         if not context.next_detailed:
-            self._mark = self._forward_began = None
-            self._training_forward = self._batch_marked = False
-            self._stop_awaiting()
+            self._mark = None
+            self._forget_forward()
         elif not (lazy and self._mark is not None):
             self._set_mark()
