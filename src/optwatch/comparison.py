@@ -4,12 +4,12 @@ textual (the dashboard draws them, `--headless` prints them)."""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from optwatch.protocol import finite, first_step
 from optwatch.store import Store
+from optwatch.summary import window
 
 COLOURS = ("cyan", "orange", "magenta", "green", "yellow", "blue")
 
@@ -87,8 +87,7 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
     losses = [s["loss"] for s in steps if finite(s.get("loss"))]
     loss_series = whole.get("loss")
     lows = [v for v in (loss_series.points()[2] if loss_series else []) if v is not None]
-    step_times = [s["step_time_s"] for s in steps if finite(s.get("step_time_s"))]
-    rates = [s["samples_per_s"] for s in steps if finite(s.get("samples_per_s"))]
+    typical = window(steps)  # the step time and throughput every view shows, over the steps held
     lr_means = whole["lr"].points()[1] if "lr" in whole else []
     lr_start = lr_means[0] if lr_means else None
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
@@ -99,8 +98,8 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
         "steps": (str(last["step"] - first_step(hello) + 1) if last else "-", False),
         "final loss": (_number(losses[-1]) if losses else "-", False),
         "best loss": (_number(min(lows)) if lows else "-", False),
-        "step time p50": (f"{statistics.median(step_times) * 1000:.1f} ms" if step_times else "-", False),
-        "samples/s p50": (f"{statistics.median(rates):.0f}" if rates else "-", False),
+        "step time p50": (f"{typical.step_time_s * 1000:.1f} ms" if typical.step_time_s is not None else "-", False),
+        "samples/s p50": (f"{typical.samples_per_s:.0f}" if typical.samples_per_s is not None else "-", False),
         # Evaluations, checkpoints and waits between steps included: the median step leaves them out.
         "samples/s whole run": (f"{whole_rate:.0f}" if whole_rate is not None else "-", False),
         "alerts": (str(alerts), False),
