@@ -3,7 +3,8 @@ loops do (noise and timesteps drawn in the loop, an EMA copy updated after the s
 the script times its own pieces. No optwatch import.
 
     TRUTH {"step": S, "work_s": the loop's own work before the forward, "forward_s": forward and loss,
-           "fetch_s": the next batch taken after the forward (``--prefetch``), before backward()}
+           "fetch_s": the next batch taken after the forward (``--prefetch``), before backward(),
+           "between_s": the loop's own work after the forward, before backward() (``--between``)}
 """
 
 import argparse
@@ -23,6 +24,13 @@ parser.add_argument(
     "between the forward and backward(), as nanoGPT takes its next batch",
 )
 parser.add_argument("--width", type=int, default=256)
+parser.add_argument(
+    "--between",
+    type=int,
+    default=0,
+    help="iterations of Python work between the forward and backward(), as nanoGPT's get_batch makes the "
+    "next batch there without a DataLoader",
+)
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -54,11 +62,19 @@ for step in range(args.steps):
     if args.prefetch:
         upcoming = next(batches)  # the next batch, while (on a GPU) the forward runs
     fetched = time.perf_counter()
+    for i in range(args.between):
+        tally += i % 7
+    between_ended = time.perf_counter()
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     with torch.no_grad():
         torch._foreach_lerp_(ema, list(model.parameters()), 0.01)
     work_s = forward_began - began
-    times = {"work_s": work_s, "forward_s": forward_ended - forward_began, "fetch_s": fetched - forward_ended}
+    times = {
+        "work_s": work_s,
+        "forward_s": forward_ended - forward_began,
+        "fetch_s": fetched - forward_ended,
+        "between_s": between_ended - fetched,
+    }
     print("TRUTH " + json.dumps({"step": step, **times}))

@@ -4,12 +4,15 @@ The phases are cut at points the probe sees anyway, so timing them costs a clock
 GPU an event), not a hook on every module call:
 
     forward_s    from the first module call after the last thing before it (the step's start, its batch
-                 arriving, the previous micro-batch's backward ending) to ``backward()``: the forward and
-                 the loss (and what the script does between them). What the loop does before its first
-                 module call (batches made in the loop, an EMA update, logging) is ``other_s``. The first
-                 call is seen by a global module pre-hook set at those points of a detail step and removed
-                 by that call: torch's slow path for one module call a phase. Not for a model wrapped by
-                 ``torch.compile(model)``, which warns of global hooks: its forward is timed from the mark
+                 arriving, the previous micro-batch's backward ending) to the last return, before
+                 ``backward()``, of a module the loop calls itself (the model, a loss module, a teacher).
+                 What the loop does before the first call (batches made in the loop, an EMA update,
+                 logging) and after that return (a loss computed by a function, nanoGPT's get_batch) is
+                 ``other_s``. On a detail step a global module pre-hook is set between such calls only, and
+                 a module called gets a forward hook for that call only: torch's slow path for the loop's
+                 own module calls, never for the modules inside them, and no hook travels with the model.
+                 Not for a model wrapped by ``torch.compile(model)``, which warns of global hooks: its
+                 forward is timed from the mark to ``backward()``
     backward_s   ``backward()`` calls
     optimizer_s  the primary optimizer's ``step()`` (less the forward and backward a closure runs inside it)
 
@@ -53,7 +56,11 @@ class TelemetryPlugin(ProbePlugin):
         self._training_forward = False
         """The forward that began since the mark has gradients on (not an evaluation's)."""
         self._awaiting_forward: Any = None
-        """The global module pre-hook's handle while it waits for that call."""
+        """The global module pre-hook's handle while it waits for the loop's next module call."""
+        self._forward_ended: tuple[float, Any] | None = None
+        """The same, at the last return of a module the loop called (the forward's end so far)."""
+        self._awaiting_return: Any = None
+        """The forward hook's handle on the module the loop is calling, during that call."""
         self._context: ProbeContext | None = None
         self._model_seen: torch.nn.Module | None = None
         self._model_plain = False
@@ -82,10 +89,11 @@ class TelemetryPlugin(ProbePlugin):
     def _set_mark(self, now: tuple[float, Any] | None = None) -> None:
         """A cut before a forward: the forward starts at the next module call."""
         self._mark = now or self._now()
-        self._forward_began = None
+        self._forward_began = self._forward_ended = None
         self._training_forward = self._batch_marked = False
+        self._stop_awaiting_return()
         if self._awaiting_forward is None and self._plain_model():
-            self._awaiting_forward = register_module_forward_pre_hook(self._forward_starts)
+            self._awaiting_forward = register_module_forward_pre_hook(self._call_begins)
 
     def _plain_model(self) -> bool:
         """The model is known, and not compiled whole: ``torch.compile(model)``'s wrapper warns the script of a
@@ -106,22 +114,46 @@ class TelemetryPlugin(ProbePlugin):
         if handle is not None:
             handle.remove()
 
+    def _stop_awaiting_return(self) -> None:
+        handle, self._awaiting_return = self._awaiting_return, None
+        if handle is not None:
+            handle.remove()
+
     def _forget_forward(self) -> None:
         """No forward under way, none awaited: a backward began, or the next step is not timed."""
         self._stop_awaiting()
-        self._forward_began = None
+        self._stop_awaiting_return()
+        self._forward_began = self._forward_ended = None
         self._training_forward = self._batch_marked = False
 
-    def _forward_starts(self, module: torch.nn.Module, args: Any) -> None:
+    def _call_begins(self, module: torch.nn.Module, args: Any) -> None:
+        """A module called by the loop itself (none of optwatch's hooks is set inside a module's call)."""
         # (Traced by torch.compile, a constant: no clock read, no removal in the graph; a later call outside.)
         if being_traced() or self._awaiting_forward is None:
             return
-        training = self._context.training_thread if self._context is not None else None
-        if training is not None and threading.get_ident() != training:
+        if not self._on_training_thread():
             return  # another thread's forward (an evaluation or actor thread)
-        self._forward_began = self._now()
-        self._training_forward = torch.is_grad_enabled()
-        self._stop_awaiting()  # one module call on torch's slow path, then none
+        if self._forward_began is None:
+            self._forward_began = self._now()
+            self._training_forward = torch.is_grad_enabled()
+        self._stop_awaiting()  # the module's own calls inside take torch's fast path
+        # Its return, even by an exception, ends the forward so far. The hook is the module's only during
+        # this call: none travels with the model into torch.save or deepcopy.
+        self._awaiting_return = module.register_forward_hook(self._call_returns, always_call=True)
+
+    def _call_returns(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        # The forward ends at the last return of a module the loop called before backward(): the model's, a
+        # loss module's, a teacher's after the student. What the loop does after it (a loss computed by a
+        # function, nanoGPT's get_batch making the next batch, logging) is other_s.
+        if self._awaiting_return is None or not self._on_training_thread():
+            return
+        self._forward_ended = self._now()
+        self._stop_awaiting_return()
+        self._awaiting_forward = register_module_forward_pre_hook(self._call_begins)  # another may follow
+
+    def _on_training_thread(self) -> bool:
+        training = self._context.training_thread if self._context is not None else None
+        return training is None or threading.get_ident() == training
 
     def on_batch(self, context: ProbeContext) -> None:
         # Only the first batch since the last backward (or step) starts a forward: one taken after a training
@@ -138,11 +170,12 @@ class TelemetryPlugin(ProbePlugin):
             self._mark = self._forward_began = None  # a host-only mark cannot open a device span
         now = self._now()
         began = self._forward_began or self._mark
+        ended = self._forward_ended or now
         self._forget_forward()
         if began is not None:
-            forward = self._add("forward_s", began, now)
-            if self._optimizer_began is not None:
-                self._nested_s += forward
+            self._add("forward_s", began, ended)
+            if self._optimizer_began is not None:  # a closure's: none of it is the optimizer's
+                self._nested_s += now[0] - began[0]
         self._backward_began = now
 
     def on_backward_end(self, context: ProbeContext, loss: torch.Tensor) -> None:
@@ -170,6 +203,7 @@ class TelemetryPlugin(ProbePlugin):
 
     def close(self, context: ProbeContext) -> None:
         self._stop_awaiting()
+        self._stop_awaiting_return()
 
     def after_step(self, context: ProbeContext, record: dict[str, Any]) -> None:
         if context.detailed:
