@@ -144,6 +144,8 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
         if job.poll() is None:
             job.kill()
     assert job.returncode == 130  # a clean stop is a KeyboardInterrupt at a step boundary
+    # Asked for, not a crash: one line, not a traceback through optwatch's hooks.
+    assert "stopped by request before step" in err and "Traceback" not in err, err[-3000:]
     [end] = [r for r in read_jsonl(record) if r["kind"] == "end"]
     [entry] = runs.list_runs()
     assert end["exit_code"] == 130 and entry.status == "stopped"  # not "failed (exit 1)"

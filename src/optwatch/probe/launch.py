@@ -77,9 +77,14 @@ def run_script(script: str, args: list[str]) -> int:
         trimmed = _script_frames(exc.__traceback__, path)
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         exit_code = protocol.INTERRUPTED  # Ctrl-C, or optwatch's `stop`
-        raise
+        if not ended_on_a_requested_stop(exc):
+            raise
+        # Asked for, not a failure: one line instead of a traceback through the framework and optwatch's hooks
+        # (the script's own handling of the interrupt has run).
+        print(f"{exc}: the steps before it are complete", file=sys.stderr, flush=True)
+        sys.exit(protocol.INTERRUPTED)
     except BaseException:
         exit_code = 1
         raise
