@@ -67,6 +67,23 @@ def test_an_optimizer_stepping_another_inside_its_step_is_one_optimizer_with_the
     assert not any(s.get("losses") for s in steps)
 
 
+def test_a_new_optimizer_made_mid_run_takes_over_and_the_old_one_is_let_go(tmp_path):
+    """A fine-tune that makes a new optimizer at a phase change: optwatch recorded no step after it (the run
+    looked frozen at its last step), an lr command was never applied, and the dropped optimizer's state was
+    kept alive. Now the new optimizer's steps are the run's steps."""
+    records, stdout, _ = run(tmp_path, "recreated_optimizer", options=("--control", "lr*=0.5@40"))
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss")
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    assert_same(steps, truth, "lr", "lr")
+    assert truth[40]["lr"] == pytest.approx(truth[39]["lr"] / 4)  # the schedule's halving, and the command's
+    [event] = [r for r in records if r["kind"] == "event"]
+    assert event["status"] == "accepted" and event["effective_step"] == 40
+    [old] = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("OLD_OPTIMIZER ")]
+    assert old == {"alive": False}
+
+
 def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path):
     """A NaN guard and a spike guard skip the optimizer's step and zero the gradients at the next batch: the
     skipped batch's loss was added to the next step's (a NaN, or 10x), its gradients were that step's

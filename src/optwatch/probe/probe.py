@@ -5,6 +5,7 @@ record per step of the primary optimizer and calls its plugins (``plugin.ProbePl
 the step. The rules (the README's "Instrumenting" says them to users):
 
 - A step is one ``step()`` of the primary optimizer: the one given to ``watch``, else the first that steps;
+  an optimizer made later over some of its parameters replaces it when it steps (a new one at a phase change);
   a step a GradScaler skipped for inf/NaN gradients counts (``amp_overflow``). With no optimizer at all, a
   ``backward()`` on a scalar is a step.
 - A step's loss is the sum of the scalars backpropagated since the previous step of any optimizer (what
@@ -124,6 +125,8 @@ class Probe:
         self._stepping: torch.optim.Optimizer | None = None
         self._inner_stepping: torch.optim.Optimizer | None = None
         """An optimizer stepping inside ``_stepping``'s step (one that another wraps)."""
+        self._others_apart: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        """Optimizers that stepped and train none of the primary's parameters (a GAN's other network)."""
         self._scaler_stepping: torch.optim.Optimizer | None = None
         self._stepped = False
         self._params: list[torch.Tensor] = []
@@ -583,8 +586,8 @@ class Probe:
             return
         started = time.perf_counter()
         self._inner_stepping = None  # (an inner step that raised never ended)
-        if self._primary is None:
-            self._primary = optimizer
+        if optimizer is not self._primary:
+            self._elect(optimizer)
         self._stepping = optimizer
         self.backward_end_needed = True  # a closure may call backward now
         self._stepped = True
@@ -640,14 +643,31 @@ class Probe:
         """GradScaler skipped ``optimizer.step()`` for inf/NaN gradients: that iteration is a step too."""
         if self._stepped or not scaler.is_enabled():
             return
-        if self._primary is None:
-            self._primary = optimizer
+        if optimizer is not self._primary:
+            self._elect(optimizer)
         if optimizer is not self._primary:
             self._other_optimizer_stepped(optimizer)
             return
         scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
         self._gradients_ready(optimizer)
         self._finish_step(time.perf_counter(), amp_overflow=True, amp_scale=scale)
+
+    def _elect(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer``, not the primary, steps: it becomes the primary if there is none yet, or if it trains
+        some of the primary's parameters. That is a new optimizer the script made to go on training the model
+        (at a phase change, to unfreeze a backbone): the old one, which the script dropped, steps no more, and
+        optwatch neither keeps it alive nor stops counting steps with it."""
+        if self._primary is not None:
+            if optimizer in self._others_apart:
+                return
+            self.parameters()  # (keeps the primary's parameter ids up to date)
+            if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
+                self._others_apart.add(optimizer)
+                return
+            self._others_apart = weakref.WeakSet()  # (measured against the new primary from now on)
+            if self.model is None:
+                self._model_searched = False  # (looked for again from the new one's parameters)
+        self._primary = optimizer
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
         self._records.other_stepped(optimizer, self._losses.take(), self._primary)
