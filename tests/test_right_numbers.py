@@ -152,6 +152,24 @@ def test_the_loops_own_work_between_the_forward_and_backward_is_not_the_forward(
     assert verdict["bottleneck"] == "host", verdict["message"]
 
 
+@pytest.mark.parametrize("mode", ["zipped", "validation", "autograd.grad"])
+def test_a_step_of_two_loaders_counts_both_batches_and_gets_a_verdict(tmp_path, mode):
+    """A semi-supervised loop zips a labelled and an unlabelled loader into one backward(): the labelled
+    batches were "evaluation" batches at every step, the samples were the unlabelled ones alone, and since the
+    verdict leaves out steps with an evaluation, the run never got one. Gradients from torch.autograd.grad
+    (no backward()) left every batch unconsumed, with the same result. A validation batch taken every N
+    steps with gradients on stays an evaluation's."""
+    args = {"zipped": [], "validation": ["--validate-every", "10"], "autograd.grad": ["--autograd-grad"]}[mode]
+    records, stdout, _ = run(tmp_path, "two_loaders", *args)
+    truth = truth_of(stdout)
+    steps = steps_of(records)[1:]  # (the first step cannot tell a second loader from a validation batch)
+    assert_same(steps, {s["step"]: truth[s["step"]] for s in steps}, "samples", "samples")
+    with_evaluation = [s["step"] for s in steps if s.get("eval_batches")]
+    assert with_evaluation == (list(range(10, 150, 10)) if mode == "validation" else [])
+    [final] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
+    assert final["window"][1] == 149, final
+
+
 @pytest.mark.parametrize("layout", ["sequence-first", "packed"])
 def test_the_samples_of_a_sequence_batch_are_its_sequences(tmp_path, layout):
     """A recurrent layer's default batch is (T, B), and a PackedSequence's data is its tokens: the samples

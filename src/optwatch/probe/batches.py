@@ -1,7 +1,11 @@
 """A step's batches: the samples a training step consumed and the time it waited for them.
 
-A batch counts for training once a ``backward()`` consumes it; the loaders whose batches no backward consumes
-(an evaluation loader's) are counted apart (``eval_batches``), and their wait is no part of ``data_wait_s``.
+A batch counts for training once a ``backward()`` consumes it (or the optimizer's step, in a step with no
+``backward()``: gradients from ``torch.autograd.grad``); the loaders whose batches no backward consumes (an
+evaluation loader's) are counted apart (``eval_batches``), and their wait is no part of ``data_wait_s``. A
+backward consumes a batch of each loader that feeds training; another loader feeds training too once it gave
+exactly one batch, with gradients on, before each of two backward() calls in a row (a semi-supervised loop's
+labelled and unlabelled batches, zipped; not a validation batch taken every N steps).
 """
 
 from __future__ import annotations
@@ -86,6 +90,14 @@ class BatchAccounts:
         self._latest_iterator: weakref.ref[Any] | None = None
         self.other_fetches: dict[int, _Fetches] = {}
         """Per iterator of a loader not known to feed training (an evaluation's), its batches in this step."""
+        self._fresh: dict[int, tuple[weakref.ref[Any], int]] = {}
+        """Per iterator not known to feed training, the batches taken with gradients on since the last backward."""
+        self._one_each: dict[int, int] = {}
+        """Per iterator not known to feed training, the backward() calls in a row it gave exactly one batch before."""
+        self._missed: dict[int, int] = {}
+        """Per iterator known to feed training, the backward() calls in a row that consumed others' batches alone."""
+        self.consumed_in_step = 0
+        """Batches consumed in this step (none: a step whose gradients came without a backward)."""
 
     def taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None:
         """The script took ``batch`` from a DataLoader ``iterator``, waiting from ``started`` to ``finished``."""
@@ -102,6 +114,9 @@ class BatchAccounts:
                 fetches = self.other_fetches[id(iterator)] = _Fetches()
             fetches.count += 1
             fetches.wait_s += finished - started
+            if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+                ref, count = self._fresh.get(id(iterator), (None, 0))
+                self._fresh[id(iterator)] = (ref or weakref.ref(iterator), count + 1)
 
     def loader_started(self, loader: Any) -> None:
         """A DataLoader began an iteration: its settings go with the system records (the verdict's advice)."""
@@ -115,28 +130,55 @@ class BatchAccounts:
             }
 
     def consumed(self) -> float | None:
-        """A backward() consumed a batch: the oldest not yet consumed of a loader that feeds training, or, when
-        none has one, of the loader the newest batch came from, which is then known to feed training. Returns
-        when that batch's fetch started (None: no DataLoader batch was waiting)."""
+        """A backward() consumed a batch of each loader that feeds training (the oldest it has not consumed), or,
+        when none has one, of the loader the newest batch came from, which is then known to feed training; and of
+        another loader that gave exactly one batch before this backward and the one before, which is then known
+        to feed training too. A loader known to feed training that gave none to two such backward() calls in a
+        row no longer does (a validation loader taken for the first step's; an epoch's spent iterator). Returns
+        when the earliest of the consumed batches' fetches started (None: no DataLoader batch was waiting)."""
         if self._latest_iterator is None:
             return None  # no DataLoader in this loop
-        iterator = next(
-            (it for it in (ref() for ref in self._training_loaders) if it is not None and self._unconsumed.get(it)),
-            None,
-        )
-        if iterator is None:
-            iterator = self._latest_iterator()
-            if iterator is None or not self._unconsumed.get(iterator):
-                return None
-            self._training_loaders = [ref for ref in self._training_loaders if ref() is not None]
-            self._training_loaders.append(weakref.ref(iterator))
-            fetches = self.other_fetches.pop(id(iterator), None)
-            if fetches is not None:
-                self.data_wait_s += fetches.wait_s
-        size, started = self._unconsumed[iterator].popleft()
-        if size:
-            self.samples += size
+        training = [it for it in (ref() for ref in self._training_loaders) if it is not None]
+        iterators = [it for it in training if self._unconsumed.get(it)]
+        if not iterators:
+            latest = self._latest_iterator()
+            if latest is not None and self._unconsumed.get(latest):
+                iterators.append(self._promoted(latest))
+        one_each = {}
+        for key, (ref, count) in self._fresh.items():
+            iterator = ref()
+            if count != 1 or iterator is None or iterator in iterators or not self._unconsumed.get(iterator):
+                continue
+            one_each[key] = self._one_each.get(key, 0) + 1
+            if one_each[key] >= 2:
+                queue = self._unconsumed[iterator]
+                while len(queue) > 1:  # (the batch of the first backward in the row: that step has gone)
+                    queue.popleft()
+                iterators.append(self._promoted(iterator))
+        self._one_each = one_each
+        self._fresh.clear()
+        if not iterators:
+            return None  # (a second backward on the same batch: a GAN's, a critic's penalty)
+        self.consumed_in_step += 1
+        self._missed = {id(it): self._missed.get(id(it), 0) + 1 for it in training if it not in iterators}
+        if any(missed >= 2 for missed in self._missed.values()):
+            self._training_loaders = [ref for ref in self._training_loaders if self._missed.get(id(ref()), 0) < 2]
+        started = None
+        for iterator in iterators:
+            size, fetched = self._unconsumed[iterator].popleft()
+            if size:
+                self.samples += size
+            started = fetched if started is None else min(started, fetched)
         return started
+
+    def _promoted(self, iterator: Any) -> Any:
+        """``iterator`` feeds training from now on: its batches' wait in this step is the training's."""
+        self._training_loaders = [ref for ref in self._training_loaders if ref() is not None]
+        self._training_loaders.append(weakref.ref(iterator))
+        fetches = self.other_fetches.pop(id(iterator), None)
+        if fetches is not None:
+            self.data_wait_s += fetches.wait_s
+        return iterator
 
     def add_eval_batches(self, record: dict[str, Any]) -> None:
         """The batches of loaders not known to feed training (an evaluation's), if any, into the step record."""
@@ -148,4 +190,5 @@ class BatchAccounts:
         """The next step begins with no batch of its own."""
         self.data_wait_s = 0.0
         self.samples = 0
+        self.consumed_in_step = 0
         self.other_fetches.clear()

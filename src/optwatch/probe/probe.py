@@ -678,6 +678,11 @@ class Probe:
     # --- the step boundary ---------------------------------------------------------------------------------------
     def _finish_step(self, now: float, **extra: Any) -> None:
         ending = self.step
+        if not self._batches.consumed_in_step:
+            # Gradients without a backward() (torch.autograd.grad, then p.grad = g): the step trained on its batch.
+            fetched = self._batches.consumed()
+            if self._step_start is None and fetched is not None:
+                self._begin_first_step(fetched)
         if self._autocast_entries != self._entries_mark or self._under_autocast:
             self._note_step_precision()
         if (
