@@ -343,3 +343,23 @@ def test_a_command_scheduled_past_the_last_step_is_said_to_be_never_applied(tmp_
     assert late["reason"] == "never applied: it was due at step 50, and the run was watched to step 9"
     assert "lr=0.001 rejected: never applied" in result.stdout + result.stderr
     assert all(s["lr"] == 0.05 for s in steps_of(read_jsonl(record)))
+
+
+def _rates(output: str) -> dict[int, float]:
+    lines = (json.loads(line[6:]) for line in output.splitlines() if line.startswith("TRUTH "))
+    return {line["step"]: line["lr"] for line in lines}
+
+
+@pytest.mark.parametrize("schedule", ["swa", "cyclic", "onecycle"])
+def test_lr_times_f_scales_the_rest_of_a_torch_schedule(schedule):
+    """`lr*=0.5` says "the scheduler's schedule goes on from the new level": under SWALR the rate went back
+    to swa_lr at its next step, CyclicLR cycled up to its unscaled peak, and a cosine ended at its unscaled
+    floor. Every rate from the command's step on is half the one the same script uses without optwatch."""
+    script = [str(SCRIPTS / "schedules.py"), "--schedule", schedule]
+    bare = subprocess.run([sys.executable, *script], capture_output=True, text=True, check=True)
+    steered = optwatch("run", "--headless", "--no-record", "--control", "lr*=0.5@30", *script)
+    assert steered.returncode == 0, steered.stderr[-2000:]
+    before, after = _rates(bare.stdout), _rates(steered.stdout)
+    assert sorted(before) == sorted(after) == list(range(80))
+    assert [after[s] for s in range(30)] == [before[s] for s in range(30)]
+    assert [after[s] / before[s] for s in range(30, 80)] == pytest.approx([0.5] * 50)

@@ -535,7 +535,8 @@ class ControlPlugin(ProbePlugin):
         _set_group_lr(group, new)
         if old > 0:
             factor = new / old
-            for key in ("initial_lr", "max_lr", "min_lr"):
+            # The levels schedules take their rates from: OneCycleLR's, and SWALR's swa_lr, which it anneals to.
+            for key in ("initial_lr", "max_lr", "min_lr", "swa_lr"):
                 if isinstance(group.get(key), (int, float)):
                     group[key] = group[key] * factor
             for scheduler in _schedulers_of(context):
@@ -543,6 +544,12 @@ class ControlPlugin(ProbePlugin):
                 base = getattr(scheduler, "base_lrs", None)
                 if _drives(scheduler, optimizer) and base is not None and index < len(base):
                     base[index] *= factor
+                    peaks = getattr(scheduler, "max_lrs", None)  # CyclicLR's: it cycles between base and max
+                    if isinstance(peaks, list) and index < len(peaks):
+                        peaks[index] *= factor
+                    floor = getattr(scheduler, "eta_min", None)  # cosine's floor: one for every group
+                    if isinstance(floor, (int, float)) and floor > 0 and len(optimizer.param_groups) == 1:
+                        scheduler.eta_min = floor * factor
                     last = getattr(scheduler, "_last_lr", None)  # what get_last_lr() reports, and frameworks log
                     if in_use and isinstance(last, list) and index < len(last):
                         last[index] = new
