@@ -152,6 +152,17 @@ def test_the_loops_own_work_between_the_forward_and_backward_is_not_the_forward(
     assert verdict["bottleneck"] == "host", verdict["message"]
 
 
+def test_a_backbone_frozen_on_purpose_does_not_vanish(tmp_path):
+    """After the backbone is frozen, zero_grad(set_to_none=False) leaves its layers gradients of zeros: they
+    were measured as layers of the step, and the run got "gradients vanish in 5 of 6 layers"."""
+    records, stdout, stderr = run(tmp_path, "freeze_later", options=("--budget", "0"))
+    truth = truth_of(stdout)
+    assert_same(steps_of(records), truth, "grad_norm", "grad_norm")
+    assert not [r for r in records if r["kind"] == "alert"], stderr[-2000:]
+    frozen = [r for r in records if r["kind"] == "layers" and r["step"] >= 60]
+    assert frozen and all(r["names"] == ["10.weight", "10.bias"] for r in frozen)
+
+
 @pytest.mark.parametrize("mode", ["zipped", "validation", "autograd.grad"])
 def test_a_step_of_two_loaders_counts_both_batches_and_gets_a_verdict(tmp_path, mode):
     """A semi-supervised loop zips a labelled and an unlabelled loader into one backward(): the labelled

@@ -151,7 +151,9 @@ class GradientPlugin(ProbePlugin):
         if self._detail_steps % self.every:
             return
         ordered = self._in_model_order(context, optimizer)
-        grads = [p.grad for p in ordered]  # (each ``.grad`` costs a microsecond: read once)
+        # (Each ``.grad`` costs a microsecond: read once.) A frozen parameter's gradient is no gradient, though
+        # ``zero_grad(set_to_none=False)`` leaves it zeros: a backbone frozen on purpose does not "vanish".
+        grads = [p.grad if p.requires_grad else None for p in ordered]
         if any([g is None for g in grads]):
             params = [p for p, g in zip(ordered, grads) if g is not None]
             grads = [g for g in grads if g is not None]
