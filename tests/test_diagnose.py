@@ -206,6 +206,23 @@ def test_a_host_bound_verdict_says_what_optwatch_itself_takes(own, said):
                       if said else [])  # fmt: skip
 
 
+def test_optwatchs_own_time_on_the_timed_steps_is_not_the_loops():
+    """A 0.15 ms step, timed 1 in 128: the detail steps that carry the phases also carry optwatch's checks
+    (0.6 ms of a 0.75 ms detail step). That time was "outside the phases", and the verdict called a bare
+    forward/backward/step loop host-bound (78%) and told it to move its batches into a DataLoader."""
+    light = make_steps(n=127, step_time=0.00015, optwatch_s=0.000005)
+    for step in light:
+        step.update(detailed=False, forward_s=None, backward_s=None, optimizer_s=None, other_s=None)
+    timed = make_steps(n=1, step_time=0.00075, start=129, forward_s=0.00004, backward_s=0.00006, optimizer_s=0.00002,
+                       optwatch_s=0.0006)  # fmt: skip
+    timed[0]["detailed"] = True
+    result = verdict(light + timed, make_systems())
+    # The loop's own part of the detail step: 0.75 - 0.6 = 0.15 ms, of which 0.03 ms outside the phases.
+    assert result["evidence"]["other_share"] == pytest.approx(0.03 / 0.15, abs=1e-4)  # (evidence: 4 places)
+    assert result["evidence"]["forward_share"] == pytest.approx(0.04 / 0.15, abs=1e-4)
+    assert result["bottleneck"] != "host", result["message"]
+
+
 def test_an_idle_gpu_while_the_host_waits_outside_the_phases_is_sync_bound():
     steps = make_steps(data_wait_s=0.002, forward_s=0.015, backward_s=0.03, optimizer_s=0.005, host_phases_s=0.005)
     result = verdict(steps, make_systems(gpus=[gpu(40)]), "cuda:0")

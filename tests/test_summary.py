@@ -148,3 +148,20 @@ def test_the_headless_line_says_a_nan_loss_instead_of_a_dash():
     store = Store()
     store.ingest([step(i, 0.01) for i in range(20)] + [step(20, 0.01, loss=float("nan"))])
     assert " loss nan (ema of the finite ones " in summary_line(store)
+
+
+def test_the_cost_now_spreads_optwatchs_threads_over_the_time_they_worked_for():
+    """On 0.15 ms steps the channel's CPU time (7.5 ms for the last second of records) came with one step
+    record, and over the last 20 steps (3 ms) the final line said "optwatch 184.4%". The figure for now covers
+    2 s of steps at least: (2 s of steps' own 5 us each + 7.5 ms) over their time."""
+    from optwatch.summary import CostTotals, summarise
+
+    steps = [step(i, 0.00015, own=0.000005, bg=0.0) for i in range(20000)]
+    steps[-1]["optwatch_bg_s"] = 0.0075
+    totals = CostTotals()
+    for record in steps:
+        totals.add(record)
+    cost = summarise(steps, None, totals).cost
+    covering = 13334  # the fewest of the latest steps whose 0.15 ms add up to 2 s
+    assert cost.recent == pytest.approx((covering * 0.000005 + 0.0075) / (covering * 0.00015), rel=1e-3)
+    assert cost.recent < 0.1

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from optwatch.diagnose.phases import MEASURED, other_seconds
+from optwatch.diagnose.phases import MEASURED, other_seconds, training_seconds
 from optwatch.protocol import finite
 from optwatch.summary import own_seconds
 
@@ -167,7 +167,8 @@ def summarise(
     # The model's phases over the detail steps (on a GPU the others are not timed on the device: see the
     # probe's --budget); the step time, data wait and optwatch's share over every step.
     phased = [s for s in timed if s.get("detailed", True)] or timed
-    phased_total = sum(s["step_time_s"] for s in phased)
+    # (The training's own time: a detail step carries optwatch's checks, none of the loop's phases.)
+    phased_total = sum(training_seconds(s) for s in phased)
     shares: dict[str, float | None] = {}
     for key in MEASURED:
         over, over_total = (timed, total) if key == "data_wait_s" else (phased, phased_total)
