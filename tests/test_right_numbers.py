@@ -163,6 +163,21 @@ def test_a_backbone_frozen_on_purpose_does_not_vanish(tmp_path):
     assert frozen and all(r["names"] == ["10.weight", "10.bias"] for r in frozen)
 
 
+def test_every_layer_gets_its_update_ratio_when_the_set_of_gradients_changes(tmp_path):
+    """A sparse embedding's gradient made the layout of the measured parameters new at every step, and so did
+    experts idle in turn: the update ratios' turn began again at the first chunk each time, and the last
+    layers (fc2, two of the experts) never got one in a whole run."""
+    records, _, _ = run(tmp_path, "changing_gradients", options=("--budget", "0"))
+    measured: dict[str, int] = {}
+    for layers in (r for r in records if r["kind"] == "layers"):
+        for name, at in zip(layers["names"], layers["updated_at"]):
+            if at == layers["step"]:
+                measured[name] = measured.get(name, 0) + 1
+    dense = ["inp", "experts.0", "experts.1", "experts.2", "experts.3", "out"]
+    assert sorted(measured) == sorted(f"{layer}.{kind}" for layer in dense for kind in ("weight", "bias"))
+    assert min(measured.values()) >= 10, measured  # 120 steps, the update ratios of about 1/8 at each
+
+
 @pytest.mark.parametrize("mode", ["zipped", "validation", "autograd.grad"])
 def test_a_step_of_two_loaders_counts_both_batches_and_gets_a_verdict(tmp_path, mode):
     """A semi-supervised loop zips a labelled and an unlabelled loader into one backward(): the labelled

@@ -66,13 +66,18 @@ class _Layout:
                 weights = [roots[i] for i in chunk]
                 both = sharding.device_vector(weights + [r * r for r in weights], self.device, self.dtype)
                 self.chunk_scales.append((both, both[: len(chunk)]))
-        self._turn = 0
+        self.turn = 0
+        """The next chunk's turn (counted on: modulo the chunks)."""
+        self.source = params
+        """The parameters the layout was made for, sparse ones included (what later steps are matched against)."""
+        self.dense: list[int] | None = None
+        """The indices in ``source`` of the parameters with dense gradients, when some had sparse ones."""
         # Copies kept between steps while all of them fit the budget; made each time otherwise.
         self._keep_copies = total <= budget_bytes
         self._copies: dict[int, list[torch.Tensor]] = {}
 
     def matches(self, params: list[torch.Tensor]) -> bool:
-        return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+        return len(params) == len(self.source) and all(a is b for a, b in zip(params, self.source))
 
     def _split(self, sizes: list[int], chunk_bytes: float) -> list[list[int]]:
         """Chunks of parameter indices of about ``chunk_bytes``, keeping a module's tensors together (a module
@@ -102,8 +107,8 @@ class _Layout:
     def next_chunk(self) -> tuple[int, list[int]] | None:
         if not self.chunks:
             return None
-        turn = self._turn % len(self.chunks)
-        self._turn += 1
+        turn = self.turn % len(self.chunks)
+        self.turn += 1
         return turn, self.chunks[turn]
 
     def weights(self, chunk: list[int]) -> list[torch.Tensor]:
@@ -146,6 +151,8 @@ class GradientPlugin(ProbePlugin):
         self._order_key: tuple | None = None
         self._ordered: list[torch.Tensor] = []
         self._measured: _Measured | None = None
+        self._weighed_at: dict[int, int] = {}
+        """Per parameter (by id), the measured step its weight and update norms were last taken at."""
 
     def on_gradients(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> None:
         if self._detail_steps % self.every:
@@ -163,8 +170,9 @@ class GradientPlugin(ProbePlugin):
             return
         layout = self._layout
         names = context.parameter_names()
-        if layout is None or not (layout.params is params or layout.matches(params)) or (layout.unnamed and names):
+        if layout is None or not (layout.source is params or layout.matches(params)) or (layout.unnamed and names):
             # (Before the first optimizer step the model, and so the names, may not be known yet.)
+            source, dense = params, None
             if any(g.is_sparse for g in grads):
                 dense = [i for i, g in enumerate(grads) if not g.is_sparse]
                 params, grads = [params[i] for i in dense], [grads[i] for i in dense]
@@ -172,8 +180,13 @@ class GradientPlugin(ProbePlugin):
                     return
             labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
             layout = self._layout = _Layout(params, labels, self.budget_bytes, context.world_size)
-        elif layout.params is not params:
+            layout.source, layout.dense = source, dense
+            if self._weighed_at:  # the set of gradients changed (an expert idle, a layer unfrozen): go on in turn
+                layout.turn = self._stalest_chunk(layout)
+        else:
             params = layout.params  # the same parameters: keep the layout's list
+            if layout.dense is not None:  # (the sparse gradients left out, as when it was made)
+                grads = [grads[i] for i in layout.dense]
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(False)  # (cheaper than entering ``torch.no_grad()``: this runs every step)
         try:
@@ -200,6 +213,8 @@ class GradientPlugin(ProbePlugin):
                 weights = layout.weights(chunk)
                 groups = tensors_by_device(weights) if layout.by_device else None
                 measured.chunk = chunk
+                for index in chunk:
+                    self._weighed_at[id(layout.params[index])] = self._detail_steps
                 # Weight norms and non-zero counts in one vector: one stack, not two.
                 both = as_vector(
                     norms_of(weights, 2, layout.device, groups, layout.dtype)
@@ -214,6 +229,14 @@ class GradientPlugin(ProbePlugin):
         finally:
             torch.set_grad_enabled(grad_enabled)
         self._measured = measured
+
+    def _stalest_chunk(self, layout: _Layout) -> int:
+        """The chunk whose parameters' update ratios are the oldest: where a new layout starts its turns, so that
+        a set of gradients that changes at every step (a mixture of experts) still has each one measured."""
+        if not layout.chunks:
+            return 0
+        ages = [min(self._weighed_at.get(id(layout.params[i]), -1) for i in chunk) for chunk in layout.chunks]
+        return ages.index(min(ages))
 
     def _in_model_order(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
         """The optimizer's parameters in the model's order (param groups may split and reorder them)."""
