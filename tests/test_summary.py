@@ -165,3 +165,22 @@ def test_the_cost_now_spreads_optwatchs_threads_over_the_time_they_worked_for():
     covering = 13334  # the fewest of the latest steps whose 0.15 ms add up to 2 s
     assert cost.recent == pytest.approx((covering * 0.000005 + 0.0075) / (covering * 0.00015), rel=1e-3)
     assert cost.recent < 0.1
+
+
+def test_the_whole_runs_throughput_is_not_said_when_half_its_steps_do_not_say_their_samples():
+    """Without an optimizer, accumulating two micro-batches, every other step had no samples: over the time of
+    the steps that had, the whole run read 36915 samples/s where the script counted 27959."""
+    from optwatch.summary import CostTotals, summarise
+
+    steps = [step(i, 0.002, samples=50) for i in range(200)]
+    for record in steps[::2]:
+        record["samples"] = record["samples_per_s"] = None
+    totals = CostTotals()
+    for record in steps:
+        totals.add(record)
+    assert summarise(steps, None, totals).run_samples_per_s is None
+    complete = [step(i, 0.002 if i % 10 else 0.02, samples=50) for i in range(200)]  # an evaluation in 1 in 10
+    totals = CostTotals()
+    for record in complete:
+        totals.add(record)
+    assert summarise(complete, None, totals).run_samples_per_s == pytest.approx(200 * 50 / (180 * 0.002 + 20 * 0.02))
