@@ -291,6 +291,20 @@ def _input(w: Window) -> tuple[str, str, list[str]] | None:
             "Load batches in parallel: DataLoader(num_workers=N, persistent_workers=True); "
             f"num_workers is 0, so every batch is loaded on the training thread ({_count(cores, 'core')} here)"
         )
+    elif (
+        busy is not None
+        and busy < WORKERS_BUSY_PERCENT
+        and cores
+        and num_workers >= cores - 1
+        and w.host_cpu_percent is not None
+        and w.host_cpu_percent >= HOST_BUSY_PERCENT
+    ):
+        # Idle workers on a machine with no core to spare wait for a core, not for I/O: more would wait too.
+        suggestions.append(
+            f"The machine's {_count(cores, 'core')} are busy ({w.host_cpu_percent:.0f}% in all) and the "
+            f"{num_workers} workers wait for one: more workers would not help; fewer "
+            f"(num_workers={max(1, cores - 1)}), a cheaper __getitem__, or a machine with more cores"
+        )
     elif busy is not None and busy < WORKERS_BUSY_PERCENT:
         suggestions.append(
             f"The {num_workers} workers are mostly idle while the loop waits: __getitem__ waits on I/O "
