@@ -145,6 +145,21 @@ def test_a_layer_growing_from_nothing_beside_the_rest_is_not_exploding_but_one_t
     assert alert["type"] == "exploding" and alert["step"] == 60 and "'l1'" in alert["message"]
 
 
+def test_a_layer_whose_gradient_grows_smoothly_is_not_exploding():
+    """A first layer's RMS gradient, settled, then growing 10% a step (a healthy MLP's, while the loss fell):
+    11x its median over 50 steps, an error alert. A layer's rise must be a jump over its
+    last few values too; the same layer jumping still fires at that step."""
+
+    def run(first: list[float]) -> list[dict]:
+        return feed(GradientDiagnosis(), [StepInput(step=i, loss=1.0, grad_norm=0.1, layers=layers([r, 1e-2]))
+                                          for i, r in enumerate(first)])  # fmt: skip
+
+    settled_then_rising = [6e-4] * 40 + [6e-4 * 1.1**i for i in range(1, 41)]  # 45x over 40 steps
+    assert run(settled_then_rising) == []
+    [alert] = run([6e-4] * 40 + [6e-4 * 1.1**i for i in range(1, 11)] + [6e-4 * 1.1**10 * 12])
+    assert alert["type"] == "exploding" and alert["step"] == 50 and "'l0'" in alert["message"]
+
+
 def test_an_update_ratio_that_jumps_is_exploding_at_that_step():
     diagnosis = GradientDiagnosis()
     steps = [StepInput(step=i, loss=1.0, grad_norm=1.0, layers=layers([1e-2] * 4)) for i in range(40)]

@@ -29,6 +29,8 @@ _MAD_TO_SIGMA = 1.4826
 GAP_SPACINGS = 4
 """An observation this many times the usual spacing after the last one comes after a long gap: a rise is
 only an explosion if it is one over the last value too (a smooth rise over the gap is not)."""
+RECENT_VALUES = 5
+"""A layer's last few RMS gradients, which a jump must clear by the root of the exploding factor."""
 _MAX_NAMED = 6  # layers spelled out in a message; the alert's `layers` field has them all
 
 
@@ -309,6 +311,10 @@ class _Baseline:
             self._stale = 0
         return self._median, self._mad
 
+    def recent_median(self, count: int) -> float | None:
+        """The median of the last ``count`` values (None without any)."""
+        return statistics.median(list(self.values)[-count:]) if self.values else None
+
     def long_gap_before(self, step: int) -> float | None:
         """The last value when ``step`` comes after a gap of many times the values' usual spacing (the
         checks spaced out by ``--budget``, or a pause in them), else None."""
@@ -491,10 +497,13 @@ class ExplodingRule:
         self._episode_length = 0
 
     def _rise(
-        self, baseline: _Baseline, value: float | None, name: str, what: str, bar: float, step: int
+        self, baseline: _Baseline, value: float | None, name: str, what: str, bar: float, step: int, jump=False
     ) -> _Rise | None:
         """The rise of ``value`` over ``baseline`` when it clears ``bar`` (factor, and MAD outside episodes).
-        After a long gap in the observations, it must also clear ``bar`` over the last value before the gap."""
+        After a long gap in the observations, it must also clear ``bar`` over the last value before the gap.
+        ``jump``: to start an episode it must also clear the root of ``bar`` over its last few values (a
+        layer's gradient that grows smoothly, 7% a step as a first layer's may early on, is not exploding; the
+        global norm's steady growth has a rule of its own)."""
         if value is None or math.isnan(value):
             return None
         stats = baseline.stats(self.t.window)
@@ -516,6 +525,10 @@ class ExplodingRule:
         last = baseline.long_gap_before(step) if not self.episode.active else None
         if last is not None and not abs(value - last) > (bar - 1) * max(abs(last), size or 0.0):
             return None  # grown over the gap, maybe smoothly (LoRA's B from zero): not an explosion seen
+        if jump and not self.episode.active:
+            recent = baseline.recent_median(RECENT_VALUES)
+            if recent is not None and not value > math.sqrt(bar) * recent:
+                return None
         return _Rise(name, what, value, median, size)
 
     def observe(self, s: StepInput) -> dict | None:
@@ -540,7 +553,7 @@ class ExplodingRule:
             rms = self._rms.setdefault(m.name, _Baseline(t.baseline_window))
             ratio = self._ratio.setdefault(m.name, _Baseline(t.baseline_window))
             if not m.grad_norm < weighty:  # (NaN, an infinity: the non-finite rule's, or counted)
-                found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar, s.step))
+                found.append(self._rise(rms, m.grad_rms, m.name, "RMS gradient", bar, s.step, jump=True))
             if (
                 m.fresh
                 and m.update_ratio is not None
