@@ -128,6 +128,19 @@ def test_the_loops_own_work_around_the_forward_is_not_the_forward(tmp_path, wher
     assert "outside data loading, forward, backward and optimizer" in verdict["message"]
 
 
+def test_after_a_batch_the_loop_skips_the_next_ones_wait_is_not_the_forward(tmp_path):
+    """A loop that catches its model's exception on a bad batch and takes the next: the failed call's start
+    stayed the forward's, so the next batch's wait (3.7 ms) was in forward_s as well as in data_wait_s, and
+    the phases added up to more than the step."""
+    records, stdout, _ = run(tmp_path, "skipped_batches", options=("--budget", "0"))
+    truth = truth_of(stdout)
+    steps = {s["step"]: s for s in steps_of(records)}
+    after_skip = [step for step, t in truth.items() if t["after_skip"] and step >= 2]
+    assert len(after_skip) >= 10
+    for step in after_skip:
+        assert steps[step]["forward_s"] < truth[step]["forward_s"] + 0.0005, (step, steps[step], truth[step])
+
+
 def test_a_batch_taken_between_the_forward_and_backward_leaves_the_forward_whole(tmp_path):
     """nanoGPT's order with a DataLoader: the next batch is taken after the forward, before backward(). The
     batch's arrival moved the forward's start: the forward read 0.06 ms of a 2.6 ms one (its time was

@@ -26,6 +26,7 @@ steps between are null.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -147,8 +148,14 @@ class TelemetryPlugin(ProbePlugin):
         # function, nanoGPT's get_batch making the next batch, logging) is other_s.
         if self._awaiting_return is None or not self._on_training_thread():
             return
-        self._forward_ended = self._now()
         self._stop_awaiting_return()
+        if output is None and sys.exc_info()[1] is not None:
+            # The call raised (a loop that skips a bad batch: ``except BadBatch: continue``): no forward of
+            # the step's; the next batch starts one, and its wait is not the forward's.
+            self._forward_began = self._forward_ended = None
+            self._training_forward = self._batch_marked = False
+        else:
+            self._forward_ended = self._now()
         self._awaiting_forward = register_module_forward_pre_hook(self._call_begins)  # another may follow
 
     def _on_training_thread(self) -> bool:
