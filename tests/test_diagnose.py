@@ -113,6 +113,10 @@ def test_time_outside_the_phases_on_the_cpu_is_host_bound():
     assert result["evidence"]["other_share"] == pytest.approx(0.53)
     # Outside the phases is where a loop that makes its own batches spends it (telemetry.md): said first.
     assert result["suggestions"][0].startswith("Batches made in the loop")
+    assert "a loss computed by functions after the model returns" in result["message"]
+    # A loop whose batches come from a DataLoader is told of its bookkeeping first (a checkpoint every step).
+    with_loader = verdict(steps, make_systems(), loader={"num_workers": 2, "pin_memory": False})
+    assert with_loader["suggestions"][0].startswith("Move per-step logging, metrics and checkpointing")
 
 
 def test_no_dominant_cause_is_balanced():

@@ -509,13 +509,21 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             ],
         )
     if forward_known and other is not None and other >= CPU_OTHER_SHARE:
+        batches = (
+            "Batches made in the loop (a get_batch, noise drawn, augmentation) belong in a DataLoader with "
+            "workers, which makes the next ones while the model trains"
+        )
+        bookkeeping = "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps"
         return (
             "host",
-            f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer" + _own_part(w),
+            f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer (the "
+            "loop's own work: a loss computed by functions after the model returns, batches made in the loop, "
+            "logging, checkpoints)" + _own_part(w),
             [
-                "Batches made in the loop (a get_batch, noise drawn, augmentation) belong in a DataLoader with "
-                "workers, which makes the next ones while the model trains",
-                "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps",
+                # (A loop that takes its batches from a DataLoader makes none of its own, most likely.)
+                *((bookkeeping, batches) if w.loader else (batches, bookkeeping)),
+                "A loss computed by functions after the model (a contrastive loss over a large batch, a big "
+                "vocabulary's cross-entropy) is math too: time it apart before moving work off the loop",
                 "Look for Python work on tensors in the loop: .tolist(), numpy conversions, printing",
                 *_own_suggestion(w),
             ],
