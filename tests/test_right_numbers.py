@@ -166,6 +166,16 @@ def test_a_backbone_frozen_on_purpose_does_not_vanish(tmp_path):
     assert frozen and all(r["names"] == ["10.weight", "10.bias"] for r in frozen)
 
 
+def test_a_backbone_added_to_the_optimizer_later_is_named_as_the_model_names_it(tmp_path):
+    """The head trained first, the backbone added by add_param_group: the model found at the first step was
+    the head, and the backbone's layers were '(unnamed).2' ... '(unnamed).5', one row before the head."""
+    records, _, _ = run(tmp_path, "head_first", options=("--budget", "0"))
+    layers = [r for r in records if r["kind"] == "layers" and r["step"] >= 22]
+    assert layers and all(
+        r["names"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"] for r in layers
+    )
+
+
 def test_every_layer_gets_its_update_ratio_when_the_set_of_gradients_changes(tmp_path):
     """A sparse embedding's gradient made the layout of the measured parameters new at every step, and so did
     experts idle in turn: the update ratios' turn began again at the first chunk each time, and the last

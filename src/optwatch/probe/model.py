@@ -70,3 +70,17 @@ def largest_module(trained: Callable[[torch.Tensor], bool], frozen_in: bool = Fa
             elif all(trained(p) for p in params):
                 best, best_size = obj, size
     return best
+
+
+def smallest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | None:
+    """The live module with the fewest parameters that holds every one of ``params``: the model an optimizer
+    given more of it later (``add_param_group``: a backbone unfrozen after the head) trains. A walk over every
+    object."""
+    wanted = {id(p) for p in params}
+    best, best_size = None, None
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.nn.Module):
+            held = {id(p) for p in obj.parameters()}
+            if wanted <= held and (best_size is None or len(held) < best_size):
+                best, best_size = obj, len(held)
+    return best

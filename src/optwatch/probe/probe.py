@@ -47,7 +47,13 @@ from optwatch.probe.dispatch import Dispatch
 from optwatch.probe.governor import DetailGovernor
 from optwatch.probe.hooks import KnownNorms, TorchHooks
 from optwatch.probe.losses import OptimizerNames, StepLosses, StepRecords
-from optwatch.probe.model import global_norm, largest_module, largest_module_of, learning_rate_of
+from optwatch.probe.model import (
+    global_norm,
+    largest_module,
+    largest_module_of,
+    learning_rate_of,
+    smallest_module_holding,
+)
 from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.readback import DeviceBatch
 from optwatch.probe.sampler import Sampler
@@ -134,6 +140,8 @@ class Probe:
         self._param_ids: frozenset[int] = frozenset()
         self._model_searched = False
         self._param_names: dict[int, str] | None = None
+        self._names_key: tuple[tuple[int, int], ...] | None = None
+        """The primary's parameters (``_params_key``) the names were last checked against."""
         # this step's accounts
         self._losses = StepLosses()
         self._batches = BatchAccounts()
@@ -404,11 +412,23 @@ class Probe:
         return [scheduler for scheduler in (ref() for ref in self._schedulers) if scheduler is not None]
 
     def parameter_names(self) -> dict[int, str]:
+        if self._primary is not None:
+            self.parameters()  # (keeps the primary's parameters' key up to date)
         if self._param_names is None:
             model = self.find_model()
             if model is None:
                 return {}
             self._param_names = {id(p): name for name, p in model.named_parameters()}
+            self._names_key = self._params_key
+        elif self._names_key != self._params_key and self._primary is not None:
+            # The primary's parameters changed (add_param_group: a backbone unfrozen after its head): named
+            # from a module that holds them all when the model found first holds only some.
+            self._names_key = self._params_key
+            params = self._params
+            if any(id(p) not in self._param_names for p in params):
+                holder = smallest_module_holding(params)
+                if holder is not None:
+                    self._param_names = {id(p): name for name, p in holder.named_parameters()}
         return self._param_names
 
     # --- plugins ---------------------------------------------------------------------------------------
