@@ -82,6 +82,19 @@ def test_a_side_models_optimizer_that_steps_first_does_not_take_the_runs_steps(t
     assert_same(steps[1:], {s - 1: t for s, t in truth.items() if s >= 2}, "loss", "loss")
 
 
+def test_a_side_models_loss_goes_with_the_step_it_followed_from_its_first(tmp_path):
+    """A probe stepped after the autoencoder every 5th iteration: its first loss went with the next step's
+    record (step 5, not 4), since the record it followed had gone before anyone knew the probe steps after."""
+    records, stdout, _ = run(tmp_path, "side_probe", "--after")
+    truth = truth_of(stdout)
+    assert_same(steps_of(records), truth, "loss", "loss")
+    probe = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("PROBE ")]
+    sides = {
+        s["step"]: s["losses"]["probe_optimizer"] for s in steps_of(records) if "probe_optimizer" in s.get("losses", {})
+    }
+    assert sides == pytest.approx({p["step"]: p["loss"] for p in probe})
+
+
 def test_a_new_optimizer_made_mid_run_takes_over_and_the_old_one_is_let_go(tmp_path):
     """A fine-tune that makes a new optimizer at a phase change: optwatch recorded no step after it (the run
     looked frozen at its last step), an lr command was never applied, and the dropped optimizer's state was

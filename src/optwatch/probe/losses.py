@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from optwatch import protocol
+
 
 class LossSum:
     """A sum of losses (a step's micro-batches), added up once they are read back (``readback``), in double
@@ -143,6 +145,14 @@ class StepRecords:
         name = self._name_of(optimizer)
         if optimizer not in self._before_primary and optimizer not in self._after_primary:
             (self._after_primary if self._primary_stepped_once else self._before_primary).add(optimizer)
+            if self._primary_stepped_once and self._held is None and loss is not None:
+                # Its first step after the primary's: the primary's record went already (nobody was known to
+                # step after it); while it waits to be sent, the loss goes with it, not with the next step's.
+                latest = next((r for r in reversed(self._ready) if r.get("kind") == protocol.STEP), None)
+                if latest is not None:
+                    latest.setdefault("losses", {self._name_of(primary): latest["loss"]})[name] = loss
+                    self._stepped_since_boundary.add(optimizer)
+                    return
         self._stepped_since_boundary.add(optimizer)
         if optimizer in self._after_primary and self._held is not None:
             if loss is not None:
