@@ -130,3 +130,29 @@ def test_bad_input_gets_a_clear_message(tmp_path):
     garbage.write_text('{"v": 1, "kind": "step", "rank": 0, "step": 0}\nthis is not json\n')
     replay = optwatch("replay", "--headless", str(garbage))
     assert replay.returncode == 2 and f"{garbage}:2" in replay.stderr
+
+
+def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path):
+    """Steps between detail steps are recorded at a later step boundary: a loop that went on to evaluate for
+    8 s without a DataLoader showed a step 122 steps old the whole time, and a loop that ended its training
+    early showed none of its last steps until it exited. They are recorded by the training thread's next
+    module call once no boundary came for 2 s."""
+    import time
+
+    record = tmp_path / "r.jsonl"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--record", str(record),
+         str(SCRIPTS / "pause_after.py"), "--steps", "400", "--evaluate-s", "8"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in job.stdout:
+            if line.startswith("EVALUATING"):
+                break
+        time.sleep(4.0)  # the idle check (every sample, 2 s after the last boundary) and the record's writer
+        assert job.poll() is None, "the evaluation ended before the check"
+        seen = max(s["step"] for s in steps_of(read_jsonl(record)))
+    finally:
+        job.kill()
+        job.communicate()
+    assert seen == 399

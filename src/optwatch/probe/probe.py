@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from optwatch import protocol
 from optwatch.options import ProbeOptions
@@ -55,7 +56,7 @@ from optwatch.probe.model import (
     learning_rate_of,
     smallest_module_holding,
 )
-from optwatch.probe.plugin import ProbePlugin
+from optwatch.probe.plugin import ProbePlugin, being_traced
 from optwatch.probe.readback import DeviceBatch
 from optwatch.probe.sampler import Sampler
 
@@ -65,6 +66,8 @@ LOSS_JUMP = 10.0
 """A loss this many times the recent median (and far outside their spread) makes optwatch look closer."""
 LOOK_CLOSER_STEPS = 100
 """Steps that are all detail steps after a loss jumped, whatever the budget's spacing."""
+IDLE_FLUSH_S = 2.0
+"""No step boundary for this long, with steps noted and not recorded: they are recorded (``_flush_when_idle``)."""
 ELECTION_STEPS = 10
 """The primary's first steps, in which another model's optimizer that steps three times between two of its
 steps takes its place (``_outpaces_primary``)."""
@@ -170,6 +173,9 @@ class Probe:
         self._no_optimizer_step_due = False
         # records
         self._records = StepRecords(self._name_of)
+        self._idle_flush: Any = None
+        """The module pre-hook that records the steps held back by a pause, at the training thread's next call."""
+        self._idle_flush_armed = 0.0
         self._light_steps: list[tuple] = []
         """Steps between detail steps that no plugin needed at their end: their raw values, made into step
         records at the next flush or detail step (``_record_light_steps``), in order."""
@@ -201,6 +207,7 @@ class Probe:
             callbacks=lambda: self._dispatch.every["sample"],
             loader=lambda: self._batches.loader,
             interval_s=options.system_interval_s,
+            tick=self._flush_when_idle,
         )
         self.closed = False
         """Once closed, or in a forked child (``_forked``): the hooks only call what they wrap."""
@@ -232,6 +239,9 @@ class Probe:
         self._hooks.remove()
         self._dispatch.call("close")
         self._sampler.stop()
+        handle, self._idle_flush = self._idle_flush, None
+        if handle is not None:
+            handle.remove()
         if self._no_optimizer_step_due:
             self._finish_step(time.perf_counter())
         if self._light_steps:
@@ -932,6 +942,32 @@ class Probe:
         if pending:
             on_host = self.device is not None and self.device.type == "cpu"
             self.channel.submit(DeviceBatch(pending, on_host=on_host))
+
+    def _flush_when_idle(self) -> None:
+        """On the sampler thread: steps noted and not yet recorded, and no step boundary for ``IDLE_FLUSH_S`` (an
+        evaluation without a DataLoader, work after the loop): the training thread records them at its next
+        module call, so that the views do not stand still on an older step. A hook not taken by then (no module
+        call, or one traced by torch.compile) is let go."""
+        handle = self._idle_flush
+        if handle is not None:
+            if time.perf_counter() - self._idle_flush_armed > IDLE_FLUSH_S:
+                self._idle_flush = None
+                handle.remove()
+            return
+        started = self._step_start
+        if self._light_steps and started is not None and time.perf_counter() - started >= IDLE_FLUSH_S:
+            self._idle_flush_armed = time.perf_counter()
+            self._idle_flush = register_module_forward_pre_hook(self._flush_at_a_module_call)
+
+    def _flush_at_a_module_call(self, module: torch.nn.Module, args: Any) -> None:
+        if being_traced() or threading.get_ident() != self.training_thread:
+            return
+        handle, self._idle_flush = self._idle_flush, None
+        if handle is None:
+            return
+        handle.remove()  # (one module call on torch's slow path)
+        if self._light_steps and not self.closed:
+            self._flush()
 
     def _announce_device(self, device: torch.device) -> None:
         self.device = device

@@ -66,7 +66,10 @@ class Sampler:
         callbacks: Callable[[], list[tuple[str, Callable[..., Any]]]],
         loader: Callable[[], dict[str, Any]],
         interval_s: float,
+        tick: Callable[[], None] | None = None,
     ) -> None:
+        self._tick = tick
+        """Called at each sample, on this thread (the probe's check for steps held back in a pause)."""
         self._context = context
         self._channel = channel
         self._callbacks = callbacks
@@ -119,4 +122,10 @@ class Sampler:
                     failed.add(name)
             if records:
                 channel.submit_records(records)
+            if self._tick is not None and "tick" not in failed:
+                try:
+                    self._tick()
+                except Exception:
+                    log.exception("optwatch: its idle check failed; it is switched off")
+                    failed.add("tick")
             channel.add_cpu(time.thread_time() - started)
