@@ -84,3 +84,9 @@ def smallest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | Non
             if wanted <= held and (best_size is None or len(held) < best_size):
                 best, best_size = obj, len(held)
     return best
+
+
+def compiled_whole(model: torch.nn.Module) -> bool:
+    """``torch.compile(model)``'s wrapper, or a model compiled in place (``model.compile()``): a global module
+    hook would make the first warn the script and the second trace it."""
+    return getattr(model, "_orig_mod", None) is not None or getattr(model, "_compiled_call_impl", None) is not None

@@ -50,6 +50,7 @@ from optwatch.probe.governor import DetailGovernor
 from optwatch.probe.hooks import KnownNorms, TorchHooks
 from optwatch.probe.losses import OptimizerNames, StepLosses, StepRecords
 from optwatch.probe.model import (
+    compiled_whole,
     global_norm,
     largest_module,
     largest_module_of,
@@ -954,7 +955,9 @@ class Probe:
                 self._idle_flush = None
                 handle.remove()
             return
-        started = self._step_start
+        started, model = self._step_start, self.model
+        if model is not None and compiled_whole(model):
+            return  # (a global hook would warn the script, or be traced: its steps wait for the next boundary)
         if self._light_steps and started is not None and time.perf_counter() - started >= IDLE_FLUSH_S:
             self._idle_flush_armed = time.perf_counter()
             self._idle_flush = register_module_forward_pre_hook(self._flush_at_a_module_call)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from optwatch.probe.model import compiled_whole
 from optwatch.probe.plugin import ProbeContext, ProbePlugin, being_traced
 from optwatch.probe.readback import DeviceTime
 
@@ -103,11 +104,7 @@ class TelemetryPlugin(ProbePlugin):
         model = self._context.find_model() if self._context is not None else None
         if model is not self._model_seen:
             self._model_seen = model
-            self._model_plain = (
-                model is not None
-                and getattr(model, "_orig_mod", None) is None  # torch.compile(model)'s wrapper
-                and getattr(model, "_compiled_call_impl", None) is None  # model.compile(): the hook is traced
-            )
+            self._model_plain = model is not None and not compiled_whole(model)
         return self._model_plain
 
     def _stop_awaiting(self) -> None:
