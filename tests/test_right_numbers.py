@@ -71,17 +71,6 @@ def test_an_optimizer_stepping_another_inside_its_step_is_one_optimizer_with_the
     assert not any(s.get("losses") for s in steps)
 
 
-def test_a_side_models_optimizer_that_steps_first_does_not_take_the_runs_steps(tmp_path):
-    """A probe classifier stepped every 5th iteration, before the autoencoder: its optimizer, the first to
-    step, was the primary, so the run showed 12 steps for 60 iterations and the probe's loss as the run's. The
-    optimizer that steps three times between two of the first one's steps takes its place."""
-    records, stdout, _ = run(tmp_path, "side_probe")
-    truth = truth_of(stdout)
-    steps = steps_of(records)
-    assert [s["step"] for s in steps] == list(range(59))  # (the first two iterations: one step, the probe's)
-    assert_same(steps[1:], {s - 1: t for s, t in truth.items() if s >= 2}, "loss", "loss")
-
-
 def test_a_side_models_loss_goes_with_the_step_it_followed_from_its_first(tmp_path):
     """A probe stepped after the autoencoder every 5th iteration: its first loss went with the next step's
     record (step 5, not 4), since the record it followed had gone before anyone knew the probe steps after."""

@@ -162,12 +162,6 @@ class StepRecords:
         elif loss is not None:
             self._other_losses[name] = loss
 
-    def forget(self, optimizer: torch.optim.Optimizer) -> None:
-        """``optimizer`` is the primary now: no other optimizer's step to wait for."""
-        self._after_primary.discard(optimizer)
-        self._before_primary.discard(optimizer)
-        self._stepped_since_boundary.discard(optimizer)
-
     def add(self, record: dict[str, Any], primary: torch.optim.Optimizer | None) -> None:
         """The primary's new step record waits for the optimizers that step after it; the one before goes."""
         self.release()

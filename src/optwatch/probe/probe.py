@@ -5,8 +5,7 @@ record per step of the primary optimizer and calls its plugins (``plugin.ProbePl
 the step. The rules (the README's "Instrumenting" says them to users):
 
 - A step is one ``step()`` of the primary optimizer: the one given to ``watch``, else the first that steps;
-  an optimizer made later over some of its parameters replaces it when it steps (a new one at a phase change),
-  and so does, in the first steps, another model's that steps three times between two of the primary's;
+  an optimizer made later over some of its parameters replaces it when it steps (a new one at a phase change);
   a step a GradScaler skipped for inf/NaN gradients counts (``amp_overflow``). With no optimizer at all, a
   ``backward()`` on a scalar is a step.
 - A step's loss is the sum of the scalars backpropagated since the previous step of any optimizer (what
@@ -69,9 +68,6 @@ LOOK_CLOSER_STEPS = 100
 """Steps that are all detail steps after a loss jumped, whatever the budget's spacing."""
 IDLE_FLUSH_S = 2.0
 """No step boundary for this long, with steps noted and not recorded: they are recorded (``_flush_when_idle``)."""
-ELECTION_STEPS = 10
-"""The primary's first steps, in which another model's optimizer that steps three times between two of its
-steps takes its place (``_outpaces_primary``)."""
 
 
 _live_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
@@ -141,10 +137,6 @@ class Probe:
         """An optimizer stepping inside ``_stepping``'s step (one that another wraps)."""
         self._others_apart: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         """Optimizers that stepped and train none of the primary's parameters (a GAN's other network)."""
-        self._steps_since_primary: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
-        """Per other optimizer, its steps since the primary's last (``_outpaces_primary``)."""
-        self._primary_given = False
-        self._model_given = False
         self._scaler_stepping: torch.optim.Optimizer | None = None
         self._stepped = False
         self._params: list[torch.Tensor] = []
@@ -313,10 +305,8 @@ class Probe:
         if model is not None:
             self.model = model
             self._param_names = None
-            self._model_given = True
         if optimizer is not None:
             self._primary = optimizer
-            self._primary_given = True
         if batch_size is not None:
             if batch_size <= 0:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -634,8 +624,6 @@ class Probe:
         self._stepped = True
         self._losses.closure_loss_taken = False
         if optimizer is self._primary:
-            if self._steps_since_primary:
-                self._steps_since_primary.clear()
             # (The step hooks get step()'s arguments with the optimizer first.)
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
             if not callable(closure):
@@ -701,33 +689,16 @@ class Probe:
         (at a phase change, to unfreeze a backbone): the old one, which the script dropped, steps no more, and
         optwatch neither keeps it alive nor stops counting steps with it."""
         if self._primary is not None:
-            if optimizer not in self._others_apart:
-                self.parameters()  # (keeps the primary's parameter ids up to date)
-                if any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
-                    self._others_apart = weakref.WeakSet()  # (measured against the new primary from now on)
-                    if self.model is None:
-                        self._model_searched = False  # (looked for again from the new one's parameters)
-                    self._primary = optimizer
-                    return
-                self._others_apart.add(optimizer)
-            if not self._outpaces_primary(optimizer):
+            if optimizer in self._others_apart:
                 return
-            self._others_apart = weakref.WeakSet()
-            self._records.forget(optimizer)
-            if not self._model_given:  # the model is the new primary's
-                self.model, self._model_searched, self._param_names = None, False, None
+            self.parameters()  # (keeps the primary's parameter ids up to date)
+            if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
+                self._others_apart.add(optimizer)
+                return
+            self._others_apart = weakref.WeakSet()  # (measured against the new primary from now on)
+            if self.model is None:
+                self._model_searched = False  # (looked for again from the new one's parameters)
         self._primary = optimizer
-
-    def _outpaces_primary(self, optimizer: torch.optim.Optimizer) -> bool:
-        """In the run's first steps, ``optimizer`` (another model's) steps a third time since the primary's last
-        step: it is the one that trains at every iteration, and the primary, which stepped first, a side model's
-        (a probe classifier stepped every 5th iteration). Not at a second: SAC steps its actor twice every
-        other iteration, its critic at every one. An optimizer given to ``watch`` stays."""
-        if self._primary_given or self.step - self.first_step >= ELECTION_STEPS:
-            return False
-        count = self._steps_since_primary.get(optimizer, 0) + 1
-        self._steps_since_primary[optimizer] = count
-        return count >= 3
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
         self._records.other_stepped(optimizer, self._losses.take(), self._primary)
