@@ -47,6 +47,15 @@ except ImportError:  # torch < 2.3
 
 # True while torch.compile or torch.export traces, also in their later passes (is_dynamo_compiling is not).
 _compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+_disable = getattr(torch.compiler, "disable", None)
+
+
+def _never_traced(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` run as it is, never traced by torch.compile: a compiled train step calls ``backward()``,
+    ``step()``, ``zero_grad()`` and the clip through optwatch's wrappers, and traced, its code recompiled the
+    step at every call (700x slower, most steps unrecorded). torch.compile now runs the wrapper at a graph
+    break, as it runs ``backward()`` itself. About 0.2 us a call when nothing is compiled."""
+    return _disable(wrapper) if _disable is not None else wrapper
 
 
 class HookTarget(Protocol):
@@ -246,8 +255,8 @@ class TorchHooks:
         self._patch(GradScaler, "scale", self._scaler_scale)
         self._patch(GradScaler, "step", self._scaler_step)
         self._patch(torch.optim.Optimizer, "__init__", self._optimizer_init)
-        pre = register_optimizer_step_pre_hook(self._pre_step)
-        post = register_optimizer_step_post_hook(self._post_step)
+        pre = register_optimizer_step_pre_hook(_never_traced(self._pre_step))
+        post = register_optimizer_step_post_hook(_never_traced(self._post_step))
         self._undo += [pre.remove, post.remove]
         self._patch(torch.optim.Optimizer, "zero_grad", self._zero_grad)
         self._patch(torch.nn.Module, "zero_grad", self._zero_grad)
@@ -292,7 +301,7 @@ class TorchHooks:
                 hooks._tell("backward hook", target.backward_ended, tensors)
             return result
 
-        return backward
+        return _never_traced(backward)
 
     def _scaler_scale(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -304,7 +313,7 @@ class TorchHooks:
                 hooks._tell("GradScaler hook", target.loss_scaled, scaled, outputs)
             return scaled
 
-        return scale
+        return _never_traced(scale)
 
     def _scaler_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -318,7 +327,7 @@ class TorchHooks:
             hooks._tell("GradScaler hook", target.scaler_stepped, scaler, optimizer)
             return result
 
-        return step
+        return _never_traced(step)
 
     def _optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -359,7 +368,7 @@ class TorchHooks:
                     hooks._failed("zero_grad hook")
             return original(owner, *args, **kwargs)
 
-        return zero_grad
+        return _never_traced(zero_grad)
 
     def _next_batch(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -375,7 +384,7 @@ class TorchHooks:
                     hooks._failed("DataLoader hook")
             return batch
 
-        return next_batch
+        return _never_traced(next_batch)
 
     def _iterator_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -421,7 +430,7 @@ class TorchHooks:
                         hooks._failed("clipping hook")
             return result
 
-        return clip
+        return _never_traced(clip)
 
     def _clip_with_norm(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -438,7 +447,7 @@ class TorchHooks:
             hooks._tell("clipping hook", target.clipped, total_norm, max_norm)
             return result
 
-        return clip_grads_with_norm_
+        return _never_traced(clip_grads_with_norm_)
 
     def _scheduler_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
