@@ -51,11 +51,15 @@ def test_a_compiled_model_trains_under_optwatch_without_graph_breaks(recwarn):
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     train(torch.compile(model, backend="eager"), optimizer, *data(), steps=4)
-    steps = recorded(probe)
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
     assert dict(counters["graph_break"]) == {}
     assert not [w for w in recwarn if "global hooks" in str(w.message)]
     assert [s["step"] for s in steps] == [0, 1, 2, 3] and all(s["optwatch_s"] >= 0 for s in steps)
     assert len(warnings.filters) == filters
+    # Its parameters are named as the model names them, not through the wrapper ('_orig_mod.0.weight').
+    [names] = {tuple(r["names"]) for r in records if r["kind"] == "layers"}
+    assert names == tuple(f"{i}.{kind}" for i in (0, 2, 4, 6) for kind in ("weight", "bias"))
 
 
 def test_gradient_accumulation_does_not_recompile_a_compiled_model():

@@ -429,7 +429,8 @@ class Probe:
             model = self.find_model()
             if model is None:
                 return {}
-            self._param_names = {id(p): name for name, p in model.named_parameters()}
+            named = getattr(model, "_orig_mod", model)  # (torch.compile's wrapper: its model's own names)
+            self._param_names = {id(p): name for name, p in named.named_parameters()}
             self._names_key = self._params_key
         elif self._names_key != self._params_key and self._primary is not None:
             # The primary's parameters changed (add_param_group: a backbone unfrozen after its head): named
