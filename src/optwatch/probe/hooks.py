@@ -25,6 +25,7 @@ live with the plugins that set them.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 import weakref
@@ -47,15 +48,6 @@ except ImportError:  # torch < 2.3
 
 # True while torch.compile or torch.export traces, also in their later passes (is_dynamo_compiling is not).
 _compiling = getattr(torch.compiler, "is_compiling", lambda: False)
-_disable = getattr(torch.compiler, "disable", None)
-
-
-def _never_traced(wrapper: Callable[..., Any]) -> Callable[..., Any]:
-    """``wrapper`` run as it is, never traced by torch.compile: a compiled train step calls ``backward()``,
-    ``step()``, ``zero_grad()`` and the clip through optwatch's wrappers, and traced, its code recompiled the
-    step at every call (700x slower, most steps unrecorded). torch.compile now runs the wrapper at a graph
-    break, as it runs ``backward()`` itself. About 0.2 us a call when nothing is compiled."""
-    return _disable(wrapper) if _disable is not None else wrapper
 
 
 class HookTarget(Protocol):
@@ -220,6 +212,9 @@ class TorchHooks:
     def __init__(self, target: HookTarget):
         self._live = weakref.ref(target)
         self._undo: list[Callable[[], None]] = []
+        self._impls: dict[int, Callable[..., Any]] = {}
+        """The wrappers torch.compile must not trace, by key, called through ``_kept_out_of_compile``."""
+        self._compiling_seen = False
         self._backwards_running = 0
         """``torch.autograd.backward`` calls under way: one inside another is autograd's own (a reentrant
         checkpoint recomputing its block in the backward pass), not the script's."""
@@ -242,6 +237,42 @@ class TorchHooks:
         setattr(owner, name, make(original))
         self._undo.append(lambda: setattr(owner, name, original))
 
+    def _kept_out_of_compile(self, wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        """``wrapper`` behind a call that ``keep_out_of_compile`` can turn into a ``torch.compiler.disable``d
+        one. A compiled train step calls ``backward()``, ``step()``, ``zero_grad()`` and the clip through
+        optwatch's wrappers: traced, their code recompiled the step at every call (700x slower, most steps
+        unrecorded). Disabled, torch.compile runs them at a graph break, as it runs ``backward()`` itself. Not
+        from the start: ``torch.compiler.disable`` imports torch._dynamo, 0.9 s that a run which never compiles
+        would wait for (and a name that script imports, ``clip_grad_norm_``, keeps this function)."""
+        key = len(self._impls)
+        self._impls[key] = wrapper
+        impls = self._impls
+
+        @functools.wraps(wrapper)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return impls[key](*args, **kwargs)
+
+        return call
+
+    def keep_out_of_compile(self) -> None:
+        """torch.compile is about to be used (or torch._dynamo is loaded): every wrapper is disabled for it."""
+        disable = getattr(torch.compiler, "disable", None)
+        if self._compiling_seen or disable is None:
+            return
+        self._compiling_seen = True
+        for key, wrapper in list(self._impls.items()):
+            self._impls[key] = disable(wrapper)
+
+    def _compile(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        hooks = self
+
+        @functools.wraps(original)
+        def compile(*args: Any, **kwargs: Any) -> Any:
+            hooks.keep_out_of_compile()  # (eagerly, before anything is traced; model.compile() comes here too)
+            return original(*args, **kwargs)
+
+        return compile
+
     def _tell(self, where: str, method: Callable[..., Any], *args: Any) -> Any:
         """Call ``method`` (a target's), reporting a failure instead of raising it."""
         try:
@@ -255,8 +286,8 @@ class TorchHooks:
         self._patch(GradScaler, "scale", self._scaler_scale)
         self._patch(GradScaler, "step", self._scaler_step)
         self._patch(torch.optim.Optimizer, "__init__", self._optimizer_init)
-        pre = register_optimizer_step_pre_hook(_never_traced(self._pre_step))
-        post = register_optimizer_step_post_hook(_never_traced(self._post_step))
+        pre = register_optimizer_step_pre_hook(self._kept_out_of_compile(self._pre_step))
+        post = register_optimizer_step_post_hook(self._kept_out_of_compile(self._post_step))
         self._undo += [pre.remove, post.remove]
         self._patch(torch.optim.Optimizer, "zero_grad", self._zero_grad)
         self._patch(torch.nn.Module, "zero_grad", self._zero_grad)
@@ -272,6 +303,9 @@ class TorchHooks:
             self._patch(ReduceLROnPlateau, "__init__", self._scheduler_init)
         # torch.cuda.amp.autocast and accelerate's and Lightning's autocast all enter through this one.
         self._patch(torch.amp.autocast_mode.autocast, "__enter__", self._autocast_enter)
+        self._patch(torch, "compile", self._compile)
+        if "torch._dynamo" in sys.modules:  # (loaded already: a model compiled before optwatch.watch())
+            self.keep_out_of_compile()
         return self
 
     def remove(self) -> None:
@@ -301,7 +335,7 @@ class TorchHooks:
                 hooks._tell("backward hook", target.backward_ended, tensors)
             return result
 
-        return _never_traced(backward)
+        return hooks._kept_out_of_compile(backward)
 
     def _scaler_scale(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -313,7 +347,7 @@ class TorchHooks:
                 hooks._tell("GradScaler hook", target.loss_scaled, scaled, outputs)
             return scaled
 
-        return _never_traced(scale)
+        return hooks._kept_out_of_compile(scale)
 
     def _scaler_step(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -327,7 +361,7 @@ class TorchHooks:
             hooks._tell("GradScaler hook", target.scaler_stepped, scaler, optimizer)
             return result
 
-        return _never_traced(step)
+        return hooks._kept_out_of_compile(step)
 
     def _optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -368,7 +402,7 @@ class TorchHooks:
                     hooks._failed("zero_grad hook")
             return original(owner, *args, **kwargs)
 
-        return _never_traced(zero_grad)
+        return hooks._kept_out_of_compile(zero_grad)
 
     def _next_batch(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -384,7 +418,7 @@ class TorchHooks:
                     hooks._failed("DataLoader hook")
             return batch
 
-        return _never_traced(next_batch)
+        return hooks._kept_out_of_compile(next_batch)
 
     def _iterator_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -430,7 +464,7 @@ class TorchHooks:
                         hooks._failed("clipping hook")
             return result
 
-        return _never_traced(clip)
+        return hooks._kept_out_of_compile(clip)
 
     def _clip_with_norm(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -447,7 +481,7 @@ class TorchHooks:
             hooks._tell("clipping hook", target.clipped, total_norm, max_norm)
             return result
 
-        return _never_traced(clip_grads_with_norm_)
+        return hooks._kept_out_of_compile(clip_grads_with_norm_)
 
     def _scheduler_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
