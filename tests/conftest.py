@@ -218,6 +218,16 @@ def records_of(probe, kind: str | None = None) -> list[dict]:
     return [r for r in records if kind is None or r["kind"] == kind]
 
 
+def steps_for_now(steps: list[dict]) -> list[dict]:
+    """The steps the "now" cost figure covers, by hand: the last 20, or more, to cover 2 s (docs/cost.md)."""
+    now = steps[-20:]
+    covered = sum(s["step_time_s"] for s in now)
+    while covered < 2.0 and len(now) < len(steps):
+        now = steps[-len(now) - 1 :]
+        covered += now[0]["step_time_s"]
+    return now
+
+
 def optwatch_share(steps: list[dict]) -> float:
     """optwatch's share of these steps' time, from their records by hand: its code on the training thread and
     its threads' CPU time, over the step time."""

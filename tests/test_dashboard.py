@@ -10,7 +10,16 @@ import signal
 import psutil
 import pytest
 
-from conftest import SCRIPTS, live_jobs, optwatch_share, screen_lines, start_training, wait_for, wait_for_ui
+from conftest import (
+    SCRIPTS,
+    live_jobs,
+    optwatch_share,
+    screen_lines,
+    start_training,
+    steps_for_now,
+    wait_for,
+    wait_for_ui,
+)
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.log_pane import LogPane
@@ -42,7 +51,7 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
             rows = dict(app.query_one(StatsPanel).rows)
             steps = [r["step"] for r in store.primary.steps]
             losses = [r["loss"] for r in store.primary.steps]
-            own_share = optwatch_share(list(store.primary.steps)[-20:])
+            own_share = optwatch_share(steps_for_now(list(store.primary.steps)))
         assert rows["Step"] == str(last["step"])
         assert own_share is not None and 0 < own_share < 0.5 and rows["optwatch"].endswith(f", {100 * own_share:.1f}%")
         assert rows["Loss"].startswith(format(last["loss"], ".4g"))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_of
+from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_for_now, steps_of
 
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
@@ -35,12 +35,7 @@ def test_cifar_example_records_40_falling_finite_steps(tmp_path):
     # What optwatch cost the run, per step and in the summary: part of each step, never all of it.
     assert all(0 < s["optwatch_s"] < s["step_time_s"] for s in steps)
     final = next(line for line in result.stderr.splitlines() if line.startswith("optwatch: final step 39"))
-    # The figure for now: the last 20 steps, or more, to cover 2 s of steps (docs/cost.md).
-    now, covered = steps[-20:], sum(s["step_time_s"] for s in steps[-20:])
-    while covered < 2.0 and len(now) < len(steps):
-        now = steps[-len(now) - 1 :]
-        covered += now[0]["step_time_s"]
-    assert f"optwatch {100 * optwatch_share(now):.1f}%" in final
+    assert f"optwatch {100 * optwatch_share(steps_for_now(steps)):.1f}%" in final
     # Beside it, what the hub (a process of its own, on the same cores) used between two of its reports.
     hubs = [r for r in records if r["kind"] == "hub"]
     shares = [
