@@ -22,12 +22,15 @@ def other_seconds(step: dict[str, Any]) -> float | None:
     total = step.get("step_time_s")
     if not finite(total):
         return None
-    covered = sum(step[key] for key in MEASURED if finite(step.get(key)))
     own = step.get("optwatch_s")
-    return max(0.0, total - covered - (own if finite(own) else 0.0))
+    return max(0.0, total - _covered(step) - (own if finite(own) else 0.0))
 
 
 def training_seconds(step: dict[str, Any]) -> float:
     """The step's time less optwatch's own on the training thread: its measured phases and the rest."""
-    covered = sum(step[key] for key in MEASURED if finite(step.get(key)))
-    return covered + (other_seconds(step) or 0.0)
+    return _covered(step) + (other_seconds(step) or 0.0)
+
+
+def _covered(step: dict[str, Any]) -> float:
+    """The seconds of the step's measured phases."""
+    return sum(step[key] for key in MEASURED if finite(step.get(key)))

@@ -91,8 +91,7 @@ class TelemetryPlugin(ProbePlugin):
     def _set_mark(self, now: tuple[float, Any] | None = None) -> None:
         """A cut before a forward: the forward starts at the next module call."""
         self._mark = now or self._now()
-        self._forward_began = self._forward_ended = None
-        self._training_forward = self._batch_marked = False
+        self._no_forward_yet()
         self._stop_awaiting_return()
         if self._awaiting_forward is None and self._plain_model():
             self._awaiting_forward = register_module_forward_pre_hook(self._call_begins)
@@ -121,6 +120,10 @@ class TelemetryPlugin(ProbePlugin):
         """No forward under way, none awaited: a backward began, or the next step is not timed."""
         self._stop_awaiting()
         self._stop_awaiting_return()
+        self._no_forward_yet()
+
+    def _no_forward_yet(self) -> None:
+        """Since the mark (or now), no forward began, and no batch marked it."""
         self._forward_began = self._forward_ended = None
         self._training_forward = self._batch_marked = False
 
@@ -149,8 +152,7 @@ class TelemetryPlugin(ProbePlugin):
         if output is None and sys.exc_info()[1] is not None:
             # The call raised (a loop that skips a bad batch: ``except BadBatch: continue``): no forward of
             # the step's; the next batch starts one, and its wait is not the forward's.
-            self._forward_began = self._forward_ended = None
-            self._training_forward = self._batch_marked = False
+            self._no_forward_yet()
         else:
             self._forward_ended = self._now()
         self._awaiting_forward = register_module_forward_pre_hook(self._call_begins)  # another may follow
