@@ -9,6 +9,7 @@ maps them itself, as such scripts do).
 import argparse
 import json
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -57,4 +58,10 @@ for step in range(args.steps):
             "launcher_vars": launcher_vars,
         }
         print(json.dumps(line), flush=True)
+# Gloo's worker thread lets go of a finished collective's tensors a moment after the caller has them: if the
+# interpreter is already shutting down by then, freeing a Python-made tensor there aborts the process
+# ("terminate called without an active exception"; about 1 exit in 15 on a loaded machine, with or without
+# optwatch; pytorch/pytorch#179291). The barrier and the pause let the workers finish first.
+dist.barrier()
+time.sleep(0.1)
 dist.destroy_process_group()
