@@ -99,6 +99,35 @@ def test_a_new_optimizer_made_mid_run_takes_over_and_the_old_one_is_let_go(tmp_p
     assert old == {"alive": False}
 
 
+@pytest.mark.parametrize("order", ["muon first", "adamw first", "zero_grad after each"])
+def test_optimizers_that_split_one_model_step_it_together(tmp_path, order):
+    """Muon for the blocks' matrices and AdamW for the rest, both stepping on one backward (modded-nanogpt;
+    torch.optim.Muon takes matrices only): the gradient norm was Muon's part alone (0.29 where the script's
+    was 0.48), the layers were "(unnamed).0" to ".7" (no module holds Muon's parameters and nothing else),
+    AdamW's parameters had no update ratio, and the loss came again as a "muon" loss beside it. From the
+    second step on (the first shows the first optimizer to step: the other is not known yet) the step is the
+    two optimizers' together, as the script computes its figures."""
+    args = {"muon first": [], "adamw first": ["--adam-first"], "zero_grad after each": ["--zero-between"]}[order]
+    records, stdout, _ = run(tmp_path, "split_optimizers", *args, options=("--budget", "0"))
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert [s["step"] for s in steps] == sorted(truth)
+    assert [s["loss"] for s in steps] == pytest.approx([truth[s["step"]]["loss"] for s in steps], rel=1e-6)
+    later = steps[1:]
+    assert [s["grad_norm"] for s in later] == pytest.approx([truth[s["step"]]["grad_norm"] for s in later], rel=1e-5)
+    assert not [s for s in steps if "losses" in s]
+    layers = [r for r in records if r["kind"] == "layers" and r["step"] >= 1]
+    assert layers and {tuple(r["names"]) for r in layers} == {tuple(truth[0]["updates"])}
+    compared = set()
+    for record in layers:
+        truth_updates = truth[record["step"]]["updates"]
+        for name, norm, at in zip(record["names"], record["update_norm"], record["updated_at"]):
+            if norm is not None and at == record["step"]:
+                assert norm == pytest.approx(truth_updates[name], rel=1e-4, abs=1e-9), (record["step"], name)
+                compared.add(name)
+    assert {"embed.weight", "head.weight", "blocks.0.fc.weight", "blocks.1.norm.bias"} <= compared
+
+
 def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path):
     """A NaN guard and a spike guard skip the optimizer's step and zero the gradients at the next batch: the
     skipped batch's loss was added to the next step's (a NaN, or 10x), its gradients were that step's

@@ -98,10 +98,11 @@ class Amp:
     def scaling(self) -> bool:
         return self.enabled and self.dtype == torch.float16
 
-    def unscale_or_skip(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-        """fp16 only: unscale gradients; on overflow drop them so the optimizer skips this step and
-        return the scale that overflowed (the step is then reported like a GradScaler skip)."""
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    def unscale_or_skip(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+        """fp16 only: unscale the gradients of the step's parameters (the primary optimizer's and its
+        partners'); on overflow drop them so the optimizers skip this step and return the scale that
+        overflowed (the step is then reported like a GradScaler skip)."""
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads or self.scale is None:
             return None
         found_inf = torch.zeros((), device=self.scale.device)
@@ -111,9 +112,8 @@ class Amp:
         torch._amp_update_scale_(self.scale, self._growth_tracker, found_inf, 2.0, 0.5, 2000)
         if used_scale is None:
             return None
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                param.grad = None
+        for param in params:
+            param.grad = None
         return used_scale
 
 
@@ -291,7 +291,7 @@ class ControlPlugin(ProbePlugin):
         self._set_rates(optimizer, context.step)
         self._lr_pin = None  # a pin lasts one step
         if self.amp.enabled and self.amp.scaling:
-            skipped_at_scale = self.amp.unscale_or_skip(optimizer)
+            skipped_at_scale = self.amp.unscale_or_skip(context.parameters())
             if skipped_at_scale is not None:
                 self._overflowed = (context.step, skipped_at_scale)
         self._set_idle_callbacks(context)  # a pin lasts one step

@@ -150,6 +150,7 @@ class GradientPlugin(ProbePlugin):
         self._layout: _Layout | None = None
         self._order_key: tuple | None = None
         self._ordered: list[torch.Tensor] = []
+        self._order_source: list[torch.Tensor] | None = None
         self._measured: _Measured | None = None
         self._weighed_at: dict[int, int] = {}
         """Per parameter (by id), the measured step its weight and update norms were last taken at."""
@@ -157,7 +158,7 @@ class GradientPlugin(ProbePlugin):
     def on_gradients(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> None:
         if self._detail_steps % self.every:
             return
-        ordered = self._in_model_order(context, optimizer)
+        ordered = self._in_model_order(context)
         # (Each ``.grad`` costs a microsecond: read once.) A frozen parameter's gradient is no gradient, though
         # ``zero_grad(set_to_none=False)`` leaves it zeros: a backbone frozen on purpose does not "vanish".
         grads = [p.grad if p.requires_grad else None for p in ordered]
@@ -238,20 +239,16 @@ class GradientPlugin(ProbePlugin):
         ages = [min(self._weighed_at.get(id(layout.params[i]), -1) for i in chunk) for chunk in layout.chunks]
         return ages.index(min(ages))
 
-    def _in_model_order(self, context: ProbeContext, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
-        """The optimizer's parameters in the model's order (param groups may split and reorder them)."""
-        if optimizer is not None:
-            # Known at a glance while the param groups' lists are the same (an id per group, not per parameter).
-            groups = tuple((id(group["params"]), len(group["params"])) for group in optimizer.param_groups)
-            if groups == self._order_key:
-                return self._ordered
-            flat = [p for group in optimizer.param_groups for p in group["params"]]
-            key: tuple = groups
-        else:
-            flat = context.parameters()
-            key = tuple(map(id, flat))
-            if key == self._order_key:
-                return self._ordered
+    def _in_model_order(self, context: ProbeContext) -> list[torch.Tensor]:
+        """The step's parameters (the primary optimizer's and its partners') in the model's order (param groups
+        may split and reorder them)."""
+        flat = context.parameters()
+        if flat is self._order_source:
+            return self._ordered  # the probe's list, the same while the param groups are: known at a glance
+        key = tuple(map(id, flat))
+        self._order_source = flat
+        if key == self._order_key:
+            return self._ordered
         position = {pid: i for i, pid in enumerate(context.parameter_names())}
         self._ordered = sorted(flat, key=lambda p: position.get(id(p), len(position)))
         self._order_key = key

@@ -8,6 +8,10 @@ the step. The rules (the README's "Instrumenting" says them to users):
   an optimizer made later over some of its parameters replaces it when it steps (a new one at a phase change);
   a step a GradScaler skipped for inf/NaN gradients counts (``amp_overflow``). With no optimizer at all, a
   ``backward()`` on a scalar is a step.
+- Optimizers that step after the primary on the same backward's gradients, over other parameters of the
+  model (Muon for the matrices and AdamW for the rest), are its partners: the step is theirs together. It
+  ends when the last of them has stepped, and its gradient norm, layers and updates cover all their
+  parameters.
 - A step's loss is the sum of the scalars backpropagated since the previous step of any optimizer (what
   gradient accumulation averages into the gradients it applies), unscaled when a GradScaler scaled them;
   under a closure (LBFGS, Lightning) the closure's first evaluation. Every other optimizer that steps
@@ -137,6 +141,14 @@ class Probe:
         """An optimizer stepping inside ``_stepping``'s step (one that another wraps)."""
         self._others_apart: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         """Optimizers that stepped and train none of the primary's parameters (a GAN's other network)."""
+        self._partners: list[weakref.ref[torch.optim.Optimizer]] = []
+        """Optimizers that step after the primary on the same backward's gradients: one step with it."""
+        self._partners_due: set[int] = set()
+        """The partners (ids) yet to step before the step under way ends; empty when none is."""
+        self._deferred_extra: dict[str, Any] = {}
+        self._primary_stepped_last = False
+        """The primary stepped and no loss was backpropagated since: an optimizer stepping now is a partner."""
+        self._model_given = False
         self._scaler_stepping: torch.optim.Optimizer | None = None
         self._stepped = False
         self._params: list[torch.Tensor] = []
@@ -237,6 +249,8 @@ class Probe:
             handle.remove()
         if self._no_optimizer_step_due:
             self._finish_step(time.perf_counter())
+        if self._partners_due:
+            self._end_together(time.perf_counter())
         if self._light_steps:
             self._record_light_steps()
         self._records.release()
@@ -304,6 +318,7 @@ class Probe:
             self.start_at(start_step)
         if model is not None:
             self.model = model
+            self._model_given = True
             self._param_names = None
         if optimizer is not None:
             self._primary = optimizer
@@ -336,7 +351,9 @@ class Probe:
 
     @property
     def primary_name(self) -> str | None:
-        return self._name_of(self._primary) if self._primary is not None and self._records.others else None
+        if self._primary is None or not (self._records.others or self._partners):
+            return None
+        return self._name_of(self._primary)
 
     def emit(self, record: dict[str, Any]) -> None:
         self._records.emit(record)
@@ -395,7 +412,7 @@ class Probe:
 
     def parameters(self) -> list[torch.Tensor]:
         if self._primary is not None:
-            groups = self._primary.param_groups
+            groups = self._primary.param_groups if not self._partners else self._together_groups()
             key = tuple((id(group["params"]), len(group["params"])) for group in groups)
             if key != self._params_key:
                 self._params = [p for group in groups for p in group["params"]]
@@ -415,8 +432,36 @@ class Probe:
         if self.model is not None or self._model_searched or self._primary is None:
             return self.model
         self._model_searched = True
-        self.model = largest_module_of(self._primary)
+        self.model = largest_module_of(self._primary, *self._live_partners())
         return self.model
+
+    def _live_partners(self) -> list[torch.optim.Optimizer]:
+        return [partner for partner in (ref() for ref in self._partners) if partner is not None]
+
+    def _together_groups(self) -> list[dict[str, Any]]:
+        """The param groups of the primary and of its partners, in the order they step."""
+        assert self._primary is not None
+        groups = list(self._primary.param_groups)
+        for partner in self._live_partners():
+            groups.extend(partner.param_groups)
+        return groups
+
+    def _is_partner(self, optimizer: torch.optim.Optimizer) -> bool:
+        return any(ref() is optimizer for ref in self._partners)
+
+    def _joins_as_partner(self, optimizer: torch.optim.Optimizer) -> bool:
+        """``optimizer``, not the primary and training none of its parameters, steps right after it on the
+        gradients of the same backward (Muon's matrices, then AdamW's embeddings and gains): it is a partner
+        from now on, its parameters measured with the primary's and the model found again to hold them all."""
+        if not self._primary_stepped_last:
+            return False
+        if not any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+            return False
+        self._partners.append(weakref.ref(optimizer))
+        self._params_key = None
+        if not self._model_given:
+            self.model, self._model_searched, self._param_names = None, False, None
+        return True
 
     def schedulers(self) -> list[Any]:
         """The LR schedulers made so far that are still alive."""
@@ -480,6 +525,8 @@ class Probe:
     def batch_taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None:
         if self._no_optimizer_step_due:
             self._finish_step(started)
+        elif self._partners_due:
+            self._end_together(started)  # a partner that did not step this time
         self._batches.taken(iterator, started, finished, batch)
         if self._dispatch.active["on_batch"]:
             self._dispatch.call_in_step("on_batch")
@@ -505,6 +552,9 @@ class Probe:
         now = time.perf_counter()
         if self._no_optimizer_step_due:
             self._finish_step(now)
+        elif self._partners_due:
+            self._end_together(now)  # a partner that did not step this time
+        self._primary_stepped_last = False
         self.training_thread = threading.get_ident()
         fetched = self._batches.consumed()
         if self._step_start is None:
@@ -618,8 +668,12 @@ class Probe:
             return
         started = time.perf_counter()
         self._inner_stepping = None  # (an inner step that raised never ended)
+        if self._partners_due and (optimizer is self._primary or not self._is_partner(optimizer)):
+            self._end_together(started)  # a partner that did not step this time
         if optimizer is not self._primary:
             self._elect(optimizer)
+            if optimizer is not self._primary and not self._is_partner(optimizer):
+                self._joins_as_partner(optimizer)
         self._stepping = optimizer
         self.backward_end_needed = True  # a closure may call backward now
         self._stepped = True
@@ -640,20 +694,50 @@ class Probe:
         self._stepping = None
         if optimizer is self._primary:
             self._gradients_ready(optimizer)  # a closure that never called backward
-            self._dispatch.call_in_step("after_optimizer_step", optimizer)
-            now = time.perf_counter()
-            self.own_s += now - started
-            self._finish_step(now)  # (which notes what backward's end needs, for the next step)
+            self._primary_stepped_last = True
+            if self._partners and self._await_partners():
+                self.own_s += time.perf_counter() - started
+                return
+            self._end_together(started)
+        elif self._partners_due and self._is_partner(optimizer):
+            self._partners_due.discard(id(optimizer))
+            if not self._partners_due:
+                self._end_together(started)
+            else:
+                self.own_s += time.perf_counter() - started
+        elif self._is_partner(optimizer):
+            self.own_s += time.perf_counter() - started  # (its first step: the primary's step ended before it)
         else:
             self._note_backward_end()
             self._other_optimizer_stepped(optimizer)
             self.own_s += time.perf_counter() - started
+
+    def _await_partners(self, **extra: Any) -> bool:
+        """The primary has stepped: the step ends when its partners have too. False if none is alive."""
+        self._partners = [ref for ref in self._partners if ref() is not None]
+        self._partners_due = {id(ref()) for ref in self._partners}
+        self._deferred_extra = extra
+        return bool(self._partners_due)
+
+    def _end_together(self, started: float) -> None:
+        """The primary and its partners have stepped (or a partner did not step this time): the step ends."""
+        self._partners_due.clear()
+        if self._deferred_extra:  # the primary's step that a GradScaler skipped
+            extra, self._deferred_extra = self._deferred_extra, {}
+            self._finish_step(started, **extra)
+            return
+        self._dispatch.call_in_step("after_optimizer_step", self._primary)
+        now = time.perf_counter()
+        self.own_s += now - started
+        self._finish_step(now)  # (which notes what backward's end needs, for the next step)
 
     def gradients_reset(self, owner: torch.optim.Optimizer | torch.nn.Module) -> None:
         """The script throws away the gradients of what it backpropagated since the last step (a step it
         skipped: a NaN or spike guard, ``zero_grad(); continue``): so do the step's loss and measures."""
         if self._stepping is not None or not (self._losses.pending or self._gradients_final):
             return  # the usual case (after a step, before a backward); or a closure's, inside the step
+        if self._partners_due:
+            return  # between the primary's step and its partners': the step is under way, not skipped
         if self._no_optimizer_step_due:
             return  # no optimizer: the backward was the step (its update made by hand), ended at the next
         if self._primary is not None:
@@ -675,14 +759,26 @@ class Probe:
         """GradScaler skipped ``optimizer.step()`` for inf/NaN gradients: that iteration is a step too."""
         if self._stepped or not scaler.is_enabled():
             return
+        now = time.perf_counter()
+        if self._partners_due and self._is_partner(optimizer):
+            self._partners_due.discard(id(optimizer))  # a partner's step skipped: it stepped, as far as the step goes
+            if not self._partners_due:
+                self._end_together(now)
+            return
+        if self._partners_due:
+            self._end_together(now)
         if optimizer is not self._primary:
             self._elect(optimizer)
         if optimizer is not self._primary:
-            self._other_optimizer_stepped(optimizer)
+            if not self._is_partner(optimizer) and not self._joins_as_partner(optimizer):
+                self._other_optimizer_stepped(optimizer)
             return
         scale = scaler._scale.detach().clone() if isinstance(scaler._scale, torch.Tensor) else None
         self._gradients_ready(optimizer)
-        self._finish_step(time.perf_counter(), amp_overflow=True, amp_scale=scale)
+        self._primary_stepped_last = True
+        if self._partners and self._await_partners(amp_overflow=True, amp_scale=scale):
+            return
+        self._finish_step(now, amp_overflow=True, amp_scale=scale)
 
     def _elect(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer``, not the primary, steps: it becomes the primary if there is none yet, or if it trains
@@ -697,6 +793,7 @@ class Probe:
                 self._others_apart.add(optimizer)
                 return
             self._others_apart = weakref.WeakSet()  # (measured against the new primary from now on)
+            self._partners = []
             if self.model is None:
                 self._model_searched = False  # (looked for again from the new one's parameters)
         self._primary = optimizer
