@@ -111,7 +111,9 @@ def test_a_stop_under_lightning_is_stopped_not_failed(tmp_path):
 def test_a_resumed_lightning_gan_goes_on_at_the_step_lightning_logs(tmp_path):
     """Manual optimization with two optimizers: Lightning's global_step counts both (two a batch), its loggers
     count batches. Resumed after 10 batches, the callback started at global_step 20: every step 10 past the
-    one Lightning logged, a gap of 10 in the curve, and `--control ...@N` landing elsewhere."""
+    one Lightning logged, a gap of 10 in the curve, and `--control ...@N` landing elsewhere. Each optimizer's
+    loss is named after the network it trains (both were "GAN", the LightningModule's class: "GAN" and
+    "GAN2", which swapped with the callback)."""
     script = str(SCRIPTS / "lightning_gan.py")
     checkpoint = tmp_path / "gan.ckpt"
     first = optwatch("run", "--headless", "--no-record", script, "--callback", "--logs", str(tmp_path / "a"),
@@ -127,6 +129,10 @@ def test_a_resumed_lightning_gan_goes_on_at_the_step_lightning_logs(tmp_path):
     steps = steps_of(read_jsonl(record))
     assert [s["step"] for s in steps] == sorted(logged)
     assert [s["loss"] for s in steps] == pytest.approx([float(logged[s["step"]]["d_loss"]) for s in steps], rel=1e-5)
+    assert [sorted(s["losses"]) for s in steps] == [["discriminator", "generator"]] * len(steps)
+    assert [s["losses"]["generator"] for s in steps] == pytest.approx(
+        [float(logged[s["step"]]["g_loss"]) for s in steps], rel=1e-5
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")

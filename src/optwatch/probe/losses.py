@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from optwatch import protocol
+from optwatch.probe.model import attribute_name_of
 
 
 class LossSum:
@@ -95,7 +96,9 @@ def _name_in_main(obj: Any) -> str | None:
 
 class OptimizerNames:
     """A readable name for each optimizer: the script's own name for it (``optD``), else for the model it
-    trains (``netD``), else that model's class (``Discriminator``), numbered when two would share one."""
+    trains (``netD``), else that model's attribute name in the module holding it (a LightningModule's
+    ``discriminator``: the class of the module its optimizers train, the same for both, said nothing), else
+    its class (``Discriminator``), numbered when two would share one."""
 
     def __init__(self, model_of: Callable[[torch.optim.Optimizer], torch.nn.Module | None]) -> None:
         self._model_of = model_of
@@ -108,6 +111,7 @@ class OptimizerNames:
             base = (
                 _name_in_main(optimizer)
                 or (model is not None and _name_in_main(model))
+                or attribute_name_of([p for group in optimizer.param_groups for p in group["params"]])
                 or type(model if model is not None else optimizer).__name__
             )
             taken = set(self._names.values())

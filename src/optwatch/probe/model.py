@@ -86,6 +86,27 @@ def smallest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | Non
     return best
 
 
+def attribute_name_of(params: list[torch.Tensor]) -> str | None:
+    """The dotted name (``discriminator``, ``heads.policy``) of the smallest live module that holds every one of
+    ``params``, in the largest module that holds it; None when it is a model of its own. A walk over every
+    object: once per optimizer, for the names of a run's several optimizers."""
+    wanted = {id(p) for p in params}
+    holders: list[tuple[int, torch.nn.Module]] = []
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.nn.Module):
+            held = {id(p) for p in obj.parameters()}
+            if wanted and wanted <= held:
+                holders.append((len(held), obj))
+    if len(holders) < 2:
+        return None
+    holders.sort(key=lambda pair: pair[0])
+    smallest, largest = holders[0][1], holders[-1][1]
+    for name, module in largest.named_modules():
+        if module is smallest:
+            return name or None
+    return None
+
+
 def compiled_whole(model: torch.nn.Module) -> bool:
     """``torch.compile(model)``'s wrapper, or a model compiled in place (``model.compile()``): a global module
     hook would make the first warn the script and the second trace it."""
