@@ -191,8 +191,11 @@ def test_a_trainer_run_started_with_python_is_watchable_with_one_callback(tmp_pa
     evaluations = [
         json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_EVAL ")
     ]
-    published = [r["values"]["eval_loss"] for r in records if r["kind"] == "metric" and "eval_loss" in r["values"]]
-    assert published == pytest.approx([e["eval_loss"] for e in evaluations], rel=1e-6)
+    published = [r for r in records if r["kind"] == "metric" and "eval_loss" in r["values"]]
+    expected = [e["eval_loss"] for e in evaluations]
+    assert [r["values"]["eval_loss"] for r in published] == pytest.approx(expected, rel=1e-6)
+    # At the step the evaluation followed (the step the Trainer logs it at, less one), not the one after it.
+    assert [r["step"] for r in published] == [e["after_step"] for e in evaluations]
     # The step's own figures travel in the step record, not again as metrics.
     assert not any("loss" in r["values"] or "epoch" in r["values"] for r in records if r["kind"] == "metric")
 
@@ -210,6 +213,11 @@ def test_a_lightning_run_started_with_python_is_watchable_with_one_callback(tmp_
         json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("FRAMEWORK_EVAL ")
     ]
     validated = [e["val_loss"] for e in evaluations if not e["sanity"]]
-    published = [r["values"]["val_loss"] for r in records if r["kind"] == "metric" and "val_loss" in r["values"]]
-    # After each validation (the sanity check's is not published), and again at the epoch's end.
+    metrics = [r for r in records if r["kind"] == "metric" and "val_loss" in r["values"]]
+    published = [r["values"]["val_loss"] for r in metrics]
+    # After each validation (the sanity check's is not published), and again at the epoch's end, at the step
+    # the validation followed (as Lightning's loggers put it), not the one after it.
     assert validated and published[: len(validated)] == pytest.approx(validated, rel=1e-6)
+    after = [e["after_step"] for e in evaluations if not e["sanity"]]
+    assert [r["step"] for r in metrics[: len(validated)]] == after
+    assert max(r["step"] for r in metrics) <= steps[-1]["step"]

@@ -4,7 +4,8 @@ The probe watches the first optimizer of ``configure_optimizers`` (the one Light
 ``LightningOptimizer`` wraps); under automatic optimization a step's loss is its closure's first
 evaluation, what ``training_step`` returned. What the module logs with ``self.log`` (``trainer.callback_metrics``:
 validation loss, accuracy...) is published as ``metric`` records after each validation and each training
-epoch: each value once, when Lightning has a new one (told by the object, never by reading the device).
+epoch, tagged with the step before them as Lightning's loggers tag them: each value once, when Lightning
+has a new one (told by the object, never by reading the device).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class OptwatchCallback(Callback):
         inner = getattr(optimizers[0], "optimizer", optimizers[0])
         loader = getattr(trainer, "train_dataloader", None)
         batch_size = getattr(loader, "batch_size", None)
+        if isinstance(batch_size, int):
+            batch_size *= getattr(trainer, "accumulate_grad_batches", 1)  # a step's samples, as the Trainer's
         self.probe = optwatch.watch(pl_module, inner, batch_size=batch_size if isinstance(batch_size, int) else None)
         self._numbered = False
 
@@ -57,7 +60,7 @@ class OptwatchCallback(Callback):
         self._published.update(fresh)
         numbers = numbers_of(fresh)
         if numbers:
-            self.probe.log(**numbers)
+            self.probe.log_after_step(**numbers)  # (after a batch's step: tagged as Lightning's loggers tag them)
 
 
 def _logged_step(trainer: Any) -> int:

@@ -4,7 +4,7 @@ The probe watches the optimizer the Trainer built (the one accelerate wraps), so
 Trainer's optimizer steps (the ``step`` it logs minus one, in a resumed run too) and the step's loss is the
 sum of the micro-batch losses the Trainer logs as ``loss``. What the Trainer logs besides the step's own
 figures (evaluation metrics, ``epoch``, anything a ``compute_metrics`` returns) is published as ``metric``
-records.
+records, tagged with the last step done (the one the Trainer logs them at, minus one).
 """
 
 from __future__ import annotations
@@ -37,4 +37,4 @@ class OptwatchCallback(TrainerCallback):
             return
         numbers = numbers_of(logs or {}, skip=_IN_THE_STEP_RECORD)
         if numbers:
-            self.probe.log(**numbers)
+            self.probe.log_after_step(**numbers)  # (the Trainer's step N is optwatch's N-1: the last one done)

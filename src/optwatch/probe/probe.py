@@ -330,10 +330,18 @@ class Probe:
 
     def log(self, **metrics: float) -> None:
         """Publish named values (eval accuracy, perplexity...) tagged with the current step."""
+        self._publish_metrics(self.step, metrics)
+
+    def log_after_step(self, **metrics: float) -> None:
+        """Publish named values of the model the last finished step left (a framework's evaluation between
+        steps), tagged with that step, as the framework's own loggers tag them."""
+        self._publish_metrics(max(self.step - 1, self.first_step), metrics)
+
+    def _publish_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         values = {}
         for name, value in metrics.items():
             values[name] = value.detach() if isinstance(value, torch.Tensor) else float(value)
-        self.emit(protocol.make_record("metric", self.rank, step=self.step, values=values))
+        self.emit(protocol.make_record("metric", self.rank, step=step, values=values))
 
     # --- ProbeContext ------------------------------------------------------------------------------------
     @property
