@@ -380,3 +380,23 @@ def test_once_the_run_is_past_optwatchs_full_first_steps_the_verdict_leaves_them
     assert final["final"] and final["window"] == [20, 39]
     assert final["evidence"]["optwatch_share"] == pytest.approx(0.005)
     assert "optwatch itself" not in final["message"] + " ".join(final["suggestions"])
+
+
+def test_an_evaluation_verdict_counts_the_evaluations_of_the_steps_it_names_and_what_they_added():
+    """Two evaluations slow (a busy machine), three quick: the line said "5 evaluations in this window, 21.5 ms
+    each with its step, against 71.8 ms for a training step" beside "evaluation takes 47%" (the median of
+    their times, where the share comes from the two long ones), and its window (steps 3-12) left out the
+    step 2 it had counted. Now the figure is what each added to its step on average, and the window holds
+    every step it counted."""
+    steps = make_steps(20, 0.07, start=3, **CPU_COMPUTE)
+    evaluated = {2: 0.6, 6: 0.02, 9: 0.02, 12: 0.5, 15: 0.02}
+    extra = make_steps(1, 0.07, start=2, **CPU_COMPUTE)
+    for step in extra + steps:
+        if step["step"] in evaluated:
+            step["step_time_s"], step["eval_batches"] = evaluated[step["step"]], 4
+    window = summarise(extra + steps, [], "cpu")
+    assert (window.first_step, window.last_step) == (2, 22)
+    result = classify(window)
+    assert result["bottleneck"] == "host" and result["message"].startswith("evaluation takes"), result["message"]
+    added = (0.6 - 0.07 + 0.5 - 0.07) / 5
+    assert f"5 evaluations in this window, each adding {added * 1000:.0f} ms to its step" in result["message"]

@@ -108,6 +108,9 @@ class Window:
     """Steps in whose time an evaluation ran (DataLoader batches outside the training's: ``eval_batches``)."""
     evaluation_step_s: float | None = None
     """Their median time."""
+    evaluation_extra_s: float | None = None
+    """What each added to its step beyond a median training step, on average: the share's own measure (a
+    median of their times says nothing of the few that took long)."""
     evaluation_share: float | None = None
     """Their time beyond a median training step, over all the steps' time, any device."""
     cudnn_benchmark: bool | None = None
@@ -176,10 +179,12 @@ def summarise(
         shares[key] = sum(known) / over_total if over_total > 0 and len(known) == len(over) else None
     others = [s.get("other_s") if finite(s.get("other_s")) else other_seconds(s) for s in phased]
     shares["other_s"] = sum(others) / phased_total if phased_total > 0 else None
+    # The steps judged: the evaluations' too (an evaluation in the window's first step was counted in it).
+    judged = [s.get("step", 0) for s in (timed[0], timed[-1], *evaluated)]
     window = Window(
         timed_steps=len(phased),
-        first_step=timed[0].get("step", 0),
-        last_step=timed[-1].get("step", 0),
+        first_step=min(judged),
+        last_step=max(judged),
         steps=len(timed),
         duration_s=max(timed[-1].get("time", 0.0) - timed[0].get("time", 0.0), 0.0) + timed[0]["step_time_s"],
         device=device.split(":")[0],
@@ -197,7 +202,9 @@ def summarise(
         window.evaluations = len(evaluated)
         window.evaluation_step_s = statistics.median(s["step_time_s"] for s in evaluated)
         typical = window.step_time_s
-        window.evaluation_share = sum(max(0.0, s["step_time_s"] - typical) for s in evaluated) / whole
+        extra = sum(max(0.0, s["step_time_s"] - typical) for s in evaluated)
+        window.evaluation_extra_s = extra / len(evaluated)
+        window.evaluation_share = extra / whole
     if window.device == "cuda":
         device_time = sum(sum(s.get(key) or 0.0 for key in MEASURED[1:]) for s in phased)
         host_time = [s.get("host_phases_s") for s in phased]
@@ -364,11 +371,11 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
 def _between(w: Window) -> tuple[str, str, list[str]] | None:
     """Evaluations, or long steps among short ones on the host: what they do beyond a step is work between
     training steps."""
-    if w.evaluation_share is not None and w.evaluation_share >= BETWEEN_SHARE and w.evaluation_step_s:
+    if w.evaluation_share is not None and w.evaluation_share >= BETWEEN_SHARE and w.evaluation_extra_s:
         message = (
             f"evaluation takes {_pct(w.evaluation_share)} of the time: {_count(w.evaluations, 'evaluation')} in "
-            f"this window, {duration_text(w.evaluation_step_s)} each with its step, against "
-            f"{duration_text(w.step_time_s)} for a training step"
+            f"this window, each adding {duration_text(w.evaluation_extra_s)} to its step on average (a training "
+            f"step takes {duration_text(w.step_time_s)})"
         )
         return (
             "host",
