@@ -369,3 +369,20 @@ def test_a_pause_with_a_lease_ends_by_itself_and_the_listing_says_who_paused(tmp
     assert resumed and resumed[0]["reason"] == "the pause's lease ran out"
     step_10 = steps_of(records)[10]
     assert [s["step"] for s in steps_of(records)] == list(range(40)) and step_10["step_time_s"] < 3
+
+
+def test_a_warning_from_inside_backward_names_the_scripts_line_once_as_without_optwatch(tmp_path):
+    """torch warns from a backward hook with stacklevel=5, for the script's `loss.backward()` line: under
+    optwatch it named "optwatch/probe/hooks.py:253" (its wrapper's frames counted), and came twice (the first
+    step's `platform.processor()` ran `uname -p` in a subprocess, whose start reset the warnings registry)."""
+    script = str(SCRIPTS / "warnings_in_backward.py")
+    plain = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    watched = optwatch("run", "--headless", "--no-record", script)
+    assert plain.returncode == watched.returncode == 0, watched.stderr[-2000:]
+
+    def the_scripts(output: str) -> list[str]:
+        return [line for line in output.splitlines() if not line.startswith("optwatch")]
+
+    assert "warnings_in_backward.py:14: UserWarning: Full backward hook" in plain.stderr
+    assert the_scripts(watched.stderr) == the_scripts(plain.stderr)
+    assert the_scripts(watched.stdout) == the_scripts(plain.stdout)

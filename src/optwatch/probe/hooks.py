@@ -11,6 +11,8 @@ Zero-code mode cannot ask the script where its steps are, so it listens where ev
     torch.optim.lr_scheduler.LRScheduler          schedulers, so a manual learning rate can move them
       (and ReduceLROnPlateau, made without it)
     torch.autocast.__enter__                      the precision the script trains in (its own autocast)
+    warnings.warn                                 a warning raised under a wrapper names the frame it would
+                                                  name without it (not counting the wrappers' frames)
 
 Each wrapper calls the original exactly as the script did and returns what it returned; what the probe
 does around it goes through ``HookTarget`` and can never raise into the script (a failure is reported to
@@ -28,6 +30,7 @@ import functools
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -282,6 +285,7 @@ class TorchHooks:
             return None
 
     def install(self) -> TorchHooks:
+        self._patch(warnings, "warn", _skipping_wrappers)
         self._patch(torch.autograd, "backward", self._backward)
         self._patch(GradScaler, "scale", self._scaler_scale)
         self._patch(GradScaler, "step", self._scaler_step)
@@ -515,3 +519,27 @@ def _is_two(norm_type: Any) -> bool:
         return float(norm_type) == 2.0
     except (TypeError, ValueError):
         return False
+
+
+_WRAPPERS_FILE = sys._getframe(0).f_code.co_filename
+"""Where every wrapper here is defined: their frames are not counted in a warning's ``stacklevel``."""
+
+
+def _skipping_wrappers(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``warnings.warn`` that counts ``stacklevel`` without the wrappers' frames. A library warns for the
+    script's line from deep inside a call (torch's backward hooks use ``stacklevel=5``): under a wrapper it
+    named the wrapper's line ("optwatch/probe/hooks.py:253"), and filters by module or line missed it."""
+
+    @functools.wraps(original)
+    def warn(message: Any, category: Any = None, stacklevel: int = 1, source: Any = None, **kwargs: Any) -> None:
+        frame, level, skipped = sys._getframe(1), 1, 0
+        while frame is not None and level < stacklevel:
+            frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename == _WRAPPERS_FILE:
+                skipped += 1
+            else:
+                level += 1
+        # (+1: this frame, between the caller and warnings.warn)
+        original(message, category, stacklevel + skipped + 1, source, **kwargs)
+
+    return warn

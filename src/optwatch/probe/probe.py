@@ -1059,9 +1059,7 @@ class Probe:
             facts["device_name"] = torch.cuda.get_device_name(device)
             facts["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         else:
-            import platform
-
-            facts["device_name"] = platform.processor() or platform.machine()
+            facts["device_name"] = cpu_name()
         self._device_facts = facts
         self.publish([self._hello()])
 
@@ -1102,6 +1100,24 @@ class Probe:
             self._loss_bar = (median, max((LOSS_JUMP - 1) * size, 9 * spread))
         median, allowed = self._loss_bar
         return allowed > 0 and abs(loss - median) > allowed
+
+
+def cpu_name() -> str:
+    """The CPU's model ("AMD EPYC 7R13 Processor") from /proc/cpuinfo, else the machine ("x86_64"). Not
+    ``platform.processor()``: it runs ``uname -p`` in a subprocess, whose start resets the warnings registry
+    (a warning the script had been shown once came again)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    name = line.partition(":")[2].strip()
+                    if name:
+                        return name
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def weights_dtype(params: list[torch.Tensor]) -> torch.dtype | None:
