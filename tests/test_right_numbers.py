@@ -128,6 +128,20 @@ def test_optimizers_that_split_one_model_step_it_together(tmp_path, order):
     assert {"embed.weight", "head.weight", "blocks.0.fc.weight", "blocks.1.norm.bias"} <= compared
 
 
+def test_each_fold_of_a_k_fold_run_is_watched_with_its_new_model_and_optimizer(tmp_path):
+    """Three folds, each a new model and a new optimizer: the first fold's optimizer stayed the primary
+    (optwatch held it alive), so the run's records stopped after the first fold (114 of 342 steps in a tester's
+    run) and the final line was fold 0's. Once the script drops an optimizer, the next one to step takes
+    over, and its model is found again for the layers' names."""
+    # (Folds of 3 s: a new model is looked for where that walk takes at most a twentieth of the time.)
+    records, stdout, _ = run(tmp_path, "k_fold", "--sleep", "0.15", options=("--budget", "0"))
+    truth = truth_of(stdout)
+    assert_as_the_script(steps_of(records), truth, "loss", "grad_norm", "lr")
+    last_fold = min(step for step, t in truth.items() if t["fold"] == 2)
+    late = [r for r in records if r["kind"] == "layers" and r["step"] >= last_fold]
+    assert late and set(late[-1]["names"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
 def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path):
     """A NaN guard and a spike guard skip the optimizer's step and zero the gradients at the next batch: the
     skipped batch's loss was added to the next step's (a NaN, or 10x), its gradients were that step's

@@ -72,6 +72,9 @@ LOOK_CLOSER_STEPS = 100
 """Steps that are all detail steps after a loss jumped, whatever the budget's spacing."""
 IDLE_FLUSH_S = 2.0
 """No step boundary for this long, with steps noted and not recorded: they are recorded (``_flush_when_idle``)."""
+MODEL_SEARCH_SPACING = 20.0
+"""A new model (the script dropped the primary) is looked for only if the last look was this many times its
+own duration ago: the walk over every live object takes at most a twentieth of the training's time."""
 
 
 _live_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
@@ -131,7 +134,9 @@ class Probe:
         """Seconds optwatch's own code has run on the training thread so far in this step (the step
         record's ``optwatch_s``); its background threads' CPU time is ``optwatch_bg_s``."""
         # optimizers
-        self._primary: torch.optim.Optimizer | None = None
+        self._primary_ref: weakref.ref[torch.optim.Optimizer] | None = None
+        """The primary, weakly: once the script drops it (the next fold of a k-fold, the next model of a sweep),
+        the next optimizer to step is the primary."""
         self._optimizers_made = 0
         self._name_of = OptimizerNames(self._model_of)
         self._schedulers: list[weakref.ref[Any]] = []
@@ -149,6 +154,9 @@ class Probe:
         self._primary_stepped_last = False
         """The primary stepped and no loss was backpropagated since: an optimizer stepping now is a partner."""
         self._model_given = False
+        self._searched_at = 0.0
+        self._search_s = 0.0
+        """When the model was last looked for, and how long that took (``find_model``)."""
         self._scaler_stepping: torch.optim.Optimizer | None = None
         self._stepped = False
         self._params: list[torch.Tensor] = []
@@ -440,7 +448,10 @@ class Probe:
         if self.model is not None or self._model_searched or self._primary is None:
             return self.model
         self._model_searched = True
+        started = time.perf_counter()
         self.model = largest_module_of(self._primary, *self._live_partners())
+        self._searched_at = time.perf_counter()
+        self._search_s = self._searched_at - started
         return self.model
 
     def _live_partners(self) -> list[torch.optim.Optimizer]:
@@ -651,8 +662,18 @@ class Probe:
             self._clip_max = None
 
     # --- HookTarget: optimizers ----------------------------------------------------------------------------------
+    @property
+    def _primary(self) -> torch.optim.Optimizer | None:
+        ref = self._primary_ref
+        return ref() if ref is not None else None
+
+    @_primary.setter
+    def _primary(self, optimizer: torch.optim.Optimizer | None) -> None:
+        self._primary_ref = weakref.ref(optimizer) if optimizer is not None else None
+
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizers_made += 1
+        self._name_of.made(optimizer)
         self._note_backward_end()
 
     def scheduler_made(self, scheduler: Any) -> None:
@@ -804,6 +825,18 @@ class Probe:
             self._partners = []
             if self.model is None:
                 self._model_searched = False  # (looked for again from the new one's parameters)
+        elif self._primary_ref is not None:
+            # The script dropped the primary: a new model is trained from here on (the next fold, the next
+            # model of a sweep), found again from the new primary unless ``watch`` named it.
+            self._others_apart = weakref.WeakSet()
+            self._partners = []
+            if not self._model_given:
+                self.model, self._param_names = None, None
+                # Looked for again, unless models come and go faster than the walk over every live object
+                # pays for (a new model for each task, Reptile's: 90 ms of walk to a 5 ms step): their
+                # parameters then go unnamed.
+                since = time.perf_counter() - self._searched_at
+                self._model_searched = since < MODEL_SEARCH_SPACING * self._search_s
         self._primary = optimizer
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
