@@ -142,6 +142,21 @@ def test_each_fold_of_a_k_fold_run_is_watched_with_its_new_model_and_optimizer(t
     assert late and set(late[-1]["names"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_two_losses_backpropagated_in_one_call_are_the_steps_loss(tmp_path, weighted):
+    """torch.autograd.backward([loss_a, loss_b]) backpropagates their sum: it was no loss at all ("loss -"
+    on every step). Weighted by the script's grad_tensors, the loss is still not said (what was
+    backpropagated is no one number the script has), and the gradient norm is."""
+    records, stdout, _ = run(tmp_path, "multi_loss", *(["--weighted"] if weighted else []))
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "grad_norm", "grad_norm")
+    if weighted:
+        assert [s["loss"] for s in steps] == [None] * len(steps)
+    else:
+        assert_same(steps, truth, "loss", "loss", rel=1e-6)
+
+
 def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path):
     """A NaN guard and a spike guard skip the optimizer's step and zero the gradients at the next batch: the
     skipped batch's loss was added to the next step's (a NaN, or 10x), its gradients were that step's

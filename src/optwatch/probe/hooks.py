@@ -66,7 +66,8 @@ class HookTarget(Protocol):
     def loader_started(self, loader: Any) -> None: ...
 
     def backward_starting(self, tensors: Any) -> Any:
-        """Returns the tensors to differentiate (the same ones, or a scaled loss under optwatch's AMP)."""
+        """Returns the tensors to differentiate (the same ones, or a scaled loss under optwatch's AMP);
+        ``tensors`` is None for several tensors that the script's ``grad_tensors`` weigh."""
         ...
 
     backward_end_needed: bool
@@ -326,7 +327,11 @@ class TorchHooks:
             if target is None or target.closed or hooks._backwards_running:
                 return original(tensors, *args, **kwargs)  # (inside a backward: no loss, no step of its own)
             try:
-                replaced = target.backward_starting(tensors)
+                weights = args[0] if args else kwargs.get("grad_tensors")
+                # (Several tensors that the script's grad_tensors weigh: no loss of the step.)
+                replaced = target.backward_starting(
+                    tensors if weights is None or isinstance(tensors, torch.Tensor) else None
+                )
             except Exception:
                 hooks._failed("backward hook")
                 replaced = None

@@ -580,7 +580,14 @@ class Probe:
             self._begin_first_step(fetched if fetched is not None else now)
         is_loss = isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and tensors.requires_grad
         replacement = None
-        if is_loss:
+        if not is_loss and isinstance(tensors, (list, tuple)) and tensors:
+            # torch.autograd.backward([loss_a, loss_b]): the gradients of their sum, and so is the loss.
+            if all(isinstance(t, torch.Tensor) and t.numel() == 1 and t.requires_grad for t in tensors):
+                if self._backward_started is None:
+                    self._backward_started = now
+                for tensor in tensors:
+                    self._losses.backpropagated(tensor, in_closure=self._stepping is not None)
+        elif is_loss:
             if self._backward_started is None:
                 self._backward_started = now
             self._losses.backpropagated(tensors, in_closure=self._stepping is not None)
