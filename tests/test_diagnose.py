@@ -400,3 +400,15 @@ def test_an_evaluation_verdict_counts_the_evaluations_of_the_steps_it_names_and_
     assert result["bottleneck"] == "host" and result["message"].startswith("evaluation takes"), result["message"]
     added = (0.6 - 0.07 + 0.5 - 0.07) / 5
     assert f"5 evaluations in this window, each adding {added * 1000:.0f} ms to its step" in result["message"]
+
+
+def test_a_compute_verdict_on_untimed_phases_does_not_name_them():
+    """DP-SGD with vmap(grad), no backward(): forward and backward untimed, the step's work all "other". The
+    verdict said "forward+backward+optimizer take 97%" with those phases null in its own evidence."""
+    steps = make_steps(20, 0.05, data_wait_s=0.001)
+    for step in steps:
+        step["forward_s"] = step["backward_s"] = None
+    result = verdict(steps, make_systems(cpu_percent=100.0, host_cpu_percent=100.0))
+    assert result["bottleneck"] == "compute", result["message"]
+    assert "forward+backward" not in result["message"]
+    assert result["message"].startswith("the step's work apart from the data wait (its phases untimed) takes 98%")

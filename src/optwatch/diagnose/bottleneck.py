@@ -469,6 +469,14 @@ def _count(number: int, thing: str) -> str:
     return f"{number} {thing}" + ("" if number == 1 else "s")
 
 
+def _model_words(w: Window) -> str:
+    """What ``model_share`` measured: the model's phases, or (untimed: a step with no module call or no
+    backward the probe saw) all of the step but the data wait, which is not to be called forward+backward."""
+    if w.shares.get("forward_s") is not None:
+        return "forward+backward+optimizer take"
+    return "the step's work apart from the data wait (its phases untimed) takes"
+
+
 def _cpu(w: Window) -> tuple[str, str, list[str]]:
     model, other = w.model_share, w.shares.get("other_s")
     forward_known = w.shares.get("forward_s") is not None
@@ -479,7 +487,7 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
     if model is not None and model >= CPU_MODEL_SHARE and idle:
         return (
             "host",
-            f"forward+backward+optimizer take {_pct(model)} of each step, but the process used "
+            f"{_model_words(w)} {_pct(model)} of each step, but the process used "
             f"{w.cpu_percent:.0f}% of a core: the steps wait ("
             + ("for the other ranks at the gradients' all-reduce, " if w.world_size > 1 else "")
             + "a read inside the loop, a sleep, a lock) more than they compute",
@@ -507,8 +515,7 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
         )
         return (
             "compute",
-            f"forward+backward+optimizer take {_pct(model)} of each step on the CPU ({threads}, {cores})"
-            + _own_part(w),
+            f"{_model_words(w)} {_pct(model)} of each step on the CPU ({threads}, {cores})" + _own_part(w),
             [
                 "The model's math keeps the CPU busy: training on a CUDA GPU is the big step up",
                 second,
