@@ -184,3 +184,15 @@ def test_the_whole_runs_throughput_is_not_said_when_half_its_steps_do_not_say_th
     for record in complete:
         totals.add(record)
     assert summarise(complete, None, totals).run_samples_per_s == pytest.approx(200 * 50 / (180 * 0.002 + 20 * 0.02))
+
+
+def test_the_headless_line_says_how_many_recent_steps_the_clipped_share_is_of():
+    """The line's "clipped at 0.3 in 40% of steps" read as the whole run's share (61.5% there): it is the last 20
+    steps'. And a run that clipped none of its last steps said nothing of its clip."""
+    store = Store()
+    norms = [0.5 if i % 5 < 2 else 0.1 for i in range(40)]  # over the clip at 2 steps in 5
+    store.ingest([step(i, 0.01, grad_norm=norm, clip_max_norm=0.3) for i, norm in enumerate(norms)])
+    assert "(clipped at 0.3 in 40% of the last 20 steps)" in summary_line(store)
+    calm = Store()
+    calm.ingest([step(i, 0.01, grad_norm=0.1, clip_max_norm=0.3) for i in range(40)])
+    assert "(clipped at 0.3 in 0% of the last 20 steps)" in summary_line(calm)

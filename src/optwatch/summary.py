@@ -153,6 +153,8 @@ class RunSummary:
     clip_max_norm: float | None = None
     clipped_share: float | None = None
     """The share of recent measured steps whose gradient norm the script's clipping cut."""
+    clipped_of: int = 0
+    """How many recent steps that share is of (the last ``RECENT_STEPS`` with a norm and a clip)."""
     lr: float | None = None
     cost: Cost = field(default_factory=lambda: Cost(None, None, None, None, 1))
     ranks: int = 1
@@ -178,11 +180,12 @@ class RunSummary:
         return self.cost.run if self.steps_in >= START_STEPS else None
 
 
-def clipped_share(steps: Sequence[dict[str, Any]]) -> float | None:
+def clipped_share(steps: Sequence[dict[str, Any]]) -> tuple[float | None, int]:
+    """The share of ``steps`` (with a norm and a clip) whose norm the clip cut, and how many they are."""
     measured = [s for s in steps if finite(s.get("grad_norm")) and finite(s.get("clip_max_norm"))]
     if not measured:
-        return None
-    return sum(s["grad_norm"] > s["clip_max_norm"] for s in measured) / len(measured)
+        return None, 0
+    return sum(s["grad_norm"] > s["clip_max_norm"] for s in measured) / len(measured), len(measured)
 
 
 def summarise(
@@ -203,6 +206,7 @@ def summarise(
     grad_norm = next((s["grad_norm"] for s in reversed(steps) if s.get("grad_norm") is not None), None)
     clip = next((s["clip_max_norm"] for s in reversed(recent_steps) if finite(s.get("clip_max_norm"))), None)
     losses = last.get("losses")
+    clipped, clipped_of = clipped_share(recent_steps) if clip is not None else (None, 0)
     cost = Cost(
         recent=recent_cost.optwatch_share,
         start=totals.start_own_s / totals.start_time_s if totals.start_time_s > 0 else None,
@@ -219,7 +223,8 @@ def summarise(
         recent=recent,
         grad_norm=grad_norm,
         clip_max_norm=clip,
-        clipped_share=clipped_share(recent_steps) if clip is not None else None,
+        clipped_share=clipped,
+        clipped_of=clipped_of,
         lr=last.get("lr"),
         cost=cost,
         ranks=ranks,
