@@ -106,7 +106,8 @@ def test_optimizers_that_split_one_model_step_it_together(tmp_path, order):
     was 0.48), the layers were "(unnamed).0" to ".7" (no module holds Muon's parameters and nothing else),
     AdamW's parameters had no update ratio, and the loss came again as a "muon" loss beside it. From the
     second step on (the first shows the first optimizer to step: the other is not known yet) the step is the
-    two optimizers' together, as the script computes its figures."""
+    two optimizers' together, as the script computes its figures. The first step's layers were "(unnamed)",
+    a row left empty in the Gradients tab for the whole run."""
     args = {"muon first": [], "adamw first": ["--adam-first"], "zero_grad after each": ["--zero-between"]}[order]
     records, stdout, _ = run(tmp_path, "split_optimizers", *args, options=("--budget", "0"))
     truth = truth_of(stdout)
@@ -118,6 +119,9 @@ def test_optimizers_that_split_one_model_step_it_together(tmp_path, order):
     assert not [s for s in steps if "losses" in s]
     layers = [r for r in records if r["kind"] == "layers" and r["step"] >= 1]
     assert layers and {tuple(r["names"]) for r in layers} == {tuple(truth[0]["updates"])}
+    # The first step's layers (the primary's alone) are named as the model names them, as the later ones.
+    [first] = [r for r in records if r["kind"] == "layers" and r["step"] == 0]
+    assert set(first["names"]) < set(truth[0]["updates"]) and first["names"], first["names"]
     compared = set()
     for record in layers:
         truth_updates = truth[record["step"]]["updates"]

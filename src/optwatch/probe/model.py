@@ -72,6 +72,19 @@ def largest_module(trained: Callable[[torch.Tensor], bool], frozen_in: bool = Fa
     return best
 
 
+def largest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | None:
+    """The live module with the most parameters that holds every one of ``params``, whatever else it holds:
+    what they are named from when no model is theirs alone. A walk over every object."""
+    wanted = {id(p) for p in params}
+    best, best_size = None, 0
+    for obj in gc.get_objects():
+        if wanted and issubclass(type(obj), torch.nn.Module):
+            held = {id(p) for p in obj.parameters()}
+            if len(held) > best_size and wanted <= held:
+                best, best_size = obj, len(held)
+    return best
+
+
 def smallest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | None:
     """The live module with the fewest parameters that holds every one of ``params``: the model an optimizer
     given more of it later (``add_param_group``: a backbone unfrozen after the head) trains. A walk over every

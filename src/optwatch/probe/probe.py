@@ -56,6 +56,7 @@ from optwatch.probe.model import (
     compiled_whole,
     global_norm,
     largest_module,
+    largest_module_holding,
     largest_module_of,
     learning_rate_of,
     smallest_module_holding,
@@ -154,6 +155,8 @@ class Probe:
         self._primary_stepped_last = False
         """The primary stepped and no loss was backpropagated since: an optimizer stepping now is a partner."""
         self._model_given = False
+        self._names_from: torch.nn.Module | None = None
+        """Where the parameters are named from when no model was found (``find_model``)."""
         self._searched_at = 0.0
         self._search_s = 0.0
         """When the model was last looked for, and how long that took (``find_model``)."""
@@ -450,6 +453,13 @@ class Probe:
         self._model_searched = True
         started = time.perf_counter()
         self.model = largest_module_of(self._primary, *self._live_partners())
+        # No model holds all the primary's parameters and no others' trained ones (Muon's matrices, or
+        # AdamW's embedding, head and gains, before the other is seen stepping beside it): they are named
+        # from the largest module that holds them, as they will be once it is.
+        params = self.parameters()
+        held = {id(p) for p in self.model.parameters()} if self.model is not None else set()
+        whole = self.model is not None and all(id(p) in held for p in params)
+        self._names_from = None if whole else largest_module_holding(params)
         self._searched_at = time.perf_counter()
         self._search_s = self._searched_at - started
         return self.model
@@ -491,6 +501,8 @@ class Probe:
             self.parameters()  # (keeps the primary's parameters' key up to date)
         if self._param_names is None:
             model = self.find_model()
+            if self._names_from is not None:
+                model = self._names_from
             if model is None:
                 return {}
             named = getattr(model, "_orig_mod", model)  # (torch.compile's wrapper: its model's own names)
@@ -838,7 +850,7 @@ class Probe:
             self._others_apart = weakref.WeakSet()
             self._partners = []
             if not self._model_given:
-                self.model, self._param_names = None, None
+                self.model, self._param_names, self._names_from = None, None, None
                 # Looked for again, unless models come and go faster than the walk over every live object
                 # pays for (a new model for each task, Reptile's: 90 ms of walk to a 5 ms step): their
                 # parameters then go unnamed.
