@@ -72,47 +72,40 @@ def largest_module(trained: Callable[[torch.Tensor], bool], frozen_in: bool = Fa
     return best
 
 
+def _modules_holding(params: list[torch.Tensor]) -> list[tuple[int, torch.nn.Module]]:
+    """Every live module that holds every one of ``params`` (none for no ``params``), with its number of
+    parameters, in the order the collector lists them. A walk over every object."""
+    wanted = {id(p) for p in params}
+    holders = []
+    for obj in gc.get_objects() if wanted else ():
+        if issubclass(type(obj), torch.nn.Module):
+            held = {id(p) for p in obj.parameters()}
+            if wanted <= held:
+                holders.append((len(held), obj))
+    return holders
+
+
 def largest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | None:
     """The live module with the most parameters that holds every one of ``params``, whatever else it holds:
-    what they are named from when no model is theirs alone. A walk over every object."""
-    wanted = {id(p) for p in params}
-    best, best_size = None, 0
-    for obj in gc.get_objects():
-        if wanted and issubclass(type(obj), torch.nn.Module):
-            held = {id(p) for p in obj.parameters()}
-            if len(held) > best_size and wanted <= held:
-                best, best_size = obj, len(held)
-    return best
+    what they are named from when no model is theirs alone."""
+    holders = _modules_holding(params)
+    return max(holders, key=lambda pair: pair[0])[1] if holders else None
 
 
 def smallest_module_holding(params: list[torch.Tensor]) -> torch.nn.Module | None:
     """The live module with the fewest parameters that holds every one of ``params``: the model an optimizer
-    given more of it later (``add_param_group``: a backbone unfrozen after the head) trains. A walk over every
-    object."""
-    wanted = {id(p) for p in params}
-    best, best_size = None, None
-    for obj in gc.get_objects():
-        if issubclass(type(obj), torch.nn.Module):
-            held = {id(p) for p in obj.parameters()}
-            if wanted <= held and (best_size is None or len(held) < best_size):
-                best, best_size = obj, len(held)
-    return best
+    given more of it later (``add_param_group``: a backbone unfrozen after the head) trains."""
+    holders = _modules_holding(params)
+    return min(holders, key=lambda pair: pair[0])[1] if holders else None
 
 
 def attribute_name_of(params: list[torch.Tensor]) -> str | None:
     """The dotted name (``discriminator``, ``heads.policy``) of the smallest live module that holds every one of
-    ``params``, in the largest module that holds it; None when it is a model of its own. A walk over every
-    object: once per optimizer, for the names of a run's several optimizers."""
-    wanted = {id(p) for p in params}
-    holders: list[tuple[int, torch.nn.Module]] = []
-    for obj in gc.get_objects():
-        if issubclass(type(obj), torch.nn.Module):
-            held = {id(p) for p in obj.parameters()}
-            if wanted and wanted <= held:
-                holders.append((len(held), obj))
+    ``params``, in the largest module that holds it; None when it is a model of its own. Once per optimizer,
+    for the names of a run's several optimizers."""
+    holders = sorted(_modules_holding(params), key=lambda pair: pair[0])
     if len(holders) < 2:
         return None
-    holders.sort(key=lambda pair: pair[0])
     smallest, largest = holders[0][1], holders[-1][1]
     for name, module in largest.named_modules():
         if module is smallest:
