@@ -489,8 +489,14 @@ class Probe:
         self._partners.append(weakref.ref(optimizer))
         self._params_key = None
         if not self._model_given:
-            self.model, self._model_searched, self._param_names = None, False, None
+            self._forget_model(look_again=True)
         return True
+
+    def _forget_model(self, look_again: bool) -> None:
+        """The model found, and the names of its parameters, are no longer the training's: looked for again
+        at the next need (``look_again``), else left unknown."""
+        self.model, self._param_names, self._names_from = None, None, None
+        self._model_searched = not look_again
 
     def schedulers(self) -> list[Any]:
         """The LR schedulers made so far that are still alive."""
@@ -850,12 +856,11 @@ class Probe:
             self._others_apart = weakref.WeakSet()
             self._partners = []
             if not self._model_given:
-                self.model, self._param_names, self._names_from = None, None, None
                 # Looked for again, unless models come and go faster than the walk over every live object
                 # pays for (a new model for each task, Reptile's: 90 ms of walk to a 5 ms step): their
                 # parameters then go unnamed.
                 since = time.perf_counter() - self._searched_at
-                self._model_searched = since < MODEL_SEARCH_SPACING * self._search_s
+                self._forget_model(look_again=since >= MODEL_SEARCH_SPACING * self._search_s)
         self._primary = optimizer
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
