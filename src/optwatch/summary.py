@@ -165,13 +165,6 @@ class RunSummary:
     the figure a script prints at its end (``CostTotals.run_samples_per_s``)."""
 
     @property
-    def clipped_text(self) -> str | None:
-        """The clipped share as every view says it, "40% of the last 20 steps" (None: no clip seen)."""
-        if self.clipped_share is None:
-            return None
-        return f"{100 * self.clipped_share:.0f}% of the last {self.clipped_of} steps"
-
-    @property
     def steps_in(self) -> int:
         """How far the latest step is from the process's first: what "its first steps" count against."""
         return self.step - self.first_step
