@@ -196,3 +196,18 @@ def test_the_headless_line_says_how_many_recent_steps_the_clipped_share_is_of():
     calm = Store()
     calm.ingest([step(i, 0.01, grad_norm=0.1, clip_max_norm=0.3) for i in range(40)])
     assert "(clipped at 0.3 in 0% of the last 20 steps)" in summary_line(calm)
+
+
+async def test_the_overview_says_the_clipped_share_and_its_window_whole():
+    """The Overview's "Clipped" row read "at 1, 40% of the l…" in its narrow column: the window was cut off.
+    The share and its window, and the clip's norm on a row of its own, are shown whole."""
+    store = Store()
+    norms = [0.5 if i % 5 < 2 else 0.1 for i in range(40)]  # over the clip at 2 steps in 5
+    store.ingest([step(i, 0.01, grad_norm=norm, clip_max_norm=0.3) for i, norm in enumerate(norms)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.pause(0.2)
+        rows = app.query_one(StatsPanel).rows
+        shown = app.export_screenshot().replace("&#160;", " ")
+    assert (rows["Clipped"], rows["  at norm"]) == ("40% of last 20", "0.3")
+    assert "40% of last 20<" in shown and "…" not in shown.split("Clipped", 1)[1].split("LR", 1)[0]

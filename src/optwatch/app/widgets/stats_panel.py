@@ -57,9 +57,9 @@ class StatsPanel(Widget):
             if cost.hub_cpu_share is not None:
                 rows["Hub"] = f"{100 * cost.hub_cpu_share:.1f}% of a core"
         rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g")
-        if summary.clipped_share is not None:
-            share, steps = 100 * summary.clipped_share, summary.clipped_of
-            rows["Clipped"] = f"at {summary.clip_max_norm:g}, {share:.0f}% of the last {steps} steps"
+        if summary.clipped_share is not None:  # (two rows: one was cut off in the panel's column)
+            rows["Clipped"] = f"{100 * summary.clipped_share:.0f}% of last {summary.clipped_of}"
+            rows["  at norm"] = f"{summary.clip_max_norm:g}"
         rows["LR"] = fmt.number(summary.lr, ".3g")
         if precision:
             rows["Precision"] = escape(str(precision))
