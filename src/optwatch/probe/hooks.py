@@ -51,6 +51,10 @@ except ImportError:  # torch < 2.3
 
 # True while torch.compile or torch.export traces, also in their later passes (is_dynamo_compiling is not).
 _compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+try:  # torch.compile's frame callback: not None in what a compiled function runs eagerly (at its graph breaks)
+    _compiled_frames = torch._C._dynamo.eval_frame.get_eval_frame_callback
+except AttributeError:  # (older torch: as if always there, once torch.compile is seen)
+    _compiled_frames = lambda: True  # noqa: E731
 
 
 class HookTarget(Protocol):
@@ -216,9 +220,10 @@ class TorchHooks:
     def __init__(self, target: HookTarget):
         self._live = weakref.ref(target)
         self._undo: list[Callable[[], None]] = []
-        self._impls: dict[int, Callable[..., Any]] = {}
+        self._impls: list[Callable[..., Any]] = []
         """The wrappers torch.compile must not trace, by key, called through ``_kept_out_of_compile``."""
-        self._compiling_seen = False
+        self._disabled: list[Callable[..., Any]] = []
+        """The same wrappers ``torch.compiler.disable``d, once torch.compile is seen: what a trace calls."""
         self._backwards_running = 0
         """``torch.autograd.backward`` calls under way: one inside another is autograd's own (a reentrant
         checkpoint recomputing its block in the backward pass), not the script's."""
@@ -242,30 +247,37 @@ class TorchHooks:
         self._undo.append(lambda: setattr(owner, name, original))
 
     def _kept_out_of_compile(self, wrapper: Callable[..., Any]) -> Callable[..., Any]:
-        """``wrapper`` behind a call that ``keep_out_of_compile`` can turn into a ``torch.compiler.disable``d
-        one. A compiled train step calls ``backward()``, ``step()``, ``zero_grad()`` and the clip through
+        """``wrapper`` behind a call that runs it as it is, or ``torch.compiler.disable``d while torch.compile
+        traces. A compiled train step calls ``backward()``, ``step()``, ``zero_grad()`` and the clip through
         optwatch's wrappers: traced, their code recompiled the step at every call (700x slower, most steps
-        unrecorded). Disabled, torch.compile runs them at a graph break, as it runs ``backward()`` itself. Not
-        from the start: ``torch.compiler.disable`` imports torch._dynamo, 0.9 s that a run which never compiles
-        would wait for (and a name that script imports, ``clip_grad_norm_``, keeps this function)."""
+        unrecorded). Disabled, torch.compile runs them at a graph break, as it runs ``backward()`` itself.
+        Only under torch.compile: a disabled call costs 2-3 us of the eval-frame callback's set-up (0.5% of a
+        2.8 ms step for the six a step makes), and torch._dynamo is loaded by every optimizer's construction,
+        compiling or not. Made when torch.compile is first seen: ``torch.compiler.disable``
+        imports torch._dynamo, 0.9 s that a run which never compiles would wait for (and a name the script
+        imports, ``clip_grad_norm_``, keeps this function)."""
         key = len(self._impls)
-        self._impls[key] = wrapper
-        impls = self._impls
+        self._impls.append(wrapper)
+        disabled = self._disabled
+        if disabled:  # (torch.compile seen already)
+            disabled.append(torch.compiler.disable(wrapper))
 
         @functools.wraps(wrapper)
         def call(*args: Any, **kwargs: Any) -> Any:
-            return impls[key](*args, **kwargs)
+            # Traced (``_compiling()``, a constant to the tracer), or run at a compiled function's graph break,
+            # where torch.compile would trace each frame the wrapper calls.
+            if disabled and (_compiling() or _compiled_frames() is not None):
+                return disabled[key](*args, **kwargs)
+            return wrapper(*args, **kwargs)
 
         return call
 
     def keep_out_of_compile(self) -> None:
-        """torch.compile is about to be used (or torch._dynamo is loaded): every wrapper is disabled for it."""
+        """torch.compile is about to be used (or was, before the probe): the wrappers' disabled versions."""
         disable = getattr(torch.compiler, "disable", None)
-        if self._compiling_seen or disable is None:
+        if self._disabled or disable is None:
             return
-        self._compiling_seen = True
-        for key, wrapper in list(self._impls.items()):
-            self._impls[key] = disable(wrapper)
+        self._disabled.extend(disable(wrapper) for wrapper in self._impls)
 
     def _compile(self, original: Callable[..., Any]) -> Callable[..., Any]:
         hooks = self
@@ -309,7 +321,7 @@ class TorchHooks:
         # torch.cuda.amp.autocast and accelerate's and Lightning's autocast all enter through this one.
         self._patch(torch.amp.autocast_mode.autocast, "__enter__", self._autocast_enter)
         self._patch(torch, "compile", self._compile)
-        if "torch._dynamo" in sys.modules:  # (loaded already: a model compiled before optwatch.watch())
+        if "torch._dynamo" in sys.modules:  # (loaded already, by an optimizer or by a torch.compile before watch())
             self.keep_out_of_compile()
         return self
 
