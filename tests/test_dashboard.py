@@ -70,6 +70,23 @@ async def test_widgets_show_what_the_run_sent_and_q_stops_it(training):
         assert isinstance(app.screen, ConfirmQuit)
         await pilot.press("n")  # going back leaves the run alone
         assert not isinstance(app.screen, ConfirmQuit) and training.poll() is None
+        # Textual's own ways out (ctrl+q, the palette's "Quit") ask too: they stopped the run at once.
+        await pilot.press("ctrl+q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("n")
+        await pilot.press("ctrl+p", *"Quit")
+
+        def first_offered() -> str:
+            offered = app.screen.query("CommandList")
+            if not offered or not offered.first().option_count:
+                return ""
+            return str(offered.first().get_option_at_index(0).prompt)
+
+        await wait_for_ui(pilot, lambda: first_offered().startswith("Quit"))
+        await pilot.press("enter")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, ConfirmQuit))
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmQuit) and training.poll() is None
         await pilot.press("q", "y")
         await wait_for_ui(pilot, lambda: training.poll() is not None, timeout_s=20)
     assert training.poll() is not None

@@ -438,6 +438,10 @@ class OptwatchApp(App[None]):
         self._rendered_version = -1  # the new tab has not been drawn with the current data
         self.render_views(force_charts=True)
 
+    async def action_quit(self) -> None:
+        """Textual's own Quit (ctrl+q, the command palette's "Quit") asks first too: quitting stops the run."""
+        self.action_request_quit()
+
     def action_request_quit(self) -> None:
         process = self.session.process if self.session else None
         if process is None or process.poll() is not None:
