@@ -147,7 +147,34 @@ def test_the_headless_line_says_a_nan_loss_instead_of_a_dash():
     """A run whose loss went NaN read "loss - (ema 1.449)": as if nothing were known, beside a stale EMA."""
     store = Store()
     store.ingest([step(i, 0.01) for i in range(20)] + [step(20, 0.01, loss=float("nan"))])
-    assert " loss nan (ema of the finite ones " in summary_line(store)
+    assert " loss NaN (ema of the finite ones " in summary_line(store)
+
+
+async def test_a_nan_gradient_norm_is_said_and_the_charts_say_since_when():
+    """A run whose gradient norm went NaN read "grad -" in the headless line, and its chart's line just
+    stopped, as if nothing had been measured; the loss chart's EMA went on, flat, over the NaN steps."""
+    store = Store()
+    steps = [step(i, 0.01) for i in range(30)]
+    steps += [step(i, 0.01, loss=float("nan"), grad_norm=float("nan")) for i in range(30, 40)]
+    store.ingest(steps)
+    assert " loss NaN (ema of the finite ones " in summary_line(store) and " grad NaN " in summary_line(store)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.pause(0.3)
+        assert app.query_one(StatsPanel).rows["Grad norm"] == "NaN"
+        assert app.query_one("#grad-chart").title == "Grad norm · NaN since step 30 · last 1,000 steps"
+        assert app.query_one("#loss-chart").title == "Loss · NaN since step 30 · last 1,000 steps"
+
+
+async def test_the_gradient_chart_says_on_how_many_steps_the_norm_was_measured():
+    """Past its first steps optwatch measures the norm on detail steps only (unless the script clips): the
+    chart joins those points, so a spike between them is not on it. Its title says how many there are."""
+    store = Store()
+    store.ingest([step(i, 0.01, **({} if i < 10 or i % 8 == 0 else {"grad_norm": None})) for i in range(50)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await pilot.pause(0.3)
+        assert app.query_one("#grad-chart").title == "Grad norm · measured on 15 of the last 50 steps"
 
 
 def test_the_cost_now_spreads_optwatchs_threads_over_the_time_they_worked_for():

@@ -13,11 +13,11 @@ from optwatch.diagnose.bottleneck import bound_text, duration_text
 from optwatch.protocol import finite
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.summary import cost_text
+from optwatch.summary import cost_text, non_finite_text
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return format(value, spec) if finite(value) else "-"
+    return format(value, spec) if finite(value) else non_finite_text(value, "-")
 
 
 def _per_step(seconds: float | None) -> str:
@@ -34,7 +34,7 @@ def summary_line(store: Store, final: bool = False) -> str | None:
     recent = summary.recent
     loss = summary.loss
     if isinstance(loss, float) and not math.isfinite(loss):
-        shown = f"loss {loss} (ema of the finite ones {_fmt(summary.loss_ema, '.4g')})"  # a NaN says so
+        shown = f"loss {_fmt(loss, '.4g')} (ema of the finite ones {_fmt(summary.loss_ema, '.4g')})"  # a NaN says so
     else:
         shown = f"loss {_fmt(loss, '.4g')} (ema {_fmt(summary.loss_ema, '.4g')})"
     parts = [f"step {summary.step}", shown]

@@ -243,6 +243,14 @@ def _covering(steps: Sequence[dict[str, Any]], seconds: float) -> list[dict[str,
     return list(steps[first:])
 
 
+def non_finite_text(value: object, missing: str) -> str:
+    """A figure that is not a number, as the headless lines and the dashboard show it: ``NaN``, ``Inf`` or
+    ``-Inf`` as it was measured (a diverged norm is news, not a gap), else ``missing``."""
+    if isinstance(value, float):
+        return "NaN" if value != value else ("Inf" if value > 0 else "-Inf")
+    return missing
+
+
 def cost_text(summary: RunSummary) -> str:
     """What optwatch costs, as the headless line and the Overview say it: now, over its first steps (where it
     checks every step), over the run so far."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from optwatch.protocol import finite
 from optwatch.store import STEP_CAPACITY, Store
+from optwatch.summary import non_finite_text
 
 RECENT_STEPS = 1000
 
@@ -83,7 +85,7 @@ def _loss_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
     others = list(last.get("losses") or {})[1:4]
     for name, colour in zip(others, ("magenta", "yellow", "green")):
         series.append((name, steps, [(r.get("losses") or {}).get(name) for r in records], colour))
-    return series, zoom.title("Loss")
+    return series, zoom.title(_diverged("Loss", records, "loss"))
 
 
 def grad_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
@@ -94,9 +96,32 @@ def grad_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
     if zoom.steps is None:
         return _whole(state.whole.series, "grad_norm", "Grad norm", zoom)
     records = list(state.steps)[-zoom.steps :]
-    return [("global", [r["step"] for r in records], [r.get("grad_norm") for r in records], "green")], zoom.title(
-        "Grad norm"
-    )
+    norms = [r.get("grad_norm") for r in records]
+    figure = _diverged("Grad norm", records, "grad_norm")
+    measured = sum(norm is not None for norm in norms)
+    if records and measured < len(records):
+        # Measured on detail steps only (unless the script clips): the line joins them, a spike between them
+        # is not on it. Said, as the Overview's "Checks 1 step in N" says it.
+        return [("global", [r["step"] for r in records], norms, "green")], (
+            f"{figure} · measured on {measured:,} of the last {len(records):,} steps"
+        )
+    return [("global", [r["step"] for r in records], norms, "green")], zoom.title(figure)
+
+
+def _diverged(figure: str, records: list[dict], name: str) -> str:
+    """``figure``, with ``NaN since step N`` when the newest measured value is not finite: the chart draws
+    no point for it, and a line that just stops reads as a gap."""
+    since, newest = None, None
+    for record in reversed(records):
+        value = record.get(name)
+        if value is None:
+            continue
+        if finite(value):
+            break
+        since, newest = record["step"], newest if newest is not None else value
+    if since is None:
+        return figure
+    return f"{figure} · {non_finite_text(newest, 'NaN')} since step {since:,}"
 
 
 def _whole(series: dict, name: str, figure: str, zoom: Zoom, extra_prefix: str | None = None):

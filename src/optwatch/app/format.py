@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from optwatch.protocol import finite
+from optwatch.summary import non_finite_text
 
 
 def number(value: object, spec: str = ".4g") -> str:
-    return format(value, spec) if finite(value) else ("NaN/Inf" if isinstance(value, float) else "–")
+    return format(value, spec) if finite(value) else non_finite_text(value, "–")
 
 
 def nbytes(value: object) -> str:
