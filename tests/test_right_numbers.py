@@ -61,6 +61,17 @@ def test_a_gan_has_each_optimizers_loss_and_the_primarys_gradient_norm(tmp_path)
     assert [s["losses"]["optD"] for s in steps] == [s["loss"] for s in steps]
 
 
+def test_two_optimizers_made_on_one_line_are_named_each_for_its_own_model(tmp_path):
+    """``opt_d, opt_g = Adam(D...), Adam(G...)`` in a function: both were named from the first one looked up
+    at that line, so the discriminator's loss read "Generator2" beside the generator's "Generator"."""
+    records, stdout, _ = run(tmp_path, "optimizers_on_one_line")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss_d")
+    assert [sorted(s["losses"]) for s in steps] == [["Discriminator", "Generator"]] * len(steps)
+    assert [s["losses"]["Generator"] for s in steps] == pytest.approx([truth[s["step"]]["loss_g"] for s in steps])
+
+
 def test_an_optimizer_stepping_another_inside_its_step_is_one_optimizer_with_the_loss(tmp_path):
     """ZeroRedundancyOptimizer steps the AdamW it wraps from its own step(): the inner step had taken the loss
     as a second optimizer's, and the step's own loss was empty (every step, on every rank)."""

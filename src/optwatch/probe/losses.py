@@ -107,11 +107,14 @@ class OptimizerNames:
     def __init__(self, model_of: Callable[[torch.optim.Optimizer], torch.nn.Module | None]) -> None:
         self._model_of = model_of
         self._names: weakref.WeakKeyDictionary[torch.optim.Optimizer, str] = weakref.WeakKeyDictionary()
-        self._sites: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[str, int]] = weakref.WeakKeyDictionary()
-        self._by_site: dict[tuple[str, int], str] = {}
-        """The name found for the optimizers made at a line of the script: a loop that makes one per task or
-        fold (Reptile, test-time training, k-fold) names each as the first, without looking again through
-        every live object (50 ms each time, on the training thread)."""
+        self._sites: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[str, int, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._by_site: dict[tuple[str, int, int], tuple[str, weakref.ref[torch.optim.Optimizer]]] = {}
+        """The name found for the optimizers made at a call in the script, and the one it was found for: a
+        loop that makes one per task or fold (Reptile, test-time training, k-fold) names each as the one
+        before, once that one is gone, without looking again through every live object (50 ms each time, on
+        the training thread). While it lives, the new one is another's (a loop making one per model)."""
 
     def made(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer`` was just made: where, in the script (the first frame outside torch and optwatch)."""
@@ -120,14 +123,15 @@ class OptimizerNames:
             _TORCH_DIR in frame.f_code.co_filename or frame.f_code.co_filename.startswith(_OPTWATCH_DIR)
         ):
             frame = frame.f_back
-        if frame is not None:
-            self._sites[optimizer] = (frame.f_code.co_filename, frame.f_lineno)
+        if frame is not None:  # (the call on the line: ``opt_d, opt_g = Adam(D...), Adam(G...)`` makes two)
+            self._sites[optimizer] = (frame.f_code.co_filename, frame.f_lineno, frame.f_lasti)
 
     def __call__(self, optimizer: torch.optim.Optimizer) -> str:
         name = self._names.get(optimizer)
         if name is None:
             site = self._sites.get(optimizer)
-            base = _name_in_main(optimizer) or (self._by_site.get(site) if site is not None else None)
+            named_there = self._by_site.get(site) if site is not None else None
+            base = _name_in_main(optimizer) or (named_there[0] if named_there and named_there[1]() is None else None)
             if base is None:
                 model = self._model_of(optimizer)
                 base = (
@@ -135,8 +139,8 @@ class OptimizerNames:
                     or attribute_name_of([p for group in optimizer.param_groups for p in group["params"]])
                     or type(model if model is not None else optimizer).__name__
                 )
-                if site is not None:
-                    self._by_site[site] = base
+            if site is not None:
+                self._by_site[site] = (base, weakref.ref(optimizer))
             taken = set(self._names.values())
             name, number = base, 2
             while name in taken:
