@@ -435,6 +435,23 @@ def test_the_script_sees_what_python_gives_it(tmp_path):
     assert "Traceback (most recent call last):" in watched.stderr and "runpy" not in watched.stderr
 
 
+def test_a_rollouts_policy_calls_are_not_the_training_steps_forward(tmp_path):
+    """The rollout's hundreds of policy calls without gradients were timed as the next step's forward (150 ms of
+    a 166 ms step), which made a PPO loop "compute-bound": the forward starts at the first call with
+    gradients, and the rollout is the step's other work, as long as the script's own clock says."""
+    record = tmp_path / "r.jsonl"
+    script = [str(SCRIPTS / "rollouts.py"), "--iters", "4", "--env-work", "400"]
+    result = optwatch("run", "--headless", "--budget", "0", "--record", str(record), *script)
+    assert result.returncode == 0, result.stderr
+    steps = {s["step"]: s for s in steps_of(read_jsonl(record))}
+    iterations = [json.loads(line[5:]) for line in result.stdout.splitlines() if line.startswith("ITER ")]
+    for iteration in iterations[1:]:  # (the first step's forward is timed from the run's start)
+        first = steps[iteration["first_step"]]
+        timed = first["forward_s"] + first["backward_s"] + first["optimizer_s"] + (first.get("data_wait_s") or 0)
+        assert first["forward_s"] < 0.1 * iteration["rollout_s"], (first["forward_s"], iteration["rollout_s"])
+        assert first["step_time_s"] - timed == pytest.approx(iteration["rollout_s"], rel=0.25)
+
+
 def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(tmp_path):
     """A real PPO-shaped loop under `optwatch run`: the final verdict says that 1 step in 16 carries a
     rollout, and gives its share of the time as the script's own clock does over the same steps."""

@@ -8,8 +8,10 @@ GPU an event), not a hook on every module call:
                  ``backward()``, of a module the loop calls itself (the model, a loss module, a teacher).
                  What the loop does before the first call (batches made in the loop, an EMA update,
                  logging) and after that return (a loss computed by a function, nanoGPT's get_batch) is
-                 ``other_s``. On a detail step a global module pre-hook is set between such calls only, and
-                 a module called gets a forward hook for that call only: torch's slow path for the loop's
+                 ``other_s``, and so are many calls without gradients before the first with them (an RL
+                 rollout: its policy's calls were the step's forward, 150 ms of a 166 ms step). On a
+                 detail step a global module pre-hook is set between such calls only, and a module
+                 called gets a forward hook for that call only: torch's slow path for the loop's
                  own module calls, never for the modules inside them, and no hook travels with the model.
                  Not for a model wrapped by ``torch.compile(model)``, which warns of global hooks: its
                  forward is timed from the mark to ``backward()``
@@ -40,6 +42,10 @@ from optwatch.probe.readback import DeviceTime
 
 TIMED = ("forward_s", "backward_s", "optimizer_s")
 UNTIMED = dict.fromkeys(TIMED)
+NO_GRAD_CALLS_IN_FORWARD = 3
+"""Loop-level module calls without gradients that a training forward may start with (a distillation's teacher,
+two or three of them); more before the first call with gradients are other work of the step (an RL
+rollout's hundreds of policy calls, an evaluation without a DataLoader), and the forward starts after them."""
 
 
 class TelemetryPlugin(ProbePlugin):
@@ -57,6 +63,8 @@ class TelemetryPlugin(ProbePlugin):
         """The mark is a batch's arrival (the first since the last backward or step)."""
         self._training_forward = False
         """The forward that began since the mark has gradients on (not an evaluation's)."""
+        self._no_grad_calls = 0
+        """Loop-level module calls without gradients since the forward began, before one with them."""
         self._awaiting_forward: Any = None
         """The global module pre-hook's handle while it waits for the loop's next module call."""
         self._forward_ended: tuple[float, Any] | None = None
@@ -126,6 +134,7 @@ class TelemetryPlugin(ProbePlugin):
         """Since the mark (or now), no forward began, and no batch marked it."""
         self._forward_began = self._forward_ended = None
         self._training_forward = self._batch_marked = False
+        self._no_grad_calls = 0
 
     def _call_begins(self, module: torch.nn.Module, args: Any) -> None:
         """A module called by the loop itself (none of optwatch's hooks is set inside a module's call)."""
@@ -137,6 +146,14 @@ class TelemetryPlugin(ProbePlugin):
         if self._forward_began is None:
             self._forward_began = self._now()
             self._training_forward = torch.is_grad_enabled()
+            self._no_grad_calls = 0 if self._training_forward else 1
+        elif not self._training_forward:
+            if not torch.is_grad_enabled():
+                self._no_grad_calls += 1
+            else:
+                self._training_forward = True
+                if self._no_grad_calls > NO_GRAD_CALLS_IN_FORWARD:  # a rollout's or an evaluation's: other_s
+                    self._forward_began = self._now()
         self._stop_awaiting()  # the module's own calls inside take torch's fast path
         # Its return, even by an exception, ends the forward so far. The hook is the module's only during
         # this call: none travels with the model into torch.save or deepcopy.
