@@ -132,6 +132,23 @@ def test_host_leaves_out_children_that_are_not_workers():
         child.wait()
 
 
+def test_the_workers_are_the_dataloaders_own_with_a_forkserver_and_a_pool_beside_it(tmp_path):
+    """A forkserver's workers are not the training process's children, and the children it has (the
+    forkserver, multiprocessing's resource tracker, a Pool's processes) are no DataLoader workers: the
+    verdict read "2 workers at 0% CPU each" for workers it never sampled, and "5 workers" under spawn."""
+    import json
+
+    from conftest import SCRIPTS, optwatch, read_jsonl
+
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "forkserver_workers.py"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [workers] = [json.loads(line[8:]) for line in result.stdout.splitlines() if line.startswith("WORKERS ")]
+    sampled = [r["workers"] for r in read_jsonl(record) if r["kind"] == "system" and r.get("workers")]
+    assert sampled and all(sorted(w["pid"] for w in each) == workers for each in sampled)
+    assert any(w["cpu_percent"] for w in sampled[-1])  # busy in __getitem__: their CPU is seen
+
+
 def test_allocator_summary_derives_fragmentation_and_headroom():
     stats = {
         "allocated_bytes.all.current": 6 * 2**30,

@@ -12,8 +12,8 @@ from typing import Any
 
 import psutil
 
-# Child processes that are not DataLoader workers (torch.compile's compile pool).
-_NOT_WORKERS = ("compile_worker",)
+# Child processes that are not DataLoader workers (torch.compile's compile pool, multiprocessing's helpers).
+_NOT_WORKERS = ("compile_worker", "multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 class HostCollector:
@@ -26,7 +26,9 @@ class HostCollector:
         self._process.cpu_percent(None)
         psutil.cpu_percent(None)
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self, worker_pids: list[int] | None = None) -> dict[str, Any]:
+        """``worker_pids``: the DataLoader's worker processes where the caller knows them (else the children
+        that are not multiprocessing's helpers)."""
         with self._process.oneshot():
             cpu_percent = self._process.cpu_percent(None)
             rss = self._process.memory_info().rss
@@ -41,7 +43,7 @@ class HostCollector:
             "load_avg": list(os.getloadavg()),
             "host_mem_used_bytes": memory.total - memory.available,
             "host_mem_total_bytes": memory.total,
-            "workers": self._sample_workers(),
+            "workers": self._sample_workers(worker_pids),
         }
 
     def _usable_cpus(self) -> int | None:
@@ -49,6 +51,16 @@ class HostCollector:
             return len(self._process.cpu_affinity())  # what a cpuset or taskset leaves us
         except (AttributeError, psutil.Error):
             return psutil.cpu_count()
+
+    def _processes(self, pids: list[int]) -> list[psutil.Process]:
+        processes = []
+        for pid in pids:
+            known = self._workers.get(pid)
+            try:
+                processes.append(known if known is not None else psutil.Process(pid))
+            except psutil.Error:
+                continue  # exited since
+        return processes
 
     def _children(self) -> list[psutil.Process]:
         """The process's children, from the kernel's list of them where it keeps one (Linux).
@@ -75,9 +87,9 @@ class HostCollector:
                 continue  # exited since
         return children
 
-    def _sample_workers(self) -> list[dict[str, Any]]:
+    def _sample_workers(self, worker_pids: list[int] | None = None) -> list[dict[str, Any]]:
         try:
-            children = self._children()
+            children = self._children() if worker_pids is None else self._processes(worker_pids)
         except psutil.Error:
             return []
         alive = {child.pid for child in children}
@@ -91,7 +103,9 @@ class HostCollector:
             known = self._workers.get(child.pid)
             try:
                 if known is None:
-                    if any(marker in " ".join(child.cmdline()) for marker in _NOT_WORKERS):
+                    # (Workers a forkserver made run its command line: the DataLoader's own are workers.)
+                    helper = any(marker in " ".join(child.cmdline()) for marker in _NOT_WORKERS)
+                    if worker_pids is None and helper:
                         self._ignored.add(child.pid)
                         continue
                     self._workers[child.pid] = child

@@ -79,6 +79,8 @@ class BatchAccounts:
         self.samples = 0
         self.loader: dict[str, Any] = {}
         """Settings of the DataLoader the training iterates, for the verdict's advice (replaced whole)."""
+        self._workers_of: weakref.ref[Any] | None = None
+        """The iterator of the DataLoader the training iterates, which holds its worker processes."""
         self._training_loaders: list[weakref.ref[Any]] = []
         """DataLoader iterators a backward() consumed a batch of: the training's (few: one an epoch)."""
         self._unconsumed: weakref.WeakKeyDictionary[Any, collections.deque[tuple[int | None, float]]] = (
@@ -118,9 +120,11 @@ class BatchAccounts:
                 ref, count = self._fresh.get(id(iterator), (None, 0))
                 self._fresh[id(iterator)] = (ref or weakref.ref(iterator), count + 1)
 
-    def loader_started(self, loader: Any) -> None:
-        """A DataLoader began an iteration: its settings go with the system records (the verdict's advice)."""
+    def loader_started(self, loader: Any, iterator: Any) -> None:
+        """A DataLoader began an iteration: its settings go with the system records (the verdict's advice), and
+        its iterator holds its workers' processes."""
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            self._workers_of = weakref.ref(iterator)
             self.loader = {
                 "num_workers": loader.num_workers,
                 "pin_memory": bool(loader.pin_memory),
@@ -128,6 +132,15 @@ class BatchAccounts:
                 "prefetch_factor": loader.prefetch_factor,
                 "persistent_workers": loader.persistent_workers,
             }
+
+    def worker_pids(self) -> list[int] | None:
+        """The training DataLoader's worker processes, from its own iterator (on any thread): with spawn or
+        forkserver they are not the training process's children, and other children (multiprocessing's
+        resource tracker, a Pool) are no workers. None when no DataLoader has started."""
+        iterator = self._workers_of() if self._workers_of is not None else None
+        if iterator is None:
+            return None
+        return [pid for pid in (getattr(w, "pid", None) for w in list(getattr(iterator, "_workers", ()))) if pid]
 
     def consumed(self) -> float | None:
         """A backward() consumed a batch of each loader that feeds training (the oldest it has not consumed), or,

@@ -67,7 +67,7 @@ class HookTarget(Protocol):
 
     def batch_taken(self, iterator: Any, started: float, finished: float, batch: Any) -> None: ...
 
-    def loader_started(self, loader: Any) -> None: ...
+    def loader_started(self, loader: Any, iterator: Any) -> None: ...
 
     def backward_starting(self, tensors: Any) -> Any:
         """Returns the tensors to differentiate (the same ones, or a scaled loss under optwatch's AMP);
@@ -448,7 +448,7 @@ class TorchHooks:
             original(iterator, loader, *args, **kwargs)
             target = hooks._target()
             if target is not None:
-                hooks._tell("DataLoader hook", target.loader_started, loader)
+                hooks._tell("DataLoader hook", target.loader_started, loader, iterator)
 
         return iterator_init
 

@@ -222,6 +222,7 @@ class Probe:
             channel,
             callbacks=lambda: self._dispatch.every["sample"],
             loader=lambda: self._batches.loader,
+            worker_pids=self._batches.worker_pids,
             interval_s=options.system_interval_s,
             tick=self._flush_when_idle,
         )
@@ -569,8 +570,8 @@ class Probe:
             self._dispatch.call_in_step("on_batch")
         self.own_s += time.perf_counter() - finished
 
-    def loader_started(self, loader: Any) -> None:
-        self._batches.loader_started(loader)
+    def loader_started(self, loader: Any, iterator: Any) -> None:
+        self._batches.loader_started(loader, iterator)
 
     @property
     def loader(self) -> dict[str, Any]:

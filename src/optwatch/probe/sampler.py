@@ -37,11 +37,13 @@ def _total_and_uuid(device: int) -> tuple[int, str | None]:
     return _device_facts[device]
 
 
-def sample_system(device: torch.device | None = None, torch_threads: int | None = None) -> dict[str, Any]:
+def sample_system(
+    device: torch.device | None = None, torch_threads: int | None = None, worker_pids: list[int] | None = None
+) -> dict[str, Any]:
     """The fields of a ``system`` record; ``device`` is where the model trains (None until known);
     ``torch_threads`` as the training thread reads them (this thread's own count can differ: OpenMP keeps
     one per thread, fixed once a thread has asked, before a script's later ``torch.set_num_threads``)."""
-    sample = _host.sample()
+    sample = _host.sample(worker_pids)
     sample["torch_threads"] = torch_threads if torch_threads is not None else torch.get_num_threads()
     current_uuid = None
     # The allocator counters are host-side (no sync). CUDA is initialised by then (the parameters
@@ -67,7 +69,10 @@ class Sampler:
         loader: Callable[[], dict[str, Any]],
         interval_s: float,
         tick: Callable[[], None] | None = None,
+        worker_pids: Callable[[], list[int] | None] = lambda: None,
     ) -> None:
+        self._worker_pids = worker_pids
+        """The training DataLoader's worker processes, where it is known (else the process's children)."""
         self._tick = tick
         """Called at each sample, on this thread (the probe's check for steps held back in a pause)."""
         self._context = context
@@ -99,7 +104,7 @@ class Sampler:
                     protocol.SYSTEM,
                     context.rank,
                     step=context.step,
-                    **sample_system(context.device, context.torch_threads),
+                    **sample_system(context.device, context.torch_threads, self._worker_pids()),
                 )
                 system["dropped"] = channel.dropped
                 loader = self._loader()
