@@ -164,6 +164,35 @@ def test_export_writes_csv_and_tensorboard_scalars(two_runs, tmp_path):
     assert nothing.returncode == 2 and "--csv PATH" in nothing.stderr
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
+@pytest.mark.parametrize(
+    "flags, complaint",
+    [
+        (
+            ["--csv", "{tmp}/no/such/dir/run.csv"],
+            "cannot write {tmp}/no/such/dir/run.csv: directory {tmp}/no/such/dir does not exist",
+        ),
+        (["--csv", "{tmp}"], "cannot write {tmp}: it is a directory; give a file name"),
+        (
+            ["--tensorboard", "{tmp}/afile"],
+            "cannot write TensorBoard files in {tmp}/afile: it is a file, not a directory",
+        ),
+        (["--tensorboard", "/proc/tb"], "cannot write TensorBoard files in /proc/tb: No such file or directory"),
+        # The CSV's destination is fine, the TensorBoard one is not: neither is written.
+        (["--csv", "{tmp}/run.csv", "--tensorboard", "{tmp}/afile"], "cannot write TensorBoard files in {tmp}/afile"),
+    ],
+)
+def test_export_to_a_place_it_cannot_write_says_so_in_one_line_and_leaves_nothing(two_runs, tmp_path, flags, complaint):
+    root, env, _ = two_runs
+    (tmp_path / "afile").write_text("mine\n")
+    run_id = runs.list_runs(root)[0].run_id
+    done = optwatch("export", run_id, *(flag.format(tmp=tmp_path) for flag in flags), env=env)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"optwatch: {complaint.format(tmp=tmp_path)}"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_a_record_cut_short_replays_up_to_its_last_flush(tmp_path):
     """What a kill -9 or a full disk leaves: a gzip stream without its end, perhaps a line cut in half."""
     from optwatch.hub.recorder import RunRecorder
