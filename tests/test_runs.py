@@ -3,6 +3,7 @@ what the scripts print."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
@@ -210,6 +211,80 @@ def test_a_record_cut_short_replays_up_to_its_last_flush(tmp_path):
     assert 0 < len(kept) < 50 and kept == list(range(len(kept)))
     with pytest.raises(zlib.error):
         zlib.decompress(data[:-9], wbits=31)  # as a plain reader would fail
+
+
+def recorded_run(directory, steps: int) -> list[float]:
+    """A run's record as its hub writes it (``RunRecorder``), with losses that do not compress to nothing."""
+    from optwatch.hub.recorder import RunRecorder
+
+    recorder = RunRecorder(directory, {"run_id": directory.name, "script": "train.py", "start": 1.0})
+    losses = [1 + (s * 7919 % 1000) / 1000 for s in range(steps)]
+    hello = {"v": 1, "kind": "hello", "rank": 0, "time": 1.0, "run_id": directory.name, "world_size": 1}
+    step = {"v": 1, "kind": "step", "rank": 0}
+    recorder.add([hello, *({**step, "time": 1.0 + s, "step": s, "loss": losses[s]} for s in range(steps))])
+    recorder.close("finished", 0)
+    return losses
+
+
+def test_a_record_garbled_in_the_middle_replays_up_to_the_damage_and_says_so(tmp_path, monkeypatch):
+    """200 bytes garbled in the middle of the gzip stream: the records before them replay and a line says
+    from which line on the record is damaged; the dashboard shows them too, with that line."""
+    losses = recorded_run(tmp_path / "run", 3000)
+    record = tmp_path / "run" / runs.RECORD_NAME
+    data = bytearray(record.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 200] = bytes((b * 37 + 11) % 256 for b in range(200))
+    record.write_bytes(bytes(data))
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    replay = optwatch("replay", "--headless", "run", env=env)
+    assert replay.returncode == 0, replay.stderr
+    [warning] = replay.stderr.splitlines()
+    assert warning.startswith(f"optwatch: warning: {record} is damaged from line ")
+    last = int(warning.split("(up to step ")[1].split()[0])
+    assert f"(up to step {last} of the run's 3000)" in warning
+    assert 0 < last < 2999 and "after it skipped" in warning
+    assert f"step {last} | loss {losses[last]:.4g} " in replay.stdout
+
+    from optwatch import cli
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.series_chart import SeriesChart
+
+    started = []
+    monkeypatch.setattr(OptwatchApp, "run", lambda app: started.append(app))
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(tmp_path))
+    assert cli.main(["replay", "run"]) == 0
+    [app] = started
+
+    async def look():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            chart = app.query_one("#loss-chart", SeriesChart)
+            assert chart.series and chart.series[-1][1][-1] == last
+            assert [n.message for n in app._notifications] == [warning.removeprefix("optwatch: warning: ")]
+
+    asyncio.run(look())
+
+
+def test_a_record_cut_short_says_where_it_ends_unless_its_run_is_still_being_written(tmp_path):
+    """A record cut to 3 KB (a copy cut short, a kill -9 of the job): it replays up to the cut and says so, with
+    the steps the run made; a live run's record, whose stream has no end yet, is not damaged."""
+    losses = recorded_run(tmp_path / "run", 3000)
+    record = tmp_path / "run" / runs.RECORD_NAME
+    record.write_bytes(record.read_bytes()[:3000])
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    replay = optwatch("replay", "--headless", "run", env=env)
+    assert replay.returncode == 0, replay.stderr
+    [warning] = replay.stderr.splitlines()
+    last = int(warning.split("cut at step ")[1].split()[0])
+    assert warning == (
+        f"optwatch: warning: {record}: it ends early, cut at step {last} of the run's 3000: "
+        f"replaying the {last + 2} records"  # the hello and steps 0 to last
+    )
+    assert f"step {last} | loss {losses[last]:.4g} " in replay.stdout
+    summary = json.loads((tmp_path / "run" / runs.SUMMARY_NAME).read_text())
+    runs.write_summary(tmp_path / "run", {**summary, "status": "running", "hub_pid": os.getpid()})
+    live = optwatch("replay", "--headless", "run", env=env)
+    assert live.returncode == 0 and live.stderr == "" and f"step {last} " in live.stdout
 
 
 def test_per_layer_records_are_thinned_as_the_run_grows(tmp_path):

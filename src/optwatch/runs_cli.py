@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +37,27 @@ def add_commands(commands: Any) -> None:
     export.add_argument("--tensorboard", metavar="DIR", help="TensorBoard event files (needs the tensorboard package)")
 
 
-def read(target: str) -> tuple[list[dict[str, Any]], Path]:
-    """A recorded run's records, with the path they came from; RunError says why not."""
+def warn(text: str) -> None:
+    print(f"optwatch: warning: {text}", file=sys.stderr)
+
+
+def read(target: str, report: Callable[[str], None] = warn) -> tuple[list[dict[str, Any]], Path]:
+    """A recorded run's records, with the path they came from; RunError says why not. What a record damaged in
+    part is missing goes to ``report``, a line per file."""
     try:
         path = runs.resolve(target)
-        return list(runs.read_run_records(path)), path
+        return list(runs.read_run_records(path, report)), path
     except ValueError as exc:  # ProtocolError is one
         raise RunError(str(exc)) from None
     except OSError as exc:
         raise RunError(f"cannot read {target}: {exc.strerror or exc}") from None
 
 
-def load(target: str):
+def load(target: str, report: Callable[[str], None] = warn):
     """A recorded run's store, with the path it came from; RunError says why not."""
     from optwatch.store import Store
 
-    records, path = read(target)
+    records, path = read(target, report)
     store = Store()
     store.ingest(records)
     return store, path
