@@ -221,7 +221,8 @@ def recorded_run(directory, steps: int) -> list[float]:
     losses = [1 + (s * 7919 % 1000) / 1000 for s in range(steps)]
     hello = {"v": 1, "kind": "hello", "rank": 0, "time": 1.0, "run_id": directory.name, "world_size": 1}
     step = {"v": 1, "kind": "step", "rank": 0}
-    recorder.add([hello, *({**step, "time": 1.0 + s, "step": s, "loss": losses[s]} for s in range(steps))])
+    end = {"v": 1, "kind": "end", "rank": 0, "time": 1.0 + steps, "steps": steps, "exit_code": 0}
+    recorder.add([hello, *({**step, "time": 1.0 + s, "step": s, "loss": losses[s]} for s in range(steps)), end])
     recorder.close("finished", 0)
     return losses
 
@@ -285,6 +286,36 @@ def test_a_record_cut_short_says_where_it_ends_unless_its_run_is_still_being_wri
     runs.write_summary(tmp_path / "run", {**summary, "status": "running", "hub_pid": os.getpid()})
     live = optwatch("replay", "--headless", "run", env=env)
     assert live.returncode == 0 and live.stderr == "" and f"step {last} " in live.stdout
+
+
+def test_runs_without_a_readable_run_json_or_with_a_record_cut_short_are_listed_from_their_record(tmp_path):
+    """run.json lost or garbled: the run is still listed, with what its record says, marked so, and replayed by
+    a prefix of its id; a record cut shorter than run.json says: listed with the steps it holds."""
+    losses = {name: recorded_run(tmp_path / name, steps) for name, steps in (("lost-a", 40), ("garbled-b", 50))}
+    losses["cut-c"] = recorded_run(tmp_path / "cut-c", 3000)
+    (tmp_path / "lost-a" / runs.SUMMARY_NAME).unlink()
+    (tmp_path / "garbled-b" / runs.SUMMARY_NAME).write_text('{"run_id": "garb')
+    record = tmp_path / "cut-c" / runs.RECORD_NAME
+    record.write_bytes(record.read_bytes()[:3000])
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    listing = optwatch("runs", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:] if not line.startswith("*")}
+    assert rows["lost-a"][3:6] == ["40", f"{losses['lost-a'][-1]:.4g}", "finished*"]
+    assert rows["garbled-b"][3:6] == ["50", f"{losses['garbled-b'][-1]:.4g}", "finished*"]
+    held = int(rows["cut-c"][3])
+    assert 0 < held < 3000 and rows["cut-c"][4:6] == [f"{losses['cut-c'][held - 1]:.4g}", "finished*"]
+    notes = [line for line in listing.stdout.splitlines() if line.startswith("*")]
+    assert sorted(notes) == [
+        f"* cut-c: its record ends early, at step {held - 1} (the run made 3000)",
+        "* garbled-b: run.json unreadable: figures read from its record",
+        "* lost-a: run.json missing: figures read from its record",
+    ]
+    replay = optwatch("replay", "--headless", "lost", env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert f"step 39 | loss {losses['lost-a'][-1]:.4g} " in replay.stdout
+    listed = {entry["run_id"]: entry for entry in json.loads(optwatch("runs", "--json", env=env).stdout)}
+    assert listed["lost-a"]["note"] == "run.json missing: figures read from its record"
 
 
 def test_per_layer_records_are_thinned_as_the_run_grows(tmp_path):

@@ -140,6 +140,8 @@ class RunEntry:
     run_id: str
     directory: Path
     summary: dict[str, Any]
+    note: str | None = None
+    """What the figures of ``summary`` are not (read from the record without a run.json, a record cut short)."""
 
     @property
     def status(self) -> str:
@@ -154,6 +156,15 @@ class RunEntry:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in record_parts(self.directory))
 
+    @property
+    def loss_text(self) -> str:
+        """The run's last loss as every listing shows it: ``nan`` where the latest losses are not finite (the
+        last finite one would hide that the run diverged), ``-`` where there is none."""
+        if isinstance(self.summary.get("loss_nonfinite_from"), int):
+            return "nan"
+        loss = self.summary.get("last_loss")
+        return f"{loss:.4g}" if protocol.finite(loss) else "-"
+
 
 def read_summary(directory: Path) -> dict[str, Any] | None:
     """A run's run.json, or None where there is none to read."""
@@ -165,17 +176,65 @@ def read_summary(directory: Path) -> dict[str, Any] | None:
 
 
 def list_runs(root: Path | None = None) -> list[RunEntry]:
-    """The runs under ``root``, oldest first; a directory without a readable run.json is left out."""
+    """The runs under ``root``, oldest first: every directory with a run.json or a record. Without a readable
+    run.json its figures are read from the record; a record shorter than run.json says gives the steps it
+    holds; ``note`` says which."""
     root = root or runs_root()
-    entries = []
-    for summary_path in root.glob(f"*/{SUMMARY_NAME}"):
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(summary, dict):
-            entries.append(RunEntry(summary_path.parent.name, summary_path.parent, summary))
+    directories = {path.parent for path in root.glob(f"*/{SUMMARY_NAME}")}
+    directories |= {path.parent for path in root.glob("*/record*.jsonl.gz") if _PART.fullmatch(path.name)}
+    entries = [_entry(directory) for directory in directories]
     return sorted(entries, key=lambda e: (e.summary.get("start") or 0, e.run_id))
+
+
+def _entry(directory: Path) -> RunEntry:
+    summary = read_summary(directory)
+    if summary is None:
+        why = "unreadable" if (directory / SUMMARY_NAME).exists() else "missing"
+        return RunEntry(
+            directory.name, directory, summary_from_record(directory), f"run.json {why}: figures read from its record"
+        )
+    part = directory / str(summary.get("record") or RECORD_NAME)
+    written = summary.get("size_bytes")
+    try:
+        cut = isinstance(written, int) and part.stat().st_size < written
+    except OSError:
+        cut = written is not None and written > 0  # the record is gone
+    if not cut:
+        return RunEntry(directory.name, directory, summary)
+    held = summary_from_record(directory)
+    note = f"its record ends early, at step {held['steps'] - 1}" if held.get("steps") else "its record holds no steps"
+    note += f" (the run made {summary.get('steps', '?')})"
+    figures = {key: held.get(key) for key in ("steps", "last_loss", "loss_nonfinite_from")}
+    return RunEntry(directory.name, directory, {**summary, **figures}, note)
+
+
+def summary_from_record(directory: Path) -> dict[str, Any]:
+    """What run.json would say, read from a run's record (a run.json lost or cut): its start, script and
+    arguments from the first hello, its steps and last loss as the hub counts them, how it ended."""
+    summary: dict[str, Any] = {"run_id": directory.name, "status": "ended", "steps": 0, "last_loss": None}
+    try:
+        for record in read_run_records(directory):
+            kind = record["kind"]
+            if kind == protocol.HELLO and "script" not in summary:
+                summary.update({k: record[k] for k in ("script", "argv", "world_size") if k in record})
+                summary["start"] = record.get("time")
+            elif kind == protocol.STEP and record.get("rank", 0) == 0:
+                step, loss = record["step"], record.get("loss")
+                summary["steps"] = max(summary["steps"], step + 1)
+                if protocol.finite(loss):
+                    summary["last_loss"] = loss
+                    summary.pop("loss_nonfinite_from", None)
+                elif isinstance(loss, float):
+                    summary.setdefault("loss_nonfinite_from", step)
+            elif kind == protocol.END and record.get("rank", 0) == 0:
+                code = record.get("exit_code")
+                summary["exit_code"] = code
+                summary["status"] = (
+                    "finished" if code == 0 else "stopped" if code == protocol.INTERRUPTED else f"failed (exit {code})"
+                )
+    except (OSError, ValueError):  # no record, or not one: what was read stands
+        pass
+    return summary
 
 
 def resolve(text: str, root: Path | None = None) -> Path:

@@ -68,7 +68,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     root = Path(args.dir).absolute() if args.dir else runs.runs_root()
     entries = runs.list_runs(root)
     if args.json:
-        print(json.dumps([{**e.summary, "status": e.status, "size_bytes": e.size_bytes} for e in entries], indent=1))
+        listing = [{**e.summary, "status": e.status, "size_bytes": e.size_bytes, "note": e.note} for e in entries]
+        print(json.dumps(listing, indent=1))
         return 0
     if not entries:
         print(f"no recorded runs in {root}")
@@ -77,14 +78,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for entry in entries:
         summary = entry.summary
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.get("start") or 0))
-        loss = summary.get("last_loss")
-        loss_text = f"{loss:.4g}" if isinstance(loss, (int, float)) else "-"
-        if isinstance(summary.get("loss_nonfinite_from"), int):
-            loss_text = "nan"  # the latest losses are not finite: the last finite one would hide it
+        status = entry.status + ("*" if entry.note else "")
         print(
-            f"{entry.run_id:<36} {started:<16} {summary.get('steps', 0):>8} {loss_text:>9} {entry.status:<16} "
+            f"{entry.run_id:<36} {started:<16} {summary.get('steps', 0):>8} {entry.loss_text:>9} {status:<16} "
             f"{_size(entry.size_bytes):>8}  {summary.get('script', '')}"
         )
+    for entry in entries:
+        if entry.note:
+            print(f"* {entry.run_id}: {entry.note}")
     return 0
 
 
