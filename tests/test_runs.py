@@ -8,6 +8,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 import stat
 import subprocess
@@ -359,6 +360,31 @@ async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, 
         await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
         await pilot.press("enter")  # "no baseline"
         await wait_for_ui(pilot, lambda: not chart.series[0][0].startswith("baseline"))
+
+
+async def test_the_baseline_picker_shows_a_run_that_ended_in_nan_as_nan_as_optwatch_runs_does(tmp_path, monkeypatch):
+    from conftest import wait_for_ui
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.run_picker import RunPicker
+    from optwatch.hub.recorder import RunRecorder
+    from optwatch.runs_cli import load
+
+    step = {"v": 1, "kind": "step", "rank": 0, "time": 1.0}
+    diverged = RunRecorder(tmp_path / "diverged", {"run_id": "diverged", "start": 1.0})
+    diverged.add([{**step, "step": s, "loss": 0.5 if s < 20 else math.nan} for s in range(30)])
+    diverged.close("finished", 0)
+    recorded_run(tmp_path / "mine", 10)
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(tmp_path))
+    [row] = [line for line in optwatch("runs").stdout.splitlines() if line.startswith("diverged")]
+    assert row.split()[4] == "nan"
+    store, _ = load("mine")
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("B")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
+        labels = [str(option.prompt) for option in app.screen.query_one("#picker-list").options]
+        [label] = [text for text in labels if "diverged" in text]
+        assert "  30 steps  loss nan  finished" in label
 
 
 def test_a_hub_started_again_for_a_run_writes_the_next_part_and_keeps_the_start(tmp_path):
