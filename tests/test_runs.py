@@ -138,6 +138,13 @@ async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_ru
         rows = {str(row[0]).strip(): [str(c) for c in row[1:]] for row in cells}
         assert rows["≠ lr (start)"] == ["0.05", "0.2"]
         assert rows["final loss"] == [f"{printed['0.05'][-1]:.4g}", f"{printed['0.2'][-1]:.4g}"]
+        for column, lr in enumerate(("0.05", "0.2")):  # the dashboard's smoothed loss, by hand from the printed one
+            ema, smoothed = printed[lr][0], []
+            for loss in printed[lr]:
+                ema += 0.1 * (loss - ema)
+                smoothed.append(ema)
+            assert rows["best loss (ema 0.1)"][column] == f"{min(smoothed):.4g}"
+            assert rows["lowest batch loss"][column] == f"{min(printed[lr]):.4g}"
         assert rows["steps"] == ["25", "25"] and rows["precision"] == ["float32", "float32"]
         await pilot.press("w")
         await pilot.pause(0.2)
