@@ -28,11 +28,20 @@ def lines(*records: dict) -> bytes:
 
 
 NESTED = ("[" * 100_000 + "]" * 100_000).encode()
-BAD_FILES = {
+NOT_RECORD_FILES = {
     "binary": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)), 1, "not UTF-8 text (invalid start byte at byte 0)"),
     "gzip of garbage": (gzip.compress(b"\xff\xfe garbage\n"), 1, "not UTF-8 text (invalid start byte at byte 0)"),
     "utf16": (lines(HELLO, step()).decode().encode("utf-16"), 1, "not UTF-8 text (invalid start byte at byte 0)"),
-    "cut short": (lines(HELLO, step())[:-20], 2, "not JSON at column 60: Unterminated string starting at"),
+    "world size null": (
+        lines({**HELLO, "world_size": None}),
+        1,
+        "hello record: field 'world_size' must be an integer, not null",
+    ),
+    "kind as a list": (lines({**HELLO, "kind": ["hello"]}), 1, "record without a 'kind'"),
+    "another tool's JSON lines": (b'{"epoch": 1, "loss": 0.5}\n' * 20 + lines(HELLO), 1, "protocol version None"),
+}
+# A record file with a bad line: the line is skipped, the rest replayed, and the first bad line named.
+DAMAGED_FILES = {
     "deep": (lines(HELLO) + b'{"v": 1, "kind": "step", "step": 0, "x": ' + NESTED + b"}\n", 2, "nested too deeply"),
     "not an object": (lines(HELLO) + b"[1, 2]\n", 2, "a record line must hold a JSON object"),
     "step as text": (lines(HELLO, step(step="12")), 2, "step record: field 'step' must be an integer, not a string"),
@@ -52,11 +61,6 @@ BAD_FILES = {
         2,
         "system record: field 'gpus[0].util_percent' must be a number or null, not a string",
     ),
-    "world size null": (
-        lines({**HELLO, "world_size": None}),
-        1,
-        "hello record: field 'world_size' must be an integer, not null",
-    ),
     "verdict window as an object": (
         lines(HELLO, {"v": 1, "kind": "verdict", "rank": 0, "bottleneck": "input", "window": {"0": 1}}),
         2,
@@ -67,29 +71,65 @@ BAD_FILES = {
         2,
         "log record: field 'line' must be a string, not an integer",
     ),
-    "kind as a list": (lines({**HELLO, "kind": ["hello"]}), 1, "record without a 'kind'"),
 }
 
 
-@pytest.mark.parametrize("name", BAD_FILES)
-def test_a_bad_record_file_is_refused_in_one_line_naming_the_line(tmp_path, name):
-    content, line, reason = BAD_FILES[name]
+@pytest.mark.parametrize("name", NOT_RECORD_FILES)
+def test_a_file_that_is_not_a_record_is_refused_in_one_line_naming_the_line(tmp_path, name):
+    content, line, reason = NOT_RECORD_FILES[name]
     path = tmp_path / "run.jsonl"
     path.write_bytes(content)
     result = optwatch("replay", "--headless", str(path))
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [f"optwatch: not an optwatch record file: {path}:{line}: {reason}"]
+    [message] = result.stderr.splitlines()
+    assert message.startswith(f"optwatch: not an optwatch record file: {path}:{line}: {reason}")
     assert result.stdout == ""
 
 
-@pytest.mark.parametrize("name", ["step as text", "loss as an object", "gpu figure as text", "deep"])
-def test_the_dashboard_refuses_a_bad_record_file_before_it_starts(tmp_path, name):
-    content, line, reason = BAD_FILES[name]
+@pytest.mark.parametrize("name", ["binary", "world size null"])
+def test_the_dashboard_refuses_a_file_that_is_not_a_record_before_it_starts(tmp_path, name):
+    content, line, reason = NOT_RECORD_FILES[name]
     path = tmp_path / "run.jsonl"
     path.write_bytes(content)
     result = optwatch("replay", str(path), timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"optwatch: not an optwatch record file: {path}:{line}: {reason}"]
+
+
+@pytest.mark.parametrize("name", DAMAGED_FILES)
+def test_a_bad_line_is_skipped_and_named_and_the_rest_replayed(tmp_path, name):
+    content, line, reason = DAMAGED_FILES[name]
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(content + lines(step(step=7, loss=0.25)))
+    result = optwatch("replay", "--headless", str(path))
+    assert result.returncode == 0, result.stderr
+    good = content.count(b"\n")  # the lines but the bad one, and step 7
+    assert result.stderr.splitlines() == [
+        f"optwatch: warning: {path}: skipped 1 line that is not a record (first: line {line}: {reason}): "
+        f"replaying the {good} records (up to step 7)"
+    ]
+    assert "step 7 | loss 0.25 " in result.stdout
+
+
+def test_a_record_file_with_bad_lines_here_and_there_replays_the_good_ones(tmp_path):
+    """A real run's record with two lines spoilt in the middle: every other step replays, the first spoilt
+    line is named and both are counted."""
+    path = tmp_path / "run.jsonl"
+    run = optwatch("run", "--headless", "--record", str(path), str(SCRIPTS / "plain_train.py"), "--steps", "30")
+    assert run.returncode == 0, run.stderr
+    printed = {int(x.split()[1]): float(x.split()[3]) for x in run.stdout.splitlines() if x.startswith("step ")}
+    text = path.read_bytes().splitlines(keepends=True)
+    spoilt = [n for n, line in enumerate(text) if b'"kind":"step"' in line and b'"step":12,' in line][0]
+    text[spoilt] = text[spoilt][:40] + b"\n"  # cut in the middle of a record
+    text[spoilt + 3] = b"junk\n"
+    path.write_bytes(b"".join(text))
+    replay = optwatch("replay", "--headless", str(path))
+    assert replay.returncode == 0, replay.stderr
+    [warning] = replay.stderr.splitlines()
+    assert warning.startswith(
+        f"optwatch: warning: {path}: skipped 2 lines that are not records (first: line {spoilt + 1}: not JSON"
+    )
+    assert f"step 29 | loss {printed[29]:.4f}" in replay.stdout
 
 
 def test_a_line_that_reads_nan_stays_text_and_a_nan_loss_stays_a_number(tmp_path):

@@ -3,10 +3,12 @@ what the scripts print."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
 import json
+import math
 import os
 import stat
 import subprocess
@@ -136,6 +138,13 @@ async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_ru
         rows = {str(row[0]).strip(): [str(c) for c in row[1:]] for row in cells}
         assert rows["≠ lr (start)"] == ["0.05", "0.2"]
         assert rows["final loss"] == [f"{printed['0.05'][-1]:.4g}", f"{printed['0.2'][-1]:.4g}"]
+        for column, lr in enumerate(("0.05", "0.2")):  # the dashboard's smoothed loss, by hand from the printed one
+            ema, smoothed = printed[lr][0], []
+            for loss in printed[lr]:
+                ema += 0.1 * (loss - ema)
+                smoothed.append(ema)
+            assert rows["best loss (ema 0.1)"][column] == f"{min(smoothed):.4g}"
+            assert rows["lowest batch loss"][column] == f"{min(printed[lr]):.4g}"
         assert rows["steps"] == ["25", "25"] and rows["precision"] == ["float32", "float32"]
         await pilot.press("w")
         await pilot.pause(0.2)
@@ -164,6 +173,35 @@ def test_export_writes_csv_and_tensorboard_scalars(two_runs, tmp_path):
     assert nothing.returncode == 2 and "--csv PATH" in nothing.stderr
 
 
+@pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
+@pytest.mark.parametrize(
+    "flags, complaint",
+    [
+        (
+            ["--csv", "{tmp}/no/such/dir/run.csv"],
+            "cannot write {tmp}/no/such/dir/run.csv: directory {tmp}/no/such/dir does not exist",
+        ),
+        (["--csv", "{tmp}"], "cannot write {tmp}: it is a directory; give a file name"),
+        (
+            ["--tensorboard", "{tmp}/afile"],
+            "cannot write TensorBoard files in {tmp}/afile: it is a file, not a directory",
+        ),
+        (["--tensorboard", "/proc/tb"], "cannot write TensorBoard files in /proc/tb: No such file or directory"),
+        # The CSV's destination is fine, the TensorBoard one is not: neither is written.
+        (["--csv", "{tmp}/run.csv", "--tensorboard", "{tmp}/afile"], "cannot write TensorBoard files in {tmp}/afile"),
+    ],
+)
+def test_export_to_a_place_it_cannot_write_says_so_in_one_line_and_leaves_nothing(two_runs, tmp_path, flags, complaint):
+    root, env, _ = two_runs
+    (tmp_path / "afile").write_text("mine\n")
+    run_id = runs.list_runs(root)[0].run_id
+    done = optwatch("export", run_id, *(flag.format(tmp=tmp_path) for flag in flags), env=env)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"optwatch: {complaint.format(tmp=tmp_path)}"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_a_record_cut_short_replays_up_to_its_last_flush(tmp_path):
     """What a kill -9 or a full disk leaves: a gzip stream without its end, perhaps a line cut in half."""
     from optwatch.hub.recorder import RunRecorder
@@ -181,6 +219,111 @@ def test_a_record_cut_short_replays_up_to_its_last_flush(tmp_path):
     assert 0 < len(kept) < 50 and kept == list(range(len(kept)))
     with pytest.raises(zlib.error):
         zlib.decompress(data[:-9], wbits=31)  # as a plain reader would fail
+
+
+def recorded_run(directory, steps: int) -> list[float]:
+    """A run's record as its hub writes it (``RunRecorder``), with losses that do not compress to nothing."""
+    from optwatch.hub.recorder import RunRecorder
+
+    recorder = RunRecorder(directory, {"run_id": directory.name, "script": "train.py", "start": 1.0})
+    losses = [1 + (s * 7919 % 1000) / 1000 for s in range(steps)]
+    hello = {"v": 1, "kind": "hello", "rank": 0, "time": 1.0, "run_id": directory.name, "world_size": 1}
+    step = {"v": 1, "kind": "step", "rank": 0}
+    end = {"v": 1, "kind": "end", "rank": 0, "time": 1.0 + steps, "steps": steps, "exit_code": 0}
+    recorder.add([hello, *({**step, "time": 1.0 + s, "step": s, "loss": losses[s]} for s in range(steps)), end])
+    recorder.close("finished", 0)
+    return losses
+
+
+def test_a_record_garbled_in_the_middle_replays_up_to_the_damage_and_says_so(tmp_path, monkeypatch):
+    """200 bytes garbled in the middle of the gzip stream: the records before them replay and a line says
+    from which line on the record is damaged; the dashboard shows them too, with that line."""
+    losses = recorded_run(tmp_path / "run", 3000)
+    record = tmp_path / "run" / runs.RECORD_NAME
+    data = bytearray(record.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 200] = bytes((b * 37 + 11) % 256 for b in range(200))
+    record.write_bytes(bytes(data))
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    replay = optwatch("replay", "--headless", "run", env=env)
+    assert replay.returncode == 0, replay.stderr
+    [warning] = replay.stderr.splitlines()
+    assert warning.startswith(f"optwatch: warning: {record} is damaged from line ")
+    last = int(warning.split("(up to step ")[1].split()[0])
+    assert f"(up to step {last} of the run's 3000)" in warning
+    assert 0 < last < 2999 and "after it skipped" in warning
+    assert f"step {last} | loss {losses[last]:.4g} " in replay.stdout
+
+    from optwatch import cli
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.series_chart import SeriesChart
+
+    started = []
+    monkeypatch.setattr(OptwatchApp, "run", lambda app: started.append(app))
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(tmp_path))
+    assert cli.main(["replay", "run"]) == 0
+    [app] = started
+
+    async def look():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            chart = app.query_one("#loss-chart", SeriesChart)
+            assert chart.series and chart.series[-1][1][-1] == last
+            assert [n.message for n in app._notifications] == [warning.removeprefix("optwatch: warning: ")]
+
+    asyncio.run(look())
+
+
+def test_a_record_cut_short_says_where_it_ends_unless_its_run_is_still_being_written(tmp_path):
+    """A record cut to 3 KB (a copy cut short, a kill -9 of the job): it replays up to the cut and says so, with
+    the steps the run made; a live run's record, whose stream has no end yet, is not damaged."""
+    losses = recorded_run(tmp_path / "run", 3000)
+    record = tmp_path / "run" / runs.RECORD_NAME
+    record.write_bytes(record.read_bytes()[:3000])
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    replay = optwatch("replay", "--headless", "run", env=env)
+    assert replay.returncode == 0, replay.stderr
+    [warning] = replay.stderr.splitlines()
+    last = int(warning.split("cut at step ")[1].split()[0])
+    assert warning == (
+        f"optwatch: warning: {record}: it ends early, cut at step {last} of the run's 3000: "
+        f"replaying the {last + 2} records"  # the hello and steps 0 to last
+    )
+    assert f"step {last} | loss {losses[last]:.4g} " in replay.stdout
+    summary = json.loads((tmp_path / "run" / runs.SUMMARY_NAME).read_text())
+    runs.write_summary(tmp_path / "run", {**summary, "status": "running", "hub_pid": os.getpid()})
+    live = optwatch("replay", "--headless", "run", env=env)
+    assert live.returncode == 0 and live.stderr == "" and f"step {last} " in live.stdout
+
+
+def test_runs_without_a_readable_run_json_or_with_a_record_cut_short_are_listed_from_their_record(tmp_path):
+    """run.json lost or garbled: the run is still listed, with what its record says, marked so, and replayed by
+    a prefix of its id; a record cut shorter than run.json says: listed with the steps it holds."""
+    losses = {name: recorded_run(tmp_path / name, steps) for name, steps in (("lost-a", 40), ("garbled-b", 50))}
+    losses["cut-c"] = recorded_run(tmp_path / "cut-c", 3000)
+    (tmp_path / "lost-a" / runs.SUMMARY_NAME).unlink()
+    (tmp_path / "garbled-b" / runs.SUMMARY_NAME).write_text('{"run_id": "garb')
+    record = tmp_path / "cut-c" / runs.RECORD_NAME
+    record.write_bytes(record.read_bytes()[:3000])
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    listing = optwatch("runs", env=env)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:] if not line.startswith("*")}
+    assert rows["lost-a"][3:6] == ["40", f"{losses['lost-a'][-1]:.4g}", "finished*"]
+    assert rows["garbled-b"][3:6] == ["50", f"{losses['garbled-b'][-1]:.4g}", "finished*"]
+    held = int(rows["cut-c"][3])
+    assert 0 < held < 3000 and rows["cut-c"][4:6] == [f"{losses['cut-c'][held - 1]:.4g}", "finished*"]
+    notes = [line for line in listing.stdout.splitlines() if line.startswith("*")]
+    assert sorted(notes) == [
+        f"* cut-c: its record ends early, at step {held - 1} (the run made 3000)",
+        "* garbled-b: run.json unreadable: figures read from its record",
+        "* lost-a: run.json missing: figures read from its record",
+    ]
+    replay = optwatch("replay", "--headless", "lost", env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert f"step 39 | loss {losses['lost-a'][-1]:.4g} " in replay.stdout
+    listed = {entry["run_id"]: entry for entry in json.loads(optwatch("runs", "--json", env=env).stdout)}
+    assert listed["lost-a"]["note"] == "run.json missing: figures read from its record"
 
 
 def test_per_layer_records_are_thinned_as_the_run_grows(tmp_path):
@@ -224,6 +367,31 @@ async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, 
         await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
         await pilot.press("enter")  # "no baseline"
         await wait_for_ui(pilot, lambda: not chart.series[0][0].startswith("baseline"))
+
+
+async def test_the_baseline_picker_shows_a_run_that_ended_in_nan_as_nan_as_optwatch_runs_does(tmp_path, monkeypatch):
+    from conftest import wait_for_ui
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.run_picker import RunPicker
+    from optwatch.hub.recorder import RunRecorder
+    from optwatch.runs_cli import load
+
+    step = {"v": 1, "kind": "step", "rank": 0, "time": 1.0}
+    diverged = RunRecorder(tmp_path / "diverged", {"run_id": "diverged", "start": 1.0})
+    diverged.add([{**step, "step": s, "loss": 0.5 if s < 20 else math.nan} for s in range(30)])
+    diverged.close("finished", 0)
+    recorded_run(tmp_path / "mine", 10)
+    monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(tmp_path))
+    [row] = [line for line in optwatch("runs").stdout.splitlines() if line.startswith("diverged")]
+    assert row.split()[4] == "nan"
+    store, _ = load("mine")
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("B")
+        await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
+        labels = [str(option.prompt) for option in app.screen.query_one("#picker-list").options]
+        [label] = [text for text in labels if "diverged" in text]
+        assert "  30 steps  loss nan  finished" in label
 
 
 def test_a_hub_started_again_for_a_run_writes_the_next_part_and_keeps_the_start(tmp_path):

@@ -744,8 +744,14 @@ def paused_text(paused: dict) -> str:
 def cmd_replay(args: argparse.Namespace) -> int:
     from optwatch import protocol
 
+    warnings: list[str] = []
+
+    def report(text: str) -> None:
+        runs_cli.warn(text)
+        warnings.append(text)
+
     try:
-        store, _ = runs_cli.load(args.path)
+        store, _ = runs_cli.load(args.path, report)
     except runs_cli.RunError as exc:
         raise UsageError(f"not an optwatch record file: {exc}" if Path(args.path).is_file() else str(exc)) from exc
     if args.headless:
@@ -757,7 +763,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
     from optwatch.app.app import OptwatchApp
 
-    OptwatchApp.for_store(store).run()
+    app = OptwatchApp.for_store(store)
+    for text in warnings:  # shown once the dashboard is up (the line above is hidden behind it until it ends)
+        app.notify(text, title="record damaged", severity="warning", timeout=60, markup=False)
+    app.run()
     return 0
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optwatch.protocol import finite, first_step
-from optwatch.store import Store
+from optwatch.store import EMA_ALPHA, Store
 from optwatch.summary import window
 
 COLOURS = ("cyan", "orange", "magenta", "green", "yellow", "blue")
@@ -82,9 +82,13 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
         state = store.primary
         hello = state.hello if state else {}
         steps = list(state.steps) if state else []
+        smoothed = [value for value in (state.loss_ema if state else ()) if value is not None]
         whole = state.whole.series if state else {}
         alerts = len(store.rare.get("alert", ()))
     losses = [s["loss"] for s in steps if finite(s.get("loss"))]
+    best_smoothed = _number(min(smoothed)) if smoothed else "-"
+    if steps and steps[0]["step"] > first_step(hello):  # a long run: the store holds its latest steps only
+        best_smoothed += f" (last {len(steps)} steps)"
     loss_series = whole.get("loss")
     lows = [v for v in (loss_series.points()[2] if loss_series else []) if v is not None]
     typical = window(steps)  # the step time and throughput every view shows, over the steps held
@@ -97,7 +101,9 @@ def _figures(store: Store) -> dict[str, tuple[str, bool]]:
     return {
         "steps": (str(last["step"] - first_step(hello) + 1) if last else "-", False),
         "final loss": (_number(losses[-1]) if losses else "-", False),
-        "best loss": (_number(min(lows)) if lows else "-", False),
+        # A single batch's loss is noise on a small batch: the best is the smoothed loss the dashboard shows.
+        f"best loss (ema {EMA_ALPHA})": (best_smoothed, False),
+        "lowest batch loss": (_number(min(lows)) if lows else "-", False),
         "step time p50": (f"{typical.step_time_s * 1000:.1f} ms" if typical.step_time_s is not None else "-", False),
         "samples/s p50": (f"{typical.samples_per_s:.0f}" if typical.samples_per_s is not None else "-", False),
         # Evaluations, checkpoints and waits between steps included: the median step leaves them out.

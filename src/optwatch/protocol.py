@@ -19,6 +19,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import msgpack
@@ -305,23 +306,127 @@ def record_from_json_line(line: str | bytes) -> dict[str, Any]:
 MAX_LINE_BYTES = 4 * MAX_WIRE_BYTES
 
 
-def read_record_file(handle: BinaryIO, source: str = "record") -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file opened in binary; the first bad line raises ProtocolError with its number."""
-    return read_record_lines(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), source)
+HEADER_LINES = 10
+"""A file none of whose first this many lines is a record is not a record file at all: refused whole."""
 
 
-def read_record_lines(lines: Iterable[bytes], source: str = "record") -> Iterator[dict[str, Any]]:
-    """Records of JSON lines (a line longer than ``MAX_LINE_BYTES`` is refused, whatever its source gave); the
-    first bad line raises ProtocolError with its number."""
+@dataclass
+class RecordDamage:
+    """What a lenient read of a record file (``read_record_lines(..., damage=...)``) kept and what it left out:
+    a record damaged in part still replays the rest, and this says how much is missing."""
+
+    source: str
+    kept: int = 0
+    skipped: int = 0
+    first_skipped: str | None = None
+    """``line 501: not JSON ...``: the first line that is not a record, and why."""
+    first_skipped_line: int = 0
+    skipped_to_the_end: bool = False
+    """No record after the first bad line: the file is damaged from there on, not here and there."""
+    last_step: int | None = None
+    cut_mid_line: bool = False
+    """The last line stops without its newline (the writer was stopped mid-line)."""
+    unfinished: bool = False
+    """A gzip file whose stream stops before its end (written by a process that did not close it)."""
+    broken: str | None = None
+    """Where and why compressed data could not be read on (``its gzip data is damaged at byte N (...)``)."""
+
+    def damaged(self, finished: bool = True) -> bool:
+        """Anything to say; an unfinished stream counts only where the writer is done (``finished``)."""
+        return bool(self.skipped or self.cut_mid_line or self.broken or (self.unfinished and finished))
+
+    def warning(self, finished: bool = True, steps_expected: int | None = None) -> str | None:
+        """One line for the user, or None where nothing is missing."""
+        if not self.damaged(finished):
+            return None
+        at = ""
+        if self.last_step is not None:
+            at = f"step {self.last_step}"
+            if steps_expected is not None and self.last_step + 1 < steps_expected:
+                at += f" of the run's {steps_expected}"
+        upto = f" (up to {at})" if at else ""
+        if self.skipped and self.skipped_to_the_end:
+            why = f"{self.first_skipped}; {self.broken}" if self.broken else self.first_skipped
+            return (
+                f"{self.source} is damaged from line {self.first_skipped_line} on ({why}): replaying the "
+                f"{_count(self.kept, 'record')} before it{upto}; {_count(self.skipped, 'line')} after it skipped"
+            )
+        parts = []
+        if self.skipped:
+            are = "is not a record" if self.skipped == 1 else "are not records"
+            parts.append(f"skipped {_count(self.skipped, 'line')} that {are} (first: {self.first_skipped})")
+        if self.broken:
+            parts.append(f"{self.broken}, nothing after it read")
+        elif self.cut_mid_line or (self.unfinished and finished):
+            parts.append("it ends early, cut" + (f" at {at}" if at else ""))
+            upto = ""
+        return f"{self.source}: {'; '.join(parts)}: replaying the {_count(self.kept, 'record')}{upto}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def read_record_file(
+    handle: BinaryIO, source: str = "record", damage: RecordDamage | None = None
+) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file opened in binary (see ``read_record_lines``)."""
+    return read_record_lines(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), source, damage)
+
+
+def read_record_lines(
+    lines: Iterable[bytes], source: str = "record", damage: RecordDamage | None = None
+) -> Iterator[dict[str, Any]]:
+    """Records of JSON lines (a line longer than ``MAX_LINE_BYTES`` is refused, whatever its source gave).
+
+    Without ``damage`` the first bad line raises ProtocolError with its number. With it, bad lines are skipped
+    and counted there; the file is refused (ProtocolError naming its first bad line) only when none of its
+    first ``HEADER_LINES`` lines is a record, or when it holds none: then it is not a record file at all."""
+    refused: list[tuple[int, str]] = []  # bad lines before the first record
     for number, line in enumerate(lines, 1):
-        if len(line) > MAX_LINE_BYTES:
-            raise ProtocolError(f"{source}:{number}: a line longer than {MAX_LINE_BYTES} bytes")
         if not line.strip():
             continue
         try:
-            yield record_from_json_line(line)
+            if len(line) > MAX_LINE_BYTES:
+                raise ProtocolError(f"a line longer than {MAX_LINE_BYTES} bytes")
+            record = record_from_json_line(line)
         except ProtocolError as exc:
-            raise ProtocolError(f"{source}:{number}: {exc}") from None
+            if damage is None:
+                raise ProtocolError(f"{source}:{number}: {exc}") from None
+            if len(line) > MAX_LINE_BYTES:  # where the next line starts is anyone's guess: read no further
+                damage.broken = f"line {number} is longer than {MAX_LINE_BYTES} bytes"
+                break
+            if not line.endswith(b"\n"):
+                damage.cut_mid_line = True  # the end of the file, where its writer stopped
+                break
+            if not damage.kept:
+                refused.append((number, str(exc)))
+                if len(refused) >= HEADER_LINES:
+                    break
+                continue
+            if not damage.skipped:
+                damage.first_skipped, damage.first_skipped_line = f"line {number}: {exc}", number
+            damage.skipped += 1
+            damage.skipped_to_the_end = True
+            continue
+        if damage is not None:
+            if refused and not damage.kept:  # not a header's worth of garbage: skipped like any other bad line
+                damage.first_skipped, damage.first_skipped_line = (
+                    f"line {refused[0][0]}: {refused[0][1]}",
+                    refused[0][0],
+                )
+                damage.skipped += len(refused)
+            damage.kept += 1
+            damage.skipped_to_the_end = False
+            step = record.get("step")
+            if record["kind"] == STEP and _is_int(step):
+                damage.last_step = step  # the last one read, as a replay ends on it
+        yield record
+    if damage is not None and not damage.kept:
+        if refused:
+            number, reason = refused[0]
+            raise ProtocolError(f"{source}:{number}: {reason}")
+        raise ProtocolError(f"{source}: holds no records")
 
 
 def make_record(kind: str, rank: int, **fields: Any) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +37,27 @@ def add_commands(commands: Any) -> None:
     export.add_argument("--tensorboard", metavar="DIR", help="TensorBoard event files (needs the tensorboard package)")
 
 
-def read(target: str) -> tuple[list[dict[str, Any]], Path]:
-    """A recorded run's records, with the path they came from; RunError says why not."""
+def warn(text: str) -> None:
+    print(f"optwatch: warning: {text}", file=sys.stderr)
+
+
+def read(target: str, report: Callable[[str], None] = warn) -> tuple[list[dict[str, Any]], Path]:
+    """A recorded run's records, with the path they came from; RunError says why not. What a record damaged in
+    part is missing goes to ``report``, a line per file."""
     try:
         path = runs.resolve(target)
-        return list(runs.read_run_records(path)), path
+        return list(runs.read_run_records(path, report)), path
     except ValueError as exc:  # ProtocolError is one
         raise RunError(str(exc)) from None
     except OSError as exc:
         raise RunError(f"cannot read {target}: {exc.strerror or exc}") from None
 
 
-def load(target: str):
+def load(target: str, report: Callable[[str], None] = warn):
     """A recorded run's store, with the path it came from; RunError says why not."""
     from optwatch.store import Store
 
-    records, path = read(target)
+    records, path = read(target, report)
     store = Store()
     store.ingest(records)
     return store, path
@@ -61,7 +68,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     root = Path(args.dir).absolute() if args.dir else runs.runs_root()
     entries = runs.list_runs(root)
     if args.json:
-        print(json.dumps([{**e.summary, "status": e.status, "size_bytes": e.size_bytes} for e in entries], indent=1))
+        listing = [{**e.summary, "status": e.status, "size_bytes": e.size_bytes, "note": e.note} for e in entries]
+        print(json.dumps(listing, indent=1))
         return 0
     if not entries:
         print(f"no recorded runs in {root}")
@@ -70,14 +78,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for entry in entries:
         summary = entry.summary
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.get("start") or 0))
-        loss = summary.get("last_loss")
-        loss_text = f"{loss:.4g}" if isinstance(loss, (int, float)) else "-"
-        if isinstance(summary.get("loss_nonfinite_from"), int):
-            loss_text = "nan"  # the latest losses are not finite: the last finite one would hide it
+        status = entry.status + ("*" if entry.note else "")
         print(
-            f"{entry.run_id:<36} {started:<16} {summary.get('steps', 0):>8} {loss_text:>9} {entry.status:<16} "
+            f"{entry.run_id:<36} {started:<16} {summary.get('steps', 0):>8} {entry.loss_text:>9} {status:<16} "
             f"{_size(entry.size_bytes):>8}  {summary.get('script', '')}"
         )
+    for entry in entries:
+        if entry.note:
+            print(f"* {entry.run_id}: {entry.note}")
     return 0
 
 
@@ -114,6 +122,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     records, _ = read(args.target)
     steps = [r for r in records if r.get("kind") == protocol.STEP]
     metrics = [r for r in records if r.get("kind") == "metric"]
+    # Both destinations checked before either is written: a bad second one leaves no first one behind.
+    if args.csv and args.csv != "-":
+        _check_csv_target(Path(args.csv))
+    if args.tensorboard:
+        _check_tensorboard_target(Path(args.tensorboard))
     if args.csv:
         _write_csv(args.csv, steps)
     if args.tensorboard:
@@ -121,10 +134,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_csv_target(target: Path) -> None:
+    if target.is_dir():
+        raise RunError(f"cannot write {target}: it is a directory; give a file name")
+    if not target.parent.is_dir():
+        why = "is a file" if target.parent.exists() else "does not exist"
+        raise RunError(f"cannot write {target}: directory {target.parent} {why}")
+
+
+def _check_tensorboard_target(directory: Path) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise RunError("--tensorboard needs the tensorboard package: pip install 'optwatch[tensorboard]'") from None
+    if directory.exists() and not directory.is_dir():
+        raise RunError(f"cannot write TensorBoard files in {directory}: it is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot write TensorBoard files in {directory}: {exc.strerror or exc}") from None
+
+
 def _write_csv(target: str, steps: list[dict[str, Any]]) -> None:
-    optimizers = sorted({name for s in steps for name in (s.get("losses") or {})})
     to_stdout = target == "-"
-    handle = sys.stdout if to_stdout else open(target, "w", newline="")
+    if to_stdout:
+        _csv_rows(sys.stdout, steps)
+        return
+    path = Path(target)
+    if path.exists() and not path.is_file():  # a FIFO or a device (/dev/stdout): written as it is
+        _write_csv_to(path, path, steps)
+        return
+    # Written aside and renamed into place: a failure halfway leaves no half file, nor a file it replaced cut.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        _write_csv_to(partial, path, steps)
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
+def _write_csv_to(path: Path, target: Path, steps: list[dict[str, Any]]) -> None:
+    try:
+        with open(path, "w", newline="") as handle:
+            _csv_rows(handle, steps)
+    except OSError as exc:
+        raise RunError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _csv_rows(handle: Any, steps: list[dict[str, Any]]) -> None:
+    optimizers = sorted({name for s in steps for name in (s.get("losses") or {})})
     try:
         writer = csv.writer(handle)
         writer.writerow(["rank", "step", "time", *STEP_COLUMNS, *(f"loss:{name}" for name in optimizers)])
@@ -137,30 +196,32 @@ def _write_csv(target: str, steps: list[dict[str, Any]]) -> None:
         handle.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
-    finally:
-        if not to_stdout:
-            handle.close()
 
 
 def _write_tensorboard(directory: Path, steps: list[dict[str, Any]], metrics: list[dict[str, Any]]) -> None:
-    try:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-    except ImportError:
-        raise RunError("--tensorboard needs the tensorboard package: pip install 'optwatch[tensorboard]'") from None
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
     by_rank: dict[int, list[dict[str, Any]]] = {}
     for record in steps:
         by_rank.setdefault(record.get("rank", 0), []).append(record)
-    for rank, records in sorted(by_rank.items()):
-        writer = EventFileWriter(str(directory if len(by_rank) == 1 else directory / f"rank{rank}"))
-        for record in records:
-            values = [(name, record.get(name)) for name in STEP_COLUMNS]
-            values += [(f"loss/{name}", v) for name, v in (record.get("losses") or {}).items()]
-            summary = Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values if protocol.finite(v)])
-            writer.add_event(Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=summary))
-        for record in metrics if rank == min(by_rank) else ():
-            values = (record.get("values") or {}).items()
-            summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values if protocol.finite(v)])
-            writer.add_event(Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=summary))
-        writer.close()
+    try:
+        for rank, records in sorted(by_rank.items()):
+            writer = EventFileWriter(str(directory if len(by_rank) == 1 else directory / f"rank{rank}"))
+            for record in records:
+                values = [(name, record.get(name)) for name in STEP_COLUMNS]
+                values += [(f"loss/{name}", v) for name, v in (record.get("losses") or {}).items()]
+                scalars = [Summary.Value(tag=tag, simple_value=v) for tag, v in values if protocol.finite(v)]
+                writer.add_event(
+                    Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=Summary(value=scalars))
+                )
+            for record in metrics if rank == min(by_rank) else ():
+                values = (record.get("values") or {}).items()
+                scalars = [Summary.Value(tag=k, simple_value=v) for k, v in values if protocol.finite(v)]
+                writer.add_event(
+                    Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=Summary(value=scalars))
+                )
+            writer.close()
+    except OSError as exc:  # a full disk halfway
+        raise RunError(f"cannot write TensorBoard files in {directory}: {exc.strerror or exc}") from None

@@ -31,8 +31,7 @@ class RunPicker(ModalScreen[str | None]):
             for index, entry in enumerate(reversed(self.entries)):  # newest first
                 summary = entry.summary
                 started = time.strftime("%m-%d %H:%M", time.localtime(summary.get("start") or 0))
-                loss = summary.get("last_loss")
-                loss_text = f"loss {loss:.4g}" if isinstance(loss, (int, float)) else "no loss"
+                loss_text = "no loss" if entry.loss_text == "-" else f"loss {entry.loss_text}"
                 mark = "● " if entry.run_id == self.current else "  "
                 label = f"{mark}{entry.run_id}  {started}  {summary.get('steps', 0)} steps  {loss_text}  {entry.status}"
                 options.append(Option(label, id=str(len(self.entries) - 1 - index)))
