@@ -268,6 +268,20 @@ def test_a_nonfinite_loss_without_a_forward_check_says_why_there_was_none(skippe
     assert alert["type"] == "nonfinite" and f"no forward check ran at this step: {why}" in alert["message"]
 
 
+def test_an_episode_no_check_saw_begin_names_the_module_at_its_first_checked_step():
+    """A NaN loss at step 30 arms the forward check (auto); the run stays NaN and its first checked step, 35,
+    finds the module where it shows: it was never named (every later step was the same episode), and the
+    advice said to use --forward-check always, which the budget spaced out too."""
+    diagnosis = GradientDiagnosis()
+    feed(diagnosis, [StepInput(step=i, loss=1.0, grad_norm=1.0, forward=[("0", 1.0), ("2", 1.0)]) for i in range(30)])
+    nan = math.nan
+    steps = [StepInput(step=i, loss=nan, grad_norm=nan, forward_skipped="unarmed") for i in range(30, 35)]
+    steps += [StepInput(step=i, loss=nan, grad_norm=nan, forward=[("0", nan), ("2", nan)]) for i in range(35, 40)]
+    alerts = feed(diagnosis, steps)
+    assert [(a["type"], a["step"], a["module"]) for a in alerts] == [("nonfinite", 30, None), ("nonfinite", 35, "0")]
+    assert alerts[1]["message"].startswith("first non-finite output at step 35, the first checked since step 30")
+
+
 def test_amp_overflow_is_not_a_broken_run_until_the_scaler_gives_up():
     diagnosis = GradientDiagnosis(Thresholds(amp_skip_limit=5, recover_steps=3))
     steps = [StepInput(step=i, loss=1.0, grad_norm=1.0) for i in range(3)]

@@ -527,6 +527,23 @@ def test_over_its_budget_optwatch_spaces_out_its_checks_and_a_nan_between_them_b
     assert all(steps[s]["detailed"] and steps[s]["detail_every"] == 1 for s in range(pinned_from, again + 1))
 
 
+def test_forward_check_always_checks_the_steps_between_detail_steps_too():
+    """``--forward-check always`` set its hook on detail steps only: past the first steps, over its budget, a
+    NaN between two of them was named by no module, and the alert's advice (use `always`) did not help."""
+    probe = start(budget=0.01, grad_full_cadence_steps=20, forward_check="always")
+    model = spiky_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    train(model, optimizer, x, y, steps=300)
+    assert probe.detail_every > 1
+    light = next(step for step in range(probe.step, probe.step + 200) if step % probe.detail_every)
+    train(model, optimizer, x, y, steps=light - probe.step + 1, spike=(model[3], light - probe.step))
+    records = records_of(probe)
+    assert not {r["step"]: r for r in records if r["kind"] == "step"}[light]["detailed"]
+    [alert] = [a for a in records if a["kind"] == "alert" and a["type"] == "nonfinite"]
+    assert (alert["step"], alert["module"]) == (light, "3")
+
+
 def test_a_loss_that_jumps_between_detail_steps_is_an_alert_and_brings_them_back():
     """A learning rate 100,000x too high for one step, at a step between two detail steps (at this budget
     on a millisecond step the checks run on 1 step in tens): the loss, read every step, jumps 50x at the next step. That

@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORWARD_CHECK_MODES,
         default="auto",
         help="check module outputs for NaN/Inf, to name the module where one is born: from the first non-finite "
-        "loss or gradient norm on (auto, the default), from the first step (always, at the cost of a hook on every "
-        "module call), or never (off)",
+        "loss or gradient norm on (auto, the default), on every step from the first whatever --budget (always, at the "
+        "cost of a hook on every module call), or never (off)",
     )
     grads.add_argument(
         "--no-forward-check",

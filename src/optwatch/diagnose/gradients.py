@@ -406,6 +406,9 @@ class NonFiniteRule:
         self._finite_before: set[str] = set()
         """Modules whose output has been finite at least once (a module that always emits -inf, e.g. a
         mask, is by design and never the culprit unless nothing else is)."""
+        self._named: str | None = None
+        """The module the episode's alerts have named (None before one has)."""
+        self._began = 0
 
     def observe(self, s: StepInput, amp_stuck: bool = False) -> dict | None:
         loss_bad = s.loss is not None and not _finite(s.loss)
@@ -417,11 +420,14 @@ class NonFiniteRule:
         turned = [name for name in outputs if name in self._finite_before]
         self._finite_before.update(name for name, value in s.forward if _finite(value))
         broken = loss_bad or (grads_bad and not s.amp_overflow) or bool(turned) or amp_stuck
+        culprit = turned[0] if turned else (outputs[0] if outputs and (loss_bad or grads_bad) else None)
         if not self.episode.update(broken):
             if not self.episode.active:
                 self.layers = []
+            elif culprit is not None and self._named is None:
+                return self._named_later(s, culprit)
             return None
-        culprit = turned[0] if turned else (outputs[0] if outputs and (loss_bad or grads_bad) else None)
+        self._named, self._began = culprit, s.step
         parts = []
         if loss_bad:
             parts.append(f"loss is {s.loss}")
@@ -447,12 +453,26 @@ class NonFiniteRule:
                 else "optwatch's --budget spaces them out"
             )
             parts.append(
-                f"no forward check ran at this step: {why}; every step is checked from now on, so a recurrence "
-                "is named at its very step"
+                f"no forward check ran at this step: {why}; every step is checked from now on: the first checked "
+                "step names the module where it shows, and a recurrence is named at its very step"
             )
         modules = ([culprit] if culprit else []) + [m for m in dict.fromkeys(map(module_of, params)) if m != culprit]
         self.layers = modules
         return _alert(NONFINITE, s.step, "error", "; ".join(parts), modules, module=culprit, params=params, loss=s.loss)
+
+    def _named_later(self, s: StepInput, culprit: str) -> dict:
+        """The first forward check of an episode whose start no check saw (``--forward-check auto`` arms at
+        the first non-finite value): the module is named where it shows now. By then the step's updates may
+        have spread the NaN to the weights, so it is where the values go wrong now, not always where they
+        first did: said so, and the run goes on in its episode."""
+        self._named = culprit
+        self.layers = [culprit, *[m for m in self.layers if m != culprit]]
+        message = (
+            f"first non-finite output at step {s.step}, the first checked since step {self._began}: module "
+            f"'{culprit}' (its input or its own parameters are not finite; if its parameters are, the NaN "
+            "reached the weights through an update, and the module where it began may be another)"
+        )
+        return _alert(NONFINITE, s.step, "error", message, self.layers, module=culprit, params=[], loss=s.loss)
 
 
 @dataclass

@@ -11,9 +11,10 @@ Any global module hook sends every module call through torch's slower call path,
 many small modules costs more than the check itself. So by default (``--forward-check auto``) the hook
 is not there until the loss or the gradient norm, which every NaN reaches and which are watched at every
 step, has once been non-finite; from then on every step is checked, so a recurrence is named at its very
-step. ``always`` checks from the first step (at that cost); ``off`` never. The hook is global, not each
-module's own: hooks of their own would be part of the model (``copy.deepcopy`` and ``torch.save`` of it
-would carry optwatch along), and re-finding modules would make ``torch.compile`` recompile.
+step. ``always`` checks every step from the first, whatever ``--budget`` (at that cost); ``off`` never.
+The hook is global, not each module's own: hooks of their own would be part of the model
+(``copy.deepcopy`` and ``torch.save`` of it would carry optwatch along), and re-finding modules would make
+``torch.compile`` recompile.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ class ForwardCheckPlugin(ProbePlugin):
 
     def __init__(self, always: bool = False):
         self.always = always
-        """Check from the first step; else from the first non-finite loss or gradient norm on."""
+        """Check every step from the first; else the detail steps from the first non-finite loss or gradient
+        norm on (every step is one from then on)."""
         self.armed = always
+        if always:  # every step's end, to set its hooks for the next: not only at detail steps
+            self.between_detail_steps = frozenset({"after_step"})
         self._context: ProbeContext | None = None
         self._hook: Any = None
         # Checks of the current step: (module, index of the tensor that checks its output).
@@ -114,7 +118,7 @@ class ForwardCheckPlugin(ProbePlugin):
 
     def install(self, context: ProbeContext) -> None:
         self._context = context
-        self._set_hook(self.armed and context.detailed)  # from the first step: the model is not known yet
+        self._set_hook(self.armed and (context.detailed or self.always))  # (the model is not known yet)
 
     def close(self, context: ProbeContext) -> None:
         self._set_hook(False)
@@ -145,7 +149,7 @@ class ForwardCheckPlugin(ProbePlugin):
             self._attach_checks(context, record)
         if not self.armed and context.nonfinite_seen:
             self.armed = True  # from now on, a non-finite value is named at its very step
-        check_next = self.armed and context.next_detailed
+        check_next = self.armed and (context.next_detailed or self.always)
         if check_next:
             self._model = context.find_model()
         self._set_hook(check_next)
