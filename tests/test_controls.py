@@ -105,6 +105,24 @@ def test_a_malformed_control_flag_is_a_usage_error():
     assert result.returncode == 2 and "COMMAND@STEP" in result.stderr
 
 
+def test_a_stop_of_a_script_that_calls_watch_says_so_in_one_line():
+    """A plain ``python`` script calling ``optwatch.watch``, stopped by ``optwatch ctl RUN stop``: the
+    interpreter printed 30 lines of traceback through optwatch's hooks, an optwatch crash to the eye."""
+    job = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "control_probe.py"), "--watch", "--steps", "100000", "--sleep", "0.02"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for(lambda: job.poll() is not None or optwatch("ctl", listed["run_id"], "stop").returncode == 0)
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == -signal.SIGINT and out.count("step=") > 0  # the interrupt's status (130 in a shell)
+    assert "stopped by request before step" in err and "Traceback" not in err, err[-3000:]
+
+
 def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
     record = tmp_path / "r.jsonl"
     job = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""A plain script that prints, each step, what the controls are supposed to change, as seen from inside."""
+"""A plain script that prints, each step, what the controls are supposed to change, as seen from inside.
+``--watch``: it calls ``optwatch.watch(model, optimizer)`` (run with plain ``python``, a run of its own)."""
 
 import argparse
 
@@ -7,6 +8,7 @@ import torch
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=40)
 parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--watch", action="store_true")
 args = parser.parse_args()
 
 
@@ -25,6 +27,10 @@ torch.manual_seed(0)
 model = Probe()
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(16, 8), torch.randn(16, 1)
+if args.watch:
+    import optwatch
+
+    optwatch.watch(model, optimizer)
 for step in range(args.steps):
     optimizer.zero_grad()
     loss = torch.nn.functional.mse_loss(model(x).float(), y)

@@ -25,6 +25,7 @@ from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import ProfilerPlugin
 from optwatch.probe.telemetry import TelemetryPlugin
+from optwatch.protocol import STOPPED_BY_REQUEST
 from optwatch.wire import runtime
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
     else:
         run_id = launch_run_id(options.script, launch) or runtime.new_run_id(options.script)
         run_dir = runtime.make_run_dir(run_id)
+        if launch is None:
+            _say_a_requested_stop_in_one_line()
         if options.listen and token is None:
             token = runtime.new_token()
     starter = _hub_starter(run_dir, run_id, options, world_size, token) if rank == 0 and remote is None else None
@@ -121,6 +124,22 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
     )
     plugins = build_plugins(options)
     return Probe(run_dir, run_id, options, channel, plugins, rank=rank, world_size=world_size)
+
+
+def _say_a_requested_stop_in_one_line() -> None:
+    """A script run with plain ``python`` that calls ``optwatch.watch``: ``optwatch ctl RUN stop`` ends it with
+    a KeyboardInterrupt raised in optwatch's hooks, which the interpreter printed as 30 lines of traceback
+    through them, an optwatch crash to the eye. One line instead, as under ``optwatch run``; the exit status
+    is the interrupt's (130) all the same, and any other exception goes to the hook the script has."""
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt) and str(value).startswith(STOPPED_BY_REQUEST):
+            print(f"{value}: the steps before it are complete", file=sys.stderr, flush=True)
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = excepthook
 
 
 _current: Probe | None = None
