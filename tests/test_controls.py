@@ -138,6 +138,7 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
         hub_log = Path(listed["run_dir"], "hub.log")
         assert result.returncode == 0, result.stdout + result.stderr + hub_log.read_text(errors="replace")
         lr_line, cudnn_line = result.stdout.splitlines()
+        assert "where it changes nothing" in cudnn_line  # (set, but this model trains on the CPU)
         assert lr_line.startswith("lr*=0.5: accepted, in effect from step ") and "0.01 -> 0.005" in lr_line
         lr_step = int(lr_line.split("from step ")[1].split()[0])
 

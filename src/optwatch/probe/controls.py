@@ -403,6 +403,10 @@ class ControlPlugin(ProbePlugin):
             return "autocast off"
         if command.name == "cudnn_benchmark":
             torch.backends.cudnn.benchmark = bool(command.value)
+            device = self._device(context)
+            if device.type != "cuda":  # set all the same: a script may read it, or move to a GPU later
+                where = device.type.upper()
+                return f"set, but the model trains on the {where}, where it changes nothing (cuDNN is for CUDA GPUs)"
             return ""
         if command.name == "pause":
             self.paused = True
