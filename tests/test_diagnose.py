@@ -402,6 +402,36 @@ def test_an_evaluation_verdict_counts_the_evaluations_of_the_steps_it_names_and_
     assert f"5 evaluations in this window, each adding {added * 1000:.0f} ms to its step" in result["message"]
 
 
+def test_an_evaluation_share_about_its_threshold_does_not_flip_the_verdict_back_and_forth():
+    """The cifar example evaluates every 50 steps, about 30% of the time: the verdict flipped between
+    "evaluation takes 35%" and "compute-bound" every few seconds. Once said, it holds down to a little below
+    its threshold, and goes when the share truly falls."""
+    clock = FakeClock()
+    tracker = VerdictTracker(rank=0, interval_s=1.0, window_s=5.0, clock=clock)
+
+    def chunk(first: int, evaluation_s: float) -> list[dict]:
+        """20 steps of 70 ms from step ``first``, the last with an evaluation in its time; each chunk 100 s
+        after the one before, so that each window holds one."""
+        steps = make_steps(20, 0.07, start=first, **CPU_COMPUTE)
+        for step in steps:
+            step["time"] = first * 5 + (step["step"] - first) * 0.07
+        steps[-1]["step_time_s"], steps[-1]["eval_batches"] = evaluation_s, 4
+        return steps
+
+    said = []
+    for index, evaluation_s in enumerate((0.76, 0.59, 0.62, 0.59, 0.30)):  # 33%, 27%, 28%, 27%, 13%
+        tracker(make_systems(2, time=(2 + 20 * index) * 5, cpu_percent=100.0, host_cpu_percent=100.0))
+        tracker(chunk(2 + 20 * index, evaluation_s))
+        clock.now += 10
+        [verdict] = tracker.verdict()
+        said.append((verdict["bottleneck"], verdict["message"].split(":")[0][:22]))
+    assert said[:4] == [("host", "evaluation takes 33% o"), ("host", "evaluation takes 27% o"),
+                        ("host", "evaluation takes 28% o"), ("host", "evaluation takes 27% o")], said  # fmt: skip
+    assert said[4][0] == "compute", said
+    one = summarise(chunk(2, 0.59), make_systems(cpu_percent=100.0, host_cpu_percent=100.0), "cpu")
+    assert classify(one)["bottleneck"] == "compute"  # (not said first at 27%)
+
+
 def test_a_compute_verdict_on_untimed_phases_does_not_name_them():
     """DP-SGD with vmap(grad), no backward(): forward and backward untimed, the step's work all "other". The
     verdict said "forward+backward+optimizer take 97%" with those phases null in its own evidence."""

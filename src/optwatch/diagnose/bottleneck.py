@@ -51,6 +51,10 @@ LONG_STEP_FACTOR = 5.0
 """A step whose work (its time less its data wait) is this many times the median's did more than a step."""
 BETWEEN_SHARE = 0.30
 """Long steps' time beyond the median step that makes work between training steps the verdict."""
+BETWEEN_STAYS = 0.80
+"""Once work between steps (or evaluation) is the verdict, it stays until its share is under this much of
+``BETWEEN_SHARE``: a share about the threshold (an evaluation every 50 steps taking 29-35%) flipped the
+verdict every few seconds."""
 MIN_LONG_EVERY = 4
 """The fewest steps between two long ones for them to be work done every N steps."""
 
@@ -266,11 +270,24 @@ def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> Non
 
 
 # --- the rules ----------------------------------------------------------------------------------------
-def classify(window: Window) -> dict[str, Any]:
-    """``bottleneck``, one-line ``message``, ``evidence`` (numbers) and ``suggestions`` for a window."""
+def classify(window: Window, holding: bool = False) -> dict[str, Any]:
+    """``bottleneck``, one-line ``message``, ``evidence`` (numbers) and ``suggestions`` for a window.
+    ``holding``: the last verdict was work between steps (``between_verdict`` of it), which then stays down to
+    ``BETWEEN_STAYS`` of its threshold."""
     device_rule = _gpu if window.device == "cuda" else _cpu
-    bottleneck, message, suggestions = _input(window) or _memory(window) or _between(window) or device_rule(window)
+    threshold = BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0)
+    bottleneck, message, suggestions = (
+        _input(window) or _memory(window) or _between(window, threshold) or device_rule(window)
+    )
     return {"bottleneck": bottleneck, "message": message, "evidence": evidence(window), "suggestions": suggestions}
+
+
+def between_verdict(verdict: dict[str, Any]) -> bool:
+    """Whether ``verdict`` (of ``classify``) was work between training steps or evaluation."""
+    return verdict.get("bottleneck") == "host" and verdict.get("message", "").startswith(_BETWEEN_OPENINGS)
+
+
+_BETWEEN_OPENINGS = ("evaluation takes ", "1 step in ")
 
 
 def _pct(share: float | None) -> str:
@@ -368,10 +385,10 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
     return None
 
 
-def _between(w: Window) -> tuple[str, str, list[str]] | None:
+def _between(w: Window, threshold: float = BETWEEN_SHARE) -> tuple[str, str, list[str]] | None:
     """Evaluations, or long steps among short ones on the host: what they do beyond a step is work between
-    training steps."""
-    if w.evaluation_share is not None and w.evaluation_share >= BETWEEN_SHARE and w.evaluation_extra_s:
+    training steps (from ``threshold`` of the time)."""
+    if w.evaluation_share is not None and w.evaluation_share >= threshold and w.evaluation_extra_s:
         message = (
             f"evaluation takes {_pct(w.evaluation_share)} of the time: {_count(w.evaluations, 'evaluation')} in "
             f"this window, each adding {duration_text(w.evaluation_extra_s)} to its step on average (a training "
@@ -387,7 +404,7 @@ def _between(w: Window) -> tuple[str, str, list[str]] | None:
                 "the evaluation set",
             ],
         )
-    if w.between_share is None or w.between_share < BETWEEN_SHARE or not w.long_step_s or not w.typical_step_s:
+    if w.between_share is None or w.between_share < threshold or not w.long_step_s or not w.typical_step_s:
         return None
     every = w.long_every or MIN_LONG_EVERY
     message = (

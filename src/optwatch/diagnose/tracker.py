@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from optwatch import protocol
-from optwatch.diagnose.bottleneck import classify, summarise
+from optwatch.diagnose.bottleneck import between_verdict, classify, summarise
 from optwatch.diagnose.phases import other_seconds
 from optwatch.protocol import finite
 
@@ -68,6 +68,9 @@ class VerdictTracker:
         self._warmup: list[dict[str, Any]] = []
         self._fresh_steps = 0
         self._last_verdict = clock()
+        self._holding_between = False
+        """The last verdict was work between training steps (or evaluation): it holds a little below its
+        threshold."""
 
     def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -128,6 +131,8 @@ class VerdictTracker:
             return []
         window.every_check = self.every_check
         window.world_size = self.world_size
+        judged = classify(window, holding=self._holding_between)
+        self._holding_between = between_verdict(judged)
         return [
             protocol.make_record(
                 protocol.VERDICT,
@@ -135,6 +140,6 @@ class VerdictTracker:
                 step=window.last_step,
                 window=[window.first_step, window.last_step],
                 final=final,
-                **classify(window),
+                **judged,
             )
         ]
