@@ -72,6 +72,18 @@ def test_two_optimizers_made_on_one_line_are_named_each_for_its_own_model(tmp_pa
     assert [s["losses"]["Generator"] for s in steps] == pytest.approx([truth[s["step"]]["loss_g"] for s in steps])
 
 
+def test_a_burst_of_updates_after_the_primarys_step_gives_its_last_loss_to_that_step(tmp_path):
+    """SAC with CleanRL's policy_frequency: the actor steps three times every fourth critic step. Its first
+    loss went with the critic's step, its last with the next step (where the actor did not step), and the one
+    between was lost. Now the step has the burst's last loss, the one the script logs."""
+    records, stdout, _ = run(tmp_path, "burst_updates")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert_same(steps, truth, "loss", "loss")
+    actor = {s["step"]: s["losses"]["actor_optimizer"] for s in steps if "actor_optimizer" in s.get("losses", {})}
+    assert actor == pytest.approx({step: t["actor"] for step, t in truth.items() if "actor" in t})
+
+
 def test_an_optimizer_stepping_another_inside_its_step_is_one_optimizer_with_the_loss(tmp_path):
     """ZeroRedundancyOptimizer steps the AdamW it wraps from its own step(): the inner step had taken the loss
     as a second optimizer's, and the step's own loss was empty (every step, on every rank)."""

@@ -179,7 +179,7 @@ class StepRecords:
             if self._primary_stepped_once and self._held is None and loss is not None:
                 # Its first step after the primary's: the primary's record went already (nobody was known to
                 # step after it); while it waits to be sent, the loss goes with it, not with the next step's.
-                latest = next((r for r in reversed(self._ready) if r.get("kind") == protocol.STEP), None)
+                latest = self._latest_waiting()
                 if latest is not None:
                     latest.setdefault("losses", {self._name_of(primary): latest["loss"]})[name] = loss
                     self._stepped_since_boundary.add(optimizer)
@@ -191,7 +191,18 @@ class StepRecords:
                 losses[name] = loss
             self._release_when_complete()
         elif loss is not None:
-            self._other_losses[name] = loss
+            # Again after the primary's step, whose record went when every optimizer had stepped once: a burst
+            # (SAC's actor, three updates every fourth critic step). Its last loss is the step's, as the script
+            # logs it; its first went there already, and the rest went to the next step, the middle ones lost.
+            latest = self._latest_waiting() if optimizer in self._after_primary else None
+            if latest is not None and name in latest.get("losses", {}):
+                latest["losses"][name] = loss
+            else:
+                self._other_losses[name] = loss
+
+    def _latest_waiting(self) -> dict[str, Any] | None:
+        """The newest step record released and not yet sent, if there is one."""
+        return next((r for r in reversed(self._ready) if r.get("kind") == protocol.STEP), None)
 
     def add(self, record: dict[str, Any], primary: torch.optim.Optimizer | None) -> None:
         """The primary's new step record waits for the optimizers that step after it; the one before goes."""
