@@ -374,7 +374,7 @@ def test_a_scripts_own_learning_rate_schedule_is_recorded_and_an_lr_command_hold
         [truth[s]["script_lr"] * factor for s in range(13, 30)], rel=1e-12
     )
     [event] = [r for r in records if r["kind"] == "event"]
-    assert event["effective_step"] == 12 and "values the script assigns are scaled" in event["reason"]
+    assert event["effective_step"] == 12 and "rates the script assigns are scaled" in event["reason"]
     # A loop that logs its rate after backward(), before the update, logs the rate used: it logged its own
     # unscaled value at every step from 12 on.
     assert [truth[s]["logged_lr"] for s in range(30)] == pytest.approx([truth[s]["lr"] for s in range(30)], rel=1e-12)

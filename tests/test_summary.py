@@ -118,6 +118,41 @@ async def test_the_controls_tab_compares_with_the_same_window():
     assert rows["Samples/s"] == ("256", "512", "+100%")
 
 
+async def test_the_controls_tab_compares_the_change_a_person_picks_not_a_pause_after_it():
+    """AMP on, then a pause and a resume: the table compared "resume" (which changes nothing), and the AMP
+    change could no longer be reached; the Detail column was cut off, and the From column with it."""
+    from textual.widgets import DataTable
+
+    def event(n: int, command: str, at: int, reason: str = "") -> dict:
+        fields = {"command": command, "status": "accepted", "reason": reason, "effective_step": at, "id": f"c{n}"}
+        return {"v": 1, "kind": "event", "rank": 0, "seq": 200 + n, "time": float(at), "source": "dashboard", **fields}
+
+    store = Store()
+    records = [step(i, 0.5 if i < 40 else 0.25 if i < 60 else 0.2) for i in range(80)]
+    long_reason = (
+        "group 0: 0.01 -> 0.005; held: rates the script assigns are scaled to match, until the next lr command"
+    )
+    records += [event(1, "lr*=0.5", 20, long_reason), event(2, "amp=on", 40, "autocast bfloat16 on cpu")]
+    records += [event(3, "pause", 60), event(4, "resume", 61), event(5, "profile=5", 62)]
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        panel = app.query_one(ControlsPanel)
+        assert panel.compared["command"] == "amp=on"  # the latest change, not the resume after it
+        table = panel.query_one("#events-table", DataTable)
+        table.focus()
+        await pilot.press("down", "down", "down", "down")  # profile, resume, pause, amp, lr: to lr*=0.5
+        await pilot.pause(0.2)
+        assert panel.compared["command"] == "lr*=0.5"
+        assert panel.impact_rows["Step time p50"][0] == "500 ms"  # (steps 0-19: before the lr change)
+        detail = str(panel.query_one("#event-detail").render())
+        columns = [str(column.label) for column in table.columns.values()]
+    assert detail == "lr*=0.5: " + long_reason  # whole, under the table
+    assert columns == ["Step", "Command", "Status", "From", "Detail"]  # (the long one last)
+
+
 async def test_each_optimizers_loss_has_its_own_line_and_figure():
     """A GAN's two optimizers: the discriminator's loss is the step's, the generator's has a line of its own."""
     from optwatch.app.widgets.series_chart import SeriesChart

@@ -497,10 +497,10 @@ class ControlPlugin(ProbePlugin):
         elif any(old == 0 for old, _ in changes.values()):
             how = "held until the script assigns a rate of its own, which a rate of 0 gives no factor to scale"
         else:
-            how = "held until the next lr command: values the script assigns are scaled to match"
+            how = "held: rates the script assigns are scaled to match, until the next lr command"
         others = "; the run's other optimizers keep theirs" if context.primary_name else ""
         owner = f"{context.primary_name} " if context.primary_name else ""
-        return owner + "; ".join(described) + f" ({how}{others})"
+        return owner + ", ".join(described) + f"; {how}{others}"  # (no brackets: the event's are around it)
 
     def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
         """At the command's step: exactly the value asked for, whatever the script or its scheduler did since
