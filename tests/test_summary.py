@@ -153,6 +153,25 @@ async def test_the_controls_tab_compares_the_change_a_person_picks_not_a_pause_a
     assert columns == ["Step", "Command", "Status", "From", "Detail"]  # (the long one last)
 
 
+async def test_at_80x24_the_overview_shows_the_learning_rate_and_the_evaluations_metric():
+    """The panel shows a dozen rows there: speed and optwatch's cost came first, and the learning rate, the
+    precision and the evaluation's accuracy were cut off."""
+    store = Store()
+    extra = {"precision": "bfloat16 autocast", "detail_every": 2, "clip_max_norm": 1.0}
+    records = [step(i, 0.05, **extra) for i in range(150)]
+    metric = {"v": 1, "kind": "metric", "rank": 0, "seq": 999, "time": 150.0, "step": 149}
+    records.append({**metric, "values": {"eval_acc": 0.446}})
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        panel = app.query_one(StatsPanel)
+        seen = panel.parent.region.bottom - panel.region.y  # its rows on screen, the rest cut off
+        rows = list(panel.rows)
+    assert panel.rows["eval_acc"] == "0.446 @149" and panel.rows["Precision"] == "bfloat16 autocast"
+    assert max(rows.index(row) for row in ("LR", "Precision", "eval_acc", "Step time")) < seen, (rows, seen)
+
+
 async def test_each_optimizers_loss_has_its_own_line_and_figure():
     """A GAN's two optimizers: the discriminator's loss is the step's, the generator's has a line of its own."""
     from optwatch.app.widgets.series_chart import SeriesChart

@@ -39,6 +39,18 @@ class StatsPanel(Widget):
         rows["Loss"] = f"[bold]{fmt.number(summary.loss)}[/]  ema {fmt.number(summary.loss_ema)}"
         for name, loss in list(summary.losses.items())[:3]:  # each optimizer's (a GAN's D and G)
             rows[f" {name[:9]}"] = fmt.number(loss)
+        # The training's own figures first, then its speed, then optwatch's cost: at 80x24 the panel shows
+        # a dozen rows, and the learning rate and the evaluation's metrics were the ones cut off.
+        rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g")
+        if summary.clipped_share is not None:  # (two rows: one was cut off in the panel's column)
+            rows["Clipped"] = f"{100 * summary.clipped_share:.0f}% of last {summary.clipped_of}"
+            rows["  at norm"] = f"{summary.clip_max_norm:g}"
+        rows["LR"] = fmt.number(summary.lr, ".3g")
+        if precision:
+            rows["Precision"] = escape(str(precision))
+        if metric:
+            for name, value in list(metric.get("values", {}).items())[:3]:
+                rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
         rows["Step time"] = f"{fmt.seconds(recent.step_time_s)} p50"
         rows["Throughput"] = f"{fmt.number(recent.samples_per_s, '.0f')} samples/s" if recent.samples_per_s else "–"
         if summary.run_samples_per_s is not None and summary.steps_in >= RUN_THROUGHPUT_FROM:
@@ -56,22 +68,12 @@ class StatsPanel(Widget):
                 rows["Checks"] = f"1 step in {cost.checks_every}"
             if cost.hub_cpu_share is not None:
                 rows["Hub"] = f"{100 * cost.hub_cpu_share:.1f}% of a core"
-        rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g")
-        if summary.clipped_share is not None:  # (two rows: one was cut off in the panel's column)
-            rows["Clipped"] = f"{100 * summary.clipped_share:.0f}% of last {summary.clipped_of}"
-            rows["  at norm"] = f"{summary.clip_max_norm:g}"
-        rows["LR"] = fmt.number(summary.lr, ".3g")
-        if precision:
-            rows["Precision"] = escape(str(precision))
         if "mem_allocated_bytes" in system:
             allocated, total_mem = system["mem_allocated_bytes"], system.get("mem_total_bytes")
             rows["GPU mem"] = f"{fmt.nbytes(allocated)} / {fmt.nbytes(total_mem)}"
         rows["Host RSS"] = fmt.nbytes(system.get("rss_bytes"))
         if system.get("cpu_percent") is not None:
             rows["CPU"] = f"{system['cpu_percent']:.0f}%"
-        if metric:
-            for name, value in list(metric.get("values", {}).items())[:3]:
-                rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
         if summary.ranks > 1:
             rows["Ranks"] = f"{summary.ranks} (figures: rank 0's)"
         self._draw(rows)
