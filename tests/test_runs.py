@@ -359,7 +359,8 @@ async def test_a_past_run_is_drawn_as_a_baseline_under_the_live_curve(two_runs, 
         await wait_for_ui(pilot, lambda: isinstance(app.screen, RunPicker))
         assert len(app.screen.entries) == 1  # the run on screen is not offered as its own baseline
         await pilot.press("down", "enter")
-        await wait_for_ui(pilot, lambda: chart.series and chart.series[0][0] == f"baseline {first.run_id}")
+        await wait_for_ui(pilot, lambda: chart.series and chart.series[0][0] == "baseline")
+        assert chart.title.endswith(f" · baseline {first.run_id}")  # (in the legend it hid the curve)
         _, steps, losses, colour = chart.series[0]
         assert steps == list(range(25)) and losses == printed["0.05"] and colour == "gray"
         assert chart.series[1][2] == printed["0.2"]  # the run's own loss, drawn over it

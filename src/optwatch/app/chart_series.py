@@ -54,13 +54,16 @@ class Baseline:
             return series
         first, last = min(xs[0] for xs in shown), max(xs[-1] for xs in shown)
         points = [(x, y) for x, y in zip(self.steps, self.loss) if first <= x <= last]
-        return [(f"baseline {self.run_id}", [p[0] for p in points], [p[1] for p in points], "gray"), *series]
+        # Its run id is in the title: in the legend, 45 columns wide, it hid the curve's first steps.
+        return [("baseline", [p[0] for p in points], [p[1] for p in points], "gray"), *series]
 
 
 def loss_series(store: Store, zoom: Zoom, baseline: Baseline | None = None) -> tuple[list[Series], str]:
     """The loss chart's lines and title, under them the baseline's. Call with ``store.lock`` held."""
     series, title = _loss_series(store, zoom)
-    return (baseline.within(series) if baseline else series), title
+    if baseline is None:
+        return series, title
+    return baseline.within(series), f"{title} · baseline {baseline.run_id}"
 
 
 def _loss_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
