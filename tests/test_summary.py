@@ -197,6 +197,17 @@ def test_the_headless_line_gives_short_and_long_steps_three_digits(step_time, sa
     assert f" {said} " in summary_line(store)
 
 
+@pytest.mark.parametrize("step_time, said", [(0.0002, "0.2 ms p50"), (0.0073, "7.3 ms p50"), (2.5, "2.5 s p50")])
+async def test_the_overview_gives_short_and_long_steps_three_digits_too(step_time, said):
+    """A 0.2 ms step read "Step time 0 ms p50" in the Overview."""
+    store = Store()
+    store.ingest([step(i, step_time, own=step_time / 100, bg=0.0) for i in range(30)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        assert app.query_one(StatsPanel).rows["Step time"] == said
+
+
 def test_the_headless_line_says_a_nan_loss_instead_of_a_dash():
     """A run whose loss went NaN read "loss - (ema 1.449)": as if nothing were known, beside a stale EMA."""
     store = Store()

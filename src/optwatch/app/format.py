@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from optwatch.diagnose.bottleneck import duration_text
 from optwatch.protocol import finite
 from optwatch.summary import non_finite_text
 
@@ -22,10 +23,9 @@ def nbytes(value: object) -> str:
 
 
 def seconds(value: object) -> str:
-    if not finite(value):
-        return "–"
-    value = float(value)  # type: ignore[arg-type]
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+    """``0.412 ms``, ``113 ms``, ``1.35 s``: three digits, as the headless line says them (a 0.2 ms step read
+    "0 ms")."""
+    return duration_text(float(value)) if finite(value) else "–"  # type: ignore[arg-type]
 
 
 def milliseconds(value: object) -> str:
