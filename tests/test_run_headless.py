@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,21 @@ def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path):
         job.kill()
         job.communicate()
     assert seen == 399
+
+
+def test_a_training_killed_by_sigkill_is_recorded_and_said_as_killed(tmp_path):
+    """The OOM killer's way: no word from the training, so only its parent can tell how it ended."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(5):\n    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = optwatch("run", "--headless", str(script))
+    assert result.returncode == 137, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("optwatch: the run was killed by SIGKILL") and "exit 137 (out of memory?" in last
+    [summary] = [json.loads(path.read_text()) for path in Path(os.environ["OPTWATCH_RUNS_DIR"]).glob("*/run.json")]
+    assert summary["status"] == "killed (SIGKILL)" and summary["exit_code"] == 137 and summary["signal"] == "SIGKILL"
+    listed = optwatch("runs")
+    assert "killed (SIGKILL)" in listed.stdout

@@ -252,6 +252,9 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
         print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
         print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
+    ending = session.ending_line()
+    if ending:
+        print(ending, file=stderr, flush=True)
     if process is None:
         return 0
     return session.exit_code() or 0

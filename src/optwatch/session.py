@@ -175,6 +175,25 @@ class ViewerSession:
             return protocol.INTERRUPTED
         return code
 
+    def ending_line(self) -> str | None:
+        """How the job ended, in one line, where that is news: killed by a signal, or stopped; else None."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        summary = self.store.summary()
+        at = f" at step {summary.step}" if summary is not None else ""
+        code = self.exit_code()
+        killed_by = self.process.killed_by()
+        if killed_by == "SIGKILL":
+            return (
+                f"optwatch: the run was killed by SIGKILL{at}, exit {code} (out of memory? the kernel's OOM killer "
+                "sends SIGKILL; so does kill -9)"
+            )
+        if killed_by:
+            return f"optwatch: the run was killed by {killed_by}{at}, exit {code}"
+        if code == protocol.INTERRUPTED or self.process.stop_requested:
+            return f"optwatch: the run was stopped{at}, exit {code}"
+        return None
+
     def _every_rank_interrupted(self) -> bool:
         with self.store.lock:
             ends = [state.end for state in self.store.ranks.values() if state.hello is not None]
