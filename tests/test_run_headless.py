@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
 import stat
 import subprocess
 import sys
@@ -12,7 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_for_now, steps_of
+from conftest import (
+    EXAMPLES,
+    ROOT,
+    SCRIPTS,
+    live_jobs,
+    optwatch,
+    optwatch_share,
+    read_jsonl,
+    steps_for_now,
+    steps_of,
+    wait_for,
+    wait_for_steps,
+)
 
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
@@ -175,3 +189,22 @@ def test_a_training_killed_by_sigkill_is_recorded_and_said_as_killed(tmp_path):
     assert summary["status"] == "killed (SIGKILL)" and summary["exit_code"] == 137 and summary["signal"] == "SIGKILL"
     listed = optwatch("runs")
     assert "killed (SIGKILL)" in listed.stdout
+
+
+def test_a_ctrl_c_stops_the_run_and_the_last_line_says_at_which_step(tmp_path):
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps", "100000",
+         "--sleep", "0.02"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 5)
+        job.send_signal(signal.SIGINT)
+    finally:
+        out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err[-2000:]
+    said = re.fullmatch(r"optwatch: the run was stopped at step (\d+), exit 130", err.splitlines()[-1])
+    assert said, err[-2000:]
+    last_printed = int(out.splitlines()[-1].split()[1])  # (the interrupt may come before its step is sent)
+    assert last_printed - 1 <= int(said[1]) <= last_printed

@@ -466,9 +466,10 @@ def _run_dashboard(session, process, recorded: str) -> int:
     if detached:
         print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
         return 0
-    if process.stop_requested:
-        return 0  # stopped as the user asked (q, y): not a failure to report (make would say "Error 130")
-    return session.exit_code() or 0
+    ending = session.ending_line()
+    if ending:
+        print(ending, file=sys.stderr)
+    return session.exit_code() or 0  # the script's, as with `python script.py`: 130 after q, y (a Ctrl-C)
 
 
 def resolve_job(target: str | None):

@@ -183,6 +183,10 @@ class ViewerSession:
         at = f" at step {summary.step}" if summary is not None else ""
         code = self.exit_code()
         killed_by = self.process.killed_by()
+        if code == protocol.INTERRUPTED or self.process.stop_requested:
+            # (SIGTERM or SIGKILL here: the script did not end on the Ctrl-C within ``STOP_GRACE_S``)
+            how = f" with {killed_by}" if killed_by in ("SIGTERM", "SIGKILL") else ""
+            return f"optwatch: the run was stopped{how}{at}, exit {code}"
         if killed_by == "SIGKILL":
             return (
                 f"optwatch: the run was killed by SIGKILL{at}, exit {code} (out of memory? the kernel's OOM killer "
@@ -190,8 +194,6 @@ class ViewerSession:
             )
         if killed_by:
             return f"optwatch: the run was killed by {killed_by}{at}, exit {code}"
-        if code == protocol.INTERRUPTED or self.process.stop_requested:
-            return f"optwatch: the run was stopped{at}, exit {code}"
         return None
 
     def _every_rank_interrupted(self) -> bool:

@@ -205,9 +205,11 @@ class TrainingProcess:
         if not isinstance(summary, dict) or summary.get("status") not in ("ended", "running"):
             return  # the hub heard the end from the training itself
         killed_by = self.killed_by()
-        summary.update(
-            status=f"killed ({killed_by})" if killed_by else f"failed (exit {code})", exit_code=self.exit_code()
-        )
+        if self.stop_requested:
+            status = "stopped"  # (with SIGTERM: it did not end on the Ctrl-C in time)
+        else:
+            status = f"killed ({killed_by})" if killed_by else f"failed (exit {code})"
+        summary.update(status=status, exit_code=self.exit_code())
         if killed_by:
             summary["signal"] = killed_by
         summary.setdefault("ended", time.time())
