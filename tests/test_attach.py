@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -116,7 +117,9 @@ def test_the_token_comes_from_a_file_or_the_environment_and_on_the_command_line_
 
         from_file = optwatch(*watch, "--token-file", str(token_file))
         assert from_file.returncode == 0, from_file.stderr
-        assert "warning" not in from_file.stderr and "optwatch: final step" in from_file.stderr
+        assert "warning" not in from_file.stderr and "optwatch: final" not in from_file.stderr  # the run goes on
+        assert from_file.stderr.splitlines()[-1].endswith(f"; the run goes on (optwatch attach {listed['run_id']} "
+                                                          "to watch it again)")  # fmt: skip
         on_the_line = optwatch(*watch, "--token", token)
         assert on_the_line.returncode == 0 and on_the_line.stderr.splitlines()[0] == TOKEN_WARNING
         both = optwatch(*watch, "--token", token, "--token-file", str(token_file))
@@ -178,6 +181,29 @@ def test_every_new_token_can_be_typed_after_token():
     assert len(set(tokens)) == 2000 and all(len(t) >= 32 and not t.startswith("-") for t in tokens)
     for token in tokens[:50]:
         assert build_parser().parse_args(["attach", "127.0.0.1:1", "--token", token]).token == token
+
+
+def test_a_viewer_that_leaves_says_the_run_goes_on_not_that_it_ended():
+    job = start(sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"),
+                "--steps", "100000", "--sleep", "0.02")  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 5)
+        viewer = start(sys.executable, "-m", "optwatch", "attach", listed["run_id"], "--headless")
+        time.sleep(3)
+        viewer.send_signal(signal.SIGINT)
+        _, said = viewer.communicate(timeout=30)
+        assert viewer.returncode == 0, said
+        assert "final" not in said
+        assert re.fullmatch(
+            rf"optwatch: stopped watching at step \d+; the run goes on \(optwatch attach {listed['run_id']} to "
+            r"watch it again\)",
+            said.splitlines()[-1],
+        ), said
+        assert job.poll() is None
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=60)
 
 
 def test_attach_without_jobs_or_with_an_unknown_run_says_so():
