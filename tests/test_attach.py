@@ -73,7 +73,10 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
         assert printed["run_id"] == listed["run_id"] and printed["token"] == token
 
         wrong = optwatch("attach", endpoint, "--token", "not-the-token", "--headless", "--duration", "1")
-        assert wrong.returncode == 1 and "refused" in wrong.stderr and "token" in wrong.stderr
+        assert wrong.returncode == 2 and wrong.stderr.splitlines()[-1] == (
+            f"optwatch: the job at {endpoint} refused the token given with --token: a wrong token (`optwatch ls` on "
+            "the job's machine shows the right one)"
+        )
         assert "step" not in wrong.stdout
         missing = optwatch("attach", endpoint, "--headless", "--duration", "1")
         assert missing.returncode == 2 and "needs the job's token" in missing.stderr
@@ -138,7 +141,10 @@ def test_the_token_comes_from_a_file_or_the_environment_and_on_the_command_line_
         assert from_env.stderr == ""
         monkeypatch.setenv("OPTWATCH_TOKEN", "not-the-token")
         wrong = optwatch(*watch)
-        assert wrong.returncode == 1 and "refused" in wrong.stderr
+        assert wrong.returncode == 2 and wrong.stderr.splitlines() == [
+            f"optwatch: the job at {endpoint} refused the token from $OPTWATCH_TOKEN: a wrong token (`optwatch ls` "
+            "on the job's machine shows the right one)"
+        ]
     finally:
         job.send_signal(signal.SIGINT)
         job.communicate(timeout=60)
@@ -158,6 +164,29 @@ def test_listening_beyond_this_machine_is_warned_about_and_works(listen, warned)
     else:
         assert warnings == []
     assert "step 2 loss" in result.stdout
+    # Where to attach, said once at the start: the endpoint, and the token's file (never the token itself).
+    [said] = [line for line in result.stderr.splitlines() if line.startswith("optwatch: listening on ")]
+    endpoint = said.split()[3]
+    assert re.fullmatch(r"(0\.0\.0\.0|localhost|127\.0\.0\.1):\d+", endpoint), said
+    assert f"to attach: optwatch attach {endpoint} --token-file " in said
+
+
+def test_a_listen_host_that_does_not_resolve_is_refused_before_any_warning():
+    result = optwatch("run", "--headless", "--listen", "no-such-host.invalid:0", str(SCRIPTS / "plain_train.py"))
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "optwatch: --listen no-such-host.invalid:0: unknown host 'no-such-host.invalid' (give an address of this "
+        "machine, e.g. 127.0.0.1)"
+    ]
+
+
+def test_a_port_where_nothing_answers_is_said_so_not_refused(monkeypatch):
+    port = free_port_triple()
+    monkeypatch.setenv("OPTWATCH_TOKEN", "some-token")
+    result = optwatch("ctl", f"127.0.0.1:{port}", "lr=0.01")
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        f"optwatch: no answer from the job at 127.0.0.1:{port} within 10 s; is the job still running, and is this "
+        "its port? (`optwatch ls` on its machine)"
+    ]
 
 
 @pytest.mark.parametrize(

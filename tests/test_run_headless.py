@@ -133,6 +133,22 @@ def test_log_lines_are_recorded(tmp_path):
 def test_bad_input_gets_a_clear_message(tmp_path):
     missing = optwatch("run", "--headless", "no/such/script.py")
     assert missing.returncode == 2 and "no such script: no/such/script.py" in missing.stderr
+    directory = optwatch("run", str(SCRIPTS))
+    assert directory.returncode == 2 and directory.stderr == f"optwatch: {SCRIPTS} is a directory, not a script\n"
+    none = optwatch("run")
+    assert none.returncode == 2 and none.stderr.endswith("error: the following arguments are required: SCRIPT\n")
+    unknown = optwatch("run", "--headless", "--bogus", "x.py")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("usage: optwatch run ")
+    assert unknown.stderr.endswith("optwatch run: error: unrecognized arguments: --bogus\n")
+    first = optwatch("--bogus", "x.py")  # options go after the command
+    assert first.returncode == 2 and first.stderr == (
+        "optwatch: unknown option --bogus: options go after the command, e.g. optwatch run --headless SCRIPT "
+        "(`optwatch --help` lists the commands)\n"
+    )
+    misplaced = optwatch("--headless", "x.py", "--lr", "1")
+    assert misplaced.returncode == 2 and misplaced.stderr == (
+        "optwatch: --headless is an option of `optwatch run`, and goes after it: optwatch run --headless x.py --lr 1\n"
+    )
     for interpreter in ("python", sys.executable):
         typed = optwatch("run", interpreter, "train.py", "--lr", "0.1")
         assert typed.returncode == 2
