@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
+from conftest import (
+    EXAMPLES,
+    ROOT,
+    SCRIPTS,
+    live_jobs,
+    optwatch,
+    read_jsonl,
+    steps_of,
+    wait_for,
+    wait_for_steps,
+    wait_for_ui,
+)
 from optwatch.store import Store
 
 
@@ -410,3 +421,41 @@ def test_ranks_on_other_nodes_reach_the_hub_over_tcp_with_the_token(tmp_path):
     records = read_jsonl(record)
     for rank in (0, 1):
         assert [s["step"] for s in steps_of(records, rank)] == list(range(40))
+
+
+WATCHED = """
+import time, torch, optwatch
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+optwatch.watch(model, optimizer)
+for step in range(100000):
+    optimizer.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); optimizer.step()
+    print(f"step {step}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+async def test_the_log_tab_says_when_the_jobs_output_is_not_captured(tmp_path):
+    """A plain `python` script that calls optwatch.watch writes its output to its own terminal: the Log tab
+    says so rather than stay empty as if the script printed nothing."""
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.log_pane import NOT_CAPTURED, LogPane
+    from optwatch.cli import attached_session, connect
+
+    script = tmp_path / "watched.py"
+    script.write_text(WATCHED)
+    job = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 3)
+        feed, info = connect(listed["run_id"], None)
+        app = OptwatchApp(attached_session(feed, info), mode="attach")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("l")
+            pane = app.query_one("#full-log", LogPane)
+            await wait_for_ui(pilot, lambda: pane.lines)
+            assert pane.lines[0].text.startswith(NOT_CAPTURED[:40])
+            await pilot.press("q")
+    finally:
+        job.kill()
+        job.wait()

@@ -686,9 +686,18 @@ def attach_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_attach(args: argparse.Namespace) -> int:
+def attached_session(feed, job, writer=None):
+    """A viewer's session on a job it attached to, knowing whether the job's output is captured: only a
+    script `optwatch run` started has its log files in the run directory (a script that calls
+    ``optwatch.watch`` writes to its own terminal). Over TCP that cannot be seen from here."""
     from optwatch.session import ViewerSession
+    from optwatch.wire.logs import log_name
 
+    captured = (Path(job.run_dir) / log_name("stdout", 0)).exists() if job is not None else None
+    return ViewerSession(feed, writer=writer, output_captured=captured)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
     check_web_arguments(args)
     if args.web:
         return attach_web(args)
@@ -696,7 +705,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if connection is None:
         return 1
     feed, job = connection
-    session = ViewerSession(feed, writer=_open_writer(args.record))
+    session = attached_session(feed, job, _open_writer(args.record))
     try:
         if args.headless:
             from optwatch.headless import run_headless

@@ -52,8 +52,11 @@ class ViewerSession:
         writer: RecordWriter | None = None,
         process: TrainingProcess | None = None,
         tails: list[LogTail] | None = None,
+        output_captured: bool | None = None,
     ):
         tune_gc_for_a_viewer()
+        self.output_captured = output_captured
+        """Whether the job's hub has the script's output to send (only `optwatch run` captures it); None: unknown."""
         self.feed = feed
         self.store = store or Store()
         self.writer = writer
@@ -125,7 +128,8 @@ class ViewerSession:
     ) -> ViewerSession:
         """A viewer of a job ``optwatch run`` started (``pass_output``: with its raw output, for headless)."""
         tails = process.output_tails() if pass_output else []
-        return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process, tails=tails)
+        feed = Feed(process.pub_endpoint, process.ctl_endpoint)
+        return cls(feed, writer=writer, process=process, tails=tails, output_captured=True)
 
     def pump(self, timeout_s: float = 0.1, final: bool = False) -> tuple[list[dict[str, Any]], Output]:
         """New records (into the store and the record file) and the script's new output (``final``: the last
