@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -13,7 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
+from conftest import (
+    EXAMPLES,
+    ROOT,
+    SCRIPTS,
+    live_jobs,
+    optwatch,
+    read_jsonl,
+    steps_of,
+    wait_for,
+    wait_for_steps,
+    wait_for_ui,
+)
 from optwatch.store import Store
 
 
@@ -72,7 +84,10 @@ def test_tcp_endpoint_needs_the_token_and_files_are_private(tmp_path, runtime_di
         assert printed["run_id"] == listed["run_id"] and printed["token"] == token
 
         wrong = optwatch("attach", endpoint, "--token", "not-the-token", "--headless", "--duration", "1")
-        assert wrong.returncode == 1 and "refused" in wrong.stderr and "token" in wrong.stderr
+        assert wrong.returncode == 2 and wrong.stderr.splitlines()[-1] == (
+            f"optwatch: the job at {endpoint} refused the token given with --token: a wrong token (`optwatch ls` on "
+            "the job's machine shows the right one)"
+        )
         assert "step" not in wrong.stdout
         missing = optwatch("attach", endpoint, "--headless", "--duration", "1")
         assert missing.returncode == 2 and "needs the job's token" in missing.stderr
@@ -116,7 +131,9 @@ def test_the_token_comes_from_a_file_or_the_environment_and_on_the_command_line_
 
         from_file = optwatch(*watch, "--token-file", str(token_file))
         assert from_file.returncode == 0, from_file.stderr
-        assert "warning" not in from_file.stderr and "optwatch: final step" in from_file.stderr
+        assert "warning" not in from_file.stderr and "optwatch: final" not in from_file.stderr  # the run goes on
+        assert from_file.stderr.splitlines()[-1].endswith(f"; the run goes on (optwatch attach {listed['run_id']} "
+                                                          "to watch it again)")  # fmt: skip
         on_the_line = optwatch(*watch, "--token", token)
         assert on_the_line.returncode == 0 and on_the_line.stderr.splitlines()[0] == TOKEN_WARNING
         both = optwatch(*watch, "--token", token, "--token-file", str(token_file))
@@ -135,7 +152,10 @@ def test_the_token_comes_from_a_file_or_the_environment_and_on_the_command_line_
         assert from_env.stderr == ""
         monkeypatch.setenv("OPTWATCH_TOKEN", "not-the-token")
         wrong = optwatch(*watch)
-        assert wrong.returncode == 1 and "refused" in wrong.stderr
+        assert wrong.returncode == 2 and wrong.stderr.splitlines() == [
+            f"optwatch: the job at {endpoint} refused the token from $OPTWATCH_TOKEN: a wrong token (`optwatch ls` "
+            "on the job's machine shows the right one)"
+        ]
     finally:
         job.send_signal(signal.SIGINT)
         job.communicate(timeout=60)
@@ -155,6 +175,29 @@ def test_listening_beyond_this_machine_is_warned_about_and_works(listen, warned)
     else:
         assert warnings == []
     assert "step 2 loss" in result.stdout
+    # Where to attach, said once at the start: the endpoint, and the token's file (never the token itself).
+    [said] = [line for line in result.stderr.splitlines() if line.startswith("optwatch: listening on ")]
+    endpoint = said.split()[3]
+    assert re.fullmatch(r"(0\.0\.0\.0|localhost|127\.0\.0\.1):\d+", endpoint), said
+    assert f"to attach: optwatch attach {endpoint} --token-file " in said
+
+
+def test_a_listen_host_that_does_not_resolve_is_refused_before_any_warning():
+    result = optwatch("run", "--headless", "--listen", "no-such-host.invalid:0", str(SCRIPTS / "plain_train.py"))
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "optwatch: --listen no-such-host.invalid:0: unknown host 'no-such-host.invalid' (give an address of this "
+        "machine, e.g. 127.0.0.1)"
+    ]
+
+
+def test_a_port_where_nothing_answers_is_said_so_not_refused(monkeypatch):
+    port = free_port_triple()
+    monkeypatch.setenv("OPTWATCH_TOKEN", "some-token")
+    result = optwatch("ctl", f"127.0.0.1:{port}", "lr=0.01")
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        f"optwatch: no answer from the job at 127.0.0.1:{port} within 10 s; is the job still running, and is this "
+        "its port? (`optwatch ls` on its machine)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -178,6 +221,29 @@ def test_every_new_token_can_be_typed_after_token():
     assert len(set(tokens)) == 2000 and all(len(t) >= 32 and not t.startswith("-") for t in tokens)
     for token in tokens[:50]:
         assert build_parser().parse_args(["attach", "127.0.0.1:1", "--token", token]).token == token
+
+
+def test_a_viewer_that_leaves_says_the_run_goes_on_not_that_it_ended():
+    job = start(sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"),
+                "--steps", "100000", "--sleep", "0.02")  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 5)
+        viewer = start(sys.executable, "-m", "optwatch", "attach", listed["run_id"], "--headless")
+        time.sleep(3)
+        viewer.send_signal(signal.SIGINT)
+        _, said = viewer.communicate(timeout=30)
+        assert viewer.returncode == 0, said
+        assert "final" not in said
+        assert re.fullmatch(
+            rf"optwatch: stopped watching at step \d+; the run goes on \(optwatch attach {listed['run_id']} to "
+            r"watch it again\)",
+            said.splitlines()[-1],
+        ), said
+        assert job.poll() is None
+    finally:
+        job.send_signal(signal.SIGINT)
+        job.communicate(timeout=60)
 
 
 def test_attach_without_jobs_or_with_an_unknown_run_says_so():
@@ -355,3 +421,41 @@ def test_ranks_on_other_nodes_reach_the_hub_over_tcp_with_the_token(tmp_path):
     records = read_jsonl(record)
     for rank in (0, 1):
         assert [s["step"] for s in steps_of(records, rank)] == list(range(40))
+
+
+WATCHED = """
+import time, torch, optwatch
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+optwatch.watch(model, optimizer)
+for step in range(100000):
+    optimizer.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); optimizer.step()
+    print(f"step {step}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+async def test_the_log_tab_says_when_the_jobs_output_is_not_captured(tmp_path):
+    """A plain `python` script that calls optwatch.watch writes its output to its own terminal: the Log tab
+    says so rather than stay empty as if the script printed nothing."""
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.log_pane import NOT_CAPTURED, LogPane
+    from optwatch.cli import attached_session, connect
+
+    script = tmp_path / "watched.py"
+    script.write_text(WATCHED)
+    job = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 3)
+        feed, info = connect(listed["run_id"], None)
+        app = OptwatchApp(attached_session(feed, info), mode="attach")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("l")
+            pane = app.query_one("#full-log", LogPane)
+            await wait_for_ui(pilot, lambda: pane.lines)
+            assert pane.lines[0].text.startswith(NOT_CAPTURED[:40])
+            await pilot.press("q")
+    finally:
+        job.kill()
+        job.wait()

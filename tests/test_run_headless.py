@@ -5,13 +5,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, SCRIPTS, optwatch, optwatch_share, read_jsonl, steps_for_now, steps_of
+from conftest import (
+    EXAMPLES,
+    ROOT,
+    SCRIPTS,
+    live_jobs,
+    optwatch,
+    optwatch_share,
+    read_jsonl,
+    steps_for_now,
+    steps_of,
+    wait_for,
+    wait_for_steps,
+)
 
 
 def test_cifar_example_records_40_falling_finite_steps(tmp_path):
@@ -118,6 +133,22 @@ def test_log_lines_are_recorded(tmp_path):
 def test_bad_input_gets_a_clear_message(tmp_path):
     missing = optwatch("run", "--headless", "no/such/script.py")
     assert missing.returncode == 2 and "no such script: no/such/script.py" in missing.stderr
+    directory = optwatch("run", str(SCRIPTS))
+    assert directory.returncode == 2 and directory.stderr == f"optwatch: {SCRIPTS} is a directory, not a script\n"
+    none = optwatch("run")
+    assert none.returncode == 2 and none.stderr.endswith("error: the following arguments are required: SCRIPT\n")
+    unknown = optwatch("run", "--headless", "--bogus", "x.py")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("usage: optwatch run ")
+    assert unknown.stderr.endswith("optwatch run: error: unrecognized arguments: --bogus\n")
+    first = optwatch("--bogus", "x.py")  # options go after the command
+    assert first.returncode == 2 and first.stderr == (
+        "optwatch: unknown option --bogus: options go after the command, e.g. optwatch run --headless SCRIPT "
+        "(`optwatch --help` lists the commands)\n"
+    )
+    misplaced = optwatch("--headless", "x.py", "--lr", "1")
+    assert misplaced.returncode == 2 and misplaced.stderr == (
+        "optwatch: --headless is an option of `optwatch run`, and goes after it: optwatch run --headless x.py --lr 1\n"
+    )
     for interpreter in ("python", sys.executable):
         typed = optwatch("run", interpreter, "train.py", "--lr", "0.1")
         assert typed.returncode == 2
@@ -156,3 +187,40 @@ def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path):
         job.kill()
         job.communicate()
     assert seen == 399
+
+
+def test_a_training_killed_by_sigkill_is_recorded_and_said_as_killed(tmp_path):
+    """The OOM killer's way: no word from the training, so only its parent can tell how it ended."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(5):\n    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = optwatch("run", "--headless", str(script))
+    assert result.returncode == 137, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("optwatch: the run was killed by SIGKILL") and "exit 137 (out of memory?" in last
+    [summary] = [json.loads(path.read_text()) for path in Path(os.environ["OPTWATCH_RUNS_DIR"]).glob("*/run.json")]
+    assert summary["status"] == "killed (SIGKILL)" and summary["exit_code"] == 137 and summary["signal"] == "SIGKILL"
+    listed = optwatch("runs")
+    assert "killed (SIGKILL)" in listed.stdout
+
+
+def test_a_ctrl_c_stops_the_run_and_the_last_line_says_at_which_step(tmp_path):
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps", "100000",
+         "--sleep", "0.02"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 5)
+        job.send_signal(signal.SIGINT)
+    finally:
+        out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err[-2000:]
+    said = re.fullmatch(r"optwatch: the run was stopped at step (\d+), exit 130", err.splitlines()[-1])
+    assert said, err[-2000:]
+    last_printed = int(out.splitlines()[-1].split()[1])  # (the interrupt may come before its step is sent)
+    assert last_printed - 1 <= int(said[1]) <= last_printed

@@ -107,16 +107,24 @@ def _web_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # ARGS (REMAINDER) counts as required to argparse, though a script may well take no arguments.
+        if message.startswith("the following arguments are required:"):
+            message = message.replace(", ARGS", "")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from optwatch.diagnose.gradients import parse_override
     from optwatch.options import FORWARD_CHECK_MODES, parse_profile_at, parse_profile_every
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="optwatch",
         description="Live diagnostics for PyTorch training, in the terminal.",
         epilog="`optwatch SCRIPT [ARGS...]` is short for `optwatch run SCRIPT [ARGS...]`.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     # No abbreviations: argparse reads every argument, the script's too, before SCRIPT's REMAINDER takes
     # them, and a script's `--n 72` was taken for an ambiguous prefix of optwatch's own flags.
@@ -237,7 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--headless", action="store_true", help="print the final summary instead")
     runs_cli.add_commands(commands)
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)  # a mistake in a command's options gets its usage
+    parser.set_defaults(run_options=set(run._option_string_actions))
     return parser
+
+
+def _misplaced_option(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """What to say when the command line starts with an option: `optwatch --headless train.py`."""
+    option = argv[0].partition("=")[0]
+    if option in parser.get_default("run_options"):
+        return f"{option} is an option of `optwatch run`, and goes after it: optwatch run {shlex.join(argv)}"
+    return (
+        f"unknown option {option}: options go after the command, e.g. optwatch run --headless SCRIPT "
+        "(`optwatch --help` lists the commands)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        print(f"optwatch: {_misplaced_option(parser, argv)}", file=sys.stderr)
+        return 2
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -300,6 +327,38 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
 
 
+def _bindable_host(host: str) -> bool:
+    """Whether ZeroMQ can bind ``host``: ``*``, a name or address that resolves, or an interface's name."""
+    import socket
+
+    if host == "*":
+        return True
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except (OSError, UnicodeError):
+        return host in {name for _, name in socket.if_nameindex()}
+
+
+def _say_where_to_attach(process) -> None:
+    """Where viewers reach a job that listens on TCP, and where its token is (never the token itself, which
+    would stay in terminal logs and scrollback)."""
+    from optwatch.wire.runtime import read_job_info
+
+    info = read_job_info(process.run_dir)
+    endpoint = (info.endpoints.get("tcp") or "").removeprefix("tcp://") if info else ""
+    if not endpoint:
+        return
+    port = int(endpoint.rpartition(":")[2])
+    print(
+        f"optwatch: listening on {endpoint} (and port {port + 1}); to attach: optwatch attach {endpoint} "
+        f"--token-file {info.token_file} (from another machine: tunnel both ports and set OPTWATCH_TOKEN to the "
+        "token, which `optwatch ls` shows here)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _warn_when_listening_beyond_loopback(listen: str) -> None:
     from optwatch.wire.runtime import tcp_address
 
@@ -307,6 +366,8 @@ def _warn_when_listening_beyond_loopback(listen: str) -> None:
         host, port = tcp_address(listen)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if not _bindable_host(host):
+        raise UsageError(f"--listen {listen}: unknown host {host!r} (give an address of this machine, e.g. 127.0.0.1)")
     launch = launchers.detect()
     if not is_loopback(host) and (launch is None or launch.rank == 0):  # once per job, not once per rank
         first, second = (port, port + 1) if port else ("PORT", "PORT+1")
@@ -365,6 +426,8 @@ def _probe_options(args: argparse.Namespace):
 def _check_script(script: str, args: list[str]) -> None:
     """A script to run, or the reason there is none, in words (`optwatch run python train.py` is a common
     first try: the interpreter is optwatch's to start)."""
+    if os.path.isdir(script):
+        raise UsageError(f"{script} is a directory, not a script")
     interpreter = os.path.basename(script).startswith("python")
     if os.path.isfile(script):
         with open(script, "rb") as source:
@@ -415,6 +478,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except HubError as exc:
         process.cleanup()
         raise UsageError(f"cannot start the job's hub: {exc}") from exc
+    if args.listen:
+        _say_where_to_attach(process)
     if args.web:
         try:
             serve_web(args, process.run_id)
@@ -466,9 +531,10 @@ def _run_dashboard(session, process, recorded: str) -> int:
     if detached:
         print(f"optwatch: left {process.run_id} running (pid {process.pid}); `optwatch attach` to watch it again")
         return 0
-    if process.stop_requested:
-        return 0  # stopped as the user asked (q, y): not a failure to report (make would say "Error 130")
-    return session.exit_code() or 0
+    ending = session.ending_line()
+    if ending:
+        print(ending, file=sys.stderr)
+    return session.exit_code() or 0  # the script's, as with `python script.py`: 130 after q, y (a Ctrl-C)
 
 
 def resolve_job(target: str | None):
@@ -494,8 +560,9 @@ def resolve_job(target: str | None):
     raise UsageError(f"{target!r} matches several jobs: {', '.join(job.run_id for job in matches)}")
 
 
-def token_of(args: argparse.Namespace) -> str | None:
-    """The token for a TCP target: from --token (with a warning), --token-file or $OPTWATCH_TOKEN."""
+def token_of(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The token for a TCP target and where it came from: --token (with a warning), --token-file or
+    $OPTWATCH_TOKEN."""
     from optwatch.options import ENV_TOKEN
 
     if args.token is not None:
@@ -504,7 +571,7 @@ def token_of(args: argparse.Namespace) -> str | None:
             f"set {ENV_TOKEN} or use --token-file instead",
             file=sys.stderr,
         )
-        return args.token
+        return args.token, "given with --token"
     if args.token_file is not None:
         try:
             token = Path(args.token_file).read_text(errors="replace").strip()
@@ -512,18 +579,19 @@ def token_of(args: argparse.Namespace) -> str | None:
             raise UsageError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
         if not token:
             raise UsageError(f"--token-file {args.token_file} is empty")
-        return token
-    return os.environ.get(ENV_TOKEN) or None
+        return token, f"read from --token-file {args.token_file}"
+    return os.environ.get(ENV_TOKEN) or None, f"from ${ENV_TOKEN}"
 
 
 def is_tcp_target(target: str | None) -> bool:
     return bool(target) and target.rpartition(":")[2].isdigit() and ":" in target
 
 
-def connect(target: str | None, token: str | None):
-    """A Feed to the job, checked to answer (and to accept our token) before anything is shown."""
+def connect(target: str | None, token: str | None, token_source: str = "given"):
+    """A Feed to the job, checked to answer (and to accept our token: a UsageError if not) before anything
+    is shown."""
     from optwatch.wire.runtime import tcp_address
-    from optwatch.wire.subscriber import HUB_ANSWER_S, AuthenticationError, Feed, RequestError
+    from optwatch.wire.subscriber import HUB_ANSWER_S, AuthenticationError, Feed, NoAnswer, RequestError
 
     job = None
     if is_tcp_target(target):
@@ -543,25 +611,31 @@ def connect(target: str | None, token: str | None):
         feed = Feed(job.endpoints["pub"], job.endpoints["ctl"])
     try:
         feed.request("endpoints", timeout_s=HUB_ANSWER_S)
-    except AuthenticationError as exc:
+    except AuthenticationError:
         feed.close()
-        raise Refused(str(exc)) from exc
+        raise UsageError(
+            f"the job at {target} refused the token {token_source}: a wrong token (`optwatch ls` on the job's "
+            "machine shows the right one)"
+        ) from None
     except RequestError as exc:
         feed.close()
-        raise Refused(f"the job at {target or job.run_id} does not answer ({exc})") from exc
+        where = target or job.run_id
+        what = f"within {HUB_ANSWER_S:.0f} s" if isinstance(exc, NoAnswer) else f"({exc})"
+        hint = "; is the job still running, and is this its port? (`optwatch ls` on its machine)" if job is None else ""
+        raise Unanswered(f"no answer from the job at {where} {what}{hint}") from exc
     return feed, job
 
 
-class Refused(Exception):
-    """The job is there but would not talk to us."""
+class Unanswered(Exception):
+    """Nothing answered at the job's address (gone, a wrong port, a hub too busy)."""
 
 
 def connect_or_say_why(args: argparse.Namespace):
-    """``connect`` for a command: (feed, job), or None after telling the user why the job refused."""
+    """``connect`` for a command: (feed, job), or None after telling the user why nothing answered."""
     try:
-        return connect(args.target, token_of(args))
-    except Refused as exc:
-        print(f"optwatch: refused: {exc}", file=sys.stderr)
+        return connect(args.target, *token_of(args))
+    except Unanswered as exc:
+        print(f"optwatch: {exc}", file=sys.stderr)
         return None
 
 
@@ -601,20 +675,29 @@ def serve_web(args: argparse.Namespace, target: str, token: str | None = None) -
 
 
 def attach_web(args: argparse.Namespace) -> int:
-    token = token_of(args)
+    token, source = token_of(args)
     try:
-        feed, job = connect(args.target, token)
-    except Refused as exc:
-        print(f"optwatch: refused: {exc}", file=sys.stderr)
+        feed, job = connect(args.target, token, source)
+    except Unanswered as exc:
+        print(f"optwatch: {exc}", file=sys.stderr)
         return 1
     feed.close()  # each page's dashboard attaches by itself
     serve_web(args, job.run_id if job else args.target, token)
     return 0
 
 
-def cmd_attach(args: argparse.Namespace) -> int:
+def attached_session(feed, job, writer=None):
+    """A viewer's session on a job it attached to, knowing whether the job's output is captured: only a
+    script `optwatch run` started has its log files in the run directory (a script that calls
+    ``optwatch.watch`` writes to its own terminal). Over TCP that cannot be seen from here."""
     from optwatch.session import ViewerSession
+    from optwatch.wire.logs import log_name
 
+    captured = (Path(job.run_dir) / log_name("stdout", 0)).exists() if job is not None else None
+    return ViewerSession(feed, writer=writer, output_captured=captured)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
     check_web_arguments(args)
     if args.web:
         return attach_web(args)
@@ -622,7 +705,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     if connection is None:
         return 1
     feed, job = connection
-    session = ViewerSession(feed, writer=_open_writer(args.record))
+    session = attached_session(feed, job, _open_writer(args.record))
     try:
         if args.headless:
             from optwatch.headless import run_headless

@@ -34,6 +34,7 @@ class LaunchedRanks:
         self.store = store
         self.run_id = run_id
         self.pid = rank0_pid
+        self.stop_requested = False  # a stop goes through the launcher; the ranks' end records tell
 
     def poll(self) -> int | None:
         if not runtime.pid_alive(self.rank0_pid):
@@ -44,6 +45,9 @@ class LaunchedRanks:
 
     def exit_code(self) -> int:
         return 0  # the launcher reports the ranks' exit codes
+
+    def killed_by(self) -> str | None:
+        return None  # the launcher's to tell
 
     def send(self, sig: int) -> None:
         """A signal for the training goes to the launcher, not through this viewer."""

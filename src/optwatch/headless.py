@@ -206,6 +206,16 @@ def _silence(stream: TextIO) -> None:
         pass
 
 
+def _left_line(store: Store) -> str:
+    """``optwatch: stopped watching at step 866; the run goes on (optwatch attach RUN to watch it again)``."""
+    summary = store.summary()
+    at = f" at step {summary.step}" if summary is not None else ""
+    with store.lock:
+        run_id = store.primary.hello.get("run_id") if store.primary is not None else None
+    again = f" (optwatch attach {run_id} to watch it again)" if run_id else ""
+    return f"optwatch: stopped watching{at}; the run goes on{again}"
+
+
 def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, duration_s: float | None) -> int:
     process = session.process
     started = time.monotonic()
@@ -247,11 +257,18 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     _, output = session.pump(0.0, final=True)
     _write_output(output)
     _say_if_recording_stopped(session, stderr)
-    line = summary_line(session.store, final=True)
+    # An attached viewer that leaves (Ctrl-C, --duration) before the run ends: the run goes on, nothing is final.
+    left = process is None and not session.store.finished()
+    line = summary_line(session.store, final=not left)
     if line:
-        print(line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
+        print(line if left else line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
+    if left:
+        print(_left_line(session.store), file=stderr, flush=True)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
         print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
+    ending = session.ending_line()
+    if ending:
+        print(ending, file=stderr, flush=True)
     if process is None:
         return 0
     return session.exit_code() or 0

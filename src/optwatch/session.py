@@ -52,8 +52,11 @@ class ViewerSession:
         writer: RecordWriter | None = None,
         process: TrainingProcess | None = None,
         tails: list[LogTail] | None = None,
+        output_captured: bool | None = None,
     ):
         tune_gc_for_a_viewer()
+        self.output_captured = output_captured
+        """Whether the job's hub has the script's output to send (only `optwatch run` captures it); None: unknown."""
         self.feed = feed
         self.store = store or Store()
         self.writer = writer
@@ -125,7 +128,8 @@ class ViewerSession:
     ) -> ViewerSession:
         """A viewer of a job ``optwatch run`` started (``pass_output``: with its raw output, for headless)."""
         tails = process.output_tails() if pass_output else []
-        return cls(Feed(process.pub_endpoint, process.ctl_endpoint), writer=writer, process=process, tails=tails)
+        feed = Feed(process.pub_endpoint, process.ctl_endpoint)
+        return cls(feed, writer=writer, process=process, tails=tails, output_captured=True)
 
     def pump(self, timeout_s: float = 0.1, final: bool = False) -> tuple[list[dict[str, Any]], Output]:
         """New records (into the store and the record file) and the script's new output (``final``: the last
@@ -174,6 +178,27 @@ class ViewerSession:
         if code or getattr(self.process, "nproc_per_node", None):
             return protocol.INTERRUPTED
         return code
+
+    def ending_line(self) -> str | None:
+        """How the job ended, in one line, where that is news: killed by a signal, or stopped; else None."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        summary = self.store.summary()
+        at = f" at step {summary.step}" if summary is not None else ""
+        code = self.exit_code()
+        killed_by = self.process.killed_by()
+        if code == protocol.INTERRUPTED or self.process.stop_requested:
+            # (SIGTERM or SIGKILL here: the script did not end on the Ctrl-C within ``STOP_GRACE_S``)
+            how = f" with {killed_by}" if killed_by in ("SIGTERM", "SIGKILL") else ""
+            return f"optwatch: the run was stopped{how}{at}, exit {code}"
+        if killed_by == "SIGKILL":
+            return (
+                f"optwatch: the run was killed by SIGKILL{at}, exit {code} (out of memory? the kernel's OOM killer "
+                "sends SIGKILL; so does kill -9)"
+            )
+        if killed_by:
+            return f"optwatch: the run was killed by {killed_by}{at}, exit {code}"
+        return None
 
     def _every_rank_interrupted(self) -> bool:
         with self.store.lock:

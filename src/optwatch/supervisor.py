@@ -8,12 +8,15 @@ broken pipe) nor slows it (nobody has to drain a pipe).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from optwatch import hub
+from optwatch import hub, runs
 from optwatch.options import ProbeOptions
 from optwatch.wire import runtime
 from optwatch.wire.logs import LogTail, log_name
@@ -167,6 +170,10 @@ class TrainingProcess:
             return 128 - code  # killed by a signal: the shell's convention
         return code
 
+    def killed_by(self) -> str | None:
+        """The signal that ended the training (``SIGKILL``), or None."""
+        return signal_name(-self.poll()) if (self.poll() or 0) < 0 else None
+
     def stop_hub(self) -> None:
         """The job is over and its viewer has what it needs: the hub goes (it would after a short linger)."""
         if self.hub is not None and self.hub.poll() is None:
@@ -180,4 +187,40 @@ class TrainingProcess:
         import shutil
 
         self.stop_hub()
+        self._record_how_it_ended()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _record_how_it_ended(self) -> None:
+        """A training killed by a signal (the OOM killer's SIGKILL) or gone with an exit code and no word of
+        its own leaves the hub saying only "ended": this process, its parent, knows how it ended. Called once
+        the hub is gone, so that nothing writes run.json after it."""
+        code = self.poll()
+        if not code or self.options.runs_dir is None:
+            return
+        directory = Path(self.options.runs_dir or runs.runs_root()) / self.run_id
+        try:
+            summary = json.loads((directory / runs.SUMMARY_NAME).read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(summary, dict) or summary.get("status") not in ("ended", "running"):
+            return  # the hub heard the end from the training itself
+        killed_by = self.killed_by()
+        if self.stop_requested:
+            status = "stopped"  # (with SIGTERM: it did not end on the Ctrl-C in time)
+        else:
+            status = f"killed ({killed_by})" if killed_by else f"failed (exit {code})"
+        summary.update(status=status, exit_code=self.exit_code())
+        if killed_by:
+            summary["signal"] = killed_by
+        summary.setdefault("ended", time.time())
+        try:
+            runs.write_summary(directory, summary)
+        except OSError:
+            pass  # a full disk: the record keeps the hub's word
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

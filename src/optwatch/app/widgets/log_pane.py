@@ -8,6 +8,11 @@ from textual.widgets import RichLog
 
 from optwatch.store import Store
 
+NOT_CAPTURED = (
+    "(the script's output is not shown here: only a script started by `optwatch run` has it captured; this "
+    "job writes it where it was started)"
+)
+
 
 class LogPane(RichLog):
     """Follows the store only while it is displayed.
@@ -21,11 +26,15 @@ class LogPane(RichLog):
         super().__init__(id=id, max_lines=max_lines, wrap=True, markup=False, highlight=False)
         self._seen = 0
         self._store: Store | None = None
+        self._noted = False
 
     def follow(self, store: Store) -> None:
         self._store = store
         if not self._displayed():
             return
+        if not self._noted and getattr(getattr(self.app, "session", None), "output_captured", None) is False:
+            self._noted = True  # an empty pane would look like a script that prints nothing
+            self.write(Text(NOT_CAPTURED, style="dim italic"))
         records, self._seen = store.new_logs(self._seen)
         if self.max_lines:
             records = records[-self.max_lines :]

@@ -1,0 +1,68 @@
+"""`optwatch run` with its dashboard, in a real terminal (a pty): what the terminal shows once it closes, and
+the exit code."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, SCRIPTS, live_jobs, wait_for, wait_for_steps
+
+
+def in_a_terminal(*args: str) -> tuple[subprocess.Popen, int]:
+    controller, terminal = pty.openpty()
+    os.set_blocking(controller, False)
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    return process, controller
+
+
+def read_until_exit(process: subprocess.Popen, controller: int, timeout_s: float = 60.0) -> str:
+    """Everything the terminal showed until the process exited, with the escape sequences taken out."""
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(controller, 65536)
+            except OSError:  # the terminal's other end closed
+                break
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    return re.sub(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>])", b"", seen).decode(
+        errors="replace"
+    )
+
+
+def test_quitting_with_y_stops_the_run_says_so_and_exits_as_the_script_did():
+    process, controller = in_a_terminal("run", str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.02")
+    try:
+        [job] = wait_for(live_jobs)
+        wait_for_steps(job, 5)
+        time.sleep(1.0)  # the dashboard is up and reading keys
+        os.write(controller, b"q")
+        time.sleep(1.0)
+        os.write(controller, b"y")
+        shown = read_until_exit(process, controller)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+    assert process.returncode == 130, shown[-2000:]  # a Ctrl-C's, as `python script.py` gives it
+    assert re.search(r"optwatch: the run was stopped at step \d+, exit 130", shown), shown[-2000:]
