@@ -158,9 +158,13 @@ def test_bad_input_gets_a_clear_message(tmp_path):
     unwritable = optwatch("run", "--headless", "--record", "/no/such/dir/r.jsonl", str(SCRIPTS / "plain_train.py"))
     assert unwritable.returncode == 2 and "cannot record to /no/such/dir/r.jsonl" in unwritable.stderr
     garbage = tmp_path / "garbage.jsonl"
-    garbage.write_text('{"v": 1, "kind": "step", "rank": 0, "step": 0}\nthis is not json\n')
+    garbage.write_text("this is not json\nnor is this\n")
     replay = optwatch("replay", "--headless", str(garbage))
-    assert replay.returncode == 2 and f"{garbage}:2" in replay.stderr
+    assert replay.returncode == 2 and f"{garbage}:1" in replay.stderr
+    damaged = tmp_path / "damaged.jsonl"  # a record whose second line is not: what it holds is replayed, and said
+    damaged.write_text('{"v": 1, "kind": "step", "rank": 0, "step": 0}\nthis is not json\n')
+    replay = optwatch("replay", "--headless", str(damaged))
+    assert replay.returncode == 0 and "damaged from line 2 on" in replay.stderr, replay.stderr
 
 
 def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path):
