@@ -1,6 +1,7 @@
 """A DataLoader whose workers a forkserver starts (not children of the training process), beside a
-multiprocessing Pool (children that are no DataLoader workers). Prints its workers' pids, as the DataLoader
-itself holds them: ``WORKERS [pid, ...]``. No optwatch import.
+multiprocessing Pool (children that are no DataLoader workers) and a validation loader with workers of its
+own, run every 50 steps outside ``no_grad`` (the forward inside it). Prints the training loader's workers'
+pids, as the DataLoader itself holds them: ``WORKERS [pid, ...]``. No optwatch import.
 
     python forkserver_workers.py [--context forkserver|spawn] [--seconds S]
 """
@@ -43,13 +44,20 @@ if __name__ == "__main__":
         loader = torch.utils.data.DataLoader(
             Slow(), batch_size=8, num_workers=2, multiprocessing_context=context, persistent_workers=True
         )
+        validation = torch.utils.data.DataLoader(
+            Slow(), batch_size=8, num_workers=2, multiprocessing_context=context, persistent_workers=True
+        )
         iterator = iter(loader)
         print("WORKERS " + json.dumps(sorted(w.pid for w in iterator._workers)), flush=True)
         started = time.perf_counter()
-        for x, y in iterator:
+        for step, (x, y) in enumerate(iterator):
             loss = torch.nn.functional.mse_loss(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if step % 50 == 10:
+                for _, (x, _y) in zip(range(3), validation):
+                    with torch.no_grad():
+                        model(x)
             if time.perf_counter() - started > args.seconds:
                 break

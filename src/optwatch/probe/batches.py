@@ -134,13 +134,19 @@ class BatchAccounts:
             }
 
     def worker_pids(self) -> list[int] | None:
-        """The training DataLoader's worker processes, from its own iterator (on any thread): with spawn or
+        """The training DataLoaders' worker processes, from their own iterators (on any thread): with spawn or
         forkserver they are not the training process's children, and other children (multiprocessing's
-        resource tracker, a Pool) are no workers. None when no DataLoader has started."""
-        iterator = self._workers_of() if self._workers_of is not None else None
-        if iterator is None:
+        resource tracker, a Pool) are no workers. The iterators a backward consumed batches of (a validation
+        loader started outside ``no_grad`` is none of them; two zipped loaders are both), else the newest
+        started; None when no DataLoader has started."""
+        iterators = [it for it in (ref() for ref in list(self._training_loaders)) if it is not None]
+        newest = self._workers_of() if self._workers_of is not None else None
+        if not iterators and newest is not None:
+            iterators = [newest]
+        if not iterators:
             return None
-        return [pid for pid in (getattr(w, "pid", None) for w in list(getattr(iterator, "_workers", ()))) if pid]
+        workers = [w for iterator in iterators for w in list(getattr(iterator, "_workers", ()))]
+        return [pid for pid in (getattr(w, "pid", None) for w in workers) if pid]
 
     def consumed(self) -> float | None:
         """A backward() consumed a batch of each loader that feeds training (the oldest it has not consumed), or,
