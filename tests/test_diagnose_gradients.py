@@ -280,6 +280,13 @@ def test_an_episode_no_check_saw_begin_names_the_module_at_its_first_checked_ste
     alerts = feed(diagnosis, steps)
     assert [(a["type"], a["step"], a["module"]) for a in alerts] == [("nonfinite", 30, None), ("nonfinite", 35, "0")]
     assert alerts[1]["message"].startswith("first non-finite output at step 35, the first checked since step 30")
+    # A start that was checked, all outputs finite (a NaN born in the loss): the weights it spoiled later are
+    # no news, and no step of it went unchecked.
+    checked = GradientDiagnosis()
+    feed(checked, [StepInput(step=i, loss=1.0, grad_norm=1.0, forward=[("0", 1.0), ("2", 1.0)]) for i in range(30)])
+    steps = [StepInput(step=30, loss=nan, grad_norm=nan, forward=[("0", 1.0), ("2", 1.0)])]
+    steps += [StepInput(step=i, loss=nan, grad_norm=nan, forward=[("0", nan), ("2", nan)]) for i in range(31, 35)]
+    assert [(a["step"], a["module"]) for a in feed(checked, steps)] == [(30, None)]
 
 
 def test_amp_overflow_is_not_a_broken_run_until_the_scaler_gives_up():

@@ -406,8 +406,8 @@ class NonFiniteRule:
         self._finite_before: set[str] = set()
         """Modules whose output has been finite at least once (a module that always emits -inf, e.g. a
         mask, is by design and never the culprit unless nothing else is)."""
-        self._named: str | None = None
-        """The module the episode's alerts have named (None before one has)."""
+        self._unseen_start = False
+        """The episode began at a step no forward check ran at: its first checked step names the module."""
         self._began = 0
 
     def observe(self, s: StepInput, amp_stuck: bool = False) -> dict | None:
@@ -424,10 +424,10 @@ class NonFiniteRule:
         if not self.episode.update(broken):
             if not self.episode.active:
                 self.layers = []
-            elif culprit is not None and self._named is None:
+            elif culprit is not None and self._unseen_start:
                 return self._named_later(s, culprit)
             return None
-        self._named, self._began = culprit, s.step
+        self._unseen_start, self._began = culprit is None and s.forward_skipped is not None, s.step
         parts = []
         if loss_bad:
             parts.append(f"loss is {s.loss}")
@@ -465,7 +465,7 @@ class NonFiniteRule:
         the first non-finite value): the module is named where it shows now. By then the step's updates may
         have spread the NaN to the weights, so it is where the values go wrong now, not always where they
         first did: said so, and the run goes on in its episode."""
-        self._named = culprit
+        self._unseen_start = False
         self.layers = [culprit, *[m for m in self.layers if m != culprit]]
         message = (
             f"first non-finite output at step {s.step}, the first checked since step {self._began}: module "

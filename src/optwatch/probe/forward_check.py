@@ -96,8 +96,8 @@ class ForwardCheckPlugin(ProbePlugin):
         """Check every step from the first; else the detail steps from the first non-finite loss or gradient
         norm on (every step is one from then on)."""
         self.armed = always
-        if always:  # every step's end, to set its hooks for the next: not only at detail steps
-            self.between_detail_steps = frozenset({"after_step"})
+        if always:  # every step's end, to set its hooks for the next, and its backward, to take the outputs' sums
+            self.between_detail_steps = frozenset({"after_step", "on_backward_start"})
         self._context: ProbeContext | None = None
         self._hook: Any = None
         # Checks of the current step: (module, index of the tensor that checks its output).
