@@ -189,7 +189,11 @@ async def test_each_optimizers_loss_has_its_own_line_and_figure():
     assert "optD 1.39 | optG 1.61" in summary_line(store)
 
 
-@pytest.mark.parametrize("step_time, said", [(0.000412, "0.412 ms/step"), (0.0073, "7.3 ms/step"), (2.5, "2.5 s/step")])
+@pytest.mark.parametrize(
+    "step_time, said",
+    [(0.000412, "0.412 ms/step"), (0.0073, "7.3 ms/step"), (2.5, "2.5 s/step"), (0.9996, "1 s/step"),
+     (1234.5, "1234 s/step")],
+)  # fmt: skip
 def test_the_headless_line_gives_short_and_long_steps_three_digits(step_time, said):
     """A PPO update of 0.4 ms read "0.000 s/step"."""
     store = Store()

@@ -425,8 +425,12 @@ def _between(w: Window, threshold: float = BETWEEN_SHARE) -> tuple[str, str, lis
 
 
 def duration_text(seconds: float) -> str:
-    """``0.412 ms``, ``210 ms``, ``1.35 s``: three digits whatever the length (the headless line's too)."""
-    return f"{1000 * seconds:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+    """``0.412 ms``, ``210 ms``, ``1.35 s``, ``1234 s``: three digits whatever the length (the headless line's
+    too), never an exponent (``.3g`` wrote 0.9996 s as "1e+03 ms" and 1234 s as "1.23e+03 s")."""
+    if seconds < 0.9995:
+        milliseconds = 1000 * seconds
+        return f"{milliseconds:.3g} ms" if milliseconds >= 0.0001 else "0 ms"
+    return f"{seconds:.3g} s" if seconds < 999.5 else f"{seconds:.0f} s"
 
 
 _AMP = "Mixed precision (torch.autocast, bf16/fp16) runs matmuls and convs on tensor cores (control: amp=on)"

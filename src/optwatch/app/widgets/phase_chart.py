@@ -78,7 +78,10 @@ class PhaseChart(Widget):
         bar, gap = (cell - 1, " ") if cell > 1 else (1, "")
         lines = []
         for row in range(rows):
-            line = Text((fmt.seconds(top) if row == 0 else "0" if row == rows - 1 else "").rjust(AXIS - 1) + "│")
+            label = fmt.seconds(top) if row == 0 else "0" if row == rows - 1 else ""
+            if len(label) > AXIS - 1:  # ("0.412 ms" is wider than the axis: "0.412ms")
+                label = label.replace(" ", "")[: AXIS - 1]
+            line = Text(label.rjust(AXIS - 1) + "│")
             line.stylize("dim")
             base = rows - 1 - row  # cells counted from the bottom
             for column in columns:
