@@ -404,7 +404,7 @@ class ControlPlugin(ProbePlugin):
         if command.name == "cudnn_benchmark":
             torch.backends.cudnn.benchmark = bool(command.value)
             device = self._device(context)
-            if device.type != "cuda":  # set all the same: a script may read it, or move to a GPU later
+            if device.type != "cuda" and context.parameters():  # (set all the same: a script may read it)
                 where = device.type.upper()
                 return f"set, but the model trains on the {where}, where it changes nothing (cuDNN is for CUDA GPUs)"
             return ""
