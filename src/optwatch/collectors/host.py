@@ -12,8 +12,14 @@ from typing import Any
 
 import psutil
 
-# Child processes that are not DataLoader workers (torch.compile's compile pool, multiprocessing's helpers).
-_NOT_WORKERS = ("compile_worker", "multiprocessing.resource_tracker", "multiprocessing.forkserver")
+# Child processes that are not DataLoader workers (torch.compile's compile pool, multiprocessing's helpers,
+# optwatch's own profiler-trace summary, which ran at 98% CPU as "1 worker" of a loop without workers).
+_NOT_WORKERS = (
+    "compile_worker",
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "optwatch.probe.traces",
+)
 
 
 class HostCollector:
