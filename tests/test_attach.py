@@ -223,6 +223,25 @@ def test_every_new_token_can_be_typed_after_token():
         assert build_parser().parse_args(["attach", "127.0.0.1:1", "--token", token]).token == token
 
 
+def test_a_viewer_that_leaves_while_the_hub_is_silent_does_not_say_the_run_goes_on():
+    """The training killed without a word (SIGKILL) and its hub gone: "the run goes on" was false; the viewer
+    cannot tell a dead run from a dead hub, so it says what it knows."""
+    import time as clock
+
+    from optwatch.headless import _left_line
+    from optwatch.store import Store
+
+    store = Store()
+    hello = {"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r1", "script": "s.py"}
+    store.ingest([hello, {"v": 1, "kind": "step", "rank": 0, "seq": 1, "time": 1.0, "step": 7, "loss": 1.0}])
+    assert _left_line(store).endswith("; the run goes on (optwatch attach r1 to watch it again)")
+    store.hub_gone_since = clock.monotonic() - 12
+    assert _left_line(store) == (
+        "optwatch: stopped watching at step 7; the job's hub has not answered for 12 s (optwatch attach r1 to "
+        "watch it again)"
+    )
+
+
 def test_a_viewer_that_leaves_says_the_run_goes_on_not_that_it_ended():
     job = start(sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"),
                 "--steps", "100000", "--sleep", "0.02")  # fmt: skip

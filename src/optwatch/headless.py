@@ -213,6 +213,9 @@ def _left_line(store: Store) -> str:
     with store.lock:
         run_id = store.primary.hello.get("run_id") if store.primary is not None else None
     again = f" (optwatch attach {run_id} to watch it again)" if run_id else ""
+    silent = store.hub_silence()
+    if silent is not None:  # (a training killed without a word, or only its hub: this viewer cannot tell)
+        return f"optwatch: stopped watching{at}; the job's hub has not answered for {silent:.0f} s{again}"
     return f"optwatch: stopped watching{at}; the run goes on{again}"
 
 
