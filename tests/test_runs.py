@@ -235,6 +235,24 @@ def recorded_run(directory, steps: int) -> list[float]:
     return losses
 
 
+def test_a_record_whose_gzip_checksum_fails_says_its_bytes_were_altered_not_where(tmp_path):
+    """Garbled bytes can inflate (into other bytes) until the checksum at the end: the warning named that last
+    byte as where the damage was. It says what the checksum tells: bytes before it were altered."""
+    import zlib
+
+    from optwatch import protocol
+
+    lines = [protocol.record_to_json_line(protocol.make_record(protocol.STEP, 0, step=i, loss=1.0)) for i in range(50)]
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    data = bytearray(b"".join(packer.compress((line + "\n").encode()) for line in lines) + packer.flush())
+    data[-8] ^= 0xFF  # the CRC-32 of the trailer
+    (tmp_path / runs.RECORD_NAME).write_bytes(bytes(data))
+    said: list[str] = []
+    records = list(runs.read_run_records(tmp_path, said.append))
+    assert [r["step"] for r in records] == list(range(50))
+    assert len(said) == 1 and "its gzip checksum, at byte" in said[0] and "says bytes before it were altered" in said[0]
+
+
 def test_a_record_garbled_in_the_middle_replays_up_to_the_damage_and_says_so(tmp_path, monkeypatch):
     """200 bytes garbled in the middle of the gzip stream: the records before them replay and a line says
     from which line on the record is damaged; the dashboard shows them too, with that line."""

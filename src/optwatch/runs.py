@@ -71,6 +71,8 @@ def gzip_lines(path: Path, damage: protocol.RecordDamage | None = None) -> Itera
                 if damage is not None:
                     reason = str(exc).rsplit(": ", 1)[-1]
                     damage.broken = f"{reason} in its gzip data at byte {offset + at}"
+                    if "incorrect data check" in reason:  # (the checksum at the end: garbled bytes can inflate)
+                        damage.broken = f"its gzip checksum, at byte {offset + at}, says bytes before it were altered"
                 yield from (line + b"\n" for line in (pending + data).split(b"\n")[:-1])
                 return
             offset += len(chunk)
