@@ -122,6 +122,21 @@ def test_a_new_optimizer_made_mid_run_takes_over_and_the_old_one_is_let_go(tmp_p
     assert old == {"alive": False}
 
 
+def test_lr_scaled_on_a_split_model_scales_both_optimizers_and_holds_against_the_schedule(tmp_path):
+    """lr*=0.5 on a Muon + AdamW run moved Muon's rate alone (the event said "the run's other optimizers keep
+    theirs"): half the model trained at the old rate. Both rates are halved from the command's step, and
+    held so against the script's own schedule, which assigns both every step."""
+    records, stdout, _ = run(tmp_path, "split_optimizers", options=("--control", "lr*=0.5@10"))
+    truth = truth_of(stdout)
+    for step, seen in truth.items():
+        factor = 0.5 if step >= 10 else 1.0
+        assert seen["muon_lr"] == pytest.approx(0.02 * seen["scheduled"] * factor, rel=1e-9), step
+        assert seen["adam_lr"] == pytest.approx(3e-3 * seen["scheduled"] * factor, rel=1e-9), step
+    [event] = [r for r in records if r["kind"] == "event" and r["command"] == "lr*=0.5"]
+    assert event["status"] == "accepted" and event["effective_step"] == 10
+    assert "muon group 0: " in event["reason"] and "adam group 0: " in event["reason"], event["reason"]
+
+
 @pytest.mark.parametrize("order", ["muon first", "adamw first", "zero_grad after each"])
 def test_optimizers_that_split_one_model_step_it_together(tmp_path, order):
     """Muon for the blocks' matrices and AdamW for the rest, both stepping on one backward (modded-nanogpt;

@@ -3,7 +3,8 @@ AdamW for the embedding, the head and the gains and biases, both stepping on the
 import. The whole model's figures, computed by the script:
 
     TRUTH {"step": S, "loss": ..., "grad_norm": the norm of every gradient, before the steps,
-           "updates": {name: the norm of what the two steps changed in that parameter}}
+           "updates": {name: the norm of what the two steps changed in that parameter},
+           "muon_lr": ..., "adam_lr": ..., "scheduled": what the script's schedule assigned (before any command)}
 """
 
 import argparse
@@ -69,6 +70,7 @@ for step in range(args.steps):
     targets = torch.stack([tokens[s + 1 : s + CONTEXT + 1] for s in starts])
     loss = nn.functional.cross_entropy(model(inputs).view(-1, VOCAB), targets.view(-1))
     loss.backward()
+    rates = {"muon_lr": muon.param_groups[0]["lr"], "adam_lr": adam.param_groups[0]["lr"]}  # the step's, as logged
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for optimizer in optimizers:
@@ -80,4 +82,5 @@ for step in range(args.steps):
             optimizer.zero_grad(set_to_none=True)
     updates = {name: (p.detach() - before[name]).norm().item() for name, p in model.named_parameters()}
     truth = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "updates": updates}
+    truth.update(rates, scheduled=scale)
     print("TRUTH " + json.dumps(truth), flush=True)

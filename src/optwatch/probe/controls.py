@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,10 @@ class ControlPlugin(ProbePlugin):
         # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
         self._lr_pin: tuple[int, dict[int, float]] | None = None
         self._held_rates: dict[int, _HeldRate] = {}
+        self._partner_rates: weakref.WeakKeyDictionary[torch.optim.Optimizer, dict[int, _HeldRate]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """The same for the primary's partners (lr*=F scales them too), each stepping after it."""
         self._overflowed: tuple[int, torch.Tensor] | None = None  # (step, loss scale) of an fp16 skip
         self._closed = False
         self.context: ProbeContext | None = None
@@ -240,11 +245,11 @@ class ControlPlugin(ProbePlugin):
         idle = {"on_backward_end", "after_step"}
         if self._lr_pin is None:
             idle.add("on_batch")
-            if not self._held_rates:
+            if not self._held_rates and not self._partner_rates:
                 idle.add("on_backward_start")
         if not self._schedule and not self.paused:
             idle.add("at_boundary")
-        if not (self._schedule or self._lr_pin is not None or self._held_rates):
+        if not (self._schedule or self._lr_pin is not None or self._held_rates or self._partner_rates):
             idle.add("before_optimizer_step")
         return frozenset(idle)
 
@@ -274,11 +279,13 @@ class ControlPlugin(ProbePlugin):
             for index, value in self._lr_pin[1].items():
                 self._pin_group(optimizer, index, value)
         if self._held_rates:  # also beside a pin of another group (lr[1]=V leaves group 0's factor held)
-            self._hold_rates(optimizer)
+            self._hold_rates(optimizer, self._held_rates)
+        for partner, held in list(self._partner_rates.items()):  # (they step after it, on what was set before)
+            self._hold_rates(partner, held)
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self._stop_if_asked()
-        if (self._lr_pin is not None or self._held_rates) and context.primary_optimizer is not None:
+        if (self._lr_pin is not None or self._held_rates or self._partner_rates) and context.primary_optimizer:
             self._set_rates(context.primary_optimizer, context.step)
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
@@ -455,38 +462,22 @@ class ControlPlugin(ProbePlugin):
             )
         indices = [command.group] if command.group is not None else range(len(groups))
         scheduled = any(_drives(s, optimizer) for s in _schedulers_of(context))
-        changes: dict[int, tuple[float, float]] = {}
-        for index in indices:  # every check before any change: a command applies to all its groups or to none
-            lr = groups[index].get("lr")
-            if context.learning_rate(optimizer) is None or _one_number(lr) is None:
-                raise controls.CommandError(
-                    f"param group {index}'s learning rate is {type(lr).__name__} {lr!r}, not one number: "
-                    "optwatch leaves it to the optimizer"
-                )
-            if groups[index].get("relative_step") is True:
-                raise controls.CommandError(
-                    f"param group {index} has relative_step=True: Adafactor computes its own rate at each step "
-                    "and does not read the group's lr (what its AdafactorSchedule reports): optwatch leaves it be"
-                )
-            old = _one_number(lr)
-            if old == 0 and (scheduled or command.scale):
-                # No factor moves a schedule (or a rate) from 0: the next step would be the schedule's again.
-                raise controls.CommandError(
-                    f"param group {index}'s learning rate is 0 at this step (a warm-up's start?): "
-                    + ("0 scaled is 0" if command.scale else "a schedule cannot be scaled from 0")
-                    + "; send it for a later step"
-                )
-            new = old * float(command.value) if command.scale else float(command.value)
-            _check_rate(new, groups[index]["params"], command, old)
-            changes[index] = (old, new)
-        described = []
-        for index, (old, new) in changes.items():
-            self._rescale_group(context, optimizer, index, new)
-            if not scheduled:
-                held = self._held_rates.get(index)
-                factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
-                self._held_rates[index] = _HeldRate(factor=factor, last_set=new)
-            described.append(f"group {index}: {old:.3g} -> {new:.3g}")
+        # Every check before any change: a command applies to all its groups or to none. lr*=F scales the
+        # partners' rates too (Muon's AdamW: one model's optimizers, whose rates differ by design; lr=V, one
+        # value, is the primary's alone).
+        changes = _lr_changes(optimizer, indices, command, scheduled, "")
+        partners = context.partner_optimizers() if command.scale and command.group is None else []
+        partner_changes = []
+        for name, partner in partners:
+            partner_scheduled = any(_drives(s, partner) for s in _schedulers_of(context))
+            found = _lr_changes(partner, range(len(partner.param_groups)), command, partner_scheduled, f"{name}'s ")
+            partner_changes.append((name, partner, found, partner_scheduled))
+        described = self._apply_lr(context, optimizer, changes, self._held_rates, scheduled)
+        if partners:
+            described = [f"{context.primary_name} {text}" for text in described]
+        for name, partner, found, partner_scheduled in partner_changes:
+            held = self._partner_rates.setdefault(partner, {})
+            described += [f"{name} {text}" for text in self._apply_lr(context, partner, found, held, partner_scheduled)]
         if not command.scale:
             # lr=V: step N uses exactly V, whatever the scheduler or the script set since the boundary. Not
             # lr*=F, which scales what they set for step N (the schedule's base moved by F just now, or F
@@ -498,9 +489,32 @@ class ControlPlugin(ProbePlugin):
             how = "held until the script assigns a rate of its own, which a rate of 0 gives no factor to scale"
         else:
             how = "held: rates the script assigns are scaled to match, until the next lr command"
-        others = "; the run's other optimizers keep theirs" if context.primary_name else ""
-        owner = f"{context.primary_name} " if context.primary_name else ""
+        if partners:
+            others = "; any other optimizer keeps its own"
+        elif context.primary_name and context.partner_optimizers():
+            others = "; its partners keep theirs (lr*=F scales them too)"
+        else:
+            others = "; the run's other optimizers keep theirs" if context.primary_name else ""
+        owner = f"{context.primary_name} " if context.primary_name and not partners else ""
         return owner + ", ".join(described) + f"; {how}{others}"  # (no brackets: the event's are around it)
+
+    def _apply_lr(
+        self,
+        context: ProbeContext,
+        optimizer: torch.optim.Optimizer,
+        changes: dict[int, tuple[float, float]],
+        held_rates: dict[int, _HeldRate],
+        scheduled: bool,
+    ) -> list[str]:
+        described = []
+        for index, (old, new) in changes.items():
+            self._rescale_group(context, optimizer, index, new)
+            if not scheduled:
+                held = held_rates.get(index)
+                factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
+                held_rates[index] = _HeldRate(factor=factor, last_set=new)
+            described.append(f"group {index}: {old:.3g} -> {new:.3g}")
+        return described
 
     def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
         """At the command's step: exactly the value asked for, whatever the script or its scheduler did since
@@ -514,9 +528,9 @@ class ControlPlugin(ProbePlugin):
             held.last_set = value
         self._rescale_group(self.context, optimizer, index, value, in_use=True)
 
-    def _hold_rates(self, optimizer: torch.optim.Optimizer) -> None:
+    def _hold_rates(self, optimizer: torch.optim.Optimizer, held_rates: dict[int, _HeldRate]) -> None:
         """Values the script assigned to ``param_group["lr"]`` since the last step, scaled as the command asked."""
-        for index, held in self._held_rates.items():
+        for index, held in held_rates.items():
             if index >= len(optimizer.param_groups):
                 continue
             group = optimizer.param_groups[index]
@@ -557,6 +571,38 @@ class ControlPlugin(ProbePlugin):
                     last = getattr(scheduler, "_last_lr", None)  # what get_last_lr() reports, and frameworks log
                     if in_use and isinstance(last, list) and index < len(last):
                         last[index] = new
+
+
+def _lr_changes(
+    optimizer: torch.optim.Optimizer, indices: Any, command: controls.Command, scheduled: bool, whose: str
+) -> dict[int, tuple[float, float]]:
+    """``index -> (old, new)`` for ``optimizer``'s groups at ``indices``, each checked (``CommandError``)."""
+    groups = optimizer.param_groups
+    changes: dict[int, tuple[float, float]] = {}
+    for index in indices:
+        lr = groups[index].get("lr")
+        old = _one_number(lr)
+        if old is None:
+            raise controls.CommandError(
+                f"{whose}param group {index}'s learning rate is {type(lr).__name__} {lr!r}, not one number: "
+                "optwatch leaves it to the optimizer"
+            )
+        if groups[index].get("relative_step") is True:
+            raise controls.CommandError(
+                f"{whose}param group {index} has relative_step=True: Adafactor computes its own rate at each step "
+                "and does not read the group's lr (what its AdafactorSchedule reports): optwatch leaves it be"
+            )
+        if old == 0 and (scheduled or command.scale):
+            # No factor moves a schedule (or a rate) from 0: the next step would be the schedule's again.
+            raise controls.CommandError(
+                f"{whose}param group {index}'s learning rate is 0 at this step (a warm-up's start?): "
+                + ("0 scaled is 0" if command.scale else "a schedule cannot be scaled from 0")
+                + "; send it for a later step"
+            )
+        new = old * float(command.value) if command.scale else float(command.value)
+        _check_rate(new, groups[index]["params"], command, old)
+        changes[index] = (old, new)
+    return changes
 
 
 def _drives(scheduler: Any, optimizer: torch.optim.Optimizer) -> bool:

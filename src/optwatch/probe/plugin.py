@@ -72,6 +72,10 @@ class ProbeContext(Protocol):
         """The primary optimizer's name (``optD``) once another optimizer has stepped too, else None."""
         ...
 
+    def partner_optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        """The optimizers that step with the primary on its gradients (Muon's AdamW), with their names."""
+        ...
+
     def parameters(self) -> list[torch.Tensor]:
         """The primary optimizer's parameters (else the model's), kept while its param groups are the same."""
         ...

@@ -375,6 +375,9 @@ class Probe:
             return None
         return self._name_of(self._primary)
 
+    def partner_optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        return [(self._name_of(partner), partner) for partner in self._live_partners()]
+
     def emit(self, record: dict[str, Any]) -> None:
         self._records.emit(record)
 
