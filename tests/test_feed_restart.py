@@ -62,10 +62,14 @@ class HubRefusingHistory:
         poller = zmq.Poller()
         poller.register(self.pub, zmq.POLLIN)
         poller.register(self.ctl, zmq.POLLIN)
+        live_due = False
         while not self._stop:
             ready = dict(poller.poll(50))
             if self.pub in ready and self.pub.recv().startswith(b"\x01"):
                 self.subscribed.set()
+            if live_due and self.subscribed.is_set():  # (sent before the subscription reached us, it was lost)
+                self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
+                live_due = False
             if self.ctl in ready:
                 identity, _, payload = self.ctl.recv_multipart()
                 request = protocol.decode_request(payload)
@@ -83,9 +87,11 @@ class HubRefusingHistory:
                             "pages": len(pages),
                             "batch": pages[request["page"]],
                         }
-                    if self.history_requests == 1:
-                        self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
+                    live_due = live_due or self.history_requests == 1
                 self.ctl.send_multipart([identity, b"", protocol.encode_request(reply)])
+                if live_due and self.subscribed.is_set():
+                    self.pub.send_multipart([protocol.TOPIC_RECORDS, protocol.encode_batch(self.live)])
+                    live_due = False
 
     def _pages(self) -> list[bytes] | None:
         """The pages of the answer to the history request being served; None to refuse it."""

@@ -69,11 +69,12 @@ def test_run_files_and_sockets_are_private(runtime_dir):
     try:
         [job] = wait_for(live_jobs)
         run_dir = Path(job["run_dir"])
+        # (The job is listed once its hub is up; the training's output log comes a moment later.)
+        wait_for(lambda: {"pub.sock", "ctl.sock", "info.json", "stdout.log"} <= {p.name for p in run_dir.iterdir()})
         assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
         assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
         for path in run_dir.iterdir():
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
-        assert {"pub.sock", "ctl.sock", "info.json", "stdout.log"} <= {p.name for p in run_dir.iterdir()}
     finally:
         assert viewer.wait(60) == 0
 
