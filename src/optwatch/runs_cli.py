@@ -203,6 +203,11 @@ def _write_tensorboard(directory: Path, steps: list[dict[str, Any]], metrics: li
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+    def event(record: dict[str, Any], values: Any) -> Event:
+        """The record's finite ``(tag, value)`` pairs as one event at its step."""
+        scalars = [Summary.Value(tag=tag, simple_value=v) for tag, v in values if protocol.finite(v)]
+        return Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=Summary(value=scalars))
+
     by_rank: dict[int, list[dict[str, Any]]] = {}
     for record in steps:
         by_rank.setdefault(record.get("rank", 0), []).append(record)
@@ -212,16 +217,9 @@ def _write_tensorboard(directory: Path, steps: list[dict[str, Any]], metrics: li
             for record in records:
                 values = [(name, record.get(name)) for name in STEP_COLUMNS]
                 values += [(f"loss/{name}", v) for name, v in (record.get("losses") or {}).items()]
-                scalars = [Summary.Value(tag=tag, simple_value=v) for tag, v in values if protocol.finite(v)]
-                writer.add_event(
-                    Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=Summary(value=scalars))
-                )
+                writer.add_event(event(record, values))
             for record in metrics if rank == min(by_rank) else ():
-                values = (record.get("values") or {}).items()
-                scalars = [Summary.Value(tag=k, simple_value=v) for k, v in values if protocol.finite(v)]
-                writer.add_event(
-                    Event(wall_time=record.get("time") or 0.0, step=record["step"], summary=Summary(value=scalars))
-                )
+                writer.add_event(event(record, (record.get("values") or {}).items()))
             writer.close()
     except OSError as exc:  # a full disk halfway
         raise RunError(f"cannot write TensorBoard files in {directory}: {exc.strerror or exc}") from None

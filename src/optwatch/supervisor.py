@@ -8,7 +8,6 @@ broken pipe) nor slows it (nobody has to drain a pipe).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -198,11 +197,8 @@ class TrainingProcess:
         if not code or self.options.runs_dir is None:
             return
         directory = Path(self.options.runs_dir or runs.runs_root()) / self.run_id
-        try:
-            summary = json.loads((directory / runs.SUMMARY_NAME).read_text())
-        except (OSError, ValueError):
-            return
-        if not isinstance(summary, dict) or summary.get("status") not in ("ended", "running"):
+        summary = runs.read_summary(directory)
+        if summary is None or summary.get("status") not in ("ended", "running"):
             return  # the hub heard the end from the training itself
         killed_by = self.killed_by()
         if self.stop_requested:

@@ -100,15 +100,14 @@ def grad_series(store: Store, zoom: Zoom) -> tuple[list[Series], str]:
         return _whole(state.whole.series, "grad_norm", "Grad norm", zoom)
     records = list(state.steps)[-zoom.steps :]
     norms = [r.get("grad_norm") for r in records]
+    series: list[Series] = [("global", [r["step"] for r in records], norms, "green")]
     figure = _diverged("Grad norm", records, "grad_norm")
     measured = sum(norm is not None for norm in norms)
     if records and measured < len(records):
         # Measured on detail steps only (unless the script clips): the line joins them, a spike between them
         # is not on it. Said, as the Overview's "Checks 1 step in N" says it.
-        return [("global", [r["step"] for r in records], norms, "green")], (
-            f"{figure} · measured on {measured:,} of the last {len(records):,} steps"
-        )
-    return [("global", [r["step"] for r in records], norms, "green")], zoom.title(figure)
+        return series, f"{figure} · measured on {measured:,} of the last {len(records):,} steps"
+    return series, zoom.title(figure)
 
 
 def _diverged(figure: str, records: list[dict], name: str) -> str:

@@ -8,6 +8,7 @@ Torch-free.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -58,7 +59,8 @@ class HostCollector:
         except (AttributeError, psutil.Error):
             return psutil.cpu_count()
 
-    def _processes(self, pids: list[int]) -> list[psutil.Process]:
+    def _processes(self, pids: Iterable[int]) -> list[psutil.Process]:
+        """``pids``' processes, those already sampled as they were (their CPU measurement goes on)."""
         processes = []
         for pid in pids:
             known = self._workers.get(pid)
@@ -81,17 +83,7 @@ class HostCollector:
                     pids.update(int(pid) for pid in listing.read().split())
         except (OSError, ValueError):  # not Linux, or a kernel without the list
             return self._process.children(recursive=False)
-        children = []
-        for pid in pids:
-            known = self._workers.get(pid)
-            if known is not None:
-                children.append(known)
-                continue
-            try:
-                children.append(psutil.Process(pid))
-            except psutil.Error:
-                continue  # exited since
-        return children
+        return self._processes(pids)
 
     def _sample_workers(self, worker_pids: list[int] | None = None) -> list[dict[str, Any]]:
         try:

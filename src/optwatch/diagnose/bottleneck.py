@@ -270,24 +270,23 @@ def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> Non
 
 
 # --- the rules ----------------------------------------------------------------------------------------
-def classify(window: Window, holding: bool = False) -> dict[str, Any]:
-    """``bottleneck``, one-line ``message``, ``evidence`` (numbers) and ``suggestions`` for a window.
-    ``holding``: the last verdict was work between steps (``between_verdict`` of it), which then stays down to
-    ``BETWEEN_STAYS`` of its threshold."""
+def classify(window: Window) -> dict[str, Any]:
+    """``bottleneck``, one-line ``message``, ``evidence`` (numbers) and ``suggestions`` for a window."""
+    return judge(window)[0]
+
+
+def judge(window: Window, holding: bool = False) -> tuple[dict[str, Any], bool]:
+    """``classify``'s verdict, and whether work between steps (or evaluation) made it. ``holding``: it made the
+    last one, and then stays down to ``BETWEEN_STAYS`` of its threshold."""
     device_rule = _gpu if window.device == "cuda" else _cpu
-    threshold = BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0)
-    bottleneck, message, suggestions = (
-        _input(window) or _memory(window) or _between(window, threshold) or device_rule(window)
-    )
-    return {"bottleneck": bottleneck, "message": message, "evidence": evidence(window), "suggestions": suggestions}
-
-
-def between_verdict(verdict: dict[str, Any]) -> bool:
-    """Whether ``verdict`` (of ``classify``) was work between training steps or evaluation."""
-    return verdict.get("bottleneck") == "host" and verdict.get("message", "").startswith(_BETWEEN_OPENINGS)
-
-
-_BETWEEN_OPENINGS = ("evaluation takes ", "1 step in ")
+    between = None
+    found = _input(window) or _memory(window)
+    if found is None:
+        between = _between(window, BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0))
+        found = between or device_rule(window)
+    bottleneck, message, suggestions = found
+    verdict = {"bottleneck": bottleneck, "message": message, "evidence": evidence(window), "suggestions": suggestions}
+    return verdict, between is not None
 
 
 def _pct(share: float | None) -> str:

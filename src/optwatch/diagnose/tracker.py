@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from optwatch import protocol
-from optwatch.diagnose.bottleneck import between_verdict, classify, summarise
+from optwatch.diagnose.bottleneck import judge, summarise
 from optwatch.diagnose.phases import other_seconds
 from optwatch.protocol import finite
 
@@ -131,8 +131,7 @@ class VerdictTracker:
             return []
         window.every_check = self.every_check
         window.world_size = self.world_size
-        judged = classify(window, holding=self._holding_between)
-        self._holding_between = between_verdict(judged)
+        judged, self._holding_between = judge(window, holding=self._holding_between)
         return [
             protocol.make_record(
                 protocol.VERDICT,

@@ -461,7 +461,7 @@ class ControlPlugin(ProbePlugin):
                 f"the optimizer has {len(groups)} param group(s) (0-{len(groups) - 1}), not {command.group}"
             )
         indices = [command.group] if command.group is not None else range(len(groups))
-        scheduled = any(_drives(s, optimizer) for s in _schedulers_of(context))
+        scheduled = _scheduled(context, optimizer)
         # Every check before any change: a command applies to all its groups or to none. lr*=F scales the
         # partners' rates too (Muon's AdamW: one model's optimizers, whose rates differ by design; lr=V, one
         # value, is the primary's alone).
@@ -469,7 +469,7 @@ class ControlPlugin(ProbePlugin):
         partners = context.partner_optimizers() if command.scale and command.group is None else []
         partner_changes = []
         for name, partner in partners:
-            partner_scheduled = any(_drives(s, partner) for s in _schedulers_of(context))
+            partner_scheduled = _scheduled(context, partner)
             found = _lr_changes(partner, range(len(partner.param_groups)), command, partner_scheduled, f"{name}'s ")
             partner_changes.append((name, partner, found, partner_scheduled))
         described = self._apply_lr(context, optimizer, changes, self._held_rates, scheduled)
@@ -614,6 +614,11 @@ def _drives(scheduler: Any, optimizer: torch.optim.Optimizer) -> bool:
             return True
         held = getattr(held, "optimizer", None) or getattr(held, "_optimizer", None)
     return False
+
+
+def _scheduled(context: ProbeContext, optimizer: torch.optim.Optimizer) -> bool:
+    """A scheduler of the run sets ``optimizer``'s rates (a command then moves its schedule's base)."""
+    return any(_drives(scheduler, optimizer) for scheduler in _schedulers_of(context))
 
 
 def _schedulers_of(context: ProbeContext | None) -> list[Any]:
