@@ -139,7 +139,11 @@ def test_ctl_steers_a_running_job_and_refuses_bad_commands(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr + hub_log.read_text(errors="replace")
         lr_line, cudnn_line = result.stdout.splitlines()
         assert "where it changes nothing" in cudnn_line  # (set, but this model trains on the CPU)
-        assert lr_line.startswith("lr*=0.5: accepted, in effect from step ") and "0.01 -> 0.005" in lr_line
+        assert (
+            lr_line.startswith("lr*=0.5: accepted, in effect from step ")
+            and "0.01 at step " in lr_line
+            and " -> 0.005;" in lr_line
+        )
         lr_step = int(lr_line.split("from step ")[1].split()[0])
 
         for bad, reason in (("lr=-1", "positive"), ("lr=banana", "must be a number"), ("amp=maybe", "on or off"),
@@ -315,6 +319,28 @@ def test_an_lr_command_at_a_warm_ups_zero_is_refused_not_applied_for_one_step(tm
     assert used[3] == pytest.approx(0.02) and used[4] == pytest.approx(0.05 * 0.8 * 2 / 3)
 
 
+def test_an_lr_command_on_a_schedule_quotes_the_rate_a_step_used_not_one_no_step_uses(tmp_path):
+    """At the boundary the groups still hold the last step's rate: `lr*=0.5@6` on a warm-up said "group 0:
+    0.0125 -> 0.00625", the second a rate no step used (step 6 ran at half the schedule's own 0.015). The
+    answer quotes the last step's rate as that step's, and the factor."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr*=0.5@6", "--control", "lr=0.004@9",
+        str(SCRIPTS / "plain_train.py"), "--steps", "12", "--warmup", "20", "--lr", "0.05",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    used = {
+        int(step): float(value)
+        for _, step, value in (line.split() for line in result.stdout.splitlines() if line.startswith("lr "))
+    }
+    assert used[6] == pytest.approx(0.5 * 0.05 * 6 / 20)  # the command did what it says
+    events = {e["command"]: e["reason"] for e in read_jsonl(record) if e["kind"] == "event"}
+    # (the script reads its rate after step(), where the command already applied: the warm-up's own by hand)
+    assert events["lr*=0.5"].startswith(f"group 0: {0.05 * 5 / 20:.3g} at step 5, scaled x0.5;"), events["lr*=0.5"]
+    assert used[9] == pytest.approx(0.004)
+    assert events["lr=0.004"].startswith(f"group 0: {0.5 * 0.05 * 8 / 20:.3g} at step 8 -> 0.004;"), events["lr=0.004"]
+
+
 def test_an_lr_command_to_adafactor_computing_its_own_rate_is_refused(tmp_path):
     """Adafactor with relative_step=True never reads the group's lr, which its AdafactorSchedule fills in: an
     lr command was accepted, recorded as applied, and changed nothing (the losses were the same bits)."""
@@ -342,7 +368,7 @@ def test_an_lr_command_in_a_gan_says_which_optimizer_it_moved(tmp_path):
     assert result.returncode == 0, result.stderr
     [event] = [e for e in read_jsonl(record) if e["kind"] == "event"]
     assert event["status"] == "accepted", event
-    assert event["reason"].startswith("optD group 0: 0.002 -> 0.0001"), event["reason"]
+    assert event["reason"].startswith("optD group 0: 0.002 at step 4 -> 0.0001"), event["reason"]
     assert "the run's other optimizers keep theirs" in event["reason"]
 
 

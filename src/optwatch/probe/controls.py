@@ -355,13 +355,13 @@ class ControlPlugin(ProbePlugin):
             command = controls.parse_or_none(self._schedule[0].text)
             if not self._ready(command.name if command else None, stage):
                 return  # commands apply in order: the rest waits too
-            self._apply(context, self._schedule.pop(0))
+            self._apply(context, self._schedule.pop(0), stage)
 
-    def _apply(self, context: ProbeContext, due: Scheduled) -> None:
+    def _apply(self, context: ProbeContext, due: Scheduled, stage: str) -> None:
         late = due.step < context.step
         try:
             command = controls.parse(due.text)
-            detail = self._execute(context, command)
+            detail = self._execute(context, command, stage)
         except controls.CommandError as exc:
             context.emit(self._event(due.text, "rejected", str(exc), None, due.id, due.source))
             context.flush()
@@ -396,9 +396,11 @@ class ControlPlugin(ProbePlugin):
             source=source,
         )
 
-    def _execute(self, context: ProbeContext, command: controls.Command) -> str:
+    def _execute(self, context: ProbeContext, command: controls.Command, stage: str) -> str:
         if command.name == "lr":
-            return self._set_lr(context, command)
+            # At a boundary the groups hold the last step's rates, not yet what the script or its scheduler
+            # sets for the command's step: the answer says whose they are.
+            return self._set_lr(context, command, context.step - 1 if stage == "boundary" else None)
         if command.name == "amp":
             if command.value:
                 device = self._device(context)
@@ -451,7 +453,7 @@ class ControlPlugin(ProbePlugin):
         return torch.device("cpu")
 
     # --- the learning rate ---------------------------------------------------------------------------
-    def _set_lr(self, context: ProbeContext, command: controls.Command) -> str:
+    def _set_lr(self, context: ProbeContext, command: controls.Command, ran_at: int | None) -> str:
         optimizer = context.primary_optimizer
         if optimizer is None:
             raise controls.CommandError("no optimizer has stepped yet")
@@ -472,12 +474,15 @@ class ControlPlugin(ProbePlugin):
             partner_scheduled = _scheduled(context, partner)
             found = _lr_changes(partner, range(len(partner.param_groups)), command, partner_scheduled, f"{name}'s ")
             partner_changes.append((name, partner, found, partner_scheduled))
-        described = self._apply_lr(context, optimizer, changes, self._held_rates, scheduled)
+        described = self._apply_lr(context, optimizer, changes, self._held_rates, scheduled, command, ran_at)
         if partners:
             described = [f"{context.primary_name} {text}" for text in described]
         for name, partner, found, partner_scheduled in partner_changes:
             held = self._partner_rates.setdefault(partner, {})
-            described += [f"{name} {text}" for text in self._apply_lr(context, partner, found, held, partner_scheduled)]
+            described += [
+                f"{name} {text}"
+                for text in self._apply_lr(context, partner, found, held, partner_scheduled, command, ran_at)
+            ]
         if not command.scale:
             # lr=V: step N uses exactly V, whatever the scheduler or the script set since the boundary. Not
             # lr*=F, which scales what they set for step N (the schedule's base moved by F just now, or F
@@ -505,6 +510,8 @@ class ControlPlugin(ProbePlugin):
         changes: dict[int, tuple[float, float]],
         held_rates: dict[int, _HeldRate],
         scheduled: bool,
+        command: controls.Command,
+        ran_at: int | None,
     ) -> list[str]:
         described = []
         for index, (old, new) in changes.items():
@@ -513,7 +520,12 @@ class ControlPlugin(ProbePlugin):
                 held = held_rates.get(index)
                 factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
                 held_rates[index] = _HeldRate(factor=factor, last_set=new)
-            described.append(f"group {index}: {old:.3g} -> {new:.3g}")
+            if ran_at is None or ran_at < 0:  # (before the optimizer's first step: the rates it is about to use)
+                described.append(f"group {index}: {old:.3g} -> {new:.3g}")
+            elif command.scale and scheduled:  # the command's step uses F x what its schedule sets for it
+                described.append(f"group {index}: {old:.3g} at step {ran_at}, scaled x{float(command.value):g}")
+            else:  # pinned (lr=V), or held (the script's own values are scaled as they come)
+                described.append(f"group {index}: {old:.3g} at step {ran_at} -> {new:.3g}")
         return described
 
     def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
