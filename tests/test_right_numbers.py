@@ -479,6 +479,19 @@ def test_a_rollouts_policy_calls_are_not_the_training_steps_forward(tmp_path):
         assert first["step_time_s"] - timed == pytest.approx(iteration["rollout_s"], rel=0.25)
 
 
+def test_a_distillations_teachers_are_its_forward_however_many(tmp_path):
+    """Four teachers, each called once without gradients before the student: past three such calls the
+    forward was taken to start at the student's (the teachers' time, most of the step, was "other work").
+    A module called again without gradients is a loop's (a rollout's); each teacher once is the forward."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--budget", "0", "--record", str(record), str(SCRIPTS / "distillation.py"))
+    assert result.returncode == 0, result.stderr
+    steps = {s["step"]: s for s in steps_of(read_jsonl(record))}
+    truth = [json.loads(line[5:]) for line in result.stdout.splitlines() if line.startswith("STEP ")]
+    ratios = sorted(steps[t["step"]]["forward_s"] / t["forward_s"] for t in truth[2:])  # (the first from the start)
+    assert 0.8 < ratios[len(ratios) // 2] < 1.25, ratios
+
+
 def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(tmp_path):
     """A real PPO-shaped loop under `optwatch run`: the final verdict says that 1 step in 16 carries a
     rollout, and gives its share of the time as the script's own clock does over the same steps."""

@@ -42,10 +42,6 @@ from optwatch.probe.readback import DeviceTime
 
 TIMED = ("forward_s", "backward_s", "optimizer_s")
 UNTIMED = dict.fromkeys(TIMED)
-NO_GRAD_CALLS_IN_FORWARD = 3
-"""Loop-level module calls without gradients that a training forward may start with (a distillation's teacher,
-two or three of them); more before the first call with gradients are other work of the step (an RL
-rollout's hundreds of policy calls, an evaluation without a DataLoader), and the forward starts after them."""
 
 
 class TelemetryPlugin(ProbePlugin):
@@ -63,7 +59,7 @@ class TelemetryPlugin(ProbePlugin):
         """The mark is a batch's arrival (the first since the last backward or step)."""
         self._training_forward = False
         """The forward that began since the mark has gradients on (not an evaluation's)."""
-        self._no_grad_calls = 0
+        self._no_grad_called: set[int] | None = set()
         """Loop-level module calls without gradients since the forward began, before one with them."""
         self._awaiting_forward: Any = None
         """The global module pre-hook's handle while it waits for the loop's next module call."""
@@ -134,7 +130,7 @@ class TelemetryPlugin(ProbePlugin):
         """Since the mark (or now), no forward began, and no batch marked it."""
         self._forward_began = self._forward_ended = None
         self._training_forward = self._batch_marked = False
-        self._no_grad_calls = 0
+        self._no_grad_called = set()
 
     def _call_begins(self, module: torch.nn.Module, args: Any) -> None:
         """A module called by the loop itself (none of optwatch's hooks is set inside a module's call)."""
@@ -146,13 +142,20 @@ class TelemetryPlugin(ProbePlugin):
         if self._forward_began is None:
             self._forward_began = self._now()
             self._training_forward = torch.is_grad_enabled()
-            self._no_grad_calls = 0 if self._training_forward else 1
+            self._no_grad_called = set() if self._training_forward else {id(module)}
         elif not self._training_forward:
+            # Calls without gradients before the first with them: a distillation's teachers (each called once)
+            # are the forward's; a module called again is a loop's (an RL rollout's hundreds of policy calls,
+            # an evaluation without a DataLoader), the step's other work: the forward starts after it.
             if not torch.is_grad_enabled():
-                self._no_grad_calls += 1
+                if self._no_grad_called is not None:
+                    if id(module) in self._no_grad_called:
+                        self._no_grad_called = None  # (a loop: no need to remember more)
+                    else:
+                        self._no_grad_called.add(id(module))
             else:
                 self._training_forward = True
-                if self._no_grad_calls > NO_GRAD_CALLS_IN_FORWARD:  # a rollout's or an evaluation's: other_s
+                if self._no_grad_called is None:
                     self._forward_began = self._now()
         self._stop_awaiting()  # the module's own calls inside take torch's fast path
         # Its return, even by an exception, ends the forward so far. The hook is the module's only during
