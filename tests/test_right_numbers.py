@@ -506,3 +506,16 @@ def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(t
     timed_by_script = sum(i["rollout_s"] for i in inside) / sum(i["rollout_s"] + i["update_s"] for i in inside)
     assert final["bottleneck"] == "host" and final["message"].startswith("1 step in 16 takes "), final
     assert final["evidence"]["between_share"] == pytest.approx(timed_by_script, abs=0.08), final["evidence"]
+
+
+@pytest.mark.parametrize("alone", [False, True], ids=["beside a dense head", "SparseAdam alone"])
+def test_a_sparse_embeddings_gradient_counts_in_the_norm(tmp_path, alone):
+    """SparseAdam's embedding: its sparse gradient was left out of the global norm (1.418 where the dense
+    gradients' norm is 1.420), and with SparseAdam alone there was no norm at all. (Beside a head's Adam, the
+    first step's norm is SparseAdam's part: the other optimizer is known from its first step, as for Muon.)"""
+    records, stdout, _ = run(tmp_path, "sparse_embedding", *(["--alone"] if alone else []))
+    steps = steps_of(records)
+    assert len(steps) == 20
+    assert_as_the_script(steps, truth_of(stdout), "loss")
+    truth = {step: seen for step, seen in truth_of(stdout).items() if alone or step > 0}
+    assert_as_the_script([s for s in steps if s["step"] in truth], truth, "grad_norm")

@@ -28,7 +28,7 @@ from optwatch.diagnose.gradients import module_of
 from optwatch.options import ProbeOptions
 from optwatch.probe import sharding
 from optwatch.probe.plugin import ProbeContext, ProbePlugin
-from optwatch.probe.vectors import as_vector, norm_dtype, norms_of, tensors_by_device
+from optwatch.probe.vectors import as_vector, norm_dtype, norms_of, sparse_norms, tensors_by_device
 
 ROTATION = 8
 """The weights are measured in this many chunks, one per measured step."""
@@ -170,14 +170,18 @@ class GradientPlugin(ProbePlugin):
         if not params:
             return
         layout = self._layout
+        sparse: list[torch.Tensor] = []  # (no layer statistics of theirs; they count in the global norm)
         names = context.parameter_names()
         if layout is None or not (layout.source is params or layout.matches(params)) or (layout.unnamed and names):
             # (Before the first optimizer step the model, and so the names, may not be known yet.)
             source, dense = params, None
             if any(g.is_sparse for g in grads):
                 dense = [i for i, g in enumerate(grads) if not g.is_sparse]
+                sparse = [g for g in grads if g.is_sparse]
                 params, grads = [params[i] for i in dense], [grads[i] for i in dense]
-                if not params:
+                if not params:  # (SparseAdam alone: an embedding model)
+                    if not context.clip_measures:
+                        context.report_grad_norm(torch.linalg.vector_norm(torch.stack(sparse_norms(sparse))))
                     return
             labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
             layout = self._layout = _Layout(params, labels, self.budget_bytes, context.world_size)
@@ -187,6 +191,7 @@ class GradientPlugin(ProbePlugin):
         else:
             params = layout.params  # the same parameters: keep the layout's list
             if layout.dense is not None:  # (the sparse gradients left out, as when it was made)
+                sparse = [g for g in grads if g.is_sparse]
                 grads = [grads[i] for i in layout.dense]
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(False)  # (cheaper than entering ``torch.no_grad()``: this runs every step)
@@ -206,7 +211,10 @@ class GradientPlugin(ProbePlugin):
             if layout.scale is not None:
                 grad_norms = grad_norms * layout.scale
             if not context.clip_measures:
-                context.report_grad_norm(torch.linalg.vector_norm(grad_norms), part=layout.sharded)
+                total = torch.linalg.vector_norm(grad_norms)
+                if sparse and not layout.sharded:  # (their layers have no statistics; the norm is the whole's)
+                    total = torch.linalg.vector_norm(torch.stack([total, *(n.to(total) for n in sparse_norms(sparse))]))
+                context.report_grad_norm(total, part=layout.sharded)
             measured = _Measured(context.step, layout, grad_norms, [], None, None, None)
             turn_chunk = layout.next_chunk()
             if turn_chunk is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from optwatch.probe.vectors import as_vector
+from optwatch.probe.vectors import as_vector, sparse_norms
 
 
 def learning_rate_of(lr: Any) -> float | torch.Tensor | None:
@@ -29,13 +29,15 @@ def learning_rate_of(lr: Any) -> float | torch.Tensor | None:
 
 def global_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
     """The 2-norm of all ``grads`` together, in float32 on the first one's device (None without any)."""
+    sparse = [g for g in grads if g is not None and g.is_sparse]
     grads = [g for g in grads if g is not None and not g.is_sparse]
-    if not grads:
-        return None
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for grad in grads:
         by_device.setdefault(grad.device, []).append(grad)
     norms = [torch.linalg.vector_norm(as_vector(torch._foreach_norm(group)).float()) for group in by_device.values()]
+    norms += sparse_norms(sparse)
+    if not norms:
+        return None
     if len(norms) == 1:
         return norms[0]
     first = norms[0].device

@@ -68,3 +68,9 @@ def norms_of(
         for index, norm in zip(indices, norms):
             result[index] = norm.to(device, non_blocking=True)
     return result
+
+
+def sparse_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norms of sparse gradients (an ``nn.Embedding(sparse=True)``'s, for SparseAdam), each the dense
+    gradient's: the values of an index that came more than once summed first, as the optimizer sums them."""
+    return [torch.linalg.vector_norm(g.coalesce()._values().float()) for g in grads if g.is_sparse]
