@@ -461,3 +461,30 @@ def test_when_the_dashboard_fails_the_run_goes_on(monkeypatch, capsys, when):
     finally:
         os.killpg(pid, signal.SIGKILL)
         psutil.Process(pid).wait(10)
+
+
+async def test_space_pauses_the_run_and_the_footer_then_offers_resume(training):
+    """The footer said "space Pause" while the run was paused, where space resumes it."""
+    from textual.widgets import Footer
+
+    def footer_keys() -> str:
+        return " ".join(str(key.render()) for key in app.query_one(Footer).query("FooterKey"))
+
+    app = OptwatchApp(ViewerSession.for_process(training))
+    async with app.run_test(size=(120, 30)) as pilot:
+        store = app.store
+        await wait_for_ui(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 3)
+        assert "Pause" in footer_keys() and "Resume" not in footer_keys()
+
+        def answered(command: str):
+            return lambda: any(e.get("command") == command for e in store.rare.get("event", ()))
+
+        await pilot.press("space")
+        await wait_for_ui(pilot, answered("pause"))
+        await wait_for_ui(pilot, lambda: "Resume" in footer_keys())
+        assert "Pause" not in footer_keys() and app.query_one(RunHeader).status.startswith("paused by dashboard")
+        await pilot.press("space")
+        await wait_for_ui(pilot, answered("resume"))
+        await wait_for_ui(pilot, lambda: "Pause" in footer_keys() and "Resume" not in footer_keys())
+        steps = len(store.primary.steps)
+        await wait_for_ui(pilot, lambda: len(store.primary.steps) > steps + 2)  # training again

@@ -38,7 +38,7 @@ MIN_REDRAW_S = 0.15
 CHART_REDRAW_S = 1.0
 CHART_CPU_SHARE = 0.02
 IDLE_REDRAW_S = 1.0
-STEERING_ACTIONS = frozenset({"toggle", "toggle_pause", "command", "profile"})
+STEERING_ACTIONS = frozenset({"toggle", "pause", "resume", "command", "profile"})
 
 
 @dataclass
@@ -68,7 +68,8 @@ class OptwatchApp(App[None]):
         Binding("l", "show_tab('log')", "Log"),
         Binding("a", "toggle('amp')", "AMP"),
         Binding("b", "toggle('cudnn_benchmark')", "cudnn.bench"),
-        Binding("space", "toggle_pause", "Pause"),
+        Binding("space", "pause", "Pause"),
+        Binding("space", "resume", "Resume"),  # (the one of the two the run's state allows: check_action)
         Binding("colon", "command", "Command"),
         Binding("p", "profile", "Profile"),
         Binding("z", "zoom", "Zoom"),
@@ -81,6 +82,8 @@ class OptwatchApp(App[None]):
         self.store = session.store if session is not None else (store or Store())
         self.mode = mode
         self.detached = False
+        self._shown_paused = False
+        """Whether the run was paused when the views were last drawn: the footer offers Resume then."""
         self.exit_code: int | None = None
         self._rendered_version = -1
         self._last_redraw = 0.0
@@ -240,6 +243,9 @@ class OptwatchApp(App[None]):
             if (header.status.startswith("waiting") and has_steps) or header.status.startswith("paused"):
                 header.status = live
             pause = self._pause_event() if self.mode != "replay" and has_steps else None
+            if (pause is not None) != self._shown_paused:
+                self._shown_paused = pause is not None
+                self.refresh_bindings()  # the footer's space: Pause or Resume
             if pause is not None and header.status == live:
                 since = time.strftime("%H:%M:%S", time.localtime(pause.get("time") or 0))
                 header.status = f"paused by {pause.get('source') or '?'} since {since}"
@@ -346,6 +352,8 @@ class OptwatchApp(App[None]):
         # A replay cannot be steered: its footer shows only the keys that do something there.
         if self.mode == "replay" and action in STEERING_ACTIONS:
             return False
+        if action in ("pause", "resume"):
+            return (action == "resume") == self._shown_paused
         return True
 
     # --- steering -----------------------------------------------------------------------------------
@@ -396,8 +404,11 @@ class OptwatchApp(App[None]):
     def action_toggle(self, field: str) -> None:
         self.send_command(f"{field}={'off' if self._current(field) else 'on'}")
 
-    def action_toggle_pause(self) -> None:
-        self.send_command("resume" if self._paused() else "pause")
+    def action_pause(self) -> None:
+        self.send_command("pause")
+
+    def action_resume(self) -> None:
+        self.send_command("resume")
 
     def action_command(self, initial: str = "") -> None:
         def sent(text: str | None) -> None:
