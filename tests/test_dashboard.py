@@ -488,3 +488,16 @@ async def test_space_pauses_the_run_and_the_footer_then_offers_resume(training):
         await wait_for_ui(pilot, lambda: "Pause" in footer_keys() and "Resume" not in footer_keys())
         steps = len(store.primary.steps)
         await wait_for_ui(pilot, lambda: len(store.primary.steps) > steps + 2)  # training again
+
+
+async def test_a_training_killed_by_sigkill_is_said_so_with_the_likely_sender(training):
+    """The OOM killer's SIGKILL read "crashed (exit 137)", as if the script had failed."""
+    app = OptwatchApp(ViewerSession.for_process(training))
+    async with app.run_test(size=(120, 30)) as pilot:
+        store = app.store
+        await wait_for_ui(pilot, lambda: store.primary is not None and len(store.primary.steps) >= 3)
+        os.kill(training.pid, signal.SIGKILL)
+        await wait_for_ui(pilot, lambda: app.exit_code is not None)
+        await pilot.pause(0.1)
+        assert app.query_one(RunHeader).status == "killed by SIGKILL (exit 137)"
+        assert any("OOM killer" in str(n.message) for n in app._notifications), list(app._notifications)

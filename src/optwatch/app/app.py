@@ -164,7 +164,9 @@ class OptwatchApp(App[None]):
             while session.answers:
                 self.post_message(CommandAnswered(*session.answers.popleft()))
             if session.done():
-                self.post_message(RunExited(session.exit_code()))
+                process = session.process
+                killed_by = process.killed_by() if process is not None else None
+                self.post_message(RunExited(session.exit_code(), killed_by, session.ending_line()))
                 return
 
     def on_feed_updated(self, message: FeedUpdated) -> None:
@@ -196,8 +198,13 @@ class OptwatchApp(App[None]):
             header.status = f"stopped (exit {message.exit_code})"
         elif message.exit_code == 0:
             header.status = "finished (exit 0)"
+        elif message.killed_by:
+            header.status = f"killed by {message.killed_by} (exit {message.exit_code})"
         else:
             header.status = f"crashed (exit {message.exit_code})"
+        if message.killed_by and message.ending and not header.status.startswith("stopped"):
+            # (the OOM killer's SIGKILL says nothing of its own: the run just vanishes)
+            self.notify(message.ending.removeprefix("optwatch: "), severity="error", timeout=30)
         self.render_views()
 
     # --- rendering ----------------------------------------------------------------------------------

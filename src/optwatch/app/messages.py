@@ -15,9 +15,13 @@ class FeedUpdated(Message):
 class RunExited(Message):
     """The training process exited and its last records are in."""
 
-    def __init__(self, exit_code: int | None) -> None:
+    def __init__(self, exit_code: int | None, killed_by: str | None = None, ending: str | None = None) -> None:
         super().__init__()
         self.exit_code = exit_code
+        self.killed_by = killed_by
+        """The signal that ended it (``SIGKILL``), when one did."""
+        self.ending = ending
+        """How it ended, in one line, where that is news (``ViewerSession.ending_line``)."""
 
 
 class CommandAnswered(Message):
