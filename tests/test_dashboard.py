@@ -501,3 +501,11 @@ async def test_a_training_killed_by_sigkill_is_said_so_with_the_likely_sender(tr
         await pilot.pause(0.1)
         assert app.query_one(RunHeader).status == "killed by SIGKILL (exit 137)"
         assert any("OOM killer" in str(n.message) for n in app._notifications), list(app._notifications)
+        # Nothing left to steer: the footer offers no steering keys, and the palette's commands are not sent.
+        from textual.widgets import Footer
+
+        keys = " ".join(str(key.render()) for key in app.query_one(Footer).query("FooterKey"))
+        assert "Quit" in keys and not {"Pause", "AMP", "Command", "Profile"} & set(keys.split()), keys
+        app.send_command("pause")
+        await pilot.pause(0.1)
+        assert any("the run has ended: pause was not sent" in str(n.message) for n in app._notifications)

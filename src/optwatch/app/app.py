@@ -84,6 +84,7 @@ class OptwatchApp(App[None]):
         self.detached = False
         self._shown_paused = False
         """Whether the run was paused when the views were last drawn: the footer offers Resume then."""
+        self._run_over = False
         self.exit_code: int | None = None
         self._rendered_version = -1
         self._last_redraw = 0.0
@@ -185,6 +186,8 @@ class OptwatchApp(App[None]):
 
     def on_run_exited(self, message: RunExited) -> None:
         self.exit_code = message.exit_code
+        self._run_over = True
+        self.refresh_bindings()
         self._rendered_version = -1  # draw the final state in full
         panes = self._live_panes()
         if panes is None:
@@ -356,8 +359,8 @@ class OptwatchApp(App[None]):
         self.render_views(force_charts=True)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # A replay cannot be steered: its footer shows only the keys that do something there.
-        if self.mode == "replay" and action in STEERING_ACTIONS:
+        # A replay, or a run that has ended, cannot be steered: the footer shows only the keys that do something.
+        if (self.mode == "replay" or self._run_over) and action in STEERING_ACTIONS:
             return False
         if action in ("pause", "resume"):
             return (action == "resume") == self._shown_paused
@@ -367,6 +370,9 @@ class OptwatchApp(App[None]):
     def send_command(self, text: str) -> None:
         if self.session is None:
             self.notify("a replay cannot be steered", severity="warning")
+            return
+        if self._run_over:  # (the command palette still lists the commands)
+            self.notify(f"the run has ended: {text} was not sent", severity="warning")
             return
         self.session.send_command(text)
         self.notify(f"sent {text}; it applies at the next step boundary", timeout=3)
