@@ -370,6 +370,29 @@ def test_a_plugin_that_raises_is_switched_off_and_the_training_goes_on(caplog):
     assert caplog.text.count("faulty failed in after_step and is switched off; training goes on") == 1
 
 
+def test_records_a_plugin_spoils_are_said_to_be_missing_not_left_out_in_silence():
+    """A step record with a bad field (a plugin's, or a loss of shape (1,) sent as a list) was left out by the
+    hub with a line in its log, which nobody sees: the run showed no steps and said nothing. The hub says
+    once, in an alert every viewer and the record get, what it left out and why."""
+
+    class Spoiling(ProbePlugin):
+        name = "spoiling"
+
+        def after_step(self, probe, record):
+            if record["step"] >= 3:
+                record["samples"] = "sixteen"
+
+    probe = start(Spoiling())
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, optimizer, torch.randn(16, 4), torch.randn(16, 1), steps=8)
+    records = records_of(probe)
+    assert [r["step"] for r in records if r["kind"] == "step"] == [0, 1, 2]
+    [alert] = [r for r in records if r["kind"] == "alert"]
+    assert alert["type"] == "records_refused" and alert["severity"] == "warning", alert
+    assert "samples" in alert["message"] and "the run, which goes on" in alert["message"], alert["message"]
+
+
 def test_a_plugin_switched_off_takes_its_hooks_away_at_once():
     """Left in place, a broken plugin's hooks would go on running at every module call."""
     from torch.nn.modules import module as nn_module

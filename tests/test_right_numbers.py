@@ -519,3 +519,13 @@ def test_a_sparse_embeddings_gradient_counts_in_the_norm(tmp_path, alone):
     assert_as_the_script(steps, truth_of(stdout), "loss")
     truth = {step: seen for step, seen in truth_of(stdout).items() if alone or step > 0}
     assert_as_the_script([s for s in steps if s["step"] in truth], truth, "grad_norm")
+
+
+@pytest.mark.parametrize("shape, micro", [("1", 1), ("1,1", 1), ("1", 2)])
+def test_a_loss_of_one_number_in_a_shape_is_the_steps_loss(tmp_path, shape, micro):
+    """`.mean(dim=0)` of a (B, 1) error is a loss of shape (1,), which backward() takes as a scalar: the run
+    had no step record at all (the loss went out as a list, which the hub refused), and said nothing."""
+    records, stdout, _ = run(tmp_path, "loss_shapes", "--shape", shape, "--micro", str(micro))
+    steps = steps_of(records)
+    assert len(steps) == 12
+    assert_as_the_script(steps, truth_of(stdout), "loss")

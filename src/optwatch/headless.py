@@ -74,7 +74,8 @@ def notable_line(record: dict) -> str | None:
             return f"optwatch: {record.get('command')} accepted, in effect from step {step}{reason}"
         return f"optwatch: {record.get('command')} rejected: {record.get('reason')}"
     if kind == "alert":
-        return f"optwatch: ALERT {record.get('type')} @ step {record.get('step')}{on_rank}: {record.get('message')}"
+        at = f" @ step {record['step']}" if record.get("step") is not None else ""
+        return f"optwatch: ALERT {record.get('type')}{at}{on_rank}: {record.get('message')}"
     if kind == "hotspots":
         return hotspots_line(record)
     return None

@@ -59,6 +59,8 @@ COMMAND_GIVE_UP_S = 30.0
 LINGER_AFTER_END_S = 5.0
 WAIT_FOR_FIRST_RANK_S = 60.0
 LOG_LINE_MAX = 4096
+MAX_REFUSALS_SAID = 3
+"""Alerts for records left out, each for a new reason: a few say it; more would only repeat it."""
 FIGURES_EVERY_S = 5.0
 LOGS_EVERY_S = 0.25
 """How often the script's new output is read (and published as ``log`` records)."""
@@ -110,6 +112,8 @@ class Hub:
         """``{"by": source, "since": unix time}`` while a pause is in effect."""
         self.published = 0
         self.failed_handshakes = 0
+        self._refusals_said: set[str] = set()
+        """Why records from the ranks were left out, each said once in an alert (a few at most)."""
         # Increasing across restarts of the hub (viewers drop what they have seen by its number).
         self._seq = time.time_ns() // 1000
         self._sockets: dict[str, zmq.Socket] = {}
@@ -376,11 +380,28 @@ class Hub:
             return
         if refused:
             log.warning("optwatch hub: %d records from a rank left out (%s)", len(refused), refused[0])
+            records = [*records, *self._refusal_alerts(refused)]
         try:
             records = self.shards.take(records, time.monotonic())
         except Exception:
             log.exception("optwatch hub: combining the ranks' sharded norms failed on a batch; it goes on as it is")
         self._diagnose_and_take(records)
+
+    def _refusal_alerts(self, refused: list[str]) -> list[dict[str, Any]]:
+        """An alert for each new reason records were left out (a plugin's bad field, a fault in optwatch): the
+        figures they carried are missing from every view, which says so instead of showing nothing."""
+        alerts = []
+        for reason in dict.fromkeys(refused):
+            if reason in self._refusals_said or len(self._refusals_said) >= MAX_REFUSALS_SAID:
+                continue
+            self._refusals_said.add(reason)
+            message = (
+                f"records from the training were left out, their figures missing from every view: {reason}. A fault "
+                "in optwatch or in a plugin of its, not in the run, which goes on (please report it)"
+            )
+            alerts.append(protocol.make_record(protocol.ALERT, 0, type="records_refused", step=None,
+                                               severity="warning", message=message))  # fmt: skip
+        return alerts
 
     def _diagnose_and_take(self, records: list[dict[str, Any]]) -> None:
         if not records:

@@ -79,9 +79,11 @@ class StepLosses:
         losses, self._losses = self._losses, []
         if not losses:
             return None
+        # (A loss of shape (1,) or (1, 1), ``.mean(dim=0)``'s, backpropagates as a scalar: one number all the same.)
+        losses = [loss if not loss.dim() else loss.reshape(()) for loss in losses]
         if len(losses) == 1:
             return losses[0]
-        return LossSum([loss if not loss.dim() else loss.reshape(()) for loss in losses])
+        return LossSum(losses)
 
     def clear(self) -> None:
         self._losses = []
