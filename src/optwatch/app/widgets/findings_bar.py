@@ -32,7 +32,8 @@ class FindingsBar(Static):
         for alert in reversed(alerts):
             rank = alert.get("rank")
             where = f" rank {rank}" if isinstance(rank, int) and rank > 0 else ""
-            line = f"{alert.get('type', 'alert')} @ step {alert.get('step', '?')}{where}: {alert.get('message', '')}"
+            at = f" @ step {alert['step']}" if alert.get("step") is not None else ""
+            line = f"{alert.get('type', 'alert')}{at}{where}: {alert.get('message', '')}"
             text.append("⚠ ", "bold red")
             text.append(line + "\n", "red")
             lines.append(line)
