@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils.data import BatchSampler
+from torch.utils.data._utils.collate import default_collate
 
 MAX_BATCH_TENSORS = 8
 """The tensors of a batch its size is read from (a batch is usually two or three)."""
@@ -41,6 +43,23 @@ def batch_size_of(batch: Any) -> int | None:
         if not isinstance(tensor, PackedSequence) and tensor.dim() and not tensor.is_nested:
             shared &= set(tensor.shape)
     return shared.pop() if len(shared) == 1 else leading[0]
+
+
+def samples_drawn(iterator: Any) -> int | None:
+    """The samples the DataLoader's own ``BatchSampler`` drew for the batch just taken, where the script's
+    ``collate_fn`` makes it (a list of per-sample tensors, a detection model's ``tuple(zip(*batch))``): its
+    tensors' shapes then say how big a sample is, not how many there are. None where the loader collates by
+    default (the shapes say it) or its sampler is another (a bucketing sampler's, accelerate's shards)."""
+    sampler = getattr(iterator, "_index_sampler", None)
+    if type(sampler) is not BatchSampler or getattr(iterator, "_collate_fn", default_collate) is default_collate:
+        return None
+    index = getattr(iterator, "_num_yielded", 0) - 1  # (counted on when the batch was yielded)
+    try:
+        drawn = len(sampler.sampler)  # type: ignore[arg-type]
+    except TypeError:
+        return None  # (an iterable dataset's: its last batch may be short)
+    size = sampler.batch_size
+    return max(0, min(size, drawn - index * size)) if index >= 0 else None
 
 
 def _tensors_in(batch: Any, found: list, depth: int) -> list:
@@ -106,7 +125,8 @@ class BatchAccounts:
         queue = self._unconsumed.get(iterator)
         if queue is None:
             queue = self._unconsumed[iterator] = collections.deque(maxlen=4096)
-        queue.append((batch_size_of(batch), started))
+        size = samples_drawn(iterator)
+        queue.append((size if size is not None else batch_size_of(batch), started))
         self._latest_iterator = weakref.ref(iterator)
         if any(ref() is iterator for ref in self._training_loaders):
             self.data_wait_s += finished - started
