@@ -440,8 +440,9 @@ class SparseBag(torch.nn.Module):
 
 
 @pytest.mark.parametrize("grad_every", [0, 1])  # the probe's own norm, and the gradient statistics'
-def test_the_global_norm_covers_the_dense_gradients_there_are(grad_every):
-    """Frozen parameters (no gradient) and sparse gradients are left out of the step's global norm."""
+def test_the_global_norm_covers_the_gradients_there_are(grad_every):
+    """Frozen parameters (no gradient) are left out of the step's global norm; a sparse gradient counts as the
+    dense one would (it was left out: SparseAdam's embedding had no part in the norm)."""
     probe = start(grad_every=grad_every)
     torch.manual_seed(0)
     model = SparseBag()
@@ -451,7 +452,8 @@ def test_the_global_norm_covers_the_dense_gradients_there_are(grad_every):
     for _ in range(3):
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(model(tokens), y).backward()
-        norms.append(torch.nn.utils.get_total_norm([model.head.weight.grad, model.head.bias.grad]).item())
+        dense = [model.embed.weight.grad.to_dense(), model.head.weight.grad, model.head.bias.grad]
+        norms.append(torch.nn.utils.get_total_norm(dense).item())
         optimizer.step()
     steps = recorded(probe)
     assert [s["grad_norm"] for s in steps] == pytest.approx(norms, rel=1e-6)

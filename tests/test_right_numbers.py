@@ -540,3 +540,13 @@ def test_a_batch_the_scripts_collate_fn_makes_counts_its_samples(tmp_path, colla
     truth = truth_of(stdout)
     assert {t["samples"] for t in truth.values()} == {8, 2}  # (the last batch of each epoch is short)
     assert_as_the_script(steps_of(records), truth, "samples", "loss")
+
+
+def test_sam_has_its_first_passs_loss_and_the_gradient_its_step_applies(tmp_path):
+    """SAM's two passes a step: the loss was the second pass's at step 0 (SAM's zero_grad between them taken
+    for a skipped batch) and both passes' sum from step 1 on (3.33 for a loss of 1.65), the chart doubling
+    at step 1. It is the first pass's loss, as under SAM's step(closure) and as its users log it."""
+    records, stdout, _ = run(tmp_path, "sam")
+    steps = steps_of(records)
+    assert len(steps) == 30
+    assert_as_the_script(steps, truth_of(stdout), "loss", "grad_norm")

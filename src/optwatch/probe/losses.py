@@ -47,6 +47,8 @@ class StepLosses:
         self._scaled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.closure_loss_taken = False
         """Inside an optimizer's ``step(closure)``: its first evaluation's loss is taken, the rest are not."""
+        self.held = False
+        """The step's loss is taken: later backward() calls until the step add none (SAM's second pass)."""
 
     def backpropagated(self, tensor: torch.Tensor, in_closure: bool) -> None:
         """``backward()`` began on the scalar ``tensor``; ``in_closure``: inside an optimizer's step()."""
@@ -54,6 +56,8 @@ class StepLosses:
             if self.closure_loss_taken:
                 return  # only the first evaluation is the step's loss
             self.closure_loss_taken = True
+        elif self.held:
+            return
         scaled = self._scaled.pop(id(tensor), None)
         if scaled is not None and scaled[0] is tensor:
             tensor = scaled[1]  # GradScaler.scale(loss): the loss as the script computed it
@@ -77,6 +81,7 @@ class StepLosses:
     def take(self) -> torch.Tensor | LossSum | None:
         """Their sum (None without any), and a new account for the next optimizer's step."""
         losses, self._losses = self._losses, []
+        self.held = False
         if not losses:
             return None
         # (A loss of shape (1,) or (1, 1), ``.mean(dim=0)``'s, backpropagates as a scalar: one number all the same.)
@@ -87,6 +92,7 @@ class StepLosses:
 
     def clear(self) -> None:
         self._losses = []
+        self.held = False
         self._scaled.clear()
         self.closure_loss_taken = False
 

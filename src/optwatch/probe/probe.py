@@ -81,6 +81,20 @@ own duration ago: the walk over every live object takes at most a twentieth of t
 _live_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
 
 
+def _wraps_another(optimizer: torch.optim.Optimizer) -> bool:
+    """``optimizer`` holds another over the same parameters and steps through it (SAM around its base SGD)."""
+    groups = optimizer.param_groups
+    first = groups[0]["params"][0] if groups and groups[0]["params"] else None
+    for value in vars(optimizer).values():
+        if isinstance(value, torch.optim.Optimizer) and value is not optimizer:
+            inner = value.param_groups
+            if inner is groups or (
+                first is not None and inner and inner[0]["params"] and inner[0]["params"][0] is first
+            ):
+                return True
+    return False
+
+
 def _forked() -> None:
     for probe in list(_live_probes):
         probe._forked()
@@ -798,6 +812,11 @@ class Probe:
             return  # between the primary's step and its partners': the step is under way, not skipped
         if self._no_optimizer_step_due:
             return  # no optimizer: the backward was the step (its update made by hand), ended at the next
+        if isinstance(owner, torch.optim.Optimizer) and _wraps_another(owner):
+            # SAM's first_step: the weights moved for a second pass whose gradients the step applies, as under
+            # its step(closure): no step skipped, and the loss is the first pass's (the one SAM's users log).
+            self._losses.held = True
+            return
         if self._primary is not None:
             if isinstance(owner, torch.nn.Module):
                 first = next(owner.parameters(), None)
