@@ -462,6 +462,7 @@ def test_the_script_sees_what_python_gives_it(tmp_path):
     assert "Traceback (most recent call last):" in watched.stderr and "runpy" not in watched.stderr
 
 
+@pytest.mark.xdist_group("rollouts")  # (timed: two pure-Python rollouts side by side slow each other)
 def test_a_rollouts_policy_calls_are_not_the_training_steps_forward(tmp_path):
     """The rollout's hundreds of policy calls without gradients were timed as the next step's forward (150 ms of
     a 166 ms step), which made a PPO loop "compute-bound": the forward starts at the first call with
@@ -492,6 +493,7 @@ def test_a_distillations_teachers_are_its_forward_however_many(tmp_path):
     assert 0.8 < ratios[len(ratios) // 2] < 1.25, ratios
 
 
+@pytest.mark.xdist_group("rollouts")  # (timed: two pure-Python rollouts side by side slow each other)
 def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(tmp_path):
     """A real PPO-shaped loop under `optwatch run`: the final verdict says that 1 step in 16 carries a
     rollout, and gives its share of the time as the script's own clock does over the same steps."""
