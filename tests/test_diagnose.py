@@ -192,6 +192,16 @@ def test_noisy_steps_and_a_gpu_host_catching_up_are_not_work_between_steps():
         for i in range(first, first + 8):
             noisy[i]["step_time_s"] = 0.6  # bursts of slow steps side by side, as a busy machine makes them
     assert "between" not in verdict(noisy, make_systems())["message"]
+    # A busy machine's slices at a regular spacing (every 4th step 5x longer): every phase of those steps took
+    # longer, backward and the optimizer's step too, where work between steps leaves those alone.
+    sliced = make_steps(
+        64, step_time=0.001, data_wait_s=0.0001, forward_s=0.0003, backward_s=0.0004, optimizer_s=0.0001
+    )
+    for step in sliced[::4]:
+        for key in ("step_time_s", "data_wait_s", "forward_s", "backward_s", "optimizer_s"):
+            step[key] *= 6
+        step["other_s"] = other_seconds(step)
+    assert "between" not in verdict(sliced, make_systems())["message"]
     # On a GPU the step that reads a value back waits for the ones queued before it: not extra work.
     assert "between" not in verdict(rollout_steps(), make_systems(gpus=[gpu(96)]), "cuda:0")["message"]
 

@@ -57,6 +57,9 @@ BETWEEN_STAYS = 0.80
 verdict every few seconds."""
 MIN_LONG_EVERY = 4
 """The fewest steps between two long ones for them to be work done every N steps."""
+SLOWED_UPDATE_SHARE = 0.25
+"""Long steps whose time beyond the median step is this much in their backward and optimizer step were
+slowed down, not given more work: a busy machine's slices, which can come at a regular spacing too."""
 
 BOTTLENECKS = ("input", "compute", "host", "sync", "memory", "balanced")
 
@@ -238,10 +241,30 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -
     every = statistics.median(gaps)
     if every < MIN_LONG_EVERY or sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) < 2 / 3 * len(gaps):
         return  # (a burst of slow steps, side by side, is a busy machine too)
+    if _slowed_down(timed, {step for step, _ in long}, typical):
+        return
     window.long_steps = len(long)
     window.long_every = round(every)
     window.long_step_s = statistics.median(w for _, w in long)
     window.between_share = sum(w - typical for _, w in long) / total
+
+
+def _slowed_down(timed: Sequence[dict[str, Any]], long: set[int], typical: float) -> bool:
+    """Whether the long steps timed in their phases (3 at least) took their extra time in backward() and the
+    optimizer's step as well: work between steps (a rollout, an evaluation, a checkpoint) leaves those alone."""
+
+    def update_s(step: dict[str, Any]) -> float | None:
+        parts = (step.get("backward_s"), step.get("optimizer_s"))
+        return sum(parts) if all(finite(part) for part in parts) else None  # type: ignore[arg-type]
+
+    timed_long = [s for s in timed if s.get("step", 0) in long and update_s(s) is not None]
+    others = [update_s(s) for s in timed if s.get("step", 0) not in long and update_s(s) is not None]
+    if len(timed_long) < 3 or not others:
+        return False
+    usual = statistics.median(others)  # type: ignore[type-var]
+    extra = sum(s["step_time_s"] - (s.get("data_wait_s") or 0.0) - typical for s in timed_long)
+    in_updates = sum(max(0.0, update_s(s) - usual) for s in timed_long)  # type: ignore[operator]
+    return extra > 0 and in_updates > SLOWED_UPDATE_SHARE * extra
 
 
 def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> None:
