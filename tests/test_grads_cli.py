@@ -127,10 +127,11 @@ def test_the_budget_spaces_out_the_checks_of_a_tiny_step_and_zero_keeps_every_st
     assert all((s["grad_norm"] is not None) == s["detailed"] for s in late)
     final = [line for line in result.stderr.splitlines() if line.startswith("optwatch: final step")]
     assert final and f"checks 1/{late[-1]['detail_every']})" in final[0]
-    last_norm = [s["grad_norm"] for s in steps if s["grad_norm"] is not None][-1]
-    # The last norm measured, also when the final step had no check (the spacing depends on this
-    # machine's speed, so which step that is does too).
-    assert f"| grad {last_norm:.3g} |" in final[0]
+    last_measured = [s for s in steps if s["grad_norm"] is not None][-1]
+    # The last norm measured, also when the final step had no check, then with its step (the spacing depends
+    # on this machine's speed, so which step that is does too).
+    when = f" at step {last_measured['step']}" if last_measured is not steps[-1] else ""
+    assert f"| grad {last_measured['grad_norm']:.3g}{when} |" in final[0]
     result = optwatch("run", "--headless", "--budget", "0", "--record", str(every), script, "--steps", "400")
     assert result.returncode == 0, result.stderr
     steps = steps_of(read_jsonl(every))

@@ -46,7 +46,7 @@ def summary_line(store: Store, final: bool = False) -> str | None:
         if final and summary.run_samples_per_s is not None:
             throughput += f" ({summary.run_samples_per_s:.0f} over the whole run)"
         parts.append(throughput)
-    grad = f"grad {_fmt(summary.grad_norm, '.3g')}"
+    grad = f"grad {_fmt(summary.grad_norm, '.3g')}{summary.grad_norm_when}"
     if summary.clipped_share is not None:  # (over the recent steps: a whole run's share is not this line's)
         share, steps = 100 * summary.clipped_share, summary.clipped_of
         grad += f" (clipped at {summary.clip_max_norm:g} in {share:.0f}% of the last {steps} steps)"

@@ -150,6 +150,8 @@ class RunSummary:
     recent: Window = field(default_factory=lambda: window([]))
     grad_norm: float | None = None
     """The latest gradient norm measured (before clipping)."""
+    grad_norm_step: int | None = None
+    """The step it was measured at: past the first steps, not every step's is (``--budget``)."""
     clip_max_norm: float | None = None
     clipped_share: float | None = None
     """The share of recent measured steps whose gradient norm the script's clipping cut."""
@@ -163,6 +165,12 @@ class RunSummary:
     run_samples_per_s: float | None = None
     """Samples over the whole run's time, evaluations, checkpoints and every pause between steps included:
     the figure a script prints at its end (``CostTotals.run_samples_per_s``)."""
+
+    @property
+    def grad_norm_when(self) -> str:
+        """Where the norm shown is an earlier step's than the latest, " at step N"; else nothing."""
+        step = self.grad_norm_step
+        return f" at step {step}" if step is not None and step != self.step else ""
 
     @property
     def steps_in(self) -> int:
@@ -203,7 +211,8 @@ def summarise(
     recent = window(recent_steps)
     costed = _covering(steps, RECENT_COST_S)
     recent_cost = window(costed) if len(costed) > len(recent_steps) else recent
-    grad_norm = next((s["grad_norm"] for s in reversed(steps) if s.get("grad_norm") is not None), None)
+    measured = next((s for s in reversed(steps) if s.get("grad_norm") is not None), None)
+    grad_norm = measured["grad_norm"] if measured is not None else None
     clip = next((s["clip_max_norm"] for s in reversed(recent_steps) if finite(s.get("clip_max_norm"))), None)
     losses = last.get("losses")
     clipped, clipped_of = clipped_share(recent_steps) if clip is not None else (None, 0)
@@ -222,6 +231,7 @@ def summarise(
         losses={k: v for k, v in losses.items() if finite(v)} if isinstance(losses, dict) else {},
         recent=recent,
         grad_norm=grad_norm,
+        grad_norm_step=measured.get("step") if measured is not None else None,
         clip_max_norm=clip,
         clipped_share=clipped,
         clipped_of=clipped_of,

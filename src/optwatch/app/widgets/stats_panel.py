@@ -41,7 +41,7 @@ class StatsPanel(Widget):
             rows[f" {name[:9]}"] = fmt.number(loss)
         # The training's own figures first, then its speed, then optwatch's cost: at 80x24 the panel shows
         # a dozen rows, and the learning rate and the evaluation's metrics were the ones cut off.
-        rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g")
+        rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g") + summary.grad_norm_when
         if summary.clipped_share is not None:  # (two rows: one was cut off in the panel's column)
             rows["Clipped"] = f"{100 * summary.clipped_share:.0f}% of last {summary.clipped_of}"
             rows["  at norm"] = f"{summary.clip_max_norm:g}"
