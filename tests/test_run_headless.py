@@ -228,3 +228,34 @@ def test_a_ctrl_c_stops_the_run_and_the_last_line_says_at_which_step(tmp_path):
     assert said, err[-2000:]
     last_printed = int(out.splitlines()[-1].split()[1])  # (the interrupt may come before its step is sent)
     assert last_printed - 1 <= int(said[1]) <= last_printed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_a_signal_to_optwatch_run_reaches_the_scripts_own_handler(tmp_path, sig):
+    """SLURM's `--signal` (USR1, Lightning's requeue) sent to `optwatch run` killed it alone: the training, in a
+    session of its own, ran on unwatched and its handler never saved. It gets the signal, as under python."""
+    saved = tmp_path / "saved"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "signal_handlers.py"),
+         "--saved", str(saved)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 3)
+        job.send_signal(sig)
+    finally:
+        out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err[-2000:]
+    assert saved.read_text() == sig.name and f"saved on {sig.name}" in out
+    assert not live_jobs()
+
+
+def test_without_a_terminal_the_dashboard_gives_way_to_headless(tmp_path):
+    """`nohup optwatch train.py > log &`, `sbatch --wrap`: with no terminal the dashboard waited for keys for
+    ever (a 0.1 s script still running at 40 s), with the script's output in no log."""
+    result = optwatch("run", str(SCRIPTS / "short.py"), "--steps", "3")  # (stdin, stdout: no terminals)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.startswith("optwatch: no terminal for the dashboard (stdout is not one): headless instead")
+    assert result.stdout.count("TRUTH ") == 3  # the script's output, passed through
+    assert "optwatch: final step 2" in result.stderr

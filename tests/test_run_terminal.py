@@ -66,3 +66,25 @@ def test_quitting_with_y_stops_the_run_says_so_and_exits_as_the_script_did():
         os.close(controller)
     assert process.returncode == 130, shown[-2000:]  # a Ctrl-C's, as `python script.py` gives it
     assert re.search(r"optwatch: the run was stopped at step \d+, exit 130", shown), shown[-2000:]
+
+
+def test_sigterm_to_the_dashboards_optwatch_run_lets_the_script_save_and_ends_with_it(tmp_path):
+    """A scheduler's preemption (SIGTERM to `optwatch run`) ended the dashboard at once: the training, in a
+    session of its own, ran on unwatched, and its own SIGTERM handler never saved a checkpoint."""
+    import signal
+
+    saved = tmp_path / "saved"
+    process, controller = in_a_terminal("run", str(SCRIPTS / "signal_handlers.py"), "--saved", str(saved))
+    try:
+        [job] = wait_for(live_jobs)
+        wait_for_steps(job, 5)
+        time.sleep(1.0)  # the dashboard is up
+        process.send_signal(signal.SIGTERM)
+        shown = read_until_exit(process, controller, timeout_s=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+    assert process.returncode == 0, shown[-2000:]  # the script's own exit, after its handler
+    assert saved.read_text() == "SIGTERM"
+    assert not live_jobs()

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -444,6 +445,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _check_script(args.script, args.args)
     check_web_arguments(args)
+    _headless_without_a_terminal(args)
     if args.listen:
         _warn_when_listening_beyond_loopback(args.listen)
     _check_scheduled_controls(args.control)
@@ -505,14 +507,40 @@ def cmd_run(args: argparse.Namespace) -> int:
             process.cleanup()
 
 
+def _headless_without_a_terminal(args: argparse.Namespace) -> None:
+    """No terminal to draw on (``nohup optwatch train.py > log &``, ``sbatch --wrap``, a pipe): the dashboard
+    would wait for keys for ever, with the script's output in no log. Headless instead, said once."""
+    if args.headless or args.web or launchers.detect() is not None:
+        return
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return
+    which = "stdout" if not sys.stdout.isatty() else "stdin"
+    print(
+        f"optwatch: no terminal for the dashboard ({which} is not one): headless instead "
+        "(`optwatch attach` from a terminal shows the dashboard)",
+        file=sys.stderr,
+        flush=True,
+    )
+    args.headless = True
+
+
 def _run_dashboard(session, process, recorded: str) -> int:
     """The dashboard on the job ``optwatch run`` started: quitting stops the run, detaching leaves it."""
     from optwatch.app.app import OptwatchApp
 
     app = OptwatchApp(session)
     detached = failed = False
+
+    def stop_with_the_training() -> None:
+        # A scheduler's or `kill`'s SIGTERM, passed on: the script's own handler runs (a checkpoint) and
+        # `optwatch run` ends with the training, as `python script.py` would, not at once, leaving it unwatched.
+        app.exit_when_the_run_ends = True
+        if process.poll() is not None:
+            app.exit()
+
     try:
-        app.run()
+        with process.passing_signals((signal.SIGTERM, stop_with_the_training)):
+            app.run()
         detached = app.detached
         # A bug of the dashboard's own is no reason to end the training: it goes on, attachable.
         failed = (bool(app.return_code) or app._exception is not None) and process.poll() is None
@@ -701,6 +729,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     check_web_arguments(args)
     if args.web:
         return attach_web(args)
+    _headless_without_a_terminal(args)
     connection = connect_or_say_why(args)
     if connection is None:
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -155,7 +156,8 @@ def run_headless(
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _follow(session, summary_every_s, stderr, duration_s)
+        with process.passing_signals() if process is not None else contextlib.nullcontext():
+            return _follow(session, summary_every_s, stderr, duration_s)
     except BrokenPipeError:
         return _output_closed(session)
     finally:

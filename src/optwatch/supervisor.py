@@ -8,11 +8,13 @@ broken pipe) nor slows it (nobody has to drain a pipe).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from optwatch import hub, runs
@@ -21,6 +23,11 @@ from optwatch.wire import runtime
 from optwatch.wire.logs import LogTail, log_name
 
 STOP_GRACE_S = 10.0
+PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
+"""Signals ``optwatch run`` gives the training as they come, as ``python script.py`` would get them: SLURM's
+``--signal`` and Lightning's requeue (USR1), a script's own USR2 handler, Ctrl-\\ (QUIT). SIGINT and SIGTERM are
+passed on too, as a stop (``headless``, the dashboard); not SIGHUP: a lost terminal leaves the training
+running, attachable."""
 
 
 class TrainingProcess:
@@ -126,6 +133,26 @@ class TrainingProcess:
 
     def poll(self) -> int | None:
         return self.popen.poll() if self.popen else None
+
+    @contextlib.contextmanager
+    def passing_signals(self, *extra: tuple[int, Callable[[], None]]) -> Iterator[None]:
+        """While it lasts, ``PASSED_ON`` signals sent to this process go to the training as they are (it runs in
+        a session of its own, so a terminal's or a scheduler's signal to ``optwatch run`` would reach only
+        this process, which would die of it, leaving the training running unwatched); each of ``extra``
+        (signal, then what to do after passing it on) too."""
+        after = dict(extra)
+
+        def pass_on(signum, frame):
+            self.send(signum)
+            if signum in after:
+                after[signum]()
+
+        previous = {sig: signal.signal(sig, pass_on) for sig in (*PASSED_ON, *after)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def send(self, sig: int) -> None:
         if self.popen is not None and self.popen.poll() is None:

@@ -85,6 +85,8 @@ class OptwatchApp(App[None]):
         self._shown_paused = False
         """Whether the run was paused when the views were last drawn: the footer offers Resume then."""
         self._run_over = False
+        self.exit_when_the_run_ends = False
+        """Set when `optwatch run` was told to stop (SIGTERM): the dashboard then ends with the training."""
         self.exit_code: int | None = None
         self._rendered_version = -1
         self._last_redraw = 0.0
@@ -188,6 +190,9 @@ class OptwatchApp(App[None]):
         self.exit_code = message.exit_code
         self._run_over = True
         self.refresh_bindings()
+        if self.exit_when_the_run_ends:
+            self.exit()
+            return
         self._rendered_version = -1  # draw the final state in full
         panes = self._live_panes()
         if panes is None:
