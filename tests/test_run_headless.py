@@ -259,3 +259,18 @@ def test_without_a_terminal_the_dashboard_gives_way_to_headless(tmp_path):
     assert result.stderr.startswith("optwatch: no terminal for the dashboard (stdout is not one): headless instead")
     assert result.stdout.count("TRUTH ") == 3  # the script's output, passed through
     assert "optwatch: final step 2" in result.stderr
+
+
+def test_a_headless_runs_script_reads_its_stdin_as_under_python(tmp_path):
+    """stdin was /dev/null: `echo '{...}' | optwatch run --headless` failed in json.load, and a breakpoint()'s
+    pdb quit at once (BdbQuit). Headless, the script has stdin; the dashboard keeps the keys."""
+    script = tmp_path / "reads_stdin.py"
+    script.write_text(
+        "import json, sys, torch\nsettings = json.load(sys.stdin)\nmodel = torch.nn.Linear(4, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=settings['lr'])\nfor step in range(settings['steps']):\n"
+        "    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
+        "print('trained', settings['steps'], 'steps')\n"
+    )
+    result = optwatch("run", "--headless", str(script), input='{"lr": 0.1, "steps": 4}')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "trained 4 steps" and "optwatch: final step 3" in result.stderr

@@ -474,7 +474,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     writer = _open_writer(args.record)
     token = (os.environ.get(ENV_TOKEN) or runtime.new_token()) if args.listen else None
-    process = TrainingProcess(args.script, args.args, options, nproc_per_node=args.nproc_per_node, token=token)
+    process = TrainingProcess(
+        args.script, args.args, options, nproc_per_node=args.nproc_per_node, token=token, keeps_stdin=args.headless
+    )
     try:
         process.start()
     except HubError as exc:

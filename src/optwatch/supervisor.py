@@ -41,8 +41,12 @@ class TrainingProcess:
         run_id: str | None = None,
         nproc_per_node: int | None = None,
         token: str | None = None,
+        keeps_stdin: bool = False,
     ):
         self.script = script
+        self.keeps_stdin = keeps_stdin
+        """The script reads this process's stdin (headless: nothing else does), as under python: a pipe's
+        data, ``input()``, a ``breakpoint()``'s pdb. Under the dashboard, which takes the keys, /dev/null."""
         self.nproc_per_node = nproc_per_node
         self.args = args
         self.options = options
@@ -118,7 +122,7 @@ class TrainingProcess:
             self.popen = subprocess.Popen(
                 [*command, *self.args],
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=None if self.keeps_stdin else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
