@@ -274,3 +274,29 @@ def test_a_headless_runs_script_reads_its_stdin_as_under_python(tmp_path):
     result = optwatch("run", "--headless", str(script), input='{"lr": 0.1, "steps": 4}')
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "trained 4 steps" and "optwatch: final step 3" in result.stderr
+
+
+def test_output_a_slow_reader_could_not_take_is_said_to_be_missing(tmp_path):
+    """`optwatch run --headless ... | slow reader`: the log files rotate at 16 MiB and keep two, so a reader
+    that fell behind lost whole files of output without a word (8.5 of 30 MB shown). It reads the rotated
+    file it had not read yet, and says how much went unshown when more was gone."""
+    import re as regex
+
+    done = tmp_path / "done"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "floods_output.py"), "--done", str(done)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for(done.exists, timeout_s=120)  # nothing read meanwhile: the reader is as far behind as it gets
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, err[-2000:]
+    numbers = [int(line[:8]) for line in out.splitlines()]
+    assert numbers == sorted(numbers) and numbers[0] == 0 and numbers[-1] == 59_999  # in order, the end too
+    said = regex.search(rb"optwatch: about (\d+) MiB of the script's stdout went unshown here", err)
+    assert said, err[-2000:]
+    missing_mib = (60_000 - len(numbers)) * 1000 / 2**20
+    assert abs(missing_mib - int(said[1])) <= 1, (missing_mib, said[0])

@@ -127,6 +127,8 @@ def _write_output(output) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
         target.buffer.write(data)
         target.flush()
+    for notice in output.notices:
+        print(f"optwatch: {notice}", file=sys.stderr, flush=True)
 
 
 def _say_if_recording_stopped(session: ViewerSession, stderr: TextIO) -> None:
@@ -156,7 +158,9 @@ def run_headless(
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with process.passing_signals() if process is not None else contextlib.nullcontext():
+        # (`optwatch run`'s training: the ranks of a launch get their signals from the launcher)
+        passing = getattr(process, "passing_signals", None)
+        with passing() if passing is not None else contextlib.nullcontext():
             return _follow(session, summary_every_s, stderr, duration_s)
     except BrokenPipeError:
         return _output_closed(session)

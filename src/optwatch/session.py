@@ -16,7 +16,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.store import RecordWriter, Store
 from optwatch.supervisor import TrainingProcess
-from optwatch.wire.logs import LogTail
+from optwatch.wire.logs import MAX_LOG_BYTES, LogTail
 from optwatch.wire.subscriber import HUB_ANSWER_S, Feed, NoAnswer, RequestError
 
 
@@ -25,6 +25,8 @@ class Output:
     """What the script printed since the last pump, per stream, as raw bytes."""
 
     chunks: list[tuple[str, bytes]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    """What optwatch has to say about the output itself: a stretch of it gone before it could be passed on."""
 
 
 # A viewer keeps tens of thousands of small records alive for minutes and allocates thousands more a
@@ -71,6 +73,8 @@ class ViewerSession:
         self._partial_lines: dict[int, tuple[bytes, float]] = {}
         """Per tail, with several: the bytes after its last newline, and since when they wait."""
         self._open_lines: dict[str, int | None] = {}
+        self._missed_said: dict[int, int] = {}
+        """Per tail, the rotated files it missed that a notice has said."""
         """Per stream, with several tails: the tail whose line was let out unfinished, if any."""
 
     def send_command(self, text: str) -> None:
@@ -94,6 +98,8 @@ class ViewerSession:
         several_ranks = len(self.tails) > len({tail.stream for tail in self.tails})  # (a tail per rank and stream)
         for index, tail in enumerate(self.tails):
             data = tail.read()
+            while final and data and (more := tail.read()):  # the last pump: all that is left, not 1 MiB of it
+                data += more
             if several_ranks:
                 data = self._whole_lines(index, data, now)
                 if final and index in self._partial_lines:  # a rank's last line, unfinished: ended here
@@ -105,6 +111,14 @@ class ViewerSession:
                     self._open_lines[tail.stream] = None if data.endswith(b"\n") else index
             if data:
                 output.chunks.append((tail.stream, data))
+            if tail.missed_files > self._missed_said.get(index, 0):
+                gone = tail.missed_files - self._missed_said.get(index, 0)
+                self._missed_said[index] = tail.missed_files
+                output.notices.append(
+                    f"about {gone * MAX_LOG_BYTES >> 20} MiB of the script's {tail.stream} went unshown here: it "
+                    "wrote faster than this output was read, and its log keeps the last two files of "
+                    f"{MAX_LOG_BYTES >> 20} MiB (the training was not held back for it)"
+                )
         return output
 
     def _whole_lines(self, index: int, data: bytes, now: float) -> bytes:

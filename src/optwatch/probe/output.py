@@ -21,7 +21,7 @@ import select
 import threading
 from pathlib import Path
 
-from optwatch.wire.logs import MAX_LOG_BYTES, log_name
+from optwatch.wire.logs import MAX_LOG_BYTES, ROTATED_SUFFIX, ROTATIONS_SUFFIX, log_name, rotations_of
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class _Stream:
         self.file: int | None = None
         self.written = 0
         self.lost = 0
+        self.rotations = rotations_of(path)
 
     def drain(self) -> bool:
         """Move what the pipe holds into the log file; False at the pipe's end."""
@@ -73,7 +74,15 @@ class _Stream:
         if self.file is not None:
             os.close(self.file)
             self.file = None
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            os.replace(self.path, self.path.with_name(self.path.name + ROTATED_SUFFIX))
+            self.rotations += 1
+            counted = self.path.with_name(self.path.name + ROTATIONS_SUFFIX + ".new")
+            fd = os.open(counted, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, str(self.rotations).encode())  # (for a reader that fell behind: how far)
+            finally:
+                os.close(fd)
+            os.replace(counted, self.path.with_name(self.path.name + ROTATIONS_SUFFIX))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
         self.file = os.open(self.path, flags, 0o600)
         self.written = os.fstat(self.file).st_size

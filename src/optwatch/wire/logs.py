@@ -14,6 +14,20 @@ from pathlib import Path
 
 MAX_LOG_BYTES = 16 * 1024 * 1024
 """A log file is rotated once it is this large (each stream of each rank keeps at most two)."""
+ROTATED_SUFFIX = ".1"
+"""The rotated file: ``stdout.log.1``, replaced at the next rotation."""
+ROTATIONS_SUFFIX = ".rotations"
+"""A file beside the log holding how many times it was rotated: a reader that fell behind by more than a
+rotated file learns how many it missed."""
+
+
+def rotations_of(path: Path) -> int:
+    """How many times the log at ``path`` was rotated (0 before the first, or when the count cannot be read)."""
+    try:
+        return int((path.parent / (path.name + ROTATIONS_SUFFIX)).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
 
 _LOG_NAME = re.compile(r"^(stdout|stderr)(?:\.rank(\d+))?\.log$")
 
@@ -39,10 +53,14 @@ class LogTail:
         self._tail_bytes = tail_bytes
         self._handle = None
         self._inode: int | None = None
+        self._finished = 0
+        """Rotated files read to their end, or given up (the count the writer's rotations are held against)."""
+        self.missed_files = 0
+        """Rotated files gone before this reader got to them (it fell behind by more than two files)."""
 
     def read(self, limit: int = 1 << 20) -> bytes:
         """At most ``limit`` new bytes (the rest comes with the next calls)."""
-        if self._handle is None and not self._open():
+        if self._handle is None and not self._open(self.path):
             return b""
         assert self._handle is not None
         data = self._handle.read(limit)
@@ -56,14 +74,28 @@ class LogTail:
         if inode != self._inode:
             self._handle.close()
             self._handle = None
-            self._tail_bytes = None  # a new file is read whole
-            if self._open():
-                return self._handle.read(limit)
+            if self._tail_bytes is None:
+                self._finished += 1
+            else:
+                self._tail_bytes = None  # a new file is read whole; rotations before the late start are no loss
+                self._finished = rotations_of(self.path)
+            if self._next_rotated() or self._open(self.path):
+                return self._handle.read(limit)  # type: ignore[union-attr]
         return b""
 
-    def _open(self) -> bool:
+    def _next_rotated(self) -> bool:
+        """Fallen behind (the writer rotated again while this reader read the file before): open the rotated
+        file it has not read, if it is still there, and count those gone before it."""
+        behind = rotations_of(self.path) - self._finished
+        if behind <= 0:
+            return False
+        self.missed_files += behind - 1
+        self._finished += behind - 1
+        return self._open(self.path.parent / (self.path.name + ROTATED_SUFFIX))
+
+    def _open(self, path: Path) -> bool:
         try:
-            self._handle = open(self.path, "rb")  # noqa: SIM115 (kept open between reads)
+            self._handle = open(path, "rb")  # noqa: SIM115 (kept open between reads)
         except OSError:
             return False
         self._inode = os.fstat(self._handle.fileno()).st_ino
