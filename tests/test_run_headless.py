@@ -300,3 +300,15 @@ def test_output_a_slow_reader_could_not_take_is_said_to_be_missing(tmp_path):
     assert said, err[-2000:]
     missing_mib = (60_000 - len(numbers)) * 1000 / 2**20
     assert abs(missing_mib - int(said[1])) <= 1, (missing_mib, said[0])
+
+
+def test_a_module_in_the_directory_it_is_started_from_does_not_stand_in_for_the_standard_librarys(tmp_path):
+    """`python -m optwatch.hub` put the start directory on sys.path: an `hmac.py` there (a user's own) made
+    "cannot start the job's hub", where `python script.py`, which puts only the script's directory there, ran."""
+    (tmp_path / "hmac.py").write_text("raise ImportError('a local hmac.py, not the standard library one')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "short.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("TRUTH ") == 3

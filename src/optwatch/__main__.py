@@ -1,5 +1,11 @@
+import os
 import sys
 
-from optwatch.cli import main
+# `python -m optwatch` puts the directory it is started in first on sys.path, where the `optwatch` command puts
+# none: a user's `hmac.py` or `queue.py` there must not stand in for the standard library's.
+if sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
+
+from optwatch.cli import main  # noqa: E402 (after the path is set)
 
 sys.exit(main())

@@ -10,10 +10,10 @@ import json
 import os
 import select
 import subprocess
-import sys
 from pathlib import Path
 
 from optwatch.options import ENV_TOKEN
+from optwatch.wire import runtime
 
 READY_TIMEOUT_S = 20.0
 
@@ -41,9 +41,7 @@ def spawn(
     from optwatch.runs import runs_root
 
     command = [
-        sys.executable,
-        "-m",
-        "optwatch.hub",
+        *runtime.python_module("optwatch.hub"),
         f"--run-dir={run_dir}",
         f"--run-id={run_id}",
         f"--world-size={world_size}",

@@ -60,7 +60,11 @@ def run_script(script: str, args: list[str]) -> int:
 
     path = os.path.abspath(script)
     sys.argv = [script, *args]
-    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    where = os.path.dirname(os.path.realpath(script))  # (python script.py's first entry)
+    if getattr(sys.flags, "safe_path", False):
+        sys.path.insert(0, where)  # (started with -P: no start directory in front to replace)
+    else:
+        sys.path[0] = where
     probe = start_probe()
     exit_code: int = 0
     try:

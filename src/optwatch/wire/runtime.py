@@ -34,6 +34,15 @@ class RuntimeDirError(RuntimeError):
     """The runtime directory is missing, foreign or too open to be trusted."""
 
 
+def python_module(module: str) -> list[str]:
+    """The command line that runs ``module`` of optwatch's in a new interpreter, the directory it is started in
+    kept off ``sys.path`` where Python can (3.11's ``-P``): a ``queue.py`` or ``platform.py`` beside the user's
+    work must not stand in for the standard library's in optwatch's hub or launcher."""
+    import sys
+
+    return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", module]
+
+
 def runtime_root() -> Path:
     configured = os.environ.get("OPTWATCH_RUNTIME_DIR")
     if configured:
