@@ -118,6 +118,10 @@ def test_the_scripts_arguments_reach_it_as_typed_even_when_they_look_like_optwat
         result = optwatch(*how, str(script), *typed)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == typed
+    for typed in (["--", "--record", "x"], ["--"], ["a", "--", "b"]):  # (argparse dropped a "--" after SCRIPT)
+        result = optwatch("run", "--headless", str(script), *typed)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == typed
     mistyped = optwatch("run", "--head", str(script))  # optwatch's own flags are spelled out in full
     assert mistyped.returncode == 2 and "unrecognized arguments: --head" in mistyped.stderr
 

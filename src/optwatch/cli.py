@@ -263,6 +263,17 @@ def _misplaced_option(parser: argparse.ArgumentParser, argv: list[str]) -> str:
     )
 
 
+def _keep_a_leading_double_dash(args: argparse.Namespace, argv: list[str]) -> None:
+    """argparse drops a ``--`` right after SCRIPT (``optwatch run train.py -- --lr 1``): the script's, as
+    ``python train.py -- --lr 1`` gives it, put back."""
+    script_args = getattr(args, "args", None)
+    if script_args is None or getattr(args, "script", None) is None:
+        return
+    at = len(argv) - len(script_args) - 1  # where "--" stands, if argparse took one away
+    if at >= 1 and argv[at] == "--" and argv[at - 1] == args.script:
+        args.args = ["--", *script_args]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
@@ -274,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    _keep_a_leading_double_dash(args, argv)
     if args.command is None:
         parser.print_help()
         return 2
