@@ -448,6 +448,7 @@ def test_when_the_dashboard_fails_the_run_goes_on(monkeypatch, capsys, when):
 
     monkeypatch.setattr(OptwatchApp, "render_views", broken_render)
     monkeypatch.setattr(OptwatchApp, "run", lambda self: App.run(self, headless=True, size=(80, 24)))
+    monkeypatch.setattr(cli, "_headless_without_a_terminal", lambda args: None)  # (the app's own is headless)
     code = cli.main(["run", str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.05"])
     stderr = capsys.readouterr().err
     said = re.search(

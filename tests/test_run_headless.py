@@ -101,10 +101,14 @@ def test_the_scripts_output_passes_through_byte_for_byte(tmp_path):
         "sys.stdout.write('\\ndone')\n"
     )
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
-    watched = subprocess.run([sys.executable, "-m", "optwatch", "run", "--headless", str(script)],
-                             capture_output=True, timeout=120, cwd=ROOT)  # fmt: skip
+    record = tmp_path / "r.jsonl"
+    watched = subprocess.run([sys.executable, "-m", "optwatch", "run", "--headless", "--record", str(record),
+                              str(script)], capture_output=True, timeout=120, cwd=ROOT)  # fmt: skip
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout == plain.stdout == b"\r0/3\r1/3\r2/3\ndone"
+    # The Log tab and the record: the line as the terminal left it, not every drawing of it run together.
+    # ("done", with no newline, is a line once the run has ended; it may come after the viewer left.)
+    assert [r["line"] for r in read_jsonl(record) if r["kind"] == "log"][:1] == ["2/3"]
 
 
 def test_the_scripts_arguments_reach_it_as_typed_even_when_they_look_like_optwatchs(tmp_path):

@@ -586,9 +586,11 @@ class Hub:
             if tail is None:
                 tail = self._tails[name] = LogTail(self.run_dir / name, parsed[0], tail_bytes=64 * 1024)
             data = tail.read()
-            if not data:
+            if not data and not (self._ended_at is not None and name in self._partial):
                 continue
             text = self._partial.pop(name, b"") + data
+            if self._ended_at is not None and not text.endswith(b"\n"):
+                text += b"\n"  # (the run has ended: a last line with no newline, `print(..., end="")`, is one too)
             *lines, rest = text.split(b"\n")
             if len(rest) > LOG_LINE_MAX:  # a line with no end (a progress bar): shown in pieces
                 lines.append(rest)
@@ -597,7 +599,9 @@ class Hub:
                 self._partial[name] = rest
             stream, rank = parsed
             for line in lines:
-                fields = {"stream": stream, "line": line[:LOG_LINE_MAX].decode("utf-8", "replace").rstrip("\r")}
+                # A line redrawn with \r (tqdm's bar) as a terminal leaves it: its last drawing, not every one.
+                line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+                fields = {"stream": stream, "line": line[:LOG_LINE_MAX].decode("utf-8", "replace")}
                 if rank:
                     fields["from_rank"] = rank
                 records.append(protocol.make_record(protocol.LOG, -1, **fields))
