@@ -88,3 +88,24 @@ def test_sigterm_to_the_dashboards_optwatch_run_lets_the_script_save_and_ends_wi
     assert process.returncode == 0, shown[-2000:]  # the script's own exit, after its handler
     assert saved.read_text() == "SIGTERM"
     assert not live_jobs()
+
+
+def test_quitting_leaves_what_the_script_started_on_its_way_out_to_finish(tmp_path):
+    """After `q`, `y` the script's process group was killed, though it had ended on the Ctrl-C: the upload its
+    handler started in a child process died with it (under python it finishes)."""
+    uploaded = tmp_path / "uploaded"
+    process, controller = in_a_terminal("run", str(SCRIPTS / "uploads_at_exit.py"), "--uploaded", str(uploaded))
+    try:
+        [job] = wait_for(live_jobs)
+        wait_for_steps(job, 5)
+        time.sleep(1.0)  # the dashboard is up and reading keys
+        os.write(controller, b"q")
+        time.sleep(1.0)
+        os.write(controller, b"y")
+        shown = read_until_exit(process, controller)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+    assert process.returncode == 130, shown[-2000:]
+    assert wait_for(uploaded.exists, timeout_s=10)

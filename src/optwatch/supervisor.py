@@ -176,19 +176,24 @@ class TrainingProcess:
             return None
         if self.popen.poll() is None:
             self.stop_requested = True
+        insisted = False
         for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if self.popen.poll() is not None:
                 break
+            insisted = sig != signal.SIGINT
             self.send(sig)
             try:
                 self.popen.wait(wait_s)
             except subprocess.TimeoutExpired:
                 continue
-        self._reap_group()
+        if insisted:
+            self._reap_group()
         return self.popen.poll()
 
     def _reap_group(self) -> None:
-        # DataLoader workers and other children of the script share its process group.
+        # A script that did not end on the Ctrl-C: its DataLoader workers and other children, in its process
+        # group, go with it. One that ended on it keeps what it started on its way out (a checkpoint's upload),
+        # as under python; its DataLoader's workers end with it on their own.
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
