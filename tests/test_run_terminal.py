@@ -109,3 +109,30 @@ def test_quitting_leaves_what_the_script_started_on_its_way_out_to_finish(tmp_pa
         os.close(controller)
     assert process.returncode == 130, shown[-2000:]
     assert wait_for(uploaded.exists, timeout_s=10)
+
+
+def test_a_script_that_fails_under_the_dashboard_leaves_its_traceback_on_the_terminal(tmp_path):
+    """After the dashboard closed on a crashed run, the terminal showed nothing of the traceback (it was only in
+    the Log tab), where `python script.py` leaves it on the terminal."""
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import time, torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(40):\n    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
+        "    time.sleep(0.05)\nraise ValueError('the data ran out at step 40')\n"
+    )
+    process, controller = in_a_terminal("run", str(script))
+    try:
+        [job] = wait_for(live_jobs)
+        wait_for(lambda: not live_jobs() or None, timeout_s=60)  # the run failed and its hub went
+        time.sleep(1.0)
+        os.write(controller, b"q")  # (the run is over: q quits at once)
+        shown = read_until_exit(process, controller)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+    assert process.returncode == 1, shown[-2000:]
+    after = shown[shown.rfind("optwatch: the script failed (exit 1)") :]
+    assert "Traceback (most recent call last):" in after and "ValueError: the data ran out at step 40" in after, shown[
+        -3000:
+    ]

@@ -541,6 +541,7 @@ def _headless_without_a_terminal(args: argparse.Namespace) -> None:
 def _run_dashboard(session, process, recorded: str) -> int:
     """The dashboard on the job ``optwatch run`` started: quitting stops the run, detaching leaves it."""
     from optwatch.app.app import OptwatchApp
+    from optwatch.protocol import INTERRUPTED
 
     app = OptwatchApp(session)
     detached = failed = False
@@ -576,7 +577,22 @@ def _run_dashboard(session, process, recorded: str) -> int:
     ending = session.ending_line()
     if ending:
         print(ending, file=sys.stderr)
+    elif session.exit_code() not in (None, 0, INTERRUPTED):
+        _show_the_traceback(session)
     return session.exit_code() or 0  # the script's, as with `python script.py`: 130 after q, y (a Ctrl-C)
+
+
+def _show_the_traceback(session) -> None:
+    """A script that failed under the dashboard: its last traceback (or last lines of stderr) on the terminal the
+    dashboard leaves, where `python script.py` would have left it, not only in the Log tab. From the lines the
+    dashboard has (the log files go with the job's hub)."""
+    records, _ = session.store.new_logs(0)
+    lines = [str(r.get("line", "")) for r in records if r.get("stream") == "stderr"]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    shown = lines[starts[-1] :] if starts else lines[-20:]
+    if shown:
+        print(f"optwatch: the script failed (exit {session.exit_code()}); the end of its stderr:", file=sys.stderr)
+        print("\n".join(shown), file=sys.stderr)
 
 
 def resolve_job(target: str | None):
