@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,24 @@ def test_a_module_in_the_directory_it_is_started_from_does_not_stand_in_for_the_
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("TRUTH ") == 3
+
+
+def test_a_second_ctrl_c_reaches_the_script_as_under_python(tmp_path):
+    """The second Ctrl-C became a SIGTERM: a script that saves an emergency checkpoint on its second SIGINT was
+    killed without one (exit 143). Both reach it; a third insists."""
+    saved = tmp_path / "saved"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "two_interrupts.py"), "--saved",
+         str(saved)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        [listed] = wait_for(live_jobs)
+        wait_for_steps(listed, 3)
+        job.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        job.send_signal(signal.SIGINT)
+    finally:
+        out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err[-2000:]
+    assert saved.read_text() == "second" and "interrupt 2" in out

@@ -153,8 +153,9 @@ def run_headless(
         interrupts += 1
         if process is None:
             raise KeyboardInterrupt  # an attached viewer just leaves; the job goes on
-        # First Ctrl-C asks the script to stop cleanly; a second one insists.
-        process.send(signal.SIGINT if interrupts == 1 and signum == signal.SIGINT else signal.SIGTERM)
+        # Ctrl-C reaches the script as under python, the second too (a script's emergency checkpoint on it);
+        # a third insists (SIGTERM), for a script that does not end on them.
+        process.send(signal.SIGINT if interrupts <= 2 and signum == signal.SIGINT else signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
