@@ -144,6 +144,13 @@ def test_bad_input_gets_a_clear_message(tmp_path):
     assert missing.returncode == 2 and "no such script: no/such/script.py" in missing.stderr
     directory = optwatch("run", str(SCRIPTS))
     assert directory.returncode == 2 and directory.stderr == f"optwatch: {SCRIPTS} is a directory, not a script\n"
+    import zipapp
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__main__.py").write_text("print('hello')\n")
+    zipapp.create_archive(tmp_path / "app", tmp_path / "app.pyz")
+    zipped = optwatch("run", "--headless", str(tmp_path / "app.pyz"))  # (a traceback of optwatch's own, before)
+    assert zipped.returncode == 2 and zipped.stderr.startswith(f"optwatch: {tmp_path / 'app.pyz'} is a zip application")
     none = optwatch("run")
     assert none.returncode == 2 and none.stderr.endswith("error: the following arguments are required: SCRIPT\n")
     unknown = optwatch("run", "--headless", "--bogus", "x.py")

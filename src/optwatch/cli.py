@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 from optwatch import launchers, runs_cli
@@ -445,6 +446,8 @@ def _check_script(script: str, args: list[str]) -> None:
     if os.path.isfile(script):
         with open(script, "rb") as source:
             interpreter = interpreter and source.read(4) == b"\x7fELF"
+        if not interpreter and zipfile.is_zipfile(script):
+            raise UsageError(f"{script} is a zip application: optwatch runs a script file (its __main__.py, unzipped)")
         if not interpreter:
             return
     if interpreter and args:
