@@ -349,3 +349,14 @@ def test_a_second_ctrl_c_reaches_the_script_as_under_python(tmp_path):
         out, err = job.communicate(timeout=60)
     assert job.returncode == 0, err[-2000:]
     assert saved.read_text() == "second" and "interrupt 2" in out
+
+
+def test_the_scripts_main_module_starts_with_the_names_pythons_does(tmp_path):
+    """`print(__annotations__)` at a script's top level failed with a NameError under optwatch: its __main__
+    lacked a name the interpreter's has from the start."""
+    script = tmp_path / "names.py"
+    script.write_text("import json\nprint(json.dumps(sorted(dir())))\nprint(__annotations__)\n")
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    watched = optwatch("run", "--headless", str(script))
+    assert watched.returncode == plain.returncode == 0, watched.stderr[-2000:]
+    assert watched.stdout == plain.stdout

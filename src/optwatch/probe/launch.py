@@ -35,6 +35,8 @@ def _run_as_main(path: str) -> None:
     main.__dict__.update(
         __file__=path, __cached__=None, __loader__=SourceFileLoader("__main__", path), __package__=None, __spec__=None
     )
+    if sys.version_info < (3, 14):  # (the interpreter's __main__ starts with one; 3.14's makes it on demand)
+        main.__dict__["__annotations__"] = {}
     sys.modules["__main__"] = main
     with io.open_code(path) as source:
         code = compile(source.read(), path, "exec", dont_inherit=True)
