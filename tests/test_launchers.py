@@ -219,3 +219,19 @@ def test_rank_0_alone_starts_the_viewer_and_what_cannot_be_honoured_is_said(caps
     assert "this node's ranks cannot reach the job's hub" in capsys.readouterr().err
     assert launchers.viewer_arguments(rank(2, node=1), True, None, 5.0, environ={"OPTWATCH_HUB": "n0:7000"}) is None
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("ranks", [None, "1"], ids=["one process", "a rank of --nproc-per-node"])
+def test_the_script_imports_from_its_pythonpath_as_under_python(tmp_path, ranks):
+    """A rank (`python -m optwatch run` under torchrun) lost the first PYTHONPATH entry: the script's sys.path[0]
+    was replaced where the start directory had already been taken out, and `import mylib` failed."""
+    (tmp_path / "libs").mkdir()
+    (tmp_path / "libs" / "mylib.py").write_text("ANSWER = 42\n")
+    script = tmp_path / "uses_mylib.py"
+    script.write_text("import sys, mylib\nprint('answer', mylib.ANSWER, sys.path[0])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "libs"), os.environ.get("PYTHONPATH", "")])}
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    launch = ("--nproc-per-node", ranks) if ranks else ()
+    watched = optwatch("run", "--headless", "--no-record", *launch, str(script), env=env)
+    assert plain.returncode == 0 and watched.returncode == 0, watched.stderr[-2000:]
+    assert f"answer 42 {tmp_path}" in watched.stdout and plain.stdout.strip() == f"answer 42 {tmp_path}"

@@ -355,7 +355,10 @@ def test_the_scripts_main_module_starts_with_the_names_pythons_does(tmp_path):
     """`print(__annotations__)` at a script's top level failed with a NameError under optwatch: its __main__
     lacked a name the interpreter's has from the start."""
     script = tmp_path / "names.py"
-    script.write_text("import json\nprint(json.dumps(sorted(dir())))\nprint(__annotations__)\n")
+    script.write_text(
+        "import json, subprocess, sys\nprint(json.dumps(sorted(dir())))\nprint(__annotations__)\n"
+        "print(getattr(sys.flags, 'safe_path', False), subprocess._args_from_interpreter_flags())\n"
+    )  # (and no interpreter flag of optwatch's own: -P was one, which the script's subprocesses inherited)
     plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     watched = optwatch("run", "--headless", str(script))
     assert watched.returncode == plain.returncode == 0, watched.stderr[-2000:]

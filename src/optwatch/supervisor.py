@@ -118,7 +118,7 @@ class TrainingProcess:
                     self.script,
                 ]
             else:
-                command = [*runtime.python_module("optwatch.probe.launch"), self.script]
+                command = [sys.executable, "-m", "optwatch.probe.launch", self.script]
             self.popen = subprocess.Popen(
                 [*command, *self.args],
                 env=env,

@@ -6,14 +6,30 @@ The script sees what ``python script.py`` gives it: ``sys.argv``, an absolute ``
 
 from __future__ import annotations
 
-import io
 import os
-import subprocess
 import sys
-import types
 
-from optwatch import protocol
-from optwatch.launchers import Launch
+
+def _start_directory() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # (started in a directory since removed)
+        return None
+
+
+# `python -m optwatch.probe.launch` (and `python -m optwatch run` in a rank) put the directory it is started in
+# first on sys.path, where `python script.py` puts the script's: a `hmac.py` there must not stand in for the
+# standard library's in optwatch's imports. (Not `python -P`: the script would see sys.flags.safe_path, and
+# its subprocesses inherit the flag.)
+if sys.path and sys.path[0] in ("", _start_directory()):
+    del sys.path[0]
+
+import io  # noqa: E402
+import subprocess  # noqa: E402
+import types  # noqa: E402
+
+from optwatch import protocol  # noqa: E402
+from optwatch.launchers import Launch  # noqa: E402
 
 FOLLOWER_WAIT_S = 10.0
 
@@ -62,11 +78,7 @@ def run_script(script: str, args: list[str]) -> int:
 
     path = os.path.abspath(script)
     sys.argv = [script, *args]
-    where = os.path.dirname(os.path.realpath(script))  # (python script.py's first entry)
-    if getattr(sys.flags, "safe_path", False):
-        sys.path.insert(0, where)  # (started with -P: no start directory in front to replace)
-    else:
-        sys.path[0] = where
+    sys.path.insert(0, os.path.dirname(os.path.realpath(script)))  # (python script.py's first entry)
     probe = start_probe()
     exit_code: int = 0
     try:

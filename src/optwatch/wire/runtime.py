@@ -35,9 +35,10 @@ class RuntimeDirError(RuntimeError):
 
 
 def python_module(module: str) -> list[str]:
-    """The command line that runs ``module`` of optwatch's in a new interpreter, the directory it is started in
-    kept off ``sys.path`` where Python can (3.11's ``-P``): a ``queue.py`` or ``platform.py`` beside the user's
-    work must not stand in for the standard library's in optwatch's hub or launcher."""
+    """The command line that runs ``module`` of optwatch's own (the hub) in a new interpreter, the directory it is
+    started in kept off ``sys.path`` where Python can (3.11's ``-P``): a ``queue.py`` or ``platform.py`` beside
+    the user's work must not stand in for the standard library's. (Not the training's launcher: its script
+    would see the flag; ``probe/launch.py`` drops that directory itself.)"""
     import sys
 
     return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", module]
