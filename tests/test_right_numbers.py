@@ -199,11 +199,14 @@ def test_two_losses_backpropagated_in_one_call_are_the_steps_loss(tmp_path, weig
         assert_same(steps, truth, "loss", "loss", rel=1e-6)
 
 
-def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["AdamW", "AdamW in Lookahead"])
+def test_a_step_the_script_skips_leaves_its_loss_and_gradients_out_of_the_next(tmp_path, wrapped):
     """A NaN guard and a spike guard skip the optimizer's step and zero the gradients at the next batch: the
     skipped batch's loss was added to the next step's (a NaN, or 10x), its gradients were that step's
-    per-layer norms, and a clean step got the alert."""
-    records, stdout, stderr = run(tmp_path, "skipped_steps", options=("--budget", "0"))
+    per-layer norms, and a clean step got the alert. Through a Lookahead wrapper's zero_grad as well (taken
+    for SAM's at first: the skipped batch's loss, 100x, went to the next step)."""
+    records, stdout, stderr = run(tmp_path, "skipped_steps", *(["--lookahead"] if wrapped else []),
+                                  options=("--budget", "0"))  # fmt: skip
     truth = truth_of(stdout)
     skipped = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("SKIPPED ")]
     assert {s["why"] for s in skipped} == {"nan", "spike"}

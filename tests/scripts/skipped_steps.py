@@ -17,12 +17,38 @@ from torch import nn
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--batches", type=int, default=60)
+parser.add_argument("--lookahead", action="store_true", help="AdamW inside a Lookahead wrapper")
 args = parser.parse_args()
+
+
+class Lookahead(torch.optim.Optimizer):
+    """Lookahead (Zhang et al. 2019) as its common PyTorch ports write it: the inner optimizer's param groups
+    shared, slow weights pulled toward the fast ones every k steps."""
+
+    def __init__(self, optimizer, k=5, alpha=0.5):
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.optimizer, self.k, self.alpha, self.steps = optimizer, k, alpha, 0
+        self.param_groups = optimizer.param_groups
+        self.slow = [p.detach().clone() for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = self.optimizer.step(closure)
+        self.steps += 1
+        if self.steps % self.k == 0:
+            fast = [p for group in self.param_groups for p in group["params"]]
+            for slow, param in zip(self.slow, fast):
+                slow.add_(param - slow, alpha=self.alpha)
+                param.copy_(slow)
+        return loss
+
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+if args.lookahead:
+    optimizer = Lookahead(optimizer)
 generator = torch.Generator().manual_seed(1)
 target_weights = torch.randn(32, 10, generator=generator)
 step, average = 0, None

@@ -82,7 +82,11 @@ _live_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
 
 
 def _wraps_another(optimizer: torch.optim.Optimizer) -> bool:
-    """``optimizer`` holds another over the same parameters and steps through it (SAM around its base SGD)."""
+    """``optimizer`` is SAM's shape: it holds another over the same parameters and steps through it in two
+    passes (``first_step``, ``second_step``). Not any wrapper: Lookahead's or LightningOptimizer's
+    ``zero_grad`` before a step is a skipped batch's, as the optimizer's own is."""
+    if not (callable(getattr(optimizer, "first_step", None)) and callable(getattr(optimizer, "second_step", None))):
+        return False
     groups = optimizer.param_groups
     first = groups[0]["params"][0] if groups and groups[0]["params"] else None
     for value in vars(optimizer).values():
