@@ -62,6 +62,15 @@ def samples_drawn(iterator: Any) -> int | None:
     return max(0, min(size, drawn - index * size)) if index >= 0 else None
 
 
+def _per_sample(batch: Any, drawn: int) -> bool:
+    """Whether ``batch`` holds its samples one by one, as many as were ``drawn``: a list of them, or a tuple of
+    such lists (``tuple(zip(*batch))``). Not a batch made beforehand that a ``collate_fn`` unwraps
+    (``batch_size=1``, ``lambda b: b[0]``): its tensors' shapes say how many samples it holds."""
+    if not isinstance(batch, (list, tuple)) or not batch:
+        return False
+    return len(batch) == drawn or all(isinstance(part, (list, tuple)) and len(part) == drawn for part in batch)
+
+
 def _tensors_in(batch: Any, found: list, depth: int) -> list:
     """The batch's tensors (and packed sequences), in order, two levels down at most, a few of them."""
     if isinstance(batch, (torch.Tensor, PackedSequence)):
@@ -125,8 +134,9 @@ class BatchAccounts:
         queue = self._unconsumed.get(iterator)
         if queue is None:
             queue = self._unconsumed[iterator] = collections.deque(maxlen=4096)
-        size = samples_drawn(iterator)
-        queue.append((size if size is not None else batch_size_of(batch), started))
+        drawn = samples_drawn(iterator)
+        size = drawn if drawn is not None and _per_sample(batch, drawn) else batch_size_of(batch)
+        queue.append((size, started))
         self._latest_iterator = weakref.ref(iterator)
         if any(ref() is iterator for ref in self._training_loaders):
             self.data_wait_s += finished - started
