@@ -486,7 +486,8 @@ def test_a_rollouts_policy_calls_are_not_the_training_steps_forward(tmp_path):
 def test_a_distillations_teachers_are_its_forward_however_many(tmp_path):
     """Four teachers, each called once without gradients before the student: past three such calls the
     forward was taken to start at the student's (the teachers' time, most of the step, was "other work").
-    A module called again without gradients is a loop's (a rollout's); each teacher once is the forward."""
+    A module called again and again without gradients is a loop's (a rollout's); teachers called once, or on
+    the batch in halves, are the forward."""
     record = tmp_path / "r.jsonl"
     result = optwatch("run", "--headless", "--budget", "0", "--record", str(record), str(SCRIPTS / "distillation.py"))
     assert result.returncode == 0, result.stderr

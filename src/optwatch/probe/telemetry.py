@@ -42,6 +42,10 @@ from optwatch.probe.readback import DeviceTime
 
 TIMED = ("forward_s", "backward_s", "optimizer_s")
 UNTIMED = dict.fromkeys(TIMED)
+LOOP_CALLS = 5
+"""A module called this many times without gradients before the first call with them is a loop's (an RL
+rollout's policy, an evaluation over batches): the forward starts after it. Fewer are the forward's (a
+teacher on two views, or on a batch in chunks; several teachers once each)."""
 
 
 class TelemetryPlugin(ProbePlugin):
@@ -59,7 +63,7 @@ class TelemetryPlugin(ProbePlugin):
         """The mark is a batch's arrival (the first since the last backward or step)."""
         self._training_forward = False
         """The forward that began since the mark has gradients on (not an evaluation's)."""
-        self._no_grad_called: set[int] | None = set()
+        self._no_grad_called: dict[int, int] | None = {}
         """Loop-level module calls without gradients since the forward began, before one with them."""
         self._awaiting_forward: Any = None
         """The global module pre-hook's handle while it waits for the loop's next module call."""
@@ -130,7 +134,7 @@ class TelemetryPlugin(ProbePlugin):
         """Since the mark (or now), no forward began, and no batch marked it."""
         self._forward_began = self._forward_ended = None
         self._training_forward = self._batch_marked = False
-        self._no_grad_called = set()
+        self._no_grad_called = {}
 
     def _call_begins(self, module: torch.nn.Module, args: Any) -> None:
         """A module called by the loop itself (none of optwatch's hooks is set inside a module's call)."""
@@ -142,17 +146,15 @@ class TelemetryPlugin(ProbePlugin):
         if self._forward_began is None:
             self._forward_began = self._now()
             self._training_forward = torch.is_grad_enabled()
-            self._no_grad_called = set() if self._training_forward else {id(module)}
+            self._no_grad_called = {} if self._training_forward else {id(module): 1}
         elif not self._training_forward:
-            # Calls without gradients before the first with them: a distillation's teachers (each called once)
-            # are the forward's; a module called again is a loop's (an RL rollout's hundreds of policy calls,
-            # an evaluation without a DataLoader), the step's other work: the forward starts after it.
+            # Calls without gradients before the first with them: a distillation's teachers are the forward's; a
+            # module called again and again is a loop's (LOOP_CALLS), the step's other work.
             if not torch.is_grad_enabled():
                 if self._no_grad_called is not None:
-                    if id(module) in self._no_grad_called:
-                        self._no_grad_called = None  # (a loop: no need to remember more)
-                    else:
-                        self._no_grad_called.add(id(module))
+                    calls = self._no_grad_called[id(module)] = self._no_grad_called.get(id(module), 0) + 1
+                    if calls >= LOOP_CALLS:
+                        self._no_grad_called = None  # (a loop: no need to count more)
             else:
                 self._training_forward = True
                 if self._no_grad_called is None:
