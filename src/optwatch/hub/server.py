@@ -589,8 +589,8 @@ class Hub:
             if not data and not (self._ended_at is not None and name in self._partial):
                 continue
             text = self._partial.pop(name, b"") + data
-            if self._ended_at is not None and not text.endswith(b"\n"):
-                text += b"\n"  # (the run has ended: a last line with no newline, `print(..., end="")`, is one too)
+            if not data:
+                text += b"\n"  # (the run has ended and the file too: a last line with no newline is one too)
             *lines, rest = text.split(b"\n")
             if len(rest) > LOG_LINE_MAX:  # a line with no end (a progress bar): shown in pieces
                 lines.append(rest)

@@ -21,7 +21,7 @@ import select
 import threading
 from pathlib import Path
 
-from optwatch.wire.logs import MAX_LOG_BYTES, ROTATED_SUFFIX, ROTATIONS_SUFFIX, log_name, rotations_of
+from optwatch.wire.logs import MAX_LOG_BYTES, ROTATED_SUFFIX, log_name, rotations_of, rotations_path
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ class _Stream:
             self.file = None
             os.replace(self.path, self.path.with_name(self.path.name + ROTATED_SUFFIX))
             self.rotations += 1
-            counted = self.path.with_name(self.path.name + ROTATIONS_SUFFIX + ".new")
+            counted = rotations_path(self.path).with_suffix(".new")
             fd = os.open(counted, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, str(self.rotations).encode())  # (for a reader that fell behind: how far)
             finally:
                 os.close(fd)
-            os.replace(counted, self.path.with_name(self.path.name + ROTATIONS_SUFFIX))
+            os.replace(counted, rotations_path(self.path))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
         self.file = os.open(self.path, flags, 0o600)
         self.written = os.fstat(self.file).st_size

@@ -21,10 +21,15 @@ ROTATIONS_SUFFIX = ".rotations"
 rotated file learns how many it missed."""
 
 
+def rotations_path(path: Path) -> Path:
+    """The file that counts the rotations of the log at ``path``."""
+    return path.with_name(path.name + ROTATIONS_SUFFIX)
+
+
 def rotations_of(path: Path) -> int:
     """How many times the log at ``path`` was rotated (0 before the first, or when the count cannot be read)."""
     try:
-        return int((path.parent / (path.name + ROTATIONS_SUFFIX)).read_text() or 0)
+        return int(rotations_path(path).read_text() or 0)
     except (OSError, ValueError):
         return 0
 
@@ -74,11 +79,8 @@ class LogTail:
         if inode != self._inode:
             self._handle.close()
             self._handle = None
-            if self._tail_bytes is None:
-                self._finished += 1
-            else:
-                self._tail_bytes = None  # a new file is read whole; rotations before the late start are no loss
-                self._finished = rotations_of(self.path)
+            self._finished += 1
+            self._tail_bytes = None  # a new file is read whole
             if self._next_rotated() or self._open(self.path):
                 return self._handle.read(limit)  # type: ignore[union-attr]
         return b""
@@ -100,6 +102,8 @@ class LogTail:
             return False
         self._inode = os.fstat(self._handle.fileno()).st_ino
         if self._tail_bytes is not None:
+            # Joining late: the rotations before are no loss (read after the open, so none is counted twice).
+            self._finished = rotations_of(self.path)
             # Joining late: start at a line boundary near the end, not at the top of a long log.
             size = self._handle.seek(0, os.SEEK_END)
             self._handle.seek(max(0, size - self._tail_bytes))
