@@ -272,7 +272,9 @@ def test_without_a_terminal_the_dashboard_gives_way_to_headless(tmp_path):
     ever (a 0.1 s script still running at 40 s), with the script's output in no log."""
     result = optwatch("run", str(SCRIPTS / "short.py"), "--steps", "3")  # (stdin, stdout: no terminals)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stderr.startswith("optwatch: no terminal for the dashboard (stdout is not one): headless instead")
+    assert re.match(
+        r"optwatch: no terminal for the dashboard \((stdin|stdout) is not one\): headless instead", result.stderr
+    )
     assert result.stdout.count("TRUTH ") == 3  # the script's output, passed through
     assert "optwatch: final step 2" in result.stderr
 
@@ -363,3 +365,18 @@ def test_the_scripts_main_module_starts_with_the_names_pythons_does(tmp_path):
     watched = optwatch("run", "--headless", str(script))
     assert watched.returncode == plain.returncode == 0, watched.stderr[-2000:]
     assert watched.stdout == plain.stdout
+
+
+def test_a_replay_without_a_terminal_prints_its_summary(tmp_path):
+    """`optwatch replay RUN > file`: the dashboard drew its escape codes into the file and waited for keys."""
+    record = tmp_path / "r.jsonl"
+    assert (
+        optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "short.py"), "--steps", "3").returncode
+        == 0
+    )
+    replayed = optwatch("replay", str(record), timeout=60)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert re.fullmatch(
+        r"optwatch: no terminal for the dashboard \((stdin|stdout) is not one\): headless instead\n", replayed.stderr
+    )
+    assert replayed.stdout.startswith("optwatch: step 2 | loss ")

@@ -527,14 +527,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _headless_without_a_terminal(args: argparse.Namespace) -> None:
     """No terminal to draw on (``nohup optwatch train.py > log &``, ``sbatch --wrap``, a pipe): the dashboard
     would wait for keys for ever, with the script's output in no log. Headless instead, said once."""
-    if args.headless or args.web or launchers.detect() is not None:
+    if args.headless or getattr(args, "web", None) or launchers.detect() is not None:
         return
-    if sys.stdin.isatty() and sys.stdout.isatty():
+    streams = {"stdin": sys.stdin, "stdout": sys.stdout, "stderr": sys.stderr}  # (Textual draws on stderr)
+    which = next((name for name, stream in streams.items() if stream is None or not stream.isatty()), None)
+    if which is None:
         return
-    which = "stdout" if not sys.stdout.isatty() else "stdin"
     print(
-        f"optwatch: no terminal for the dashboard ({which} is not one): headless instead "
-        "(`optwatch attach` from a terminal shows the dashboard)",
+        f"optwatch: no terminal for the dashboard ({which} is not one): headless instead"
+        + (" (`optwatch attach` from a terminal shows the dashboard)" if args.command == "run" else ""),
         file=sys.stderr,
         flush=True,
     )
@@ -899,6 +900,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         store, _ = runs_cli.load(args.path, report)
     except runs_cli.RunError as exc:
         raise UsageError(f"not an optwatch record file: {exc}" if Path(args.path).is_file() else str(exc)) from exc
+    _headless_without_a_terminal(args)
     if args.headless:
         from optwatch.headless import notable_line, summary_line
 

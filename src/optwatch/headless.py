@@ -14,7 +14,7 @@ from optwatch.diagnose.bottleneck import bound_text, duration_text
 from optwatch.protocol import finite
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.summary import cost_text, non_finite_text
+from optwatch.summary import alert_text, cost_text, non_finite_text
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -67,7 +67,6 @@ def notable_line(record: dict) -> str | None:
     Verdicts are printed when they change, by ``changed_verdicts``."""
     kind = record.get("kind")
     rank = record.get("rank", 0)
-    on_rank = f" [rank {rank}]" if isinstance(rank, int) and rank > 0 else ""
     if kind == "event" and rank == 0:
         reason = f" ({record['reason']})" if record.get("reason") else ""
         if record.get("status") == "accepted":
@@ -75,8 +74,7 @@ def notable_line(record: dict) -> str | None:
             return f"optwatch: {record.get('command')} accepted, in effect from step {step}{reason}"
         return f"optwatch: {record.get('command')} rejected: {record.get('reason')}"
     if kind == "alert":
-        at = f" @ step {record['step']}" if record.get("step") is not None else ""
-        return f"optwatch: ALERT {record.get('type')}{at}{on_rank}: {record.get('message')}"
+        return f"optwatch: ALERT {alert_text(record)}"
     if kind == "hotspots":
         return hotspots_line(record)
     return None

@@ -73,9 +73,9 @@ class ViewerSession:
         self._partial_lines: dict[int, tuple[bytes, float]] = {}
         """Per tail, with several: the bytes after its last newline, and since when they wait."""
         self._open_lines: dict[str, int | None] = {}
+        """Per stream, with several tails: the tail whose line was let out unfinished, if any."""
         self._missed_said: dict[int, int] = {}
         """Per tail, the rotated files it missed that a notice has said."""
-        """Per stream, with several tails: the tail whose line was let out unfinished, if any."""
 
     def send_command(self, text: str) -> None:
         """Queue a control command (any thread); its answer appears in ``answers`` after a pump."""

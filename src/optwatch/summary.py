@@ -253,6 +253,15 @@ def _covering(steps: Sequence[dict[str, Any]], seconds: float) -> list[dict[str,
     return list(steps[first:])
 
 
+def alert_text(alert: dict[str, Any]) -> str:
+    """An alert in one line, as the headless line and the dashboard's findings say it: "type @ step N rank R:
+    message" (no step for an alert of none, no rank for rank 0's)."""
+    rank = alert.get("rank")
+    where = f" rank {rank}" if isinstance(rank, int) and rank > 0 else ""
+    at = f" @ step {alert['step']}" if alert.get("step") is not None else ""
+    return f"{alert.get('type', 'alert')}{at}{where}: {alert.get('message', '')}"
+
+
 def non_finite_text(value: object, missing: str) -> str:
     """A figure that is not a number, as the headless lines and the dashboard show it: ``NaN``, ``Inf`` or
     ``-Inf`` as it was measured (a diverged norm is news, not a gap), else ``missing``."""

@@ -180,8 +180,9 @@ class GradientPlugin(ProbePlugin):
                 sparse = [g for g in grads if g.is_sparse]
                 params, grads = [params[i] for i in dense], [grads[i] for i in dense]
                 if not params:  # (SparseAdam alone: an embedding model)
-                    if not context.clip_measures:
-                        context.report_grad_norm(torch.linalg.vector_norm(torch.stack(sparse_norms(sparse))))
+                    norms = sparse_norms(sparse)
+                    if norms and not context.clip_measures:
+                        context.report_grad_norm(torch.linalg.vector_norm(torch.stack(norms)))
                     return
             labels = [names.get(id(p)) or f"(unnamed).{i}" for i, p in enumerate(params)]
             layout = self._layout = _Layout(params, labels, self.budget_bytes, context.world_size)
@@ -214,6 +215,7 @@ class GradientPlugin(ProbePlugin):
                 total = torch.linalg.vector_norm(grad_norms)
                 if sparse and not layout.sharded:  # (their layers have no statistics; the norm is the whole's)
                     total = torch.linalg.vector_norm(torch.stack([total, *(n.to(total) for n in sparse_norms(sparse))]))
+                    # (on a GPU, sparse_norms gives none: the norm is the dense gradients', as gradients.md says)
                 context.report_grad_norm(total, part=layout.sharded)
             measured = _Measured(context.step, layout, grad_norms, [], None, None, None)
             turn_chunk = layout.next_chunk()

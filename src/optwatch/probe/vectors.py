@@ -72,5 +72,6 @@ def norms_of(
 
 def sparse_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """The 2-norms of sparse gradients (an ``nn.Embedding(sparse=True)``'s, for SparseAdam), each the dense
-    gradient's: the values of an index that came more than once summed first, as the optimizer sums them."""
-    return [torch.linalg.vector_norm(g.coalesce()._values().float()) for g in grads if g.is_sparse]
+    gradient's: the values of an index that came more than once summed first, as the optimizer sums them. On
+    the CPU only: on a GPU, summing them (``coalesce``) needs their count on the host, a sync."""
+    return [torch.linalg.vector_norm(g.coalesce()._values().float()) for g in grads if g.is_sparse and not g.is_cuda]

@@ -7,6 +7,7 @@ from textual.widgets import Static
 
 from optwatch.diagnose.bottleneck import bound_text
 from optwatch.store import Store
+from optwatch.summary import alert_text
 
 MAX_ALERTS = 3
 
@@ -30,10 +31,7 @@ class FindingsBar(Static):
             text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
             lines.append(line)
         for alert in reversed(alerts):
-            rank = alert.get("rank")
-            where = f" rank {rank}" if isinstance(rank, int) and rank > 0 else ""
-            at = f" @ step {alert['step']}" if alert.get("step") is not None else ""
-            line = f"{alert.get('type', 'alert')}{at}{where}: {alert.get('message', '')}"
+            line = alert_text(alert)
             text.append("⚠ ", "bold red")
             text.append(line + "\n", "red")
             lines.append(line)
