@@ -246,13 +246,18 @@ def test_a_ctrl_c_stops_the_run_and_the_last_line_says_at_which_step(tmp_path):
     assert last_printed - 1 <= int(said[1]) <= last_printed
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
-def test_a_signal_to_optwatch_run_reaches_the_scripts_own_handler(tmp_path, sig):
+@pytest.mark.parametrize(
+    "sig, launch",
+    [(signal.SIGUSR1, ()), (signal.SIGTERM, ()), (signal.SIGUSR1, ("--nproc-per-node", "1"))],
+    ids=["SIGUSR1", "SIGTERM", "SIGUSR1 to a torchrun launch"],
+)
+def test_a_signal_to_optwatch_run_reaches_the_scripts_own_handler(tmp_path, sig, launch):
     """SLURM's `--signal` (USR1, Lightning's requeue) sent to `optwatch run` killed it alone: the training, in a
-    session of its own, ran on unwatched and its handler never saved. It gets the signal, as under python."""
+    session of its own, ran on unwatched and its handler never saved. It gets the signal, as under python;
+    under `--nproc-per-node`, every rank does (torchrun's agent would die of it)."""
     saved = tmp_path / "saved"
     job = subprocess.Popen(
-        [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "signal_handlers.py"),
+        [sys.executable, "-m", "optwatch", "run", "--headless", *launch, str(SCRIPTS / "signal_handlers.py"),
          "--saved", str(saved)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -147,7 +147,10 @@ class TrainingProcess:
         after = dict(extra)
 
         def pass_on(signum, frame):
-            self.send(signum)
+            if self.nproc_per_node and signum in PASSED_ON:
+                self._send_to_ranks(signum)  # (torchrun's agent would die of a USR1, not pass it on)
+            else:
+                self.send(signum)
             if signum in after:
                 after[signum]()
 
@@ -157,6 +160,20 @@ class TrainingProcess:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _send_to_ranks(self, sig: int) -> None:
+        """``sig`` to the ranks torchrun started (its children), not to torchrun."""
+        import psutil
+
+        try:
+            ranks = psutil.Process(self.popen.pid).children() if self.popen is not None else []
+        except psutil.Error:
+            return
+        for rank in ranks:
+            try:
+                rank.send_signal(sig)
+            except psutil.Error:
+                pass
 
     def send(self, sig: int) -> None:
         if self.popen is not None and self.popen.poll() is None:
