@@ -50,8 +50,8 @@ def read_until_exit(process: subprocess.Popen, controller: int, timeout_s: float
     )
 
 
-def test_quitting_with_y_stops_the_run_says_so_and_exits_as_the_script_did():
-    process, controller = in_a_terminal("run", str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.02")
+def quit_with_y(process: subprocess.Popen, controller: int) -> str:
+    """Once the run has made a few steps: `q`, then `y` (stop the training); what the terminal showed."""
     try:
         [job] = wait_for(live_jobs)
         wait_for_steps(job, 5)
@@ -59,11 +59,16 @@ def test_quitting_with_y_stops_the_run_says_so_and_exits_as_the_script_did():
         os.write(controller, b"q")
         time.sleep(1.0)
         os.write(controller, b"y")
-        shown = read_until_exit(process, controller)
+        return read_until_exit(process, controller)
     finally:
         if process.poll() is None:
             process.kill()
         os.close(controller)
+
+
+def test_quitting_with_y_stops_the_run_says_so_and_exits_as_the_script_did():
+    process, controller = in_a_terminal("run", str(SCRIPTS / "plain_train.py"), "--steps", "100000", "--sleep", "0.02")
+    shown = quit_with_y(process, controller)
     assert process.returncode == 130, shown[-2000:]  # a Ctrl-C's, as `python script.py` gives it
     assert re.search(r"optwatch: the run was stopped at step \d+, exit 130", shown), shown[-2000:]
 
@@ -95,18 +100,7 @@ def test_quitting_leaves_what_the_script_started_on_its_way_out_to_finish(tmp_pa
     handler started in a child process died with it (under python it finishes)."""
     uploaded = tmp_path / "uploaded"
     process, controller = in_a_terminal("run", str(SCRIPTS / "uploads_at_exit.py"), "--uploaded", str(uploaded))
-    try:
-        [job] = wait_for(live_jobs)
-        wait_for_steps(job, 5)
-        time.sleep(1.0)  # the dashboard is up and reading keys
-        os.write(controller, b"q")
-        time.sleep(1.0)
-        os.write(controller, b"y")
-        shown = read_until_exit(process, controller)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        os.close(controller)
+    shown = quit_with_y(process, controller)
     assert process.returncode == 130, shown[-2000:]
     assert wait_for(uploaded.exists, timeout_s=10)
 

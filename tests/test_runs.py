@@ -278,6 +278,7 @@ def test_a_record_garbled_in_the_middle_replays_up_to_the_damage_and_says_so(tmp
 
     started = []
     monkeypatch.setattr(OptwatchApp, "run", lambda app: started.append(app))
+    monkeypatch.setattr(cli, "_headless_without_a_terminal", lambda args: None)  # (the app run below is headless)
     monkeypatch.setenv("OPTWATCH_RUNS_DIR", str(tmp_path))
     assert cli.main(["replay", "run"]) == 0
     [app] = started

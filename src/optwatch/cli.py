@@ -529,6 +529,8 @@ def _headless_without_a_terminal(args: argparse.Namespace) -> None:
     would wait for keys for ever, with the script's output in no log. Headless instead, said once."""
     if args.headless or getattr(args, "web", None) or launchers.detect() is not None:
         return
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return  # a page of `--web`'s: Textual draws through its driver (textual-serve's pipes), not a terminal
     streams = {"stdin": sys.stdin, "stdout": sys.stdout, "stderr": sys.stderr}  # (Textual draws on stderr)
     which = next((name for name, stream in streams.items() if stream is None or not stream.isatty()), None)
     if which is None:
