@@ -385,3 +385,33 @@ def test_a_replay_without_a_terminal_prints_its_summary(tmp_path):
         r"optwatch: no terminal for the dashboard \((stdin|stdout) is not one\): headless instead\n", replayed.stderr
     )
     assert replayed.stdout.startswith("optwatch: step 2 | loss ")
+
+
+@pytest.mark.parametrize("launch", [(), ("--nproc-per-node", "1")], ids=["one process", "torchrun"])
+def test_a_module_runs_as_python_m_runs_it(tmp_path, launch):
+    """`optwatch run -m pkg.train` (torchtitan's `torchrun -m torchtitan.train`): "unrecognized arguments: -m".
+    It runs as `python -m pkg.train` does: argv, __name__, __spec__, the start directory first on sys.path."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "train.py").write_text(
+        "import json, sys, torch\nfrom pkg import __name__ as parent\n"
+        "print('SEES', json.dumps([sys.argv[0].endswith('pkg/train.py'), sys.argv[1:], __name__, __spec__.name]))\n"
+        "torch.manual_seed(0)\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(5):\n    opt.zero_grad(); loss = model(torch.randn(8, 4)).pow(2).mean(); loss.backward()\n"
+        "    opt.step(); print('TRUTH ' + json.dumps({'step': step, 'loss': loss.item()}))\n"
+    )
+    plain = subprocess.run(
+        [sys.executable, "-m", "pkg.train", "--lr", "1"], cwd=tmp_path, capture_output=True, text=True
+    )
+    record = tmp_path / "r.jsonl"
+    watched = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--record", str(record), *launch, "-m", "pkg.train",
+         "--lr", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert plain.returncode == 0 and watched.returncode == 0, watched.stderr[-2000:]
+    assert watched.stdout == plain.stdout  # (seeded: the same losses too)
+    losses = {s["step"]: s["loss"] for s in steps_of(read_jsonl(record))}
+    printed = [json.loads(line[6:]) for line in plain.stdout.splitlines() if line.startswith("TRUTH ")]
+    truth = {seen["step"]: seen["loss"] for seen in printed}
+    assert losses == truth

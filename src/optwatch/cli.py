@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same as --forward-check off",
     )
     _web_arguments(run)
-    run.add_argument("script", metavar="SCRIPT", help="the training script")
+    run.add_argument("script", metavar="SCRIPT", help="the training script, or -m MODULE (as python -m runs it)")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for the script")
 
     attach = commands.add_parser("attach", help="watch a running job (all its ranks), with its recent history")
@@ -275,11 +275,34 @@ def _keep_a_leading_double_dash(args: argparse.Namespace, argv: list[str]) -> No
         args.args = ["--", *script_args]
 
 
+def _module_as_script(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``optwatch run [OPTIONS] -m package.module ARGS``: ``-m`` where SCRIPT goes, with its module, made one
+    argument, ``-m package.module`` (argparse takes an argument with a space for a positional one)."""
+    if not argv or argv[0] != "run":
+        return argv
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    index = 1
+    while index < len(argv):
+        token = argv[index]
+        if token == "-m":
+            if index + 1 < len(argv):
+                return [*argv[:index], f"-m {argv[index + 1]}", *argv[index + 2 :]]
+            return argv
+        action = run._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        if action is None:
+            return argv  # SCRIPT, or a mistake argparse will name
+        index += 1 if action.nargs == 0 or "=" in token else 2
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "-m":
+        argv.insert(0, "run")  # (`optwatch -m pkg.train`, as `optwatch train.py`)
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
     parser = build_parser()
+    argv = _module_as_script(argv, parser)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         print(f"optwatch: {_misplaced_option(parser, argv)}", file=sys.stderr)
         return 2
@@ -439,7 +462,10 @@ def _probe_options(args: argparse.Namespace):
 
 def _check_script(script: str, args: list[str]) -> None:
     """A script to run, or the reason there is none, in words (`optwatch run python train.py` is a common
-    first try: the interpreter is optwatch's to start)."""
+    first try: the interpreter is optwatch's to start). A module (``-m pkg.train``) is found as python -m
+    finds it, in the training process: a missing one is said there, as python says it."""
+    if script.startswith("-m "):
+        return
     if os.path.isdir(script):
         raise UsageError(f"{script} is a directory, not a script")
     interpreter = os.path.basename(script).startswith("python")

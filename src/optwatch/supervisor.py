@@ -57,6 +57,10 @@ class TrainingProcess:
         self.hub: subprocess.Popen[bytes] | None = None
         self.stop_requested = False
 
+    def script_arguments(self) -> list[str]:
+        """The script as a command line gives it: its path, or ``-m`` and its module."""
+        return ["-m", self.script[3:]] if self.script.startswith("-m ") else [self.script]
+
     def output_tails(self) -> list[LogTail]:
         """The script's output as it is written, every rank's, for a viewer that passes it through."""
         ranks = range(self.nproc_per_node or 1)
@@ -115,10 +119,10 @@ class TrainingProcess:
                     "-m",
                     "optwatch",
                     "run",
-                    self.script,
+                    *self.script_arguments(),
                 ]
             else:
-                command = [sys.executable, "-m", "optwatch.probe.launch", self.script]
+                command = [sys.executable, "-m", "optwatch.probe.launch", *self.script_arguments()]
             self.popen = subprocess.Popen(
                 [*command, *self.args],
                 env=env,

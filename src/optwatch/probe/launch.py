@@ -73,16 +73,45 @@ def ended_on_a_requested_stop(exc: BaseException) -> bool:
     return False
 
 
+MODULE_PREFIX = "-m "
+"""A script given as ``-m package.module`` (``optwatch run -m pkg.train``): run as ``python -m`` runs it."""
+
+
+def module_of(script: str) -> str | None:
+    """The module of a ``-m package.module`` script, or None for a file."""
+    return script[len(MODULE_PREFIX) :] if script.startswith(MODULE_PREFIX) else None
+
+
 def run_script(script: str, args: list[str]) -> int:
     from optwatch.probe.start import start_probe
 
-    path = os.path.abspath(script)
-    sys.argv = [script, *args]
-    sys.path.insert(0, os.path.dirname(os.path.realpath(script)))  # (python script.py's first entry)
+    module = module_of(script)
+    if module is not None:
+        import importlib.util
+
+        sys.path.insert(0, os.getcwd())  # (python -m's first entry: the directory it is started in)
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.origin is None:
+            print(f"{sys.executable}: No module named {module}", file=sys.stderr)  # (as python -m says it)
+            return 1
+        path = spec.origin
+        sys.argv = [path, *args]
+    else:
+        path = os.path.abspath(script)
+        sys.argv = [script, *args]
+        sys.path.insert(0, os.path.dirname(os.path.realpath(script)))  # (python script.py's first entry)
     probe = start_probe()
     exit_code: int = 0
     try:
-        _run_as_main(path)
+        if module is not None:
+            import runpy
+
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            _run_as_main(path)
     except SystemExit as exc:
         exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exit_code and ended_on_a_requested_stop(exc):
@@ -159,8 +188,10 @@ def run_as_rank(launch: Launch, script: str, args: list[str], viewer: list[str] 
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m optwatch.probe.launch SCRIPT [ARGS...]")
+    if len(sys.argv) < 2 or (sys.argv[1] == "-m" and len(sys.argv) < 3):
+        sys.exit("usage: python -m optwatch.probe.launch SCRIPT|-m MODULE [ARGS...]")
+    if sys.argv[1] == "-m":
+        sys.exit(run_script(MODULE_PREFIX + sys.argv[2], sys.argv[3:]))
     sys.exit(run_script(sys.argv[1], sys.argv[2:]))
 
 

@@ -115,7 +115,10 @@ def write_private_file(path: Path, text: str) -> None:
 
 
 def new_run_id(script: str) -> str:
-    stem = Path(script).stem.lstrip("-") or "run"  # `python -c` names its script "-c"
+    if script.startswith("-m "):  # a module run as `python -m` runs it: its last part names the run
+        stem = script[3:].rsplit(".", 1)[-1]
+    else:
+        stem = Path(script).stem.lstrip("-") or "run"  # `python -c` names its script "-c"
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:24]
     return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
