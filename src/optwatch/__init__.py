@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -17,6 +19,19 @@ __all__ = ["watch", "__version__"]
 
 if TYPE_CHECKING:
     from optwatch.probe.probe import Probe
+
+
+def _drop_start_directory() -> None:
+    """``python -m optwatch`` (and ``-m optwatch.probe.launch``) put the directory it is started in first on
+    sys.path, where the `optwatch` command and ``python script.py`` put none of it: a user's ``hmac.py`` or
+    ``queue.py`` there must not stand in for the standard library's in optwatch's imports. Called before
+    them. (Not ``python -P``: a script would see ``sys.flags.safe_path``, and its subprocesses the flag.)"""
+    try:
+        started_in = os.getcwd()
+    except OSError:  # (a directory since removed)
+        started_in = None
+    if sys.path and sys.path[0] in ("", started_in):
+        del sys.path[0]
 
 
 def watch(

@@ -286,7 +286,7 @@ def _module_as_script(argv: list[str], parser: argparse.ArgumentParser) -> list[
         token = argv[index]
         if token == "-m":
             if index + 1 < len(argv):
-                return [*argv[:index], f"-m {argv[index + 1]}", *argv[index + 2 :]]
+                return [*argv[:index], launchers.module_script(argv[index + 1]), *argv[index + 2 :]]
             return argv
         action = run._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
         if action is None:
@@ -464,7 +464,7 @@ def _check_script(script: str, args: list[str]) -> None:
     """A script to run, or the reason there is none, in words (`optwatch run python train.py` is a common
     first try: the interpreter is optwatch's to start). A module (``-m pkg.train``) is found as python -m
     finds it, in the training process: a missing one is said there, as python says it."""
-    if script.startswith("-m "):
+    if launchers.module_of(script) is not None:
         return
     if os.path.isdir(script):
         raise UsageError(f"{script} is a directory, not a script")

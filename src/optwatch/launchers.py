@@ -23,6 +23,20 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+MODULE_PREFIX = "-m "
+"""A script given as ``-m package.module`` (``optwatch run -m pkg.train``), run as ``python -m`` runs it: one
+string wherever a script's path goes (argparse takes an argument with a space for a positional one)."""
+
+
+def module_script(module: str) -> str:
+    """The script string of ``module`` (``-m package.module``)."""
+    return MODULE_PREFIX + module
+
+
+def module_of(script: str) -> str | None:
+    """The module of a ``-m package.module`` script, or None for a file."""
+    return script[len(MODULE_PREFIX) :] if script.startswith(MODULE_PREFIX) else None
+
 
 @dataclass(frozen=True)
 class Launch:

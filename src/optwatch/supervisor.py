@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from optwatch import hub, runs
+from optwatch import hub, launchers, runs
 from optwatch.options import ProbeOptions
 from optwatch.wire import runtime
 from optwatch.wire.logs import LogTail, log_name
@@ -59,7 +59,8 @@ class TrainingProcess:
 
     def script_arguments(self) -> list[str]:
         """The script as a command line gives it: its path, or ``-m`` and its module."""
-        return ["-m", self.script[3:]] if self.script.startswith("-m ") else [self.script]
+        module = launchers.module_of(self.script)
+        return ["-m", module] if module is not None else [self.script]
 
     def output_tails(self) -> list[LogTail]:
         """The script's output as it is written, every rank's, for a viewer that passes it through."""

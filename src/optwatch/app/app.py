@@ -416,9 +416,6 @@ class OptwatchApp(App[None]):
                     return event if command.startswith("pause") else None
         return None
 
-    def _paused(self) -> bool:
-        return self._pause_event() is not None
-
     def action_toggle(self, field: str) -> None:
         self.send_command(f"{field}={'off' if self._current(field) else 'on'}")
 

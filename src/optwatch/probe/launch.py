@@ -6,30 +6,18 @@ The script sees what ``python script.py`` gives it: ``sys.argv``, an absolute ``
 
 from __future__ import annotations
 
-import os
-import sys
+import optwatch
 
-
-def _start_directory() -> str | None:
-    try:
-        return os.getcwd()
-    except OSError:  # (started in a directory since removed)
-        return None
-
-
-# `python -m optwatch.probe.launch` (and `python -m optwatch run` in a rank) put the directory it is started in
-# first on sys.path, where `python script.py` puts the script's: a `hmac.py` there must not stand in for the
-# standard library's in optwatch's imports. (Not `python -P`: the script would see sys.flags.safe_path, and
-# its subprocesses inherit the flag.)
-if sys.path and sys.path[0] in ("", _start_directory()):
-    del sys.path[0]
+optwatch._drop_start_directory()  # (before optwatch's imports; the script's directory goes in by run_script)
 
 import io  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import types  # noqa: E402
 
 from optwatch import protocol  # noqa: E402
-from optwatch.launchers import Launch  # noqa: E402
+from optwatch.launchers import Launch, module_of, module_script  # noqa: E402
 
 FOLLOWER_WAIT_S = 10.0
 
@@ -71,15 +59,6 @@ def ended_on_a_requested_stop(exc: BaseException) -> bool:
             return True
         cause = cause.__context__
     return False
-
-
-MODULE_PREFIX = "-m "
-"""A script given as ``-m package.module`` (``optwatch run -m pkg.train``): run as ``python -m`` runs it."""
-
-
-def module_of(script: str) -> str | None:
-    """The module of a ``-m package.module`` script, or None for a file."""
-    return script[len(MODULE_PREFIX) :] if script.startswith(MODULE_PREFIX) else None
 
 
 def run_script(script: str, args: list[str]) -> int:
@@ -191,7 +170,7 @@ def main() -> None:
     if len(sys.argv) < 2 or (sys.argv[1] == "-m" and len(sys.argv) < 3):
         sys.exit("usage: python -m optwatch.probe.launch SCRIPT|-m MODULE [ARGS...]")
     if sys.argv[1] == "-m":
-        sys.exit(run_script(MODULE_PREFIX + sys.argv[2], sys.argv[3:]))
+        sys.exit(run_script(module_script(sys.argv[2]), sys.argv[3:]))
     sys.exit(run_script(sys.argv[1], sys.argv[2:]))
 
 

@@ -21,7 +21,8 @@ import select
 import threading
 from pathlib import Path
 
-from optwatch.wire.logs import MAX_LOG_BYTES, ROTATED_SUFFIX, log_name, rotations_of, rotations_path
+from optwatch.wire.logs import MAX_LOG_BYTES, log_name, rotated_path, rotations_of, rotations_path
+from optwatch.wire.runtime import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,9 @@ class _Stream:
         if self.file is not None:
             os.close(self.file)
             self.file = None
-            os.replace(self.path, self.path.with_name(self.path.name + ROTATED_SUFFIX))
+            os.replace(self.path, rotated_path(self.path))
             self.rotations += 1
-            counted = rotations_path(self.path).with_suffix(".new")
-            fd = os.open(counted, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, str(self.rotations).encode())  # (for a reader that fell behind: how far)
-            finally:
-                os.close(fd)
-            os.replace(counted, rotations_path(self.path))
+            write_private_file(rotations_path(self.path), str(self.rotations))  # (for a reader fallen behind)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
         self.file = os.open(self.path, flags, 0o600)
         self.written = os.fstat(self.file).st_size

@@ -21,6 +21,11 @@ ROTATIONS_SUFFIX = ".rotations"
 rotated file learns how many it missed."""
 
 
+def rotated_path(path: Path) -> Path:
+    """The log at ``path`` as it was before its last rotation."""
+    return path.with_name(path.name + ROTATED_SUFFIX)
+
+
 def rotations_path(path: Path) -> Path:
     """The file that counts the rotations of the log at ``path``."""
     return path.with_name(path.name + ROTATIONS_SUFFIX)
@@ -93,7 +98,7 @@ class LogTail:
             return False
         self.missed_files += behind - 1
         self._finished += behind - 1
-        return self._open(self.path.parent / (self.path.name + ROTATED_SUFFIX))
+        return self._open(rotated_path(self.path))
 
     def _open(self, path: Path) -> bool:
         try:

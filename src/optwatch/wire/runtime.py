@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optwatch.launchers import module_of
+
 INFO_FILE = "info.json"
 
 
@@ -115,8 +117,9 @@ def write_private_file(path: Path, text: str) -> None:
 
 
 def new_run_id(script: str) -> str:
-    if script.startswith("-m "):  # a module run as `python -m` runs it: its last part names the run
-        stem = script[3:].rsplit(".", 1)[-1]
+    module = module_of(script)
+    if module is not None:  # a module run as `python -m` runs it: its last part names the run
+        stem = module.rsplit(".", 1)[-1]
     else:
         stem = Path(script).stem.lstrip("-") or "run"  # `python -c` names its script "-c"
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:24]
