@@ -15,6 +15,9 @@ warm-up, as a user's run does), with the loop's own per-iteration timer:
                 costs the process (threads, imports, wrappers that pass through)
     hooks-only  no optwatch: empty wrappers at its per-step hook points (``null_hooks.py``), the floor that
                 hooking there costs whatever the hooks do
+    ballast     no optwatch: the loop in a process that keeps objects and memory it never uses (``ballast.py``),
+                a control of the method beside ``aa``: what a difference between processes that does no work
+                reads (the A/A's two bare processes have the same heap)
 
 The runs of a round take turns on the machine (``lockstep``: slices of a few iterations, a new order each
 turn), and each run's iterations are compared with bare's of the same turn, so that the machine's own
@@ -60,7 +63,9 @@ WORKLOADS = {
     "llm": [str(ROOT / "benchmarks" / "llm_loop.py"), "--quiet"],
     "cifar": [str(ROOT / "benchmarks" / "cifar_loop.py")],
 }
-CONFIGS = ("bare", "aa", "default", "every", "probe", "probe-every", "closed", "dashboard", "hooks-only")
+CONFIGS = (
+    "bare", "aa", "ballast", "default", "every", "probe", "probe-every", "closed", "dashboard", "hooks-only"
+)  # fmt: skip
 SLICE_S = {"llm": 0.15, "cifar": 1.2}
 """How long each run of a round has the machine at a time: a few of the loop's iterations (``lockstep``)."""
 FIRST = 100  # optwatch checks every step up to here by design (--budget applies after it)
@@ -75,6 +80,8 @@ def command(config: str, loop: list[str], runs: Path) -> list[str]:
         return [*python, *loop]
     if config == "hooks-only":
         return [*python, str(ROOT / "benchmarks" / "null_hooks.py"), *loop]
+    if config == "ballast":
+        return [*python, str(ROOT / "benchmarks" / "ballast.py"), *loop]
     ow = ["env", f"OPTWATCH_RUNS_DIR={runs}", *python, "-m", "optwatch", "run"]
     if config == "default":
         return [*ow, "--headless", *loop]
