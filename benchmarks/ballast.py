@@ -13,23 +13,16 @@ the same heap), a figure within that distance of 1.00 is within the method's rea
 
 from __future__ import annotations
 
-import runpy
-import sys
-from pathlib import Path
+from lockstep import run_script_as_main
 
 BALLAST_DICTS = 100_000
 BALLAST_BUFFERS = 3_000  # of 4 KiB: 12 MiB
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python benchmarks/ballast.py SCRIPT [ARGS...]")
     ballast = [{"index": i, "name": str(i)} for i in range(BALLAST_DICTS)]
     ballast += [bytearray(4096) for _ in range(BALLAST_BUFFERS)]
-    script = sys.argv[1]
-    sys.argv = sys.argv[1:]
-    sys.path[0] = str(Path(script).resolve().parent)
-    runpy.run_path(script, run_name="__main__")
+    run_script_as_main("python benchmarks/ballast.py SCRIPT [ARGS...]")
     del ballast
 
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import runpy
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -200,6 +202,17 @@ def whole_iterations(
                 kept[index] = cursor
             settled = cursor
     return kept
+
+
+def run_script_as_main(usage: str) -> None:
+    """Run ``sys.argv[1:]`` (SCRIPT [ARGS...]) as ``python SCRIPT ARGS`` runs it: the wrappers that
+    ``wall_clock.py`` puts around a loop (``null_hooks.py``, ``ballast.py``) call this once set up."""
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: {usage}")
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    sys.path[0] = str(Path(script).resolve().parent)
+    runpy.run_path(script, run_name="__main__")
 
 
 def threads_cpu_s() -> dict[str, float]:

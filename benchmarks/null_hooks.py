@@ -11,13 +11,11 @@ whatever it does in its hooks. ``benchmarks/wall_clock.py --configs ...,hooks-on
 from __future__ import annotations
 
 import functools
-import runpy
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.utils
+from lockstep import run_script_as_main
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 
@@ -61,13 +59,8 @@ def install() -> Callable[[], None]:
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python benchmarks/null_hooks.py SCRIPT [ARGS...]")
     install()
-    script = sys.argv[1]
-    sys.argv = sys.argv[1:]
-    sys.path[0] = str(Path(script).resolve().parent)
-    runpy.run_path(script, run_name="__main__")
+    run_script_as_main("python benchmarks/null_hooks.py SCRIPT [ARGS...]")
 
 
 if __name__ == "__main__":
