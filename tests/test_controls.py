@@ -29,6 +29,12 @@ def inside(stdout: str) -> dict[int, dict[str, str]]:
     return seen
 
 
+def rates_used(stdout: str) -> dict[int, float]:
+    """The rate each step used, as ``plain_train.py`` prints it (``lr STEP VALUE``): {step: rate}."""
+    lines = (line.split() for line in stdout.splitlines() if line.startswith("lr "))
+    return {int(step): float(value) for _, step, value in lines}
+
+
 def test_scheduled_controls_take_effect_exactly_at_their_steps(tmp_path):
     record = tmp_path / "r.jsonl"
     result = optwatch(
@@ -307,8 +313,7 @@ def test_an_lr_command_at_a_warm_ups_zero_is_refused_not_applied_for_one_step(tm
         str(SCRIPTS / "plain_train.py"), "--steps", "8", "--warmup", "5", "--lr", "0.05",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    lr_lines = [line.split() for line in result.stdout.splitlines() if line.startswith("lr ")]
-    used = {int(step): float(value) for _, step, value in lr_lines}
+    used = rates_used(result.stdout)
     events = {e["command"]: e for e in read_jsonl(record) if e["kind"] == "event"}
     refused = events["lr=0.01"]
     assert refused["status"] == "rejected" and "learning rate is 0 at this step" in refused["reason"]
@@ -329,10 +334,7 @@ def test_an_lr_command_on_a_schedule_quotes_the_rate_a_step_used_not_one_no_step
         str(SCRIPTS / "plain_train.py"), "--steps", "12", "--warmup", "20", "--lr", "0.05",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    used = {
-        int(step): float(value)
-        for _, step, value in (line.split() for line in result.stdout.splitlines() if line.startswith("lr "))
-    }
+    used = rates_used(result.stdout)
     assert used[6] == pytest.approx(0.5 * 0.05 * 6 / 20)  # the command did what it says
     events = {e["command"]: e["reason"] for e in read_jsonl(record) if e["kind"] == "event"}
     # (the script reads its rate after step(), where the command already applied: the warm-up's own by hand)
