@@ -227,6 +227,48 @@ def test_a_training_killed_by_sigkill_is_recorded_and_said_as_killed(tmp_path):
     assert "killed (SIGKILL)" in listed.stdout
 
 
+@pytest.mark.parametrize("how", ["segfault", "sigkill"])
+def test_what_a_training_wrote_just_before_it_died_hard_is_shown_and_recorded(tmp_path, how):
+    """A segfault's traceback, the lines before the OOM killer's SIGKILL: what the script wrote last is what
+    its user needs most, and the training process is gone before its own drain can take it."""
+    script = SCRIPTS / "dies_hard.py"
+    plain = subprocess.run([sys.executable, str(script), "--how", how], capture_output=True, timeout=120)
+    record = tmp_path / "r.jsonl"
+    watched = optwatch("run", "--headless", "--record", str(record), str(script), "--how", how)
+    assert watched.returncode == 128 - plain.returncode == (139 if how == "segfault" else 137)
+    assert watched.stdout == plain.stdout.decode()  # every line, the 2,000-line burst and the last words
+    assert watched.stdout.endswith("last words on stdout\n")
+    assert "last words on stderr" in watched.stderr
+    if how == "segfault":
+        assert "Fatal Python error: Segmentation fault" in plain.stderr.decode()
+        assert "Fatal Python error: Segmentation fault" in watched.stderr
+        assert f'File "{script}", line' in watched.stderr  # faulthandler's traceback, at the script's line
+    # The dashboard's Log tab and the record: the same lines, through the hub.
+    logged = [r["line"] for r in read_jsonl(record) if r["kind"] == "log"]
+    assert "last words on stdout" in logged and "last words on stderr" in logged
+
+
+def test_the_output_pipes_optwatch_run_keeps_are_not_the_scripts_to_see(tmp_path):
+    """The pipes under the script's output come from `optwatch run`: the script's environment and the
+    descriptors its own children inherit are python's, nothing more."""
+    script = tmp_path / "looks.py"
+    script.write_text(
+        "import os, stat\n"
+        "def inheritable_pipe(fd):\n"
+        "    try:\n"
+        "        return os.get_inheritable(fd) and stat.S_ISFIFO(os.fstat(fd).st_mode)\n"
+        "    except OSError:  # (the listing's own descriptor, closed by now)\n"
+        "        return False\n"
+        "print(sorted(name for name in os.environ if name.startswith('OPTWATCH_OUTPUT')))\n"
+        "fds = map(int, os.listdir('/proc/self/fd'))\n"
+        "print('inheritable pipes', [fd for fd in fds if fd > 2 and inheritable_pipe(fd)])\n"
+    )
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    watched = optwatch("run", "--headless", str(script))
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout == plain.stdout == "[]\ninheritable pipes []\n"
+
+
 def test_a_ctrl_c_stops_the_run_and_the_last_line_says_at_which_step(tmp_path):
     job = subprocess.Popen(
         [sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "plain_train.py"), "--steps", "100000",

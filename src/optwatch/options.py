@@ -16,6 +16,9 @@ ENV_RUN_ID = "OPTWATCH_RUN_ID"
 ENV_OPTIONS = "OPTWATCH_OPTIONS"
 ENV_HUB = "OPTWATCH_HUB"  # HOST:PORT of the hub's --listen address, for ranks on other nodes
 ENV_TOKEN = "OPTWATCH_TOKEN"  # a job's token (multi-node jobs share one; viewers read it instead of --token)
+ENV_OUTPUT_PIPES = "OPTWATCH_OUTPUT_PIPES"
+"""The pipes `optwatch run` made for the script's stdout and stderr (``wire.logs.OutputPipes``); the probe takes
+it out of the environment the script sees."""
 ENV_PROBE_PID = "OPTWATCH_PROBE_PID"
 """Set by a running probe for the processes its script starts: a Python started by the script that calls
 ``optwatch.watch`` is a run of its own, never a second rank 0 of this one."""

@@ -3,7 +3,9 @@
 The hub starts first (``optwatch.hub``), so that nothing the training says is missed; then the script, in
 a session of its own, its stdout/stderr taken by the probe into capped log files in the run directory
 (``probe.output``). A viewer that crashes, freezes or loses its SSH link neither kills it (no SIGHUP, no
-broken pipe) nor slows it (nobody has to drain a pipe).
+broken pipe) nor slows it (nobody has to drain a pipe). The pipes under the script's output are made here
+and their read ends kept (``wire.logs.OutputPipes``): what a training that died hard left in them reaches
+its log files once it has ended (``poll``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from optwatch import hub, launchers, runs
 from optwatch.options import ProbeOptions
 from optwatch.wire import runtime
-from optwatch.wire.logs import LogTail, log_name
+from optwatch.wire.logs import LogTail, OutputPipes, log_name
 
 STOP_GRACE_S = 10.0
 PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
@@ -56,6 +58,8 @@ class TrainingProcess:
         self.popen: subprocess.Popen[bytes] | None = None
         self.hub: subprocess.Popen[bytes] | None = None
         self.stop_requested = False
+        self.output_pipes: OutputPipes | None = None
+        """Rank 0's output pipes, for a plain run (torchrun's ranks make their own: it closes other descriptors)."""
 
     def script_arguments(self) -> list[str]:
         """The script as a command line gives it: its path, or ``-m`` and its module."""
@@ -79,7 +83,14 @@ class TrainingProcess:
 
     def start(self) -> None:
         """Start the hub, then the training; raises ``hub.HubError`` when the hub cannot start."""
-        from optwatch.options import ENV_OPTIONS, ENV_PROBE_PID, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN
+        from optwatch.options import (
+            ENV_OPTIONS,
+            ENV_OUTPUT_PIPES,
+            ENV_PROBE_PID,
+            ENV_RUN_DIR,
+            ENV_RUN_ID,
+            ENV_TOKEN,
+        )
 
         self.hub = hub.spawn(
             self.run_dir,
@@ -124,6 +135,8 @@ class TrainingProcess:
                 ]
             else:
                 command = [sys.executable, "-m", "optwatch.probe.launch", *self.script_arguments()]
+                self.output_pipes = OutputPipes(self.run_dir)
+                env[ENV_OUTPUT_PIPES] = self.output_pipes.env()
             self.popen = subprocess.Popen(
                 [*command, *self.args],
                 env=env,
@@ -131,17 +144,30 @@ class TrainingProcess:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                pass_fds=self.output_pipes.fds() if self.output_pipes else (),
             )
+        except BaseException:
+            if self.output_pipes is not None:
+                self.output_pipes.close()
+                self.output_pipes = None
+            raise
         finally:
             os.close(out)
             os.close(err)
+        if self.output_pipes is not None:
+            self.output_pipes.started()
 
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
     def poll(self) -> int | None:
-        return self.popen.poll() if self.popen else None
+        """The exit code once the training has ended (else None); from then on, what a hard end left in its output
+        pipes goes to its log files, where the viewers read it."""
+        code = self.popen.poll() if self.popen else None
+        if code is not None and self.output_pipes is not None:
+            self.output_pipes.take_leftovers()
+        return code
 
     @contextlib.contextmanager
     def passing_signals(self, *extra: tuple[int, Callable[[], None]]) -> Iterator[None]:
@@ -245,6 +271,8 @@ class TrainingProcess:
 
         self.stop_hub()
         self._record_how_it_ended()
+        if self.output_pipes is not None:
+            self.output_pipes.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _record_how_it_ended(self) -> None:

@@ -8,38 +8,33 @@ disk is full) drops that piece of output, counted, and the script never sees it.
 time in ``os.read``/``os.write``, which let go of the GIL, and wakes at most a few dozen times a second.
 
 The hub reads the files (for viewers, local or remote) and ``optwatch run --headless`` passes them through.
-At exit a last drain runs after the interpreter has printed an uncaught exception's traceback.
+At exit a last drain runs after the interpreter has printed an uncaught exception's traceback. Under a plain
+``optwatch run`` the pipes come from it (``wire.logs.OutputPipes``), which keeps their read ends: what a hard
+end leaves in them (a segfault's traceback, the lines before a SIGKILL) it moves into the files itself.
 """
 
 from __future__ import annotations
 
 import atexit
-import fcntl
 import logging
 import os
 import select
 import threading
 from pathlib import Path
 
-from optwatch.wire.logs import MAX_LOG_BYTES, log_name, rotated_path, rotations_of, rotations_path
+from optwatch.wire.logs import MAX_LOG_BYTES, log_name, new_pipe, rotated_path, rotations_of, rotations_path
 from optwatch.wire.runtime import write_private_file
 
 log = logging.getLogger(__name__)
 
-PIPE_BYTES = 1 << 20
-"""A pipe this large (where the system allows) lets a burst of output wait while the drain is asleep."""
 DRAIN_EVERY_S = 0.05
 
 
 class _Stream:
-    def __init__(self, fd: int, path: Path):
+    def __init__(self, fd: int, path: Path, pipe: tuple[int, int] | None = None):
         self.fd = fd
         self.path = path
-        self.read_end, write_end = os.pipe()
-        try:
-            fcntl.fcntl(write_end, 1031, PIPE_BYTES)  # F_SETPIPE_SZ
-        except OSError:
-            pass
+        self.read_end, write_end = pipe or new_pipe()
         os.set_blocking(self.read_end, False)
         os.dup2(write_end, fd)  # the script's fd 1 (2) is now the pipe's write end
         os.close(write_end)
@@ -86,9 +81,11 @@ class _Stream:
 class OutputKeeper:
     """Owns fds 1 and 2 of the training process from ``start`` on (``optwatch run`` only)."""
 
-    def __init__(self, run_dir: Path, rank: int = 0):
+    def __init__(self, run_dir: Path, rank: int = 0, pipes: dict[str, tuple[int, int]] | None = None):
+        """``pipes``: each stream's (read end, write end), made by ``optwatch run`` (else made here)."""
         self.run_dir = run_dir
         self.rank = rank
+        self._pipes = pipes or {}
         self._streams: list[_Stream] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -104,7 +101,7 @@ class OutputKeeper:
             except (OSError, ValueError):
                 pass
         for fd, stream in ((1, "stdout"), (2, "stderr")):
-            self._streams.append(_Stream(fd, self.run_dir / log_name(stream, self.rank)))
+            self._streams.append(_Stream(fd, self.run_dir / log_name(stream, self.rank), self._pipes.get(stream)))
         self._thread = threading.Thread(target=self._run, name="optwatch-output", daemon=True)
         self._thread.start()
         atexit.register(self.finish)

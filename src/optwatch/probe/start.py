@@ -15,7 +15,15 @@ import threading
 from pathlib import Path
 
 from optwatch import hub, launchers
-from optwatch.options import ENV_HUB, ENV_PROBE_PID, ENV_RUN_DIR, ENV_RUN_ID, ENV_TOKEN, ProbeOptions
+from optwatch.options import (
+    ENV_HUB,
+    ENV_OUTPUT_PIPES,
+    ENV_PROBE_PID,
+    ENV_RUN_DIR,
+    ENV_RUN_ID,
+    ENV_TOKEN,
+    ProbeOptions,
+)
 from optwatch.probe.channel import Channel
 from optwatch.probe.controls import ControlPlugin
 from optwatch.probe.forward_check import ForwardCheckPlugin
@@ -27,6 +35,7 @@ from optwatch.probe.profiler import ProfilerPlugin
 from optwatch.probe.telemetry import TelemetryPlugin
 from optwatch.protocol import STOPPED_BY_REQUEST
 from optwatch.wire import runtime
+from optwatch.wire.logs import pipes_from_env
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +123,7 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
             log.warning("optwatch: no hub for this run (%s); training goes on, unwatched for now", exc)
     os.environ[ENV_PROBE_PID] = str(os.getpid())
     if options.capture_output:
-        OutputKeeper(run_dir, rank).start()
+        OutputKeeper(run_dir, rank, pipes_from_env(os.environ.pop(ENV_OUTPUT_PIPES, ""))).start()
     channel = Channel(
         run_dir,
         rank=rank,

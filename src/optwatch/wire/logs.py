@@ -4,12 +4,20 @@ The probe's output keeper (``probe.output``) writes each stream to ``<stream>.lo
 ``<stream>.rank<N>.log``, and when one grows past its cap renames it to ``.1`` and starts it again, so a
 run's output takes at most twice the cap on disk. ``LogTail`` follows such a file the way ``tail -F``
 does: to the end of the renamed file, then from the start of the new one.
+
+Under a plain ``optwatch run`` the pipes under the script's stdout and stderr are made by ``optwatch run``
+itself, which keeps a read end of each (``OutputPipes``): what the script wrote just before a hard end (a
+segfault's traceback, the last lines before the OOM killer's SIGKILL, an ``os._exit``) is still in the pipe
+when the training process is gone, and ``optwatch run`` moves it into the log files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import stat
+import threading
 from pathlib import Path
 
 MAX_LOG_BYTES = 16 * 1024 * 1024
@@ -19,6 +27,14 @@ ROTATED_SUFFIX = ".1"
 ROTATIONS_SUFFIX = ".rotations"
 """A file beside the log holding how many times it was rotated: a reader that fell behind by more than a
 rotated file learns how many it missed."""
+
+
+PIPE_BYTES = 1 << 20
+"""A pipe this large (where the system allows) lets a burst of output wait while the drain is asleep."""
+STREAMS = ("stdout", "stderr")
+LEFTOVER_MAX_BYTES = 4 * 1024 * 1024
+"""At most this much is moved into a log file at each look after the training's end (a child of the script
+that writes on after it is bounded too)."""
 
 
 def rotated_path(path: Path) -> Path:
@@ -120,3 +136,115 @@ class LogTail:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def new_pipe() -> tuple[int, int]:
+    """A pipe for a stream of the script's output: (read end, non-blocking; write end, blocking as a
+    terminal's)."""
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, 1031, PIPE_BYTES)  # F_SETPIPE_SZ
+    except OSError:
+        pass
+    os.set_blocking(read_end, False)
+    return read_end, write_end
+
+
+class OutputPipes:
+    """``optwatch run``'s side of the pipes it makes for the training's stdout and stderr (rank 0's).
+
+    The training process gets both ends of each (``pass_fds``, and their numbers in its environment: ``env``)
+    and drains them itself; this process keeps the read ends and reads nothing from them until the training
+    has ended (``take_leftovers``), so the two never read the same pipe at once."""
+
+    def __init__(self, run_dir: Path):
+        self.pipes = {stream: new_pipe() for stream in STREAMS}
+        self._paths = {stream: run_dir / log_name(stream, 0) for stream in STREAMS}
+        self._lock = threading.Lock()
+        self.taken = 0
+        """Bytes moved into the log files after the training's end."""
+
+    def env(self) -> str:
+        """``stdout=5:6,stderr=7:8``: each stream's read and write ends, for the training process."""
+        return ",".join(f"{stream}={read_end}:{write_end}" for stream, (read_end, write_end) in self.pipes.items())
+
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for pipe in self.pipes.values() for fd in pipe)
+
+    def started(self) -> None:
+        """The training process has its copies: the write ends here go (the read ends stay)."""
+        for stream, (read_end, write_end) in self.pipes.items():
+            _close(write_end)
+            self.pipes[stream] = (read_end, -1)
+
+    def take_leftovers(self) -> int:
+        """After the training's end: what its pipes still hold goes to the end of its log files. Returns the
+        bytes moved. Safe to call again (a child of the script may write on) and from several threads."""
+        moved = 0
+        with self._lock:
+            for stream, (read_end, _) in self.pipes.items():
+                if read_end < 0:
+                    continue
+                data = _read_available(read_end, LEFTOVER_MAX_BYTES)
+                if not data:
+                    continue
+                try:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                    file = os.open(self._paths[stream], flags, 0o600)
+                    try:
+                        os.write(file, data)
+                    finally:
+                        os.close(file)
+                    moved += len(data)
+                except OSError:
+                    pass  # a full disk or a run directory gone: the training is over either way
+            self.taken += moved
+        return moved
+
+    def close(self) -> None:
+        with self._lock:
+            for stream, (read_end, write_end) in self.pipes.items():
+                _close(read_end)
+                _close(write_end)
+                self.pipes[stream] = (-1, -1)
+
+
+def pipes_from_env(value: str) -> dict[str, tuple[int, int]]:
+    """The training process's side of ``OutputPipes.env``: each stream's (read end, write end), where both
+    are open pipes, kept from the script's own children (not inheritable). Empty for anything else."""
+    pipes: dict[str, tuple[int, int]] = {}
+    for item in filter(None, value.split(",")):
+        stream, _, ends = item.partition("=")
+        try:
+            read_end, write_end = (int(end) for end in ends.split(":"))
+            if stream not in STREAMS or not all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (read_end, write_end)):
+                continue
+            os.set_inheritable(read_end, False)
+            os.set_inheritable(write_end, False)
+        except (ValueError, OSError):
+            continue
+        pipes[stream] = (read_end, write_end)
+    return pipes
+
+
+def _read_available(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            data = os.read(fd, min(1 << 16, limit - size))
+        except OSError:  # (nothing more for now: BlockingIOError)
+            break
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+    return b"".join(chunks)
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
