@@ -83,6 +83,7 @@ trainer = pl.Trainer(
     enable_progress_bar=False,
     enable_model_summary=False,
 )
-trainer.fit(GAN(), loader, ckpt_path=args.resume)
+model = GAN()  # (a global, as Lightning's examples have it: its name is both optimizers' model's)
+trainer.fit(model, loader, ckpt_path=args.resume)
 if args.save:
     trainer.save_checkpoint(args.save)

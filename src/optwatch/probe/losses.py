@@ -97,6 +97,13 @@ class StepLosses:
         self.closure_loss_taken = False
 
 
+def _trains_a_part_of(params: list[torch.Tensor], model: torch.nn.Module) -> bool:
+    """Some of ``model``'s trainable parameters are not among ``params``: another optimizer's, as a LightningModule
+    holds a GAN's two networks."""
+    trained = set(map(id, params))
+    return any(p.requires_grad and id(p) not in trained for p in model.parameters())
+
+
 def _name_in_main(obj: Any) -> str | None:
     """The name the script's ``__main__`` gives ``obj`` among its globals, if it does."""
     main = sys.modules.get("__main__")
@@ -109,8 +116,9 @@ def _name_in_main(obj: Any) -> str | None:
 class OptimizerNames:
     """A readable name for each optimizer: the script's own name for it (``optD``), else for the model it
     trains (``netD``), else that model's attribute name in the module holding it (a LightningModule's
-    ``discriminator``: the class of the module its optimizers train, the same for both, said nothing), else
-    its class (``Discriminator``), numbered when two would share one."""
+    ``discriminator``: the class of the module its optimizers train, the same for both, said nothing; and
+    so is the script's name for that module, ``model``, when it holds another optimizer's parameters too),
+    else its class (``Discriminator``), numbered when two would share one."""
 
     def __init__(self, model_of: Callable[[torch.optim.Optimizer], torch.nn.Module | None]) -> None:
         self._model_of = model_of
@@ -142,11 +150,12 @@ class OptimizerNames:
             base = _name_in_main(optimizer) or (named_there[0] if named_there and named_there[1]() is None else None)
             if base is None:
                 model = self._model_of(optimizer)
-                base = (
-                    (model is not None and _name_in_main(model))
-                    or attribute_name_of([p for group in optimizer.param_groups for p in group["params"]])
-                    or type(model if model is not None else optimizer).__name__
-                )
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                named = model is not None and _name_in_main(model)
+                if named and _trains_a_part_of(params, model):
+                    # ``model = GAN(); trainer.fit(model)``: both optimizers train a part of the global ``model``.
+                    named = attribute_name_of(params) or named
+                base = named or attribute_name_of(params) or type(model if model is not None else optimizer).__name__
             if site is not None:
                 self._by_site[site] = (base, weakref.ref(optimizer))
             taken = set(self._names.values())
