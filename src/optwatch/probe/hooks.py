@@ -98,11 +98,14 @@ class HookTarget(Protocol):
     def scaler_step_starting(self, optimizer: torch.optim.Optimizer) -> None: ...
 
     def clipping(self, parameters: Any, by_norm: bool) -> KnownNorms | None:
-        """Before a clipping function changes gradients (``by_norm``: it measures their norm as it does).
-        May return the per-tensor norms of gradients measured just now, which the clip then reuses."""
+        """Before a clipping function changes gradients (``by_norm``: it measures their 2-norm as it does, and
+        ``clipped`` follows). May return the per-tensor norms of gradients measured just now, which the clip
+        then reuses."""
         ...
 
-    def clipped(self, total_norm: Any, max_norm: Any) -> None: ...
+    def clipped(self, total_norm: Any, max_norm: Any) -> None:
+        """The clip that ``clipping`` announced with ``by_norm`` has run: the 2-norm of its gradients."""
+        ...
 
     def scheduler_made(self, scheduler: LRScheduler) -> None: ...
 
@@ -465,8 +468,10 @@ class TorchHooks:
                 parameters = [parameters]
             elif not isinstance(parameters, (list, tuple)):
                 parameters = list(parameters)  # a generator is read once: by the probe and the clip alike
+            # (By another norm than the 2-norm, the clip's figure is not the step's gradient norm: measured as usual.)
+            by_norm = returns_norm and _is_two(kwargs.get("norm_type", args[1] if len(args) > 1 else 2.0))
             try:
-                known = target.clipping(parameters, returns_norm)
+                known = target.clipping(parameters, by_norm)
             except Exception:
                 hooks._failed("clipping hook")
                 known = None
@@ -476,13 +481,11 @@ class TorchHooks:
                     result = _reusing_norms(known, lambda: original(parameters, *args, **kwargs))
             else:
                 result = original(parameters, *args, **kwargs)
-            if returns_norm:
-                norm_type = kwargs.get("norm_type", args[1] if len(args) > 1 else 2.0)
-                if _is_two(norm_type):
-                    try:
-                        target.clipped(result, kwargs.get("max_norm", args[0] if args else None))
-                    except Exception:
-                        hooks._failed("clipping hook")
+            if by_norm:
+                try:
+                    target.clipped(result, kwargs.get("max_norm", args[0] if args else None))
+                except Exception:
+                    hooks._failed("clipping hook")
             return result
 
         return hooks._kept_out_of_compile(clip)

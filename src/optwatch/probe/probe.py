@@ -198,8 +198,23 @@ class Probe:
         """``_grad_norm`` is this rank's part of a sharded model's (``probe.sharding``), for the hub to combine."""
         self._norm_part = sharding.NormPart()
         self._clip_norm: Any = None
+        """The 2-norm of the step's gradients before clipping, from the clips of the step's parameters: one that
+        clipped them all, or those that clipped them in disjoint parts (an encoder's, a decoder's)."""
         self._clip_max: Any = None
         self._clip_params: list[torch.Tensor] = []
+        self._clips: list[tuple[list[torch.Tensor], bool]] = []
+        """The clips under way that measure a 2-norm: their parameters, and whether they are the step's."""
+        self._clip_parts: list[torch.Tensor] = []
+        self._clip_covered: set[int] = set()
+        """The parameters (ids) clipped in parts so far in the step, and their parts' norms."""
+        self._clip_part_max: float | None = None
+        self._clipped_whole = False
+        """The step's gradients are clipped: a later clip of them measures clipped gradients."""
+        self._whole_clip: tuple[tuple[int, int, int], frozenset[int]] | None = None
+        """The last clip found to hold every one of the step's parameters (its length, first and last) and the
+        parameters it held them for: the same clip at the next step is known at a glance."""
+        self._measured_norms: torch.Tensor | None = None
+        """The step's per-gradient norms, when a plugin measured them for a clip (``share_grad_norms``)."""
         self._shared_norms: KnownNorms | None = None
         """Per-gradient norms a plugin measured for the clip about to run (``share_grad_norms``)."""
         self._handed_norms: KnownNorms | None = None
@@ -420,6 +435,7 @@ class Probe:
         vector: torch.Tensor | None = None,
     ) -> None:
         self._shared_norms = KnownNorms(grads, norms, seconds, vector)
+        self._measured_norms = vector
 
     def charge(self, started: float) -> None:
         self.own_s += time.perf_counter() - started
@@ -688,9 +704,12 @@ class Probe:
         # Whose clip: told by its first trained parameter (a fine-tuning script clips model.parameters(), whose
         # first ones are frozen and in no optimizer: taken for another model's clip, the norm came after it).
         first = next((param for param in params if param.requires_grad), None) if params else None
-        if first is not None and (self._primary is None or id(first) in self._param_ids or not self._param_ids):
+        the_steps = first is not None and (self._primary is None or id(first) in self._param_ids or not self._param_ids)
+        if the_steps:
             self._clip_params = params
             self._gradients_ready(self._primary, clip_measures=by_norm)
+        if by_norm:
+            self._clips.append((params, the_steps))
         # For this clip only: a second clip in the step sees gradients the first one scaled.
         shared, self._shared_norms = self._shared_norms, None
         self._handed_norms = shared
@@ -701,12 +720,53 @@ class Probe:
         handed, self._handed_norms = self._handed_norms, None
         if handed is not None and handed.taken:
             self.own_s -= handed.seconds  # the clip's own work, done for it: it computed no norms
-        if isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1:
-            self._clip_norm = sharding.replicated_value(total_norm.detach())
+        params, the_steps = self._clips.pop() if self._clips else (None, True)
+        if not the_steps or self._clipped_whole:
+            return  # another model's clip (a GAN's generator's), or a second clip of gradients clipped already
+        if not (isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1):
+            return
+        norm = sharding.replicated_value(total_norm.detach())
         try:
-            self._clip_max = float(max_norm)
+            clip_max = float(max_norm)
         except (TypeError, ValueError):
-            self._clip_max = None
+            clip_max = None
+        if params is None or (self._param_ids and self._holds_the_steps(params)):
+            self._clip_norm, self._clip_max, self._clipped_whole = norm, clip_max, True
+            return
+        # A part of the step's parameters, or the step's parameters not yet known (before the first optimizer
+        # step): the norm is the step's once parts that do not overlap hold them all (``_clip_parts_norm``).
+        ids = set(map(id, params))
+        if ids & self._clip_covered:
+            return  # (gradients a clip before this one scaled)
+        self._clip_covered |= ids
+        self._clip_parts.append(norm)
+        self._clip_part_max = clip_max if len(self._clip_parts) == 1 else None
+        if self._param_ids:
+            self._clip_parts_norm()
+
+    def _clip_parts_norm(self) -> None:
+        """The parts clipped so far hold all the step's parameters: their norms make the step's."""
+        parts = self._clip_parts
+        if not self._param_ids <= self._clip_covered or any(part.device != parts[0].device for part in parts):
+            return
+        if len(parts) == 1:  # (a clip of them all before the first optimizer step named them)
+            self._clip_norm, self._clip_max = parts[0], self._clip_part_max
+        else:
+            with torch.no_grad():
+                self._clip_norm = torch.linalg.vector_norm(torch.stack([part.to(parts[0].dtype) for part in parts]))
+        self._clipped_whole = True
+
+    def _holds_the_steps(self, params: list[torch.Tensor]) -> bool:
+        """Whether a clip of ``params`` clips every parameter of the step's (the primary optimizer's, with its
+        partners'): known at a glance for the clip of the step before."""
+        key = (len(params), id(params[0]) if params else 0, id(params[-1]) if params else 0)
+        whole = self._whole_clip
+        if whole is not None and whole[0] == key and whole[1] is self._param_ids:
+            return True
+        if not self._param_ids <= set(map(id, params)):
+            return False
+        self._whole_clip = (key, self._param_ids)
+        return True
 
     # --- HookTarget: optimizers ----------------------------------------------------------------------------------
     @property
@@ -977,6 +1037,22 @@ class Probe:
         self._step_start = now
         self.own_s = time.perf_counter() - now
 
+    def _step_grad_norm(self) -> Any:
+        """The step's global gradient norm before clipping: measured, else given by its clips, else (clips of
+        only some of its parameters) made from the per-gradient norms measured for them; None between detail
+        steps without a clip of them all."""
+        if self._grad_norm is not None:
+            return self._grad_norm
+        if self._clip_norm is None and self._clip_parts:
+            self.parameters()  # (the step's parameters, known now that its optimizer has stepped)
+            self._clip_parts_norm()  # (sets ``_clip_max`` too, which the step's values read next)
+        if self._clip_norm is not None or self._measured_norms is None:
+            return self._clip_norm
+        if len(self._measured_norms) != len(self.parameters()):
+            return None  # measured for the clip of a part, before the step's parameters were known
+        with torch.no_grad():
+            return torch.linalg.vector_norm(self._measured_norms)
+
     def _step_values(self, now: float) -> tuple:
         """The step ending at ``now``, as ``_step_record`` takes it (a tuple: made at every step)."""
         step_start, backward_started = self._step_start, self._backward_started
@@ -984,7 +1060,7 @@ class Probe:
             self.step,
             now,
             self._losses.take(),
-            self._grad_norm if self._grad_norm is not None else self._clip_norm,
+            self._step_grad_norm(),
             self._clip_max,
             self.learning_rate(),
             now - step_start if step_start is not None else None,
@@ -1085,6 +1161,10 @@ class Probe:
         self._clip_norm = None
         self._clip_max = None
         self._clip_params = []
+        if self._clip_parts or self._clips:
+            self._clip_parts, self._clip_covered, self._clips = [], set(), []
+        self._clipped_whole = False
+        self._measured_norms = None
         self._shared_norms = None
         self._handed_norms = None
 
