@@ -146,6 +146,9 @@ class Probe:
         self.detailed = True
         self.next_detailed = True
         self.detail_every = 1
+        self._planned_every = 1
+        """The spacing the step under way was planned under (the record's ``detail_every``): a flush in the step
+        may tell the governor of light steps and change ``detail_every`` before the step ends."""
         self.backward_end_needed = True
         """Whether ``backward_ended`` has anything to do (``HookTarget``): kept up to date here, so that the
         usual step (an optimizer, no closure, no plugin at the end of backward) pays for no call there."""
@@ -1029,6 +1032,7 @@ class Probe:
         command waiting, another optimizer's or an evaluation's batches to add: those take ``_make_record``."""
         self._no_optimizer_step_due = False
         self._light_steps.append(self._step_values(now))
+        self._planned_every = self.detail_every  # (what made the next step a light one too: before any flush)
         self._clear_step()
         self.step += 1
         self._note_backward_end()
@@ -1070,7 +1074,7 @@ class Probe:
             # slowest rank: the straggler is the rank for which this is longest.
             backward_started - step_start if backward_started is not None and step_start is not None else None,
             self.own_s,
-            self.detail_every,
+            self._planned_every,
             self._step_fields,
         )
 
@@ -1142,6 +1146,7 @@ class Probe:
         if extra:
             record.update(extra)
         self.detail_every, self.next_detailed = self._plan(record, self.detailed)
+        self._planned_every = self.detail_every
         self.torch_threads = torch.get_num_threads()  # on this thread: the sampler's own may differ
         self._dispatch.after_step(record, self.detailed or self.next_detailed)
         self._records.add(record, self._primary)
