@@ -281,12 +281,16 @@ class GradientPlugin(ProbePlugin):
                     update = update * layout.chunk_scales[measured.turn][1]
             finally:
                 torch.set_grad_enabled(grad_enabled)
+        names = layout.names
+        if layout.unnamed:  # (a clip before the first optimizer step: the model's names are known now it stepped)
+            known = context.parameter_names()
+            names = [known.get(id(p)) or name for p, name in zip(layout.params, names)] if known else names
         # Each vector travels as it is: readback packs a batch's values together anyway.
         layers = protocol.make_record(
             protocol.LAYERS,
             context.rank,
             step=record["step"],
-            names=layout.names,
+            names=names,
             numel=layout.numel,
             grad_norm=measured.grad_norms,
             _chunk=measured.chunk,

@@ -160,6 +160,8 @@ class Probe:
         """The primary, weakly: once the script drops it (the next fold of a k-fold, the next model of a sweep),
         the next optimizer to step is the primary."""
         self._optimizers_made = 0
+        self._made: list[weakref.ref[torch.optim.Optimizer]] = []
+        """The optimizers made and alive, newest last: before the first step, which one a clip's parameters are."""
         self._name_of = OptimizerNames(self._model_of)
         self._schedulers: list[weakref.ref[Any]] = []
         """The LR schedulers made so far, weakly (refs, not a WeakSet: a scheduler class may be unhashable)."""
@@ -481,7 +483,14 @@ class Probe:
             return self._params
         if self.model is not None:
             return list(self.model.parameters())
-        return self._clip_params  # before the first optimizer step: what the script clips, if it does
+        # Before the first optimizer step: the parameters of the optimizer that holds what the script clips (a
+        # clip of a part, or of parts one by one, is not all the step trains), else what it clips.
+        first = self._clip_params[0] if self._clip_params else None
+        for ref in reversed(self._made):
+            optimizer = ref()
+            if optimizer is not None and any(p is first for group in optimizer.param_groups for p in group["params"]):
+                return [p for group in optimizer.param_groups for p in group["params"]]
+        return self._clip_params
 
     def find_model(self) -> torch.nn.Module | None:
         """The model being trained: the one given to ``watch``, else found once from the optimizer.
@@ -783,6 +792,8 @@ class Probe:
 
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizers_made += 1
+        if self._primary is None:
+            self._made = [ref for ref in self._made if ref() is not None] + [weakref.ref(optimizer)]
         self._name_of.made(optimizer)
         self._note_backward_end()
 
