@@ -274,6 +274,14 @@ class Episode:
         self._healthy = 0
 
 
+def _lone_spikes_reach(values: Sequence[float]) -> float:
+    """The largest of ``values`` that is more than twice both its neighbours (0 without any)."""
+    return max(
+        (values[i] for i in range(1, len(values) - 1) if values[i] > 2 * max(values[i - 1], values[i + 1])),
+        default=0.0,
+    )
+
+
 class _Baseline:
     """A signal's recent values and the steps they were seen at; its median, MAD and usual spacing are
     refreshed every few additions (cheap for many layers)."""
@@ -290,6 +298,9 @@ class _Baseline:
         self._mad = 0.0
         self.size = 0.0
         """Signed: the values' typical magnitude (median of |value|), the scale a departure is weighed on."""
+        self.reach = 0.0
+        """How far the values' lone spikes went (signed: in departure from the median): the largest value that is
+        more than twice both its neighbours (0 without any). A trend is no spike: a dive is not its own reach."""
         self._spacing = 1.0
 
     def add(self, value: float | None, step: int) -> None:
@@ -306,6 +317,8 @@ class _Baseline:
             self._mad = statistics.median(abs(v - self._median) for v in self.values)
             if self.signed:
                 self.size = statistics.median(abs(v) for v in self.values)
+            departures = [abs(v - self._median) for v in self.values] if self.signed else self.values
+            self.reach = _lone_spikes_reach(departures)
             steps = list(self._steps)
             self._spacing = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0
             self._stale = 0
@@ -531,16 +544,19 @@ class ExplodingRule:
             return None
         median, mad = stats
         size = baseline.size if baseline.signed else None
+        # To start an episode it must also go beyond its lone spikes' reach by the root of ``bar``: a signal with a
+        # heavy tail (a one-task meta-batch's loss and gradients) spikes to 10x its median in healthy runs.
+        beyond = self.episode.active or math.sqrt(bar) * baseline.reach
         if size is not None:
             # Away from its median by (bar - 1) times its usual size, either way (a critic's loss diving to
             # -1e4); the size, not the median, for a loss that lives about 0 (a policy loss).
             departure = abs(value - median)
             far_out = departure > self.t.exploding_mads * _MAD_TO_SIGMA * mad
-            if not (departure > (bar - 1) * size and (self.episode.active or far_out)):
+            if not (departure > (bar - 1) * size and (self.episode.active or (far_out and departure > beyond))):
                 return None
         else:
             far_out = value > median + self.t.exploding_mads * _MAD_TO_SIGMA * mad
-            if not (value > bar * median and (self.episode.active or far_out)):
+            if not (value > bar * median and (self.episode.active or (far_out and value > beyond))):
                 return None
         last = baseline.long_gap_before(step) if not self.episode.active else None
         if last is not None and not abs(value - last) > (bar - 1) * max(abs(last), size or 0.0):
