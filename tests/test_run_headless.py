@@ -112,6 +112,26 @@ def test_the_scripts_output_passes_through_byte_for_byte(tmp_path):
     assert [r["line"] for r in read_jsonl(record) if r["kind"] == "log"][:1] == ["2/3"]
 
 
+def test_optwatchs_lines_start_lines_of_their_own_beside_a_progress_bar(tmp_path):
+    """tqdm redraws its bar with carriage returns on stderr and ends the line only when done: optwatch's summary
+    lines ran into it (`22/30 [00:00<00:00]optwatch: step 15 | ...`). The script's own bytes stay as they are."""
+    script = tmp_path / "bar.py"
+    script.write_text(
+        "import sys, time, torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(40):\n"
+        "    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
+        "    sys.stderr.write(f'\\r{step + 1}/40 |{\"#\" * (step // 4)}'); sys.stderr.flush(); time.sleep(0.05)\n"
+        "sys.stderr.write('\\n')\n"
+    )
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    watched = optwatch("run", "--headless", "--summary-every", "0.5", str(script))
+    assert watched.returncode == 0, watched.stderr
+    own = [line for line in watched.stderr.split("\n") if "optwatch:" in line]
+    assert len(own) >= 3 and all(line.startswith("optwatch:") for line in own), own
+    drawn = re.compile(r"\d+/40 \|#*")  # (read as text, each carriage return is a newline)
+    assert drawn.findall(watched.stderr) == drawn.findall(plain.stderr) and len(drawn.findall(plain.stderr)) == 40
+
+
 def test_the_scripts_arguments_reach_it_as_typed_even_when_they_look_like_optwatchs(tmp_path):
     """Everything after SCRIPT is the script's: prefixes of optwatch's own flags (`--n` of `--no-record` and
     `--nproc-per-node`, `--grad`, `--h`) and its exact flags alike. argparse's abbreviations used to make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import signal
@@ -120,13 +121,46 @@ def changed_verdicts(store: Store, shown: dict[int, str], final: bool = False) -
     return fresh
 
 
-def _write_output(output) -> None:
+class _OwnLines(io.TextIOBase):
+    """optwatch's own lines on stderr, each on a line of its own: a progress bar the script left unfinished
+    (tqdm redraws its line with carriage returns and no newline) is ended first, where it shares the terminal,
+    rather than run into. The script's bytes are never changed."""
+
+    def __init__(self, stderr: TextIO):
+        self._stderr = stderr
+        self._open: dict[str, bool] = {"stdout": False, "stderr": False}
+        self._shared = _same_file(sys.stdout, stderr)
+        """The script's stdout and optwatch's lines go to the same place (a terminal): its open line counts too."""
+
+    def passed(self, stream: str, data: bytes) -> None:
+        if data:
+            self._open[stream] = not data.endswith(b"\n")
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        if text and (self._open["stderr"] or (self._shared and self._open["stdout"])):
+            text = "\n" + text
+            self._open = dict.fromkeys(self._open, False)
+        return self._stderr.write(text)
+
+    def flush(self) -> None:
+        self._stderr.flush()
+
+
+def _same_file(one: TextIO, other: TextIO) -> bool:
+    try:
+        return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_output(output, own: _OwnLines) -> None:
     for stream, data in output.chunks:
         target = sys.stdout if stream == "stdout" else sys.stderr
         target.buffer.write(data)
         target.flush()
+        own.passed(stream, data)
     for notice in output.notices:
-        print(f"optwatch: {notice}", file=sys.stderr, flush=True)
+        print(f"optwatch: {notice}", file=own, flush=True)
 
 
 def _say_if_recording_stopped(session: ViewerSession, stderr: TextIO) -> None:
@@ -227,6 +261,7 @@ def _left_line(store: Store) -> str:
 
 def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, duration_s: float | None) -> int:
     process = session.process
+    own = _OwnLines(stderr)  # (each line of optwatch's own goes through it)
     started = time.monotonic()
     next_summary = started + summary_every_s
     shown_verdicts: dict[int, str] = {}
@@ -234,8 +269,8 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     try:
         while True:
             records, output = session.pump(0.1)
-            _write_output(output)
-            _say_if_recording_stopped(session, stderr)
+            _write_output(output, own)
+            _say_if_recording_stopped(session, own)
             for record in records:
                 if record.get("kind") == "log" and not session.tails:
                     # Attached: the job's output comes as lines from its hub.
@@ -244,16 +279,16 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
                     continue
                 line = notable_line(record)
                 if line:
-                    print(line, file=stderr, flush=True)
+                    print(line, file=own, flush=True)
             # A verdict is printed when it changes; the final one always is, after the script's output.
             for verdict in changed_verdicts(session.store, shown_verdicts):
-                print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
-            hub_said = _say_hub_silence(session.store, hub_said, stderr)
+                print("\n".join(verdict_lines(verdict)), file=own, flush=True)
+            hub_said = _say_hub_silence(session.store, hub_said, own)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
                 line = summary_line(session.store)
                 if line:
-                    print(line, file=stderr, flush=True)
+                    print(line, file=own, flush=True)
             if session.done():
                 break
             if duration_s is not None and time.monotonic() - started >= duration_s:
@@ -264,20 +299,20 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
         pass  # an attached viewer was asked to leave
     # The script may have written its last lines after its last telemetry.
     _, output = session.pump(0.0, final=True)
-    _write_output(output)
-    _say_if_recording_stopped(session, stderr)
+    _write_output(output, own)
+    _say_if_recording_stopped(session, own)
     # An attached viewer that leaves (Ctrl-C, --duration) before the run ends: the run goes on, nothing is final.
     left = process is None and not session.store.finished()
     line = summary_line(session.store, final=not left)
     if line:
-        print(line if left else line.replace("optwatch:", "optwatch: final", 1), file=stderr, flush=True)
+        print(line if left else line.replace("optwatch:", "optwatch: final", 1), file=own, flush=True)
     if left:
-        print(_left_line(session.store), file=stderr, flush=True)
+        print(_left_line(session.store), file=own, flush=True)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
-        print("\n".join(verdict_lines(verdict)), file=stderr, flush=True)
+        print("\n".join(verdict_lines(verdict)), file=own, flush=True)
     ending = session.ending_line()
     if ending:
-        print(ending, file=stderr, flush=True)
+        print(ending, file=own, flush=True)
     if process is None:
         return 0
     return session.exit_code() or 0
