@@ -219,13 +219,14 @@ def records_of(probe, kind: str | None = None) -> list[dict]:
 
 
 def steps_for_now(steps: list[dict]) -> list[dict]:
-    """The steps the "now" cost figure covers, by hand: the last 20, or more, to cover 2 s (docs/cost.md)."""
+    """The steps the "now" cost figure covers, by hand: the last 20, or more, to cover 2 s, past the first two
+    steps (the warm-up) once there are any (docs/cost.md). For runs from step 0."""
     now = steps[-20:]
     covered = sum(s["step_time_s"] for s in now)
     while covered < 2.0 and len(now) < len(steps):
         now = steps[-len(now) - 1 :]
         covered += now[0]["step_time_s"]
-    return now
+    return [s for s in now if s["step"] >= 2] or now
 
 
 def optwatch_share(steps: list[dict]) -> float:

@@ -26,6 +26,9 @@ START_STEPS = 100
 """optwatch checks every step of these (its --budget applies after them): its cost there is shown apart."""
 START_SHOWN_FROM = 20
 """Steps into the run from which its first steps' cost is shown (before, it is the recent figure again)."""
+WARMUP_STEPS = 2
+"""The first steps pay for lazy initialisation, autotuning and compilation (optwatch's own setup too): the
+verdict and the "now" cost leave them out once later steps are there; the first steps' cost counts them."""
 
 
 def median(values: Iterable[Any]) -> float | None:
@@ -209,8 +212,9 @@ def summarise(
     last = steps[-1]
     recent_steps = list(steps[-RECENT_STEPS:])
     recent = window(recent_steps)
-    costed = _covering(steps, RECENT_COST_S)
-    recent_cost = window(costed) if len(costed) > len(recent_steps) else recent
+    warm = _past_warmup(recent_steps, totals.first_step)
+    costed = _past_warmup(_covering(steps, RECENT_COST_S), totals.first_step)
+    recent_cost = window(costed) if len(costed) > len(warm) else window(warm)
     measured = next((s for s in reversed(steps) if s.get("grad_norm") is not None), None)
     grad_norm = measured["grad_norm"] if measured is not None else None
     clip = next((s["clip_max_norm"] for s in reversed(recent_steps) if finite(s.get("clip_max_norm"))), None)
@@ -241,6 +245,12 @@ def summarise(
         first_step=totals.first_step,
         run_samples_per_s=totals.run_samples_per_s(),
     )
+
+
+def _past_warmup(steps: Sequence[dict[str, Any]], first_step: int) -> list[dict[str, Any]]:
+    """``steps`` from the end of the warm-up on, or all of them while the run has none past it."""
+    past = [s for s in steps if not (isinstance(s.get("step"), int) and s["step"] < first_step + WARMUP_STEPS)]
+    return past or list(steps)
 
 
 def _covering(steps: Sequence[dict[str, Any]], seconds: float) -> list[dict[str, Any]]:

@@ -17,10 +17,10 @@ from optwatch import protocol
 from optwatch.diagnose.bottleneck import judge, summarise
 from optwatch.diagnose.phases import other_seconds
 from optwatch.protocol import finite
+from optwatch.summary import WARMUP_STEPS
 
 INTERVAL_S = 5.0
 WINDOW_S = 10.0
-WARMUP_STEPS = 2  # the first steps pay for lazy initialisation, autotuning and compilation
 MIN_STEPS = 3
 
 
