@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -392,16 +393,17 @@ def test_a_command_scheduled_past_the_last_step_is_said_to_be_never_applied(tmp_
     assert all(s["lr"] == 0.05 for s in steps_of(read_jsonl(record)))
 
 
-def _rates(output: str) -> dict[int, float]:
+def _rates(output: str, field: str = "lr") -> dict[int, Any]:
     lines = (json.loads(line[6:]) for line in output.splitlines() if line.startswith("TRUTH "))
-    return {line["step"]: line["lr"] for line in lines}
+    return {line["step"]: line[field] for line in lines}
 
 
-@pytest.mark.parametrize("schedule", ["swa", "cyclic", "onecycle"])
+@pytest.mark.parametrize("schedule", ["swa", "cyclic", "onecycle", "cosine"])
 def test_lr_times_f_scales_the_rest_of_a_torch_schedule(schedule):
     """`lr*=0.5` says "the scheduler's schedule goes on from the new level": under SWALR the rate went back
     to swa_lr at its next step, CyclicLR cycled up to its unscaled peak, and a cosine ended at its unscaled
-    floor. Every rate from the command's step on is half the one the same script uses without optwatch."""
+    floor (with two param groups it still did: x0.53 twenty steps on, x1.0 at the end). Every rate from the
+    command's step on is half the one the same script uses without optwatch, in every group."""
     script = [str(SCRIPTS / "schedules.py"), "--schedule", schedule]
     bare = subprocess.run([sys.executable, *script], capture_output=True, text=True, check=True)
     steered = optwatch("run", "--headless", "--no-record", "--control", "lr*=0.5@30", *script)
@@ -410,3 +412,6 @@ def test_lr_times_f_scales_the_rest_of_a_torch_schedule(schedule):
     assert sorted(before) == sorted(after) == list(range(80))
     assert [after[s] for s in range(30)] == [before[s] for s in range(30)]
     assert [after[s] / before[s] for s in range(30, 80)] == pytest.approx([0.5] * 50)
+    if schedule == "cosine":
+        groups_before, groups_after = _rates(bare.stdout, "lrs"), _rates(steered.stdout, "lrs")
+        assert [groups_after[s][1] / groups_before[s][1] for s in range(30, 80)] == pytest.approx([0.5] * 50)

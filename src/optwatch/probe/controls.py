@@ -276,8 +276,8 @@ class ControlPlugin(ProbePlugin):
         reads before the update (Lightning's LearningRateMonitor, a loop's own log) is the rate used. The
         optimizer's step sets them again, after any assignment of the script's."""
         if self._lr_pin is not None and self._lr_pin[0] == step:
-            for index, value in self._lr_pin[1].items():
-                self._pin_group(optimizer, index, value)
+            factors = {index: self._pin_group(optimizer, index, value) for index, value in self._lr_pin[1].items()}
+            _scale_floor(self.context, optimizer, factors)
         if self._held_rates:  # also beside a pin of another group (lr[1]=V leaves group 0's factor held)
             self._hold_rates(optimizer, self._held_rates)
         for partner, held in list(self._partner_rates.items()):  # (they step after it, on what was set before)
@@ -514,8 +514,9 @@ class ControlPlugin(ProbePlugin):
         ran_at: int | None,
     ) -> list[str]:
         described = []
+        factors = {index: self._rescale_group(context, optimizer, index, new) for index, (_, new) in changes.items()}
+        _scale_floor(context, optimizer, factors)
         for index, (old, new) in changes.items():
-            self._rescale_group(context, optimizer, index, new)
             if not scheduled:
                 held = held_rates.get(index)
                 factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
@@ -528,7 +529,7 @@ class ControlPlugin(ProbePlugin):
                 described.append(f"group {index}: {old:.3g} at step {ran_at} -> {new:.3g}")
         return described
 
-    def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> None:
+    def _pin_group(self, optimizer: torch.optim.Optimizer, index: int, value: float) -> float | None:
         """At the command's step: exactly the value asked for, whatever the script or its scheduler did since
         the boundary; the script's own value now is what later assignments are scaled against."""
         group = optimizer.param_groups[index]
@@ -538,7 +539,7 @@ class ControlPlugin(ProbePlugin):
             held.factor = value / current  # the script assigned its own value meanwhile
         if held is not None:
             held.last_set = value
-        self._rescale_group(self.context, optimizer, index, value, in_use=True)
+        return self._rescale_group(self.context, optimizer, index, value, in_use=True)
 
     def _hold_rates(self, optimizer: torch.optim.Optimizer, held_rates: dict[int, _HeldRate]) -> None:
         """Values the script assigned to ``param_group["lr"]`` since the last step, scaled as the command asked."""
@@ -555,16 +556,18 @@ class ControlPlugin(ProbePlugin):
 
     def _rescale_group(
         self, context: ProbeContext | None, optimizer: torch.optim.Optimizer, index: int, new: float, in_use=False
-    ):
+    ) -> float | None:
         """Set a group's lr; its schedule continues from the new level (base values scale by new/old). ``in_use``:
-        the rate of the step about to update (a pin), which its scheduler then reports as its last."""
+        the rate of the step about to update (a pin), which its scheduler then reports as its last. Returns the
+        factor (None where there is none: a rate unknown or 0), for the floor its schedulers share
+        (``_scale_floor``)."""
         group = optimizer.param_groups[index]
         old = _one_number(group["lr"])
         if old is None or old == new:
-            return
+            return 1.0 if old == new else None
         _set_group_lr(group, new)
-        if old > 0:
-            factor = new / old
+        factor = new / old if old > 0 else None
+        if factor is not None:
             # The levels schedules take their rates from: OneCycleLR's, and SWALR's swa_lr, which it anneals to.
             for key in ("initial_lr", "max_lr", "min_lr", "swa_lr"):
                 if isinstance(group.get(key), (int, float)):
@@ -577,12 +580,28 @@ class ControlPlugin(ProbePlugin):
                     peaks = getattr(scheduler, "max_lrs", None)  # CyclicLR's: it cycles between base and max
                     if isinstance(peaks, list) and index < len(peaks):
                         peaks[index] *= factor
-                    floor = getattr(scheduler, "eta_min", None)  # cosine's floor: one for every group
-                    if isinstance(floor, (int, float)) and floor > 0 and len(optimizer.param_groups) == 1:
-                        scheduler.eta_min = floor * factor
                     last = getattr(scheduler, "_last_lr", None)  # what get_last_lr() reports, and frameworks log
                     if in_use and isinstance(last, list) and index < len(last):
                         last[index] = new
+        return factor
+
+
+def _scale_floor(
+    context: ProbeContext | None, optimizer: torch.optim.Optimizer, factors: dict[int, float | None]
+) -> None:
+    """A cosine's floor (``eta_min``), one for every group of the optimizer, scaled with them when every group
+    was scaled by the same factor (``lr*=0.5``, ``lr=V`` on one group): else the change would wear off as the
+    schedule neared its floor. Groups scaled apart (``lr[1]*=0.5``) leave it as it is."""
+    values = list(factors.values())
+    if len(factors) != len(optimizer.param_groups) or not values or values[0] is None:
+        return
+    factor = values[0]
+    if factor == 1.0 or any(v is None or not math.isclose(v, factor, rel_tol=1e-9) for v in values):
+        return
+    for scheduler in _schedulers_of(context):
+        floor = getattr(scheduler, "eta_min", None)
+        if _drives(scheduler, optimizer) and isinstance(floor, (int, float)) and floor > 0:
+            scheduler.eta_min = floor * factor
 
 
 def _lr_changes(
