@@ -366,6 +366,20 @@ def test_run_with_nproc_per_node_watches_every_rank(tmp_path):
     assert "2 ranks" in result.stderr
 
 
+def test_a_rank_that_dies_without_a_word_is_named_in_an_alert(tmp_path):
+    """Rank 1 of two is SIGKILLed before step 60 (the OOM killer's way) and torchrun stops rank 0: torchrun's
+    report names it among its tracebacks, while optwatch's own lines and record said only "2 ranks"."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--nproc-per-node", "2", "--record", str(record),
+                      str(SCRIPTS / "rank_dies.py"), "--dies", "1", "--at", "60")  # fmt: skip
+    assert result.returncode != 0
+    lost = {r["rank"]: r for r in read_jsonl(record) if r["kind"] == "alert" and r["type"] == "rank_lost"}
+    # (Rank 0 too, when torchrun's SIGTERM ends it before the failed collective does: it is gone without a word.)
+    assert 1 in lost and set(lost) <= {0, 1} and lost[1]["severity"] == "error"
+    assert 40 <= lost[1]["step"] <= 59  # the last step it sent (its last quarter second went with it)
+    assert f"ALERT rank_lost @ step {lost[1]['step']} rank 1: rank 1's process" in result.stderr
+
+
 @pytest.mark.slow
 def test_a_hub_killed_mid_run_leaves_every_rank_training_and_the_viewer_says_so(tmp_path):
     record = tmp_path / "r.jsonl"

@@ -30,6 +30,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from socket import gethostname
 from typing import Any
 
 import zmq
@@ -63,6 +64,8 @@ MAX_REFUSALS_SAID = 3
 """Alerts for records left out, each for a new reason: a few say it; more would only repeat it."""
 FIGURES_EVERY_S = 5.0
 LOGS_EVERY_S = 0.25
+LOST_RANK_GRACE_S = 0.5
+"""A rank seen gone is said lost this long after, once what it sent before it died has come in."""
 """How often the script's new output is read (and published as ``log`` records)."""
 TICK_EVERY_S = 1.0
 
@@ -127,6 +130,10 @@ class Hub:
         self._partial: dict[str, bytes] = {}
         self._ended_at: float | None = None
         self._started = time.monotonic()
+        self._host = gethostname()
+        self._lost: set[int] = set()
+        """Ranks said to be gone without a word (``_lost_ranks``), and when each was first seen gone."""
+        self._gone_at: dict[int, float] = {}
         self._started_at = time.time()
         """When the job started, as `optwatch ls` shows it: this hub's start (the job's, but for a hub started
         again for a running job), not the time of the latest rewrite of the info (a pause's)."""
@@ -620,6 +627,7 @@ class Hub:
             self._next_figures = now + FIGURES_EVERY_S
             self.take([self._figures()])
         self._resend_commands(now)
+        self.take(self._lost_ranks(now))
         if self.failed_handshakes > self._handshakes_reported and now - self._last_handshake_report >= 10.0:
             log.warning(
                 "optwatch hub: %d failed TCP handshakes (wrong or missing token) in the last %.0f s",
@@ -630,6 +638,31 @@ class Hub:
             self._last_handshake_report = now
         if self._job_over(now):
             self._stop = True
+
+    def _lost_ranks(self, now: float) -> list[dict[str, Any]]:
+        """A rank of several, on this machine, whose process is gone without its end record (the OOM killer's
+        SIGKILL, a segfault): said once, as an alert at the last step it sent. The launcher's own report names
+        it too, among its tracebacks; the dashboard and the record did not."""
+        lost = []
+        for rank, hello in self.history.hello.items():
+            pid = hello.get("pid")
+            if rank in self.history.end or rank in self._lost or (hello.get("world_size") or 1) < 2:
+                continue
+            if not isinstance(pid, int) or hello.get("host") != self._host or runtime.pid_alive(pid):
+                continue
+            if self._gone_at.setdefault(rank, now) > now - LOST_RANK_GRACE_S:
+                continue  # (what it sent before it died may still be on its way: said at a later tick)
+            self._lost.add(rank)
+            steps = self.history.steps(last=1).get(rank) or []
+            last = steps[-1].get("step") if steps else None
+            after = f" after step {last}" if isinstance(last, int) else " before any step of its came in"
+            message = (
+                f"rank {rank}'s process (pid {pid}) is gone without a word{after}: killed (out of memory? kill -9? "
+                "its launcher, after another rank failed?) or crashed; its last quarter second of records went with it"
+            )
+            alert = {"type": "rank_lost", "step": last, "severity": "error", "message": message}
+            lost.append(protocol.make_record(protocol.ALERT, rank, **alert))
+        return lost
 
     def _job_over(self, now: float) -> bool:
         """Every rank that said hello has ended or died (then a short linger for the last viewers' requests),
