@@ -64,9 +64,9 @@ MAX_REFUSALS_SAID = 3
 """Alerts for records left out, each for a new reason: a few say it; more would only repeat it."""
 FIGURES_EVERY_S = 5.0
 LOGS_EVERY_S = 0.25
+"""How often the script's new output is read (and published as ``log`` records)."""
 LOST_RANK_GRACE_S = 0.5
 """A rank seen gone is said lost this long after, once what it sent before it died has come in."""
-"""How often the script's new output is read (and published as ``log`` records)."""
 TICK_EVERY_S = 1.0
 
 
