@@ -115,9 +115,8 @@ class TrainingProcess:
             }
         )
         # Until the probe takes them over: what the interpreter says before it (a missing module) is kept.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-        out = os.open(self.run_dir / "stdout.log", flags, 0o600)
-        err = os.open(self.run_dir / "stderr.log", flags, 0o600)
+        out = runtime.append_private(self.run_dir / log_name("stdout", 0))
+        err = runtime.append_private(self.run_dir / log_name("stderr", 0))
         try:
             if self.nproc_per_node:
                 # torchrun starts the ranks; each runs `optwatch run` in-process and finds rank 0's hub

@@ -61,7 +61,7 @@ def spawn(
     read_end, write_end = os.pipe() if wait else (None, None)
     if write_end is not None:
         command.append(f"--ready-fd={write_end}")
-    log_fd = os.open(run_dir / "hub.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    log_fd = runtime.append_private(run_dir / "hub.log")
     try:
         process = subprocess.Popen(
             command,

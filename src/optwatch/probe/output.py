@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 from optwatch.wire.logs import MAX_LOG_BYTES, log_name, new_pipe, rotated_path, rotations_of, rotations_path
-from optwatch.wire.runtime import write_private_file
+from optwatch.wire.runtime import append_private, write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class _Stream:
             os.replace(self.path, rotated_path(self.path))
             self.rotations += 1
             write_private_file(rotations_path(self.path), str(self.rotations))  # (for a reader fallen behind)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-        self.file = os.open(self.path, flags, 0o600)
+        self.file = append_private(self.path)
         self.written = os.fstat(self.file).st_size
 
 

@@ -20,6 +20,8 @@ import stat
 import threading
 from pathlib import Path
 
+from optwatch.wire.runtime import append_private
+
 MAX_LOG_BYTES = 16 * 1024 * 1024
 """A log file is rotated once it is this large (each stream of each rank keeps at most two)."""
 ROTATED_SUFFIX = ".1"
@@ -161,8 +163,6 @@ class OutputPipes:
         self.pipes = {stream: new_pipe() for stream in STREAMS}
         self._paths = {stream: run_dir / log_name(stream, 0) for stream in STREAMS}
         self._lock = threading.Lock()
-        self.taken = 0
-        """Bytes moved into the log files after the training's end."""
 
     def env(self) -> str:
         """``stdout=5:6,stderr=7:8``: each stream's read and write ends, for the training process."""
@@ -177,10 +177,9 @@ class OutputPipes:
             _close(write_end)
             self.pipes[stream] = (read_end, -1)
 
-    def take_leftovers(self) -> int:
-        """After the training's end: what its pipes still hold goes to the end of its log files. Returns the
-        bytes moved. Safe to call again (a child of the script may write on) and from several threads."""
-        moved = 0
+    def take_leftovers(self) -> None:
+        """After the training's end: what its pipes still hold goes to the end of its log files. Safe to call
+        again (a child of the script may write on) and from several threads."""
         with self._lock:
             for stream, (read_end, _) in self.pipes.items():
                 if read_end < 0:
@@ -189,17 +188,13 @@ class OutputPipes:
                 if not data:
                     continue
                 try:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                    file = os.open(self._paths[stream], flags, 0o600)
+                    file = append_private(self._paths[stream])
                     try:
                         os.write(file, data)
                     finally:
                         os.close(file)
-                    moved += len(data)
                 except OSError:
                     pass  # a full disk or a run directory gone: the training is over either way
-            self.taken += moved
-        return moved
 
     def close(self) -> None:
         with self._lock:

@@ -116,6 +116,12 @@ def write_private_file(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def append_private(path: Path) -> int:
+    """A descriptor appending to ``path``, made with mode 0600 if it is new, never opened through a symbolic link
+    (the logs of a job: the script's output, the hub's)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+
+
 def new_run_id(script: str) -> str:
     module = module_of(script)
     if module is not None:  # a module run as `python -m` runs it: its last part names the run
