@@ -357,27 +357,19 @@ def test_accumulation_sums_the_loss_and_the_norm_is_the_one_before_clipping(tmp_
     assert all(t["grad_norm"] > t["grad_norm_after_clip"] for t in truth.values())  # the clip bites
 
 
-def _script_norms(stdout: str) -> dict[int, float]:
-    return {int(line.split()[1]): float(line.split()[-1]) for line in stdout.splitlines() if line.startswith("step ")}
-
-
 @pytest.mark.parametrize("how", ["subset", "parts", "twice", "inf"])
 def test_the_norm_is_the_whole_models_before_any_clip_however_the_script_clips(tmp_path, how):
     """A clip of a part only gave that part's norm, two clips of two parts the second part's, a clip after a clip
     the clipped gradients' norm, a clip by the inf-norm none at all: every step, every check on."""
-    record = tmp_path / "r.jsonl"
-    result = optwatch("run", "--headless", "--budget", "0", "--record", str(record),
-                      str(SCRIPTS / "clip_variants.py"), "--how", how)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    truth = _script_norms(result.stdout)
-    records = read_jsonl(record)
+    records, stdout, _ = run(tmp_path, "clip_variants", "--how", how, options=("--budget", "0"))
+    truth = truth_of(stdout)
     steps = steps_of(records)
-    assert [s["step"] for s in steps] == sorted(truth) == list(range(30))
+    assert sorted(truth) == list(range(30))
     # Every layer from the first step on, by its name, though the clip (of a part) came before the first
     # optimizer step: the first layers record was the clipped part's, named "(unnamed).0" and on.
     names = {tuple(r["names"]) for r in records if r["kind"] == "layers"}
     assert names == {("0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias")}
-    assert [s["grad_norm"] for s in steps] == pytest.approx([truth[s["step"]] for s in steps], rel=1e-5)
+    assert_as_the_script(steps, truth, "grad_norm")
     if how == "twice":
         assert {s["clip_max_norm"] for s in steps} == {0.5}
     else:  # (no one clip of them all: no claim of how often it cut them)
@@ -388,16 +380,13 @@ def test_the_norm_is_the_whole_models_before_any_clip_however_the_script_clips(t
 def test_between_detail_steps_a_clips_norm_is_the_steps_only_when_it_is_of_the_steps_gradients(tmp_path, how):
     """Past the first 100 steps most steps take their norm from the script's clip: two clips of two parts give it
     whole at every step; a second model's clip (a critic's) is not the first model's norm."""
-    record = tmp_path / "r.jsonl"
-    result = optwatch("run", "--headless", "--record", str(record),
-                      str(SCRIPTS / "clip_variants.py"), "--how", how, "--steps", "160")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    truth = _script_norms(result.stdout)
-    steps = steps_of(read_jsonl(record))
+    records, stdout, _ = run(tmp_path, "clip_variants", "--how", how, "--steps", "160")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
     assert [s["step"] for s in steps] == list(range(160))
     assert any(s["detail_every"] > 1 for s in steps[100:])  # (thinned: light steps there)
     shown = [s for s in steps if s.get("grad_norm") is not None]
-    assert [s["grad_norm"] for s in shown] == pytest.approx([truth[s["step"]] for s in shown], rel=1e-5)
+    assert [s["grad_norm"] for s in shown] == pytest.approx([truth[s["step"]]["grad_norm"] for s in shown], rel=1e-5)
     if how == "parts":
         assert len(shown) == 160
 

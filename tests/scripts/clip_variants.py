@@ -1,9 +1,10 @@
 """Clips as scripts write them, each printing the step's global gradient 2-norm before any clip, as the script
-computes it (``--how``): a part of the model only (``subset``), two parts apart (``parts``, an encoder's and a
-decoder's), the same gradients twice (``twice``), by the inf-norm (``inf``), and a second model's clip only
-(``other``: the first model's step has no clip)."""
+computes it (``TRUTH {"step": S, "grad_norm": N}``), by ``--how``: a part of the model only (``subset``), two
+parts apart (``parts``, an encoder's and a decoder's), the same gradients twice (``twice``), by the inf-norm
+(``inf``), and a second model's clip only (``other``: the first model's step has no clip)."""
 
 import argparse
+import json
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ for step in range(args.steps):
     optimizer.zero_grad()
     F.cross_entropy(model(inputs), targets).backward()
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
-    print(f"step {step} grad norm {norm.item()!r}", flush=True)
+    print("TRUTH " + json.dumps({"step": step, "grad_norm": norm.item()}), flush=True)
     if args.how == "subset":
         clip(model[0].parameters(), 0.1)
     elif args.how == "parts":
