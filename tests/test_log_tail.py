@@ -46,3 +46,19 @@ def test_a_reader_three_rotations_behind_says_what_it_missed(tmp_path, monkeypat
     for data in (b"BBBB", b"CCCC", b"DDDD"):
         writer.write(data)
     assert b"".join(iter(tail.read, b"")) == b"CCCCDDDD" and tail.missed_files == 1
+
+
+def test_a_file_ends_at_a_lines_end_so_a_reader_after_a_gap_starts_at_a_lines_start(tmp_path, monkeypatch):
+    """Files rotated where a write ended, within a line: a reader that jumped files it had missed began with the
+    tail of a line whose start was gone (`optwatch run --headless | slow reader` printed a line of `yyyy`
+    where every line starts with its number), joined to the unfinished line it had read before."""
+    path = tmp_path / "stdout.log"
+    writer = Writer(path, monkeypatch)
+    writer.write(b"1\n2")
+    tail = LogTail(path, "stdout")
+    assert tail.read() == b"1\n2"
+    for data in (b"2\n3", b"3\n4", b"4\n5", b"5\n6\n"):  # each past the 4 bytes a file holds
+        writer.write(data)
+    read = b"1\n2" + b"".join(iter(tail.read, b""))
+    assert tail.missed_files == 1
+    assert read == b"1\n22\n55\n6\n"  # lines 33 and 44 missed; every line shown is one the script wrote

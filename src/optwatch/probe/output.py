@@ -58,9 +58,18 @@ class _Stream:
 
     def _write(self, data: bytes) -> None:
         try:
-            if self.file is None or self.written >= MAX_LOG_BYTES:
+            if self.file is None:
                 self._rotate()
             assert self.file is not None
+            if self.written + len(data) > MAX_LOG_BYTES:
+                # A file ends at a line's end where it can: a reader that missed the file before the next one
+                # starts that one at a line's start, not with the tail of a line whose start is gone.
+                cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+                if cut or self.written >= MAX_LOG_BYTES:
+                    os.write(self.file, data[:cut])
+                    self._rotate()
+                    data = data[cut:]
+                # (else no line ends in it and there is room: this file takes it, a later write rotates)
             os.write(self.file, data)
             self.written += len(data)
         except OSError:
