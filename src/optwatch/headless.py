@@ -11,11 +11,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-from optwatch.diagnose.bottleneck import bound_text, duration_text
+from optwatch.diagnose.bottleneck import bound_text
 from optwatch.protocol import finite
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.summary import alert_text, cost_text, non_finite_text
+from optwatch.summary import alert_text, cost_text, duration_text, non_finite_text, waiting_text
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -266,6 +266,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     next_summary = started + summary_every_s
     shown_verdicts: dict[int, str] = {}
     hub_said = False
+    last_summary = None
     try:
         while True:
             records, output = session.pump(0.1)
@@ -286,9 +287,17 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
             hub_said = _say_hub_silence(session.store, hub_said, own)
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + summary_every_s
+                # No step for a while: where the training is (each rank's), in place of the last step's
+                # figures again.
+                waiting = session.store.waiting()
                 line = summary_line(session.store)
+                if waiting is not None:
+                    others = session.store.waiting_ranks()
+                    others.pop(waiting.record.get("rank", 0), None)
+                    line = f"optwatch: {waiting_text(waiting, others)}"
                 if line:
                     print(line, file=own, flush=True)
+                    last_summary = line
             if session.done():
                 break
             if duration_s is not None and time.monotonic() - started >= duration_s:
@@ -304,7 +313,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     # An attached viewer that leaves (Ctrl-C, --duration) before the run ends: the run goes on, nothing is final.
     left = process is None and not session.store.finished()
     line = summary_line(session.store, final=not left)
-    if line:
+    if line and not (left and line == last_summary):  # (leaving: the last summary again only if it changed)
         print(line if left else line.replace("optwatch:", "optwatch: final", 1), file=own, flush=True)
     if left:
         print(_left_line(session.store), file=own, flush=True)

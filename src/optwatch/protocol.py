@@ -39,6 +39,7 @@ SYSTEM = "system"
 LAYERS = "layers"
 HUB = "hub"  # the hub's own figures (its CPU time, its memory), every few seconds
 HISTORY = "history"  # a rank's whole run, downsampled (optwatch.runhistory): sent to a viewer that attaches
+WAITING = "waiting"  # no step boundary for a while: where the training thread is (probe.waiting)
 
 # Largest wire message a viewer accepts; anything bigger is a bug or an attack, not telemetry.
 MAX_WIRE_BYTES = 16 * 1024 * 1024
@@ -677,7 +678,18 @@ _SERIES = _Object(
     required=("width", "count", "sum", "min", "max", "last", "bad", "last_step"),
 )
 
+_FRAME = _Object(
+    {"file": _TEXT, "line": _Optional(_INT), "function": _TEXT, "own": _Optional(_FLAG)}, required=("file", "function")
+)
+
 _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
+    WAITING: {
+        "step": _INT,
+        "waited_s": _NUMBER,
+        "typical_step_s": _FIGURE,
+        "stack": _List(_FRAME),
+        "where": _Optional(_FRAME),
+    },
     HISTORY: {"last_step": _INT, "series": _Map(_SERIES)},
     HELLO: {
         "run_id": _TEXT_OR_NULL,
@@ -771,7 +783,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "alerting": _Map(_TEXT),
     },
 }
-_REQUIRED = {STEP: ("step",)}
+_REQUIRED = {STEP: ("step",), WAITING: ("step", "waited_s")}
 _FIELDS: dict[Any, _Object] = {
     kind: _Object({**_ENVELOPE_FIELDS, **fields}, _REQUIRED.get(kind, ())) for kind, fields in _KIND_FIELDS.items()
 }

@@ -21,7 +21,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.protocol import finite
 from optwatch.runhistory import RunHistory
-from optwatch.summary import CostTotals, RunSummary, summarise
+from optwatch.summary import CostTotals, RunSummary, Waiting, summarise
 
 STEP_CAPACITY = 5000
 LOG_CAPACITY = 2000
@@ -60,6 +60,9 @@ class RankState:
     cost: CostTotals = field(default_factory=CostTotals)
     whole: RunHistory = field(default_factory=RunHistory)
     """The whole run, downsampled (``optwatch.runhistory``): what the charts show zoomed out."""
+    waiting: tuple[dict[str, Any], float] | None = None
+    """The newest ``waiting`` record (no step for a while: where the training is), and when it came in (this
+    process's clock)."""
     _ema: float | None = None
 
     @property
@@ -143,6 +146,8 @@ class Store:
         elif kind == protocol.HUB:
             self.hub_figures.append(record)
             self.hub_heard_at = time.monotonic()
+        elif kind == protocol.WAITING:
+            self.rank(rank).waiting = (record, time.monotonic())
         else:
             self.rare[str(kind)].append(record)
             self.latest[str(kind)] = record
@@ -228,6 +233,26 @@ class Store:
             return None
         silent = now - self.hub_heard_at
         return silent if silent > HUB_SILENT_S else None
+
+    def waiting(self, rank: int | None = None, now: float | None = None) -> Waiting | None:
+        """Where the primary rank (or ``rank``) is while no step ends, with the seconds it has waited by ``now``;
+        None while it steps, once it ended, or when it never said."""
+        with self.lock:
+            state = self.primary if rank is None else self.ranks.get(rank)
+            if state is None or state.end is not None or state.waiting is None:
+                return None
+            record, heard_at = state.waiting
+            last = state.last_step
+            if last is not None and last["step"] >= record["step"]:
+                return None  # a step has ended since
+            now = time.monotonic() if now is None else now
+            return Waiting(record, record["waited_s"] + max(0.0, now - heard_at), first_step=last is None)
+
+    def waiting_ranks(self, now: float | None = None) -> dict[int, Waiting]:
+        """``waiting`` of each rank that waits, by rank."""
+        with self.lock:
+            found = {rank: self.waiting(rank, now) for rank in self.ranks}
+        return {rank: waiting for rank, waiting in found.items() if waiting is not None}
 
     def finished(self) -> bool:
         return bool(self.ranks) and all(state.end is not None for state in self.ranks.values())

@@ -295,3 +295,100 @@ def cost_text(summary: RunSummary) -> str:
     if cost.checks_every > 1:
         extra.append(f"checks 1/{cost.checks_every}")
     return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """No step has ended for a while (``Store.waiting``): the rank's ``waiting`` record (``probe.waiting``)."""
+
+    record: dict[str, Any]
+    waited_s: float
+    """Since the last step's end (or the start, before the first step), as of now."""
+    first_step: bool
+    """No step has ended yet."""
+
+
+def clock_text(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def frame_text(frame: dict[str, Any]) -> str:
+    """``evaluate (train.py:88)``: a function and where in its file."""
+    path = str(frame.get("file", "?"))
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    line = frame.get("line")
+    return f"{frame.get('function', '?')} ({name}:{line})" if line is not None else f"{frame.get('function')} ({name})"
+
+
+def waiting_place(record: dict[str, Any]) -> str:
+    """``in evaluate (train.py:88), at _next_data (dataloader.py:1345)``: the script's own innermost function,
+    and the innermost one of all where it is another's (a library's, Python's)."""
+    stack = record.get("stack") or []
+    own, innermost = record.get("where"), (stack[-1] if stack else None)
+    places = []
+    if own:
+        places.append(f"in {frame_text(own)}")
+    if innermost and innermost != own:
+        places.append(f"at {frame_text(innermost)}")
+    return ", ".join(places) or "(no Python frame)"
+
+
+def _waited_text(waiting: Waiting) -> str:
+    if waiting.first_step:
+        return f"no step yet after {clock_text(waiting.waited_s)}"
+    text = f"no step for {clock_text(waiting.waited_s)}"
+    typical = waiting.record.get("typical_step_s")
+    return text + (f" (steps take {duration_text(typical)})" if finite(typical) and typical > 0 else "")
+
+
+def waiting_text(waiting: Waiting, others: dict[int, Waiting] | None = None) -> str:
+    """``no step for 42 s (steps take 12.3 ms): in evaluate (train.py:88), at _next_data (dataloader.py:1345)``:
+    how long, against the run's usual step, and where the training thread is. With ``others`` (the other
+    ranks that wait too, by rank), those elsewhere are named by their place: a rank stuck in its own code
+    while the rest wait for it in a collective."""
+    place = waiting_place(waiting.record)
+    elsewhere: dict[str, list[int]] = {}
+    for rank, other in sorted((others or {}).items()):
+        other_place = waiting_place(other.record)
+        if other_place != place:
+            elsewhere.setdefault(other_place, []).append(rank)
+    if not elsewhere:
+        return f"{_waited_text(waiting)}: {place}"
+    rank = waiting.record.get("rank", 0)
+    parts = [f"rank {rank} {place}"]
+    for other_place, ranks in list(elsewhere.items())[:WAITING_PLACES_SHOWN]:
+        parts.append(f"{_ranks_text(ranks)} {other_place}")
+    if len(elsewhere) > WAITING_PLACES_SHOWN:
+        parts.append(f"{len(elsewhere) - WAITING_PLACES_SHOWN} places more")
+    return f"{_waited_text(waiting)}: " + "; ".join(parts)
+
+
+WAITING_PLACES_SHOWN = 3
+"""Ranks waiting elsewhere than the first: at most this many places named."""
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    """``rank 3``, ``ranks 1, 4-7``."""
+    runs: list[list[int]] = []
+    for rank in ranks:
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"rank {text}" if len(ranks) == 1 else f"ranks {text}"
+
+
+def duration_text(seconds: float) -> str:
+    """``0.412 ms``, ``210 ms``, ``1.35 s``, ``1234 s``: three digits whatever the length (the headless line's
+    too), never an exponent (``.3g`` wrote 0.9996 s as "1e+03 ms" and 1234 s as "1.23e+03 s")."""
+    if seconds < 0.9995:
+        milliseconds = 1000 * seconds
+        return f"{milliseconds:.3g} ms" if milliseconds >= 0.0001 else "0 ms"
+    return f"{seconds:.3g} s" if seconds < 999.5 else f"{seconds:.0f} s"

@@ -23,12 +23,13 @@ from optwatch.app.widgets.confirm_quit import ConfirmQuit
 from optwatch.app.widgets.findings_bar import FindingsBar
 from optwatch.app.widgets.hotspots_view import HotspotsView
 from optwatch.app.widgets.log_pane import LogPane
-from optwatch.app.widgets.run_header import RunHeader
+from optwatch.app.widgets.run_header import FIRST_STEP_STATUS, WAITING_PREFIXES, RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
 from optwatch.options import DEFAULT_PROFILE_STEPS
 from optwatch.session import ViewerSession
 from optwatch.store import Store
+from optwatch.summary import waiting_text
 
 # Redraws follow the data, throttled: figures at most ~7 times a second (what is on screen stays within
 # a quarter second of what the job published, at a tenth of a core under a fast 8-rank job); charts at
@@ -229,6 +230,7 @@ class OptwatchApp(App[None]):
         store = self.store
         now = time.monotonic()
         self._show_hub_silence(now)
+        self._show_waiting(now)
         charts_due = force_charts or (
             store.version != self._charts_version and now - self._last_chart_redraw >= self._chart_interval()
         )
@@ -282,6 +284,22 @@ class OptwatchApp(App[None]):
             view = panes.views.get(panes.tabs.active)
             if view is not None:
                 view.show(store)
+
+    def _show_waiting(self, now: float) -> None:
+        """No step for a while (an evaluation, a checkpoint, a hang): the header says so and where the training
+        is, in place of "running", until a step ends."""
+        panes = self._live_panes()
+        if panes is None or self.mode == "replay":
+            return
+        header = panes.header
+        live = "attached" if self.mode == "attach" else "running"
+        waiting = self.store.waiting(now=now)
+        shown = header.status.startswith(WAITING_PREFIXES)
+        if waiting is not None and (shown or header.status in (live, FIRST_STEP_STATUS)):
+            header.status = waiting_text(waiting)
+        elif waiting is None and shown:
+            primary = self.store.primary
+            header.status = live if primary is not None and primary.steps else FIRST_STEP_STATUS
 
     def _show_hub_silence(self, now: float) -> None:
         """A live job whose hub stopped answering says so in the header (its ranks train on), until it is back."""

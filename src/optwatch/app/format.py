@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from optwatch.diagnose.bottleneck import duration_text
 from optwatch.protocol import finite
-from optwatch.summary import non_finite_text
+from optwatch.summary import duration_text, non_finite_text
 
 
 def number(value: object, spec: str = ".4g") -> str:

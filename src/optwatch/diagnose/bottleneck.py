@@ -29,7 +29,7 @@ from typing import Any
 
 from optwatch.diagnose.phases import MEASURED, other_seconds, training_seconds
 from optwatch.protocol import finite
-from optwatch.summary import own_seconds
+from optwatch.summary import duration_text, own_seconds
 
 INPUT_SHARE = 0.30
 NEAR_OOM_SHARE = 0.97
@@ -444,15 +444,6 @@ def _between(w: Window, threshold: float = BETWEEN_SHARE) -> tuple[str, str, lis
             f"See what a long step runs: profile enough steps to hold one (control: profile={min(every + 1, 64)})",
         ],
     )
-
-
-def duration_text(seconds: float) -> str:
-    """``0.412 ms``, ``210 ms``, ``1.35 s``, ``1234 s``: three digits whatever the length (the headless line's
-    too), never an exponent (``.3g`` wrote 0.9996 s as "1e+03 ms" and 1234 s as "1.23e+03 s")."""
-    if seconds < 0.9995:
-        milliseconds = 1000 * seconds
-        return f"{milliseconds:.3g} ms" if milliseconds >= 0.0001 else "0 ms"
-    return f"{seconds:.3g} s" if seconds < 999.5 else f"{seconds:.0f} s"
 
 
 _AMP = "Mixed precision (torch.autocast, bf16/fp16) runs matmuls and convs on tensor cores (control: amp=on)"

@@ -63,7 +63,7 @@ class History:
             ring.append(record)
         elif kind == protocol.LOG:
             self.logs.append(record)
-        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT, protocol.HUB):
+        elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT, protocol.HUB, protocol.WAITING):
             if kind == protocol.SYSTEM:
                 self._whole(rank).add_system(record)
             # Only the newest matters to a viewer that attaches; older ones are in the record file.

@@ -54,6 +54,8 @@ class ProbeContext(Protocol):
     """Where the trained parameters live, known from the first step on."""
     training_thread: int | None
     """The thread that trains (the one calling ``backward()``); plugins' hooks ignore forwards of others."""
+    started_in: int
+    """The thread the probe was started in (the one presumed to train before the first ``backward()``)."""
     torch_threads: int | None
     """``torch.get_num_threads()`` as the training thread reads it, at its latest recorded step's end."""
     clip_measures: bool
@@ -144,6 +146,13 @@ class ProbeContext(Protocol):
     @property
     def median_step_s(self) -> float | None:
         """The median time of the recent steps (None before the first step's end)."""
+        ...
+
+    @property
+    def waiting_since(self) -> float | None:
+        """``time.perf_counter()`` at the last step boundary (before the first step: at the probe's start):
+        since then no step has ended. None while optwatch itself holds the run at a boundary (a pause, a
+        command applied) and once the probe is closed."""
         ...
 
     def switch_off(self, plugin: str, where: str) -> None:

@@ -139,6 +139,10 @@ class Probe:
         self._device_facts: dict[str, Any] = {}
         """What the hello says of the device, once known (``_announce_device``)."""
         self.training_thread: int | None = None
+        self.started_in = threading.get_ident()
+        self._started_at = time.perf_counter()
+        self._held = False
+        """optwatch holds the run at a step boundary (a pause, a command applied): no wait of the training's."""
         self.torch_threads: int | None = None
         self.nonfinite_seen = False
         self.clip_measures = False
@@ -269,6 +273,7 @@ class Probe:
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> Probe:
+        self.started_in, self._started_at = threading.get_ident(), time.perf_counter()
         self.channel.on_ready(self._sentinel)
         self.channel.start()
         self.publish([self._hello()])
@@ -465,6 +470,13 @@ class Probe:
     @property
     def median_step_s(self) -> float | None:
         return self.governor.median_step_s
+
+    @property
+    def waiting_since(self) -> float | None:
+        if self._held or self.closed:
+            return None
+        started = self._step_start
+        return self._started_at if started is None else started
 
     def learning_rate(self, optimizer: torch.optim.Optimizer | None = None) -> float | torch.Tensor | None:
         optimizer = optimizer or self._primary
@@ -1002,6 +1014,7 @@ class Probe:
             return
         self._advance(ending)
         held_s = 0.0
+        self._held = True
         try:
             if self._tables_stale:
                 self.retabulate()
@@ -1010,6 +1023,7 @@ class Probe:
             if now - self._last_flush >= self.options.publish_interval_s:
                 self._flush(now)
         finally:  # also after a KeyboardInterrupt (`stop`, Ctrl-C), which a loop may catch and train on
+            self._held = False
             # From here on it is the next step, which pays for this boundary's work as the training does:
             # its time and optwatch's count from now. A pause does not.
             self._step_start = now + held_s

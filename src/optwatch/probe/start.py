@@ -33,6 +33,7 @@ from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import ProfilerPlugin
 from optwatch.probe.telemetry import TelemetryPlugin
+from optwatch.probe.waiting import WaitingPlugin
 from optwatch.protocol import STOPPED_BY_REQUEST
 from optwatch.wire import runtime
 from optwatch.wire.logs import pipes_from_env
@@ -49,6 +50,7 @@ def build_plugins(options: ProbeOptions) -> list[ProbePlugin]:
     plugins.append(profiler)
     if options.grad_every > 0:
         plugins.append(GradientPlugin(options))
+    plugins.append(WaitingPlugin())  # (the sampler's only: nothing at a step)
     return plugins
 
 

@@ -8,6 +8,7 @@ from optwatch.app import format as fmt
 from optwatch.app.widgets.ranks_summary import percent
 from optwatch.app.widgets.text_panel import TextPanel
 from optwatch.diagnose.ranks import RanksOverview, Spread
+from optwatch.summary import Waiting, waiting_text
 
 
 def against(value: str, spread: Spread | None, show) -> str:
@@ -22,9 +23,15 @@ class RankDetail(TextPanel):
         """The rank shown; None: the panel is hidden."""
 
     def show_rank(
-        self, rank: int | None, ranks: RanksOverview | None, hello: dict, straggler_alert: dict | None
+        self,
+        rank: int | None,
+        ranks: RanksOverview | None,
+        hello: dict,
+        straggler_alert: dict | None,
+        waiting: Waiting | None = None,
     ) -> None:
-        """``rank`` against ``ranks`` (all of them); a rank of None hides the panel."""
+        """``rank`` against ``ranks`` (all of them); a rank of None hides the panel. ``waiting``: the rank has
+        made no step for a while, and where it is."""
         self.rank = rank if ranks is not None else None
         self.display = self.rank is not None
         if rank is None or ranks is None:
@@ -32,8 +39,9 @@ class RankDetail(TextPanel):
         self.border_title = f"rank {rank}"
         self.border_subtitle = "esc closes"
         figures = ranks.figures_of(rank)
+        said = [Text(waiting_text(waiting), style="bold yellow")] if waiting is not None else []
         if figures is None:
-            self.set_lines([f"rank {rank} has sent no step yet"])
+            self.set_lines([f"rank {rank} has sent no step yet", *said])
             return
         where = " · ".join(
             str(part)
@@ -57,4 +65,4 @@ class RankDetail(TextPanel):
         ]
         if straggler_alert is not None and straggler_alert.get("rank") == rank:
             lines.append(Text(str(straggler_alert.get("message", "")), style="bold yellow"))
-        self.set_lines(lines)
+        self.set_lines([*lines, *said])

@@ -15,6 +15,7 @@ from textual.widgets import DataTable
 from optwatch.app import format as fmt
 from optwatch.diagnose.ranks import RankFigures
 from optwatch.protocol import finite
+from optwatch.summary import Waiting, clock_text
 
 COLUMNS = ("Rank", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "GPU", "CPU", "Memory", "")
 ALL_RANKS_SHOWN = 16
@@ -57,8 +58,12 @@ def worst_first(ranks: Sequence[RankFigures], order: RankOrder) -> list[RankFigu
     return sorted(ranks, key=key)
 
 
-def cells(figures: RankFigures, straggler: bool) -> tuple[str, ...]:
+def cells(figures: RankFigures, straggler: bool, waited_s: float | None = None) -> tuple[str, ...]:
+    """``waited_s``: no step from this rank for so long (``Store.waiting``), else None."""
     share = figures.data_wait_share
+    marks = ["◀ straggler"] if straggler else []
+    if waited_s is not None:
+        marks.append(f"no step for {clock_text(waited_s)}")
     return (
         str(figures.rank),
         str(figures.step),
@@ -70,7 +75,7 @@ def cells(figures: RankFigures, straggler: bool) -> tuple[str, ...]:
         f"{figures.gpu_util_percent:.0f}%" if figures.gpu_util_percent is not None else "–",
         f"{figures.cpu_percent:.0f}%" if figures.cpu_percent is not None else "–",
         fmt.nbytes(figures.memory_bytes),
-        "◀ straggler" if straggler else "",
+        " · ".join(marks),
     )
 
 
@@ -94,15 +99,30 @@ class RanksTable(DataTable):
         self.order_choice = (ORDERS.index(self.order(ranks)) + 1) % len(ORDERS)
         return ORDERS[self.order_choice]
 
-    def show_ranks(self, ranks: Sequence[RankFigures], straggler: int | None, pinned: int | None = None) -> None:
-        """``ranks``: every rank's figures; ``pinned``: a rank to list whatever its figures (the one looked at)."""
+    def show_ranks(
+        self,
+        ranks: Sequence[RankFigures],
+        straggler: int | None,
+        pinned: int | None = None,
+        waiting: dict[int, Waiting] | None = None,
+    ) -> None:
+        """``ranks``: every rank's figures; ``pinned``: a rank to list whatever its figures (the one looked at);
+        ``waiting``: the ranks that have made no step for a while (``Store.waiting_ranks``)."""
+        waiting = waiting or {}
         ordered = worst_first(ranks, self.order(len(ranks)))
         if len(ranks) > ALL_RANKS_SHOWN:
             shown = ordered[:WORST_ROWS]
             if pinned is not None and all(r.rank != pinned for r in shown):
                 shown += [r for r in ordered if r.rank == pinned]
             ordered = shown
-        rows = {figures.rank: cells(figures, figures.rank == straggler) for figures in ordered}
+        rows = {
+            figures.rank: cells(
+                figures,
+                figures.rank == straggler,
+                waiting[figures.rank].waited_s if figures.rank in waiting else None,
+            )
+            for figures in ordered
+        }
         if rows == self.rows_shown and list(rows) == list(self.rows_shown):
             return
         self.rows_shown = rows

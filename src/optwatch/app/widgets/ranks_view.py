@@ -93,6 +93,7 @@ class RanksView(Vertical):
     def _draw(self, store: Store) -> None:
         self._drawn_at = time.monotonic()
         figures, alert, hello = read_ranks(store, self.selected)
+        waiting = store.waiting_ranks()
         straggler = alert.get("rank") if alert is not None else None
         table = self.query_one(RanksTable)
         summary = self.query_one(RanksSummary)
@@ -105,8 +106,9 @@ class RanksView(Vertical):
                 order = table.order(len(figures))
                 listed = f"the {WORST_ROWS} worst by {order.label}" if order.figure else f"the first {WORST_ROWS}"
                 summary.show_overview(ranks, straggler, f"table: {listed} · t: order · enter: a rank · #: any rank")
-            table.show_ranks(figures, straggler, pinned=self.selected)
-            self.query_one(RankDetail).show_rank(self.selected, ranks, hello, alert)
+            table.show_ranks(figures, straggler, pinned=self.selected, waiting=waiting)
+            chosen = waiting.get(self.selected) if self.selected is not None else None
+            self.query_one(RankDetail).show_rank(self.selected, ranks, hello, alert, chosen)
 
     def _look_at(self, rank: int | None) -> None:
         self.selected = rank

@@ -1,0 +1,130 @@
+"""A run that makes no step for a while (data still loading, an evaluation, a hang) says so, and where the
+training thread is, in the script's own code: the figures of the last step stood still as if it trained on."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from conftest import ROOT, SCRIPTS, start_training, wait_for_ui
+from optwatch.app.app import OptwatchApp
+from optwatch.app.widgets.run_header import RunHeader
+from optwatch.session import ViewerSession
+
+SCRIPT = SCRIPTS / "slow_start.py"
+
+
+def line_of(text: str) -> int:
+    """The line of ``slow_start.py`` that holds ``text``: the truth is the script's own file."""
+    [number] = [n for n, line in enumerate(SCRIPT.read_text().splitlines(), 1) if text in line]
+    return number
+
+
+LOADING = f"in load_data (slow_start.py:{line_of('# (where the loading waits)')})"
+EVALUATING = {
+    f"in evaluate (slow_start.py:{line_of(text)})"
+    for text in ("model(torch.randn(256", "# (where the evaluation waits)")
+}
+
+
+def test_headless_says_where_the_training_is_before_its_first_step_and_in_an_evaluation_not_in_a_pause():
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--summary-every", "1", "--control", "pause=4@4",
+         str(SCRIPT), "--load-s", "4.5", "--steps", "10", "--sleep", "0.4", "--evaluate-after", "6",
+         "--evaluate-s", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    loading = [line for line in lines if line.startswith("optwatch: no step yet after")]
+    assert loading and all(line.endswith(f": {LOADING}") for line in loading), lines
+    assert all(3 <= int(re.search(r"after (\d+) s", line)[1]) <= 5 for line in loading), loading
+    waits = [(n, line) for n, line in enumerate(lines) if line.startswith("optwatch: no step for")]
+    assert waits, lines
+    places = []
+    for _, line in waits:
+        said = re.fullmatch(
+            r"optwatch: no step for (\d+) s \(steps take (\d+) ms\): (in \S+ \([^)]*\))(, at .*)?", line
+        )
+        assert said and 3 <= int(said[1]) <= 5, line
+        assert 380 <= int(said[2]) <= 480, line  # the script's --sleep 0.4 a step
+        places.append(said[3])
+    # In the evaluation; the last one may come as the loop sleeps after it, before its next step.
+    after = f"in <module> (slow_start.py:{line_of('time.sleep(args.sleep)')})"
+    assert set(places[:-1]) <= EVALUATING and places[-1] in {*EVALUATING, after} and places[0] in EVALUATING, waits
+    # optwatch's own pause (4 s, longer than a wait must be to be said) is said as a pause, never as a wait.
+    paused = next(n for n, line in enumerate(lines) if "pause=4 accepted" in line)
+    resumed = next(n for n, line in enumerate(lines) if "resume accepted" in line)
+    assert not [n for n, _ in waits if paused < n < resumed], lines
+    assert "optwatch: final step 9 " in result.stderr
+
+
+async def test_the_dashboards_header_says_where_the_training_is_while_no_step_ends():
+    training = start_training(
+        str(SCRIPT), "--load-s", "4.5", "--steps", "200", "--sleep", "0.05", "--evaluate-after", "5",
+        "--evaluate-s", "6",
+    )  # fmt: skip
+    try:
+        app = OptwatchApp(ViewerSession.for_process(training))
+        async with app.run_test(size=(160, 30)) as pilot:
+            header = app.query_one(RunHeader)
+            await wait_for_ui(pilot, lambda: header.status.startswith("no step yet after"))
+            assert header.status.endswith(f": {LOADING}"), header.status
+            await wait_for_ui(pilot, lambda: header.status == "running")
+            await wait_for_ui(pilot, lambda: header.status.startswith("no step for"))
+            place = re.search(r"in evaluate \([^)]*\)", header.status)
+            assert place and place[0] in EVALUATING, header.status
+            await wait_for_ui(pilot, lambda: header.status == "running", timeout_s=15)  # steps again
+            assert app.store.primary.last_step["step"] > 5
+    finally:
+        training.stop(grace_s=2)
+        training.cleanup()
+
+
+async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_marks_them(tmp_path):
+    """One rank in its own checkpoint code, the other waiting for it in the gradients' all-reduce: the
+    headless line names both places; the Ranks tab marks both ranks and the rank looked at says where."""
+    import subprocess
+
+    from conftest import read_jsonl
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.rank_detail import RankDetail
+    from optwatch.app.widgets.ranks_table import RanksTable
+    from optwatch.store import Store
+
+    script = SCRIPTS / "ddp_stall.py"
+    lines_of = script.read_text().splitlines()
+    [backward] = [n for n, line in enumerate(lines_of, 1) if "# (where the other ranks wait)" in line]
+    [checkpoint] = [n for n, line in enumerate(lines_of, 1) if "# (where the checkpoint waits)" in line]
+    record = tmp_path / "ddp.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--summary-every", "1", "--record", str(record),
+         "--nproc-per-node", "2", str(script), "--steps", "20", "--stall-at", "8", "--stall-s", "7"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = [line for line in result.stderr.splitlines() if line.startswith("optwatch: no step for")]
+    expected = f"rank 0 in <module> (ddp_stall.py:{backward}), at "
+    assert said and all(expected in line for line in said), said
+    assert all(line.endswith(f"; rank 1 in save_checkpoint (ddp_stall.py:{checkpoint})") for line in said), said
+
+    # The Ranks tab, fed the job's own records up to its last word from the wait.
+    records = read_jsonl(record)
+    last = max(n for n, r in enumerate(records) if r["kind"] == "waiting" and r["rank"] == 1)
+    store = Store()
+    store.ingest([r for r in records[: last + 1] if r["kind"] != "end"])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await pilot.press("r")
+        table = app.query_one(RanksTable)
+        await wait_for_ui(pilot, lambda: table.row_count == 2)
+        for rank in (0, 1):
+            assert table.rows_shown[rank][-1].startswith("no step for "), table.rows_shown
+        table.focus()
+        table.move_cursor(row=1)
+        await pilot.press("enter")
+        detail = app.query_one(RankDetail)
+        await wait_for_ui(pilot, lambda: detail.display)
+        assert detail.lines[-1].endswith(f"in save_checkpoint (ddp_stall.py:{checkpoint})"), detail.lines
