@@ -323,3 +323,22 @@ def test_steps_between_detail_steps_are_not_timed_and_no_step_carries_a_hook():
     assert {seen for seen, step in zip(model.hooks_seen, steps) if step["detailed"]} <= {(0, 0), (0, 1)}
     window = summarise(steps[20:], [], "cpu")
     assert window.shares["forward_s"] > 0 and window.shares["backward_s"] > 0
+
+
+def test_a_pause_is_not_read_as_steps_that_wait(tmp_path):
+    """Paused 8 s and resumed, a compute-bound loop was called host-bound for a while ("the process used 12%
+    of a core: the steps wait"): the verdict's CPU figure took the pause's idle samples, whose time no step
+    has. Samples taken while optwatch holds the run are left out."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "pause=8@40", str(SCRIPTS / "heavy_cnn.py"),
+        "--steps", "400",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    held = [r for r in records if r["kind"] == "system" and r.get("held")]
+    assert len(held) >= 10, "the pause's samples say so"  # (every 0.5 s for 8 s)
+    verdicts = [r for r in records if r["kind"] == "verdict"]
+    after = [v for v in verdicts if v["window"][0] < 40 <= v["window"][1]]  # windows across the pause
+    assert after, verdicts
+    assert all(v["bottleneck"] == "compute" for v in verdicts), [(v["window"], v["message"]) for v in verdicts]

@@ -723,6 +723,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "mem_device": _Optional(_INT),
         "mem_alloc_retries": _Optional(_INT),
         "mem_ooms": _Optional(_INT),
+        "held": _Optional(_FLAG),
         **_figures(
             "cpu_percent rss_bytes threads cpu_count host_mem_used_bytes host_mem_total_bytes torch_threads "
             "mem_allocated_bytes mem_reserved_bytes mem_peak_bytes mem_total_bytes mem_fragmentation_bytes "

@@ -125,7 +125,9 @@ class VerdictTracker:
         if len(steps) < (1 if final else MIN_STEPS):
             return []
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
-        systems = [s for s in self._systems if s.get("time", 0.0) >= start] or list(self._systems)[-1:]
+        # (Not the samples of a pause: held at a step boundary, the process idles, and no step's time has it.)
+        systems = [s for s in self._systems if s.get("time", 0.0) >= start and not s.get("held")]
+        systems = systems or list(self._systems)[-1:]
         window = summarise(steps, systems, self.device, self._loader())
         if window is None:
             return []

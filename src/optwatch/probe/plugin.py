@@ -149,6 +149,11 @@ class ProbeContext(Protocol):
         ...
 
     @property
+    def held(self) -> bool:
+        """optwatch itself holds the run at a step boundary (a pause, a command being applied)."""
+        ...
+
+    @property
     def waiting_since(self) -> float | None:
         """``time.perf_counter()`` at the last step boundary (before the first step: at the probe's start):
         since then no step has ended. None while optwatch itself holds the run at a boundary (a pause, a

@@ -472,6 +472,10 @@ class Probe:
         return self.governor.median_step_s
 
     @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
     def waiting_since(self) -> float | None:
         if self._held or self.closed:
             return None

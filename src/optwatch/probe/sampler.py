@@ -107,6 +107,8 @@ class Sampler:
                     **sample_system(context.device, context.torch_threads, self._worker_pids()),
                 )
                 system["dropped"] = channel.dropped
+                if context.held:
+                    system["held"] = True  # (a pause: its idle CPU is no step's, as its time is not)
                 loader = self._loader()
                 if loader:
                     system["loader"] = loader
