@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -325,14 +326,15 @@ def test_steps_between_detail_steps_are_not_timed_and_no_step_carries_a_hook():
     assert window.shares["forward_s"] > 0 and window.shares["backward_s"] > 0
 
 
-def test_a_pause_is_not_read_as_steps_that_wait(tmp_path):
+def test_a_pause_and_work_after_the_last_step_are_not_read_as_steps_that_wait(tmp_path):
     """Paused 8 s and resumed, a compute-bound loop was called host-bound for a while ("the process used 12%
-    of a core: the steps wait"): the verdict's CPU figure took the pause's idle samples, whose time no step
-    has. Samples taken while optwatch holds the run are left out."""
+    of a core: the steps wait"), and an 8 s save after its last step made its final verdict host-bound: the
+    verdict's CPU figure took idle samples whose time no step has. Those of a pause, and those after the
+    window's last step, are left out."""
     record = tmp_path / "r.jsonl"
     result = optwatch(
         "run", "--headless", "--record", str(record), "--control", "pause=8@40", str(SCRIPTS / "heavy_cnn.py"),
-        "--steps", "400",
+        "--steps", "400", "--tail-s", "8", env={**os.environ, "OMP_NUM_THREADS": "1"},  # (one core: 100% busy)
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     records = read_jsonl(record)
@@ -342,3 +344,7 @@ def test_a_pause_is_not_read_as_steps_that_wait(tmp_path):
     after = [v for v in verdicts if v["window"][0] < 40 <= v["window"][1]]  # windows across the pause
     assert after, verdicts
     assert all(v["bottleneck"] == "compute" for v in verdicts), [(v["window"], v["message"]) for v in verdicts]
+    assert verdicts[-1]["final"]
+    # One thread that computes all the time uses a core (whether the verdict flips also depends on the
+    # machine's other load: the figure itself does not).
+    assert all(v["evidence"]["cpu_percent"] > 80 for v in verdicts), [v["evidence"]["cpu_percent"] for v in verdicts]

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=20)
+parser.add_argument("--tail-s", type=float, default=0.0, help="seconds of idle work after the training (a save)")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -29,3 +30,7 @@ for _ in range(args.steps):
     loss.backward()
     optimizer.step()
 print(f"heavy_cnn: {args.steps} steps", flush=True)
+if args.tail_s:
+    import time
+
+    time.sleep(args.tail_s)

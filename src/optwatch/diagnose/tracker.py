@@ -22,6 +22,8 @@ from optwatch.summary import WARMUP_STEPS
 INTERVAL_S = 5.0
 WINDOW_S = 10.0
 MIN_STEPS = 3
+SAMPLE_SLACK_S = 0.5
+"""A system sample this long after the window's last step still covers some of it (one every 0.5 s)."""
 
 
 def recent(records: collections.deque[dict[str, Any]], window_s: float, at_least: int = 0) -> list[dict[str, Any]]:
@@ -125,8 +127,11 @@ class VerdictTracker:
         if len(steps) < (1 if final else MIN_STEPS):
             return []
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
-        # (Not the samples of a pause: held at a step boundary, the process idles, and no step's time has it.)
-        systems = [s for s in self._systems if s.get("time", 0.0) >= start and not s.get("held")]
+        # The samples of the steps' time: not those after the last step (work after the training loop, a
+        # final save, is no step's), nor those of a pause (held at a step boundary, the process idles, and
+        # no step's time has it).
+        end = steps[-1].get("time", 0.0) + SAMPLE_SLACK_S
+        systems = [s for s in self._systems if start <= s.get("time", 0.0) <= end and not s.get("held")]
         systems = systems or list(self._systems)[-1:]
         window = summarise(steps, systems, self.device, self._loader())
         if window is None:
