@@ -686,6 +686,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
     WAITING: {
         "step": _INT,
         "waited_s": _NUMBER,
+        "first": _Optional(_FLAG),
         "typical_step_s": _FIGURE,
         "stack": _List(_FRAME),
         "where": _Optional(_FRAME),

@@ -246,7 +246,9 @@ class Store:
             if last is not None and last["step"] >= record["step"]:
                 return None  # a step has ended since
             now = time.monotonic() if now is None else now
-            return Waiting(record, record["waited_s"] + max(0.0, now - heard_at), first_step=last is None)
+            first = record.get("first")
+            waited_s = record["waited_s"] + max(0.0, now - heard_at)
+            return Waiting(record, waited_s, first_step=last is None if first is None else first)
 
     def waiting_ranks(self, now: float | None = None) -> dict[int, Waiting]:
         """``waiting`` of each rank that waits, by rank."""

@@ -342,16 +342,17 @@ def waiting_place(record: dict[str, Any]) -> str:
 def _waited_text(waiting: Waiting) -> str:
     if waiting.first_step:
         return f"no step yet after {clock_text(waiting.waited_s)}"
-    text = f"no step for {clock_text(waiting.waited_s)}"
+    # Since which step: the probe's count (the last steps' records may still be on their way).
+    text = f"no step for {clock_text(waiting.waited_s)} since step {waiting.record.get('step', 1) - 1}"
     typical = waiting.record.get("typical_step_s")
     return text + (f" (steps take {duration_text(typical)})" if finite(typical) and typical > 0 else "")
 
 
 def waiting_text(waiting: Waiting, others: dict[int, Waiting] | None = None) -> str:
-    """``no step for 42 s (steps take 12.3 ms): in evaluate (train.py:88), at _next_data (dataloader.py:1345)``:
-    how long, against the run's usual step, and where the training thread is. With ``others`` (the other
-    ranks that wait too, by rank), those elsewhere are named by their place: a rank stuck in its own code
-    while the rest wait for it in a collective."""
+    """``no step for 42 s since step 1200 (steps take 12.3 ms): in evaluate (train.py:88), at _next_data
+    (dataloader.py:1345)``: how long, against the run's usual step, and where the training thread is. With
+    ``others`` (the other ranks that wait too, by rank), those elsewhere are named by their place: a rank stuck
+    in its own code while the rest wait for it in a collective."""
     place = waiting_place(waiting.record)
     elsewhere: dict[str, list[int]] = {}
     for rank, other in sorted((others or {}).items()):

@@ -45,6 +45,8 @@ class ProbeContext(Protocol):
     options: ProbeOptions
     step: int
     """The step now running (its record is made at its end)."""
+    first_step: int
+    """The number of this process's first step (not 0 in a run resumed from a checkpoint)."""
     detailed: bool
     """Whether this step is a detail step: one whose checks the budget does not space out (see governor)."""
     next_detailed: bool

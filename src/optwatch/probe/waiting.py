@@ -103,6 +103,7 @@ class WaitingPlugin(ProbePlugin):
                 protocol.WAITING,
                 context.rank,
                 step=context.step,
+                first=context.step == context.first_step,
                 waited_s=round(waited, 1),
                 typical_step_s=typical or None,
                 stack=stack,
