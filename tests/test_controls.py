@@ -415,3 +415,37 @@ def test_lr_times_f_scales_the_rest_of_a_torch_schedule(schedule):
     if schedule == "cosine":
         groups_before, groups_after = _rates(bare.stdout, "lrs"), _rates(steered.stdout, "lrs")
         assert [groups_after[s][1] / groups_before[s][1] for s in range(30, 80)] == pytest.approx([0.5] * 50)
+
+
+def test_ctl_says_a_command_the_job_never_reached_a_step_boundary_for_and_exits_1(tmp_path):
+    """A command sent while the job evaluated (no step boundary within --timeout), or as its last step had
+    ended, printed "queued" and exited 0, where ctl exits 1 unless every command was accepted; on a job that
+    had ended it waited the whole timeout."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--no-record", str(SCRIPTS / "slow_start.py"),
+         "--steps", "5", "--evaluate-after", "4", "--evaluate-s", "9"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in job.stdout:
+            if line.startswith("EVALUATING"):  # (after its last step: no boundary will come)
+                break
+        [listed] = wait_for(live_jobs)
+        queued = optwatch("ctl", listed["run_id"], "lr=0.01", "--timeout", "1")
+        assert (
+            queued.returncode == 1
+            and queued.stdout.strip() == "lr=0.01: queued, not applied within 1s (is the job between steps?)"
+        ), queued.stdout
+        sent = optwatch("ctl", listed["run_id"], "lr=0.02", "--no-wait")
+        assert sent.returncode == 0 and "queued" in sent.stdout, sent.stdout
+        started = time.monotonic()
+        ended = optwatch("ctl", listed["run_id"], "lr=0.03", "--timeout", "60")
+        assert ended.returncode == 1 and ended.stdout.strip() == "lr=0.03: not applied: the run ended first", (
+            ended.stdout
+        )
+        assert time.monotonic() - started < 30  # told when the run ended, not after the whole timeout
+        job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0

@@ -839,8 +839,11 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 continue
             waiting[reply["id"]] = index
         deadline = time.monotonic() + (0 if args.no_wait else args.timeout)
-        while waiting and time.monotonic() < deadline:
+        ended = False
+        while waiting and not ended and time.monotonic() < deadline:
             for record in feed.poll(0.2):
+                if record.get("kind") == protocol.END and record.get("rank", 0) == 0:
+                    ended = True  # (no step boundary will come: no need to wait out the timeout)
                 if record.get("kind") != protocol.EVENT or record.get("id") not in waiting:
                     continue
                 if record.get("rank", 0) != 0:
@@ -855,9 +858,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                     failed = True
         for index in waiting.values():
             text = args.commands[index]
+            if args.no_wait:
+                said[index] = f"{text}: queued; the job has not reached a step boundary yet"
+                continue
+            failed = True  # (not accepted: what it would be is unknown, and a script must not read success)
             said[index] = (
-                f"{text}: queued; the job has not reached a step boundary yet"
-                if args.no_wait
+                f"{text}: not applied: the run ended first"
+                if ended
                 else f"{text}: queued, not applied within {args.timeout:.0f}s (is the job between steps?)"
             )
     finally:
