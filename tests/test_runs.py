@@ -151,6 +151,12 @@ async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_ru
         assert chart.title.startswith("Loss by wall time")
     headless = optwatch("compare", *(e.run_id for e in runs.list_runs(root)), "--headless", env=env)
     assert headless.returncode == 0 and "≠ lr (start)" in headless.stdout and "≠ arguments" in headless.stdout
+    # With no terminal (a pipe, nohup, cron), the table as text: the dashboard waited for keys for ever.
+    piped = optwatch("compare", *(e.run_id for e in runs.list_runs(root)), env=env, stdin=subprocess.DEVNULL)
+    assert piped.returncode == 0 and piped.stdout == headless.stdout, piped.stderr
+    assert "no terminal for the dashboard" in piped.stderr
+    one = optwatch("compare", runs.list_runs(root)[0].run_id, env=env)
+    assert one.returncode == 2 and "compare takes two runs or more" in one.stderr, one.stderr
 
 
 @pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "ls": cmd_ls,
         "replay": cmd_replay,
         "runs": runs_cli.cmd_runs,
-        "compare": runs_cli.cmd_compare,
+        "compare": cmd_compare,
         "export": runs_cli.cmd_export,
     }[args.command]
     try:
@@ -548,6 +548,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         session.close()
         if process.poll() is not None:
             process.cleanup()
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _headless_without_a_terminal(args)  # (the table as text, where the dashboard would wait for keys for ever)
+    return runs_cli.cmd_compare(args)
 
 
 def _headless_without_a_terminal(args: argparse.Namespace) -> None:

@@ -101,6 +101,8 @@ def _size(count: int) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from optwatch.comparison import compare_runs
 
+    if len(args.targets) < 2:
+        raise RunError(f"compare takes two runs or more (one run: optwatch replay {args.targets[0]})")
     loaded = [load(target) for target in args.targets]
     comparison = compare_runs([(path.name.removesuffix(".jsonl.gz"), store) for store, path in loaded])
     if args.headless:
