@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import threading
 import time
 
@@ -159,7 +160,17 @@ def test_every_record_of_a_real_run_passes_and_replays(tmp_path, monkeypatch):
     kinds = {r["kind"] for r in read_jsonl(record)}  # each one validated as it is read
     assert {"hello", "step", "system", "layers", "hotspots", "event", "verdict", "alert", "log", "end"} <= kinds
     replay = optwatch("replay", "--headless", str(record))
-    assert replay.returncode == 0 and "step 59 " in replay.stdout
+    assert replay.returncode == 0 and "optwatch: final step 59 " in replay.stdout
+    # A replay says what the run's headless lines said as it ran: each command's answer, alert, hot spot and
+    # change of verdict (it said the summary and the alerts only).
+    said = [
+        line
+        for line in run.stderr.splitlines()
+        if line.startswith("optwatch: ") and re.search(r"accepted|rejected|ALERT|verdict|hot spots|try:", line)
+    ]
+    assert any("lr=0.01 accepted" in line for line in said) and any("bogus" in line for line in said), said
+    replayed = replay.stdout.splitlines()
+    assert [line for line in said if line in replayed] == said, (said, replayed)
 
 
 def test_a_viewer_never_holds_a_record_of_the_wrong_shape_from_the_wire(tmp_path):

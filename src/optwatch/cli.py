@@ -928,7 +928,6 @@ def paused_text(paused: dict) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from optwatch import protocol
 
     warnings: list[str] = []
 
@@ -942,11 +941,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"not an optwatch record file: {exc}" if Path(args.path).is_file() else str(exc)) from exc
     _headless_without_a_terminal(args)
     if args.headless:
-        from optwatch.headless import notable_line, summary_line
+        from optwatch.headless import replay_lines
 
-        for alert in store.rare.get(protocol.ALERT, ()):
-            print(notable_line(alert))
-        print(summary_line(store, final=True) or "no steps in this record")
+        print("\n".join(replay_lines(store)))
         return 0
     from optwatch.app.app import OptwatchApp
 

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from optwatch import protocol
 from optwatch.diagnose.bottleneck import bound_text
 from optwatch.protocol import finite
 from optwatch.session import ViewerSession
@@ -119,6 +120,33 @@ def changed_verdicts(store: Store, shown: dict[int, str], final: bool = False) -
                 shown[rank] = verdict.get("bottleneck")
                 fresh.append(verdict)
     return fresh
+
+
+def replay_lines(store: Store) -> list[str]:
+    """What ``--headless`` printed of a recorded run, from its records: each command's answer, alert and hot
+    spot as it came, each rank's verdict where it changed, then the final summary and verdicts. (The
+    script's output is in its log files, not here.)"""
+    kinds = (protocol.EVENT, protocol.ALERT, protocol.HOTSPOTS, protocol.VERDICT)
+    with store.lock:
+        records = sorted((r for kind in kinds for r in store.rare.get(kind, ())), key=lambda r: r.get("time", 0.0))
+    lines: list[str] = []
+    shown: dict[int, str] = {}
+    finals = []
+    for record in records:
+        if record.get("kind") != protocol.VERDICT:
+            line = notable_line(record)
+            if line:
+                lines.append(line)
+        elif record.get("final"):
+            finals.append(record)
+        elif shown.get(record.get("rank", 0)) != record.get("bottleneck"):
+            shown[record.get("rank", 0)] = record.get("bottleneck")
+            lines += verdict_lines(record)
+    summary = summary_line(store, final=True)
+    lines.append(summary.replace("optwatch:", "optwatch: final", 1) if summary else "no steps in this record")
+    for verdict in finals:
+        lines += verdict_lines(verdict)
+    return lines
 
 
 class _OwnLines(io.TextIOBase):
