@@ -264,7 +264,7 @@ def test_a_negative_loss_that_dives_is_exploding_once_for_the_whole_dive():
     ]
     alerts = feed(GradientDiagnosis(), [*calm, *dive, *after])
     assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 312)], alerts
-    assert alerts[0]["message"].startswith("loss -102 is 10× its median -10.1")
+    assert alerts[0]["message"].startswith("loss -102 is 11× its median -9.65 (last 312 steps)")
 
 
 def test_a_loss_that_lives_about_zero_is_weighed_on_its_usual_size_not_its_median():
@@ -331,3 +331,35 @@ def test_the_docs_list_every_threshold_with_its_default():
     for name, default, _ in Thresholds.describe():
         match = re.search(rf"^\| `{name}` \| ([^|]+) \|", text, re.MULTILINE)
         assert match and float(match.group(1)) == default, name
+
+
+def test_a_converging_regressions_batch_losses_between_checks_are_no_explosion():
+    """A mini-batch loss near convergence has a heavy tail: a batch of hard examples is now and then 10-15x the
+    median one. Between the budget's checks (the loss alone stands in for the gradients) a healthy run of
+    5,000 steps raised 4-6 "exploding" errors; it raises none, and a real jump of the loss is still one."""
+    import torch
+
+    torch.manual_seed(0)
+    inputs = torch.randn(1024, 12)
+    targets = inputs @ torch.randn(12, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    steps = []
+    for step in range(5000):
+        batch = torch.randint(0, 1024, (32,))
+        loss = torch.nn.functional.mse_loss(model(inputs[batch]), targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        optimizer.step()
+        measured = step < 100 or step % 128 == 0  # (the default budget's checks on this loop)
+        steps.append(StepInput(step=step, loss=loss.item(), grad_norm=norm.item() if measured else None))
+    import statistics
+
+    losses = [s.loss for s in steps]
+    tail = [n for n in range(2000, 5000) if losses[n] > 10 * statistics.median(losses[n - 50 : n])]
+    assert tail, "the tail this test is about: batches 10x the median of the 50 before"
+    assert feed(GradientDiagnosis(), steps) == []
+    jumped = StepInput(step=5000, loss=100 * statistics.median(losses[-50:]))
+    alerts = feed(GradientDiagnosis(), [*steps, jumped])
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 5000)], alerts

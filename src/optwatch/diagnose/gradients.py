@@ -282,13 +282,17 @@ def _lone_spikes_reach(values: Sequence[float]) -> float:
     )
 
 
+LOSS_BASELINE_WINDOWS = 10
+"""The loss's baseline is this many baseline windows long (``ExplodingRule._loss``)."""
+
+
 class _Baseline:
     """A signal's recent values and the steps they were seen at; its median, MAD and usual spacing are
     refreshed every few additions (cheap for many layers)."""
 
     _REFRESH = 5
 
-    def __init__(self, size: int, signed: bool = False):
+    def __init__(self, size: int, signed: bool = False, recent: int = 0):
         self.signed = signed
         """Values of either sign count (a loss: a WGAN critic's is negative); else positive ones only (norms)."""
         self.values: collections.deque[float] = collections.deque(maxlen=size)
@@ -301,6 +305,10 @@ class _Baseline:
         self.reach = 0.0
         """How far the values' lone spikes went (signed: in departure from the median): the largest value that is
         more than twice both its neighbours (0 without any). A trend is no spike: a dive is not its own reach."""
+        self.widest = 0.0
+        """The largest value (signed: departure from the median), spike or not, but for the ``recent`` newest
+        (where a trend, a dive under way, would stand in for its own bar)."""
+        self._recent = recent
         self._spacing = 1.0
 
     def add(self, value: float | None, step: int) -> None:
@@ -319,6 +327,8 @@ class _Baseline:
                 self.size = statistics.median(abs(v) for v in self.values)
             departures = [abs(v - self._median) for v in self.values] if self.signed else self.values
             self.reach = _lone_spikes_reach(departures)
+            older = list(departures)[: len(departures) - self._recent]
+            self.widest = max(older, default=0.0)
             steps = list(self._steps)
             self._spacing = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0
             self._stale = 0
@@ -521,8 +531,10 @@ class ExplodingRule:
         self.episode = Episode(t.recover_steps)
         self.layers: list[str] = []
         self._global = _Baseline(t.baseline_window)
-        self._loss = _Baseline(t.baseline_window, signed=True)
-        """The loss, seen at every step: it stands in for the gradients at a step whose were not measured."""
+        self._loss = _Baseline(LOSS_BASELINE_WINDOWS * t.baseline_window, signed=True, recent=t.baseline_window)
+        """The loss, seen at every step: it stands in for the gradients at a step whose were not measured. A
+        mini-batch loss has a heavy tail (near convergence a batch of hard examples is 10x the median one):
+        its baseline is longer, and a rise must clear the widest departure in it too (``_rise``)."""
         self._rms: dict[str, _Baseline] = {}
         self._ratio: dict[str, _Baseline] = {}
         self._block: list[float] = []
@@ -530,13 +542,23 @@ class ExplodingRule:
         self._episode_length = 0
 
     def _rise(
-        self, baseline: _Baseline, value: float | None, name: str, what: str, bar: float, step: int, jump=False
+        self,
+        baseline: _Baseline,
+        value: float | None,
+        name: str,
+        what: str,
+        bar: float,
+        step: int,
+        jump: bool = False,
+        whole: bool = False,
     ) -> _Rise | None:
         """The rise of ``value`` over ``baseline`` when it clears ``bar`` (factor, and MAD outside episodes).
         After a long gap in the observations, it must also clear ``bar`` over the last value before the gap.
         ``jump``: to start an episode it must also clear the root of ``bar`` over its last few values (a
         layer's gradient that grows smoothly, 7% a step as a first layer's may early on, is not exploding; the
-        global norm's steady growth has a rule of its own)."""
+        global norm's steady growth has a rule of its own). ``whole``: to start an episode it must also go
+        beyond the widest departure in the baseline but its newest by the root of ``bar``, lone spike or not
+        (the loss's heavy tail: a batch of hard examples, now and then, is 10x the median one)."""
         if value is None or math.isnan(value):
             return None
         stats = baseline.stats(self.t.window)
@@ -546,7 +568,7 @@ class ExplodingRule:
         size = baseline.size if baseline.signed else None
         # To start an episode it must also go beyond its lone spikes' reach by the root of ``bar``: a signal with a
         # heavy tail (a one-task meta-batch's loss and gradients) spikes to 10x its median in healthy runs.
-        beyond = self.episode.active or math.sqrt(bar) * baseline.reach
+        beyond = self.episode.active or math.sqrt(bar) * max(baseline.reach, baseline.widest if whole else 0.0)
         if size is not None:
             # Away from its median by (bar - 1) times its usual size, either way (a critic's loss diving to
             # -1e4); the size, not the median, for a loss that lives about 0 (a policy loss).
@@ -579,7 +601,7 @@ class ExplodingRule:
         global_rise = self._rise(self._global, global_norm, "global", "gradient norm", bar, s.step)
         # A step between two detail steps (--budget) has no gradient figures: a loss that jumped tells instead.
         unmeasured = s.grad_norm is None and s.layers is None and not s.amp_overflow
-        loss_rise = self._rise(self._loss, s.loss, "loss", "loss", bar, s.step) if unmeasured else None
+        loss_rise = self._rise(self._loss, s.loss, "loss", "loss", bar, s.step, whole=True) if unmeasured else None
         modules = s.layers.modules() if s.layers is not None and not s.amp_overflow else []
         found: list[_Rise | None] = []
         # What a layer's rise must weigh: a real explosion soon dominates the gradient; a layer at a
