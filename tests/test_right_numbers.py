@@ -184,6 +184,24 @@ def test_each_fold_of_a_k_fold_run_is_watched_with_its_new_model_and_optimizer(t
     assert late and set(late[-1]["names"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
+@pytest.mark.parametrize("budget", [(), ("--budget", "0")], ids=["default budget", "every check"])
+def test_each_trial_of_a_search_is_diagnosed_against_its_own_baselines(tmp_path, budget):
+    """A new trial's first losses, against the converged last trial's baselines, read as "exploding" (an error,
+    "loss 16.9 is 166x its median 0.102", at the first step of every trial). The first step of a new model
+    with a new optimizer, the old ones dropped, says so, and the diagnosis starts over."""
+    import json
+
+    records, stdout, _ = run(tmp_path, "trials", "--steps", "300", options=budget)
+    starts = [
+        json.loads(line.removeprefix("TRIAL "))["first_step"]
+        for line in stdout.splitlines()
+        if line.startswith("TRIAL ")
+    ]
+    assert starts == [0, 300, 600]
+    assert [s["step"] for s in steps_of(records) if s.get("new_model")] == starts[1:]
+    assert [a for a in records if a["kind"] == "alert"] == []
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_two_losses_backpropagated_in_one_call_are_the_steps_loss(tmp_path, weighted):
     """torch.autograd.backward([loss_a, loss_b]) backpropagates their sum: it was no loss at all ("loss -"

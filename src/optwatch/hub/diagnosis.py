@@ -122,6 +122,8 @@ class RankDiagnosis:
             layers = None
         if self.gradients is None:
             return []
+        if record.get("new_model"):  # (a new trial, a new fold: the last model's baselines are not this one's)
+            self.gradients = GradientDiagnosis(self.gradients.thresholds)
         try:
             forward = [(name, norms[i]) for name, i in zip(modules, index)]
         except (IndexError, TypeError):

@@ -143,6 +143,8 @@ class Probe:
         self._started_at = time.perf_counter()
         self._held = False
         """optwatch holds the run at a step boundary (a pause, a command applied): no wait of the training's."""
+        self._new_model = False
+        """The primary was dropped and a new optimizer took over: the step's record says ``new_model``."""
         self.torch_threads: int | None = None
         self.nonfinite_seen = False
         self.clip_measures = False
@@ -972,6 +974,9 @@ class Probe:
             # model of a sweep), found again from the new primary unless ``watch`` named it.
             self._others_apart = weakref.WeakSet()
             self._partners = []
+            # Its step record says so (the diagnosis starts its baselines over: the last trial's are not this
+            # model's); ``_tables_stale`` keeps the step off the light path, where no record is made.
+            self._new_model = self._tables_stale = True
             if not self._model_given:
                 # Looked for again, unless models come and go faster than the walk over every live object
                 # pays for (a new model for each task, Reptile's: 90 ms of walk to a 5 ms step): their
@@ -1172,6 +1177,8 @@ class Probe:
         if self._grad_part and self._grad_norm is not None:
             record["_sharded"] = True
         self._batches.add_eval_batches(record)
+        if self._new_model:
+            record["new_model"], self._new_model = True, False
         if extra:
             record.update(extra)
         self.detail_every, self.next_detailed = self._plan(record, self.detailed)
