@@ -510,3 +510,36 @@ async def test_a_training_killed_by_sigkill_is_said_so_with_the_likely_sender(tr
         app.send_command("pause")
         await pilot.pause(0.1)
         assert any("the run has ended: pause was not sent" in str(n.message) for n in app._notifications)
+
+
+async def test_a_run_that_blows_up_after_an_lr_command_says_so_first_with_the_way_back(tmp_path):
+    """`lr=20!` on a run at 0.05: the findings bar led with its compute-bound verdict, the exploding alert
+    below it and cut off, and nothing named the change or the way back. The alert comes first, names the
+    command, and the rate before it (the script's own --lr)."""
+    from conftest import optwatch, read_jsonl
+    from optwatch.app.widgets.findings_bar import FindingsBar
+
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", "lr=20!@30", str(SCRIPTS / "plain_train.py"),
+        "--steps", "60", "--lr", "0.05",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    [first] = [a for a in records if a["kind"] == "alert"][:1]
+    assert first["type"] == "exploding" and first["step"] in (30, 31, 32), first
+    after = first["step"] - 30
+    assert first["message"].endswith(
+        f"; {after} step{'' if after == 1 else 's'} after lr=20! at step 30 (`lr=0.05` goes back to the rate before it)"
+    ), first["message"]
+    assert first["suggestions"][0].startswith("lr=20! at step 30 came just before: `lr=0.05`")
+    store = Store()
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        bar = app.query_one(FindingsBar)
+        await wait_for_ui(pilot, lambda: bar.lines)
+        assert "after lr=20! at step 30" in bar.lines[0] or "after lr=20! at step 30" in bar.lines[1], bar.lines
+        verdict_at = next(n for n, line in enumerate(bar.lines) if "-bound" in line or "balanced" in line)
+        blamed = [n for n, line in enumerate(bar.lines) if "after lr=20! at step 30" in line]
+        assert blamed and all(n < verdict_at for n in blamed), bar.lines

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from optwatch import protocol
-from optwatch.diagnose.gradients import GradientDiagnosis, LayerStats, StepInput, Thresholds
+from optwatch.diagnose.gradients import EXPLODING, NONFINITE, GradientDiagnosis, LayerStats, StepInput, Thresholds
 from optwatch.diagnose.straggler import WINDOW_STEPS, StragglerWatch
 from optwatch.diagnose.tracker import VerdictTracker
 
@@ -53,6 +54,11 @@ class LayerColumns:
         ]
 
 
+LR_CHANGE_BLAMED_STEPS = 200
+"""An explosion or a NaN this many steps after a learning-rate command names it (``_blame_lr_change``)."""
+_RATE_BEFORE = re.compile(r"group 0: (\S+) (?:at step \d+ )?->")
+
+
 class RankDiagnosis:
     """One rank's gradient alerts and verdicts, fed its records in order."""
 
@@ -66,6 +72,28 @@ class RankDiagnosis:
         self._nonfinite_seen = False
         """A step's loss or gradient norm was non-finite: ``--forward-check auto`` is armed from then on."""
         self.loader: dict[str, Any] = {}
+        self._lr_change: tuple[str, int, str | None] | None = None
+        """The last learning-rate command applied: its text, its step, and group 0's rate before it."""
+
+    def _note_lr_change(self, event: dict[str, Any]) -> None:
+        command, step = str(event.get("command", "")), event.get("effective_step")
+        if not command.startswith("lr") or not isinstance(step, int):
+            return
+        before = _RATE_BEFORE.search(str(event.get("reason") or ""))  # (controls.py's "group 0: 0.05 ... -> 20")
+        self._lr_change = (command, step, before[1] if before else None)
+
+    def _blame_lr_change(self, alert: dict[str, Any]) -> None:
+        """An explosion or a NaN soon after a learning-rate command: the alert says which, and the way back."""
+        step = alert.get("step")
+        if self._lr_change is None or alert.get("type") not in (EXPLODING, NONFINITE) or not isinstance(step, int):
+            return
+        command, applied, before = self._lr_change
+        if not 0 <= step - applied <= LR_CHANGE_BLAMED_STEPS:
+            return
+        back = f"`lr={before}` goes back to the rate before it" if before else "a lower rate goes back"
+        after = f"{step - applied} step{'' if step - applied == 1 else 's'} after"
+        alert["message"] = f"{alert['message']}; {after} {command} at step {applied} ({back})"
+        alert["suggestions"] = [f"{command} at step {applied} came just before: {back}, or try `lr*=0.1`"]
 
     def configure(self, hello: dict[str, Any]) -> None:
         settings = hello.get("diagnosis") or {}
@@ -97,6 +125,8 @@ class RankDiagnosis:
                 self.loader = record["loader"]
             elif kind == protocol.STEP:
                 found += self._step(record)
+            elif kind == protocol.EVENT and record.get("status") == "accepted":
+                self._note_lr_change(record)
         if self.verdicts is not None:
             try:
                 return self.verdicts(records + found)
@@ -141,6 +171,8 @@ class RankDiagnosis:
         )
         try:
             alerts = [protocol.make_record(protocol.ALERT, self.rank, **a) for a in self.gradients.observe(observation)]
+            for alert in alerts:
+                self._blame_lr_change(alert)
         except Exception:
             log.exception("optwatch hub: the gradient diagnosis failed for rank %d and is switched off", self.rank)
             self.gradients = None

@@ -10,6 +10,8 @@ from optwatch.store import Store
 from optwatch.summary import alert_text
 
 MAX_ALERTS = 3
+ERRORS_FIRST_STEPS = 200
+"""An error alert (exploding, NaN) this many steps old or newer comes before the verdict."""
 
 
 class FindingsBar(Static):
@@ -23,18 +25,33 @@ class FindingsBar(Static):
             verdict = store.latest.get("verdict")
             alerts = list(store.rare.get("alert", ()))[-MAX_ALERTS:]
             event = next((e for e in reversed(store.rare.get("event", ())) if e.get("rank", 0) == 0), None)
+            newest = store.primary.last_step["step"] if store.primary and store.primary.steps else None
         text = Text()
         lines = []
+
+        def add_alerts() -> None:
+            for alert in reversed(alerts):
+                line = alert_text(alert)
+                text.append("⚠ ", "bold red")
+                text.append(line + "\n", "red")
+                lines.append(line)
+
+        # A run that blew up or went NaN lately: that first, before how fast it goes (a diverging run's
+        # compute-bound verdict stood above the alert, which the bar's last line cut off).
+        urgent = any(
+            a.get("severity") == "error" and isinstance(a.get("step"), int) and newest is not None
+            and newest - a["step"] <= ERRORS_FIRST_STEPS
+            for a in alerts
+        )  # fmt: skip
+        if urgent:
+            add_alerts()
         if verdict:
             line = f"{bound_text(verdict)}: {verdict.get('message', '')}"
             text.append("▶ ", "bold")
             text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
             lines.append(line)
-        for alert in reversed(alerts):
-            line = alert_text(alert)
-            text.append("⚠ ", "bold red")
-            text.append(line + "\n", "red")
-            lines.append(line)
+        if not urgent:
+            add_alerts()
         if event:
             if event.get("status") == "accepted":
                 detail = f" ({event['reason']})" if event.get("reason") else ""
