@@ -517,6 +517,20 @@ def test_the_script_sees_what_python_gives_it(tmp_path):
     assert "Traceback (most recent call last):" in watched.stderr and "runpy" not in watched.stderr
 
 
+def test_a_script_that_does_not_compile_is_said_as_python_says_it(tmp_path):
+    """A syntax error in the script showed a traceback through optwatch's launcher (launch.py, run_script,
+    _run_as_main) before it: a user read it as optwatch failing. python shows the line and the error alone."""
+    (tmp_path / "broken.py").write_text("import os\n\ndef f(:\n    pass\n")
+    bare = subprocess.run([sys.executable, "broken.py"], cwd=tmp_path, capture_output=True, text=True)
+    watched = subprocess.run(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--no-record", "broken.py"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )  # fmt: skip
+    assert bare.returncode == watched.returncode == 1
+    shown = [line for line in watched.stderr.splitlines() if not line.startswith("optwatch:")]
+    assert shown == bare.stderr.splitlines() and "SyntaxError" in bare.stderr, watched.stderr
+
+
 @pytest.mark.xdist_group("rollouts")  # (timed: two pure-Python rollouts side by side slow each other)
 def test_a_rollouts_policy_calls_are_not_the_training_steps_forward(tmp_path):
     """The rollout's hundreds of policy calls without gradients were timed as the next step's forward (150 ms of

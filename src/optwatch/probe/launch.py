@@ -101,6 +101,8 @@ def run_script(script: str, args: list[str]) -> int:
         probe.close(exit_code)
         # As the interpreter would report it, through the script's own excepthook if it set one.
         trimmed = _script_frames(exc.__traceback__, path)
+        if trimmed is exc.__traceback__ and isinstance(exc, SyntaxError) and exc.filename == path:
+            trimmed = None  # the script does not compile: python shows the line and no traceback at all
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
         sys.exit(1)
     except KeyboardInterrupt as exc:
