@@ -449,3 +449,25 @@ def test_ctl_says_a_command_the_job_never_reached_a_step_boundary_for_and_exits_
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0
+
+
+def test_stop_ends_a_training_thread_in_one_line_and_the_run_with_130(tmp_path):
+    """A script that trains in a thread of its own: `stop` printed "Exception in thread trainer" and a
+    traceback through optwatch's hooks, and the run ended 0. One line, as in the main thread, and 130; the
+    main thread goes on as the script has it."""
+    result = optwatch(
+        "run",
+        "--headless",
+        "--no-record",
+        "--control",
+        "stop@20",
+        str(SCRIPTS / "thread_training.py"),
+        "--steps",
+        "500",
+    )
+    assert result.returncode == 130, result.stderr[-2000:]
+    printed = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert printed[-1] == "step 19" and result.stdout.splitlines()[-1] == "main: done"
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr, result.stderr
+    said = [line for line in result.stderr.splitlines() if "stopped by request" in line]
+    assert said == ["optwatch: stopped by request before step 20: the steps before it are complete (thread trainer)"]

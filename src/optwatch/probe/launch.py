@@ -84,6 +84,7 @@ def run_script(script: str, args: list[str]) -> int:
         sys.path.insert(0, os.path.dirname(os.path.realpath(script)))  # (python script.py's first entry)
     probe = start_probe()
     exit_code: int = 0
+    stopped_threads = _said_stops_in_threads()
     try:
         if module is not None:
             import runpy
@@ -118,7 +119,32 @@ def run_script(script: str, args: list[str]) -> int:
         raise
     finally:
         probe.close(exit_code)
+    if stopped_threads and exit_code == 0:
+        exit_code = protocol.INTERRUPTED  # (the training thread was stopped as asked, the script ended after it)
     return exit_code
+
+
+def _said_stops_in_threads() -> list[str]:
+    """A script that trains in a thread of its own: optwatch's ``stop`` ends that thread, where the interpreter
+    printed the interrupt's traceback through optwatch's hooks ("Exception in thread trainer"). It is said in
+    one line instead, as in the main thread, and listed (the run then ends with 130). A hook the script sets
+    itself takes over."""
+    import threading
+
+    stopped: list[str] = []
+    before = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        value = args.exc_value
+        if value is not None and args.exc_type is KeyboardInterrupt and ended_on_a_requested_stop(value):
+            name = args.thread.name if args.thread is not None else "?"
+            print(f"{value}: the steps before it are complete (thread {name})", file=sys.stderr, flush=True)
+            stopped.append(name)
+            return
+        before(args)
+
+    threading.excepthook = hook
+    return stopped
 
 
 def run_as_rank(launch: Launch, script: str, args: list[str], viewer: list[str] | None = None) -> int:
