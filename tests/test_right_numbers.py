@@ -202,6 +202,25 @@ def test_each_trial_of_a_search_is_diagnosed_against_its_own_baselines(tmp_path,
     assert [a for a in records if a["kind"] == "alert"] == []
 
 
+def test_optimizer_in_backward_has_the_whole_models_gradient_norm(tmp_path):
+    """One optimizer per parameter stepped from gradient hooks inside backward(), each gradient freed after its
+    step (torchtune's optimizer-in-backward): the norm was the first hooked parameter's alone (0.034 for 1.24)
+    at every step, and a NaN in another parameter's gradient went unseen until the loss was NaN a step later.
+    Each optimizer's share is taken at its own step; the first step, before the optimizers are known to step
+    together, has none."""
+    records, stdout, _ = run(
+        tmp_path, "optimizer_in_backward", "--steps", "40", "--nan-at", "30", options=("--budget", "0")
+    )
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert [s["step"] for s in steps] == sorted(truth)
+    assert_same(steps[:31], {s: t for s, t in truth.items() if s <= 30}, "loss", "loss")  # (NaN after 30)
+    assert steps[0].get("grad_norm") is None
+    assert_same(steps[1:30], {s: t for s, t in truth.items() if 1 <= s < 30}, "grad_norm", "grad_norm")
+    [alert] = [a for a in records if a["kind"] == "alert"][:1]
+    assert (alert["type"], alert["step"]) == ("nonfinite", 30), alert
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_two_losses_backpropagated_in_one_call_are_the_steps_loss(tmp_path, weighted):
     """torch.autograd.backward([loss_a, loss_b]) backpropagates their sum: it was no loss at all ("loss -"

@@ -244,6 +244,11 @@ class TorchHooks:
             except Exception:
                 pass
 
+    @property
+    def inside_backward(self) -> bool:
+        """A ``backward()`` the hooks wrapped is running now (a step now is taken from a gradient hook)."""
+        return self._backwards_running > 0
+
     def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
         original = getattr(owner, name)
         setattr(owner, name, make(original))

@@ -144,6 +144,8 @@ class Probe:
         self._held = False
         """optwatch holds the run at a step boundary (a pause, a command applied): no wait of the training's."""
         self._new_model = False
+        self._in_backward_sq: torch.Tensor | None = None
+        """Optimizer-in-backward: the squares of the norms of the gradients stepped so far in the step."""
         """The primary was dropped and a new optimizer took over: the step's record says ``new_model``."""
         self.torch_threads: int | None = None
         self.nonfinite_seen = False
@@ -846,6 +848,8 @@ class Probe:
         self.backward_end_needed = True  # a closure may call backward now
         self._stepped = True
         self._losses.closure_loss_taken = False
+        if self._hooks.inside_backward and (optimizer is self._primary or self._partners_due):
+            self._measure_in_backward(optimizer)  # (before _gradients_ready, which it stands in for)
         if optimizer is self._primary:
             # (The step hooks get step()'s arguments with the optimizer first.)
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
@@ -880,6 +884,20 @@ class Probe:
             self._other_optimizer_stepped(optimizer)
             self.own_s += time.perf_counter() - started
 
+    def _measure_in_backward(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer stepped from a gradient hook, inside ``backward()`` (optimizer-in-backward, as torchtune
+        does it: one optimizer per parameter, each gradient freed once its step is taken): no moment holds the
+        step's gradients together, so each one's share of the norm is taken at its own step and the step's
+        norm is their sum (``_end_together``). The per-layer checks, which need them together, are left out;
+        the first such step, before its partners are known, has no norm."""
+        self._gradients_final = True  # (the plugins' checks and the probe's own norm would see one gradient)
+        if not self.detailed:
+            return
+        norm = global_norm([p.grad for group in optimizer.param_groups for p in group["params"]])
+        if norm is not None:
+            squared = norm.float().square()
+            self._in_backward_sq = squared if self._in_backward_sq is None else self._in_backward_sq + squared
+
     def _await_partners(self, **extra: Any) -> bool:
         """The primary has stepped: the step ends when its partners have too. False if none is alive."""
         self._partners = [ref for ref in self._partners if ref() is not None]
@@ -890,6 +908,10 @@ class Probe:
     def _end_together(self, started: float) -> None:
         """The primary and its partners have stepped (or a partner did not step this time): the step ends."""
         self._partners_due.clear()
+        if self._in_backward_sq is not None:
+            if self._partners:  # (each optimizer's share of the norm: the step's, once all have stepped)
+                self._grad_norm = self._in_backward_sq.sqrt()
+            self._in_backward_sq = None
         if self._deferred_extra:  # the primary's step that a GradScaler skipped
             extra, self._deferred_extra = self._deferred_extra, {}
             self._finish_step(started, **extra)
@@ -1206,6 +1228,7 @@ class Probe:
             self._clip_parts, self._clip_covered, self._clips = [], set(), []
         self._clipped_whole = False
         self._measured_norms = None
+        self._in_backward_sq = None
         self._shared_norms = None
         self._handed_norms = None
 
