@@ -227,7 +227,7 @@ class TorchHooks:
         """The wrappers torch.compile must not trace, by key, called through ``_kept_out_of_compile``."""
         self._disabled: list[Callable[..., Any]] = []
         """The same wrappers ``torch.compiler.disable``d, once torch.compile is seen: what a trace calls."""
-        self._backwards_running = 0
+        self.backwards_running = 0
         """``torch.autograd.backward`` calls under way: one inside another is autograd's own (a reentrant
         checkpoint recomputing its block in the backward pass), not the script's."""
 
@@ -243,11 +243,6 @@ class TorchHooks:
                 target.hook_failed(where)
             except Exception:
                 pass
-
-    @property
-    def inside_backward(self) -> bool:
-        """A ``backward()`` the hooks wrapped is running now (a step now is taken from a gradient hook)."""
-        return self._backwards_running > 0
 
     def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
         original = getattr(owner, name)
@@ -344,7 +339,7 @@ class TorchHooks:
 
         def backward(tensors, *args, **kwargs):
             target = hooks._live()
-            if target is None or target.closed or hooks._backwards_running:
+            if target is None or target.closed or hooks.backwards_running:
                 return original(tensors, *args, **kwargs)  # (inside a backward: no loss, no step of its own)
             try:
                 weights = args[0] if args else kwargs.get("grad_tensors")
@@ -355,11 +350,11 @@ class TorchHooks:
             except Exception:
                 hooks._failed("backward hook")
                 replaced = None
-            hooks._backwards_running += 1
+            hooks.backwards_running += 1
             try:
                 result = original(replaced if replaced is not None else tensors, *args, **kwargs)
             finally:
-                hooks._backwards_running -= 1
+                hooks.backwards_running -= 1
             if target.backward_end_needed:
                 hooks._tell("backward hook", target.backward_ended, tensors)
             return result

@@ -848,7 +848,7 @@ class Probe:
         self.backward_end_needed = True  # a closure may call backward now
         self._stepped = True
         self._losses.closure_loss_taken = False
-        if self._hooks.inside_backward and (optimizer is self._primary or self._partners_due):
+        if self._hooks.backwards_running and (optimizer is self._primary or self._partners_due):
             self._measure_in_backward(optimizer)  # (before _gradients_ready, which it stands in for)
         if optimizer is self._primary:
             # (The step hooks get step()'s arguments with the optimizer first.)
