@@ -191,13 +191,13 @@ def test_each_trial_of_a_search_is_diagnosed_against_its_own_baselines(tmp_path,
     with a new optimizer, the old ones dropped, says so, and the diagnosis starts over."""
     import json
 
-    records, stdout, _ = run(tmp_path, "trials", "--steps", "300", options=budget)
+    records, stdout, _ = run(tmp_path, "trials", "--steps", "200", options=budget)
     starts = [
         json.loads(line.removeprefix("TRIAL "))["first_step"]
         for line in stdout.splitlines()
         if line.startswith("TRIAL ")
     ]
-    assert starts == [0, 300, 600]
+    assert starts == [0, 200, 400]
     assert [s["step"] for s in steps_of(records) if s.get("new_model")] == starts[1:]
     assert [a for a in records if a["kind"] == "alert"] == []
 

@@ -446,7 +446,7 @@ def test_a_replay_without_a_terminal_prints_its_summary(tmp_path):
     assert re.fullmatch(
         r"optwatch: no terminal for the dashboard \((stdin|stdout) is not one\): headless instead\n", replayed.stderr
     )
-    assert replayed.stdout.startswith("optwatch: step 2 | loss ")
+    assert replayed.stdout.startswith("optwatch: final step 2 | loss ")
 
 
 @pytest.mark.parametrize("launch", [(), ("--nproc-per-node", "1")], ids=["one process", "torchrun"])

@@ -29,29 +29,33 @@ class FindingsBar(Static):
         text = Text()
         lines = []
 
-        def add_alerts() -> None:
-            for alert in reversed(alerts):
-                line = alert_text(alert)
-                text.append("⚠ ", "bold red")
-                text.append(line + "\n", "red")
-                lines.append(line)
+        def add_alert(alert: dict) -> None:
+            line = alert_text(alert)
+            text.append("⚠ ", "bold red")
+            text.append(line + "\n", "red")
+            lines.append(line)
 
-        # A run that blew up or went NaN lately: that first, before how fast it goes (a diverging run's
-        # compute-bound verdict stood above the alert, which the bar's last line cut off).
-        urgent = any(
-            a.get("severity") == "error" and isinstance(a.get("step"), int) and newest is not None
-            and newest - a["step"] <= ERRORS_FIRST_STEPS
-            for a in alerts
+        # A run that blew up or went NaN lately: its newest such alert first, before how fast it goes (a
+        # diverging run's compute-bound verdict stood above the alert, which the bar's last line cut off).
+        newest_first = list(reversed(alerts))
+        urgent = next(
+            (
+                a for a in newest_first
+                if a.get("severity") == "error" and isinstance(a.get("step"), int) and newest is not None
+                and newest - a["step"] <= ERRORS_FIRST_STEPS
+            ),
+            None,
         )  # fmt: skip
-        if urgent:
-            add_alerts()
+        if urgent is not None:
+            add_alert(urgent)
         if verdict:
             line = f"{bound_text(verdict)}: {verdict.get('message', '')}"
             text.append("▶ ", "bold")
             text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
             lines.append(line)
-        if not urgent:
-            add_alerts()
+        for alert in newest_first:
+            if alert is not urgent:
+                add_alert(alert)
         if event:
             if event.get("status") == "accepted":
                 detail = f" ({event['reason']})" if event.get("reason") else ""
