@@ -423,7 +423,7 @@ def test_ctl_says_a_command_the_job_never_reached_a_step_boundary_for_and_exits_
     had ended it waited the whole timeout."""
     job = subprocess.Popen(
         [sys.executable, "-m", "optwatch", "run", "--headless", "--no-record", str(SCRIPTS / "slow_start.py"),
-         "--steps", "5", "--evaluate-after", "4", "--evaluate-s", "6"],
+         "--steps", "5", "--evaluate-after", "4", "--evaluate-s", "5"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

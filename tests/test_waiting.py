@@ -102,7 +102,7 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
     record = tmp_path / "ddp.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "optwatch", "run", "--headless", "--summary-every", "1", "--record", str(record),
-         "--nproc-per-node", "2", str(script), "--steps", "16", "--stall-at", "8", "--stall-s", "6"],
+         "--nproc-per-node", "2", str(script), "--steps", "12", "--stall-at", "8", "--stall-s", "5"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
