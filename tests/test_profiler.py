@@ -164,7 +164,11 @@ def test_request_profiles_the_next_steps_with_modules_forward_and_backward():
     assert profiling["steps"] == done["steps"] == [5, 8] and done["reason"] == "request"
     ops = {op["name"]: op for op in done["ops"]}
     assert ops["aten::addmm"]["calls"] == 2 * 4 and ops["aten::addmm"]["module"] in ("0", "2")
-    assert ops["aten::addmm"]["shapes"][0][:2] in ([[64], [64, 32]], [[1], [64, 64]])
+    # The shapes beside the module are that module's calls' (a row reads as one fact).
+    assert (
+        ops["aten::addmm"]["shapes"][0][:2]
+        == {"0": [[64], [64, 32]], "2": [[1], [64, 64]]}[ops["aten::addmm"]["module"]]
+    )
     assert ops["aten::mm"]["module"] in ("0", "2")  # backward matmuls, placed through the autograd graph
     relu_ops = [op for name, op in ops.items() if name in ("aten::relu", "aten::clamp_min", "aten::threshold_backward")]
     assert all(op["module"] == "1" for op in relu_ops)
@@ -349,3 +353,28 @@ def test_the_scripts_own_profiler_ending_optwatchs_window_leaves_the_run_as_it_i
     assert result.stdout == bare.stdout and "addmm calls: 4" in bare.stdout
     [failed] = [r for r in read_jsonl(record) if r["kind"] == "hotspots" and r["status"] != "profiling"]
     assert failed["status"] == "failed" and "the script's own torch.profiler" in failed["error"]
+
+
+def test_the_shapes_beside_an_ops_module_are_that_modules_calls():
+    """A row named the module where an op spent most (one wide layer) beside the input shapes that took most
+    over all modules (six narrow layers of one shape, which add up to more): a ResNet's BatchNorm of 32
+    channels read as if it saw [128, 64, 8, 8]. The shapes are the module's own calls'."""
+    probe, published = start_probe()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64), *(torch.nn.Linear(64, 64) for _ in range(6)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    inputs = torch.randn(64, 256)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(inputs).pow(2).mean().backward()
+        optimizer.step()
+    profiler_of(probe).request_window(4)
+    for _ in range(10):
+        optimizer.zero_grad()
+        model(inputs).pow(2).mean().backward()
+        optimizer.step()
+    probe.close()
+    [done] = hotspots(published)
+    addmm = next(op for op in done["ops"] if op["name"] == "aten::addmm")
+    assert addmm["module"] == "0", addmm  # the wide layer: each narrow one spends a quarter of it
+    assert addmm["shapes"][0][:2] == [[64], [64, 256]], addmm["shapes"]  # its inputs, not the narrow ones'

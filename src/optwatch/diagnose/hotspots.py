@@ -225,7 +225,8 @@ class _Row:
     flags: set[str] = field(default_factory=set)
     by_module_cpu: dict[str | None, float] = field(default_factory=lambda: defaultdict(float))
     by_module_device: dict[str | None, float] = field(default_factory=lambda: defaultdict(float))
-    shapes: dict[str, tuple[float, list[Any]]] = field(default_factory=dict)
+    shapes: dict[tuple[str | None, str], tuple[float, list[Any]]] = field(default_factory=dict)
+    """Per (where it ran, input shapes): the time spent and the shapes."""
 
 
 def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool) -> dict[str, Any]:
@@ -263,7 +264,7 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
         row.by_module_device[label] += event.device_us
         shapes = event.args.get("Input Dims")
         if shapes:
-            key = repr(shapes)
+            key = (label, repr(shapes))
             spent, _ = row.shapes.get(key, (0.0, shapes))
             row.shapes[key] = (spent + event.self_us + event.device_us, shapes)
         if any("Pageable" in kernel and "HtoD" in kernel for kernel in event.device_names):
@@ -324,7 +325,10 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
             flags.add("optimizer")
         if name == OPTWATCH_SCOPE or module == OPTWATCH_SCOPE:
             flags.add("optwatch")
-        heaviest = sorted(row.shapes.values(), key=lambda pair: -pair[0])[:SHAPES_EACH]
+        # The shapes of the calls in the module shown beside them: a row reads as one fact (BatchNorm2d(32)
+        # beside another layer's [128, 64, 8, 8] read as if that layer saw those inputs).
+        mine = [value for (label, _), value in row.shapes.items() if label == module or module is None]
+        heaviest = sorted(mine, key=lambda pair: -pair[0])[:SHAPES_EACH]
         ops.append(
             {
                 "name": name,
