@@ -224,7 +224,10 @@ def test_a_host_bound_verdict_says_what_optwatch_itself_takes(own, said):
     result = verdict(steps, make_systems(gpus=[gpu(35)]), "cuda:0")
     assert result["bottleneck"] == "host"
     assert result["evidence"]["optwatch_share"] == pytest.approx(own / 0.1)
-    assert result["message"].endswith("; optwatch itself takes 12% of each step") is said
+    assert (
+        result["message"].endswith("; optwatch itself takes 12% of each step, the shares before are of the rest")
+        is said
+    )
     advice = [tip for tip in result["suggestions"] if "--budget" in tip]
     assert advice == (["optwatch itself takes 12% of each step here: after its first 100 steps its checks run "
                        "only as often as `--budget` (default 1%) allows; `--grad-every 0` drops the per-layer "

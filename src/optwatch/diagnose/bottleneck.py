@@ -585,7 +585,11 @@ def _own_notable(w: Window) -> bool:
 
 def _own_part(w: Window) -> str:
     """optwatch's own Python is host work too, spread over the phases: say how much of the step it takes."""
-    return f"; optwatch itself takes {_pct(w.optwatch_share)} of each step" if _own_notable(w) else ""
+    # (The phases' shares are of the training's own time, optwatch's taken out: said, or the two read as
+    # more than 100%, "65% ...; optwatch itself takes 42%".)
+    if not _own_notable(w):
+        return ""
+    return f"; optwatch itself takes {_pct(w.optwatch_share)} of each step, the shares before are of the rest"
 
 
 def _own_suggestion(w: Window) -> list[str]:
