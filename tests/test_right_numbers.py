@@ -209,8 +209,9 @@ def test_optimizer_in_backward_has_the_whole_models_gradient_norm(tmp_path):
     Each optimizer's share is taken at its own step; the first step, before the optimizers are known to step
     together, has none."""
     records, stdout, _ = run(
-        tmp_path, "optimizer_in_backward", "--steps", "40", "--nan-at", "30", options=("--budget", "0")
-    )
+        tmp_path, "optimizer_in_backward", "--steps", "40", "--nan-at", "30",
+        options=("--budget", "0", "--control", "lr=1e-4@5"),
+    )  # fmt: skip
     truth = truth_of(stdout)
     steps = steps_of(records)
     assert [s["step"] for s in steps] == sorted(truth)
@@ -219,6 +220,10 @@ def test_optimizer_in_backward_has_the_whole_models_gradient_norm(tmp_path):
     assert_same(steps[1:30], {s: t for s, t in truth.items() if 1 <= s < 30}, "grad_norm", "grad_norm")
     [alert] = [a for a in records if a["kind"] == "alert"][:1]
     assert (alert["type"], alert["step"]) == ("nonfinite", 30), alert
+    assert "after lr=1e-4" not in alert["message"]  # (a lowered rate is not what blew up)
+    # Each optimizer is named after the one parameter it trains (they were "4", "42", "2", "22"...).
+    [event] = [e for e in records if e["kind"] == "event"]
+    assert event["reason"].startswith("4.bias group 0: 0.001 at step 4 -> 0.0001;"), event["reason"]
 
 
 @pytest.mark.parametrize("weighted", [False, True])

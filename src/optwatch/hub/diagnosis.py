@@ -56,7 +56,9 @@ class LayerColumns:
 
 LR_CHANGE_BLAMED_STEPS = 200
 """An explosion or a NaN this many steps after a learning-rate command names it (``_blame_lr_change``)."""
-_RATE_BEFORE = re.compile(r"group 0: (\S+) (?:at step \d+ )?->")
+_RATE_CHANGE = re.compile(
+    r"group 0: (?P<before>[^\s,]+)(?: at step \d+)?(?: -> (?P<after>[^\s;,]+)|, scaled x(?P<factor>[^\s;,]+))"
+)
 
 
 class RankDiagnosis:
@@ -79,8 +81,17 @@ class RankDiagnosis:
         command, step = str(event.get("command", "")), event.get("effective_step")
         if not command.startswith("lr") or not isinstance(step, int):
             return
-        before = _RATE_BEFORE.search(str(event.get("reason") or ""))  # (controls.py's "group 0: 0.05 ... -> 20")
-        self._lr_change = (command, step, before[1] if before else None)
+        # (controls.py's "group 0: 0.05 at step 9 -> 20", or "group 0: 0.05 at step 9, scaled x2")
+        said = _RATE_CHANGE.search(str(event.get("reason") or ""))
+        if said is None:
+            return
+        try:
+            before = float(said["before"])
+            after = float(said["after"]) if said["after"] else before * float(said["factor"])
+        except (TypeError, ValueError):
+            return
+        if after > before:  # (a lowered rate is no cause of an explosion)
+            self._lr_change = (command, step, said["before"])
 
     def _blame_lr_change(self, alert: dict[str, Any]) -> None:
         """An explosion or a NaN soon after a learning-rate command: the alert says which, and the way back."""

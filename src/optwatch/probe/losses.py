@@ -160,8 +160,10 @@ class OptimizerNames:
                 self._by_site[site] = (base, weakref.ref(optimizer))
             taken = set(self._names.values())
             name, number = base, 2
+            # (``4`` and ``4``: ``4_2``, not ``42``, which reads as a module of its own)
+            joint = "_" if base[-1:].isdigit() else ""
             while name in taken:
-                name, number = f"{base}{number}", number + 1
+                name, number = f"{base}{joint}{number}", number + 1
             self._names[optimizer] = name
         return name
 

@@ -109,6 +109,8 @@ def attribute_name_of(params: list[torch.Tensor]) -> str | None:
     if len(holders) < 2:
         return None
     smallest, largest = holders[0][1], holders[-1][1]
+    if len(params) == 1:  # (an optimizer per parameter, as optimizer-in-backward makes them: the parameter's name)
+        return next((name for name, param in largest.named_parameters() if param is params[0]), None)
     for name, module in largest.named_modules():
         if module is smallest:
             return name or None
