@@ -451,23 +451,21 @@ def test_ctl_says_a_command_the_job_never_reached_a_step_boundary_for_and_exits_
     assert job.returncode == 0
 
 
-def test_stop_ends_a_training_thread_in_one_line_and_the_run_with_130(tmp_path):
+@pytest.mark.parametrize("ending", [[], ["--exit-zero"]], ids=["falls off the end", "sys.exit(0)"])
+def test_stop_ends_a_training_thread_in_one_line_and_the_run_with_130(tmp_path, ending):
     """A script that trains in a thread of its own: `stop` printed "Exception in thread trainer" and a
-    traceback through optwatch's hooks, and the run ended 0. One line, as in the main thread, and 130; the
-    main thread goes on as the script has it."""
+    traceback through optwatch's hooks, and the run ended 0. One line, as in the main thread, and 130 (in the
+    run's end record too, whatever exit the script makes after); the main thread goes on as the script has it."""
+    record = tmp_path / "r.jsonl"
     result = optwatch(
-        "run",
-        "--headless",
-        "--no-record",
-        "--control",
-        "stop@20",
-        str(SCRIPTS / "thread_training.py"),
-        "--steps",
-        "500",
-    )
+        "run", "--headless", "--record", str(record), "--control", "stop@20", str(SCRIPTS / "thread_training.py"),
+        "--steps", "500", *ending,
+    )  # fmt: skip
     assert result.returncode == 130, result.stderr[-2000:]
     printed = [line for line in result.stdout.splitlines() if line.startswith("step ")]
     assert printed[-1] == "step 19" and result.stdout.splitlines()[-1] == "main: done"
     assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr, result.stderr
     said = [line for line in result.stderr.splitlines() if "stopped by request" in line]
     assert said == ["optwatch: stopped by request before step 20: the steps before it are complete (thread trainer)"]
+    [end] = [r for r in read_jsonl(record) if r["kind"] == "end"]
+    assert end["exit_code"] == 130

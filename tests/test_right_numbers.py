@@ -207,7 +207,7 @@ def test_optimizer_in_backward_has_the_whole_models_gradient_norm(tmp_path):
     step (torchtune's optimizer-in-backward): the norm was the first hooked parameter's alone (0.034 for 1.24)
     at every step, and a NaN in another parameter's gradient went unseen until the loss was NaN a step later.
     Each optimizer's share is taken at its own step; the first step, before the optimizers are known to step
-    together, has none."""
+    together, has the first one's part, as split optimizers' first step has."""
     records, stdout, _ = run(
         tmp_path, "optimizer_in_backward", "--steps", "40", "--nan-at", "30",
         options=("--budget", "0", "--control", "lr=1e-4@5"),
@@ -216,7 +216,8 @@ def test_optimizer_in_backward_has_the_whole_models_gradient_norm(tmp_path):
     steps = steps_of(records)
     assert [s["step"] for s in steps] == sorted(truth)
     assert_same(steps[:31], {s: t for s, t in truth.items() if s <= 30}, "loss", "loss")  # (NaN after 30)
-    assert steps[0].get("grad_norm") is None
+    assert 0 < steps[0]["grad_norm"] < truth[0]["grad_norm"]
+    assert [r for r in records if r["kind"] == "hello"][-1]["device"] == "cpu"  # (announced at the first step)
     assert_same(steps[1:30], {s: t for s, t in truth.items() if 1 <= s < 30}, "grad_norm", "grad_norm")
     [alert] = [a for a in records if a["kind"] == "alert"][:1]
     assert (alert["type"], alert["step"]) == ("nonfinite", 30), alert

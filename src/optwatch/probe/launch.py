@@ -96,6 +96,9 @@ def run_script(script: str, args: list[str]) -> int:
         exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exit_code and ended_on_a_requested_stop(exc):
             exit_code = protocol.INTERRUPTED  # stopped as asked, whatever code the script's handling exits with
+        if exit_code == 0 and stopped_threads:
+            exit_code = protocol.INTERRUPTED  # (its training thread was stopped as asked: `sys.exit(main())`)
+            raise SystemExit(exit_code) from None
         raise
     except Exception as exc:
         exit_code = 1
@@ -118,9 +121,9 @@ def run_script(script: str, args: list[str]) -> int:
         exit_code = 1
         raise
     finally:
-        probe.close(exit_code)
-    if stopped_threads and exit_code == 0:
-        exit_code = protocol.INTERRUPTED  # (the training thread was stopped as asked, the script ended after it)
+        if stopped_threads and exit_code == 0:
+            exit_code = protocol.INTERRUPTED  # (the training thread was stopped as asked, the script ended after)
+        probe.close(exit_code)  # (its end record says so)
     return exit_code
 
 

@@ -144,9 +144,9 @@ class Probe:
         self._held = False
         """optwatch holds the run at a step boundary (a pause, a command applied): no wait of the training's."""
         self._new_model = False
+        """The primary was dropped and a new optimizer took over: the step's record says ``new_model``."""
         self._in_backward_sq: torch.Tensor | None = None
         """Optimizer-in-backward: the squares of the norms of the gradients stepped so far in the step."""
-        """The primary was dropped and a new optimizer took over: the step's record says ``new_model``."""
         self.torch_threads: int | None = None
         self.nonfinite_seen = False
         self.clip_measures = False
@@ -848,7 +848,7 @@ class Probe:
         self.backward_end_needed = True  # a closure may call backward now
         self._stepped = True
         self._losses.closure_loss_taken = False
-        if self._hooks.backwards_running and (optimizer is self._primary or self._partners_due):
+        if self._hooks.backwards_running and self._partners and (optimizer is self._primary or self._partners_due):
             self._measure_in_backward(optimizer)  # (before _gradients_ready, which it stands in for)
         if optimizer is self._primary:
             # (The step hooks get step()'s arguments with the optimizer first.)
@@ -888,12 +888,16 @@ class Probe:
         """An optimizer stepped from a gradient hook, inside ``backward()`` (optimizer-in-backward, as torchtune
         does it: one optimizer per parameter, each gradient freed once its step is taken): no moment holds the
         step's gradients together, so each one's share of the norm is taken at its own step and the step's
-        norm is their sum (``_end_together``). The per-layer checks, which need them together, are left out;
-        the first such step, before its partners are known, has no norm."""
+        norm is their sum (``_end_together``). The per-layer checks, which need them together, are left out.
+        Only once partners are known: the first step has the primary's part alone, as any partners' first
+        (and a single optimizer stepped from a hook is measured as any other)."""
         self._gradients_final = True  # (the plugins' checks and the probe's own norm would see one gradient)
         if not self.detailed:
             return
-        norm = global_norm([p.grad for group in optimizer.param_groups for p in group["params"]])
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        if sharding.is_sharded(grads):
+            return  # (a sharded model's parts are the hub's to add up: not in this path)
+        norm = global_norm(grads)
         if norm is not None:
             squared = norm.float().square()
             self._in_backward_sq = squared if self._in_backward_sq is None else self._in_backward_sq + squared
@@ -908,10 +912,8 @@ class Probe:
     def _end_together(self, started: float) -> None:
         """The primary and its partners have stepped (or a partner did not step this time): the step ends."""
         self._partners_due.clear()
-        if self._in_backward_sq is not None:
-            if self._partners:  # (each optimizer's share of the norm: the step's, once all have stepped)
-                self._grad_norm = self._in_backward_sq.sqrt()
-            self._in_backward_sq = None
+        if self._in_backward_sq is not None:  # (each optimizer's share of the norm: the step's, all stepped)
+            self._grad_norm, self._in_backward_sq = self._in_backward_sq.sqrt(), None
         if self._deferred_extra:  # the primary's step that a GradScaler skipped
             extra, self._deferred_extra = self._deferred_extra, {}
             self._finish_step(started, **extra)
