@@ -120,6 +120,7 @@ def test_a_new_optimizer_made_mid_run_takes_over_and_the_old_one_is_let_go(tmp_p
     assert event["status"] == "accepted" and event["effective_step"] == 40
     [old] = [json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines() if line.startswith("OLD_OPTIMIZER ")]
     assert old == {"alive": False}
+    assert not [s for s in steps if s.get("new_model")]  # the same model: its gradient baselines stand
 
 
 def test_lr_scaled_on_a_split_model_scales_both_optimizers_and_holds_against_the_schedule(tmp_path):

@@ -998,9 +998,12 @@ class Probe:
             # model of a sweep), found again from the new primary unless ``watch`` named it.
             self._others_apart = weakref.WeakSet()
             self._partners = []
-            # Its step record says so (the diagnosis starts its baselines over: the last trial's are not this
-            # model's); ``_tables_stale`` keeps the step off the light path, where no record is made.
-            self._new_model = self._tables_stale = True
+            # A new model (none of the last one's parameters): its step record says so, and the diagnosis starts
+            # its baselines over (the last trial's are not this model's); ``_tables_stale`` keeps the step off
+            # the light path, where no record is made. A new optimizer for the same model is no new model.
+            old = {id(param) for param in self.model.parameters()} if self.model is not None else set()
+            if not any(id(param) in old for group in optimizer.param_groups for param in group["params"]):
+                self._new_model = self._tables_stale = True
             if not self._model_given:
                 # Looked for again, unless models come and go faster than the walk over every live object
                 # pays for (a new model for each task, Reptile's: 90 ms of walk to a 5 ms step): their
