@@ -309,6 +309,8 @@ class _Baseline:
         """The largest value (signed: departure from the median), spike or not, but for the ``recent`` newest
         (where a trend, a dive under way, would stand in for its own bar)."""
         self._recent = recent
+        self.counted = 0
+        """How many values the median and MAD are of."""
         self._spacing = 1.0
 
     def add(self, value: float | None, step: int) -> None:
@@ -321,14 +323,18 @@ class _Baseline:
         if len(self.values) < min_count:
             return None
         if self._median is None or self._stale >= self._REFRESH:
-            self._median = statistics.median(self.values)
-            self._mad = statistics.median(abs(v - self._median) for v in self.values)
+            values = list(self.values)
+            # The median, MAD, size and spikes of the newest ``recent`` values (all, without a ``recent``): a
+            # converging loss's level is now's; the older values only set how wide its tail went (``widest``).
+            core = values[-self._recent :] if self._recent else values
+            self.counted = len(core)
+            self._median = statistics.median(core)
+            self._mad = statistics.median(abs(v - self._median) for v in core)
             if self.signed:
-                self.size = statistics.median(abs(v) for v in self.values)
-            departures = [abs(v - self._median) for v in self.values] if self.signed else self.values
-            self.reach = _lone_spikes_reach(departures)
-            older = list(departures)[: len(departures) - self._recent]
-            self.widest = max(older, default=0.0)
+                self.size = statistics.median(abs(v) for v in core)
+            departures = [abs(v - self._median) for v in values] if self.signed else values
+            self.reach = _lone_spikes_reach(departures[len(values) - len(core) :])
+            self.widest = max(departures[: len(values) - len(core)], default=0.0)
             steps = list(self._steps)
             self._spacing = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0
             self._stale = 0
@@ -648,7 +654,7 @@ class ExplodingRule:
         elif loss_rise and not rises:
             lead = (
                 f"loss {loss_rise.value:.3g} is {loss_rise.level:.0f}× {loss_rise.against} (last "
-                f"{len(self._loss.values)} steps); its gradients were not measured at this step (optwatch's "
+                f"{self._loss.counted} steps); its gradients were not measured at this step (optwatch's "
                 "--budget spaces the checks out): every step is checked from about a publish interval after it"
             )
         elif growth:
