@@ -120,7 +120,7 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
     last = max(n for n, r in enumerate(records) if r["kind"] == "waiting" and r["rank"] == 1)
     store = Store()
     store.ingest([r for r in records[: last + 1] if r["kind"] != "end"])
-    app = OptwatchApp.for_store(store)
+    app = OptwatchApp(store=store, mode="attach")  # (as a viewer attached to the job has them, live)
     async with app.run_test(size=(160, 30)) as pilot:
         await pilot.press("r")
         table = app.query_one(RanksTable)
@@ -133,3 +133,10 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
         detail = app.query_one(RankDetail)
         await wait_for_ui(pilot, lambda: detail.display)
         assert detail.lines[-1].endswith(f"in save_checkpoint (ddp_stall.py:{checkpoint})"), detail.lines
+    # A replay has no now: the same records there mark no rank (a run killed without a word would tick on).
+    replay = OptwatchApp.for_store(store)
+    async with replay.run_test(size=(160, 30)) as pilot:
+        await pilot.press("r")
+        table = replay.query_one(RanksTable)
+        await wait_for_ui(pilot, lambda: table.row_count == 2)
+        assert not any(row[-1].startswith("no step") for row in table.rows_shown.values()), table.rows_shown

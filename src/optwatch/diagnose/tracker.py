@@ -131,8 +131,8 @@ class VerdictTracker:
         # final save, is no step's), nor those of a pause (held at a step boundary, the process idles, and
         # no step's time has it).
         end = steps[-1].get("time", 0.0) + SAMPLE_SLACK_S
-        systems = [s for s in self._systems if start <= s.get("time", 0.0) <= end and not s.get("held")]
-        systems = systems or list(self._systems)[-1:]
+        taken = [s for s in self._systems if s.get("time", 0.0) <= end and not s.get("held")]
+        systems = [s for s in taken if s.get("time", 0.0) >= start] or taken[-1:]
         window = summarise(steps, systems, self.device, self._loader())
         if window is None:
             return []

@@ -74,8 +74,8 @@ class RankDiagnosis:
         self._nonfinite_seen = False
         """A step's loss or gradient norm was non-finite: ``--forward-check auto`` is armed from then on."""
         self.loader: dict[str, Any] = {}
-        self._lr_change: tuple[str, int, str | None] | None = None
-        """The last learning-rate command applied: its text, its step, and group 0's rate before it."""
+        self._lr_change: tuple[str, int, str] | None = None
+        """The last learning-rate command, where it raised the rate: its text, its step, and the way back."""
 
     def _note_lr_change(self, event: dict[str, Any]) -> None:
         command, step = str(event.get("command", "")), event.get("effective_step")
@@ -90,18 +90,24 @@ class RankDiagnosis:
             after = float(said["after"]) if said["after"] else before * float(said["factor"])
         except (TypeError, ValueError):
             return
-        if after > before:  # (a lowered rate is no cause of an explosion)
-            self._lr_change = (command, step, said["before"])
+        if after <= before:  # (a lowered rate is no cause of an explosion: nor, now, the raise before it)
+            self._lr_change = None
+            return
+        factor = said["factor"]
+        if factor:
+            back = f"`lr*={1 / float(factor):.3g}` undoes it"
+        else:
+            back = f"`lr={said['before']}` goes back to the rate before it"
+        self._lr_change = (command, step, back)
 
     def _blame_lr_change(self, alert: dict[str, Any]) -> None:
         """An explosion or a NaN soon after a learning-rate command: the alert says which, and the way back."""
         step = alert.get("step")
         if self._lr_change is None or alert.get("type") not in (EXPLODING, NONFINITE) or not isinstance(step, int):
             return
-        command, applied, before = self._lr_change
+        command, applied, back = self._lr_change
         if not 0 <= step - applied <= LR_CHANGE_BLAMED_STEPS:
             return
-        back = f"`lr={before}` goes back to the rate before it" if before else "a lower rate goes back"
         after = f"{step - applied} step{'' if step - applied == 1 else 's'} after"
         alert["message"] = f"{alert['message']}; {after} {command} at step {applied} ({back})"
         alert["suggestions"] = [f"{command} at step {applied} came just before: {back}, or try `lr*=0.1`"]

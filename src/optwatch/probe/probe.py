@@ -1042,15 +1042,16 @@ class Probe:
         ):
             self._note_light_step(now)
             return
+        self._held = True  # (optwatch's own work from here to the next step: no wait of the training's)
         try:
             self._make_record(now, extra)
         except Exception:
+            self._held = False
             self.hook_failed("step boundary")
             self._advance(ending)
             return
         self._advance(ending)
         held_s = 0.0
-        self._held = True
         try:
             if self._tables_stale:
                 self.retabulate()

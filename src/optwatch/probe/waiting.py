@@ -12,6 +12,7 @@ again as the wait goes on, less often the longer it lasts. A run that steps cost
 from __future__ import annotations
 
 import os
+import site
 import sys
 import sysconfig
 import time
@@ -33,9 +34,15 @@ STACK_FRAMES = 16
 _OPTWATCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 _LIBRARY_DIRS = tuple(
     os.path.join(os.path.abspath(path), "")
-    for path in {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for path in {
+        *(sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")),
+        *site.getsitepackages(),
+        site.getusersitepackages(),
+    }
     if path
 )
+_INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+"""Where installed libraries live wherever the path came from (PYTHONPATH, an HPC module's prefix)."""
 
 
 def _is_scripts(path: str) -> bool:
@@ -43,7 +50,9 @@ def _is_scripts(path: str) -> bool:
     if path.startswith("<"):  # <frozen runpy>, <string>
         return False
     path = os.path.abspath(path)
-    return not path.startswith(_LIBRARY_DIRS) and not path.startswith(_OPTWATCH_DIR)
+    if path.startswith(_LIBRARY_DIRS) or path.startswith(_OPTWATCH_DIR):
+        return False
+    return not any(part in path for part in _INSTALLED)
 
 
 def frames_of(frame: FrameType | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -97,6 +106,8 @@ class WaitingPlugin(ProbePlugin):
             return []  # (the thread has ended: the process is ending, or trains no more)
         stack, own = frames_of(frame)
         del frame
+        if context.waiting_since != since:
+            return []  # a step ended meanwhile: these frames may be the next step's
         self._said_at, self._said_for = now, since
         return [
             protocol.make_record(

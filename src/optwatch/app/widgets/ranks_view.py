@@ -93,7 +93,8 @@ class RanksView(Vertical):
     def _draw(self, store: Store) -> None:
         self._drawn_at = time.monotonic()
         figures, alert, hello = read_ranks(store, self.selected)
-        waiting = store.waiting_ranks()
+        # (A replay has no now: a run that ended without a word would tick on with the viewer's clock.)
+        waiting = store.waiting_ranks() if getattr(self.app, "mode", None) != "replay" else {}
         straggler = alert.get("rank") if alert is not None else None
         table = self.query_one(RanksTable)
         summary = self.query_one(RanksSummary)
