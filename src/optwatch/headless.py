@@ -124,8 +124,8 @@ def changed_verdicts(store: Store, shown: dict[int, str], final: bool = False) -
 
 def replay_lines(store: Store) -> list[str]:
     """What ``--headless`` printed of a recorded run, from its records: each command's answer, alert and hot
-    spot as it came, each rank's verdict where it changed, then the final summary and verdicts. (The
-    script's output is in its log files, not here.)"""
+    spot as it came, each rank's verdict where it changed, then the final summary and verdicts: as many of
+    each kind as the store keeps (``RARE_CAPACITY``, the newest). (The script's output is in its log files.)"""
     kinds = (protocol.EVENT, protocol.ALERT, protocol.HOTSPOTS, protocol.VERDICT)
     with store.lock:
         records = sorted((r for kind in kinds for r in store.rare.get(kind, ())), key=lambda r: r.get("time", 0.0))

@@ -157,8 +157,8 @@ class ProbeContext(Protocol):
 
     @property
     def waiting_since(self) -> float | None:
-        """``time.perf_counter()`` at the last step boundary (before the first step: at the probe's start):
-        since then no step has ended. None while optwatch itself holds the run at a boundary (a pause, a
+        """``time.perf_counter()`` at the last step boundary (before the first step: at the probe's start, then
+        at the first step's start, its first batch or ``backward()``): since then no step has ended. None while optwatch itself holds the run at a boundary (a pause, a
         command applied) and once the probe is closed."""
         ...
 
