@@ -158,8 +158,9 @@ class ProbeContext(Protocol):
     @property
     def waiting_since(self) -> float | None:
         """``time.perf_counter()`` at the last step boundary (before the first step: at the probe's start, then
-        at the first step's start, its first batch or ``backward()``): since then no step has ended. None while optwatch itself holds the run at a boundary (a pause, a
-        command applied) and once the probe is closed."""
+        at the first step's start, its first batch or ``backward()``): since then no step has ended. None while
+        optwatch itself holds the run at a boundary (its record, a pause, a command applied) and once the probe
+        is closed."""
         ...
 
     def switch_off(self, plugin: str, where: str) -> None:
