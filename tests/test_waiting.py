@@ -102,7 +102,7 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
     record = tmp_path / "ddp.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "optwatch", "run", "--headless", "--summary-every", "1", "--record", str(record),
-         "--nproc-per-node", "2", str(script), "--steps", "12", "--stall-at", "8", "--stall-s", "5"],
+         "--nproc-per-node", "2", str(script), "--steps", "12", "--stall-at", "8", "--stall-s", "6"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,11 +115,14 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
     assert both and all(line.endswith(f"; rank 1 in save_checkpoint (ddp_stall.py:{checkpoint})") for line in both)
     assert all(f"rank 0 {expected}" in line for line in both), said
 
-    # The Ranks tab, fed the job's own records up to its last word from the wait.
+    # The Ranks tab, fed the job's own records as they stood during the wait: up to the first step record
+    # after it (each rank's word from the wait came before; the steps before it may come just after).
     records = read_jsonl(record)
-    last = max(n for n, r in enumerate(records) if r["kind"] == "waiting" and r["rank"] == 1)
+    waited_at = max(r["step"] for r in records if r["kind"] == "waiting")
+    resumed = next(n for n, r in enumerate(records) if r["kind"] == "step" and r["step"] >= waited_at)
+    assert {r["rank"] for r in records[:resumed] if r["kind"] == "waiting"} == {0, 1}
     store = Store()
-    store.ingest([r for r in records[: last + 1] if r["kind"] != "end"])
+    store.ingest(records[:resumed])
     app = OptwatchApp(store=store, mode="attach")  # (as a viewer attached to the job has them, live)
     async with app.run_test(size=(160, 30)) as pilot:
         await pilot.press("r")
