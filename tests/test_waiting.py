@@ -40,7 +40,8 @@ def test_headless_says_where_the_training_is_before_its_first_step_and_in_an_eva
     lines = result.stderr.splitlines()
     loading = [line for line in lines if line.startswith("optwatch: no step yet after")]
     assert loading and all(line.endswith(f": {LOADING}") for line in loading), lines
-    assert all(3 <= int(re.search(r"after (\d+) s", line)[1]) <= 5 for line in loading), loading
+    # (It loads 4 s; a summary may say it a second late.)
+    assert all(3 <= int(re.search(r"after (\d+) s", line)[1]) <= 6 for line in loading), loading
     waits = [(n, line) for n, line in enumerate(lines) if line.startswith("optwatch: no step for")]
     assert waits, lines
     places = []
@@ -49,7 +50,7 @@ def test_headless_says_where_the_training_is_before_its_first_step_and_in_an_eva
             r"optwatch: no step for (\d+) s since step 6 \(steps take (\d+) ms\): (in \S+ \([^)]*\))(, at .*)?",
             line,
         )
-        assert said and 3 <= int(said[1]) <= 5, line  # (the script evaluates after its step 6)
+        assert said and 3 <= int(said[1]) <= 6, line  # (evaluates 4.5 s after its step 6)
         assert 280 <= int(said[2]) <= 380, line  # the script's --sleep 0.3 a step
         places.append(said[3])
     # In the evaluation; the last one may come as the loop sleeps after it, before its next step.
