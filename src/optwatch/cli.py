@@ -928,7 +928,6 @@ def paused_text(paused: dict) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-
     warnings: list[str] = []
 
     def report(text: str) -> None:

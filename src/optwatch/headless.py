@@ -318,8 +318,9 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
                 # No step for a while: where the training is (each rank's), in place of the last step's
                 # figures again.
                 waiting = session.store.waiting()
-                line = summary_line(session.store)
-                if waiting is not None:
+                if waiting is None:
+                    line = summary_line(session.store)
+                else:
                     others = session.store.waiting_ranks()
                     others.pop(waiting.record.get("rank", 0), None)
                     line = f"optwatch: {waiting_text(waiting, others)}"

@@ -256,7 +256,7 @@ class OptwatchApp(App[None]):
                 if device:
                     name = hello.get("device_name")
                     header.device = f"{device} ({name})" if name else device
-            live = "attached" if self.mode == "attach" else "running"
+            live = self._live_status
             if (header.status.startswith("waiting") and has_steps) or header.status.startswith("paused"):
                 header.status = live
             pause = self._pause_event() if self.mode != "replay" and has_steps else None
@@ -285,6 +285,11 @@ class OptwatchApp(App[None]):
             if view is not None:
                 view.show(store)
 
+    @property
+    def _live_status(self) -> str:
+        """The header's status while the run goes on as it should."""
+        return "attached" if self.mode == "attach" else "running"
+
     def _show_waiting(self, now: float) -> None:
         """No step for a while (an evaluation, a checkpoint, a hang): the header says so and where the training
         is, in place of "running", until a step ends."""
@@ -292,7 +297,7 @@ class OptwatchApp(App[None]):
         if panes is None or self.mode == "replay":
             return
         header = panes.header
-        live = "attached" if self.mode == "attach" else "running"
+        live = self._live_status
         waiting = self.store.waiting(now=now)
         shown = header.status.startswith(WAITING_PREFIXES)
         if waiting is not None and (shown or header.status in (live, FIRST_STEP_STATUS)):
@@ -311,7 +316,7 @@ class OptwatchApp(App[None]):
         if silent is not None:
             header.status = f"hub gone for {silent:.0f} s (training goes on)"
         elif header.status.startswith("hub gone"):
-            header.status = "attached" if self.mode == "attach" else "running"
+            header.status = self._live_status
 
     def _chart_interval(self) -> float:
         panes = self._panes

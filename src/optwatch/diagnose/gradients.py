@@ -540,7 +540,8 @@ class ExplodingRule:
         self._loss = _Baseline(LOSS_BASELINE_WINDOWS * t.baseline_window, signed=True, recent=t.baseline_window)
         """The loss, seen at every step: it stands in for the gradients at a step whose were not measured. A
         mini-batch loss has a heavy tail (near convergence a batch of hard examples is 10x the median one):
-        its baseline is longer, and a rise must clear the widest departure in it too (``_rise``)."""
+        weighed on its newest window as the others, a rise must also clear the widest departure among the
+        older values it keeps (``_Baseline.widest``, ``_rise``)."""
         self._rms: dict[str, _Baseline] = {}
         self._ratio: dict[str, _Baseline] = {}
         self._block: list[float] = []

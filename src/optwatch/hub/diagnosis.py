@@ -87,15 +87,15 @@ class RankDiagnosis:
             return
         try:
             before = float(said["before"])
-            after = float(said["after"]) if said["after"] else before * float(said["factor"])
+            factor = float(said["factor"]) if said["factor"] else None
+            after = before * factor if factor is not None else float(said["after"])
         except (TypeError, ValueError):
             return
         if after <= before:  # (a lowered rate is no cause of an explosion: nor, now, the raise before it)
             self._lr_change = None
             return
-        factor = said["factor"]
-        if factor:
-            back = f"`lr*={1 / float(factor):.3g}` undoes it"
+        if factor is not None:
+            back = f"`lr*={1 / factor:.3g}` undoes it"
         else:
             back = f"`lr={said['before']}` goes back to the rate before it"
         self._lr_change = (command, step, back)

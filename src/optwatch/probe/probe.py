@@ -277,7 +277,6 @@ class Probe:
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> Probe:
-        self.started_in, self._started_at = threading.get_ident(), time.perf_counter()
         self.channel.on_ready(self._sentinel)
         self.channel.start()
         self.publish([self._hello()])

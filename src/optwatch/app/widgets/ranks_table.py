@@ -58,12 +58,12 @@ def worst_first(ranks: Sequence[RankFigures], order: RankOrder) -> list[RankFigu
     return sorted(ranks, key=key)
 
 
-def cells(figures: RankFigures, straggler: bool, waited_s: float | None = None) -> tuple[str, ...]:
-    """``waited_s``: no step from this rank for so long (``Store.waiting``), else None."""
+def cells(figures: RankFigures, straggler: bool, waiting: Waiting | None = None) -> tuple[str, ...]:
+    """``waiting``: no step from this rank for a while (``Store.waiting``), else None."""
     share = figures.data_wait_share
     marks = ["◀ straggler"] if straggler else []
-    if waited_s is not None:
-        marks.append(f"no step for {clock_text(waited_s)}")
+    if waiting is not None:
+        marks.append(f"no step for {clock_text(waiting.waited_s)}")
     return (
         str(figures.rank),
         str(figures.step),
@@ -116,12 +116,7 @@ class RanksTable(DataTable):
                 shown += [r for r in ordered if r.rank == pinned]
             ordered = shown
         rows = {
-            figures.rank: cells(
-                figures,
-                figures.rank == straggler,
-                waiting[figures.rank].waited_s if figures.rank in waiting else None,
-            )
-            for figures in ordered
+            figures.rank: cells(figures, figures.rank == straggler, waiting.get(figures.rank)) for figures in ordered
         }
         if rows == self.rows_shown and list(rows) == list(self.rows_shown):
             return
