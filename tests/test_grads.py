@@ -779,3 +779,21 @@ def test_the_norms_the_clip_takes_from_optwatch_are_the_clips_cost_not_optwatchs
             assert statistics.median(own) < slow / 2, own
         else:
             assert min(own) > slow, own
+
+
+def test_steps_that_grow_slower_bring_the_checks_back_within_a_window():
+    """The LLM-shaped loop's costs at its 15 ms step (the steps between take the 1% budget: every 128th),
+    then steps ten times slower (a larger batch, a slower loader): the window at the widest spacing (256
+    steps, after the one under way when they began) finds room for every check (by hand: 0.66 ms of 150 ms
+    is 0.44%, under half the budget), and the spacing comes down there, where halving once per window
+    spent some 540 steps getting to it."""
+    from optwatch.probe.governor import MAX_DETAIL_EVERY, DetailGovernor
+
+    governor = DetailGovernor(budget=0.01, settle_steps=100)
+    detailed, spacings = True, []
+    for step in range(1200):
+        step_s = 0.015 if step < 600 else 0.150
+        every, detailed = governor.plan(step, 0.00066 if detailed else 0.00015, step_s, detailed)
+        spacings.append(every)
+    assert spacings[599] == MAX_DETAIL_EVERY
+    assert all(every == 1 for every in spacings[600 + 4 * MAX_DETAIL_EVERY :])  # two windows at most

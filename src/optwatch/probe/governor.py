@@ -58,10 +58,11 @@ class DetailGovernor:
         The share is measured over a window of at least ``DETAIL_WINDOW`` steps and two spacings, in two parts:
         what a detail step costs and what a step between costs. Above the budget, the spacing jumps to the one
         that brings the share to three quarters of the budget (share = between + (detail - between) /
-        spacing), at least doubling (also where the parts cannot tell); under half of the budget, it halves,
-        which cannot land above it, so the spacing settles instead of swinging. The window runs through the first steps
-        too (all detail steps), so that the spacing is right a window after them, not several hundred steps
-        later: a ramp by factors spends that long in detail steps the budget has no room for.
+        spacing), at least doubling (also where the parts cannot tell); under half of the budget, it comes down
+        to that spacing, at least halving (halving cannot land above the budget), so it settles instead of
+        swinging. The window runs through the first steps too (all detail steps), so that the spacing is right
+        a window after them, not several hundred steps later: a ramp by factors spends that long in detail
+        steps the budget has no room for.
         """
         if step_time:
             typical = self.median_step_s
@@ -97,7 +98,12 @@ class DetailGovernor:
         if share > self.budget:
             self.every = min(max(self._spacing_for(0.75 * self.budget), 2 * self.every), MAX_DETAIL_EVERY)
         elif share < self.budget / 2:
-            self.every = max(self.every // 2, 1)
+            # At least halving, and straight down to the spacing the window's costs allow where that is
+            # closer: steps that grew slower (a larger batch, a slower loader) left the widest spacing
+            # halving once per window of two spacings, some 500 steps with checks far rarer than they
+            # need be. Both land under the budget, so it settles.
+            room = self._spacing_for(0.75 * self.budget) or self.every // 2
+            self.every = max(min(room, self.every // 2), 1)
 
     def _spacing_for(self, share: float) -> int:
         """The spacing at which this window's costs come to ``share`` of the step time (0: they cannot tell;
