@@ -58,7 +58,7 @@ def test_torchrun_headless_prints_one_summary_of_both_ranks_and_fsdp_norms_are_e
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("optwatch: final step 5 |") == 1, result.stderr[-3000:]
+    assert result.stderr.count("optwatch: final step 5 (6 steps) |") == 1, result.stderr[-3000:]
     assert "| 2 ranks (the figures are rank 0's)" in result.stderr
     records = read_jsonl(record)
     hellos = [r for r in records if r["kind"] == "hello"]

@@ -43,7 +43,7 @@ def test_a_resumed_run_is_numbered_from_the_frameworks_global_step(tmp_path, fra
         assert steps[step]["loss"] == pytest.approx(said["loss"], rel=1e-5), step
         assert steps[step]["lr"] == pytest.approx(said["lr"], rel=1e-6), step
     assert [h["first_step"] for h in records if h["kind"] == "hello"][-1] == 10
-    assert "optwatch: final step 19 " in resumed.stderr
+    assert "optwatch: final step 19 (10 steps) " in resumed.stderr  # the ten this process trained
     compared = optwatch("compare", "--headless", str(record), str(record))
     assert compared.returncode == 0 and compared.stdout.splitlines()[1].split() == ["steps", "10", "10"]
     if framework == "plain":

@@ -358,7 +358,7 @@ def test_a_headless_runs_script_reads_its_stdin_as_under_python(tmp_path):
     )
     result = optwatch("run", "--headless", str(script), input='{"lr": 0.1, "steps": 4}')
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "trained 4 steps" and "optwatch: final step 3" in result.stderr
+    assert result.stdout.strip() == "trained 4 steps" and "optwatch: final step 3 (4 steps) " in result.stderr
 
 
 def test_output_a_slow_reader_could_not_take_is_said_to_be_missing(tmp_path):
@@ -446,7 +446,7 @@ def test_a_replay_without_a_terminal_prints_its_summary(tmp_path):
     assert re.fullmatch(
         r"optwatch: no terminal for the dashboard \((stdin|stdout) is not one\): headless instead\n", replayed.stderr
     )
-    assert replayed.stdout.startswith("optwatch: final step 2 | loss ")
+    assert replayed.stdout.startswith("optwatch: final step 2 (3 steps) | loss ")
 
 
 @pytest.mark.parametrize("launch", [(), ("--nproc-per-node", "1")], ids=["one process", "torchrun"])

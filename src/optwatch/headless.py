@@ -40,7 +40,8 @@ def summary_line(store: Store, final: bool = False) -> str | None:
         shown = f"loss {_fmt(loss, '.4g')} (ema of the finite ones {_fmt(summary.loss_ema, '.4g')})"  # a NaN says so
     else:
         shown = f"loss {_fmt(loss, '.4g')} (ema {_fmt(summary.loss_ema, '.4g')})"
-    parts = [f"step {summary.step}", shown]
+    # The final line counts the steps too: a script's "trained 390 steps" ends at step 389.
+    parts = [f"step {summary.step} ({summary.steps_in + 1} steps)" if final else f"step {summary.step}", shown]
     for name, loss in list(summary.losses.items())[:4]:
         parts.append(f"{name} {loss:.4g}")
     parts.append(_per_step(recent.step_time_s))
