@@ -91,6 +91,27 @@ def test_exit_code_and_output_of_the_script_are_kept(tmp_path):
     assert result.returncode == 3
     assert result.stdout == "about to fail\n"
     assert "oops" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last == "optwatch: the script exited with 3 before its first step (see its output above)"
+
+
+def test_a_script_that_fails_ends_on_its_error_not_on_speed_up_tips(tmp_path):
+    """A run that raised after six steps: its traceback, then the final figures and verdict with no tips under
+    it (they read as the advice, where the error is what to change), and a last line that says it failed."""
+    script = tmp_path / "raises.py"
+    script.write_text(
+        "import torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(10):\n"
+        "    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
+        "    if step == 5:\n        raise RuntimeError('the batch was bad')\n"
+    )
+    result = optwatch("run", "--headless", "--no-record", str(script))
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    error = lines.index("RuntimeError: the batch was bad")
+    assert lines[error + 1].startswith("optwatch: final step 5 (6 steps) | loss ")
+    assert lines[error + 2].startswith("optwatch: final verdict ")
+    assert lines[error + 3:] == ["optwatch: the script exited with 1 at step 5 (see its output above)"]
 
 
 def test_the_scripts_output_passes_through_byte_for_byte(tmp_path):

@@ -99,13 +99,13 @@ def hotspots_line(record: dict[str, Any]) -> str | None:
     return None
 
 
-def verdict_lines(verdict: dict) -> list[str]:
-    """The verdict and its suggestions, e.g. ``optwatch: input-bound (steps 2-40): 62% of ...``."""
+def verdict_lines(verdict: dict, tips: bool = True) -> list[str]:
+    """The verdict and (with ``tips``) its suggestions, e.g. ``optwatch: input-bound (steps 2-40): 62% of ...``."""
     window = verdict.get("window") or ["?", "?"]
     who = f"optwatch: rank {verdict['rank']}" if verdict.get("rank") else "optwatch:"
     final = "final " if verdict.get("final") else ""
     head = f"{who} {final}verdict {bound_text(verdict)} (steps {window[0]}-{window[-1]}): {verdict.get('message', '')}"
-    return [head, *(f"optwatch:   try: {tip}" for tip in verdict.get("suggestions", []))]
+    return [head, *(f"optwatch:   try: {tip}" for tip in verdict.get("suggestions", []) if tips)]
 
 
 def changed_verdicts(store: Store, shown: dict[int, str], final: bool = False) -> list[dict]:
@@ -347,11 +347,19 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
         print(line if left else line.replace("optwatch:", "optwatch: final", 1), file=own, flush=True)
     if left:
         print(_left_line(session.store), file=own, flush=True)
-    for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
-        print("\n".join(verdict_lines(verdict)), file=own, flush=True)
     ending = session.ending_line()
+    code = session.exit_code()
+    # A script that failed: its error is what to change first, so the final verdict comes without its tips,
+    # and the last line says so (a traceback with five lines of speed-up tips under it read as the advice).
+    failed = process is not None and ending is None and code not in (None, 0, protocol.INTERRUPTED)
+    for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
+        print("\n".join(verdict_lines(verdict, tips=not failed)), file=own, flush=True)
+    if failed:
+        summary = session.store.summary()
+        at = f" at step {summary.step}" if summary is not None else " before its first step"
+        ending = f"optwatch: the script exited with {code}{at} (see its output above)"
     if ending:
         print(ending, file=own, flush=True)
     if process is None:
         return 0
-    return session.exit_code() or 0
+    return code or 0
