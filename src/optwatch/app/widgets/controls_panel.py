@@ -45,6 +45,10 @@ class ControlsPanel(Vertical):
         yield table
         yield Static("", id="event-detail")
 
+    def on_show(self) -> None:
+        # The arrows pick a command at once, without tabbing into the table first.
+        self.query_one("#events-table", DataTable).focus()
+
     def show(self, store: Store) -> None:
         self._store = store
         with store.lock:
