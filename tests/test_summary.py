@@ -308,3 +308,26 @@ async def test_the_overview_says_the_clipped_share_and_its_window_whole():
         shown = app.export_screenshot().replace("&#160;", " ")
     assert (rows["Clipped"], rows["  at norm"]) == ("40% of last 20", "0.3")
     assert "40% of last 20<" in shown and "…" not in shown.split("Clipped", 1)[1].split("LR", 1)[0]
+
+
+async def test_y_puts_the_loss_chart_on_a_log_scale_and_back():
+    """A loss that falls from 1 to 0.005 (by hand: 1 / (step + 1)) lies on the chart's floor from step 20 on,
+    linear; ``y`` draws it on a log scale, with decades on its axis, and ``y`` again goes back."""
+    from conftest import screen_lines, wait_for_ui
+    from optwatch.app.widgets.series_chart import SeriesChart
+
+    store = Store()
+    store.ingest([step(i, 0.05) for i in range(200)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        chart = app.query_one("#loss-chart", SeriesChart)
+        await wait_for_ui(pilot, lambda: chart.series)
+        linear = "\n".join(screen_lines(app).values())
+        await pilot.press("y")
+        await wait_for_ui(pilot, lambda: "log scale" in chart.title)
+        logarithmic = "\n".join(screen_lines(app).values())
+        assert chart.log_y and chart.title == "Loss · last 1,000 steps · log scale"
+        await pilot.press("y")
+        await wait_for_ui(pilot, lambda: chart.title == "Loss · last 1,000 steps")
+        assert not chart.log_y
+    assert all(f"1e{k}┤" in logarithmic for k in (-2, -1, 0)) and "1e-2" not in linear

@@ -74,6 +74,7 @@ class OptwatchApp(App[None]):
         Binding("colon", "command", "Command"),
         Binding("p", "profile", "Profile"),
         Binding("z", "zoom", "Zoom"),
+        Binding("y", "loss_scale", "Log loss", show=False),  # (in the README's keys: the footer is full)
         Binding("B", "baseline", "Baseline"),
     ]
 
@@ -99,6 +100,8 @@ class OptwatchApp(App[None]):
         self._feed_update_queued = threading.Event()
         self._panes: Panes | None = None
         self.zoom = chart_series.ZOOMS[0]
+        self.log_loss = False
+        """The loss chart on a log scale (``y``): a loss that fell by orders of magnitude reads flat on a linear one."""
         self.baseline: chart_series.Baseline | None = None
         self.views = extra_views()
         for view in self.views:
@@ -330,6 +333,9 @@ class OptwatchApp(App[None]):
             losses, loss_title = chart_series.loss_series(store, self.zoom, self.baseline)
             grads, grad_title = chart_series.grad_series(store, self.zoom)
             controls, alerts = chart_series.markers(store)
+        panes.loss_chart.log_y = self.log_loss
+        if self.log_loss:
+            loss_title += " · log scale"
         for chart, series, title in ((panes.loss_chart, losses, loss_title), (panes.grad_chart, grads, grad_title)):
             chart.title = title
             chart.markers = controls
@@ -340,6 +346,13 @@ class OptwatchApp(App[None]):
         """The charts' next zoom: recent steps (following the live edge), the wider window, the whole run."""
         self.zoom = chart_series.next_zoom(self.zoom)
         self.notify(f"charts: {self.zoom.title('steps').removeprefix('steps · ')}", timeout=2)
+        self.render_views(force_charts=True)
+
+    def action_loss_scale(self) -> None:
+        """The loss chart's y axis: linear, or log (where values at or under 0 are left out, as it says)."""
+        self.log_loss = not self.log_loss
+        scale = "log scale (values at or under 0 left out)" if self.log_loss else "linear scale"
+        self.notify(f"loss chart: {scale}", timeout=2)
         self.render_views(force_charts=True)
 
     def action_baseline(self) -> None:
