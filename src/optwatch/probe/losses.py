@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from optwatch import protocol
-from optwatch.probe.model import attribute_name_of
+from optwatch.probe.model import attribute_name_of, params_of
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OPTWATCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +150,7 @@ class OptimizerNames:
             base = _name_in_main(optimizer) or (named_there[0] if named_there and named_there[1]() is None else None)
             if base is None:
                 model = self._model_of(optimizer)
-                params = [p for group in optimizer.param_groups for p in group["params"]]
+                params = params_of(optimizer)
                 named = model is not None and _name_in_main(model)
                 if named and _trains_a_part_of(params, model):
                     # ``model = GAN(); trainer.fit(model)``: both optimizers train a part of the global ``model``.

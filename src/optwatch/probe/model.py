@@ -44,13 +44,18 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.linalg.vector_norm(torch.stack([n.to(first, non_blocking=True) for n in norms]))
 
 
+def params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters ``optimizer`` trains, group by group, in its order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def largest_module_of(*optimizers: torch.optim.Optimizer) -> torch.nn.Module | None:
     """The live module with the most parameters that holds some trained by ``optimizers`` and no trainable
     ones they leave out. Frozen ones count in: a model fine-tuned with its backbone frozen, or through LoRA
     adapters, is the whole model (its parameters named as the script names them), not its largest trained
     part; a frozen module of its own (a teacher) holds none trained, and a GAN's wrapper holds the other
     optimizer's."""
-    trained = {id(p) for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]}
+    trained = {id(p) for optimizer in optimizers for p in params_of(optimizer)}
     return largest_module(lambda param: id(param) in trained, frozen_in=True)
 
 

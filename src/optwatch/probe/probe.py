@@ -59,6 +59,7 @@ from optwatch.probe.model import (
     largest_module_holding,
     largest_module_of,
     learning_rate_of,
+    params_of,
     smallest_module_holding,
 )
 from optwatch.probe.plugin import ProbePlugin, being_traced
@@ -507,8 +508,8 @@ class Probe:
         first = self._clip_params[0] if self._clip_params else None
         for ref in reversed(self._made):
             optimizer = ref()
-            if optimizer is not None and any(p is first for group in optimizer.param_groups for p in group["params"]):
-                return [p for group in optimizer.param_groups for p in group["params"]]
+            if optimizer is not None and any(p is first for p in params_of(optimizer)):
+                return params_of(optimizer)
         return self._clip_params
 
     def find_model(self) -> torch.nn.Module | None:
@@ -553,7 +554,7 @@ class Probe:
         from now on, its parameters measured with the primary's and the model found again to hold them all."""
         if not self._primary_stepped_last:
             return False
-        if not any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+        if not any(p.grad is not None for p in params_of(optimizer)):
             return False
         self._partners.append(weakref.ref(optimizer))
         self._params_key = None
@@ -893,7 +894,7 @@ class Probe:
         self._gradients_final = True  # (the plugins' checks and the probe's own norm would see one gradient)
         if not self.detailed:
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params_of(optimizer)]
         if sharding.is_sharded(grads):
             return  # (a sharded model's parts are the hub's to add up: not in this path)
         norm = global_norm(grads)
@@ -985,7 +986,7 @@ class Probe:
             if optimizer in self._others_apart:
                 return
             self.parameters()  # (keeps the primary's parameter ids up to date)
-            if not any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
+            if not any(id(p) in self._param_ids for p in params_of(optimizer)):
                 self._others_apart.add(optimizer)
                 return
             self._others_apart = weakref.WeakSet()  # (measured against the new primary from now on)
@@ -1001,7 +1002,7 @@ class Probe:
             # its baselines over (the last trial's are not this model's); ``_tables_stale`` keeps the step off
             # the light path, where no record is made. A new optimizer for the same model is no new model.
             old = {id(param) for param in self.model.parameters()} if self.model is not None else set()
-            if not any(id(param) in old for group in optimizer.param_groups for param in group["params"]):
+            if not any(id(param) in old for param in params_of(optimizer)):
                 self._new_model = self._tables_stale = True
             if not self._model_given:
                 # Looked for again, unless models come and go faster than the walk over every live object
