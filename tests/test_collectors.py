@@ -6,8 +6,10 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
+import psutil
 import pynvml
 import pytest
 import torch
@@ -200,3 +202,36 @@ def test_torch_threads_are_the_training_threads_even_when_set_after_a_slow_start
     assert "THREADS 1" in done.stdout and os.cpu_count() > 1
     told = [r["torch_threads"] for r in read_jsonl(record) if r["kind"] == "system" and r.get("step", 0) > 0]
     assert told and set(told) == {1}, told
+
+
+def test_the_machines_cpu_is_measured_on_the_thread_that_samples_not_read_as_idle():
+    """The collector is made on the importing thread and sampled on the sampler's: psutil keeps its last
+    reading per thread, so the first sample said 0% for a machine this test keeps busy, and a starved
+    process on a busy machine read as a loop that waits. That first sample has no figure; the next is
+    the busy machine's (a spinning thread: at least one core's share of the machine)."""
+    collector = HostCollector()
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    samples: list[dict] = []
+
+    def sample_twice() -> None:
+        samples.append(collector.sample())
+        time.sleep(0.5)
+        samples.append(collector.sample())
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        sampler = threading.Thread(target=sample_twice)
+        sampler.start()
+        sampler.join()
+    finally:
+        stop.set()
+        spinner.join()
+    cores = psutil.cpu_count()
+    assert samples[0]["host_cpu_percent"] is None
+    assert samples[1]["host_cpu_percent"] >= 0.8 * 100 / cores

@@ -8,6 +8,7 @@ Torch-free.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,7 +32,10 @@ class HostCollector:
         self._workers: dict[int, psutil.Process] = {}
         self._ignored: set[int] = set()
         self._process.cpu_percent(None)
-        psutil.cpu_percent(None)
+        self._host_thread: int | None = None
+        """The thread the machine's CPU is measured from: psutil (7.x) keeps ``cpu_percent(None)``'s last
+        reading per thread, so a first call on another thread reads 0.0 (the sampler's first sample read an
+        idle machine, and a starved process on a busy one read as a loop that waits)."""
 
     def sample(self, worker_pids: list[int] | None = None) -> dict[str, Any]:
         """``worker_pids``: the DataLoader's worker processes where the caller knows them (else the children
@@ -41,11 +45,15 @@ class HostCollector:
             rss = self._process.memory_info().rss
             threads = self._process.num_threads()
         memory = psutil.virtual_memory()
+        host_cpu_percent: float | None = psutil.cpu_percent(None)
+        if self._host_thread != threading.get_ident():
+            self._host_thread = threading.get_ident()
+            host_cpu_percent = None  # (this thread's first reading starts its measurement)
         return {
             "cpu_percent": cpu_percent,
             "rss_bytes": rss,
             "threads": threads,
-            "host_cpu_percent": psutil.cpu_percent(None),
+            "host_cpu_percent": host_cpu_percent,
             "cpu_count": self._usable_cpus(),
             "load_avg": list(os.getloadavg()),
             "host_mem_used_bytes": memory.total - memory.available,
