@@ -390,8 +390,11 @@ def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):
     assert any(t["evaluations"] > 1 for t in truth.values())  # the closure ran several times a step
 
 
-def test_accumulation_sums_the_loss_and_the_norm_is_the_one_before_clipping(tmp_path):
-    records, stdout, _ = run(tmp_path, "accumulate")
+@pytest.mark.parametrize("every_micro", [False, True], ids=["clip-at-the-step", "clip-every-micro-batch"])
+def test_accumulation_sums_the_loss_and_the_norm_is_the_one_before_clipping(tmp_path, every_micro):
+    """With a clip after every micro-batch (a slip accelerate's docs warn of), the step's norm was the first
+    clip's, of one micro-batch's gradients (0.46 where the script's last clip said 0.98)."""
+    records, stdout, _ = run(tmp_path, "accumulate", *(["--clip-every-micro"] if every_micro else []))
     truth = truth_of(stdout)
     steps = steps_of(records)
     assert_same(steps, truth, "loss", "loss")

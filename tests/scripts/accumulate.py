@@ -5,7 +5,8 @@ torch on the CPU, with its own ground truth. No optwatch import.
 
 - ``loss``: the step's loss as the loop reports it, the sum of the four ``loss / 4`` it ran backward() on
   (so the mean of the micro-batch losses).
-- ``grad_norm``: the pre-clip global L2 norm that ``torch.nn.utils.clip_grad_norm_`` returned.
+- ``grad_norm``: the pre-clip global L2 norm that ``torch.nn.utils.clip_grad_norm_`` returned (with
+  ``--clip-every-micro``, its last call's, on the gradients the step takes).
 - ``grad_norm_after_clip``: the norm the optimizer then saw (max_norm when clipping bit).
 - ``samples``: the samples of the step's four micro-batches (DataLoader batch 8: 32).
 """
@@ -18,6 +19,11 @@ from torch import nn
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=16)
+parser.add_argument(
+    "--clip-every-micro",
+    action="store_true",
+    help="clip after every micro-batch's backward (a common slip): the step's norm is the last clip's",
+)
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -38,9 +44,12 @@ for x, y in loader:
     summed += loss.item()
     samples += int(x.size(0))
     micro += 1
+    if args.clip_every_micro:
+        total = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
     if micro % ACCUMULATION:
         continue
-    total = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+    if not args.clip_every_micro:
+        total = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
     after = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
     optimizer.step()
     optimizer.zero_grad()

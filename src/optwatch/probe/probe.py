@@ -662,6 +662,11 @@ class Probe:
         elif self._partners_due:
             self._end_together(now)  # a partner that did not step this time
         self._primary_stepped_last = False
+        if self._clipped_whole or self._clip_parts:
+            # A clip before this backward (one per micro-batch, a common slip): the gradients it measured
+            # are not the ones the step takes, so the next clip's norm is the step's, not this one's.
+            self._clip_norm = self._clip_max = None
+            self._clip_parts, self._clip_covered, self._clipped_whole = [], set(), False
         self.training_thread = threading.get_ident()
         fetched = self._batches.consumed()
         if self._step_start is None:
