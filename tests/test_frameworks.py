@@ -154,6 +154,21 @@ def test_an_lr_command_under_lightning_is_the_rate_its_own_monitor_logs(tmp_path
     assert truth[9]["lr"] == pytest.approx(0.05 * 1.9 / 1.8)  # the schedule, scaled to pass through 0.05
 
 
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
+def test_a_validation_in_the_middle_of_an_accumulated_step_is_at_the_step_lightning_logs_it(tmp_path):
+    """Three batches a step, a validation every 8 batches: most fall in the middle of a step, which
+    Lightning's loggers tag with the step under way; optwatch tagged them with the one before."""
+    logs = tmp_path / "logs"
+    args = ("--callback", "--accumulate", "3", "--logs", str(logs))
+    records, _, _ = run_framework(tmp_path, "lightning_train", args=args)
+    with open(logs / "metrics.csv") as handle:
+        logged = [(int(row["step"]), float(row["val_loss"])) for row in csv.DictReader(handle) if row.get("val_loss")]
+    published = [(r["step"], r["values"]["val_loss"]) for r in records if r["kind"] == "metric"]
+    assert len(logged) >= 3
+    assert [step for step, _ in published] == [step for step, _ in logged]
+    assert [value for _, value in published] == pytest.approx([value for _, value in logged], rel=1e-6)
+
+
 def watched_with_the_callback(tmp_path, script: str) -> tuple[list[dict], dict[int, dict], str]:
     """``python SCRIPT --callback --bf16`` (no `optwatch run`; bfloat16 mixed precision, as people train), watched
     from another process with `optwatch attach`."""

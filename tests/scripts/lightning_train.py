@@ -22,7 +22,9 @@ optimizer step, from that hook:
 validation run (``after_step`` -1: the sanity check, before step 0).
 
 ``--schedule --logs DIR``: a per-batch LambdaLR (the rate rises 10% of its base a step) and Lightning's
-LearningRateMonitor, writing what it logs to ``DIR/metrics.csv``.
+LearningRateMonitor, writing what it logs to ``DIR/metrics.csv`` (``--logs`` alone: Lightning's CSVLogger
+there, ``val_loss`` with the step it tags it with). ``--accumulate N``: accumulate_grad_batches=N, so that
+validations (every 8 batches) fall in the middle of a step.
 """
 
 import inspect
@@ -143,10 +145,13 @@ def main() -> None:
     logger = False
     if "--schedule" in sys.argv:  # and Lightning's own log of the rate, to --logs DIR
         from lightning.pytorch.callbacks import LearningRateMonitor
-        from lightning.pytorch.loggers import CSVLogger
 
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if "--logs" in sys.argv:
+        from lightning.pytorch.loggers import CSVLogger
+
         logger = CSVLogger(sys.argv[sys.argv.index("--logs") + 1], name="", version="")
+    accumulate = int(sys.argv[sys.argv.index("--accumulate") + 1]) if "--accumulate" in sys.argv else 1
     if "--callback" in sys.argv:
         from optwatch.integrations.lightning import OptwatchCallback
 
@@ -157,6 +162,7 @@ def main() -> None:
         devices=1,
         max_steps=MAX_STEPS,
         val_check_interval=VAL_EVERY,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=CLIP,
         enable_checkpointing=False,
         logger=logger,

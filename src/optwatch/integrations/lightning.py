@@ -4,8 +4,8 @@ The probe watches the first optimizer of ``configure_optimizers`` (the one Light
 ``LightningOptimizer`` wraps); under automatic optimization a step's loss is its closure's first
 evaluation, what ``training_step`` returned. What the module logs with ``self.log`` (``trainer.callback_metrics``:
 validation loss, accuracy...) is published as ``metric`` records after each validation and each training
-epoch, tagged with the step before them as Lightning's loggers tag them: each value once, when Lightning
-has a new one (told by the object, never by reading the device).
+epoch, tagged with the step Lightning's loggers tag them with: each value once, when Lightning has a new
+one (told by the object, never by reading the device).
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ class OptwatchCallback(Callback):
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self._publish(trainer)
+            # Lightning's loggers tag it with the batches that stepped so far: the step just done, or, in the
+            # middle of an accumulated step, the one under way.
+            self._publish(trainer, _logged_step(trainer))
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self._publish(trainer)
+        self._publish(trainer, _logged_step(trainer) - 1)  # (Lightning logs an epoch's at its last step)
 
-    def _publish(self, trainer: Any) -> None:
+    def _publish(self, trainer: Any, step: int) -> None:
         if self.probe is None:
             return
         fresh = {
@@ -60,7 +62,7 @@ class OptwatchCallback(Callback):
         self._published.update(fresh)
         numbers = numbers_of(fresh)
         if numbers:
-            self.probe.log_after_step(**numbers)  # (after a batch's step: tagged as Lightning's loggers tag them)
+            self.probe.log_at_step(max(step, self.probe.first_step), **numbers)
 
 
 def _logged_step(trainer: Any) -> int:

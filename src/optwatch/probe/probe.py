@@ -396,6 +396,11 @@ class Probe:
         steps), tagged with that step, as the framework's own loggers tag them."""
         self._publish_metrics(max(self.step - 1, self.first_step), metrics)
 
+    def log_at_step(self, step: int, /, **metrics: float) -> None:
+        """Publish named values tagged with ``step``, where a framework's loggers tag them with one of their own
+        (Lightning's validation in the middle of an accumulated step: the step under way)."""
+        self._publish_metrics(step, metrics)
+
     def _publish_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         values = {}
         for name, value in metrics.items():
