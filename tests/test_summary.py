@@ -331,3 +331,13 @@ async def test_y_puts_the_loss_chart_on_a_log_scale_and_back():
         await wait_for_ui(pilot, lambda: chart.title == "Loss · last 1,000 steps")
         assert not chart.log_y
     assert all(f"1e{k}┤" in logarithmic for k in (-2, -1, 0)) and "1e-2" not in linear
+
+
+def test_the_headless_summary_says_what_the_script_logged_as_the_overview_does():
+    """An evaluation's accuracy, logged by the script (``ow.log``) or its framework's callback, reached the
+    record and the Overview but no headless line: someone following a run over ssh never saw it."""
+    store = Store()
+    store.ingest([step(i, 0.05) for i in range(150)])
+    metric = {"v": 1, "kind": "metric", "rank": 0, "seq": 999, "time": 150.0, "step": 149}
+    store.ingest([{**metric, "values": {"eval_acc": 0.446, "eval_loss": 1.2345678}}])
+    assert " | eval_acc 0.446 @149 | eval_loss 1.235 @149" in summary_line(store)

@@ -55,6 +55,11 @@ def summary_line(store: Store, final: bool = False) -> str | None:
         share, steps = 100 * summary.clipped_share, summary.clipped_of
         grad += f" (clipped at {summary.clip_max_norm:g} in {share:.0f}% of the last {steps} steps)"
     parts += [grad, f"lr {_fmt(summary.lr, '.3g')}"]
+    with store.lock:
+        metric = store.latest.get("metric")
+    if metric:  # what the script or its framework logged (an evaluation's loss), as the Overview shows it
+        values = list((metric.get("values") or {}).items())[:3]
+        parts += [f"{name} {_fmt(value, '.4g')} @{metric.get('step')}" for name, value in values]
     cost = cost_text(summary)
     if cost:
         parts.append(cost)
