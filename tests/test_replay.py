@@ -109,7 +109,7 @@ def test_a_bad_line_is_skipped_and_named_and_the_rest_replayed(tmp_path, name):
         f"optwatch: warning: {path}: skipped 1 line that is not a record (first: line {line}: {reason}): "
         f"replaying the {good} records (up to step 7)"
     ]
-    assert "step 7 | loss 0.25 " in result.stdout
+    assert "step 7 (8 steps) | loss 0.25 " in result.stdout
 
 
 def test_a_record_file_with_bad_lines_here_and_there_replays_the_good_ones(tmp_path):
@@ -130,7 +130,7 @@ def test_a_record_file_with_bad_lines_here_and_there_replays_the_good_ones(tmp_p
     assert warning.startswith(
         f"optwatch: warning: {path}: skipped 2 lines that are not records (first: line {spoilt + 1}: not JSON"
     )
-    assert f"step 29 | loss {printed[29]:.4f}" in replay.stdout
+    assert f"step 29 (30 steps) | loss {printed[29]:.4f}" in replay.stdout
 
 
 def test_a_line_that_reads_nan_stays_text_and_a_nan_loss_stays_a_number(tmp_path):

@@ -276,7 +276,7 @@ def test_a_record_garbled_in_the_middle_replays_up_to_the_damage_and_says_so(tmp
     last = int(warning.split("(up to step ")[1].split()[0])
     assert f"(up to step {last} of the run's 3000)" in warning
     assert 0 < last < 2999 and "after it skipped" in warning
-    assert f"step {last} | loss {losses[last]:.4g} " in replay.stdout
+    assert f"step {last} ({last + 1} steps) | loss {losses[last]:.4g} " in replay.stdout
 
     from optwatch import cli
     from optwatch.app.app import OptwatchApp
@@ -314,7 +314,7 @@ def test_a_record_cut_short_says_where_it_ends_unless_its_run_is_still_being_wri
         f"optwatch: warning: {record}: it ends early, cut at step {last} of the run's 3000: "
         f"replaying the {last + 2} records"  # the hello and steps 0 to last
     )
-    assert f"step {last} | loss {losses[last]:.4g} " in replay.stdout
+    assert f"step {last} ({last + 1} steps) | loss {losses[last]:.4g} " in replay.stdout
     summary = json.loads((tmp_path / "run" / runs.SUMMARY_NAME).read_text())
     runs.write_summary(tmp_path / "run", {**summary, "status": "running", "hub_pid": os.getpid()})
     live = optwatch("replay", "--headless", "run", env=env)
@@ -346,7 +346,7 @@ def test_runs_without_a_readable_run_json_or_with_a_record_cut_short_are_listed_
     ]
     replay = optwatch("replay", "--headless", "lost", env=env)
     assert replay.returncode == 0, replay.stderr
-    assert f"step 39 | loss {losses['lost-a'][-1]:.4g} " in replay.stdout
+    assert f"step 39 (40 steps) | loss {losses['lost-a'][-1]:.4g} " in replay.stdout
     listed = {entry["run_id"]: entry for entry in json.loads(optwatch("runs", "--json", env=env).stdout)}
     assert listed["lost-a"]["note"] == "run.json missing: figures read from its record"
 

@@ -44,6 +44,12 @@ CPU_BUSY_PERCENT = 50.0
 HOST_BUSY_PERCENT = 75.0
 """... when the machine's cores are less busy than this (else other programs may be what it waits for)."""
 CPU_OTHER_SHARE = 0.40
+HOST_CONTENDED_PERCENT = 90.0
+CONTENDED_SHARE = 0.35
+"""A process that gets less than this share of the cores its torch threads could use, on a machine whose
+cores are busier than ``HOST_CONTENDED_PERCENT``, waits for cores other programs take: with two threads on
+two cores shared with two busy programs it got 45% of a core, and its steps took 413 ms against 11 ms with
+one thread (each op waits for its slowest thread, and a thread without a core holds it)."""
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
 OPTWATCH_NOTABLE_SHARE = 0.05  # optwatch's own share of a host-bound step worth saying with the verdict
@@ -303,9 +309,12 @@ def judge(window: Window, holding: bool = False) -> tuple[dict[str, Any], bool]:
     last one, and then stays down to ``BETWEEN_STAYS`` of its threshold."""
     device_rule = _gpu if window.device == "cuda" else _cpu
     between = None
-    found = _input(window) or _memory(window)
+    threshold = BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0)
+    found = _evaluation_first(window, threshold) or _input(window) or _memory(window)
+    if found is not None and found[1].startswith("evaluation takes"):
+        between = found
     if found is None:
-        between = _between(window, BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0))
+        between = _between(window, threshold)
         found = between or device_rule(window)
     bottleneck, message, suggestions = found
     verdict = {"bottleneck": bottleneck, "message": message, "evidence": evidence(window), "suggestions": suggestions}
@@ -345,11 +354,14 @@ def _input(w: Window) -> tuple[str, str, list[str]] | None:
         and w.host_cpu_percent is not None
         and w.host_cpu_percent >= HOST_BUSY_PERCENT
     ):
-        # Idle workers on a machine with no core to spare wait for a core, not for I/O: more would wait too.
+        # Idle workers on a machine with no core to spare: they wait for a core, or on I/O while other
+        # programs keep the cores busy; their CPU figure cannot tell which (workers that sleep in I/O ran
+        # twice as fast with twice as many, where "fewer" was the advice).
         suggestions.append(
-            f"The machine's {_count(cores, 'core')} are busy ({w.host_cpu_percent:.0f}% in all) and the "
-            f"{num_workers} workers wait for one: more workers would not help; fewer "
-            f"(num_workers={max(1, cores - 1)}), a cheaper __getitem__, or a machine with more cores"
+            f"The {num_workers} workers are mostly idle while the machine's {_count(cores, 'core')} are busy "
+            f"({w.host_cpu_percent:.0f}% in all, other programs included): if __getitem__ waits on I/O, more "
+            f"workers overlap it (try num_workers={num_workers * 2} and compare the step time); if they wait "
+            "for a core, more would not help: a cheaper __getitem__, or cores of the training's own"
         )
     elif busy is not None and busy < WORKERS_BUSY_PERCENT:
         suggestions.append(
@@ -367,7 +379,7 @@ def _input(w: Window) -> tuple[str, str, list[str]] | None:
         suggestions.append(
             "DataLoader(pin_memory=True) with .to(device, non_blocking=True) overlaps the copy to the GPU"
         )
-    else:
+    elif num_workers:  # (without workers a DataLoader refuses a prefetch_factor)
         suggestions.append("A larger prefetch_factor smooths out uneven batch times")
     return "input", message, suggestions
 
@@ -405,6 +417,18 @@ def _memory(w: Window) -> tuple[str, str, list[str]] | None:
             ],
         )
     return None
+
+
+def _evaluation_first(w: Window, threshold: float) -> tuple[str, str, list[str]] | None:
+    """An evaluation that takes more of the time than the training steps' data wait does: the input rule
+    judges the training steps alone (an evaluation taking two thirds of the time, through a DataLoader,
+    was "input-bound: raise num_workers" on the training steps' 38% wait, 12% of the time)."""
+    data = w.shares.get("data_wait_s")
+    share = w.evaluation_share
+    if data is None or share is None or share < data * (1.0 - share):
+        return None
+    found = _between(w, threshold)
+    return found if found is not None and found[1].startswith("evaluation takes") else None
 
 
 def _between(w: Window, threshold: float = BETWEEN_SHARE) -> tuple[str, str, list[str]] | None:
@@ -511,12 +535,37 @@ def _model_words(w: Window) -> str:
     return "the step's work apart from the data wait (its phases untimed) takes"
 
 
+def _contended(w: Window) -> tuple[str, str, list[str]] | None:
+    """Other programs take the cores the training's threads would compute on (``CONTENDED_SHARE``)."""
+    host, cpu, cores = w.host_cpu_percent, w.cpu_percent, w.cpu_count
+    if host is None or cpu is None or not cores or host < HOST_CONTENDED_PERCENT:
+        return None
+    threads = w.torch_threads or 1
+    if cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores):
+        return None
+    suggestions = []
+    if threads > 1:
+        suggestions.append(
+            f"Fewer threads wait less for cores others take: torch.set_num_threads(1) (or OMP_NUM_THREADS=1) "
+            f"instead of {threads}; each op waits for its slowest thread"
+        )
+    suggestions.append(
+        "See what else runs (top, htop) and give the training cores of its own: taskset, a cgroup, a quieter machine"
+    )
+    message = (
+        f"the machine's {_count(cores, 'core')} are busy ({host:.0f}% in all) and this process gets "
+        f"{cpu:.0f}% of a core for {_count(threads, 'torch thread')}: other programs take the CPU it computes on"
+    )
+    return "host", message, suggestions
+
+
 def _cpu(w: Window) -> tuple[str, str, list[str]]:
     model, other = w.model_share, w.shares.get("other_s")
     forward_known = w.shares.get("forward_s") is not None
     # The process used little CPU while the machine had some to spare: it waited. (On a machine whose cores
     # other programs keep busy, a starved process computes when it runs: that is the next rule's.)
     spare = w.host_cpu_percent is not None and w.host_cpu_percent < HOST_BUSY_PERCENT
+    busy_machine = w.host_cpu_percent is not None and not spare  # (more threads would wait for cores there)
     idle = spare and w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
     if model is not None and model >= CPU_MODEL_SHARE and idle:
         return (
@@ -536,13 +585,16 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
                 "Profile a few steps: a wait is time that no operator accounts for (control: profile=5)",
             ],
         )
+    contended = _contended(w)
+    if contended is not None:
+        return contended
     if model is not None and model >= CPU_MODEL_SHARE:
         threads = _count(w.torch_threads, "thread") if w.torch_threads else "torch threads ?"
         cores = _count(w.cpu_count, "core") if w.cpu_count else "cores ?"
         second = (
             f"torch uses {threads} on {cores}: torch.set_num_threads(physical cores), "
             "and keep DataLoader workers off those cores"
-            if w.torch_threads and w.cpu_count and w.torch_threads < w.cpu_count
+            if w.torch_threads and w.cpu_count and w.torch_threads < w.cpu_count and not busy_machine
             else f"Already in {w.precision}: a larger batch vectorises better"
             if w.mixed_precision
             else "bf16 autocast speeds up CPUs with AVX-512/AMX (control: amp=on); a larger batch vectorises better"
@@ -644,6 +696,7 @@ def evidence(w: Window) -> dict[str, Any]:
         "host_mem_share": w.host_mem_share,
         "cpu_percent": w.cpu_percent,
         "cpu_count": w.cpu_count,
+        "host_cpu_percent": w.host_cpu_percent,
         "torch_threads": w.torch_threads,
         "workers": w.workers,
         "workers_cpu_percent": w.workers_cpu_percent,

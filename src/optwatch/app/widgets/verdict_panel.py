@@ -59,6 +59,8 @@ def evidence_parts(evidence: dict[str, Any]) -> list[str]:
     if "cpu_percent" in evidence:
         cores = f"/{evidence['cpu_count']} cores" if "cpu_count" in evidence else ""
         parts.append(f"CPU {evidence['cpu_percent']:.0f}%{cores}")
+    if finite(evidence.get("host_cpu_percent")):  # the whole machine's, other programs included
+        parts.append(f"machine {evidence['host_cpu_percent']:.0f}% busy")
     if evidence.get("workers"):
         busy = evidence.get("workers_cpu_percent")
         parts.append(f"workers {evidence['workers']}" + (f" @ {busy:.0f}%" if finite(busy) else ""))
