@@ -5,11 +5,13 @@ CPU, with its own ground truth. No optwatch import.
 
 With no optimizer, each backward() on the loss is a step (optwatch counts from 0 here too).
 
-    TRUTH {"step": S, "loss": ..., "grad_norm": pre-clip norm clip_grad_norm_ returned, "samples": sequences}
+    TRUTH {"step": S, "loss": ..., "grad_norm": pre-clip norm clip_grad_norm_ returned, "samples": sequences,
+           "forward_s": the model's call, timed by the script}
 """
 
 import argparse
 import json
+import time
 
 import torch
 from torch import nn
@@ -54,11 +56,14 @@ for step, i in enumerate(range(0, source.size(0) - 1, BPTT)):
     data, targets = get_batch(i)
     model.zero_grad()
     hidden = tuple(h.detach() for h in hidden)  # repackage_hidden
+    began = time.perf_counter()
     output, hidden = model(data, hidden)
+    forward_s = time.perf_counter() - began
     loss = criterion(torch.log_softmax(output, dim=-1), targets)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
     for p in model.parameters():
         p.data.add_(p.grad, alpha=-LR)
     record = {"step": step, "loss": loss.item(), "grad_norm": float(norm), "samples": int(data.size(1))}
+    record["forward_s"] = forward_s  # the model's call
     print(f"TRUTH {json.dumps(record)}", flush=True)
