@@ -363,3 +363,17 @@ def test_a_converging_regressions_batch_losses_between_checks_are_no_explosion()
     jumped = StepInput(step=5000, loss=100 * statistics.median(losses[-50:]))
     alerts = feed(GradientDiagnosis(), [*steps, jumped])
     assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 5000)], alerts
+
+
+def test_a_value_just_beyond_a_spike_a_few_steps_old_is_no_explosion():
+    """A diffusion model's layer spiked to 21x its median, and four steps later reached 25x: "exploding",
+    where the spike, not yet in the baseline's reach (refreshed every few observations), set no bar. The
+    same norms here: a spike of 25 beside a median of 1, then 30 a few steps on (the root of the factor
+    beyond a spike is 79)."""
+    for gap in range(2, 5):  # (25 then 30 at once: two in a row, no lone spike)
+        rng = random.Random(3)
+        norms = [1.0 + 0.1 * rng.random() for _ in range(60)]
+        norms[20] = 9.0  # (an older spike: 30 is beyond its bar, 28.5)
+        norms += [25.0] + [1.0] * (gap - 1) + [30.0] + [1.0] * 10
+        steps = [StepInput(step=i, loss=1.0, grad_norm=g) for i, g in enumerate(norms)]
+        assert feed(GradientDiagnosis(), steps) == [], gap

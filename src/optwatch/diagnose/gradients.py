@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import collections
 import functools
+import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -309,6 +310,10 @@ class _Baseline:
         """The largest value (signed: departure from the median), spike or not, but for the ``recent`` newest
         (where a trend, a dive under way, would stand in for its own bar)."""
         self._recent = recent
+        self._fresh_reach = 0.0
+        """The largest lone spike (signed: in departure from the median) added since the last refresh: a spike a
+        few observations old raised the bar only at the next refresh, and the next value a little beyond it was
+        "exploding" (a diffusion model's layer at 25x its median, four steps after it spiked to 21x)."""
         self.counted = 0
         """How many values the median and MAD are of."""
         self._spacing = 1.0
@@ -318,6 +323,10 @@ class _Baseline:
             self.values.append(value)
             self._steps.append(step)
             self._stale += 1
+            if len(self.values) >= 3:
+                # The value before this one, now that it has both neighbours: a lone spike (a trend, a dive
+                # under way, is none) since the refresh, or the last one it saw, which it could not judge.
+                self._fresh_reach = max(self._fresh_reach, _lone_spikes_reach(self._departures(-3)))
 
     def stats(self, min_count: int) -> tuple[float, float] | None:
         if len(self.values) < min_count:
@@ -338,7 +347,20 @@ class _Baseline:
             steps = list(self._steps)
             self._spacing = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 1.0
             self._stale = 0
+            self._fresh_reach = 0.0
         return self._median, self._mad
+
+    @property
+    def reach_now(self) -> float:
+        """``reach``, or a lone spike added since it was measured where that went further."""
+        return max(self.reach, self._fresh_reach)
+
+    def _departures(self, start: int) -> list[float]:
+        """The values from index ``start`` (signed: as departures from the median)."""
+        values = list(itertools.islice(reversed(self.values), -start))[::-1]
+        if self.signed and self._median is not None:
+            return [abs(v - self._median) for v in values]
+        return values
 
     def recent_median(self, count: int) -> float | None:
         """The median of the last ``count`` values (None without any)."""
@@ -355,6 +377,7 @@ class _Baseline:
         self.values.clear()
         self._steps.clear()
         self._median = None
+        self._fresh_reach = 0.0
 
 
 # --- the rules --------------------------------------------------------------------------------------
@@ -575,7 +598,7 @@ class ExplodingRule:
         size = baseline.size if baseline.signed else None
         # To start an episode it must also go beyond its lone spikes' reach by the root of ``bar``: a signal with a
         # heavy tail (a one-task meta-batch's loss and gradients) spikes to 10x its median in healthy runs.
-        beyond = self.episode.active or math.sqrt(bar) * max(baseline.reach, baseline.widest if whole else 0.0)
+        beyond = self.episode.active or math.sqrt(bar) * max(baseline.reach_now, baseline.widest if whole else 0.0)
         if size is not None:
             # Away from its median by (bar - 1) times its usual size, either way (a critic's loss diving to
             # -1e4); the size, not the median, for a loss that lives about 0 (a policy loss).
