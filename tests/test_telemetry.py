@@ -348,3 +348,20 @@ def test_a_pause_and_work_after_the_last_step_are_not_read_as_steps_that_wait(tm
     # One thread that computes all the time uses a core (whether the verdict flips also depends on the
     # machine's other load: the figure itself does not).
     assert all(v["evidence"]["cpu_percent"] > 80 for v in verdicts), [v["evidence"]["cpu_percent"] for v in verdicts]
+
+
+def test_time_to_backward_runs_to_the_steps_last_backward_where_ddp_syncs_under_accumulation(probe):
+    """Under accumulation with DDP's no_sync the gradients' all-reduce is in the last micro-batch's backward:
+    a rank slow in each of four micro-batches reached the first backward 15 ms in, under the straggler
+    check's bar, while the others waited for it 60 ms a step. By hand: 4 forwards of 10 ms before the last."""
+    model = SleepyModel(forward_sleep=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(2, 4), torch.randn(2, 1)
+    for _ in range(4):
+        for _ in range(4):
+            (torch.nn.functional.mse_loss(model(x), y) / 4).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    steps = recorded(probe)
+    assert len(steps) == 4
+    assert all(0.04 <= s["to_backward_s"] < s["step_time_s"] for s in steps[1:]), [s["to_backward_s"] for s in steps]

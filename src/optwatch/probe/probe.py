@@ -681,13 +681,11 @@ class Probe:
         if not is_loss and isinstance(tensors, (list, tuple)) and tensors:
             # torch.autograd.backward([loss_a, loss_b]): the gradients of their sum, and so is the loss.
             if all(isinstance(t, torch.Tensor) and t.numel() == 1 and t.requires_grad for t in tensors):
-                if self._backward_started is None:
-                    self._backward_started = now
+                self._backward_started = now
                 for tensor in tensors:
                     self._losses.backpropagated(tensor, in_closure=self._stepping is not None)
         elif is_loss:
-            if self._backward_started is None:
-                self._backward_started = now
+            self._backward_started = now  # (the step's last: where DDP syncs under no_sync accumulation)
             self._losses.backpropagated(tensors, in_closure=self._stepping is not None)
             for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
                 if replaced is not None:
@@ -1142,8 +1140,9 @@ class Probe:
             now - step_start if step_start is not None else None,
             self._batches.data_wait_s,
             self._batches.samples,
-            # Time until this rank reached backward(), where DDP's gradient all-reduce waits for the
-            # slowest rank: the straggler is the rank for which this is longest.
+            # Time until this rank reached its last backward(), where DDP's gradient all-reduce waits for
+            # the slowest rank (under accumulation with no_sync, the first backward comes before a slow
+            # rank's later micro-batches): the straggler is the rank for which this is longest.
             backward_started - step_start if backward_started is not None and step_start is not None else None,
             self.own_s,
             self._planned_every,
