@@ -114,6 +114,10 @@ def test_model_math_on_the_cpu_is_compute_bound():
     assert result["bottleneck"] == "compute"
     assert "95% of each step on the CPU" in result["message"]
     assert "torch.set_num_threads" in result["suggestions"][1]  # 4 threads on 8 cores
+    # Two DDP ranks of 4 threads each use the 8 cores: more threads would oversubscribe them.
+    window = summarise(make_steps(**CPU_COMPUTE), make_systems(torch_threads=4), "cpu")
+    window.world_size = 2
+    assert not any("set_num_threads" in tip for tip in classify(window)["suggestions"])
 
 
 def test_model_phases_at_a_quarter_of_a_core_are_waiting_not_compute():

@@ -594,7 +594,8 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
         second = (
             f"torch uses {threads} on {cores}: torch.set_num_threads(physical cores), "
             "and keep DataLoader workers off those cores"
-            if w.torch_threads and w.cpu_count and w.torch_threads < w.cpu_count and not busy_machine
+            # (each rank's threads: two ranks of one thread on two cores use them all)
+            if w.torch_threads and w.cpu_count and w.torch_threads * w.world_size < w.cpu_count and not busy_machine
             else f"Already in {w.precision}: a larger batch vectorises better"
             if w.mixed_precision
             else "bf16 autocast speeds up CPUs with AVX-512/AMX (control: amp=on); a larger batch vectorises better"
