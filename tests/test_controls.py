@@ -469,3 +469,26 @@ def test_stop_ends_a_training_thread_in_one_line_and_the_run_with_130(tmp_path, 
     assert said == ["optwatch: stopped by request before step 20: the steps before it are complete (thread trainer)"]
     [end] = [r for r in read_jsonl(record) if r["kind"] == "end"]
     assert end["exit_code"] == 130
+
+
+def test_an_explosion_in_the_scripts_own_warm_up_names_the_rise_of_the_rate(tmp_path):
+    """A warm-up to 5 over 100 steps diverges on the way up: the alert said how far the norm went and
+    nothing of the rate, which the script raised twentyfold meanwhile. It names the rise, by the rates the
+    script itself prints (its own lowest since, and the one its step used), and what to change."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), str(SCRIPTS / "plain_train.py"), "--steps", "40",
+        "--lr", "5", "--warmup", "100",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    used = rates_used(result.stdout)
+    [first] = [a for a in read_jsonl(record) if a["kind"] == "alert"][:1]
+    step = first["step"]
+    assert first["type"] in ("exploding", "nonfinite"), first
+    said = re.search(
+        r"; the learning rate rose (\S+)× in (\d+) steps \((\S+) at step 1, (\S+) now\): ", first["message"]
+    )
+    assert said, first["message"]
+    assert float(said[3]) == pytest.approx(used[1], rel=1e-2) and float(said[4]) == pytest.approx(used[step], rel=1e-2)
+    assert int(said[2]) == step - 1 and float(said[1]) == pytest.approx(used[step] / used[1], rel=1e-2)
+    assert first["message"].endswith("a lower peak or a longer warm-up (`lr*=0.1` lowers it now)")

@@ -404,6 +404,11 @@ class StepInput:
     before the first non-finite value; ``"spaced"``, a step between two detail steps (``--budget``)."""
 
 
+def _times(level: float) -> str:
+    """``12×``, ``1.2e+17×``: how many times its median, whole digits only while they read."""
+    return f"{level:.0f}×" if level < 1e4 else f"{level:.2g}×"
+
+
 def _names(names: Sequence[str]) -> str:
     """``'0', '2', … (+3)``: layer names quoted, since many are bare numbers (``nn.Sequential``)."""
     shown = ", ".join(f"'{name}'" for name in names[:_MAX_NAMED])
@@ -672,12 +677,12 @@ class ExplodingRule:
         self.layers = layers
         if global_rise:
             lead = (
-                f"global {what} {global_rise.value:.3g} is {global_rise.level:.0f}× its median "
+                f"global {what} {global_rise.value:.3g} is {_times(global_rise.level)} its median "
                 f"{global_rise.median:.3g} (last {len(self._global.values)} steps)"
             )
         elif loss_rise and not rises:
             lead = (
-                f"loss {loss_rise.value:.3g} is {loss_rise.level:.0f}× {loss_rise.against} (last "
+                f"loss {loss_rise.value:.3g} is {_times(loss_rise.level)} {loss_rise.against} (last "
                 f"{self._loss.counted} steps); its gradients were not measured at this step (optwatch's "
                 "--budget spaces the checks out): every step is checked from about a publish interval after it"
             )
@@ -689,8 +694,8 @@ class ExplodingRule:
         else:
             top = rises.pop(0)
             what = "updates jumped: update ratio" if top.what == "update ratio" else top.what
-            lead = f"{what} {top.value:.3g} in '{top.name}', {top.level:.0f}× its median {top.median:.3g}"
-        detail = ", ".join(f"'{r.name}' {r.what} {r.value:.3g} ({r.level:.0f}×)" for r in rises[:3])
+            lead = f"{what} {top.value:.3g} in '{top.name}', {_times(top.level)} its median {top.median:.3g}"
+        detail = ", ".join(f"'{r.name}' {r.what} {r.value:.3g} ({_times(r.level)})" for r in rises[:3])
         message = lead + (f"; also {detail}" if detail else "")
         first = global_rise or (loss_rise if not rises and not growth else None)
         value = first.value if first else (growth[1] if growth else top.value)

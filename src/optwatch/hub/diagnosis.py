@@ -9,6 +9,7 @@ are taken off here, before anything is published.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import re
@@ -56,6 +57,9 @@ class LayerColumns:
 
 LR_CHANGE_BLAMED_STEPS = 200
 """An explosion or a NaN this many steps after a learning-rate command names it (``_blame_lr_change``)."""
+RATE_RISE_BLAMED = 3.0
+"""An explosion or a NaN where the script's own rate (its warm-up) rose this many times over the last
+``LR_CHANGE_BLAMED_STEPS`` steps names the rise."""
 _RATE_CHANGE = re.compile(
     r"group 0: (?P<before>[^\s,]+)(?: at step \d+)?(?: -> (?P<after>[^\s;,]+)|, scaled x(?P<factor>[^\s;,]+))"
 )
@@ -76,6 +80,8 @@ class RankDiagnosis:
         self.loader: dict[str, Any] = {}
         self._lr_change: tuple[str, int, str] | None = None
         """The last learning-rate command, where it raised the rate: its text, its step, and the way back."""
+        self._rates: collections.deque[tuple[int, float]] = collections.deque(maxlen=LR_CHANGE_BLAMED_STEPS)
+        """(step, rate) of the latest steps: a rate the script raised (its warm-up) before an explosion."""
 
     def _note_lr_change(self, event: dict[str, Any]) -> None:
         command, step = str(event.get("command", "")), event.get("effective_step")
@@ -103,14 +109,29 @@ class RankDiagnosis:
     def _blame_lr_change(self, alert: dict[str, Any]) -> None:
         """An explosion or a NaN soon after a learning-rate command: the alert says which, and the way back."""
         step = alert.get("step")
-        if self._lr_change is None or alert.get("type") not in (EXPLODING, NONFINITE) or not isinstance(step, int):
+        if alert.get("type") not in (EXPLODING, NONFINITE) or not isinstance(step, int):
+            return
+        if self._lr_change is None or not 0 <= step - self._lr_change[1] <= LR_CHANGE_BLAMED_STEPS:
+            self._blame_rate_rise(alert, step)
             return
         command, applied, back = self._lr_change
-        if not 0 <= step - applied <= LR_CHANGE_BLAMED_STEPS:
-            return
         after = f"{step - applied} step{'' if step - applied == 1 else 's'} after"
         alert["message"] = f"{alert['message']}; {after} {command} at step {applied} ({back})"
         alert["suggestions"] = [f"{command} at step {applied} came just before: {back}, or try `lr*=0.1`"]
+
+    def _blame_rate_rise(self, alert: dict[str, Any], step: int) -> None:
+        """An explosion or a NaN where the rate the script sets (a warm-up) rose ``RATE_RISE_BLAMED`` times
+        over the last steps: the alert says by how much, from when, and what to change."""
+        if not self._rates:
+            return
+        low_step, low = min(self._rates, key=lambda pair: pair[1])
+        now = self._rates[-1][1]
+        if not now >= RATE_RISE_BLAMED * low or low_step >= step:
+            return
+        alert["message"] = (
+            f"{alert['message']}; the learning rate rose {now / low:.3g}× in {step - low_step} steps ({low:.3g} at "
+            f"step {low_step}, {now:.3g} now): a lower peak or a longer warm-up (`lr*=0.1` lowers it now)"
+        )
 
     def configure(self, hello: dict[str, Any]) -> None:
         settings = hello.get("diagnosis") or {}
@@ -171,6 +192,10 @@ class RankDiagnosis:
             return []
         if record.get("new_model"):  # (a new trial, a new fold: the last model's baselines are not this one's)
             self.gradients = GradientDiagnosis(self.gradients.thresholds)
+            self._rates.clear()
+        rate = record.get("lr")
+        if protocol.finite(rate) and rate > 0 and isinstance(record.get("step"), int):
+            self._rates.append((record["step"], rate))
         try:
             forward = [(name, norms[i]) for name, i in zip(modules, index)]
         except (IndexError, TypeError):
