@@ -357,10 +357,12 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     # A script that failed: its error is what to change first, so the final verdict comes without its tips,
     # and the last line says so (a traceback with five lines of speed-up tips under it read as the advice).
     failed = process is not None and ending is None and code not in (None, 0, protocol.INTERRUPTED)
+    # So does a run whose loss ended non-finite: a faster way to NaN is no advice.
+    summary = session.store.summary()
+    diverged = summary is not None and isinstance(summary.loss, float) and not math.isfinite(summary.loss)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
-        print("\n".join(verdict_lines(verdict, tips=not failed)), file=own, flush=True)
+        print("\n".join(verdict_lines(verdict, tips=not (failed or diverged))), file=own, flush=True)
     if failed:
-        summary = session.store.summary()
         at = f" at step {summary.step}" if summary is not None else " before its first step"
         ending = f"optwatch: the script exited with {code}{at} (see its output above)"
     if ending:
