@@ -1,4 +1,5 @@
-"""What needs attention: the latest verdict and the newest alerts, in a few lines above the log."""
+"""What needs attention: the latest verdict with the first change it suggests, and the newest alerts, in a
+few lines above the log."""
 
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class FindingsBar(Static):
             text.append("▶ ", "bold")
             text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
             lines.append(line)
+            tips = verdict.get("suggestions") or []
+            if tips:  # what to change, here too: the rest of them are the System tab's
+                text.append("→ ", "bold cyan")
+                text.append(f"{tips[0]}\n")
+                lines.append(f"try: {tips[0]}")
         for alert in newest_first:
             if alert is not urgent:
                 add_alert(alert)
