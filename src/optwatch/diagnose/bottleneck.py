@@ -598,7 +598,9 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             if w.torch_threads and w.cpu_count and w.torch_threads * w.world_size < w.cpu_count and not busy_machine
             else f"Already in {w.precision}: a larger batch vectorises better"
             if w.mixed_precision
-            else "bf16 autocast speeds up CPUs with AVX-512/AMX (control: amp=on); a larger batch vectorises better"
+            # (it made a small CNN 54% slower on an AVX-512 CPU without AMX: said as a test, not a cure)
+            else "bf16 autocast can speed up CPUs with AMX and slow down others: test it live (control: amp=on; the "
+            "Controls tab compares); a larger batch vectorises better"
         )
         return (
             "compute",
