@@ -222,8 +222,9 @@ def test_phases_of_a_real_run_add_up(slow_data_run):
     _, records = slow_data_run
     steps = steps_of(records)[2:]
     for step in steps:
-        # (optwatch's own time is taken out of "other": telemetry.md)
-        assert sum(step[p] for p in PHASES) + step["optwatch_s"] == pytest.approx(step["step_time_s"], rel=1e-6)
+        # (optwatch's own time is taken out of "other": telemetry.md. Its hooks' time and a phase's span share
+        # the microseconds between their clock reads: the machine taking the core there shows in both.)
+        assert sum(step[p] for p in PHASES) + step["optwatch_s"] == pytest.approx(step["step_time_s"], abs=1e-3)
     # Two workers prefetch, so every other batch is ready at once; over the run, the wait dominates.
     waiting = sum(s["data_wait_s"] for s in steps)
     assert waiting > 5 * sum(s["forward_s"] + s["backward_s"] + s["optimizer_s"] for s in steps)
