@@ -144,3 +144,27 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
         table = replay.query_one(RanksTable)
         await wait_for_ui(pilot, lambda: table.row_count == 2)
         assert not any(row[-1].startswith("no step") for row in table.rows_shown.values()), table.rows_shown
+
+
+def test_an_import_before_the_first_step_is_said_as_one(tmp_path, monkeypatch):
+    """Importing transformers takes seconds before the first step, and the wait read "no step yet after 3 s:
+    in <module> (train.py:9), at _tokenize (tokenize.py:502)", like a hang. The library being imported is
+    named: here a package installed under site-packages whose top level is still running (its frame taken
+    there, with the import machinery's frames and this test's around it)."""
+    from optwatch.probe.waiting import frames_of, importing
+    from optwatch.summary import waiting_place
+
+    package = tmp_path / "site-packages" / "slowlib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("import sys\n\nFRAME = sys._getframe()  # (its import, running)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site-packages"))
+    import slowlib  # noqa: F401  (its import runs here)
+
+    frame = sys.modules["slowlib"].FRAME
+    stack, own = frames_of(frame)
+    record = {"stack": stack, "where": own, "importing": importing(frame)}
+    assert record["importing"] == "slowlib"
+    place = waiting_place(record)
+    assert place.startswith("importing slowlib, in test_an_import_before_the_first_step_is_said_as_one ("), place
+    assert place.endswith(", at <module> (__init__.py:3)"), place
+    sys.modules.pop("slowlib")

@@ -690,6 +690,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "typical_step_s": _FIGURE,
         "stack": _List(_FRAME),
         "where": _Optional(_FRAME),
+        "importing": _TEXT_OR_NULL,
     },
     HISTORY: {"last_step": _INT, "series": _Map(_SERIES)},
     HELLO: {

@@ -348,7 +348,8 @@ def frame_text(frame: dict[str, Any]) -> str:
 
 def waiting_place(record: dict[str, Any]) -> str:
     """``in evaluate (train.py:88), at _next_data (dataloader.py:1345)``: the script's own innermost function,
-    and the innermost one of all where it is another's (a library's, Python's)."""
+    and the innermost one of all where it is another's (a library's, Python's); first, a library being
+    imported (``importing transformers, in <module> (train.py:9), at ...``)."""
     stack = record.get("stack") or []
     own, innermost = record.get("where"), (stack[-1] if stack else None)
     places = []
@@ -356,6 +357,8 @@ def waiting_place(record: dict[str, Any]) -> str:
         places.append(f"in {frame_text(own)}")
     if innermost and innermost != own:
         places.append(f"at {frame_text(innermost)}")
+    if isinstance(record.get("importing"), str):  # (an import of seconds before the first step: no hang)
+        places.insert(0, f"importing {record['importing']}")
     return ", ".join(places) or "(no Python frame)"
 
 

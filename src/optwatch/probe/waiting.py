@@ -55,6 +55,37 @@ def _is_scripts(path: str) -> bool:
     return not any(part in path for part in _INSTALLED)
 
 
+def module_name(path: str) -> str | None:
+    """``transformers.models.gpt2`` for ``.../site-packages/transformers/models/gpt2/__init__.py``: the
+    module an installed library's or Python's own file is (None for another file)."""
+    path = os.path.abspath(path)
+    for marker in _INSTALLED:
+        if marker in path:
+            relative = path.rsplit(marker, 1)[1]
+            break
+    else:
+        base = next((d for d in _LIBRARY_DIRS if path.startswith(d)), None)
+        if base is None:
+            return None
+        relative = path[len(base) :]
+    parts = os.path.splitext(relative)[0].split(os.sep)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or None
+
+
+def importing(frame: FrameType | None) -> str | None:
+    """The library the training thread is importing, where it is (the outermost library module whose top
+    level runs): an import of seconds before the first step is no hang."""
+    name = None
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "<module>" and not _is_scripts(code.co_filename):
+            name = module_name(code.co_filename) or name
+        frame = frame.f_back
+    return name
+
+
 def frames_of(frame: FrameType | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The stack from ``frame`` outwards, optwatch's own frames left out: its ``STACK_FRAMES`` innermost
     (outermost first), and the innermost frame of the script's own code (None if none is on the stack)."""
@@ -105,6 +136,7 @@ class WaitingPlugin(ProbePlugin):
         if frame is None:
             return []  # (the thread has ended: the process is ending, or trains no more)
         stack, own = frames_of(frame)
+        module = importing(frame)
         del frame
         if context.waiting_since != since:
             return []  # a step ended meanwhile: these frames may be the next step's
@@ -119,5 +151,6 @@ class WaitingPlugin(ProbePlugin):
                 typical_step_s=typical or None,
                 stack=stack,
                 where=own,
+                importing=module,
             )
         ]
