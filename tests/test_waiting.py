@@ -166,5 +166,5 @@ def test_an_import_before_the_first_step_is_said_as_one(tmp_path, monkeypatch):
     assert record["importing"] == "slowlib"
     place = waiting_place(record)
     assert place.startswith("importing slowlib, in test_an_import_before_the_first_step_is_said_as_one ("), place
-    assert place.endswith(", at <module> (__init__.py:3)"), place
+    assert place.endswith(", at <module> (__init__.py:3)"), place  # (not the test runner's own entry module)
     sys.modules.pop("slowlib")

@@ -55,34 +55,21 @@ def _is_scripts(path: str) -> bool:
     return not any(part in path for part in _INSTALLED)
 
 
-def module_name(path: str) -> str | None:
-    """``transformers.models.gpt2`` for ``.../site-packages/transformers/models/gpt2/__init__.py``: the
-    module an installed library's or Python's own file is (None for another file)."""
-    path = os.path.abspath(path)
-    for marker in _INSTALLED:
-        if marker in path:
-            relative = path.rsplit(marker, 1)[1]
-            break
-    else:
-        base = next((d for d in _LIBRARY_DIRS if path.startswith(d)), None)
-        if base is None:
-            return None
-        relative = path[len(base) :]
-    parts = os.path.splitext(relative)[0].split(os.sep)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts) or None
-
-
 def importing(frame: FrameType | None) -> str | None:
-    """The library the training thread is importing, where it is (the outermost library module whose top
-    level runs): an import of seconds before the first step is no hang."""
+    """The module the training thread is importing, where it is (the outermost one whose top level runs,
+    called by Python's import machinery): an import of seconds before the first step is no hang. Not the
+    program's own entry (a ``python -m`` module, optwatch's launcher), whose top level runs all along."""
     name = None
     while frame is not None:
-        code = frame.f_code
-        if code.co_name == "<module>" and not _is_scripts(code.co_filename):
-            name = module_name(code.co_filename) or name
-        frame = frame.f_back
+        caller = frame.f_back
+        if (
+            frame.f_code.co_name == "<module>"
+            and caller is not None
+            and caller.f_code.co_filename.startswith("<frozen importlib")
+        ):
+            found = frame.f_globals.get("__name__")
+            name = found if isinstance(found, str) else name
+        frame = caller
     return name
 
 
