@@ -224,6 +224,9 @@ class Probe:
         self._clip_part_max: float | None = None
         self._clipped_whole = False
         """The step's gradients are clipped: a later clip of them measures clipped gradients."""
+        self._clip_backward: float | None = None
+        """The start of the step's last backward when a clip of its gradients was taken: a clip after another
+        backward (one per micro-batch) is of the gradients the step takes, not one already counted."""
         self._whole_clip: tuple[tuple[int, int, int], frozenset[int]] | None = None
         """The last clip found to hold every one of the step's parameters (its length, first and last) and the
         parameters it held them for: the same clip at the next step is known at a glance."""
@@ -513,8 +516,9 @@ class Probe:
         first = self._clip_params[0] if self._clip_params else None
         for ref in reversed(self._made):
             optimizer = ref()
-            if optimizer is not None and any(p is first for p in params_of(optimizer)):
-                return params_of(optimizer)
+            params = params_of(optimizer) if optimizer is not None else []
+            if any(p is first for p in params):
+                return params
         return self._clip_params
 
     def find_model(self) -> torch.nn.Module | None:
@@ -667,11 +671,6 @@ class Probe:
         elif self._partners_due:
             self._end_together(now)  # a partner that did not step this time
         self._primary_stepped_last = False
-        if self._clipped_whole or self._clip_parts:
-            # A clip before this backward (one per micro-batch, a common slip): the gradients it measured
-            # are not the ones the step takes, so the next clip's norm is the step's, not this one's.
-            self._clip_norm = self._clip_max = None
-            self._clip_parts, self._clip_covered, self._clipped_whole = [], set(), False
         self.training_thread = threading.get_ident()
         fetched = self._batches.consumed()
         if self._step_start is None:
@@ -761,8 +760,19 @@ class Probe:
         if handed is not None and handed.taken:
             self.own_s -= handed.seconds  # the clip's own work, done for it: it computed no norms
         params, the_steps = self._clips.pop() if self._clips else (None, True)
+        if (
+            the_steps
+            and (self._clipped_whole or self._clip_parts)
+            and self._clip_backward != self._backward_started
+            and self._stepping is None
+        ):
+            # A backward since the clip taken (one clip per micro-batch, a common slip): the gradients it
+            # measured are not the ones the step takes; this clip's are, so far.
+            self._clip_norm = self._clip_max = None
+            self._clip_parts, self._clip_covered, self._clipped_whole = [], set(), False
         if not the_steps or self._clipped_whole:
             return  # another model's clip (a GAN's generator's), or a second clip of gradients clipped already
+        self._clip_backward = self._backward_started
         if not (isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1):
             return
         norm = sharding.replicated_value(total_norm.detach())
@@ -1242,6 +1252,7 @@ class Probe:
         if self._clip_parts or self._clips:
             self._clip_parts, self._clip_covered, self._clips = [], set(), []
         self._clipped_whole = False
+        self._clip_backward = None
         self._measured_norms = None
         self._in_backward_sq = None
         self._shared_norms = None
