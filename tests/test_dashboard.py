@@ -539,10 +539,8 @@ async def test_a_run_that_blows_up_after_an_lr_command_says_so_first_with_the_wa
     async with app.run_test(size=(100, 30)) as pilot:
         bar = app.query_one(FindingsBar)
         await wait_for_ui(pilot, lambda: bar.lines)
-        # The newest error first (the NaN a few steps later, blamed too), then the verdict with the first
-        # change it suggests (on the Overview too, not only the System tab), then the rest.
+        # The newest error first (the NaN a few steps later, blamed too), then the verdict, with no speed-up
+        # tip under it (a faster way to NaN is no advice), then the rest.
         assert "after lr=20! at step 30" in bar.lines[0] and bar.lines[0].startswith("nonfinite"), bar.lines
         assert "-bound" in bar.lines[1] or "balanced" in bar.lines[1], bar.lines
-        [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
-        if verdict["suggestions"]:
-            assert bar.lines[2] == f"try: {verdict['suggestions'][0]}", bar.lines
+        assert not any(line.startswith("try: ") for line in bar.lines), bar.lines

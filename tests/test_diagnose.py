@@ -137,7 +137,7 @@ def test_model_phases_at_a_quarter_of_a_core_are_waiting_not_compute():
     assert starved["bottleneck"] == "host", starved["message"]
     assert starved["message"] == (
         "the machine's 8 cores are busy (98% in all) and this process gets 23% of a core for 8 torch threads: "
-        "other programs take the CPU it computes on"
+        "other processes (other programs, other ranks, DataLoader workers) take the CPU it computes on"
     )
     assert starved["suggestions"][0].startswith("Fewer threads wait less for cores others take")
     assert not any("GPU" in tip or "bf16" in tip for tip in starved["suggestions"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.controls_panel import ControlsPanel
 from optwatch.app.widgets.stats_panel import StatsPanel
@@ -349,3 +350,24 @@ def test_steps_fast_and_slow_in_turn_are_as_many_samples_a_second_as_they_train(
     store = Store()
     store.ingest([step(i, 0.001 if i % 2 else 0.034, samples=16) for i in range(40)])
     assert store.summary().recent.samples_per_s == pytest.approx(32 / 0.035)
+
+
+async def test_the_overview_gives_the_verdicts_first_suggestion_under_it():
+    """What to change was on the System tab only: the Overview's findings bar said "input-bound: ..." and
+    nothing of what to do about it."""
+    from optwatch.app.widgets.findings_bar import FindingsBar
+
+    store = Store()
+    tips = ["Load batches in parallel: DataLoader(num_workers=N)", "A larger prefetch_factor"]
+    verdict = {"v": 1, "kind": "verdict", "rank": 0, "seq": 500, "time": 40.0, "bottleneck": "input",
+               "message": "61% of step time waits for the next batch", "window": [2, 39],
+               "suggestions": tips}  # fmt: skip
+    store.ingest([*(step(i, 0.05) for i in range(40)), verdict])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        bar = app.query_one(FindingsBar)
+        await wait_for_ui(pilot, lambda: bar.lines)
+        assert bar.lines == [
+            "input-bound: 61% of step time waits for the next batch",
+            "try: Load batches in parallel: DataLoader(num_workers=N)",
+        ]

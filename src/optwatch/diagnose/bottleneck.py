@@ -47,9 +47,10 @@ CPU_OTHER_SHARE = 0.40
 HOST_CONTENDED_PERCENT = 90.0
 CONTENDED_SHARE = 0.35
 """A process that gets less than this share of the cores its torch threads could use, on a machine whose
-cores are busier than ``HOST_CONTENDED_PERCENT``, waits for cores other programs take: with two threads on
-two cores shared with two busy programs it got 45% of a core, and its steps took 413 ms against 11 ms with
-one thread (each op waits for its slowest thread, and a thread without a core holds it)."""
+cores are busier than ``HOST_CONTENDED_PERCENT``, waits for cores other processes take: with two threads on
+two cores shared with two busy programs it got 45% of a core, and its steps took 413 ms, where one thread
+took 11 ms beside the same programs (each op waits for its slowest thread, and a thread without a core holds
+it)."""
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
 OPTWATCH_NOTABLE_SHARE = 0.05  # optwatch's own share of a host-bound step worth saying with the verdict
@@ -310,9 +311,8 @@ def judge(window: Window, holding: bool = False) -> tuple[dict[str, Any], bool]:
     device_rule = _gpu if window.device == "cuda" else _cpu
     between = None
     threshold = BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0)
-    found = _evaluation_first(window, threshold) or _input(window) or _memory(window)
-    if found is not None and found[1].startswith("evaluation takes"):
-        between = found
+    between = _evaluation_first(window, threshold)
+    found = between or _input(window) or _memory(window)
     if found is None:
         between = _between(window, threshold)
         found = between or device_rule(window)
@@ -425,15 +425,19 @@ def _evaluation_first(w: Window, threshold: float) -> tuple[str, str, list[str]]
     was "input-bound: raise num_workers" on the training steps' 38% wait, 12% of the time)."""
     data = w.shares.get("data_wait_s")
     share = w.evaluation_share
-    if data is None or share is None or share < data * (1.0 - share):
-        return None
-    found = _between(w, threshold)
-    return found if found is not None and found[1].startswith("evaluation takes") else None
+    if data is None or data < INPUT_SHARE or share is None or share < data * (1.0 - share):
+        return None  # (not before memory, which stalls every phase, evaluation included)
+    return _evaluation(w, threshold)
 
 
 def _between(w: Window, threshold: float = BETWEEN_SHARE) -> tuple[str, str, list[str]] | None:
     """Evaluations, or long steps among short ones on the host: what they do beyond a step is work between
     training steps (from ``threshold`` of the time)."""
+    return _evaluation(w, threshold) or _work_between(w, threshold)
+
+
+def _evaluation(w: Window, threshold: float) -> tuple[str, str, list[str]] | None:
+    """Steps with an evaluation in their time take ``threshold`` of the window's time beyond a training step."""
     if w.evaluation_share is not None and w.evaluation_share >= threshold and w.evaluation_extra_s:
         message = (
             f"evaluation takes {_pct(w.evaluation_share)} of the time: {_count(w.evaluations, 'evaluation')} in "
@@ -450,6 +454,11 @@ def _between(w: Window, threshold: float = BETWEEN_SHARE) -> tuple[str, str, lis
                 "the evaluation set",
             ],
         )
+    return None
+
+
+def _work_between(w: Window, threshold: float) -> tuple[str, str, list[str]] | None:
+    """Long steps at a regular spacing take ``threshold`` of the window's time beyond a median step."""
     if w.between_share is None or w.between_share < threshold or not w.long_step_s or not w.typical_step_s:
         return None
     every = w.long_every or MIN_LONG_EVERY
@@ -550,11 +559,13 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
             f"instead of {threads}; each op waits for its slowest thread"
         )
     suggestions.append(
-        "See what else runs (top, htop) and give the training cores of its own: taskset, a cgroup, a quieter machine"
+        "See what else runs (top, htop: the workers and other ranks count) and give the training cores of its "
+        "own: taskset, a cgroup, a quieter machine"
     )
     message = (
         f"the machine's {_count(cores, 'core')} are busy ({host:.0f}% in all) and this process gets "
-        f"{cpu:.0f}% of a core for {_count(threads, 'torch thread')}: other programs take the CPU it computes on"
+        f"{cpu:.0f}% of a core for {_count(threads, 'torch thread')}: other processes (other programs, other "
+        "ranks, DataLoader workers) take the CPU it computes on"
     )
     return "host", message, suggestions
 

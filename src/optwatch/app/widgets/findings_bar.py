@@ -19,7 +19,7 @@ class FindingsBar(Static):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.lines: list[str] = []
-        """The plain text on screen, for tests."""
+        """The plain text on screen, for tests (the suggestion's ``→`` written ``try:``)."""
 
     def show(self, store: Store) -> None:
         with store.lock:
@@ -55,7 +55,7 @@ class FindingsBar(Static):
             text.append(line + "\n", "bold yellow" if verdict.get("bottleneck") != "balanced" else "green")
             lines.append(line)
             tips = verdict.get("suggestions") or []
-            if tips:  # what to change, here too: the rest of them are the System tab's
+            if tips and urgent is None:  # what to change (not how to go faster, under an explosion or a NaN)
                 text.append("→ ", "bold cyan")
                 text.append(f"{tips[0]}\n")
                 lines.append(f"try: {tips[0]}")
