@@ -16,7 +16,7 @@ from optwatch.diagnose.bottleneck import bound_text
 from optwatch.protocol import finite
 from optwatch.session import ViewerSession
 from optwatch.store import Store
-from optwatch.summary import alert_text, cost_text, duration_text, non_finite_text, waiting_text
+from optwatch.summary import alert_text, cost_text, duration_text, non_finite_text, shown_metrics, waiting_text
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -57,9 +57,8 @@ def summary_line(store: Store, final: bool = False) -> str | None:
     parts += [grad, f"lr {_fmt(summary.lr, '.3g')}"]
     with store.lock:
         metric = store.latest.get("metric")
-    if metric:  # what the script or its framework logged (an evaluation's loss), as the Overview shows it
-        values = list((metric.get("values") or {}).items())[:3]
-        parts += [f"{name} {_fmt(value, '.4g')} @{metric.get('step')}" for name, value in values]
+    # What the script or its framework logged (an evaluation's loss), as the Overview shows it.
+    parts += [f"{name} {_fmt(value, '.4g')} @{metric.get('step')}" for name, value in shown_metrics(metric)]
     cost = cost_text(summary)
     if cost:
         parts.append(cost)

@@ -96,8 +96,9 @@ def window(steps: Sequence[dict[str, Any]]) -> Window:
 
 RATE_LONG_FACTOR = 3.0
 RATE_LONG_SHARE = 0.25
-"""Steps over ``RATE_LONG_FACTOR`` × the median, when they are fewer than this share of the window, did more
-than a step (an evaluation, a checkpoint): the whole run's figure counts them, the window's rate does not."""
+"""Steps over ``RATE_LONG_FACTOR`` × the median, when they are no more than this share of the window, did more
+than a step (an evaluation, a checkpoint): the whole run's figure counts them, the window's rate does not.
+(A lower bar than the verdict's ``LONG_STEP_FACTOR``: a rate is skewed by less than a verdict is made of.)"""
 
 
 def _samples_per_s(steps: Sequence[dict[str, Any]]) -> float | None:
@@ -209,6 +210,16 @@ class RunSummary:
     def run_cost(self) -> float | None:
         """optwatch's share over the run so far, shown once the run is past its first steps."""
         return self.cost.run if self.steps_in >= START_STEPS else None
+
+
+METRICS_SHOWN = 3
+"""The values of the latest metric record (an evaluation's loss, accuracy) the Overview and headless show."""
+
+
+def shown_metrics(metric: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The first ``METRICS_SHOWN`` (name, value) of the latest metric record, as the views show them."""
+    values = (metric or {}).get("values")
+    return list(values.items())[:METRICS_SHOWN] if isinstance(values, dict) else []
 
 
 def clipped_share(steps: Sequence[dict[str, Any]]) -> tuple[float | None, int]:

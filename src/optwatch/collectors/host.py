@@ -33,7 +33,7 @@ class HostCollector:
         self._ignored: set[int] = set()
         self._process.cpu_percent(None)
         self._host_thread: int | None = None
-        """The thread the machine's CPU is measured from: psutil (7.x) keeps ``cpu_percent(None)``'s last
+        """The thread the machine's CPU is measured from: psutil keeps ``cpu_percent(None)``'s last
         reading per thread, so a first call on another thread reads 0.0 (the sampler's first sample read an
         idle machine, and a starved process on a busy one read as a loop that waits)."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import array
 import collections
 import functools
-import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -326,7 +325,9 @@ class _Baseline:
             if len(self.values) >= 3:
                 # The value before this one, now that it has both neighbours: a lone spike (a trend, a dive
                 # under way, is none) since the refresh, or the last one it saw, which it could not judge.
-                self._fresh_reach = max(self._fresh_reach, _lone_spikes_reach(self._departures(-3)))
+                before, spike, after = (self._departure(self.values[i]) for i in (-3, -2, -1))
+                if spike > 2 * max(before, after):
+                    self._fresh_reach = max(self._fresh_reach, spike)
 
     def stats(self, min_count: int) -> tuple[float, float] | None:
         if len(self.values) < min_count:
@@ -355,12 +356,9 @@ class _Baseline:
         """``reach``, or a lone spike added since it was measured where that went further."""
         return max(self.reach, self._fresh_reach)
 
-    def _departures(self, start: int) -> list[float]:
-        """The values from index ``start`` (signed: as departures from the median)."""
-        values = list(itertools.islice(reversed(self.values), -start))[::-1]
-        if self.signed and self._median is not None:
-            return [abs(v - self._median) for v in values]
-        return values
+    def _departure(self, value: float) -> float:
+        """``value`` as the spikes' reach weighs it (signed: its departure from the median)."""
+        return abs(value - self._median) if self.signed and self._median is not None else value
 
     def recent_median(self, count: int) -> float | None:
         """The median of the last ``count`` values (None without any)."""

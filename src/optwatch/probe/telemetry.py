@@ -61,9 +61,6 @@ class TelemetryPlugin(ProbePlugin):
         """The same, at the first module call after the mark (the forward's start)."""
         self._batch_marked = False
         """The mark is a batch's arrival (the first since the last backward or step)."""
-        self._mark_at_step_end = False
-        """The mark is a step's end in a loop without an optimizer, whose steps end at the next backward():
-        with no module call since, that step's forward ran before it was known to be timed."""
         self._training_forward = False
         """The forward that began since the mark has gradients on (not an evaluation's)."""
         self._no_grad_called: dict[int, int] | None = {}
@@ -102,7 +99,6 @@ class TelemetryPlugin(ProbePlugin):
     def _set_mark(self, now: tuple[float, Any] | None = None) -> None:
         """A cut before a forward: the forward starts at the next module call."""
         self._mark = now or self._now()
-        self._mark_at_step_end = False
         self._no_forward_yet()
         self._stop_awaiting_return()
         if self._awaiting_forward is None and self._plain_model():
@@ -202,11 +198,6 @@ class TelemetryPlugin(ProbePlugin):
             self._mark = self._forward_began = None  # a host-only mark cannot open a device span
         now = self._now()
         began = self._forward_began or self._mark
-        if self._forward_began is None and self._mark_at_step_end:
-            # This backward ended the step before it (no optimizer), after this step's forward had run
-            # untimed: the forward is unknown, not the few microseconds since the mark (the loop's work).
-            began = None
-        self._mark_at_step_end = False
         ended = self._forward_ended or now
         self._forget_forward()
         if began is not None:
@@ -261,6 +252,10 @@ class TelemetryPlugin(ProbePlugin):
         if not context.next_detailed:
             self._mark = None
             self._forget_forward()
+        elif lazy and context.primary_optimizer is None and self._mark is None:
+            # No optimizer: this step ended at the next one's backward(), whose forward has run, untimed; it
+            # stays unknown (a mark now would time the microseconds since as the forward). With a DataLoader
+            # the step ended at the next batch instead, whose arrival marks the forward's start.
+            self._forget_forward()
         elif not (lazy and self._mark is not None):
             self._set_mark()
-            self._mark_at_step_end = context.primary_optimizer is None

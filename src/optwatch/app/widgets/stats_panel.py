@@ -10,6 +10,7 @@ from textual.widget import Widget
 
 from optwatch.app import format as fmt
 from optwatch.store import Store
+from optwatch.summary import shown_metrics
 
 RUN_THROUGHPUT_FROM = 20
 """Steps into the run before its whole throughput is shown beside the median step's."""
@@ -48,9 +49,8 @@ class StatsPanel(Widget):
         rows["LR"] = fmt.number(summary.lr, ".3g")
         if precision:
             rows["Precision"] = escape(str(precision))
-        if metric:
-            for name, value in list(metric.get("values", {}).items())[:3]:
-                rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
+        for name, value in shown_metrics(metric):
+            rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
         rows["Step time"] = f"{fmt.seconds(recent.step_time_s)} p50"
         rows["Throughput"] = f"{fmt.number(recent.samples_per_s, '.0f')} samples/s" if recent.samples_per_s else "–"
         if summary.run_samples_per_s is not None and summary.steps_in >= RUN_THROUGHPUT_FROM:
