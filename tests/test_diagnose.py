@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from optwatch.app.widgets.verdict_panel import evidence_parts
@@ -493,3 +495,22 @@ def test_a_compute_verdict_on_untimed_phases_does_not_name_them():
     assert result["bottleneck"] == "compute", result["message"]
     assert "forward+backward" not in result["message"]
     assert result["message"].startswith("the step's work apart from the data wait (its phases untimed) takes 98%")
+
+
+def test_a_checkpoint_every_50_steps_is_found_among_steps_a_busy_machine_slowed():
+    """A checkpoint of 60 ms every 50 steps of 0.45 ms, on a machine whose other programs slowed a third of
+    the steps to 4.6 ms at random: the cut for long steps fell among the slowed ones, whose spacing is no
+    spacing, and the verdict was "host-bound: 71% of each step outside the phases". By hand over the window:
+    10 checkpoints' 59.55 ms beyond a median step, over all the steps' time (40% of it)."""
+    rng = random.Random(5)
+    steps = make_steps(500, 0.00045, data_wait_s=0.0, forward_s=0.00015, backward_s=0.0002, optimizer_s=0.00005)
+    for step in steps:
+        if step["step"] % 50 == 25:
+            step["step_time_s"] = 0.060
+        elif rng.random() < 0.33:
+            step["step_time_s"] = 0.0046
+        step["other_s"] = other_seconds(step)
+    result = verdict(steps, make_systems(torch_threads=1))
+    assert result["message"].startswith("1 step in 50 takes 133× the median step (60 ms vs 0.45 ms)"), result["message"]
+    total = sum(s["step_time_s"] for s in steps)
+    assert result["evidence"]["between_share"] == pytest.approx(10 * (0.060 - 0.00045) / total, rel=1e-3)

@@ -64,6 +64,9 @@ BETWEEN_STAYS = 0.80
 verdict every few seconds."""
 MIN_LONG_EVERY = 4
 """The fewest steps between two long ones for them to be work done every N steps."""
+LONG_STEP_QUANTILES = (0.75, 0.9, 1.0)
+"""Where the long steps are not regular, the cuts tried next: half these quantiles of their times (the last,
+half the longest: a few checkpoints among many steps a busy machine slowed)."""
 SLOWED_UPDATE_SHARE = 0.25
 """Long steps whose time beyond the median step is this much in their backward and optimizer step were
 slowed down, not given more work: a busy machine's slices, which can come at a regular spacing too."""
@@ -240,20 +243,34 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -
     candidates = [(s.get("step", 0), w) for s, w in zip(timed, work) if w > LONG_STEP_FACTOR * typical]
     if len(candidates) < 3 or total <= 0:
         return
-    half = statistics.median(w for _, w in candidates) / 2
-    long = [(step, w) for step, w in candidates if w >= half]  # not the odd slow step beside them
-    gaps = [b[0] - a[0] for a, b in zip(long, long[1:])]
-    if not gaps:
+    found = _regular(candidates)
+    if found is None:
         return
-    every = statistics.median(gaps)
-    if every < MIN_LONG_EVERY or sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) < 2 / 3 * len(gaps):
-        return  # (a burst of slow steps, side by side, is a busy machine too)
+    long, every = found
     if _slowed_down(timed, {step for step, _ in long}, typical):
         return
     window.long_steps = len(long)
     window.long_every = round(every)
     window.long_step_s = statistics.median(w for _, w in long)
     window.between_share = sum(w - typical for _, w in long) / total
+
+
+def _regular(candidates: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], float] | None:
+    """The long steps that come at a regular spacing, and the spacing: those over half the candidates' median
+    (not the odd slow step beside them), else, where a busy machine slows many short steps too (a third of
+    them beside a checkpoint every 50), those over half a higher quantile of them, four at least."""
+    works = sorted(w for _, w in candidates)
+    cuts = [statistics.median(works) / 2, *(works[int(q * (len(works) - 1))] / 2 for q in LONG_STEP_QUANTILES)]
+    for cut, fewest in zip(cuts, (2, *(4 for _ in LONG_STEP_QUANTILES))):
+        long = [(step, w) for step, w in candidates if w >= cut]
+        if len(long) < fewest:
+            return None
+        gaps = [b[0] - a[0] for a, b in zip(long, long[1:])]
+        every = statistics.median(gaps)
+        regular = sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) >= 2 / 3 * len(gaps)
+        if every >= MIN_LONG_EVERY and regular:  # (a burst of slow steps side by side, or at random: a busy machine)
+            return long, every
+    return None
 
 
 def _slowed_down(timed: Sequence[dict[str, Any]], long: set[int], typical: float) -> bool:
