@@ -179,3 +179,20 @@ async def test_with_the_checks_spaced_out_the_phases_are_those_of_the_last_timed
         assert chart.labels == list(range(0, 1000, 128))
         assert chart.border_title.startswith("Phases, 8 steps (timed 1 in 128)")
         assert chart.shares["bwd"] == pytest.approx(0.5)
+
+
+async def test_a_run_that_ended_shows_its_host_as_it_trained_not_its_idle_last_seconds():
+    """A replay's Host panel read "CPU 2%" (a sample taken during the script's final save, after its last
+    step) beside the verdict's 172%: the samples after the last step are left out, as the verdict leaves them."""
+    store = Store()
+    records: list[dict] = [step(i, i, forward_s=0.05, backward_s=0.04) for i in range(30)]
+    for n, (at, cpu) in enumerate([(1.0, 170.0), (2.0, 174.0), (2.9, 172.0), (4.0, 2.0), (5.0, 1.0)]):
+        records.append({"v": 1, "kind": "system", "rank": 0, "seq": 100 + n, "time": at, "cpu_percent": cpu})
+    records.append({"v": 1, "kind": "end", "rank": 0, "seq": 200, "time": 5.5, "steps": 30, "exit_code": 0})
+    store.ingest(records)
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("s")
+        await pilot.pause(0.3)
+        host = app.query_one(HostPanel).lines
+    assert host[0].startswith("CPU   172% "), host  # (the last step at 2.9 s)

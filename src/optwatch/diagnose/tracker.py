@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from optwatch import protocol
@@ -38,6 +38,13 @@ def recent(records: collections.deque[dict[str, Any]], window_s: float, at_least
         picked.append(record)
     picked.reverse()
     return picked
+
+
+def training_samples(systems: Iterable[dict[str, Any]], last_step_time: float) -> list[dict[str, Any]]:
+    """The system samples of the steps' time: not those after the last step (work after the training loop,
+    a final save, is no step's), nor those of a pause (held at a step boundary, the process idles)."""
+    end = last_step_time + SAMPLE_SLACK_S
+    return [s for s in systems if s.get("time", 0.0) <= end and not s.get("held")]
 
 
 class VerdictTracker:
@@ -127,11 +134,7 @@ class VerdictTracker:
         if len(steps) < (1 if final else MIN_STEPS):
             return []
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
-        # The samples of the steps' time: not those after the last step (work after the training loop, a
-        # final save, is no step's), nor those of a pause (held at a step boundary, the process idles, and
-        # no step's time has it).
-        end = steps[-1].get("time", 0.0) + SAMPLE_SLACK_S
-        taken = [s for s in self._systems if s.get("time", 0.0) <= end and not s.get("held")]
+        taken = training_samples(self._systems, steps[-1].get("time", 0.0))
         systems = [s for s in taken if s.get("time", 0.0) >= start] or taken[-1:]
         window = summarise(steps, systems, self.device, self._loader())
         if window is None:

@@ -11,6 +11,7 @@ from optwatch.app.widgets.host_panel import HostPanel
 from optwatch.app.widgets.phase_chart import PhaseChart
 from optwatch.app.widgets.verdict_panel import VerdictPanel
 from optwatch.app.widgets.workers_panel import WorkersPanel
+from optwatch.diagnose.tracker import training_samples
 from optwatch.store import Store, newest_with
 
 PHASE_STEPS = 120
@@ -34,6 +35,10 @@ class SystemView(VerticalScroll):
                 return
             steps = newest_with(state.steps, "other_s", PHASE_STEPS)  # the timed steps: detail steps
             systems = list(state.system)[-SYSTEM_SAMPLES:]
+            if state.end is not None and state.steps:
+                # A run that ended (a replay): its panels as it trained, not its idle last seconds (a final
+                # save read "CPU 2%" beside the verdict's 172%), the figures the verdict took.
+                systems = training_samples(systems, state.last_step.get("time", 0.0)) or systems
             verdict = state.latest.get("verdict")
         evidence = (verdict or {}).get("evidence") or {}
         loader = {key: evidence[key] for key in ("num_workers", "pin_memory") if key in evidence}
