@@ -143,6 +143,11 @@ def test_model_phases_at_a_quarter_of_a_core_are_waiting_not_compute():
     )
     assert starved["suggestions"][0].startswith("Fewer threads wait less for cores others take")
     assert not any("GPU" in tip or "bf16" in tip for tip in starved["suggestions"])
+    # Its own DataLoader workers keeping the cores busy are no other programs (by hand: 98% of 8 cores is
+    # 784% of a core; 23% the process's, 760% its 8 workers').
+    workers = [{"pid": 10 + i, "cpu_percent": 95.0} for i in range(8)]
+    own = verdict(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=23.0, host_cpu_percent=98.0, workers=workers))
+    assert "other processes" not in own["message"], own["message"]
 
 
 def test_time_outside_the_phases_on_the_cpu_is_host_bound():

@@ -569,6 +569,9 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
     threads = w.torch_threads or 1
     if cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores):
         return None
+    workers = (w.workers or 0) * (w.workers_cpu_percent or 0.0)
+    if host * cores - cpu - workers < 50.0:
+        return None  # (the machine is busy with this run itself: its DataLoader workers, not others)
     suggestions = []
     if threads > 1:
         suggestions.append(
