@@ -65,10 +65,12 @@ class OptwatchApp(App[None]):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS = [
         Binding("q", "request_quit", "Quit"),
-        Binding("o", "show_tab('overview')", "Overview"),
-        Binding("l", "show_tab('log')", "Log"),
+        # The tabs' keys are their names' first letters, and the tab bar shows the names: the footer keeps its
+        # 80 columns for the keys nothing else on screen shows (at 80 it cut off at ": Com").
+        Binding("o", "show_tab('overview')", "Overview", show=False),
+        Binding("l", "show_tab('log')", "Log", show=False),
         Binding("a", "toggle('amp')", "AMP"),
-        Binding("b", "toggle('cudnn_benchmark')", "cudnn.bench"),
+        Binding("b", "toggle('cudnn_benchmark')", "cudnn"),
         Binding("space", "pause", "Pause"),
         Binding("space", "resume", "Resume"),  # (the one of the two the run's state allows: check_action)
         Binding("colon", "command", "Command"),
@@ -105,7 +107,7 @@ class OptwatchApp(App[None]):
         self.baseline: chart_series.Baseline | None = None
         self.views = extra_views()
         for view in self.views:
-            self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title)
+            self.bind(view.key, f"show_tab('{view.tab_id}')", description=view.title, show=False)
 
     @classmethod
     def for_store(cls, store: Store) -> OptwatchApp:
@@ -133,7 +135,7 @@ class OptwatchApp(App[None]):
                     yield view.make()
             with TabPane("Log", id="log"):
                 yield LogPane(id="full-log")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._panes = Panes(
