@@ -393,7 +393,8 @@ def test_lbfgs_records_the_first_evaluation_of_each_step(tmp_path):
 @pytest.mark.parametrize("every_micro", [False, True], ids=["clip-at-the-step", "clip-every-micro-batch"])
 def test_accumulation_sums_the_loss_and_the_norm_is_the_one_before_clipping(tmp_path, every_micro):
     """With a clip after every micro-batch (a slip accelerate's docs warn of), the step's norm was the first
-    clip's, of one micro-batch's gradients (0.46 where the script's last clip said 0.98)."""
+    clip's, of one micro-batch's gradients (0.46 where the script's last clip said 0.98), and so were the
+    layers' norms: they make up the norm the script's last clip gives (by hand: the root of their squares)."""
     records, stdout, _ = run(tmp_path, "accumulate", *(["--clip-every-micro"] if every_micro else []))
     truth = truth_of(stdout)
     steps = steps_of(records)
@@ -402,6 +403,10 @@ def test_accumulation_sums_the_loss_and_the_norm_is_the_one_before_clipping(tmp_
     assert_same(steps, truth, "samples", "samples")
     assert {s["clip_max_norm"] for s in steps} == {0.25}
     assert all(t["grad_norm"] > t["grad_norm_after_clip"] for t in truth.values())  # the clip bites
+    layers = {r["step"]: r["grad_norm"] for r in records if r["kind"] == "layers"}
+    assert len(layers) >= 10
+    for step, norms in layers.items():
+        assert math.sqrt(sum(n * n for n in norms)) == pytest.approx(truth[step]["grad_norm"], rel=1e-4), step
 
 
 @pytest.mark.parametrize("how", ["subset", "parts", "twice", "inf"])

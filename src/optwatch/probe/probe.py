@@ -227,6 +227,8 @@ class Probe:
         self._clip_backward: float | None = None
         """The start of the step's last backward when a clip of its gradients was taken: a clip after another
         backward (one per micro-batch) is of the gradients the step takes, not one already counted."""
+        self._gradients_backward: float | None = None
+        """The same when the plugins measured the step's gradients (``_gradients_ready``)."""
         self._whole_clip: tuple[tuple[int, int, int], frozenset[int]] | None = None
         """The last clip found to hold every one of the step's parameters (its length, first and last) and the
         parameters it held them for: the same clip at the next step is known at a glance."""
@@ -718,6 +720,7 @@ class Probe:
         if self._gradients_final:
             return
         self._gradients_final = True
+        self._gradients_backward = self._backward_started
         if optimizer is None and self._optimizers_made == 0 and self.model is None and not self._model_searched:
             # No optimizer: the model is the largest module whose parameters all got gradients.
             self._model_searched = True
@@ -745,6 +748,10 @@ class Probe:
         first = next((param for param in params if param.requires_grad), None) if params else None
         the_steps = first is not None and (self._primary is None or id(first) in self._param_ids or not self._param_ids)
         if the_steps:
+            if self._gradients_final and self._gradients_backward != self._backward_started and self._stepping is None:
+                # A backward since the gradients were taken (a clip per micro-batch, a common slip): the step
+                # takes these, so the plugins measure them again, as the clip's norm is taken again.
+                self._gradients_final = False
             self._clip_params = params
             self._gradients_ready(self._primary, clip_measures=by_norm)
         if by_norm:
