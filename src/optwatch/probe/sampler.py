@@ -41,10 +41,11 @@ def sample_system(
     device: torch.device | None = None, torch_threads: int | None = None, worker_pids: list[int] | None = None
 ) -> dict[str, Any]:
     """The fields of a ``system`` record; ``device`` is where the model trains (None until known);
-    ``torch_threads`` as the training thread reads them (this thread's own count can differ: OpenMP keeps
-    one per thread, fixed once a thread has asked, before a script's later ``torch.set_num_threads``)."""
+    ``torch_threads`` as the training thread reads them, None until it has (this thread's own count can
+    differ: OpenMP keeps one per thread, fixed once a thread has asked, before a script's later
+    ``torch.set_num_threads``: a short run's verdict said "2 threads" for a script that set 1)."""
     sample = _host.sample(worker_pids)
-    sample["torch_threads"] = torch_threads if torch_threads is not None else torch.get_num_threads()
+    sample["torch_threads"] = torch_threads
     current_uuid = None
     # The allocator counters are host-side (no sync). CUDA is initialised by then (the parameters
     # live there); the index must come from ``device``: the current device is per thread.

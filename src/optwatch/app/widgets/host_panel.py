@@ -37,7 +37,7 @@ class HostPanel(TextPanel):
             f"RSS  {fmt.nbytes(last.get('rss_bytes'))} {sparkline([s.get('rss_bytes') for s in recent], 8, None)}",
             f"RAM  {fmt.nbytes(used)}/{fmt.nbytes(total)}",
             f"load {load[0]:.1f} on {cores or '?'} cores" if load else f"{cores or '?'} cores",
-            f"threads {last.get('threads', '–')}  torch {last.get('torch_threads', '–')}",
+            f"threads {last.get('threads', '–')}  torch {last.get('torch_threads') or '–'}",
         ]
         if finite(used) and finite(total) and total and used / total >= 0.95:
             lines[2] = Text(str(lines[2]) + "  nearly full", "bold red")
