@@ -146,6 +146,7 @@ async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_ru
             assert rows["best loss (ema 0.1)"][column] == f"{min(smoothed):.4g}"
             assert rows["lowest batch loss"][column] == f"{min(printed[lr]):.4g}"
         assert rows["steps"] == ["25", "25"] and rows["precision"] == ["float32", "float32"]
+
         await pilot.press("w")
         await pilot.pause(0.2)
         assert chart.title.startswith("Loss by wall time")
