@@ -519,3 +519,21 @@ def test_a_checkpoint_every_50_steps_is_found_among_steps_a_busy_machine_slowed(
     assert result["message"].startswith("1 step in 50 takes 133× the median step (60 ms vs 0.45 ms)"), result["message"]
     total = sum(s["step_time_s"] for s in steps)
     assert result["evidence"]["between_share"] == pytest.approx(10 * (0.060 - 0.00045) / total, rel=1e-3)
+
+
+def test_the_first_sample_after_a_pause_is_not_read_as_the_steps_waiting():
+    """Paused from the dashboard and resumed: the first sample after the pause measured the process's CPU
+    since the pause's last one, 10% of a core, and the steps right after the resume were "host-bound: the
+    process used 44% of a core: the steps wait". The pause's samples, and that one, are left out."""
+    clock = FakeClock()
+    tracker = VerdictTracker(rank=0, interval_s=1.0, window_s=5.0, clock=clock)
+    base = {"v": 1, "kind": "system", "rank": 0, "cpu_count": 2, "torch_threads": 1, "host_cpu_percent": 40.0}
+    samples = [(98.5, 2.0, True), (99.0, 2.0, True), (99.5, 2.0, True), (100.2, 10.0, False), (100.7, 80.0, False)]
+    tracker(
+        [{**base, "seq": n, "time": at, "cpu_percent": cpu, "held": held} for n, (at, cpu, held) in enumerate(samples)]
+    )
+    tracker(make_steps(20, 0.05, start=2, **CPU_COMPUTE))
+    clock.now += 10
+    [verdict] = tracker.verdict()
+    assert verdict["bottleneck"] == "compute", verdict["message"]
+    assert verdict["evidence"]["cpu_percent"] == 80.0

@@ -42,9 +42,18 @@ def recent(records: collections.deque[dict[str, Any]], window_s: float, at_least
 
 def training_samples(systems: Iterable[dict[str, Any]], last_step_time: float) -> list[dict[str, Any]]:
     """The system samples of the steps' time: not those after the last step (work after the training loop,
-    a final save, is no step's), nor those of a pause (held at a step boundary, the process idles)."""
+    a final save, is no step's), nor those of a pause (held at a step boundary, the process idles), nor the
+    first after a pause, whose CPU figure reaches back into it."""
     end = last_step_time + SAMPLE_SLACK_S
-    return [s for s in systems if s.get("time", 0.0) <= end and not s.get("held")]
+    taken, after_held = [], False
+    for sample in systems:
+        held = bool(sample.get("held"))
+        # (The first sample after a pause measured its CPU since the pause's last one: the pause's idle time
+        # in it read "44% of a core: the steps wait" for the steps right after a resume.)
+        if sample.get("time", 0.0) <= end and not held and not after_held:
+            taken.append(sample)
+        after_held = held
+    return taken
 
 
 class VerdictTracker:
