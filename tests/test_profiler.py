@@ -378,3 +378,24 @@ def test_the_shapes_beside_an_ops_module_are_that_modules_calls():
     addmm = next(op for op in done["ops"] if op["name"] == "aten::addmm")
     assert addmm["module"] == "0", addmm  # the wide layer: each narrow one spends a quarter of it
     assert addmm["shapes"][0][:2] == [[64], [64, 256]], addmm["shapes"]  # its inputs, not the narrow ones'
+
+
+def test_a_profile_someone_asked_for_does_not_space_out_the_checks_after_it():
+    """Its window and summary charged 0.38 s to optwatch's own time in one step, and the budget spaced the
+    checks to every 128th step: the gradient norm was not measured again for some 130 steps. Steps of 10 ms
+    have room for frequent checks (every 4th here, before the profile); after it the spacing is the same."""
+    probe, published = start_probe()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    train(model, optimizer, 130, sleep_s=0.01)
+    before = probe.detail_every
+    assert profiler_of(probe).request_window(5)["ok"]
+    train(model, optimizer, 60, sleep_s=0.01)
+    worker = profiler_of(probe)._worker
+    if worker is not None:
+        worker.join(30)  # (the summary, on its thread)
+    train(model, optimizer, 10, sleep_s=0.01)
+    after = probe.detail_every
+    probe.close()
+    assert hotspots(published), "the profile was taken"
+    assert before <= 8 and after <= 2 * before, (before, after)

@@ -172,6 +172,10 @@ class ProbeContext(Protocol):
         """Read the plugins' callback sets again (after a plugin changed its ``idle_callbacks``)."""
         ...
 
+    budget_held: bool
+    """Set while work someone asked for (a profile window, its summary) costs the steps: the budget leaves
+    those steps out, so that the checks are not spaced out for long after it (any thread may set it)."""
+
 
 class ProbePlugin:
     """Base class: override what you need. A callback left as the base class's costs nothing per step."""

@@ -149,6 +149,8 @@ class Probe:
         self._in_backward_sq: torch.Tensor | None = None
         """Optimizer-in-backward: the squares of the norms of the gradients stepped so far in the step."""
         self.torch_threads: int | None = None
+        self.budget_held = False
+        """A profile window or its summary costs the steps now (``ProbeContext.budget_held``)."""
         self.nonfinite_seen = False
         self.clip_measures = False
         self.governor = DetailGovernor(options.budget, options.grad_full_cadence_steps)
@@ -1215,6 +1217,8 @@ class Probe:
         """The governor told of the step ``record`` is of: (the spacing now, whether the next step is a detail
         step). What the budget weighs is what the live figure shows, the threads' time too (a detail step's
         records are most of what they read back and send)."""
+        if self.budget_held:  # (a profile someone asked for: not the checks' cost)
+            return self.governor.plan(record["step"] - self.first_step, 0.0, None, detailed)
         own_s = record["optwatch_s"] + record["optwatch_bg_s"]
         return self.governor.plan(record["step"] - self.first_step, own_s, record["step_time_s"], detailed)
 

@@ -148,6 +148,8 @@ class ProfilerPlugin(ProbePlugin):
         self._scopes: ModuleScopes | None = None
         self._device_used = False
         self._worker: threading.Thread | None = None
+        self._held_last = False
+        """The last step was a window's or its summary's: the budget leaves the next one out too."""
         self._closed = False
         self.idle_callbacks = self._idle_now()
 
@@ -183,7 +185,13 @@ class ProfilerPlugin(ProbePlugin):
 
     def after_step(self, probe: ProbeContext, record: dict[str, Any]) -> None:
         next_step = record["step"] + 1
+        # A window and its summary (its thread) cost the steps: the budget leaves them out, a step past them
+        # too (the summary's CPU comes in the next step's figure). Its cost spaced the checks to every 128th.
+        busy = self._window is not None or (self._worker is not None and self._worker.is_alive())
+        probe.budget_held = busy or self._held_last
+        self._held_last = busy
         if self._window is None and not self._requests and (self._due is None or next_step < self._due):
+            self._note_idle()  # (once the summary is done and a step past it: no call at a step's end again)
             return
         self._guarded(probe, next_step, record.get("step_time_s"))
 
@@ -217,7 +225,8 @@ class ProfilerPlugin(ProbePlugin):
     def _idle_now(self) -> frozenset[str]:
         """The step's end, while no window is planned, requested or running: most steps then need no
         plugin at their end, which makes them cheapest (``ProbePlugin.between_detail_steps``)."""
-        if self._window is None and not self._requests and self._due is None:
+        summarising = self._worker is not None and self._worker.is_alive()
+        if self._window is None and not self._requests and self._due is None and not (summarising or self._held_last):
             return frozenset({"after_step"})
         return frozenset()
 
