@@ -386,3 +386,22 @@ def test_compare_gives_the_median_steps_rate_beside_the_median_step_time():
     rows = {row.label: row.values for row in compare_runs(stores).rows}
     assert rows["step time p50"] == ["100.0 ms", "100.0 ms"]
     assert rows["samples/s p50"] == ["1280", "1280"], rows
+
+
+async def test_a_chart_title_wider_than_the_chart_is_cut_not_left_out():
+    """plotext draws no title wider than the chart: with a baseline's run id, the whole run's loss chart at 100
+    columns had a blank title line."""
+    from conftest import screen_lines
+    from optwatch.app.widgets.series_chart import SeriesChart
+
+    store = Store()
+    store.ingest([step(i, 0.05) for i in range(50)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        chart = app.query_one("#loss-chart", SeriesChart)
+        await wait_for_ui(pilot, lambda: chart.series)
+        chart.title = "Loss · whole run (steps 0–199) · baseline cifar-20261207-080105-fdd0 and then some more"
+        chart.refresh()
+        await pilot.pause(0.3)
+        text = "\n".join(screen_lines(app).values())
+    assert "Loss · whole run (steps 0–199) · baseline" in text

@@ -123,7 +123,9 @@ class SeriesChart(PlotextPlot):
     def _draw(self):
         plt = self.plt
         plt.clear_figure()
-        plt.title(self.title)
+        # plotext leaves out a title wider than the chart: a baseline's run id made the whole run's title blank.
+        room = max((self.size.width or FALLBACK_WIDTH) - 4, 8)
+        plt.title(self.title if len(self.title) <= room else self.title[: room - 1] + "…")
         if self.log_y:
             plt.yscale("log")
         drawn = False
