@@ -630,8 +630,8 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             else f"Already in {w.precision}: a larger batch vectorises better"
             if w.mixed_precision
             # (it made a small CNN 54% slower on an AVX-512 CPU without AMX: said as a test, not a cure)
-            else "bf16 autocast can speed up CPUs with AMX and slow down others: test it live (control: amp=on; the "
-            "Controls tab compares); a larger batch vectorises better"
+            else "bf16 autocast can speed up CPUs with AMX and slow down others: test it live (control: amp=on) "
+            "against the step time before; a larger batch vectorises better"
         )
         return (
             "compute",
