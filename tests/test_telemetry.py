@@ -211,7 +211,10 @@ def test_system_records_carry_the_workers_and_the_gpu_state(slow_data_run):
     assert len(systems) >= 3
     assert any(len(s["workers"]) == 2 for s in systems)
     for system in systems:
-        assert system["cpu_count"] >= 1 and system["rss_bytes"] > 0 and system["torch_threads"] >= 1
+        assert system["cpu_count"] >= 1 and system["rss_bytes"] > 0
+        # (The training thread's count, once it has read it: before its first step ends, unknown.)
+        threads = system["torch_threads"]
+        assert threads >= 1 if system.get("step", 0) > 0 else threads is None or threads >= 1
         if not torch.cuda.is_available():
             assert system["gpu_status"].startswith("no NVIDIA GPU") and system["gpus"] == []
             assert "mem_allocated_bytes" not in system
