@@ -226,11 +226,9 @@ class Probe:
         self._clip_part_max: float | None = None
         self._clipped_whole = False
         """The step's gradients are clipped: a later clip of them measures clipped gradients."""
-        self._clip_backward: float | None = None
-        """The start of the step's last backward when a clip of its gradients was taken: a clip after another
-        backward (one per micro-batch) is of the gradients the step takes, not one already counted."""
         self._gradients_backward: float | None = None
-        """The same when the plugins measured the step's gradients (``_gradients_ready``)."""
+        """The start of the step's last backward when its gradients were taken (``_gradients_ready``): a clip
+        after another backward (one per micro-batch) is of the gradients the step takes, not those."""
         self._whole_clip: tuple[tuple[int, int, int], frozenset[int]] | None = None
         """The last clip found to hold every one of the step's parameters (its length, first and last) and the
         parameters it held them for: the same clip at the next step is known at a glance."""
@@ -752,8 +750,10 @@ class Probe:
         if the_steps:
             if self._gradients_final and self._gradients_backward != self._backward_started and self._stepping is None:
                 # A backward since the gradients were taken (a clip per micro-batch, a common slip): the step
-                # takes these, so the plugins measure them again, as the clip's norm is taken again.
+                # takes these, so the plugins measure them again, and this clip's norm is the step's so far.
                 self._gradients_final = False
+                self._clip_norm = self._clip_max = None
+                self._clip_parts, self._clip_covered, self._clipped_whole = [], set(), False
             self._clip_params = params
             self._gradients_ready(self._primary, clip_measures=by_norm)
         if by_norm:
@@ -769,19 +769,8 @@ class Probe:
         if handed is not None and handed.taken:
             self.own_s -= handed.seconds  # the clip's own work, done for it: it computed no norms
         params, the_steps = self._clips.pop() if self._clips else (None, True)
-        if (
-            the_steps
-            and (self._clipped_whole or self._clip_parts)
-            and self._clip_backward != self._backward_started
-            and self._stepping is None
-        ):
-            # A backward since the clip taken (one clip per micro-batch, a common slip): the gradients it
-            # measured are not the ones the step takes; this clip's are, so far.
-            self._clip_norm = self._clip_max = None
-            self._clip_parts, self._clip_covered, self._clipped_whole = [], set(), False
         if not the_steps or self._clipped_whole:
             return  # another model's clip (a GAN's generator's), or a second clip of gradients clipped already
-        self._clip_backward = self._backward_started
         if not (isinstance(total_norm, torch.Tensor) and total_norm.numel() == 1):
             return
         norm = sharding.replicated_value(total_norm.detach())
@@ -1263,7 +1252,6 @@ class Probe:
         if self._clip_parts or self._clips:
             self._clip_parts, self._clip_covered, self._clips = [], set(), []
         self._clipped_whole = False
-        self._clip_backward = None
         self._measured_norms = None
         self._in_backward_sq = None
         self._shared_norms = None
