@@ -108,9 +108,9 @@ def _samples_per_s(steps: Sequence[dict[str, Any]]) -> float | None:
     if not steps:
         return None
     typical = median(s["step_time_s"] for s in steps)
-    long = [s for s in steps if s["step_time_s"] > RATE_LONG_FACTOR * typical]
-    if long and len(long) <= RATE_LONG_SHARE * len(steps):
-        steps = [s for s in steps if s["step_time_s"] <= RATE_LONG_FACTOR * typical]
+    short = [s for s in steps if s["step_time_s"] <= RATE_LONG_FACTOR * typical]
+    if len(steps) - len(short) <= RATE_LONG_SHARE * len(steps):
+        steps = short
     return sum(s["samples"] for s in steps) / sum(s["step_time_s"] for s in steps)
 
 

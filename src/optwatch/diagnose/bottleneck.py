@@ -326,7 +326,6 @@ def judge(window: Window, holding: bool = False) -> tuple[dict[str, Any], bool]:
     """``classify``'s verdict, and whether work between steps (or evaluation) made it. ``holding``: it made the
     last one, and then stays down to ``BETWEEN_STAYS`` of its threshold."""
     device_rule = _gpu if window.device == "cuda" else _cpu
-    between = None
     threshold = BETWEEN_SHARE * (BETWEEN_STAYS if holding else 1.0)
     between = _evaluation_first(window, threshold)
     found = between or _input(window) or _memory(window)

@@ -187,7 +187,7 @@ class ProfilerPlugin(ProbePlugin):
         next_step = record["step"] + 1
         # A window and its summary (its thread) cost the steps: the budget leaves them out, a step past them
         # too (the summary's CPU comes in the next step's figure). Its cost spaced the checks to every 128th.
-        busy = self._window is not None or (self._worker is not None and self._worker.is_alive())
+        busy = self._window is not None or self._summarising
         probe.budget_held = busy or self._held_last
         self._held_last = busy
         if self._window is None and not self._requests and (self._due is None or next_step < self._due):
@@ -222,11 +222,16 @@ class ProfilerPlugin(ProbePlugin):
             self._abandon(probe, f"{type(exc).__name__}: {exc}")
         self._note_idle()
 
+    @property
+    def _summarising(self) -> bool:
+        """The last window's summary is still being made, on its thread."""
+        return self._worker is not None and self._worker.is_alive()
+
     def _idle_now(self) -> frozenset[str]:
         """The step's end, while no window is planned, requested or running: most steps then need no
         plugin at their end, which makes them cheapest (``ProbePlugin.between_detail_steps``)."""
-        summarising = self._worker is not None and self._worker.is_alive()
-        if self._window is None and not self._requests and self._due is None and not (summarising or self._held_last):
+        planned = self._window is not None or self._requests or self._due is not None
+        if not (planned or self._summarising or self._held_last):
             return frozenset({"after_step"})
         return frozenset()
 
