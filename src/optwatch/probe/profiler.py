@@ -231,7 +231,10 @@ class ProfilerPlugin(ProbePlugin):
         """The step's end, while no window is planned, requested or running: most steps then need no
         plugin at their end, which makes them cheapest (``ProbePlugin.between_detail_steps``)."""
         planned = self._window is not None or self._requests or self._due is not None
-        if not (planned or self._summarising or self._held_last):
+        # (and not while the budget is held: the step's end that lets it go must still come, else the
+        # governor was left out of every step after the first profile)
+        held = self._held_last or (self._probe is not None and self._probe.budget_held)
+        if not (planned or self._summarising or held):
             return frozenset({"after_step"})
         return frozenset()
 
