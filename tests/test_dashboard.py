@@ -544,3 +544,35 @@ async def test_a_run_that_blows_up_after_an_lr_command_says_so_first_with_the_wa
         assert "after lr=20! at step 30" in bar.lines[0] and bar.lines[0].startswith("nonfinite"), bar.lines
         assert "-bound" in bar.lines[1] or "balanced" in bar.lines[1], bar.lines
         assert not any(line.startswith("try: ") for line in bar.lines), bar.lines
+
+
+async def test_at_80x24_the_findings_take_a_line_each_and_leave_the_overview_its_cost_row():
+    """Wrapped at 80 columns, a verdict and its suggestion took four lines and pushed the Overview's last
+    rows (what optwatch costs the run) off the screen."""
+    steps = [
+        {
+            "v": 1, "kind": "step", "rank": 0, "seq": i, "time": 0.01 * i, "step": i, "loss": 2.0 - 0.01 * i,
+            "lr": 0.05, "grad_norm": 1.5, "precision": "float32", "step_time_s": 0.01, "data_wait_s": 0.0001,
+            "samples": 32, "optwatch_s": 0.0001, "optwatch_bg_s": 0.0, "detailed": True, "detail_every": 1,
+        }
+        for i in range(40)
+    ]  # fmt: skip
+    verdict = {
+        "v": 1, "kind": "verdict", "rank": 0, "seq": 40, "time": 0.4, "step": 39, "bottleneck": "host",
+        "message": "the machine's 2 cores are busy (100% in all) and this process gets 36% of them: "
+        "its threads wait for cores other programs take",
+        "suggestions": ["Fewer threads wait less for cores others take: torch.set_num_threads(1) (or stop the "
+                        "other programs)"],
+    }  # fmt: skip
+    store = Store()
+    store.ingest([*steps, verdict])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        findings = app.query_one("#findings")
+        height = findings.size.height
+        screen = screen_lines(app)
+    assert findings.lines[0].startswith("host-bound: the machine's 2 cores") and findings.lines[1].startswith("try:")
+    assert height == 2  # one line each, cut
+    assert any("host-bound: the machine's" in line and line.rstrip().endswith("…") for line in screen.values())
+    assert any(line.lstrip().startswith("optwatch ") and "/step" in line for line in screen.values()), screen

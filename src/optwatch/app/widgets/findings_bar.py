@@ -77,4 +77,5 @@ class FindingsBar(Static):
             return  # nothing new: no repaint, no relayout
         self.lines = lines
         self.display = bool(lines)
+        text.rstrip()  # (the last line's newline was an empty row under it)
         self.update(text)
