@@ -172,6 +172,8 @@ def test_request_profiles_the_next_steps_with_modules_forward_and_backward():
     assert ops["aten::mm"]["module"] in ("0", "2")  # backward matmuls, placed through the autograd graph
     relu_ops = [op for name, op in ops.items() if name in ("aten::relu", "aten::clamp_min", "aten::threshold_backward")]
     assert all(op["module"] == "1" for op in relu_ops)
+    # Both linear layers ran addmm: the module named is one of them, and the other is counted.
+    assert ops["aten::addmm"]["modules_more"] == 1 and all(op["modules_more"] == 0 for op in relu_ops)
     assert "optimizer" in ops["Optimizer.step#SGD.step"]["flags"]
     culprits = {culprit["flag"]: culprit for culprit in done["culprits"]}
     assert culprits["optimizer"]["calls"] == 4

@@ -338,6 +338,9 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
                 "pct": round(100.0 * metric(row) / total, 2) if total > 0 else 0.0,
                 "shapes": [shapes for _, shapes in heaviest] if index < SHAPES_FOR_TOP else [],
                 "module": module,
+                # (the other modules it also ran in: 50 convolution calls shown beside one module read as
+                # that module's own)
+                "modules_more": max(len(placed) - 1, 0),
                 "flags": sorted(flags),
             }
         )

@@ -49,6 +49,13 @@ def clip(text: str | None, width: int, keep_end: bool = False) -> str:
     return "…" + text[-(width - 1) :] if keep_end else text[: width - 1] + "…"
 
 
+def module_text(op: dict[str, Any]) -> str:
+    """Where most of an op's time went, and how many other modules ran it too: ``layer1.conv1 +8``."""
+    more = op.get("modules_more") or 0
+    suffix = f" +{more}" if isinstance(more, int) and more > 0 else ""
+    return clip(op.get("module"), MODULE_WIDTH - len(suffix), keep_end=True) + (suffix if op.get("module") else "")
+
+
 def shapes_text(shapes: list[Any]) -> str:
     """The heaviest input shapes of an op, e.g. ``[128,3,32,32] [32,3,3,3]`` (non-tensor inputs left out)."""
     if not shapes:
@@ -216,7 +223,7 @@ class HotspotsView(Vertical):
                 "self_cpu_s": duration(op.get("self_cpu_s")),
                 "self_device_s": duration(op.get("self_device_s")),
                 "pct": f"{op.get('pct', 0):.1f}",
-                "module": clip(op.get("module"), MODULE_WIDTH, keep_end=True),
+                "module": module_text(op),
                 "flags": ",".join(op.get("flags") or []),
                 "calls": str(op.get("calls", "")),
                 "shapes": shapes_text(op.get("shapes") or []),
