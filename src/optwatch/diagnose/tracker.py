@@ -89,6 +89,10 @@ class VerdictTracker:
         self._holding_between = False
         """The last verdict was work between training steps (or evaluation): it holds a little below its
         threshold."""
+        self._said: str | None = None
+        """The bottleneck of the last verdict given."""
+        self._unconfirmed: str | None = None
+        """A different bottleneck one window found: it is said when the next window finds it too."""
 
     def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -150,7 +154,15 @@ class VerdictTracker:
             return []
         window.every_check = self.every_check
         window.world_size = self.world_size
-        judged, self._holding_between = judge(window, holding=self._holding_between)
+        judged, between = judge(window, holding=self._holding_between)
+        found = judged["bottleneck"]
+        if not final and self._said not in (None, found) and self._unconfirmed != found:
+            # A change is said once two windows in a row find it: on a machine other programs load, one
+            # window's figures cross a rule's threshold and back, and the verdict (with its advice, which
+            # headless prints at each change) flipped between compute- and host-bound several times a minute.
+            self._unconfirmed = found
+            return []
+        self._said, self._unconfirmed, self._holding_between = found, None, between
         return [
             protocol.make_record(
                 protocol.VERDICT,
