@@ -318,7 +318,9 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
             for verdict in changed_verdicts(session.store, shown_verdicts):
                 print("\n".join(verdict_lines(verdict)), file=own, flush=True)
             hub_said = _say_hub_silence(session.store, hub_said, own)
-            if time.monotonic() >= next_summary:
+            # (Not once the script has exited: its traceback is then followed by the final figures alone.)
+            exited = process is not None and process.poll() is not None
+            if time.monotonic() >= next_summary and not exited:
                 next_summary = time.monotonic() + summary_every_s
                 # No step for a while: where the training is (each rank's), in place of the last step's
                 # figures again.
