@@ -514,3 +514,71 @@ def test_a_run_whose_loss_ended_nan_gets_no_speed_up_tips(tmp_path):
     lines = result.stderr.splitlines()
     assert any(line.startswith("optwatch: final step 39 (40 steps) | loss NaN") for line in lines), lines[-5:]
     assert lines[-1].startswith("optwatch: final verdict ") and not any("try:" in line for line in lines), lines[-5:]
+
+
+def test_what_spawned_workers_send_back_of_the_scripts_own_classes_reaches_it(tmp_path):
+    """A DataLoader whose spawn workers return a dataclass the script defines failed at its first batch:
+    "Can't get attribute 'Sample' on <module 'optwatch.probe.launch'>" (multiprocessing, imported before the
+    script, had named the launcher ``__mp_main__``). So did a pool's results under `-m` and forkserver."""
+    script = tmp_path / "spawned.py"
+    script.write_text(
+        "import dataclasses, torch\nfrom torch.utils.data import DataLoader, Dataset\n"
+        "@dataclasses.dataclass\nclass Sample:\n    x: torch.Tensor\n    y: torch.Tensor\n"
+        "class Samples(Dataset):\n    def __len__(self): return 8\n"
+        "    def __getitem__(self, i): return Sample(torch.full((4,), float(i)), torch.ones(1))\n"
+        "def collate(items): return Sample(torch.stack([s.x for s in items]), torch.stack([s.y for s in items]))\n"
+        "if __name__ == '__main__':\n    model = torch.nn.Linear(4, 1)\n"
+        "    opt = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "    loader = DataLoader(Samples(), batch_size=4, num_workers=1, collate_fn=collate,\n"
+        "                        multiprocessing_context='spawn')\n"
+        "    for batch in loader:\n        opt.zero_grad(); (model(batch.x) - batch.y).pow(2).mean().backward()\n"
+        "        opt.step()\n"
+        "        print(type(batch).__name__, batch.x[:, 0].tolist())\n"
+        "    print(type(__builtins__).__name__)\n"
+    )
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    watched = optwatch("run", "--headless", "--no-record", str(script))
+    assert plain.returncode == watched.returncode == 0, watched.stderr[-2000:]
+    assert watched.stdout == plain.stdout == "Sample [0.0, 1.0, 2.0, 3.0]\nSample [4.0, 5.0, 6.0, 7.0]\nmodule\n"
+
+
+def test_a_namespace_package_runs_under_m_and_its_modules_pools_send_back_their_classes(tmp_path):
+    """`optwatch run -m tools` for a folder with a __main__.py and no __init__.py: "No module named tools",
+    where python -m runs it. And `-m tools.pool`, whose spawned pool returns a class it defines."""
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "__main__.py").write_text("import sys\nprint(__spec__.name, sys.argv[1:])\n")
+    (tmp_path / "tools" / "pool.py").write_text(
+        "import concurrent.futures, dataclasses, multiprocessing\n"
+        "@dataclasses.dataclass\nclass Result:\n    n: int\n"
+        "def square(n): return Result(n * n)\n"
+        "if __name__ == '__main__':\n    context = multiprocessing.get_context('spawn')\n"
+        "    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:\n"
+        "        print(list(pool.map(square, [2, 3])))\n"
+    )
+    for module, said in [("tools", "tools.__main__ ['x']\n"), ("tools.pool", "[Result(n=4), Result(n=9)]\n")]:
+        plain = subprocess.run([sys.executable, "-m", module, "x"], cwd=tmp_path, capture_output=True, text=True)
+        watched = subprocess.run(
+            [sys.executable, "-m", "optwatch", "run", "--headless", "--no-record", "-m", module, "x"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert plain.returncode == watched.returncode == 0, watched.stderr[-2000:]
+        assert watched.stdout == plain.stdout == said
+
+
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt", "Stop"])
+def test_an_uncaught_interrupt_or_base_exception_is_reported_from_the_scripts_frames(tmp_path, raised):
+    """An uncaught KeyboardInterrupt (a Ctrl-C the script does not handle) or an exception class of its own
+    derived from BaseException: their tracebacks went through optwatch's launcher and runpy, and
+    ``sys.last_value`` was None for the script's atexit handlers, where python sets it."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import atexit, sys\nclass Stop(BaseException): pass\n"
+        "atexit.register(lambda: print('last', repr(getattr(sys, 'last_value', None)), flush=True))\n"
+        f"def train():\n    raise {raised}('here')\ntrain()\n"
+    )
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    watched = optwatch("run", "--headless", "--no-record", str(script))
+    assert watched.stdout == plain.stdout == f"last {raised}('here')\n"
+    assert watched.returncode == (130 if raised == "KeyboardInterrupt" else 1) and plain.returncode in (-2, 1)
+    script_lines = [line for line in watched.stderr.splitlines() if not line.startswith("optwatch:")]
+    assert script_lines == plain.stderr.splitlines(), watched.stderr

@@ -10,11 +10,14 @@ import optwatch
 
 optwatch._drop_start_directory()  # (before optwatch's imports; the script's directory goes in by run_script)
 
+import builtins  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 from optwatch import protocol  # noqa: E402
 from optwatch.launchers import Launch, module_of, module_script  # noqa: E402
@@ -30,21 +33,76 @@ def _script_frames(traceback, path: str):
     return start or traceback
 
 
+def _new_main(**attributes) -> types.ModuleType:
+    """A fresh ``__main__`` module, as the interpreter makes it, in ``sys.modules`` under both its names:
+    ``multiprocessing`` (imported before the script, by optwatch and torch) had named the launcher
+    ``__mp_main__``, and what spawn and forkserver children sent back (a DataLoader worker's batch of a class
+    the script defines) was looked for there."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__builtins__=builtins, **attributes)  # (the module, as in python's __main__; not its dict)
+    if sys.version_info < (3, 14):  # (the interpreter's __main__ starts with one; 3.14's makes it on demand)
+        main.__dict__["__annotations__"] = {}
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+    return main
+
+
 def _run_as_main(path: str) -> None:
     """Run the file at ``path`` as the interpreter runs a script: a fresh ``__main__`` module, its code
     compiled under its absolute path (``runpy.run_path`` would also set ``sys.argv[0]`` to that path)."""
     from importlib.machinery import SourceFileLoader
 
-    main = types.ModuleType("__main__")
-    main.__dict__.update(
+    main = _new_main(
         __file__=path, __cached__=None, __loader__=SourceFileLoader("__main__", path), __package__=None, __spec__=None
     )
-    if sys.version_info < (3, 14):  # (the interpreter's __main__ starts with one; 3.14's makes it on demand)
-        main.__dict__["__annotations__"] = {}
-    sys.modules["__main__"] = main
     with io.open_code(path) as source:
         code = compile(source.read(), path, "exec", dont_inherit=True)
     exec(code, main.__dict__)
+
+
+def _module_details(module: str) -> tuple[Any, Any]:
+    """(spec, code) of ``python -m module``: a package runs its ``__main__`` (a namespace package's too). Raises
+    ImportError with python's words."""
+    import runpy
+
+    _, spec, code = runpy._get_module_details(module)  # (what python -m itself uses)
+    return spec, code
+
+
+def _run_module_as_main(spec: Any, code: Any) -> None:
+    """Run a module's code as ``python -m`` does, in a fresh ``__main__`` (see ``_new_main``)."""
+    main = _new_main(
+        __file__=spec.origin, __cached__=spec.cached, __loader__=spec.loader, __package__=spec.parent, __spec__=spec
+    )
+    exec(code, main.__dict__)
+
+
+def _trimming(hook: Callable[..., Any], path: str) -> Callable[..., Any]:
+    """``hook`` given the traceback from the script's first frame on: for an exception the interpreter itself
+    reports (an uncaught Ctrl-C, which must end the process as python's does)."""
+
+    def trimmed(kind, value, traceback):
+        traceback = _script_frames(traceback, path)
+        if value is not None:  # (the interpreter's hook prints the exception's own traceback)
+            value = value.with_traceback(traceback)
+            sys.last_value, sys.last_traceback = value, traceback
+            if sys.version_info >= (3, 12):
+                sys.last_exc = value
+        hook(kind, value, traceback)
+
+    return trimmed
+
+
+def _report(exc: BaseException, path: str) -> None:
+    """An exception that ended the script, as the interpreter reports it: through the script's own excepthook
+    if it set one, from the script's first frame, and kept in ``sys.last_value`` for its atexit handlers."""
+    trimmed = _script_frames(exc.__traceback__, path)
+    if trimmed is exc.__traceback__ and isinstance(exc, SyntaxError) and exc.filename == path:
+        trimmed = None  # the script does not compile: python shows the line and no traceback at all
+    exc = exc.with_traceback(trimmed)
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, trimmed
+    if sys.version_info >= (3, 12):
+        sys.last_exc = exc
+    sys.excepthook(type(exc), exc, trimmed)
 
 
 def ended_on_a_requested_stop(exc: BaseException) -> bool:
@@ -66,15 +124,11 @@ def run_script(script: str, args: list[str]) -> int:
 
     module = module_of(script)
     if module is not None:
-        import importlib.util
-
         sys.path.insert(0, os.getcwd())  # (python -m's first entry: the directory it is started in)
         try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or spec.origin is None:
-            print(f"{sys.executable}: No module named {module}", file=sys.stderr)  # (as python -m says it)
+            spec, code = _module_details(module)
+        except ImportError as exc:
+            print(f"{sys.executable}: {exc}", file=sys.stderr)  # (as python -m says it)
             return 1
         path = spec.origin
         sys.argv = [path, *args]
@@ -87,9 +141,7 @@ def run_script(script: str, args: list[str]) -> int:
     stopped_threads = _said_stops_in_threads()
     try:
         if module is not None:
-            import runpy
-
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            _run_module_as_main(spec, code)
         else:
             _run_as_main(path)
     except SystemExit as exc:
@@ -103,23 +155,23 @@ def run_script(script: str, args: list[str]) -> int:
     except Exception as exc:
         exit_code = 1
         probe.close(exit_code)
-        # As the interpreter would report it, through the script's own excepthook if it set one.
-        trimmed = _script_frames(exc.__traceback__, path)
-        if trimmed is exc.__traceback__ and isinstance(exc, SyntaxError) and exc.filename == path:
-            trimmed = None  # the script does not compile: python shows the line and no traceback at all
-        sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)
+        _report(exc, path)
         sys.exit(1)
     except KeyboardInterrupt as exc:
         exit_code = protocol.INTERRUPTED  # Ctrl-C, or optwatch's `stop`
         if not ended_on_a_requested_stop(exc):
+            # The interpreter reports it and ends on SIGINT, as python's does; from the script's frames on.
+            sys.excepthook = _trimming(sys.excepthook, path)
             raise
         # Asked for, not a failure: one line instead of a traceback through the framework and optwatch's hooks
         # (the script's own handling of the interrupt has run).
         print(f"{exc}: the steps before it are complete", file=sys.stderr, flush=True)
         sys.exit(protocol.INTERRUPTED)
-    except BaseException:
+    except BaseException as exc:  # (a class of the script's own: python reports it, and exits 1)
         exit_code = 1
-        raise
+        probe.close(exit_code)
+        _report(exc, path)
+        sys.exit(1)
     finally:
         if stopped_threads and exit_code == 0:
             exit_code = protocol.INTERRUPTED  # (the training thread was stopped as asked, the script ended after)
