@@ -238,3 +238,24 @@ def test_the_machines_cpu_is_measured_on_the_thread_that_samples_not_read_as_idl
     cores = psutil.cpu_count()
     assert samples[0]["host_cpu_percent"] is None
     assert samples[1]["host_cpu_percent"] >= 0.8 * 100 / cores
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="the kernel's schedstat is Linux's")
+def test_the_wait_for_a_core_tells_a_starved_process_from_one_that_sleeps():
+    """Both use little CPU on a busy machine: a rank asleep in the all-reduce was told to find what else runs.
+    Two busy processes on one core: each waits for it about half the time; one that sleeps waits for none."""
+    spin = "import os, time\nos.sched_setaffinity(0, {0})\nwhile True: pass\n"
+    sleep = "import os, time\nos.sched_setaffinity(0, {0})\nwhile True: time.sleep(0.05)\n"
+    processes = [subprocess.Popen([sys.executable, "-c", code]) for code in (spin, spin, sleep)]
+    try:
+        time.sleep(1.0)  # (started, and on their core)
+        collectors = [HostCollector(process.pid) for process in processes]
+        assert all(collector.sample()["run_wait_percent"] is None for collector in collectors)  # (a first sample)
+        time.sleep(2.0)
+        spinning, _, sleeping = (collector.sample()["run_wait_percent"] for collector in collectors)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert spinning is not None and 30.0 <= spinning <= 100.0, spinning  # (half the time, give or take the load)
+    assert sleeping is not None and sleeping < 10.0, sleeping

@@ -143,6 +143,19 @@ def test_model_phases_at_a_quarter_of_a_core_are_waiting_not_compute():
     )
     assert starved["suggestions"][0].startswith("Fewer threads wait less for cores others take")
     assert not any("GPU" in tip or "bf16" in tip for tip in starved["suggestions"])
+    # Where the kernel says how long the training thread waited for a core: starved (60% of the time), said
+    # with it; asleep (2%: a rank waiting at the all-reduce for a straggler, on the same busy machine), the
+    # steps wait, which "find what else runs" hid.
+    waits = verdict(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=23.0, host_cpu_percent=98.0,
+                                                            run_wait_percent=60.0))  # fmt: skip
+    assert ", its training thread waiting for one 60% of the time: other processes" in waits["message"]
+    asleep = summarise(
+        make_steps(**CPU_COMPUTE), make_systems(cpu_percent=3.0, host_cpu_percent=98.0, run_wait_percent=2.0), "cpu"
+    )
+    asleep.world_size = 2
+    said = classify(asleep)
+    assert "wait (for the other ranks at the gradients' all-reduce" in said["message"], said["message"]
+    assert said["evidence"]["run_wait_percent"] == 2.0
     # Its own DataLoader workers keeping the cores busy are no other programs (by hand: 98% of 8 cores is
     # 784% of a core; 23% the process's, 760% its 8 workers').
     workers = [{"pid": 10 + i, "cpu_percent": 95.0} for i in range(8)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,14 +33,17 @@ class HostCollector:
         self._workers: dict[int, psutil.Process] = {}
         self._ignored: set[int] = set()
         self._process.cpu_percent(None)
+        self._run_waits: dict[int, tuple[float, int]] = {}
+        """Per native thread id: (when, the nanoseconds it had waited for a core) at the last sample."""
         self._host_thread: int | None = None
         """The thread the machine's CPU is measured from: psutil keeps ``cpu_percent(None)``'s last
         reading per thread, so a first call on another thread reads 0.0 (the sampler's first sample read an
         idle machine, and a starved process on a busy one read as a loop that waits)."""
 
-    def sample(self, worker_pids: list[int] | None = None) -> dict[str, Any]:
+    def sample(self, worker_pids: list[int] | None = None, thread: int | None = None) -> dict[str, Any]:
         """``worker_pids``: the DataLoader's worker processes where the caller knows them (else the children
-        that are not multiprocessing's helpers)."""
+        that are not multiprocessing's helpers). ``thread``: the native id of the thread whose wait for a
+        core is measured (``run_wait_percent``; the process's main thread without it)."""
         with self._process.oneshot():
             cpu_percent = self._process.cpu_percent(None)
             rss = self._process.memory_info().rss
@@ -54,12 +58,33 @@ class HostCollector:
             "rss_bytes": rss,
             "threads": threads,
             "host_cpu_percent": host_cpu_percent,
+            "run_wait_percent": self._run_wait_percent(thread),
             "cpu_count": self._usable_cpus(),
             "load_avg": list(os.getloadavg()),
             "host_mem_used_bytes": memory.total - memory.available,
             "host_mem_total_bytes": memory.total,
             "workers": self._sample_workers(worker_pids),
         }
+
+    def _run_wait_percent(self, thread: int | None) -> float | None:
+        """How much of the time since the last sample ``thread`` was ready to run but waited for a core (the
+        kernel's run-queue delay, Linux's schedstat), in percent; None on a first sample or without schedstat.
+        What tells a process starved by others on a busy machine from one that sleeps or blocks (in an
+        all-reduce, on a full pipe): both use little CPU there."""
+        tid = thread if thread is not None else self._process.pid
+        try:
+            with open(f"/proc/{self._process.pid}/task/{tid}/schedstat", "rb") as handle:
+                waited_ns = int(handle.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        now = time.monotonic()
+        before = self._run_waits.get(tid)
+        if len(self._run_waits) > 64:
+            self._run_waits.clear()  # (threads come and go; a few are sampled)
+        self._run_waits[tid] = (now, waited_ns)
+        if before is None or now <= before[0]:
+            return None
+        return round(100.0 * (waited_ns - before[1]) / 1e9 / (now - before[0]), 1)
 
     def _usable_cpus(self) -> int | None:
         try:

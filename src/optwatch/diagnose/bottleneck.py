@@ -51,6 +51,10 @@ cores are busier than ``HOST_CONTENDED_PERCENT``, waits for cores other processe
 two cores shared with two busy programs it got 45% of a core, and its steps took 413 ms, where one thread
 took 11 ms beside the same programs (each op waits for its slowest thread, and a thread without a core holds
 it)."""
+CONTENDED_WAIT_PERCENT = 25.0
+"""... and only where its training thread waits for a core this much of the time or more (``run_wait_percent``,
+where the kernel says): a process that sleeps or blocks (a rank waiting in the all-reduce for a straggler, a
+print flood on a full pipe) also uses little CPU on a busy machine, and was told to find what else runs."""
 WORKERS_BUSY_PERCENT = 80.0
 FRAGMENTATION_SHARE = 0.10
 OPTWATCH_NOTABLE_SHARE = 0.05  # optwatch's own share of a host-bound step worth saying with the verdict
@@ -98,6 +102,8 @@ class Window:
     cpu_percent: float | None = None
     host_cpu_percent: float | None = None
     """The whole machine's CPU use, of all its cores."""
+    run_wait_percent: float | None = None
+    """How much of the time the training thread was ready to run but waited for a core (Linux)."""
     cpu_count: int | None = None
     torch_threads: int | None = None
     workers: int | None = None
@@ -307,6 +313,7 @@ def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> Non
         window.host_mem_share = last.get("host_mem_used_bytes", 0) / last["host_mem_total_bytes"]
     window.cpu_percent = _mean([s.get("cpu_percent") for s in systems])
     window.host_cpu_percent = _mean([s.get("host_cpu_percent") for s in systems])
+    window.run_wait_percent = _mean([s.get("run_wait_percent") for s in systems])
     window.cpu_count = last.get("cpu_count")
     window.torch_threads = last.get("torch_threads")
     # Workers come and go (a new iterator each epoch, shutdown at the end): count the most seen at once.
@@ -566,7 +573,7 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
     if host is None or cpu is None or not cores or host < HOST_CONTENDED_PERCENT:
         return None
     threads = w.torch_threads or 1
-    if cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores):
+    if cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores) or _unstarved(w):
         return None
     workers = (w.workers or 0) * (w.workers_cpu_percent or 0.0)
     if host * cores - cpu - workers < 50.0:
@@ -581,22 +588,30 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
         "See what else runs (top, htop: the workers and other ranks count) and give the training cores of its "
         "own: taskset, a cgroup, a quieter machine"
     )
+    waits = f", its training thread waiting for one {w.run_wait_percent:.0f}% of the time" if w.run_wait_percent else ""
     message = (
         f"the machine's {_count(cores, 'core')} are busy ({host:.0f}% in all) and this process gets "
-        f"{cpu:.0f}% of a core for {_count(threads, 'torch thread')}: other processes (other programs, other "
-        "ranks, DataLoader workers) take the CPU it computes on"
+        f"{cpu:.0f}% of a core for {_count(threads, 'torch thread')}{waits}: other processes (other programs, "
+        "other ranks, DataLoader workers) take the CPU it computes on"
     )
     return "host", message, suggestions
+
+
+def _unstarved(w: Window) -> bool:
+    """The training thread seldom waited for a core (where the kernel says): what it does not compute, it
+    sleeps or blocks, however busy the machine."""
+    return w.run_wait_percent is not None and w.run_wait_percent < CONTENDED_WAIT_PERCENT
 
 
 def _cpu(w: Window) -> tuple[str, str, list[str]]:
     model, other = w.model_share, w.shares.get("other_s")
     forward_known = w.shares.get("forward_s") is not None
-    # The process used little CPU while the machine had some to spare: it waited. (On a machine whose cores
-    # other programs keep busy, a starved process computes when it runs: that is the next rule's.)
+    # The process used little CPU while the machine had some to spare, or while it seldom waited for a core:
+    # it waited for something else. (On a machine whose cores other programs keep busy, a starved process
+    # computes when it runs: that is the next rule's.)
     spare = w.host_cpu_percent is not None and w.host_cpu_percent < HOST_BUSY_PERCENT
     busy_machine = w.host_cpu_percent is not None and not spare  # (more threads would wait for cores there)
-    idle = spare and w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
+    idle = (spare or _unstarved(w)) and w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
     if model is not None and model >= CPU_MODEL_SHARE and idle:
         return (
             "host",
@@ -730,6 +745,7 @@ def evidence(w: Window) -> dict[str, Any]:
         "cpu_percent": w.cpu_percent,
         "cpu_count": w.cpu_count,
         "host_cpu_percent": w.host_cpu_percent,
+        "run_wait_percent": w.run_wait_percent,
         "torch_threads": w.torch_threads,
         "workers": w.workers,
         "workers_cpu_percent": w.workers_cpu_percent,

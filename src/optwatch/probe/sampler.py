@@ -38,13 +38,17 @@ def _total_and_uuid(device: int) -> tuple[int, str | None]:
 
 
 def sample_system(
-    device: torch.device | None = None, torch_threads: int | None = None, worker_pids: list[int] | None = None
+    device: torch.device | None = None,
+    torch_threads: int | None = None,
+    worker_pids: list[int] | None = None,
+    thread: int | None = None,
 ) -> dict[str, Any]:
     """The fields of a ``system`` record; ``device`` is where the model trains (None until known);
     ``torch_threads`` as the training thread reads them, None until it has (this thread's own count can
     differ: OpenMP keeps one per thread, fixed once a thread has asked, before a script's later
-    ``torch.set_num_threads``: a short run's verdict said "2 threads" for a script that set 1)."""
-    sample = _host.sample(worker_pids)
+    ``torch.set_num_threads``: a short run's verdict said "2 threads" for a script that set 1). ``thread``:
+    the training thread's native id, whose wait for a core is measured."""
+    sample = _host.sample(worker_pids, thread)
     sample["torch_threads"] = torch_threads
     current_uuid = None
     # The allocator counters are host-side (no sync). CUDA is initialised by then (the parameters
@@ -55,6 +59,12 @@ def sample_system(
         sample.update(allocator.summarise(torch.cuda.memory_stats(index), total, index))
     sample.update(_gpus.sample(current_uuid=current_uuid))
     return sample
+
+
+def _native_id(context: ProbeContext) -> int | None:
+    """The training thread's id in the kernel's terms (the one the probe started in before it is known)."""
+    ident = context.training_thread or context.started_in
+    return next((thread.native_id for thread in threading.enumerate() if thread.ident == ident), None)
 
 
 class Sampler:
@@ -105,7 +115,7 @@ class Sampler:
                     protocol.SYSTEM,
                     context.rank,
                     step=context.step,
-                    **sample_system(context.device, context.torch_threads, self._worker_pids()),
+                    **sample_system(context.device, context.torch_threads, self._worker_pids(), _native_id(context)),
                 )
                 system["dropped"] = channel.dropped
                 if context.held:

@@ -61,6 +61,8 @@ def evidence_parts(evidence: dict[str, Any]) -> list[str]:
         parts.append(f"CPU {evidence['cpu_percent']:.0f}%{cores}")
     if finite(evidence.get("host_cpu_percent")):  # the whole machine's, other programs included
         parts.append(f"machine {evidence['host_cpu_percent']:.0f}% busy")
+        if finite(evidence.get("run_wait_percent")):  # (on a busy one: starved, or asleep?)
+            parts.append(f"waits for a core {evidence['run_wait_percent']:.0f}%")
     if evidence.get("workers"):
         busy = evidence.get("workers_cpu_percent")
         parts.append(f"workers {evidence['workers']}" + (f" @ {busy:.0f}%" if finite(busy) else ""))
