@@ -492,3 +492,39 @@ def test_an_explosion_in_the_scripts_own_warm_up_names_the_rise_of_the_rate(tmp_
     assert float(said[3]) == pytest.approx(used[1], rel=1e-2) and float(said[4]) == pytest.approx(used[step], rel=1e-2)
     assert int(said[2]) == step - 1 and float(said[1]) == pytest.approx(used[step] / used[1], rel=1e-2)
     assert first["message"].endswith("a lower peak or a longer warm-up (`lr*=0.1` lowers it now)")
+
+
+DECAYS = """
+import sys, torch
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.01}, {"params": [model.bias], "lr": 0.1}])
+for step in range(32):
+    if sys.argv[1] == "in-place" and step and step % 10 == 0:
+        for group in opt.param_groups:
+            group["lr"] *= 0.5  # a decay made on the rate in use
+    if sys.argv[1] == "per-epoch" and step % 4 == 0:
+        for group, base in zip(opt.param_groups, (0.01, 0.1)):
+            group["lr"] = base * 0.5 ** (step // 10)  # adjust_learning_rate(), each epoch of 4 steps
+    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward()
+    print(f"step={step} lr0={opt.param_groups[0]['lr']!r} lr1={opt.param_groups[1]['lr']!r}")
+    opt.step()
+"""
+
+
+@pytest.mark.parametrize("style", ["in-place", "per-epoch"])
+def test_a_held_rate_follows_the_scripts_own_decays_once(tmp_path, style):
+    """`lr*=0.5@5` on a script that halves its rates in place every 10 steps (`group["lr"] *= 0.5`): each
+    decay, made on the rate held, was scaled again: 8x too low at step 30 (16x for group 1 after `lr=V`). A
+    script that assigns its own rates each epoch (`adjust_learning_rate`) has them scaled, as before."""
+    script = tmp_path / "decays.py"
+    script.write_text(DECAYS)
+    result = optwatch("run", "--headless", "--no-record", "--control", "lr*=0.5@5", str(script), style)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = inside(result.stdout)
+    for step in (4, 5, 9, 10, 19, 20, 30, 31):
+        # The script's own schedule, by hand: halved at 10, 20 and 30 (per epoch: at 12, 20 and 28).
+        own = 0.5 ** (step // 10) if style == "in-place" else 0.5 ** (step // 4 * 4 // 10)
+        held = 0.5 if step >= 5 else 1.0
+        assert float(seen[step]["lr0"]) == pytest.approx(0.01 * own * held, rel=1e-9), (step, seen[step])
+        assert float(seen[step]["lr1"]) == pytest.approx(0.1 * own * held, rel=1e-9), (step, seen[step])

@@ -118,6 +118,24 @@ class Amp:
         return used_scale
 
 
+def _changed_in_place(held: _HeldRate, value: float, step: int) -> bool:
+    """Whether the script's new rate ``value`` is a change made on the rate held (``*= 0.5``), not a rate of
+    its own schedule to scale. Its own: it assigns step after step (nanoGPT's ``get_lr``), or assigned its own
+    last rate again (an epoch's ``adjust_learning_rate``). Else, a one-off change: the reading under which the
+    script's own rate moves least (a decay in place halves the rate held; a schedule's own values move
+    from its own last one)."""
+    if value <= 0 or held.last_set <= 0 or held.factor <= 0:
+        return False
+    own_last = held.last_set / held.factor
+    if math.isclose(value, own_last, rel_tol=1e-9):
+        held.schedule = True
+        return False
+    if held.schedule or (held.changed_at is not None and step - held.changed_at <= 1):
+        held.schedule = True
+        return False
+    return abs(math.log(value / held.last_set)) < abs(math.log(value / own_last))
+
+
 @dataclass
 class _HeldRate:
     """A learning rate set by command, held against the script's own assignments to ``param_group["lr"]``
@@ -125,6 +143,12 @@ class _HeldRate:
 
     factor: float
     last_set: float
+    last_object: Any = None
+    """The very object set (a float): the script's assignment of an equal value is a new one."""
+    schedule: bool = False
+    """The script assigns rates of its own step after step (or assigned its own rate again): each is scaled."""
+    changed_at: int | None = None
+    """The step at which the script last changed the rate."""
 
 
 class ControlPlugin(ProbePlugin):
@@ -279,9 +303,9 @@ class ControlPlugin(ProbePlugin):
             factors = {index: self._pin_group(optimizer, index, value) for index, value in self._lr_pin[1].items()}
             _scale_floor(self.context, optimizer, factors)
         if self._held_rates:  # also beside a pin of another group (lr[1]=V leaves group 0's factor held)
-            self._hold_rates(optimizer, self._held_rates)
+            self._hold_rates(optimizer, self._held_rates, step)
         for partner, held in list(self._partner_rates.items()):  # (they step after it, on what was set before)
-            self._hold_rates(partner, held)
+            self._hold_rates(partner, held, step)
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self._stop_if_asked()
@@ -520,7 +544,9 @@ class ControlPlugin(ProbePlugin):
             if not scheduled:
                 held = held_rates.get(index)
                 factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
-                held_rates[index] = _HeldRate(factor=factor, last_set=new)
+                held_rates[index] = _HeldRate(
+                    factor=factor, last_set=new, last_object=optimizer.param_groups[index]["lr"]
+                )
             if ran_at is None or ran_at < 0:  # (before the optimizer's first step: the rates it is about to use)
                 described.append(f"group {index}: {old:.3g} -> {new:.3g}")
             elif command.scale and scheduled:  # the command's step uses F x what its schedule sets for it
@@ -537,22 +563,31 @@ class ControlPlugin(ProbePlugin):
         held = self._held_rates.get(index)
         if held is not None and current is not None and current != held.last_set and current > 0:
             held.factor = value / current  # the script assigned its own value meanwhile
+        factor = self._rescale_group(self.context, optimizer, index, value, in_use=True)
         if held is not None:
-            held.last_set = value
-        return self._rescale_group(self.context, optimizer, index, value, in_use=True)
+            held.last_set, held.last_object = value, group["lr"]
+        return factor
 
-    def _hold_rates(self, optimizer: torch.optim.Optimizer, held_rates: dict[int, _HeldRate]) -> None:
-        """Values the script assigned to ``param_group["lr"]`` since the last step, scaled as the command asked."""
+    def _hold_rates(self, optimizer: torch.optim.Optimizer, held_rates: dict[int, _HeldRate], step: int) -> None:
+        """Values the script assigned to ``param_group["lr"]`` since the last step, scaled as the command asked;
+        but a change the script made in place (``group["lr"] *= 0.5``, on the rate held) is kept as it is:
+        scaled again, the held factor compounded at each decay (8x too low after three)."""
         for index, held in held_rates.items():
             if index >= len(optimizer.param_groups):
                 continue
             group = optimizer.param_groups[index]
-            current = _one_number(group["lr"])
-            if current is None or current == held.last_set:
+            raw = group["lr"]
+            current = _one_number(raw)
+            # (An assignment is a new object, of an equal value too: a schedule's own value that met the rate
+            # held was left unscaled. An equal value from a script not known to assign rates is taken for
+            # none: something that copies the rate it read.)
+            if current is None or raw is held.last_object or (current == held.last_set and not held.schedule):
                 continue
-            value = current * held.factor
-            _set_group_lr(group, value)
-            held.last_set = value
+            if not _changed_in_place(held, current, step):
+                current *= held.factor
+                _set_group_lr(group, current)
+            held.last_set, held.last_object = current, group["lr"]
+            held.changed_at = step
 
     def _rescale_group(
         self, context: ProbeContext | None, optimizer: torch.optim.Optimizer, index: int, new: float, in_use=False
