@@ -796,10 +796,10 @@ def test_optwatchs_own_hooks_failing_leave_the_training_and_the_step_numbers_alo
                 raise RuntimeError("boom in the DataLoader hook")
             super().batch_taken(iterator, started, finished, batch)
 
-        def backward_starting(self, tensors):
+        def backward_starting(self, tensors, weight=None):
             if self.step == 4:
                 raise RuntimeError("boom in the backward hook")
-            return super().backward_starting(tensors)
+            return super().backward_starting(tensors, weight)
 
         def learning_rate(self, optimizer=None):
             if self.step in (6, 8):

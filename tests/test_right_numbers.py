@@ -671,3 +671,25 @@ def test_sam_has_its_first_passs_loss_and_the_gradient_its_step_applies(tmp_path
     steps = steps_of(records)
     assert len(steps) == 30
     assert_as_the_script(steps, truth_of(stdout), "loss", "grad_norm")
+
+
+def test_sam_in_its_readmes_closure_form_has_its_first_passs_loss(tmp_path):
+    """`loss.backward(); optimizer.step(closure)`, the closure the second pass: the loss was both passes' sum
+    (3.27 where the script's loss was 1.62)."""
+    records, stdout, _ = run(tmp_path, "sam", "--closure")
+    steps = steps_of(records)
+    assert len(steps) == 30
+    assert_as_the_script(steps, truth_of(stdout), "loss", "grad_norm")
+
+
+def test_a_wgan_critics_loss_takes_the_sign_its_backward_is_weighed_by(tmp_path):
+    """caogang/wgan-gp's `D_real.backward(mone)`: optwatch said D_real + D_fake + gp (0.175 where the script's
+    D_cost was -0.001), and the generator's loss with its sign turned. What is minimised is -D_real."""
+    records, stdout, _ = run(tmp_path, "wgan_gp")
+    truth = truth_of(stdout)
+    steps = steps_of(records)
+    assert len(steps) == 40
+    assert_same(steps, truth, "loss", "d_cost")
+    generator = {s["step"]: s["losses"]["opt_g"] for s in steps if "opt_g" in (s.get("losses") or {})}
+    assert generator == pytest.approx({s: t["g_cost"] for s, t in truth.items() if "g_cost" in t})
+    assert sorted(generator) == [4, 9, 14, 19, 24, 29, 34, 39]

@@ -69,9 +69,10 @@ class HookTarget(Protocol):
 
     def loader_started(self, loader: Any, iterator: Any) -> None: ...
 
-    def backward_starting(self, tensors: Any) -> Any:
+    def backward_starting(self, tensors: Any, weight: torch.Tensor | None = None) -> Any:
         """Returns the tensors to differentiate (the same ones, or a scaled loss under optwatch's AMP);
-        ``tensors`` is None for several tensors that the script's ``grad_tensors`` weigh."""
+        ``tensors`` is None for several tensors that the script's ``grad_tensors`` weigh; ``weight``: the one
+        number a scalar's backward is weighed by (``loss.backward(gradient=w)``), else None."""
         ...
 
     backward_end_needed: bool
@@ -343,10 +344,10 @@ class TorchHooks:
                 return original(tensors, *args, **kwargs)  # (inside a backward: no loss, no step of its own)
             try:
                 weights = args[0] if args else kwargs.get("grad_tensors")
+                one = isinstance(tensors, torch.Tensor)
+                weight = weights if one and isinstance(weights, torch.Tensor) and weights.numel() == 1 else None
                 # (Several tensors that the script's grad_tensors weigh: no loss of the step.)
-                replaced = target.backward_starting(
-                    tensors if weights is None or isinstance(tensors, torch.Tensor) else None
-                )
+                replaced = target.backward_starting(tensors if weights is None or one else None, weight)
             except Exception:
                 hooks._failed("backward hook")
                 replaced = None

@@ -50,18 +50,29 @@ class StepLosses:
         self.held = False
         """The step's loss is taken: later backward() calls until the step add none (SAM's second pass)."""
 
-    def backpropagated(self, tensor: torch.Tensor, in_closure: bool) -> None:
-        """``backward()`` began on the scalar ``tensor``; ``in_closure``: inside an optimizer's step()."""
+    def backpropagated(self, tensor: torch.Tensor, in_closure: bool, weight: torch.Tensor | None = None) -> None:
+        """``backward()`` began on the scalar ``tensor``; ``in_closure``: inside an optimizer's step();
+        ``weight``: what the script weighed its backward by (``backward(gradient=w)``)."""
         if in_closure:
             if self.closure_loss_taken:
                 return  # only the first evaluation is the step's loss
             self.closure_loss_taken = True
+            if self._losses:
+                # A first pass backpropagated before the step, the closure's a second (SAM's README form,
+                # ``loss.backward(); optimizer.step(closure)``): the loss is the first's, not their sum.
+                return
         elif self.held:
             return
         scaled = self._scaled.pop(id(tensor), None)
         if scaled is not None and scaled[0] is tensor:
             tensor = scaled[1]  # GradScaler.scale(loss): the loss as the script computed it
-        self._losses.append(tensor.detach())
+        tensor = tensor.detach()
+        if weight is not None:
+            # A loss minimised with its sign turned (WGAN's ``D_real.backward(mone)``): what is minimised is
+            # -D_real, and the critic's loss the sum with it. A weight's size is a loss scale's, left out: the
+            # loss as the script computed it. (One small operator, on the device: no sync.)
+            tensor = tensor * weight.detach().sign().to(device=tensor.device, dtype=tensor.dtype)
+        self._losses.append(tensor)
         self._scaled.clear()
 
     def scaled(self, scaled: torch.Tensor, loss: torch.Tensor) -> None:

@@ -666,7 +666,7 @@ class Probe:
         self._last_bg_cpu = self.channel.cpu_s  # what the threads did before the training is no step's
 
     # --- HookTarget: backward ------------------------------------------------------------------------------
-    def backward_starting(self, tensors: Any) -> Any:
+    def backward_starting(self, tensors: Any, weight: torch.Tensor | None = None) -> Any:
         now = time.perf_counter()
         if self._no_optimizer_step_due:
             self._finish_step(now)
@@ -687,7 +687,7 @@ class Probe:
                     self._losses.backpropagated(tensor, in_closure=self._stepping is not None)
         elif is_loss:
             self._backward_started = now  # (the step's last: where DDP syncs under no_sync accumulation)
-            self._losses.backpropagated(tensors, in_closure=self._stepping is not None)
+            self._losses.backpropagated(tensors, in_closure=self._stepping is not None, weight=weight)
             for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
                 if replaced is not None:
                     replacement = replaced
