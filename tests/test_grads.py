@@ -797,3 +797,27 @@ def test_steps_that_grow_slower_bring_the_checks_back_within_a_window():
         spacings.append(every)
     assert spacings[599] == MAX_DETAIL_EVERY
     assert all(every == 1 for every in spacings[600 + 4 * MAX_DETAIL_EVERY :])  # two windows at most
+
+
+def test_a_complex_valued_layer_keeps_every_layers_statistics_on(probe):
+    """A Fourier layer's complex weights beside real ones: the norm raised ("dtype should be complex for
+    complex inputs") and the per-layer statistics were switched off for the whole run, the real layers' too."""
+    torch.manual_seed(0)
+    spectral = nn.Parameter(torch.randn(8, 8, dtype=torch.complex64) * 0.3)
+    head = nn.Linear(8, 1)
+    optimizer = torch.optim.Adam([spectral, *head.parameters()], lr=0.01)
+    x, y = torch.randn(16, 8), torch.randn(16, 1)
+    expected = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        mixed = torch.fft.ifft(torch.fft.fft(x) @ spectral).real
+        nn.functional.mse_loss(head(mixed), y).backward()
+        expected.append([p.grad.norm().item() for p in (spectral, *head.parameters())])
+        optimizer.step()
+    records = recorded(probe, "layers")
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for record, want in zip(records, expected):
+        # (in the probe's order of the parameters: the complex one's by torch's own norm)
+        assert sorted(record["grad_norm"]) == pytest.approx(sorted(want), rel=1e-5)
+    steps = recorded(probe, "step")
+    assert steps[-1]["grad_norm"] == pytest.approx(math.sqrt(sum(n * n for n in expected[-1])), rel=1e-5)

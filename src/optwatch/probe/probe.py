@@ -1374,10 +1374,10 @@ def cpu_name() -> str:
 
 
 def weights_dtype(params: list[torch.Tensor]) -> torch.dtype | None:
-    """The floating dtype that holds most of the trained weights (None: no floating weights)."""
+    """The floating (or complex) dtype that holds most of the trained weights (None: none)."""
     sizes: dict[torch.dtype, int] = {}
     for param in params:
-        if param.is_floating_point():
+        if param.is_floating_point() or param.is_complex():
             sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
     return max(sizes, key=sizes.__getitem__) if sizes else None
 

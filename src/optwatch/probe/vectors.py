@@ -60,6 +60,10 @@ def norms_of(
     default ``norm_dtype``'s). ``by_device``: the tensors' indices per device when they are on several (model
     parallel), else None."""
     dtype = dtype or norm_dtype(tensors)
+    if any(t.is_complex() for t in tensors):
+        # (A complex tensor's 2-norm is its real view's; a real dtype for it made the norm raise, and the
+        # per-layer statistics of every layer were switched off for the run.)
+        tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
     if by_device is None:
         return list(torch._foreach_norm(list(tensors), order, dtype=dtype))
     result: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
