@@ -576,3 +576,29 @@ async def test_at_80x24_the_findings_take_a_line_each_and_leave_the_overview_its
     assert height == 2  # one line each, cut
     assert any("host-bound: the machine's" in line and line.rstrip().endswith("…") for line in screen.values())
     assert any(line.lstrip().startswith("optwatch ") and "/step" in line for line in screen.values()), screen
+
+
+async def test_the_findings_bar_gives_the_verdict_of_the_rank_the_overview_shows():
+    """Two ranks: rank 1's newer "input-bound" stood in the findings bar over rank 0's figures, while the
+    System tab gave rank 0's verdict. Both give rank 0's now."""
+    base = {"v": 1, "time": 0.0}
+    store = Store()
+    store.ingest(
+        [
+            {**base, "kind": "step", "rank": 0, "seq": 0, "step": 0, "loss": 1.0},
+            {**base, "kind": "step", "rank": 1, "seq": 0, "step": 0, "loss": 1.1},
+            {**base, "kind": "verdict", "rank": 0, "seq": 1, "bottleneck": "host", "window": [2, 40],
+             "message": "the steps wait (for the other ranks at the gradients' all-reduce)", "suggestions": []},
+            {**base, "kind": "verdict", "rank": 1, "seq": 1, "bottleneck": "input", "window": [2, 40],
+             "message": "81% of step time waits for the next batch", "suggestions": []},
+        ]
+    )  # fmt: skip
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        lines = app.query_one("#findings").lines
+        await pilot.press("s")
+        await pilot.pause(0.2)
+        system = " ".join(screen_lines(app).values())
+    assert lines == ["host-bound: the steps wait (for the other ranks at the gradients' all-reduce)"], lines
+    assert "the steps wait" in system and "waits for the next batch" not in system, system

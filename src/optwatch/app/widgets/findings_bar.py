@@ -23,7 +23,9 @@ class FindingsBar(Static):
 
     def show(self, store: Store) -> None:
         with store.lock:
-            verdict = store.latest.get("verdict")
+            # The shown rank's, as on the System tab and beside the Overview's figures (rank 0's): any rank's
+            # newest put rank 1's "input-bound" over rank 0's figures and its System tab's other verdict.
+            verdict = store.primary.latest.get("verdict") if store.primary is not None else None
             alerts = list(store.rare.get("alert", ()))[-MAX_ALERTS:]
             event = next((e for e in reversed(store.rare.get("event", ())) if e.get("rank", 0) == 0), None)
             newest = store.primary.last_step["step"] if store.primary and store.primary.steps else None
