@@ -115,3 +115,33 @@ async def test_a_few_ranks_show_every_rank_in_rank_order_without_the_summary():
         await pilot.press("enter")
         await wait_for_ui(pilot, lambda: app.query_one(RankDetail).rank == 2)
         assert "loss 0 (median 0.5)" in app.query_one(RankDetail).lines[3]
+
+
+async def test_a_rank_that_still_straggles_keeps_its_mark_long_after_its_alert():
+    """The alert comes once an episode (at step 9 here): the table's mark went with it 200 steps later, and
+    a viewer attached after that saw no straggler while rank 1 still reached backward at 51 ms against 21 ms.
+    The mark follows the steps shown, and leaves when the rank catches up."""
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.ranks_table import RanksTable
+
+    def steps(first: int, count: int, slow: bool) -> list[dict]:
+        return [
+            protocol.make_record(protocol.STEP, rank, seq=step, step=step, samples=8, step_time_s=0.055,
+                                 data_wait_s=0.001, to_backward_s=0.051 if rank == 1 and slow else 0.021, loss=1.0)
+            for step in range(first, first + count)
+            for rank in (0, 1)
+        ]  # fmt: skip
+
+    alert = protocol.make_record(protocol.ALERT, 1, origin=protocol.HUB_ORIGIN, seq=0, type="straggler", step=9,
+                                 message="rank 1 reaches backward last")  # fmt: skip
+    store = Store()
+    store.ingest([*steps(0, 10, True), alert, *steps(10, 390, True)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("r")
+        table = app.query_one(RanksTable)
+        await wait_for_ui(pilot, lambda: table.row_count == 2)
+        assert table.rows_shown[1][-1] == "◀ straggler" and table.rows_shown[0][-1] != "◀ straggler"
+        store.ingest(steps(400, 30, False))  # rank 1 caught up
+        app.render_views(force_charts=True)
+        await wait_for_ui(pilot, lambda: table.rows_shown[1][-1] != "◀ straggler")

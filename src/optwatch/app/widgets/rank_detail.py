@@ -8,6 +8,7 @@ from optwatch.app import format as fmt
 from optwatch.app.widgets.ranks_summary import percent
 from optwatch.app.widgets.text_panel import TextPanel
 from optwatch.diagnose.ranks import RanksOverview, Spread
+from optwatch.diagnose.straggler import StragglerFinding
 from optwatch.summary import Waiting, waiting_text
 
 
@@ -27,7 +28,7 @@ class RankDetail(TextPanel):
         rank: int | None,
         ranks: RanksOverview | None,
         hello: dict,
-        straggler_alert: dict | None,
+        straggler: StragglerFinding | None,
         waiting: Waiting | None = None,
     ) -> None:
         """``rank`` against ``ranks`` (all of them); a rank of None hides the panel. ``waiting``: the rank has
@@ -63,6 +64,6 @@ class RankDetail(TextPanel):
             f" · CPU {f'{figures.cpu_percent:.0f}%' if figures.cpu_percent is not None else '–'}"
             f" · memory {fmt.nbytes(figures.memory_bytes)}",
         ]
-        if straggler_alert is not None and straggler_alert.get("rank") == rank:
-            lines.append(Text(str(straggler_alert.get("message", "")), style="bold yellow"))
+        if straggler is not None and straggler.rank == rank:
+            lines.append(Text(straggler.message, style="bold yellow"))
         self.set_lines([*lines, *said])

@@ -21,30 +21,28 @@ from optwatch.app.widgets.rank_prompt import RankPrompt
 from optwatch.app.widgets.ranks_summary import RanksSummary
 from optwatch.app.widgets.ranks_table import ALL_RANKS_SHOWN, WORST_ROWS, RanksTable
 from optwatch.diagnose.ranks import RankFigures, overview, rank_figures
+from optwatch.diagnose.straggler import StragglerFinding, find_straggler
 from optwatch.store import Store
 from optwatch.summary import RECENT_STEPS
 
-STRAGGLER_RECENT_STEPS = 200
-"""A straggler alert older than this many steps no longer marks its rank."""
 MANY_RANKS_REDRAW_S = 1.0
 """Beyond ALL_RANKS_SHOWN ranks the tab is redrawn at most this often: every rank's window is read."""
 
 
-def read_ranks(store: Store, rank: int | None) -> tuple[list[RankFigures], dict[str, Any] | None, dict[str, Any]]:
-    """Every rank's figures, the straggler alert in effect (if any), and ``rank``'s hello."""
+def read_ranks(store: Store, rank: int | None) -> tuple[list[RankFigures], StragglerFinding | None, dict[str, Any]]:
+    """Every rank's figures, the rank that straggles now (if one does), and ``rank``'s hello. The straggler is
+    judged on the steps shown, by the rule its alert follows: the alert comes once an episode, and a mark
+    that went with it left the table 200 steps later, while the rank still straggled."""
     with store.lock:
-        figures = [
-            rank_figures(number, list(itertools.islice(reversed(state.steps), RECENT_STEPS))[::-1], state.last_system)
+        recent = {
+            number: list(itertools.islice(reversed(state.steps), RECENT_STEPS))[::-1]
             for number, state in sorted(store.ranks.items())
             if state.steps
-        ]
-        alert = next((a for a in reversed(store.rare.get("alert", ())) if a.get("type") == "straggler"), None)
+        }
+        figures = [rank_figures(number, steps, store.ranks[number].last_system) for number, steps in recent.items()]
         state = store.ranks.get(rank) if rank is not None else None
         hello = dict(state.hello) if state is not None else {}
-    newest = max((f.step for f in figures), default=0)
-    if alert is not None and newest - (alert.get("step") or 0) >= STRAGGLER_RECENT_STEPS:
-        alert = None
-    return figures, alert, hello
+    return figures, find_straggler(recent), hello
 
 
 class RanksView(Vertical):
@@ -92,10 +90,10 @@ class RanksView(Vertical):
 
     def _draw(self, store: Store) -> None:
         self._drawn_at = time.monotonic()
-        figures, alert, hello = read_ranks(store, self.selected)
+        figures, finding, hello = read_ranks(store, self.selected)
+        straggler = finding.rank if finding is not None else None
         # (A replay has no now: a run that ended without a word would tick on with the viewer's clock.)
         waiting = store.waiting_ranks() if getattr(self.app, "mode", None) != "replay" else {}
-        straggler = alert.get("rank") if alert is not None else None
         table = self.query_one(RanksTable)
         summary = self.query_one(RanksSummary)
         many = len(figures) > ALL_RANKS_SHOWN
@@ -109,7 +107,7 @@ class RanksView(Vertical):
                 summary.show_overview(ranks, straggler, f"table: {listed} · t: order · enter: a rank · #: any rank")
             table.show_ranks(figures, straggler, pinned=self.selected, waiting=waiting)
             chosen = waiting.get(self.selected) if self.selected is not None else None
-            self.query_one(RankDetail).show_rank(self.selected, ranks, hello, alert, chosen)
+            self.query_one(RankDetail).show_rank(self.selected, ranks, hello, finding, chosen)
 
     def _look_at(self, rank: int | None) -> None:
         self.selected = rank
