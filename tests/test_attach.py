@@ -322,7 +322,7 @@ def test_a_viewer_picks_the_job_up_again_after_a_restart(runtime_dir):
 
 async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
     from optwatch.app.app import OptwatchApp
-    from optwatch.app.widgets.ranks_table import RanksTable
+    from optwatch.app.widgets.ranks_table import COLUMNS, RanksTable
 
     store = Store()
     records = []
@@ -346,11 +346,11 @@ async def test_ranks_view_shows_each_rank_and_marks_the_straggler():
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("r")
         await pilot.pause(0.3)
-        rows = app.query_one(RanksTable).rows_shown
-    assert rows[0][1] == "29" and rows[1][1] == "29"
-    assert rows[0][3] == "10 ms" and rows[1][3] == "90 ms"
-    assert rows[1][-1] == "◀ straggler" and rows[0][-1] == ""
-    assert rows[1][7] == "37%" and rows[0][7] == "–"  # rank 1's own GPU, from NVML
+        rows = {rank: dict(zip(COLUMNS, row)) for rank, row in app.query_one(RanksTable).rows_shown.items()}
+    assert rows[0]["Step"] == "29" and rows[1]["Step"] == "29"
+    assert rows[0]["To backward"] == "10 ms" and rows[1]["To backward"] == "90 ms"
+    assert rows[1][""] == "◀ straggler" and rows[0][""] == ""
+    assert rows[1]["GPU"] == "37%" and rows[0]["GPU"] == "–"  # rank 1's own GPU, from NVML
     assert store.loss_across_ranks()[1][-1] == 1.5
 
 

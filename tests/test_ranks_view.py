@@ -48,7 +48,7 @@ async def test_256_ranks_read_as_their_spread_with_the_worst_named_and_any_rank_
     from optwatch.app.app import OptwatchApp
     from optwatch.app.widgets.rank_detail import RankDetail
     from optwatch.app.widgets.ranks_summary import RanksSummary
-    from optwatch.app.widgets.ranks_table import WORST_ROWS, RanksTable
+    from optwatch.app.widgets.ranks_table import MARKS, WORST_ROWS, RanksTable
 
     app = OptwatchApp.for_store(job_of_256_ranks())
     async with app.run_test(size=(120, 40)) as pilot:
@@ -67,7 +67,7 @@ async def test_256_ranks_read_as_their_spread_with_the_worst_named_and_any_rank_
         # A screenful of rows, the slowest first; under DDP-like equal step times the straggler next.
         assert table.row_count == WORST_ROWS
         assert list(table.rows_shown)[:2] == [SLOWEST, STRAGGLER]
-        assert table.rows_shown[STRAGGLER][-1] == "◀ straggler"
+        assert table.rows_shown[STRAGGLER][MARKS] == "◀ straggler"
 
         # Drill down: the rank with the most data wait, by its row.
         await pilot.press("t", "t")  # step time -> to backward -> data wait
@@ -122,7 +122,7 @@ async def test_a_rank_that_still_straggles_keeps_its_mark_long_after_its_alert()
     a viewer attached after that saw no straggler while rank 1 still reached backward at 51 ms against 21 ms.
     The mark follows the steps shown, and leaves when the rank catches up."""
     from optwatch.app.app import OptwatchApp
-    from optwatch.app.widgets.ranks_table import RanksTable
+    from optwatch.app.widgets.ranks_table import MARKS, RanksTable
 
     def steps(first: int, count: int, slow: bool) -> list[dict]:
         return [
@@ -141,7 +141,7 @@ async def test_a_rank_that_still_straggles_keeps_its_mark_long_after_its_alert()
         await pilot.press("r")
         table = app.query_one(RanksTable)
         await wait_for_ui(pilot, lambda: table.row_count == 2)
-        assert table.rows_shown[1][-1] == "◀ straggler" and table.rows_shown[0][-1] != "◀ straggler"
+        assert table.rows_shown[1][MARKS] == "◀ straggler" and table.rows_shown[0][MARKS] != "◀ straggler"
         store.ingest(steps(400, 30, False))  # rank 1 caught up
         app.render_views(force_charts=True)
-        await wait_for_ui(pilot, lambda: table.rows_shown[1][-1] != "◀ straggler")
+        await wait_for_ui(pilot, lambda: table.rows_shown[1][MARKS] != "◀ straggler")

@@ -93,7 +93,7 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
     from conftest import read_jsonl
     from optwatch.app.app import OptwatchApp
     from optwatch.app.widgets.rank_detail import RankDetail
-    from optwatch.app.widgets.ranks_table import RanksTable
+    from optwatch.app.widgets.ranks_table import MARKS, RanksTable
     from optwatch.store import Store
 
     script = SCRIPTS / "ddp_stall.py"
@@ -130,7 +130,7 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
         table = app.query_one(RanksTable)
         await wait_for_ui(pilot, lambda: table.row_count == 2)
         for rank in (0, 1):
-            assert table.rows_shown[rank][-1].startswith("no step for "), table.rows_shown
+            assert table.rows_shown[rank][MARKS].startswith("no step for "), table.rows_shown
         table.focus()
         table.move_cursor(row=1)
         await pilot.press("enter")
@@ -143,7 +143,7 @@ async def test_under_ddp_each_rank_is_said_where_it_waits_and_the_ranks_tab_mark
         await pilot.press("r")
         table = replay.query_one(RanksTable)
         await wait_for_ui(pilot, lambda: table.row_count == 2)
-        assert not any(row[-1].startswith("no step") for row in table.rows_shown.values()), table.rows_shown
+        assert not any(row[MARKS].startswith("no step") for row in table.rows_shown.values()), table.rows_shown
 
 
 def test_an_import_before_the_first_step_is_said_as_one(tmp_path, monkeypatch):

@@ -17,7 +17,10 @@ from optwatch.diagnose.ranks import RankFigures
 from optwatch.protocol import finite
 from optwatch.summary import Waiting, clock_text
 
-COLUMNS = ("Rank", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "GPU", "CPU", "Memory", "")
+COLUMNS = ("Rank", "", "Step", "Step time", "To backward", "Data wait", "Samples/s", "Loss", "GPU", "CPU", "Memory")
+"""The marks (straggler, no step for a while) beside the rank: last, they were off an 80-column screen."""
+MARKS = 1
+"""Their column."""
 ALL_RANKS_SHOWN = 16
 """Up to this many ranks the table lists them all."""
 WORST_ROWS = 12
@@ -66,6 +69,7 @@ def cells(figures: RankFigures, straggler: bool, waiting: Waiting | None = None)
         marks.append(f"no step for {clock_text(waiting.waited_s)}")
     return (
         str(figures.rank),
+        " · ".join(marks),
         str(figures.step),
         fmt.seconds(figures.step_time_s),
         fmt.seconds(figures.to_backward_s),
@@ -75,7 +79,6 @@ def cells(figures: RankFigures, straggler: bool, waiting: Waiting | None = None)
         f"{figures.gpu_util_percent:.0f}%" if figures.gpu_util_percent is not None else "–",
         f"{figures.cpu_percent:.0f}%" if figures.cpu_percent is not None else "–",
         fmt.nbytes(figures.memory_bytes),
-        " · ".join(marks),
     )
 
 
