@@ -329,6 +329,31 @@ def test_a_ctrl_c_stops_the_run_and_the_last_line_says_at_which_step(tmp_path):
     assert last_printed - 1 <= int(said[1]) <= last_printed
 
 
+def test_a_ctrl_c_reaches_the_programs_the_script_runs_as_a_terminals_does(tmp_path):
+    """A terminal's Ctrl-C goes to the whole foreground process group: under python, `os.system("sleep 30")`
+    ends at once and the script sees the interrupt. Under optwatch the training runs in a session of its own,
+    and the sleep ran its 30 s."""
+    script = tmp_path / "shells_out.py"
+    script.write_text(
+        "import os, sys, time\nprint('started', flush=True)\nstarted = time.monotonic()\n"
+        "status = os.system('sleep 30')\n"
+        "print('command ended after', round(time.monotonic() - started), 's', flush=True)\n"
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-m", "optwatch", "run", "--headless", "--no-record", str(script)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert job.stdout.readline() == "started\n"
+        time.sleep(1.0)  # (the sleep is under way)
+        job.send_signal(signal.SIGINT)
+        out, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    ended = re.search(r"command ended after (\d+) s", out)
+    assert ended and int(ended[1]) < 10, (out, err[-2000:])
+
+
 @pytest.mark.parametrize(
     "sig, launch",
     [(signal.SIGUSR1, ()), (signal.SIGTERM, ()), (signal.SIGUSR1, ("--nproc-per-node", "1"))],

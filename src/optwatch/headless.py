@@ -220,7 +220,14 @@ def run_headless(
             raise KeyboardInterrupt  # an attached viewer just leaves; the job goes on
         # Ctrl-C reaches the script as under python, the second too (a script's emergency checkpoint on it);
         # a third insists (SIGTERM), for a script that does not end on them.
-        process.send(signal.SIGINT if interrupts <= 2 and signum == signal.SIGINT else signal.SIGTERM)
+        if interrupts <= 2 and signum == signal.SIGINT:
+            interrupt = getattr(process, "interrupt", None)
+            if interrupt is not None:
+                interrupt()  # (the script's process group, as a terminal's Ctrl-C)
+            else:
+                process.send(signal.SIGINT)
+        else:
+            process.send(signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -212,6 +212,18 @@ class TrainingProcess:
             except ProcessLookupError:
                 pass
 
+    def interrupt(self) -> None:
+        """A Ctrl-C, as a terminal gives it: to the script's process group, the programs it runs included (a
+        script waiting in ``os.system("...")`` waited until its command ended). A launch's ranks get theirs
+        from the launcher, once."""
+        if self.nproc_per_node or self.popen is None or self.popen.poll() is not None:
+            self.send(signal.SIGINT)
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
+            self.send(signal.SIGINT)
+
     def request_stop(self) -> None:
         """Ask for a clean stop (SIGINT: the script sees KeyboardInterrupt and can save its work)."""
         self.stop_requested = True
