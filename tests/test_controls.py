@@ -528,3 +528,29 @@ def test_a_held_rate_follows_the_scripts_own_decays_once(tmp_path, style):
         held = 0.5 if step >= 5 else 1.0
         assert float(seen[step]["lr0"]) == pytest.approx(0.01 * own * held, rel=1e-9), (step, seen[step])
         assert float(seen[step]["lr1"]) == pytest.approx(0.1 * own * held, rel=1e-9), (step, seen[step])
+
+
+def test_a_command_for_every_group_leaves_a_frozen_group_at_0(tmp_path):
+    """A backbone frozen at lr 0 beside a head at 0.01: `lr*=0.5` was refused ("a warm-up's start?"), and
+    `lr=V` would have set the backbone training. Both now move the head alone."""
+    script = tmp_path / "frozen.py"
+    script.write_text(
+        "import torch\ntorch.manual_seed(0)\nbackbone, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)\n"
+        "opt = torch.optim.SGD([{'params': backbone.parameters(), 'lr': 0.0},\n"
+        "                       {'params': head.parameters(), 'lr': 0.01}])\n"
+        "for step in range(16):\n"
+        "    opt.zero_grad(); head(backbone(torch.randn(8, 4))).pow(2).mean().backward()\n"
+        "    print(f\"step={step} lr0={opt.param_groups[0]['lr']!r} lr1={opt.param_groups[1]['lr']!r}\")\n"
+        "    opt.step()\n"
+    )
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), "--control", "lr*=0.5@5",
+                      "--control", "lr=0.02@10", str(script))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = inside(result.stdout)
+    assert {float(seen[step]["lr0"]) for step in range(16)} == {0.0}
+    assert [float(seen[step]["lr1"]) for step in (4, 5, 9, 10, 15)] == pytest.approx([0.01, 0.005, 0.005, 0.02, 0.02])
+    events = [r for r in read_jsonl(record) if r["kind"] == "event"]
+    assert [(e["command"], e["status"], e["effective_step"]) for e in events] == [
+        ("lr*=0.5", "accepted", 5), ("lr=0.02", "accepted", 10)
+    ]  # fmt: skip

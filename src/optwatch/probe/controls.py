@@ -645,7 +645,13 @@ def _lr_changes(
     """``index -> (old, new)`` for ``optimizer``'s groups at ``indices``, each checked (``CommandError``)."""
     groups = optimizer.param_groups
     changes: dict[int, tuple[float, float]] = {}
+    # A command for every group leaves a group at 0 as it is beside others that train (a frozen backbone's):
+    # lr*=F was refused for it ("a warm-up's start?"), and lr=V would have set the frozen group training.
+    rates = [_one_number(groups[index].get("lr")) for index in indices]
+    frozen = {index for index, rate in zip(indices, rates) if rate == 0} if any(rates) and len(rates) > 1 else set()
     for index in indices:
+        if index in frozen:
+            continue
         lr = groups[index].get("lr")
         old = _one_number(lr)
         if old is None:
