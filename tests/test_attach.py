@@ -492,3 +492,29 @@ async def test_the_log_tab_says_when_the_jobs_output_is_not_captured(tmp_path):
     finally:
         job.kill()
         job.wait()
+
+
+async def test_a_job_whose_processes_are_gone_is_not_said_to_train_on():
+    """torchrun ended the job after a rank was SIGKILLed: no end record came, the hub went with rank 0, and the
+    header said "hub gone for 55 s (training goes on)" for good. The ranks on this machine are checked."""
+    import socket
+    import time as clock
+
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.run_header import RunHeader
+    from optwatch.store import Store
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store = Store()
+    hello = {"v": 1, "kind": "hello", "rank": 0, "seq": 0, "time": 0.0, "run_id": "r1", "script": "s.py",
+             "pid": gone.pid, "host": socket.gethostname()}  # fmt: skip
+    store.ingest([hello, {"v": 1, "kind": "step", "rank": 0, "seq": 1, "time": 1.0, "step": 7, "loss": 1.0}])
+    store.hub_gone_since = clock.monotonic() - 5
+    app = OptwatchApp(store=store, mode="attach")
+    async with app.run_test(size=(100, 30)) as pilot:
+        header = app.query_one(RunHeader)
+        await wait_for_ui(pilot, lambda: header.status.startswith("stopped without an end record"))
+        hello["pid"] = os.getpid()  # (a rank alive: the hub alone is gone)
+        store.ingest([{**hello, "seq": 2}])
+        await wait_for_ui(pilot, lambda: header.status.startswith("hub gone for"))

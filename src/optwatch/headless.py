@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from optwatch import protocol
 from optwatch.diagnose.bottleneck import bound_text
 from optwatch.protocol import finite
-from optwatch.session import ViewerSession
+from optwatch.session import ViewerSession, job_gone
 from optwatch.store import Store
 from optwatch.summary import alert_text, cost_text, duration_text, non_finite_text, shown_metrics, waiting_text
 
@@ -325,6 +325,13 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
             for verdict in changed_verdicts(session.store, shown_verdicts):
                 print("\n".join(verdict_lines(verdict)), file=own, flush=True)
             hub_said = _say_hub_silence(session.store, hub_said, own)
+            if hub_said and process is None and job_gone(session.store):
+                print(
+                    "optwatch: the job's processes on this machine are gone, without an end record (killed?)",
+                    file=own,
+                    flush=True,
+                )
+                break
             # (Not once the script has exited: its traceback is then followed by the final figures alone.)
             exited = process is not None and process.poll() is not None
             if time.monotonic() >= next_summary and not exited:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.store import RecordWriter, Store
 from optwatch.supervisor import TrainingProcess
+from optwatch.wire import runtime
 from optwatch.wire.logs import MAX_LOG_BYTES, LogTail
 from optwatch.wire.subscriber import HUB_ANSWER_S, Feed, NoAnswer, RequestError
 
@@ -225,3 +227,16 @@ class ViewerSession:
             tail.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def job_gone(store: Store) -> bool:
+    """Every rank that runs on this machine (by its hello) has exited without its end record: a job whose
+    hub went silent because the job is gone (torchrun ended it after a rank was killed), not a hub alone."""
+    host = socket.gethostname()
+    with store.lock:
+        pids = [
+            state.hello["pid"]
+            for state in store.ranks.values()
+            if state.hello.get("host") == host and isinstance(state.hello.get("pid"), int)
+        ]
+    return bool(pids) and not any(runtime.pid_alive(pid) for pid in pids)

@@ -385,8 +385,8 @@ def _waited_text(waiting: Waiting) -> str:
 def waiting_text(waiting: Waiting, others: dict[int, Waiting] | None = None) -> str:
     """``no step for 42 s since step 1200 (steps take 12.3 ms): in evaluate (train.py:88), at _next_data
     (dataloader.py:1345)``: how long, against the run's usual step, and where the training thread is. With
-    ``others`` (the other ranks that wait too, by rank), those elsewhere are named by their place: a rank stuck
-    in its own code while the rest wait for it in a collective."""
+    ``others`` (the other ranks that wait too, by rank), those elsewhere are named by their place first: a rank
+    stuck in its own code while the rest wait for it in a collective."""
     place = waiting_place(waiting.record)
     elsewhere: dict[str, list[int]] = {}
     for rank, other in sorted((others or {}).items()):
@@ -395,12 +395,14 @@ def waiting_text(waiting: Waiting, others: dict[int, Waiting] | None = None) -> 
             elsewhere.setdefault(other_place, []).append(rank)
     if not elsewhere:
         return f"{_waited_text(waiting)}: {place}"
+    # Those elsewhere first: the one stuck in its own code is the news, and a header cut at its width kept
+    # rank 0's place in the all-reduce alone.
     rank = waiting.record.get("rank", 0)
-    parts = [f"rank {rank} {place}"]
-    for other_place, ranks in list(elsewhere.items())[:WAITING_PLACES_SHOWN]:
-        parts.append(f"{_ranks_text(ranks)} {other_place}")
+    parts = [f"{_ranks_text(ranks)} {other_place}" for other_place, ranks in elsewhere.items()]
+    parts = parts[:WAITING_PLACES_SHOWN]
     if len(elsewhere) > WAITING_PLACES_SHOWN:
         parts.append(f"{len(elsewhere) - WAITING_PLACES_SHOWN} places more")
+    parts.append(f"rank {rank} {place}")
     return f"{_waited_text(waiting)}: " + "; ".join(parts)
 
 

@@ -27,7 +27,7 @@ from optwatch.app.widgets.run_header import FIRST_STEP_STATUS, WAITING_PREFIXES,
 from optwatch.app.widgets.series_chart import SeriesChart
 from optwatch.app.widgets.stats_panel import StatsPanel
 from optwatch.options import DEFAULT_PROFILE_STEPS
-from optwatch.session import ViewerSession
+from optwatch.session import ViewerSession, job_gone
 from optwatch.store import Store
 from optwatch.summary import waiting_text
 
@@ -306,7 +306,10 @@ class OptwatchApp(App[None]):
         waiting = self.store.waiting(now=now)
         shown = header.status.startswith(WAITING_PREFIXES)
         if waiting is not None and (shown or header.status in (live, FIRST_STEP_STATUS)):
-            header.status = waiting_text(waiting)
+            # (each rank's place, as headless says it: the stuck rank's, where rank 0 waits for it)
+            others = self.store.waiting_ranks(now=now)
+            others.pop(waiting.record.get("rank", 0), None)
+            header.status = waiting_text(waiting, others)
         elif waiting is None and shown:
             primary = self.store.primary
             header.status = live if primary is not None and primary.steps else FIRST_STEP_STATUS
@@ -318,7 +321,10 @@ class OptwatchApp(App[None]):
             return
         silent = self.store.hub_silence(now)
         header = panes.header
-        if silent is not None:
+        if silent is not None and job_gone(self.store):
+            # (torchrun ended the job after a rank was killed: "training goes on" stood there for good)
+            header.status = "stopped without an end record: the job's processes on this machine are gone"
+        elif silent is not None:
             header.status = f"hub gone for {silent:.0f} s (training goes on)"
         elif header.status.startswith("hub gone"):
             header.status = self._live_status
