@@ -518,3 +518,16 @@ async def test_a_job_whose_processes_are_gone_is_not_said_to_train_on():
         hello["pid"] = os.getpid()  # (a rank alive: the hub alone is gone)
         store.ingest([{**hello, "seq": 2}])
         await wait_for_ui(pilot, lambda: header.status.startswith("hub gone for"))
+
+
+def test_a_torchrun_launch_that_listens_says_where_to_attach():
+    """`torchrun -m optwatch run --listen ...`: only `optwatch run` itself said where its TCP endpoint and token
+    file are; a launch's rank 0 said nothing, and the port had to be found through `optwatch ls`."""
+    job = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
+         "-m", "optwatch", "run", "--listen", "127.0.0.1:0", str(SCRIPTS / "short.py"), "--steps", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr[-2000:]
+    said = [line for line in job.stderr.splitlines() if "optwatch: listening on 127.0.0.1:" in line]
+    assert len(said) == 1 and "to attach: optwatch attach 127.0.0.1:" in said[0] and "--token-file " in said[0]

@@ -378,22 +378,11 @@ def _bindable_host(host: str) -> bool:
 
 
 def _say_where_to_attach(process) -> None:
-    """Where viewers reach a job that listens on TCP, and where its token is (never the token itself, which
-    would stay in terminal logs and scrollback)."""
-    from optwatch.wire.runtime import read_job_info
+    from optwatch.wire.runtime import where_to_attach
 
-    info = read_job_info(process.run_dir)
-    endpoint = (info.endpoints.get("tcp") or "").removeprefix("tcp://") if info else ""
-    if not endpoint:
-        return
-    port = int(endpoint.rpartition(":")[2])
-    print(
-        f"optwatch: listening on {endpoint} (and port {port + 1}); to attach: optwatch attach {endpoint} "
-        f"--token-file {info.token_file} (from another machine: tunnel both ports and set OPTWATCH_TOKEN to the "
-        "token, which `optwatch ls` shows here)",
-        file=sys.stderr,
-        flush=True,
-    )
+    said = where_to_attach(process.run_dir)
+    if said:
+        print(said, file=sys.stderr, flush=True)
 
 
 def _warn_when_listening_beyond_loopback(listen: str) -> None:

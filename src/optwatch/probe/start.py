@@ -123,6 +123,10 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
             starter()
         except (hub.HubError, OSError) as exc:
             log.warning("optwatch: no hub for this run (%s); training goes on, unwatched for now", exc)
+        else:
+            said = runtime.where_to_attach(run_dir) if options.listen and not in_a_run else None
+            if said:  # (a launch's rank 0 with --listen: `optwatch run` says it itself)
+                print(said, file=sys.stderr, flush=True)
     os.environ[ENV_PROBE_PID] = str(os.getpid())
     if options.capture_output:
         OutputKeeper(run_dir, rank, pipes_from_env(os.environ.pop(ENV_OUTPUT_PIPES, ""))).start()

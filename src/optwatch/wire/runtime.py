@@ -268,3 +268,18 @@ def list_jobs(clean: bool = True) -> list[JobInfo]:
         elif clean:
             shutil.rmtree(run_dir, ignore_errors=True)
     return sorted(jobs, key=lambda j: j.start_time)
+
+
+def where_to_attach(run_dir: Path) -> str | None:
+    """The line that says where viewers reach a job that listens on TCP, and where its token is (never the
+    token itself, which would stay in terminal logs and scrollback); None where it does not listen."""
+    info = read_job_info(run_dir)
+    endpoint = (info.endpoints.get("tcp") or "").removeprefix("tcp://") if info else ""
+    if not endpoint:
+        return None
+    port = int(endpoint.rpartition(":")[2])
+    return (
+        f"optwatch: listening on {endpoint} (and port {port + 1}); to attach: optwatch attach {endpoint} "
+        f"--token-file {info.token_file} (from another machine: tunnel both ports and set OPTWATCH_TOKEN to the "
+        "token, which `optwatch ls` shows here)"
+    )
