@@ -531,3 +531,41 @@ def test_a_torchrun_launch_that_listens_says_where_to_attach():
     assert job.returncode == 0, job.stderr[-2000:]
     said = [line for line in job.stderr.splitlines() if "optwatch: listening on 127.0.0.1:" in line]
     assert len(said) == 1 and "to attach: optwatch attach 127.0.0.1:" in said[0] and "--token-file " in said[0]
+
+
+CRASHES = """
+import os, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(200):
+    if rank == 1 and step == 6:
+        raise RuntimeError("rank 1 read a bad batch")
+    optimizer.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); optimizer.step()
+    time.sleep(0.01)
+"""
+
+
+async def test_a_rank_that_raises_is_named_with_its_error_when_the_job_ends(tmp_path):
+    """Rank 1 raised, torchrun ended rank 0: an attached dashboard said "finished (exit 1)", with no word of
+    which rank failed or why. The end records carry the error; the header names the first rank to fail."""
+    from optwatch.app.app import OptwatchApp
+    from optwatch.app.widgets.run_header import RunHeader
+    from optwatch.store import Store
+
+    script = tmp_path / "crashes.py"
+    script.write_text(CRASHES)
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--nproc-per-node", "2", "--record", str(record), str(script))
+    assert result.returncode != 0 and "RuntimeError: rank 1 read a bad batch" in result.stderr
+    records = read_jsonl(record)
+    ends = {r["rank"]: r for r in records if r["kind"] == "end"}
+    assert ends[1]["error"] == "RuntimeError: rank 1 read a bad batch" and ends[1]["exit_code"] == 1
+    store = Store()
+    store.ingest(records)
+    app = OptwatchApp(store=store, mode="attach")  # (as a viewer attached to the job has them)
+    async with app.run_test(size=(120, 30)) as pilot:
+        header = app.query_one(RunHeader)
+        await wait_for_ui(pilot, lambda: header.status.startswith("failed"))
+        assert header.status == "failed: rank 1 RuntimeError: rank 1 read a bad batch", header.status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
@@ -55,6 +56,24 @@ class Panes:
     grad_chart: SeriesChart
     views: dict[str, Widget]
     """Each extra view's widget, by its tab id."""
+
+
+def ended_status(ends: list[dict[str, Any]]) -> str:
+    """The header of a job all of whose ranks ended, by their end records: ``finished (exit 0)``, ``stopped
+    (exit 130)``, or ``failed: rank 1 RuntimeError: the batch was bad`` (the first rank to end on an error, or
+    else with a failing code; a crash under torchrun read "finished (exit 1)", with no word of which or why)."""
+    codes = {end.get("exit_code") for end in ends}
+    if codes <= {0}:
+        return "finished (exit 0)"
+    if codes == {protocol.INTERRUPTED}:
+        return f"stopped (exit {protocol.INTERRUPTED})"
+    # The first to end that way: under torchrun the others are ended after it (SIGTERM, read as an error too).
+    in_order = sorted(ends, key=lambda end: (end.get("time") or 0.0, end.get("rank", 0)))
+    failed = next((end for end in in_order if end.get("error")), None) or next(
+        (end for end in in_order if end.get("exit_code") not in (0, protocol.INTERRUPTED)), in_order[0]
+    )
+    said = failed.get("error") or f"exit {failed.get('exit_code')}"
+    return f"failed: rank {failed.get('rank', 0)} {said}" if len(ends) > 1 else f"failed: {said}"
 
 
 class OptwatchApp(App[None]):
@@ -272,12 +291,7 @@ class OptwatchApp(App[None]):
                 since = time.strftime("%H:%M:%S", time.localtime(pause.get("time") or 0))
                 header.status = f"paused by {pause.get('source') or '?'} since {since}"
             if self.mode == "attach" and ends and all(ends):
-                codes = {end.get("exit_code") for end in ends}
-                if len(codes) == 1:
-                    code = codes.pop()
-                    header.status = f"{'stopped' if code == protocol.INTERRUPTED else 'finished'} (exit {code})"
-                else:
-                    header.status = "finished"
+                header.status = ended_status(ends)
             panes.stats.show(store)
             if charts_due:
                 self._last_chart_redraw = now

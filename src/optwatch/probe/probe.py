@@ -67,6 +67,8 @@ from optwatch.probe.readback import DeviceBatch
 from optwatch.probe.sampler import Sampler
 
 log = logging.getLogger(__name__)
+ERROR_CHARS = 300
+"""The most of an end record's ``error`` (the exception's first line, as a traceback's last)."""
 
 LOSS_JUMP = 10.0
 """A loss this many times the recent median (and far outside their spread) makes optwatch look closer."""
@@ -299,8 +301,9 @@ class Probe:
         is the parent's; the child's hooks pass straight through and it never closes the parent's run."""
         self.closed = True
 
-    def close(self, exit_code: int | None = None) -> None:
-        """Flush everything still pending and say the rank ended. Safe to call twice; a no-op in a fork."""
+    def close(self, exit_code: int | None = None, error: str | None = None) -> None:
+        """Flush everything still pending and say the rank ended (``error``: what ended the script, where it
+        raised: ``RuntimeError: the batch was bad``). Safe to call twice; a no-op in a fork."""
         if self.closed:
             return
         self.closed = True
@@ -319,13 +322,12 @@ class Probe:
             self._record_light_steps()
         self._records.release()
         self._flush()
-        self.channel.submit_records(
-            [
-                protocol.make_record(
-                    protocol.END, self.rank, steps=self.step, dropped=self.channel.dropped, exit_code=exit_code
-                )
-            ]
+        end = protocol.make_record(
+            protocol.END, self.rank, steps=self.step, dropped=self.channel.dropped, exit_code=exit_code
         )
+        if error:
+            end["error"] = error[:ERROR_CHARS]
+        self.channel.submit_records([end])
         self.channel.close()
 
     def _hello(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ class RunHeader(Static):
         style = {"running": "bold green", "stopping…": "bold yellow"}.get(self.status, "bold")
         if self.status.startswith(WAITING_PREFIXES):
             style = "bold yellow"
-        if self.status.startswith(("crashed", "stopped", "disconnected", "hub gone")):
+        if self.status.startswith(("crashed", "failed", "stopped", "disconnected", "hub gone")):
             style = "bold red"
         text = Text.assemble(("● ", style), (self.status, style), "  ", (self.run_name, "cyan"))
         if self.device:
