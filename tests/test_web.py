@@ -266,6 +266,10 @@ def test_web_flags_are_checked(capsys):
     ):
         assert main(argv) == 2
         assert said in capsys.readouterr().err
+    # A port past 65535: refused with the flags, before any job starts (it was a traceback, the job left running).
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--web", "--port", "99999", str(SCRIPTS / "plain_train.py")])
+    assert refused.value.code == 2 and "argument --port: a port is 0 to 65535, got '99999'" in capsys.readouterr().err
 
 
 def test_run_web_serves_the_job_it_starts_and_leaves_it_running_when_stopped():

@@ -62,6 +62,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {text!r}")
+    return value
+
+
 def _megabytes(text: str) -> float:
     try:
         value = float(text)
@@ -99,7 +106,7 @@ def _web_arguments(command: argparse.ArgumentParser) -> None:
         "--web", action="store_true", help="serve the dashboard to a browser, at a URL with a token (Ctrl+C stops it)"
     )
     web.add_argument(
-        "--port", metavar="P", type=_count, help="the page's port (default 8000, or a free one if taken; 0: a free one)"
+        "--port", metavar="P", type=_port, help="the page's port (default 8000, or a free one if taken; 0: a free one)"
     )
     web.add_argument(
         "--web-host",
@@ -754,8 +761,9 @@ def serve_web(args: argparse.Namespace, target: str, token: str | None = None) -
     try:
         duration_s = getattr(args, "duration", None)  # attach has --duration, run has not
         web.serve(target, host=host, port=args.port, token=token, duration_s=duration_s, announce=announce)
-    except OSError as exc:
-        raise UsageError(f"cannot serve on {host}:{args.port}: {exc.strerror or exc}") from None
+    except (OSError, OverflowError) as exc:
+        port = args.port if args.port is not None else "8000 or a free port"
+        raise UsageError(f"cannot serve on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def attach_web(args: argparse.Namespace) -> int:
