@@ -115,6 +115,19 @@ def test_no_record_keeps_nothing(tmp_path):
     assert not (tmp_path / "runs").exists() and "recorded" not in done.stderr
 
 
+def test_a_runs_directory_that_cannot_be_written_is_said_not_to_record(tmp_path):
+    """A runs directory where nothing can be made (here a file; a read-only mount is the same): optwatch said
+    "the run is recorded in ..." and nothing was; `optwatch runs` found nothing later."""
+    blocked = tmp_path / "runs"
+    blocked.write_text("a file, not a directory\n")
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(blocked)}
+    done = optwatch("run", "--headless", str(SCRIPTS / "short.py"), "--steps", "3", env=env)
+    assert done.returncode == 0, done.stderr  # the training goes on
+    assert "the run is recorded in" not in done.stderr
+    assert f"optwatch: warning: the run is not recorded: its hub cannot write in {blocked}" in done.stderr
+    assert f"optwatch: ALERT record_stopped: the run is not recorded: cannot write in {blocked}" in done.stderr
+
+
 @pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs
 async def test_compare_overlays_both_curves_and_marks_the_lr_that_differs(two_runs, monkeypatch):
     from optwatch.app.compare_app import CompareApp

@@ -531,7 +531,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 process.cleanup()
         return process.exit_code() or 0
     session = ViewerSession.for_process(process, writer=writer, pass_output=args.headless)
-    recorded = f"optwatch: the run is recorded in {Path(options.runs_dir) / process.run_id}" if options.runs_dir else ""
+    recorded = _where_recorded(options.runs_dir, process.run_id)
     try:
         if args.headless:
             from optwatch.headless import run_headless
@@ -544,6 +544,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         session.close()
         if process.poll() is not None:
             process.cleanup()
+
+
+def _where_recorded(runs_dir: str | None, run_id: str) -> str:
+    """``the run is recorded in DIR``, where its hub began the record; else that it is not (a read-only or full
+    runs directory said it was recorded, and nothing was)."""
+    if not runs_dir:
+        return ""
+    from optwatch.runs import SUMMARY_NAME
+
+    directory = Path(runs_dir) / run_id
+    if (directory / SUMMARY_NAME).exists():
+        return f"optwatch: the run is recorded in {directory}"
+    return f"optwatch: warning: the run is not recorded: its hub cannot write in {runs_dir} (the training goes on)"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -260,6 +260,10 @@ def write_summary(directory: Path, summary: dict[str, Any]) -> None:
     """run.json, replaced whole (a reader never sees half of it)."""
     partial = directory / f".{SUMMARY_NAME}.{os.getpid()}"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({**summary, "updated": time.time()}, handle, indent=1)
-    os.replace(partial, directory / SUMMARY_NAME)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({**summary, "updated": time.time()}, handle, indent=1)
+        os.replace(partial, directory / SUMMARY_NAME)
+    except OSError:
+        partial.unlink(missing_ok=True)  # (a full disk: no half-written file left beside the last whole one)
+        raise

@@ -87,6 +87,13 @@ class _Bucket:
         return allowed
 
 
+def _record_alert(message: str) -> dict[str, Any]:
+    """The run's own record (``optwatch runs``) cannot be written or stopped: said to every viewer, where it had
+    gone to the hub's log alone, and "the run is recorded in" stood on the screen."""
+    return protocol.make_record(protocol.ALERT, 0, type="record_stopped", step=None, severity="warning",
+                                message=message)  # fmt: skip
+
+
 class Hub:
     def __init__(
         self,
@@ -141,6 +148,7 @@ class Hub:
         self._handshakes_reported = 0
         self._next_figures = 0.0
         self.recorder: RunRecorder | None = None
+        self._record_failure_said = False
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -279,6 +287,7 @@ class Hub:
             )
         except OSError as exc:
             log.warning("optwatch hub: cannot record the run in %s: %s", runs_dir, exc)
+            self.take([_record_alert(f"the run is not recorded: cannot write in {runs_dir}: {exc.strerror or exc}")])
 
     def _end_recording(self) -> None:
         recorder, self.recorder = self.recorder, None
@@ -346,6 +355,9 @@ class Hub:
             now = time.monotonic()
             if self.recorder is not None:
                 self.recorder.tick(now)
+                if self.recorder.failure is not None and not self._record_failure_said:
+                    self._record_failure_said = True  # (once: the viewers and headless say it, as --record's)
+                    self.take([_record_alert(self.recorder.failure)])
             if now >= next_logs:
                 next_logs = now + LOGS_EVERY_S
                 self._read_logs()
