@@ -335,6 +335,30 @@ def test_a_record_cut_short_says_where_it_ends_unless_its_run_is_still_being_wri
     assert live.returncode == 0 and live.stderr == "" and f"step {last} " in live.stdout
 
 
+def test_a_recompressed_record_is_not_cut_and_a_whole_gzip_cut_mid_line_is(tmp_path):
+    """`zcat record.jsonl.gz | gzip -9`: smaller than run.json's size, so `optwatch runs` said it ended early at
+    its last step ("at step 699 (the run made 700)"). And a closed gzip stream whose text stops in the middle of
+    a line (a copy cut, then compressed again) replayed with no word that it was cut."""
+    import gzip
+
+    recorded_run(tmp_path / "again", 700)
+    record = tmp_path / "again" / runs.RECORD_NAME
+    record.write_bytes(gzip.compress(gzip.decompress(record.read_bytes()), compresslevel=9))
+    losses = recorded_run(tmp_path / "cut", 700)
+    record = tmp_path / "cut" / runs.RECORD_NAME
+    text = gzip.decompress(record.read_bytes())
+    record.write_bytes(gzip.compress(text[: text.index(b'"step":105') + 5]))
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    listing = optwatch("runs", env=env).stdout
+    assert [line for line in listing.splitlines() if line.startswith("*")] == [
+        "* cut: its record ends early, at step 104 (the run made 700)"
+    ], listing
+    replay = optwatch("replay", "--headless", "cut", env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert "it ends early, cut at step 104 of the run's 700" in replay.stderr, replay.stderr
+    assert f"step 104 (105 steps) | loss {losses[104]:.4g} " in replay.stdout
+
+
 def test_runs_without_a_readable_run_json_or_with_a_record_cut_short_are_listed_from_their_record(tmp_path):
     """run.json lost or garbled: the run is still listed, with what its record says, marked so, and replayed by
     a prefix of its id; a record cut shorter than run.json says: listed with the steps it holds."""

@@ -83,6 +83,8 @@ def gzip_lines(path: Path, damage: protocol.RecordDamage | None = None) -> Itera
                 yield pending  # a line with no end in sight: refused as too long, not held in memory
                 return
             if inflate.eof:
+                if pending:  # (a whole gzip stream whose text stops mid-line: the reader says it was cut)
+                    yield pending
                 return
     # A last line without its newline was being written when the file stopped: left out.
     if damage is not None:
@@ -204,6 +206,8 @@ def _entry(directory: Path) -> RunEntry:
     if not cut:
         return RunEntry(directory.name, directory, summary)
     held = summary_from_record(directory)
+    if held.get("steps") == summary.get("steps") and held.get("last_loss") == summary.get("last_loss"):
+        return RunEntry(directory.name, directory, summary)  # smaller, not cut: recompressed (gzip -9)
     note = f"its record ends early, at step {held['steps'] - 1}" if held.get("steps") else "its record holds no steps"
     note += f" (the run made {summary.get('steps', '?')})"
     figures = {key: held.get(key) for key in ("steps", "last_loss", "loss_nonfinite_from")}
