@@ -222,6 +222,27 @@ def test_export_to_a_place_it_cannot_write_says_so_in_one_line_and_leaves_nothin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine\n"
 
 
+@pytest.mark.xdist_group("two_runs")
+def test_tensorboard_files_that_stop_halfway_say_so_in_one_line_and_are_not_left(two_runs, tmp_path):
+    """A full disk halfway (here a file size limit: the same failed write): the writer's thread printed its
+    traceback before the one-line message, and left its file cut short."""
+    import resource
+    import signal
+
+    root, env, _ = two_runs
+    run_id = runs.list_runs(root)[0].run_id
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit fails with EFBIG instead)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    done = optwatch("export", run_id, "--tensorboard", str(tmp_path / "tb"), env=env, preexec_fn=small_files)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line == f"optwatch: cannot write TensorBoard files in {tmp_path / 'tb'}: File too large", line
+    assert not list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
 def test_a_record_cut_short_replays_up_to_its_last_flush(tmp_path):
     """What a kill -9 or a full disk leaves: a gzip stream without its end, perhaps a line cut in half."""
     from optwatch.hub.recorder import RunRecorder

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -213,6 +214,12 @@ def _write_tensorboard(directory: Path, steps: list[dict[str, Any]], metrics: li
     by_rank: dict[int, list[dict[str, Any]]] = {}
     for record in steps:
         by_rank.setdefault(record.get("rank", 0), []).append(record)
+    # The writer writes on a thread of its own: a full disk there printed that thread's traceback before the
+    # one-line message, and left a file cut short. Its error is kept for the message, and what it wrote goes.
+    failed: list[BaseException] = []
+    before = threading.excepthook
+    threading.excepthook = lambda args: failed.append(args.exc_value) if args.exc_value else None
+    written = set(directory.rglob("events.out.tfevents.*")) if directory.exists() else set()
     try:
         for rank, records in sorted(by_rank.items()):
             writer = EventFileWriter(str(directory if len(by_rank) == 1 else directory / f"rank{rank}"))
@@ -223,5 +230,11 @@ def _write_tensorboard(directory: Path, steps: list[dict[str, Any]], metrics: li
             for record in metrics if rank == min(by_rank) else ():
                 writer.add_event(event(record, (record.get("values") or {}).items()))
             writer.close()
+            if failed:
+                raise failed[0]
     except OSError as exc:  # a full disk halfway
+        for path in set(directory.rglob("events.out.tfevents.*")) - written if directory.exists() else ():
+            path.unlink(missing_ok=True)
         raise RunError(f"cannot write TensorBoard files in {directory}: {exc.strerror or exc}") from None
+    finally:
+        threading.excepthook = before
