@@ -591,3 +591,20 @@ def test_a_checkpoint_every_5_steps_at_4x_a_step_is_work_between_steps_not_compu
     by_hand = 40 * (0.119 - 0.0287) / total  # 40 saves' time beyond a median step's work
     assert result["evidence"]["between_share"] == pytest.approx(by_hand, rel=1e-2)
     assert not any("GPU" in tip or "amp=on" in tip for tip in result["suggestions"])
+
+
+def test_more_torch_threads_than_cores_is_the_first_thing_to_change():
+    """torch.set_num_threads(4) on 2 cores: a tiny GPT's steps took 37 ms, with 2 threads 17 ms. The verdict
+    offered a GPU and amp=on, and said nothing of the threads."""
+    systems = make_systems(
+        cpu_percent=190.0, host_cpu_percent=97.0, torch_threads=4, cpu_count=2, run_wait_percent=29.0
+    )
+    result = verdict(make_steps(**CPU_COMPUTE), systems)
+    assert result["bottleneck"] == "compute", result["message"]
+    assert result["suggestions"][0].startswith("torch uses 4 threads on 2 cores: more threads than cores")
+    assert "torch.set_num_threads(2)" in result["suggestions"][0]
+    ranked = summarise(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=100.0, torch_threads=2, cpu_count=2), "cpu")
+    ranked.world_size = 2  # two ranks of 2 threads on 2 cores: one each
+    assert "torch.set_num_threads(1)" in classify(ranked)["suggestions"][0]
+    fits = verdict(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=100.0, torch_threads=2, cpu_count=2))
+    assert fits["suggestions"][0].startswith("The model's math keeps the CPU busy")

@@ -648,14 +648,22 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             else "bf16 autocast can speed up CPUs with AMX and slow down others: test it live (control: amp=on) "
             "against the step time before; a larger batch vectorises better"
         )
+        gpu = "The model's math keeps the CPU busy: training on a CUDA GPU is the big step up"
+        tips = [gpu, second]
+        if w.torch_threads and w.cpu_count and w.torch_threads * w.world_size > w.cpu_count:
+            # More threads than cores: they take turns on them, and each op waits for its slowest (4 threads on
+            # 2 cores ran a tiny GPT at 37 ms a step, 2 at 17 ms). The first thing to change, before a GPU.
+            per_rank = max(1, w.cpu_count // w.world_size)
+            ranks = f" for {w.world_size} ranks" if w.world_size > 1 else ""
+            tips = [
+                f"torch uses {threads}{ranks} on {cores}: more threads than cores take turns on them, and each op "
+                f"waits for its slowest: torch.set_num_threads({per_rank}) (or OMP_NUM_THREADS={per_rank})",
+                gpu,
+            ]
         return (
             "compute",
             f"{_model_words(w)} {_pct(model)} of each step on the CPU ({threads}, {cores})" + _own_part(w),
-            [
-                "The model's math keeps the CPU busy: training on a CUDA GPU is the big step up",
-                second,
-                *_own_suggestion(w),
-            ],
+            [*tips, *_own_suggestion(w)],
         )
     if forward_known and other is not None and other >= CPU_OTHER_SHARE:
         batches = (
