@@ -299,6 +299,12 @@ def _left_line(store: Store) -> str:
     return f"optwatch: stopped watching{at}; the run goes on{again}"
 
 
+def _diverged(store: Store) -> bool:
+    """The run's latest loss is NaN or infinite."""
+    summary = store.summary()
+    return summary is not None and isinstance(summary.loss, float) and not math.isfinite(summary.loss)
+
+
 def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, duration_s: float | None) -> int:
     process = session.process
     own = _OwnLines(stderr)  # (each line of optwatch's own goes through it)
@@ -323,7 +329,8 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
                     print(line, file=own, flush=True)
             # A verdict is printed when it changes; the final one always is, after the script's output.
             for verdict in changed_verdicts(session.store, shown_verdicts):
-                print("\n".join(verdict_lines(verdict)), file=own, flush=True)
+                # (no tips while the loss is NaN: a faster way to NaN is no advice, as at the end)
+                print("\n".join(verdict_lines(verdict, tips=not _diverged(session.store))), file=own, flush=True)
             hub_said = _say_hub_silence(session.store, hub_said, own)
             if hub_said and process is None and job_gone(session.store):
                 print(
@@ -374,9 +381,8 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     failed = process is not None and ending is None and code not in (None, 0, protocol.INTERRUPTED)
     # So does a run whose loss ended non-finite: a faster way to NaN is no advice.
     summary = session.store.summary()
-    diverged = summary is not None and isinstance(summary.loss, float) and not math.isfinite(summary.loss)
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
-        print("\n".join(verdict_lines(verdict, tips=not (failed or diverged))), file=own, flush=True)
+        print("\n".join(verdict_lines(verdict, tips=not (failed or _diverged(session.store)))), file=own, flush=True)
     if failed:
         at = f" at step {summary.step}" if summary is not None else " before its first step"
         ending = f"optwatch: the script exited with {code}{at} (see its output above)"
