@@ -305,3 +305,21 @@ def test_run_web_serves_the_job_it_starts_and_leaves_it_running_when_stopped():
         for left in runtime.list_jobs():
             main(["ctl", left.run_id, "stop"])
         wait_for(lambda: not runtime.list_jobs(), timeout_s=30)
+
+
+def test_a_page_opened_after_the_run_ended_replays_its_record(job, tmp_path):
+    """`optwatch run --web`: a page opened (or reloaded) once the run had ended stayed on the splash screen for
+    good: its dashboard, `optwatch attach RUN`, found no running job. It replays the run's record instead."""
+    from optwatch.web.tab import dashboard_command
+
+    assert dashboard_command(job.run_id) == ["attach", job.run_id]  # live: attached
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "optwatch", "run", "--headless", str(SCRIPTS / "short.py"),
+                           "--steps", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    [ended] = [path.name for path in tmp_path.iterdir() if path.name.startswith("short-")]
+    command = dashboard_command(ended)
+    assert command == ["replay", ended]
+    replayed = subprocess.run([sys.executable, "-m", "optwatch", *command, "--headless"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert replayed.returncode == 0 and replayed.stdout.startswith("optwatch: final step 2 (3 steps)"), replayed
