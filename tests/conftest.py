@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and so would every
+# training it starts (python keeps an ignored SIGINT ignored): the Ctrl-C and stop tests then wait for nothing.
+# A handler here is reset to the default in each process the tests start.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 SCRIPTS = ROOT / "tests" / "scripts"
 EXAMPLES = ROOT / "examples"
 
