@@ -578,10 +578,14 @@ class ControlPlugin(ProbePlugin):
             group = optimizer.param_groups[index]
             raw = group["lr"]
             current = _one_number(raw)
-            # (An assignment is a new object, of an equal value too: a schedule's own value that met the rate
-            # held was left unscaled. An equal value from a script not known to assign rates is taken for
-            # none: something that copies the rate it read.)
-            if current is None or raw is held.last_object or (current == held.last_set and not held.schedule):
+            if isinstance(raw, torch.Tensor):
+                unchanged = current == held.last_set  # (a tensor rate is filled in place: its value tells)
+            else:
+                # An assignment is a new object, of an equal value too: a schedule's own value that met the rate
+                # held was left unscaled. An equal value from a script not known to assign rates is taken for
+                # none: something that copies the rate it read.
+                unchanged = raw is held.last_object or (current == held.last_set and not held.schedule)
+            if current is None or unchanged:
                 continue
             if not _changed_in_place(held, current, step):
                 current *= held.factor
