@@ -125,7 +125,10 @@ def test_a_runs_directory_that_cannot_be_written_is_said_not_to_record(tmp_path)
     assert done.returncode == 0, done.stderr  # the training goes on
     assert "the run is recorded in" not in done.stderr
     assert f"optwatch: warning: the run is not recorded: its hub cannot write in {blocked}" in done.stderr
-    assert f"optwatch: ALERT record_stopped: the run is not recorded: cannot write in {blocked}" in done.stderr
+    assert (
+        f"optwatch: ALERT record_stopped: the run is not recorded: cannot write in {blocked}: it is a file, not a "
+        "directory" in done.stderr
+    )
 
 
 @pytest.mark.xdist_group("two_runs")  # one worker builds the module's two_runs

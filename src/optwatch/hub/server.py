@@ -287,7 +287,8 @@ class Hub:
             )
         except OSError as exc:
             log.warning("optwatch hub: cannot record the run in %s: %s", runs_dir, exc)
-            self.take([_record_alert(f"the run is not recorded: cannot write in {runs_dir}: {exc.strerror or exc}")])
+            why = "it is a file, not a directory" if runs_dir.is_file() else exc.strerror or exc
+            self.take([_record_alert(f"the run is not recorded: cannot write in {runs_dir}: {why}")])
 
     def _end_recording(self) -> None:
         recorder, self.recorder = self.recorder, None
