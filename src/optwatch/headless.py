@@ -16,7 +16,14 @@ from optwatch.diagnose.bottleneck import bound_text
 from optwatch.protocol import finite
 from optwatch.session import ViewerSession, job_gone
 from optwatch.store import Store
-from optwatch.summary import alert_text, cost_text, duration_text, non_finite_text, shown_metrics, waiting_text
+from optwatch.summary import (
+    alert_text,
+    cost_text,
+    duration_text,
+    non_finite_text,
+    shown_metrics,
+    waiting_text,
+)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -349,9 +356,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
                 if waiting is None:
                     line = summary_line(session.store)
                 else:
-                    others = session.store.waiting_ranks()
-                    others.pop(waiting.record.get("rank", 0), None)
-                    line = f"optwatch: {waiting_text(waiting, others)}"
+                    line = f"optwatch: {waiting_text(waiting, session.store.waiting_ranks())}"
                 if line:
                     print(line, file=own, flush=True)
                     last_summary = line

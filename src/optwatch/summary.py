@@ -385,19 +385,22 @@ def _waited_text(waiting: Waiting) -> str:
 def waiting_text(waiting: Waiting, others: dict[int, Waiting] | None = None) -> str:
     """``no step for 42 s since step 1200 (steps take 12.3 ms): in evaluate (train.py:88), at _next_data
     (dataloader.py:1345)``: how long, against the run's usual step, and where the training thread is. With
-    ``others`` (the other ranks that wait too, by rank), those elsewhere are named by their place first: a rank
-    stuck in its own code while the rest wait for it in a collective."""
+    ``others`` (the ranks that wait, by rank: ``Store.waiting_ranks``, this one's own left out here), those
+    elsewhere are named by their place first: a rank stuck in its own code while the rest wait for it in a
+    collective."""
     place = waiting_place(waiting.record)
+    rank = waiting.record.get("rank", 0)
     elsewhere: dict[str, list[int]] = {}
-    for rank, other in sorted((others or {}).items()):
+    for other_rank, other in sorted((others or {}).items()):
+        if other_rank == rank:
+            continue
         other_place = waiting_place(other.record)
         if other_place != place:
-            elsewhere.setdefault(other_place, []).append(rank)
+            elsewhere.setdefault(other_place, []).append(other_rank)
     if not elsewhere:
         return f"{_waited_text(waiting)}: {place}"
     # Those elsewhere first: the one stuck in its own code is the news, and a header cut at its width kept
     # rank 0's place in the all-reduce alone.
-    rank = waiting.record.get("rank", 0)
     parts = [f"{_ranks_text(ranks)} {other_place}" for other_place, ranks in elsewhere.items()]
     parts = parts[:WAITING_PLACES_SHOWN]
     if len(elsewhere) > WAITING_PLACES_SHOWN:

@@ -321,9 +321,7 @@ class OptwatchApp(App[None]):
         shown = header.status.startswith(WAITING_PREFIXES)
         if waiting is not None and (shown or header.status in (live, FIRST_STEP_STATUS)):
             # (each rank's place, as headless says it: the stuck rank's, where rank 0 waits for it)
-            others = self.store.waiting_ranks(now=now)
-            others.pop(waiting.record.get("rank", 0), None)
-            header.status = waiting_text(waiting, others)
+            header.status = waiting_text(waiting, self.store.waiting_ranks(now=now))
         elif waiting is None and shown:
             primary = self.store.primary
             header.status = live if primary is not None and primary.steps else FIRST_STEP_STATUS
