@@ -17,6 +17,7 @@ from optwatch.protocol import finite
 from optwatch.session import ViewerSession, job_gone
 from optwatch.store import Store
 from optwatch.summary import (
+    RunSummary,
     alert_text,
     cost_text,
     duration_text,
@@ -306,9 +307,8 @@ def _left_line(store: Store) -> str:
     return f"optwatch: stopped watching{at}; the run goes on{again}"
 
 
-def _diverged(store: Store) -> bool:
+def _diverged(summary: RunSummary | None) -> bool:
     """The run's latest loss is NaN or infinite."""
-    summary = store.summary()
     return summary is not None and isinstance(summary.loss, float) and not math.isfinite(summary.loss)
 
 
@@ -337,7 +337,9 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
             # A verdict is printed when it changes; the final one always is, after the script's output.
             for verdict in changed_verdicts(session.store, shown_verdicts):
                 # (no tips while the loss is NaN: a faster way to NaN is no advice, as at the end)
-                print("\n".join(verdict_lines(verdict, tips=not _diverged(session.store))), file=own, flush=True)
+                print(
+                    "\n".join(verdict_lines(verdict, tips=not _diverged(session.store.summary()))), file=own, flush=True
+                )
             hub_said = _say_hub_silence(session.store, hub_said, own)
             if hub_said and process is None and job_gone(session.store):
                 print(
@@ -387,7 +389,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     # So does a run whose loss ended non-finite: a faster way to NaN is no advice.
     summary = session.store.summary()
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
-        print("\n".join(verdict_lines(verdict, tips=not (failed or _diverged(session.store)))), file=own, flush=True)
+        print("\n".join(verdict_lines(verdict, tips=not (failed or _diverged(summary)))), file=own, flush=True)
     if failed:
         at = f" at step {summary.step}" if summary is not None else " before its first step"
         ending = f"optwatch: the script exited with {code}{at} (see its output above)"
