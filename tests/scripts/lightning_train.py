@@ -14,7 +14,8 @@ optimizer step, from that hook:
     FRAMEWORK_STEP {"step": S, "loss": ..., "grad_norm": ..., "samples": N, "lr": ...}
 
 - ``step`` is ``trainer.global_step`` during the step: from 0, as optwatch counts.
-- ``loss`` is the loss ``training_step`` returned for the step (the one backward() ran on).
+- ``loss`` is the mean of the losses ``training_step`` returned for the step's batches (under ``--accumulate N``
+  N of them, the last run in the closure; the one backward() ran on without it).
 - ``grad_norm`` is the global L2 norm of the gradients before clipping (``torch.nn.utils.get_total_norm``).
 - ``samples`` is the number of training samples ``training_step`` received for the step.
 
@@ -78,7 +79,7 @@ class MLP(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
-        self._loss: float | None = None
+        self._losses: list[float] = []
         self._samples = 0
         self._val_losses: list[torch.Tensor] = []
         self._val_samples = 0
@@ -86,7 +87,7 @@ class MLP(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
         loss = nn.functional.mse_loss(self.net(inputs), targets)
-        self._loss = loss.item()
+        self._losses.append(loss.item())
         self._samples += int(inputs.size(0))
         return loss
 
@@ -96,13 +97,14 @@ class MLP(pl.LightningModule):
             "FRAMEWORK_STEP",
             {
                 "step": self.trainer.global_step,
-                "loss": self._loss,
+                "loss": sum(self._losses) / len(self._losses),
                 "grad_norm": float(torch.nn.utils.get_total_norm(grads)),
                 "samples": self._samples,
                 "lr": optimizer.param_groups[0]["lr"],
             },
         )
         self._samples = 0
+        self._losses = []
 
     def validation_step(self, batch, batch_idx):
         inputs, targets = batch

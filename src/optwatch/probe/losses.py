@@ -50,16 +50,21 @@ class StepLosses:
         self.held = False
         """The step's loss is taken: later backward() calls until the step add none (SAM's second pass)."""
 
-    def backpropagated(self, tensor: torch.Tensor, in_closure: bool, weight: torch.Tensor | None = None) -> None:
+    def backpropagated(
+        self, tensor: torch.Tensor, in_closure: bool, weight: torch.Tensor | None = None, new_batch: bool = False
+    ) -> None:
         """``backward()`` began on the scalar ``tensor``; ``in_closure``: inside an optimizer's step();
-        ``weight``: what the script weighed its backward by (``backward(gradient=w)``)."""
+        ``weight``: what the script weighed its backward by (``backward(gradient=w)``); ``new_batch``: it
+        consumed a DataLoader batch no backward had (not a second pass over the last one)."""
         if in_closure:
             if self.closure_loss_taken:
                 return  # only the first evaluation is the step's loss
             self.closure_loss_taken = True
-            if self._losses:
-                # A first pass backpropagated before the step, the closure's a second (SAM's README form,
-                # ``loss.backward(); optimizer.step(closure)``): the loss is the first's, not their sum.
+            if self._losses and not new_batch:
+                # A first pass backpropagated before the step, the closure's a second on the same batch (SAM's
+                # README form, ``loss.backward(); optimizer.step(closure)``): the loss is the first's, not their
+                # sum. A closure on a batch of its own is the step's last micro-batch (Lightning's
+                # accumulate_grad_batches runs it in the closure): it adds to the others.
                 return
         elif self.held:
             return

@@ -689,7 +689,9 @@ class Probe:
                     self._losses.backpropagated(tensor, in_closure=self._stepping is not None)
         elif is_loss:
             self._backward_started = now  # (the step's last: where DDP syncs under no_sync accumulation)
-            self._losses.backpropagated(tensors, in_closure=self._stepping is not None, weight=weight)
+            self._losses.backpropagated(
+                tensors, in_closure=self._stepping is not None, weight=weight, new_batch=fetched is not None
+            )
             for replaced in self._dispatch.call_in_step("on_backward_start", tensors):
                 if replaced is not None:
                     replacement = replaced
