@@ -344,6 +344,59 @@ def test_the_headless_summary_says_what_the_script_logged_as_the_overview_does()
     assert " | eval_acc 0.446 @149 | eval_loss 1.235 @149" in summary_line(store)
 
 
+def metric_record(step_number: int, seq: int, **values: float) -> dict:
+    return {
+        "v": 1,
+        "kind": "metric",
+        "rank": 0,
+        "seq": seq,
+        "time": float(step_number),
+        "step": step_number,
+        "values": values,
+    }
+
+
+async def test_the_evaluation_loss_outlives_the_trainers_closing_bookkeeping():
+    """The Hugging Face Trainer's closing log (its runtime and throughput, as OptwatchCallback publishes it
+    after the last evaluation) was the latest metric record, and its first three values were all the headless
+    final line and the Overview showed: ``train_runtime 26.87 @79 | train_samples_per_second ...``, never the
+    evaluation's loss. Each name keeps its own latest value and step; the loss goes first."""
+    store = Store()
+    store.ingest([step(i, 0.3) for i in range(80)])
+    bookkeeping = {"eval_runtime": 0.41, "eval_samples_per_second": 2439.0, "eval_steps_per_second": 19.5}
+    store.ingest([metric_record(39, 900, eval_loss=1.0312, **bookkeeping)])
+    store.ingest([metric_record(79, 901, eval_loss=0.8123, **bookkeeping)])
+    closing = {"train_runtime": 26.87, "train_samples_per_second": 380.2, "train_steps_per_second": 2.97}
+    store.ingest([metric_record(79, 902, **closing, total_flos=1.2e12, train_loss=0.9471)])
+    line = summary_line(store, final=True)
+    # (the bookkeeping where room is left: the first logged of it, the evaluation's own runtime)
+    assert " | eval_loss 0.8123 @79 | train_loss 0.9471 @79 | eval_runtime 0.41 @79 | " in line
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        panel = app.query_one(StatsPanel)
+        await wait_for_ui(pilot, lambda: "eval_loss" in panel.rows)
+        assert panel.rows["eval_loss"] == "0.8123 @79" and panel.rows["train_loss"] == "0.9471 @79"
+
+
+async def test_lightnings_step_and_epoch_losses_are_two_rows_beside_the_validation_loss():
+    """Lightning's callback_metrics: ``train_loss_step``, ``train_loss_epoch``, then ``val_loss``. The Overview
+    keyed its rows by the name's first 10 characters, so both training losses wrote one ``train_loss`` row
+    (the epoch's over the step's), and the validation loss, fourth, was never shown."""
+    store = Store()
+    store.ingest([step(i, 0.3) for i in range(64)])
+    store.ingest([metric_record(31, 900, train_loss_step=0.71, train_loss_epoch=0.83, val_loss=0.77)])
+    store.ingest([metric_record(63, 901, train_loss_step=0.52, train_loss_epoch=0.61, val_loss=0.58)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        panel = app.query_one(StatsPanel)
+        await wait_for_ui(pilot, lambda: "val_loss" in panel.rows)
+        rows = dict(panel.rows)
+    assert rows["val_loss"] == "0.58 @63"
+    shown = {label: value for label, value in rows.items() if label.startswith("train")}
+    assert sorted(shown.values()) == ["0.52 @63", "0.61 @63"] and len(shown) == 2
+    assert all(len(label) <= 11 for label in shown)
+
+
 def test_steps_fast_and_slow_in_turn_are_as_many_samples_a_second_as_they_train():
     """DataLoader workers that prefetch: steps of 1 ms and 34 ms in turn, 16 samples each. The median of each
     step's rate said 8,800 samples/s, the fast steps'; by hand 32 samples in 35 ms: 914 a second."""

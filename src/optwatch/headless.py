@@ -64,9 +64,9 @@ def summary_line(store: Store, final: bool = False) -> str | None:
         grad += f" (clipped at {summary.clip_max_norm:g} in {share:.0f}% of the last {steps} steps)"
     parts += [grad, f"lr {_fmt(summary.lr, '.3g')}"]
     with store.lock:
-        metric = store.latest.get("metric")
+        metrics = shown_metrics(store.metrics)
     # What the script or its framework logged (an evaluation's loss), as the Overview shows it.
-    parts += [f"{name} {_fmt(value, '.4g')} @{metric.get('step')}" for name, value in shown_metrics(metric)]
+    parts += [f"{metric.name} {_fmt(metric.value, '.4g')} @{metric.step}" for metric in metrics]
     cost = cost_text(summary)
     if cost:
         parts.append(cost)

@@ -21,7 +21,7 @@ from typing import Any
 from optwatch import protocol
 from optwatch.protocol import finite
 from optwatch.runhistory import RunHistory
-from optwatch.summary import CostTotals, RunSummary, Waiting, summarise
+from optwatch.summary import CostTotals, RunSummary, Waiting, remember_metrics, summarise
 
 STEP_CAPACITY = 5000
 LOG_CAPACITY = 2000
@@ -94,6 +94,8 @@ class Store:
             lambda: collections.deque(maxlen=RARE_CAPACITY)
         )
         self.latest: dict[str, dict[str, Any]] = {}
+        self.metrics: dict[str, tuple[Any, Any]] = {}
+        """Each metric name's latest (value, step), whichever record brought it."""
         self.hub_figures: collections.deque[dict[str, Any]] = collections.deque(maxlen=2)
         """The hub's two newest ``hub`` records (its CPU time between them is its load)."""
         self.hub_heard_at: float | None = None
@@ -149,6 +151,8 @@ class Store:
         elif kind == protocol.WAITING:
             self.rank(rank).waiting = (record, time.monotonic())
         else:
+            if kind == "metric":
+                remember_metrics(self.metrics, record)
             self.rare[str(kind)].append(record)
             self.latest[str(kind)] = record
             if rank >= 0:

@@ -9,6 +9,7 @@ time. No torch, no textual.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -213,13 +214,66 @@ class RunSummary:
 
 
 METRICS_SHOWN = 3
-"""The values of the latest metric record (an evaluation's loss, accuracy) the Overview and headless show."""
+"""The metrics (an evaluation's loss, accuracy) the Overview and the headless line show."""
+_EVALUATION_WORDS = ("eval", "evaluation", "val", "valid", "validation", "test")
+"""Words of a metric's name that say it was measured on held-out data."""
+_QUALITY_PARTS = ("loss", "acc")
+"""Parts of a metric's name that say how well the model does (``val_loss``, ``top1_accuracy``)."""
+_BOOKKEEPING_WORDS = ("runtime", "second", "flos", "throughput", "epoch", "learning", "lr", "grad", "norm")
+"""Words of the names of a framework's bookkeeping (the Trainer's ``train_runtime``, ``eval_samples_per_second``,
+``total_flos``), or of a figure the step record already gives: shown only where room is left."""
 
 
-def shown_metrics(metric: dict[str, Any] | None) -> list[tuple[str, Any]]:
-    """The first ``METRICS_SHOWN`` (name, value) of the latest metric record, as the views show them."""
-    values = (metric or {}).get("values")
-    return list(values.items())[:METRICS_SHOWN] if isinstance(values, dict) else []
+@dataclass(frozen=True)
+class ShownMetric:
+    name: str
+    label: str
+    """The name as the view shows it: shortened to its width, never the same as another shown name's."""
+    value: Any
+    step: Any
+    """The step of the record that brought this value (each name's own: the records log different names)."""
+
+
+def remember_metrics(latest: dict[str, tuple[Any, Any]], record: dict[str, Any]) -> None:
+    """Keeps in ``latest`` each name's newest (value, step) from a ``metric`` record: a framework logs an
+    evaluation's loss in one record and its runtime figures in the next, and the loss must not go with it."""
+    values = record.get("values")
+    if isinstance(values, dict):
+        for name, value in values.items():
+            latest[str(name)] = (value, record.get("step"))
+
+
+def _metric_rank(name: str) -> int:
+    """0 an evaluation's loss or accuracy, 1 either, 2 anything else, 3 bookkeeping."""
+    words = [word for word in re.split(r"[^a-z0-9]+", name.lower()) if word]
+    if any(word in _BOOKKEEPING_WORDS for word in words):
+        return 3
+    evaluation = any(word in _EVALUATION_WORDS for word in words)
+    quality = any(part in name.lower() for part in _QUALITY_PARTS)
+    return 0 if evaluation and quality else 1 if evaluation or quality else 2
+
+
+def short_labels(names: Sequence[str], width: int) -> list[str]:
+    """``names`` cut to ``width`` characters, each still told from the others: ``train_loss_step`` and
+    ``train_loss_epoch`` in 11 read ``train…step`` and ``train…epoch``, not both ``train_loss…``."""
+    labels = [name if len(name) <= width else name[: width - 1] + "…" for name in names]
+    clashing = [index for index, label in enumerate(labels) if labels.count(label) > 1]
+    for index in clashing:
+        tail = names[index].rsplit("_", 1)[-1][-(width // 2) :]  # the word that tells them apart, as a rule
+        labels[index] = names[index][: width - 1 - len(tail)] + "…" + tail
+    for index in [index for index in clashing if labels.count(labels[index]) > 1]:  # the same ends: numbered
+        number = str(index + 1)
+        labels[index] = names[index][: width - 1 - len(number)] + "…" + number
+    return labels
+
+
+def shown_metrics(latest: dict[str, tuple[Any, Any]], width: int | None = None) -> list[ShownMetric]:
+    """The ``METRICS_SHOWN`` metrics worth a look of each name's latest value: an evaluation's loss and
+    accuracy before the training's, those before the rest, the bookkeeping last; of the same kind, the
+    first logged first. With ``width``, each name shortened to it."""
+    names = sorted(latest, key=_metric_rank)[:METRICS_SHOWN]  # (a stable sort: the first logged first)
+    labels = short_labels(names, width) if width is not None else names
+    return [ShownMetric(name, label, *latest[name]) for name, label in zip(names, labels)]
 
 
 def clipped_share(steps: Sequence[dict[str, Any]]) -> tuple[float | None, int]:

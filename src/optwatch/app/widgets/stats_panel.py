@@ -14,6 +14,8 @@ from optwatch.summary import shown_metrics
 
 RUN_THROUGHPUT_FROM = 20
 """Steps into the run before its whole throughput is shown beside the median step's."""
+METRIC_LABEL_WIDTH = 11
+"""As wide as the panel's own longest labels: a metric's name is shortened to it, not the values' room."""
 
 
 class StatsPanel(Widget):
@@ -33,7 +35,7 @@ class StatsPanel(Widget):
             state = store.primary
             system = (state.last_system if state is not None else None) or {}
             precision = state.last_step.get("precision") if state is not None and state.last_step else None
-            metric = store.latest.get("metric")
+            metrics = shown_metrics(store.metrics, width=METRIC_LABEL_WIDTH)
         recent = summary.recent
         rows: dict[str, str] = {}
         rows["Step"] = f"[bold]{summary.step}[/]"
@@ -49,8 +51,8 @@ class StatsPanel(Widget):
         rows["LR"] = fmt.number(summary.lr, ".3g")
         if precision:
             rows["Precision"] = escape(str(precision))
-        for name, value in shown_metrics(metric):
-            rows[name[:10]] = f"{fmt.number(value)} @{metric.get('step')}"
+        for metric in metrics:
+            rows[metric.label] = f"{fmt.number(metric.value)} @{metric.step}"
         rows["Step time"] = f"{fmt.seconds(recent.step_time_s)} p50"
         rows["Throughput"] = f"{fmt.number(recent.samples_per_s, '.0f')} samples/s" if recent.samples_per_s else "–"
         if summary.run_samples_per_s is not None and summary.steps_in >= RUN_THROUGHPUT_FROM:
