@@ -138,6 +138,14 @@ def test_lr_scaled_on_a_split_model_scales_both_optimizers_and_holds_against_the
     assert "muon group 0: " in event["reason"] and "adam group 0: " in event["reason"], event["reason"]
 
 
+def test_a_slower_optimizer_stepping_first_on_the_one_loss_leaves_the_step_its_loss(tmp_path):
+    """An autoencoder's decoder optimizer steps every second iteration, before the encoder's (the primary),
+    on the same backward: it took the loss, and every second step had none ("Loss -" in the header, the
+    wrong last loss in `optwatch runs`). Both optimizers step on the one loss, and the step has it."""
+    records, stdout, _ = run(tmp_path, "two_rates")
+    assert_as_the_script(steps_of(records), truth_of(stdout), "loss")
+
+
 @pytest.mark.parametrize("order", ["muon first", "adamw first", "zero_grad after each"])
 def test_optimizers_that_split_one_model_step_it_together(tmp_path, order):
     """Muon for the blocks' matrices and AdamW for the rest, both stepping on one backward (modded-nanogpt;

@@ -49,6 +49,9 @@ class StepLosses:
         """Inside an optimizer's ``step(closure)``: its first evaluation's loss is taken, the rest are not."""
         self.held = False
         """The step's loss is taken: later backward() calls until the step add none (SAM's second pass)."""
+        self._taken_by_other: list[torch.Tensor] | None = None
+        """The losses another optimizer's step took, no backward() since: the primary's step on the same
+        gradients shares them (a decoder's optimizer stepping before the encoder's, on one loss)."""
 
     def backpropagated(
         self, tensor: torch.Tensor, in_closure: bool, weight: torch.Tensor | None = None, new_batch: bool = False
@@ -78,6 +81,7 @@ class StepLosses:
             # loss as the script computed it. (One small operator, on the device: no sync.)
             tensor = tensor * weight.detach().sign().to(device=tensor.device, dtype=tensor.dtype)
         self._losses.append(tensor)
+        self._taken_by_other = None
         self._scaled.clear()
 
     def scaled(self, scaled: torch.Tensor, loss: torch.Tensor) -> None:
@@ -94,10 +98,15 @@ class StepLosses:
     def device(self) -> torch.device | None:
         return self._losses[-1].device if self._losses else None
 
-    def take(self) -> torch.Tensor | LossSum | None:
-        """Their sum (None without any), and a new account for the next optimizer's step."""
+    def take(self, by_other: bool = False) -> torch.Tensor | LossSum | None:
+        """Their sum (None without any), and a new account for the next optimizer's step; ``by_other``: for
+        an optimizer other than the primary, whose step after it on the same gradients shares them."""
         losses, self._losses = self._losses, []
         self.held = False
+        if by_other:
+            self._taken_by_other = losses or self._taken_by_other
+        elif not losses and self._taken_by_other:
+            losses, self._taken_by_other = self._taken_by_other, None
         if not losses:
             return None
         # (A loss of shape (1,) or (1, 1), ``.mean(dim=0)``'s, backpropagates as a scalar: one number all the same.)
@@ -108,6 +117,7 @@ class StepLosses:
 
     def clear(self) -> None:
         self._losses = []
+        self._taken_by_other = None
         self.held = False
         self._scaled.clear()
         self.closure_loss_taken = False

@@ -1033,7 +1033,7 @@ class Probe:
         self._primary = optimizer
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
-        self._records.other_stepped(optimizer, self._losses.take(), self._primary)
+        self._records.other_stepped(optimizer, self._losses.take(by_other=True), self._primary)
 
     def _model_of(self, optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
         return self.find_model() if optimizer is self._primary else largest_module_of(optimizer)
