@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import wait_for_ui
+from conftest import screen_lines, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.controls_panel import ControlsPanel
 from optwatch.app.widgets.stats_panel import StatsPanel
@@ -153,6 +153,50 @@ async def test_the_controls_tab_compares_the_change_a_person_picks_not_a_pause_a
         columns = [str(column.label) for column in table.columns.values()]
     assert detail == "lr*=0.5: " + long_reason  # whole, under the table
     assert columns == ["Step", "Command", "Status", "From", "Detail"]  # (the long one last)
+
+
+async def test_the_controls_tab_follows_each_new_change_until_a_person_picks_one():
+    """The Controls tab opened, AMP and cudnn.benchmark on, then AMP off, a pause and ``lr*=0.5``: the panel
+    still compared ``cudnn_benchmark=on``, the row the table's own cursor had landed on, taken for a choice
+    with the arrow keys that nobody made. Its "before" also reached back over the previous command's step
+    (steps under ``amp=on``), and it read "1 steps after"."""
+    from textual.widgets import DataTable
+
+    def event(n: int, command: str, at: int) -> dict:
+        fields = {"command": command, "status": "accepted", "reason": "", "effective_step": at, "id": f"c{n}"}
+        return {"v": 1, "kind": "event", "rank": 0, "seq": 200 + n, "time": float(at), "source": "dashboard", **fields}
+
+    store = Store()
+    store.ingest([step(i, 0.5 if i < 20 else 0.4) for i in range(24)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        store.ingest([event(1, "amp=on", 20), event(2, "cudnn_benchmark=on", 22)])  # (keys a and b, at once)
+        app.render_views()
+        panel = app.query_one(ControlsPanel)
+        await wait_for_ui(pilot, lambda: panel.compared is not None)
+        assert panel.compared["command"] == "cudnn_benchmark=on"
+        store.ingest([step(i, 0.3 if i < 27 else 0.2) for i in range(24, 28)])
+        store.ingest([event(3, "amp=off", 24), event(4, "pause", 25), event(5, "resume", 25), event(6, "lr*=0.5", 27)])
+        await pilot.pause(0.2)
+        app.render_views()
+        await wait_for_ui(pilot, lambda: panel.compared["command"] == "lr*=0.5")
+        await pilot.pause(0.2)
+        screen = "\n".join(screen_lines(app).values())
+        # The before: steps 24-26, under amp=off alone (3 steps of 300 ms); the after: step 27 alone.
+        assert panel.impact_rows["Step time p50"] == ("300 ms", "200 ms", "-33%")
+        assert "lr*=0.5 @ step 27: before vs after (the latest change" in screen
+        assert "3 steps before" in screen and "1 step after" in screen
+        await pilot.press("down", "down", "down")  # lr, resume, pause, amp=off: a person's pick holds
+        await pilot.pause(0.2)
+        assert panel.query_one("#events-table", DataTable).cursor_row == 3
+        store.ingest([step(28, 0.2), event(7, "lr*=0.5", 28)])
+        app.render_views()
+        await pilot.pause(0.2)
+        # amp=off: its before the steps since cudnn's (22-23), its after up to the first lr change (24-26)
+        assert panel.compared["command"] == "amp=off"
+        assert panel.impact_rows["Step time p50"] == ("400 ms", "300 ms", "-25%")
 
 
 async def test_at_80x24_the_overview_shows_the_learning_rate_and_the_evaluations_metric():

@@ -20,6 +20,10 @@ CHANGES = ("lr", "amp", "cudnn_benchmark")
 """Commands that change the training, whose before and after are worth comparing (not pause, profile, stop)."""
 
 
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def changes_training(event: dict[str, Any]) -> bool:
     """An accepted command that changes how the run trains, from a step on."""
     name = str(event.get("command", "")).split("=", 1)[0].split("[", 1)[0].rstrip("*")
@@ -58,6 +62,13 @@ class ControlsPanel(Vertical):
         table = self.query_one("#events-table", DataTable)
         if len(events) != len(self._events):
             self._events = list(reversed(events))
+            self._list(table)
+        self._compare(steps)
+
+    def _list(self, table: DataTable) -> None:
+        # The cursor this puts on a row (the first row's, the one kept under the new rows) is nobody's choice:
+        # told as a highlight, it read as the user's and held the before/after on an old command for good.
+        with table.prevent(DataTable.RowHighlighted):
             row = table.cursor_row
             table.clear()
             for event in self._events:
@@ -75,11 +86,10 @@ class ControlsPanel(Vertical):
                 table.move_cursor(row=self._events.index(self._highlighted))  # (the new rows came on top)
             elif 0 <= row < len(self._events):
                 table.move_cursor(row=row)
-        self._compare(steps)
 
     def on_data_table_row_highlighted(self, message: DataTable.RowHighlighted) -> None:
-        if not 0 <= message.cursor_row < len(self._events) or not message.data_table.has_focus:
-            return  # (the cursor the table puts on its first row is nobody's choice)
+        if not 0 <= message.cursor_row < len(self._events):
+            return
         self._highlighted = self._events[message.cursor_row]
         reason = self._highlighted.get("reason") or ""
         command = self._highlighted.get("command", "")
@@ -95,7 +105,13 @@ class ControlsPanel(Vertical):
         if compared is None:
             return
         self.compared = compared
-        before, after = compare(steps, compared["effective_step"])
+        # Each side only the steps under this command alone: not the previous change's, nor the next one's.
+        at = compared["effective_step"]
+        others = [e["effective_step"] for e in self._events if changes_training(e)]
+        since = max((step for step in others if step < at), default=None)
+        until = min((step for step in others if step > at), default=None)
+        alone = [s for s in steps if (since is None or s["step"] >= since) and (until is None or s["step"] < until)]
+        before, after = compare(alone, at)
         rows = {
             "Step time p50": (fmt.seconds(before.step_time_s), fmt.seconds(after.step_time_s),
                               percent_change(before.step_time_s, after.step_time_s)),
@@ -110,8 +126,8 @@ class ControlsPanel(Vertical):
         title = Text(f"{compared['command']} @ step {compared['effective_step']}: before vs after{which}")
         grid = Table(title=title, expand=True)
         grid.add_column("")
-        grid.add_column(f"{before.steps} steps before", justify="right")
-        grid.add_column(f"{after.steps} steps after", justify="right")
+        grid.add_column(f"{counted(before.steps, 'step')} before", justify="right")
+        grid.add_column(f"{counted(after.steps, 'step')} after", justify="right")
         grid.add_column("change", justify="right")
         for name, cells in rows.items():
             grid.add_row(name, *cells)
