@@ -506,6 +506,9 @@ for step in range(32):
     if sys.argv[1] == "per-epoch" and step % 4 == 0:
         for group, base in zip(opt.param_groups, (0.01, 0.1)):
             group["lr"] = base * 0.5 ** (step // 10)  # adjust_learning_rate(), each epoch of 4 steps
+    if sys.argv[1] == "per-rollout" and step % 4 == 0:
+        for group, base in zip(opt.param_groups, (0.01, 0.1)):
+            group["lr"] = base * (1 - step // 4 / 8)  # CleanRL's anneal, once a rollout of 4 steps
     if sys.argv[1] == "tensor-per-epoch":
         if step == 0:
             for group in opt.param_groups:
@@ -519,21 +522,24 @@ for step in range(32):
 """
 
 
-@pytest.mark.parametrize("style", ["in-place", "per-epoch", "tensor-per-epoch"])
+@pytest.mark.parametrize("style", ["in-place", "per-epoch", "per-rollout", "tensor-per-epoch"])
 def test_a_held_rate_follows_the_scripts_own_decays_once(tmp_path, style):
     """`lr*=0.5@5` on a script that halves its rates in place every 10 steps (`group["lr"] *= 0.5`): each
     decay, made on the rate held, was scaled again: 8x too low at step 30 (16x for group 1 after `lr=V`). A
-    script that assigns its own rates each epoch (`adjust_learning_rate`) has them scaled, as before."""
+    script that assigns its own rates each epoch (`adjust_learning_rate`) has them scaled, as before. One that
+    anneals them once a rollout had them scaled until an anneal's step came nearer the held rate than its own
+    last one (0.25 after 0.375, at step 24): that one was taken for a decay in place and the hold was lost."""
     script = tmp_path / "decays.py"
     script.write_text(DECAYS)
     result = optwatch("run", "--headless", "--no-record", "--control", "lr*=0.5@5", str(script), style)
     assert result.returncode == 0, result.stderr[-2000:]
     seen = inside(result.stdout)
-    for step in (4, 5, 9, 10, 19, 20, 30, 31):
+    for step in (4, 5, 9, 10, 19, 20, 24, 28, 30, 31):
         # The script's own schedule, by hand: halved at 10, 20 and 30 (per epoch: at 12, 20 and 28).
         own = {
             "in-place": 0.5 ** (step // 10),
             "per-epoch": 0.5 ** (step // 4 * 4 // 10),
+            "per-rollout": 1 - step // 4 / 8,
             "tensor-per-epoch": 0.3 ** (step // 4 * 4 // 10),  # (0.3: never the held rate, which no test tells)
         }[style]
         held = 0.5 if step >= 5 else 1.0

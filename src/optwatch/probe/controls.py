@@ -123,7 +123,8 @@ def _changed_in_place(held: _HeldRate, value: float, step: int) -> bool:
     its own schedule to scale. Its own: it assigns step after step (nanoGPT's ``get_lr``), or assigned its own
     last rate again (an epoch's ``adjust_learning_rate``). Else, a one-off change: the reading under which the
     script's own rate moves least (a decay in place halves the rate held; a schedule's own values move
-    from its own last one)."""
+    from its own last one); once one was read as the script's own, so are the ones after it (an anneal once
+    a rollout: its later steps, 0.25 after 0.375, came nearer the held rate and were taken for decays)."""
     if value <= 0 or held.last_set <= 0 or held.factor <= 0:
         return False
     own_last = held.last_set / held.factor
@@ -133,7 +134,9 @@ def _changed_in_place(held: _HeldRate, value: float, step: int) -> bool:
     if held.schedule or (held.changed_at is not None and step - held.changed_at <= 1):
         held.schedule = True
         return False
-    return abs(math.log(value / held.last_set)) < abs(math.log(value / own_last))
+    in_place = abs(math.log(value / held.last_set)) < abs(math.log(value / own_last))
+    held.schedule = not in_place
+    return in_place
 
 
 @dataclass
