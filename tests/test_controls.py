@@ -18,6 +18,7 @@ import torch
 from conftest import EXAMPLES, ROOT, SCRIPTS, live_jobs, optwatch, read_jsonl, steps_of, wait_for, wait_for_steps
 from optwatch import runs
 from optwatch.wire import runtime
+from test_right_numbers import truth_of
 
 
 def inside(stdout: str) -> dict[int, dict[str, str]]:
@@ -571,3 +572,21 @@ def test_a_command_for_every_group_leaves_a_frozen_group_at_0(tmp_path):
     assert [(e["command"], e["status"], e["effective_step"]) for e in events] == [
         ("lr*=0.5", "accepted", 5), ("lr=0.02", "accepted", 10)
     ]  # fmt: skip
+
+
+def test_an_lr_command_moves_a_scheduler_made_before_watch(tmp_path):
+    """`optwatch.watch()` called after the script made its scheduler (Lightning's callback watches at the
+    training's start): optwatch never saw the scheduler made, held the rate against it instead, and the
+    scheduler went on reporting its old schedule (LearningRateMonitor logged 0.044 for a step that used
+    0.022). The schedule itself now goes on from the command's rate."""
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path / "runs"), "OPTWATCH_OPTIONS": '{"controls": ["lr*=0.5@5"]}'}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scheduler_before_watch.py")], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    truth = truth_of(result.stdout)
+    for step, seen in truth.items():
+        scheduled = 0.01 * (1 + 0.1 * step) * (0.5 if step >= 5 else 1.0)
+        assert seen["used"] == pytest.approx(scheduled, rel=1e-9), step
+        assert seen["reported"] == pytest.approx(seen["used"], rel=1e-9), step

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import gc
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ from typing import Any
 
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from optwatch import protocol
 from optwatch.options import ProbeOptions
@@ -388,6 +390,7 @@ class Probe:
             self._param_names = None
         if optimizer is not None:
             self._primary = optimizer
+            self._schedulers_made_before()
         if batch_size is not None:
             if batch_size <= 0:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -836,6 +839,15 @@ class Probe:
             self._made = [ref for ref in self._made if ref() is not None] + [weakref.ref(optimizer)]
         self._name_of.made(optimizer)
         self._note_backward_end()
+
+    def _schedulers_made_before(self) -> None:
+        """The LR schedulers made before optwatch watched (``watch()`` called after them, Lightning's callback
+        at the training's start), found once among the live objects: a learning-rate command moves their
+        schedules too, so that what they report (Lightning's LearningRateMonitor) is the rate used."""
+        for obj in gc.get_objects():
+            # (type(), not isinstance(): no object's own __class__ runs, a deprecated proxy's warning with it)
+            if issubclass(type(obj), (LRScheduler, ReduceLROnPlateau)):
+                self.scheduler_made(obj)
 
     def scheduler_made(self, scheduler: Any) -> None:
         self._schedulers = [ref for ref in self._schedulers if ref() is not None and ref() is not scheduler]
