@@ -22,6 +22,7 @@ from conftest import (
 )
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.confirm_quit import ConfirmQuit
+from optwatch.app.widgets.hotspots_view import HotspotsView
 from optwatch.app.widgets.log_pane import LogPane
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.app.widgets.series_chart import SeriesChart
@@ -510,6 +511,36 @@ async def test_a_training_killed_by_sigkill_is_said_so_with_the_likely_sender(tr
         app.send_command("pause")
         await pilot.pause(0.1)
         assert any("the run has ended: pause was not sent" in str(n.message) for n in app._notifications)
+        # The keys themselves say why they do nothing (they did nothing at all), and no tab offers p.
+        await pilot.press("p", "space")
+        await pilot.pause(0.1)
+        said = [str(n.message) for n in app._notifications]
+        assert "the run has ended: nothing left to profile" in said, said
+        assert "the run has ended: it can no longer be steered" in said, said
+        await pilot.press("h")
+        await pilot.pause(0.2)
+        assert app.query_one(HotspotsView).state_text == "no profile in this run"
+
+
+async def test_in_a_replay_p_says_it_cannot_profile_and_nothing_offers_it():
+    """docs/profiler.md: in a replay ``p`` "only says that a replay cannot be profiled". It said nothing (the
+    footer's check had turned the key off), and the Hot spots tab still ended its line with "p profiles again"."""
+    store = Store()
+    store.ingest([{"v": 1, "kind": "step", "rank": 0, "seq": 0, "time": 0.0, "step": 20, "loss": 1.0}])
+    window = {"v": 1, "kind": "hotspots", "rank": 0, "seq": 1, "time": 1.0, "status": "done", "steps": [10, 14]}
+    op = {"name": "aten::addmm", "self_cpu_s": 0.01, "calls": 5, "pct": 100.0, "module": "fc", "flags": []}
+    store.ingest([{**window, "wall_s": 0.5, "sort_by": "self_cpu_s", "ops": [op], "digest": "addmm 100%"}])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("h")
+        await pilot.pause(0.2)
+        view = app.query_one(HotspotsView)
+        assert view.state_text == "steps 10-14 · 100.0 ms/step · sorted by self CPU time (t)"
+        await pilot.press("p", "a", "colon")
+        await pilot.pause(0.1)
+        said = [str(n.message) for n in app._notifications]
+        assert said == ["a replay cannot be profiled", "a replay cannot be steered", "a replay cannot be steered"]
+        assert view.rows[0][0] == "aten::addmm" and app.screen is app.screen_stack[0]  # (no command prompt)
 
 
 async def test_a_run_that_blows_up_after_an_lr_command_says_so_first_with_the_way_back(tmp_path):

@@ -94,6 +94,9 @@ class OptwatchApp(App[None]):
         Binding("space", "resume", "Resume"),  # (the one of the two the run's state allows: check_action)
         Binding("colon", "command", "Command"),
         Binding("p", "profile", "Profile"),
+        # Where the keys above cannot steer (a replay, a run that has ended) these say why, off the footer.
+        Binding("a,b,space,colon", "say_unsteerable('steer')", show=False),
+        Binding("p", "say_unsteerable('profile')", show=False),
         Binding("z", "zoom", "Zoom"),
         Binding("y", "loss_scale", "Log loss", show=False),  # (in the README's keys: the footer is full)
         Binding("B", "baseline", "Baseline"),
@@ -169,6 +172,7 @@ class OptwatchApp(App[None]):
         )
         if self.mode == "replay":
             self._panes.header.status = "replay"
+            self._no_more_profiles()
         if self.session is not None:
             self.follow_feed()
         self.set_interval(IDLE_REDRAW_S, self.render_views)
@@ -215,6 +219,7 @@ class OptwatchApp(App[None]):
         self.exit_code = message.exit_code
         self._run_over = True
         self.refresh_bindings()
+        self._no_more_profiles()
         if self.exit_when_the_run_ends:
             self.exit()
             return
@@ -419,13 +424,31 @@ class OptwatchApp(App[None]):
         self.baseline = baseline
         self.render_views(force_charts=True)
 
+    def unsteerable_reason(self, action: str = "steer") -> str | None:
+        """Why the keys that steer the run (``profile``: ``p``) do nothing here, or None where they steer."""
+        if self.mode == "replay":
+            return "a replay cannot be profiled" if action == "profile" else "a replay cannot be steered"
+        # (a process that has just exited is over before its RunExited message comes)
+        if self._run_over or (self.owns_process and self.session.process.poll() is not None):
+            ended = "nothing left to profile" if action == "profile" else "it can no longer be steered"
+            return f"the run has ended: {ended}"
+        return None
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # A replay, or a run that has ended, cannot be steered: the footer shows only the keys that do something.
-        if (self.mode == "replay" or self._run_over) and action in STEERING_ACTIONS:
+        # A replay, or a run that has ended, cannot be steered: the footer shows only the keys that do something,
+        # and the same keys, pressed, say why they do nothing.
+        if action == "say_unsteerable":
+            return self.unsteerable_reason() is not None
+        if action in STEERING_ACTIONS and self.unsteerable_reason() is not None:
             return False
         if action in ("pause", "resume"):
             return (action == "resume") == self._shown_paused
         return True
+
+    def action_say_unsteerable(self, action: str) -> None:
+        reason = self.unsteerable_reason(action)
+        if reason is not None:
+            self.notify(reason, severity="warning", timeout=4)
 
     # --- steering -----------------------------------------------------------------------------------
     def send_command(self, text: str) -> None:
@@ -539,18 +562,15 @@ class OptwatchApp(App[None]):
             self.detached = True
             self.exit()
 
+    def _no_more_profiles(self) -> None:
+        for view in self.query(HotspotsView):
+            view.can_profile = False  # (its "p profiles again" would promise what p cannot do)
+
     def action_profile(self) -> None:
         """Ask the run for a profiler window over the next few steps; the Hot spots tab shows how it goes."""
         view = next(iter(self.query(HotspotsView)), None)
         if view is not None:
             self.action_show_tab("hotspots")
-        if self.session is None or self.mode == "replay":
-            self.notify("a replay cannot be profiled", severity="warning")
-            return
-        if self.session.process is not None and self.session.process.poll() is not None:
-            self.notify("the run has ended: nothing left to profile", severity="warning")
-            return
-        if view is not None:
             view.note(f"asking the run to profile the next {DEFAULT_PROFILE_STEPS} steps…", self.store)
         self.send_command(f"profile={DEFAULT_PROFILE_STEPS}")
 

@@ -86,6 +86,8 @@ class HotspotsView(Vertical):
         """The table's cells as shown, top row first."""
         self.sort_key: str | None = None
         """None: the record's own ``sort_by``."""
+        self.can_profile = True
+        """False in a replay and once the run has ended: ``p`` is then not offered here."""
         self._note: str | None = None
         self._note_after_seq: int | None = None
         self._note_after_events: int | None = None
@@ -173,9 +175,11 @@ class HotspotsView(Vertical):
             if done.get("partial"):
                 parts.append("cut short by the end of the run")
             parts.append(f"sorted by {SORT_LABELS.get(sort_by, sort_by)} (t)")
-            text = " · ".join(parts) + " · p profiles again"
-        else:
+            text = " · ".join(parts + (["p profiles again"] if self.can_profile else []))
+        elif self.can_profile:
             text, style = f"no profile yet: p profiles the next {DEFAULT_PROFILE_STEPS} steps", "dim"
+        else:
+            text, style = "no profile in this run", "dim"
         self.state_text = text
         self.query_one("#hotspots-state", Static).update(Text(text, style=style))
 
