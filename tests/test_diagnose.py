@@ -608,3 +608,21 @@ def test_more_torch_threads_than_cores_is_the_first_thing_to_change():
     assert "torch.set_num_threads(1)" in classify(ranked)["suggestions"][0]
     fits = verdict(make_steps(**CPU_COMPUTE), make_systems(cpu_percent=100.0, torch_threads=2, cpu_count=2))
     assert fits["suggestions"][0].startswith("The model's math keeps the CPU busy")
+
+
+@pytest.mark.parametrize("known_later, said", [(True, "(1 thread, 2 cores)"), (False, "(2 cores)")])
+def test_a_short_runs_final_verdict_gives_torchs_threads_as_the_run_knows_them_or_leaves_them_out(known_later, said):
+    """torch's thread count is read on the training thread after its first step: a run of a few steps had
+    no sample in its window that knew it, and its final verdict read "(torch threads ?, 2 cores)". The run's
+    latest figure (a sample after its last step) stands in; where no sample knows it, the threads go unsaid."""
+    tracker = VerdictTracker(rank=0, interval_s=1e9)
+    steps = make_steps(6, start=0, **CPU_COMPUTE)
+    for step in steps:
+        del step["other_s"]  # the tracker completes it
+    early = make_systems(1, cpu_count=2, torch_threads=None)
+    later = make_systems(1, cpu_count=2, torch_threads=1 if known_later else None, time=130.0)
+    tracker([*early, *steps, *later])
+    [final] = [r for r in tracker([{"v": 1, "kind": "end", "rank": 0, "time": 131.0}]) if r["kind"] == "verdict"]
+    assert final["bottleneck"] == "compute" and final["window"] == [2, 5]
+    assert f"of each step on the CPU {said}" in final["message"], final["message"]
+    assert "?" not in final["message"]

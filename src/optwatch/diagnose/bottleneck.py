@@ -182,9 +182,11 @@ def summarise(
     systems: Sequence[dict[str, Any]],
     device: str = "cpu",
     loader: dict[str, Any] | None = None,
+    run_systems: Sequence[dict[str, Any]] = (),
 ) -> Window | None:
     """The figures of ``steps`` (newest last) and the ``systems`` sampled meanwhile; None without steps. The
-    steps with an evaluation in their time count in the time the window spent, not in the training's phases."""
+    steps with an evaluation in their time count in the time the window spent, not in the training's phases.
+    ``run_systems``, the run's samples however late, give what the window's own have not known yet."""
     timed = [s for s in steps if finite(s.get("step_time_s")) and not s.get("eval_batches")]
     evaluated = [s for s in steps if finite(s.get("step_time_s")) and s.get("eval_batches")]
     if not timed:
@@ -237,7 +239,13 @@ def summarise(
         window.device_busy_share = device_time / phased_total if phased_total > 0 else None
     if systems:
         _summarise_systems(window, systems)
+    # Read on the training thread after its first step: a short run's samples may all predate it.
+    window.torch_threads = _newest(systems, "torch_threads") or _newest(run_systems, "torch_threads")
     return window
+
+
+def _newest(systems: Sequence[dict[str, Any]], key: str) -> Any:
+    return next((s[key] for s in reversed(systems) if s.get(key) is not None), None)
 
 
 def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -> None:
@@ -316,7 +324,6 @@ def _summarise_systems(window: Window, systems: Sequence[dict[str, Any]]) -> Non
     window.host_cpu_percent = _mean([s.get("host_cpu_percent") for s in systems])
     window.run_wait_percent = _mean([s.get("run_wait_percent") for s in systems])
     window.cpu_count = last.get("cpu_count")
-    window.torch_threads = last.get("torch_threads")
     # Workers come and go (a new iterator each epoch, shutdown at the end): count the most seen at once.
     counts = [len(s["workers"]) for s in systems if s.get("workers") is not None]
     if counts:
@@ -635,7 +642,7 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
     if contended is not None:
         return contended
     if model is not None and model >= CPU_MODEL_SHARE:
-        threads = _count(w.torch_threads, "thread") if w.torch_threads else "torch threads ?"
+        threads = _count(w.torch_threads, "thread") if w.torch_threads else None
         cores = _count(w.cpu_count, "core") if w.cpu_count else "cores ?"
         second = (
             f"torch uses {threads} on {cores}: torch.set_num_threads(physical cores), "
@@ -662,7 +669,8 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             ]
         return (
             "compute",
-            f"{_model_words(w)} {_pct(model)} of each step on the CPU ({threads}, {cores})" + _own_part(w),
+            f"{_model_words(w)} {_pct(model)} of each step on the CPU ({', '.join(filter(None, (threads, cores)))})"
+            + _own_part(w),
             [*tips, *_own_suggestion(w)],
         )
     if forward_known and other is not None and other >= CPU_OTHER_SHARE:

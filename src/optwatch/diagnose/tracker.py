@@ -149,7 +149,7 @@ class VerdictTracker:
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
         taken = training_samples(self._systems, steps[-1].get("time", 0.0))
         systems = [s for s in taken if s.get("time", 0.0) >= start] or taken[-1:]
-        window = summarise(steps, systems, self.device, self._loader())
+        window = summarise(steps, systems, self.device, self._loader(), run_systems=self._systems)
         if window is None:
             return []
         window.every_check = self.every_check
