@@ -543,6 +543,28 @@ def test_a_run_whose_loss_ended_nan_gets_no_speed_up_tips(tmp_path):
     assert lines[-1].startswith("optwatch: final verdict ") and not any("try:" in line for line in lines), lines
 
 
+def test_the_clipped_share_after_nan_norms_says_it_is_of_the_finite_ones(tmp_path):
+    """Norms NaN from step 5 of 12: the final line said "grad NaN (clipped at 1 in 100% of the last 5 steps)",
+    read as steps 7-11 (all NaN, which no clip cuts), when the 5 were steps 0-4. By the script's own print of
+    what clip_grad_norm_ returned: the finite norms, those over the clip, and the steps they are among."""
+    script = tmp_path / "clipped_then_nan.py"
+    script.write_text(
+        "import torch\ntorch.manual_seed(0)\nmodel = torch.nn.Linear(4, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.01)\nfor step in range(12):\n"
+        "    opt.zero_grad(); loss = model(10 * torch.randn(8, 4)).pow(2).mean()\n"
+        "    (loss * float('nan') if step >= 5 else loss).backward()\n"
+        "    print('NORM', float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))); opt.step()\n"
+    )
+    result = optwatch("run", "--headless", "--no-record", str(script))
+    assert result.returncode == 0, result.stderr[-2000:]
+    norms = [float(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("NORM ")]
+    finite_norms = [norm for norm in norms if math.isfinite(norm)]
+    share = 100 * sum(norm > 1.0 for norm in finite_norms) / len(finite_norms)
+    said = f"(clipped at 1 in {share:.0f}% of the {len(finite_norms)} finite norms of the last {len(norms)} steps)"
+    [final] = [line for line in result.stderr.splitlines() if line.startswith("optwatch: final step")]
+    assert (len(norms), len(finite_norms)) == (12, 5) and f"grad NaN {said}" in final, final
+
+
 def test_what_spawned_workers_send_back_of_the_scripts_own_classes_reaches_it(tmp_path):
     """A DataLoader whose spawn workers return a dataclass the script defines failed at its first batch:
     "Can't get attribute 'Sample' on <module 'optwatch.probe.launch'>" (multiprocessing, imported before the

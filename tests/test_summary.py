@@ -441,6 +441,19 @@ async def test_lightnings_step_and_epoch_losses_are_two_rows_beside_the_validati
     assert all(len(label) <= 11 for label in shown)
 
 
+async def test_the_overviews_clipped_share_after_nan_norms_is_of_the_finite_ones():
+    """Norms of 2 over a clip of 1 for steps 0-4, NaN for 5-11: the row read "100% of last 5" (steps 7-11,
+    all NaN); by hand, 5 of the 5 finite norms were cut."""
+    store = Store()
+    norms = [2.0] * 5 + [float("nan")] * 7
+    store.ingest([step(i, 0.1, grad_norm=norm, clip_max_norm=1.0) for i, norm in enumerate(norms)])
+    app = OptwatchApp.for_store(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        panel = app.query_one(StatsPanel)
+        await wait_for_ui(pilot, lambda: "Clipped" in panel.rows)
+        assert panel.rows["Clipped"] == "100% of 5 finite"
+
+
 def test_steps_fast_and_slow_in_turn_are_as_many_samples_a_second_as_they_train():
     """DataLoader workers that prefetch: steps of 1 ms and 34 ms in turn, 16 samples each. The median of each
     step's rate said 8,800 samples/s, the fast steps'; by hand 32 samples in 35 ms: 914 a second."""

@@ -60,8 +60,8 @@ def summary_line(store: Store, final: bool = False) -> str | None:
         parts.append(throughput)
     grad = f"grad {_fmt(summary.grad_norm, '.3g')}{summary.grad_norm_when}"
     if summary.clipped_share is not None:  # (over the recent steps: a whole run's share is not this line's)
-        share, steps = 100 * summary.clipped_share, summary.clipped_of
-        grad += f" (clipped at {summary.clip_max_norm:g} in {share:.0f}% of the last {steps} steps)"
+        share = 100 * summary.clipped_share
+        grad += f" (clipped at {summary.clip_max_norm:g} in {share:.0f}% of {summary.clipped_over})"
     parts += [grad, f"lr {_fmt(summary.lr, '.3g')}"]
     with store.lock:
         metrics = shown_metrics(store.metrics)

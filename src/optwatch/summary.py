@@ -181,7 +181,9 @@ class RunSummary:
     clipped_share: float | None = None
     """The share of recent measured steps whose gradient norm the script's clipping cut."""
     clipped_of: int = 0
-    """How many recent steps that share is of (the last ``RECENT_STEPS`` with a norm and a clip)."""
+    """How many recent steps that share is of (the last ``RECENT_STEPS`` with a finite norm and a clip)."""
+    clipped_among: int = 0
+    """How many recent steps those are among: more than ``clipped_of`` where some norms were NaN or inf."""
     lr: float | None = None
     cost: Cost = field(default_factory=lambda: Cost(None, None, None, None, 1))
     ranks: int = 1
@@ -196,6 +198,15 @@ class RunSummary:
         """Where the norm shown is an earlier step's than the latest, " at step N"; else nothing."""
         step = self.grad_norm_step
         return f" at step {step}" if step is not None and step != self.step else ""
+
+    @property
+    def clipped_over(self) -> str:
+        """What ``clipped_share`` is of, in words: ``the last 20 steps``, or where some of them had no finite
+        norm (a NaN, whose clip cuts nothing: it makes the gradients NaN), ``the 5 finite norms of the last 12
+        steps``: "the last 5 steps" read as steps 7-11, all NaN, when the 5 were steps 0-4."""
+        if self.clipped_of == self.clipped_among:
+            return f"the last {self.clipped_of} steps"
+        return f"the {self.clipped_of} finite norms of the last {self.clipped_among} steps"
 
     @property
     def steps_in(self) -> int:
@@ -324,6 +335,7 @@ def summarise(
         clip_max_norm=clip,
         clipped_share=clipped,
         clipped_of=clipped_of,
+        clipped_among=len(recent_steps),
         lr=last.get("lr"),
         cost=cost,
         ranks=ranks,

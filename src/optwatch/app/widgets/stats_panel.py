@@ -46,7 +46,10 @@ class StatsPanel(Widget):
         # a dozen rows, and the learning rate and the evaluation's metrics were the ones cut off.
         rows["Grad norm"] = fmt.number(summary.grad_norm, ".3g") + summary.grad_norm_when
         if summary.clipped_share is not None:  # (two rows: one was cut off in the panel's column)
-            rows["Clipped"] = f"{100 * summary.clipped_share:.0f}% of last {summary.clipped_of}"
+            of = summary.clipped_of
+            # (of the finite norms alone, where some were NaN: the clip cut none of those)
+            steps = f"last {of}" if of == summary.clipped_among else f"{of} finite"
+            rows["Clipped"] = f"{100 * summary.clipped_share:.0f}% of {steps}"
             rows["  at norm"] = f"{summary.clip_max_norm:g}"
         rows["LR"] = fmt.number(summary.lr, ".3g")
         if precision:
