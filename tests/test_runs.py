@@ -17,7 +17,7 @@ import zlib
 
 import pytest
 
-from conftest import SCRIPTS, optwatch, steps_of
+from conftest import SCRIPTS, optwatch, steps_of, wait_for
 from optwatch import protocol, runs
 
 
@@ -497,3 +497,33 @@ def test_a_hub_started_again_for_a_run_writes_the_next_part_and_keeps_the_start(
     assert [r["step"] for r in runs.read_run_records(tmp_path / "run")] == list(range(8))
     summary = json.loads((tmp_path / "run" / runs.SUMMARY_NAME).read_text())
     assert summary["start"] == 100.0 and summary["steps"] == 8 and summary["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    ("end", "exit_code", "status", "recorded_code", "error"),
+    [
+        ("normal", 0, "finished", 0, None),
+        ("thread", 0, "finished", 0, None),  # (python's exit stays 0 after an exception in a thread)
+        ("raise", 1, "failed (exit 1)", 1, "RuntimeError: the batch was bad"),
+        ("exit", 3, "ended", None, None),  # sys.exit(3): its code is kept from the process's exit handlers
+    ],
+)
+def test_a_run_started_with_python_is_recorded_as_it_ended_never_finished_unless_known(
+    tmp_path, end, exit_code, status, recorded_code, error
+):
+    """A plain ``python`` script calling ``optwatch.watch`` was recorded "finished", exit 0, whatever its end:
+    an uncaught exception (exit 1) and ``sys.exit(3)`` alike. The process's own exit status is the truth here;
+    where the record cannot know it (sys.exit), it says "ended" with no exit code, never 0."""
+    env = {**os.environ, "OPTWATCH_RUNS_DIR": str(tmp_path)}
+    script = subprocess.run(
+        [sys.executable, str(SCRIPTS / "watch_ends.py"), "--end", end],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert script.returncode == exit_code and "STEPS 5" in script.stdout, script.stderr[-2000:]
+    if end == "raise":  # printed as python prints it: nothing of optwatch's in the way
+        assert script.stderr.rstrip().endswith("\nRuntimeError: the batch was bad"), script.stderr[-2000:]
+        assert "Traceback (most recent call last):" in script.stderr
+    [entry] = wait_for(lambda: [e for e in runs.list_runs(tmp_path) if e.summary.get("status") != "running"])
+    assert (entry.status, entry.summary["exit_code"], entry.summary["steps"]) == (status, recorded_code, 5)
+    [end_record] = [r for r in runs.read_run_records(entry.directory) if r["kind"] == protocol.END]
+    assert (end_record["exit_code"], end_record.get("error")) == (recorded_code, error)

@@ -296,7 +296,9 @@ class Hub:
             recorder.close(*self._how_the_run_ended())
 
     def _how_the_run_ended(self) -> tuple[str, int | None]:
-        """The record's status and exit code, from the ranks' ends and the commands they took."""
+        """The record's status and exit code, from the ranks' ends and the commands they took. "finished" where
+        every rank said it exited 0: a rank that ended without a code (a watch() script's ``sys.exit(N)``,
+        whose N its process cannot know) leaves the run "ended", where it read "finished" with exit 0."""
         codes = [end.get("exit_code") for end in self.history.end.values()]
         stopped = any(
             record.get("kind") == protocol.EVENT
@@ -311,9 +313,9 @@ class Hub:
             return f"failed (exit {failed[0]})", failed[0]
         if stopped or interrupted:
             return "stopped", protocol.INTERRUPTED if interrupted else 0
-        if ended_all:
+        if ended_all and all(code == 0 for code in codes):
             return "finished", 0
-        return "ended", None  # ranks gone without saying so (killed), or the hub was stopped
+        return "ended", None  # ranks gone without saying so (killed) or how, or the hub was stopped
 
     def close(self) -> None:
         self._end_recording()

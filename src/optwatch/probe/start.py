@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
 
 from optwatch import hub, launchers
 from optwatch.options import (
@@ -34,7 +35,7 @@ from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import ProfilerPlugin
 from optwatch.probe.telemetry import TelemetryPlugin
 from optwatch.probe.waiting import WaitingPlugin
-from optwatch.protocol import STOPPED_BY_REQUEST
+from optwatch.protocol import INTERRUPTED, STOPPED_BY_REQUEST
 from optwatch.wire import runtime
 from optwatch.wire.logs import pipes_from_env
 
@@ -176,6 +177,65 @@ def start_probe(rank: int | None = None, world_size: int | None = None) -> Probe
         probe = make_probe(rank, world_size).start()
         import atexit
 
-        atexit.register(probe.close)
+        atexit.register(_close_at_exit, probe, _main_module_frame())
         _current = probe
         return probe
+
+
+def _main_module_frame() -> FrameType | None:
+    """The frame that runs the script's own module code in the main thread (``python script.py``'s, ``-m``'s,
+    ``-c``'s), kept for ``_close_at_exit``; None where there is none (an embedded interpreter)."""
+    main = getattr(sys.modules.get("__main__"), "__dict__", None)
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    found = None
+    while frame is not None:  # (the outermost one: runpy's frames are above ``-m``'s)
+        if frame.f_code.co_name == "<module>" and frame.f_globals is main:
+            found = frame
+        frame = frame.f_back
+    return found
+
+
+def _close_at_exit(probe: Probe, main_frame: FrameType | None) -> None:
+    """The end record of a process whose probe ends with the interpreter (plain ``python`` calling
+    ``optwatch.watch``; under ``optwatch run`` the launcher has closed it already, with the script's exit code).
+    It said no exit code at all, and the hub read that as "finished (exit 0)", after an uncaught exception
+    (exit 1) or ``sys.exit(3)`` alike. Now it says what an exit handler can know (docs/records.md): the
+    script's code ran to its end (0), or an uncaught exception ended it (1, with its line; 130 for a Ctrl-C
+    or a ``stop``); else, a ``SystemExit`` whose code the interpreter keeps from exit handlers, none (null)."""
+    if probe.closed:
+        return
+    try:
+        exit_code, error = _how_the_script_ended(main_frame)
+    except Exception:  # (never the script's exit's business)
+        exit_code, error = None, None
+    probe.close(exit_code, error=error)
+
+
+def _how_the_script_ended(main_frame: FrameType | None) -> tuple[int | None, str | None]:
+    """(exit code, error line) from what the interpreter leaves for exit handlers: the script's module frame,
+    stopped at its last instruction, and ``sys.last_value``, which it sets for an uncaught exception alone."""
+    if main_frame is None:
+        return None, None
+    import dis
+
+    returns = {i.offset for i in dis.get_instructions(main_frame.f_code) if i.opname.startswith("RETURN_")}
+    if main_frame.f_lasti in returns:
+        return 0, None  # its last statement done: python exits 0 (an exception in a thread leaves that so)
+    uncaught = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if isinstance(uncaught, BaseException) and _went_through(uncaught, main_frame):
+        if isinstance(uncaught, KeyboardInterrupt):
+            return INTERRUPTED, None  # (python ends on SIGINT: 130 in a shell, as `optwatch run` says)
+        from optwatch.probe.launch import _error_line
+
+        return 1, _error_line(uncaught)
+    return None, None  # a SystemExit (sys.exit(N)), or a frame left by what the interpreter does not say
+
+
+def _went_through(exc: BaseException, frame: FrameType) -> bool:
+    """Whether ``exc`` was raised through ``frame`` (not an exception of some earlier prompt or debugger)."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame is frame:
+            return True
+        traceback = traceback.tb_next
+    return False
