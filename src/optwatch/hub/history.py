@@ -20,6 +20,8 @@ from optwatch.runhistory import RunHistory
 RARE_HISTORY = 500
 STEP_HISTORY = 4000
 LOG_HISTORY = 500
+LOG_HISTORY_CHARS = 4 * 1024 * 1024
+"""The lines of output kept are fewer where they are long (one may be 64 KiB: ``hub.output_lines``)."""
 LAYERS_HISTORY = 200
 PAGE_BYTES = 2 * 1024 * 1024
 SNAPSHOT_MAX_AGE_S = 1.0
@@ -34,6 +36,8 @@ class History:
         # Per-layer records are large: a viewer that attaches needs the recent picture, not all of it.
         self.layers_by_rank: dict[int, collections.deque[dict[str, Any]]] = {}
         self.logs: collections.deque[dict[str, Any]] = collections.deque(maxlen=logs)
+        self._log_chars = 0
+        """The characters of the lines in ``logs``: at most ``LOG_HISTORY_CHARS`` but for the newest line."""
         self.rare: collections.deque[dict[str, Any]] = collections.deque(maxlen=rare)
         self.first_rare: dict[tuple[str, Any, int], dict[str, Any]] = {}
         """The first record of each rare kind (and alert type) per rank: kept whatever follows."""
@@ -62,7 +66,7 @@ class History:
                 ring = self.layers_by_rank[rank] = collections.deque(maxlen=LAYERS_HISTORY)
             ring.append(record)
         elif kind == protocol.LOG:
-            self.logs.append(record)
+            self._add_log(record)
         elif kind in (protocol.SYSTEM, protocol.HOTSPOTS, protocol.VERDICT, protocol.HUB, protocol.WAITING):
             if kind == protocol.SYSTEM:
                 self._whole(rank).add_system(record)
@@ -71,6 +75,14 @@ class History:
         else:
             self.rare.append(record)
             self.first_rare.setdefault((kind, record.get("type"), rank), record)
+
+    def _add_log(self, record: dict[str, Any]) -> None:
+        if len(self.logs) == self.logs.maxlen:
+            self._log_chars -= _chars(self.logs.popleft())
+        self.logs.append(record)
+        self._log_chars += _chars(record)
+        while self._log_chars > LOG_HISTORY_CHARS and len(self.logs) > 1:
+            self._log_chars -= _chars(self.logs.popleft())
 
     def _whole(self, rank: int) -> RunHistory:
         whole = self.whole.get(rank)
@@ -118,3 +130,7 @@ class History:
         pages.append(protocol.join_batch(page))
         self._snapshot = (now, pages)
         return pages
+
+
+def _chars(record: dict[str, Any]) -> int:
+    return len(record.get("line") or "")

@@ -38,6 +38,7 @@ import zmq
 from optwatch import controls, protocol
 from optwatch.hub.diagnosis import JobDiagnosis
 from optwatch.hub.history import History
+from optwatch.hub.output_lines import OutputLines
 from optwatch.hub.recorder import RunRecorder
 from optwatch.hub.replies import RETRY_EVERY_S, Replies
 from optwatch.hub.shards import ShardedNorms
@@ -59,7 +60,6 @@ COMMAND_RESEND_S = 1.0
 COMMAND_GIVE_UP_S = 30.0
 LINGER_AFTER_END_S = 5.0
 WAIT_FOR_FIRST_RANK_S = 60.0
-LOG_LINE_MAX = 4096
 MAX_REFUSALS_SAID = 3
 """Alerts for records left out, each for a new reason: a few say it; more would only repeat it."""
 FIGURES_EVERY_S = 5.0
@@ -134,7 +134,8 @@ class Hub:
         self._pending_commands: dict[str, tuple[dict[str, Any], float, float]] = {}
         """Commands sent to rank 0 and not yet answered by an event: (message, first sent, last sent)."""
         self._tails: dict[str, LogTail] = {}
-        self._partial: dict[str, bytes] = {}
+        self._lines: dict[str, OutputLines] = {}
+        """Each log file's line under way."""
         self._ended_at: float | None = None
         self._started = time.monotonic()
         self._host = gethostname()
@@ -608,22 +609,16 @@ class Hub:
             if tail is None:
                 tail = self._tails[name] = LogTail(self.run_dir / name, parsed[0], tail_bytes=64 * 1024)
             data = tail.read()
-            if not data and not (self._ended_at is not None and name in self._partial):
+            output = self._lines.setdefault(name, OutputLines())
+            if data:
+                texts = output.feed(data)
+            elif self._ended_at is not None:
+                texts = output.end()  # (the run has ended and the file too: a last line with no newline is one too)
+            else:
                 continue
-            text = self._partial.pop(name, b"") + data
-            if not data:
-                text += b"\n"  # (the run has ended and the file too: a last line with no newline is one too)
-            *lines, rest = text.split(b"\n")
-            if len(rest) > LOG_LINE_MAX:  # a line with no end (a progress bar): shown in pieces
-                lines.append(rest)
-                rest = b""
-            if rest:
-                self._partial[name] = rest
             stream, rank = parsed
-            for line in lines:
-                # A line redrawn with \r (tqdm's bar) as a terminal leaves it: its last drawing, not every one.
-                line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
-                fields = {"stream": stream, "line": line[:LOG_LINE_MAX].decode("utf-8", "replace")}
+            for text in texts:
+                fields = {"stream": stream, "line": text}
                 if rank:
                     fields["from_rank"] = rank
                 records.append(protocol.make_record(protocol.LOG, -1, **fields))
