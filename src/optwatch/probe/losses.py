@@ -279,6 +279,10 @@ class StepRecords:
             self._ready.append(self._held)
             self._held = None
 
+    @property
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
     def take_ready(self) -> list[dict[str, Any]]:
         """The records ready to go, oldest first (handed over: the list is new after)."""
         ready, self._ready = self._ready, []

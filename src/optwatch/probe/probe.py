@@ -253,6 +253,9 @@ class Probe:
         records at the next flush or detail step (``_record_light_steps``), in order."""
         self._step_fields: dict[str, Any] = {}
         self._last_flush = time.perf_counter()
+        self._handing_over = threading.Lock()
+        """Held while records are taken and handed to the channel, on the training thread or, in a long wait,
+        the sampler's (``_flush_when_idle``): so they reach the channel in the order they were made."""
         # the precision trained in (``_note_step_precision``)
         self._autocast_entries = 0
         self._autocast_dtype: torch.dtype | None = None
@@ -1285,16 +1288,31 @@ class Probe:
         self._last_flush = now if now is not None else time.perf_counter()
         if self._light_steps:
             self._record_light_steps()
-        pending = self._records.take_ready()
-        if pending:
-            on_host = self.device is not None and self.device.type == "cpu"
-            self.channel.submit(DeviceBatch(pending, on_host=on_host))
+        with self._handing_over:
+            pending = self._records.take_ready()
+            if pending:
+                on_host = self.device is not None and self.device.type == "cpu"
+                self.channel.submit(DeviceBatch(pending, on_host=on_host))
 
     def _flush_when_idle(self) -> None:
         """On the sampler thread: steps noted and not yet recorded, and no step boundary for ``IDLE_FLUSH_S`` (an
         evaluation without a DataLoader, work after the loop): the training thread records them at its next
         module call, so that the views do not stand still on an older step. A hook not taken by then (no module
         call, or one traced by torch.compile) is let go."""
+        if (
+            self.device is not None
+            and self.device.type == "cpu"
+            and self._records.has_ready
+            and time.perf_counter() - self._last_flush >= IDLE_FLUSH_S
+        ):
+            # Steps recorded before a wait (an evaluation, a sleep, a hung collective) go out now, not at the
+            # next boundary: the views showed step 11 while the header said "no step since step 15". On the
+            # CPU their values are final; a device's are left to the training thread (a copy queued behind a
+            # hung collective would never end).
+            with self._handing_over:
+                pending = self._records.take_ready()
+                if pending:
+                    self.channel.submit(DeviceBatch(pending, on_host=True))
         handle = self._idle_flush
         if handle is not None:
             if time.perf_counter() - self._idle_flush_armed > IDLE_FLUSH_S:
