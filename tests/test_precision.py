@@ -46,3 +46,17 @@ def test_amp_turned_on_and_off_mid_run_shows_at_the_very_steps(tmp_path):
     assert [forwards[s] for s in range(80)] == ["float32"] * 10 + ["bfloat16"] * 40 + ["float32"] * 30
     assert [s.get("precision") for s in steps] == ["float32"] * 10 + ["bfloat16 autocast"] * 40 + ["float32"] * 30
     assert [s["amp"] for s in steps] == [False] * 10 + [True] * 40 + [False] * 30
+
+
+def test_amp_commands_on_a_script_with_its_own_autocast_say_they_do_not_change_it(tmp_path):
+    """A Trainer with bf16=True: `amp=off` answered "autocast off" while its steps went on in bfloat16 (its
+    own autocast, which optwatch's does not undo). The answers now say the script's own decides."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), "--control", "amp=on@5", "--control", "amp=off@10",
+                      str(SCRIPTS / "own_precision.py"), "--steps", "15", "--autocast", "bfloat16")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(record)
+    assert {s["precision"] for s in steps_of(records)} == {"bfloat16 autocast"}
+    reasons = {e["command"]: e["reason"] for e in records if e["kind"] == "event"}
+    assert reasons["amp=on"].endswith("but the script's own, entered inside it, decides the forward's"), reasons
+    assert reasons["amp=off"].startswith("optwatch's autocast off; the script's own stays"), reasons

@@ -181,6 +181,8 @@ class ControlPlugin(ProbePlugin):
         )
         """The same for the primary's partners (lr*=F scales them too), each stepping after it."""
         self._overflowed: tuple[int, torch.Tensor] | None = None  # (step, loss scale) of an fp16 skip
+        self._script_autocast = False
+        """The steps trained under an autocast of the script's own (seen while optwatch's amp was off)."""
         self._closed = False
         self.context: ProbeContext | None = None
         self._fields: tuple[bool, bool] | None = None
@@ -429,13 +431,22 @@ class ControlPlugin(ProbePlugin):
             # sets for the command's step: the answer says whose they are.
             return self._set_lr(context, command, context.step - 1 if stage == "boundary" else None)
         if command.name == "amp":
+            # The script's own autocast (a Trainer's bf16=True, Lightning's "bf16-mixed") is entered inside
+            # optwatch's, so it decides the forward's precision whatever amp says: the answer says so.
+            if not self.amp.enabled:
+                self._script_autocast = context.under_autocast
             if command.value:
                 device = self._device(context)
                 self.amp.turn_on(device)
                 self._set_idle_callbacks(context)
-                return f"autocast {str(self.amp.dtype).removeprefix('torch.')} on {device.type}"
+                dtype = str(self.amp.dtype).removeprefix("torch.")
+                if self._script_autocast:
+                    return f"autocast {dtype} set, but the script's own, entered inside it, decides the forward's"
+                return f"autocast {dtype} on {device.type}"
             self.amp.turn_off()
             self._set_idle_callbacks(context)
+            if self._script_autocast:
+                return "optwatch's autocast off; the script's own stays (the precision line says it)"
             return "autocast off"
         if command.name == "cudnn_benchmark":
             torch.backends.cudnn.benchmark = bool(command.value)

@@ -60,6 +60,8 @@ class ProbeContext(Protocol):
     """The thread the probe was started in (the one presumed to train before the first ``backward()``)."""
     torch_threads: int | None
     """``torch.get_num_threads()`` as the training thread reads it, at its latest recorded step's end."""
+    under_autocast: bool
+    """The latest step's training forward ran under autocast (the script's own, or optwatch's ``amp=on``)."""
     clip_measures: bool
     """In ``on_gradients``: the script's ``clip_grad_norm_`` is about to compute this step's global gradient
     norm, which the record then takes (the number the script itself gets): no plugin need report one."""

@@ -1111,6 +1111,10 @@ class Probe:
         if under != self._under_autocast and self.device is not None:
             self._set_precision(under)
 
+    @property
+    def under_autocast(self) -> bool:
+        return self._under_autocast
+
     def _set_precision(self, under_autocast: bool) -> None:
         self._under_autocast = under_autocast
         if under_autocast and self._autocast_dtype is not None:
