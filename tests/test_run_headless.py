@@ -111,7 +111,7 @@ def test_a_script_that_fails_ends_on_its_error_not_on_speed_up_tips(tmp_path):
     error = lines.index("RuntimeError: the batch was bad")
     assert lines[error + 1].startswith("optwatch: final step 5 (6 steps) | loss ")
     assert lines[error + 2].startswith("optwatch: final verdict ")
-    assert lines[error + 3 :] == ["optwatch: the script exited with 1 at step 5 (see its output above)"]
+    assert lines[error + 3 :] == ["optwatch: the script exited with 1 after step 5 (see its output above)"]
 
 
 def test_the_scripts_output_passes_through_byte_for_byte(tmp_path):

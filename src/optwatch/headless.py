@@ -391,7 +391,8 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     for verdict in changed_verdicts(session.store, shown_verdicts, final=True):
         print("\n".join(verdict_lines(verdict, tips=not (failed or _diverged(summary)))), file=own, flush=True)
     if failed:
-        at = f" at step {summary.step}" if summary is not None else " before its first step"
+        # (after the last step that ended: it may have raised in the middle of the next one)
+        at = f" after step {summary.step}" if summary is not None else " before its first step"
         ending = f"optwatch: the script exited with {code}{at} (see its output above)"
     if ending:
         print(ending, file=own, flush=True)
