@@ -319,6 +319,9 @@ class Hub:
         return "ended", None  # ranks gone without saying so (killed) or how, or the hub was stopped
 
     def close(self) -> None:
+        # `optwatch run` stops the hub once its viewer is done, which can be before the hub has read the
+        # script's last words: they go into the record, a line under way with them, rather than with the hub.
+        self._read_logs(last=True)
         self._end_recording()
         for socket in self._sockets.values():
             socket.close(linger=0)
@@ -594,8 +597,9 @@ class Hub:
         self._gatekeeper.send_multipart([version, request_id, *status, b"optwatch" if allowed else b"", b""])
 
     # --- the script's output ------------------------------------------------------------------------------------
-    def _read_logs(self) -> None:
-        """New lines of the script's output (every rank's log files) as ``log`` records."""
+    def _read_logs(self, last: bool = False) -> None:
+        """New lines of the script's output (every rank's log files) as ``log`` records; ``last``: the hub's
+        last read, the lines under way included."""
         try:
             names = [entry.name for entry in os.scandir(self.run_dir) if entry.name.endswith(".log")]
         except OSError:
@@ -610,12 +614,9 @@ class Hub:
                 tail = self._tails[name] = LogTail(self.run_dir / name, parsed[0], tail_bytes=64 * 1024)
             data = tail.read()
             output = self._lines.setdefault(name, OutputLines())
-            if data:
-                texts = output.feed(data)
-            elif self._ended_at is not None:
-                texts = output.end()  # (the run has ended and the file too: a last line with no newline is one too)
-            else:
-                continue
+            texts = output.feed(data) if data else []
+            if last or (not data and self._ended_at is not None):
+                texts += output.end()  # (the run has ended and the file too: a last line with no newline is one too)
             stream, rank = parsed
             for text in texts:
                 fields = {"stream": stream, "line": text}
