@@ -136,6 +136,22 @@ def test_a_resumed_lightning_gan_goes_on_at_the_step_lightning_logs(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
+def test_a_lightning_gan_that_toggles_its_optimizers_names_each_loss_after_its_network(tmp_path):
+    """Lightning's toggle_optimizer sets the other network's parameters to requires_grad=False while one
+    steps: the discriminator's loss was named "model" (the LightningModule's global name), its generator's
+    "generator". Both are named after the network they train, as without the toggle."""
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "lightning_gan.py"),
+                      "--logs", str(tmp_path / "logs"), "--toggle", "--batches", "6", timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "logs" / "metrics.csv") as handle:
+        logged = {int(row["step"]): float(row["d_loss"]) for row in csv.DictReader(handle) if row.get("d_loss")}
+    steps = steps_of(read_jsonl(record))
+    assert [s["loss"] for s in steps] == pytest.approx([logged[s["step"]] for s in steps], rel=1e-5)
+    assert {tuple(sorted(s["losses"])) for s in steps} == {("discriminator", "generator")}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="the frameworks extra is not installed")
 def test_an_lr_command_under_lightning_is_the_rate_its_own_monitor_logs(tmp_path):
     """Lightning's LearningRateMonitor reads the rate at the batch's start, before the optimizer's step where
     the command's rate was set: it logged 0.018 for a step that used 0.05. Now the rate is set when the

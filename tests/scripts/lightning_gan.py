@@ -24,6 +24,9 @@ parser.add_argument("--logs", required=True)
 parser.add_argument("--resume")
 parser.add_argument("--save")
 parser.add_argument("--callback", action="store_true")
+parser.add_argument(
+    "--toggle", action="store_true", help="each optimizer's step inside toggle_optimizer, as the tutorial"
+)
 args = parser.parse_args()
 
 
@@ -43,13 +46,21 @@ class GAN(pl.LightningModule):
         d_loss = nn.functional.binary_cross_entropy_with_logits(
             self.discriminator(real), ones
         ) + nn.functional.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), zeros)
+        # (--toggle: the other network's parameters have requires_grad=False while each one steps)
+        if args.toggle:
+            self.toggle_optimizer(opt_d)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
+        if args.toggle:
+            self.untoggle_optimizer(opt_d)
+            self.toggle_optimizer(opt_g)
         g_loss = nn.functional.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
+        if args.toggle:
+            self.untoggle_optimizer(opt_g)
         self.log_dict({"d_loss": d_loss, "g_loss": g_loss}, on_step=True, on_epoch=False)
 
     def configure_optimizers(self):

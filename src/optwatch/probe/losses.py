@@ -168,6 +168,13 @@ class OptimizerNames:
         if frame is not None:  # (the call on the line: ``opt_d, opt_g = Adam(D...), Adam(G...)`` makes two)
             self._sites[optimizer] = (frame.f_code.co_filename, frame.f_lineno, frame.f_lasti)
 
+    def _holds_anothers(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> bool:
+        """``model`` holds parameters another optimizer trains: Lightning's ``toggle_optimizer`` sets them to
+        ``requires_grad=False`` while this one steps, so that they do not read as trainable."""
+        held = {id(p) for p in model.parameters()}
+        others = [other for other in list(self._sites.keys()) if other is not optimizer]
+        return any(id(p) in held for other in others for p in params_of(other))
+
     def __call__(self, optimizer: torch.optim.Optimizer) -> str:
         name = self._names.get(optimizer)
         if name is None:
@@ -178,7 +185,7 @@ class OptimizerNames:
                 model = self._model_of(optimizer)
                 params = params_of(optimizer)
                 named = model is not None and _name_in_main(model)
-                if named and _trains_a_part_of(params, model):
+                if named and (_trains_a_part_of(params, model) or self._holds_anothers(optimizer, model)):
                     # ``model = GAN(); trainer.fit(model)``: both optimizers train a part of the global ``model``.
                     named = attribute_name_of(params) or named
                 base = named or attribute_name_of(params) or type(model if model is not None else optimizer).__name__
