@@ -19,6 +19,7 @@ import pytest
 
 from conftest import SCRIPTS, optwatch, steps_of, wait_for
 from optwatch import protocol, runs
+from optwatch.app.app import ended_status
 
 
 def printed_losses(stdout: str) -> list[float]:
@@ -527,3 +528,7 @@ def test_a_run_started_with_python_is_recorded_as_it_ended_never_finished_unless
     assert (entry.status, entry.summary["exit_code"], entry.summary["steps"]) == (status, recorded_code, 5)
     [end_record] = [r for r in runs.read_run_records(entry.directory) if r["kind"] == protocol.END]
     assert (end_record["exit_code"], end_record.get("error")) == (recorded_code, error)
+    # What the record alone says (a run.json lost), and an attached dashboard's header: never "exit None".
+    assert runs.summary_from_record(entry.directory)["status"] == status
+    header = {"finished": "finished (exit 0)", "ended": "ended (its exit code unknown)"}.get(status, f"failed: {error}")
+    assert ended_status([end_record]) == header

@@ -236,7 +236,13 @@ def summary_from_record(directory: Path) -> dict[str, Any]:
                 code = record.get("exit_code")
                 summary["exit_code"] = code
                 summary["status"] = (
-                    "finished" if code == 0 else "stopped" if code == protocol.INTERRUPTED else f"failed (exit {code})"
+                    "finished"
+                    if code == 0
+                    else "stopped"
+                    if code == protocol.INTERRUPTED
+                    else "ended"  # (a plain python run's sys.exit: its code unknown, docs/records.md)
+                    if code is None and not record.get("error")
+                    else f"failed (exit {code})"
                 )
     except (OSError, ValueError):  # no record, or not one: what was read stands
         pass

@@ -67,6 +67,8 @@ def ended_status(ends: list[dict[str, Any]]) -> str:
         return "finished (exit 0)"
     if codes == {protocol.INTERRUPTED}:
         return f"stopped (exit {protocol.INTERRUPTED})"
+    if codes <= {0, None} and not any(end.get("error") for end in ends):
+        return "ended (its exit code unknown)"  # (a plain python run's sys.exit: docs/records.md)
     # The first to end that way: under torchrun the others are ended after it (SIGTERM, read as an error too).
     in_order = sorted(ends, key=lambda end: (end.get("time") or 0.0, end.get("rank", 0)))
     failed = next((end for end in in_order if end.get("error")), None) or next(
