@@ -377,3 +377,16 @@ def test_a_value_just_beyond_a_spike_a_few_steps_old_is_no_explosion():
         norms += [25.0] + [1.0] * (gap - 1) + [30.0] + [1.0] * 10
         steps = [StepInput(step=i, loss=1.0, grad_norm=g) for i, g in enumerate(norms)]
         assert feed(GradientDiagnosis(), steps) == [], gap
+
+
+def test_a_lone_spike_that_was_said_once_raises_the_bar_for_the_next_like_it():
+    """A PPO run's minibatch gradient norm spiked to 264x its median at step 257 and to 424x at step 384,
+    each back to normal at the next minibatch: an error alert for each, on a healthy run. The first spike
+    still says so (nothing before it could tell); one like it later is the signal's own tail; an explosion
+    that stays up, beyond the root of the factor over that spike, is still one."""
+    rng = random.Random(4)
+    norms = [0.0025 * (1 + 0.3 * rng.random()) for _ in range(400)]
+    norms[60], norms[190] = 0.641, 0.669  # lone spikes, 130 steps apart (the next minibatch back at once)
+    norms[300:310] = [3.0] * 10  # (4.7x the first spike, and it stays up)
+    alerts = feed(GradientDiagnosis(), [StepInput(step=i, loss=1.0, grad_norm=g) for i, g in enumerate(norms)])
+    assert [(a["type"], a["step"]) for a in alerts] == [("exploding", 60), ("exploding", 300)]

@@ -284,6 +284,9 @@ def _lone_spikes_reach(values: Sequence[float]) -> float:
 
 LOSS_BASELINE_WINDOWS = 10
 """The loss's baseline is this many baseline windows long (``ExplodingRule._loss``)."""
+SPIKE_MEMORY_WINDOWS = 10
+"""A lone spike that started an episode is part of its signal's spikes' reach for this many baseline windows
+of observations after it (``_Baseline.remember_spike``)."""
 
 
 class _Baseline:
@@ -316,12 +319,17 @@ class _Baseline:
         self.counted = 0
         """How many values the median and MAD are of."""
         self._spacing = 1.0
+        self._added = 0
+        self._remembered: collections.deque[tuple[int, float]] = collections.deque(maxlen=8)
+        """(values added by then, departure) of lone spikes that started an episode of their own (never in the
+        values: baselines learn outside episodes), kept for ``SPIKE_MEMORY_WINDOWS`` windows of values."""
 
     def add(self, value: float | None, step: int) -> None:
         if _finite(value) and (value > 0 or self.signed):
             self.values.append(value)
             self._steps.append(step)
             self._stale += 1
+            self._added += 1
             if len(self.values) >= 3:
                 # The value before this one, now that it has both neighbours: a lone spike (a trend, a dive
                 # under way, is none) since the refresh, or the last one it saw, which it could not judge.
@@ -353,8 +361,16 @@ class _Baseline:
 
     @property
     def reach_now(self) -> float:
-        """``reach``, or a lone spike added since it was measured where that went further."""
-        return max(self.reach, self._fresh_reach)
+        """``reach``, or a lone spike added since it was measured, or one remembered, where that went further."""
+        memory = SPIKE_MEMORY_WINDOWS * (self.values.maxlen or 1)
+        remembered = max((d for at, d in self._remembered if self._added - at <= memory), default=0.0)
+        return max(self.reach, self._fresh_reach, remembered)
+
+    def remember_spike(self, value: float) -> None:
+        """``value`` started an episode that ended with the next values back to normal: a lone spike. A PPO
+        run's minibatch gradient norm spiked to 264x its median every hundred-odd steps and each was an error
+        alert: the spike never joined the baseline (it learns outside episodes), so its reach never rose."""
+        self._remembered.append((self._added, self._departure(value)))
 
     def _departure(self, value: float) -> float:
         """``value`` as the spikes' reach weighs it (signed: its departure from the median)."""
@@ -376,6 +392,7 @@ class _Baseline:
         self._steps.clear()
         self._median = None
         self._fresh_reach = 0.0
+        self._remembered.clear()
 
 
 # --- the rules --------------------------------------------------------------------------------------
@@ -573,6 +590,8 @@ class ExplodingRule:
         self._block: list[float] = []
         self._block_medians: collections.deque[float] = collections.deque(maxlen=10)
         self._episode_length = 0
+        self._openers: list[tuple[_Baseline, float]] = []
+        """The baselines (and values) whose rises started an episode at the last observation."""
 
     def _rise(
         self,
@@ -655,6 +674,13 @@ class ExplodingRule:
         growth = self._growth(global_norm) if not self.episode.active else None
         troubled = bool(global_rise or rises or growth or loss_rise)
         started = self.episode.update(troubled)
+        risen = [(self._global, global_rise.value)] if global_rise else []
+        risen += [(self._loss, loss_rise.value)] if loss_rise else []
+        risen += [(self._ratio[r.name] if r.what == "update ratio" else self._rms[r.name], r.value) for r in rises]
+        for baseline, value in self._openers:
+            if all(again is not baseline for again, _ in risen):
+                baseline.remember_spike(value)  # back under the "still exploding" bar at once: a lone spike
+        self._openers = risen if started and not growth else []
         if self.episode.active:
             self._episode_length += 1
             if self._episode_length > t.baseline_window:
