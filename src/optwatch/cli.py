@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -118,15 +119,17 @@ def _web_arguments(command: argparse.ArgumentParser) -> None:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
+        """A mistake on the command line in one line, with where to read more: argparse's usage before it
+        (8 lines for `optwatch run`) buried the error."""
         # ARGS (REMAINDER) counts as required to argparse, though a script may well take no arguments.
         if message.startswith("the following arguments are required:"):
             message = message.replace(", ARGS", "")
-        super().error(message)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from optwatch.diagnose.gradients import parse_override
-    from optwatch.options import FORWARD_CHECK_MODES, parse_profile_at, parse_profile_every
+    from optwatch.options import FORWARD_CHECK_MODES, ProbeOptions, parse_profile_at, parse_profile_every
 
     parser = _Parser(
         prog="optwatch",
@@ -146,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep no record of the run (by default it goes to ./optwatch-runs/RUN_ID/, or $OPTWATCH_RUNS_DIR)",
     )
     run.add_argument(
-        "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
+        "--summary-every",
+        metavar="S",
+        type=_positive_float,
+        default=5.0,
+        help="headless summary interval (s, default %(default)g)",
     )
     run.add_argument(
         "--listen",
@@ -181,17 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         metavar="PERCENT",
         type=_percent,
-        default=1.0,
-        help="share of the step time optwatch may take: above it the per-layer statistics, phase timing and "
-        "forward check run on every Nth step only (0: every step, whatever it costs)",
+        default=ProbeOptions.budget * 100,
+        help="share of the step time optwatch may take (default %(default)g%%): above it the per-layer statistics, "
+        "phase timing and forward check run on every Nth step only (0: every step, whatever it costs)",
     )
     grads = run.add_argument_group("gradient diagnostics (docs/gradients.md)")
     grads.add_argument(
         "--grad-every",
         metavar="N",
         type=_count,
-        default=1,
-        help="per-layer gradient statistics every N detail steps (0: off)",
+        default=ProbeOptions.grad_every,
+        help="per-layer gradient statistics every N detail steps (default %(default)s; 0: off)",
     )
     grads.add_argument(
         "--grad-threshold",
@@ -205,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grad-update-mb",
         metavar="MB",
         type=_megabytes,
-        default=256.0,
-        help="memory for the weight copy behind update ratios (0: no update ratios)",
+        default=ProbeOptions.grad_update_mb,
+        help="memory for the weight copy behind update ratios (default %(default)g; 0: no update ratios)",
     )
     grads.add_argument(
         "--forward-check",
@@ -234,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--record", metavar="PATH", help="write every record as a JSON line to PATH")
     attach.add_argument("--duration", metavar="S", type=_positive_float, help="stop after S seconds (exit 0)")
     attach.add_argument(
-        "--summary-every", metavar="S", type=_positive_float, default=5.0, help="headless summary interval (s)"
+        "--summary-every",
+        metavar="S",
+        type=_positive_float,
+        default=5.0,
+        help="headless summary interval (s, default %(default)g)",
     )
     _web_arguments(attach)
 
@@ -243,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("commands", nargs="+", metavar="COMMAND")
     _token_arguments(ctl)
     ctl.add_argument("--no-wait", action="store_true", help="do not wait for the job to apply the commands")
-    ctl.add_argument("--timeout", metavar="S", type=_positive_float, default=15.0, help="how long to wait (s)")
+    ctl.add_argument(
+        "--timeout", metavar="S", type=_positive_float, default=15.0, help="how long to wait (s, default %(default)g)"
+    )
 
     ls = commands.add_parser("ls", help="list running jobs of this user on this machine")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
@@ -255,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--headless", action="store_true", help="print the final summary instead")
     runs_cli.add_commands(commands)
     for command in commands.choices.values():
-        command.set_defaults(command_parser=command)  # a mistake in a command's options gets its usage
+        command.set_defaults(command_parser=command)  # a mistake in a command's options is said with its name
     parser.set_defaults(run_options=set(run._option_string_actions))
     return parser
 
@@ -269,6 +282,14 @@ def _misplaced_option(parser: argparse.ArgumentParser, argv: list[str]) -> str:
         f"unknown option {option}: options go after the command, e.g. optwatch run --headless SCRIPT "
         "(`optwatch --help` lists the commands)"
     )
+
+
+def _mistyped_command(word: str) -> str | None:
+    """The command ``word`` is a slip for (`optwatch rnu`), where it names no file and reads as a command
+    rather than a path: else it is a script, run or said missing as any."""
+    if "/" in word or "." in word or os.path.exists(word):
+        return None
+    return next(iter(difflib.get_close_matches(word, SUBCOMMANDS, n=1)), None)
 
 
 def _keep_a_leading_double_dash(args: argparse.Namespace, argv: list[str]) -> None:
@@ -307,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "-m":
         argv.insert(0, "run")  # (`optwatch -m pkg.train`, as `optwatch train.py`)
     if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        meant = _mistyped_command(argv[0])
+        if meant:
+            print(f"optwatch: no such script: {argv[0]} (did you mean `optwatch {meant}`?)", file=sys.stderr)
+            return 2
         argv.insert(0, "run")
     parser = build_parser()
     argv = _module_as_script(argv, parser)

@@ -26,7 +26,11 @@ class RunError(Exception):
 def add_commands(commands: Any) -> None:
     listing = commands.add_parser("runs", help="list recorded runs (./optwatch-runs, or $OPTWATCH_RUNS_DIR)")
     listing.add_argument("--json", action="store_true", help="print a JSON list")
-    listing.add_argument("--dir", metavar="DIR", help="the runs directory (default: as above)")
+    listing.add_argument(
+        "--dir",
+        metavar="DIR",
+        help=f"the runs directory (default: ${runs.RUNS_DIR_ENV}, else ./{runs.DEFAULT_RUNS_DIR})",
+    )
 
     compare = commands.add_parser("compare", help="runs side by side: their curves by step and what differs")
     compare.add_argument("targets", nargs="+", metavar="RUN", help="run ids or prefixes, run directories, records")
