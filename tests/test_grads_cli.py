@@ -136,3 +136,30 @@ def test_the_budget_spaces_out_the_checks_of_a_tiny_step_and_zero_keeps_every_st
     assert result.returncode == 0, result.stderr
     steps = steps_of(read_jsonl(every))
     assert len(steps) == 400 and all(s["detailed"] and s["grad_norm"] is not None for s in steps)
+
+
+TRUNK_AND_HEADS = """
+import torch
+from torch import nn
+torch.manual_seed(0)
+trunk = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+head_a, head_b = nn.Linear(16, 3), nn.Linear(16, 1)
+optimizer = torch.optim.Adam([*trunk.parameters(), *head_a.parameters(), *head_b.parameters()], lr=1e-3)
+for step in range(6):
+    features = trunk(torch.randn(32, 8))
+    loss = head_a(features).pow(2).mean() + head_b(features).pow(2).mean()
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+"""
+
+
+def test_heads_made_apart_from_their_trunk_are_named_after_the_scripts_own_names(tmp_path):
+    """A multi-task model built as a trunk and two heads, one optimizer over them: the trunk (the largest part)
+    named its parameters and the heads' were "(unnamed).4" to ".7", one "(unnamed)" row in the Gradients tab
+    with both heads' gradients together, and alerts naming neither."""
+    script = tmp_path / "heads.py"
+    script.write_text(TRUNK_AND_HEADS)
+    record = tmp_path / "r.jsonl"
+    result = optwatch("run", "--headless", "--no-record", "--record", str(record), str(script))
+    assert result.returncode == 0, result.stderr[-2000:]
+    [names] = {tuple(r["names"]) for r in read_jsonl(record) if r["kind"] == "layers"}
+    assert names == ("trunk.0.weight", "trunk.0.bias", "head_a.weight", "head_a.bias", "head_b.weight", "head_b.bias")

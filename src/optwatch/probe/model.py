@@ -4,6 +4,7 @@ norm of its gradients."""
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -120,6 +121,23 @@ def attribute_name_of(params: list[torch.Tensor]) -> str | None:
         if module is smallest:
             return name or None
     return None
+
+
+def names_in_main(params: list[torch.Tensor]) -> dict[int, str]:
+    """Each of ``params`` named after the script's global module that holds it (``trunk.0.weight``,
+    ``head_a.weight``), for a model made of parts no one module holds: a trunk and its heads, an encoder
+    and a decoder, made apart and trained by one optimizer."""
+    main = sys.modules.get("__main__")
+    wanted = set(map(id, params))
+    names: dict[int, str] = {}
+    for global_name, value in list(vars(main).items()) if main is not None else ():
+        # (type(), not isinstance(): no global's own __class__ runs)
+        if global_name.startswith("_") or not issubclass(type(value), torch.nn.Module):
+            continue
+        for name, param in value.named_parameters():
+            if id(param) in wanted:
+                names.setdefault(id(param), f"{global_name}.{name}")
+    return names
 
 
 def compiled_whole(model: torch.nn.Module) -> bool:

@@ -61,6 +61,7 @@ from optwatch.probe.model import (
     largest_module_holding,
     largest_module_of,
     learning_rate_of,
+    names_in_main,
     params_of,
     smallest_module_holding,
 )
@@ -603,6 +604,12 @@ class Probe:
             named = getattr(model, "_orig_mod", model)  # (torch.compile's wrapper: its model's own names)
             self._param_names = {id(p): name for name, p in named.named_parameters()}
             self._names_key = self._params_key
+            trained = self._params if self._primary is not None else []
+            unnamed = [p for p in trained if id(p) not in self._param_names]
+            if unnamed:  # (the model found holds only a part: heads made apart from their trunk were "(unnamed)")
+                from_main = names_in_main(trained)
+                if len(from_main) > len(trained) - len(unnamed):
+                    self._param_names = from_main
         elif self._names_key != self._params_key and self._primary is not None:
             # The primary's parameters changed (add_param_group: a backbone unfrozen after its head): named
             # from a module that holds them all when the model found first holds only some.
