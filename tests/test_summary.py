@@ -515,3 +515,15 @@ async def test_a_chart_title_wider_than_the_chart_is_cut_not_left_out():
         await pilot.pause(0.3)
         text = "\n".join(screen_lines(app).values())
     assert "Loss · whole run (steps 0–199) · baseline" in text
+
+
+def test_a_metric_named_after_each_step_keeps_the_store_bounded_and_the_first_names():
+    """A script that logs ``loss_at_{step}`` makes a new name each step: the latest value of every name was
+    kept, without a bound. The first thousand names stay, and their values go on being updated."""
+    store = Store()
+    store.ingest(
+        [metric_record(i, 1000 + i, val_loss=1.0 / (i + 1), **{f"loss_at_{i}": float(i)}) for i in range(5000)]
+    )
+    assert len(store.metrics) == 1000
+    assert store.metrics["val_loss"] == (pytest.approx(1.0 / 5000), 4999)
+    assert "loss_at_998" in store.metrics and "loss_at_999" not in store.metrics

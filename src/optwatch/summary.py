@@ -245,13 +245,19 @@ class ShownMetric:
     """The step of the record that brought this value (each name's own: the records log different names)."""
 
 
+METRIC_NAMES_KEPT = 1000
+"""The most metric names ``remember_metrics`` keeps (a script naming a metric after its step makes a new one
+each time): memory stays bounded, and the first ones logged stay."""
+
+
 def remember_metrics(latest: dict[str, tuple[Any, Any]], record: dict[str, Any]) -> None:
     """Keeps in ``latest`` each name's newest (value, step) from a ``metric`` record: a framework logs an
     evaluation's loss in one record and its runtime figures in the next, and the loss must not go with it."""
     values = record.get("values")
     if isinstance(values, dict):
         for name, value in values.items():
-            latest[str(name)] = (value, record.get("step"))
+            if str(name) in latest or len(latest) < METRIC_NAMES_KEPT:
+                latest[str(name)] = (value, record.get("step"))
 
 
 def _metric_rank(name: str) -> int:
