@@ -69,6 +69,13 @@ def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def error_line(exc: BaseException) -> str:
+    """An end record's ``error``: the exception as a traceback's last line says it (``RuntimeError: the batch
+    was bad``)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 # --- packed columns ----------------------------------------------------------------------------------
 _FLOATS, _INTS, _NAMES = 1, 2, 3  # msgpack extension type codes
 _PACKED_MIN = 8  # shorter lists are cheaper as they are

@@ -92,12 +92,6 @@ def _trimming(hook: Callable[..., Any], path: str) -> Callable[..., Any]:
     return trimmed
 
 
-def _error_line(exc: BaseException) -> str:
-    """The exception as a traceback's last line says it: ``RuntimeError: the batch was bad``."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _report(exc: BaseException, path: str) -> None:
     """An exception that ended the script, as the interpreter reports it: through the script's own excepthook
     if it set one, from the script's first frame, and kept in ``sys.last_value`` for its atexit handlers."""
@@ -160,7 +154,7 @@ def run_script(script: str, args: list[str]) -> int:
         raise
     except Exception as exc:
         exit_code = 1
-        probe.close(exit_code, error=_error_line(exc))
+        probe.close(exit_code, error=protocol.error_line(exc))
         _report(exc, path)
         sys.exit(1)
     except KeyboardInterrupt as exc:
@@ -175,7 +169,7 @@ def run_script(script: str, args: list[str]) -> int:
         sys.exit(protocol.INTERRUPTED)
     except BaseException as exc:  # (a class of the script's own: python reports it, and exits 1)
         exit_code = 1
-        probe.close(exit_code, error=_error_line(exc))
+        probe.close(exit_code, error=protocol.error_line(exc))
         _report(exc, path)
         sys.exit(1)
     finally:

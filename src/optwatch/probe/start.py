@@ -35,7 +35,7 @@ from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import ProfilerPlugin
 from optwatch.probe.telemetry import TelemetryPlugin
 from optwatch.probe.waiting import WaitingPlugin
-from optwatch.protocol import INTERRUPTED, STOPPED_BY_REQUEST
+from optwatch.protocol import INTERRUPTED, STOPPED_BY_REQUEST, error_line
 from optwatch.wire import runtime
 from optwatch.wire.logs import pipes_from_env
 
@@ -225,9 +225,7 @@ def _how_the_script_ended(main_frame: FrameType | None) -> tuple[int | None, str
     if isinstance(uncaught, BaseException) and _went_through(uncaught, main_frame):
         if isinstance(uncaught, KeyboardInterrupt):
             return INTERRUPTED, None  # (python ends on SIGINT: 130 in a shell, as `optwatch run` says)
-        from optwatch.probe.launch import _error_line
-
-        return 1, _error_line(uncaught)
+        return 1, error_line(uncaught)
     return None, None  # a SystemExit (sys.exit(N)), or a frame left by what the interpreter does not say
 
 
