@@ -227,17 +227,20 @@ def test_bad_input_gets_a_clear_message(tmp_path):
     assert replay.returncode == 0 and "damaged from line 2 on" in replay.stderr, replay.stderr
 
 
-def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path):
+@pytest.mark.parametrize("steps", [400, 16])
+def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path, steps):
     """Steps between detail steps are recorded at a later step boundary: a loop that went on to evaluate for
     8 s without a DataLoader showed a step 122 steps old the whole time, and a loop that ended its training
     early showed none of its last steps until it exited. They are recorded by the training thread's next
-    module call once no boundary came for 2 s."""
+    module call once no boundary came for 2 s. The first steps' records (every one a detail step: 16 here)
+    waited for the next flush too, through the whole evaluation, while the header said "no step since step
+    15": the sampler thread hands them over itself."""
     import time
 
     record = tmp_path / "r.jsonl"
     job = subprocess.Popen(
         [sys.executable, "-m", "optwatch", "run", "--headless", "--record", str(record),
-         str(SCRIPTS / "pause_after.py"), "--steps", "400", "--evaluate-s", "8"],
+         str(SCRIPTS / "pause_after.py"), "--steps", str(steps), "--evaluate-s", "8"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -250,7 +253,7 @@ def test_steps_before_a_long_evaluation_are_shown_while_it_runs(tmp_path):
     finally:
         job.kill()
         job.communicate()
-    assert seen == 399
+    assert seen == steps - 1
 
 
 def test_a_training_killed_by_sigkill_is_recorded_and_said_as_killed(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import sys
 
-from conftest import ROOT, SCRIPTS, optwatch, read_jsonl, start_training, wait_for_ui
+from conftest import ROOT, SCRIPTS, start_training, wait_for_ui
 from optwatch.app.app import OptwatchApp
 from optwatch.app.widgets.run_header import RunHeader
 from optwatch.session import ViewerSession
@@ -172,29 +172,3 @@ def test_an_import_before_the_first_step_is_said_as_one(tmp_path, monkeypatch):
     assert place.startswith("importing slowlib, in test_an_import_before_the_first_step_is_said_as_one ("), place
     assert place.endswith(", at <module> (__init__.py:3)"), place  # (not the test runner's own entry module)
     sys.modules.pop("slowlib")
-
-
-WAITS_AFTER_STEP_15 = """
-import time, torch
-torch.set_num_threads(1)
-model = torch.nn.Linear(4, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-for step in range(18):
-    loss = model(torch.randn(8, 4)).pow(2).mean()
-    optimizer.zero_grad(); loss.backward(); optimizer.step(); time.sleep(0.02)
-    if step == 15:
-        time.sleep(6)  # an evaluation
-"""
-
-
-def test_the_steps_before_a_wait_are_published_while_it_lasts(tmp_path):
-    """Steps 12-15 waited for the next step boundary to be sent: through the whole wait the views stood at
-    step 11 while the header said "no step for 4 s since step 15"."""
-    script = tmp_path / "waits.py"
-    script.write_text(WAITS_AFTER_STEP_15)
-    record = tmp_path / "r.jsonl"
-    result = optwatch("run", "--headless", "--no-record", "--record", str(record), str(script), timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    kinds = [(r["kind"], r.get("step")) for r in read_jsonl(record)]
-    first_wait = next(i for i, (kind, _) in enumerate(kinds) if kind == "waiting")
-    assert ("step", 15) in kinds[:first_wait], kinds
