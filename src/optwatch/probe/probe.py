@@ -179,6 +179,8 @@ class Probe:
         self._made: list[weakref.ref[torch.optim.Optimizer]] = []
         """The optimizers made and alive, newest last: before the first step, which one a clip's parameters are."""
         self._name_of = OptimizerNames(self._model_of)
+        self._made_watched: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        """The optimizers made while the probe watched (``optimizer_made``)."""
         self._schedulers: list[weakref.ref[Any]] = []
         """The LR schedulers made so far, weakly (refs, not a WeakSet: a scheduler class may be unhashable)."""
         self._stepping: torch.optim.Optimizer | None = None
@@ -394,7 +396,8 @@ class Probe:
             self._param_names = None
         if optimizer is not None:
             self._primary = optimizer
-            self._schedulers_made_before()
+            if optimizer not in self._made_watched:  # (made watched: its schedulers were too, after it)
+                self._schedulers_made_before()
         if batch_size is not None:
             if batch_size <= 0:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -845,6 +848,7 @@ class Probe:
 
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizers_made += 1
+        self._made_watched.add(optimizer)
         if self._primary is None:
             self._made = [ref for ref in self._made if ref() is not None] + [weakref.ref(optimizer)]
         self._name_of.made(optimizer)
