@@ -24,7 +24,8 @@ validation run (``after_step`` -1: the sanity check, before step 0).
 
 ``--schedule --logs DIR``: a per-batch LambdaLR (the rate rises 10% of its base a step) and Lightning's
 LearningRateMonitor, writing what it logs to ``DIR/metrics.csv`` (``--logs`` alone: Lightning's CSVLogger
-there, ``val_loss`` with the step it tags it with). ``--accumulate N``: accumulate_grad_batches=N, so that
+there, ``val_loss`` with the step it tags it with; ``--log-train``: ``train_loss`` logged on step and epoch
+too). ``--accumulate N``: accumulate_grad_batches=N, so that
 validations (every 8 batches) fall in the middle of a step.
 """
 
@@ -88,6 +89,8 @@ class MLP(pl.LightningModule):
         inputs, targets = batch
         loss = nn.functional.mse_loss(self.net(inputs), targets)
         self._losses.append(loss.item())
+        if "--log-train" in sys.argv:  # (Lightning's loggers: train_loss_step each step, train_loss_epoch each epoch)
+            self.log("train_loss", loss, on_step=True, on_epoch=True)
         self._samples += int(inputs.size(0))
         return loss
 

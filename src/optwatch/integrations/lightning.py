@@ -56,13 +56,26 @@ class OptwatchCallback(Callback):
     def _publish(self, trainer: Any, step: int) -> None:
         if self.probe is None:
             return
+        logged_now = _logged_by_the_ending_loop(trainer)
         fresh = {
-            name: value for name, value in trainer.callback_metrics.items() if self._published.get(name) is not value
+            name: value
+            for name, value in trainer.callback_metrics.items()
+            if self._published.get(name) is not value and (logged_now is None or name in logged_now)
         }
         self._published.update(fresh)
         numbers = numbers_of(fresh)
         if numbers:
             self.probe.log_at_step(max(step, self.probe.first_step), **numbers)
+
+
+def _logged_by_the_ending_loop(trainer: Any) -> set[str] | None:
+    """The names the loop now ending (a validation's, a training epoch's) logged: callback_metrics also holds
+    the earlier ones, and hands out a new tensor for an unchanged value (the epoch's train_loss_epoch came
+    again at the next validation, at its step). None where Lightning does not say (all are taken)."""
+    try:
+        return set(trainer._results.metrics(False)["callback"])  # (what callback_metrics itself reads)
+    except Exception:  # (another Lightning's internals: every name, told apart by object as before)
+        return None
 
 
 def _logged_step(trainer: Any) -> int:
