@@ -2,10 +2,11 @@
 
 The probe watches the first optimizer of ``configure_optimizers`` (the one Lightning's
 ``LightningOptimizer`` wraps); under automatic optimization a step's loss is its closure's first
-evaluation, what ``training_step`` returned. What the module logs with ``self.log`` (``trainer.callback_metrics``:
-validation loss, accuracy...) is published as ``metric`` records after each validation and each training
-epoch, tagged with the step Lightning's loggers tag them with: each value once, when Lightning has a new
-one (told by the object, never by reading the device).
+evaluation, what ``training_step`` returned (with ``accumulate_grad_batches``, the micro-batches' mean). What
+the module logs with ``self.log`` (validation loss, accuracy...) is published as ``metric`` records after
+each validation and each training epoch, what that loop logged, tagged with the step Lightning's loggers
+tag them with: each value once, when Lightning has a new one (told by the object, never by reading the
+device).
 """
 
 from __future__ import annotations
