@@ -626,3 +626,16 @@ def test_a_short_runs_final_verdict_gives_torchs_threads_as_the_run_knows_them_o
     assert final["bottleneck"] == "compute" and final["window"] == [2, 5]
     assert f"of each step on the CPU {said}" in final["message"], final["message"]
     assert "?" not in final["message"]
+
+
+def test_two_long_steps_among_a_short_runs_steps_are_said_to_hold_the_time_not_each_step():
+    """A short PPO run: 2 rollouts of 3.5 s among 24 steps of 10 ms. Too few long steps to call them work at
+    a regular spacing, the verdict read "99% of each step is spent outside data loading, forward, backward
+    and optimizer", and its advice was a loop's own bookkeeping. It says which steps hold that time."""
+    steps = make_steps(24, 0.01, forward_s=0.003, backward_s=0.005, optimizer_s=0.001, data_wait_s=0.0)
+    for index in (8, 16):
+        steps[index].update(step_time_s=3.5, other_s=3.5 - 0.009)
+    result = verdict(steps, make_systems(torch_threads=1, cpu_count=2))
+    assert result["bottleneck"] == "host"
+    assert "of each step" not in result["message"], result["message"]
+    assert "in 2 steps of 24 that took 350× the median step" in result["message"], result["message"]

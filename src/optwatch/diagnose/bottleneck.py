@@ -125,6 +125,9 @@ class Window:
     between_share: float | None = None
     """Their time beyond a median step, over all the steps' time: work done between training steps (a rollout,
     an evaluation without a DataLoader, a checkpoint) wherever it falls in the phases. Host-paced steps only."""
+    few_long: tuple[int, int, float, float] | None = None
+    """One or two long steps, too few to tell a spacing (a short run's rollouts): (how many, of how many steps,
+    their median work, their time beyond a median step over all the steps')."""
     timed_steps: int = 0
     """The steps whose phases were timed (the detail steps: one in tens past the first 100 steps), which the
     phase shares rest on."""
@@ -256,6 +259,9 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -
     typical = statistics.median(work)
     window.typical_step_s = typical
     candidates = [(s.get("step", 0), w) for s, w in zip(timed, work) if w > LONG_STEP_FACTOR * typical]
+    if candidates and len(candidates) < 3 and total > 0:
+        beyond = sum(w - typical for _, w in candidates) / total
+        window.few_long = (len(candidates), len(timed), statistics.median(w for _, w in candidates), beyond)
     if len(candidates) < 3 or total <= 0:
         return
     found = _regular(candidates)
@@ -488,6 +494,12 @@ def _evaluation(w: Window, threshold: float) -> tuple[str, str, list[str]] | Non
     return None
 
 
+WORK_BETWEEN_TIP = (
+    "Do that work less often or off the training's path: parallel or vectorised environments for rollouts, "
+    "evaluation and checkpoints every more steps, asynchronous checkpointing"
+)
+
+
 def _work_between(w: Window, threshold: float) -> tuple[str, str, list[str]] | None:
     """Long steps at a regular spacing take ``threshold`` of the window's time beyond a median step."""
     if w.between_share is None or w.between_share < threshold or not w.long_step_s or not w.typical_step_s:
@@ -503,8 +515,7 @@ def _work_between(w: Window, threshold: float) -> tuple[str, str, list[str]] | N
         "host",
         message,
         [
-            "Do that work less often or off the training's path: parallel or vectorised environments for "
-            "rollouts, evaluation and checkpoints every more steps, asynchronous checkpointing",
+            WORK_BETWEEN_TIP,
             f"See what a long step runs: profile enough steps to hold one (control: profile={min(every + 1, 64)})",
         ],
     )
@@ -679,6 +690,20 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             "workers, which makes the next ones while the model trains"
         )
         bookkeeping = "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps"
+        if w.few_long is not None and w.few_long[3] >= other / 2 and w.typical_step_s:
+            # Most of it in one or two long steps: not "each step"'s, and not the loop's bookkeeping.
+            count, of, long_s, _ = w.few_long
+            return (
+                "host",
+                f"{_pct(other)} of the time is spent outside data loading, forward, backward and optimizer, in "
+                f"{count} step{'s' if count > 1 else ''} of {of} that took {long_s / w.typical_step_s:.0f}× the "
+                f"median step ({duration_text(long_s)} vs {duration_text(w.typical_step_s)}): work between "
+                "training steps (a rollout, an evaluation, a checkpoint), too few yet to tell how often" + _own_part(w),
+                [
+                    WORK_BETWEEN_TIP,
+                    *_own_suggestion(w),
+                ],
+            )
         return (
             "host",
             f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer (the "
