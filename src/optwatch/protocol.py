@@ -76,6 +76,22 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def run_status(exit_codes: list[int | None], stopped: bool = False, ended_all: bool = True) -> tuple[str, int | None]:
+    """A run's status and exit code from its ranks' end records' exit codes: "failed (exit N)" where one
+    failed, "stopped" for a Ctrl-C or a ``stop`` (``stopped``: one was accepted), "finished" where every rank
+    (``ended_all``) said it exited 0; else "ended", how unknown (a plain python run's ``sys.exit(N)``, whose
+    N its process cannot know; ranks killed without a word; the hub stopped)."""
+    interrupted = INTERRUPTED in exit_codes
+    failed = [code for code in exit_codes if isinstance(code, int) and code not in (0, INTERRUPTED)]
+    if failed:
+        return f"failed (exit {failed[0]})", failed[0]
+    if stopped or interrupted:
+        return "stopped", INTERRUPTED if interrupted else 0
+    if ended_all and all(code == 0 for code in exit_codes):
+        return "finished", 0
+    return "ended", None
+
+
 # --- packed columns ----------------------------------------------------------------------------------
 _FLOATS, _INTS, _NAMES = 1, 2, 3  # msgpack extension type codes
 _PACKED_MIN = 8  # shorter lists are cheaper as they are

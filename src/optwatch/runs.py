@@ -233,17 +233,8 @@ def summary_from_record(directory: Path) -> dict[str, Any]:
                 elif isinstance(loss, float):
                     summary.setdefault("loss_nonfinite_from", step)
             elif kind == protocol.END and record.get("rank", 0) == 0:
-                code = record.get("exit_code")
-                summary["exit_code"] = code
-                summary["status"] = (
-                    "finished"
-                    if code == 0
-                    else "stopped"
-                    if code == protocol.INTERRUPTED
-                    else "ended"  # (a plain python run's sys.exit: its code unknown, docs/records.md)
-                    if code is None and not record.get("error")
-                    else f"failed (exit {code})"
-                )
+                summary["exit_code"] = record.get("exit_code")
+                summary["status"], _ = protocol.run_status([summary["exit_code"]])
     except (OSError, ValueError):  # no record, or not one: what was read stands
         pass
     return summary

@@ -259,10 +259,11 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -
     typical = statistics.median(work)
     window.typical_step_s = typical
     candidates = [(s.get("step", 0), w) for s, w in zip(timed, work) if w > LONG_STEP_FACTOR * typical]
-    if candidates and len(candidates) < 3 and total > 0:
+    if total <= 0 or not candidates:
+        return
+    if len(candidates) < 3:
         beyond = sum(w - typical for _, w in candidates) / total
         window.few_long = (len(candidates), len(timed), statistics.median(w for _, w in candidates), beyond)
-    if len(candidates) < 3 or total <= 0:
         return
     found = _regular(candidates)
     if found is None:

@@ -307,16 +307,8 @@ class Hub:
             and str(record.get("command")) == "stop"
             for record in self.history.rare
         )
-        interrupted = protocol.INTERRUPTED in codes  # Ctrl-C, or a `stop` the script did not catch
-        failed = [code for code in codes if isinstance(code, int) and code not in (0, protocol.INTERRUPTED)]
-        ended_all = self.history.hello and set(self.history.hello) <= set(self.history.end)
-        if failed:
-            return f"failed (exit {failed[0]})", failed[0]
-        if stopped or interrupted:
-            return "stopped", protocol.INTERRUPTED if interrupted else 0
-        if ended_all and all(code == 0 for code in codes):
-            return "finished", 0
-        return "ended", None  # ranks gone without saying so (killed) or how, or the hub was stopped
+        ended_all = bool(self.history.hello) and set(self.history.hello) <= set(self.history.end)
+        return protocol.run_status(codes, stopped=stopped, ended_all=ended_all)
 
     def close(self) -> None:
         # `optwatch run` stops the hub once its viewer is done, which can be before the hub has read the

@@ -1303,10 +1303,13 @@ class Probe:
         self._last_flush = now if now is not None else time.perf_counter()
         if self._light_steps:
             self._record_light_steps()
+        self._hand_over(on_host=self.device is not None and self.device.type == "cpu")
+
+    def _hand_over(self, on_host: bool) -> None:
+        """The records ready to go, to the channel (on the training thread, or the sampler's in a long wait)."""
         with self._handing_over:
             pending = self._records.take_ready()
             if pending:
-                on_host = self.device is not None and self.device.type == "cpu"
                 self.channel.submit(DeviceBatch(pending, on_host=on_host))
 
     def _flush_when_idle(self) -> None:
@@ -1324,10 +1327,7 @@ class Probe:
             # next boundary: the views showed step 11 while the header said "no step since step 15". On the
             # CPU their values are final; a device's are left to the training thread (a copy queued behind a
             # hung collective would never end).
-            with self._handing_over:
-                pending = self._records.take_ready()
-                if pending:
-                    self.channel.submit(DeviceBatch(pending, on_host=True))
+            self._hand_over(on_host=True)
         handle = self._idle_flush
         if handle is not None:
             if time.perf_counter() - self._idle_flush_armed > IDLE_FLUSH_S:
