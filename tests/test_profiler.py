@@ -363,9 +363,11 @@ def test_the_shapes_beside_an_ops_module_are_that_modules_calls():
     channels read as if it saw [128, 64, 8, 8]. The shapes are the module's own calls'."""
     probe, published = start_probe()
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 64), *(torch.nn.Linear(64, 64) for _ in range(6)))
+    # (Layers large enough that their math, not the call's fixed cost, sets their time, which a busy machine
+    # moves less: the wide one has 4 times a narrow one's multiplications, the six narrow 1.5 times its.)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 256), *(torch.nn.Linear(256, 256) for _ in range(6)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    inputs = torch.randn(64, 256)
+    inputs = torch.randn(128, 1024)
     for _ in range(3):
         optimizer.zero_grad()
         model(inputs).pow(2).mean().backward()
@@ -379,7 +381,7 @@ def test_the_shapes_beside_an_ops_module_are_that_modules_calls():
     [done] = hotspots(published)
     addmm = next(op for op in done["ops"] if op["name"] == "aten::addmm")
     assert addmm["module"] == "0", addmm  # the wide layer: each narrow one spends a quarter of it
-    assert addmm["shapes"][0][:2] == [[64], [64, 256]], addmm["shapes"]  # its inputs, not the narrow ones'
+    assert addmm["shapes"][0][:2] == [[256], [128, 1024]], addmm["shapes"]  # its inputs, not the narrow ones'
 
 
 def test_a_profile_someone_asked_for_is_left_out_of_the_checks_budget():
