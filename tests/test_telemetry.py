@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -353,9 +354,12 @@ def test_a_pause_and_work_after_the_last_step_are_not_read_as_steps_that_wait(tm
     assert after, verdicts
     assert all(v["bottleneck"] == "compute" for v in verdicts), [(v["window"], v["message"]) for v in verdicts]
     assert verdicts[-1]["final"]
-    # One thread that computes all the time uses a core (whether the verdict flips also depends on the
-    # machine's other load: the figure itself does not).
-    assert all(v["evidence"]["cpu_percent"] > 80 for v in verdicts), [v["evidence"]["cpu_percent"] for v in verdicts]
+    # One thread that computes all the time uses what the machine's other load leaves it of a core: the
+    # verdict's figure is near the script's own steps' share (whether the verdict flips also depends on that
+    # load: the figure itself does not). Idle samples counted in would take a third of it or more.
+    share = float(re.search(r"median CPU share ([\d.]+)%", result.stdout)[1])
+    assert all(v["evidence"]["cpu_percent"] > 0.8 * share for v in verdicts), (
+        share, [v["evidence"]["cpu_percent"] for v in verdicts])  # fmt: skip
 
 
 def test_time_to_backward_runs_to_the_steps_last_backward_where_ddp_syncs_under_accumulation(probe):
