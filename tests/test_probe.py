@@ -11,6 +11,7 @@ import torch
 
 import optwatch.probe.channel
 import optwatch.probe.controls
+import optwatch.probe.probe
 from conftest import new_probe, records_of, train
 from optwatch.probe.plugin import ProbePlugin
 from optwatch.probe.probe import Probe
@@ -850,3 +851,35 @@ def test_a_plugins_own_hook_failing_switches_the_plugin_off_and_takes_its_hooks_
     assert hooks_during == hooks_before  # the forward check's global hook went at step 3
     assert all("amp" in s and s["forward_s"] is not None for s in steps[1:])  # the others carried on
     assert caplog.text.count("forward_check failed in its forward check and is switched off; training goes on") == 1
+
+
+def test_the_last_steps_before_a_wait_with_no_module_call_reach_the_hub_on_the_cpu(monkeypatch):
+    """A CPU training whose last steps were light ones, then a wait with no module call (a notebook's kernel
+    between cells, a ``time.sleep`` after the loop): the sampler's thread records those steps itself once the
+    module-call hook has gone untaken, so the hub has the last step while the process still waits (it
+    showed step 180 of 199 for as long as it slept)."""
+    monkeypatch.setattr(optwatch.probe.probe, "IDLE_FLUSH_S", 0.2)
+    probe = start(budget=0.01, grad_full_cadence_steps=20, publish_interval_s=3600.0, system_interval_s=0.05)
+    history = probe.test_hub.hub.history
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    losses = []
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert probe._light_steps  # the last steps are light ones, not recorded yet
+    deadline = time.perf_counter() + 10.0
+    while time.perf_counter() < deadline:  # the process waits, no module called
+        steps = [r for r in history.records() if r["kind"] == "step"]
+        if steps and steps[-1]["step"] == 199:
+            break
+        time.sleep(0.05)
+    assert [s["step"] for s in steps] == list(range(200))
+    assert [s["loss"] for s in steps] == losses
+    assert sum(not s["detailed"] for s in steps) > 100
+    steps = recorded(probe, "step")  # closing after records nothing twice
+    assert [s["step"] for s in steps] == list(range(200))

@@ -327,7 +327,8 @@ class Probe:
         if self._partners_due:
             self._end_together(time.perf_counter())
         if self._light_steps:
-            self._record_light_steps()
+            with self._handing_over:
+                self._record_light_steps()
         self._records.release()
         self._flush()
         end = protocol.make_record(
@@ -1223,8 +1224,12 @@ class Probe:
 
     def _record_light_steps(self) -> None:
         """The step records of the light steps noted since the last, in order, with the governor told of
-        each as it would have been at its end."""
-        light, self._light_steps = self._light_steps, []
+        each as it would have been at its end. Under ``_handing_over``: the sampler's thread records them too,
+        in a long wait (``_flush_when_idle``). The list is emptied in place, never swapped: a step the training
+        thread appends meanwhile (``_note_light_step`` takes no lock) lands after those taken, and stays."""
+        noted = self._light_steps
+        light = noted[: len(noted)]
+        del noted[: len(light)]
         bg_cpu = self.channel.cpu_s
         offset = time.time() - time.perf_counter()
         last = len(light) - 1
@@ -1247,7 +1252,8 @@ class Probe:
 
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
         if self._light_steps:
-            self._record_light_steps()
+            with self._handing_over:
+                self._record_light_steps()
         self._no_optimizer_step_due = False
         self._gradients_ready(self._primary)
         bg_cpu = self.channel.cpu_s
@@ -1301,13 +1307,14 @@ class Probe:
 
     def _flush(self, now: float | None = None) -> None:
         self._last_flush = now if now is not None else time.perf_counter()
-        if self._light_steps:
-            self._record_light_steps()
-        self._hand_over(on_host=self.device is not None and self.device.type == "cpu")
+        self._hand_over(on_host=self.device is not None and self.device.type == "cpu", light_steps=True)
 
-    def _hand_over(self, on_host: bool) -> None:
-        """The records ready to go, to the channel (on the training thread, or the sampler's in a long wait)."""
+    def _hand_over(self, on_host: bool, light_steps: bool) -> None:
+        """The records ready to go (after the light steps' records, with ``light_steps``), to the channel (on
+        the training thread, or the sampler's in a long wait)."""
         with self._handing_over:
+            if light_steps and self._light_steps:
+                self._record_light_steps()
             pending = self._records.take_ready()
             if pending:
                 self.channel.submit(DeviceBatch(pending, on_host=on_host))
@@ -1316,28 +1323,32 @@ class Probe:
         """On the sampler thread: steps noted and not yet recorded, and no step boundary for ``IDLE_FLUSH_S`` (an
         evaluation without a DataLoader, work after the loop): the training thread records them at its next
         module call, so that the views do not stand still on an older step. A hook not taken by then (no module
-        call, or one traced by torch.compile) is let go."""
-        if (
-            self.device is not None
-            and self.device.type == "cpu"
-            and self._records.has_ready
-            and time.perf_counter() - self._last_flush >= IDLE_FLUSH_S
-        ):
+        call: a sleep, a notebook's kernel between cells; or one traced by torch.compile) is let go, and on the
+        CPU this thread records them itself."""
+        on_host = self.device is not None and self.device.type == "cpu"
+        if on_host and self._records.has_ready and time.perf_counter() - self._last_flush >= IDLE_FLUSH_S:
             # Steps recorded before a wait (an evaluation, a sleep, a hung collective) go out now, not at the
             # next boundary: the views showed step 11 while the header said "no step since step 15". On the
             # CPU their values are final; a device's are left to the training thread (a copy queued behind a
             # hung collective would never end).
-            self._hand_over(on_host=True)
+            self._hand_over(on_host=True, light_steps=False)
         handle = self._idle_flush
         if handle is not None:
             if time.perf_counter() - self._idle_flush_armed > IDLE_FLUSH_S:
                 self._idle_flush = None
                 handle.remove()
+                if on_host and not self.closed:
+                    # A sleep after the loop showed step 180 of 199 for as long as it slept.
+                    self._hand_over(on_host=True, light_steps=True)
             return
         started, model = self._step_start, self.model
+        idle = started is not None and time.perf_counter() - started >= IDLE_FLUSH_S
         if model is not None and compiled_whole(model):
-            return  # (a global hook would warn the script, or be traced: its steps wait for the next boundary)
-        if self._light_steps and started is not None and time.perf_counter() - started >= IDLE_FLUSH_S:
+            # (A global hook would warn the script, or be traced: on a device its steps wait for the next boundary.)
+            if on_host and idle and self._light_steps and not self.closed:
+                self._hand_over(on_host=True, light_steps=True)
+            return
+        if self._light_steps and idle:
             self._idle_flush_armed = time.perf_counter()
             self._idle_flush = register_module_forward_pre_hook(self._flush_at_a_module_call)
 
