@@ -122,6 +122,39 @@ def test_a_model_compiled_in_place_trains_whole():
     assert [s["step"] for s in steps] == [0, 1, 2, 3] and all(s["forward_s"] > 0 for s in steps[1:])
 
 
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)` when there are global hooks")
+def test_the_forward_check_of_a_compiled_model_stays_out_of_its_graph_and_says_it_cannot_name_the_module():
+    """torch.compile traces the forward check's global hooks with the model. They read the probe's copy of
+    the model there: a guard that recompiled at the second step, whose tracing met the model a second time
+    and crashed the script (an AssertionError of Dynamo's). They now return before reading anything of
+    optwatch's: no recompile nor graph break that the model has not without optwatch. A NaN is reported at
+    its step by the compiled model's output, which says that no module inside it can be named."""
+
+    def run(with_probe: bool) -> tuple[int, list[dict]]:
+        torch._dynamo.reset()
+        counters.clear()
+        probe = start(forward_check="always", budget=0.0) if with_probe else None
+        model = mlp()
+        compiled = torch.compile(model, backend="eager")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = data()
+        poisoned = x.clone()
+        poisoned[0, 0] = float("nan")
+        for step in range(5):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(compiled(poisoned if step == 3 else x), y).backward()
+            optimizer.step()
+        assert dict(counters["graph_break"]) == {}
+        graphs = counters["stats"]["unique_graphs"]
+        return graphs, recorded(probe, "alert") if probe is not None else []
+
+    graphs, alerts = run(with_probe=True)
+    assert graphs == run(with_probe=False)[0]
+    [alert] = [a for a in alerts if a["type"] == "nonfinite"]
+    assert alert["step"] == 3 and alert["module"] == "Sequential (compiled: no module inside it can be named)"
+    assert "loss is nan" in alert["message"] and "0.weight" in alert["params"]
+
+
 def test_export_and_jit_trace_mid_run_see_only_the_model():
     """Exporting or tracing the model while the probe runs: the graph holds the model's operators only,
     the training goes on, and the channel's thread lives on."""

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from optwatch.probe.model import compiled_whole
 from optwatch.probe.plugin import ProbeContext, ProbePlugin, as_optwatch_work, being_traced
 from optwatch.probe.vectors import as_vector, norms_of, tensors_by_device
 
@@ -138,8 +139,10 @@ class ForwardCheckPlugin(ProbePlugin):
             self._hook = None
 
     def _entering(self, module: nn.Module, args: Any) -> None:
+        if being_traced():  # (first: see _check_output)
+            return
         context = self._context
-        if context is not None and not being_traced() and module is self._model and torch.is_grad_enabled():
+        if context is not None and module is self._model and torch.is_grad_enabled():
             context.training_thread = _thread_id()  # the step's forward starts on this thread
             self._in_training_forward = True
 
@@ -155,13 +158,16 @@ class ForwardCheckPlugin(ProbePlugin):
         self._set_hook(check_next)
 
     def _check_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        # Not inside a torch.compile graph: it would guard on the check's own state (recompiling at every
-        # micro-batch) and its timing would split the graph. The compiled module's output, returned to
-        # eager code, is checked as a whole.
+        # Not inside a torch.compile graph, and before anything of the probe's is read: torch.compile traces
+        # global hooks into the graph, and each attribute read there is a guard (``_model`` is set after the
+        # first step: a recompile) or worse (the trained model met again through the probe crashed its
+        # tracer). The compiled module's output, returned to eager code, is checked as a whole.
+        if being_traced():
+            return
         in_training_forward = self._in_training_forward
         if module is self._model:
             self._in_training_forward = False  # its forward returns
-        if (not torch.is_grad_enabled() and not in_training_forward) or being_traced():
+        if not torch.is_grad_enabled() and not in_training_forward:
             return
         # The training thread's forwards only: the check's state is one sequence of outputs, and other
         # threads' forwards (nn.DataParallel replicas, an actor or evaluation thread) would interleave.
@@ -257,7 +263,7 @@ class ForwardCheckPlugin(ProbePlugin):
         key = (id(model), *map(id, modules))
         if key != self._sequence_key:
             names = self._names_of(model)
-            self._sequence_names = tuple(names.get(id(m)) or type(m).__name__ for m in modules)
+            self._sequence_names = tuple(names.get(id(m)) or _shown_name("", m) for m in modules)
             self._sequence_key = key
         record["_forward_modules"] = self._sequence_names
         record["_forward_index"] = [index for _, index in checks]  # which checks stand for others varies
@@ -273,5 +279,14 @@ class ForwardCheckPlugin(ProbePlugin):
             self._names_model = model
             self._module_names = {}
             if model is not None:
-                self._module_names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+                self._module_names = {id(m): _shown_name(name, m) for name, m in model.named_modules()}
         return self._module_names
+
+
+def _shown_name(name: str, module: nn.Module) -> str:
+    """A checked module's name in the alerts. Under ``torch.compile`` only the compiled module's output is
+    checked (nothing inside its graph is): its name says that the module inside it cannot be named."""
+    if not compiled_whole(module):
+        return name or type(module).__name__
+    inner = getattr(module, "_orig_mod", module)  # (``torch.compile(model)``'s wrapper: the user's class)
+    return f"{name or type(inner).__name__} (compiled: no module inside it can be named)"
