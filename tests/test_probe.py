@@ -883,3 +883,43 @@ def test_the_last_steps_before_a_wait_with_no_module_call_reach_the_hub_on_the_c
     assert sum(not s["detailed"] for s in steps) > 100
     steps = recorded(probe, "step")  # closing after records nothing twice
     assert [s["step"] for s in steps] == list(range(200))
+
+
+def test_an_interrupt_in_a_pause_ends_it_and_the_wait_is_held_time_not_optwatchs():
+    """Ctrl-C (a notebook kernel's interrupt) while a ``pause`` holds the run: the KeyboardInterrupt reaches the
+    loop, the pause ends with it and the run's events say so, the next training runs at once (it hung until
+    someone resumed), and the wait is no step's time nor optwatch's own (it read as optwatch taking 80%)."""
+    import _thread
+    import threading
+
+    probe = start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    interrupter = threading.Timer(1.0, _thread.interrupt_main)
+    # Without the fix the next training would wait for this resume (the test ends either way).
+    rescue = threading.Timer(8.0, lambda: probe.commands.append({"id": "r", "command": "resume", "source": "ctl"}))
+    rescue.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for step in range(1000):
+                if step == 5:
+                    probe.commands.append({"id": "p", "command": "pause", "source": "ctl"})
+                    interrupter.start()
+                train(model, optimizer, x, y, steps=1)
+        interrupted_at = probe.step
+        resumed = time.perf_counter()
+        train(model, optimizer, x, y, steps=5)
+        assert time.perf_counter() - resumed < 3.0  # not held until the resume
+        records = records_of(probe)
+    finally:
+        interrupter.cancel()
+        rescue.cancel()
+    [resume] = [r for r in records if r["kind"] == "event" and r["command"] == "resume"]
+    assert (
+        resume["status"] == "accepted" and "interrupt" in resume["reason"] and "KeyboardInterrupt" in resume["reason"]
+    )
+    steps = {s["step"]: s for s in records if s["kind"] == "step"}
+    assert set(steps) == set(range(interrupted_at + 5))
+    after = steps[interrupted_at]  # the step begun after the interrupted pause
+    assert after["step_time_s"] < 0.5 and after["optwatch_s"] < 0.1

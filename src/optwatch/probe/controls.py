@@ -341,21 +341,30 @@ class ControlPlugin(ProbePlugin):
         held = 0.0
         if self.paused:
             paused_at = time.perf_counter()
-            while self.paused:
-                context.flush()
-                time.sleep(0.05)
-                if self.pause_until is not None and time.monotonic() >= self.pause_until:
-                    self.paused = False
-                    self.pause_until = None
-                    context.emit(self._event("resume", "accepted", "the pause's lease ran out", context.step,
-                                             f"l{next(self._ids)}", "lease"))  # fmt: skip
+            try:
+                while self.paused:
                     context.flush()
-                    break
-                self._apply_due(context, stage="boundary")
+                    time.sleep(0.05)
+                    if self.pause_until is not None and time.monotonic() >= self.pause_until:
+                        self._end_pause(context, "the pause's lease ran out", "lease")
+                        break
+                    self._apply_due(context, stage="boundary")
+            except BaseException as exc:
+                # Ctrl-C, a notebook kernel's interrupt: the pause ends with it, as a `stop` would end it (the
+                # next cell's training ran on into a pause nobody saw). The probe books the wait as held.
+                if self.paused:
+                    self._end_pause(context, f"the pause ended with an interrupt ({type(exc).__name__})", "interrupt")
+                    self._set_idle_callbacks(context)
+                raise
             held = time.perf_counter() - paused_at
             self._set_idle_callbacks(context)  # (a lease that ran out ended the pause)
         self.amp.enter()
         return held
+
+    def _end_pause(self, context: ProbeContext, reason: str, source: str) -> None:
+        self.paused, self.pause_until = False, None
+        context.emit(self._event("resume", "accepted", reason, context.step, f"l{next(self._ids)}", source))
+        context.flush()
 
     @staticmethod
     def _ready(name: str | None, stage: str) -> bool:

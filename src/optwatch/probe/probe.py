@@ -1102,8 +1102,15 @@ class Probe:
         try:
             if self._tables_stale:
                 self.retabulate()
-            for seconds in self._dispatch.at_boundary(bool(self.commands)):
-                held_s += seconds or 0.0
+            holding = time.perf_counter()
+            try:
+                for seconds in self._dispatch.at_boundary(bool(self.commands)):
+                    held_s += seconds or 0.0
+            except BaseException:
+                # An interrupt at the boundary (Ctrl-C in a pause, which the controls end): the time there was
+                # held, as a pause's, not optwatch's own (a pause interrupted read as optwatch taking 80%).
+                held_s = time.perf_counter() - holding
+                raise
             if now - self._last_flush >= self.options.publish_interval_s:
                 self._flush(now)
         finally:  # also after a KeyboardInterrupt (`stop`, Ctrl-C), which a loop may catch and train on
