@@ -923,3 +923,31 @@ def test_an_interrupt_in_a_pause_ends_it_and_the_wait_is_held_time_not_optwatchs
     assert set(steps) == set(range(interrupted_at + 5))
     after = steps[interrupted_at]  # the step begun after the interrupted pause
     assert after["step_time_s"] < 0.5 and after["optwatch_s"] < 0.1
+
+
+def test_watch_with_a_model_built_anew_starts_the_alerts_baselines_over():
+    """``model, opt = build(); optwatch.watch(model, opt)`` again in the same process (a notebook's next cell):
+    the new model's first step record says ``new_model``, and its first losses, far above the trained
+    model's, raise no alert (they were 'exploding @ step 800: loss 17.9 is 469x its median')."""
+    probe = start()
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = x @ torch.randn(4, 1) * 3.0
+
+    def build():
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        return model, torch.optim.Adam(model.parameters(), lr=0.02)
+
+    model, optimizer = build()
+    probe.attach(model=model, optimizer=optimizer)  # what optwatch.watch does with the probe it started
+    train(model, optimizer, x, y, steps=150)
+    model, optimizer = build()
+    probe.attach(model=model, optimizer=optimizer)
+    first_loss = torch.nn.functional.mse_loss(model(x), y).item()
+    train(model, optimizer, x, y, steps=20)
+    assert probe.attach(model=model, optimizer=optimizer) is probe and not probe._new_model  # the same one again
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    assert first_loss > 20 * statistics.median(s["loss"] for s in steps[100:150])  # (a jump, against the last model)
+    assert [s["step"] for s in steps if s.get("new_model")] == [150]
+    assert [a for a in records if a["kind"] == "alert" and a["step"] >= 150] == []

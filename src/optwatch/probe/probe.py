@@ -392,6 +392,13 @@ class Probe:
         if start_step is not None:
             self.start_at(start_step)
         if model is not None:
+            if self._trains_another_model(model):
+                # watch() again for a model built anew (a notebook's next cell, the next trial): a new model,
+                # as when the script drops the primary for one (``_elect``); the first loss of the new model
+                # was an exploding alert against the last one's baselines.
+                self._new_model = self._tables_stale = True
+                self._others_apart = weakref.WeakSet()
+                self._partners = []
             self.model = model
             self._model_given = True
             self._param_names = None
@@ -404,6 +411,16 @@ class Probe:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
             self.batch_size = batch_size
         return self
+
+    def _trains_another_model(self, model: torch.nn.Module) -> bool:
+        """``model`` holds none of the parameters trained so far (after a first step): a model built anew."""
+        if self.step == self.first_step:
+            return False
+        if self.model is not None:
+            trained = {id(param) for param in self.model.parameters()}
+        else:
+            trained = set(self._param_ids)
+        return bool(trained) and not any(id(param) in trained for param in model.parameters())
 
     def log(self, **metrics: float) -> None:
         """Publish named values (eval accuracy, perplexity...) tagged with the current step."""
@@ -1393,6 +1410,9 @@ class Probe:
             return
         for record in records:
             if record.get("kind") == protocol.STEP and record.get("rank") == self.rank:
+                if record.get("new_model"):  # (the last model's losses are no bar for this one's)
+                    self._recent_losses.clear()
+                    self._loss_bar = None
                 for key in ("loss", "grad_norm"):
                     value = record.get(key)
                     if isinstance(value, float) and value - value != 0.0:  # NaN or inf
