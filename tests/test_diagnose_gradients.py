@@ -212,7 +212,8 @@ def test_layers_a_few_orders_apart_are_healthy_and_all_zero_layers_count_as_vani
     diagnosis = GradientDiagnosis()
     underflowed = [0.0, 0.0, 1e-3, 1e-2]
     [alert] = feed(diagnosis, [StepInput(step=i, loss=1.0, layers=layers(underflowed)) for i in range(60)])
-    assert alert["layers"] == ["l0", "l1"]
+    assert alert["layers"] == ["l0", "l1"] and alert["step"] == 39
+    assert "'l0', 'l1': every gradient entry exactly 0 for 20 measured steps in a row" in alert["message"]
 
 
 def test_nonfinite_names_the_module_that_turned_and_the_parameters():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from conftest import new_probe, records_of, train
-from optwatch.diagnose.gradients import GradientDiagnosis
+from optwatch.diagnose.gradients import GradientDiagnosis, LayerStats
 from optwatch.probe.probe import Probe
 
 CUDA = torch.cuda.is_available()
@@ -821,3 +821,100 @@ def test_a_complex_valued_layer_keeps_every_layers_statistics_on(probe):
         assert sorted(record["grad_norm"]) == pytest.approx(sorted(want), rel=1e-5)
     steps = recorded(probe, "step")
     assert steps[-1]["grad_norm"] == pytest.approx(math.sqrt(sum(n * n for n in expected[-1])), rel=1e-5)
+
+
+class TaskHeads(nn.Module):
+    """A trunk and three task heads; ``task`` picks the head a step trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(4, 8)
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(3))
+
+    def forward(self, x, task):
+        return self.heads[task](torch.relu(self.trunk(x)))
+
+
+def test_heads_trained_in_turn_show_the_zero_fraction_of_their_own_gradient(probe):
+    """Each head has a gradient one step in three and zeros between (``zero_grad(set_to_none=False)``). The
+    zeros were counted a chunk at a time, often at a step the head sat out: shown beside its next step's norm,
+    100% zeros, an RMS gradient of 0 and a "vanishing" alert on a healthy run (as with two heads on
+    alternate steps); nor are the steps a head sits out, all zero, vanishing ones."""
+    torch.manual_seed(0)
+    model = TaskHeads()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)  # (as after the first step of each head)
+    truth = []  # per step: name -> (gradient norm, share of exact zeros), by hand
+    for step in range(60):
+        optimizer.zero_grad(set_to_none=False)
+        nn.functional.mse_loss(model(x, step % 3), y).backward()
+        truth.append(
+            {n: (p.grad.norm().item(), (p.grad == 0).float().mean().item()) for n, p in model.named_parameters()}
+        )
+        optimizer.step()
+    records = records_of(probe)
+    layers = [r for r in records if r["kind"] == "layers"]
+    assert [r["step"] for r in layers] == list(range(60))
+    counted: dict[str, list[int]] = {}  # name -> the steps its zeros were counted at (a chunk's turn)
+    checked = 0
+    for record in layers:
+        step = record["step"]
+        for index, name in enumerate(record["names"]):
+            if record["updated_at"][index] == step:
+                counted.setdefault(name, []).append(step)
+            norm, zeros = truth[step][name]
+            shown = record["zero_frac"][index]
+            if norm == 0:
+                assert shown == 1.0, (step, name)  # all zero, at this very step
+                continue
+            # The share counted at the newest step that had a gradient (a step the head sat out says nothing).
+            had = [at for at in counted.get(name, []) if truth[at][name][0] > 0]
+            if had:
+                assert shown == pytest.approx(truth[had[-1]][name][1], abs=1e-9), (step, name)
+                checked += 1
+            else:
+                assert shown is None, (step, name)
+        for module in LayerStats.from_record(record).modules():
+            norm = math.sqrt(sum(truth[step][p][0] ** 2 for p in module.params))
+            assert (module.grad_rms > 0) == (norm > 0), (step, module.name)
+    assert checked > 100
+    assert [a for a in records if a["kind"] == "alert"] == []
+
+
+def test_a_complex_layers_zero_fraction_and_rms_gradient_count_complex_entries(probe):
+    """A complex entry is zero when both its parts are: counted on the real view, a zero fraction of -0.25
+    and an RMS gradient √2 too small."""
+    torch.manual_seed(0)
+
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Parameter(torch.randn(8, 4, dtype=torch.complex64) * 0.3)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head((x @ self.mix).abs())
+
+    model = Spectral()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 8, dtype=torch.complex64), torch.randn(16, 1)
+    x[:, :3] = 0  # the mix's first 3 rows get no gradient: 12 zero entries of 32
+    truth = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        grad = model.mix.grad
+        nonzero = (grad != 0).sum().item()
+        truth.append(((grad == 0).float().mean().item(), grad.abs().norm().item() / math.sqrt(nonzero)))
+        optimizer.step()
+    assert truth[0][0] == 12 / 32
+    for record in recorded(probe, "layers"):
+        index = record["names"].index("mix")
+        assert record["numel"][index] == 32
+        if record["updated_at"][index] == record["step"]:
+            zeros, rms = truth[record["step"]]
+            assert record["zero_frac"][index] == pytest.approx(zeros, abs=1e-9)
+            [module] = [m for m in LayerStats.from_record(record).modules() if m.params == ("mix",)]
+            assert module.grad_rms == pytest.approx(rms, rel=1e-5)

@@ -161,10 +161,10 @@ class ModuleStats:
     @property
     def grad_rms(self) -> float:
         """Root mean square of the non-zero gradient entries: comparable across layers of any size."""
+        if not _finite(self.grad_norm) or self.grad_norm == 0:
+            return self.grad_norm
         nonzero = self.numel * (1.0 - self.zero_frac)
-        if not _finite(self.grad_norm) or nonzero < 0.5:
-            return self.grad_norm if not _finite(self.grad_norm) else 0.0
-        return self.grad_norm / math.sqrt(nonzero)
+        return self.grad_norm / math.sqrt(max(nonzero, 1.0))  # (a norm that is not 0 has a non-zero entry)
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,9 @@ class LayerStats:
         for module, indices in grouped.items():
             numel = sum(self.numel[i] for i in indices)
             updates = [self.update_norm[i] for i in indices]
-            zeros = sum(self.zero_frac[i] * self.numel[i] for i in indices)
+            # A count of all zeros beside a non-zero norm is not of this gradient (an older record file's: the
+            # hub keeps them apart, ``LayerColumns``): unknown, and the RMS is over all the entries.
+            zeros = sum(self.zero_frac[i] * self.numel[i] for i in indices if self._counted(i))
             result.append(
                 ModuleStats(
                     name=module,
@@ -235,6 +237,10 @@ class LayerStats:
                 )
             )
         return result
+
+    def _counted(self, index: int) -> bool:
+        """The parameter's zero fraction can be of its gradient at this step."""
+        return self.zero_frac[index] < 1.0 or not self.grad_norm[index] > 0
 
 
 def _root_sum_squares(values: Any) -> float:
@@ -761,6 +767,8 @@ class VanishingRule:
         self.episode = Episode(t.recover_steps)
         self.layers: list[str] = []
         self._history: dict[str, collections.deque[float]] = {}
+        self._all_zero: dict[str, int] = {}
+        """Per layer, its measured steps in a row whose gradient was all zero."""
         self._measured = 0
 
     def observe(self, s: StepInput) -> dict | None:
@@ -769,7 +777,13 @@ class VanishingRule:
         t = self.t
         modules = s.layers.modules()
         for m in modules:
-            if _finite(m.grad_rms):  # all zero counts: gradients that underflowed vanished completely
+            if not _finite(m.grad_rms):
+                continue
+            # A gradient all zero at a step is a step the layer sat out (a task head trained on alternate
+            # steps, an idle expert, under ``zero_grad(set_to_none=False)``), as one without a gradient is,
+            # until it has been all zero for a whole window: then it vanished (underflowed) completely.
+            zero_steps = self._all_zero[m.name] = self._all_zero.get(m.name, 0) + 1 if m.grad_norm == 0 else 0
+            if zero_steps == 0 or zero_steps >= t.window:
                 self._history.setdefault(m.name, collections.deque(maxlen=t.window)).append(m.grad_rms)
         self._measured += 1
         if self._measured < 2 * t.window:
@@ -802,6 +816,12 @@ class VanishingRule:
             f"{span}, under {t.vanishing_ratio:g}× a later layer's or {t.vanishing_floor:g} "
             f"(largest: '{top}' {medians[top]:.2g}; medians over {t.window} steps)"
         )
+        silent = [name for name in vanishing if medians[name] == 0]
+        if silent:
+            message += (
+                f"; {_names(silent)}: every gradient entry exactly 0 for {t.window} measured steps in a row "
+                "(underflowed, or no loss reaches them: an expert no token is routed to, a branch never run)"
+            )
         return _alert(VANISHING, s.step, "warning", message, vanishing, largest=top)
 
 

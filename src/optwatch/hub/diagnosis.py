@@ -27,11 +27,18 @@ class LayerColumns:
     """A rank's ``layers`` records completed from what it measured: every step the gradient norm of each
     parameter, and, for a rotating chunk of them, the weight norm, the update's norm and the count of
     non-zero gradient entries. Each parameter shows the newest value measured for it (``updated_at`` says
-    at which step), so every column of a published record is complete (see docs/gradients.md)."""
+    at which step), so every column of a published record is complete (see docs/gradients.md).
+
+    The zero fraction shown always agrees with the step's own gradient norm: a norm of 0 is a gradient all
+    zero at this very step (1.0); otherwise it is the share counted at the newest step whose gradient was not
+    all zero. A count taken at a step the parameter sat out (a task head trained on alternate steps, an idle
+    expert, under ``zero_grad(set_to_none=False)``) says nothing of its gradient when it has one: shown
+    beside the next step's norm it read 100% zeros, and its RMS gradient 0, a false "vanishing"."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[float | None, float | None, float | None, int]] = {}
-        """name -> (weight norm, update norm, zero fraction, step they were measured at)."""
+        """name -> (weight norm, update norm, zero fraction, step they were measured at); the zero fraction
+        is the newest counted at a step whose gradient was not all zero (None before one)."""
 
     def finish(self, record: dict[str, Any]) -> None:
         names, numel = record["names"], record["numel"]
@@ -40,15 +47,26 @@ class LayerColumns:
         weights = record.pop("_weight", None) or []
         updates = record.pop("_update", None) or [None] * len(chunk)
         nonzero = record.pop("_nonzero", None) or [None] * len(chunk)
+        counted: dict[int, float] = {}
+        """index -> the zero fraction counted at this step."""
         for index, weight, update, nz in zip(chunk, weights, updates, nonzero):
             if 0 <= index < len(names):
                 count = numel[index]
                 zero = 1.0 - nz / count if isinstance(nz, float) and count else None
+                if zero is not None:
+                    counted[index] = zero
+                    if zero >= 1.0:  # all zero: what it keeps is the share of a step that had a gradient
+                        zero = self._known.get(names[index], (None, None, None, None))[2]
                 self._known[names[index]] = (weight, update, zero, step)
         columns = [self._known.get(name, (None, None, None, None)) for name in names]
+        grads = record.get("grad_norm")
+        if grads is None or len(grads) != len(names):
+            grads = [None] * len(names)
         record["weight_norm"] = [c[0] for c in columns]
         record["update_norm"] = [c[1] for c in columns]
-        record["zero_frac"] = [c[2] for c in columns]
+        record["zero_frac"] = [
+            counted[i] if i in counted else 1.0 if grads[i] == 0 else c[2] for i, c in enumerate(columns)
+        ]
         record["updated_at"] = [c[3] for c in columns]
         record["update_ratio"] = [
             u / w if isinstance(u, float) and isinstance(w, float) and w > 0 else None for w, u, _, _ in columns

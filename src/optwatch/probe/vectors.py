@@ -56,21 +56,30 @@ def norms_of(
     by_device: dict[torch.device, list[int]] | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
-    """Norms of ``tensors`` (ord 0 counts non-zero entries), as 0-d tensors on ``device``, in ``dtype`` (by
-    default ``norm_dtype``'s). ``by_device``: the tensors' indices per device when they are on several (model
-    parallel), else None."""
+    """Norms of ``tensors`` (ord 0 counts non-zero entries, a complex one as one entry), as 0-d tensors on
+    ``device``, in ``dtype`` (by default ``norm_dtype``'s). ``by_device``: the tensors' indices per device when
+    they are on several (model parallel), else None."""
     dtype = dtype or norm_dtype(tensors)
-    if any(t.is_complex() for t in tensors):
+    given = tensors
+    complex_entries = [i for i, t in enumerate(tensors) if t.is_complex()]
+    if complex_entries:
         # (A complex tensor's 2-norm is its real view's; a real dtype for it made the norm raise, and the
         # per-layer statistics of every layer were switched off for the run.)
         tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
     if by_device is None:
-        return list(torch._foreach_norm(list(tensors), order, dtype=dtype))
-    result: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
-    for indices in by_device.values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], order, dtype=dtype)
-        for index, norm in zip(indices, norms):
-            result[index] = norm.to(device, non_blocking=True)
+        result = list(torch._foreach_norm(list(tensors), order, dtype=dtype))
+    else:
+        result = [None] * len(tensors)  # type: ignore[list-item]
+        for indices in by_device.values():
+            norms = torch._foreach_norm([tensors[i] for i in indices], order, dtype=dtype)
+            for index, norm in zip(indices, norms):
+                result[index] = norm.to(device, non_blocking=True)
+    if order == 0:
+        # A complex entry is zero when both its parts are: counted on the real view, its parts made a count of
+        # up to twice its entries (a zero fraction of -1.0, an RMS gradient √2 too small).
+        for index in complex_entries:
+            entries = torch.count_nonzero(given[index])
+            result[index] = entries.to(device=device, dtype=dtype, non_blocking=True)
     return result
 
 
