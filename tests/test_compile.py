@@ -293,3 +293,25 @@ def test_a_whole_train_step_compiled_runs_as_it_does_without_optwatch():
         return {re.sub(r"^\w\d+ [\d:.]+ \d+ (\S+\]) (\[\d+/\d+\] )?", r"\1 ", line) for line in lines}
 
     assert said(watched.stderr) <= said(bare.stderr), said(watched.stderr) - said(bare.stderr)
+
+
+def test_a_model_compiled_in_place_is_said_to_be_why_no_module_is_named():
+    """``model.compile()`` runs every module call inside the graph, the model's own output too: no forward
+    check can run. The NaN's alert said "no forward check ran at this step: optwatch's --budget spaces them
+    out; every step is checked from now on: the first checked step names the module", which never came."""
+    torch._dynamo.reset()
+    probe = start(forward_check="always", budget=0.0)
+    model = mlp()
+    model.compile(backend="eager")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = data()
+    poisoned = x.clone()
+    poisoned[0, 0] = float("nan")
+    for step in range(6):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(poisoned if step >= 3 else x), y).backward()
+        optimizer.step()
+    alerts = [a for a in recorded(probe, "alert") if a["type"] == "nonfinite"]
+    assert alerts and alerts[0]["step"] == 3, alerts
+    said = " ".join(a["message"] for a in alerts)
+    assert "compiled in place" in said and "no forward check ran" not in said, said

@@ -292,6 +292,19 @@ def test_a_nonfinite_loss_without_a_forward_check_says_why_there_was_none(skippe
     assert alert["type"] == "nonfinite" and f"no forward check ran at this step: {why}" in alert["message"]
 
 
+def test_an_episode_in_a_model_compiled_in_place_says_once_that_no_module_can_be_named():
+    """--forward-check auto arms at the first NaN and promises that the first checked step names the module;
+    in a model compiled in place (``model.compile()``) no check can run: its checked steps say so, once."""
+    diagnosis = GradientDiagnosis()
+    feed(diagnosis, [StepInput(step=i, loss=1.0, grad_norm=1.0) for i in range(30)])
+    nan = math.nan
+    steps = [StepInput(step=i, loss=nan, grad_norm=nan, forward_skipped="unarmed") for i in range(30, 35)]
+    steps += [StepInput(step=i, loss=nan, grad_norm=nan, forward_skipped="compiled") for i in range(35, 40)]
+    alerts = feed(diagnosis, steps)
+    assert [(a["type"], a["step"]) for a in alerts] == [("nonfinite", 30), ("nonfinite", 35)]
+    assert alerts[1]["message"].startswith("at step 35, the first checked since step 30: no module can be named")
+
+
 def test_an_episode_no_check_saw_begin_names_the_module_at_its_first_checked_step():
     """A NaN loss at step 30 arms the forward check (auto); the run stays NaN and its first checked step, 35,
     finds the module where it shows: it was never named (every later step was the same episode), and the

@@ -422,7 +422,8 @@ class StepInput:
     """(module, sum of its output) for each checked forward output of the step, in call order."""
     forward_skipped: str | None = None
     """Why no forward check ran at this step though it is not off: ``"unarmed"``, ``--forward-check auto``
-    before the first non-finite value; ``"spaced"``, a step between two detail steps (``--budget``)."""
+    before the first non-finite value; ``"spaced"``, a step between two detail steps (``--budget``);
+    ``"compiled"``, a model compiled in place (``model.compile()``), inside whose graph nothing is checked."""
 
 
 def _times(level: float) -> str:
@@ -475,6 +476,13 @@ class AmpOverflowRule:
         )
 
 
+COMPILED_IN_PLACE = (
+    "no module can be named: the model is compiled in place (model.compile()), and nothing inside a "
+    "torch.compile graph is checked (`torch.compile(model)` returns a wrapper whose output is; the non-finite "
+    "gradients say which parameters it reached)"
+)
+
+
 class NonFiniteRule:
     """The loss or a gradient is NaN/Inf, or a module's output turned non-finite."""
 
@@ -504,8 +512,13 @@ class NonFiniteRule:
                 self.layers = []
             elif culprit is not None and self._unseen_start:
                 return self._named_later(s, culprit)
+            elif s.forward_skipped == "compiled" and self._unseen_start:
+                self._unseen_start = False  # (what the episode's first alert promised cannot come: said once)
+                message = f"at step {s.step}, the first checked since step {self._began}: {COMPILED_IN_PLACE}"
+                return _alert(NONFINITE, s.step, "error", message, self.layers, module=None, params=[], loss=s.loss)
             return None
-        self._unseen_start, self._began = culprit is None and s.forward_skipped is not None, s.step
+        unseen = culprit is None and s.forward_skipped in ("unarmed", "spaced")  # (a check comes later)
+        self._unseen_start, self._began = unseen, s.step
         parts = []
         if loss_bad:
             parts.append(f"loss is {s.loss}")
@@ -523,7 +536,9 @@ class NonFiniteRule:
             parts.append("GradScaler skipped the step")
         if not loss_bad and culprit is not None and not grads_bad:
             parts.append("the loss is still finite")
-        if culprit is None and s.forward_skipped and (loss_bad or grads_bad):
+        if culprit is None and s.forward_skipped == "compiled" and (loss_bad or grads_bad):
+            parts.append(COMPILED_IN_PLACE)
+        elif culprit is None and s.forward_skipped and (loss_bad or grads_bad):
             why = (
                 "it starts at the first non-finite value, this one (--forward-check auto; `always` names the "
                 "first one too, at a cost)"

@@ -194,11 +194,12 @@ class RankDiagnosis:
     def _forward_skipped(self, record: dict[str, Any], modules: Any) -> str | None:
         """Why the step has no forward check though it is not off (``StepInput.forward_skipped``)."""
         unarmed = self._forward_check == "auto" and not self._nonfinite_seen
+        compiled = record.pop("_forward_compiled", False)
         if any(isinstance(record.get(key), float) and not math.isfinite(record[key]) for key in ("loss", "grad_norm")):
             self._nonfinite_seen = True  # (the probe arms its check on the same values)
         if self._forward_check == "off" or modules:
             return None
-        return "unarmed" if unarmed else "spaced"
+        return "compiled" if compiled else "unarmed" if unarmed else "spaced"
 
     def _step(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         modules, index = record.pop("_forward_modules", ()), record.pop("_forward_index", ())

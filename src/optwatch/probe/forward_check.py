@@ -150,6 +150,8 @@ class ForwardCheckPlugin(ProbePlugin):
         self._in_training_forward = False  # (also where the forward raised and never returned)
         if self._checks or self._to_check or self._checked:
             self._attach_checks(context, record)
+        elif self._hook is not None and _compiled_in_place(self._model):
+            record["_forward_compiled"] = True  # (checked, but its hooks ran inside its graph: nothing was)
         if not self.armed and context.nonfinite_seen:
             self.armed = True  # from now on, a non-finite value is named at its very step
         check_next = self.armed and (context.next_detailed or self.always)
@@ -281,6 +283,12 @@ class ForwardCheckPlugin(ProbePlugin):
             if model is not None:
                 self._module_names = {id(m): _shown_name(name, m) for name, m in model.named_modules()}
         return self._module_names
+
+
+def _compiled_in_place(model: nn.Module | None) -> bool:
+    """``model.compile()``: every module call of it runs inside the graph, the model's own output too (where
+    ``torch.compile(model)``'s wrapper returns its output to eager code, checked as a whole)."""
+    return model is not None and getattr(model, "_compiled_call_impl", None) is not None
 
 
 def _shown_name(name: str, module: nn.Module) -> str:
