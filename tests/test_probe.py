@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
 
@@ -951,3 +952,69 @@ def test_watch_with_a_model_built_anew_starts_the_alerts_baselines_over():
     assert first_loss > 20 * statistics.median(s["loss"] for s in steps[100:150])  # (a jump, against the last model)
     assert [s["step"] for s in steps if s.get("new_model")] == [150]
     assert [a for a in records if a["kind"] == "alert" and a["step"] >= 150] == []
+
+
+def test_a_notebook_kernels_idle_time_between_cells_is_no_step_work_in_the_verdict():
+    """A notebook: a cell trains, the kernel idles, the next cell trains on. The step begun in the first cell
+    and ended in the next holds the idle time: IPython's ``pre_run_cell`` (here the probe's handler called as
+    the event calls it: IPython is not in this environment) marks it ``between_cells``, and the final verdict
+    leaves it out as a pause (it read as 'host-bound: 94% in 1 step that took 6113x the median (34.7 s): work
+    between training steps')."""
+    probe = start(budget=0.01, grad_full_cadence_steps=20)
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    train(model, optimizer, x, y, steps=60)
+    time.sleep(1.5)  # the kernel idles between the cells
+    probe._cell_started()
+    train(model, optimizer, x, y, steps=60)
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [s["step"] for s in steps if s.get("between_cells")] == [60]
+    assert steps[60]["step_time_s"] > 1.5
+    [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
+    # (Not 'the steps wait (a read inside the loop, a sleep, a lock)': the idle kernel's samples are no step's.)
+    assert not re.search("wait|between training steps", verdict["message"]), verdict["message"]
+    assert verdict["evidence"]["window_s"] < 1.5  # the idle time is no part of the window's
+
+
+def test_optwatchs_autocast_ends_with_the_notebook_cell_and_comes_back_at_the_next_step():
+    """``amp=on`` in a notebook: when the cell ends (IPython's ``post_run_cell``, here the probe's handler called
+    as the event calls it), optwatch's autocast is left, on the thread that entered it alone, so a later cell's
+    evaluation runs in float32 (it ran in bf16); the next training step enters it again."""
+    import threading
+
+    probe = start()
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    train(model, optimizer, x, y, steps=2)
+    probe.commands.append({"id": "a", "command": "amp=on", "source": "ctl"})
+    train(model, optimizer, x, y, steps=3)
+    assert torch.is_autocast_enabled("cpu")
+    other = threading.Thread(target=probe._cell_ended)  # not the thread that entered it: no effect
+    other.start()
+    other.join()
+    assert torch.is_autocast_enabled("cpu")
+    probe._cell_ended()
+    try:
+        assert not torch.is_autocast_enabled("cpu")
+        with torch.no_grad():
+            assert model(x).dtype == torch.float32  # the next cell's evaluation
+        train(model, optimizer, x, y, steps=3)
+        assert torch.is_autocast_enabled("cpu")
+        with torch.no_grad():
+            assert model(x).dtype == torch.bfloat16
+    finally:
+        steps = recorded(probe)
+    assert not torch.is_autocast_enabled("cpu")  # (closing leaves it too)
+    assert [s["amp"] for s in steps[-3:]] == [True] * 3
+
+
+def test_the_probe_reads_as_its_run_and_how_to_watch_it():
+    """A notebook cell ending with ``optwatch.watch(...)`` shows the probe's repr: the run and the command."""
+    probe = new_probe("repr-test")
+    try:
+        assert repr(probe) == "<optwatch run repr-test: `optwatch attach repr-test` to watch it>"
+    finally:
+        probe.test_hub.close()

@@ -734,6 +734,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "samples": _Optional(_INT),
         "eval_batches": _Optional(_INT),
         "new_model": _Optional(_FLAG),
+        "between_cells": _Optional(_FLAG),
         "losses": _Optional(_Map(_FIGURE)),
         **_figures(
             "loss grad_norm lr step_time_s data_wait_s to_backward_s forward_s backward_s optimizer_s other_s "

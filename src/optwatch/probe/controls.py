@@ -12,6 +12,7 @@ import collections
 import itertools
 import logging
 import math
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -62,6 +63,8 @@ class Amp:
         self.device_type = "cpu"
         self.dtype: torch.dtype | None = None
         self._context: torch.autocast | None = None
+        self._thread: int | None = None
+        """The thread that entered ``_context``."""
         self.scale: torch.Tensor | None = None
         self._growth_tracker: torch.Tensor | None = None
 
@@ -89,6 +92,13 @@ class Amp:
         if self.enabled and self._context is None:
             self._context = torch.autocast(self.device_type, dtype=self.dtype)
             self._context.__enter__()
+            self._thread = threading.get_ident()
+
+    def leave_on_this_thread(self) -> None:
+        """Leave it if this thread entered it (autocast is a thread's state): a notebook's cell ended, and the
+        next cell may be no training (an evaluation ran in bf16). The next step's boundary enters it again."""
+        if self._context is not None and self._thread == threading.get_ident():
+            self.leave()
 
     def leave(self) -> None:
         if self._context is not None:
@@ -211,6 +221,10 @@ class ControlPlugin(ProbePlugin):
             reason = f"never applied: it was due at step {due.step}, and {reached}"
             context.emit(self._event(due.text, "rejected", reason, None, due.id, due.source))
         self._schedule.clear()
+
+    def cell_ended(self) -> None:
+        """A notebook's cell ended (``probe.notebook``): optwatch's autocast does not reach into the next cell."""
+        self.amp.leave_on_this_thread()
 
     # --- the training thread ----------------------------------------------------------------------
     def _add(self, step: int, text: str, command_id: str, source: str) -> None:

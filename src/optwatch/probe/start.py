@@ -25,6 +25,7 @@ from optwatch.options import (
     ENV_TOKEN,
     ProbeOptions,
 )
+from optwatch.probe import notebook
 from optwatch.probe.channel import Channel
 from optwatch.probe.controls import ControlPlugin
 from optwatch.probe.forward_check import ForwardCheckPlugin
@@ -110,10 +111,16 @@ def make_probe(rank: int | None = None, world_size: int | None = None) -> Probe:
         if token is None and (run_dir / "token").exists():
             token = (run_dir / "token").read_text().strip()
     else:
+        named = notebook.notebook_name() if launch is None else None
+        if named is not None:  # (a notebook's kernel runs ipykernel_launcher: the run is named after the notebook)
+            options.script, options.argv = named, []
         run_id = launch_run_id(options.script, launch) or runtime.new_run_id(options.script)
         run_dir = runtime.make_run_dir(run_id)
         if launch is None:
             _say_a_requested_stop_in_one_line()
+            shell = notebook.running_shell()
+            if shell is not None:
+                notebook.say_a_requested_stop_in_one_line(shell)  # (IPython never calls sys.excepthook)
         if options.listen and token is None:
             token = runtime.new_token()
     starter = _hub_starter(run_dir, run_id, options, world_size, token) if rank == 0 and remote is None else None
