@@ -132,7 +132,8 @@ def test_the_token_comes_from_a_file_or_the_environment_and_on_the_command_line_
         from_file = optwatch(*watch, "--token-file", str(token_file))
         assert from_file.returncode == 0, from_file.stderr
         assert "warning" not in from_file.stderr and "optwatch: final" not in from_file.stderr  # the run goes on
-        assert from_file.stderr.splitlines()[-1].endswith(f"; the run goes on (optwatch attach {listed['run_id']} "
+        # (The address attached to, which attaches again from the viewer's machine: the run's id would not.)
+        assert from_file.stderr.splitlines()[-1].endswith(f"; the run goes on (optwatch attach {endpoint} "
                                                           "to watch it again)")  # fmt: skip
         on_the_line = optwatch(*watch, "--token", token)
         assert on_the_line.returncode == 0 and on_the_line.stderr.splitlines()[0] == TOKEN_WARNING

@@ -837,6 +837,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return 1
     feed, job = connection
     session = attached_session(feed, job, _open_writer(args.record))
+    session.attached_over_tcp = args.target if is_tcp_target(args.target) else None
     try:
         if args.headless:
             from optwatch.headless import run_headless

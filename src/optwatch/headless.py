@@ -294,13 +294,15 @@ def _silence(stream: TextIO) -> None:
         pass
 
 
-def _left_line(store: Store) -> str:
-    """``optwatch: stopped watching at step 866; the run goes on (optwatch attach RUN to watch it again)``."""
+def _left_line(store: Store, attached_to: str | None = None) -> str:
+    """``optwatch: stopped watching at step 866; the run goes on (optwatch attach RUN to watch it again)``;
+    over TCP, the address attached to (the run's id is known only on the job's own machine)."""
     summary = store.summary()
     at = f" at step {summary.step}" if summary is not None else ""
     with store.lock:
         run_id = store.primary.hello.get("run_id") if store.primary is not None else None
-    again = f" (optwatch attach {run_id} to watch it again)" if run_id else ""
+    target = attached_to or run_id
+    again = f" (optwatch attach {target} to watch it again)" if target else ""
     silent = store.hub_silence()
     if silent is not None:  # (a training killed without a word, or only its hub: this viewer cannot tell)
         return f"optwatch: stopped watching{at}; the job's hub has not answered for {silent:.0f} s{again}"
@@ -380,7 +382,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     if line and not (left and line == last_summary):  # (leaving: the last summary again only if it changed)
         print(line if left else line.replace("optwatch:", "optwatch: final", 1), file=own, flush=True)
     if left:
-        print(_left_line(session.store), file=own, flush=True)
+        print(_left_line(session.store, session.attached_over_tcp), file=own, flush=True)
     ending = session.ending_line()
     code = session.exit_code()
     # A script that failed: its error is what to change first, so the final verdict comes without its tips,

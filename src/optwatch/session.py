@@ -61,6 +61,8 @@ class ViewerSession:
         tune_gc_for_a_viewer()
         self.output_captured = output_captured
         """Whether the job's hub has the script's output to send (only `optwatch run` captures it); None: unknown."""
+        self.attached_over_tcp: str | None = None
+        """The ``host:port`` attached to over TCP, which attaches again from this machine (a run id does not)."""
         self.feed = feed
         self.store = store or Store()
         self.writer = writer
