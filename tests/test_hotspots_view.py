@@ -37,8 +37,12 @@ async def test_p_profiles_the_live_run_and_the_table_shows_it(training, tmp_path
         names = [row[0] for row in view.rows]
         assert "aten::addmm" in names
         modules = {row[0]: row[4] for row in view.rows}  # Op, Self CPU, %, Flags, Module... (no GPU column on CPU)
-        assert modules["aten::addmm"] in ("0 +1", "2 +1")  # the other linear layer ran it too
+        # The other linear layer ran it too; a Sequential's layers are named with their class.
+        assert modules["aten::addmm"] in ("0 (Linear) +1", "2 (Linear) +1")
         assert view.digest_text == done["digest"] and view.digest_text
+        # The script sleeps 50 ms a step, in no op: the digest says so first.
+        assert view.digest_text.startswith(f"{done['outside_ops_pct']:.0f}% of the window is in no torch op")
+        assert view.modules_text.startswith("by module: ") and "(Linear) " in view.modules_text
         assert view.trace_text == f"trace: {done['trace']}" and os.path.exists(done["trace"])
         assert done["trace"].startswith(str(tmp_path / "traces"))
         assert view.state_text.startswith(f"steps {done['steps'][0]}-{done['steps'][1]}")
@@ -84,7 +88,10 @@ def recorded_window() -> dict:
         "partial": False,
         "sort_by": "self_device_s",
         "ops": ops,
-        "modules": [{"name": "layer1.conv1", "pct": 61.0, "self_s": 0.61}],
+        "modules": [
+            {"name": "layer1.conv1", "pct": 61.0, "self_s": 0.61},
+            {"name": "DataLoader", "pct": 12.0, "self_s": 0.12},
+        ],
         "culprits": [{"flag": "sync", "s": 0.3, "calls": 5, "pct_of_wall": 30.0}],
         "digest": "convolution backward 41%, convolution 20%, data copy 12%",
         "self_cpu_total_s": 0.4,
@@ -110,6 +117,7 @@ async def test_a_recorded_window_reads_at_80x24_and_sorts_by_self_time():
         assert view.rows[0][1:4] == ["10.0 ms", "410.0 ms", "41.0"]  # Self CPU, Self GPU, %
         assert view.state_text.startswith("steps 10-14 · 200.0 ms/step · sorted by self GPU time")
         assert view.culprits_text == "sync 30% of the step (5 calls)"
+        assert view.modules_text == "by module: layer1.conv1 61% · DataLoader 12%"  # (the record computes them)
         assert view.trace_text == "trace: /home/me/optwatch-traces/run/rank0-steps10-14.pt.trace.json.gz"
         await pilot.press("t")  # self GPU -> calls
         await pilot.press("t")  # calls -> self CPU

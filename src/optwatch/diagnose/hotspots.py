@@ -7,7 +7,7 @@ on the same thread; its self device time is the duration of the kernels, copies 
 launched itself (linked by the trace's ``External id``). Times in the result are seconds.
 
 Where an op ran: while a window records, every module's forward runs inside a
-``record_function("module: <qualified name>")`` scope, and the innermost scope around an op names it
+``record_function("module: <label>")`` scope (``module_label``), and the innermost scope around an op names it
 (the DataLoader's and the optimizer's own scopes, optwatch's, and the script's own scopes count too).
 A backward op runs under the autograd node that the forward op with the same sequence number created,
 which gives its module.
@@ -16,6 +16,7 @@ which gives its module.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,11 @@ SHAPES_EACH = 3
 TOP_MODULES = 8
 DIGEST_OPS = 3
 DIGEST_MIN_PCT = 3.0
+DIGEST_MODULES = 2
+DIGEST_MIN_MODULE_PCT = 10.0
+# From this share of the window's wall time in no op on, that is what the digest says first: the ops'
+# shares are then shares of the few per cent left.
+OUTSIDE_OPS_LEAD_PCT = 50.0
 _NESTING_SLACK_US = 0.01  # trace times are rounded to the nanosecond
 
 # Names a person reads faster than the dispatcher's.
@@ -89,6 +95,17 @@ def friendly_name(op: str) -> str:
     return base.rstrip("_").replace("_", " ") or op
 
 
+def module_label(qualified_name: str, class_name: str) -> str:
+    """A module as its scope names it: its qualified name (``layer1.conv1``), with its class where the name
+    ends in a container's index (``0 (Linear)``, ``features.3 (Conv2d)``: a bare number says nothing of
+    what the layer is); the model itself (no name) by its class."""
+    if not qualified_name:
+        return class_name
+    if qualified_name.rsplit(".", 1)[-1].isdigit():
+        return f"{qualified_name} ({class_name})"
+    return qualified_name
+
+
 def scope_label(name: str) -> str | None:
     """What a ``record_function`` scope says about where an op ran; None for scopes that say nothing."""
     if name.startswith(MODULE_SCOPE):
@@ -104,14 +121,29 @@ def scope_label(name: str) -> str | None:
     return name  # the script's own record_function scopes, and optwatch's
 
 
-def digest(ops: list[dict[str, Any]]) -> str:
-    """One line, e.g. ``convolution backward 41%, data copy 12%``; rows with the same friendly name add up."""
+def digest(
+    ops: list[dict[str, Any]], modules: Sequence[dict[str, Any]] = (), outside_ops_pct: float | None = None
+) -> str:
+    """One line: the top ops (rows with the same friendly name add up), the top modules, and the window's
+    wall time in no op, first when it is most of the window. E.g. ``matmul 81%, tanh backward 4%;
+    modules: heavy 69%, fc3 12%; 7% of the window in no torch op``."""
     shares: dict[str, float] = defaultdict(float)
     for op in ops:
         shares[friendly_name(op["name"])] += op["pct"]
     top = sorted(shares.items(), key=lambda item: -item[1])
     parts = [f"{name} {pct:.0f}%" for name, pct in top[:DIGEST_OPS] if pct >= DIGEST_MIN_PCT]
-    return ", ".join(parts) if parts else f"no op above {DIGEST_MIN_PCT:.0f}%"
+    text = ", ".join(parts) if parts else f"no op above {DIGEST_MIN_PCT:.0f}%"
+    heavy = [f"{m['name']} {m['pct']:.0f}%" for m in modules[:DIGEST_MODULES] if m["pct"] >= DIGEST_MIN_MODULE_PCT]
+    if heavy:
+        text += f"; module{'s' if len(heavy) > 1 else ''}: " + ", ".join(heavy)
+    if outside_ops_pct is None:
+        return text
+    if outside_ops_pct >= OUTSIDE_OPS_LEAD_PCT:
+        return (
+            f"{outside_ops_pct:.0f}% of the window is in no torch op: Python or I/O between ops (a save, "
+            f"logging, data loading), see the step times. In ops ({100 - outside_ops_pct:.0f}%): {text}"
+        )
+    return f"{text}; {outside_ops_pct:.0f}% of the window in no torch op"
 
 
 @dataclass(eq=False)
@@ -128,6 +160,8 @@ class _Event:
     children_us: float = 0.0
     device_us: float = 0.0
     device_names: list[str] = field(default_factory=list)
+    children: list[_Event] = field(default_factory=list)
+    """Earliest first."""
 
     @property
     def elapsed_us(self) -> float:
@@ -140,6 +174,12 @@ class _Event:
     @property
     def is_scope(self) -> bool:
         return self.category == "user_annotation"
+
+    @property
+    def is_glue(self) -> bool:
+        """A module's scope or a profiler step: its own time is Python between ops (and optwatch's hooks),
+        not work of its own."""
+        return self.name.startswith(MODULE_SCOPE) or self.name.startswith("ProfilerStep#")
 
 
 def _host_events(trace_events: list[dict[str, Any]]) -> list[_Event]:
@@ -172,6 +212,7 @@ def _host_events(trace_events: list[dict[str, Any]]) -> list[_Event]:
         if stack:
             event.parent = stack[-1]
             stack[-1].children_us += event.elapsed_us
+            stack[-1].children.append(event)
         stack.append(event)
     return events
 
@@ -206,6 +247,31 @@ def _labels(events: list[_Event]) -> dict[int, str | None]:
             by_thread = creators.get(value, {}) if isinstance(value, int) else {}
             resolved[id(event)] = next(iter(by_thread.values())) if len(by_thread) == 1 else None
     return resolved
+
+
+def _in_ops_us(events: list[_Event], device_events: list[dict[str, Any]]) -> float:
+    """Wall time spent in some op: on any host thread in an op's own time (not a module scope's or a
+    profiler step's, which is Python between ops), or on the device. Overlaps count once, so threads that
+    ran at the same time add no more than the wall."""
+    spans: list[tuple[float, float]] = []
+    for event in events:
+        if event.is_glue:
+            continue
+        cursor = event.start
+        for child in event.children:  # its own time: the gaps between its children
+            if child.start > cursor:
+                spans.append((cursor, min(child.start, event.end)))
+            cursor = max(cursor, child.end)
+        if event.end > cursor:
+            spans.append((cursor, event.end))
+    spans += [(float(raw["ts"]), float(raw["ts"]) + float(raw.get("dur", 0.0))) for raw in device_events]
+    covered = 0.0
+    reached = float("-inf")
+    for start, end in sorted(spans):
+        if end > reached:
+            covered += end - max(start, reached)
+            reached = end
+    return covered
 
 
 def _inside(event: _Event, prefix: str) -> bool:
@@ -253,8 +319,8 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
     culprit_calls: dict[str, int] = defaultdict(int)
     for event in events:
         name = event.name
-        if name.startswith(MODULE_SCOPE) or name.startswith("ProfilerStep#"):
-            continue  # their self time is Python glue (and optwatch's hooks), not work
+        if event.is_glue:
+            continue
         row = rows[name]
         label = labels[id(event)]
         row.cpu_us += event.self_us
@@ -306,6 +372,9 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
         return row.device_us if by_device else row.cpu_us
 
     ranked = sorted(rows.items(), key=lambda item: (-metric(item[1]), -item[1].cpu_us, item[0]))
+    # The modules (the model's and any other nn.Module), as against the DataLoader's, the optimizer's and
+    # the script's own scopes: the digest names the heaviest.
+    module_labels = {e.name[len(MODULE_SCOPE) :] for e in events if e.is_scope and e.name.startswith(MODULE_SCOPE)}
     modules: dict[str, float] = defaultdict(float)
     for row in rows.values():
         for label, spent in (row.by_module_device if by_device else row.by_module_cpu).items():
@@ -344,17 +413,20 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
                 "flags": sorted(flags),
             }
         )
+    by_module = [
+        {
+            "name": label,
+            "pct": round(100.0 * spent / total, 2) if total > 0 else 0.0,
+            "self_s": round(spent / 1e6, 6),
+        }
+        for label, spent in sorted(modules.items(), key=lambda item: -item[1])[:TOP_MODULES]
+    ]
+    outside_us = max(0.0, wall_us - _in_ops_us(events, device_events)) if wall_us else None
+    outside_pct = round(100.0 * outside_us / wall_us, 2) if outside_us is not None and wall_us else None
     return {
         "sort_by": "self_device_s" if by_device else "self_cpu_s",
         "ops": ops,
-        "modules": [
-            {
-                "name": label,
-                "pct": round(100.0 * spent / total, 2) if total > 0 else 0.0,
-                "self_s": round(spent / 1e6, 6),
-            }
-            for label, spent in sorted(modules.items(), key=lambda item: -item[1])[:TOP_MODULES]
-        ],
+        "modules": by_module,
         "culprits": [
             {
                 "flag": flag,
@@ -364,7 +436,9 @@ def summarise(trace: dict[str, Any], *, wall_s: float | None, device_used: bool)
             }
             for flag, spent in sorted(culprit_us.items(), key=lambda item: -item[1])
         ],
-        "digest": digest(ops),
+        "outside_ops_s": round(outside_us / 1e6, 6) if outside_us is not None else None,
+        "outside_ops_pct": outside_pct,
+        "digest": digest(ops, [m for m in by_module if m["name"] in module_labels], outside_pct),
         "self_cpu_total_s": round(cpu_total / 1e6, 6),
         "device_total_s": round(device_total / 1e6, 6) if device_used else None,
         "events": len(events) + len(device_events),

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from optwatch import protocol
-from optwatch.diagnose.hotspots import MODULE_SCOPE
+from optwatch.diagnose.hotspots import MODULE_SCOPE, module_label
 from optwatch.options import DEFAULT_PROFILE_STEPS, MAX_PROFILE_STEPS, ProbeOptions
 from optwatch.probe.plugin import ProbeContext, ProbePlugin
 from optwatch.probe.traces import TraceStore, summarise_window, trace_root
@@ -69,9 +69,9 @@ def _compiling_check() -> Callable[[], bool]:
 class ModuleScopes:
     """A ``record_function`` scope around every module's forward, for one window only.
 
-    The model's modules are named by their qualified name (the model itself by its class), any other
-    module by its class. A fresh instance per window, so a scope left open by an exception in one
-    window never unbalances the next.
+    The model's modules are named by ``module_label`` (``layer1.conv1``, ``0 (Linear)``, the model itself
+    by its class), any other module by its class. A fresh instance per window, so a scope left open by an
+    exception in one window never unbalances the next.
     """
 
     def __init__(self, model: torch.nn.Module | None):
@@ -80,8 +80,9 @@ class ModuleScopes:
         # optimizer attribution).
         self._enabled = not hasattr(model, "_orig_mod")
         if model is not None and self._enabled:
-            root = type(model).__name__
-            self._names = {id(module): name or root for name, module in model.named_modules()}
+            self._names = {
+                id(module): module_label(name, type(module).__name__) for name, module in model.named_modules()
+            }
         self._local = threading.local()
         self._handles: list[Any] = []
         self._compiling = _compiling_check()

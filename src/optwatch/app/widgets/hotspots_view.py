@@ -56,6 +56,13 @@ def module_text(op: dict[str, Any]) -> str:
     return clip(op.get("module"), MODULE_WIDTH - len(suffix), keep_end=True) + (suffix if op.get("module") else "")
 
 
+def modules_text(modules: list[dict[str, Any]]) -> str:
+    """The ops' time by where it ran, as shares of the table's total: ``by module: heavy 69% · fc3 12%``
+    (those that read 0% left out: the line stays short enough to leave the table its rows)."""
+    shown = [f"{m.get('name')} {m['pct']:.0f}%" for m in modules if finite(m.get("pct")) and m["pct"] >= 0.5]
+    return "by module: " + " · ".join(shown) if shown else ""
+
+
 def shapes_text(shapes: list[Any]) -> str:
     """The heaviest input shapes of an op, e.g. ``[128,3,32,32] [32,3,3,3]`` (non-tensor inputs left out)."""
     if not shapes:
@@ -71,16 +78,17 @@ def steps_text(record: dict[str, Any]) -> str:
 
 
 class HotspotsView(Vertical):
-    """State line, digest, culprits, the ops table (sortable) and the trace path."""
+    """State line, digest, culprits, modules, the ops table (sortable) and the trace path."""
 
     BINDINGS = [Binding("t", "cycle_sort", "Sort")]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.state_text = ""
-        """The plain text on screen, for tests: state line, digest line, culprits, trace line."""
+        """The plain text on screen, for tests: state line, digest line, culprits, modules, trace line."""
         self.digest_text = ""
         self.culprits_text = ""
+        self.modules_text = ""
         self.trace_text = ""
         self.rows: list[list[str]] = []
         """The table's cells as shown, top row first."""
@@ -99,6 +107,7 @@ class HotspotsView(Vertical):
         yield Static(id="hotspots-state")
         yield Static(id="hotspots-digest")
         yield Static(id="hotspots-culprits")
+        yield Static(id="hotspots-modules")
         yield DataTable(id="hotspots-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="hotspots-trace")
 
@@ -198,8 +207,8 @@ class HotspotsView(Vertical):
         table.clear(columns=True)
         self.rows = []
         if record is None:
-            self.digest_text = self.culprits_text = self.trace_text = ""
-            for widget_id in ("#hotspots-digest", "#hotspots-culprits", "#hotspots-trace"):
+            self.digest_text = self.culprits_text = self.modules_text = self.trace_text = ""
+            for widget_id in ("#hotspots-digest", "#hotspots-culprits", "#hotspots-modules", "#hotspots-trace"):
                 self.query_one(widget_id, Static).update("")
             return
         self.digest_text = record.get("digest", "")
@@ -211,6 +220,8 @@ class HotspotsView(Vertical):
             culprits.append(f"{culprit.get('flag')} {amount} ({culprit.get('calls', 0)} calls)")
         self.culprits_text = " · ".join(culprits)
         self.query_one("#hotspots-culprits", Static).update(Text(self.culprits_text, style="dim"))
+        self.modules_text = modules_text(record.get("modules") or [])
+        self.query_one("#hotspots-modules", Static).update(Text(self.modules_text))
         trace = record.get("trace")
         self.trace_text = f"trace: {trace}" if trace else f"trace not written: {record.get('trace_error', '?')}"
         self.query_one("#hotspots-trace", Static).update(Text(self.trace_text, style="cyan" if trace else "red"))
