@@ -6,7 +6,9 @@
 1. ``input``    data wait >= 30% of step time: the loop waits for the DataLoader.
 2. ``memory``   allocator retries or OOMs in the window, peak allocation >= 97% of the device,
                 or host RAM >= 95% used.
-3. on a GPU, with NVML utilisation (else the share of the step covered by device phases):
+3. ``host``     evaluations, or on the CPU long steps at a regular spacing or one or two that hold most
+                of the long steps' time, take >= 30% of the window's time beyond a median step.
+4. on a GPU, with NVML utilisation (else the share of the step covered by device phases):
    ``compute``  utilisation >= 80%.
    ``sync``     utilisation < 60%, the host spends < half as long launching forward, backward and
                 optimizer as the device spends running them, and >= 25% of the step is outside
@@ -15,13 +17,17 @@
    on the CPU:
    ``compute``  forward + backward + optimizer >= 60% of step time.
    ``host``     >= 40% of step time outside data, forward, backward and optimizer.
-4. ``balanced`` none of the above: no single cause dominates.
+5. ``balanced`` none of the above: no single cause dominates.
+
+On the CPU the phase shares leave out the few detail steps of 3x the median step's work or more (``_usual``),
+and a step of tiny ops (``TINY_STEP_S``) is told of their fixed cost per call before anything else.
 
 Suggestions are standard PyTorch practice and name the optwatch control that tests them, if any.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +78,12 @@ MIN_LONG_EVERY = 4
 LONG_STEP_QUANTILES = (0.75, 0.9, 1.0)
 """Where the long steps are not regular, the cuts tried next: half these quantiles of their times (the last,
 half the longest: a few checkpoints among many steps a busy machine slowed)."""
+TINY_STEP_S = 0.0005
+"""Below this much work, a CPU step is mostly the fixed cost of its calls (Python, the dispatcher, autograd's
+bookkeeping: a few µs each), not their math: a Linear(4, 1)'s step (its loss, backward, an SGD step: about 20
+calls) took 0.11 ms on one core at any batch from 2 to 2048, a 3-layer MLP's 0.24 ms at a batch of 32 and
+0.71 ms at 256 (8x the samples in 3x the time). A larger batch does more in the same calls; a GPU adds a
+kernel launch to each, and more threads or bf16 add work around each."""
 SLOWED_UPDATE_SHARE = 0.25
 """Long steps whose time beyond the median step is this much in their backward and optimizer step were
 slowed down, not given more work: a busy machine's slices, which can come at a regular spacing too."""
@@ -120,17 +132,20 @@ class Window:
     long_every: int | None = None
     """How many steps apart they come (the median gap)."""
     long_step_s: float | None = None
-    """Their median time less data wait, beside ``typical_step_s``, the median step's."""
+    """Their median work (time less data wait and optwatch's own), beside ``typical_step_s``, the median step's."""
     typical_step_s: float | None = None
+    """The median step's work, host-paced (CPU) steps only."""
     between_share: float | None = None
     """Their time beyond a median step, over all the steps' time: work done between training steps (a rollout,
     an evaluation without a DataLoader, a checkpoint) wherever it falls in the phases. Host-paced steps only."""
     few_long: tuple[int, int, float, float] | None = None
-    """One or two long steps, too few to tell a spacing (a short run's rollouts): (how many, of how many steps,
-    their median work, their time beyond a median step over all the steps')."""
+    """One or two long steps that hold most of the long steps' time beyond a median step, too few to tell a
+    spacing (a short run's rollouts, a checkpoint every 400 steps): (how many, of how many steps, their median
+    work, their time beyond a median step over all the steps')."""
     timed_steps: int = 0
     """The steps whose phases were timed (the detail steps: one in tens past the first 100 steps), which the
-    phase shares rest on."""
+    phase shares rest on; on the CPU, less the few whose work was ``LONG_STEP_FACTOR`` x the median step's or
+    more (``_usual``)."""
     evaluations: int = 0
     """Steps in whose time an evaluation ran (DataLoader batches outside the training's: ``eval_batches``)."""
     evaluation_step_s: float | None = None
@@ -211,6 +226,11 @@ def summarise(
     # The model's phases over the detail steps (on a GPU the others are not timed on the device: see the
     # probe's --budget); the step time, data wait and optwatch's share over every step.
     phased = [s for s in timed if s.get("detailed", True)] or timed
+    host_paced = device.split(":")[0] == "cpu"
+    work = [_step_work(s) for s in timed]
+    typical = statistics.median(work)
+    if host_paced:  # (on a GPU a long step may be the host catching up with work queued before it)
+        phased = _usual(phased, typical)
     # (The training's own time: a detail step carries optwatch's checks, none of the loop's phases.)
     phased_total = sum(training_seconds(s) for s in phased)
     shares: dict[str, float | None] = {}
@@ -237,8 +257,9 @@ def summarise(
     )
     if total > 0 and all(finite(s.get("optwatch_s")) for s in timed):
         window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
-    if window.device == "cpu":
-        _long_steps(window, timed, whole)
+    if host_paced:
+        window.typical_step_s = typical
+        _long_steps(window, timed, work, whole)
     if evaluated and whole > 0:
         window.evaluations = len(evaluated)
         window.evaluation_step_s = statistics.median(s["step_time_s"] for s in evaluated)
@@ -263,21 +284,41 @@ def _newest(systems: Sequence[dict[str, Any]], key: str) -> Any:
     return next((s[key] for s in reversed(systems) if s.get(key) is not None), None)
 
 
-def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -> None:
+def _step_work(step: dict[str, Any]) -> float:
+    """A step's own work: its training time (less optwatch's own on the training thread: a detail step's
+    checks, said apart as optwatch's share, made a 0.29 ms step take 1.1 ms and read as a long one) less its
+    data wait."""
+    data = step.get("data_wait_s")
+    return training_seconds(step) - (data if finite(data) else 0.0)
+
+
+def _usual(phased: list[dict[str, Any]], typical: float) -> list[dict[str, Any]]:
+    """The detail steps the phase shares rest on: those whose work is under ``LONG_STEP_FACTOR`` x the median
+    step's, where the others are fewer than half of them. The shares are sums over a few dozen detail steps,
+    and one 19 ms preemption among 39 steps of 0.2 ms made a tiny loop 'host-bound: 67% outside the phases'
+    where the window before was 'compute-bound: 91%' with the same per-phase medians; a step that long is the
+    long-step rules' to judge (work between steps, or a busy machine's slice), with every step's time. A
+    trimmed sum rather than per-phase medians, whose total is no step's and whose shares need not add up."""
+    usual = [s for s in phased if _step_work(s) <= LONG_STEP_FACTOR * typical]
+    return usual if len(usual) > len(phased) / 2 else phased
+
+
+def _long_steps(window: Window, timed: Sequence[dict[str, Any]], work: Sequence[float], total: float) -> None:
     """Every step's time, not only the detail steps' phases (which may never fall on the long steps): steps
     that do much more than the median one, at a regular spacing (a rollout, an evaluation or a checkpoint
-    every N steps; a busy machine's slow steps come at random), and the share of the time that is."""
-    work = [s["step_time_s"] - (s["data_wait_s"] if finite(s.get("data_wait_s")) else 0.0) for s in timed]
-    typical = statistics.median(work)
-    window.typical_step_s = typical
+    every N steps; a busy machine's slow steps come at random), or one or two that hold most of the time
+    beyond it (too few to tell a spacing), and the share of the time that is."""
+    typical = window.typical_step_s or 0.0
     candidates = [(s.get("step", 0), w) for s, w in zip(timed, work) if w > LONG_STEP_FACTOR * typical]
     if total <= 0 or not candidates:
         return
-    if len(candidates) < 3:
-        beyond = sum(w - typical for _, w in candidates) / total
-        window.few_long = (len(candidates), len(timed), statistics.median(w for _, w in candidates), beyond)
+    cut = _dominant_cut(work, typical)
+    dominant = [(step, w) for step, w in candidates if w >= cut]
+    if len(dominant) < 3:
+        beyond = sum(w - typical for _, w in dominant) / total
+        window.few_long = (len(dominant), len(timed), statistics.median(w for _, w in dominant), beyond)
         return
-    found = _regular(candidates)
+    found = _regular(candidates, cut)
     if found is None:
         return
     long, every = found
@@ -289,16 +330,40 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], total: float) -
     window.between_share = sum(w - typical for _, w in long) / total
 
 
-def _regular(candidates: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], float] | None:
-    """The long steps that come at a regular spacing, and the spacing: those over half the candidates' median
-    (not the odd slow step beside them), else, where a busy machine slows many short steps too (a third of
-    them beside a checkpoint every 50), those over half a higher quantile of them, four at least."""
+def _dominant_cut(work: Sequence[float], typical: float) -> float:
+    """The least work of the long steps that hold most of the time beyond the median step: the fewest of the
+    candidates, the longest first, that hold half of it, and those after them down to the widest gap between
+    two steps' work (checkpoints of 685, 260 and 235 ms go together, apart from steps a busy machine or
+    optwatch's checks slowed to a few ms: 3 checkpoints of 2 s among 67 such steps, where half the candidates'
+    median let all 70 in and the quantiles kept fewer than 4, read 'host-bound: the steps wait')."""
+    count = sum(w > LONG_STEP_FACTOR * typical for w in work)
+    longest = sorted(work, reverse=True)[: count + 1]  # (the candidates, and the longest step that is none)
+    half = sum(w - typical for w in longest[:count]) / 2
+    held, widest, cut = 0.0, 0.0, longest[count - 1]
+    for index, w in enumerate(longest[:count]):
+        held += w - typical
+        below = longest[index + 1] if index + 1 < len(longest) else 0.0
+        gap = w / below if below > 0 else math.inf
+        if held >= half and gap > widest:
+            widest, cut = gap, w
+    return cut
+
+
+def _regular(candidates: list[tuple[int, float]], dominant_cut: float) -> tuple[list[tuple[int, float]], float] | None:
+    """The long steps that come at a regular spacing, and the spacing: those over ``dominant_cut`` (three at
+    least), else over half the candidates' median (not the odd slow step beside them), else, where a busy
+    machine slows many short steps too (a third of them beside a checkpoint every 50), those over half a
+    higher quantile of them, four at least."""
     works = sorted(w for _, w in candidates)
-    cuts = [statistics.median(works) / 2, *(works[int(q * (len(works) - 1))] / 2 for q in LONG_STEP_QUANTILES)]
-    for cut, fewest in zip(cuts, (2, *(4 for _ in LONG_STEP_QUANTILES))):
+    cuts = [
+        dominant_cut,
+        statistics.median(works) / 2,
+        *(works[int(q * (len(works) - 1))] / 2 for q in LONG_STEP_QUANTILES),
+    ]
+    for cut, fewest in zip(cuts, (3, 2, *(4 for _ in LONG_STEP_QUANTILES))):
         long = [(step, w) for step, w in candidates if w >= cut]
         if len(long) < fewest:
-            return None
+            continue
         gaps = [b[0] - a[0] for a, b in zip(long, long[1:])]
         every = statistics.median(gaps)
         regular = sum(abs(gap - every) <= max(1.0, every / 8) for gap in gaps) >= 2 / 3 * len(gaps)
@@ -320,7 +385,7 @@ def _slowed_down(timed: Sequence[dict[str, Any]], long: set[int], typical: float
     if len(timed_long) < 3 or not others:
         return False
     usual = statistics.median(others)  # type: ignore[type-var]
-    extra = sum(s["step_time_s"] - (s.get("data_wait_s") or 0.0) - typical for s in timed_long)
+    extra = sum(_step_work(s) - typical for s in timed_long)
     in_updates = sum(max(0.0, update_s(s) - usual) for s in timed_long)  # type: ignore[operator]
     return extra > 0 and in_updates > SLOWED_UPDATE_SHARE * extra
 
@@ -514,8 +579,21 @@ WORK_BETWEEN_TIP = (
 
 
 def _work_between(w: Window, threshold: float) -> tuple[str, str, list[str]] | None:
-    """Long steps at a regular spacing take ``threshold`` of the window's time beyond a median step."""
-    if w.between_share is None or w.between_share < threshold or not w.long_step_s or not w.typical_step_s:
+    """Long steps at a regular spacing, or one or two that hold most of the time beyond a median step, take
+    ``threshold`` of the window's time beyond it: whatever the detail steps' phases say, which may never fall
+    on them (two checkpoints holding 94% of the time read 'compute-bound: 74% of each step')."""
+    if not w.typical_step_s:
+        return None
+    if w.few_long is not None and w.few_long[3] >= threshold:
+        count, of, long_s, share = w.few_long
+        message = (
+            f"{_pct(share)} of the time is in {_count(count, 'step')} of {of} that took "
+            f"{long_s / w.typical_step_s:.0f}× the median step ({duration_text(long_s)} vs "
+            f"{duration_text(w.typical_step_s)}): work between training steps (a rollout, an evaluation, a "
+            "checkpoint), too few yet to tell how often"
+        )
+        return "host", message, [WORK_BETWEEN_TIP]
+    if w.between_share is None or w.between_share < threshold or not w.long_step_s:
         return None
     every = w.long_every or MIN_LONG_EVERY
     message = (
@@ -680,17 +758,19 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             "against the step time before; a larger batch vectorises better"
         )
         gpu = "The model's math keeps the CPU busy: training on a CUDA GPU is the big step up"
-        tips = [gpu, second]
+        oversubscribed = []
         if w.torch_threads and w.cpu_count and w.torch_threads * w.world_size > w.cpu_count:
             # More threads than cores: they take turns on them, and each op waits for its slowest (4 threads on
             # 2 cores ran a tiny GPT at 37 ms a step, 2 at 17 ms). The first thing to change, before a GPU.
             per_rank = max(1, w.cpu_count // w.world_size)
             ranks = f" for {w.world_size} ranks" if w.world_size > 1 else ""
-            tips = [
+            oversubscribed = [
                 f"torch uses {threads}{ranks} on {cores}: more threads than cores take turns on them, and each op "
-                f"waits for its slowest: torch.set_num_threads({per_rank}) (or OMP_NUM_THREADS={per_rank})",
-                gpu,
+                f"waits for its slowest: torch.set_num_threads({per_rank}) (or OMP_NUM_THREADS={per_rank})"
             ]
+        tips = [*oversubscribed, gpu] if oversubscribed else [gpu, second]
+        if _tiny(w):  # (a tiny step is its calls' fixed cost: a GPU, more threads or bf16 each add to it)
+            tips = [*_tiny_step_tip(w), *oversubscribed]
         return (
             "compute",
             f"{_model_words(w)} {_pct(model)} of each step on the CPU ({', '.join(filter(None, (threads, cores)))})"
@@ -703,26 +783,13 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
             "workers, which makes the next ones while the model trains"
         )
         bookkeeping = "Move per-step logging, metrics and checkpointing off the hot path: do them every N steps"
-        if w.few_long is not None and w.few_long[3] >= other / 2 and w.typical_step_s:
-            # Most of it in one or two long steps: not "each step"'s, and not the loop's bookkeeping.
-            count, of, long_s, _ = w.few_long
-            return (
-                "host",
-                f"{_pct(other)} of the time is spent outside data loading, forward, backward and optimizer, in "
-                f"{count} step{'s' if count > 1 else ''} of {of} that took {long_s / w.typical_step_s:.0f}× the "
-                f"median step ({duration_text(long_s)} vs {duration_text(w.typical_step_s)}): work between "
-                "training steps (a rollout, an evaluation, a checkpoint), too few yet to tell how often" + _own_part(w),
-                [
-                    WORK_BETWEEN_TIP,
-                    *_own_suggestion(w),
-                ],
-            )
         return (
             "host",
             f"{_pct(other)} of each step is spent outside data loading, forward, backward and optimizer (the "
             "loop's own work: a loss computed by functions after the model returns, batches made in the loop, "
             "logging, checkpoints)" + _own_part(w),
             [
+                *_tiny_step_tip(w),  # (the loop's own calls cost as the model's do)
                 # (A loop that takes its batches from a DataLoader makes none of its own, most likely.)
                 *((bookkeeping, batches) if w.loader else (batches, bookkeeping)),
                 "A loss computed by functions after the model (a contrastive loss over a large batch, a big "
@@ -772,7 +839,22 @@ def _balanced(w: Window) -> tuple[str, str, list[str]]:
     if w.mixed_precision:
         known = "a larger batch or torch.compile"
     suggestion = f"No single bottleneck: speed now comes from the model's own cost, e.g. {known}"
-    return "balanced", " · ".join(parts), [suggestion]
+    return "balanced", " · ".join(parts), [*_tiny_step_tip(w), suggestion]
+
+
+def _tiny(w: Window) -> bool:
+    return w.typical_step_s is not None and w.typical_step_s < TINY_STEP_S
+
+
+def _tiny_step_tip(w: Window) -> list[str]:
+    """A step of tiny ops (``TINY_STEP_S``): what speeds it up is fewer, larger calls, whatever the phases say."""
+    if not _tiny(w):
+        return []
+    return [
+        f"Each step ({duration_text(w.typical_step_s)} of work) is a few dozen tiny ops whose fixed cost per call "
+        "(Python, dispatch, autograd) outweighs their math: a larger batch does more in the same calls for little "
+        "more time; torch.compile fuses calls (a GPU would add a kernel launch to each)"
+    ]
 
 
 def evidence(w: Window) -> dict[str, Any]:
