@@ -957,9 +957,9 @@ def test_watch_with_a_model_built_anew_starts_the_alerts_baselines_over():
 def test_a_notebook_kernels_idle_time_between_cells_is_no_step_work_in_the_verdict():
     """A notebook: a cell trains, the kernel idles, the next cell trains on. The step begun in the first cell
     and ended in the next holds the idle time: IPython's ``pre_run_cell`` (here the probe's handler called as
-    the event calls it; tests/test_notebook.py runs a real IPython shell) marks it ``between_cells``, and the final verdict
-    leaves it out as a pause (it read as 'host-bound: 94% in 1 step that took 6113x the median (34.7 s): work
-    between training steps')."""
+    the event calls it; tests/test_notebook.py runs a real IPython shell) marks it ``between_cells``, and the
+    final verdict leaves it out as a pause (it read as 'host-bound: 94% in 1 step that took 6113x the median
+    (34.7 s): work between training steps')."""
     probe = start(budget=0.01, grad_full_cadence_steps=20)
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
