@@ -214,6 +214,13 @@ def test_layers_a_few_orders_apart_are_healthy_and_all_zero_layers_count_as_vani
     [alert] = feed(diagnosis, [StepInput(step=i, loss=1.0, layers=layers(underflowed)) for i in range(60)])
     assert alert["layers"] == ["l0", "l1"] and alert["step"] == 39
     assert "'l0', 'l1': every gradient entry exactly 0 for 20 measured steps in a row" in alert["message"]
+    # A layer going between 1e-23 and exactly 0 (a deep sigmoid stack's, underflowing at some steps) vanishes
+    # with the others: its all-zero steps are no steps it sat out.
+    diagnosis = GradientDiagnosis()
+    flickering = [[0.0, 0.0 if i % 3 else 1e-23, 1e-3, 1e-2] for i in range(60)]
+    [alert] = feed(diagnosis, [StepInput(step=i, loss=1.0, layers=layers(g)) for i, g in enumerate(flickering)])
+    assert alert["layers"] == ["l0", "l1"] and alert["step"] == 39
+    assert "'l0': every gradient entry exactly 0" in alert["message"]
 
 
 def test_nonfinite_names_the_module_that_turned_and_the_parameters():

@@ -784,6 +784,8 @@ class VanishingRule:
         self._history: dict[str, collections.deque[float]] = {}
         self._all_zero: dict[str, int] = {}
         """Per layer, its measured steps in a row whose gradient was all zero."""
+        self._last_rms: dict[str, float] = {}
+        """Per layer, its RMS gradient at the last measured step it was not all zero."""
         self._measured = 0
 
     def observe(self, s: StepInput) -> dict | None:
@@ -796,9 +798,14 @@ class VanishingRule:
                 continue
             # A gradient all zero at a step is a step the layer sat out (a task head trained on alternate
             # steps, an idle expert, under ``zero_grad(set_to_none=False)``), as one without a gradient is,
-            # until it has been all zero for a whole window: then it vanished (underflowed) completely.
+            # until it has been all zero for a whole window: then it vanished (underflowed) completely. One
+            # that was under the floor when it last was not all zero underflowed at this step: a deep sigmoid
+            # stack's layer went between 1e-23 and exactly 0, and was left out of the vanishing ones.
             zero_steps = self._all_zero[m.name] = self._all_zero.get(m.name, 0) + 1 if m.grad_norm == 0 else 0
-            if zero_steps == 0 or zero_steps >= t.window:
+            if zero_steps == 0:
+                self._last_rms[m.name] = m.grad_rms
+            underflowed = zero_steps > 0 and self._last_rms.get(m.name, math.inf) < t.vanishing_floor
+            if zero_steps == 0 or zero_steps >= t.window or underflowed:
                 self._history.setdefault(m.name, collections.deque(maxlen=t.window)).append(m.grad_rms)
         self._measured += 1
         if self._measured < 2 * t.window:
@@ -831,7 +838,7 @@ class VanishingRule:
             f"{span}, under {t.vanishing_ratio:g}× a later layer's or {t.vanishing_floor:g} "
             f"(largest: '{top}' {medians[top]:.2g}; medians over {t.window} steps)"
         )
-        silent = [name for name in vanishing if medians[name] == 0]
+        silent = [name for name in vanishing if self._all_zero.get(name, 0) >= t.window]
         if silent:
             message += (
                 f"; {_names(silent)}: every gradient entry exactly 0 for {t.window} measured steps in a row "
