@@ -431,26 +431,21 @@ def test_the_scripts_own_profiler_ending_optwatchs_window_leaves_the_run_as_it_i
 def test_the_shapes_beside_an_ops_module_are_that_modules_calls():
     """A row named the module where an op spent most (one wide layer) beside the input shapes that took most
     over all modules (six narrow layers of one shape, which add up to more): a ResNet's BatchNorm of 32
-    channels read as if it saw [128, 64, 8, 8]. The shapes are the module's own calls'."""
-    probe, published = start_probe()
-    torch.manual_seed(0)
-    # (Layers large enough that their math, not the call's fixed cost, sets their time, which a busy machine
-    # moves less: the wide one has 4 times a narrow one's multiplications, the six narrow 1.5 times its.)
-    model = torch.nn.Sequential(torch.nn.Linear(1024, 256), *(torch.nn.Linear(256, 256) for _ in range(6)))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    inputs = torch.randn(128, 1024)
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(inputs).pow(2).mean().backward()
-        optimizer.step()
-    profiler_of(probe).request_window(4)
-    for _ in range(10):
-        optimizer.zero_grad()
-        model(inputs).pow(2).mean().backward()
-        optimizer.step()
-    probe.close()
-    [done] = hotspots(published)
-    addmm = next(op for op in done["ops"] if op["name"] == "aten::addmm")
+    channels read as if it saw [128, 64, 8, 8]. The shapes are the module's own calls'. (A trace written as
+    torch writes it, with the times by hand: a real window's op times on a busy machine put a narrow layer
+    over the wide one four times its size.)"""
+    events, ts = [], 0
+    for index, (width, dur) in enumerate([(1024, 400), *((256, 100),) * 6]):  # the wide layer, then six narrow
+        scope = {"External id": 2 * index + 1}
+        events.append({"ph": "X", "cat": "user_annotation", "name": f"module: {index} (Linear)", "pid": 1,
+                       "tid": 1, "ts": ts, "dur": dur + 10, "args": scope})  # fmt: skip
+        dims = {"External id": 2 * index + 2, "Input Dims": [[256], [128, width], [width, 256], [], []]}
+        events.append({"ph": "X", "cat": "cpu_op", "name": "aten::addmm", "pid": 1, "tid": 1, "ts": ts + 5,
+                       "dur": dur, "args": dims})  # fmt: skip
+        ts += dur + 20
+    summary = summarise({"traceEvents": events}, wall_s=ts / 1e6, device_used=False)
+    [addmm] = [op for op in summary["ops"] if op["name"] == "aten::addmm"]
+    assert addmm["self_cpu_s"] == pytest.approx(0.001)  # 400 us + 6 x 100 us: the narrow ones take more
     assert addmm["module"] == "0 (Linear)", addmm  # the wide layer: each narrow one spends a quarter of it
     assert addmm["shapes"][0][:2] == [[256], [128, 1024]], addmm["shapes"]  # its inputs, not the narrow ones'
 
