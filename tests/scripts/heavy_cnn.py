@@ -1,7 +1,7 @@
 """A convolutional net that is heavy for a CPU, on in-memory tensors: the model's math is the bottleneck."""
 
 import argparse
-import statistics
+import json
 import time
 
 import torch
@@ -10,6 +10,7 @@ import torch.nn as nn
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--tail-s", type=float, default=0.0, help="seconds of idle work after the training (a save)")
+parser.add_argument("--times", help="a JSON file for each step's [CPU time of this thread, wall time], in seconds")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -26,14 +27,17 @@ model = nn.Sequential(
 )
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 images, labels = torch.randn(16, 3, 32, 32), torch.randint(10, (16,))
-shares = []  # each step's CPU time over its wall time, this thread's own: what the machine's load let it have
+times = []  # each step's CPU time and wall time, this thread's own: what the machine's load let it have of a core
 for _ in range(args.steps):
     wall, cpu = time.perf_counter(), time.thread_time()
     loss = nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    shares.append((time.thread_time() - cpu) / (time.perf_counter() - wall))
-print(f"heavy_cnn: {args.steps} steps, median CPU share {100 * statistics.median(shares):.1f}%", flush=True)
+    times.append([time.thread_time() - cpu, time.perf_counter() - wall])
+print(f"heavy_cnn: {args.steps} steps", flush=True)
+if args.times:
+    with open(args.times, "w") as handle:
+        json.dump(times, handle)
 if args.tail_s:
     time.sleep(args.tail_s)
