@@ -14,7 +14,7 @@ demo: setup
 	$(BIN)/optwatch examples/cifar.py
 
 test: setup lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup  # two workers (most tests wait on a training process of their own); tests that share a module fixture run on one
+	$(BIN)/python -m pytest -n 3 --dist loadgroup  # three workers on two cores: with two, a third of the CPU sat idle while tests waited on their training processes (sleeps, pauses, the hub's answers); tests that share a module fixture run on one
 
 lint: setup
 	$(BIN)/ruff check src tests examples benchmarks scripts
