@@ -731,3 +731,14 @@ def test_one_preempted_detail_step_does_not_turn_a_tiny_loop_host_bound(preempte
     assert tips[0].startswith("Each step (0.13 ms of work) is a few dozen tiny ops whose fixed cost per call"), tips
     assert "a larger batch" in tips[0]
     assert not any("CUDA GPU is the big step up" in tip or "amp=on" in tip for tip in tips), tips
+
+
+def test_a_window_left_with_too_few_steps_once_a_notebooks_idle_step_is_out_gets_no_verdict():
+    """A notebook's next cell, after a while: the window's last three steps were two of the last cell and the
+    one a cell started in, which the verdict leaves out. Judged on the two left ('steps 598-599': 'the process
+    used 18% of a core: the steps wait'), a verdict came from a window of no time; none does now."""
+    tracker = VerdictTracker(rank=0, interval_s=1e9)
+    steps = make_steps(50, **CPU_COMPUTE)
+    idle = dict(steps[-1], step=steps[-1]["step"] + 1, time=steps[-1]["time"] + 12.0, step_time_s=12.0)
+    tracker([*steps, {**idle, "between_cells": True}])
+    assert tracker.verdict() == []

@@ -144,7 +144,8 @@ class VerdictTracker:
             steps = settled
         if len(steps) < MIN_STEPS and final:
             steps = [*self._warmup, *steps]  # a run of a few steps: judged on what it has, warm-up included
-        if len(steps) < (1 if final else MIN_STEPS):
+        # (Counted as judged: a step a notebook's cell started in is left out, as a pause is.)
+        if sum(not s.get("between_cells") for s in steps) < (1 if final else MIN_STEPS):
             return []
         start = steps[0].get("time", 0.0) - (steps[0].get("step_time_s") or 0.0)
         taken = training_samples(self._systems, steps[-1].get("time", 0.0))
