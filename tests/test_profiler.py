@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import EXAMPLES, SCRIPTS, new_probe, optwatch, read_jsonl
-from optwatch.diagnose.hotspots import summarise
+from optwatch.diagnose.hotspots import friendly_name, summarise
 from optwatch.headless import hotspots_line
 from optwatch.probe.probe import Probe
 from optwatch.probe.profiler import profiler_of
@@ -482,3 +482,10 @@ def test_a_profile_someone_asked_for_is_left_out_of_the_checks_budget():
     assert all(step_time is None and own_s == 0.0 for _, own_s, step_time in in_window), in_window
     counted = [step for step, _, step_time in told if step_time is not None]
     assert counted[:20] == list(range(20)) and counted[-3:] == [62, 63, 64], counted  # the rest still counts
+
+
+def test_the_optimizers_scopes_read_as_plain_names():
+    """The digest read 'Optimizer.zero grad#SGD.zero grad 4%' beside 'optimizer step 19%'."""
+    assert friendly_name("Optimizer.step#SGD.step") == "optimizer step"
+    assert friendly_name("Optimizer.zero_grad#SGD.zero_grad") == "optimizer zero grad"
+    assert friendly_name("aten::convolution_backward") == "convolution backward"

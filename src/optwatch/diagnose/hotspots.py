@@ -84,8 +84,8 @@ def friendly_name(op: str) -> str:
         return _FRIENDLY[op]
     if op.startswith(DATALOADER_SCOPE):
         return "DataLoader"
-    if op.startswith(OPTIMIZER_STEP_SCOPE):
-        return "optimizer step"
+    if op.startswith(OPTIMIZER_SCOPE):  # "Optimizer.zero_grad#SGD.zero_grad" -> "optimizer zero grad"
+        return "optimizer " + op.partition("#")[0][len(OPTIMIZER_SCOPE) :].replace("_", " ")
     if op.startswith(BACKWARD_NODE):
         return "autograd " + op[len(BACKWARD_NODE) :]
     base = op.rsplit("::", 1)[-1].lstrip("_")
