@@ -230,7 +230,7 @@ def summarise(
     work = [_step_work(s) for s in timed]
     typical = statistics.median(work)
     if host_paced:  # (on a GPU a long step may be the host catching up with work queued before it)
-        phased = _usual(phased, typical)
+        phased = _usual(phased, statistics.median(_step_work(s) for s in phased))
     # (The training's own time: a detail step carries optwatch's checks, none of the loop's phases.)
     phased_total = sum(training_seconds(s) for s in phased)
     shares: dict[str, float | None] = {}
@@ -259,7 +259,7 @@ def summarise(
         window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
     if host_paced:
         window.typical_step_s = typical
-        _long_steps(window, timed, work, whole)
+        _long_steps(window, timed, _without_the_checks_slow_path(timed, work), whole)
     if evaluated and whole > 0:
         window.evaluations = len(evaluated)
         window.evaluation_step_s = statistics.median(s["step_time_s"] for s in evaluated)
@@ -292,9 +292,21 @@ def _step_work(step: dict[str, Any]) -> float:
     return training_seconds(step) - (data if finite(data) else 0.0)
 
 
+def _without_the_checks_slow_path(timed: Sequence[dict[str, Any]], work: Sequence[float]) -> list[float]:
+    """Each step's work with the detail steps' usual excess over the light steps' taken out: their checks'
+    hooks put every module call on torch's slow path, time that optwatch's own (on its lines) leaves out, and
+    a tiny model's detail step every 12 took 22x a light one: 'work between training steps'."""
+    detailed = [w for s, w in zip(timed, work) if s.get("detailed", True)]
+    light = [w for s, w in zip(timed, work) if not s.get("detailed", True)]
+    extra = statistics.median(detailed) - statistics.median(light) if detailed and light else 0.0
+    if extra <= 0:
+        return list(work)
+    return [w - extra if s.get("detailed", True) else w for s, w in zip(timed, work)]
+
+
 def _usual(phased: list[dict[str, Any]], typical: float) -> list[dict[str, Any]]:
     """The detail steps the phase shares rest on: those whose work is under ``LONG_STEP_FACTOR`` x the median
-    step's, where the others are fewer than half of them. The shares are sums over a few dozen detail steps,
+    detail step's, where the others are fewer than half of them. The shares are sums over a few dozen detail steps,
     and one 19 ms preemption among 39 steps of 0.2 ms made a tiny loop 'host-bound: 67% outside the phases'
     where the window before was 'compute-bound: 91%' with the same per-phase medians; a step that long is the
     long-step rules' to judge (work between steps, or a busy machine's slice), with every step's time. A
