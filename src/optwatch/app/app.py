@@ -220,6 +220,8 @@ class OptwatchApp(App[None]):
     def on_run_exited(self, message: RunExited) -> None:
         self.exit_code = message.exit_code
         self._run_over = True
+        if not self.screen_stack:
+            return  # (the dashboard is closing: `q` stopped the run, whose end came after its screens went)
         self.refresh_bindings()
         self._no_more_profiles()
         if self.exit_when_the_run_ends:
