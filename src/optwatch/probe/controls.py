@@ -222,7 +222,7 @@ class ControlPlugin(ProbePlugin):
             context.emit(self._event(due.text, "rejected", reason, None, due.id, due.source))
         self._schedule.clear()
 
-    def cell_ended(self) -> None:
+    def cell_ended(self, context: ProbeContext) -> None:
         """A notebook's cell ended (``probe.notebook``): optwatch's autocast does not reach into the next cell."""
         self.amp.leave_on_this_thread()
 

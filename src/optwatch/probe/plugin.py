@@ -233,6 +233,10 @@ class ProbePlugin:
         return ready records (no device tensors)."""
         return []
 
+    def cell_ended(self, context: ProbeContext) -> None:
+        """A notebook's cell ended (IPython's ``post_run_cell``, on the thread that ran it): what a plugin set
+        for the training must not reach into the next cell, which may be no training."""
+
     def close(self, context: ProbeContext) -> None:
         """When the probe closes, or the plugin is switched off: remove hooks, flush what is left."""
 
@@ -247,4 +251,4 @@ PER_STEP_CALLBACKS = (
     "after_step",
     "at_boundary",
 )
-CALLBACKS = ("install", *PER_STEP_CALLBACKS, "sample", "close")
+CALLBACKS = ("install", *PER_STEP_CALLBACKS, "sample", "cell_ended", "close")

@@ -326,15 +326,8 @@ class Probe:
 
     def _cell_ended(self) -> None:
         """A notebook's cell ended (IPython's ``post_run_cell``, on the thread that ran it)."""
-        if self.closed:
-            return
-        for plugin in self.plugins:
-            cell_ended = getattr(plugin, "cell_ended", None)
-            if cell_ended is not None:
-                try:
-                    cell_ended()
-                except Exception:
-                    self.switch_off(plugin.name, "cell_ended")
+        if not self.closed:
+            self._dispatch.call("cell_ended")
 
     def _forked(self) -> None:
         """In a child forked from the training process (a DataLoader worker, a script's own fork): this probe
@@ -430,9 +423,7 @@ class Probe:
                 # watch() again for a model built anew (a notebook's next cell, the next trial): a new model,
                 # as when the script drops the primary for one (``_elect``); the first loss of the new model
                 # was an exploding alert against the last one's baselines.
-                self._new_model = self._tables_stale = True
-                self._others_apart = weakref.WeakSet()
-                self._partners = []
+                self._new_primary(new_model=True)
             self.model = model
             self._model_given = True
             self._param_names = None
@@ -1087,21 +1078,15 @@ class Probe:
             if not any(id(p) in self._param_ids for p in params_of(optimizer)):
                 self._others_apart.add(optimizer)
                 return
-            self._others_apart = weakref.WeakSet()  # (measured against the new primary from now on)
-            self._partners = []
+            self._new_primary(new_model=False)
             if self.model is None:
                 self._model_searched = False  # (looked for again from the new one's parameters)
         elif self._primary_ref is not None:
             # The script dropped the primary: a new model is trained from here on (the next fold, the next
-            # model of a sweep), found again from the new primary unless ``watch`` named it.
-            self._others_apart = weakref.WeakSet()
-            self._partners = []
-            # A new model (none of the last one's parameters): its step record says so, and the diagnosis starts
-            # its baselines over (the last trial's are not this model's); ``_tables_stale`` keeps the step off
-            # the light path, where no record is made. A new optimizer for the same model is no new model.
+            # model of a sweep), found again from the new primary unless ``watch`` named it. A new optimizer
+            # for the same model is no new model.
             old = {id(param) for param in self.model.parameters()} if self.model is not None else set()
-            if not any(id(param) in old for param in params_of(optimizer)):
-                self._new_model = self._tables_stale = True
+            self._new_primary(new_model=not any(id(param) in old for param in params_of(optimizer)))
             if not self._model_given:
                 # Looked for again, unless models come and go faster than the walk over every live object
                 # pays for (a new model for each task, Reptile's: 90 ms of walk to a 5 ms step): their
@@ -1109,6 +1094,16 @@ class Probe:
                 since = time.perf_counter() - self._searched_at
                 self._forget_model(look_again=since >= MODEL_SEARCH_SPACING * self._search_s)
         self._primary = optimizer
+
+    def _new_primary(self, new_model: bool) -> None:
+        """The optimizers kept apart and the partners were the last primary's: measured against the new one from
+        now on. A new model (none of the last one's parameters) says so in its step record, and the diagnosis
+        starts its baselines over (the last trial's are not this model's); ``_tables_stale`` keeps the step off
+        the light path, where no record is made."""
+        self._others_apart = weakref.WeakSet()
+        self._partners = []
+        if new_model:
+            self._new_model = self._tables_stale = True
 
     def _other_optimizer_stepped(self, optimizer: torch.optim.Optimizer) -> None:
         self._records.other_stepped(optimizer, self._losses.take(by_other=True), self._primary)
