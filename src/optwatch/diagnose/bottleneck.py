@@ -227,8 +227,6 @@ def summarise(
     # probe's --budget); the step time, data wait and optwatch's share over every step.
     phased = [s for s in timed if s.get("detailed", True)] or timed
     host_paced = device.split(":")[0] == "cpu"
-    work = [_step_work(s) for s in timed]
-    typical = statistics.median(work)
     if host_paced:  # (on a GPU a long step may be the host catching up with work queued before it)
         phased = _usual(phased, statistics.median(_step_work(s) for s in phased))
     # (The training's own time: a detail step carries optwatch's checks, none of the loop's phases.)
@@ -258,7 +256,8 @@ def summarise(
     if total > 0 and all(finite(s.get("optwatch_s")) for s in timed):
         window.optwatch_share = sum(own_seconds(s) for s in timed) / total  # the figure every view shows
     if host_paced:
-        window.typical_step_s = typical
+        work = [_step_work(s) for s in timed]
+        window.typical_step_s = statistics.median(work)
         _long_steps(window, timed, _without_the_checks_slow_path(timed, work), whole)
     if evaluated and whole > 0:
         window.evaluations = len(evaluated)
