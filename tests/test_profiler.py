@@ -220,8 +220,12 @@ def test_a_window_says_what_share_no_op_holds_and_which_module_takes_most():
     share = done["outside_ops_pct"]
     assert share == pytest.approx(100 * done["outside_ops_s"] / done["wall_s"], abs=0.01) and share > 50
     assert done["digest"].startswith(f"{share:.0f}% of the window is in no torch op: Python or I/O between ops")
-    assert done["modules"][0]["name"] == "0 (Linear)", done["modules"]
-    heaviest = f"0 (Linear) {done['modules'][0]['pct']:.0f}%"
+    # (The model's modules: the scopes beside them, optwatch's own and the optimizer's, rank among them, and a
+    # busy machine slows optwatch's lines most.)
+    model_modules = ("Sequential", "0 (Linear)", "1 (ReLU)", "2 (Linear)")
+    [first_layer, *_] = [m for m in done["modules"] if m["name"] in model_modules]
+    assert first_layer["name"] == "0 (Linear)", done["modules"]
+    heaviest = f"0 (Linear) {first_layer['pct']:.0f}%"
     assert f"; module: {heaviest}" in done["digest"] or f"; modules: {heaviest}, " in done["digest"], done["digest"]
     assert hotspots_line(done).startswith(f"optwatch: hot spots, steps {first}-{last}: {done['digest']}")
 
