@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import time
 
 import pytest
@@ -976,6 +980,56 @@ def test_a_notebook_kernels_idle_time_between_cells_is_no_step_work_in_the_verdi
     # (Not 'the steps wait (a read inside the loop, a sleep, a lock)': the idle kernel's samples are no step's.)
     assert not re.search("the steps wait|between training steps", verdict["message"]), verdict["message"]
     assert verdict["evidence"]["window_s"] < 1.5  # the idle time is no part of the window's
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="Linux's schedstat")
+def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_training_steps():
+    """The training thread shares its core with another busy process (both pinned to it, as on a machine with
+    more busy threads than cores): the scheduler holds it off for a few milliseconds at a time, every dozen
+    0.2 ms steps. Each step says how long it waited for a core (``core_wait_s``, which adds up to the kernel's
+    own count read here around the loop), and the verdict takes that out of the steps' work: it read '1 step
+    in 16 takes 27x the median step: 51% of the time is work between training steps', or 'the process used 50%
+    of a core: the steps wait (a read inside the loop, a sleep, a lock)', where other programs take its core."""
+    core = min(os.sched_getaffinity(0))
+    # Another program on that core (not a child of this process's, which would count as its DataLoader
+    # worker): its pid comes back once it spins, and the launcher's pipe closes with the line.
+    spin = (
+        f"import os\nos.sched_setaffinity(0, {{{core}}})\nif os.fork() == 0:\n"
+        "    print(os.getpid(), flush=True)\n    os.close(1)\n    os.close(2)\n    while True: pass"
+    )
+    launcher = subprocess.run([sys.executable, "-c", spin], capture_output=True, text=True, check=True)
+    busy = int(launcher.stdout.split()[-1])
+    allowed, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    try:
+        os.sched_setaffinity(0, {core})  # this thread alone: the test's process keeps its other threads' cores
+        torch.set_num_threads(1)
+        probe = start(budget=0.01)
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(16, 4), torch.randn(16, 1)
+        train(model, optimizer, x, y, steps=5)
+        before = _run_delay_s()
+        train(model, optimizer, x, y, steps=300)
+        waited = _run_delay_s() - before
+        probe.close()
+    finally:
+        os.sched_setaffinity(0, allowed)
+        torch.set_num_threads(threads)
+        os.kill(busy, signal.SIGKILL)
+    records = records_of(probe)
+    steps = [r for r in records if r["kind"] == "step"]
+    assert waited > 0.2 * sum(s["step_time_s"] for s in steps[5:])  # (the core was shared)
+    # (Up to a slice or two apart: the test reads after the last step's end, the probe at it.)
+    assert sum(s["core_wait_s"] for s in steps[5:]) == pytest.approx(waited, rel=0.1)
+    [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
+    assert not re.search("the steps wait|between training steps", verdict["message"]), verdict["message"]
+    assert "the cores it may run on are busy" in verdict["message"]
+
+
+def _run_delay_s() -> float:
+    """This thread's wait for a core so far, as the kernel counts it."""
+    with open("/proc/thread-self/schedstat") as schedstat:
+        return int(schedstat.read().split()[1]) / 1e9
 
 
 def test_optwatchs_autocast_ends_with_the_notebook_cell_and_comes_back_at_the_next_step():

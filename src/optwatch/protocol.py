@@ -738,7 +738,7 @@ _KIND_FIELDS: dict[str, dict[str, _Spec]] = {
         "losses": _Optional(_Map(_FIGURE)),
         **_figures(
             "loss grad_norm lr step_time_s data_wait_s to_backward_s forward_s backward_s optimizer_s other_s "
-            "optwatch_s optwatch_bg_s samples_per_s clip_max_norm eval_wait_s"
+            "optwatch_s optwatch_bg_s core_wait_s samples_per_s clip_max_norm eval_wait_s"
         ),
     },
     SYSTEM: {

@@ -116,7 +116,8 @@ class Window:
     host_cpu_percent: float | None = None
     """The whole machine's CPU use, of all its cores."""
     run_wait_percent: float | None = None
-    """How much of the time the training thread was ready to run but waited for a core (Linux)."""
+    """How much of the time the training thread was ready to run but waited for a core (Linux): its steps'
+    ``core_wait_s`` over their time where each says it, else the sampler's readings."""
     cpu_count: int | None = None
     torch_threads: int | None = None
     workers: int | None = None
@@ -274,6 +275,9 @@ def summarise(
         window.device_busy_share = device_time / phased_total if phased_total > 0 else None
     if systems:
         _summarise_systems(window, systems)
+    core_waits = [s.get("core_wait_s") for s in timed]
+    if total > 0 and all(finite(wait) for wait in core_waits):  # (each step's own: exact, however short the window)
+        window.run_wait_percent = 100.0 * sum(core_waits) / total  # type: ignore[arg-type]
     # Read on the training thread after its first step: a short run's samples may all predate it.
     window.torch_threads = _newest(systems, "torch_threads") or _newest(run_systems, "torch_threads")
     return window
@@ -286,9 +290,10 @@ def _newest(systems: Sequence[dict[str, Any]], key: str) -> Any:
 def _step_work(step: dict[str, Any]) -> float:
     """A step's own work: its training time (less optwatch's own on the training thread: a detail step's
     checks, said apart as optwatch's share, made a 0.29 ms step take 1.1 ms and read as a long one) less its
-    data wait."""
-    data = step.get("data_wait_s")
-    return training_seconds(step) - (data if finite(data) else 0.0)
+    data wait and its wait for a core (``core_wait_s``: on a machine with more busy threads than cores, 0.2 ms
+    steps the scheduler held off for a 4 ms slice every 16 read as 'work between training steps')."""
+    data, core = step.get("data_wait_s"), step.get("core_wait_s")
+    return training_seconds(step) - (data if finite(data) else 0.0) - (core if finite(core) else 0.0)
 
 
 def _without_the_checks_slow_path(timed: Sequence[dict[str, Any]], work: Sequence[float]) -> list[float]:
@@ -691,14 +696,21 @@ def _model_words(w: Window) -> str:
 def _contended(w: Window) -> tuple[str, str, list[str]] | None:
     """Other programs take the cores the training's threads would compute on (``CONTENDED_SHARE``)."""
     host, cpu, cores = w.host_cpu_percent, w.cpu_percent, w.cpu_count
-    if host is None or cpu is None or not cores or host < HOST_CONTENDED_PERCENT:
+    busy_machine = host is not None and host >= HOST_CONTENDED_PERCENT
+    if cpu is None or not cores:
         return None
     threads = w.torch_threads or 1
-    if cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores) or _unstarved(w):
-        return None
-    workers = (w.workers or 0) * (w.workers_cpu_percent or 0.0)
-    if host * cores - cpu - workers < 50.0:
-        return None  # (the machine is busy with this run itself: its DataLoader workers, not others)
+    # A training thread that waits for a core while its torch threads are no more than its cores is starved by
+    # others, whatever CPU the process gets and however idle the cores it may not use (a taskset, a cpuset).
+    starved = _starved(w) and threads * w.world_size <= cores
+    if not starved:
+        # Else a busy machine and a small share of what its threads could use (unless the kernel says the
+        # training thread seldom waited) say it.
+        if not busy_machine or cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores) or _unstarved(w):
+            return None
+        workers = (w.workers or 0) * (w.workers_cpu_percent or 0.0)
+        if host * cores - cpu - workers < 50.0:  # type: ignore[operator]
+            return None  # (the machine is busy with this run itself: its DataLoader workers, not others)
     suggestions = []
     if threads > 1:
         suggestions.append(
@@ -710,12 +722,23 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
         "own: taskset, a cgroup, a quieter machine"
     )
     waits = f", its training thread waiting for one {w.run_wait_percent:.0f}% of the time" if w.run_wait_percent else ""
+    where = (
+        f"the machine's {_count(cores, 'core')} are busy ({host:.0f}% in all)"
+        if busy_machine
+        else "the cores it may run on are busy (a taskset, a cpuset, other ranks pinned beside it"
+        + (f"; the machine's are {host:.0f}% busy in all)" if host is not None else ")")
+    )
     message = (
-        f"the machine's {_count(cores, 'core')} are busy ({host:.0f}% in all) and this process gets "
-        f"{cpu:.0f}% of a core for {_count(threads, 'torch thread')}{waits}: other processes (other programs, "
-        "other ranks, DataLoader workers) take the CPU it computes on"
+        f"{where} and this process gets {cpu:.0f}% of a core for {_count(threads, 'torch thread')}{waits}: "
+        "other processes (other programs, other ranks, DataLoader workers) take the CPU it computes on"
     )
     return "host", message, suggestions
+
+
+def _starved(w: Window) -> bool:
+    """The training thread waited for a core ``CONTENDED_WAIT_PERCENT`` of the time or more (where the
+    kernel says)."""
+    return w.run_wait_percent is not None and w.run_wait_percent >= CONTENDED_WAIT_PERCENT
 
 
 def _unstarved(w: Window) -> bool:
@@ -730,9 +753,11 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
     # The process used little CPU while the machine had some to spare, or while it seldom waited for a core:
     # it waited for something else. (On a machine whose cores other programs keep busy, a starved process
     # computes when it runs: that is the next rule's.)
+    # (A thread that waits for a core while others are spare is pinned beside busy programs: no wait of its own.)
     spare = w.host_cpu_percent is not None and w.host_cpu_percent < HOST_BUSY_PERCENT
     busy_machine = w.host_cpu_percent is not None and not spare  # (more threads would wait for cores there)
-    idle = (spare or _unstarved(w)) and w.cpu_percent is not None and w.cpu_percent < CPU_BUSY_PERCENT
+    idle = ((spare and not _starved(w)) or _unstarved(w)) and w.cpu_percent is not None
+    idle = idle and w.cpu_percent < CPU_BUSY_PERCENT
     if model is not None and model >= CPU_MODEL_SHARE and idle:
         return (
             "host",

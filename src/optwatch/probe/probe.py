@@ -51,6 +51,7 @@ from optwatch.options import ProbeOptions
 from optwatch.probe import notebook, sharding
 from optwatch.probe.batches import BatchAccounts
 from optwatch.probe.channel import Channel
+from optwatch.probe.core_wait import CoreWait
 from optwatch.probe.dispatch import Dispatch
 from optwatch.probe.governor import DetailGovernor
 from optwatch.probe.hooks import KnownNorms, TorchHooks
@@ -214,6 +215,7 @@ class Probe:
         # this step's accounts
         self._losses = StepLosses()
         self._batches = BatchAccounts()
+        self._core_wait = CoreWait()
         self._step_start: float | None = None
         self._backward_started: float | None = None
         self._gradients_final = False
@@ -365,6 +367,7 @@ class Probe:
             end["error"] = error[:ERROR_CHARS]
         self.channel.submit_records([end])
         self.channel.close()
+        self._core_wait.close()
 
     def _hello(self) -> dict[str, Any]:
         """What this rank is: sent at the start, and again (the newest wins) once it knows its device or the
@@ -725,6 +728,7 @@ class Probe:
         self._step_start = now
         self.own_s = 0.0
         self._last_bg_cpu = self.channel.cpu_s  # what the threads did before the training is no step's
+        self._core_wait.since_last()  # (the first step's wait for a core counts from here)
 
     # --- HookTarget: backward ------------------------------------------------------------------------------
     def backward_starting(self, tensors: Any, weight: torch.Tensor | None = None) -> Any:
@@ -1241,6 +1245,7 @@ class Probe:
             # rank's later micro-batches): the straggler is the rank for which this is longest.
             backward_started - step_start if backward_started is not None and step_start is not None else None,
             self.own_s,
+            self._core_wait.since_last(),
             self._planned_every,
             self._step_fields,
         )
@@ -1248,7 +1253,7 @@ class Probe:
     def _step_record(self, values: tuple, detailed: bool, bg_s: float, wall_offset: float) -> dict[str, Any]:
         """The step record of ``_step_values``; ``wall_offset``: ``time.time()`` less ``time.perf_counter()``."""
         (step, ended, loss, grad_norm, clip_max, lr, step_time, data_wait_s, samples, to_backward_s, own_s,
-         detail_every, fields) = values  # fmt: skip
+         core_wait_s, detail_every, fields) = values  # fmt: skip
         samples = samples or self.batch_size
         # The fields written out: a dict display costs a third of a call that makes one field by field.
         record = {
@@ -1267,6 +1272,7 @@ class Probe:
             "to_backward_s": to_backward_s,
             "optwatch_s": own_s,
             "optwatch_bg_s": bg_s,
+            "core_wait_s": core_wait_s,
             "detailed": detailed,
             "detail_every": detail_every,
             **fields,
