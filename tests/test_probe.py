@@ -984,21 +984,21 @@ def test_a_notebook_kernels_idle_time_between_cells_is_no_step_work_in_the_verdi
 
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="Linux's schedstat")
 def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_training_steps():
-    """The training thread shares its core with another busy process (both pinned to it, as on a machine with
-    more busy threads than cores): the scheduler holds it off for a few milliseconds at a time, every dozen
-    0.2 ms steps. Each step says how long it waited for a core (``core_wait_s``, which adds up to the kernel's
+    """The training thread shares its core with two busy programs (all pinned to it, as on a machine with more
+    busy threads than cores): the scheduler holds it off for a few milliseconds at a time, every dozen 0.2 ms
+    steps. Each step says how long it waited for a core (``core_wait_s``, which adds up to the kernel's
     own count read here around the loop), and the verdict takes that out of the steps' work: it read '1 step
     in 16 takes 27x the median step: 51% of the time is work between training steps', or 'the process used 50%
     of a core: the steps wait (a read inside the loop, a sleep, a lock)', where other programs take its core."""
     core = min(os.sched_getaffinity(0))
-    # Another program on that core (not a child of this process's, which would count as its DataLoader
-    # worker): its pid comes back once it spins, and the launcher's pipe closes with the line.
+    # Other programs on that core (not children of this process's, which would count as its DataLoader
+    # workers): their pids come back once they spin, and the launcher's pipe closes with the lines.
     spin = (
-        f"import os\nos.sched_setaffinity(0, {{{core}}})\nif os.fork() == 0:\n"
-        "    print(os.getpid(), flush=True)\n    os.close(1)\n    os.close(2)\n    while True: pass"
+        f"import os\nos.sched_setaffinity(0, {{{core}}})\nfor _ in range(2):\n    if os.fork() == 0:\n"
+        "        print(os.getpid(), flush=True)\n        os.close(1)\n        os.close(2)\n        while True: pass"
     )
     launcher = subprocess.run([sys.executable, "-c", spin], capture_output=True, text=True, check=True)
-    busy = int(launcher.stdout.split()[-1])
+    busy = [int(pid) for pid in launcher.stdout.split()]
     allowed, threads = os.sched_getaffinity(0), torch.get_num_threads()
     try:
         os.sched_setaffinity(0, {core})  # this thread alone: the test's process keeps its other threads' cores
@@ -1009,21 +1009,23 @@ def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_
         x, y = torch.randn(16, 4), torch.randn(16, 1)
         train(model, optimizer, x, y, steps=5)
         before = _run_delay_s()
-        train(model, optimizer, x, y, steps=300)
+        train(model, optimizer, x, y, steps=2000)  # (a second or more: the sampler's readings of the cores)
         waited = _run_delay_s() - before
         probe.close()
     finally:
         os.sched_setaffinity(0, allowed)
         torch.set_num_threads(threads)
-        os.kill(busy, signal.SIGKILL)
+        for pid in busy:
+            os.kill(pid, signal.SIGKILL)
     records = records_of(probe)
     steps = [r for r in records if r["kind"] == "step"]
-    assert waited > 0.2 * sum(s["step_time_s"] for s in steps[5:])  # (the core was shared)
+    assert waited > 0.45 * sum(s["step_time_s"] for s in steps[5:])  # (the core was shared)
     # (Up to a slice or two apart: the test reads after the last step's end, the probe at it.)
     assert sum(s["core_wait_s"] for s in steps[5:]) == pytest.approx(waited, rel=0.1)
     [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
     assert not re.search("the steps wait|between training steps", verdict["message"]), verdict["message"]
-    assert "the cores it may run on are busy" in verdict["message"]
+    # (Which cores are busy depends on the machine's others: the two spinning beside it, or all of them.)
+    assert "other processes (other programs, other ranks, DataLoader workers) take the CPU" in verdict["message"]
 
 
 def _run_delay_s() -> float:

@@ -57,6 +57,10 @@ cores are busier than ``HOST_CONTENDED_PERCENT``, waits for cores other processe
 two cores shared with two busy programs it got 45% of a core, and its steps took 413 ms, where one thread
 took 11 ms beside the same programs (each op waits for its slowest thread, and a thread without a core holds
 it)."""
+PINNED_WAIT_PERCENT = 45.0
+"""A training thread that waits for a core this much of the time while the machine's cores are less busy than
+``HOST_CONTENDED_PERCENT`` may run on only a few of them, beside busy programs (a taskset, a cpuset): beside
+one that spins on the same core it waited 50% of the time and got half of it, with the other core idle."""
 CONTENDED_WAIT_PERCENT = 25.0
 """... and only where its training thread waits for a core this much of the time or more (``run_wait_percent``,
 where the kernel says): a process that sleeps or blocks (a rank waiting in the all-reduce for a straggler, a
@@ -323,15 +327,20 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], work: Sequence[
     """Every step's time, not only the detail steps' phases (which may never fall on the long steps): steps
     that do much more than the median one, at a regular spacing (a rollout, an evaluation or a checkpoint
     every N steps; a busy machine's slow steps come at random), or one or two that hold most of the time
-    beyond it (too few to tell a spacing), and the share of the time that is."""
+    beyond it (too few to tell a spacing), and the share of the time that is. The steps are told by their
+    work, their share by their time with their waits for a core: a rollout's own clock has its waits too
+    (on a busy machine, a third of its time), and the script's share of it read 65% where 48% was said."""
     typical = window.typical_step_s or 0.0
     candidates = [(s.get("step", 0), w) for s, w in zip(timed, work) if w > LONG_STEP_FACTOR * typical]
     if total <= 0 or not candidates:
         return
+    waits = [s.get("core_wait_s") if finite(s.get("core_wait_s")) else 0.0 for s in timed]
+    spent = {s.get("step", 0): w + wait for s, w, wait in zip(timed, work, waits)}
+    typical_spent = statistics.median(spent.values())
     cut = _dominant_cut(work, typical)
     dominant = [(step, w) for step, w in candidates if w >= cut]
     if len(dominant) < 3:
-        beyond = sum(w - typical for _, w in dominant) / total
+        beyond = sum(spent[step] - typical_spent for step, _ in dominant) / total
         window.few_long = (len(dominant), len(timed), statistics.median(w for _, w in dominant), beyond)
         return
     found = _regular(candidates, cut)
@@ -343,7 +352,7 @@ def _long_steps(window: Window, timed: Sequence[dict[str, Any]], work: Sequence[
     window.long_steps = len(long)
     window.long_every = round(every)
     window.long_step_s = statistics.median(w for _, w in long)
-    window.between_share = sum(w - typical for _, w in long) / total
+    window.between_share = sum(spent[step] - typical_spent for step, _ in long) / total
 
 
 def _dominant_cut(work: Sequence[float], typical: float) -> float:
@@ -697,16 +706,16 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
     """Other programs take the cores the training's threads would compute on (``CONTENDED_SHARE``)."""
     host, cpu, cores = w.host_cpu_percent, w.cpu_percent, w.cpu_count
     busy_machine = host is not None and host >= HOST_CONTENDED_PERCENT
-    if cpu is None or not cores:
+    if not cores:
         return None
     threads = w.torch_threads or 1
-    # A training thread that waits for a core while its torch threads are no more than its cores is starved by
-    # others, whatever CPU the process gets and however idle the cores it may not use (a taskset, a cpuset).
-    starved = _starved(w) and threads * w.world_size <= cores
-    if not starved:
+    # A training thread that waits for a core while the machine has cores to spare, and its torch threads are
+    # no more than its own, is starved by others on the cores it may use, whatever CPU the process gets.
+    pinned = _pinned(w) and threads * w.world_size <= cores
+    if not pinned:
         # Else a busy machine and a small share of what its threads could use (unless the kernel says the
         # training thread seldom waited) say it.
-        if not busy_machine or cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores) or _unstarved(w):
+        if cpu is None or not busy_machine or cpu >= CONTENDED_SHARE * 100.0 * min(threads, cores) or _unstarved(w):
             return None
         workers = (w.workers or 0) * (w.workers_cpu_percent or 0.0)
         if host * cores - cpu - workers < 50.0:  # type: ignore[operator]
@@ -723,22 +732,24 @@ def _contended(w: Window) -> tuple[str, str, list[str]] | None:
     )
     waits = f", its training thread waiting for one {w.run_wait_percent:.0f}% of the time" if w.run_wait_percent else ""
     where = (
-        f"the machine's {_count(cores, 'core')} are busy ({host:.0f}% in all)"
+        f"the machine's {_count(cores, 'core')} {'is' if cores == 1 else 'are'} busy ({host:.0f}% in all)"
         if busy_machine
         else "the cores it may run on are busy (a taskset, a cpuset, other ranks pinned beside it"
         + (f"; the machine's are {host:.0f}% busy in all)" if host is not None else ")")
     )
+    gets = f"{cpu:.0f}% of a core" if cpu is not None else "what is left of them"
     message = (
-        f"{where} and this process gets {cpu:.0f}% of a core for {_count(threads, 'torch thread')}{waits}: "
+        f"{where} and this process gets {gets} for {_count(threads, 'torch thread')}{waits}: "
         "other processes (other programs, other ranks, DataLoader workers) take the CPU it computes on"
     )
     return "host", message, suggestions
 
 
-def _starved(w: Window) -> bool:
-    """The training thread waited for a core ``CONTENDED_WAIT_PERCENT`` of the time or more (where the
-    kernel says)."""
-    return w.run_wait_percent is not None and w.run_wait_percent >= CONTENDED_WAIT_PERCENT
+def _pinned(w: Window) -> bool:
+    """The training thread waited for a core ``PINNED_WAIT_PERCENT`` of the time or more (where the kernel
+    says) while the machine's cores had room (``HOST_CONTENDED_PERCENT``)."""
+    spare = w.host_cpu_percent is None or w.host_cpu_percent < HOST_CONTENDED_PERCENT
+    return spare and w.run_wait_percent is not None and w.run_wait_percent >= PINNED_WAIT_PERCENT
 
 
 def _unstarved(w: Window) -> bool:
@@ -756,7 +767,7 @@ def _cpu(w: Window) -> tuple[str, str, list[str]]:
     # (A thread that waits for a core while others are spare is pinned beside busy programs: no wait of its own.)
     spare = w.host_cpu_percent is not None and w.host_cpu_percent < HOST_BUSY_PERCENT
     busy_machine = w.host_cpu_percent is not None and not spare  # (more threads would wait for cores there)
-    idle = ((spare and not _starved(w)) or _unstarved(w)) and w.cpu_percent is not None
+    idle = ((spare and not _pinned(w)) or _unstarved(w)) and w.cpu_percent is not None
     idle = idle and w.cpu_percent < CPU_BUSY_PERCENT
     if model is not None and model >= CPU_MODEL_SHARE and idle:
         return (
