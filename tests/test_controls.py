@@ -326,6 +326,41 @@ def test_an_lr_command_at_a_warm_ups_zero_is_refused_not_applied_for_one_step(tm
     assert used[3] == pytest.approx(0.02) and used[4] == pytest.approx(0.05 * 0.8 * 2 / 3)
 
 
+@pytest.mark.parametrize(
+    ("command", "step_1", "answer"),
+    [
+        # The boundary before step 1 holds step 0's 0: both were refused ("0 scaled is 0", "a schedule
+        # cannot be scaled from 0"), though step 1's own rate is the warm-up's 0.01.
+        ("lr*=2@1", 0.02, "group 0: 0 at step 0, scaled x2;"),
+        ("lr=0.02@1", 0.02, "group 0: 0.01 -> 0.02;"),
+        # A jump of the schedule's own (a restart's, a warm-up's first step): 4000x step 0's 5e-06 was to be
+        # confirmed (lr=V!), where it is 2x step 1's own.
+        ("lr=0.02@1 --start 0.0001", 0.02, "group 0: 0.01 -> 0.02;"),
+    ],
+)
+def test_an_lr_command_is_judged_against_its_own_steps_rate_not_the_last_ones(tmp_path, command, step_1, answer):
+    """`lr=V@N` is weighed against the rate step N would use, which the scheduler sets after the boundary the
+    command is taken at; `lr*=F` scales a warm-up's schedule from its 0 too. Step N uses what was asked, and
+    the schedule goes on from there: twice its own at step 2 and after."""
+    command, *extra = command.split()
+    start = float(extra[1]) if extra else 0.0
+    record = tmp_path / "r.jsonl"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), "--control", command,
+        str(SCRIPTS / "plain_train.py"), "--steps", "8", "--warmup", "5", "--lr", "0.05",
+        "--warmup-start", str(start),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    used = rates_used(result.stdout)
+    [event] = [e for e in read_jsonl(record) if e["kind"] == "event"]
+    assert event["status"] == "accepted" and event["effective_step"] == 1, event
+    assert event["reason"].startswith(answer) and "the scheduler's schedule goes on" in event["reason"], event
+    assert used[0] == pytest.approx(start * 0.05)
+    assert used[1] == pytest.approx(step_1)
+    warm_up = {step: 0.05 * max(start, min(1.0, step / 5)) for step in range(8)}  # the script's own schedule
+    assert [used[s] for s in range(2, 8)] == pytest.approx([2 * warm_up[s] for s in range(2, 8)])
+
+
 def test_an_lr_command_on_a_schedule_quotes_the_rate_a_step_used_not_one_no_step_uses(tmp_path):
     """At the boundary the groups still hold the last step's rate: `lr*=0.5@6` on a warm-up said "group 0:
     0.0125 -> 0.00625", the second a rate no step used (step 6 ran at half the schedule's own 0.015). The

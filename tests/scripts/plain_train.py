@@ -9,13 +9,15 @@ parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--sleep", type=float, default=0.0)
 parser.add_argument("--lr", type=float, default=0.05)
 parser.add_argument("--warmup", type=int, default=0, help="a linear warm-up from 0 over N steps (LambdaLR)")
+parser.add_argument("--warmup-start", type=float, default=0.0, help="the warm-up's least factor (from 0: its first)")
 args = parser.parse_args()
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
 if args.warmup:
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, step / args.warmup))
+    warm_up = lambda step: max(args.warmup_start, min(1.0, step / args.warmup))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warm_up)
 inputs, targets = torch.randn(64, 8), torch.randn(64, 1)
 for step in range(args.steps):
     optimizer.zero_grad()

@@ -115,13 +115,16 @@ class RankDiagnosis:
             after = before * factor if factor is not None else float(said["after"])
         except (TypeError, ValueError):
             return
-        if after <= before:  # (a lowered rate is no cause of an explosion: nor, now, the raise before it)
+        # (A lowered rate is no cause of an explosion: nor, now, the raise before it. From 0, lr*=F says it.)
+        if (factor <= 1) if factor is not None else (after <= before):
             self._lr_change = None
             return
         if factor is not None:
             back = f"`lr*={1 / factor:.3g}` undoes it"
-        else:
+        elif before > 0:
             back = f"`lr={said['before']}` goes back to the rate before it"
+        else:  # (lr=0 is no rate a command sets)
+            back = "the rate was 0 before it"
         self._lr_change = (command, step, back)
 
     def _blame_lr_change(self, alert: dict[str, Any]) -> None:

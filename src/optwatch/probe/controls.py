@@ -185,6 +185,11 @@ class ControlPlugin(ProbePlugin):
         # (step, {group index: lr}) set at a boundary, re-asserted in that step's optimizer pre-hook in
         # case the script's scheduler.step() ran in between (it usually runs right after optimizer.step()).
         self._lr_pin: tuple[int, dict[int, float]] | None = None
+        self._lr_waiting: list[Scheduled] = []
+        """``lr=V`` commands due at this step, taken at its boundary, that the last step's rate cannot judge
+        (``_rate_of_its_own_step``): judged at the step's first batch or backward, against the rate the step
+        would use (the scheduler's or the script's, set since): a warm-up's 0 refused `lr=V@1`, a cosine
+        restart's jump from its floor read as 149x."""
         self._held_rates: dict[int, _HeldRate] = {}
         self._partner_rates: weakref.WeakKeyDictionary[torch.optim.Optimizer, dict[int, _HeldRate]] = (
             weakref.WeakKeyDictionary()
@@ -216,11 +221,12 @@ class ControlPlugin(ProbePlugin):
         self.amp.turn_off()
         self.amp.leave()
         # A command scheduled past the last step (`--control lr=0.001@20` on a 15-step run) is said, not lost.
-        for due in self._schedule:
+        for due in [*self._lr_waiting, *self._schedule]:
             reached = f"the run was watched to step {context.step - 1}" if context.step else "no step was made"
             reason = f"never applied: it was due at step {due.step}, and {reached}"
             context.emit(self._event(due.text, "rejected", reason, None, due.id, due.source))
         self._schedule.clear()
+        self._lr_waiting.clear()
 
     def cell_ended(self, context: ProbeContext) -> None:
         """A notebook's cell ended (``probe.notebook``): optwatch's autocast does not reach into the next cell."""
@@ -283,16 +289,17 @@ class ControlPlugin(ProbePlugin):
         optimizer step's also while no command waits for it and no learning rate is pinned or held."""
         if self._stop_before is not None:
             return frozenset()  # the next step's first batch or backward raises it
+        rates_due = self._lr_pin is not None or bool(self._lr_waiting)
         if self.amp.enabled:
-            return frozenset() if self._lr_pin is not None else frozenset({"on_batch"})
+            return frozenset() if rates_due else frozenset({"on_batch"})
         idle = {"on_backward_end", "after_step"}
-        if self._lr_pin is None:
+        if not rates_due:
             idle.add("on_batch")
             if not self._held_rates and not self._partner_rates:
                 idle.add("on_backward_start")
         if not self._schedule and not self.paused:
             idle.add("at_boundary")
-        if not (self._schedule or self._lr_pin is not None or self._held_rates or self._partner_rates):
+        if not (self._schedule or rates_due or self._held_rates or self._partner_rates):
             idle.add("before_optimizer_step")
         return frozenset(idle)
 
@@ -310,7 +317,7 @@ class ControlPlugin(ProbePlugin):
 
     def on_batch(self, context: ProbeContext) -> None:
         self._stop_if_asked()
-        if self._lr_pin is not None and context.primary_optimizer is not None:
+        if (self._lr_pin is not None or self._lr_waiting) and context.primary_optimizer is not None:
             self._set_rates(context.primary_optimizer, context.step)
 
     def _set_rates(self, optimizer: torch.optim.Optimizer, step: int) -> None:
@@ -318,6 +325,8 @@ class ControlPlugin(ProbePlugin):
         first batch and at each backward, not at its optimizer step alone: what the script or its framework
         reads before the update (Lightning's LearningRateMonitor, a loop's own log) is the rate used. The
         optimizer's step sets them again, after any assignment of the script's."""
+        if self._lr_waiting and self.context is not None:
+            self._judge_waiting(self.context, optimizer, step)
         if self._lr_pin is not None and self._lr_pin[0] == step:
             factors = {index: self._pin_group(optimizer, index, value) for index, value in self._lr_pin[1].items()}
             _scale_floor(self.context, optimizer, factors)
@@ -328,12 +337,23 @@ class ControlPlugin(ProbePlugin):
 
     def on_backward_start(self, context: ProbeContext, loss: torch.Tensor) -> torch.Tensor | None:
         self._stop_if_asked()
-        if (self._lr_pin is not None or self._held_rates or self._partner_rates) and context.primary_optimizer:
+        rates_due = self._lr_pin is not None or self._lr_waiting or self._held_rates or self._partner_rates
+        if rates_due and context.primary_optimizer:
             self._set_rates(context.primary_optimizer, context.step)
         self.amp.leave()  # backward runs outside autocast, as recommended
         if self.amp.enabled and self.amp.scaling and self.amp.scale is not None:
             return loss * self.amp.scale.to(loss.dtype)
         return None
+
+    def _judge_waiting(self, context: ProbeContext, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """The ``lr=V`` commands taken at this step's boundary, now that the groups hold the step's own rates
+        (the script's assignments since scaled as held first: what the step would use without them)."""
+        if self._held_rates:
+            self._hold_rates(optimizer, self._held_rates, step)
+        waiting, self._lr_waiting = self._lr_waiting, []
+        for due in waiting:
+            self._apply(context, due, "rates")
+        self._set_idle_callbacks(context)
 
     def before_optimizer_step(self, context: ProbeContext, optimizer: torch.optim.Optimizer) -> None:
         if self._schedule:
@@ -407,7 +427,11 @@ class ControlPlugin(ProbePlugin):
             command = controls.parse_or_none(self._schedule[0].text)
             if not self._ready(command.name if command else None, stage):
                 return  # commands apply in order: the rest waits too
-            self._apply(context, self._schedule.pop(0), stage)
+            due = self._schedule.pop(0)
+            if stage == "boundary" and not self.paused and _rate_of_its_own_step(command, context):
+                self._lr_waiting.append(due)  # (while paused it is answered at once, against the last rate)
+                continue
+            self._apply(context, due, stage)
 
     def _apply(self, context: ProbeContext, due: Scheduled, stage: str) -> None:
         late = due.step < context.step
@@ -551,7 +575,7 @@ class ControlPlugin(ProbePlugin):
             self._lr_pin = (context.step, {index: new for index, (_, new) in changes.items()})
         if scheduled:
             how = "the scheduler's schedule goes on from the new level"
-        elif any(old == 0 for old, _ in changes.values()):
+        elif not command.scale and any(old == 0 for old, _ in changes.values()):
             how = "held until the script assigns a rate of its own, which a rate of 0 gives no factor to scale"
         else:
             how = "held: rates the script assigns are scaled to match, until the next lr command"
@@ -575,12 +599,18 @@ class ControlPlugin(ProbePlugin):
         ran_at: int | None,
     ) -> list[str]:
         described = []
-        factors = {index: self._rescale_group(context, optimizer, index, new) for index, (_, new) in changes.items()}
+        scale = float(command.value) if command.scale else None  # (a rate of 0 has it too)
+        # (Before the optimizer's first step, or at the command's step: the rate the update is about to use.)
+        in_use = ran_at is None
+        factors = {
+            index: self._rescale_group(context, optimizer, index, new, in_use, scale)
+            for index, (_, new) in changes.items()
+        }
         _scale_floor(context, optimizer, factors)
         for index, (old, new) in changes.items():
             if not scheduled:
                 held = held_rates.get(index)
-                factor = (held.factor if held else 1.0) * (new / old if old > 0 else 1.0)
+                factor = (held.factor if held else 1.0) * (scale or (new / old if old > 0 else 1.0))
                 held_rates[index] = _HeldRate(
                     factor=factor, last_set=new, last_object=optimizer.param_groups[index]["lr"]
                 )
@@ -631,18 +661,24 @@ class ControlPlugin(ProbePlugin):
             held.changed_at = step
 
     def _rescale_group(
-        self, context: ProbeContext | None, optimizer: torch.optim.Optimizer, index: int, new: float, in_use=False
+        self,
+        context: ProbeContext | None,
+        optimizer: torch.optim.Optimizer,
+        index: int,
+        new: float,
+        in_use: bool = False,
+        scale: float | None = None,
     ) -> float | None:
-        """Set a group's lr; its schedule continues from the new level (base values scale by new/old). ``in_use``:
-        the rate of the step about to update (a pin), which its scheduler then reports as its last. Returns the
-        factor (None where there is none: a rate unknown or 0), for the floor its schedulers share
-        (``_scale_floor``)."""
+        """Set a group's lr; its schedule continues from the new level (base values scale by new/old, or by
+        ``scale``, an lr*=F's, which a rate of 0 has too). ``in_use``: the rate of the step about to update,
+        which its scheduler then reports as its last. Returns the factor (None where there is none: a rate
+        unknown, or 0 without ``scale``), for the floor its schedulers share (``_scale_floor``)."""
         group = optimizer.param_groups[index]
         old = _one_number(group["lr"])
-        if old is None or old == new:
+        if old is None or (old == new and scale is None):
             return 1.0 if old == new else None
         _set_group_lr(group, new)
-        factor = new / old if old > 0 else None
+        factor = scale if scale is not None else new / old if old > 0 else None
         if factor is not None:
             # The levels schedules take their rates from: OneCycleLR's, and SWALR's swa_lr, which it anneals to.
             for key in ("initial_lr", "max_lr", "min_lr", "swa_lr"):
@@ -705,17 +741,36 @@ def _lr_changes(
                 f"{whose}param group {index} has relative_step=True: Adafactor computes its own rate at each step "
                 "and does not read the group's lr (what its AdafactorSchedule reports): optwatch leaves it be"
             )
-        if old == 0 and (scheduled or command.scale):
-            # No factor moves a schedule (or a rate) from 0: the next step would be the schedule's again.
+        if old == 0 and scheduled and not command.scale:
+            # No value gives a factor from 0 to move the schedule by: the next step would be the schedule's again.
             raise controls.CommandError(
-                f"{whose}param group {index}'s learning rate is 0 at this step (a warm-up's start?): "
-                + ("0 scaled is 0" if command.scale else "a schedule cannot be scaled from 0")
-                + "; send it for a later step"
+                f"{whose}param group {index}'s learning rate is 0 at this step (a warm-up's start?): a schedule "
+                "cannot be set from 0 (lr*=F scales it); send it for a later step"
             )
         new = old * float(command.value) if command.scale else float(command.value)
-        _check_rate(new, groups[index]["params"], command, old)
+        if old == 0 and command.scale:  # (0 stays 0: F scales the schedule's, or the script's, later rates)
+            reason = controls.big_change(command, old)
+            if reason is not None:
+                raise controls.CommandError(reason)
+        else:
+            _check_rate(new, groups[index]["params"], command, old)
         changes[index] = (old, new)
     return changes
+
+
+def _rate_of_its_own_step(command: controls.Command | None, context: ProbeContext) -> bool:
+    """``lr=V`` for a step of an optimizer that has stepped, where the last step's rate says nothing of the
+    command's step's: 0 (a warm-up's start) or 100x away (a cosine restart's floor). It is judged against
+    that step's own rate (``_lr_waiting``), which its scheduler or the script sets after the boundary."""
+    optimizer = context.primary_optimizer
+    if command is None or command.name != "lr" or command.scale or optimizer is None:
+        return False
+    groups = optimizer.param_groups
+    if command.group is not None and command.group >= len(groups):
+        return False  # (refused at once)
+    indices = [command.group] if command.group is not None else range(len(groups))
+    rates = [_one_number(groups[index].get("lr")) for index in indices]
+    return any(rate == 0 or (rate is not None and controls.big_change(command, rate)) for rate in rates)
 
 
 def _drives(scheduler: Any, optimizer: torch.optim.Optimizer) -> bool:
