@@ -1024,8 +1024,11 @@ def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_
     assert sum(s["core_wait_s"] for s in steps[5:]) == pytest.approx(waited, rel=0.1)
     [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
     assert not re.search("the steps wait|between training steps", verdict["message"]), verdict["message"]
-    # (Which cores are busy depends on the machine's others: the two spinning beside it, or all of them.)
-    assert "other processes (other programs, other ranks, DataLoader workers) take the CPU" in verdict["message"]
+    # Where the machine has cores to spare, the two programs on the training's own say it; a machine whose
+    # cores are all busy (other tests beside this one) is the busy machine's rule's to judge, on its figures.
+    host = verdict["evidence"]["host_cpu_percent"]
+    if host is not None and host < 90:
+        assert verdict["message"].startswith("the cores it may run on are busy"), verdict["message"]
 
 
 def _run_delay_s() -> float:
