@@ -472,6 +472,11 @@ def test_ctl_says_a_command_the_job_never_reached_a_step_boundary_for_and_exits_
             queued.returncode == 1
             and queued.stdout.strip() == "lr=0.01: queued, not applied within 1s (is the job between steps?)"
         ), queued.stdout
+        # (Nor a resume of a run that is not paused: the hub knows, and says so at once.)
+        resumed = optwatch("ctl", listed["run_id"], "resume", "--timeout", "10")
+        assert resumed.returncode == 1 and resumed.stdout.strip() == "resume: rejected: the run is not paused", (
+            resumed.stdout
+        )
         sent = optwatch("ctl", listed["run_id"], "lr=0.02", "--no-wait")
         assert sent.returncode == 0 and "queued" in sent.stdout, sent.stdout
         started = time.monotonic()

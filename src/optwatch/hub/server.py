@@ -119,6 +119,9 @@ class Hub:
         self.shards = ShardedNorms(world_size)
         self.endpoints: dict[str, str] = {}
         self.paused: dict[str, Any] | None = None
+        self._rank0_held = False
+        """Rank 0's last system sample was taken while the run was held (a pause, which a hub started again
+        mid-run has no event of)."""
         """``{"by": source, "since": unix time}`` while a pause is in effect."""
         self.published = 0
         self.failed_handshakes = 0
@@ -457,6 +460,8 @@ class Hub:
                 elif command.name == "resume" and self.paused is not None:
                     self.paused = None
                     self._update_info()
+        elif kind == protocol.SYSTEM and record.get("rank", 0) == 0:
+            self._rank0_held = bool(record.get("held"))
         elif kind == protocol.HELLO and record.get("rank") == 0 and isinstance(record.get("pid"), int):
             if self.job_pid != record["pid"]:
                 self.job_pid = record["pid"]
@@ -552,7 +557,11 @@ class Hub:
             return {"ok": False, "error": "a control request needs a command"}
         command_id = f"c{os.getpid()}.{self._seq}.{len(self._pending_commands)}.{time.monotonic_ns() % 10**9}"
         try:
-            controls.parse(text)
+            command = controls.parse(text)
+            unpaused = self.paused is None and not self._rank0_held and not self._pause_pending()
+            if command.name == "resume" and unpaused:
+                # (Said here: a job between steps, a notebook's idle kernel, reaches no boundary to say it.)
+                raise controls.CommandError("the run is not paused")
         except controls.CommandError as exc:
             self.take(
                 [
@@ -574,6 +583,11 @@ class Hub:
         self._pending_commands[command_id] = (message, now, now)
         self._send_to_ranks(message)
         return {"ok": True, "id": command_id, "status": "queued"}
+
+    def _pause_pending(self) -> bool:
+        """A pause sent and not yet answered: a resume after it is for the ranks to judge."""
+        texts = (str(message.get("command")) for message, _, _ in self._pending_commands.values())
+        return any(getattr(controls.parse_or_none(text), "name", None) == "pause" for text in texts)
 
     # --- the gatekeeper (ZeroMQ's ZAP), for TCP ---------------------------------------------------------------
     def _gate(self, frames: list[bytes]) -> None:
