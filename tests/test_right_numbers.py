@@ -636,7 +636,7 @@ def test_a_ppo_loops_rollouts_are_named_with_the_share_the_script_itself_times(t
     inside = [i for i in iterations if first <= i["first_step"] and i["first_step"] + i["steps"] - 1 <= last]
     timed_by_script = sum(i["rollout_s"] for i in inside) / sum(i["rollout_s"] + i["update_s"] for i in inside)
     assert final["bottleneck"] == "host" and final["message"].startswith("1 step in 16 takes "), final
-    long = [(s["step"], s["step_time_s"], s.get("core_wait_s")) for s in steps_of(read_jsonl(record))
+    long = [(s["step"], s["step_time_s"], s.get("core_wait_s"), s["optwatch_s"]) for s in steps_of(read_jsonl(record))
             if first <= s["step"] <= last and s["step_time_s"] > 0.01]  # fmt: skip
     assert final["evidence"]["between_share"] == pytest.approx(timed_by_script, abs=0.08), (final["evidence"], long)
 

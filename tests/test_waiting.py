@@ -38,10 +38,17 @@ def test_headless_says_where_the_training_is_before_its_first_step_and_in_an_eva
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stderr.splitlines()
-    loading = [line for line in lines if line.startswith("optwatch: no step yet after")]
-    assert loading and all(line.endswith(f": {LOADING}") for line in loading), lines
-    # (It loads 4 s; a summary may say it a second late.)
-    assert all(3 <= int(re.search(r"after (\d+) s", line)[1]) <= 6 for line in loading), loading
+    before = [line for line in lines if line.startswith("optwatch: no step yet after")]
+    # (On a loaded machine the optimizer's construction, which imports torch._dynamo, can take 3 s itself:
+    # said as such, before the loading.)
+    importing = [line for line in before if ": importing torch" in line]
+    loading = before[len(importing) :]
+    assert before[: len(importing)] == importing and loading, lines
+    assert all(line.endswith(f": {LOADING}") for line in loading), lines
+    # (It loads 4 s, from 3 s in or later; a summary may say it a second late.)
+    seconds = [int(re.search(r"after (\d+) s", line)[1]) for line in loading]
+    limit = seconds[0] + 5 if importing else 6
+    assert 3 <= seconds[0] and all(second <= limit for second in seconds), loading
     waits = [(n, line) for n, line in enumerate(lines) if line.startswith("optwatch: no step for")]
     assert waits, lines
     places = []
