@@ -119,10 +119,10 @@ class Hub:
         self.shards = ShardedNorms(world_size)
         self.endpoints: dict[str, str] = {}
         self.paused: dict[str, Any] | None = None
+        """``{"by": source, "since": unix time}`` while a pause is in effect."""
         self._rank0_held = False
         """Rank 0's last system sample was taken while the run was held (a pause, which a hub started again
         mid-run has no event of)."""
-        """``{"by": source, "since": unix time}`` while a pause is in effect."""
         self.published = 0
         self.failed_handshakes = 0
         self._refusals_said: set[str] = set()

@@ -543,11 +543,11 @@ class ControlPlugin(ProbePlugin):
         if optimizer is None:
             raise controls.CommandError("no optimizer has stepped yet")
         groups = optimizer.param_groups
-        if command.group is not None and command.group >= len(groups):
+        indices = _group_indices(command, groups)
+        if indices is None:
             raise controls.CommandError(
                 f"the optimizer has {len(groups)} param group(s) (0-{len(groups) - 1}), not {command.group}"
             )
-        indices = [command.group] if command.group is not None else range(len(groups))
         scheduled = _scheduled(context, optimizer)
         # Every check before any change: a command applies to all its groups or to none. lr*=F scales the
         # partners' rates too (Muon's AdamW: one model's optimizers, whose rates differ by design; lr=V, one
@@ -766,11 +766,18 @@ def _rate_of_its_own_step(command: controls.Command | None, context: ProbeContex
     if command is None or command.name != "lr" or command.scale or optimizer is None:
         return False
     groups = optimizer.param_groups
-    if command.group is not None and command.group >= len(groups):
+    indices = _group_indices(command, groups)
+    if indices is None:
         return False  # (refused at once)
-    indices = [command.group] if command.group is not None else range(len(groups))
     rates = [_one_number(groups[index].get("lr")) for index in indices]
     return any(rate == 0 or (rate is not None and controls.big_change(command, rate)) for rate in rates)
+
+
+def _group_indices(command: controls.Command, groups: list[dict[str, Any]]) -> list[int] | None:
+    """The param groups an lr command is for (``lr[G]``: that one, else all); None for a group there is not."""
+    if command.group is None:
+        return list(range(len(groups)))
+    return [command.group] if command.group < len(groups) else None
 
 
 def _drives(scheduler: Any, optimizer: torch.optim.Optimizer) -> bool:
