@@ -237,6 +237,29 @@ def test_long_steps_among_short_ones_are_work_between_steps_whatever_phase_holds
     assert "profile=17" in result["suggestions"][1]
 
 
+def test_a_rollouts_share_holds_when_the_detail_steps_fall_on_rollouts_and_a_core_is_waited_for():
+    """Past the first steps the detail steps are a few: two of a window's three fell on a PPO loop's rollouts,
+    and the rollout's 20 ms was taken for the checks' slow path and out of every rollout (53% said where the
+    script's clock said 65%). And a core waited for on every step, long or short, is in no share: by hand, 4 x
+    20 ms of 64 x 0.5 ms + 4 x 20 ms, the waits (a fifth of each step) out of both."""
+    steps = rollout_steps()
+    for index, step in enumerate(steps):
+        if index not in (16, 30, 48):  # (the detail steps)
+            step["detailed"] = False
+            for key in ("forward_s", "backward_s", "optimizer_s", "other_s"):
+                step.pop(key)
+    assert verdict(steps, make_systems())["evidence"]["between_share"] == pytest.approx(0.714, abs=0.002)
+    for step in steps:
+        step["core_wait_s"] = step["step_time_s"] / 5
+        step["step_time_s"] += step["core_wait_s"]
+    assert verdict(steps, make_systems())["evidence"]["between_share"] == pytest.approx(0.714, abs=0.002)
+    # A short step held off for a core, among steady ones: its 4 ms wait is none of its work, nor any share.
+    steady = make_steps(99, step_time=0.0002, data_wait_s=0.0, forward_s=0.00005, backward_s=0.0001)
+    for index in (40, 80):
+        steady[index].update(step_time_s=0.0048, core_wait_s=0.004)
+    assert "of the time" not in verdict(steady, make_systems())["message"]
+
+
 def test_noisy_steps_and_a_gpu_host_catching_up_are_not_work_between_steps():
     noisy = make_steps(64, step_time=0.01, **{k: v / 10 for k, v in CPU_COMPUTE.items()})
     rng = random.Random(3)
