@@ -236,14 +236,24 @@ def test_phases_of_a_real_run_add_up(slow_data_run):
 
 
 def test_a_heavy_cnn_on_in_memory_tensors_is_compute_bound(tmp_path):
-    record = tmp_path / "r.jsonl"
-    result = optwatch("run", "--headless", "--record", str(record), str(SCRIPTS / "heavy_cnn.py"), "--steps", "12")
+    """Where its thread has the core, the model's math is the bottleneck; where other programs (a loaded test
+    machine's) take it, that is said instead, as the script's own thread's CPU time shows it."""
+    record, times = tmp_path / "r.jsonl", tmp_path / "times.json"
+    result = optwatch(
+        "run", "--headless", "--record", str(record), str(SCRIPTS / "heavy_cnn.py"), "--steps", "12",
+        "--times", str(times), env={**os.environ, "OMP_NUM_THREADS": "1"},  # (one thread: its CPU is the process's)
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     [final] = [r for r in read_jsonl(record) if r["kind"] == "verdict" and r["final"]]
-    assert final["bottleneck"] == "compute", final
     evidence = final["evidence"]
-    assert evidence["forward_share"] + evidence["backward_share"] + evidence["optimizer_share"] > 0.8
     assert evidence["data_wait_share"] < 0.05
+    steps = json.loads(times.read_text())
+    had = sum(cpu for cpu, _ in steps) / sum(wall for _, wall in steps)
+    if final["bottleneck"] == "host" and had < 0.6:
+        assert "take the CPU it computes on" in final["message"], (had, final)
+        return
+    assert final["bottleneck"] == "compute", (had, final)
+    assert evidence["forward_share"] + evidence["backward_share"] + evidence["optimizer_share"] > 0.8
     assert "optwatch: final verdict compute-bound" in result.stderr
 
 

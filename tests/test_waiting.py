@@ -45,10 +45,10 @@ def test_headless_says_where_the_training_is_before_its_first_step_and_in_an_eva
     loading = before[len(importing) :]
     assert before[: len(importing)] == importing and loading, lines
     assert all(line.endswith(f": {LOADING}") for line in loading), lines
-    # (It loads 4 s, from 3 s in or later; a summary may say it a second late.)
+    # (It loads 4 s, said from 3 s in: its lines span no more, a summary may say it a second late. When the
+    # loading starts is torch's import's: 0.5 s on a quiet machine, 3 s on a loaded one.)
     seconds = [int(re.search(r"after (\d+) s", line)[1]) for line in loading]
-    limit = seconds[0] + 5 if importing else 6
-    assert 3 <= seconds[0] and all(second <= limit for second in seconds), loading
+    assert 3 <= seconds[0] and seconds[-1] - seconds[0] <= 5, loading
     waits = [(n, line) for n, line in enumerate(lines) if line.startswith("optwatch: no step for")]
     assert waits, lines
     places = []
