@@ -35,7 +35,7 @@ from typing import Any
 
 from optwatch.diagnose.phases import MEASURED, other_seconds, training_seconds
 from optwatch.protocol import finite
-from optwatch.summary import duration_text, own_seconds
+from optwatch.summary import duration_text, own_on_core, own_seconds
 
 INPUT_SHARE = 0.30
 NEAR_OOM_SHARE = 0.97
@@ -299,7 +299,12 @@ def _step_work(step: dict[str, Any]) -> float:
     data wait and its wait for a core (``core_wait_s``: on a machine with more busy threads than cores, 0.2 ms
     steps the scheduler held off for a 4 ms slice every 16 read as 'work between training steps')."""
     data, core = step.get("data_wait_s"), step.get("core_wait_s")
-    return training_seconds(step) - (data if finite(data) else 0.0) - (core if finite(core) else 0.0)
+    work = training_seconds(step) - (data if finite(data) else 0.0)
+    if not finite(core):
+        return work
+    # (optwatch's lines held their part of the wait, out of the work once: as the wait, not as their time too.)
+    own = step.get("optwatch_s")
+    return work - core + ((own if finite(own) else 0.0) - own_on_core(step))
 
 
 def _without_the_checks_slow_path(timed: Sequence[dict[str, Any]], work: Sequence[float]) -> list[float]:

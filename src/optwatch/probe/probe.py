@@ -70,6 +70,7 @@ from optwatch.probe.model import (
 from optwatch.probe.plugin import ProbePlugin, being_traced
 from optwatch.probe.readback import DeviceBatch
 from optwatch.probe.sampler import Sampler
+from optwatch.summary import own_seconds
 
 log = logging.getLogger(__name__)
 ERROR_CHARS = 300
@@ -1306,7 +1307,7 @@ class Probe:
         records are most of what they read back and send)."""
         if self.budget_held:  # (a profile someone asked for: not the checks' cost)
             return self.governor.plan(record["step"] - self.first_step, 0.0, None, detailed)
-        own_s = record["optwatch_s"] + record["optwatch_bg_s"]
+        own_s = own_seconds(record)  # (on a busy machine, without the slices other programs took from its lines)
         return self.governor.plan(record["step"] - self.first_step, own_s, record["step_time_s"], detailed)
 
     def _make_record(self, now: float, extra: dict[str, Any]) -> None:
