@@ -48,9 +48,9 @@ def own_seconds(step: dict[str, Any]) -> float:
 def own_on_core(step: dict[str, Any]) -> float:
     """optwatch's code on the training thread, less its part of the step's wait for a core (``core_wait_s``).
     Its lines are timed on the wall clock, so a slice another program took while they ran counts in them: on
-    a busy machine one 4 ms slice among 20 steps of 0.2 ms read 'optwatch 50%'. Where it fell is not known;
-    the wait is shared out in proportion to the time (optwatch's lines keep the part of the wait that falls
-    on them on average, and a slice is never more than the step's time off a core)."""
+    a busy machine one 4 ms slice among 0.2 ms steps read 'optwatch 29%' where its lines took 5%. Where in
+    the step the wait fell is not known, so it is shared out by time: over many steps that is the part that
+    falls on optwatch's lines, and one slice never counts whole as optwatch's."""
     own, step_time, wait = step.get("optwatch_s"), step.get("step_time_s"), step.get("core_wait_s")
     if not finite(own):
         return 0.0
