@@ -236,7 +236,10 @@ def steps_for_now(steps: list[dict]) -> list[dict]:
 
 
 def optwatch_share(steps: list[dict]) -> float:
-    """optwatch's share of these steps' time, from their records by hand: its code on the training thread and
-    its threads' CPU time, over the step time."""
-    own = sum(s["optwatch_s"] + s["optwatch_bg_s"] for s in steps)
+    """optwatch's share of these steps' time, from their records by hand: its code on the training thread (less
+    the part of the step's wait for a core that falls on it by time, as docs/cost.md says) and its threads'
+    CPU time, over the step time."""
+    own = sum(
+        s["optwatch_s"] * (1 - (s.get("core_wait_s") or 0.0) / s["step_time_s"]) + s["optwatch_bg_s"] for s in steps
+    )
     return own / sum(s["step_time_s"] for s in steps)
