@@ -7,7 +7,7 @@ optwatch's probe started, and alternates blocks of iterations with the probe wor
 closed (its hooks then only call what they wrap; its threads, imports and memory stay), in a new order
 each round. The ratio of the two blocks' median iterations says what the probe's work costs the
 training, whatever else the process holds; beside it, the probe's own live figure over the same
-iterations (its step records' ``optwatch_s + optwatch_bg_s`` over ``step_time_s``), which should agree.
+iterations (``optwatch.summary.own_seconds`` of its step records over ``step_time_s``), which should agree.
 
     python benchmarks/toggle_ab.py                       # the defaults, past the first steps
     python benchmarks/toggle_ab.py --budget 0            # every check on every step
@@ -102,6 +102,8 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, ratios: list[float], records: list[dict], on_blocks: list) -> None:
+    from optwatch.summary import own_on_core
+
     ratios = sorted(ratios)
     quarter = len(ratios) // 4
     what = "null hooks" if args.null_hooks else f"probe, budget {args.budget if args.budget is not None else 'default'}"
@@ -114,7 +116,7 @@ def report(args: argparse.Namespace, ratios: list[float], records: list[dict], o
     if records:
         steps = {r["step"]: r for r in records}
         inside = [steps[s] for first, end in on_blocks for s in range(first, end) if s in steps]
-        own = sum(r.get("optwatch_s") or 0.0 for r in inside)
+        own = sum(own_on_core(r) for r in inside)  # (as the live figure counts it)
         background = sum(r.get("optwatch_bg_s") or 0.0 for r in inside)
         total = sum(r.get("step_time_s") or 0.0 for r in inside)
         if total:

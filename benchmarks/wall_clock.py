@@ -25,7 +25,7 @@ swings cancel out; with ``--slice-ms 0`` they run one after the other and each r
 compared with bare's. Per phase (the first 100 iterations, where optwatch checks every step by design, and
 the steady state after them): the wall-time and CPU-time ratio to bare, as the median over all rounds'
 turns with a 95% interval from a bootstrap over rounds, and the rounds' own medians. Beside it: optwatch's
-own live figure over the same iterations (its step records' ``optwatch_s + optwatch_bg_s`` over
+own live figure over the same iterations (``optwatch.summary.own_seconds`` of its step records over
 ``step_time_s``), each thread's CPU per iteration (the training thread's, optwatch's, ZeroMQ's: read by the
 loop from the threads' own clocks, not from optwatch), the hub's CPU, and everything's CPU (`optwatch run`,
 the training process and the hub, from the kernel's accounting of the finished processes).
@@ -271,6 +271,8 @@ def pooled(per_round: list[list[float]], resamples: int = 2000) -> dict[str, flo
 
 
 def live_share(result: dict) -> dict[str, float | None]:
+    from optwatch.summary import own_seconds
+
     steps = result.get("steps")
     if not steps:
         return {"first": None, "steady": None}
@@ -282,7 +284,7 @@ def live_share(result: dict) -> dict[str, float | None]:
     def share(chosen: list[dict]) -> float | None:
         chosen = [s for s in chosen if isinstance(s.get("step_time_s"), float)]
         total = sum(s["step_time_s"] for s in chosen)
-        own = sum((s.get("optwatch_s") or 0.0) + (s.get("optwatch_bg_s") or 0.0) for s in chosen)
+        own = sum(own_seconds(s) for s in chosen)  # (the live figure's own definition)
         return own / total if total > 0 else None
 
     return {
