@@ -95,17 +95,21 @@ def test_exit_code_and_output_of_the_script_are_kept(tmp_path):
     assert last == "optwatch: the script exited with 3 before its first step (see its output above)"
 
 
-def test_a_script_that_fails_ends_on_its_error_not_on_speed_up_tips(tmp_path):
+@pytest.mark.parametrize("slow_exit", [False, True], ids=["exits at once", "exits 1.5 s after its traceback"])
+def test_a_script_that_fails_ends_on_its_error_not_on_speed_up_tips(tmp_path, slow_exit):
     """A run that raised after six steps: its traceback, then the final figures and verdict with no tips under
-    it (they read as the advice, where the error is what to change), and a last line that says it failed."""
+    it (they read as the advice, where the error is what to change), and a last line that says it failed.
+    Its process may take a while to exit after the traceback (atexit handlers, a loaded machine): a summary
+    that fell due meanwhile came between the error and the final figures."""
     script = tmp_path / "raises.py"
     script.write_text(
-        "import torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        ("import atexit, time\natexit.register(time.sleep, 1.5)\n" if slow_exit else "")
+        + "import torch\nmodel = torch.nn.Linear(4, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
         "for step in range(10):\n"
         "    opt.zero_grad(); model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()\n"
         "    if step == 5:\n        raise RuntimeError('the batch was bad')\n"
     )
-    result = optwatch("run", "--headless", "--no-record", str(script))
+    result = optwatch("run", "--headless", "--no-record", "--summary-every", "1", str(script))
     assert result.returncode == 1, result.stderr[-2000:]
     lines = result.stderr.splitlines()
     error = lines.index("RuntimeError: the batch was bad")
