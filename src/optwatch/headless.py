@@ -26,11 +26,6 @@ from optwatch.summary import (
     waiting_text,
 )
 
-OUTPUT_PAUSE_S = 1.0
-"""A summary that falls due while the script writes waits until it has written nothing for this long."""
-SUMMARY_DELAY_MAX_S = 2.0
-"""For this long at most: a progress bar redrawn every 0.1 s would put it off for good."""
-
 
 def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec) if finite(value) else non_finite_text(value, "-")
@@ -327,13 +322,10 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
     shown_verdicts: dict[int, str] = {}
     hub_said = False
     last_summary = None
-    wrote_at = -math.inf  # when the script last wrote
     try:
         while True:
             records, output = session.pump(0.1)
             _write_output(output, own)
-            if output.chunks:
-                wrote_at = time.monotonic()
             _say_if_recording_stopped(session, own)
             for record in records:
                 if record.get("kind") == "log" and not session.tails:
@@ -361,11 +353,7 @@ def _follow(session: ViewerSession, summary_every_s: float, stderr: TextIO, dura
             # (Not once the script has ended, its end record said or its process gone: its traceback is then
             # followed by the final figures alone.)
             exited = (process is not None and process.poll() is not None) or session.store.finished()
-            now = time.monotonic()
-            # Nor in the middle of what the script writes (a traceback, whose process then takes a moment to
-            # exit: a summary came between the error and the final figures): a pause in it, within 2 s.
-            writing = now - wrote_at < OUTPUT_PAUSE_S and now < next_summary + SUMMARY_DELAY_MAX_S
-            if now >= next_summary and not exited and not writing:
+            if time.monotonic() >= next_summary and not exited:
                 next_summary = time.monotonic() + summary_every_s
                 # No step for a while: where the training is (each rank's), in place of the last step's
                 # figures again.
