@@ -19,7 +19,7 @@ import time
 
 ON_CORE_SLACK_S = 5e-6
 """Time off its core under this since the last call is no wait worth a read of the file: the step says 0 (the
-kernel counts it on, for the next step that reads)."""
+kernel counts it on, but a step that reads says no more than its own time off its core)."""
 
 
 class CoreWait:
