@@ -137,6 +137,39 @@ def test_host_leaves_out_children_that_are_not_workers(marker):
         child.wait()
 
 
+def test_a_helper_caught_between_its_fork_and_its_exec_is_no_worker():
+    """A fork reads as its parent until it runs its ``exec``: multiprocessing starting its forkserver, caught in
+    that moment, was "1 worker" for the rest of the run (the project's CI, one sample in a few hundred)."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\n"
+            "if os.fork() == 0:\n"
+            "    time.sleep(0.6)\n"
+            "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', "
+            "'multiprocessing.' + 'forkserver'])\n"  # (not in the parent's own command line)
+            "time.sleep(30)\n",
+        ]
+    )
+    try:
+        collector = HostCollector(parent.pid)
+        deadline = time.monotonic() + 5
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [child] = psutil.Process(parent.pid).children()
+        assert child.cmdline() == psutil.Process(parent.pid).cmdline()  # not yet exec'd
+        assert collector.sample()["workers"] == []
+        time.sleep(1.0)
+        assert "multiprocessing.forkserver" in child.cmdline()
+        assert collector.sample()["workers"] == []
+        assert collector.sample()["workers"] == []
+    finally:
+        for process in psutil.Process(parent.pid).children() + [psutil.Process(parent.pid)]:
+            process.kill()
+        parent.wait()
+
+
 def test_the_workers_are_the_dataloaders_own_with_a_forkserver_and_a_pool_beside_it(tmp_path):
     """A forkserver's workers are not the training process's children, and the children it has (the
     forkserver, multiprocessing's resource tracker, a Pool's processes) are no DataLoader workers: the

@@ -32,6 +32,10 @@ class HostCollector:
         self._process = psutil.Process(pid if pid is not None else os.getpid())
         self._workers: dict[int, psutil.Process] = {}
         self._ignored: set[int] = set()
+        self._held: dict[int, psutil.Process] = {}
+        """Children first seen with the training process's own command line: a fork that has not yet run its
+        ``exec`` reads as its parent (multiprocessing starting its forkserver read as "1 worker"), so they are
+        told apart at their next sample."""
         self._process.cpu_percent(None)
         self._run_waits: dict[int, tuple[float, int]] = {}
         """Per native thread id: (when, the nanoseconds it had waited for a core) at the last sample."""
@@ -96,12 +100,18 @@ class HostCollector:
         """``pids``' processes, those already sampled as they were (their CPU measurement goes on)."""
         processes = []
         for pid in pids:
-            known = self._workers.get(pid)
+            known = self._workers.get(pid) or self._held.get(pid)
             try:
                 processes.append(known if known is not None else psutil.Process(pid))
             except psutil.Error:
                 continue  # exited since
         return processes
+
+    def _command(self) -> list[str]:
+        try:
+            return self._process.cmdline()
+        except psutil.Error:
+            return []
 
     def _children(self) -> list[psutil.Process]:
         """The process's children, from the kernel's list of them where it keeps one (Linux).
@@ -127,26 +137,36 @@ class HostCollector:
         for pid in [pid for pid in self._workers if pid not in alive]:
             del self._workers[pid]
         self._ignored &= alive
+        for pid in [pid for pid in self._held if pid not in alive]:
+            del self._held[pid]
         workers = []
         for child in children:
             if child.pid in self._ignored:
                 continue
             known = self._workers.get(child.pid)
             try:
-                if known is None:
+                if known is not None:
+                    cpu_percent = known.cpu_percent(None)
+                else:
                     # (Workers a forkserver made run its command line: the DataLoader's own are workers.)
-                    helper = any(marker in " ".join(child.cmdline()) for marker in _NOT_WORKERS)
-                    if worker_pids is None and helper:
+                    command = child.cmdline()
+                    if worker_pids is None and any(marker in " ".join(command) for marker in _NOT_WORKERS):
                         self._ignored.add(child.pid)
+                        self._held.pop(child.pid, None)
+                        continue
+                    held = self._held.pop(child.pid, None)
+                    if held is None and worker_pids is None and command == self._command():
+                        self._held[child.pid] = child
+                        child.cpu_percent(None)  # (a fork-context worker has its figure at its next sample)
                         continue
                     self._workers[child.pid] = child
-                    child.cpu_percent(None)  # starts the measurement; the next sample has a figure
-                    cpu_percent = None
-                else:
-                    cpu_percent = known.cpu_percent(None)
+                    cpu_percent = child.cpu_percent(None)  # (starts the measurement of one not held)
+                    if held is None:
+                        cpu_percent = None  # the next sample has a figure
                 rss = child.memory_info().rss
             except psutil.Error:  # it exited between the listing and the question
                 self._workers.pop(child.pid, None)
+                self._held.pop(child.pid, None)
                 continue
             workers.append({"pid": child.pid, "cpu_percent": cpu_percent, "rss_bytes": rss})
         return workers
