@@ -334,6 +334,40 @@ def test_amp_without_bf16_trains_in_fp16_and_skips_overflowing_steps(monkeypatch
     assert steps[-1]["loss"] < steps[5]["loss"]  # it trains in fp16
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's CPU affinity")
+def test_a_new_fold_is_named_when_a_busy_machine_slowed_the_walk_not_its_cost(probe):
+    """A k-fold run on a busy machine: the walk over every live object that finds a new model is done only
+    when it costs at most a twentieth of the time since the last one, and a wait for a core inside it counted
+    as its cost (70 ms of walk read 190 ms): the third fold's layers were "(unnamed).0", ... Here the process
+    shares its one core with a spinning program, which doubles the walk's wall time and not its cost."""
+    from optwatch.probe.model import largest_module_of
+
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    calibration = torch.optim.SGD(tiny_model().parameters(), lr=0.1)
+    affinity = os.sched_getaffinity(0)
+    core = min(affinity)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(spinner.pid, {core})
+        started = time.thread_time()
+        largest_module_of(calibration)  # the walk's own cost, in this process as it is
+        walk_s = time.thread_time() - started
+        for fold in range(2):
+            model = tiny_model()
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            train(model, optimizer, x, y, steps=3)
+            if fold == 0:  # between 20 times the walk's cost and 20 times its time beside the spinner (twice)
+                time.sleep(30 * walk_s)
+            del model, optimizer
+    finally:
+        os.sched_setaffinity(0, affinity)
+        spinner.kill()
+        spinner.wait()
+    layers = recorded(probe, "layers")
+    assert set(layers[-1]["names"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
 def test_a_closed_probe_lets_go_of_the_model():
     """In a notebook or a loop of runs, each closed probe must not keep its model (and memory) alive."""
     import gc
