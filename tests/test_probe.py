@@ -1056,8 +1056,9 @@ def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_
     records = records_of(probe)
     steps = [r for r in records if r["kind"] == "step"]
     assert waited > 0.45 * sum(s["step_time_s"] for s in steps[5:])  # (the core was shared)
-    # (Up to a slice or two apart: the test reads after the last step's end, the probe at it.)
-    assert sum(s["core_wait_s"] for s in steps[5:]) == pytest.approx(waited, rel=0.1)
+    # (Up to a slice apart: the test reads after the last step's end, the probe at it. The steps' sum read 9%
+    # short where a wait inside the probe's read of the kernel's count was capped away.)
+    assert sum(s["core_wait_s"] for s in steps[5:]) == pytest.approx(waited, rel=0.03)
     [verdict] = [r for r in records if r["kind"] == "verdict" and r.get("final")]
     assert not re.search("the steps wait|between training steps", verdict["message"]), verdict["message"]
     # Where the machine has cores to spare, the two programs on the training's own say it; a machine whose
