@@ -160,9 +160,8 @@ class HostCollector:
                         child.cpu_percent(None)  # (a fork-context worker has its figure at its next sample)
                         continue
                     self._workers[child.pid] = child
-                    cpu_percent = child.cpu_percent(None)  # (starts the measurement of one not held)
-                    if held is None:
-                        cpu_percent = None  # the next sample has a figure
+                    figure = child.cpu_percent(None)  # (a new child's measurement starts here: a figure next time)
+                    cpu_percent = figure if held is not None else None
                 rss = child.memory_info().rss
             except psutil.Error:  # it exited between the listing and the question
                 self._workers.pop(child.pid, None)

@@ -44,8 +44,8 @@ class CoreWait:
         if self._fd is None:
             return None
         # The CPU clock first: reading it brings the kernel's account of the thread up to date, and where its
-        # slice is spent the thread gives up its core as the call returns. Read after it, the wall clock has
-        # that wait in it as the file does (read before, 6% of a busy machine's waits were capped away).
+        # slice is spent the thread gives up its core as the call returns; the wall clock read after it has that
+        # wait in it, as the file does. (A wait inside the read of the file is owed: below.)
         cpu_now = time.thread_time()
         clocks = (time.perf_counter(), cpu_now)
         (wall, cpu), self._last_clocks = self._last_clocks, clocks
