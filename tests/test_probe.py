@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
@@ -1027,10 +1026,13 @@ def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_
     of a core: the steps wait (a read inside the loop, a sleep, a lock)', where other programs take its core."""
     core = min(os.sched_getaffinity(0))
     # Other programs on that core (not children of this process's, which would count as its DataLoader
-    # workers): their pids come back once they spin, and the launcher's pipe closes with the lines.
+    # workers): the launcher says the pids it forked and exits. (Each spinner printing its own pid, under
+    # PYTHONUNBUFFERED as in CI, wrote the pid and the newline apart: two pids ran together into one number,
+    # and the clean-up killed no spinner, or another process.)
     spin = (
-        f"import os\nos.sched_setaffinity(0, {{{core}}})\nfor _ in range(2):\n    if os.fork() == 0:\n"
-        "        print(os.getpid(), flush=True)\n        os.close(1)\n        os.close(2)\n        while True: pass"
+        f"import os\nos.sched_setaffinity(0, {{{core}}})\npids = []\nfor _ in range(2):\n    pid = os.fork()\n"
+        "    if pid == 0:\n        os.close(1)\n        os.close(2)\n        while True: pass\n"
+        "    pids.append(pid)\nprint(*pids)"
     )
     launcher = subprocess.run([sys.executable, "-c", spin], capture_output=True, text=True, check=True)
     busy = [int(pid) for pid in launcher.stdout.split()]
@@ -1051,8 +1053,7 @@ def test_a_busy_machines_slices_are_each_steps_wait_for_a_core_not_work_between_
         os.sched_setaffinity(0, allowed)
         torch.set_num_threads(threads)
         for pid in busy:
-            with contextlib.suppress(ProcessLookupError):  # (one ended already: the kill is only the clean-up)
-                os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
     records = records_of(probe)
     steps = [r for r in records if r["kind"] == "step"]
     assert waited > 0.45 * sum(s["step_time_s"] for s in steps[5:])  # (the core was shared)
